@@ -1,0 +1,162 @@
+"""Canonical MessagePack: the one encoding of every signed or hashed structure.
+
+Canonical means one value has exactly one byte string (SPEC.md §2):
+
+* maps have ``str`` keys, sorted by their UTF-8 bytes, without duplicates;
+* integers use the shortest MessagePack form (msgpack-python already does this);
+* floats are always float64; strings are UTF-8 ``str``, binary is ``bin``;
+* no ext types (so no msgpack timestamps), nesting at most ``MAX_DEPTH`` deep.
+
+Decoding is size-capped *before* any allocation and then checked by re-encoding: the
+decoded value must encode back to exactly the input. That one comparison refuses
+duplicate keys (the dict kept one), unsorted keys, non-minimal integers and float32.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+from fieldsync_protocol.errors import LocalProtocolError, RemoteProtocolError
+
+#: Largest encoded value the decoder accepts at all; callers pass smaller caps.
+MAX_ENCODED = 4 * 1024 * 1024
+#: Deepest nesting of arrays/maps (Briar's BDF reader uses 5; our report body needs 4).
+MAX_DEPTH = 8
+#: Most elements in one array or map.
+MAX_CONTAINER = 65_536
+
+Value = Any
+
+
+def _sort_key(key: str) -> bytes:
+    return key.encode("utf-8")
+
+
+def _canonicalise(value: Value, depth: int) -> Value:
+    """Return ``value`` with map keys in canonical order; refuse non-canonical types."""
+    if depth > MAX_DEPTH:
+        raise LocalProtocolError(f"value nests deeper than {MAX_DEPTH} levels")
+    if isinstance(value, dict):
+        for key in value:
+            if not isinstance(key, str):
+                raise LocalProtocolError(f"map key {key!r} is not a str")
+        return {k: _canonicalise(value[k], depth + 1) for k in sorted(value, key=_sort_key)}
+    if isinstance(value, list | tuple):
+        return [_canonicalise(v, depth + 1) for v in value]
+    if value is None or isinstance(value, bool | int | float | str | bytes):
+        return value
+    raise LocalProtocolError(f"type {type(value).__name__} cannot be encoded canonically")
+
+
+def encode(value: Value) -> bytes:
+    """Encode ``value`` canonically. Raises ``LocalProtocolError`` for unencodable input."""
+    try:
+        return msgpack.packb(_canonicalise(value, 0), use_bin_type=True)  # type: ignore[no-any-return]
+    except OverflowError as exc:
+        raise LocalProtocolError(f"integer out of the 64-bit range: {exc}") from exc
+
+
+def _refuse_ext(code: int, data: bytes) -> Value:
+    raise RemoteProtocolError(f"msgpack ext type {code} is not allowed")
+
+
+def _depth_ok(value: Value) -> bool:
+    """Iteratively check nesting depth (never recursion on untrusted input)."""
+    stack: list[tuple[Value, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            if depth >= MAX_DEPTH:
+                return False
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            if depth >= MAX_DEPTH:
+                return False
+            stack.extend((v, depth + 1) for v in item)
+    return True
+
+
+def decode(data: bytes, *, max_size: int = MAX_ENCODED, what: str = "value") -> Value:
+    """Decode canonical MessagePack from untrusted ``data``.
+
+    Raises only ``RemoteProtocolError``; the message names ``what`` was being decoded.
+    """
+    if len(data) > max_size:
+        raise RemoteProtocolError(f"{what} is {len(data)} bytes, more than the {max_size} allowed")
+    try:
+        value = msgpack.unpackb(
+            data,
+            raw=False,
+            use_list=True,
+            strict_map_key=True,
+            ext_hook=_refuse_ext,
+            max_str_len=max_size,
+            max_bin_len=max_size,
+            max_array_len=min(MAX_CONTAINER, max_size),
+            max_map_len=min(MAX_CONTAINER, max_size // 2),
+            max_ext_len=0,
+        )
+    except RemoteProtocolError:
+        raise
+    except (ValueError, msgpack.UnpackException, RecursionError) as exc:
+        # ValueError covers FormatError, StackError, ExtraData, bad UTF-8 and caps.
+        raise RemoteProtocolError(f"{what} is not valid msgpack: {type(exc).__name__}") from exc
+    if not _depth_ok(value):
+        raise RemoteProtocolError(f"{what} nests deeper than {MAX_DEPTH} levels")
+    try:
+        again = encode(value)
+    except LocalProtocolError as exc:
+        raise RemoteProtocolError(f"{what} is not canonical: {exc}") from exc
+    if again != data:
+        raise RemoteProtocolError(
+            f"{what} is not canonical msgpack (duplicate or unsorted keys, or a long form)"
+        )
+    return value
+
+
+# --- typed field access for decoded maps -------------------------------------------------
+# Decoded values are ``Any``; these helpers turn a missing or mistyped field into a
+# RemoteProtocolError that names the field, instead of a KeyError or TypeError.
+
+
+def as_map(value: Value, what: str, keys: set[str], optional: set[str] | None = None) -> dict[str, Value]:
+    """Check ``value`` is a map with exactly the required ``keys`` plus any ``optional``."""
+    if not isinstance(value, dict):
+        raise RemoteProtocolError(f"{what} must be a map")
+    present = set(value)
+    missing = keys - present
+    if missing:
+        raise RemoteProtocolError(f"{what} lacks field(s) {', '.join(sorted(missing))}")
+    unknown = present - keys - (optional or set())
+    if unknown:
+        raise RemoteProtocolError(f"{what} has unknown field(s) {', '.join(sorted(unknown))}")
+    return value
+
+
+def get_bytes(m: dict[str, Value], key: str, what: str, size: int | None = None) -> bytes:
+    value = m[key]
+    if not isinstance(value, bytes):
+        raise RemoteProtocolError(f"{what}.{key} must be bytes")
+    if size is not None and len(value) != size:
+        raise RemoteProtocolError(f"{what}.{key} must be {size} bytes, not {len(value)}")
+    return value
+
+
+def get_int(m: dict[str, Value], key: str, what: str, low: int = 0, high: int = 2**63 - 1) -> int:
+    value = m[key]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RemoteProtocolError(f"{what}.{key} must be an integer")
+    if not low <= value <= high:
+        raise RemoteProtocolError(f"{what}.{key} = {value} is outside {low}..{high}")
+    return value
+
+
+def get_str(m: dict[str, Value], key: str, what: str, max_len: int = 256) -> str:
+    value = m[key]
+    if not isinstance(value, str):
+        raise RemoteProtocolError(f"{what}.{key} must be a string")
+    if len(value) > max_len:
+        raise RemoteProtocolError(f"{what}.{key} is longer than {max_len} characters")
+    return value

@@ -1,0 +1,90 @@
+"""Items: the units a node stores and syncs (SPEC.md §10).
+
+An item is a canonical msgpack map with ``"t"`` (kind) and ``"v"`` (version). Its id is the
+BLAKE2b-256 of its bytes. ``parse_item`` checks everything a holder can check without HQ's
+secrets; signatures of receipts and manifests are checked by ``check_item``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from fieldsync_protocol import codec
+from fieldsync_protocol.crypto import content_id, delivery_tag
+from fieldsync_protocol.envelope import MAX_CIPHERTEXT, OuterEnvelope, parse_outer
+from fieldsync_protocol.errors import RemoteProtocolError
+from fieldsync_protocol.membership import VERSION, Manifest, open_manifest
+from fieldsync_protocol.receipt import Receipt, open_receipt
+
+#: Largest item: the largest envelope plus its small map overhead.
+MAX_ITEM = MAX_CIPHERTEXT + 64
+
+
+class ItemKind(Enum):
+    ENVELOPE = "e"
+    RECEIPT = "r"
+    MANIFEST = "m"
+
+
+@dataclass(frozen=True)
+class Item:
+    kind: ItemKind
+    data: bytes
+    fields: dict[str, Any]
+
+    @property
+    def id(self) -> bytes:
+        return content_id(self.data)
+
+    @property
+    def tag(self) -> bytes:
+        return delivery_tag(self.data)
+
+
+def parse_item(data: bytes) -> Item:
+    """Structural check of untrusted item bytes; raises only ``RemoteProtocolError``."""
+    fields = codec.decode(data, max_size=MAX_ITEM, what="item")
+    if not isinstance(fields, dict):
+        raise RemoteProtocolError("item must be a map")
+    try:
+        kind = ItemKind(fields.get("t"))
+    except ValueError:
+        raise RemoteProtocolError(f"item has unknown type {fields.get('t')!r:.20}") from None
+    if fields.get("v") != VERSION:
+        raise RemoteProtocolError(
+            f"item has version {fields.get('v')!r:.20}; this software reads version {VERSION}"
+        )
+    if kind is ItemKind.ENVELOPE:
+        parse_outer(fields)
+    else:
+        codec.as_map(fields, "item", {"b", "s", "t", "v"})
+        codec.get_bytes(fields, "b", "item")
+        codec.get_bytes(fields, "s", "item", 64)
+    return Item(kind, data, fields)
+
+
+@dataclass(frozen=True)
+class Checked:
+    """An item a member may store: its parsed meaning, when it has one."""
+
+    item: Item
+    envelope: OuterEnvelope | None = None
+    receipt: Receipt | None = None
+    manifest: Manifest | None = None
+
+
+def check_item(data: bytes, manifest: Manifest) -> Checked:
+    """Everything a member checks before storing an item: structure and HQ signatures."""
+    item = parse_item(data)
+    if item.kind is ItemKind.ENVELOPE:
+        # An unknown HQ key id is not refused: it may come from a newer manifest that has
+        # not reached this node yet, and relays must never block delivery.
+        return Checked(item, envelope=parse_outer(item.fields))
+    if item.kind is ItemKind.RECEIPT:
+        return Checked(item, receipt=open_receipt(item.fields, manifest))
+    update = open_manifest(data, trusted_root=manifest.root_key)
+    if update.network_id != manifest.network_id:
+        raise RemoteProtocolError("manifest update belongs to another network")
+    return Checked(item, manifest=update)

@@ -1,0 +1,69 @@
+"""HQ delivery receipts (SPEC.md §9).
+
+A receipt item is ``{"b": body, "s": signature, "t": "r", "v": 1}``; the body
+``{"n": network id, "q": batch serial, "tags": [delivery tags], "time": HQ time, "v": 1}``
+is signed by the manifest's receipt key. Receipts name *delivery tags*, not item ids, so a
+node's copy of a receipt does not list which items it carried (see ``crypto.delivery_tag``).
+Only a valid receipt allows a holder to delete an envelope.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fieldsync_protocol import codec
+from fieldsync_protocol.crypto import Domain, sign, verify
+from fieldsync_protocol.errors import LocalProtocolError, RemoteProtocolError
+from fieldsync_protocol.membership import NETWORK_ID_SIZE, VERSION, Manifest
+
+MAX_TAGS = 4096
+TAG_SIZE = 32
+
+
+@dataclass(frozen=True)
+class Receipt:
+    network_id: bytes
+    serial: int
+    time: int
+    tags: tuple[bytes, ...]
+
+
+def sign_receipt(receipt: Receipt, receipt_seed: bytes) -> bytes:
+    if not 1 <= len(receipt.tags) <= MAX_TAGS:
+        raise LocalProtocolError(f"a receipt names 1..{MAX_TAGS} tags")
+    body = codec.encode(
+        {
+            "n": receipt.network_id,
+            "q": receipt.serial,
+            "tags": list(receipt.tags),
+            "time": receipt.time,
+            "v": VERSION,
+        }
+    )
+    return codec.encode({"b": body, "s": sign(Domain.RECEIPT, receipt_seed, body), "t": "r", "v": VERSION})
+
+
+def open_receipt(item: dict[str, Any], manifest: Manifest) -> Receipt:
+    """Verify a decoded receipt item against the network's receipt key."""
+    what = "receipt"
+    codec.as_map(item, what, {"b", "s", "t", "v"})
+    body_bytes = codec.get_bytes(item, "b", what)
+    verify(Domain.RECEIPT, manifest.receipt_key, body_bytes, codec.get_bytes(item, "s", what, 64), what)
+    body = codec.as_map(codec.decode(body_bytes, what=what), what, {"n", "q", "tags", "time", "v"})
+    if codec.get_int(body, "v", what) != VERSION:
+        raise RemoteProtocolError(f"receipt version {body['v']} is not {VERSION}")
+    network_id = codec.get_bytes(body, "n", what, NETWORK_ID_SIZE)
+    if network_id != manifest.network_id:
+        raise RemoteProtocolError("receipt belongs to another network")
+    tags = body["tags"]
+    if not isinstance(tags, list) or not 1 <= len(tags) <= MAX_TAGS:
+        raise RemoteProtocolError(f"receipt must name 1..{MAX_TAGS} tags")
+    if not all(isinstance(t, bytes) and len(t) == TAG_SIZE for t in tags):
+        raise RemoteProtocolError(f"receipt tags must be {TAG_SIZE}-byte strings")
+    return Receipt(
+        network_id=network_id,
+        serial=codec.get_int(body, "q", what),
+        time=codec.get_int(body, "time", what),
+        tags=tuple(tags),
+    )

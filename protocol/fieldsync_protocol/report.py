@@ -1,0 +1,178 @@
+"""The report body schema ``fieldsync.report/1`` (SPEC.md §7).
+
+Fields follow the convergence of HURIDOCS ESF, Uwazi, ODK and Martus
+(reference/ecosystem_anchors.md §1.4). The same validator runs where a report is written
+(so a monitor learns at once what is wrong) and at HQ (where the body is untrusted).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from typing import Any
+
+from fieldsync_protocol.errors import RemoteProtocolError
+
+SCHEMA = "fieldsync.report/1"
+MAX_NARRATIVE = 100_000
+MAX_TEXT = 500
+MAX_LIST = 64
+
+CLOCK_SOURCES = ("ntp", "gps", "rtc", "fake-hwclock", "manual", "unknown")
+PRECISIONS = ("minute", "hour", "day", "month", "year", "unknown")
+LOCATION_SOURCES = ("gps", "exif", "map", "admin-pick", "text", "none")
+SENSITIVITIES = ("public", "internal", "restricted", "confidential")
+CHANNELS = ("cli", "web-form", "api", "import")
+ROLES = ("victim", "perpetrator", "source", "witness", "other")
+
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_DATE = r"\d{4}(-\d{2}(-\d{2})?)?"
+_TIMESTAMP = re.compile(rf"^{_DATE}(T\d{{2}}:\d{{2}}(:\d{{2}})?(Z|[+-]\d{{2}}:\d{{2}}))?$")
+_LANGUAGE = re.compile(r"^[a-zA-Z]{2,3}(-[a-zA-Z0-9]{1,8})*$")
+_KEY = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+
+Checker = Callable[[Any, str], None]
+
+
+def _fail(path: str, message: str) -> RemoteProtocolError:
+    return RemoteProtocolError(f"report field {path}: {message}")
+
+
+def _text(max_len: int = MAX_TEXT) -> Checker:
+    def check(value: Any, path: str) -> None:
+        if not isinstance(value, str):
+            raise _fail(path, "must be text")
+        if len(value) > max_len:
+            raise _fail(path, f"is longer than {max_len} characters")
+
+    return check
+
+
+def _pattern(regex: re.Pattern[str], hint: str) -> Checker:
+    def check(value: Any, path: str) -> None:
+        if not isinstance(value, str) or not regex.match(value):
+            raise _fail(path, f"must be {hint}, got {value!r:.60}")
+
+    return check
+
+
+def _choice(options: tuple[str, ...]) -> Checker:
+    def check(value: Any, path: str) -> None:
+        if value not in options:
+            raise _fail(path, f"must be one of {', '.join(options)}; got {value!r:.40}")
+
+    return check
+
+
+def _boolean(value: Any, path: str) -> None:
+    if not isinstance(value, bool):
+        raise _fail(path, "must be true or false")
+
+
+def _number(low: float, high: float) -> Checker:
+    def check(value: Any, path: str) -> None:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _fail(path, "must be a number")
+        if not math.isfinite(value) or not low <= value <= high:
+            raise _fail(path, f"must be between {low} and {high}")
+
+    return check
+
+
+def _list_of(item: Checker, min_len: int = 0) -> Checker:
+    def check(value: Any, path: str) -> None:
+        if not isinstance(value, list):
+            raise _fail(path, "must be a list")
+        if not min_len <= len(value) <= MAX_LIST:
+            raise _fail(path, f"must have {min_len}..{MAX_LIST} entries")
+        for index, element in enumerate(value):
+            item(element, f"{path}[{index}]")
+
+    return check
+
+
+def _record(required: dict[str, Checker], optional: dict[str, Checker]) -> Checker:
+    def check(value: Any, path: str) -> None:
+        if not isinstance(value, dict):
+            raise _fail(path, "must be a map")
+        missing = [k for k in required if k not in value]
+        if missing:
+            raise _fail(path, f"lacks {', '.join(missing)}")
+        for key, element in value.items():
+            checker = required.get(key) or optional.get(key)
+            if checker is None:
+                raise _fail(path, f"has unknown field {key!r:.40}")
+            if element is None and key in optional:
+                continue
+            checker(element, f"{path}.{key}" if path else key)
+
+    return check
+
+
+_TIMESTAMP_CHECK = _pattern(_TIMESTAMP, "a date or UTC time like 2025-03-01T09:30Z")
+_CATEGORY = _pattern(_KEY, "a taxonomy key like arbitrary-detention")
+
+_PERSON = _record(
+    {"role": _choice(ROLES)},
+    {
+        "code": _text(32),
+        "count": _number(1, 1_000_000),
+        "sex": _text(16),
+        "age_group": _text(16),
+        "type": _text(64),
+        "relation": _text(64),
+        "reliability": _text(16),
+        "name": _text(128),
+    },
+)
+
+_SCHEMA_CHECK = _record(
+    {
+        "schema": _choice((SCHEMA,)),
+        "id": _pattern(_UUID, "a lowercase UUID"),
+        "created_at": _TIMESTAMP_CHECK,
+        "clock": _record({"source": _choice(CLOCK_SOURCES), "synced": _boolean}, {}),
+        "origin": _record({"channel": _choice(CHANNELS)}, {"monitor": _text(32)}),
+        "language": _pattern(_LANGUAGE, "a BCP 47 language tag like fr or pt-BR"),
+        "occurred": _record(
+            {"start": _TIMESTAMP_CHECK, "precision": _choice(PRECISIONS), "approximate": _boolean},
+            {"end": _TIMESTAMP_CHECK},
+        ),
+        "categories": _list_of(_CATEGORY, 1),
+        "narrative": _text(MAX_NARRATIVE),
+        "sensitivity": _choice(SENSITIVITIES),
+        "consent": _record(
+            {"share_with_hq": _boolean},
+            {"informed": _boolean, "publish": _boolean, "contact_ok": _boolean},
+        ),
+    },
+    {
+        "supersedes": _pattern(_UUID, "a lowercase UUID"),
+        "taxonomy_version": _text(32),
+        "title": _text(200),
+        "location": _record(
+            {"source": _choice(LOCATION_SOURCES)},
+            {
+                "lat": _number(-90, 90),
+                "lon": _number(-180, 180),
+                "accuracy_m": _number(0, 40_000_000),
+                "alt_m": _number(-12_000, 100_000),
+                "place": _text(),
+                "admin": _list_of(_text(100)),
+            },
+        ),
+        "people": _list_of(_PERSON),
+    },
+)
+
+
+def validate_report(body: Any) -> dict[str, Any]:
+    """Return ``body`` if it is a valid report; else raise naming the first bad field."""
+    _SCHEMA_CHECK(body, "")
+    location = body.get("location")
+    if location and (location.get("lat") is None) != (location.get("lon") is None):
+        raise _fail("location", "needs both lat and lon, or neither")
+    if not body["narrative"].strip():
+        raise _fail("narrative", "is empty; describe what happened")
+    return body  # type: ignore[no-any-return]
