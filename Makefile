@@ -1,0 +1,95 @@
+# fieldsync developer entry points. Everything runs from the project venv in .venv/.
+#   make demo   - set up .venv if needed, then run the self-contained demo
+#   make test   - ruff, mypy, import contracts, pytest with coverage (fails on any step)
+#   make bench  - benchmark scenarios (prints ratios)
+#   make clean  - remove caches and build output (keeps .venv); make distclean also drops .venv
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := .venv-stamp
+
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+# "No tests ran" is a failure here, never a pass. pytest says so with exit code 5, but when
+# coverage also fails pytest-cov turns that into 1, so the closing line is checked too.
+define PYTEST_WITH_COVERAGE
+@rc=0; log=$$(mktemp); color=$$([ -t 1 ] && echo --color=yes || true); \
+$(BIN)/pytest $$color --cov --cov-branch --cov-report=term-missing 2>&1 | tee "$$log" \
+    || rc=$$?; \
+if [ "$$rc" -eq 5 ] || tail -n 1 "$$log" | grep -q "no tests ran"; then \
+    echo "make: FAILED: pytest ran no tests (exit code $$rc)" >&2; \
+    rc=1; \
+fi; \
+rm -f "$$log"; \
+exit "$$rc"
+endef
+
+.PHONY: help venv demo test lint typecheck imports pytest bench clean distclean
+
+help:
+	@echo "make demo   run the demo (creates .venv on first use)"
+	@echo "make test   ruff + mypy + import contracts + pytest with coverage"
+	@echo "make bench  run benchmark scenarios"
+	@echo "make clean  remove caches; make distclean also removes .venv"
+
+venv: $(STAMP)
+
+# Re-run the install whenever pyproject.toml changes (dependencies, extras, tool config).
+$(STAMP): pyproject.toml
+	@if ! $(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then \
+	    echo "fieldsync needs Python >= 3.11 (found: $$($(PYTHON) --version 2>&1))." >&2; \
+	    echo "Set PYTHON=python3.11 (or newer), e.g. make PYTHON=python3.11 demo" >&2; \
+	    exit 1; \
+	fi
+	@if ! $(BIN)/python -c '' 2>/dev/null; then \
+	    if ! $(PYTHON) -c 'import ensurepip' 2>/dev/null; then \
+	        echo "$(PYTHON) cannot create virtual environments (no ensurepip)." >&2; \
+	        echo "On Debian / Raspberry Pi OS: sudo apt-get install python3-venv, then re-run make." >&2; \
+	        exit 1; \
+	    fi; \
+	    echo "Creating $(VENV) with $$($(PYTHON) --version)"; \
+	    $(PYTHON) -m venv --clear $(VENV); \
+	fi
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $@
+
+demo: venv
+	$(BIN)/python -m fieldsync_cli.demo
+
+# One step after another, stopping at the first failure.
+test: venv
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+	$(PYTEST_WITH_COVERAGE)
+
+# The same steps one at a time.
+lint: venv
+	$(BIN)/ruff check .
+
+typecheck: venv
+	$(BIN)/mypy
+
+imports: venv
+	$(BIN)/lint-imports
+
+pytest: venv
+	$(PYTEST_WITH_COVERAGE)
+
+bench: venv
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf build dist .pytest_cache .mypy_cache .ruff_cache .hypothesis .import_linter_cache htmlcov
+	rm -f .coverage .coverage.* coverage.xml
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+	find . -path ./$(VENV) -prune -o -name '*.egg-info' -type d -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV) $(STAMP)

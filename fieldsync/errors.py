@@ -1,0 +1,36 @@
+"""Typed errors of the fieldsync application, each with the exit code the CLI maps it to.
+
+Messages say what happened and what to do; the CLI prints them as they are.
+"""
+
+from __future__ import annotations
+
+
+class FieldsyncError(Exception):
+    """Base class; ``exit_code`` is documented in README.md "Exit codes"."""
+
+    exit_code = 1
+
+
+class InputRefused(FieldsyncError):
+    """Untrusted input (a bundle, a request, a report field) is malformed or forged."""
+
+    exit_code = 3
+
+
+class NotFound(FieldsyncError):
+    """A file, report or directory named by the user does not exist."""
+
+    exit_code = 4
+
+
+class NotInitialised(FieldsyncError):
+    """The node home has not been set up (``fieldsync init``) or has not joined a network."""
+
+    exit_code = 10
+
+
+class WrongPassphrase(FieldsyncError):
+    """A passphrase did not unlock a key."""
+
+    exit_code = 12

@@ -1,0 +1,101 @@
+"""Secrets at rest: passphrase-sealed files (Argon2id + XSalsa20-Poly1305) and plain key files.
+
+A sealed file is canonical msgpack ``{"kdf": "argon2id13", "mem", "ops", "salt", "nonce",
+"box"}``: the KDF cost travels with the file, so a key made on a laptop still opens on a Pi.
+Files are written atomically (temp file, fsync, rename) with mode 0600.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+import nacl.exceptions
+import nacl.pwhash
+import nacl.secret
+
+from fieldsync.errors import InputRefused, NotFound, WrongPassphrase
+from fieldsync_protocol import codec
+from fieldsync_protocol.errors import RemoteProtocolError
+
+#: Argon2id costs. "moderate" (256 MiB, ~0.4 s on x86; a few s on a Pi 3) is the default.
+KDF_PROFILES: dict[str, tuple[int, int]] = {
+    "interactive": (nacl.pwhash.argon2id.OPSLIMIT_INTERACTIVE, nacl.pwhash.argon2id.MEMLIMIT_INTERACTIVE),
+    "moderate": (nacl.pwhash.argon2id.OPSLIMIT_MODERATE, nacl.pwhash.argon2id.MEMLIMIT_MODERATE),
+    "sensitive": (nacl.pwhash.argon2id.OPSLIMIT_SENSITIVE, nacl.pwhash.argon2id.MEMLIMIT_SENSITIVE),
+}
+DEFAULT_KDF_PROFILE = "moderate"
+MIN_PASSPHRASE = 8
+_MAX_SEALED_FILE = 64 * 1024
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Atomically replace ``path`` with ``data``, readable only by the owner."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def read_file(path: Path, what: str, hint: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise NotFound(f"{what} not found at {path}; {hint}") from None
+
+
+def seal_with_passphrase(plaintext: bytes, passphrase: str, profile: str = DEFAULT_KDF_PROFILE) -> bytes:
+    if len(passphrase) < MIN_PASSPHRASE:
+        raise InputRefused(f"passphrase is too short: use at least {MIN_PASSPHRASE} characters")
+    try:
+        ops, mem = KDF_PROFILES[profile]
+    except KeyError:
+        raise InputRefused(f"unknown KDF profile {profile!r}; use one of {', '.join(KDF_PROFILES)}") from None
+    salt = secrets.token_bytes(nacl.pwhash.argon2id.SALTBYTES)
+    key = nacl.pwhash.argon2id.kdf(32, passphrase.encode(), salt, opslimit=ops, memlimit=mem)
+    nonce = secrets.token_bytes(nacl.secret.SecretBox.NONCE_SIZE)
+    box = nacl.secret.SecretBox(key).encrypt(plaintext, nonce).ciphertext
+    return codec.encode({"box": box, "kdf": "argon2id13", "mem": mem, "nonce": nonce, "ops": ops, "salt": salt})
+
+
+def open_with_passphrase(sealed: bytes, passphrase: str, what: str) -> bytes:
+    try:
+        fields = codec.as_map(
+            codec.decode(sealed, max_size=_MAX_SEALED_FILE, what=what),
+            what,
+            {"box", "kdf", "mem", "nonce", "ops", "salt"},
+        )
+        if fields["kdf"] != "argon2id13":
+            raise InputRefused(f"{what} uses an unknown key derivation {fields['kdf']!r:.20}")
+        ops = codec.get_int(fields, "ops", what, 1, nacl.pwhash.argon2id.OPSLIMIT_MAX)
+        mem = codec.get_int(fields, "mem", what, 8192, 4 * 1024**3)
+        salt = codec.get_bytes(fields, "salt", what, nacl.pwhash.argon2id.SALTBYTES)
+        nonce = codec.get_bytes(fields, "nonce", what, nacl.secret.SecretBox.NONCE_SIZE)
+        box = codec.get_bytes(fields, "box", what)
+    except RemoteProtocolError as exc:
+        raise InputRefused(f"{what} is damaged: {exc}") from exc
+    key = nacl.pwhash.argon2id.kdf(32, passphrase.encode(), salt, opslimit=ops, memlimit=mem)
+    try:
+        return nacl.secret.SecretBox(key).decrypt(box, nonce)
+    except nacl.exceptions.CryptoError:
+        raise WrongPassphrase(f"wrong passphrase for {what}") from None
+
+
+def load_map(data: bytes, what: str, keys: set[str]) -> dict[str, Any]:
+    """Decode one of our own msgpack files, turning damage into a clear error."""
+    try:
+        return codec.as_map(codec.decode(data, what=what), what, keys)
+    except RemoteProtocolError as exc:
+        raise InputRefused(f"{what} is damaged ({exc}); restore it from a backup") from exc

@@ -1,0 +1,305 @@
+"""A field node's home directory and what a monitor or courier does with it.
+
+Layout of a node home (SPEC.md §6, README "Files")::
+
+    node.secret        X25519 static key of the node (0600; needed unattended)
+    author.secret      the monitor's ed25519 seed, sealed with their passphrase (authors only)
+    request.txt        the enrolment request to hand to HQ in person
+    membership.bin     manifest item, network key and this node's certificate (after join)
+    store.db           the item store (sealed items only; see store.py)
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from fieldsync import keystore
+from fieldsync.errors import FieldsyncError, InputRefused, NotFound, NotInitialised
+from fieldsync.store import ImportCounts, OutboxEntry, Store, now_seconds
+from fieldsync_protocol import codec, crypto, envelope, membership
+from fieldsync_protocol.bundle import SEALED_CHUNK, BundleReader, BundleWriter
+from fieldsync_protocol.errors import LocalProtocolError, RemoteProtocolError
+from fieldsync_protocol.items import check_item
+from fieldsync_protocol.keytext import KeyKind, fingerprint, key_to_text
+from fieldsync_protocol.report import validate_report
+
+NODE_SECRET = "node.secret"
+AUTHOR_SECRET = "author.secret"
+REQUEST = "request.txt"
+MEMBERSHIP = "membership.bin"
+STORE = "store.db"
+
+#: Receives (bytes done, bytes total) during long operations.
+Progress = Callable[[int, int], None]
+
+
+def uuid7(now_ms: int | None = None) -> str:
+    """A time-ordered UUIDv7 (RFC 9562): report ids sort by creation."""
+    ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+    rand = int.from_bytes(secrets.token_bytes(10), "big")
+    value = (ms & (2**48 - 1)) << 80 | 0x7 << 76 | (rand >> 68 & 0xFFF) << 64 | 0b10 << 62 | (rand & (2**62 - 1))
+    return str(uuid.UUID(int=value))
+
+
+def clock_status() -> dict[str, Any]:
+    """How far the device clock can be trusted (Pis before the Pi 5 have no RTC)."""
+    timedatectl = shutil.which("timedatectl")
+    if timedatectl:
+        try:
+            out = subprocess.run(  # noqa: S603 - fixed argv, no shell
+                [timedatectl, "show", "--property=NTPSynchronized", "--value"],
+                capture_output=True, text=True, timeout=2, check=False,
+            ).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            out = ""
+        if out == "yes":
+            return {"source": "ntp", "synced": True}
+    return {"source": "unknown", "synced": False}
+
+
+def utc_text(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class Membership:
+    manifest_item: bytes
+    manifest: membership.Manifest
+    network_key: bytes
+    certificate: bytes
+    certificate_info: membership.NodeCertificate
+
+
+@dataclass(frozen=True)
+class BundleImport:
+    counts: ImportCounts
+    items_in_file: int
+
+
+class Node:
+    """Operations on one node home. Open stores are closed by ``close``."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self._store: Store | None = None
+
+    # --- set-up ------------------------------------------------------------------------
+
+    def init(self, author_name: str | None, passphrase: str | None, kdf_profile: str) -> Path:
+        """Create node keys (and an author key); write the enrolment request."""
+        if (self.home / NODE_SECRET).exists():
+            raise FieldsyncError(f"{self.home} already holds a node; choose another --home")
+        self.home.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.home, 0o700)
+        node_secret = secrets.token_bytes(32)
+        author_seed: bytes | None = None
+        if author_name is not None:
+            if passphrase is None:
+                raise InputRefused("an author key needs a passphrase")
+            author_seed = secrets.token_bytes(32)
+            sealed = keystore.seal_with_passphrase(author_seed, passphrase, kdf_profile)
+            keystore.write_private(self.home / AUTHOR_SECRET, sealed)
+        keystore.write_private(self.home / NODE_SECRET, node_secret)
+        request = membership.EnrolmentRequest(
+            node_key=crypto.box_public_key(node_secret),
+            author_key=None if author_seed is None else crypto.signing_public_key(author_seed),
+            author_name=author_name,
+            created=now_seconds(),
+        )
+        path = self.home / REQUEST
+        keystore.write_private(path, (membership.encode_request(request, author_seed) + "\n").encode())
+        self.store()  # create the store now so `status` works before join
+        return path
+
+    def node_secret(self) -> bytes:
+        data = keystore.read_file(
+            self.home / NODE_SECRET, "node key", "run `fieldsync --home DIR init` first"
+        )
+        if len(data) != 32:
+            raise InputRefused(f"node key {self.home / NODE_SECRET} is damaged")
+        return data
+
+    def is_author(self) -> bool:
+        return (self.home / AUTHOR_SECRET).exists()
+
+    def join(self, enrolment_text: str) -> Membership:
+        node_secret = self.node_secret()
+        try:
+            enrolment, manifest, cert = membership.decode_enrolment(enrolment_text, node_secret)
+        except RemoteProtocolError as exc:
+            raise InputRefused(f"enrolment refused: {exc}") from exc
+        data = codec.encode(
+            {"cert": enrolment.certificate, "knet": enrolment.network_key, "man": enrolment.manifest_item}
+        )
+        keystore.write_private(self.home / MEMBERSHIP, data)
+        store = self.store()
+        with store.transaction():
+            store.add_checked(check_item(enrolment.manifest_item, manifest), ImportCounts(), now_seconds())
+        return Membership(enrolment.manifest_item, manifest, enrolment.network_key, enrolment.certificate, cert)
+
+    def membership(self) -> Membership:
+        path = self.home / MEMBERSHIP
+        if not path.exists():
+            if not (self.home / NODE_SECRET).exists():
+                raise NotInitialised(f"{self.home} is not a fieldsync node; run `fieldsync --home {self.home} init`")
+            raise NotInitialised(
+                f"{self.home} has not joined a network; take {self.home / REQUEST} to HQ and run `join`"
+            )
+        fields = keystore.load_map(path.read_bytes(), "membership file", {"cert", "knet", "man"})
+        try:
+            manifest = membership.open_manifest(fields["man"])
+            cert = membership.open_certificate(fields["cert"], manifest)
+        except RemoteProtocolError as exc:
+            raise InputRefused(f"membership file {path} is damaged: {exc}") from exc
+        return Membership(fields["man"], manifest, fields["knet"], fields["cert"], cert)
+
+    def store(self) -> Store:
+        if self._store is None:
+            if not (self.home / NODE_SECRET).exists():
+                raise NotInitialised(f"{self.home} is not a fieldsync node; run `fieldsync --home {self.home} init`")
+            self._store = Store(self.home / STORE)
+        return self._store
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    # --- reports -----------------------------------------------------------------------
+
+    def unlock_author(self, passphrase: str) -> bytes:
+        path = self.home / AUTHOR_SECRET
+        if not path.exists():
+            raise FieldsyncError(
+                f"{self.home} is a relay-only node (no author key); reports are written on author nodes"
+            )
+        return keystore.open_with_passphrase(path.read_bytes(), passphrase, "author key")
+
+    def add_report(self, fields: dict[str, Any], passphrase: str) -> str:
+        """Validate, sign, seal and store a report; return its report id."""
+        member = self.membership()
+        author_seed = self.unlock_author(passphrase)
+        now = time.time()
+        body = {
+            "schema": "fieldsync.report/1",
+            "id": uuid7(int(now * 1000)),
+            "created_at": utc_text(now),
+            "clock": clock_status(),
+            "origin": {"channel": "cli"},
+            "language": "en",
+            "sensitivity": "restricted",
+            "consent": {"share_with_hq": True},
+            **fields,
+        }
+        try:
+            validate_report(body)
+        except RemoteProtocolError as exc:
+            raise InputRefused(str(exc)) from exc
+        author = crypto.signing_public_key(author_seed)
+        store = self.store()
+        sequence, previous = store.chain_state(author) or (0, envelope.GENESIS)
+        key_id = member.manifest.current_hq_key_id
+        try:
+            sealed = envelope.seal_report(
+                envelope.SealInput(
+                    network_id=member.manifest.network_id,
+                    hq_key_id=key_id,
+                    hq_public_key=member.manifest.hq_keys[key_id],
+                    author_seed=author_seed,
+                    sequence=sequence + 1,
+                    previous=previous,
+                    claimed_time=int(now),
+                    body=body,
+                ),
+                secrets.token_bytes(32),
+            )
+        except LocalProtocolError as exc:
+            raise InputRefused(str(exc)) from exc
+        checked = check_item(sealed.item, member.manifest)
+        store.record_own_report(author, sequence + 1, sealed.header_hash, body["id"], checked, int(now))
+        return str(body["id"])
+
+    def reports(self) -> list[OutboxEntry]:
+        return self.store().outbox()
+
+    # --- bundles -----------------------------------------------------------------------
+
+    def export_bundle(self, path: Path, progress: Progress | None = None) -> int:
+        """Write every stored item to a bundle file atomically; return the item count."""
+        member = self.membership()
+        store = self.store()
+        writer = BundleWriter(member.network_key, member.manifest.network_id, secrets.token_bytes(16))
+        tmp = path.with_name(f".{path.name}.partial")
+        total = store.item_count()
+        with open(tmp, "wb") as out:
+            for done, item in enumerate(store.iter_items(), start=1):
+                out.write(writer.add(item))
+                if progress:
+                    progress(done, total)
+            out.write(writer.finish())
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+        return writer.items_written
+
+    def import_bundle(self, path: Path, progress: Progress | None = None) -> BundleImport:
+        """Import a bundle all-or-nothing: a damaged or forged file leaves the store unchanged."""
+        member = self.membership()
+        store = self.store()
+        counts = ImportCounts()
+        now = now_seconds()
+        reader = BundleReader(member.network_key, member.manifest.network_id)
+        try:
+            with store.transaction():
+                for data in _read_bundle(path, reader, progress):
+                    store.add_checked(check_item(data, member.manifest), counts, now)
+        except RemoteProtocolError as exc:
+            raise InputRefused(f"bundle {path} refused, nothing imported: {exc}") from exc
+        if counts.purged:
+            store.checkpoint()
+        return BundleImport(counts, reader.items_read)
+
+    def status(self) -> dict[str, Any]:
+        status: dict[str, Any] = {"home": str(self.home), "role": "author" if self.is_author() else "relay"}
+        try:
+            member = self.membership()
+        except NotInitialised:
+            status["joined"] = False
+        else:
+            status["joined"] = True
+            status["network"] = member.manifest.name
+            status["network_id"] = key_to_text(KeyKind.NETWORK, member.manifest.network_id)
+            status["node"] = fingerprint(KeyKind.NODE, member.certificate_info.node_key)
+        status.update(self.store().status())
+        return status
+
+
+def _read_bundle(path: Path, reader: BundleReader, progress: Progress | None) -> Iterator[bytes]:
+    try:
+        size = path.stat().st_size
+        handle = open(path, "rb")  # noqa: SIM115 - closed in finally; generator
+    except FileNotFoundError:
+        raise NotFound(f"bundle file {path} does not exist") from None
+    except IsADirectoryError:
+        raise NotFound(f"{path} is a directory, not a bundle file") from None
+    try:
+        done = 0
+        while chunk := handle.read(SEALED_CHUNK * 4):
+            reader.receive_data(chunk)
+            done += len(chunk)
+            yield from reader.items()
+            if progress:
+                progress(done, size)
+        reader.end_of_file()
+    finally:
+        handle.close()

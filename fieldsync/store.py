@@ -1,0 +1,266 @@
+"""The node's item store: SQLite in WAL mode, numbered migrations, durable custody commits.
+
+What it holds (SPEC.md §9, §10): sealed items (envelopes, receipts, manifests) numbered in
+arrival order, tombstones (delivery tags of receipted items), the author's outbox (report
+id, delivery tag, status) and the author's chain state. It never holds plaintext or keys.
+
+Rules that matter for people's safety:
+
+* ``secure_delete=ON`` and a truncating checkpoint after every purge, so deleted rows do
+  not linger in the database or WAL files (reference/security_anchors.md §8.3).
+* ``synchronous=FULL``: a batch is on disk before the caller acknowledges it.
+* Deletion of an envelope happens only in ``apply_receipt``, from a verified receipt.
+
+A ``Store`` is used by one thread at a time (the CLI's, or the daemon's store thread).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import sqlite_utils
+
+from fieldsync_protocol.envelope import TTL_CLASSES
+from fieldsync_protocol.items import Checked, ItemKind
+
+#: How long a holder keeps receipts and manifests after it received them (seconds).
+RECEIPT_TTL = 365 * 86400
+
+_MIGRATIONS: tuple[str, ...] = (
+    # 1: initial schema
+    """
+    CREATE TABLE items (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- local arrival number (per-peer deltas)
+        id BLOB NOT NULL UNIQUE,                -- BLAKE2b-256 of data
+        tag BLOB NOT NULL UNIQUE,               -- delivery tag named by receipts
+        kind TEXT NOT NULL,
+        data BLOB NOT NULL,
+        received_at INTEGER NOT NULL,           -- local clock, seconds
+        expires_at INTEGER NOT NULL,            -- received_at + TTL (relative expiry)
+        own INTEGER NOT NULL DEFAULT 0          -- written by this node's author
+    );
+    CREATE INDEX items_kind ON items(kind);
+    CREATE TABLE tombstones (
+        tag BLOB PRIMARY KEY,
+        deleted_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE outbox (
+        report_id TEXT PRIMARY KEY,
+        tag BLOB NOT NULL UNIQUE,
+        sequence INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('sealed', 'delivered')),
+        delivered_at INTEGER
+    );
+    CREATE TABLE author_chain (
+        author BLOB PRIMARY KEY,
+        sequence INTEGER NOT NULL,
+        previous BLOB NOT NULL
+    );
+    """,
+)
+
+
+@dataclass
+class ImportCounts:
+    """What happened to a batch of incoming items."""
+
+    new: int = 0
+    duplicate: int = 0
+    already_delivered: int = 0
+    receipts_applied: int = 0
+    purged: int = 0
+    delivered_own: int = 0
+    kinds: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    report_id: str
+    sequence: int
+    created_at: int
+    status: str
+    delivered_at: int | None
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        for pragma in (
+            "journal_mode=WAL",
+            "synchronous=FULL",
+            "secure_delete=ON",
+            "foreign_keys=ON",
+            "busy_timeout=10000",
+        ):
+            self._conn.execute(f"PRAGMA {pragma}")
+        self.db = sqlite_utils.Database(self._conn)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+        for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
+            with self.transaction():
+                for statement in script.split(";"):
+                    if statement.strip():
+                        self._conn.execute(statement)
+                self._conn.execute(f"PRAGMA user_version = {number}")
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def transaction(self) -> _Transaction:
+        return _Transaction(self._conn)
+
+    # --- items ---------------------------------------------------------------------------
+
+    def has_item(self, item_id: bytes) -> bool:
+        row = self._conn.execute("SELECT 1 FROM items WHERE id = ?", (item_id,)).fetchone()
+        return row is not None
+
+    def add_checked(self, checked: Checked, counts: ImportCounts, now: int, own: bool = False) -> None:
+        """Store one verified item inside the caller's transaction; apply receipts at once."""
+        item = checked.item
+        kind_name = item.kind.name.lower()
+        counts.kinds[kind_name] = counts.kinds.get(kind_name, 0) + 1
+        tag = item.tag
+        if self._conn.execute("SELECT 1 FROM tombstones WHERE tag = ?", (tag,)).fetchone():
+            counts.already_delivered += 1
+            return
+        if checked.envelope is not None:
+            ttl = TTL_CLASSES[checked.envelope.ttl_class]
+        else:
+            ttl = RECEIPT_TTL
+        cursor = self._conn.execute(
+            "INSERT OR IGNORE INTO items (id, tag, kind, data, received_at, expires_at, own)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (item.id, tag, item.kind.value, item.data, now, now + ttl, int(own)),
+        )
+        if cursor.rowcount == 0:
+            counts.duplicate += 1
+            return
+        counts.new += 1
+        if checked.receipt is not None:
+            self._apply_receipt_tags(checked.receipt.tags, counts, now)
+
+    def _apply_receipt_tags(self, tags: Iterable[bytes], counts: ImportCounts, now: int) -> None:
+        counts.receipts_applied += 1
+        for tag in tags:
+            purged = self._conn.execute(
+                "DELETE FROM items WHERE tag = ? AND kind = ?", (tag, ItemKind.ENVELOPE.value)
+            ).rowcount
+            counts.purged += purged
+            self._conn.execute(
+                "INSERT OR IGNORE INTO tombstones (tag, deleted_at) VALUES (?, ?)", (tag, now)
+            )
+            counts.delivered_own += self._conn.execute(
+                "UPDATE outbox SET status = 'delivered', delivered_at = ?"
+                " WHERE tag = ? AND status = 'sealed'",
+                (now, tag),
+            ).rowcount
+
+    def iter_items(self, batch: int = 500) -> Iterator[bytes]:
+        """All stored items in arrival order, read in batches (bounded memory)."""
+        last = 0
+        while True:
+            rows = self._conn.execute(
+                "SELECT seq, data FROM items WHERE seq > ? ORDER BY seq LIMIT ?", (last, batch)
+            ).fetchall()
+            if not rows:
+                return
+            for seq, data in rows:
+                last = seq
+                yield data
+
+    def item_count(self) -> int:
+        return int(self._conn.execute("SELECT count(*) FROM items").fetchone()[0])
+
+    def manifest_items(self) -> list[bytes]:
+        rows = self._conn.execute(
+            "SELECT data FROM items WHERE kind = ? ORDER BY seq", (ItemKind.MANIFEST.value,)
+        ).fetchall()
+        return [row[0] for row in rows]
+
+    def checkpoint(self) -> None:
+        """Fold the WAL into the database and truncate it, so deleted rows leave no copy."""
+        self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    # --- author outbox and chain -----------------------------------------------------------
+
+    def chain_state(self, author: bytes) -> tuple[int, bytes] | None:
+        row = self._conn.execute(
+            "SELECT sequence, previous FROM author_chain WHERE author = ?", (author,)
+        ).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    def record_own_report(
+        self, author: bytes, sequence: int, header_hash: bytes, report_id: str, checked: Checked, now: int
+    ) -> None:
+        """Store the author's new envelope, its outbox entry and chain state atomically."""
+        with self.transaction():
+            self.add_checked(checked, ImportCounts(), now, own=True)
+            self._conn.execute(
+                "INSERT INTO outbox (report_id, tag, sequence, created_at, status)"
+                " VALUES (?, ?, ?, ?, 'sealed')",
+                (report_id, checked.item.tag, sequence, now),
+            )
+            self._conn.execute(
+                "INSERT INTO author_chain (author, sequence, previous) VALUES (?, ?, ?)"
+                " ON CONFLICT(author) DO UPDATE SET sequence = excluded.sequence,"
+                " previous = excluded.previous",
+                (author, sequence, header_hash),
+            )
+
+    def outbox(self) -> list[OutboxEntry]:
+        rows = self._conn.execute(
+            "SELECT report_id, sequence, created_at, status, delivered_at FROM outbox ORDER BY sequence"
+        ).fetchall()
+        return [OutboxEntry(*row) for row in rows]
+
+    # --- status ----------------------------------------------------------------------------
+
+    def status(self) -> dict[str, object]:
+        kinds = {
+            ItemKind(kind).name.lower(): count
+            for kind, count in self._conn.execute("SELECT kind, count(*) FROM items GROUP BY kind")
+        }
+        outbox = dict(self._conn.execute("SELECT status, count(*) FROM outbox GROUP BY status").fetchall())
+        tombstones = self._conn.execute("SELECT count(*) FROM tombstones").fetchone()[0]
+        disk = sum(
+            p.stat().st_size
+            for p in self.path.parent.glob(self.path.name + "*")
+            if p.is_file()
+        )
+        return {
+            "items": {k.name.lower(): kinds.get(k.name.lower(), 0) for k in ItemKind},
+            "items_total": sum(kinds.values()),
+            "outbox": {"sealed": outbox.get("sealed", 0), "delivered": outbox.get("delivered", 0)},
+            "tombstones": tombstones,
+            "disk_bytes": disk,
+        }
+
+    def integrity_check(self) -> str:
+        return str(self._conn.execute("PRAGMA integrity_check").fetchone()[0])
+
+
+class _Transaction:
+    """``BEGIN IMMEDIATE`` … ``COMMIT`` (durable under synchronous=FULL) or ``ROLLBACK``."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def __enter__(self) -> None:
+        self._conn.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self._conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
+
+
+def now_seconds() -> int:
+    return int(time.time())
