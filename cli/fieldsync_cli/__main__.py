@@ -1,0 +1,3 @@
+from fieldsync_cli.main import main
+
+main()

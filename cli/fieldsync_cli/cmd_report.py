@@ -1,0 +1,183 @@
+"""``report add|list|show``: write reports and follow them until HQ has them."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from fieldsync.errors import InputRefused, NotFound
+from fieldsync.node import Node, utc_text
+from fieldsync_cli.common import emit, get_passphrase, handle_errors, json_option, passphrase_option, say
+from fieldsync_cli.main import home_of
+from fieldsync_protocol.report import SENSITIVITIES
+
+_PRECISION_BY_FORM = (
+    (re.compile(r"^\d{4}$"), "year"),
+    (re.compile(r"^\d{4}-\d{2}$"), "month"),
+    (re.compile(r"^\d{4}-\d{2}-\d{2}$"), "day"),
+    (re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2})?(Z|[+-]\d{2}:\d{2})$"), "minute"),
+)
+
+
+def occurred_field(text: str, approximate: bool) -> dict[str, Any]:
+    """``2025-03-01`` → day precision; ``2025-03`` → month; a time with zone → minute."""
+    text = text.strip()
+    if re.match(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2})?$", text):
+        text = text.replace(" ", "T") + "Z"  # a time without a zone is taken as UTC
+    for pattern, precision in _PRECISION_BY_FORM:
+        if pattern.match(text):
+            return {"start": text, "precision": precision, "approximate": approximate}
+    raise InputRefused(
+        f"--occurred {text!r} is not a date; use 2025-03-01, 2025-03, 2025 or 2025-03-01T09:30Z"
+    )
+
+
+def _prompt_fields() -> dict[str, Any]:
+    say("New report. Press Enter to skip optional fields.")
+    narrative = click.prompt("What happened (narrative)")
+    categories = click.prompt("Category keys, comma separated", default="unclassified")
+    occurred = click.prompt("When did it happen (2025-03-01, 2025-03, or 2025-03-01T09:30Z)")
+    place = click.prompt("Place name (optional)", default="", show_default=False)
+    sensitivity = click.prompt("Sensitivity", type=click.Choice(SENSITIVITIES), default="restricted")
+    return {
+        "narrative": narrative,
+        "categories": [c.strip() for c in categories.split(",") if c.strip()],
+        "occurred": occurred_field(occurred, approximate=False),
+        "sensitivity": sensitivity,
+        **({"location": {"source": "text", "place": place}} if place else {}),
+    }
+
+
+@click.group()
+def report() -> None:
+    """Write reports (signed by you, readable only by HQ) and see their delivery."""
+
+
+@report.command()
+@click.option("--narrative", help="What happened, in your words.")
+@click.option("--category", "categories", multiple=True, help="Taxonomy key; repeat for more (first = primary).")
+@click.option("--occurred", help="When: 2025-03-01, 2025-03, 2025 or 2025-03-01T09:30Z.")
+@click.option("--approximate", is_flag=True, help="The date or time is an estimate.")
+@click.option("--title", help="Short title.")
+@click.option("--place", help="Place name or description.")
+@click.option("--lat", type=float, help="Latitude (WGS 84).")
+@click.option("--lon", type=float, help="Longitude (WGS 84).")
+@click.option("--accuracy", type=float, help="Location accuracy in metres.")
+@click.option("--sensitivity", type=click.Choice(SENSITIVITIES), help="Default: restricted.")
+@click.option("--language", help="BCP 47 language of the narrative (default en).")
+@click.option("--json-file", type=click.Path(dir_okay=False, path_type=Path), help="Report fields as JSON (options override).")
+@passphrase_option
+@json_option
+@click.pass_context
+@handle_errors
+def add(ctx: click.Context, **options: Any) -> None:
+    """Sign and seal a new report; print its id. With no options on a terminal, asks."""
+    as_json = options.pop("as_json")
+    passphrase_file = options.pop("passphrase_file")
+    json_file = options.pop("json_file")
+    given = {k: v for k, v in options.items() if v not in (None, (), False)}
+    fields: dict[str, Any] = {}
+    if json_file is not None:
+        try:
+            loaded = json.loads(json_file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise NotFound(f"--json-file {json_file} does not exist") from None
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InputRefused(f"--json-file {json_file} is not valid JSON: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise InputRefused(f"--json-file {json_file} must hold a JSON object of report fields")
+        fields.update(loaded)
+    if not given and json_file is None:
+        if not sys.stdin.isatty():
+            raise InputRefused("give at least --narrative and --category (or --json-file), or run on a terminal")
+        fields.update(_prompt_fields())
+    fields.update(_fields_from_options(given))
+    if "occurred" not in fields:
+        raise InputRefused("say when it happened: --occurred 2025-03-01 (add --approximate if unsure)")
+    node = Node(home_of(ctx))
+    try:
+        node.membership()  # fail on an unjoined node before asking for the passphrase
+        passphrase = get_passphrase(passphrase_file, "your author key")
+        report_id = node.add_report(fields, passphrase)
+    finally:
+        node.close()
+    say("report signed and sealed to HQ; it travels with the next sync or bundle")
+    emit(as_json, {"id": report_id, "status": "sealed"}, report_id)
+
+
+def _fields_from_options(given: dict[str, Any]) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    for name in ("narrative", "title", "sensitivity", "language"):
+        if name in given:
+            fields[name] = given[name]
+    if "categories" in given:
+        fields["categories"] = list(given["categories"])
+    if "occurred" in given:
+        fields["occurred"] = occurred_field(given["occurred"], bool(given.get("approximate")))
+    if any(k in given for k in ("place", "lat", "lon", "accuracy")):
+        location: dict[str, Any] = {"source": "gps" if "lat" in given else "text"}
+        for option, key in (("place", "place"), ("lat", "lat"), ("lon", "lon"), ("accuracy", "accuracy_m")):
+            if option in given:
+                location[key] = given[option]
+        fields["location"] = location
+    return fields
+
+
+@report.command("list")
+@json_option
+@click.pass_context
+@handle_errors
+def list_(ctx: click.Context, as_json: bool) -> None:
+    """Your reports: id, created, status (sealed / delivered)."""
+    node = Node(home_of(ctx))
+    try:
+        entries = node.reports()
+    finally:
+        node.close()
+    rows = [
+        {
+            "id": e.report_id,
+            "sequence": e.sequence,
+            "created": utc_text(e.created_at),
+            "status": e.status,
+            "delivered": utc_text(e.delivered_at) if e.delivered_at else None,
+        }
+        for e in entries
+    ]
+    if as_json:
+        emit(True, rows)
+        return
+    if not rows:
+        say("no reports written on this node")
+    for row in rows:
+        click.echo(f"{row['id']}  {row['created']}  {row['status']}")
+
+
+@report.command()
+@click.argument("report_id")
+@json_option
+@click.pass_context
+@handle_errors
+def show(ctx: click.Context, report_id: str, as_json: bool) -> None:
+    """Delivery state of one report (its content is sealed: only HQ can read it)."""
+    node = Node(home_of(ctx))
+    try:
+        entries = [e for e in node.reports() if e.report_id.startswith(report_id)]
+    finally:
+        node.close()
+    if len(entries) != 1:
+        raise NotFound(f"no single report matches {report_id!r} ({len(entries)} match)")
+    entry = entries[0]
+    data = {
+        "id": entry.report_id,
+        "sequence": entry.sequence,
+        "created": utc_text(entry.created_at),
+        "status": entry.status,
+        "delivered": utc_text(entry.delivered_at) if entry.delivered_at else None,
+    }
+    emit(as_json, data, "\n".join(f"{k:10} {v}" for k, v in data.items()))

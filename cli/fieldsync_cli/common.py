@@ -1,0 +1,101 @@
+"""Helpers every command shares: ``--json``, passphrases, output, error mapping, progress."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+import click
+
+from fieldsync.errors import FieldsyncError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+EXIT_INTERRUPTED = 130
+
+
+def json_option(func: Callable[P, R]) -> Callable[P, R]:
+    return click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")(func)
+
+
+def passphrase_option(func: Callable[P, R]) -> Callable[P, R]:
+    return click.option(
+        "--passphrase-file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="Read the passphrase from this file (else FIELDSYNC_PASSPHRASE, else a hidden prompt).",
+    )(func)
+
+
+def get_passphrase(passphrase_file: Path | None, what: str, confirm: bool = False) -> str:
+    """From --passphrase-file, then FIELDSYNC_PASSPHRASE, then a hidden prompt on a terminal."""
+    if passphrase_file is not None:
+        try:
+            return passphrase_file.read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as exc:
+            raise FieldsyncError(f"cannot read passphrase file {passphrase_file}: {exc.strerror}") from exc
+    from_env = os.environ.get("FIELDSYNC_PASSPHRASE")
+    if from_env:
+        return from_env
+    if not sys.stdin.isatty():
+        raise FieldsyncError(
+            f"{what} needs a passphrase: use --passphrase-file FILE or set FIELDSYNC_PASSPHRASE"
+        )
+    return str(click.prompt(f"Passphrase for {what}", hide_input=True, confirmation_prompt=confirm))
+
+
+def say(message: str) -> None:
+    """A line for humans, on stderr."""
+    click.echo(message, err=True)
+
+
+def emit(as_json: bool, data: Any, human: str | None = None) -> None:
+    """Data on stdout: JSON when asked, else the human form (or nothing)."""
+    if as_json:
+        click.echo(json.dumps(data, ensure_ascii=False, sort_keys=True, default=str))
+    elif human is not None:
+        click.echo(human)
+
+
+def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
+    """Map typed errors to one message and a documented exit code (README "Exit codes")."""
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        as_json = bool(kwargs.get("as_json"))
+        try:
+            return func(*args, **kwargs)
+        except FieldsyncError as exc:
+            _fail(as_json, str(exc), type(exc).__name__, exc.exit_code)
+        except KeyboardInterrupt:
+            _fail(as_json, "interrupted", "Interrupted", EXIT_INTERRUPTED)
+        raise AssertionError("unreachable")  # pragma: no cover - _fail always exits
+
+    return wrapper
+
+
+def _fail(as_json: bool, message: str, kind: str, code: int) -> None:
+    if as_json:
+        click.echo(json.dumps({"error": message, "kind": kind, "exit_code": code}))
+    click.echo(f"fieldsync: error: {message}", err=True)
+    sys.exit(code)
+
+
+def progress_printer(label: str) -> Callable[[int, int], None] | None:
+    """Progress on stderr for long work, only when a person is watching."""
+    if not sys.stderr.isatty():
+        return None
+    last = [-1]
+
+    def show(done: int, total: int) -> None:
+        percent = 100 * done // total if total else 100
+        if percent != last[0]:
+            last[0] = percent
+            click.echo(f"\r{label}: {percent:3d}%", err=True, nl=percent >= 100)
+
+    return show

@@ -1,0 +1,62 @@
+"""The ``fieldsync`` command: one click group; each command lives in a ``cmd_*`` module
+imported only when used, so ``fieldsync --help`` stays fast on a Raspberry Pi.
+
+Conventions (README "Command line"): data on stdout, messages on stderr, ``--json`` on
+every command (errors too), exit codes from ``fieldsync.errors`` via ``handle_errors``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import click
+
+# command name -> (module, attribute); modules are imported lazily.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "network": ("fieldsync_cli.cmd_hq", "network"),
+    "hq": ("fieldsync_cli.cmd_hq", "hq"),
+    "init": ("fieldsync_cli.cmd_node", "init"),
+    "join": ("fieldsync_cli.cmd_node", "join"),
+    "status": ("fieldsync_cli.cmd_node", "status"),
+    "report": ("fieldsync_cli.cmd_report", "report"),
+    "bundle": ("fieldsync_cli.cmd_bundle", "bundle"),
+}
+
+DEFAULT_HOME = Path("~/.local/share/fieldsync").expanduser()
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        module_name, attribute = COMMANDS[cmd_name]
+        command = getattr(importlib.import_module(module_name), attribute)
+        if not isinstance(command, click.Command):
+            raise TypeError(f"{module_name}.{attribute} is not a click command")
+        return command
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="FIELDSYNC_HOME",
+    default=DEFAULT_HOME,
+    show_default=True,
+    help="Node home directory (or FIELDSYNC_HOME).",
+)
+@click.version_option(package_name="fieldsync")
+@click.pass_context
+def main(ctx: click.Context, home: Path) -> None:
+    """fieldsync: signed, sealed incident reports that travel node to node to HQ."""
+    ctx.obj = {"home": home}
+
+
+def home_of(ctx: click.Context) -> Path:
+    obj: dict[str, Any] = ctx.find_root().obj
+    return Path(obj["home"])
