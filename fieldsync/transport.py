@@ -73,11 +73,11 @@ class TcpTransport:
             await self._writer.wait_closed()
 
 
-async def connect_tcp(host: str, port: int, timeout: float = 10.0) -> TcpTransport:
+async def connect_tcp(host: str, port: int, connect_timeout: float = 10.0) -> TcpTransport:
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), connect_timeout)
     except (OSError, TimeoutError) as exc:
-        raise TransportError(f"cannot connect to {host}:{port}: {exc or 'timed out'}") from exc
+        raise TransportError(f"cannot connect to {host}:{port}: {str(exc) or 'timed out'}") from exc
     return TcpTransport(reader, writer)
 
 
@@ -99,6 +99,9 @@ async def serve_tcp(host: str, port: int, handler: Handler) -> asyncio.Server:
 
 
 # --- WebSocket (aiohttp) ----------------------------------------------------------------------
+
+
+_CLOSED = (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED)
 
 
 class WebSocketTransport:
@@ -128,7 +131,7 @@ class WebSocketTransport:
         if message.type is aiohttp.WSMsgType.BINARY:
             data: bytes = message.data
             return data if data else await self.receive()
-        if message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
+        if message.type in _CLOSED:
             return b""
         if message.type is aiohttp.WSMsgType.ERROR:
             raise TransportError(f"{self.label}: websocket error: {self._ws.exception()}")
@@ -142,8 +145,8 @@ class WebSocketTransport:
             self._session = None
 
 
-async def connect_websocket(url: str, timeout: float = 10.0) -> WebSocketTransport:
-    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, connect=timeout))
+async def connect_websocket(url: str, connect_timeout: float = 10.0) -> WebSocketTransport:
+    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, connect=connect_timeout))
     try:
         ws = await session.ws_connect(
             url,
@@ -153,7 +156,7 @@ async def connect_websocket(url: str, timeout: float = 10.0) -> WebSocketTranspo
         )
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         await session.close()
-        raise TransportError(f"cannot open websocket {url}: {exc or 'timed out'}") from exc
+        raise TransportError(f"cannot open websocket {url}: {str(exc) or 'timed out'}") from exc
     return WebSocketTransport(ws, f"ws:{url}", session)
 
 
@@ -179,7 +182,9 @@ def websocket_route(handler: Handler) -> Callable[[web.Request], Awaitable[web.S
 class MemoryTransport:
     """One end of an in-process pipe; ``memory_pair()`` makes two connected ends."""
 
-    def __init__(self, inbox: asyncio.Queue[bytes], outbox: asyncio.Queue[bytes], label: str) -> None:
+    def __init__(
+        self, inbox: asyncio.Queue[bytes], outbox: asyncio.Queue[bytes], label: str
+    ) -> None:
         self._inbox = inbox
         self._outbox = outbox
         self._closed = False
