@@ -75,7 +75,9 @@ class TcpTransport:
 
 async def connect_tcp(host: str, port: int, connect_timeout: float = 10.0) -> TcpTransport:
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), connect_timeout)
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port), connect_timeout
+        )
     except (OSError, TimeoutError) as exc:
         raise TransportError(f"cannot connect to {host}:{port}: {str(exc) or 'timed out'}") from exc
     return TcpTransport(reader, writer)
@@ -146,7 +148,9 @@ class WebSocketTransport:
 
 
 async def connect_websocket(url: str, connect_timeout: float = 10.0) -> WebSocketTransport:
-    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, connect=connect_timeout))
+    session = aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=None, connect=connect_timeout)
+    )
     try:
         ws = await session.ws_connect(
             url,
