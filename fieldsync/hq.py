@@ -123,7 +123,11 @@ def create_network(out: Path, name: str, passphrase: str, kdf_profile: str) -> m
     out.chmod(0o700)
     keystore.write_private(out / HQ_SECRET, keystore.seal_with_passphrase(keys.encode(), passphrase, kdf_profile))
     keystore.write_private(out / MANIFEST, membership.sign_manifest(manifest, keys.root_seed))
-    HQ(out).database()
+    headquarters = HQ(out)
+    try:
+        headquarters.database()  # create the analyst database now
+    finally:
+        headquarters.close()  # a leaked connection would keep later writes in the WAL
     return manifest
 
 
@@ -340,7 +344,9 @@ class HQ:
 
     def issue_receipts(self, passphrase: str) -> int:
         """Sign receipts for every envelope HQ has recorded but not yet receipted."""
-        keys = self.unlock(passphrase)
+        return self._issue_receipts(self.unlock(passphrase))
+
+    def _issue_receipts(self, keys: HqSecrets) -> int:
         manifest = self.manifest()
         db = self.database()
         pending = db.execute(
@@ -369,8 +375,8 @@ class HQ:
 
     def write_receipts_bundle(self, out: Path, passphrase: str) -> dict[str, int]:
         """Issue pending receipts and write all receipts plus the manifest to a bundle."""
-        new = self.issue_receipts(passphrase)
-        keys = self.unlock(passphrase)
+        keys = self.unlock(passphrase)  # once: Argon2id takes seconds on a small device
+        new = self._issue_receipts(keys)
         manifest = self.manifest()
         writer = BundleWriter(keys.network_key, manifest.network_id, secrets.token_bytes(16))
         tmp = out.with_name(f".{out.name}.partial")

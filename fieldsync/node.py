@@ -292,9 +292,22 @@ def _read_bundle(path: Path, reader: BundleReader, progress: Progress | None) ->
         raise NotFound(f"bundle file {path} does not exist") from None
     except IsADirectoryError:
         raise NotFound(f"{path} is a directory, not a bundle file") from None
+    except OSError as exc:
+        raise FieldsyncError(f"cannot read bundle file {path}: {exc.strerror or exc}") from exc
     try:
+        if size == 0:
+            raise RemoteProtocolError("the file is empty (0 bytes): copy the bundle again from the source")
         done = 0
-        while chunk := handle.read(SEALED_CHUNK * 4):
+        while True:
+            try:
+                chunk = handle.read(SEALED_CHUNK * 4)
+            except OSError as exc:
+                raise FieldsyncError(
+                    f"reading bundle file {path} failed after {done} bytes: {exc.strerror or exc}"
+                    " (was the USB stick removed?); nothing was imported"
+                ) from exc
+            if not chunk:
+                break
             reader.receive_data(chunk)
             done += len(chunk)
             yield from reader.items()

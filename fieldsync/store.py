@@ -24,6 +24,7 @@ from pathlib import Path
 
 import sqlite_utils
 
+from fieldsync.errors import FieldsyncError
 from fieldsync_protocol.envelope import TTL_CLASSES
 from fieldsync_protocol.items import Checked, ItemKind
 
@@ -62,6 +63,26 @@ _MIGRATIONS: tuple[str, ...] = (
         previous BLOB NOT NULL
     );
     """,
+    # 2: what each peer (keyed by its certificate's node key) has given us, for
+    # per-peer deltas ("after N") and quotas.
+    """
+    CREATE TABLE store_meta (
+        key TEXT PRIMARY KEY,
+        value BLOB NOT NULL
+    );
+    INSERT INTO store_meta (key, value) VALUES ('epoch', randomblob(16));
+    CREATE TABLE peers (
+        node_key BLOB PRIMARY KEY,
+        cursor_epoch BLOB,                      -- the peer store's epoch the cursor belongs to
+        cursor INTEGER NOT NULL DEFAULT 0,      -- the peer's local seq we have fully received
+        last_sync INTEGER,
+        quota_window INTEGER NOT NULL DEFAULT 0,
+        quota_items INTEGER NOT NULL DEFAULT 0,
+        quota_bytes INTEGER NOT NULL DEFAULT 0,
+        items_received INTEGER NOT NULL DEFAULT 0,
+        items_sent INTEGER NOT NULL DEFAULT 0
+    );
+    """,
 )
 
 
@@ -76,6 +97,20 @@ class ImportCounts:
     purged: int = 0
     delivered_own: int = 0
     kinds: dict[str, int] = field(default_factory=dict)
+    #: Ids added and purged, for callers that keep an index in memory (never written out).
+    new_ids: list[bytes] = field(default_factory=list, repr=False)
+    purged_ids: list[bytes] = field(default_factory=list, repr=False)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "new": self.new,
+            "duplicate": self.duplicate,
+            "already_delivered": self.already_delivered,
+            "receipts_applied": self.receipts_applied,
+            "purged": self.purged,
+            "delivered_own": self.delivered_own,
+            "kinds": dict(self.kinds),
+        }
 
 
 @dataclass(frozen=True)
@@ -105,6 +140,12 @@ class Store:
 
     def _migrate(self) -> None:
         version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(_MIGRATIONS):
+            self._conn.close()
+            raise FieldsyncError(
+                f"{self.path} was written by a newer fieldsync (schema {version}, this one knows"
+                f" up to {len(_MIGRATIONS)}); upgrade fieldsync before using this node"
+            )
         for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
             with self.transaction():
                 for statement in script.split(";"):
@@ -146,6 +187,7 @@ class Store:
             counts.duplicate += 1
             return
         counts.new += 1
+        counts.new_ids.append(item.id)
         if checked.receipt is not None:
             self._apply_receipt_tags(checked.receipt.tags, counts, now)
 
@@ -153,9 +195,11 @@ class Store:
         counts.receipts_applied += 1
         for tag in tags:
             purged = self._conn.execute(
-                "DELETE FROM items WHERE tag = ? AND kind = ?", (tag, ItemKind.ENVELOPE.value)
-            ).rowcount
-            counts.purged += purged
+                "DELETE FROM items WHERE tag = ? AND kind = ? RETURNING id",
+                (tag, ItemKind.ENVELOPE.value),
+            ).fetchall()
+            counts.purged += len(purged)
+            counts.purged_ids.extend(row[0] for row in purged)
             self._conn.execute(
                 "INSERT OR IGNORE INTO tombstones (tag, deleted_at) VALUES (?, ?)", (tag, now)
             )
@@ -186,6 +230,112 @@ class Store:
             "SELECT data FROM items WHERE kind = ? ORDER BY seq", (ItemKind.MANIFEST.value,)
         ).fetchall()
         return [row[0] for row in rows]
+
+    def add_batch(self, checked: list[Checked], now: int) -> ImportCounts:
+        """Store a batch from a peer in one durable transaction (commit before ack)."""
+        counts = ImportCounts()
+        with self.transaction():
+            for item in checked:
+                self.add_checked(item, counts, now)
+        if counts.purged:
+            self.checkpoint()
+        return counts
+
+    def items_after(self, seq: int, limit: int) -> list[tuple[int, bytes]]:
+        """Items stored after local number ``seq``, oldest first (per-peer deltas)."""
+        rows = self._conn.execute(
+            "SELECT seq, data FROM items WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)
+        ).fetchall()
+        return [(row[0], row[1]) for row in rows]
+
+    def high_water(self) -> int:
+        """The largest local number ever given (deletions never lower it)."""
+        row = self._conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'items'").fetchone()
+        return 0 if row is None else int(row[0])
+
+    def epoch(self) -> bytes:
+        """Random id of this store: a peer's cursor is only valid for the same epoch."""
+        row = self._conn.execute("SELECT value FROM store_meta WHERE key = 'epoch'").fetchone()
+        return bytes(row[0])
+
+    def get_items(self, ids: list[bytes]) -> list[bytes]:
+        found: list[bytes] = []
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            found.extend(
+                row[0]
+                for row in self._conn.execute(
+                    f"SELECT data FROM items WHERE id IN ({marks})",  # noqa: S608 - only placeholders
+                    chunk,
+                )
+            )
+        return found
+
+    def missing(self, ids: list[bytes]) -> list[bytes]:
+        """The subset of ``ids`` this store does not hold."""
+        held: set[bytes] = set()
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            held.update(
+                row[0]
+                for row in self._conn.execute(
+                    f"SELECT id FROM items WHERE id IN ({marks})",  # noqa: S608 - only placeholders
+                    chunk,
+                )
+            )
+        return [i for i in ids if i not in held]
+
+    def sorted_ids(self) -> Iterator[bytes]:
+        """All item ids in byte order, streamed (for building a reconciliation index)."""
+        cursor = self._conn.execute("SELECT id FROM items ORDER BY id")
+        while rows := cursor.fetchmany(10_000):
+            for row in rows:
+                yield row[0]
+
+    # --- peers -----------------------------------------------------------------------------
+
+    def peer_cursor(self, node_key: bytes) -> tuple[bytes, int] | None:
+        """(peer store epoch, seq) we have fully received from this peer, if known."""
+        row = self._conn.execute(
+            "SELECT cursor_epoch, cursor FROM peers WHERE node_key = ?", (node_key,)
+        ).fetchone()
+        return None if row is None or row[0] is None else (bytes(row[0]), int(row[1]))
+
+    def set_peer_cursor(self, node_key: bytes, epoch: bytes, cursor: int, now: int) -> None:
+        self._conn.execute(
+            "INSERT INTO peers (node_key, cursor_epoch, cursor, last_sync) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT(node_key) DO UPDATE SET cursor_epoch = excluded.cursor_epoch,"
+            " cursor = excluded.cursor, last_sync = excluded.last_sync",
+            (node_key, epoch, cursor, now),
+        )
+
+    def charge_quota(
+        self, node_key: bytes, window: int, items: int, size: int, max_items: int, max_bytes: int
+    ) -> bool:
+        """Count a peer's delivery against its quota for ``window``; False once exceeded."""
+        with self.transaction():
+            self._conn.execute(
+                "INSERT INTO peers (node_key) VALUES (?) ON CONFLICT(node_key) DO NOTHING", (node_key,)
+            )
+            self._conn.execute(
+                "UPDATE peers SET quota_items = CASE WHEN quota_window = ?1 THEN quota_items ELSE 0 END + ?2,"
+                " quota_bytes = CASE WHEN quota_window = ?1 THEN quota_bytes ELSE 0 END + ?3,"
+                " quota_window = ?1, items_received = items_received + ?2 WHERE node_key = ?4",
+                (window, items, size, node_key),
+            )
+            used_items, used_bytes = self._conn.execute(
+                "SELECT quota_items, quota_bytes FROM peers WHERE node_key = ?", (node_key,)
+            ).fetchone()
+        return bool(used_items <= max_items and used_bytes <= max_bytes)
+
+    def peers(self) -> list[dict[str, object]]:
+        cursor = self._conn.execute(
+            "SELECT node_key, cursor, last_sync, items_received, items_sent FROM peers ORDER BY last_sync DESC"
+        )
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
     def checkpoint(self) -> None:
         """Fold the WAL into the database and truncate it, so deleted rows leave no copy."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 
 import click
@@ -51,4 +50,4 @@ def import_(ctx: click.Context, file: Path, as_json: bool) -> None:
         f" {counts.already_delivered} already delivered; {counts.purged} delivered items deleted;"
         f" {counts.delivered_own} of your reports now delivered"
     )
-    emit(as_json, {"file": str(file), "items_in_file": result.items_in_file, **asdict(counts)})
+    emit(as_json, {"file": str(file), "items_in_file": result.items_in_file, **counts.as_dict()})

@@ -74,6 +74,9 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
             _fail(as_json, str(exc), type(exc).__name__, exc.exit_code)
         except KeyboardInterrupt:
             _fail(as_json, "interrupted", "Interrupted", EXIT_INTERRUPTED)
+        except click.Abort:
+            # click.prompt turns Ctrl-C and Ctrl-D at a prompt into Abort.
+            _fail(as_json, "cancelled at the prompt; nothing was changed", "Interrupted", EXIT_INTERRUPTED)
         raise AssertionError("unreachable")  # pragma: no cover - _fail always exits
 
     return wrapper

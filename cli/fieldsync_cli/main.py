@@ -8,6 +8,7 @@ every command (errors too), exit codes from ``fieldsync.errors`` via ``handle_er
 from __future__ import annotations
 
 import importlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +23,42 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("fieldsync_cli.cmd_node", "status"),
     "report": ("fieldsync_cli.cmd_report", "report"),
     "bundle": ("fieldsync_cli.cmd_bundle", "bundle"),
+    "run": ("fieldsync_cli.cmd_net", "run"),
+    "sync": ("fieldsync_cli.cmd_net", "sync"),
 }
 
 DEFAULT_HOME = Path("~/.local/share/fieldsync").expanduser()
 
 
+_WANTS_JSON = "fieldsync.json"
+
+
+def _usage_error_as_json(ctx: click.Context, exc: click.UsageError) -> None:
+    """With ``--json``, a usage error is also a JSON object on stdout (exit code 2)."""
+    if ctx.meta.get(_WANTS_JSON):
+        error = {"error": exc.format_message(), "kind": "UsageError", "exit_code": exc.exit_code}
+        click.echo(json.dumps(error))
+
+
 class LazyGroup(click.Group):
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if ctx.parent is None:
+            # Seen before any parsing, so even an error in the first option can answer in JSON.
+            options = args[: args.index("--")] if "--" in args else args
+            ctx.meta[_WANTS_JSON] = "--json" in options
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            _usage_error_as_json(ctx, exc)
+            raise
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            _usage_error_as_json(exc.ctx or ctx, exc)
+            raise
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
 

@@ -15,6 +15,7 @@ zeros pad the final chunk.
 
 from __future__ import annotations
 
+import contextlib
 import struct
 from collections import deque
 from collections.abc import Iterator
@@ -34,6 +35,8 @@ FILE_NONCE_SIZE = 16
 _LENGTH = struct.Struct(">I")
 _AD_MORE = b"fieldsync/bundle/1/more"
 _AD_FINAL = b"fieldsync/bundle/1/final"
+#: Largest header record (the header is about 25 bytes).
+MAX_HEADER = 256
 
 
 def _bundle_key(network_key: bytes) -> bytes:
@@ -74,9 +77,10 @@ class BundleWriter:
         nonce = _nonce(self._file_nonce, self._index)
         self._index += 1
         ad = _AD_FINAL if final else _AD_MORE
-        return sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(chunk, ad, nonce, self._key)  # type: ignore[no-any-return]
+        return sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(chunk, ad, nonce, self._key)
 
     def add(self, item: bytes) -> bytes:
+        """Append one item; return the bytes to write now (often none)."""
         if self._finished:
             raise LocalProtocolError("bundle already finished")
         if not 0 < len(item) <= MAX_ITEM:
@@ -86,6 +90,7 @@ class BundleWriter:
         return out + self._record(item)
 
     def finish(self) -> bytes:
+        """End the bundle; return the last bytes to write (at least the final chunk)."""
         if self._finished:
             raise LocalProtocolError("bundle already finished")
         out = b"" if self._started else self._record(self._header)
@@ -117,6 +122,7 @@ class BundleReader:
         self.items_read = 0
 
     def receive_data(self, data: bytes) -> None:
+        """Feed the next bytes of the file, in any pieces."""
         if self._final_seen and data:
             raise RemoteProtocolError("bundle has extra bytes after its final chunk (damaged?)")
         self._raw += data
@@ -131,20 +137,25 @@ class BundleReader:
         if self._final_seen and self._raw:
             raise RemoteProtocolError("bundle has extra bytes after its final chunk (damaged?)")
 
-    def _open_chunk(self, sealed: bytes) -> None:
+    def _decrypt(self, sealed: bytes) -> tuple[bytes, bool] | None:
         nonce = _nonce(self._file_nonce or b"", self._index)
         for ad, final in ((_AD_MORE, False), (_AD_FINAL, True)):
-            try:
-                chunk = sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(sealed, ad, nonce, self._key)
-            except nacl.exceptions.CryptoError:
-                continue
-            break
-        else:
+            with contextlib.suppress(nacl.exceptions.CryptoError):
+                plain = sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(
+                    sealed, ad, nonce, self._key
+                )
+                return plain, final
+        return None
+
+    def _open_chunk(self, sealed: bytes) -> None:
+        opened = self._decrypt(sealed)
+        if opened is None:
             if self._index == 0:
                 raise RemoteProtocolError(
                     "this file is not a bundle of this network (another network's, or damaged)"
                 )
             raise RemoteProtocolError(f"bundle chunk {self._index} is damaged or out of order")
+        chunk, final = opened
         self._index += 1
         self._final_seen = final
         self._plain += chunk
@@ -155,9 +166,11 @@ class BundleReader:
     def _parse_records(self) -> None:
         while not self._ended and len(self._plain) >= _LENGTH.size:
             (length,) = _LENGTH.unpack_from(self._plain)
-            limit = MAX_ITEM if self._header_seen else 256
+            limit = MAX_ITEM if self._header_seen else MAX_HEADER
             if length > limit:
-                raise RemoteProtocolError(f"bundle record of {length} bytes exceeds the {limit} allowed")
+                raise RemoteProtocolError(
+                    f"bundle record of {length} bytes exceeds the {limit} allowed"
+                )
             if len(self._plain) < _LENGTH.size + length:
                 return
             record = bytes(self._plain[_LENGTH.size : _LENGTH.size + length])
@@ -173,14 +186,17 @@ class BundleReader:
                 self.items_read += 1
 
     def _check_header(self, record: bytes) -> None:
-        header = codec.as_map(codec.decode(record, max_size=256, what="bundle header"), "bundle header", {"n", "v"})
-        version = codec.get_int(header, "v", "bundle header")
+        what = "bundle header"
+        header = codec.as_map(
+            codec.decode(record, max_size=MAX_HEADER, what=what), what, {"n", "v"}
+        )
+        version = codec.get_int(header, "v", what)
         if version != VERSION:
             raise RemoteProtocolError(
                 f"bundle format version {version} is not supported (this software reads {VERSION});"
                 " upgrade fieldsync"
             )
-        if codec.get_bytes(header, "n", "bundle header", NETWORK_ID_SIZE) != self._network_id:
+        if codec.get_bytes(header, "n", what, NETWORK_ID_SIZE) != self._network_id:
             raise RemoteProtocolError("bundle belongs to another network")
         self._header_seen = True
 
@@ -193,5 +209,6 @@ class BundleReader:
         """Declare the input complete; raise if the bundle was cut short."""
         if not self._final_seen:
             raise RemoteProtocolError(
-                "bundle is truncated: it ends before its final chunk (copy it again from the source)"
+                "bundle is truncated: it ends before its final chunk"
+                " (copy it again from the source)"
             )

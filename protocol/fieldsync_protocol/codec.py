@@ -4,16 +4,18 @@ Canonical means one value has exactly one byte string (SPEC.md §2):
 
 * maps have ``str`` keys, sorted by their UTF-8 bytes, without duplicates;
 * integers use the shortest MessagePack form (msgpack-python already does this);
-* floats are always float64; strings are UTF-8 ``str``, binary is ``bin``;
+* floats are always float64 and finite; strings are UTF-8 ``str``, binary is ``bin``;
 * no ext types (so no msgpack timestamps), nesting at most ``MAX_DEPTH`` deep.
 
-Decoding is size-capped *before* any allocation and then checked by re-encoding: the
-decoded value must encode back to exactly the input. That one comparison refuses
-duplicate keys (the dict kept one), unsorted keys, non-minimal integers and float32.
+Decoding is size-capped *before* any allocation (no declared length may exceed the bytes
+actually present) and then checked by re-encoding: the decoded value must encode back to
+exactly the input. That one comparison refuses duplicate keys (the dict kept one),
+unsorted keys, non-minimal integers and float32.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import msgpack
@@ -35,16 +37,22 @@ def _sort_key(key: str) -> bytes:
 
 
 def _canonicalise(value: Value, depth: int) -> Value:
-    """Return ``value`` with map keys in canonical order; refuse non-canonical types."""
-    if depth > MAX_DEPTH:
+    """Return ``value`` with map keys in canonical order; refuse non-canonical types.
+
+    ``depth`` is the nesting level of ``value`` itself: the top-level container is at 0, so
+    containers may sit at levels ``0 .. MAX_DEPTH - 1``, exactly what ``decode`` accepts.
+    """
+    if isinstance(value, dict | list | tuple) and depth >= MAX_DEPTH:
         raise LocalProtocolError(f"value nests deeper than {MAX_DEPTH} levels")
     if isinstance(value, dict):
         for key in value:
             if not isinstance(key, str):
-                raise LocalProtocolError(f"map key {key!r} is not a str")
+                raise LocalProtocolError(f"map key {key!r:.40} is not a str")
         return {k: _canonicalise(value[k], depth + 1) for k in sorted(value, key=_sort_key)}
     if isinstance(value, list | tuple):
         return [_canonicalise(v, depth + 1) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        raise LocalProtocolError(f"float {value!r} is not finite")
     if value is None or isinstance(value, bool | int | float | str | bytes):
         return value
     raise LocalProtocolError(f"type {type(value).__name__} cannot be encoded canonically")
@@ -56,10 +64,17 @@ def encode(value: Value) -> bytes:
         return msgpack.packb(_canonicalise(value, 0), use_bin_type=True)  # type: ignore[no-any-return]
     except OverflowError as exc:
         raise LocalProtocolError(f"integer out of the 64-bit range: {exc}") from exc
+    except UnicodeEncodeError as exc:
+        # A lone surrogate (json.loads makes one from "\\ud800") has no UTF-8 form.
+        raise LocalProtocolError(f"text is not valid Unicode: {exc.reason}") from exc
+
+
+class _ExtType(Exception):
+    """Raised from inside the unpacker; ``decode`` turns it into a RemoteProtocolError."""
 
 
 def _refuse_ext(code: int, data: bytes) -> Value:
-    raise RemoteProtocolError(f"msgpack ext type {code} is not allowed")
+    raise _ExtType(code)
 
 
 def _depth_ok(value: Value) -> bool:
@@ -85,6 +100,9 @@ def decode(data: bytes, *, max_size: int = MAX_ENCODED, what: str = "value") -> 
     """
     if len(data) > max_size:
         raise RemoteProtocolError(f"{what} is {len(data)} bytes, more than the {max_size} allowed")
+    # Every element takes at least one byte (a map entry two), so no declared length may
+    # exceed the input: a 5-byte array32 header claiming 2**32 elements allocates nothing.
+    size = len(data)
     try:
         value = msgpack.unpackb(
             data,
@@ -92,16 +110,17 @@ def decode(data: bytes, *, max_size: int = MAX_ENCODED, what: str = "value") -> 
             use_list=True,
             strict_map_key=True,
             ext_hook=_refuse_ext,
-            max_str_len=max_size,
-            max_bin_len=max_size,
-            max_array_len=min(MAX_CONTAINER, max_size),
-            max_map_len=min(MAX_CONTAINER, max_size // 2),
+            max_str_len=size,
+            max_bin_len=size,
+            max_array_len=min(MAX_CONTAINER, size),
+            max_map_len=min(MAX_CONTAINER, size // 2),
             max_ext_len=0,
         )
-    except RemoteProtocolError:
-        raise
+    except _ExtType as exc:
+        message = f"{what} is not valid msgpack: ext type {exc} is refused"
+        raise RemoteProtocolError(message) from None
     except (ValueError, msgpack.UnpackException, RecursionError) as exc:
-        # ValueError covers FormatError, StackError, ExtraData, bad UTF-8 and caps.
+        # ValueError covers FormatError, StackError, ExtraData, bad UTF-8 and the caps.
         raise RemoteProtocolError(f"{what} is not valid msgpack: {type(exc).__name__}") from exc
     if not _depth_ok(value):
         raise RemoteProtocolError(f"{what} nests deeper than {MAX_DEPTH} levels")
@@ -121,7 +140,9 @@ def decode(data: bytes, *, max_size: int = MAX_ENCODED, what: str = "value") -> 
 # RemoteProtocolError that names the field, instead of a KeyError or TypeError.
 
 
-def as_map(value: Value, what: str, keys: set[str], optional: set[str] | None = None) -> dict[str, Value]:
+def as_map(
+    value: Value, what: str, keys: set[str], optional: set[str] | None = None
+) -> dict[str, Value]:
     """Check ``value`` is a map with exactly the required ``keys`` plus any ``optional``."""
     if not isinstance(value, dict):
         raise RemoteProtocolError(f"{what} must be a map")
@@ -136,6 +157,7 @@ def as_map(value: Value, what: str, keys: set[str], optional: set[str] | None = 
 
 
 def get_bytes(m: dict[str, Value], key: str, what: str, size: int | None = None) -> bytes:
+    """``m[key]`` as bytes (of exactly ``size`` bytes when given)."""
     value = m[key]
     if not isinstance(value, bytes):
         raise RemoteProtocolError(f"{what}.{key} must be bytes")
@@ -145,6 +167,7 @@ def get_bytes(m: dict[str, Value], key: str, what: str, size: int | None = None)
 
 
 def get_int(m: dict[str, Value], key: str, what: str, low: int = 0, high: int = 2**63 - 1) -> int:
+    """``m[key]`` as an integer in ``low..high`` (a bool is not an integer here)."""
     value = m[key]
     if isinstance(value, bool) or not isinstance(value, int):
         raise RemoteProtocolError(f"{what}.{key} must be an integer")
@@ -154,6 +177,7 @@ def get_int(m: dict[str, Value], key: str, what: str, low: int = 0, high: int = 
 
 
 def get_str(m: dict[str, Value], key: str, what: str, max_len: int = 256) -> str:
+    """``m[key]`` as a string of at most ``max_len`` characters."""
     value = m[key]
     if not isinstance(value, str):
         raise RemoteProtocolError(f"{what}.{key} must be a string")

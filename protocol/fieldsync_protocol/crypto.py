@@ -35,25 +35,33 @@ def _signed_message(domain: Domain, body: bytes) -> bytes:
 
 def sign(domain: Domain, signing_seed: bytes, body: bytes) -> bytes:
     """Ed25519 signature (64 bytes) of ``body`` under ``domain``."""
-    public, secret = sodium.crypto_sign_seed_keypair(signing_seed)
+    secret = sodium.crypto_sign_seed_keypair(signing_seed)[1]
     signed = sodium.crypto_sign(_signed_message(domain, body), secret)
     return signed[: sodium.crypto_sign_BYTES]
 
 
 def verify(domain: Domain, verify_key: bytes, body: bytes, signature: bytes, what: str) -> None:
     """Raise ``RemoteProtocolError`` unless ``signature`` is valid for ``body``."""
+    if (
+        len(signature) != sodium.crypto_sign_BYTES
+        or len(verify_key) != sodium.crypto_sign_PUBLICKEYBYTES
+    ):
+        raise RemoteProtocolError(f"{what}: signature or key has the wrong length")
     try:
         sodium.crypto_sign_open(signature + _signed_message(domain, body), verify_key)
-    except (nacl.exceptions.CryptoError, nacl.exceptions.ValueError, ValueError, TypeError) as exc:
+    except nacl.exceptions.CryptoError as exc:
+        # BadSignatureError; libsodium also refuses small-order keys and non-canonical S.
         raise RemoteProtocolError(f"{what}: signature is not valid") from exc
 
 
 def signing_public_key(signing_seed: bytes) -> bytes:
-    return sodium.crypto_sign_seed_keypair(signing_seed)[0]  # type: ignore[no-any-return]
+    """The ed25519 public key of a 32-byte seed."""
+    return sodium.crypto_sign_seed_keypair(signing_seed)[0]
 
 
 def box_public_key(secret: bytes) -> bytes:
-    return sodium.crypto_scalarmult_base(secret)  # type: ignore[no-any-return]
+    """The X25519 public key of a 32-byte secret."""
+    return sodium.crypto_scalarmult_base(secret)
 
 
 def _seal_nonce(ephemeral_public: bytes, recipient_public: bytes) -> bytes:
@@ -61,21 +69,27 @@ def _seal_nonce(ephemeral_public: bytes, recipient_public: bytes) -> bytes:
 
 
 def seal(message: bytes, recipient_public: bytes, ephemeral_secret: bytes) -> bytes:
-    """``crypto_box_seal`` with a caller-chosen ephemeral key (fresh random in production)."""
+    """``crypto_box_seal`` with a caller-chosen ephemeral key (fresh random in production).
+
+    ``ephemeral_public || crypto_box(message, nonce, recipient_public, ephemeral_secret)``
+    with ``nonce = BLAKE2b-192(ephemeral_public || recipient_public)``.
+    """
     ephemeral_public = box_public_key(ephemeral_secret)
     nonce = _seal_nonce(ephemeral_public, recipient_public)
-    boxed = sodium.crypto_box(message, nonce, recipient_public, ephemeral_secret)
-    return ephemeral_public + boxed  # type: ignore[no-any-return]
+    return ephemeral_public + sodium.crypto_box(message, nonce, recipient_public, ephemeral_secret)
 
 
 def unseal(sealed: bytes, recipient_secret: bytes, what: str) -> bytes:
     """Open a sealed box; any failure (tampering, wrong key, low-order point) is one error."""
     recipient_public = box_public_key(recipient_secret)
     try:
-        return sodium.crypto_box_seal_open(sealed, recipient_public, recipient_secret)  # type: ignore[no-any-return]
-    except (nacl.exceptions.CryptoError, nacl.exceptions.ValueError, ValueError, RuntimeError) as exc:
-        # PyNaCl raises RuntimeError, not CryptoError, for low-order points.
-        raise RemoteProtocolError(f"{what}: cannot be opened with this key (wrong key or damaged)") from exc
+        return sodium.crypto_box_seal_open(sealed, recipient_public, recipient_secret)
+    except (nacl.exceptions.CryptoError, RuntimeError) as exc:
+        # CryptoError covers a short input (PyNaCl's TypeError subclasses it) and a bad MAC;
+        # PyNaCl raises RuntimeError, not CryptoError, for some low-order points.
+        raise RemoteProtocolError(
+            f"{what}: cannot be opened with this key (wrong key or damaged)"
+        ) from exc
 
 
 def content_id(data: bytes) -> bytes:

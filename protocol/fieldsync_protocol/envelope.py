@@ -2,8 +2,9 @@
 
 Inner header (signed by the author, domain ``report``)::
 
-    {"a": author key, "b": report body bytes, "hk": HQ key id, "n": network id,
-     "p": previous header hash, "q": per-author sequence, "t": claimed time, "v": 1}
+    {"a": author key, "b": report body bytes, "hk": HQ key id, "l": TTL class,
+     "n": network id, "p": previous header hash, "q": per-author sequence,
+     "t": claimed time, "v": 1}
 
 Signed inner ``{"h": header bytes, "s": signature}`` is padded (``0x80`` then zeros) so the
 sealed ciphertext is exactly one of ``SIZE_CLASSES`` bytes, then sealed to HQ's key
@@ -12,18 +13,35 @@ sealed ciphertext is exactly one of ``SIZE_CLASSES`` bytes, then sealed to HQ's 
 
 Binding network id and HQ key id *inside* the signature stops surreptitious forwarding:
 an inner re-sealed to another HQ key or network fails HQ's check, not just decryption.
+The TTL class is bound too, so every outer field is either authenticated (``k``, ``l``,
+``c``) or a constant (``t``, ``v``): no change to an envelope's bytes reaches HQ intact.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Container, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from fieldsync_protocol import codec
-from fieldsync_protocol.crypto import SEAL_OVERHEAD, Domain, seal, sign, signing_public_key, unseal, verify
+from fieldsync_protocol.crypto import (
+    SEAL_OVERHEAD,
+    Domain,
+    seal,
+    sign,
+    signing_public_key,
+    unseal,
+    verify,
+)
 from fieldsync_protocol.errors import LocalProtocolError, RemoteProtocolError
-from fieldsync_protocol.membership import KEY_SIZE, NETWORK_ID_SIZE, VERSION
+from fieldsync_protocol.membership import (
+    KEY_SIZE,
+    MAX_KEY_ID,
+    NETWORK_ID_SIZE,
+    VERSION,
+    is_version,
+)
 from fieldsync_protocol.report import validate_report
 
 #: Sealed ciphertext sizes. Relays see only which class a report falls in.
@@ -33,6 +51,8 @@ MAX_CIPHERTEXT = SIZE_CLASSES[-1]
 TTL_CLASSES = {0: 7 * 86400, 1: 30 * 86400, 2: 90 * 86400, 3: 365 * 86400}
 DEFAULT_TTL_CLASS = 3
 GENESIS = bytes(32)  # "previous hash" of an author's first report
+MAX_SEQUENCE = 2**63 - 1
+MAX_CLAIMED_TIME = 2**40  # seconds since 1970: year 36812, far beyond any real clock
 _PAD_MARK = b"\x80"
 
 
@@ -66,19 +86,36 @@ def size_class(plain_length: int) -> int:
         if plain_length + len(_PAD_MARK) + SEAL_OVERHEAD <= size:
             return size
     raise LocalProtocolError(
-        f"report is too large ({plain_length} bytes); the limit is about {MAX_CIPHERTEXT // 1024} KiB"
+        f"report is too large ({plain_length} bytes);"
+        f" the limit is about {MAX_CIPHERTEXT // 1024} KiB"
     )
 
 
+def _check_input(spec: SealInput) -> None:
+    problems = [
+        (len(spec.network_id) != NETWORK_ID_SIZE, "network id must be 16 bytes"),
+        (not 0 <= spec.hq_key_id <= MAX_KEY_ID, f"HQ key id must be 0..{MAX_KEY_ID}"),
+        (len(spec.hq_public_key) != KEY_SIZE, "HQ public key must be 32 bytes"),
+        (not 1 <= spec.sequence <= MAX_SEQUENCE, "sequence numbers start at 1"),
+        (len(spec.previous) != KEY_SIZE, "previous header hash must be 32 bytes"),
+        (not 0 <= spec.claimed_time <= MAX_CLAIMED_TIME, "claimed time is out of range"),
+        (spec.ttl_class not in TTL_CLASSES, f"unknown TTL class {spec.ttl_class}"),
+    ]
+    for bad, message in problems:
+        if bad:
+            raise LocalProtocolError(message)
+
+
 def seal_report(spec: SealInput, ephemeral_secret: bytes) -> SealedReport:
+    """Sign the report as the author, pad it, seal it to HQ and wrap it as an item."""
     validate_report(spec.body)
-    if spec.ttl_class not in TTL_CLASSES:
-        raise LocalProtocolError(f"unknown TTL class {spec.ttl_class}")
+    _check_input(spec)
     header = codec.encode(
         {
             "a": signing_public_key(spec.author_seed),
             "b": codec.encode(spec.body),
             "hk": spec.hq_key_id,
+            "l": spec.ttl_class,
             "n": spec.network_id,
             "p": spec.previous,
             "q": spec.sequence,
@@ -106,13 +143,18 @@ class OuterEnvelope:
 
 
 def parse_outer(item: dict[str, Any]) -> OuterEnvelope:
+    """Check the fields of a decoded envelope item (what every holder can check)."""
     what = "envelope"
     codec.as_map(item, what, {"c", "k", "l", "t", "v"})
+    if item["t"] != "e" or not is_version(item["v"]):
+        raise RemoteProtocolError("envelope item has the wrong type or version")
     ciphertext = codec.get_bytes(item, "c", what)
     if len(ciphertext) not in SIZE_CLASSES:
-        raise RemoteProtocolError(f"envelope ciphertext of {len(ciphertext)} bytes is not a size class")
+        raise RemoteProtocolError(
+            f"envelope ciphertext of {len(ciphertext)} bytes is not a size class"
+        )
     ttl_class = codec.get_int(item, "l", what, 0, max(TTL_CLASSES))
-    return OuterEnvelope(codec.get_int(item, "k", what, 0, 2**32 - 1), ttl_class, ciphertext)
+    return OuterEnvelope(codec.get_int(item, "k", what, 0, MAX_KEY_ID), ttl_class, ciphertext)
 
 
 @dataclass(frozen=True)
@@ -138,44 +180,56 @@ def _unpad(padded: bytes) -> bytes:
 def open_report(
     outer: OuterEnvelope,
     network_id: bytes,
-    hq_secrets: dict[int, bytes],
-    authors: dict[bytes, object] | frozenset[bytes] | set[bytes],
+    hq_secrets: Mapping[int, bytes],
+    authors: Container[bytes],
 ) -> OpenedReport:
     """Decrypt and verify; ``authors`` holds the enrolled author keys.
 
+    ``authors`` may be any container: a set, or a mapping from key to name.
+
     Raises ``RemoteProtocolError`` with the reason HQ records for a rejected envelope.
+    The checks run in the order of SPEC.md §8.6.
     """
     secret = hq_secrets.get(outer.hq_key_id)
     if secret is None:
-        raise RemoteProtocolError(f"envelope is sealed to HQ key id {outer.hq_key_id}, which HQ does not hold")
+        raise RemoteProtocolError(
+            f"envelope is sealed to HQ key id {outer.hq_key_id}, which HQ does not hold"
+        )
     padded = unseal(outer.ciphertext, secret, "envelope")
     what = "signed report"
-    signed = codec.as_map(codec.decode(_unpad(padded), max_size=MAX_CIPHERTEXT, what=what), what, {"h", "s"})
+    signed = codec.as_map(
+        codec.decode(_unpad(padded), max_size=MAX_CIPHERTEXT, what=what), what, {"h", "s"}
+    )
     header_bytes = codec.get_bytes(signed, "h", what)
     signature = codec.get_bytes(signed, "s", what, 64)
     what = "report header"
     header = codec.as_map(
         codec.decode(header_bytes, max_size=MAX_CIPHERTEXT, what=what),
         what,
-        {"a", "b", "hk", "n", "p", "q", "t", "v"},
+        {"a", "b", "hk", "l", "n", "p", "q", "t", "v"},
     )
-    if codec.get_int(header, "v", what) != VERSION:
-        raise RemoteProtocolError(f"report header version {header['v']} is not {VERSION}")
+    version = codec.get_int(header, "v", what)
+    if version != VERSION:
+        raise RemoteProtocolError(f"report header version {version} is not {VERSION}")
     author = codec.get_bytes(header, "a", what, KEY_SIZE)
     if author not in authors:
         raise RemoteProtocolError("report is signed by an author key HQ never enrolled")
     verify(Domain.REPORT, author, header_bytes, signature, "report")
     if codec.get_bytes(header, "n", what, NETWORK_ID_SIZE) != network_id:
         raise RemoteProtocolError("report was written for another network (forwarded?)")
-    if codec.get_int(header, "hk", what, 0, 2**32 - 1) != outer.hq_key_id:
-        raise RemoteProtocolError("report was signed for another HQ key than it is sealed to (re-sealed?)")
+    if codec.get_int(header, "hk", what, 0, MAX_KEY_ID) != outer.hq_key_id:
+        raise RemoteProtocolError(
+            "report was signed for another HQ key than it is sealed to (re-sealed?)"
+        )
+    if codec.get_int(header, "l", what, 0, max(TTL_CLASSES)) != outer.ttl_class:
+        raise RemoteProtocolError("envelope TTL class differs from the signed one (altered?)")
     body_bytes = codec.get_bytes(header, "b", what)
     body = validate_report(codec.decode(body_bytes, max_size=MAX_CIPHERTEXT, what="report body"))
     return OpenedReport(
         author_key=author,
-        sequence=codec.get_int(header, "q", what, 1),
-        previous=codec.get_bytes(header, "p", what, 32),
-        claimed_time=codec.get_int(header, "t", what, 0, 2**40),
+        sequence=codec.get_int(header, "q", what, 1, MAX_SEQUENCE),
+        previous=codec.get_bytes(header, "p", what, KEY_SIZE),
+        claimed_time=codec.get_int(header, "t", what, 0, MAX_CLAIMED_TIME),
         body=body,
         body_bytes=body_bytes,
         header_hash=header_hash(header_bytes),

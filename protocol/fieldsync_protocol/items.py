@@ -15,7 +15,7 @@ from fieldsync_protocol import codec
 from fieldsync_protocol.crypto import content_id, delivery_tag
 from fieldsync_protocol.envelope import MAX_CIPHERTEXT, OuterEnvelope, parse_outer
 from fieldsync_protocol.errors import RemoteProtocolError
-from fieldsync_protocol.membership import VERSION, Manifest, open_manifest
+from fieldsync_protocol.membership import VERSION, Manifest, is_version, open_manifest
 from fieldsync_protocol.receipt import Receipt, open_receipt
 
 #: Largest item: the largest envelope plus its small map overhead.
@@ -52,7 +52,7 @@ def parse_item(data: bytes) -> Item:
         kind = ItemKind(fields.get("t"))
     except ValueError:
         raise RemoteProtocolError(f"item has unknown type {fields.get('t')!r:.20}") from None
-    if fields.get("v") != VERSION:
+    if not is_version(fields.get("v")):
         raise RemoteProtocolError(
             f"item has version {fields.get('v')!r:.20}; this software reads version {VERSION}"
         )

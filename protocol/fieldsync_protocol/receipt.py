@@ -15,7 +15,7 @@ from typing import Any
 from fieldsync_protocol import codec
 from fieldsync_protocol.crypto import Domain, sign, verify
 from fieldsync_protocol.errors import LocalProtocolError, RemoteProtocolError
-from fieldsync_protocol.membership import NETWORK_ID_SIZE, VERSION, Manifest
+from fieldsync_protocol.membership import NETWORK_ID_SIZE, VERSION, Manifest, is_version
 
 MAX_TAGS = 4096
 TAG_SIZE = 32
@@ -30,8 +30,15 @@ class Receipt:
 
 
 def sign_receipt(receipt: Receipt, receipt_seed: bytes) -> bytes:
+    """Encode ``receipt`` as an item signed with the manifest's receipt key."""
     if not 1 <= len(receipt.tags) <= MAX_TAGS:
         raise LocalProtocolError(f"a receipt names 1..{MAX_TAGS} tags")
+    if not all(len(tag) == TAG_SIZE for tag in receipt.tags):
+        raise LocalProtocolError(f"delivery tags are {TAG_SIZE} bytes")
+    if len(receipt.network_id) != NETWORK_ID_SIZE:
+        raise LocalProtocolError("network id must be 16 bytes")
+    if not (0 <= receipt.serial < 2**63 and 0 <= receipt.time < 2**63):
+        raise LocalProtocolError("serial and time must be 0..2**63-1")
     body = codec.encode(
         {
             "n": receipt.network_id,
@@ -41,18 +48,23 @@ def sign_receipt(receipt: Receipt, receipt_seed: bytes) -> bytes:
             "v": VERSION,
         }
     )
-    return codec.encode({"b": body, "s": sign(Domain.RECEIPT, receipt_seed, body), "t": "r", "v": VERSION})
+    signature = sign(Domain.RECEIPT, receipt_seed, body)
+    return codec.encode({"b": body, "s": signature, "t": "r", "v": VERSION})
 
 
 def open_receipt(item: dict[str, Any], manifest: Manifest) -> Receipt:
     """Verify a decoded receipt item against the network's receipt key."""
     what = "receipt"
     codec.as_map(item, what, {"b", "s", "t", "v"})
+    if item["t"] != "r" or not is_version(item["v"]):
+        raise RemoteProtocolError("receipt item has the wrong type or version")
     body_bytes = codec.get_bytes(item, "b", what)
-    verify(Domain.RECEIPT, manifest.receipt_key, body_bytes, codec.get_bytes(item, "s", what, 64), what)
+    signature = codec.get_bytes(item, "s", what, 64)
+    verify(Domain.RECEIPT, manifest.receipt_key, body_bytes, signature, what)
     body = codec.as_map(codec.decode(body_bytes, what=what), what, {"n", "q", "tags", "time", "v"})
-    if codec.get_int(body, "v", what) != VERSION:
-        raise RemoteProtocolError(f"receipt version {body['v']} is not {VERSION}")
+    version = codec.get_int(body, "v", what)
+    if version != VERSION:
+        raise RemoteProtocolError(f"receipt version {version} is not {VERSION}")
     network_id = codec.get_bytes(body, "n", what, NETWORK_ID_SIZE)
     if network_id != manifest.network_id:
         raise RemoteProtocolError("receipt belongs to another network")

@@ -7,7 +7,7 @@ Fields follow the convergence of HURIDOCS ESF, Uwazi, ODK and Martus
 
 from __future__ import annotations
 
-import math
+import datetime
 import re
 from collections.abc import Callable
 from typing import Any
@@ -26,17 +26,24 @@ SENSITIVITIES = ("public", "internal", "restricted", "confidential")
 CHANNELS = ("cli", "web-form", "api", "import")
 ROLES = ("victim", "perpetrator", "source", "witness", "other")
 
-_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-_DATE = r"\d{4}(-\d{2}(-\d{2})?)?"
-_TIMESTAMP = re.compile(rf"^{_DATE}(T\d{{2}}:\d{{2}}(:\d{{2}})?(Z|[+-]\d{{2}}:\d{{2}}))?$")
-_LANGUAGE = re.compile(r"^[a-zA-Z]{2,3}(-[a-zA-Z0-9]{1,8})*$")
-_KEY = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+#: Longest string any pattern field accepts (checked before the regex runs).
+MAX_PATTERN = 64
+
+# ASCII only: ``\d`` would also match other scripts' digits. Matched with ``fullmatch``.
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_TIMESTAMP = re.compile(
+    r"(?P<y>[0-9]{4})(-(?P<m>[0-9]{2})(-(?P<d>[0-9]{2})"
+    r"(T(?P<H>[0-9]{2}):(?P<M>[0-9]{2})(:(?P<S>[0-9]{2}))?"
+    r"(Z|[+-](?P<zh>[0-9]{2}):(?P<zm>[0-9]{2})))?)?)?"
+)
+_LANGUAGE = re.compile(r"[a-zA-Z]{2,3}(-[a-zA-Z0-9]{1,8})*")
+_KEY = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 
 Checker = Callable[[Any, str], None]
 
 
 def _fail(path: str, message: str) -> RemoteProtocolError:
-    return RemoteProtocolError(f"report field {path}: {message}")
+    return RemoteProtocolError(f"report field {path}: {message}" if path else f"report {message}")
 
 
 def _text(max_len: int = MAX_TEXT) -> Checker:
@@ -51,10 +58,30 @@ def _text(max_len: int = MAX_TEXT) -> Checker:
 
 def _pattern(regex: re.Pattern[str], hint: str) -> Checker:
     def check(value: Any, path: str) -> None:
-        if not isinstance(value, str) or not regex.match(value):
+        if not isinstance(value, str) or len(value) > MAX_PATTERN or not regex.fullmatch(value):
             raise _fail(path, f"must be {hint}, got {value!r:.60}")
 
     return check
+
+
+def _timestamp(value: Any, path: str) -> None:
+    """``YYYY``, ``YYYY-MM``, ``YYYY-MM-DD``, or a date with ``Thh:mm[:ss]`` and a zone."""
+    ok = isinstance(value, str) and len(value) <= MAX_PATTERN
+    match = _TIMESTAMP.fullmatch(value) if ok else None
+    if match is None:
+        raise _fail(path, f"must be a date or time like 2025-03-01T09:30Z, got {value!r:.60}")
+    found = match.groupdict()
+
+    def part(name: str, absent: int) -> int:
+        text = found[name]
+        return absent if text is None else int(text)
+
+    try:
+        datetime.date(part("y", 1), part("m", 1), part("d", 1))
+        datetime.time(part("H", 0), part("M", 0), part("S", 0))
+        datetime.time(part("zh", 0), part("zm", 0))
+    except ValueError:
+        raise _fail(path, f"is not a real date or time: {value!r:.60}") from None
 
 
 def _choice(options: tuple[str, ...]) -> Checker:
@@ -74,7 +101,8 @@ def _number(low: float, high: float) -> Checker:
     def check(value: Any, path: str) -> None:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise _fail(path, "must be a number")
-        if not math.isfinite(value) or not low <= value <= high:
+        # Comparisons are exact for ints of any size and false for NaN: no float() overflow.
+        if not low <= value <= high:
             raise _fail(path, f"must be between {low} and {high}")
 
     return check
@@ -110,7 +138,7 @@ def _record(required: dict[str, Checker], optional: dict[str, Checker]) -> Check
     return check
 
 
-_TIMESTAMP_CHECK = _pattern(_TIMESTAMP, "a date or UTC time like 2025-03-01T09:30Z")
+_TIMESTAMP_CHECK = _timestamp
 _CATEGORY = _pattern(_KEY, "a taxonomy key like arbitrary-detention")
 
 _PERSON = _record(

@@ -1,0 +1,367 @@
+"""The peer driver: handshake → encrypted frames → sync session, over any transport.
+
+A thin asyncio loop around the sans-IO machines (aioquic's pattern): feed bytes, drain
+events, act on the store, transmit, re-arm the timer. The session and the store only ever
+run on the store thread (``StoreWorker``); this module only moves bytes.
+
+Custody rule: a received batch is verified, charged to the peer's quota and committed
+durably (``synchronous=FULL``) before ``commit_done`` lets the session acknowledge it.
+Any protocol violation, bad item or quota overrun ends the connection at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from fieldsync.store import Store, now_seconds
+from fieldsync.store_worker import StoreWorker
+from fieldsync.transport import Transport, TransportError
+from fieldsync_protocol.errors import RemoteProtocolError
+from fieldsync_protocol.frames import Data, End, FrameReceiver, FrameSender
+from fieldsync_protocol.handshake import PeerHandshake, ReplayCache
+from fieldsync_protocol.items import Checked, check_item
+from fieldsync_protocol.membership import Manifest, NodeCertificate
+from fieldsync_protocol.reconcile import ItemIndex, SortedListIndex
+from fieldsync_protocol.session import (
+    Completed,
+    Cursor,
+    CursorAdvanced,
+    ItemsReceived,
+    SessionConfig,
+    Started,
+    SyncSession,
+    SyncStats,
+)
+
+log = logging.getLogger(__name__)
+
+QUOTA_WINDOW_SECONDS = 86_400
+#: At most this many incoming connections may be in their handshake at once (half-open
+#: limit, as WireGuard's cookie threshold): more are closed unanswered.
+MAX_HANDSHAKES = 8
+
+
+@dataclass(frozen=True)
+class PeerLimits:
+    handshake_timeout: float = 10.0
+    idle_timeout: float = 60.0
+    quota_items_per_day: int = 200_000
+    quota_bytes_per_day: int = 1024 * 1024 * 1024
+    #: A responder that got a bad first message waits this long (randomised) before closing.
+    silent_close: tuple[float, float] = (1.0, 3.0)
+
+
+class PeerViolation(Exception):
+    """The peer broke the protocol, sent a bad item or exceeded its quota."""
+
+
+@dataclass
+class SyncOutcome:
+    """What one connection achieved, from this side's point of view."""
+
+    peer: NodeCertificate | None = None
+    complete: bool = False
+    error: str | None = None
+    stats: SyncStats = field(default_factory=SyncStats)
+    items_new: int = 0
+    wire_bytes_sent: int = 0
+    wire_bytes_received: int = 0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "complete": self.complete,
+            "error": self.error,
+            "mode": self.stats.mode,
+            "items_sent": self.stats.items_sent,
+            "items_received": self.stats.items_received,
+            "items_new": self.items_new,
+            "round_trips": self.stats.round_trips,
+            "wire_bytes_sent": self.wire_bytes_sent,
+            "wire_bytes_received": self.wire_bytes_received,
+        }
+
+
+class SyncSource:
+    """The session's view of the store (an ``ItemSource``); used only on the store thread."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._index: SortedListIndex | None = None
+
+    @property
+    def index(self) -> ItemIndex:
+        if self._index is None:
+            self._index = SortedListIndex.from_sorted(self._store.sorted_ids())
+        return self._index
+
+    def items_after(self, seq: int, limit: int) -> list[tuple[int, bytes]]:
+        return self._store.items_after(seq, limit)
+
+    def get(self, ids: Sequence[bytes]) -> list[bytes]:
+        return self._store.get_items(list(ids))
+
+    def wants(self, ids: Sequence[bytes]) -> list[bytes]:
+        return self._store.missing(list(ids))
+
+    def note_changes(self, added: Sequence[bytes], removed: Sequence[bytes]) -> None:
+        """Keep the cached index equal to the store after a commit."""
+        if self._index is None:
+            return
+        for item_id in added:
+            self._index.add(item_id)
+        for item_id in removed:
+            self._index.discard(item_id)
+
+
+@dataclass
+class PeerContext:
+    """Everything a connection needs; built once by the composition root."""
+
+    network_key: bytes
+    static_secret: bytes
+    certificate: bytes
+    manifest: Manifest
+    worker: StoreWorker
+    source: SyncSource
+    limits: PeerLimits = field(default_factory=PeerLimits)
+    replay_cache: ReplayCache = field(default_factory=ReplayCache)
+    revoked_nodes: frozenset[bytes] = frozenset()
+    session_config: SessionConfig = field(default_factory=SessionConfig)
+    handshake_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(MAX_HANDSHAKES))
+
+
+async def run_peer(transport: Transport, ctx: PeerContext, *, initiator: bool) -> SyncOutcome:
+    """Handshake and sync over ``transport``; never raises for the peer's misbehaviour."""
+    outcome = SyncOutcome()
+    counted = _CountingTransport(transport)
+    try:
+        handshake = await _handshake(counted, ctx, initiator)
+        if handshake is None:
+            outcome.error = "handshake failed"
+            return outcome
+        outcome.peer = handshake.peer
+        sender, receiver = handshake.transport()
+        await _Connection(counted, ctx, handshake, sender, receiver, initiator, outcome).run()
+    except (RemoteProtocolError, PeerViolation) as exc:
+        outcome.error = f"peer violated the protocol: {exc}"
+        log.warning("%s: %s", transport.label, outcome.error)
+    except TransportError as exc:
+        outcome.error = f"connection lost: {exc}"
+        log.info("%s: %s", transport.label, outcome.error)
+    except TimeoutError:
+        outcome.error = "peer stopped answering (timeout)"
+        log.info("%s: %s", transport.label, outcome.error)
+    finally:
+        outcome.wire_bytes_sent = counted.sent
+        outcome.wire_bytes_received = counted.received
+        await transport.close()
+    return outcome
+
+
+class _CountingTransport:
+    def __init__(self, inner: Transport) -> None:
+        self._inner = inner
+        self.label = inner.label
+        self.sent = 0
+        self.received = 0
+
+    async def send(self, data: bytes) -> None:
+        self.sent += len(data)
+        await self._inner.send(data)
+
+    async def receive(self) -> bytes:
+        data = await self._inner.receive()
+        self.received += len(data)
+        return data
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+async def _handshake(transport: _CountingTransport, ctx: PeerContext, initiator: bool) -> PeerHandshake | None:
+    handshake = PeerHandshake(
+        initiator=initiator,
+        network_key=ctx.network_key,
+        static_secret=ctx.static_secret,
+        certificate=ctx.certificate,
+        manifest=ctx.manifest,
+        ephemeral_secret=secrets.token_bytes(32),
+        revoked_nodes=ctx.revoked_nodes,
+        replay_cache=None if initiator else ctx.replay_cache,
+    )
+    if not initiator and ctx.handshake_slots.locked():
+        log.warning("%s: too many connections in handshake; closing unanswered", transport.label)
+        return None
+    try:
+        async with ctx.handshake_slots, asyncio.timeout(ctx.limits.handshake_timeout):
+            if out := handshake.data_to_send():
+                await transport.send(out)
+            while not handshake.is_complete:
+                data = await transport.receive()
+                if not data:
+                    handshake.eof_received()
+                handshake.receive_data(data)
+                if out := handshake.data_to_send():
+                    await transport.send(out)
+    except (RemoteProtocolError, TimeoutError) as exc:
+        log.info("%s: handshake failed: %s", transport.label, exc)
+        if not initiator:
+            # Silence, then a delayed close: a prober learns nothing, not even timing.
+            low, high = ctx.limits.silent_close
+            await asyncio.sleep(low + (high - low) * secrets.randbelow(1000) / 1000)
+        return None
+    return handshake
+
+
+class _Connection:
+    def __init__(
+        self,
+        transport: _CountingTransport,
+        ctx: PeerContext,
+        handshake: PeerHandshake,
+        sender: FrameSender,
+        receiver: FrameReceiver,
+        initiator: bool,
+        outcome: SyncOutcome,
+    ) -> None:
+        self.transport = transport
+        self.ctx = ctx
+        self.peer = handshake.peer
+        self.sender = sender
+        self.receiver = receiver
+        self.initiator = initiator
+        self.outcome = outcome
+        # Session messages from the peer; None = clean end of stream; an exception = failure.
+        self.incoming: asyncio.Queue[bytes | Exception | None] = asyncio.Queue()
+        self.session: SyncSession | None = None
+
+    async def run(self) -> None:
+        if self.peer is None:
+            raise PeerViolation("handshake finished without a peer certificate")
+        node_key = self.peer.node_key
+        config = self.ctx.session_config
+        initiator = self.initiator
+        source = self.ctx.source
+
+        def open_session(store: Store) -> SyncSession:
+            known = store.peer_cursor(node_key) if initiator else None
+            return SyncSession(
+                source,
+                initiator=initiator,
+                local=Cursor(store.epoch(), store.high_water()),
+                peer_cursor=None if known is None else Cursor(*known),
+                config=config,
+            )
+
+        self.session = await self.ctx.worker.call(open_session)
+        reader = asyncio.create_task(self._read_frames())
+        try:
+            await self._pump()
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, TransportError, RemoteProtocolError):
+                await reader
+
+    async def _read_frames(self) -> None:
+        """Decrypt frames as they arrive and queue the session messages they carry."""
+        try:
+            while True:
+                data = await self.transport.receive()
+                if not data:
+                    self.receiver.eof_received()
+                    await self.incoming.put(None)
+                    return
+                self.receiver.receive_data(data)
+                while (event := self.receiver.next_event()) is not None:
+                    if isinstance(event, Data):
+                        await self.incoming.put(event.payload)
+                    elif isinstance(event, End):
+                        await self.incoming.put(None)
+                        return
+        except (RemoteProtocolError, TransportError) as exc:
+            await self.incoming.put(exc)  # re-raised by _pump
+
+    async def _pump(self) -> None:
+        session = self.session
+        if session is None:
+            raise PeerViolation("no session")
+        while True:
+            messages = await self.ctx.worker.call(lambda _store: session.messages_to_send())
+            if messages:
+                await self.transport.send(b"".join(self.sender.send(m) for m in messages))
+            if await self._handle_events():
+                break
+            async with asyncio.timeout(self.ctx.limits.idle_timeout):
+                message = await self.incoming.get()
+            if isinstance(message, Exception):
+                raise message
+            if message is None:
+                raise TransportError("the peer ended the stream before the session completed")
+            payload: bytes = message
+            await self.ctx.worker.call(lambda _store: session.receive_message(payload))
+        # Session complete: authenticated end of stream, then wait briefly for the peer's.
+        await self.transport.send(self.sender.end())
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5):
+                while (message := await self.incoming.get()) is not None:
+                    if isinstance(message, Exception):
+                        break
+        self.outcome.complete = True
+
+    async def _handle_events(self) -> bool:
+        """Act on session events; True once the session is complete."""
+        session = self.session
+        if session is None:
+            raise PeerViolation("no session")
+        node_key = self.peer.node_key if self.peer else b""
+        limits = self.ctx.limits
+        manifest = self.ctx.manifest
+        source = self.ctx.source
+        outcome = self.outcome
+
+        def act(store: Store) -> bool:
+            done = False
+            while (event := session.next_event()) is not None:
+                if isinstance(event, ItemsReceived):
+                    outcome.items_new += _store_batch(store, source, manifest, node_key, event, limits)
+                    session.commit_done(event.batch_no)
+                elif isinstance(event, CursorAdvanced):
+                    store.set_peer_cursor(node_key, event.cursor.epoch, event.cursor.seq, now_seconds())
+                elif isinstance(event, Completed):
+                    outcome.stats = event.stats
+                    done = True
+                elif isinstance(event, Started):
+                    outcome.stats.mode = event.mode.value
+            return done
+
+        return await self.ctx.worker.call(act)
+
+
+def _store_batch(
+    store: Store,
+    source: SyncSource,
+    manifest: Manifest,
+    node_key: bytes,
+    event: ItemsReceived,
+    limits: PeerLimits,
+) -> int:
+    """Verify, charge quota, commit durably; return how many items were new."""
+    try:
+        checked: list[Checked] = [check_item(data, manifest) for data in event.items]
+    except RemoteProtocolError as exc:
+        raise PeerViolation(f"bad item in batch {event.batch_no}: {exc}") from exc
+    size = sum(len(c.item.data) for c in checked)
+    window = now_seconds() // QUOTA_WINDOW_SECONDS
+    if not store.charge_quota(
+        node_key, window, len(checked), size, limits.quota_items_per_day, limits.quota_bytes_per_day
+    ):
+        raise PeerViolation("quota exceeded for today")
+    counts = store.add_batch(checked, now_seconds())
+    source.note_changes(counts.new_ids, counts.purged_ids)
+    return counts.new

@@ -1,0 +1,701 @@
+"""The sync session: a sans-IO state machine over plaintext message bytes (SPEC-sync.md).
+
+One session runs both directions between two members after their handshake. The driver
+feeds every message from the peer to ``receive_message``, drains ``next_event`` (storing the
+items of ``ItemsReceived`` durably, then calling ``commit_done``), and sends what
+``messages_to_send`` returns; it drains events again after that call. Only
+``RemoteProtocolError`` leaves ``receive_message``; after one the session is dead.
+
+The session reads the local store only through ``ItemSource`` (the id index, items by id,
+items after a local sequence number, and which ids we want); those calls happen inside
+``receive_message`` and ``messages_to_send``, so a driver whose store lives on its own thread
+makes those calls there.
+
+Peer messages accepted in each state (anything else is a ``RemoteProtocolError``)::
+
+    state          message    handler          next state
+    AWAIT_HELLO    HELLO      _on_hello        RECONCILING (reconcile mode) | TRANSFER (delta)
+    RECONCILING    RECONCILE  _on_reconcile    RECONCILING | TRANSFER (DONE sent or received)
+    RECONCILING    WANT       _on_want         RECONCILING
+    RECONCILING    DATA       _on_data         RECONCILING
+    RECONCILING    ACK        _on_ack          RECONCILING
+    TRANSFER       DATA       _on_data         TRANSFER
+    TRANSFER       ACK        _on_ack          TRANSFER
+    TRANSFER       END        _on_end          PEER_ENDED
+    PEER_ENDED     ACK        _on_ack          PEER_ENDED
+    (PEER_ENDED becomes COMPLETE once we sent END and every batch both ways is acknowledged;
+    COMPLETE and FAILED accept nothing.)
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from typing import Any, Final, Protocol
+
+from fieldsync_protocol import codec
+from fieldsync_protocol.errors import LocalProtocolError, RemoteProtocolError
+from fieldsync_protocol.items import MAX_ITEM
+from fieldsync_protocol.reconcile import (
+    ID_SIZE,
+    ItemIndex,
+    ReconcileParams,
+    Reconciler,
+    successor,
+)
+from fieldsync_protocol.reconcile import TYPE as RECONCILE
+
+
+class State(Enum):
+    AWAIT_HELLO = "await-hello"
+    RECONCILING = "reconciling"
+    TRANSFER = "transfer"
+    PEER_ENDED = "peer-ended"
+    COMPLETE = "complete"
+    FAILED = "failed"
+
+
+HELLO: Final = "hello"
+WANT: Final = "want"
+DATA: Final = "data"
+ACK: Final = "ack"
+END: Final = "end"
+
+#: (state, type of the peer's message) -> handler. Any other pair is a protocol error.
+TRANSITIONS: Final[dict[tuple[State, str], str]] = {
+    (State.AWAIT_HELLO, HELLO): "_on_hello",
+    (State.RECONCILING, RECONCILE): "_on_reconcile",
+    (State.RECONCILING, WANT): "_on_want",
+    (State.RECONCILING, DATA): "_on_data",
+    (State.RECONCILING, ACK): "_on_ack",
+    (State.TRANSFER, DATA): "_on_data",
+    (State.TRANSFER, ACK): "_on_ack",
+    (State.TRANSFER, END): "_on_end",
+    (State.PEER_ENDED, ACK): "_on_ack",
+}
+
+#: Version of the sync protocol spoken inside the encrypted channel.
+VERSION = 1
+#: Largest message either side sends or accepts (a DATA batch of up to BATCH_BYTES plus one
+#: item of up to MAX_ITEM fits; so does the largest RECONCILE message).
+MAX_MESSAGE = 1024 * 1024
+#: Most items in one DATA batch.
+BATCH_ITEMS = 256
+#: A batch closes before the item that would take it past this many payload bytes.
+BATCH_BYTES = 256 * 1024
+#: Most ids in one WANT message.
+MAX_WANT = 16_384
+#: Largest window a peer may announce.
+MAX_WINDOW = 1024
+#: Largest per-session quota a peer may announce.
+MAX_QUOTA = 2**32
+#: Largest store epoch (an opaque store identity, 16 random bytes recommended).
+MAX_EPOCH = 32
+# Ids or items fetched from the ItemSource per call (bounds memory held for sending).
+_FETCH = 64
+_MAX_SEQ = 2**63 - 1
+
+
+class Mode(Enum):
+    DELTA = "delta"
+    RECONCILE = "reconcile"
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """A position in one store's arrival numbering: that store's ``epoch`` and a ``seq``."""
+
+    epoch: bytes
+    seq: int
+
+
+class ItemSource(Protocol):
+    """What the session reads from the local store."""
+
+    @property
+    def index(self) -> ItemIndex:
+        """The id index used for reconciliation."""
+        ...
+
+    def items_after(self, seq: int, limit: int) -> list[tuple[int, bytes]]:
+        """Up to ``limit`` (seq, item bytes) with seq > ``seq``, ascending by seq."""
+        ...
+
+    def get(self, ids: Sequence[bytes]) -> list[bytes]:
+        """The bytes of the items we hold among ``ids`` (missing ones are left out)."""
+        ...
+
+    def wants(self, ids: Sequence[bytes]) -> list[bytes]:
+        """The ids among ``ids`` we would accept (not held, not tombstoned, not refused)."""
+        ...
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    #: Items we accept from the peer in this session (announced; more is a protocol error).
+    quota_items: int = 1_000_000
+    #: DATA batches the peer may have unacknowledged (announced).
+    window: int = 16
+    #: Batch limits for what we send (at most the protocol's BATCH_ITEMS / BATCH_BYTES).
+    batch_items: int = BATCH_ITEMS
+    batch_bytes: int = BATCH_BYTES
+    reconcile: ReconcileParams = field(default_factory=ReconcileParams)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.quota_items <= MAX_QUOTA or not 1 <= self.window <= MAX_WINDOW:
+            raise LocalProtocolError("quota or window out of range")
+        if not 1 <= self.batch_items <= BATCH_ITEMS or not 1 <= self.batch_bytes <= BATCH_BYTES:
+            raise LocalProtocolError("batch limits out of range")
+
+
+@dataclass
+class SyncStats:
+    """Counters for one session, as seen by this side."""
+
+    mode: str = ""
+    messages_sent: int = 0
+    messages_received: int = 0
+    #: All message bytes (plaintext, before framing).
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    #: Item bytes inside DATA messages.
+    payload_bytes_sent: int = 0
+    payload_bytes_received: int = 0
+    #: Bytes of RECONCILE and WANT messages.
+    reconcile_bytes_sent: int = 0
+    reconcile_bytes_received: int = 0
+    #: RECONCILE messages both ways.
+    reconcile_messages: int = 0
+    items_sent: int = 0
+    items_received: int = 0
+    batches_sent: int = 0
+    batches_received: int = 0
+    #: Flights: maximal runs of sends (resp. receives) between two receives (sends).
+    flights_sent: int = 0
+    flights_received: int = 0
+    #: Responder flights (SPEC-sync.md §7): what the initiator waited for.
+    round_trips: int = 0
+    #: We stopped sending at the peer's quota.
+    truncated: bool = False
+
+    @property
+    def overhead_bytes(self) -> int:
+        """Everything but item payload, both directions."""
+        payload = self.payload_bytes_sent + self.payload_bytes_received
+        return self.bytes_sent + self.bytes_received - payload
+
+
+# --- events ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Started:
+    """Both HELLOs are exchanged: the session runs in ``mode``; the peer's store is at ``peer``."""
+
+    mode: Mode
+    peer: Cursor
+
+
+@dataclass(frozen=True)
+class ItemsReceived:
+    """Verify and store ``items`` durably, then call ``commit_done(batch_no)``."""
+
+    batch_no: int
+    items: list[bytes]
+
+
+@dataclass(frozen=True)
+class CursorAdvanced:
+    """We now hold every item of the peer's store up to ``cursor`` that we want: persist it
+    as this peer's cursor and pass it as ``peer_cursor`` next time."""
+
+    cursor: Cursor
+
+
+@dataclass(frozen=True)
+class Completed:
+    stats: SyncStats
+
+
+Event = Started | ItemsReceived | CursorAdvanced | Completed
+
+
+# --- outgoing work -----------------------------------------------------------------------
+
+
+@dataclass
+class _Wanted:
+    ids: list[bytes]
+    pos: int = 0
+
+
+@dataclass
+class _Push:
+    lower: bytes
+    upper: bytes
+    exclude: frozenset[bytes]
+
+
+@dataclass(frozen=True)
+class _Hello:
+    epoch: bytes
+    high: int
+    quota: int
+    window: int
+    reconcile: bool
+    after: Cursor | None
+
+
+def _encode(kind: str, **fields: Any) -> bytes:
+    return codec.encode({"t": kind, **fields})
+
+
+def _parse_hello(value: Any) -> _Hello:
+    what = "HELLO"
+    m = codec.as_map(value, what, {"t", "v", "e", "h", "q", "w", "r"}, {"a"})
+    version = codec.get_int(m, "v", what)
+    if version != VERSION:
+        raise RemoteProtocolError(f"peer speaks sync version {version}; this node speaks {VERSION}")
+    epoch = codec.get_bytes(m, "e", what)
+    if len(epoch) > MAX_EPOCH:
+        raise RemoteProtocolError(f"HELLO.e is longer than {MAX_EPOCH} bytes")
+    reconcile = m["r"]
+    if not isinstance(reconcile, bool):
+        raise RemoteProtocolError("HELLO.r must be a boolean")
+    after = None
+    if "a" in m:
+        raw = m["a"]
+        if reconcile or not isinstance(raw, list) or len(raw) != 2:
+            raise RemoteProtocolError("HELLO.a must be [epoch, seq], and only without r")
+        pair = {"e": raw[0], "s": raw[1]}
+        after_epoch = codec.get_bytes(pair, "e", "HELLO.a")
+        if len(after_epoch) > MAX_EPOCH:
+            raise RemoteProtocolError(f"HELLO.a epoch is longer than {MAX_EPOCH} bytes")
+        after = Cursor(after_epoch, codec.get_int(pair, "s", "HELLO.a"))
+    return _Hello(
+        epoch=epoch,
+        high=codec.get_int(m, "h", what),
+        quota=codec.get_int(m, "q", what, 0, MAX_QUOTA),
+        window=codec.get_int(m, "w", what, 1, MAX_WINDOW),
+        reconcile=reconcile,
+        after=after,
+    )
+
+
+class SyncSession:
+    """One side of a sync session. Synchronous and deterministic.
+
+    ``local`` is this store's epoch and high-water mark (the largest local ``seq``), read
+    no earlier than the index state the session will see; ``peer_cursor`` is what the last
+    ``CursorAdvanced`` from this peer said (None: unknown, so reconcile).
+    """
+
+    def __init__(
+        self,
+        source: ItemSource,
+        *,
+        initiator: bool,
+        local: Cursor,
+        peer_cursor: Cursor | None = None,
+        config: SessionConfig | None = None,
+    ) -> None:
+        if len(local.epoch) > MAX_EPOCH or not 0 <= local.seq <= _MAX_SEQ:
+            raise LocalProtocolError("local cursor out of range")
+        self._source = source
+        self._initiator = initiator
+        self._local = local
+        self._peer_cursor = peer_cursor
+        self._config = config or SessionConfig()
+        self._state = State.AWAIT_HELLO
+        self._mode: Mode | None = None
+        self._reconciler: Reconciler | None = None
+        self._peer: _Hello | None = None
+        self._events: deque[Event] = deque()
+        self._outbox: list[bytes] = []
+        self.stats = SyncStats()
+        self._last_io = ""
+        # sending
+        self._queue: deque[_Wanted | _Push] = deque()
+        self._ready: deque[tuple[int, bytes]] = deque()
+        self._delta_pos = 0
+        self._delta_done = False
+        self._acked_by_peer = 0
+        self._end_sent = False
+        self._truncated = False
+        self._wanted_by_peer = 0
+        # receiving
+        self._committed = 0
+        self._acks_sent = 0
+        self._batch_through: deque[tuple[int, int]] = deque()
+        self._delta_through = 0
+        self._end_through: int | None = None
+        self._want_budget = self._config.quota_items
+        self._incomplete = False
+        self._cursor_seq = -1
+        if initiator:
+            start = peer_cursor is None
+            if start:
+                self._reconciler = Reconciler(
+                    source.index, initiator=True, params=self._config.reconcile
+                )
+            self._send_hello(reconcile=start, after=peer_cursor)
+            if self._reconciler is not None:
+                self._queue_reconcile(self._reconciler.initial())
+
+    # --- driver API -------------------------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @property
+    def mode(self) -> Mode | None:
+        return self._mode
+
+    @property
+    def complete(self) -> bool:
+        return self._state is State.COMPLETE
+
+    def next_event(self) -> Event | None:
+        return self._events.popleft() if self._events else None
+
+    def receive_message(self, data: bytes) -> None:
+        """Process one message from the peer; raises only ``RemoteProtocolError``."""
+        if self._last_io != "recv":
+            self.stats.flights_received += 1
+            if self._initiator:
+                self.stats.round_trips += 1
+            self._last_io = "recv"
+        self.stats.messages_received += 1
+        self.stats.bytes_received += len(data)
+        try:
+            self._dispatch(data)
+        except RemoteProtocolError:
+            self._state = State.FAILED
+            raise
+        self._check_complete()
+
+    def _dispatch(self, data: bytes) -> None:
+        value = codec.decode(data, max_size=MAX_MESSAGE, what="sync message")
+        kind = value.get("t") if isinstance(value, dict) else None
+        name = TRANSITIONS.get((self._state, kind)) if isinstance(kind, str) else None
+        if name is None:
+            raise RemoteProtocolError(
+                f"sync message {str(kind)[:20]!r} is not allowed in state {self._state.value}"
+            )
+        handler: Callable[[dict[str, Any], int], None] = getattr(self, name)
+        handler(value, len(data))
+
+    def commit_done(self, batch_no: int) -> None:
+        """The items of ``ItemsReceived(batch_no)`` are durable (call in batch order)."""
+        if batch_no != self._committed or batch_no >= self.stats.batches_received:
+            raise LocalProtocolError(
+                f"commit_done({batch_no}): the next batch to commit is {self._committed}"
+            )
+        self._committed += 1
+        while self._batch_through and self._batch_through[0][0] < self._committed:
+            self._advance_cursor(self._batch_through.popleft()[1])
+        self._maybe_end_cursor()
+        self._check_complete()
+
+    def messages_to_send(self) -> list[bytes]:
+        """Messages to send now, in order (drain ``next_event`` afterwards)."""
+        if self._state is State.FAILED:
+            return []
+        if self._committed > self._acks_sent:
+            self._acks_sent = self._committed
+            self._outbox.append(_encode(ACK, n=self._committed - 1))
+        if self._mode is not None and not self._end_sent:
+            window = self._peer.window if self._peer is not None else 0
+            while self.stats.batches_sent < self._acked_by_peer + window:
+                batch = self._next_batch()
+                if batch is None:
+                    break
+                self._outbox.append(batch)
+            if self._ready_to_end():
+                self._end_sent = True
+                done = not self._truncated and self._local.seq
+                self._outbox.append(_encode(END, s=self._local.seq) if done else _encode(END))
+        out, self._outbox = self._outbox, []
+        if out:
+            if self._last_io != "send":
+                self.stats.flights_sent += 1
+                if not self._initiator:
+                    self.stats.round_trips += 1
+                self._last_io = "send"
+            self.stats.messages_sent += len(out)
+            self.stats.bytes_sent += sum(map(len, out))
+        self._check_complete()
+        return out
+
+    # --- hello ------------------------------------------------------------------------
+
+    def _send_hello(self, *, reconcile: bool, after: Cursor | None) -> None:
+        fields: dict[str, Any] = {
+            "v": VERSION,
+            "e": self._local.epoch,
+            "h": self._local.seq,
+            "q": self._config.quota_items,
+            "w": self._config.window,
+            "r": reconcile,
+        }
+        if after is not None:
+            fields["a"] = [after.epoch, after.seq]
+        self._outbox.append(_encode(HELLO, **fields))
+
+    def _valid_for_us(self, after: Cursor | None) -> bool:
+        """Is the peer's cursor on our store usable ("after" our seq N)?"""
+        return (
+            after is not None
+            and after.epoch == self._local.epoch
+            and after.seq <= self._local.seq
+        )
+
+    def _on_hello(self, value: dict[str, Any], size: int) -> None:
+        hello = _parse_hello(value)
+        self._peer = hello
+        ours = self._peer_cursor
+        if self._initiator:
+            if self._reconciler is not None:
+                if hello.reconcile or hello.after is not None:
+                    raise RemoteProtocolError("HELLO answering a reconciliation must be plain")
+                mode = Mode.RECONCILE
+            elif hello.reconcile:
+                mode = Mode.RECONCILE
+                self._reconciler = self._responder()
+            elif self._valid_for_us(hello.after):
+                mode = Mode.DELTA
+            else:
+                raise RemoteProtocolError("HELLO names no valid cursor on our store")
+        elif hello.reconcile:
+            mode = Mode.RECONCILE
+            self._reconciler = self._responder()
+            self._send_hello(reconcile=False, after=None)
+        elif hello.after is None:
+            raise RemoteProtocolError("a HELLO without a cursor must start reconciliation")
+        elif (
+            self._valid_for_us(hello.after)
+            and ours is not None
+            and ours.epoch == hello.epoch
+            and ours.seq <= hello.high
+        ):
+            mode = Mode.DELTA
+            self._send_hello(reconcile=False, after=ours)
+        else:
+            mode = Mode.RECONCILE
+            self._reconciler = Reconciler(
+                self._source.index, initiator=True, params=self._config.reconcile
+            )
+            self._send_hello(reconcile=True, after=None)
+            self._queue_reconcile(self._reconciler.initial())
+        self._mode = mode
+        if ours is not None and ours.epoch == hello.epoch:
+            self._cursor_seq = ours.seq
+        if mode is Mode.DELTA:
+            assert hello.after is not None  # noqa: S101 - checked by _valid_for_us
+            self._delta_pos = hello.after.seq
+            self._delta_through = self._cursor_seq
+            self._state = State.TRANSFER
+        else:
+            self._state = State.RECONCILING
+        self.stats.mode = mode.value
+        self._events.append(Started(mode, Cursor(hello.epoch, hello.high)))
+
+    def _responder(self) -> Reconciler:
+        return Reconciler(self._source.index, initiator=False, params=self._config.reconcile)
+
+    # --- reconciliation ---------------------------------------------------------------
+
+    def _queue_reconcile(self, message: bytes) -> None:
+        self.stats.reconcile_messages += 1
+        self.stats.reconcile_bytes_sent += len(message)
+        self._outbox.append(message)
+
+    def _on_reconcile(self, value: dict[str, Any], size: int) -> None:
+        assert self._reconciler is not None  # noqa: S101 - RECONCILING implies a reconciler
+        self.stats.reconcile_messages += 1
+        self.stats.reconcile_bytes_received += size
+        step = self._reconciler.receive_value(value)
+        have = self._source.wants(step.have) if step.have else []
+        if len(have) > self._want_budget:
+            have = have[: self._want_budget]
+            self._incomplete = True
+        self._want_budget -= len(have)
+        have.sort()
+        for start in range(0, len(have), MAX_WANT):
+            message = _encode(WANT, i=b"".join(have[start : start + MAX_WANT]))
+            self.stats.reconcile_bytes_sent += len(message)
+            self._outbox.append(message)
+        if step.reply is not None:
+            self._queue_reconcile(step.reply)
+        self._queue.extend(_Push(p.lower, p.upper, p.exclude) for p in step.need)
+        if step.done:
+            self._state = State.TRANSFER
+
+    def _on_want(self, value: dict[str, Any], size: int) -> None:
+        assert self._reconciler is not None  # noqa: S101 - RECONCILING implies a reconciler
+        self.stats.reconcile_bytes_received += size
+        blob = codec.get_bytes(codec.as_map(value, "WANT", {"t", "i"}), "i", "WANT")
+        if not blob or len(blob) % ID_SIZE or len(blob) > MAX_WANT * ID_SIZE:
+            raise RemoteProtocolError(f"WANT lists 1..{MAX_WANT} ids of {ID_SIZE} bytes")
+        ids = [blob[i : i + ID_SIZE] for i in range(0, len(blob), ID_SIZE)]
+        if any(a >= b for a, b in itertools.pairwise(ids)):
+            raise RemoteProtocolError("WANT ids are not strictly ascending")
+        self._reconciler.check_wanted(ids)
+        self._wanted_by_peer += len(ids)
+        if self._wanted_by_peer > self._reconciler.offered_count:
+            raise RemoteProtocolError("WANT asks for more ids than we listed")
+        self._queue.append(_Wanted(ids))
+
+    # --- data ---------------------------------------------------------------------------
+
+    def _on_data(self, value: dict[str, Any], size: int) -> None:
+        what = "DATA"
+        m = codec.as_map(value, what, {"t", "n", "i"}, {"s"})
+        n = codec.get_int(m, "n", what)
+        if n != self.stats.batches_received:
+            expected = self.stats.batches_received
+            raise RemoteProtocolError(f"DATA batch {n} out of order: expected {expected}")
+        if n >= self._acks_sent + self._config.window:
+            raise RemoteProtocolError("DATA beyond the announced window")
+        items = m["i"]
+        if not isinstance(items, list) or not 1 <= len(items) <= BATCH_ITEMS:
+            raise RemoteProtocolError(f"DATA carries 1..{BATCH_ITEMS} items")
+        for item in items:
+            if not isinstance(item, bytes) or not 1 <= len(item) <= MAX_ITEM:
+                raise RemoteProtocolError(f"a DATA item is 1..{MAX_ITEM} bytes")
+        if self.stats.items_received + len(items) > self._config.quota_items:
+            raise RemoteProtocolError("quota exceeded")
+        if self._mode is Mode.DELTA:
+            if "s" not in m:
+                raise RemoteProtocolError("DATA in delta mode must carry s")
+            assert self._peer is not None  # noqa: S101 - set by HELLO
+            through = codec.get_int(m, "s", what, self._delta_through + 1, self._peer.high)
+            self._delta_through = through
+            self._batch_through.append((n, through))
+        elif "s" in m:
+            raise RemoteProtocolError("DATA carries s only in delta mode")
+        self.stats.batches_received += 1
+        self.stats.items_received += len(items)
+        self.stats.payload_bytes_received += sum(map(len, items))
+        self._events.append(ItemsReceived(n, items))
+
+    def _on_ack(self, value: dict[str, Any], size: int) -> None:
+        m = codec.as_map(value, "ACK", {"t", "n"})
+        n = codec.get_int(m, "n", "ACK")
+        if not self._acked_by_peer <= n < self.stats.batches_sent:
+            raise RemoteProtocolError(f"ACK {n} for no unacknowledged batch")
+        self._acked_by_peer = n + 1
+
+    def _on_end(self, value: dict[str, Any], size: int) -> None:
+        m = codec.as_map(value, "END", {"t"}, {"s"})
+        if "s" in m:
+            assert self._peer is not None  # noqa: S101 - set by HELLO
+            high = self._peer.high
+            self._end_through = codec.get_int(m, "s", "END", high, high)
+        self._state = State.PEER_ENDED
+        self._maybe_end_cursor()
+
+    # --- cursors ------------------------------------------------------------------------
+
+    def _advance_cursor(self, seq: int) -> None:
+        if seq > self._cursor_seq:
+            self._cursor_seq = seq
+            assert self._peer is not None  # noqa: S101 - set by HELLO
+            self._events.append(CursorAdvanced(Cursor(self._peer.epoch, seq)))
+
+    def _maybe_end_cursor(self) -> None:
+        if (
+            self._end_through is not None
+            and self._committed == self.stats.batches_received
+            and not self._incomplete
+        ):
+            self._advance_cursor(self._end_through)
+            self._end_through = None
+
+    # --- sending ------------------------------------------------------------------------
+
+    def _refill(self) -> bool:
+        """Fetch the next items to send into ``_ready``; False when nothing is left."""
+        if self._mode is Mode.DELTA:
+            if self._delta_done:
+                return False
+            rows = self._source.items_after(self._delta_pos, _FETCH)
+            if len(rows) < _FETCH or rows[-1][0] >= self._local.seq:
+                self._delta_done = True
+            rows = [r for r in rows if r[0] <= self._local.seq]
+            if rows:
+                self._delta_pos = rows[-1][0]
+                self._ready.extend(rows)
+            return bool(rows)
+        while self._queue:
+            work = self._queue[0]
+            if isinstance(work, _Wanted):
+                ids = work.ids[work.pos : work.pos + _FETCH]
+                work.pos += len(ids)
+                if work.pos >= len(work.ids):
+                    self._queue.popleft()
+            else:
+                ids = self._source.index.ids(work.lower, work.upper, _FETCH)
+                if len(ids) < _FETCH:
+                    self._queue.popleft()
+                else:
+                    work.lower = successor(ids[-1])
+                ids = [i for i in ids if i not in work.exclude]
+            items = self._source.get(ids) if ids else []
+            if items:
+                self._ready.extend((0, item) for item in items)
+                return True
+        return False
+
+    def _next_batch(self) -> bytes | None:
+        assert self._peer is not None  # noqa: S101 - sending starts after HELLO
+        items: list[bytes] = []
+        size = 0
+        through = 0
+        room = self._peer.quota - self.stats.items_sent
+        while len(items) < self._config.batch_items:
+            if not self._ready and not self._refill():
+                break
+            if len(items) == room:
+                self._truncated = self.stats.truncated = True
+                self._queue.clear()
+                self._ready.clear()
+                self._delta_done = True
+                break
+            seq, item = self._ready[0]
+            if items and size + len(item) > self._config.batch_bytes:
+                break
+            self._ready.popleft()
+            items.append(item)
+            size += len(item)
+            through = seq
+        if not items:
+            return None
+        fields: dict[str, Any] = {"n": self.stats.batches_sent, "i": items}
+        if self._mode is Mode.DELTA:
+            fields["s"] = through
+        self.stats.batches_sent += 1
+        self.stats.items_sent += len(items)
+        self.stats.payload_bytes_sent += size
+        return _encode(DATA, **fields)
+
+    def _ready_to_end(self) -> bool:
+        if self._ready or self._queue or (self._mode is Mode.DELTA and not self._delta_done):
+            return False
+        return self._mode is Mode.DELTA or (
+            self._reconciler is not None and self._reconciler.done
+        )
+
+    def _check_complete(self) -> None:
+        if (
+            self._state is State.PEER_ENDED
+            and self._end_sent
+            and self._acked_by_peer == self.stats.batches_sent
+            and self._acks_sent == self._committed == self.stats.batches_received
+        ):
+            self._state = State.COMPLETE
+            self._events.append(Completed(replace(self.stats)))

@@ -1,0 +1,32 @@
+"""Support for the CLI tests: how to run the real ``fieldsync`` command.
+
+Also puts ``tests/fieldsync`` on ``sys.path`` so ``offline_support`` (the shared offline
+network) is importable here.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+_FIELDSYNC_TESTS = str(Path(__file__).resolve().parent.parent / "fieldsync")
+if _FIELDSYNC_TESTS not in sys.path:
+    sys.path.insert(0, _FIELDSYNC_TESTS)
+
+Run = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def fieldsync_command() -> list[str]:
+    """The installed console script, as a user runs it (else ``python -m fieldsync_cli``)."""
+    script = Path(sys.executable).parent / "fieldsync"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "fieldsync_cli"]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The test process's environment without any FIELDSYNC_* setting, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FIELDSYNC_")}
+    env.update(extra)
+    return env

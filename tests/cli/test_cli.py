@@ -1,0 +1,663 @@
+"""The ``fieldsync`` command line: the issue's commands exactly as written, in real processes;
+``--json`` everywhere (errors too); documented exit codes; passphrases from the environment,
+a file or a hidden prompt on a real terminal; the interactive ``report add``; the demo.
+
+Fast argument-parsing checks use click's ``CliRunner``; everything else runs the installed
+``fieldsync`` console script as a separate process, as a user would.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import select
+import subprocess
+import sys
+import termios
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cli_support import Run, clean_env, fieldsync_command
+from click.testing import CliRunner
+from offline_support import PASSPHRASE, Net, add_reports, export, open_hq, snapshot
+
+from fieldsync.errors import InputRefused
+from fieldsync_cli.cmd_hq import _ranges
+from fieldsync_cli.cmd_report import occurred_field
+from fieldsync_cli.main import COMMANDS, main
+
+# README "Exit codes"
+OK, ERROR, USAGE, REFUSED, NOT_FOUND, NOT_INITIALISED, WRONG_PASSPHRASE, INTERRUPTED = (
+    0, 1, 2, 3, 4, 10, 12, 130,
+)  # fmt: skip
+
+
+def _json(done: subprocess.CompletedProcess[str]) -> Any:
+    """The single JSON document a ``--json`` run printed on stdout."""
+    return json.loads(done.stdout)
+
+
+def _ok(done: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    assert done.returncode == OK, f"exit {done.returncode}: {done.stderr}"
+    return done
+
+
+def _fails(done: subprocess.CompletedProcess[str], code: int, phrase: str) -> None:
+    assert done.returncode == code, f"exit {done.returncode} (wanted {code}): {done.stderr}"
+    assert done.stderr.startswith("fieldsync: error: "), done.stderr
+    assert phrase in done.stderr, done.stderr
+
+
+# --- argument parsing (CliRunner: fast, in process) ---------------------------------------
+
+
+@pytest.fixture
+def cli() -> CliRunner:
+    return CliRunner(
+        env={"FIELDSYNC_HOME": None, "FIELDSYNC_PASSPHRASE": None, "FIELDSYNC_HQ": None}
+    )
+
+
+def test_help_lists_every_command_and_each_has_help(cli: CliRunner) -> None:
+    result = cli.invoke(main, ["--help"])
+    assert result.exit_code == OK
+    for name in COMMANDS:
+        assert name in result.stdout
+    for args in (
+        ["network", "create"], ["init"], ["join"], ["status"], ["report", "add"],
+        ["report", "list"], ["report", "show"], ["bundle", "export"], ["bundle", "import"],
+        ["hq", "enroll"], ["hq", "ingest"], ["hq", "export"], ["hq", "receipts"],
+    ):  # fmt: skip
+        helped = cli.invoke(main, [*args, "--help"])
+        assert helped.exit_code == OK, args
+        assert "--json" in helped.stdout, f"{args} has no --json"
+
+
+def test_version(cli: CliRunner) -> None:
+    result = cli.invoke(main, ["--version"])
+    assert result.exit_code == OK and "0.1.0" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "phrase"),
+    [
+        (["bogus"], "No such command"),
+        (["--bogus", "status"], "No such option"),
+        (["network", "create", "--out", "x"], "Missing option '--name'"),
+        (["hq", "export", "--hq", "x", "--format", "xml"], "'xml' is not one of"),
+        (["hq", "ingest", "--hq", "x"], "Missing argument"),
+        (["report", "add", "--lat", "north"], "is not a valid float"),
+        (["report", "add", "--sensitivity", "secret"], "'secret' is not one of"),
+        (["init", "--kdf-profile", "none"], "'none' is not one of"),
+    ],
+)
+def test_usage_errors_exit_2_and_answer_json(cli: CliRunner, args: list[str], phrase: str) -> None:
+    plain = cli.invoke(main, args)
+    assert plain.exit_code == USAGE
+    assert phrase in plain.stderr and plain.stdout == ""
+    as_json = cli.invoke(main, [*args, "--json"])
+    assert as_json.exit_code == USAGE
+    error = json.loads(as_json.stdout)
+    assert error["kind"] == "UsageError" and error["exit_code"] == USAGE
+    assert phrase in error["error"]
+
+
+def test_a_directory_is_not_a_bundle_file(cli: CliRunner, tmp_path: Path) -> None:
+    result = cli.invoke(
+        main, ["--home", str(tmp_path), "bundle", "import", str(tmp_path), "--json"]
+    )
+    assert result.exit_code == USAGE
+    assert "is a directory" in json.loads(result.stdout)["error"]
+
+
+@pytest.mark.parametrize(
+    ("text", "start", "precision"),
+    [
+        ("2025", "2025", "year"),
+        ("2025-03", "2025-03", "month"),
+        ("2025-03-01", "2025-03-01", "day"),
+        ("2025-03-01T09:30Z", "2025-03-01T09:30Z", "minute"),
+        ("2025-03-01T09:30:15+01:00", "2025-03-01T09:30:15+01:00", "minute"),
+        ("2025-03-01 09:30", "2025-03-01T09:30Z", "minute"),
+        (" 2025-03-01 ", "2025-03-01", "day"),
+    ],
+)
+def test_occurred_forms(text: str, start: str, precision: str) -> None:
+    assert occurred_field(text, approximate=True) == {
+        "start": start,
+        "precision": precision,
+        "approximate": True,
+    }
+
+
+@pytest.mark.parametrize("text", ["yesterday", "01/03/2025", "2025-3-1", ""])
+def test_occurred_refuses_what_it_cannot_read(text: str) -> None:
+    with pytest.raises(InputRefused, match="is not a date; use 2025-03-01"):
+        occurred_field(text, approximate=False)
+
+
+def test_gap_ranges_are_compact() -> None:
+    assert _ranges([2]) == "2"
+    assert _ranges([2, 3, 4, 7, 9, 10]) == "2-4, 7, 9-10"
+
+
+def test_report_add_refusals_before_any_passphrase(cli: CliRunner, net: Net) -> None:
+    home = ["--home", str(net.a)]
+    no_fields = cli.invoke(main, [*home, "report", "add", "--json"])  # stdin is not a terminal
+    assert no_fields.exit_code == REFUSED
+    assert "give at least --narrative and --category" in json.loads(no_fields.stdout)["error"]
+    no_when = cli.invoke(
+        main, [*home, "report", "add", "--narrative", "x", "--category", "threats"]
+    )
+    assert no_when.exit_code == REFUSED and "say when it happened" in no_when.stderr
+    missing = cli.invoke(main, [*home, "report", "add", "--json-file", str(net.root / "nope.json")])
+    assert missing.exit_code == NOT_FOUND
+    for name, content, phrase in (
+        ("bad.json", "{not json", "is not valid JSON"),
+        ("list.json", "[1, 2]", "must hold a JSON object"),
+    ):
+        path = net.root / name
+        path.write_text(content)
+        result = cli.invoke(main, [*home, "report", "add", "--json-file", str(path)])
+        assert result.exit_code == REFUSED and phrase in result.stderr
+    on_relay = cli.invoke(
+        main,
+        ["--home", str(net.b), "report", "add", "--narrative", "x", "--category", "threats",
+         "--occurred", "2025"],
+        env={"FIELDSYNC_PASSPHRASE": PASSPHRASE},
+    )  # fmt: skip
+    assert on_relay.exit_code == ERROR and "relay-only" in on_relay.stderr
+    assert snapshot(net.a)["outbox"] == []
+
+
+def test_report_add_validation_errors_name_the_field(cli: CliRunner, net: Net) -> None:
+    result = cli.invoke(
+        main,
+        ["--home", str(net.a), "report", "add", "--narrative", "x", "--category", "Bad Key",
+         "--occurred", "2025", "--json"],
+        env={"FIELDSYNC_PASSPHRASE": PASSPHRASE},
+    )  # fmt: skip
+    assert result.exit_code == REFUSED
+    assert "categories[0]" in json.loads(result.stdout)["error"]
+    only_lat = cli.invoke(
+        main,
+        ["--home", str(net.a), "report", "add", "--narrative", "x", "--category", "threats",
+         "--occurred", "2025", "--lat", "12.5"],
+        env={"FIELDSYNC_PASSPHRASE": PASSPHRASE},
+    )  # fmt: skip
+    assert only_lat.exit_code == REFUSED and "lat and lon" in only_lat.stderr
+
+
+def test_report_show_and_list_in_process(cli: CliRunner, net: Net) -> None:
+    (report_id,) = add_reports(net.a, ["one"])
+    home = ["--home", str(net.a)]
+    shown = cli.invoke(main, [*home, "report", "show", report_id[:13], "--json"])
+    assert shown.exit_code == OK
+    assert json.loads(shown.stdout)["id"] == report_id
+    assert json.loads(shown.stdout)["status"] == "sealed"
+    human = cli.invoke(main, [*home, "report", "show", report_id])
+    assert human.exit_code == OK and report_id in human.stdout
+    absent = cli.invoke(main, [*home, "report", "show", "ffff", "--json"])
+    assert absent.exit_code == NOT_FOUND and json.loads(absent.stdout)["kind"] == "NotFound"
+    listed = cli.invoke(main, [*home, "report", "list"])
+    assert (
+        listed.exit_code == OK and listed.stdout.startswith(report_id) and "sealed" in listed.stdout
+    )
+    empty = cli.invoke(main, ["--home", str(net.b), "report", "list"])
+    assert empty.exit_code == OK and empty.stdout == "" and "no reports" in empty.stderr
+
+
+def test_status_human_and_json(cli: CliRunner, net: Net, tmp_path: Path) -> None:
+    human = cli.invoke(main, ["--home", str(net.b), "status"])
+    assert human.exit_code == OK
+    assert "(relay)" in human.stdout and "test-net" in human.stdout and "tombstones" in human.stdout
+    data = json.loads(cli.invoke(main, ["--home", str(net.a), "status", "--json"]).stdout)
+    assert data["role"] == "author" and data["joined"] is True
+    for key in ("items", "items_total", "outbox", "tombstones", "disk_bytes", "network_id", "node"):
+        assert key in data
+    not_a_node = cli.invoke(main, ["--home", str(tmp_path / "nothing"), "status", "--json"])
+    assert not_a_node.exit_code == NOT_INITIALISED
+    assert json.loads(not_a_node.stdout)["kind"] == "NotInitialised"
+    assert "fieldsync --home" in not_a_node.stderr and "init" in not_a_node.stderr
+
+
+def test_home_from_the_environment(cli: CliRunner, net: Net) -> None:
+    result = cli.invoke(main, ["status", "--json"], env={"FIELDSYNC_HOME": str(net.b)})
+    assert result.exit_code == OK and json.loads(result.stdout)["home"] == str(net.b)
+
+
+def test_exit_codes_of_typed_errors(cli: CliRunner, net: Net, tmp_path: Path) -> None:
+    home_a = ["--home", str(net.a)]
+    again = cli.invoke(main, [*home_a, "init", "--json"])
+    assert again.exit_code == ERROR and json.loads(again.stdout)["kind"] == "FieldsyncError"
+    wrong = cli.invoke(
+        main,
+        [*home_a, "report", "add", "--narrative", "x", "--category", "threats", "--occurred",
+         "2025", "--json"],
+        env={"FIELDSYNC_PASSPHRASE": "not the passphrase"},
+    )  # fmt: skip
+    assert wrong.exit_code == WRONG_PASSPHRASE
+    assert json.loads(wrong.stdout) == {
+        "error": "wrong passphrase for author key",
+        "kind": "WrongPassphrase",
+        "exit_code": WRONG_PASSPHRASE,
+    }
+    missing_enrolment = cli.invoke(main, [*home_a, "join", str(tmp_path / "nope.txt")])
+    assert missing_enrolment.exit_code == NOT_FOUND
+    missing_request = cli.invoke(
+        main,
+        [
+            "hq",
+            "enroll",
+            str(tmp_path / "nope.txt"),
+            "--hq",
+            str(net.hq),
+            "--out",
+            str(tmp_path / "e"),
+        ],
+    )
+    assert missing_request.exit_code == NOT_FOUND
+    not_joined = cli.invoke(
+        main, ["--home", str(tmp_path / "x"), "bundle", "export", str(tmp_path / "f")]
+    )
+    assert not_joined.exit_code == NOT_INITIALISED
+    garbage = tmp_path / "garbage.txt"
+    garbage.write_text("hello")
+    bad_enrolment = cli.invoke(main, ["--home", str(net.b), "join", str(garbage), "--json"])
+    assert bad_enrolment.exit_code == REFUSED
+    assert "enrolment refused" in json.loads(bad_enrolment.stdout)["error"]
+
+
+def test_passphrase_needed_without_a_terminal(cli: CliRunner, net: Net, tmp_path: Path) -> None:
+    result = cli.invoke(
+        main,
+        ["--home", str(net.a), "report", "add", "--narrative", "x", "--category", "threats",
+         "--occurred", "2025", "--json"],
+    )  # fmt: skip
+    assert result.exit_code == ERROR
+    assert json.loads(result.stdout)["error"] == (
+        "your author key needs a passphrase: use --passphrase-file FILE or set FIELDSYNC_PASSPHRASE"
+    )
+    unreadable = cli.invoke(
+        main, ["hq", "receipts", "--hq", str(net.hq), "--out", str(tmp_path / "r"),
+               "--passphrase-file", str(tmp_path / "missing")],
+    )  # fmt: skip
+    assert unreadable.exit_code == ERROR and "cannot read passphrase file" in unreadable.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "kind", "code"),
+    [
+        (["network", "create", "--name", "x", "--out", "{hq}"], "FieldsyncError", ERROR),
+        (["--home", "{a}", "init"], "FieldsyncError", ERROR),
+        (["--home", "{a}", "join", "{missing}"], "NotFound", NOT_FOUND),
+        (["--home", "{nothing}", "status"], "NotInitialised", NOT_INITIALISED),
+        (["--home", "{nothing}", "report", "add", "--narrative", "x", "--category", "threats",
+          "--occurred", "2025"], "NotInitialised", NOT_INITIALISED),
+        (["--home", "{nothing}", "report", "list"], "NotInitialised", NOT_INITIALISED),
+        (["--home", "{nothing}", "report", "show", "0"], "NotInitialised", NOT_INITIALISED),
+        (["--home", "{nothing}", "bundle", "export", "{missing}"], "NotInitialised",
+         NOT_INITIALISED),
+        (["--home", "{b}", "bundle", "import", "{missing}"], "NotFound", NOT_FOUND),
+        (["hq", "enroll", "{missing}", "--hq", "{hq}", "--out", "{missing}"], "NotFound",
+         NOT_FOUND),
+        (["hq", "ingest", "--hq", "{nothing}", "{missing}"], "NotFound", NOT_FOUND),
+        (["hq", "export", "--hq", "{nothing}", "--format", "csv"], "NotFound", NOT_FOUND),
+        (["hq", "receipts", "--hq", "{nothing}", "--out", "{missing}"], "NotFound", NOT_FOUND),
+    ],
+    ids=lambda v: "-".join(a for a in v if a[0] not in "-{") if isinstance(v, list) else None,
+)  # fmt: skip
+def test_every_command_answers_errors_in_json(
+    cli: CliRunner, net: Net, args: list[str], kind: str, code: int
+) -> None:
+    paths = {"hq": net.hq, "a": net.a, "b": net.b, "nothing": net.root / "nothing",
+             "missing": net.root / "missing.file"}  # fmt: skip
+    argv = [a.format(**paths) for a in args]
+    result = cli.invoke(main, [*argv, "--json"], env={"FIELDSYNC_PASSPHRASE": PASSPHRASE})
+    assert result.exit_code == code, result.stderr
+    error = json.loads(result.stdout)
+    assert (error["kind"], error["exit_code"]) == (kind, code)
+    assert result.stderr == f"fieldsync: error: {error['error']}\n"
+
+
+def test_ingest_prints_rejections_forks_and_gaps_per_author(net: Net, run: Run) -> None:
+    from offline_support import author_seed, hq_manifest, seal, write_bundle
+
+    manifest, seed = hq_manifest(net), author_seed(net)
+    items = [
+        seal(manifest, seed, 1, "one").item,
+        seal(manifest, seed, 1, "another one").item,  # fork
+        seal(manifest, seed, 4, "four").item,  # gap: 2, 3
+        seal(manifest, bytes(range(32)), 1, "stranger").item,  # never enrolled
+    ]
+    write_bundle(net, net.usb / "mixed.bundle", items)
+    done = _ok(run("hq", "ingest", "--hq", net.hq, net.usb / "mixed.bundle"))
+    lines = done.stderr.splitlines()
+    assert lines[0] == "ingested: 2 new, 0 duplicate, 1 rejected, 1 forks"
+    assert "  rejected 1: report is signed by an author key HQ never enrolled" in lines
+    assert any(line.startswith("  FORK ALERT monitor-17 seq 1: envelopes ") for line in lines)
+    assert any(
+        line.startswith("  gap: author:") and line.endswith("is missing sequence numbers 2-3")
+        for line in lines
+    )
+
+
+# --- the issue's command list, exactly as written, in real processes ----------------------
+
+
+def test_the_offline_loop_as_written_in_the_issue(tmp_path: Path, run: Run) -> None:
+    """``fieldsync network create`` … ``status --json``: every command of issue 2, for real."""
+    hq, a, b = tmp_path / "HQ", tmp_path / "A", tmp_path / "B"
+    usb = tmp_path / "usb"
+    usb.mkdir()
+    secret_file = tmp_path / "passphrase.txt"
+    secret_file.write_text(PASSPHRASE + "\n")
+
+    created = _json(_ok(run("network", "create", "--name", "field-net", "--out", hq, "--json")))
+    assert created["name"] == "field-net" and created["root_fingerprint"].startswith("root:")
+    assert (
+        "root fingerprint"
+        in run("network", "create", "--name", "x", "--out", tmp_path / "HQ2").stderr
+    )
+
+    request_a = _ok(run("--home", a, "init", "--author", "monitor-17")).stdout.strip()
+    assert request_a == str(a / "request.txt")
+    request_b = _json(_ok(run("--home", b, "init", "--json", passphrase=None)))["request"]
+
+    enrolled_a = _json(
+        _ok(run("hq", "enroll", request_a, "--hq", hq, "--out", usb / "enrol-a.txt", "--json"))
+    )
+    assert enrolled_a["role"] == "author" and enrolled_a["author_name"] == "monitor-17"
+    _ok(run("hq", "enroll", request_b, "--hq", hq, "--out", usb / "enrol-b.txt",
+            "--passphrase-file", secret_file, passphrase=None))  # fmt: skip
+    joined = _json(_ok(run("--home", a, "join", usb / "enrol-a.txt", "--json", passphrase=None)))
+    assert joined == {
+        "network": "field-net",
+        "role": "author",
+        "root_fingerprint": created["root_fingerprint"],
+    }
+    assert (
+        "compare HQ's root fingerprint" in _ok(run("--home", b, "join", usb / "enrol-b.txt")).stderr
+    )
+
+    first = _ok(
+        run("--home", a, "report", "add", "--narrative", "Three traders detained at the market.",
+            "--category", "arbitrary-detention", "--category", "threats",
+            "--occurred", "2025-03-01T09:30Z", "--approximate", "--title", "Market detentions",
+            "--place", "Central market", "--lat", "12.3657", "--lon", "-1.5339",
+            "--accuracy", "50", "--sensitivity", "confidential", "--language", "fr")
+    ).stdout.strip()  # fmt: skip
+    json_file = tmp_path / "report.json"
+    json_file.write_text(
+        json.dumps({"narrative": "Journalist threatened.", "categories": ["threats"],
+                    "occurred": {"start": "2025-03-02", "precision": "day", "approximate": False}})
+    )  # fmt: skip
+    second = _json(
+        _ok(run("--home", a, "report", "add", "--json-file", json_file, "--sensitivity", "internal",
+                "--json", passphrase=None, env=clean_env(FIELDSYNC_PASSPHRASE=PASSPHRASE)))
+    )  # fmt: skip
+    assert second["status"] == "sealed"
+    listed = _json(_ok(run("--home", a, "report", "list", "--json")))
+    assert [(r["id"], r["sequence"], r["status"]) for r in listed] == [
+        (first, 1, "sealed"),
+        (second["id"], 2, "sealed"),
+    ]
+    assert all(r["created"].endswith("Z") and r["delivered"] is None for r in listed)
+
+    exported = _json(_ok(run("--home", a, "bundle", "export", usb / "a.bundle", "--json")))
+    assert exported["items"] == 3
+    imported = _json(_ok(run("--home", b, "bundle", "import", usb / "a.bundle", "--json")))
+    assert (imported["new"], imported["duplicate"], imported["items_in_file"]) == (2, 1, 3)
+    _ok(run("--home", b, "bundle", "export", usb / "b.bundle"))
+
+    ingested = _ok(run("hq", "ingest", "--hq", hq, usb / "b.bundle", usb / "a.bundle"))
+    assert "ingested: 2 new, 2 duplicate, 0 rejected, 0 forks" in ingested.stderr
+    again = _json(_ok(run("hq", "ingest", "--hq", hq, usb / "b.bundle", "--json")))
+    assert (again["new"], again["duplicate"], again["rejected"], again["forks"], again["gaps"]) == (
+        0, 2, 0, 0, {},
+    )  # fmt: skip
+
+    for fmt in ("jsonl", "csv", "geojson", "uwazi-csv"):
+        to_stdout = _ok(run("hq", "export", "--hq", hq, "--format", fmt, passphrase=None))
+        out = tmp_path / f"reports.{fmt}"
+        meta = _json(_ok(run("hq", "export", "--hq", hq, "--format", fmt, "--out", out, "--json")))
+        assert meta == {"format": fmt, "reports": 2, "out": str(out)}
+        assert out.read_text(encoding="utf-8") == to_stdout.stdout
+    records = [json.loads(line) for line in (tmp_path / "reports.jsonl").read_text().splitlines()]
+    market = next(r for r in records if r["id"] == first)
+    assert market["categories"] == ["arbitrary-detention", "threats"]
+    assert market["occurred"] == {
+        "start": "2025-03-01T09:30Z",
+        "precision": "minute",
+        "approximate": True,
+    }
+    assert market["location"] == {"source": "gps", "place": "Central market", "lat": 12.3657,
+                                  "lon": -1.5339, "accuracy_m": 50.0}  # fmt: skip
+    assert (market["sensitivity"], market["language"], market["title"]) == (
+        "confidential",
+        "fr",
+        "Market detentions",
+    )
+    assert market["hq"]["author_name"] == "monitor-17"
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "reports.csv").read_text(), newline="")))
+    assert {r["id"] for r in rows} == {first, second["id"]}
+    features = json.loads((tmp_path / "reports.geojson").read_text())["features"]
+    geometry = {f["id"]: f["geometry"] for f in features}
+    assert geometry == {
+        first: {"type": "Point", "coordinates": [-1.5339, 12.3657]},
+        second["id"]: None,
+    }
+    uwazi = list(
+        csv.DictReader(io.StringIO((tmp_path / "reports.uwazi-csv").read_text(), newline=""))
+    )
+    assert {r["location"] for r in uwazi} == {"12.3657|-1.5339", ""}
+
+    made = _json(_ok(run("hq", "receipts", "--hq", hq, "--out", usb / "receipts.bundle", "--json")))
+    assert made == {"out": str(usb / "receipts.bundle"), "receipts_new": 1, "receipts_total": 1,
+                    "envelopes_receipted": 2}  # fmt: skip
+    at_b = _json(_ok(run("--home", b, "bundle", "import", usb / "receipts.bundle", "--json")))
+    assert (at_b["purged"], at_b["receipts_applied"]) == (2, 1)
+    at_a = _ok(run("--home", a, "bundle", "import", usb / "receipts.bundle"))
+    assert "2 of your reports now delivered" in at_a.stderr
+
+    delivered = _json(_ok(run("--home", a, "report", "list", "--json")))
+    assert {r["status"] for r in delivered} == {"delivered"}
+    assert all(r["delivered"] for r in delivered)
+    status_a = _json(_ok(run("--home", a, "status", "--json")))
+    assert status_a["outbox"] == {"sealed": 0, "delivered": 2}
+    status_b = _json(_ok(run("--home", b, "status", "--json")))
+    assert status_b["items"]["envelope"] == 0 and status_b["tombstones"] == 2
+    assert status_b["role"] == "relay" and status_b["network"] == "field-net"
+
+
+def test_errors_in_real_processes(tmp_path: Path, run: Run, net: Net) -> None:
+    done = run("--home", tmp_path / "nothing", "status")
+    _fails(done, NOT_INITIALISED, "is not a fieldsync node")
+    assert done.stdout == ""
+    as_json = run("--home", tmp_path / "nothing", "status", "--json")
+    assert as_json.returncode == NOT_INITIALISED
+    assert _json(as_json)["kind"] == "NotInitialised"
+    _fails(run("--home", net.a, "report", "add", "--narrative", "x", "--category", "threats",
+               "--occurred", "2025", passphrase="wrong passphrase"),
+           WRONG_PASSPHRASE, "wrong passphrase for author key")  # fmt: skip
+    _fails(
+        run("hq", "ingest", "--hq", net.hq, tmp_path / "none.bundle"), NOT_FOUND, "does not exist"
+    )
+    usage = run("hq", "ingest", "--json")
+    assert usage.returncode == USAGE and _json(usage)["kind"] == "UsageError"
+    needs = run("hq", "receipts", "--hq", net.hq, "--out", tmp_path / "r", passphrase=None)
+    _fails(
+        needs, ERROR, "needs a passphrase: use --passphrase-file FILE or set FIELDSYNC_PASSPHRASE"
+    )
+
+
+# --- a real terminal ----------------------------------------------------------------------
+
+
+class Terminal:
+    """A child process on a pseudo-terminal that is its controlling terminal (stdlib only)."""
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        self.master, slave = os.openpty()
+        self.proc = subprocess.Popen(
+            args,
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            env=env,
+            start_new_session=True,
+            preexec_fn=_make_controlling_terminal,  # after setsid
+        )
+        os.close(slave)
+        self.seen = b""  # output not yet matched by expect()
+        self.transcript = b""  # everything the child wrote
+
+    def expect(self, text: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        needle = text.encode()
+        while needle not in self.seen:
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"timed out waiting for {text!r}; saw {self.seen!r}"
+            ready, _, _ = select.select([self.master], [], [], remaining)
+            if ready:
+                chunk = self._read()
+                assert chunk, f"terminal closed before {text!r}; saw {self.seen!r}"
+        self.seen = self.seen[self.seen.index(needle) + len(needle) :]
+
+    def _read(self) -> bytes:
+        try:
+            chunk = os.read(self.master, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            chunk = b""
+        self.seen += chunk
+        self.transcript += chunk
+        return chunk
+
+    def send(self, text: str) -> None:
+        os.write(self.master, text.encode())
+
+    def finish(self, timeout: float = 60) -> tuple[int, bytes]:
+        """Read everything until the child exits; return its exit code and the full output."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, "child did not finish"
+            ready, _, _ = select.select([self.master], [], [], remaining)
+            if ready and not self._read():
+                break
+        os.close(self.master)
+        return self.proc.wait(timeout=timeout), self.transcript
+
+
+def _make_controlling_terminal() -> None:
+    import fcntl
+
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def test_hidden_passphrase_prompt_on_a_terminal(tmp_path: Path) -> None:
+    typed = "a passphrase nobody sees"
+    term = Terminal(
+        [*fieldsync_command(), "--home", str(tmp_path / "A"), "init", "--author", "monitor-3",
+         "--kdf-profile", "interactive"],
+        clean_env(),
+    )  # fmt: skip
+    term.expect("Passphrase for the new author key of 'monitor-3': ")
+    term.send(typed + "\n")
+    term.expect("Repeat for confirmation: ")
+    term.send(typed + "\n")
+    code, transcript = term.finish()
+    assert code == OK, transcript
+    assert typed.encode() not in transcript, "the passphrase was echoed"
+    from fieldsync.node import Node
+
+    assert len(Node(tmp_path / "A").unlock_author(typed)) == 32
+
+
+def test_ctrl_c_at_the_prompt_exits_130(tmp_path: Path) -> None:
+    term = Terminal(
+        [*fieldsync_command(), "--home", str(tmp_path / "A"), "init", "--author", "x", "--json"],
+        clean_env(),
+    )
+    term.expect("Passphrase for the new author key")
+    term.send("\x03")
+    code, transcript = term.finish()
+    assert code == INTERRUPTED, transcript
+    assert b'"kind": "Interrupted"' in transcript and b"fieldsync: error: cancelled" in transcript
+    assert not (tmp_path / "A").exists()
+
+
+def test_interactive_report_add_on_a_terminal(net: Net, run: Run) -> None:
+    term = Terminal([*fieldsync_command(), "--home", str(net.a), "report", "add"], clean_env())
+    term.expect("What happened (narrative): ")
+    term.send("Soldiers burned the community radio.\n")
+    term.expect("Category keys, comma separated [unclassified]: ")
+    term.send("attack-on-media, threats\n")
+    term.expect("When did it happen")
+    term.send("2025-03-04\n")
+    term.expect("Place name (optional): ")
+    term.send("Koudougou\n")
+    term.expect("Sensitivity")
+    term.send("\n")  # the default: restricted
+    term.expect("Passphrase for your author key: ")
+    term.send(PASSPHRASE + "\n")
+    code, transcript = term.finish()
+    assert code == OK, transcript
+    assert PASSPHRASE.encode() not in transcript
+    (entry,) = snapshot(net.a)["outbox"]
+    assert entry[0].encode() in transcript, "prints the new report's id"
+    # HQ reads exactly what was typed.
+    export(net.a, net.usb / "a.bundle")
+    _ok(run("hq", "ingest", "--hq", net.hq, net.usb / "a.bundle"))
+    with open_hq(net) as headquarters:
+        (row,) = headquarters.database()["reports"].rows
+    assert row["narrative"] == "Soldiers burned the community radio."
+    assert json.loads(row["categories"]) == ["attack-on-media", "threats"]
+    assert (row["occurred_start"], row["occurred_precision"]) == ("2025-03-04", "day")
+    assert (row["place"], row["sensitivity"]) == ("Koudougou", "restricted")
+
+
+def test_wrong_passphrase_at_the_prompt_exits_12(net: Net) -> None:
+    term = Terminal(
+        [*fieldsync_command(), "--home", str(net.a), "report", "add", "--narrative", "x",
+         "--category", "threats", "--occurred", "2025"],
+        clean_env(),
+    )  # fmt: skip
+    term.expect("Passphrase for your author key: ")
+    term.send("not the right one\n")
+    code, transcript = term.finish()
+    assert code == WRONG_PASSPHRASE and b"wrong passphrase" in transcript
+
+
+def test_long_work_shows_progress_on_a_terminal(net: Net) -> None:
+    add_reports(net.a, ["one"])
+    term = Terminal(
+        [*fieldsync_command(), "--home", str(net.a), "bundle", "export", str(net.usb / "a.bundle")],
+        clean_env(),
+    )
+    code, transcript = term.finish()
+    assert code == OK, transcript
+    assert b"export: 100%" in transcript and b"exported 2 items" in transcript
+
+
+# --- the demo -----------------------------------------------------------------------------
+
+
+def test_demo_runs_to_completion() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "fieldsync_cli.demo"],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == OK, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[-1].startswith("demo complete")
+    assert [line[:4] for line in lines[:-1]] == [f"[{n:2d}]" for n in range(1, len(lines))]
+    assert "B holds 0 reports" in done.stdout and "delivered" in done.stdout

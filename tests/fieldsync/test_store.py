@@ -1,0 +1,338 @@
+"""The item store: schema migrations, durability and privacy pragmas, custody rules.
+
+Deletion happens only from a verified HQ receipt; tombstones refuse what was delivered.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+from pathlib import Path
+
+import pytest
+from offline_support import (
+    Net,
+    add_reports,
+    author_seed,
+    export,
+    hq_manifest,
+    import_,
+    ingest,
+    network_key,
+    raw_bundle,
+    receipts,
+    seal,
+    snapshot,
+    store_path,
+    write_bundle,
+)
+
+from fieldsync.errors import FieldsyncError, InputRefused
+from fieldsync.hq import HQ
+from fieldsync.node import Node
+from fieldsync.store import _MIGRATIONS, RECEIPT_TTL, ImportCounts, Store
+from fieldsync_protocol import codec
+from fieldsync_protocol.crypto import content_id, delivery_tag
+from fieldsync_protocol.envelope import TTL_CLASSES
+from fieldsync_protocol.items import check_item
+from fieldsync_protocol.receipt import Receipt, sign_receipt
+
+PASSPHRASE = "correct horse battery staple"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    opened = Store(tmp_path / "store.db")
+    yield opened
+    opened.close()
+
+
+# --- schema and pragmas -------------------------------------------------------------------
+
+
+def test_new_store_is_migrated_to_the_latest_schema(store: Store) -> None:
+    assert store.db.execute("PRAGMA user_version").fetchone()[0] == len(_MIGRATIONS)
+    assert {"items", "tombstones", "outbox", "author_chain"} <= set(store.db.table_names())
+
+
+def test_reopening_keeps_data_and_does_not_migrate_again(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    first = Store(path)
+    with first.transaction():
+        first.db.execute("INSERT INTO tombstones (tag, deleted_at) VALUES (?, 1)", [b"t" * 32])
+    first.close()
+    second = Store(path)
+    try:
+        assert second.status()["tombstones"] == 1
+        assert second.db.execute("PRAGMA user_version").fetchone()[0] == len(_MIGRATIONS)
+    finally:
+        second.close()
+
+
+def test_a_database_at_version_zero_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    sqlite3.connect(path).close()  # an empty database file: user_version 0
+    store = Store(path)
+    try:
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == len(_MIGRATIONS)
+        assert store.item_count() == 0
+    finally:
+        store.close()
+
+
+def test_a_store_from_a_newer_fieldsync_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    Store(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {len(_MIGRATIONS) + 1}")
+    conn.close()
+    with pytest.raises(FieldsyncError, match="newer fieldsync"):
+        Store(path)
+
+
+def test_pragmas_for_durability_and_secure_deletion(store: Store) -> None:
+    pragma = {
+        name: store.db.execute(f"PRAGMA {name}").fetchone()[0]
+        for name in ("journal_mode", "synchronous", "secure_delete", "foreign_keys")
+    }
+    assert pragma == {
+        "journal_mode": "wal",
+        "synchronous": 2,
+        "secure_delete": 1,
+        "foreign_keys": 1,
+    }
+
+
+def test_integrity_and_status_of_an_empty_store(store: Store) -> None:
+    assert store.integrity_check() == "ok"
+    status = store.status()
+    assert status["items"] == {"envelope": 0, "receipt": 0, "manifest": 0}
+    assert status["items_total"] == 0
+    assert status["outbox"] == {"sealed": 0, "delivered": 0}
+    assert status["tombstones"] == 0
+    assert isinstance(status["disk_bytes"], int) and status["disk_bytes"] > 0
+
+
+def test_transaction_rolls_back_on_error(store: Store) -> None:
+    with pytest.raises(RuntimeError), store.transaction():
+        store.db.execute("INSERT INTO tombstones (tag, deleted_at) VALUES (?, 1)", [b"x" * 32])
+        raise RuntimeError("boom")
+    assert store.status()["tombstones"] == 0
+
+
+def test_checkpoint_truncates_the_wal(store: Store) -> None:
+    with store.transaction():
+        store.db.execute("INSERT INTO tombstones (tag, deleted_at) VALUES (?, 1)", [b"y" * 32])
+    wal = Path(str(store.path) + "-wal")
+    assert wal.stat().st_size > 0
+    store.checkpoint()
+    assert wal.stat().st_size == 0
+
+
+# --- items --------------------------------------------------------------------------------
+
+
+def test_items_are_stored_once_in_arrival_order_with_relative_expiry(net: Net) -> None:
+    manifest = hq_manifest(net)
+    seed = author_seed(net)
+    sealed = [seal(manifest, seed, n, f"report {n}").item for n in range(1, 6)]
+    store = Store(store_path(net.b))
+    try:
+        counts = ImportCounts()
+        with store.transaction():
+            for item in [*sealed, sealed[0]]:
+                store.add_checked(check_item(item, manifest), counts, now=1000)
+        assert (counts.new, counts.duplicate) == (5, 1)
+        assert counts.kinds == {"envelope": 6}
+        assert all(store.has_item(content_id(item)) for item in sealed)
+        assert not store.has_item(bytes(32))
+        stored = list(store.iter_items(batch=2))
+        assert stored[1:] == sealed  # after the manifest B got when it joined
+        rows = store.db.execute(
+            "SELECT id, tag, received_at, expires_at, own FROM items WHERE kind = 'e' ORDER BY seq"
+        ).fetchall()
+        for (item_id, tag, received, expires, own), item in zip(rows, sealed, strict=True):
+            assert item_id == content_id(item)
+            assert tag == delivery_tag(item)
+            assert (received, expires, own) == (1000, 1000 + TTL_CLASSES[3], 0)
+        manifest_row = store.db.execute(
+            "SELECT expires_at - received_at FROM items WHERE kind = 'm'"
+        )
+        assert manifest_row.fetchone()[0] == RECEIPT_TTL
+    finally:
+        store.close()
+
+
+# --- the author's outbox and chain --------------------------------------------------------
+
+
+def test_outbox_and_chain_state_follow_each_report(net: Net) -> None:
+    ids = add_reports(net.a, ["one", "two", "three"])
+    node = Node(net.a)
+    try:
+        store = node.store()
+        outbox = store.outbox()
+        assert [e.report_id for e in outbox] == ids
+        assert [e.sequence for e in outbox] == [1, 2, 3]
+        assert {e.status for e in outbox} == {"sealed"}
+        assert all(e.delivered_at is None for e in outbox)
+        author = store.db.execute("SELECT author FROM author_chain").fetchone()[0]
+        sequence, previous = store.chain_state(author)
+        assert sequence == 3
+        own = store.db.execute("SELECT count(*) FROM items WHERE own = 1 AND kind = 'e'")
+        assert own.fetchone()[0] == 3
+    finally:
+        node.close()
+    # HQ sees the same chain: each report names the hash of the previous one's header.
+    export(net.a, net.usb / "a.bundle")
+    summary = ingest(net, net.usb / "a.bundle")
+    assert summary.new == 3 and summary.gaps == {}
+    db = HQ(net.hq).database()
+    chain = db.execute(
+        "SELECT sequence, header_hash, previous FROM chain ORDER BY sequence"
+    ).fetchall()
+    assert chain[0][2] == bytes(32)
+    assert chain[1][2] == chain[0][1] and chain[2][2] == chain[1][1]
+    assert previous == chain[2][1]
+    db.close()
+
+
+def test_chain_state_of_an_unknown_author_is_none(store: Store) -> None:
+    assert store.chain_state(bytes(32)) is None
+
+
+# --- receipts, purging and tombstones -----------------------------------------------------
+
+
+def _deliver(net: Net) -> None:
+    """A → B → HQ; HQ's receipts back to B and A."""
+    export(net.a, net.usb / "a.bundle")
+    import_(net.b, net.usb / "a.bundle")
+    export(net.b, net.usb / "b.bundle")
+    ingest(net, net.usb / "b.bundle")
+    receipts(net, net.usb / "receipts.bundle")
+
+
+def test_valid_receipts_purge_and_leave_tombstones(net: Net) -> None:
+    add_reports(net.a, ["one", "two", "three"])
+    _deliver(net)
+    counts_b = import_(net.b, net.usb / "receipts.bundle")
+    assert (counts_b.receipts_applied, counts_b.purged, counts_b.delivered_own) == (1, 3, 0)
+    counts_a = import_(net.a, net.usb / "receipts.bundle")
+    assert (counts_a.purged, counts_a.delivered_own) == (3, 3)
+    for home in (net.a, net.b):
+        state = snapshot(home)["status"]
+        assert state["items"]["envelope"] == 0 and state["items"]["receipt"] == 1
+        assert state["tombstones"] == 3
+    node = Node(net.a)
+    try:
+        outbox = node.reports()
+    finally:
+        node.close()
+    assert {e.status for e in outbox} == {"delivered"}
+    assert all(e.delivered_at for e in outbox)
+    # Importing the same receipts again changes nothing.
+    again = import_(net.b, net.usb / "receipts.bundle")
+    assert (again.new, again.duplicate, again.purged) == (0, 2, 0)
+
+
+def test_tombstones_refuse_a_purged_envelope(net: Net) -> None:
+    add_reports(net.a, ["one", "two", "three"])
+    _deliver(net)
+    import_(net.b, net.usb / "receipts.bundle")
+    replay = import_(net.b, net.usb / "a.bundle")
+    assert replay.already_delivered == 3
+    assert replay.new == 0
+    assert snapshot(net.b)["status"]["items"]["envelope"] == 0
+
+
+def test_receipts_that_arrive_before_the_envelopes_still_protect(net: Net) -> None:
+    add_reports(net.a, ["one", "two"])
+    export(net.a, net.usb / "a.bundle")
+    ingest(net, net.usb / "a.bundle")
+    receipts(net, net.usb / "receipts.bundle")
+    first = import_(net.b, net.usb / "receipts.bundle")  # B never saw the envelopes
+    assert (first.receipts_applied, first.purged) == (1, 0)
+    later = import_(net.b, net.usb / "a.bundle")
+    assert later.already_delivered == 2 and later.new == 0
+
+
+def _bundle_with_receipt(net: Net, receipt_item: bytes, name: str) -> Path:
+    path = net.usb / name
+    write_bundle(net, path, [receipt_item])
+    return path
+
+
+def test_forged_receipt_refuses_the_whole_bundle_and_deletes_nothing(net: Net) -> None:
+    add_reports(net.a, ["one", "two"])
+    export(net.a, net.usb / "a.bundle")
+    import_(net.b, net.usb / "a.bundle")
+    node = Node(net.b)
+    try:
+        tags = tuple(node.store().db.execute("SELECT tag FROM items WHERE kind = 'e'").fetchall())
+    finally:
+        node.close()
+    tags = tuple(row[0] for row in tags)
+    manifest = hq_manifest(net)
+    forged = sign_receipt(Receipt(manifest.network_id, 1, 1, tags), secrets.token_bytes(32))
+    keys = HQ(net.hq).unlock(PASSPHRASE)
+    foreign = sign_receipt(Receipt(bytes(16), 1, 1, tags), keys.receipt_seed)
+    genuine = sign_receipt(Receipt(manifest.network_id, 1, 1, tags), keys.receipt_seed)
+    before = snapshot(net.b)
+    for name, item, phrase in (
+        ("forged.bundle", forged, "receipt: signature is not valid"),
+        ("foreign.bundle", foreign, "receipt belongs to another network"),
+    ):
+        path = net.usb / name
+        # The bad receipt comes after a valid one: the whole bundle is refused anyway.
+        write_bundle(net, path, [genuine, item])
+        node = Node(net.b)
+        try:
+            with pytest.raises(InputRefused, match=phrase):
+                node.import_bundle(path)
+        finally:
+            node.close()
+        assert snapshot(net.b) == before
+    assert before["status"]["items"]["envelope"] == 2
+    # The genuine receipt alone deletes them.
+    counts = import_(net.b, _bundle_with_receipt(net, genuine, "genuine.bundle"))
+    assert counts.purged == 2
+
+
+def test_a_receipt_with_a_flipped_byte_is_refused(net: Net) -> None:
+    keys = HQ(net.hq).unlock(PASSPHRASE)
+    manifest = hq_manifest(net)
+    genuine = sign_receipt(Receipt(manifest.network_id, 1, 1, (b"t" * 32,)), keys.receipt_seed)
+    before = snapshot(net.b)
+    refused = 0
+    for index in range(len(genuine)):
+        damaged = bytearray(genuine)
+        damaged[index] ^= 0x20
+        path = net.usb / "damaged.bundle"
+        path.write_bytes(
+            raw_bundle(
+                network_key(net), [codec.encode({"n": manifest.network_id, "v": 1}), bytes(damaged)]
+            )
+        )
+        node = Node(net.b)
+        try:
+            node.import_bundle(path)
+        except InputRefused:
+            refused += 1
+        finally:
+            node.close()
+    assert refused == len(genuine)
+    assert snapshot(net.b) == before
+
+
+def test_receipts_only_delete_envelopes(net: Net) -> None:
+    """A receipt naming the tag of a manifest or receipt item never deletes it."""
+    manifest_item = HQ(net.hq).manifest_item()
+    keys = HQ(net.hq).unlock(PASSPHRASE)
+    manifest = hq_manifest(net)
+    receipt_item = sign_receipt(
+        Receipt(manifest.network_id, 7, 1, (delivery_tag(manifest_item),)), keys.receipt_seed
+    )
+    counts = import_(net.b, _bundle_with_receipt(net, receipt_item, "r.bundle"))
+    assert counts.receipts_applied == 1 and counts.purged == 0
+    assert snapshot(net.b)["status"]["items"]["manifest"] == 1

@@ -1,0 +1,120 @@
+"""Items (SPEC.md §10): structure any holder can check, ids, tags and check_item."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from protocol_support import DETERMINISTIC, Net, ephemeral, make_net
+
+from fieldsync_protocol import codec, membership
+from fieldsync_protocol.envelope import MAX_CIPHERTEXT
+from fieldsync_protocol.errors import RemoteProtocolError
+from fieldsync_protocol.items import MAX_ITEM, ItemKind, check_item, parse_item
+
+NET = make_net("items", key_ids=(0, 1))
+
+
+def item_of_kind(net: Net, kind: str, index: int) -> bytes:
+    if kind == "e":
+        return net.seal(ephemeral(index, "items"), sequence=index + 1).item
+    if kind == "r":
+        return net.receipt([index.to_bytes(32, "big")], serial=index)
+    update = dataclasses.replace(net.manifest, epoch=index + 2)
+    return membership.sign_manifest(update, net.root_seed)
+
+
+@settings(DETERMINISTIC, max_examples=50)
+@given(st.lists(st.tuples(st.sampled_from("erm"), st.integers(0, 10_000)), min_size=1, max_size=5))
+def test_every_kind_parses_and_checks(choices: list[tuple[str, int]]) -> None:
+    for kind, index in choices:
+        data = item_of_kind(NET, kind, index)
+        item = parse_item(data)
+        assert item.kind is ItemKind(kind)
+        assert item.data == data
+        assert item.id == hashlib.blake2b(data, digest_size=32).digest()
+        assert item.tag == hashlib.blake2b(data, digest_size=32, person=b"fs-delivered").digest()
+        checked = check_item(data, NET.manifest)
+        assert checked.item == item
+        assert (checked.envelope is not None) == (kind == "e")
+        assert (checked.receipt is not None) == (kind == "r")
+        assert (checked.manifest is not None) == (kind == "m")
+
+
+def test_checked_values() -> None:
+    envelope_item = NET.seal().item
+    checked = check_item(envelope_item, NET.manifest)
+    assert checked.envelope is not None
+    assert checked.envelope.hq_key_id == 1
+    receipt = check_item(NET.receipt([parse_item(envelope_item).tag]), NET.manifest).receipt
+    assert receipt is not None
+    assert receipt.tags == (parse_item(envelope_item).tag,)
+    update = check_item(item_of_kind(NET, "m", 5), NET.manifest).manifest
+    assert update is not None
+    assert update.epoch == 7
+
+
+def test_envelope_for_an_unknown_hq_key_is_carried(net: Net) -> None:
+    """Relays never block delivery: a key id from a newer manifest is stored and forwarded."""
+    newer = dataclasses.replace(
+        NET, manifest=dataclasses.replace(NET.manifest, hq_keys={9: bytes(range(32))})
+    )
+    data = newer.seal(hq_key_id=9, hq_public_key=bytes(range(32))).item
+    checked = check_item(data, NET.manifest)
+    assert checked.envelope is not None
+    assert checked.envelope.hq_key_id == 9
+
+
+def test_check_item_refusals(net: Net, other_net: Net) -> None:
+    with pytest.raises(RemoteProtocolError, match="receipt: signature is not valid"):
+        check_item(other_net.receipt([bytes(32)]), NET.manifest)
+    with pytest.raises(RemoteProtocolError, match="different root key"):
+        check_item(other_net.manifest_item, NET.manifest)
+    # Our root signing a manifest for another network id: refused as an update.
+    foreign = dataclasses.replace(NET.manifest, network_id=other_net.network_id)
+    with pytest.raises(RemoteProtocolError, match="manifest update belongs to another network"):
+        check_item(membership.sign_manifest(foreign, NET.root_seed), NET.manifest)
+
+
+def with_fields(data: bytes, **changes: Any) -> bytes:
+    fields = codec.decode(data) | changes
+    return codec.encode({k: v for k, v in fields.items() if v is not REMOVE})
+
+
+REMOVE = object()
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: codec.encode([1]), "item must be a map"),
+        (lambda: codec.encode({"t": "x", "v": 1}), "unknown type 'x'"),
+        (lambda: codec.encode({"t": ["e"], "v": 1}), "unknown type"),
+        (lambda: codec.encode({"v": 1}), "unknown type None"),
+        (lambda: with_fields(NET.seal().item, v=True), "item has version True"),
+        (lambda: with_fields(NET.seal().item, v=1.0), "item has version 1.0"),
+        (lambda: with_fields(NET.seal().item, v=2), "item has version 2"),
+        (lambda: with_fields(NET.seal().item, v=REMOVE), "item has version None"),
+        (lambda: with_fields(NET.seal().item, l=REMOVE), "envelope lacks field"),
+        (lambda: with_fields(NET.receipt([bytes(32)]), s=bytes(63)), "item.s must be 64 bytes"),
+        (lambda: with_fields(NET.receipt([bytes(32)]), b=5), "item.b must be bytes"),
+        (lambda: with_fields(NET.manifest_item, x=5), "item has unknown field"),
+        (lambda: with_fields(NET.manifest_item, b=REMOVE), "item lacks field"),
+        (lambda: b"\x80" * 2, "item is not valid msgpack"),
+        (lambda: bytes(MAX_ITEM + 1), "more than the"),
+    ],
+)
+def test_parse_item_refusals(make: Any, message: str) -> None:
+    with pytest.raises(RemoteProtocolError, match=message):
+        parse_item(make())
+
+
+def test_largest_envelope_item_fits() -> None:
+    ciphertext = bytes(MAX_CIPHERTEXT)
+    data = codec.encode({"c": ciphertext, "k": 2**32 - 1, "l": 3, "t": "e", "v": 1})
+    assert len(data) <= MAX_ITEM
+    assert parse_item(data).kind is ItemKind.ENVELOPE

@@ -1,0 +1,378 @@
+"""Range-based reconciliation: the packed index against a brute-force model, message
+parsing, and two reconcilers run to the end on arbitrary sets."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fieldsync_protocol import codec
+from fieldsync_protocol.errors import LocalProtocolError, RemoteProtocolError
+from fieldsync_protocol.reconcile import (
+    EMPTY_FINGERPRINT,
+    INFINITY,
+    MAX_RANGES,
+    MAX_ROUNDS,
+    ZERO,
+    Mode,
+    PushRange,
+    Range,
+    ReconcileParams,
+    Reconciler,
+    SortedListIndex,
+    _lane_sum_le,
+    _lane_sum_portable,
+    encode_message,
+    fingerprint_of,
+    id_sum,
+    parse_message,
+    separator,
+    successor,
+)
+
+
+def h(i: int) -> bytes:
+    return hashlib.blake2b(i.to_bytes(8, "little"), digest_size=32).digest()
+
+
+# Ids that share prefixes often (two small leading bytes), so separators get long.
+ids_st = st.builds(
+    lambda a, b, rest: bytes([a, b]) + rest,
+    st.integers(0, 3),
+    st.sampled_from([0, 1, 255]),
+    st.binary(min_size=30, max_size=30),
+)
+bounds_st = st.one_of(
+    st.just(ZERO),
+    st.just(INFINITY),
+    st.binary(min_size=1, max_size=33),
+    ids_st,
+)
+
+
+class Model:
+    """The obvious implementation: a sorted list."""
+
+    def __init__(self, ids: set[bytes]) -> None:
+        self.ids = sorted(ids)
+
+    def range(self, lower: bytes, upper: bytes) -> list[bytes]:
+        return [i for i in self.ids if lower <= i < upper]
+
+
+# --- the index ----------------------------------------------------------------------------
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.sets(ids_st, max_size=60),
+    st.lists(st.tuples(bounds_st, bounds_st), min_size=1, max_size=6),
+    st.integers(2, 5),
+)
+def test_index_matches_model(ids: set[bytes], queries: list[tuple[bytes, bytes]], load: int) -> None:
+    index = SortedListIndex(ids, load=load)
+    model = Model(ids)
+    assert len(index) == len(ids)
+    for lower, upper in queries:
+        inside = model.range(lower, upper)
+        assert index.count(lower, upper) == len(inside)
+        assert index.fingerprint(lower, upper) == fingerprint_of(id_sum(inside), len(inside))
+        assert index.ids(lower, upper, 7) == inside[:7]
+        assert index.ids(lower, upper, 1000) == inside
+        for parts in (2, 3, 16):
+            points = index.split_points(lower, upper, parts)
+            assert len(points) == max(0, min(parts, len(inside)) - 1)
+            edges = [lower, *points, upper]
+            runs = [model.range(a, b) for a, b in zip(edges, edges[1:], strict=False)]
+            if inside:
+                assert all(runs) and sum(map(len, runs)) == len(inside)
+                assert max(map(len, runs)) - min(map(len, runs)) <= 1
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), ids_st), max_size=80), st.integers(2, 4))
+def test_index_add_discard(ops: list[tuple[bool, bytes]], load: int) -> None:
+    index = SortedListIndex(load=load)
+    truth: set[bytes] = set()
+    for add, item_id in ops:
+        if add:
+            assert index.add(item_id) == (item_id not in truth)
+            truth.add(item_id)
+        else:
+            assert index.discard(item_id) == (item_id in truth)
+            truth.discard(item_id)
+        assert index.count(ZERO, INFINITY) == len(truth)
+    for item_id, _ in [(x, 0) for _, x in ops]:
+        assert (item_id in index) == (item_id in truth)
+    assert index.ids(ZERO, INFINITY, 10**6) == sorted(truth)
+    assert index.fingerprint(ZERO, INFINITY) == fingerprint_of(id_sum(truth), len(truth))
+    # removing everything leaves no chunk behind
+    for item_id in list(truth):
+        index.discard(item_id)
+    assert len(index) == 0 and index.fingerprint(ZERO, INFINITY) == EMPTY_FINGERPRINT
+
+
+def test_index_argument_checks() -> None:
+    with pytest.raises(LocalProtocolError):
+        SortedListIndex(load=1)
+    with pytest.raises(LocalProtocolError):
+        SortedListIndex([b"short"])
+    with pytest.raises(LocalProtocolError):
+        SortedListIndex.from_sorted([h(1), h(1)])
+    with pytest.raises(LocalProtocolError):
+        SortedListIndex().add(b"short")
+    index = SortedListIndex([h(1)])
+    assert "not bytes" not in index  # type: ignore[operator]
+    assert not index.discard(h(2))
+    assert index.from_sorted(sorted([h(1), h(2)])).count(ZERO, INFINITY) == 2
+
+
+def test_lane_sums_agree() -> None:
+    chunk = b"".join(h(i) for i in range(50)) + b"\xff" * 64
+    for start, end in [(0, 52), (3, 17), (51, 52), (5, 5)]:
+        assert _lane_sum_le(chunk, start, end) & ((1 << 256) - 1) == _lane_sum_portable(
+            chunk, start, end
+        ) & ((1 << 256) - 1)
+
+
+@given(ids_st, ids_st)
+def test_separator_is_shortest_between(a: bytes, b: bytes) -> None:
+    if a == b:
+        return
+    lo, hi = sorted((a, b))
+    s = separator(lo, hi)
+    assert lo < s <= hi and s[-1] != 0
+    assert not lo < s[:-1]
+    assert lo < successor(lo) <= hi
+
+
+# --- messages -------------------------------------------------------------------------------
+
+
+def rec(*flat: Any, **extra: Any) -> dict[str, Any]:
+    return {"t": "rec", "r": list(flat), **extra}
+
+
+FP = b"\x01" * 16
+
+
+@pytest.mark.parametrize(
+    ("value", "match"),
+    [
+        ([], "must be a map"),
+        (rec(x=1), "unknown field"),
+        ({"t": "rec"}, "lacks field"),
+        ({"t": "rec", "r": b"x"}, "flat list"),
+        (rec(None, 1), "flat list"),
+        (rec(None, 1, FP, None, 1, FP), "follows the one ending at infinity"),
+        (rec(b"", 1, FP, None, 0, b""), "bound is nil or"),
+        (rec(b"x" * 33, 1, FP), "bound is nil or"),
+        (rec(1, 1, FP), "bound is nil or"),
+        (rec(b"\x05\x00", 1, FP, None, 0, b""), "zero byte"),
+        (rec(b"\x05", 1, FP, b"\x05", 1, FP, None, 0, b""), "strictly ascending"),
+        (rec(b"\x05", 1, FP, b"\x04", 1, FP, None, 0, b""), "strictly ascending"),
+        (rec(None, 3, b""), "unknown range mode"),
+        (rec(None, -1, b""), "unknown range mode"),
+        (rec(None, True, FP), "unknown range mode"),
+        (rec(None, "1", FP), "unknown range mode"),
+        (rec(None, 1, "x"), "payload must be bytes"),
+        (rec(b"\x05", 0, b"x", None, 1, FP), "SKIP range has an empty payload"),
+        (rec(b"\x05", 0, b"", b"\x06", 0, b"", None, 1, FP), "adjacent SKIP"),
+        (rec(None, 1, b"\x01" * 15), "fingerprint is 16"),
+        (rec(None, 2, b"\x01" * 33), "multiple of 32"),
+        (rec(None, 2, b"\x02" * 32 + b"\x01" * 32), "strictly ascending inside"),
+        (rec(None, 2, b"\x02" * 64), "strictly ascending inside"),
+        (rec(b"\x05", 2, b"\x05" * 32, None, 0, b""), "strictly ascending inside"),
+        (rec(b"\x05", 1, FP, b"\x06", 2, b"\x04" * 32, None, 0, b""), "strictly ascending inside"),
+        (rec(b"\x05", 1, FP), "must end at infinity"),
+        (rec(None, 0, b""), "only SKIP"),
+        (rec(*([b"\x01", 1, FP] * (MAX_RANGES + 1))), "more than"),
+    ],
+)
+def test_parse_refuses(value: Any, match: str) -> None:
+    with pytest.raises(RemoteProtocolError, match=match):
+        parse_message(value)
+
+
+def test_parse_accepts_and_round_trips() -> None:
+    ranges = [
+        Range(b"\x05", Mode.SKIP),
+        Range(b"\x06", Mode.IDLIST, b"\x05" + b"\x00" * 31 + b"\x05\xff" + b"\x00" * 30),
+        Range(b"\x80", Mode.FINGERPRINT, FP),
+        Range(INFINITY, Mode.IDLIST, b""),
+    ]
+    data = encode_message(ranges)
+    assert parse_message(codec.decode(data)) == ranges
+    assert parse_message(codec.decode(encode_message([]))) == []
+    # bounds are sent without trailing zero bytes
+    assert encode_message([Range(b"\x05\x00\x00", Mode.FINGERPRINT, FP), Range(INFINITY, Mode.SKIP)]) == (
+        encode_message([Range(b"\x05", Mode.FINGERPRINT, FP), Range(INFINITY, Mode.SKIP)])
+    )
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"fanout": 1},
+        {"fanout": 300},
+        {"initial_fanout": 1},
+        {"initial_fanout": 5000},
+        {"fanout": 16, "idlist_threshold": 8},
+        {"idlist_threshold": 2000},
+        {"max_ranges": 10},
+        {"max_ranges": MAX_RANGES + 1},
+        {"max_message": 100},
+        {"max_message": 10**8},
+    ],
+)
+def test_params_checked(kw: dict[str, int]) -> None:
+    with pytest.raises(LocalProtocolError):
+        ReconcileParams(**kw)
+
+
+# --- reconciliation --------------------------------------------------------------------------
+
+
+def expand(index: SortedListIndex, need: list[PushRange]) -> set[bytes]:
+    out: set[bytes] = set()
+    for p in need:
+        out.update(i for i in index.ids(p.lower, p.upper, 10**9) if i not in p.exclude)
+    return out
+
+
+def reconcile(
+    a_ids: set[bytes], b_ids: set[bytes], params: ReconcileParams | None = None
+) -> tuple[list[int], dict[str, set[bytes]]]:
+    a, b = SortedListIndex(a_ids), SortedListIndex(b_ids)
+    ra = Reconciler(a, initiator=True, params=params)
+    rb = Reconciler(b, initiator=False, params=params)
+    learnt = {"a_have": set(), "a_need": set(), "b_have": set(), "b_need": set()}
+    message: bytes | None = ra.initial()
+    sizes = [len(message)]
+    turn = 0
+    while message is not None:
+        side, index, name = (rb, b, "b") if turn % 2 == 0 else (ra, a, "a")
+        step = side.receive(message)
+        learnt[name + "_have"].update(step.have)
+        learnt[name + "_need"].update(expand(index, step.need))
+        message = step.reply
+        turn += 1
+        if message is not None:
+            sizes.append(len(message))
+    assert ra.done and rb.done
+    return sizes, learnt
+
+
+small = ReconcileParams(
+    initial_fanout=2, fanout=2, idlist_threshold=2, max_message=400, max_ranges=8
+)
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    st.sets(ids_st, max_size=120),
+    st.sets(ids_st, max_size=30),
+    st.sets(ids_st, max_size=30),
+    st.sampled_from([None, small]),
+)
+def test_reconciliation_finds_exactly_the_differences(
+    common: set[bytes], only_a: set[bytes], only_b: set[bytes], params: ReconcileParams | None
+) -> None:
+    a_ids, b_ids = common | only_a, (common - only_a) | only_b
+    _, learnt = reconcile(a_ids, b_ids, params)
+    a_lacks, b_lacks = b_ids - a_ids, a_ids - b_ids
+    # what each side learnt is true, and together they learnt everything
+    assert learnt["a_have"] <= a_lacks and learnt["b_have"] <= b_lacks
+    assert learnt["a_need"] <= b_lacks and learnt["b_need"] <= a_lacks
+    assert learnt["a_have"] | learnt["b_need"] == a_lacks
+    assert learnt["b_have"] | learnt["a_need"] == b_lacks
+
+
+def test_identical_sets_take_one_exchange() -> None:
+    ids = {h(i) for i in range(5000)}
+    sizes, learnt = reconcile(ids, ids)
+    assert len(sizes) == 2 and sizes[0] < 450 and sizes[1] < 12
+    assert not any(learnt.values())
+
+
+def test_empty_peer_gets_everything_pushed_in_one_exchange() -> None:
+    ids = {h(i) for i in range(5000)}
+    sizes, learnt = reconcile(ids, set())
+    assert len(sizes) == 3
+    assert learnt["a_need"] == ids
+
+
+def test_few_ids_against_many_uses_lookups() -> None:
+    # the peer lists 2 ids against our 200 in the whole space: one we lack, one we hold
+    ours = {h(i) for i in range(200)}
+    index = SortedListIndex(ours)
+    r = Reconciler(index, initiator=False)
+    theirs = sorted([h(1), h(10**6)])
+    step = r.receive(encode_message([Range(INFINITY, Mode.IDLIST, b"".join(theirs))]))
+    assert step.have == [h(10**6)]
+    assert expand(index, step.need) == ours - {h(1)}
+    assert step.done and step.reply == encode_message([])
+
+
+def test_turns_and_rounds() -> None:
+    index = SortedListIndex(h(i) for i in range(100))
+    initiator = Reconciler(index, initiator=True)
+    with pytest.raises(RemoteProtocolError, match="out of turn"):
+        initiator.receive(encode_message([]))
+    initiator.initial()
+    with pytest.raises(LocalProtocolError):
+        initiator.initial()
+    with pytest.raises(LocalProtocolError):
+        Reconciler(index, initiator=False).initial()
+    responder = Reconciler(index, initiator=False)
+    mismatch = encode_message([Range(INFINITY, Mode.FINGERPRINT, FP)])
+    for _ in range(MAX_ROUNDS):
+        step = responder.receive(mismatch)
+        assert step.reply is not None and not step.done
+    assert responder.rounds == MAX_ROUNDS
+    with pytest.raises(RemoteProtocolError, match="did not finish"):
+        responder.receive(mismatch)
+    done = Reconciler(index, initiator=False)
+    done.receive(encode_message([]))
+    with pytest.raises(RemoteProtocolError, match="finished"):
+        done.receive(mismatch)
+    with pytest.raises(RemoteProtocolError, match="not valid msgpack"):
+        Reconciler(index, initiator=False).receive(b"\xc1")
+
+
+def test_frame_limit_answers_the_rest_with_one_fingerprint() -> None:
+    a_ids = {h(i) for i in range(3000)}
+    b_ids = {h(i) for i in range(1500, 4500)}
+    params = ReconcileParams(max_message=2000, max_ranges=40)
+    sizes, learnt = reconcile(a_ids, b_ids, params)
+    assert max(sizes) <= 2000
+    assert learnt["a_have"] | learnt["b_need"] == b_ids - a_ids
+    assert learnt["b_have"] | learnt["a_need"] == a_ids - b_ids
+
+
+class BadIndex(SortedListIndex):
+    def split_points(self, lower: bytes, upper: bytes, parts: int) -> list[bytes]:
+        return list(reversed(super().split_points(lower, upper, parts)))
+
+
+def test_bad_index_bounds_are_a_local_error() -> None:
+    r = Reconciler(BadIndex(h(i) for i in range(100)), initiator=True)
+    with pytest.raises(LocalProtocolError, match="out of order"):
+        r.initial()
+
+
+def test_wanted_ids_must_lie_in_listed_ranges() -> None:
+    r = Reconciler(SortedListIndex(), initiator=False)
+    r._offer(b"\x10", b"\x20", 3)
+    r._offer(b"\x40", b"\x50", 2)
+    r._offer(b"\x18", b"\x44", 1)  # overlaps both: merged into [0x10, 0x50)
+    r._offer(b"\x60", b"\x70", 1)
+    assert r.offered_count == 7
+    r.check_wanted([b"\x10" + b"\x00" * 31, b"\x30" * 32, b"\x6f" * 32])
+    for bad in (b"\x01" * 32, b"\x55" * 32, b"\x70" + b"\x00" * 31, b"\xff" * 32):
+        with pytest.raises(RemoteProtocolError, match="never listed"):
+            r.check_wanted([bad])
