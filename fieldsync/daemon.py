@@ -8,16 +8,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Coroutine
+import random
+from collections import deque
+import time
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
 
-from fieldsync.errors import InputRefused
+from fieldsync import sdnotify
+from fieldsync.config import Config
+from fieldsync.control import ControlServer
+from fieldsync.discovery import Discovery, PeerAddress
+from fieldsync.errors import FieldsyncError, InputRefused
+from fieldsync.janitor import Janitor
 from fieldsync.node import STORE, Node
 from fieldsync.peer import PeerContext, PeerLimits, SyncOutcome, SyncSource, run_peer
+from fieldsync.scheduler import Scheduler, SchedulerPolicy, SyncResult
 from fieldsync.store_worker import StoreWorker
 from fieldsync.transport import (
     Transport,
@@ -48,7 +57,10 @@ class Runtime:
     node: Node
     worker: StoreWorker
     context: PeerContext
-    outcomes: list[SyncOutcome] = field(default_factory=list)
+    #: The most recent session outcomes (bounded: a daemon runs for months).
+    outcomes: deque[SyncOutcome] = field(default_factory=lambda: deque(maxlen=100))
+    #: Called after every incoming session (the daemon passes new items on).
+    on_outcome: Callable[[SyncOutcome], None] | None = None
 
     @classmethod
     async def open(
@@ -101,6 +113,8 @@ class Server:
     async def _handle(self, transport: Transport) -> None:
         outcome = await run_peer(transport, self.runtime.context, initiator=False)
         self.runtime.outcomes.append(outcome)
+        if self.runtime.on_outcome is not None:
+            self.runtime.on_outcome(outcome)
         if outcome.complete:
             log.info(
                 "%s: synced: %d items in, %d out", transport.label,
@@ -151,3 +165,209 @@ async def run_until(stop: asyncio.Event, *jobs: Callable[[], Coroutine[Any, Any,
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+class FieldDaemon:
+    """``fieldsync run``: server, scheduler, discovery, janitor and control API together."""
+
+    #: How often the daemon looks for items written by other processes (``report add``).
+    LOCAL_POLL_SECONDS = 2.0
+
+    def __init__(self, config: Config, *, rng: random.Random | None = None) -> None:
+        self.config = config
+        self.rng = rng or random.Random()
+        self.runtime: Runtime | None = None
+        self.server: Server | None = None
+        self.scheduler: Scheduler | None = None
+        self.discovery: Discovery | None = None
+        self.janitor: Janitor | None = None
+        self.control: ControlServer | None = None
+        self.last_upstream_contact: float | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        config = self.config
+        limits = PeerLimits(
+            quota_items_per_day=config.sync.quota_items_per_day,
+            quota_bytes_per_day=config.sync.quota_bytes_per_day,
+        )
+        self.runtime = runtime = await Runtime.open(config.node.home, limits=limits)
+        runtime.on_outcome = self._on_incoming
+        self.server = server = Server(runtime)
+        try:
+            for address in config.listen.addresses:
+                if config.hub.enabled:
+                    bound = await server.listen_websocket(address.host, address.port)
+                    log.info("hub: serving WebSocket sync on %s:%d%s", *bound, WEBSOCKET_PATH)
+                else:
+                    bound = await server.listen_tcp(address.host, address.port)
+                    log.info("serving sync on tcp %s:%d", *bound)
+        except TransportError as exc:
+            await self.stop()
+            raise FieldsyncError(str(exc)) from exc
+        policy = SchedulerPolicy(
+            interval=config.sync.interval_seconds,
+            upstream_interval=config.upstream.interval_seconds,
+            max_concurrent=config.sync.max_concurrent,
+            backoff_initial=config.sync.backoff_initial,
+            backoff_max=config.sync.backoff_max,
+        )
+        self.scheduler = scheduler = Scheduler(self._sync_target, policy, rng=self.rng)
+        scheduler.on_new_items = lambda target: scheduler.poke(except_target=target)
+        for peer in config.peers.static:
+            scheduler.add(str(peer), "static")
+        if config.upstream.url is not None:
+            scheduler.add(str(config.upstream.url), "upstream")
+        for line in config.notices():
+            log.warning("%s", line)
+        if config.discovery.active and server.addresses and not config.hub.enabled:
+            await self._start_discovery(runtime, server.addresses[0][1])
+        self.janitor = Janitor(
+            runtime.worker,
+            runtime.context.source,
+            disk_budget_bytes=config.storage.disk_budget_mb * 1024 * 1024,
+            checkpoint_every=config.storage.checkpoint_minutes * 60.0,
+        )
+        await self.janitor.tick()
+        self.control = ControlServer(config.control_socket, self.status, self.peers)
+        await self.control.start()
+        self._tasks = [
+            asyncio.create_task(scheduler.run()),
+            asyncio.create_task(self.janitor.run()),
+            asyncio.create_task(self._watch_local_changes()),
+        ]
+        interval = sdnotify.watchdog_interval()
+        if interval:
+            self._tasks.append(asyncio.create_task(self._watchdog(interval)))
+        sdnotify.ready(f"serving on {len(server.addresses)} address(es)")
+
+    async def _start_discovery(self, runtime: Runtime, port: int) -> None:
+        addresses = await asyncio.to_thread(interface_addresses, self.config.discovery.interfaces)
+        if not addresses:
+            log.warning("discovery is off: no IPv4 address on %s", ", ".join(self.config.discovery.interfaces))
+            return
+        scheduler = self.scheduler
+        if scheduler is None:
+            return
+
+        def appeared(peer: PeerAddress) -> None:
+            scheduler.add(f"{peer.host}:{peer.port}", "discovered")
+
+        def gone(peer: PeerAddress) -> None:
+            scheduler.remove(f"{peer.host}:{peer.port}")
+
+        self.discovery = Discovery(
+            network_key=runtime.context.network_key,
+            port=port,
+            interfaces=addresses,
+            on_peer=appeared,
+            on_peer_gone=gone,
+            service_type=self.config.discovery.service_type,
+            rotate_seconds=self.config.discovery.rotate_minutes * 60.0,
+        )
+        await self.discovery.start()
+        log.info("discovery: announcing and browsing on %s", ", ".join(addresses))
+
+    async def _sync_target(self, target: str) -> SyncResult:
+        runtime = self.runtime
+        if runtime is None:
+            return SyncResult(ok=False, error="daemon stopped")
+        try:
+            outcome = await runtime.sync_with(target)
+        except (TransportError, FieldsyncError) as exc:
+            return SyncResult(ok=False, error=str(exc))
+        if outcome.complete and self.scheduler is not None:
+            state = self.scheduler.targets.get(target)
+            if state is not None and state.origin == "upstream":
+                self.last_upstream_contact = time.time()
+        return SyncResult(
+            ok=outcome.complete,
+            items_in=outcome.items_new,
+            items_out=outcome.stats.items_sent,
+            error=outcome.error,
+        )
+
+    def _on_incoming(self, outcome: SyncOutcome) -> None:
+        if outcome.items_new and self.scheduler is not None:
+            self.scheduler.poke()
+
+    async def _watch_local_changes(self) -> None:
+        """Items written by another process (``report add``, ``bundle import``): pass them on."""
+        runtime = self.runtime
+        if runtime is None:
+            return
+        last = await runtime.worker.call(lambda store: store.data_version())
+        while True:
+            await asyncio.sleep(self.LOCAL_POLL_SECONDS)
+            version = await runtime.worker.call(lambda store: store.data_version())
+            if version != last and self.scheduler is not None:
+                last = version
+                self.scheduler.poke()
+
+    async def _watchdog(self, interval: float) -> None:
+        while True:
+            sdnotify.watchdog_ping()
+            await asyncio.sleep(interval)
+
+    async def status(self) -> dict[str, Any]:
+        runtime = self.runtime
+        if runtime is None:
+            return {"running": False}
+        local = await runtime.worker.call(lambda store: store.status())
+        return {
+            "running": True,
+            "home": str(self.config.node.home),
+            "role": "author" if runtime.node.is_author() else "relay",
+            **local,
+            "listening": [f"{h}:{p}" for h, p in (self.server.addresses if self.server else [])],
+            "hub": self.config.hub.enabled,
+            "discovery": self.discovery is not None,
+            "peers": (await self.peers())["peers"],
+            "last_upstream_contact": self.last_upstream_contact,
+            "clock": self.janitor.last.clock if self.janitor else None,
+        }
+
+    async def peers(self) -> dict[str, Any]:
+        scheduler = self.scheduler
+        targets = [] if scheduler is None else [s.as_dict() for s in scheduler.targets.values()]
+        return {"peers": targets}
+
+    async def stop(self) -> None:
+        sdnotify.stopping()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        if self.control is not None:
+            await self.control.stop()
+        if self.discovery is not None:
+            await self.discovery.stop()
+        if self.server is not None:
+            await self.server.close()
+        if self.runtime is not None:
+            await self.runtime.close()
+            self.runtime = None
+
+
+def interface_addresses(names_or_addresses: Sequence[str]) -> list[str]:
+    """IPv4 addresses for the configured interfaces (names resolved with ifaddr; blocking)."""
+    import ipaddress
+
+    import ifaddr
+
+    out: list[str] = []
+    adapters = {adapter.nice_name: adapter for adapter in ifaddr.get_adapters()}
+    for entry in names_or_addresses:
+        try:
+            ipaddress.IPv4Address(entry)
+        except ValueError:
+            adapter = adapters.get(entry)
+            if adapter is None:
+                log.warning("discovery: no interface named %s", entry)
+                continue
+            out.extend(str(ip.ip) for ip in adapter.ips if isinstance(ip.ip, str))
+        else:
+            out.append(entry)
+    return out

@@ -93,6 +93,18 @@ class SyncSource:
     def __init__(self, store: Store) -> None:
         self._store = store
         self._index: SortedListIndex | None = None
+        self._data_version = store.data_version()
+
+    def refresh(self) -> None:
+        """Drop the cached index if another process (the CLI) changed the store."""
+        version = self._store.data_version()
+        if version != self._data_version:
+            self._data_version = version
+            self._index = None
+
+    def invalidate(self) -> None:
+        """Our own connection deleted items outside a sync (janitor): rebuild on next use."""
+        self._index = None
 
     @property
     def index(self) -> ItemIndex:
@@ -250,7 +262,8 @@ class _Connection:
         source = self.ctx.source
 
         def open_session(store: Store) -> SyncSession:
-            known = store.peer_cursor(node_key) if initiator else None
+            source.refresh()
+            known = store.peer_cursor(node_key)
             return SyncSession(
                 source,
                 initiator=initiator,

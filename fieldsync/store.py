@@ -71,6 +71,7 @@ _MIGRATIONS: tuple[str, ...] = (
         value BLOB NOT NULL
     );
     INSERT INTO store_meta (key, value) VALUES ('epoch', randomblob(16));
+    INSERT INTO store_meta (key, value) VALUES ('clock', 0);
     CREATE TABLE peers (
         node_key BLOB PRIMARY KEY,
         cursor_epoch BLOB,                      -- the peer store's epoch the cursor belongs to
@@ -181,7 +182,7 @@ class Store:
         cursor = self._conn.execute(
             "INSERT OR IGNORE INTO items (id, tag, kind, data, received_at, expires_at, own)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (item.id, tag, item.kind.value, item.data, now, now + ttl, int(own)),
+            (item.id, tag, item.kind.value, item.data, now, self.local_clock() + ttl, int(own)),
         )
         if cursor.rowcount == 0:
             counts.duplicate += 1
@@ -337,6 +338,65 @@ class Store:
         names = [d[0] for d in cursor.description]
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
+    # --- expiry and disk budget (the janitor) ---------------------------------------------
+
+    def local_clock(self) -> int:
+        """Seconds this node has been running, summed over its life (SPEC.md §10).
+
+        Expiry counts on this clock, not the wall clock: a Pi whose clock jumps a year
+        ahead must not expire everything it carries, and one a year behind must not keep
+        items for ever.
+        """
+        row = self._conn.execute("SELECT value FROM store_meta WHERE key = 'clock'").fetchone()
+        return 0 if row is None else int(row[0])
+
+    def advance_clock(self, seconds: int) -> int:
+        self._conn.execute(
+            "UPDATE store_meta SET value = value + ? WHERE key = 'clock'", (max(0, seconds),)
+        )
+        return self.local_clock()
+
+    def expire(self) -> int:
+        """Delete relayed items whose TTL has passed; own unreceipted reports are kept."""
+        with self.transaction():
+            gone = self._conn.execute(
+                "DELETE FROM items WHERE expires_at <= ? AND own = 0 AND kind != ?",
+                (self.local_clock(), ItemKind.MANIFEST.value),
+            ).rowcount
+        if gone:
+            self.checkpoint()
+        return int(gone)
+
+    def used_bytes(self) -> int:
+        page_size = self._conn.execute("PRAGMA page_size").fetchone()[0]
+        pages = self._conn.execute("PRAGMA page_count").fetchone()[0]
+        free = self._conn.execute("PRAGMA freelist_count").fetchone()[0]
+        return int((pages - free) * page_size)
+
+    def enforce_budget(self, budget_bytes: int, step: int = 200) -> int:
+        """Evict until the data fits ``budget_bytes``: first relayed envelopes closest to
+        expiry, then receipts, and the author's own unreceipted reports only last."""
+        evicted = 0
+        order = (
+            ("kind = ? AND own = 0", (ItemKind.ENVELOPE.value,)),
+            ("kind = ?", (ItemKind.RECEIPT.value,)),
+            ("kind = ? AND own = 1", (ItemKind.ENVELOPE.value,)),
+        )
+        for condition, args in order:
+            while self.used_bytes() > budget_bytes:
+                with self.transaction():
+                    gone = self._conn.execute(
+                        f"DELETE FROM items WHERE seq IN (SELECT seq FROM items WHERE {condition}"  # noqa: S608
+                        " ORDER BY expires_at, seq LIMIT ?)",
+                        (*args, step),
+                    ).rowcount
+                if not gone:
+                    break
+                evicted += gone
+        if evicted:
+            self.checkpoint()
+        return evicted
+
     def checkpoint(self) -> None:
         """Fold the WAL into the database and truncate it, so deleted rows leave no copy."""
         self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -394,6 +454,10 @@ class Store:
             "tombstones": tombstones,
             "disk_bytes": disk,
         }
+
+    def data_version(self) -> int:
+        """Changes whenever *another* connection commits (SQLite ``PRAGMA data_version``)."""
+        return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
 
     def integrity_check(self) -> str:
         return str(self._conn.execute("PRAGMA integrity_check").fetchone()[0])

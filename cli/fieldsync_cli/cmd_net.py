@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from pathlib import Path
+from typing import Any
 
 import click
 
-from fieldsync.daemon import Runtime, Server, parse_host_port
+from fieldsync.config import Config, load_config
+from fieldsync.daemon import FieldDaemon, Runtime, parse_host_port
 from fieldsync.errors import FieldsyncError
 from fieldsync.peer import SyncOutcome
 from fieldsync.transport import TransportError
@@ -21,48 +24,64 @@ EXIT_SYNC_FAILED = 5
 
 
 @click.command()
-@click.option("--listen", "listen", multiple=True, help="Serve raw TCP sync on HOST:PORT (repeatable).")
-@click.option("--ws-listen", "ws_listen", multiple=True, help="Serve WebSocket sync (path /sync) on HOST:PORT.")
-@click.option("--hub", is_flag=True, help="HQ hub mode: serve WebSocket sync for the field (put TLS in front).")
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="TOML config (or FIELDSYNC_CONFIG); see deploy/fieldsync.example.toml.",
+)
+@click.option("--listen", "listen", multiple=True, help="Serve sync on HOST:PORT (repeatable; overrides [listen]).")
+@click.option("--ws-listen", "ws_listen", multiple=True, help="Also serve WebSocket sync (path /sync) on HOST:PORT.")
+@click.option("--hub", is_flag=True, default=None, help="HQ hub mode: [listen] addresses serve WebSocket (put TLS in front).")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default=None)
 @json_option
 @click.pass_context
 @handle_errors
-def run(ctx: click.Context, listen: tuple[str, ...], ws_listen: tuple[str, ...], hub: bool, log_level: str, as_json: bool) -> None:
-    """Serve sync until SIGTERM or Ctrl-C; logs go to stderr (journald)."""
-    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    if not listen and not ws_listen:
-        raise FieldsyncError("nothing to serve: give --listen HOST:PORT and/or --ws-listen HOST:PORT")
-    if hub and not ws_listen:
-        raise FieldsyncError("--hub serves WebSocket: give --ws-listen HOST:PORT (behind a TLS proxy)")
-    tcp = [parse_host_port(a, "--listen") for a in listen]
+def run(
+    ctx: click.Context,
+    config_path: Path | None,
+    listen: tuple[str, ...],
+    ws_listen: tuple[str, ...],
+    hub: bool | None,
+    log_level: str | None,
+    as_json: bool,
+) -> None:
+    """Run the node until SIGTERM: serve, discover, sync, relay, purge; logs go to stderr."""
+    overrides: dict[str, Any] = {
+        "listen.addresses": list(listen) or None,
+        "hub.enabled": hub,
+        "log.level": log_level.upper() if log_level else None,
+    }
+    root = ctx.find_root()
+    if root.get_parameter_source("home") is not click.core.ParameterSource.DEFAULT:
+        overrides["node.home"] = str(home_of(ctx))
+    config = load_config(config_path, os.environ, overrides)
+    logging.basicConfig(level=config.log.level, format="%(levelname)s %(name)s: %(message)s")
     ws = [parse_host_port(a, "--ws-listen") for a in ws_listen]
-    asyncio.run(_serve(home_of(ctx), tcp, ws, as_json))
+    asyncio.run(_serve(config, ws, as_json))
 
 
-async def _serve(home: Path, tcp: list[tuple[str, int]], ws: list[tuple[str, int]], as_json: bool) -> None:
-    runtime = await Runtime.open(home)
-    server = Server(runtime)
+async def _serve(config: Config, ws: list[tuple[str, int]], as_json: bool) -> None:
+    daemon = FieldDaemon(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    await daemon.start()
     try:
-        try:
-            for host, port in tcp:
-                bound = await server.listen_tcp(host, port)
-                say(f"listening for sync on tcp {bound[0]}:{bound[1]}")
-            for host, port in ws:
-                bound = await server.listen_websocket(host, port)
-                say(f"listening for sync on ws://{bound[0]}:{bound[1]}/sync")
-        except TransportError as exc:
-            raise FieldsyncError(str(exc)) from exc
-        emit(as_json, {"listening": [f"{h}:{p}" for h, p in server.addresses]})
+        if daemon.server is not None:
+            try:
+                for host, port in ws:
+                    await daemon.server.listen_websocket(host, port)
+            except TransportError as exc:
+                raise FieldsyncError(str(exc)) from exc
+            listening = [f"{h}:{p}" for h, p in daemon.server.addresses]
+            say("listening on " + (", ".join(listening) or "nothing (dial-out only)"))
+            emit(as_json, {"listening": listening, "control": str(config.control_socket)})
         await stop.wait()
-        say("stopping: finishing open sessions")
+        say("stopping: closing sessions and the store")
     finally:
-        await server.close()
-        await runtime.close()
+        await daemon.stop()
     say("stopped")
 
 
