@@ -121,7 +121,9 @@ class ItemSource(Protocol):
         ...
 
     def items_after(self, seq: int, limit: int) -> list[tuple[int, bytes]]:
-        """Up to ``limit`` (seq, item bytes) with seq > ``seq``, ascending by seq."""
+        """Up to ``limit`` (seq, item bytes) with seq > ``seq``, ascending by seq; fewer than
+        ``limit`` means there are no more. It should leave out items that came from this
+        same peer (else every delta bounces back once); ``seq`` numbers are not reused."""
         ...
 
     def get(self, ids: Sequence[bytes]) -> list[bytes]:
@@ -210,7 +212,8 @@ class ItemsReceived:
 @dataclass(frozen=True)
 class CursorAdvanced:
     """We now hold every item of the peer's store up to ``cursor`` that we want: persist it
-    as this peer's cursor and pass it as ``peer_cursor`` next time."""
+    as this peer's cursor (replacing the old one, which may have been larger if the peer's
+    store changed) and pass it as ``peer_cursor`` next time."""
 
     cursor: Cursor
 
@@ -492,7 +495,8 @@ class SyncSession:
             self._send_hello(reconcile=True, after=None)
             self._queue_reconcile(self._reconciler.initial())
         self._mode = mode
-        if ours is not None and ours.epoch == hello.epoch:
+        if ours is not None and ours.epoch == hello.epoch and ours.seq <= hello.high:
+            # else the peer's store is new or restored: our next cursor replaces the old one
             self._cursor_seq = ours.seq
         if mode is Mode.DELTA:
             assert hello.after is not None  # noqa: S101 - checked by _valid_for_us

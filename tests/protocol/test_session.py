@@ -8,6 +8,7 @@ answers with its own flight. Round trips are responder flights (SPEC-sync.md §7
 from __future__ import annotations
 
 import bisect
+import copy
 import hashlib
 import random
 import tracemalloc
@@ -490,6 +491,8 @@ def test_invalid_cursor_falls_back_to_reconciliation(case: str) -> None:
     assert [codec.decode(m)["t"] for m in r.flights[1][1]][:2] == ["hello", "rec"]
     if case == "initiator-epoch":
         assert r.b.cursors[-1] == Cursor(a.epoch, 200)
+    if case == "ahead":  # b's store went back (restored): a's cursor moves back too
+        assert r.a.cursors[-1] == b_at_start
 
 
 def test_large_divergence_uses_frame_limit_continuation() -> None:
@@ -828,7 +831,7 @@ def messages(draw: st.DrawFn) -> bytes:
     )
 
 
-def sessions_in_every_state() -> list[SyncSession]:
+def _sessions_in_every_state() -> list[SyncSession]:
     out: list[SyncSession] = [responder(30)]
     init = SyncSession(MemStore(make_items(0, 30)), initiator=True, local=Cursor(b"epoch-A", 30))
     init.messages_to_send()
@@ -845,10 +848,28 @@ def sessions_in_every_state() -> list[SyncSession]:
     return out
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+_TEMPLATES: list[SyncSession] = []
+
+
+def sessions_in_every_state() -> list[SyncSession]:
+    """Fresh copies of sessions waiting for HELLO (both roles), reconciling, transferring,
+    and complete."""
+    if not _TEMPLATES:
+        _TEMPLATES.extend(_sessions_in_every_state())
+    return copy.deepcopy(_TEMPLATES)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.integers(0, 4), st.lists(messages(), min_size=1, max_size=6))
 def test_fuzz_only_remote_protocol_errors(which: int, sequence: list[bytes]) -> None:
     session = sessions_in_every_state()[which]
+    assert session.state is [
+        State.AWAIT_HELLO,
+        State.AWAIT_HELLO,
+        State.RECONCILING,
+        State.TRANSFER,
+        State.COMPLETE,
+    ][which]
     for data in sequence:
         try:
             session.receive_message(data)
@@ -922,3 +943,35 @@ def test_soak_1m(sorted_1m: list[bytes], layout: str) -> None:
     )
     assert one_index <= 64 * 2**20
     assert r.round_trips <= (1 if layout == "identical" else 4)
+
+
+def test_flights_count_runs_of_sends_and_receives() -> None:
+    a = MemStore(make_items(0, 300))
+    b = MemStore(epoch=b"epoch-B")
+    sa, sb = pair(a, b)
+    sb.hold = True
+    for m in sa.session.messages_to_send():
+        sb.session.receive_message(m)
+    for m in sb.session.messages_to_send():  # HELLO + 16 empty id lists
+        sa.session.receive_message(m)
+    for m in sa.session.messages_to_send():  # DONE, two DATA batches, END
+        sb.session.receive_message(m)
+    sb.drain()
+    assert [codec.decode(m)["t"] for m in sb.session.messages_to_send()] == ["end"]
+    # an asyncio driver commits later and sends each ACK as it goes: still one flight
+    for batch in (0, 1):
+        sb.session.commit_done(batch)
+        assert [codec.decode(m)["t"] for m in sb.session.messages_to_send()] == ["ack"]
+    assert sb.session.stats.flights_sent == 2 and sb.session.stats.round_trips == 2
+    assert sb.session.stats.flights_received == 2
+
+
+def test_push_skips_a_fetch_the_peer_already_holds() -> None:
+    # b lists its 150 ids in one go (a large id-list threshold); a holds those and 50 more:
+    # whole fetches of a's push range are ids b listed, and are skipped
+    every = sorted(make_items(0, 200), key=item_id)
+    a = MemStore(every)
+    b = MemStore(every[:150], epoch=b"epoch-B")
+    lists = SessionConfig(reconcile=ReconcileParams(idlist_threshold=1024))
+    r = run(b, a, a_config=lists)
+    assert equal(a, b) and r.b.completed.items_sent == 50
