@@ -23,11 +23,14 @@ from fieldsync.config import Config
 from fieldsync.control import ControlServer
 from fieldsync.discovery import Discovery, PeerAddress
 from fieldsync.errors import FieldsyncError, InputRefused
+from fieldsync.hq import HQ, IngestSummary
 from fieldsync.janitor import Janitor
 from fieldsync.node import STORE, Node
 from fieldsync.peer import PeerContext, PeerLimits, SyncOutcome, SyncSource, run_peer
 from fieldsync.scheduler import Scheduler, SchedulerPolicy, SyncResult
+from fieldsync.store import Store, now_seconds
 from fieldsync.store_worker import StoreWorker
+from fieldsync_protocol.items import check_item
 from fieldsync.transport import (
     Transport,
     TransportError,
@@ -371,3 +374,47 @@ def interface_addresses(names_or_addresses: Sequence[str]) -> list[str]:
         else:
             out.append(entry)
     return out
+
+
+@dataclass
+class HubIngest:
+    pulled: SyncOutcome
+    pushed: SyncOutcome | None
+    receipts_new: int
+
+
+async def ingest_from_hub(
+    headquarters: HQ, hub_url: str, passphrase: str, summary: IngestSummary | None = None
+) -> tuple[IngestSummary, HubIngest]:
+    """Pull new items from the hub, ingest them, and push the new receipts back.
+
+    HQ syncs through its own node home (HQDIR/node), enrolled like any relay; the
+    hub never sees an HQ secret. Ingest commits before receipts are issued, and receipts
+    are stored in HQ's node store before they are pushed, so a crash at any point loses
+    nothing and re-running repeats nothing.
+    """
+    keys = headquarters.unlock(passphrase)
+    home = headquarters.hub_node(passphrase)
+    runtime = await Runtime.open(home)
+    try:
+        pulled = await runtime.sync_with(hub_url)
+        if not pulled.complete:
+            raise FieldsyncError(f"could not sync with the hub {hub_url}: {pulled.error}")
+        envelopes = await runtime.worker.call(lambda store: list(store.iter_items()))
+        summary = summary or IngestSummary()
+        headquarters.ingest_items(iter(envelopes), keys, summary)
+        summary.gaps = headquarters.gaps()
+        made = headquarters.issue_receipts(passphrase)
+        receipts = headquarters.receipt_items()
+        manifest = runtime.context.manifest
+
+        def store_receipts(store: Store) -> None:
+            checked = [check_item(item, manifest) for item in receipts]
+            counts = store.add_batch(checked, now_seconds())
+            runtime.context.source.note_changes(counts.new_ids, counts.purged_ids)
+
+        await runtime.worker.call(store_receipts)
+        pushed = await runtime.sync_with(hub_url)
+        return summary, HubIngest(pulled, pushed, made)
+    finally:
+        await runtime.close()

@@ -27,7 +27,7 @@ import sqlite_utils
 
 from fieldsync import keystore
 from fieldsync.errors import FieldsyncError, InputRefused, NotFound
-from fieldsync.node import Progress, _read_bundle, utc_text
+from fieldsync.node import Node, Progress, _read_bundle, utc_text
 from fieldsync.store import now_seconds
 from fieldsync_protocol import codec, crypto, membership
 from fieldsync_protocol.bundle import BundleReader, BundleWriter
@@ -40,6 +40,7 @@ from fieldsync_protocol.receipt import MAX_TAGS, Receipt, sign_receipt
 HQ_SECRET = "hq.secret"
 MANIFEST = "manifest.item"
 DATABASE = "hq.db"
+HUB_NODE = "node"
 FIRST_HQ_KEY_ID = 1
 
 
@@ -375,6 +376,7 @@ class HQ:
 
     def write_receipts_bundle(self, out: Path, passphrase: str) -> dict[str, int]:
         """Issue pending receipts and write all receipts plus the manifest to a bundle."""
+        keystore.check_output(out, "receipts bundle")
         keys = self.unlock(passphrase)  # once: Argon2id takes seconds on a small device
         new = self._issue_receipts(keys)
         manifest = self.manifest()
@@ -389,6 +391,30 @@ class HQ:
             handle.write(writer.finish())
         tmp.replace(out)
         return {"receipts_new": new, "receipts_total": writer.items_written - 1, "envelopes_receipted": envelopes}
+
+
+    # --- the hub path ------------------------------------------------------------------
+
+    def hub_node(self, passphrase: str) -> Path:
+        """HQ's own node home (HQDIR/node), enrolled on first use, to sync with the hub.
+
+        It holds only sealed items and the network key, like any relay; HQ's secret keys
+        stay in hq.secret.
+        """
+        home = self.directory / HUB_NODE
+        if not (home / "membership.bin").exists():
+            node = Node(home)
+            try:
+                if not (home / "node.secret").exists():
+                    node.init(None, None, "interactive")
+                enrolment, _ = self.enroll((home / "request.txt").read_text(), passphrase, "hub")
+                node.join(enrolment)
+            finally:
+                node.close()
+        return home
+
+    def receipt_items(self) -> list[bytes]:
+        return [row[0] for row in self.database().execute("SELECT item FROM receipts ORDER BY serial")]
 
 
 def _report_row(opened: OpenedReport, author_key: str, author_name: str, envelope_id: str) -> dict[str, Any]:
@@ -447,7 +473,7 @@ def _insert(db: sqlite_utils.Database, table: str, row: dict[str, Any], replace:
 
 def _create_schema(db: sqlite_utils.Database) -> None:
     """Create missing tables (idempotent, so an interrupted first run heals itself)."""
-    db["reports"].create(
+    db.table("reports").create(
         {
             "id": str, "title": str, "narrative": str, "categories": str, "primary_category": str,
             "occurred_start": str, "occurred_end": str, "occurred_precision": str,
@@ -461,7 +487,7 @@ def _create_schema(db: sqlite_utils.Database) -> None:
         pk="envelope_id",
         if_not_exists=True,
     )
-    db["envelopes"].create(
+    db.table("envelopes").create(
         {
             "envelope_id": str, "tag": bytes, "status": str, "reason": str, "author_key": str,
             "sequence": int, "first_seen": str, "receipt_serial": int, "data": bytes,
@@ -469,17 +495,17 @@ def _create_schema(db: sqlite_utils.Database) -> None:
         pk="envelope_id",
         if_not_exists=True,
     )
-    db["envelopes"].create_index(["receipt_serial"], if_not_exists=True)
-    db["reports"].create_index(["id"], if_not_exists=True)
-    db["chain"].create(
+    db.table("envelopes").create_index(["receipt_serial"], if_not_exists=True)
+    db.table("reports").create_index(["id"], if_not_exists=True)
+    db.table("chain").create(
         {"author_key": str, "sequence": int, "header_hash": bytes, "previous": bytes, "envelope_id": str},
         pk=("author_key", "sequence"),
         if_not_exists=True,
     )
-    db["alerts"].create(
+    db.table("alerts").create(
         {"kind": str, "author_key": str, "author_name": str, "sequence": int, "detail": str, "at": str},
         if_not_exists=True,
     )
-    db["authors"].create({"author_key": str, "name": str, "node_key": str, "enrolled_at": str}, pk="author_key", if_not_exists=True)
-    db["nodes"].create({"node_key": str, "role": str, "serial": int, "enrolled_at": str}, pk="serial", if_not_exists=True)
-    db["receipts"].create({"serial": int, "created_at": str, "count": int, "item": bytes}, pk="serial", if_not_exists=True)
+    db.table("authors").create({"author_key": str, "name": str, "node_key": str, "enrolled_at": str}, pk="author_key", if_not_exists=True)
+    db.table("nodes").create({"node_key": str, "role": str, "serial": int, "enrolled_at": str}, pk="serial", if_not_exists=True)
+    db.table("receipts").create({"serial": int, "created_at": str, "count": int, "item": bytes}, pk="serial", if_not_exists=True)

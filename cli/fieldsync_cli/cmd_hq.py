@@ -7,10 +7,10 @@ from pathlib import Path
 
 import click
 
-from fieldsync.errors import NotFound
+from fieldsync.errors import FieldsyncError, NotFound
 from fieldsync.exports import FORMATS, WRITERS
-from fieldsync.hq import HQ, create_network
-from fieldsync.keystore import DEFAULT_KDF_PROFILE, KDF_PROFILES, write_private
+from fieldsync.hq import HQ, IngestSummary, create_network
+from fieldsync.keystore import DEFAULT_KDF_PROFILE, KDF_PROFILES, check_output, write_private
 from fieldsync_cli.common import emit, get_passphrase, handle_errors, json_option, passphrase_option, progress_printer, say
 from fieldsync_protocol.keytext import KeyKind, fingerprint, key_to_text
 
@@ -83,17 +83,36 @@ def enroll(request: Path, hq_dir: Path, out: Path, role: str | None, passphrase_
 
 
 @hq.command()
-@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("files", nargs=-1, type=click.Path(dir_okay=False, path_type=Path))
 @hq_dir_option
+@click.option("--hub", "hub_url", help="Pull from the HQ hub at this WebSocket URL and push receipts back.")
 @passphrase_option
 @json_option
 @handle_errors
-def ingest(files: tuple[Path, ...], hq_dir: Path, passphrase_file: Path | None, as_json: bool) -> None:
-    """Decrypt, verify and store the reports in bundle FILES (each all or nothing)."""
+def ingest(files: tuple[Path, ...], hq_dir: Path, hub_url: str | None, passphrase_file: Path | None, as_json: bool) -> None:
+    """Decrypt, verify and store the reports in bundle FILES (each all or nothing), or
+    pulled from the hub with --hub URL (then receipts go back to the hub at once)."""
+    if not files and hub_url is None:
+        raise FieldsyncError("give bundle FILES to ingest, or --hub URL")
     headquarters = HQ(hq_dir)
+    hub_data: dict[str, object] = {}
     try:
         passphrase = get_passphrase(passphrase_file, "the HQ keys")
-        summary = headquarters.ingest_files(files, passphrase, progress_printer("ingest"))
+        summary = IngestSummary()
+        if files:
+            summary = headquarters.ingest_files(files, passphrase, progress_printer("ingest"))
+        if hub_url is not None:
+            import asyncio
+
+            from fieldsync.daemon import ingest_from_hub
+
+            summary, hub = asyncio.run(ingest_from_hub(headquarters, hub_url, passphrase, summary))
+            pushed = hub.pushed.summary() if hub.pushed else None
+            hub_data = {"hub": {"pulled": hub.pulled.summary(), "pushed": pushed, "receipts_new": hub.receipts_new}}
+            say(
+                f"hub {hub_url}: pulled {hub.pulled.items_new} new items; signed {hub.receipts_new} new"
+                f" receipts and pushed {pushed['items_sent'] if pushed else 0} items back"
+            )
     finally:
         headquarters.close()
     data = summary.as_dict()
@@ -107,7 +126,7 @@ def ingest(files: tuple[Path, ...], hq_dir: Path, passphrase_file: Path | None, 
         say(f"  FORK ALERT {alert['author_name'] or alert['author_key']} seq {alert['sequence']}: {alert['detail']}")
     for author, missing in sorted(data["gaps"].items()):
         say(f"  gap: {author} is missing sequence numbers {_ranges(missing)}")
-    emit(as_json, data)
+    emit(as_json, {**data, **hub_data})
 
 
 def _ranges(numbers: list[int]) -> str:
@@ -137,6 +156,7 @@ def export_(hq_dir: Path, fmt: str, out: Path | None, as_json: bool) -> None:
         if out is None:
             count = WRITERS[fmt](db, sys.stdout)
         else:
+            check_output(out, "export file")
             tmp = out.with_name(f".{out.name}.partial")
             with open(tmp, "w", encoding="utf-8", newline="") as handle:
                 count = WRITERS[fmt](db, handle)

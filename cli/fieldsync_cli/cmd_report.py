@@ -37,17 +37,50 @@ def occurred_field(text: str, approximate: bool) -> dict[str, Any]:
     )
 
 
+_CATEGORY_KEY = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
+
+
+def _ask_again_unless(convert: Any) -> Any:
+    """A click ``value_proc``: a wrong answer is explained and asked again, nothing is lost."""
+
+    def proc(text: str) -> Any:
+        try:
+            return convert(text)
+        except InputRefused as exc:
+            raise click.BadParameter(str(exc)) from exc
+
+    return proc
+
+
+def _categories(text: str) -> list[str]:
+    keys = [c.strip() for c in text.split(",") if c.strip()]
+    bad = [k for k in keys if not _CATEGORY_KEY.fullmatch(k)]
+    if not keys or bad:
+        raise InputRefused(
+            f"{', '.join(bad) or 'nothing'}: category keys are lowercase words joined by hyphens,"
+            " like arbitrary-detention"
+        )
+    return keys
+
+
 def _prompt_fields() -> dict[str, Any]:
     say("New report. Press Enter to skip optional fields.")
     narrative = click.prompt("What happened (narrative)")
-    categories = click.prompt("Category keys, comma separated", default="unclassified")
-    occurred = click.prompt("When did it happen (2025-03-01, 2025-03, or 2025-03-01T09:30Z)")
+    categories = click.prompt(
+        "Category keys, comma separated",
+        default="unclassified",
+        value_proc=_ask_again_unless(_categories),
+    )
+    occurred = click.prompt(
+        "When did it happen (2025-03-01, 2025-03, or 2025-03-01T09:30Z)",
+        value_proc=_ask_again_unless(lambda text: occurred_field(text, approximate=False)),
+    )
     place = click.prompt("Place name (optional)", default="", show_default=False)
     sensitivity = click.prompt("Sensitivity", type=click.Choice(SENSITIVITIES), default="restricted")
     return {
         "narrative": narrative,
-        "categories": [c.strip() for c in categories.split(",") if c.strip()],
-        "occurred": occurred_field(occurred, approximate=False),
+        "categories": categories,
+        "occurred": occurred,
         "sensitivity": sensitivity,
         **({"location": {"source": "text", "place": place}} if place else {}),
     }
@@ -75,7 +108,7 @@ def report() -> None:
 @json_option
 @click.pass_context
 @handle_errors
-def add(ctx: click.Context, **options: Any) -> None:
+def add(ctx: click.Context, /, **options: Any) -> None:
     """Sign and seal a new report; print its id. With no options on a terminal, asks."""
     as_json = options.pop("as_json")
     passphrase_file = options.pop("passphrase_file")
