@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
-from fieldsync.errors import NotFound
+from fieldsync.errors import FieldsyncError, NotFound
 from fieldsync.keystore import DEFAULT_KDF_PROFILE, KDF_PROFILES
-from fieldsync.node import Node
+from fieldsync.node import Node, utc_text
 from fieldsync_cli.common import emit, get_passphrase, handle_errors, json_option, passphrase_option, say
 from fieldsync_cli.main import home_of
 
@@ -70,17 +71,40 @@ def join(ctx: click.Context, enrolment: Path, as_json: bool) -> None:
     )
 
 
+def _daemon(home: Path, what: str, socket: Path | None) -> dict[str, Any] | None:
+    """Ask a running daemon over its control socket; None when none is running."""
+    import asyncio
+
+    from fieldsync.control import query
+
+    return asyncio.run(query(socket or home / "control.sock", what))
+
+
+socket_option = click.option(
+    "--control-socket",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="FIELDSYNC_CONTROL_SOCKET",
+    help="The daemon's control socket (default HOME/control.sock).",
+)
+
+
 @click.command()
+@socket_option
 @json_option
 @click.pass_context
 @handle_errors
-def status(ctx: click.Context, as_json: bool) -> None:
-    """Items held, outbox by status, tombstones and disk used."""
-    node = Node(home_of(ctx))
+def status(ctx: click.Context, control_socket: Path | None, as_json: bool) -> None:
+    """Items held, outbox by status, tombstones, disk; peers and upstream if the daemon runs."""
+    home = home_of(ctx)
+    node = Node(home)
     try:
         info = node.status()
     finally:
         node.close()
+    live = _daemon(home, "status", control_socket)
+    info["daemon"] = live is not None
+    if live is not None:
+        info.update({k: live[k] for k in ("peers", "listening", "last_upstream_contact", "hub", "discovery") if k in live})
     if as_json:
         emit(True, info)
         return
@@ -98,4 +122,40 @@ def status(ctx: click.Context, as_json: bool) -> None:
     lines.append(f"outbox      {info['outbox']['sealed']} sealed, {info['outbox']['delivered']} delivered")
     lines.append(f"tombstones  {info['tombstones']}")
     lines.append(f"disk        {info['disk_bytes'] / 1024:.0f} KiB")
+    if live is None:
+        lines.append("daemon      not running (no answer on the control socket)")
+    else:
+        lines.append(f"daemon      running; listening on {', '.join(live.get('listening', [])) or 'nothing'}")
+        upstream = live.get("last_upstream_contact")
+        lines.append(f"upstream    {'last contact ' + utc_text(upstream) if upstream else 'no contact yet'}")
+        lines.extend(_peer_lines(live.get("peers", [])))
     click.echo("\n".join(lines))
+
+
+def _peer_lines(peers: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for peer in peers:
+        last = utc_text(peer["last_success"]) if peer.get("last_success") else "never"
+        error = f"; last error: {peer['last_error']}" if peer.get("last_error") else ""
+        lines.append(
+            f"peer        {peer['target']} ({peer['origin']}): last sync {last},"
+            f" {peer['last_items_in']} in / {peer['last_items_out']} out{error}"
+        )
+    return lines
+
+
+@click.command()
+@socket_option
+@json_option
+@click.pass_context
+@handle_errors
+def peers(ctx: click.Context, control_socket: Path | None, as_json: bool) -> None:
+    """Peers the running daemon knows: where from, last sync, failures."""
+    live = _daemon(home_of(ctx), "peers", control_socket)
+    if live is None:
+        raise FieldsyncError("no daemon answers on the control socket: start it with `fieldsync run`")
+    if as_json:
+        emit(True, live["peers"])
+        return
+    lines = _peer_lines(live["peers"])
+    click.echo("\n".join(lines) if lines else "no peers yet")

@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "init": ("fieldsync_cli.cmd_node", "init"),
     "join": ("fieldsync_cli.cmd_node", "join"),
     "status": ("fieldsync_cli.cmd_node", "status"),
+    "peers": ("fieldsync_cli.cmd_node", "peers"),
     "report": ("fieldsync_cli.cmd_report", "report"),
     "bundle": ("fieldsync_cli.cmd_bundle", "bundle"),
     "run": ("fieldsync_cli.cmd_net", "run"),
