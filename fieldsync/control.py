@@ -55,8 +55,6 @@ class ControlServer:
 
 async def query(path: Path, what: str, timeout: float = 5.0) -> dict[str, Any] | None:  # noqa: ASYNC109
     """GET ``/what`` from a running daemon; None if no daemon answers on ``path``."""
-    if not path.exists():
-        return None
     connector = aiohttp.UnixConnector(path=str(path))
     try:
         async with aiohttp.ClientSession(

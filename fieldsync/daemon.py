@@ -9,12 +9,12 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections import deque
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -30,7 +30,6 @@ from fieldsync.peer import PeerContext, PeerLimits, SyncOutcome, SyncSource, run
 from fieldsync.scheduler import Scheduler, SchedulerPolicy, SyncResult
 from fieldsync.store import Store, now_seconds
 from fieldsync.store_worker import StoreWorker
-from fieldsync_protocol.items import check_item
 from fieldsync.transport import (
     Transport,
     TransportError,
@@ -39,6 +38,7 @@ from fieldsync.transport import (
     serve_tcp,
     websocket_route,
 )
+from fieldsync_protocol.items import check_item
 from fieldsync_protocol.session import SessionConfig
 
 log = logging.getLogger(__name__)
@@ -178,7 +178,7 @@ class FieldDaemon:
 
     def __init__(self, config: Config, *, rng: random.Random | None = None) -> None:
         self.config = config
-        self.rng = rng or random.Random()
+        self.rng = rng or random.Random()  # noqa: S311 - jitter for timing, not secrets
         self.runtime: Runtime | None = None
         self.server: Server | None = None
         self.scheduler: Scheduler | None = None

@@ -37,7 +37,7 @@ from fieldsync_protocol.items import ItemKind, parse_item
 from fieldsync_protocol.keytext import KeyKind, fingerprint, key_to_text
 from fieldsync_protocol.receipt import MAX_TAGS, Receipt, sign_receipt
 
-HQ_SECRET = "hq.secret"
+HQ_SECRET = "hq.secret"  # noqa: S105 - a file name, not a secret
 MANIFEST = "manifest.item"
 DATABASE = "hq.db"
 HUB_NODE = "node"
@@ -468,7 +468,7 @@ def _insert(db: sqlite_utils.Database, table: str, row: dict[str, Any], replace:
     columns = ", ".join(f"[{name}]" for name in row)
     marks = ", ".join("?" for _ in row)
     verb = "INSERT OR REPLACE" if replace else "INSERT"
-    db.conn.execute(f"{verb} INTO [{table}] ({columns}) VALUES ({marks})", list(row.values()))  # noqa: S608 - names are ours
+    db.conn.execute(f"{verb} INTO [{table}] ({columns}) VALUES ({marks})", list(row.values()))
 
 
 def _create_schema(db: sqlite_utils.Database) -> None:

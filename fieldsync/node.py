@@ -33,8 +33,8 @@ from fieldsync_protocol.items import check_item
 from fieldsync_protocol.keytext import KeyKind, fingerprint, key_to_text
 from fieldsync_protocol.report import validate_report
 
-NODE_SECRET = "node.secret"
-AUTHOR_SECRET = "author.secret"
+NODE_SECRET = "node.secret"  # noqa: S105 - a file name
+AUTHOR_SECRET = "author.secret"  # noqa: S105 - a file name
 REQUEST = "request.txt"
 MEMBERSHIP = "membership.bin"
 STORE = "store.db"
@@ -207,6 +207,11 @@ class Node:
             raise InputRefused(str(exc)) from exc
         author = crypto.signing_public_key(author_seed)
         store = self.store()
+        if store.db.execute("SELECT 1 FROM outbox WHERE report_id = ?", [body["id"]]).fetchone():
+            raise InputRefused(
+                f"a report with id {body['id']} already exists on this node; to correct it,"
+                " write a new report with \"supersedes\" set to that id"
+            )
         sequence, previous = store.chain_state(author) or (0, envelope.GENESIS)
         key_id = member.manifest.current_hq_key_id
         try:
@@ -236,6 +241,7 @@ class Node:
 
     def export_bundle(self, path: Path, progress: Progress | None = None) -> int:
         """Write every stored item to a bundle file atomically; return the item count."""
+        keystore.check_output(path, "bundle file")
         member = self.membership()
         store = self.store()
         writer = BundleWriter(member.network_key, member.manifest.network_id, secrets.token_bytes(16))
@@ -295,8 +301,6 @@ def _read_bundle(path: Path, reader: BundleReader, progress: Progress | None) ->
     except OSError as exc:
         raise FieldsyncError(f"cannot read bundle file {path}: {exc.strerror or exc}") from exc
     try:
-        if size == 0:
-            raise RemoteProtocolError("the file is empty (0 bytes): copy the bundle again from the source")
         done = 0
         while True:
             try:
@@ -313,6 +317,10 @@ def _read_bundle(path: Path, reader: BundleReader, progress: Progress | None) ->
             yield from reader.items()
             if progress:
                 progress(done, size)
+        if done == 0:  # counted, not stat()ed: a pipe or /dev/stdin has no size
+            raise RemoteProtocolError(
+                "the file is empty (0 bytes): copy the bundle again from the source"
+            )
         reader.end_of_file()
     finally:
         handle.close()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
 from collections.abc import Sequence
@@ -316,8 +317,7 @@ class _Connection:
                 raise message
             if message is None:
                 raise TransportError("the peer ended the stream before the session completed")
-            payload: bytes = message
-            await self.ctx.worker.call(lambda _store: session.receive_message(payload))
+            await self.ctx.worker.call(functools.partial(_deliver, session, message))
         # Session complete: authenticated end of stream, then wait briefly for the peer's.
         await self.transport.send(self.sender.end())
         with contextlib.suppress(TimeoutError):
@@ -354,6 +354,10 @@ class _Connection:
             return done
 
         return await self.ctx.worker.call(act)
+
+
+def _deliver(session: SyncSession, message: bytes, _store: Store) -> None:
+    session.receive_message(message)
 
 
 def _store_batch(

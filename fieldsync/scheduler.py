@@ -9,6 +9,7 @@ randomness are injected so tests drive it with a fake clock.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -133,10 +134,8 @@ class Scheduler:
                     task.add_done_callback(self._running.discard)
                 self._wake.clear()
                 delay = self.seconds_until_next()
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=delay)
-                except TimeoutError:
-                    pass
         finally:
             for task in list(self._running):
                 task.cancel()
@@ -145,7 +144,7 @@ class Scheduler:
         state.last_attempt = time.time()
         try:
             result = await self.sync(state.target)
-        except Exception as exc:  # noqa: BLE001 - one peer's failure must never stop the loop
+        except Exception as exc:
             log.exception("sync with %s crashed", state.target)
             result = SyncResult(ok=False, error=f"internal error: {exc}")
         self.record(state, result)

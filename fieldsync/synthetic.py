@@ -18,7 +18,7 @@ from fieldsync_protocol import crypto, envelope
 from fieldsync_protocol.items import check_item
 from fieldsync_protocol.membership import Manifest
 
-PASSPHRASE = "synthetic network passphrase"
+PASSPHRASE = "synthetic network passphrase"  # noqa: S105 - synthetic test networks only
 KDF_PROFILE = "interactive"
 
 
