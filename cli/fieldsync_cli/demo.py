@@ -13,6 +13,8 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +52,7 @@ class Demo:
     def run(self) -> None:
         hq, a, b = self.root / "hq", self.root / "node-a", self.root / "node-b"
         usb = self.root / "usb"
-        usb.mkdir()
+        usb.mkdir(parents=True)
         made = self.fieldsync("network", "create", "--name", "demo-network", "--out", str(hq), "--kdf-profile", "interactive")
         self.step(f"HQ created network 'demo-network' (root fingerprint {made['root_fingerprint']})")
         self.fieldsync("--home", str(a), "init", "--author", "monitor-17", "--kdf-profile", "interactive")
@@ -100,9 +102,103 @@ class Demo:
         print("demo complete: reports crossed A → B → HQ, receipts came back, relays hold nothing.")
 
 
+class NetworkDemo(Demo):
+    """Part two: the same loop over the network, daemons relaying on their own.
+
+    Hub H (``run --hub``), connected node C (upstream = H), relay B and author A, all on
+    loopback with static peers (A → B → C → H): the demo never multicasts on this machine's
+    real interfaces. In the field, discovery finds the peers instead (tests/integration
+    shows it in network namespaces with real zeroconf).
+    """
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.daemons: list[subprocess.Popen[str]] = []
+
+    def daemon(self, home: Path, *args: str, **settings: str) -> str:
+        env = {
+            **self.env,
+            "FIELDSYNC_DISCOVERY_ENABLED": "false",
+            "FIELDSYNC_SYNC_INTERVAL_SECONDS": "1",
+            "FIELDSYNC_UPSTREAM_INTERVAL_SECONDS": "1",
+            "FIELDSYNC_SYNC_BACKOFF_INITIAL": "0.5",
+            "FIELDSYNC_SYNC_BACKOFF_MAX": "2",
+            **settings,
+        }
+        command = [sys.executable, "-m", "fieldsync_cli", "--home", str(home), "run",
+                   "--listen", "127.0.0.1:0", *args, "--json", "--log-level", "warning"]
+        process = subprocess.Popen(  # noqa: S603 - our own CLI
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        )
+        self.daemons.append(process)
+        line = process.stdout.readline() if process.stdout else ""
+        if not line:
+            raise SystemExit(f"demo failed: the daemon for {home.name} did not start")
+        return str(json.loads(line)["listening"][0])
+
+    def wait_for(self, what: str, check: Callable[[], bool], seconds: float = 60.0) -> None:
+        deadline = time.monotonic() + seconds
+        while not check():
+            if time.monotonic() > deadline:
+                raise SystemExit(f"demo failed: timed out waiting for {what}")
+            time.sleep(0.3)
+
+    def run(self) -> None:
+        hq, a, b, c, h = (self.root / n for n in ("hq", "node-a", "node-b", "node-c", "hub"))
+        self.fieldsync("network", "create", "--name", "demo-network", "--out", str(hq), "--kdf-profile", "interactive")
+        self.fieldsync("--home", str(a), "init", "--author", "monitor-17", "--kdf-profile", "interactive")
+        for node in (b, c, h):
+            self.fieldsync("--home", str(node), "init")
+        for node, role in ((a, "author"), (b, "relay"), (c, "relay"), (h, "hub")):
+            self.fieldsync("hq", "enroll", str(node / "request.txt"), "--hq", str(hq), "--out", str(node / "enrolment.txt"), "--role", role)
+            self.fieldsync("--home", str(node), "join", str(node / "enrolment.txt"))
+        self.step("network part: HQ enrolled author A, relays B and C, and the hub H")
+        hub = self.daemon(h, "--hub")
+        hub_url = f"ws://{hub}/sync"
+        c_addr = self.daemon(c, FIELDSYNC_UPSTREAM_URL=hub_url)
+        b_addr = self.daemon(b, FIELDSYNC_PEERS_STATIC=c_addr)
+        self.daemon(a, FIELDSYNC_PEERS_STATIC=b_addr)
+        self.step(f"daemons up on loopback: hub {hub}, C {c_addr} (upstream: hub), B {b_addr}, A → B (static peers; no multicast)")
+        for narrative, category, occurred, *_ in REPORTS:
+            self.fieldsync("--home", str(a), "report", "add", "--narrative", narrative, "--category", category, "--occurred", occurred)
+        self.step("A wrote 3 reports; its daemon notices and starts passing them on")
+        self.wait_for("the reports to reach the hub", lambda: self.fieldsync("--home", str(h), "status")["items"]["envelope"] >= 3)
+        self.step("the reports hopped A → B → C → hub, sealed all the way")
+        ingest = self.fieldsync("hq", "ingest", "--hq", str(hq), "--hub", hub_url)
+        self.step(f"HQ pulled from the hub: {ingest['new']} new reports; receipts pushed back to the hub")
+
+        def delivered() -> bool:
+            return all(r["status"] == "delivered" for r in self.fieldsync("--home", str(a), "report", "list"))
+
+        self.wait_for("receipts to reach A", delivered)
+        held = [self.fieldsync("--home", str(n), "status")["items"]["envelope"] for n in (b, c, h)]
+        self.step(f"receipts flowed hub → C → B → A: A shows all delivered; B, C, hub hold {held} reports")
+        if any(held):
+            raise SystemExit("demo failed: relays still hold delivered reports")
+        print("network demo complete: daemons relayed reports to HQ and receipts back, unattended.")
+
+    def stop(self) -> None:
+        for process in self.daemons:
+            process.terminate()
+        for process in self.daemons:
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="fieldsync-demo-") as tmp:
-        Demo(Path(tmp)).run()
+        print("== part 1: offline, by USB bundles", flush=True)
+        offline = Demo(Path(tmp) / "offline")
+        offline.run()
+        print("== part 2: over the network, daemons relaying on their own", flush=True)
+        network = NetworkDemo(Path(tmp) / "network")
+        network.step_no = offline.step_no
+        try:
+            network.run()
+        finally:
+            network.stop()
 
 
 if __name__ == "__main__":
