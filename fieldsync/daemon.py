@@ -38,7 +38,7 @@ from fieldsync.transport import (
     serve_tcp,
     websocket_route,
 )
-from fieldsync_protocol.items import check_item
+from fieldsync_protocol.items import Checked, check_item
 from fieldsync_protocol.session import SessionConfig
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,15 @@ class Runtime:
             limits=limits or PeerLimits(),
             session_config=session_config or SessionConfig(),
         )
-        return cls(node, worker, context)
+        runtime = cls(node, worker, context)
+        context.on_manifest = runtime.adopt_manifest
+        return runtime
+
+    def adopt_manifest(self, checked: Checked) -> None:
+        """A newer root-signed manifest arrived by sync: use it from now on."""
+        if self.node.adopt_manifest(checked) and checked.manifest is not None:
+            self.context.manifest = checked.manifest
+            log.info("adopted network manifest epoch %d", checked.manifest.epoch)
 
     async def close(self) -> None:
         await self.worker.close()

@@ -29,7 +29,7 @@ from fieldsync.store import ImportCounts, OutboxEntry, Store, now_seconds
 from fieldsync_protocol import codec, crypto, envelope, membership
 from fieldsync_protocol.bundle import SEALED_CHUNK, BundleReader, BundleWriter
 from fieldsync_protocol.errors import LocalProtocolError, RemoteProtocolError
-from fieldsync_protocol.items import check_item
+from fieldsync_protocol.items import Checked, check_item
 from fieldsync_protocol.keytext import KeyKind, fingerprint, key_to_text
 from fieldsync_protocol.report import validate_report
 
@@ -265,15 +265,37 @@ class Node:
         counts = ImportCounts()
         now = now_seconds()
         reader = BundleReader(member.network_key, member.manifest.network_id)
+        newer: list[Checked] = []
         try:
             with store.transaction():
                 for data in _read_bundle(path, reader, progress):
-                    store.add_checked(check_item(data, member.manifest), counts, now)
+                    checked = check_item(data, member.manifest)
+                    store.add_checked(checked, counts, now)
+                    if checked.manifest is not None:
+                        newer.append(checked)
         except RemoteProtocolError as exc:
             raise InputRefused(f"bundle {path} refused, nothing imported: {exc}") from exc
         if counts.purged:
             store.checkpoint()
+        for checked in newer:
+            self.adopt_manifest(checked)
         return BundleImport(counts, reader.items_read)
+
+    def adopt_manifest(self, checked: Checked) -> bool:
+        """Switch to a root-signed manifest update with a higher epoch (HQ key rotation).
+
+        ``check_item`` has already verified it under this network's root; a lower or equal
+        epoch is ignored, so a replayed old manifest can never roll keys back.
+        """
+        update = checked.manifest
+        member = self.membership()
+        if update is None or update.epoch <= member.manifest.epoch:
+            return False
+        data = codec.encode(
+            {"cert": member.certificate, "knet": member.network_key, "man": checked.item.data}
+        )
+        keystore.write_private(self.home / MEMBERSHIP, data)
+        return True
 
     def status(self) -> dict[str, Any]:
         status: dict[str, Any] = {"home": str(self.home), "role": "author" if self.is_author() else "relay"}
