@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import nacl.exceptions
 import nacl.pwhash
 import nacl.secret
 
-from fieldsync.errors import InputRefused, NotFound, WrongPassphrase
+from fieldsync.errors import FieldsyncError, InputRefused, NotFound, WrongPassphrase
 from fieldsync_protocol import codec
 from fieldsync_protocol.errors import RemoteProtocolError
 
@@ -49,11 +50,24 @@ def write_private(path: Path, data: bytes) -> None:
         os.close(dir_fd)
 
 
+def check_output(path: Path, what: str) -> None:
+    """Refuse, with a clear message, an output path whose directory does not exist."""
+    if path.is_dir():
+        raise FieldsyncError(f"{path} is a directory; name the {what} to write inside it")
+    if not path.parent.is_dir():
+        raise NotFound(f"cannot write {what} {path}: directory {path.parent} does not exist")
+
+
 def read_file(path: Path, what: str, hint: str) -> bytes:
     try:
         return path.read_bytes()
     except FileNotFoundError:
         raise NotFound(f"{what} not found at {path}; {hint}") from None
+
+
+def _passphrase_bytes(passphrase: str) -> bytes:
+    """NFC-normalised UTF-8: "café" opens the key however the keyboard composed the é."""
+    return unicodedata.normalize("NFC", passphrase).encode("utf-8")
 
 
 def seal_with_passphrase(plaintext: bytes, passphrase: str, profile: str = DEFAULT_KDF_PROFILE) -> bytes:
@@ -64,7 +78,8 @@ def seal_with_passphrase(plaintext: bytes, passphrase: str, profile: str = DEFAU
     except KeyError:
         raise InputRefused(f"unknown KDF profile {profile!r}; use one of {', '.join(KDF_PROFILES)}") from None
     salt = secrets.token_bytes(nacl.pwhash.argon2id.SALTBYTES)
-    key = nacl.pwhash.argon2id.kdf(32, passphrase.encode(), salt, opslimit=ops, memlimit=mem)
+    secret = _passphrase_bytes(passphrase)
+    key = nacl.pwhash.argon2id.kdf(32, secret, salt, opslimit=ops, memlimit=mem)
     nonce = secrets.token_bytes(nacl.secret.SecretBox.NONCE_SIZE)
     box = nacl.secret.SecretBox(key).encrypt(plaintext, nonce).ciphertext
     return codec.encode({"box": box, "kdf": "argon2id13", "mem": mem, "nonce": nonce, "ops": ops, "salt": salt})
@@ -79,14 +94,17 @@ def open_with_passphrase(sealed: bytes, passphrase: str, what: str) -> bytes:
         )
         if fields["kdf"] != "argon2id13":
             raise InputRefused(f"{what} uses an unknown key derivation {fields['kdf']!r:.20}")
-        ops = codec.get_int(fields, "ops", what, 1, nacl.pwhash.argon2id.OPSLIMIT_MAX)
-        mem = codec.get_int(fields, "mem", what, 8192, 4 * 1024**3)
+        # Capped at the strongest profile we write: a damaged or hostile file must not make
+        # an unlock run for hours or exhaust a Pi's memory.
+        ops = codec.get_int(fields, "ops", what, 1, nacl.pwhash.argon2id.OPSLIMIT_SENSITIVE)
+        mem = codec.get_int(fields, "mem", what, 8192, nacl.pwhash.argon2id.MEMLIMIT_SENSITIVE)
         salt = codec.get_bytes(fields, "salt", what, nacl.pwhash.argon2id.SALTBYTES)
         nonce = codec.get_bytes(fields, "nonce", what, nacl.secret.SecretBox.NONCE_SIZE)
         box = codec.get_bytes(fields, "box", what)
     except RemoteProtocolError as exc:
         raise InputRefused(f"{what} is damaged: {exc}") from exc
-    key = nacl.pwhash.argon2id.kdf(32, passphrase.encode(), salt, opslimit=ops, memlimit=mem)
+    secret = _passphrase_bytes(passphrase)
+    key = nacl.pwhash.argon2id.kdf(32, secret, salt, opslimit=ops, memlimit=mem)
     try:
         return nacl.secret.SecretBox(key).decrypt(box, nonce)
     except nacl.exceptions.CryptoError:

@@ -84,6 +84,16 @@ _MIGRATIONS: tuple[str, ...] = (
         items_sent INTEGER NOT NULL DEFAULT 0
     );
     """,
+    # 3: which peer gave us each item, so a per-peer delta never sends a peer back what it
+    # gave us (else every delta bounces once). ``origins`` maps a small number to a peer's
+    # node key (the key is already in ``peers``); NULL: written here, bundle or CLI import.
+    """
+    CREATE TABLE origins (
+        ref INTEGER PRIMARY KEY,
+        node_key BLOB NOT NULL UNIQUE
+    );
+    ALTER TABLE items ADD COLUMN origin INTEGER;
+    """,
 )
 
 
@@ -166,7 +176,14 @@ class Store:
         row = self._conn.execute("SELECT 1 FROM items WHERE id = ?", (item_id,)).fetchone()
         return row is not None
 
-    def add_checked(self, checked: Checked, counts: ImportCounts, now: int, own: bool = False) -> None:
+    def add_checked(
+        self,
+        checked: Checked,
+        counts: ImportCounts,
+        now: int,
+        own: bool = False,
+        origin: int | None = None,
+    ) -> None:
         """Store one verified item inside the caller's transaction; apply receipts at once."""
         item = checked.item
         kind_name = item.kind.name.lower()
@@ -180,9 +197,11 @@ class Store:
         else:
             ttl = RECEIPT_TTL
         cursor = self._conn.execute(
-            "INSERT OR IGNORE INTO items (id, tag, kind, data, received_at, expires_at, own)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (item.id, tag, item.kind.value, item.data, now, self.local_clock() + ttl, int(own)),
+            "INSERT OR IGNORE INTO items"
+            " (id, tag, kind, data, received_at, expires_at, own, origin)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (item.id, tag, item.kind.value, item.data, now, self.local_clock() + ttl, int(own),
+             origin),
         )
         if cursor.rowcount == 0:
             counts.duplicate += 1
@@ -232,22 +251,49 @@ class Store:
         ).fetchall()
         return [row[0] for row in rows]
 
-    def add_batch(self, checked: list[Checked], now: int) -> ImportCounts:
-        """Store a batch from a peer in one durable transaction (commit before ack)."""
+    def add_batch(
+        self, checked: list[Checked], now: int, origin: bytes | None = None
+    ) -> ImportCounts:
+        """Store a batch from a peer in one durable transaction (commit before ack).
+
+        ``origin``: the node key of the peer that sent it (deltas to it skip these items).
+        """
         counts = ImportCounts()
         with self.transaction():
+            ref = None if origin is None else self._origin_ref(origin, create=True)
             for item in checked:
-                self.add_checked(item, counts, now)
+                self.add_checked(item, counts, now, origin=ref)
         if counts.purged:
             self.checkpoint()
         return counts
 
-    def items_after(self, seq: int, limit: int) -> list[tuple[int, bytes]]:
-        """Items stored after local number ``seq``, oldest first (per-peer deltas)."""
-        rows = self._conn.execute(
-            "SELECT seq, data FROM items WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)
-        ).fetchall()
+    def items_after(
+        self, seq: int, limit: int, skip_origin: bytes | None = None
+    ) -> list[tuple[int, bytes]]:
+        """Items stored after local number ``seq``, oldest first (per-peer deltas), leaving
+        out those that came from the peer ``skip_origin`` (fewer than ``limit``: no more)."""
+        ref = None if skip_origin is None else self._origin_ref(skip_origin, create=False)
+        if ref is None:
+            rows = self._conn.execute(
+                "SELECT seq, data FROM items WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)
+            ).fetchall()
+        else:
+            rows = self._conn.execute(
+                "SELECT seq, data FROM items WHERE seq > ? AND origin IS NOT ?"
+                " ORDER BY seq LIMIT ?",
+                (seq, ref, limit),
+            ).fetchall()
         return [(row[0], row[1]) for row in rows]
+
+    def _origin_ref(self, node_key: bytes, *, create: bool) -> int | None:
+        row = self._conn.execute(
+            "SELECT ref FROM origins WHERE node_key = ?", (node_key,)
+        ).fetchone()
+        if row is None and create:
+            row = self._conn.execute(
+                "INSERT INTO origins (node_key) VALUES (?) RETURNING ref", (node_key,)
+            ).fetchone()
+        return None if row is None else int(row[0])
 
     def high_water(self) -> int:
         """The largest local number ever given (deletions never lower it)."""
@@ -397,9 +443,19 @@ class Store:
             self.checkpoint()
         return evicted
 
-    def checkpoint(self) -> None:
-        """Fold the WAL into the database and truncate it, so deleted rows leave no copy."""
-        self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    def checkpoint(self, attempts: int = 20) -> bool:
+        """Fold the WAL into the database and truncate it, so deleted rows leave no copy.
+
+        A reader in another process (the CLI while the daemon runs) can hold the WAL; then
+        SQLite reports "busy" and truncates nothing, so retry briefly. Returns success; the
+        janitor's next periodic checkpoint retries a failure.
+        """
+        for attempt in range(attempts):
+            busy = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            if not busy:
+                return True
+            time.sleep(0.05 * (attempt + 1))
+        return False
 
     # --- author outbox and chain -----------------------------------------------------------
 

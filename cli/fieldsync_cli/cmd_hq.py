@@ -11,7 +11,15 @@ from fieldsync.errors import FieldsyncError, NotFound
 from fieldsync.exports import FORMATS, WRITERS
 from fieldsync.hq import HQ, IngestSummary, create_network
 from fieldsync.keystore import DEFAULT_KDF_PROFILE, KDF_PROFILES, check_output, write_private
-from fieldsync_cli.common import emit, get_passphrase, handle_errors, json_option, passphrase_option, progress_printer, say
+from fieldsync_cli.common import (
+    emit,
+    get_passphrase,
+    handle_errors,
+    json_option,
+    passphrase_option,
+    progress_printer,
+    say,
+)
 from fieldsync_protocol.keytext import KeyKind, fingerprint, key_to_text
 
 hq_dir_option = click.option(

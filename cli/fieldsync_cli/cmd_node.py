@@ -10,7 +10,14 @@ import click
 from fieldsync.errors import FieldsyncError, NotFound
 from fieldsync.keystore import DEFAULT_KDF_PROFILE, KDF_PROFILES
 from fieldsync.node import Node, utc_text
-from fieldsync_cli.common import emit, get_passphrase, handle_errors, json_option, passphrase_option, say
+from fieldsync_cli.common import (
+    emit,
+    get_passphrase,
+    handle_errors,
+    json_option,
+    passphrase_option,
+    say,
+)
 from fieldsync_cli.main import home_of
 
 

@@ -12,7 +12,14 @@ import click
 
 from fieldsync.errors import InputRefused, NotFound
 from fieldsync.node import Node, utc_text
-from fieldsync_cli.common import emit, get_passphrase, handle_errors, json_option, passphrase_option, say
+from fieldsync_cli.common import (
+    emit,
+    get_passphrase,
+    handle_errors,
+    json_option,
+    passphrase_option,
+    say,
+)
 from fieldsync_cli.main import home_of
 from fieldsync_protocol.report import SENSITIVITIES
 

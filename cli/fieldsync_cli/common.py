@@ -77,6 +77,12 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
         except click.Abort:
             # click.prompt turns Ctrl-C and Ctrl-D at a prompt into Abort.
             _fail(as_json, "cancelled at the prompt; nothing was changed", "Interrupted", EXIT_INTERRUPTED)
+        except BrokenPipeError:
+            raise  # stdout closed by the reader (`| head`): click ends quietly
+        except OSError as exc:
+            # A foreign error translated at the boundary: what the system said, about which file.
+            where = f": {exc.filename}" if exc.filename else ""
+            _fail(as_json, f"{exc.strerror or exc}{where}", "OSError", 1)
         raise AssertionError("unreachable")  # pragma: no cover - _fail always exits
 
     return wrapper

@@ -132,7 +132,7 @@ addresses = ["127.0.0.1:7342", "[::1]:7342"]
 enabled = true
 service_type = "_Notes._TCP"
 interfaces = ["wlan0", "192.168.4.1"]
-rotate_minutes = 10
+rotate_minutes = 2.5
 [peers]
 static = ["192.168.4.20:7341", "relay.example.org:7341", "wss://relay.example.org/sync"]
 [upstream]
@@ -165,7 +165,7 @@ def test_every_key_from_a_file(tmp_path: Path) -> None:
     assert config.listen.addresses == (HostPort("127.0.0.1", 7342), HostPort("::1", 7342))
     assert config.discovery.service_type == "_notes._tcp.local."
     assert config.discovery.interfaces == ("wlan0", "192.168.4.1")
-    assert config.discovery.rotate_minutes == 10
+    assert config.discovery.rotate_minutes == 2.5
     assert config.peers.static == (
         HostPort("192.168.4.20", 7341),
         HostPort("relay.example.org", 7341),
@@ -228,6 +228,7 @@ def test_environment_overrides_every_kind(tmp_path: Path) -> None:
         "FIELDSYNC_DISCOVERY_ENABLED": "off",
         "FIELDSYNC_LISTEN_ADDRESSES": "127.0.0.1:0, [::1]:7341",
         "FIELDSYNC_DISCOVERY_INTERFACES": "wlan0,eth0",
+        "FIELDSYNC_DISCOVERY_ROTATE_MINUTES": "0.05",
         "FIELDSYNC_PEERS_STATIC": "",
         "FIELDSYNC_UPSTREAM_URL": "ws://127.0.0.1:7342/sync",
         "FIELDSYNC_NODE_HOME": "/srv/node",
@@ -247,6 +248,7 @@ def test_environment_overrides_every_kind(tmp_path: Path) -> None:
     assert config.discovery.enabled is False
     assert config.listen.addresses == (HostPort("127.0.0.1", 0), HostPort("::1", 7341))
     assert config.discovery.interfaces == ("wlan0", "eth0")
+    assert config.discovery.rotate_minutes == 0.05  # fractions: tests rotate every 3 s
     assert config.peers.static == ()
     assert config.upstream.url == WebSocketURL("ws://127.0.0.1:7342/sync", "127.0.0.1", 7342, False)
     assert config.node.home == Path("/srv/node")
@@ -339,7 +341,12 @@ def test_relative_override_paths_start_at_the_working_directory(
         ("[sync]\nquota_bytes_per_day = 0\n", ["quota_bytes_per_day = 0", "≥ 1"]),
         ("[storage]\ndisk_budget_mb = -1\n", ["[storage] disk_budget_mb = -1"]),
         ("[storage]\ncheckpoint_minutes = 0\n", ["[storage] checkpoint_minutes = 0"]),
-        ("[discovery]\nrotate_minutes = 0\n", ["[discovery] rotate_minutes = 0"]),
+        ("[discovery]\nrotate_minutes = 0\n", ["[discovery] rotate_minutes = 0", "0.05–1440"]),
+        ("[discovery]\nrotate_minutes = 0.01\n", ["rotate_minutes = 0.01", "0.05–1440"]),
+        ("[discovery]\nrotate_minutes = 1441\n", ["rotate_minutes = 1441", "0.05–1440"]),
+        ("[discovery]\nrotate_minutes = nan\n", ["rotate_minutes", "minutes"]),
+        ("[discovery]\nrotate_minutes = true\n", ["rotate_minutes = true", "minutes"]),
+        ('[discovery]\nrotate_minutes = "5"\n', ['rotate_minutes = "5"', "minutes"]),
         # bad addresses
         ('[listen]\naddresses = ["0.0.0.0"]\n', ['"0.0.0.0"', "HOST:PORT"]),
         ('[listen]\naddresses = ["0.0.0.0:99999"]\n', ["99999", "out of range"]),
@@ -399,6 +406,8 @@ def test_bad_file_values_name_file_section_key_value_and_expectation(
         ),
         ({"FIELDSYNC_SYNC_MAX_CONCURRENT": "-2"}, ['"-2"', "in 1–256"]),
         ({"FIELDSYNC_SYNC_BACKOFF_MAX": "soon"}, ["[sync] backoff_max", "seconds"]),
+        ({"FIELDSYNC_DISCOVERY_ROTATE_MINUTES": "often"}, ["[discovery] rotate_minutes"]),
+        ({"FIELDSYNC_DISCOVERY_ROTATE_MINUTES": "0"}, ['"0"', "0.05–1440"]),
         ({"FIELDSYNC_HUB_ENABLED": "maybe"}, ['FIELDSYNC_HUB_ENABLED="maybe"', "true or false"]),
         ({"FIELDSYNC_LISTEN_ADDRESSES": "localhost"}, ["[listen] addresses", "HOST:PORT"]),
         ({"FIELDSYNC_UPSTREAM_URL": "hub.example.org"}, ["[upstream] url", "wss://"]),

@@ -124,3 +124,13 @@ def test_author_key_file_on_a_node(tmp_path: Path) -> None:
     sealed_file.write_bytes(sealed_file.read_bytes()[:-5])
     with pytest.raises(InputRefused, match="author key"):
         Node(tmp_path / "a").unlock_author(PASSPHRASE)
+
+
+def test_passphrases_are_compared_after_unicode_normalisation() -> None:
+    """The same visible passphrase typed on another keyboard (NFD vs NFC) opens the key."""
+    composed = "caf\u00e9 au lait, s\u00f8ster"
+    decomposed = "cafe\u0301 au lait, s\u00f8ster"
+    assert composed != decomposed
+    sealed = keystore.seal_with_passphrase(SECRET, composed, "interactive")
+    assert keystore.open_with_passphrase(sealed, decomposed, "k") == SECRET
+    assert keystore.open_with_passphrase(sealed, composed, "k") == SECRET

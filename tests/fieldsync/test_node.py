@@ -20,7 +20,7 @@ from offline_support import (
     snapshot,
 )
 
-from fieldsync.errors import FieldsyncError, InputRefused, NotInitialised, WrongPassphrase
+from fieldsync.errors import FieldsyncError, InputRefused, NotFound, NotInitialised, WrongPassphrase
 from fieldsync.node import AUTHOR_SECRET, MEMBERSHIP, NODE_SECRET, REQUEST, Node, uuid7
 from fieldsync_protocol.bundle import BundleReader
 from fieldsync_protocol.items import ItemKind, parse_item
@@ -139,6 +139,20 @@ def test_add_report_fills_defaults_and_validates(net: Net) -> None:
     assert [e.report_id for e in entries] == [report_id], "refused reports leave nothing"
 
 
+def test_a_report_id_cannot_be_reused(net: Net) -> None:
+    """A --json-file may carry an id; reusing one is refused, not a database crash."""
+    node = Node(net.a)
+    try:
+        first = node.add_report(fields("one"), PASSPHRASE)
+        with pytest.raises(InputRefused, match=f"id {first} already exists.*supersedes"):
+            node.add_report(fields("two", id=first), PASSPHRASE)
+        second = node.add_report(fields("two", supersedes=first), PASSPHRASE)
+        assert [e.report_id for e in node.reports()] == [first, second]
+        assert node.store().status()["items"]["envelope"] == 2
+    finally:
+        node.close()
+
+
 def test_reports_are_too_large_beyond_the_largest_size_class(net: Net) -> None:
     node = Node(net.a)
     try:
@@ -180,6 +194,18 @@ def test_export_writes_every_item_atomically(net: Net) -> None:
     kinds = sorted(parse_item(item).kind.value for item in reader.items())
     assert kinds == [ItemKind.ENVELOPE.value] * 2 + [ItemKind.MANIFEST.value]
     assert b"one" not in path.read_bytes()
+
+
+def test_export_to_a_missing_directory_or_a_directory(net: Net) -> None:
+    node = Node(net.a)
+    try:
+        with pytest.raises(NotFound, match=r"directory .*/nowhere does not exist"):
+            node.export_bundle(net.root / "nowhere" / "a.bundle")
+        with pytest.raises(FieldsyncError, match="is a directory"):
+            node.export_bundle(net.usb)
+    finally:
+        node.close()
+    assert list(net.usb.iterdir()) == []
 
 
 def test_export_import_counts_and_progress(net: Net) -> None:

@@ -223,7 +223,6 @@ def test_kill_9_during_bundle_import_leaves_all_or_nothing(setup: Setup, tmp_pat
             # (uncommitted pages in the WAL are not data), nothing less (durable commits).
             assert stored == committed, (label, committed, stored)
             checked_against_reader += 1
-        print(label, how, committed, stored)
         if label.startswith("after commit"):
             assert stored == ITEMS, "a reported import is durable"
         # Importing again completes the job (or finds it done).

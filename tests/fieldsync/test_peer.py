@@ -1,0 +1,375 @@
+"""The peer driver in process: ``run_peer`` over ``memory_pair()`` and loopback TCP.
+
+Real nodes (HQ, enrolled members, real sealed reports), real stores, real handshakes; no
+mocks. An autouse blockbuster fixture fails any test in which something blocks the event
+loop (SQLite, file or socket I/O, sleeps, lock waits): the driver must do all store work
+on the store thread. Test set-up and checks that touch files therefore run in sync
+fixtures or through ``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import secrets
+import shutil
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from blockbuster import BlockBuster, blockbuster_ctx
+
+from fieldsync import synthetic
+from fieldsync.daemon import Runtime, Server
+from fieldsync.hq import HQ, IngestSummary
+from fieldsync.node import Node
+from fieldsync.peer import PeerContext, PeerLimits, SyncOutcome, run_peer
+from fieldsync.store import Store
+from fieldsync.transport import MemoryTransport, Transport, TransportError, memory_pair
+from fieldsync_protocol.crypto import box_public_key
+from fieldsync_protocol.handshake import PeerHandshake
+from fieldsync_protocol.items import ItemKind
+from fieldsync_protocol.membership import Manifest
+
+PASSPHRASE = synthetic.PASSPHRASE
+A_REPORTS = 300
+B_REPORTS = 200
+#: Tests must not wait seconds for the responder's deliberate silent close.
+FAST = PeerLimits(silent_close=(0.0, 0.01))
+
+
+@pytest.fixture(autouse=True)
+def blockbuster() -> Iterator[BlockBuster]:
+    """Any blocking call made on a running event loop raises ``BlockingError``.
+
+    One exemption, scoped to a single function: ``StoreWorker.close`` ends the store thread
+    with ``ThreadPoolExecutor.shutdown(wait=True)``, a join of an idle thread (the store is
+    already closed on it), once per runtime at shutdown, never during a session.
+    """
+    with blockbuster_ctx() as bb:
+        for name in ("threading.Lock.acquire", "threading.Lock.acquire_lock"):
+            bb.functions[name].can_block_in("fieldsync/store_worker.py", "close")
+        yield bb
+
+
+# --- homes ------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Homes:
+    root: Path
+    manifest: Manifest
+    author_reports: tuple[bytes, ...]
+
+    @property
+    def hq(self) -> Path:
+        return self.root / "hq"
+
+    @property
+    def a(self) -> Path:
+        """An author node holding ``A_REPORTS`` of its own reports."""
+        return self.root / "a"
+
+    @property
+    def b(self) -> Path:
+        """A relay holding ``B_REPORTS`` reports of some other author."""
+        return self.root / "b"
+
+    @property
+    def c(self) -> Path:
+        """A relay holding only the manifest."""
+        return self.root / "c"
+
+    @property
+    def outsider(self) -> Path:
+        """A member of another network (another network key, another HQ)."""
+        return self.root / "other" / "x"
+
+
+@pytest.fixture(scope="session")
+def base_homes(tmp_path_factory: pytest.TempPathFactory) -> Homes:
+    root = tmp_path_factory.mktemp("peer") / "net"
+    network = synthetic.create_network(root)
+    a = network.add_node("a", author=True)
+    b = network.add_node("b")
+    network.add_node("c")
+    synthetic.create_network(root / "other", "other").add_node("x")
+    node = Node(a)
+    try:
+        seed = node.unlock_author(PASSPHRASE)
+    finally:
+        node.close()
+    own = synthetic.sealed_reports(network.manifest, A_REPORTS, author_seed=seed)
+    synthetic.fill_store(a, network.manifest, own)
+    synthetic.fill_store(b, network.manifest, synthetic.sealed_reports(network.manifest, B_REPORTS))
+    return Homes(root, network.manifest, tuple(own))
+
+
+@pytest.fixture
+def homes(base_homes: Homes, tmp_path: Path) -> Homes:
+    shutil.copytree(base_homes.root, tmp_path / "net")
+    return dataclasses.replace(base_homes, root=tmp_path / "net")
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def opened(home: Path, limits: PeerLimits = FAST) -> AsyncIterator[Runtime]:
+    runtime = await Runtime.open(home, limits=limits)
+    try:
+        yield runtime
+    finally:
+        await runtime.close()
+
+
+async def ids_of(runtime: Runtime) -> set[bytes]:
+    return await runtime.worker.call(lambda store: set(store.sorted_ids()))
+
+
+async def kinds_of(runtime: Runtime) -> dict[str, int]:
+    def count(store: Store) -> dict[str, int]:
+        rows = store.db.conn.execute("SELECT kind, count(*) FROM items GROUP BY kind").fetchall()
+        return {ItemKind(kind).name.lower(): n for kind, n in rows}
+
+    return await runtime.worker.call(count)
+
+
+async def over_memory(
+    initiator: PeerContext, responder: PeerContext, *, wrap: type[BreakingTransport] | None = None
+) -> tuple[SyncOutcome, SyncOutcome]:
+    end_i, end_r = memory_pair()
+    first: Transport = end_i if wrap is None else wrap(end_i)
+    return await asyncio.gather(
+        run_peer(first, initiator, initiator=True), run_peer(end_r, responder, initiator=False)
+    )
+
+
+async def over_tcp(initiator: Runtime, responder: Runtime) -> tuple[SyncOutcome, SyncOutcome]:
+    server = Server(responder)
+    host, port = await server.listen_tcp("127.0.0.1", 0)
+    try:
+        before = len(responder.outcomes)
+        mine = await initiator.sync_with(f"{host}:{port}")
+        deadline = time.monotonic() + 10
+        while len(responder.outcomes) == before:  # the server files its outcome as it closes
+            assert time.monotonic() < deadline, "the server never finished its side"
+            await asyncio.sleep(0.01)
+    finally:
+        await server.close()
+    return mine, responder.outcomes[-1]
+
+
+def node_key(runtime: Runtime) -> bytes:
+    return box_public_key(runtime.context.static_secret)
+
+
+class BreakingTransport:
+    """A real transport whose link fails after some bytes have arrived (a cable pulled)."""
+
+    AFTER = 50_000
+
+    def __init__(self, inner: MemoryTransport) -> None:
+        self._inner = inner
+        self.label = "breaking"
+        self.received = 0
+
+    async def send(self, data: bytes) -> None:
+        await self._inner.send(data)
+
+    async def receive(self) -> bytes:
+        if self.received > self.AFTER:
+            raise TransportError("breaking: link lost")
+        data = await self._inner.receive()
+        self.received += len(data)
+        return data
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+# --- sync ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("link", ["memory", "tcp"])
+async def test_sync_moves_everything_both_ways(homes: Homes, link: str) -> None:
+    async with opened(homes.a) as a, opened(homes.b) as b:
+        before_a, before_b = await ids_of(a), await ids_of(b)
+        if link == "memory":
+            mine, theirs = await over_memory(a.context, b.context)
+        else:
+            mine, theirs = await over_tcp(a, b)
+        assert mine.complete and theirs.complete, (mine.error, theirs.error)
+        assert mine.error is None and theirs.error is None
+        assert mine.stats.mode == theirs.stats.mode == "reconcile"
+        assert (mine.stats.items_sent, mine.stats.items_received) == (A_REPORTS, B_REPORTS)
+        assert (theirs.stats.items_sent, theirs.stats.items_received) == (B_REPORTS, A_REPORTS)
+        assert (mine.items_new, theirs.items_new) == (B_REPORTS, A_REPORTS)
+        assert mine.wire_bytes_sent == theirs.wire_bytes_received > 0
+        assert mine.wire_bytes_received == theirs.wire_bytes_sent > 0
+        assert mine.peer is not None and theirs.peer is not None
+        assert mine.peer.node_key == node_key(b)
+        assert theirs.peer.node_key == node_key(a)
+        after_a, after_b = await ids_of(a), await ids_of(b)
+        assert after_a == after_b == before_a | before_b
+        assert len(after_a) == A_REPORTS + B_REPORTS + 1  # and the shared manifest
+
+
+async def test_repeat_contact_runs_in_delta_mode(homes: Homes) -> None:
+    async with opened(homes.a) as a, opened(homes.b) as b:
+        first, _ = await over_memory(a.context, b.context)
+        assert first.complete and first.stats.mode == "reconcile"
+
+        # Nothing new: both sides know each other's cursor, nothing bounces back.
+        again, again_r = await over_memory(a.context, b.context)
+        assert again.complete and again_r.complete
+        assert again.stats.mode == again_r.stats.mode == "delta"
+        assert again.stats.items_sent == again.stats.items_received == 0
+        assert again.stats.round_trips <= 2
+        assert again.stats.overhead_bytes <= 1024
+
+        # 100 new reports written on A by another process (as `report add` does).
+        extra = synthetic.sealed_reports(homes.manifest, 100)
+        await asyncio.to_thread(synthetic.fill_store, homes.a, homes.manifest, extra)
+        third, third_r = await over_memory(a.context, b.context)
+        assert third.complete and third_r.complete
+        assert third.stats.mode == "delta"
+        assert third.stats.items_sent == 100 and third.stats.items_received == 0
+        assert third_r.items_new == 100
+        assert third.stats.round_trips <= 2
+        assert third.stats.overhead_bytes <= 8 * 1024
+        assert await ids_of(a) == await ids_of(b)
+
+        # and the responder side keeps its cursor too: B initiating is also a delta
+        fourth, _ = await over_memory(b.context, a.context)
+        assert fourth.complete and fourth.stats.mode == "delta"
+        assert fourth.stats.items_sent == fourth.stats.items_received == 0
+
+
+async def test_hq_receipts_flow_back_and_purge(homes: Homes) -> None:
+    async with opened(homes.a) as a, opened(homes.c) as c:
+        # A's reports reach relay C ...
+        first, _ = await over_memory(a.context, c.context)
+        assert first.complete and first.stats.items_sent == A_REPORTS
+
+        # ... C's items reach HQ, which ingests them and signs receipts ...
+        def hq_round(c_home: Path, hq_dir: Path) -> list[bytes]:
+            store = Store(c_home / "store.db")
+            headquarters = HQ(hq_dir)
+            try:
+                summary = IngestSummary()
+                keys = headquarters.unlock(PASSPHRASE)
+                headquarters.ingest_items(store.iter_items(), keys, summary)
+                assert summary.new == A_REPORTS, summary
+                assert headquarters.issue_receipts(PASSPHRASE) >= 1
+                rows = headquarters.database().execute("SELECT item FROM receipts ORDER BY serial")
+                return [row[0] for row in rows]
+            finally:
+                headquarters.close()
+                store.close()
+
+        receipts = await asyncio.to_thread(hq_round, homes.c, homes.hq)
+        # ... and come back to C (the hub's upstream sync, here a direct import).
+        counts = await asyncio.to_thread(synthetic.fill_store, homes.c, homes.manifest, receipts)
+        assert counts.new == len(receipts)
+        assert (await kinds_of(c)).get("envelope", 0) == 0  # C purged what HQ receipted
+
+        # The receipts flow from C to A through sync, and A deletes its copies.
+        assert (await kinds_of(a))["envelope"] == A_REPORTS
+        second, second_a = await over_memory(c.context, a.context)
+        assert second.complete and second_a.complete
+        assert second_a.items_new == len(receipts)
+        kinds = await kinds_of(a)
+        assert kinds.get("envelope", 0) == 0
+        assert kinds["receipt"] == len(receipts)
+
+        def tombstones(store: Store) -> int:
+            return int(store.db.conn.execute("SELECT count(*) FROM tombstones").fetchone()[0])
+
+        assert await a.worker.call(tombstones) == A_REPORTS
+        assert await ids_of(a) == await ids_of(c)
+
+        # A replay of the envelopes is refused for good: a third sync moves nothing back.
+        third, _ = await over_memory(a.context, c.context)
+        assert third.complete and third.stats.items_sent == third.stats.items_received == 0
+
+
+# --- refusals -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("who_revokes", ["responder", "initiator"])
+async def test_revoked_peer_is_refused(homes: Homes, who_revokes: str) -> None:
+    async with opened(homes.a) as a, opened(homes.b) as b:
+        before_a, before_b = await ids_of(a), await ids_of(b)
+        ctx_a, ctx_b = a.context, b.context
+        if who_revokes == "responder":
+            ctx_b = dataclasses.replace(ctx_b, revoked_nodes=frozenset({node_key(a)}))
+        else:
+            ctx_a = dataclasses.replace(ctx_a, revoked_nodes=frozenset({node_key(b)}))
+        mine, theirs = await over_memory(ctx_a, ctx_b)
+        assert not mine.complete and not theirs.complete
+        assert mine.error and theirs.error
+        refuser = theirs if who_revokes == "responder" else mine
+        assert refuser.error == "handshake failed" and refuser.peer is None
+        assert mine.stats.items_sent == theirs.stats.items_sent == 0
+        assert await ids_of(a) == before_a and await ids_of(b) == before_b
+
+
+async def test_member_of_another_network_is_refused(homes: Homes) -> None:
+    async with opened(homes.outsider) as x, opened(homes.b) as b:
+        before = await ids_of(b)
+        mine, theirs = await over_memory(x.context, b.context)
+        assert not mine.complete and not theirs.complete
+        assert mine.error == theirs.error == "handshake failed"
+        assert theirs.wire_bytes_sent == 0  # not a single byte to a non-member
+        assert mine.wire_bytes_received == 0
+        assert await ids_of(b) == before
+
+
+async def test_idle_timeout_ends_a_stalled_session(homes: Homes) -> None:
+    limits = dataclasses.replace(FAST, idle_timeout=0.5)
+    async with opened(homes.a) as a, opened(homes.b, limits) as b:
+        ctx = a.context
+        end_a, end_b = memory_pair()
+
+        async def handshake_then_stall() -> None:
+            handshake = PeerHandshake(
+                initiator=True,
+                network_key=ctx.network_key,
+                static_secret=ctx.static_secret,
+                certificate=ctx.certificate,
+                manifest=ctx.manifest,
+                ephemeral_secret=secrets.token_bytes(32),
+            )
+            await end_a.send(handshake.data_to_send())
+            while not handshake.is_complete:
+                handshake.receive_data(await end_a.receive())
+                if out := handshake.data_to_send():
+                    await end_a.send(out)
+            while await end_a.receive():  # a member that says nothing more
+                pass
+
+        started = time.monotonic()
+        stalled = asyncio.create_task(handshake_then_stall())
+        outcome = await run_peer(end_b, b.context, initiator=False)
+        elapsed = time.monotonic() - started
+        await asyncio.wait_for(stalled, 5)  # it saw the end of the stream
+        assert outcome.peer is not None  # the handshake did complete
+        assert not outcome.complete
+        assert outcome.error is not None and "timeout" in outcome.error
+        assert 0.5 <= elapsed < 5
+
+
+async def test_transport_error_mid_session_is_an_outcome(homes: Homes) -> None:
+    async with opened(homes.a) as a, opened(homes.b) as b:
+        mine, theirs = await over_memory(a.context, b.context, wrap=BreakingTransport)
+        assert not mine.complete and not theirs.complete
+        assert mine.error is not None and mine.error.startswith("connection lost")
+        assert "link lost" in mine.error
+        assert theirs.error is not None
+        # what was committed stays, and a later sync over a good link finishes the job
+        again, _ = await over_memory(a.context, b.context)
+        assert again.complete
+        assert await ids_of(a) == await ids_of(b)
