@@ -57,9 +57,12 @@ async def query(path: Path, what: str, timeout: float = 5.0) -> dict[str, Any] |
     """GET ``/what`` from a running daemon; None if no daemon answers on ``path``."""
     connector = aiohttp.UnixConnector(path=str(path))
     try:
-        async with aiohttp.ClientSession(
-            connector=connector, timeout=aiohttp.ClientTimeout(total=timeout)
-        ) as session, session.get(f"http://fieldsync/{what}") as response:
+        async with (
+            aiohttp.ClientSession(
+                connector=connector, timeout=aiohttp.ClientTimeout(total=timeout)
+            ) as session,
+            session.get(f"http://fieldsync/{what}") as response,
+        ):
             data: dict[str, Any] = await response.json()
             return data
     except (aiohttp.ClientError, OSError, TimeoutError):

@@ -16,10 +16,30 @@ import sqlite_utils
 FORMATS = ("jsonl", "csv", "geojson", "uwazi-csv")
 
 CSV_COLUMNS = (
-    "id", "title", "primary_category", "categories", "occurred_start", "occurred_end",
-    "occurred_precision", "occurred_approximate", "lat", "lon", "accuracy_m", "place",
-    "location_source", "sensitivity", "language", "narrative", "created_at", "received_at",
-    "clock_source", "clock_synced", "author_name", "author_key", "sequence", "envelope_id",
+    "id",
+    "title",
+    "primary_category",
+    "categories",
+    "occurred_start",
+    "occurred_end",
+    "occurred_precision",
+    "occurred_approximate",
+    "lat",
+    "lon",
+    "accuracy_m",
+    "place",
+    "location_source",
+    "sensitivity",
+    "language",
+    "narrative",
+    "created_at",
+    "received_at",
+    "clock_source",
+    "clock_synced",
+    "author_name",
+    "author_key",
+    "sequence",
+    "envelope_id",
 )
 
 
@@ -69,9 +89,19 @@ def write_geojson(db: sqlite_utils.Database, out: TextIO) -> int:
     for row in _reports(db):
         geometry = None
         if row["lat"] is not None and row["lon"] is not None:
-            geometry = {"type": "Point", "coordinates": [row["lon"], row["lat"]]}  # RFC 7946: lon, lat
-        feature = {"type": "Feature", "id": row["id"], "geometry": geometry, "properties": _record(row)}
-        out.write((",\n" if count else "") + json.dumps(feature, ensure_ascii=False, sort_keys=True))
+            geometry = {
+                "type": "Point",
+                "coordinates": [row["lon"], row["lat"]],
+            }  # RFC 7946: lon, lat
+        feature = {
+            "type": "Feature",
+            "id": row["id"],
+            "geometry": geometry,
+            "properties": _record(row),
+        }
+        out.write(
+            (",\n" if count else "") + json.dumps(feature, ensure_ascii=False, sort_keys=True)
+        )
         count += 1
     out.write("\n]}\n")
     return count
@@ -79,8 +109,17 @@ def write_geojson(db: sqlite_utils.Database, out: TextIO) -> int:
 
 def write_uwazi_csv(db: sqlite_utils.Database, out: TextIO) -> int:
     """Uwazi CSV import: ``title`` first, ``|`` between multi-values, ``lat|lon`` geolocation."""
-    columns = ("title", "narrative", "categories", "date", "location", "place", "sensitivity",
-               "language", "source_id")
+    columns = (
+        "title",
+        "narrative",
+        "categories",
+        "date",
+        "location",
+        "place",
+        "sensitivity",
+        "language",
+        "source_id",
+    )
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(columns)
     count = 0
@@ -88,8 +127,17 @@ def write_uwazi_csv(db: sqlite_utils.Database, out: TextIO) -> int:
         title = row["title"] or f"{row['primary_category']} {row['occurred_start']}"
         location = f"{row['lat']}|{row['lon']}" if row["lat"] is not None else ""
         writer.writerow(
-            (title, row["narrative"], "|".join(json.loads(row["categories"])), row["occurred_start"],
-             location, row["place"] or "", row["sensitivity"], row["language"], row["id"])
+            (
+                title,
+                row["narrative"],
+                "|".join(json.loads(row["categories"])),
+                row["occurred_start"],
+                location,
+                row["place"] or "",
+                row["sensitivity"],
+                row["language"],
+                row["id"],
+            )
         )
         count += 1
     return count

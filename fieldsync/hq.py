@@ -122,7 +122,9 @@ def create_network(out: Path, name: str, passphrase: str, kdf_profile: str) -> m
     )
     out.mkdir(parents=True, exist_ok=True)
     out.chmod(0o700)
-    keystore.write_private(out / HQ_SECRET, keystore.seal_with_passphrase(keys.encode(), passphrase, kdf_profile))
+    keystore.write_private(
+        out / HQ_SECRET, keystore.seal_with_passphrase(keys.encode(), passphrase, kdf_profile)
+    )
     keystore.write_private(out / MANIFEST, membership.sign_manifest(manifest, keys.root_seed))
     headquarters = HQ(out)
     try:
@@ -139,7 +141,9 @@ class HQ:
 
     def manifest_item(self) -> bytes:
         return keystore.read_file(
-            self.directory / MANIFEST, "HQ manifest", "create the network with `fieldsync network create`"
+            self.directory / MANIFEST,
+            "HQ manifest",
+            "create the network with `fieldsync network create`",
         )
 
     def manifest(self) -> membership.Manifest:
@@ -150,7 +154,9 @@ class HQ:
 
     def unlock(self, passphrase: str) -> HqSecrets:
         sealed = keystore.read_file(
-            self.directory / HQ_SECRET, "HQ secrets", "create the network with `fieldsync network create`"
+            self.directory / HQ_SECRET,
+            "HQ secrets",
+            "create the network with `fieldsync network create`",
         )
         return HqSecrets.decode(keystore.open_with_passphrase(sealed, passphrase, "HQ secrets"))
 
@@ -174,7 +180,9 @@ class HQ:
 
     # --- enrolment ---------------------------------------------------------------------
 
-    def enroll(self, request_text: str, passphrase: str, role: str | None = None) -> tuple[str, dict[str, Any]]:
+    def enroll(
+        self, request_text: str, passphrase: str, role: str | None = None
+    ) -> tuple[str, dict[str, Any]]:
         """Register the request's node (and author); return the enrolment text and a summary."""
         try:
             request = membership.decode_request(request_text)
@@ -187,7 +195,9 @@ class HQ:
         node_text = key_to_text(KeyKind.NODE, request.node_key)
         serial = int(db.execute("SELECT coalesce(max(serial), 0) + 1 FROM nodes").fetchone()[0])
         cert = membership.sign_certificate(
-            membership.NodeCertificate(manifest.network_id, request.node_key, role, serial, now_seconds()),
+            membership.NodeCertificate(
+                manifest.network_id, request.node_key, role, serial, now_seconds()
+            ),
             keys.certificate_seed,
         )
         summary: dict[str, Any] = {
@@ -197,7 +207,16 @@ class HQ:
             "serial": serial,
         }
         with _transaction(db):
-            _insert(db, "nodes", {"node_key": node_text, "role": role, "serial": serial, "enrolled_at": utc_text(now_seconds())})
+            _insert(
+                db,
+                "nodes",
+                {
+                    "node_key": node_text,
+                    "role": role,
+                    "serial": serial,
+                    "enrolled_at": utc_text(now_seconds()),
+                },
+            )
             if request.author_key is not None:
                 author_text = key_to_text(KeyKind.AUTHOR, request.author_key)
                 _insert(
@@ -228,7 +247,9 @@ class HQ:
 
     # --- ingest ------------------------------------------------------------------------
 
-    def ingest_files(self, paths: Iterable[Path], passphrase: str, progress: Progress | None = None) -> IngestSummary:
+    def ingest_files(
+        self, paths: Iterable[Path], passphrase: str, progress: Progress | None = None
+    ) -> IngestSummary:
         keys = self.unlock(passphrase)
         manifest = self.manifest()
         summary = IngestSummary()
@@ -237,7 +258,9 @@ class HQ:
             try:
                 self.ingest_items(_read_bundle(path, reader, progress), keys, summary)
             except RemoteProtocolError as exc:
-                raise InputRefused(f"bundle {path} refused, nothing from it ingested: {exc}") from exc
+                raise InputRefused(
+                    f"bundle {path} refused, nothing from it ingested: {exc}"
+                ) from exc
         summary.gaps = self.gaps()
         return summary
 
@@ -253,7 +276,9 @@ class HQ:
                     summary.other_items += 1
                     continue
                 envelope_id = item.id.hex()
-                if db.execute("SELECT 1 FROM envelopes WHERE envelope_id = ?", [envelope_id]).fetchone():
+                if db.execute(
+                    "SELECT 1 FROM envelopes WHERE envelope_id = ?", [envelope_id]
+                ).fetchone():
                     summary.duplicate += 1
                     continue
                 row: dict[str, Any] = {
@@ -263,11 +288,17 @@ class HQ:
                     "receipt_serial": None,
                 }
                 try:
-                    opened = open_report(parse_outer(item.fields), manifest.network_id, keys.hq_secrets, authors)
+                    opened = open_report(
+                        parse_outer(item.fields), manifest.network_id, keys.hq_secrets, authors
+                    )
                 except RemoteProtocolError as exc:
                     reason = str(exc)
                     summary.rejected[reason] = summary.rejected.get(reason, 0) + 1
-                    _insert(db, "envelopes", {**row, "status": "rejected", "reason": reason, "data": data})
+                    _insert(
+                        db,
+                        "envelopes",
+                        {**row, "status": "rejected", "reason": reason, "data": data},
+                    )
                     continue
                 status = self._record_report(db, opened, envelope_id, authors, summary)
                 _insert(
@@ -280,7 +311,7 @@ class HQ:
                         "author_key": key_to_text(KeyKind.AUTHOR, opened.author_key),
                         "sequence": opened.sequence,
                         "data": data if status == "fork" else None,
-                    }
+                    },
                 )
 
     def _record_report(
@@ -322,18 +353,27 @@ class HQ:
                 "header_hash": opened.header_hash,
                 "previous": opened.previous,
                 "envelope_id": envelope_id,
-            }
+            },
         )
-        _insert(db, "reports", _report_row(opened, author_text, authors.get(opened.author_key, ""), envelope_id))
+        _insert(
+            db,
+            "reports",
+            _report_row(opened, author_text, authors.get(opened.author_key, ""), envelope_id),
+        )
         summary.new += 1
         return "accepted"
 
     def gaps(self) -> dict[str, list[int]]:
         """Per author, the sequence numbers below the highest seen that HQ has not received."""
         gaps: dict[str, list[int]] = {}
-        rows = self.database().execute(
-            "SELECT author_key, max(sequence), group_concat(sequence) FROM chain GROUP BY author_key"
-        ).fetchall()
+        rows = (
+            self.database()
+            .execute(
+                "SELECT author_key, max(sequence), group_concat(sequence)"
+                " FROM chain GROUP BY author_key"
+            )
+            .fetchall()
+        )
         for author_key, highest, seen_text in rows:
             seen = {int(s) for s in seen_text.split(",")}
             missing = [s for s in range(1, highest + 1) if s not in seen]
@@ -357,15 +397,24 @@ class HQ:
         with _transaction(db):
             for start in range(0, len(pending), MAX_TAGS):
                 batch = pending[start : start + MAX_TAGS]
-                serial = int(db.execute("SELECT coalesce(max(serial), 0) + 1 FROM receipts").fetchone()[0])
+                serial = int(
+                    db.execute("SELECT coalesce(max(serial), 0) + 1 FROM receipts").fetchone()[0]
+                )
                 item = sign_receipt(
-                    Receipt(manifest.network_id, serial, now_seconds(), tuple(tag for _, tag in batch)),
+                    Receipt(
+                        manifest.network_id, serial, now_seconds(), tuple(tag for _, tag in batch)
+                    ),
                     keys.receipt_seed,
                 )
                 _insert(
                     db,
                     "receipts",
-                    {"serial": serial, "created_at": utc_text(now_seconds()), "count": len(batch), "item": item}
+                    {
+                        "serial": serial,
+                        "created_at": utc_text(now_seconds()),
+                        "count": len(batch),
+                        "item": item,
+                    },
                 )
                 db.conn.executemany(
                     "UPDATE envelopes SET receipt_serial = ? WHERE envelope_id = ?",
@@ -390,8 +439,11 @@ class HQ:
                 envelopes += row[1]
             handle.write(writer.finish())
         tmp.replace(out)
-        return {"receipts_new": new, "receipts_total": writer.items_written - 1, "envelopes_receipted": envelopes}
-
+        return {
+            "receipts_new": new,
+            "receipts_total": writer.items_written - 1,
+            "envelopes_receipted": envelopes,
+        }
 
     # --- the hub path ------------------------------------------------------------------
 
@@ -414,10 +466,14 @@ class HQ:
         return home
 
     def receipt_items(self) -> list[bytes]:
-        return [row[0] for row in self.database().execute("SELECT item FROM receipts ORDER BY serial")]
+        return [
+            row[0] for row in self.database().execute("SELECT item FROM receipts ORDER BY serial")
+        ]
 
 
-def _report_row(opened: OpenedReport, author_key: str, author_name: str, envelope_id: str) -> dict[str, Any]:
+def _report_row(
+    opened: OpenedReport, author_key: str, author_name: str, envelope_id: str
+) -> dict[str, Any]:
     body = opened.body
     location = body.get("location") or {}
     occurred = body["occurred"]
@@ -464,7 +520,9 @@ def _transaction(db: sqlite_utils.Database) -> Iterator[None]:
     db.conn.execute("COMMIT")
 
 
-def _insert(db: sqlite_utils.Database, table: str, row: dict[str, Any], replace: bool = False) -> None:
+def _insert(
+    db: sqlite_utils.Database, table: str, row: dict[str, Any], replace: bool = False
+) -> None:
     columns = ", ".join(f"[{name}]" for name in row)
     marks = ", ".join("?" for _ in row)
     verb = "INSERT OR REPLACE" if replace else "INSERT"
@@ -475,13 +533,33 @@ def _create_schema(db: sqlite_utils.Database) -> None:
     """Create missing tables (idempotent, so an interrupted first run heals itself)."""
     db.table("reports").create(
         {
-            "id": str, "title": str, "narrative": str, "categories": str, "primary_category": str,
-            "occurred_start": str, "occurred_end": str, "occurred_precision": str,
-            "occurred_approximate": bool, "lat": float, "lon": float, "accuracy_m": float,
-            "place": str, "location_source": str, "sensitivity": str, "language": str,
-            "created_at": str, "claimed_time": str, "received_at": str, "clock_source": str,
-            "clock_synced": bool, "author_key": str, "author_name": str, "sequence": int,
-            "envelope_id": str, "supersedes": str, "body_json": str,
+            "id": str,
+            "title": str,
+            "narrative": str,
+            "categories": str,
+            "primary_category": str,
+            "occurred_start": str,
+            "occurred_end": str,
+            "occurred_precision": str,
+            "occurred_approximate": bool,
+            "lat": float,
+            "lon": float,
+            "accuracy_m": float,
+            "place": str,
+            "location_source": str,
+            "sensitivity": str,
+            "language": str,
+            "created_at": str,
+            "claimed_time": str,
+            "received_at": str,
+            "clock_source": str,
+            "clock_synced": bool,
+            "author_key": str,
+            "author_name": str,
+            "sequence": int,
+            "envelope_id": str,
+            "supersedes": str,
+            "body_json": str,
         },
         # Report ids are chosen by devices; two authors could collide, envelope ids cannot.
         pk="envelope_id",
@@ -489,8 +567,15 @@ def _create_schema(db: sqlite_utils.Database) -> None:
     )
     db.table("envelopes").create(
         {
-            "envelope_id": str, "tag": bytes, "status": str, "reason": str, "author_key": str,
-            "sequence": int, "first_seen": str, "receipt_serial": int, "data": bytes,
+            "envelope_id": str,
+            "tag": bytes,
+            "status": str,
+            "reason": str,
+            "author_key": str,
+            "sequence": int,
+            "first_seen": str,
+            "receipt_serial": int,
+            "data": bytes,
         },
         pk="envelope_id",
         if_not_exists=True,
@@ -498,14 +583,39 @@ def _create_schema(db: sqlite_utils.Database) -> None:
     db.table("envelopes").create_index(["receipt_serial"], if_not_exists=True)
     db.table("reports").create_index(["id"], if_not_exists=True)
     db.table("chain").create(
-        {"author_key": str, "sequence": int, "header_hash": bytes, "previous": bytes, "envelope_id": str},
+        {
+            "author_key": str,
+            "sequence": int,
+            "header_hash": bytes,
+            "previous": bytes,
+            "envelope_id": str,
+        },
         pk=("author_key", "sequence"),
         if_not_exists=True,
     )
     db.table("alerts").create(
-        {"kind": str, "author_key": str, "author_name": str, "sequence": int, "detail": str, "at": str},
+        {
+            "kind": str,
+            "author_key": str,
+            "author_name": str,
+            "sequence": int,
+            "detail": str,
+            "at": str,
+        },
         if_not_exists=True,
     )
-    db.table("authors").create({"author_key": str, "name": str, "node_key": str, "enrolled_at": str}, pk="author_key", if_not_exists=True)
-    db.table("nodes").create({"node_key": str, "role": str, "serial": int, "enrolled_at": str}, pk="serial", if_not_exists=True)
-    db.table("receipts").create({"serial": int, "created_at": str, "count": int, "item": bytes}, pk="serial", if_not_exists=True)
+    db.table("authors").create(
+        {"author_key": str, "name": str, "node_key": str, "enrolled_at": str},
+        pk="author_key",
+        if_not_exists=True,
+    )
+    db.table("nodes").create(
+        {"node_key": str, "role": str, "serial": int, "enrolled_at": str},
+        pk="serial",
+        if_not_exists=True,
+    )
+    db.table("receipts").create(
+        {"serial": int, "created_at": str, "count": int, "item": bytes},
+        pk="serial",
+        if_not_exists=True,
+    )

@@ -70,7 +70,11 @@ class Janitor:
 
         self.last = await self._worker.call(work)
         if self.last.expired or self.last.evicted:
-            log.info("janitor: %d expired, %d evicted for the disk budget", self.last.expired, self.last.evicted)
+            log.info(
+                "janitor: %d expired, %d evicted for the disk budget",
+                self.last.expired,
+                self.last.evicted,
+            )
         return self.last
 
     async def run(self) -> None:

@@ -23,7 +23,10 @@ from fieldsync_protocol.errors import RemoteProtocolError
 
 #: Argon2id costs. "moderate" (256 MiB, ~0.4 s on x86; a few s on a Pi 3) is the default.
 KDF_PROFILES: dict[str, tuple[int, int]] = {
-    "interactive": (nacl.pwhash.argon2id.OPSLIMIT_INTERACTIVE, nacl.pwhash.argon2id.MEMLIMIT_INTERACTIVE),
+    "interactive": (
+        nacl.pwhash.argon2id.OPSLIMIT_INTERACTIVE,
+        nacl.pwhash.argon2id.MEMLIMIT_INTERACTIVE,
+    ),
     "moderate": (nacl.pwhash.argon2id.OPSLIMIT_MODERATE, nacl.pwhash.argon2id.MEMLIMIT_MODERATE),
     "sensitive": (nacl.pwhash.argon2id.OPSLIMIT_SENSITIVE, nacl.pwhash.argon2id.MEMLIMIT_SENSITIVE),
 }
@@ -70,19 +73,25 @@ def _passphrase_bytes(passphrase: str) -> bytes:
     return unicodedata.normalize("NFC", passphrase).encode("utf-8")
 
 
-def seal_with_passphrase(plaintext: bytes, passphrase: str, profile: str = DEFAULT_KDF_PROFILE) -> bytes:
+def seal_with_passphrase(
+    plaintext: bytes, passphrase: str, profile: str = DEFAULT_KDF_PROFILE
+) -> bytes:
     if len(passphrase) < MIN_PASSPHRASE:
         raise InputRefused(f"passphrase is too short: use at least {MIN_PASSPHRASE} characters")
     try:
         ops, mem = KDF_PROFILES[profile]
     except KeyError:
-        raise InputRefused(f"unknown KDF profile {profile!r}; use one of {', '.join(KDF_PROFILES)}") from None
+        raise InputRefused(
+            f"unknown KDF profile {profile!r}; use one of {', '.join(KDF_PROFILES)}"
+        ) from None
     salt = secrets.token_bytes(nacl.pwhash.argon2id.SALTBYTES)
     secret = _passphrase_bytes(passphrase)
     key = nacl.pwhash.argon2id.kdf(32, secret, salt, opslimit=ops, memlimit=mem)
     nonce = secrets.token_bytes(nacl.secret.SecretBox.NONCE_SIZE)
     box = nacl.secret.SecretBox(key).encrypt(plaintext, nonce).ciphertext
-    return codec.encode({"box": box, "kdf": "argon2id13", "mem": mem, "nonce": nonce, "ops": ops, "salt": salt})
+    return codec.encode(
+        {"box": box, "kdf": "argon2id13", "mem": mem, "nonce": nonce, "ops": ops, "salt": salt}
+    )
 
 
 def open_with_passphrase(sealed: bytes, passphrase: str, what: str) -> bytes:

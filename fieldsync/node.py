@@ -47,7 +47,13 @@ def uuid7(now_ms: int | None = None) -> str:
     """A time-ordered UUIDv7 (RFC 9562): report ids sort by creation."""
     ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
     rand = int.from_bytes(secrets.token_bytes(10), "big")
-    value = (ms & (2**48 - 1)) << 80 | 0x7 << 76 | (rand >> 68 & 0xFFF) << 64 | 0b10 << 62 | (rand & (2**62 - 1))
+    value = (
+        (ms & (2**48 - 1)) << 80
+        | 0x7 << 76
+        | (rand >> 68 & 0xFFF) << 64
+        | 0b10 << 62
+        | (rand & (2**62 - 1))
+    )
     return str(uuid.UUID(int=value))
 
 
@@ -58,7 +64,10 @@ def clock_status() -> dict[str, Any]:
         try:
             out = subprocess.run(  # noqa: S603 - fixed argv, no shell
                 [timedatectl, "show", "--property=NTPSynchronized", "--value"],
-                capture_output=True, text=True, timeout=2, check=False,
+                capture_output=True,
+                text=True,
+                timeout=2,
+                check=False,
             ).stdout.strip()
         except (OSError, subprocess.TimeoutExpired):
             out = ""
@@ -117,7 +126,9 @@ class Node:
             created=now_seconds(),
         )
         path = self.home / REQUEST
-        keystore.write_private(path, (membership.encode_request(request, author_seed) + "\n").encode())
+        keystore.write_private(
+            path, (membership.encode_request(request, author_seed) + "\n").encode()
+        )
         self.store()  # create the store now so `status` works before join
         return path
 
@@ -139,21 +150,32 @@ class Node:
         except RemoteProtocolError as exc:
             raise InputRefused(f"enrolment refused: {exc}") from exc
         data = codec.encode(
-            {"cert": enrolment.certificate, "knet": enrolment.network_key, "man": enrolment.manifest_item}
+            {
+                "cert": enrolment.certificate,
+                "knet": enrolment.network_key,
+                "man": enrolment.manifest_item,
+            }
         )
         keystore.write_private(self.home / MEMBERSHIP, data)
         store = self.store()
         with store.transaction():
-            store.add_checked(check_item(enrolment.manifest_item, manifest), ImportCounts(), now_seconds())
-        return Membership(enrolment.manifest_item, manifest, enrolment.network_key, enrolment.certificate, cert)
+            store.add_checked(
+                check_item(enrolment.manifest_item, manifest), ImportCounts(), now_seconds()
+            )
+        return Membership(
+            enrolment.manifest_item, manifest, enrolment.network_key, enrolment.certificate, cert
+        )
 
     def membership(self) -> Membership:
         path = self.home / MEMBERSHIP
         if not path.exists():
             if not (self.home / NODE_SECRET).exists():
-                raise NotInitialised(f"{self.home} is not a fieldsync node; run `fieldsync --home {self.home} init`")
+                raise NotInitialised(
+                    f"{self.home} is not a fieldsync node; run `fieldsync --home {self.home} init`"
+                )
             raise NotInitialised(
-                f"{self.home} has not joined a network; take {self.home / REQUEST} to HQ and run `join`"
+                f"{self.home} has not joined a network;"
+                f" take {self.home / REQUEST} to HQ and run `join`"
             )
         fields = keystore.load_map(path.read_bytes(), "membership file", {"cert", "knet", "man"})
         try:
@@ -166,7 +188,9 @@ class Node:
     def store(self) -> Store:
         if self._store is None:
             if not (self.home / NODE_SECRET).exists():
-                raise NotInitialised(f"{self.home} is not a fieldsync node; run `fieldsync --home {self.home} init`")
+                raise NotInitialised(
+                    f"{self.home} is not a fieldsync node; run `fieldsync --home {self.home} init`"
+                )
             self._store = Store(self.home / STORE)
         return self._store
 
@@ -181,7 +205,8 @@ class Node:
         path = self.home / AUTHOR_SECRET
         if not path.exists():
             raise FieldsyncError(
-                f"{self.home} is a relay-only node (no author key); reports are written on author nodes"
+                f"{self.home} is a relay-only node (no author key);"
+                " reports are written on author nodes"
             )
         return keystore.open_with_passphrase(path.read_bytes(), passphrase, "author key")
 
@@ -210,7 +235,7 @@ class Node:
         if store.db.execute("SELECT 1 FROM outbox WHERE report_id = ?", [body["id"]]).fetchone():
             raise InputRefused(
                 f"a report with id {body['id']} already exists on this node; to correct it,"
-                " write a new report with \"supersedes\" set to that id"
+                ' write a new report with "supersedes" set to that id'
             )
         sequence, previous = store.chain_state(author) or (0, envelope.GENESIS)
         key_id = member.manifest.current_hq_key_id
@@ -231,7 +256,9 @@ class Node:
         except LocalProtocolError as exc:
             raise InputRefused(str(exc)) from exc
         checked = check_item(sealed.item, member.manifest)
-        store.record_own_report(author, sequence + 1, sealed.header_hash, body["id"], checked, int(now))
+        store.record_own_report(
+            author, sequence + 1, sealed.header_hash, body["id"], checked, int(now)
+        )
         return str(body["id"])
 
     def reports(self) -> list[OutboxEntry]:
@@ -244,7 +271,9 @@ class Node:
         keystore.check_output(path, "bundle file")
         member = self.membership()
         store = self.store()
-        writer = BundleWriter(member.network_key, member.manifest.network_id, secrets.token_bytes(16))
+        writer = BundleWriter(
+            member.network_key, member.manifest.network_id, secrets.token_bytes(16)
+        )
         tmp = path.with_name(f".{path.name}.partial")
         total = store.item_count()
         with open(tmp, "wb") as out:
@@ -298,7 +327,10 @@ class Node:
         return True
 
     def status(self) -> dict[str, Any]:
-        status: dict[str, Any] = {"home": str(self.home), "role": "author" if self.is_author() else "relay"}
+        status: dict[str, Any] = {
+            "home": str(self.home),
+            "role": "author" if self.is_author() else "relay",
+        }
         try:
             member = self.membership()
         except NotInitialised:

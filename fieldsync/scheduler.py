@@ -161,7 +161,9 @@ class Scheduler:
             state.last_items_in = result.items_in
             state.last_items_out = result.items_out
             interval = (
-                self.policy.upstream_interval if state.origin == "upstream" else self.policy.interval
+                self.policy.upstream_interval
+                if state.origin == "upstream"
+                else self.policy.interval
             )
             state.next_due = now + interval * self.rng.uniform(0.9, 1.1)
             if result.items_in and self.on_new_items is not None:

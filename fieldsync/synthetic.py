@@ -33,7 +33,9 @@ class SyntheticNetwork:
         home = self.root / name
         node = Node(home)
         try:
-            request = node.init(name if author else None, PASSPHRASE if author else None, KDF_PROFILE)
+            request = node.init(
+                name if author else None, PASSPHRASE if author else None, KDF_PROFILE
+            )
             headquarters = hq_module.HQ(self.hq)
             try:
                 enrolment, _ = headquarters.enroll(request.read_text(), PASSPHRASE, role)
@@ -50,7 +52,14 @@ def create_network(root: Path, name: str = "synthetic") -> SyntheticNetwork:
     return SyntheticNetwork(root, root / "hq", manifest)
 
 
-def sealed_reports(manifest: Manifest, count: int, *, author_seed: bytes | None = None, start: int = 1, text: str = "synthetic report") -> list[bytes]:
+def sealed_reports(
+    manifest: Manifest,
+    count: int,
+    *,
+    author_seed: bytes | None = None,
+    start: int = 1,
+    text: str = "synthetic report",
+) -> list[bytes]:
     """``count`` real report envelopes by one author, sequence ``start`` onwards."""
     seed = author_seed or secrets.token_bytes(32)
     key_id = manifest.current_hq_key_id
@@ -97,7 +106,9 @@ def _uuid() -> str:
     return f"{hexed[:8]}-{hexed[8:12]}-{hexed[12:16]}-{hexed[16:20]}-{hexed[20:]}"
 
 
-def fill_store(home: Path, manifest: Manifest, items: list[bytes], batch: int = 5_000) -> ImportCounts:
+def fill_store(
+    home: Path, manifest: Manifest, items: list[bytes], batch: int = 5_000
+) -> ImportCounts:
     """Add ``items`` to a node's store in large batches (as a sync would)."""
     store = Store(home / "store.db")
     total = ImportCounts()

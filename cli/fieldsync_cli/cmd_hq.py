@@ -39,12 +39,25 @@ def network() -> None:
 
 @network.command()
 @click.option("--name", required=True, help="Network name (shown to members).")
-@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), required=True, help="New HQ directory.")
-@click.option("--kdf-profile", type=click.Choice(sorted(KDF_PROFILES)), default=DEFAULT_KDF_PROFILE, show_default=True)
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="New HQ directory.",
+)
+@click.option(
+    "--kdf-profile",
+    type=click.Choice(sorted(KDF_PROFILES)),
+    default=DEFAULT_KDF_PROFILE,
+    show_default=True,
+)
 @passphrase_option
 @json_option
 @handle_errors
-def create(name: str, out: Path, kdf_profile: str, passphrase_file: Path | None, as_json: bool) -> None:
+def create(
+    name: str, out: Path, kdf_profile: str, passphrase_file: Path | None, as_json: bool
+) -> None:
     """Make HQ keys, the network key and the root-signed manifest in OUT."""
     passphrase = get_passphrase(passphrase_file, "the new HQ keys", confirm=True)
     manifest = create_network(out, name, passphrase, kdf_profile)
@@ -53,8 +66,12 @@ def create(name: str, out: Path, kdf_profile: str, passphrase_file: Path | None,
     say("keep the HQ passphrase safe: without it HQ cannot read any report")
     emit(
         as_json,
-        {"name": name, "hq": str(out), "root_fingerprint": root,
-         "network_id": key_to_text(KeyKind.NETWORK, manifest.network_id)},
+        {
+            "name": name,
+            "hq": str(out),
+            "root_fingerprint": root,
+            "network_id": key_to_text(KeyKind.NETWORK, manifest.network_id),
+        },
     )
 
 
@@ -66,12 +83,29 @@ def hq() -> None:
 @hq.command()
 @click.argument("request", type=click.Path(dir_okay=False, path_type=Path))
 @hq_dir_option
-@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Enrolment file to write.")
-@click.option("--role", type=click.Choice(["author", "relay", "hub"]), help="Default: author if the request has an author key.")
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Enrolment file to write.",
+)
+@click.option(
+    "--role",
+    type=click.Choice(["author", "relay", "hub"]),
+    help="Default: author if the request has an author key.",
+)
 @passphrase_option
 @json_option
 @handle_errors
-def enroll(request: Path, hq_dir: Path, out: Path, role: str | None, passphrase_file: Path | None, as_json: bool) -> None:
+def enroll(
+    request: Path,
+    hq_dir: Path,
+    out: Path,
+    role: str | None,
+    passphrase_file: Path | None,
+    as_json: bool,
+) -> None:
     """Enrol the node that wrote REQUEST; write its enrolment file to OUT."""
     try:
         text = request.read_text(encoding="ascii", errors="replace")
@@ -84,20 +118,33 @@ def enroll(request: Path, hq_dir: Path, out: Path, role: str | None, passphrase_
     finally:
         headquarters.close()
     write_private(out, (enrolment + "\n").encode())
-    say(f"enrolled node {summary['node_fingerprint']} as {summary['role']}; give {out} to its owner")
+    say(
+        f"enrolled node {summary['node_fingerprint']} as {summary['role']}; give {out} to its owner"
+    )
     if "author" in summary:
-        say(f"registered author {summary['author_name']!r}: compare {summary['author_fingerprint']} in person")
+        say(
+            f"registered author {summary['author_name']!r}:"
+            f" compare {summary['author_fingerprint']} in person"
+        )
     emit(as_json, {**summary, "enrolment": str(out)})
 
 
 @hq.command()
 @click.argument("files", nargs=-1, type=click.Path(dir_okay=False, path_type=Path))
 @hq_dir_option
-@click.option("--hub", "hub_url", help="Pull from the HQ hub at this WebSocket URL and push receipts back.")
+@click.option(
+    "--hub", "hub_url", help="Pull from the HQ hub at this WebSocket URL and push receipts back."
+)
 @passphrase_option
 @json_option
 @handle_errors
-def ingest(files: tuple[Path, ...], hq_dir: Path, hub_url: str | None, passphrase_file: Path | None, as_json: bool) -> None:
+def ingest(
+    files: tuple[Path, ...],
+    hq_dir: Path,
+    hub_url: str | None,
+    passphrase_file: Path | None,
+    as_json: bool,
+) -> None:
     """Decrypt, verify and store the reports in bundle FILES (each all or nothing), or
     pulled from the hub with --hub URL (then receipts go back to the hub at once)."""
     if not files and hub_url is None:
@@ -116,9 +163,16 @@ def ingest(files: tuple[Path, ...], hq_dir: Path, hub_url: str | None, passphras
 
             summary, hub = asyncio.run(ingest_from_hub(headquarters, hub_url, passphrase, summary))
             pushed = hub.pushed.summary() if hub.pushed else None
-            hub_data = {"hub": {"pulled": hub.pulled.summary(), "pushed": pushed, "receipts_new": hub.receipts_new}}
+            hub_data = {
+                "hub": {
+                    "pulled": hub.pulled.summary(),
+                    "pushed": pushed,
+                    "receipts_new": hub.receipts_new,
+                }
+            }
             say(
-                f"hub {hub_url}: pulled {hub.pulled.items_new} new items; signed {hub.receipts_new} new"
+                f"hub {hub_url}: pulled {hub.pulled.items_new} new items;"
+                f" signed {hub.receipts_new} new"
                 f" receipts and pushed {pushed['items_sent'] if pushed else 0} items back"
             )
     finally:
@@ -131,7 +185,10 @@ def ingest(files: tuple[Path, ...], hq_dir: Path, hub_url: str | None, passphras
     for reason, count in sorted(data["rejected_reasons"].items()):
         say(f"  rejected {count}: {reason}")
     for alert in data["fork_alerts"]:
-        say(f"  FORK ALERT {alert['author_name'] or alert['author_key']} seq {alert['sequence']}: {alert['detail']}")
+        say(
+            f"  FORK ALERT {alert['author_name'] or alert['author_key']}"
+            f" seq {alert['sequence']}: {alert['detail']}"
+        )
     for author, missing in sorted(data["gaps"].items()):
         say(f"  gap: {author} is missing sequence numbers {_ranges(missing)}")
     emit(as_json, {**data, **hub_data})
@@ -153,7 +210,12 @@ def _ranges(numbers: list[int]) -> str:
 @hq.command("export")
 @hq_dir_option
 @click.option("--format", "fmt", type=click.Choice(FORMATS), required=True)
-@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), help="File to write (default stdout).")
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="File to write (default stdout).",
+)
 @json_option
 @handle_errors
 def export_(hq_dir: Path, fmt: str, out: Path | None, as_json: bool) -> None:
@@ -178,7 +240,13 @@ def export_(hq_dir: Path, fmt: str, out: Path | None, as_json: bool) -> None:
 
 @hq.command()
 @hq_dir_option
-@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Bundle file to write.")
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Bundle file to write.",
+)
 @passphrase_option
 @json_option
 @handle_errors

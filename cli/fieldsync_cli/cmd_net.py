@@ -30,9 +30,24 @@ EXIT_SYNC_FAILED = 5
     type=click.Path(dir_okay=False, path_type=Path),
     help="TOML config (or FIELDSYNC_CONFIG); see deploy/fieldsync.example.toml.",
 )
-@click.option("--listen", "listen", multiple=True, help="Serve sync on HOST:PORT (repeatable; overrides [listen]).")
-@click.option("--ws-listen", "ws_listen", multiple=True, help="Also serve WebSocket sync (path /sync) on HOST:PORT.")
-@click.option("--hub", is_flag=True, default=None, help="HQ hub mode: [listen] addresses serve WebSocket (put TLS in front).")
+@click.option(
+    "--listen",
+    "listen",
+    multiple=True,
+    help="Serve sync on HOST:PORT (repeatable; overrides [listen]).",
+)
+@click.option(
+    "--ws-listen",
+    "ws_listen",
+    multiple=True,
+    help="Also serve WebSocket sync (path /sync) on HOST:PORT.",
+)
+@click.option(
+    "--hub",
+    is_flag=True,
+    default=None,
+    help="HQ hub mode: [listen] addresses serve WebSocket (put TLS in front).",
+)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default=None)
 @json_option
 @click.pass_context
@@ -102,8 +117,10 @@ def sync(ctx: click.Context, target: str | None, ws_url: str | None, as_json: bo
         emit(as_json, data)
         raise SystemExit(EXIT_SYNC_FAILED)
     say(
-        f"synced ({data['mode']}): received {data['items_received']} items ({data['items_new']} new),"
-        f" sent {data['items_sent']}; {data['wire_bytes_sent']} B out, {data['wire_bytes_received']} B in,"
+        f"synced ({data['mode']}): received {data['items_received']} items"
+        f" ({data['items_new']} new),"
+        f" sent {data['items_sent']}; {data['wire_bytes_sent']} B out,"
+        f" {data['wire_bytes_received']} B in,"
         f" {data['round_trips']} round trips"
     )
     emit(as_json, data)

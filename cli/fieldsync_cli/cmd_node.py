@@ -34,7 +34,13 @@ from fieldsync_cli.main import home_of
 @json_option
 @click.pass_context
 @handle_errors
-def init(ctx: click.Context, author_name: str | None, kdf_profile: str, passphrase_file: Path | None, as_json: bool) -> None:
+def init(
+    ctx: click.Context,
+    author_name: str | None,
+    kdf_profile: str,
+    passphrase_file: Path | None,
+    as_json: bool,
+) -> None:
     """Create this node's keys and write an enrolment request for HQ.
 
     Without --author the node is relay-only: it carries sealed items and can read nothing.
@@ -42,7 +48,9 @@ def init(ctx: click.Context, author_name: str | None, kdf_profile: str, passphra
     node = Node(home_of(ctx))
     passphrase = None
     if author_name is not None:
-        passphrase = get_passphrase(passphrase_file, f"the new author key of {author_name!r}", confirm=True)
+        passphrase = get_passphrase(
+            passphrase_file, f"the new author key of {author_name!r}", confirm=True
+        )
     try:
         path = node.init(author_name, passphrase, kdf_profile)
     finally:
@@ -74,7 +82,11 @@ def join(ctx: click.Context, enrolment: Path, as_json: bool) -> None:
     say(f"compare HQ's root fingerprint with HQ by phone: {root}")
     emit(
         as_json,
-        {"network": member.manifest.name, "role": member.certificate_info.role, "root_fingerprint": root},
+        {
+            "network": member.manifest.name,
+            "role": member.certificate_info.role,
+            "root_fingerprint": root,
+        },
     )
 
 
@@ -111,7 +123,13 @@ def status(ctx: click.Context, control_socket: Path | None, as_json: bool) -> No
     live = _daemon(home, "status", control_socket)
     info["daemon"] = live is not None
     if live is not None:
-        info.update({k: live[k] for k in ("peers", "listening", "last_upstream_contact", "hub", "discovery") if k in live})
+        info.update(
+            {
+                k: live[k]
+                for k in ("peers", "listening", "last_upstream_contact", "hub", "discovery")
+                if k in live
+            }
+        )
     if as_json:
         emit(True, info)
         return
@@ -126,15 +144,21 @@ def status(ctx: click.Context, control_socket: Path | None, as_json: bool) -> No
         f"items       {info['items_total']} held: {items['envelope']} reports (sealed),"
         f" {items['receipt']} receipts, {items['manifest']} manifests"
     )
-    lines.append(f"outbox      {info['outbox']['sealed']} sealed, {info['outbox']['delivered']} delivered")
+    lines.append(
+        f"outbox      {info['outbox']['sealed']} sealed, {info['outbox']['delivered']} delivered"
+    )
     lines.append(f"tombstones  {info['tombstones']}")
     lines.append(f"disk        {info['disk_bytes'] / 1024:.0f} KiB")
     if live is None:
         lines.append("daemon      not running (no answer on the control socket)")
     else:
-        lines.append(f"daemon      running; listening on {', '.join(live.get('listening', [])) or 'nothing'}")
+        lines.append(
+            f"daemon      running; listening on {', '.join(live.get('listening', [])) or 'nothing'}"
+        )
         upstream = live.get("last_upstream_contact")
-        lines.append(f"upstream    {'last contact ' + utc_text(upstream) if upstream else 'no contact yet'}")
+        lines.append(
+            f"upstream    {'last contact ' + utc_text(upstream) if upstream else 'no contact yet'}"
+        )
         lines.extend(_peer_lines(live.get("peers", [])))
     click.echo("\n".join(lines))
 
@@ -160,7 +184,9 @@ def peers(ctx: click.Context, control_socket: Path | None, as_json: bool) -> Non
     """Peers the running daemon knows: where from, last sync, failures."""
     live = _daemon(home_of(ctx), "peers", control_socket)
     if live is None:
-        raise FieldsyncError("no daemon answers on the control socket: start it with `fieldsync run`")
+        raise FieldsyncError(
+            "no daemon answers on the control socket: start it with `fieldsync run`"
+        )
     if as_json:
         emit(True, live["peers"])
         return

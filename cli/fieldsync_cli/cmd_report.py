@@ -83,7 +83,9 @@ def _prompt_fields() -> dict[str, Any]:
         value_proc=_ask_again_unless(lambda text: occurred_field(text, approximate=False)),
     )
     place = click.prompt("Place name (optional)", default="", show_default=False)
-    sensitivity = click.prompt("Sensitivity", type=click.Choice(SENSITIVITIES), default="restricted")
+    sensitivity = click.prompt(
+        "Sensitivity", type=click.Choice(SENSITIVITIES), default="restricted"
+    )
     return {
         "narrative": narrative,
         "categories": categories,
@@ -100,7 +102,12 @@ def report() -> None:
 
 @report.command()
 @click.option("--narrative", help="What happened, in your words.")
-@click.option("--category", "categories", multiple=True, help="Taxonomy key; repeat for more (first = primary).")
+@click.option(
+    "--category",
+    "categories",
+    multiple=True,
+    help="Taxonomy key; repeat for more (first = primary).",
+)
 @click.option("--occurred", help="When: 2025-03-01, 2025-03, 2025 or 2025-03-01T09:30Z.")
 @click.option("--approximate", is_flag=True, help="The date or time is an estimate.")
 @click.option("--title", help="Short title.")
@@ -110,7 +117,11 @@ def report() -> None:
 @click.option("--accuracy", type=float, help="Location accuracy in metres.")
 @click.option("--sensitivity", type=click.Choice(SENSITIVITIES), help="Default: restricted.")
 @click.option("--language", help="BCP 47 language of the narrative (default en).")
-@click.option("--json-file", type=click.Path(dir_okay=False, path_type=Path), help="Report fields as JSON (options override).")
+@click.option(
+    "--json-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Report fields as JSON (options override).",
+)
 @passphrase_option
 @json_option
 @click.pass_context
@@ -134,11 +145,15 @@ def add(ctx: click.Context, /, **options: Any) -> None:
         fields.update(loaded)
     if not given and json_file is None:
         if not sys.stdin.isatty():
-            raise InputRefused("give at least --narrative and --category (or --json-file), or run on a terminal")
+            raise InputRefused(
+                "give at least --narrative and --category (or --json-file), or run on a terminal"
+            )
         fields.update(_prompt_fields())
     fields.update(_fields_from_options(given))
     if "occurred" not in fields:
-        raise InputRefused("say when it happened: --occurred 2025-03-01 (add --approximate if unsure)")
+        raise InputRefused(
+            "say when it happened: --occurred 2025-03-01 (add --approximate if unsure)"
+        )
     node = Node(home_of(ctx))
     try:
         node.membership()  # fail on an unjoined node before asking for the passphrase
@@ -161,7 +176,12 @@ def _fields_from_options(given: dict[str, Any]) -> dict[str, Any]:
         fields["occurred"] = occurred_field(given["occurred"], bool(given.get("approximate")))
     if any(k in given for k in ("place", "lat", "lon", "accuracy")):
         location: dict[str, Any] = {"source": "gps" if "lat" in given else "text"}
-        for option, key in (("place", "place"), ("lat", "lat"), ("lon", "lon"), ("accuracy", "accuracy_m")):
+        for option, key in (
+            ("place", "place"),
+            ("lat", "lat"),
+            ("lon", "lon"),
+            ("accuracy", "accuracy_m"),
+        ):
             if option in given:
                 location[key] = given[option]
         fields["location"] = location

@@ -21,14 +21,17 @@ EXIT_INTERRUPTED = 130
 
 
 def json_option(func: Callable[P, R]) -> Callable[P, R]:
-    return click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")(func)
+    return click.option(
+        "--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout."
+    )(func)
 
 
 def passphrase_option(func: Callable[P, R]) -> Callable[P, R]:
     return click.option(
         "--passphrase-file",
         type=click.Path(dir_okay=False, path_type=Path),
-        help="Read the passphrase from this file (else FIELDSYNC_PASSPHRASE, else a hidden prompt).",
+        help="Read the passphrase from this file"
+        " (else FIELDSYNC_PASSPHRASE, else a hidden prompt).",
     )(func)
 
 
@@ -38,7 +41,9 @@ def get_passphrase(passphrase_file: Path | None, what: str, confirm: bool = Fals
         try:
             return passphrase_file.read_text(encoding="utf-8").rstrip("\r\n")
         except OSError as exc:
-            raise FieldsyncError(f"cannot read passphrase file {passphrase_file}: {exc.strerror}") from exc
+            raise FieldsyncError(
+                f"cannot read passphrase file {passphrase_file}: {exc.strerror}"
+            ) from exc
     from_env = os.environ.get("FIELDSYNC_PASSPHRASE")
     if from_env:
         return from_env
@@ -76,7 +81,12 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
             _fail(as_json, "interrupted", "Interrupted", EXIT_INTERRUPTED)
         except click.Abort:
             # click.prompt turns Ctrl-C and Ctrl-D at a prompt into Abort.
-            _fail(as_json, "cancelled at the prompt; nothing was changed", "Interrupted", EXIT_INTERRUPTED)
+            _fail(
+                as_json,
+                "cancelled at the prompt; nothing was changed",
+                "Interrupted",
+                EXIT_INTERRUPTED,
+            )
         except BrokenPipeError:
             raise  # stdout closed by the reader (`| head`): click ends quietly
         except OSError as exc:

@@ -19,12 +19,30 @@ from pathlib import Path
 from typing import Any
 
 REPORTS = (
-    ("Three traders detained at the central market by men in uniform.", "arbitrary-detention",
-     "2025-03-01T09:30Z", 12.3657, -1.5339, "Central market, sector 4"),
-    ("Community radio journalist threatened by phone after a broadcast.", "threats",
-     "2025-03-02", None, None, "Koudougou"),
-    ("Fence erected on communal grazing land; families told to leave.", "land-grab",
-     "2025-03", 12.2530, -2.3625, None),
+    (
+        "Three traders detained at the central market by men in uniform.",
+        "arbitrary-detention",
+        "2025-03-01T09:30Z",
+        12.3657,
+        -1.5339,
+        "Central market, sector 4",
+    ),
+    (
+        "Community radio journalist threatened by phone after a broadcast.",
+        "threats",
+        "2025-03-02",
+        None,
+        None,
+        "Koudougou",
+    ),
+    (
+        "Fence erected on communal grazing land; families told to leave.",
+        "land-grab",
+        "2025-03",
+        12.2530,
+        -2.3625,
+        None,
+    ),
 )
 
 
@@ -41,7 +59,9 @@ class Demo:
         done = subprocess.run(command, env=self.env, capture_output=True, text=True, check=False)  # noqa: S603
         if done.returncode != 0:
             sys.stderr.write(done.stderr)
-            raise SystemExit(f"demo step failed: fieldsync {' '.join(args)} (exit {done.returncode})")
+            raise SystemExit(
+                f"demo step failed: fieldsync {' '.join(args)} (exit {done.returncode})"
+            )
         lines = done.stdout.strip().splitlines()
         return json.loads(lines[-1]) if lines else None
 
@@ -53,42 +73,94 @@ class Demo:
         hq, a, b = self.root / "hq", self.root / "node-a", self.root / "node-b"
         usb = self.root / "usb"
         usb.mkdir(parents=True)
-        made = self.fieldsync("network", "create", "--name", "demo-network", "--out", str(hq), "--kdf-profile", "interactive")
-        self.step(f"HQ created network 'demo-network' (root fingerprint {made['root_fingerprint']})")
-        self.fieldsync("--home", str(a), "init", "--author", "monitor-17", "--kdf-profile", "interactive")
+        made = self.fieldsync(
+            "network",
+            "create",
+            "--name",
+            "demo-network",
+            "--out",
+            str(hq),
+            "--kdf-profile",
+            "interactive",
+        )
+        self.step(
+            f"HQ created network 'demo-network' (root fingerprint {made['root_fingerprint']})"
+        )
+        self.fieldsync(
+            "--home", str(a), "init", "--author", "monitor-17", "--kdf-profile", "interactive"
+        )
         self.step("node A (monitor-17) created its node key and passphrase-protected author key")
         self.fieldsync("--home", str(b), "init")
-        self.step("node B (relay-only Raspberry Pi) created its node key; it will hold nothing readable")
+        self.step(
+            "node B (relay-only Raspberry Pi) created its node key; it will hold nothing readable"
+        )
         for node, name in ((a, "a"), (b, "b")):
-            summary = self.fieldsync("hq", "enroll", str(node / "request.txt"), "--hq", str(hq), "--out", str(usb / f"enrol-{name}.txt"))
+            summary = self.fieldsync(
+                "hq",
+                "enroll",
+                str(node / "request.txt"),
+                "--hq",
+                str(hq),
+                "--out",
+                str(usb / f"enrol-{name}.txt"),
+            )
             joined = self.fieldsync("--home", str(node), "join", str(usb / f"enrol-{name}.txt"))
-            self.step(f"HQ enrolled node {name.upper()} as {summary['role']}; it joined '{joined['network']}'")
+            self.step(
+                f"HQ enrolled node {name.upper()} as {summary['role']}; it joined"
+                f" '{joined['network']}'"
+            )
         ids = []
         for narrative, category, occurred, lat, lon, place in REPORTS:
-            args = ["--home", str(a), "report", "add", "--narrative", narrative, "--category", category, "--occurred", occurred]
+            args = [
+                "--home",
+                str(a),
+                "report",
+                "add",
+                "--narrative",
+                narrative,
+                "--category",
+                category,
+                "--occurred",
+                occurred,
+            ]
             if lat is not None:
                 args += ["--lat", str(lat), "--lon", str(lon), "--accuracy", "50"]
             if place:
                 args += ["--place", place]
             ids.append(self.fieldsync(*args)["id"])
-        self.step(f"A wrote 3 reports, signed by monitor-17 and sealed to HQ: {', '.join(i[:13] for i in ids)}…")
+        self.step(
+            f"A wrote 3 reports, signed by monitor-17 and sealed to HQ:"
+            f" {', '.join(i[:13] for i in ids)}…"
+        )
         moved = self.fieldsync("--home", str(a), "bundle", "export", str(usb / "a-to-b.bundle"))
-        self.step(f"courier exported {moved['items']} items from A to a USB bundle (encrypted, no clear text)")
+        self.step(
+            f"courier exported {moved['items']} items from A to a USB bundle (encrypted, no"
+            " clear text)"
+        )
         got = self.fieldsync("--home", str(b), "bundle", "import", str(usb / "a-to-b.bundle"))
         self.step(f"B imported the bundle: {got['new']} new items, carried sealed")
         moved = self.fieldsync("--home", str(b), "bundle", "export", str(usb / "b-to-hq.bundle"))
         self.step(f"courier exported {moved['items']} items from B for HQ")
         ingest = self.fieldsync("hq", "ingest", "--hq", str(hq), str(usb / "b-to-hq.bundle"))
         self.step(
-            f"HQ ingested: {ingest['new']} new, {ingest['duplicate']} duplicate, {ingest['rejected']} rejected,"
+            f"HQ ingested: {ingest['new']} new, {ingest['duplicate']} duplicate,"
+            f" {ingest['rejected']} rejected,"
             f" {ingest['forks']} forks, gaps: {ingest['gaps'] or 'none'}"
         )
         export = self.root / "reports.jsonl"
         self.fieldsync("hq", "export", "--hq", str(hq), "--format", "jsonl", "--out", str(export))
         first = json.loads(export.read_text().splitlines()[0])
-        self.step(f"HQ exported {len(export.read_text().splitlines())} reports to {export.name}; first: {first['narrative'][:48]!r}")
-        receipts = self.fieldsync("hq", "receipts", "--hq", str(hq), "--out", str(usb / "receipts.bundle"))
-        self.step(f"HQ signed {receipts['receipts_total']} receipt covering {receipts['envelopes_receipted']} envelopes")
+        self.step(
+            f"HQ exported {len(export.read_text().splitlines())} reports to {export.name};"
+            f" first: {first['narrative'][:48]!r}"
+        )
+        receipts = self.fieldsync(
+            "hq", "receipts", "--hq", str(hq), "--out", str(usb / "receipts.bundle")
+        )
+        self.step(
+            f"HQ signed {receipts['receipts_total']} receipt covering"
+            f" {receipts['envelopes_receipted']} envelopes"
+        )
         got_b = self.fieldsync("--home", str(b), "bundle", "import", str(usb / "receipts.bundle"))
         self.step(f"B imported receipts and securely deleted {got_b['purged']} delivered reports")
         got_a = self.fieldsync("--home", str(a), "bundle", "import", str(usb / "receipts.bundle"))
@@ -96,7 +168,10 @@ class Demo:
         listed = self.fieldsync("--home", str(a), "report", "list")
         self.step("A's reports: " + ", ".join(f"{r['id'][:13]}… {r['status']}" for r in listed))
         status_b = self.fieldsync("--home", str(b), "status")
-        self.step(f"B holds {status_b['items']['envelope']} reports (tombstones: {status_b['tombstones']})")
+        self.step(
+            f"B holds {status_b['items']['envelope']} reports (tombstones:"
+            f" {status_b['tombstones']})"
+        )
         if any(r["status"] != "delivered" for r in listed) or status_b["items"]["envelope"]:
             raise SystemExit("demo failed: not every report was delivered and purged")
         print("demo complete: reports crossed A → B → HQ, receipts came back, relays hold nothing.")
@@ -125,8 +200,20 @@ class NetworkDemo(Demo):
             "FIELDSYNC_SYNC_BACKOFF_MAX": "2",
             **settings,
         }
-        command = [sys.executable, "-m", "fieldsync_cli", "--home", str(home), "run",
-                   "--listen", "127.0.0.1:0", *args, "--json", "--log-level", "warning"]
+        command = [
+            sys.executable,
+            "-m",
+            "fieldsync_cli",
+            "--home",
+            str(home),
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            *args,
+            "--json",
+            "--log-level",
+            "warning",
+        ]
         process = subprocess.Popen(  # noqa: S603 - our own CLI
             command, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
         )
@@ -145,12 +232,33 @@ class NetworkDemo(Demo):
 
     def run(self) -> None:
         hq, a, b, c, h = (self.root / n for n in ("hq", "node-a", "node-b", "node-c", "hub"))
-        self.fieldsync("network", "create", "--name", "demo-network", "--out", str(hq), "--kdf-profile", "interactive")
-        self.fieldsync("--home", str(a), "init", "--author", "monitor-17", "--kdf-profile", "interactive")
+        self.fieldsync(
+            "network",
+            "create",
+            "--name",
+            "demo-network",
+            "--out",
+            str(hq),
+            "--kdf-profile",
+            "interactive",
+        )
+        self.fieldsync(
+            "--home", str(a), "init", "--author", "monitor-17", "--kdf-profile", "interactive"
+        )
         for node in (b, c, h):
             self.fieldsync("--home", str(node), "init")
         for node, role in ((a, "author"), (b, "relay"), (c, "relay"), (h, "hub")):
-            self.fieldsync("hq", "enroll", str(node / "request.txt"), "--hq", str(hq), "--out", str(node / "enrolment.txt"), "--role", role)
+            self.fieldsync(
+                "hq",
+                "enroll",
+                str(node / "request.txt"),
+                "--hq",
+                str(hq),
+                "--out",
+                str(node / "enrolment.txt"),
+                "--role",
+                role,
+            )
             self.fieldsync("--home", str(node), "join", str(node / "enrolment.txt"))
         self.step("network part: HQ enrolled author A, relays B and C, and the hub H")
         hub = self.daemon(h, "--hub")
@@ -158,21 +266,45 @@ class NetworkDemo(Demo):
         c_addr = self.daemon(c, FIELDSYNC_UPSTREAM_URL=hub_url)
         b_addr = self.daemon(b, FIELDSYNC_PEERS_STATIC=c_addr)
         self.daemon(a, FIELDSYNC_PEERS_STATIC=b_addr)
-        self.step(f"daemons up on loopback: hub {hub}, C {c_addr} (upstream: hub), B {b_addr}, A → B (static peers; no multicast)")
+        self.step(
+            f"daemons up on loopback: hub {hub}, C {c_addr} (upstream: hub), B {b_addr}, A"
+            " → B (static peers; no multicast)"
+        )
         for narrative, category, occurred, *_ in REPORTS:
-            self.fieldsync("--home", str(a), "report", "add", "--narrative", narrative, "--category", category, "--occurred", occurred)
+            self.fieldsync(
+                "--home",
+                str(a),
+                "report",
+                "add",
+                "--narrative",
+                narrative,
+                "--category",
+                category,
+                "--occurred",
+                occurred,
+            )
         self.step("A wrote 3 reports; its daemon notices and starts passing them on")
-        self.wait_for("the reports to reach the hub", lambda: self.fieldsync("--home", str(h), "status")["items"]["envelope"] >= 3)
+        self.wait_for(
+            "the reports to reach the hub",
+            lambda: self.fieldsync("--home", str(h), "status")["items"]["envelope"] >= 3,
+        )
         self.step("the reports hopped A → B → C → hub, sealed all the way")
         ingest = self.fieldsync("hq", "ingest", "--hq", str(hq), "--hub", hub_url)
-        self.step(f"HQ pulled from the hub: {ingest['new']} new reports; receipts pushed back to the hub")
+        self.step(
+            f"HQ pulled from the hub: {ingest['new']} new reports; receipts pushed back to the hub"
+        )
 
         def delivered() -> bool:
-            return all(r["status"] == "delivered" for r in self.fieldsync("--home", str(a), "report", "list"))
+            return all(
+                r["status"] == "delivered"
+                for r in self.fieldsync("--home", str(a), "report", "list")
+            )
 
         self.wait_for("receipts to reach A", delivered)
         held = [self.fieldsync("--home", str(n), "status")["items"]["envelope"] for n in (b, c, h)]
-        self.step(f"receipts flowed hub → C → B → A: A shows all delivered; B, C, hub hold {held} reports")
+        self.step(
+            f"receipts flowed hub → C → B → A: A shows all delivered; B, C, hub hold {held} reports"
+        )
         if any(held):
             raise SystemExit("demo failed: relays still hold delivered reports")
         print("network demo complete: daemons relayed reports to HQ and receipts back, unattended.")
