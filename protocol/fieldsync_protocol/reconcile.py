@@ -58,11 +58,20 @@ _PERSON = b"fieldsync/fp/v1"
 # Encoded size of one range at most, excluding its payload: a bound (bin8 header + 32 bytes),
 # the mode, and the payload's bin32 header.
 _RANGE_OVERHEAD = 2 + ID_SIZE + 1 + 5
+
+
+def _range_size(upper: bytes, payload: int) -> int:
+    """Encoded size of a range, at most (the bound may lose trailing zero bytes)."""
+    return min(len(upper), ID_SIZE) + 3 + 5 + payload
+
+
 # The map {"r": [...], "t": "rec"} around the ranges, with an array32 header.
 _MESSAGE_OVERHEAD = 16
 
 
-class Mode(IntEnum):
+class RangeMode(IntEnum):
+    """What a range of a RECONCILE message carries."""
+
     SKIP = 0
     FINGERPRINT = 1
     IDLIST = 2
@@ -353,7 +362,7 @@ class Range:
     """One range of a message: ``[previous upper, upper)`` with its mode and payload."""
 
     upper: bytes
-    mode: Mode
+    mode: RangeMode
     payload: bytes = b""
 
 
@@ -403,13 +412,13 @@ def parse_message(value: Any, *, max_ranges: int = MAX_RANGES) -> list[Range]:
             raise RemoteProtocolError(f"{what}: unknown range mode {raw_mode!r:.20}")
         if not isinstance(payload, bytes):
             raise RemoteProtocolError(f"{what}: a range payload must be bytes")
-        mode = Mode(raw_mode)
-        if mode is Mode.SKIP:
+        mode = RangeMode(raw_mode)
+        if mode is RangeMode.SKIP:
             if payload:
                 raise RemoteProtocolError(f"{what}: a SKIP range has an empty payload")
-            if ranges and ranges[-1].mode is Mode.SKIP:
+            if ranges and ranges[-1].mode is RangeMode.SKIP:
                 raise RemoteProtocolError(f"{what}: adjacent SKIP ranges must be merged")
-        elif mode is Mode.FINGERPRINT:
+        elif mode is RangeMode.FINGERPRINT:
             if len(payload) != FINGERPRINT_SIZE:
                 raise RemoteProtocolError(f"{what}: a fingerprint is {FINGERPRINT_SIZE} bytes")
         else:
@@ -418,7 +427,7 @@ def parse_message(value: Any, *, max_ranges: int = MAX_RANGES) -> list[Range]:
         lower = upper
     if ranges and lower != INFINITY:
         raise RemoteProtocolError(f"{what}: the last range must end at infinity")
-    if len(ranges) == 1 and ranges[0].mode is Mode.SKIP:
+    if len(ranges) == 1 and ranges[0].mode is RangeMode.SKIP:
         raise RemoteProtocolError(f"{what}: a message of only SKIP must be sent empty (DONE)")
     return ranges
 
@@ -497,20 +506,20 @@ class _Builder:
         self.size = _MESSAGE_OVERHEAD
 
     def skip(self, upper: bytes) -> None:
-        if self.ranges and self.ranges[-1].mode is Mode.SKIP:
-            self.ranges[-1] = Range(upper, Mode.SKIP)
+        if self.ranges and self.ranges[-1].mode is RangeMode.SKIP:
+            self.ranges[-1] = Range(upper, RangeMode.SKIP)
         else:
-            self.add(upper, Mode.SKIP)
+            self.add(upper, RangeMode.SKIP)
 
-    def add(self, upper: bytes, mode: Mode, payload: bytes = b"") -> None:
+    def add(self, upper: bytes, mode: RangeMode, payload: bytes = b"") -> None:
         lower = self.ranges[-1].upper if self.ranges else ZERO
         if not lower < upper:
             raise LocalProtocolError("the item index returned bounds out of order")
         self.ranges.append(Range(upper, mode, payload))
-        self.size += _RANGE_OVERHEAD + len(payload)
+        self.size += _range_size(upper, len(payload))
 
     def finish(self) -> list[Range]:
-        if len(self.ranges) == 1 and self.ranges[0].mode is Mode.SKIP:
+        if len(self.ranges) == 1 and self.ranges[0].mode is RangeMode.SKIP:
             return []
         return self.ranges
 
@@ -587,24 +596,41 @@ class Reconciler:
         have: list[bytes] = []
         need: list[PushRange] = []
         out = _Builder()
-        budget = self._params.max_message - self._reserve
-        room = self._params.max_ranges - self._params.fanout - 3
+        p = self._params
+        # Frame limit. Differing ranges are answered (split or listed) while the answer
+        # leaves room to *echo* every fingerprint range still ahead (send our fingerprint
+        # back unsplit: the peer splits it next time, nothing is lost); past that they are
+        # echoed; if even echoes no longer fit, one fingerprint covers the rest. The first
+        # differing range is always answered, so every message makes progress.
+        fingerprints = [r for r in ranges if r.mode is RangeMode.FINGERPRINT]
+        echo_left = sum(_range_size(r.upper, FINGERPRINT_SIZE) for r in fingerprints)
+        fp_left = len(fingerprints)
+        limit = p.max_message - 2 * _range_size(INFINITY, FINGERPRINT_SIZE)
+        answered = False
         lower = ZERO
         for r in ranges:
-            if r.mode is Mode.SKIP:
+            if r.mode is RangeMode.SKIP:
                 out.skip(r.upper)
-            elif r.mode is Mode.IDLIST:
+            elif r.mode is RangeMode.IDLIST:
                 self._learn(lower, r.upper, r.payload, have, need)
                 out.skip(r.upper)
-            elif out.size > budget or len(out.ranges) > room:
-                # Frame limit: our fingerprint of everything not yet answered; the peer
-                # splits it in its next message.
-                out.add(INFINITY, Mode.FINGERPRINT, self._index.fingerprint(lower, INFINITY))
+            elif out.size > limit or len(out.ranges) + 3 > p.max_ranges:
+                out.add(INFINITY, RangeMode.FINGERPRINT, self._index.fingerprint(lower, INFINITY))
                 break
-            elif self._index.fingerprint(lower, r.upper) == r.payload:
-                out.skip(r.upper)
             else:
-                self._answer(lower, r.upper, out, self._params.fanout)
+                echo_left -= _range_size(r.upper, FINGERPRINT_SIZE)
+                fp_left -= 1
+                ours = self._index.fingerprint(lower, r.upper)
+                if ours == r.payload:
+                    out.skip(r.upper)
+                elif answered and (
+                    out.size + self._reserve + echo_left > p.max_message
+                    or len(out.ranges) + p.fanout + fp_left + 3 > p.max_ranges
+                ):
+                    out.add(r.upper, RangeMode.FINGERPRINT, ours)
+                else:
+                    self._answer(lower, r.upper, out, p.fanout)
+                    answered = True
             lower = r.upper
         reply = out.finish()
         if not reply:
@@ -616,13 +642,13 @@ class Reconciler:
         n = self._index.count(lower, upper)
         if n <= self._params.idlist_threshold:
             ids = self._index.ids(lower, upper, n)
-            out.add(upper, Mode.IDLIST, b"".join(ids))
+            out.add(upper, RangeMode.IDLIST, b"".join(ids))
             self._offer(lower, upper, len(ids))
             return
         bounds = [*self._index.split_points(lower, upper, fanout), upper]
         lo = lower
         for hi in bounds:
-            out.add(hi, Mode.FINGERPRINT, self._index.fingerprint(lo, hi))
+            out.add(hi, RangeMode.FINGERPRINT, self._index.fingerprint(lo, hi))
             lo = hi
 
     def _learn(

@@ -292,8 +292,9 @@ class SyncSession:
     """One side of a sync session. Synchronous and deterministic.
 
     ``local`` is this store's epoch and high-water mark (the largest local ``seq``), read
-    no earlier than the index state the session will see; ``peer_cursor`` is what the last
-    ``CursorAdvanced`` from this peer said (None: unknown, so reconcile).
+    no later than the index state the session sees (every item numbered up to it is in
+    ``source.index`` unless deleted since); ``peer_cursor`` is what the last
+    ``CursorAdvanced`` for this peer said (None: unknown, so reconcile).
     """
 
     def __init__(
@@ -305,8 +306,11 @@ class SyncSession:
         peer_cursor: Cursor | None = None,
         config: SessionConfig | None = None,
     ) -> None:
-        if len(local.epoch) > MAX_EPOCH or not 0 <= local.seq <= _MAX_SEQ:
-            raise LocalProtocolError("local cursor out of range")
+        for cursor in (local, peer_cursor):
+            if cursor is not None and (
+                len(cursor.epoch) > MAX_EPOCH or not 0 <= cursor.seq <= _MAX_SEQ
+            ):
+                raise LocalProtocolError(f"cursor out of range: {cursor!r:.80}")
         self._source = source
         self._initiator = initiator
         self._local = local
@@ -420,7 +424,7 @@ class SyncSession:
                 self._outbox.append(batch)
             if self._ready_to_end():
                 self._end_sent = True
-                done = not self._truncated and self._local.seq
+                done = not self._truncated
                 self._outbox.append(_encode(END, s=self._local.seq) if done else _encode(END))
         out, self._outbox = self._outbox, []
         if out:
@@ -452,9 +456,7 @@ class SyncSession:
     def _valid_for_us(self, after: Cursor | None) -> bool:
         """Is the peer's cursor on our store usable ("after" our seq N)?"""
         return (
-            after is not None
-            and after.epoch == self._local.epoch
-            and after.seq <= self._local.seq
+            after is not None and after.epoch == self._local.epoch and after.seq <= self._local.seq
         )
 
     def _on_hello(self, value: dict[str, Any], size: int) -> None:
@@ -690,9 +692,7 @@ class SyncSession:
     def _ready_to_end(self) -> bool:
         if self._ready or self._queue or (self._mode is Mode.DELTA and not self._delta_done):
             return False
-        return self._mode is Mode.DELTA or (
-            self._reconciler is not None and self._reconciler.done
-        )
+        return self._mode is Mode.DELTA or (self._reconciler is not None and self._reconciler.done)
 
     def _check_complete(self) -> None:
         if (

@@ -4,6 +4,7 @@ parsing, and two reconcilers run to the end on arbitrary sets."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 from typing import Any
 
 import pytest
@@ -18,9 +19,9 @@ from fieldsync_protocol.reconcile import (
     MAX_RANGES,
     MAX_ROUNDS,
     ZERO,
-    Mode,
     PushRange,
     Range,
+    RangeMode,
     ReconcileParams,
     Reconciler,
     SortedListIndex,
@@ -73,7 +74,9 @@ class Model:
     st.lists(st.tuples(bounds_st, bounds_st), min_size=1, max_size=6),
     st.integers(2, 5),
 )
-def test_index_matches_model(ids: set[bytes], queries: list[tuple[bytes, bytes]], load: int) -> None:
+def test_index_matches_model(
+    ids: set[bytes], queries: list[tuple[bytes, bytes]], load: int
+) -> None:
     index = SortedListIndex(ids, load=load)
     model = Model(ids)
     assert len(index) == len(ids)
@@ -87,7 +90,7 @@ def test_index_matches_model(ids: set[bytes], queries: list[tuple[bytes, bytes]]
             points = index.split_points(lower, upper, parts)
             assert len(points) == max(0, min(parts, len(inside)) - 1)
             edges = [lower, *points, upper]
-            runs = [model.range(a, b) for a, b in zip(edges, edges[1:], strict=False)]
+            runs = [model.range(a, b) for a, b in itertools.pairwise(edges)]
             if inside:
                 assert all(runs) and sum(map(len, runs)) == len(inside)
                 assert max(map(len, runs)) - min(map(len, runs)) <= 1
@@ -129,6 +132,15 @@ def test_index_argument_checks() -> None:
     assert "not bytes" not in index  # type: ignore[operator]
     assert not index.discard(h(2))
     assert index.from_sorted(sorted([h(1), h(2)])).count(ZERO, INFINITY) == 2
+    # the same, deterministically: duplicates, emptying a chunk, the id sum
+    index = SortedListIndex([h(i) for i in range(5)], load=2)
+    assert not index.add(h(3)) and len(index) == 5
+    for i in range(5):
+        assert index.discard(h(i))
+    assert len(index) == 0
+    assert fingerprint_of(id_sum([h(1), h(2)]), 2) == SortedListIndex([h(1), h(2)]).fingerprint(
+        ZERO, INFINITY
+    )
 
 
 def test_lane_sums_agree() -> None:
@@ -200,18 +212,18 @@ def test_parse_refuses(value: Any, match: str) -> None:
 
 def test_parse_accepts_and_round_trips() -> None:
     ranges = [
-        Range(b"\x05", Mode.SKIP),
-        Range(b"\x06", Mode.IDLIST, b"\x05" + b"\x00" * 31 + b"\x05\xff" + b"\x00" * 30),
-        Range(b"\x80", Mode.FINGERPRINT, FP),
-        Range(INFINITY, Mode.IDLIST, b""),
+        Range(b"\x05", RangeMode.SKIP),
+        Range(b"\x06", RangeMode.IDLIST, b"\x05" + b"\x00" * 31 + b"\x05\xff" + b"\x00" * 30),
+        Range(b"\x80", RangeMode.FINGERPRINT, FP),
+        Range(INFINITY, RangeMode.IDLIST, b""),
     ]
     data = encode_message(ranges)
     assert parse_message(codec.decode(data)) == ranges
     assert parse_message(codec.decode(encode_message([]))) == []
     # bounds are sent without trailing zero bytes
-    assert encode_message([Range(b"\x05\x00\x00", Mode.FINGERPRINT, FP), Range(INFINITY, Mode.SKIP)]) == (
-        encode_message([Range(b"\x05", Mode.FINGERPRINT, FP), Range(INFINITY, Mode.SKIP)])
-    )
+    padded = [Range(b"\x05\x00\x00", RangeMode.FINGERPRINT, FP), Range(INFINITY, RangeMode.SKIP)]
+    short = [Range(b"\x05", RangeMode.FINGERPRINT, FP), Range(INFINITY, RangeMode.SKIP)]
+    assert encode_message(padded) == encode_message(short)
 
 
 @pytest.mark.parametrize(
@@ -312,7 +324,7 @@ def test_few_ids_against_many_uses_lookups() -> None:
     index = SortedListIndex(ours)
     r = Reconciler(index, initiator=False)
     theirs = sorted([h(1), h(10**6)])
-    step = r.receive(encode_message([Range(INFINITY, Mode.IDLIST, b"".join(theirs))]))
+    step = r.receive(encode_message([Range(INFINITY, RangeMode.IDLIST, b"".join(theirs))]))
     assert step.have == [h(10**6)]
     assert expand(index, step.need) == ours - {h(1)}
     assert step.done and step.reply == encode_message([])
@@ -329,7 +341,7 @@ def test_turns_and_rounds() -> None:
     with pytest.raises(LocalProtocolError):
         Reconciler(index, initiator=False).initial()
     responder = Reconciler(index, initiator=False)
-    mismatch = encode_message([Range(INFINITY, Mode.FINGERPRINT, FP)])
+    mismatch = encode_message([Range(INFINITY, RangeMode.FINGERPRINT, FP)])
     for _ in range(MAX_ROUNDS):
         step = responder.receive(mismatch)
         assert step.reply is not None and not step.done
