@@ -274,6 +274,26 @@ def _seconds() -> _Kind:
     return _Kind(from_value, from_env)
 
 
+def _minutes(minimum: float, maximum: float) -> _Kind:
+    """A number of minutes, whole or fractional (tests rotate every few seconds)."""
+    expected = f"expected a number of minutes in {minimum:g}–{maximum:g}"
+
+    def from_value(value: object, _base: Path) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _Invalid(expected)
+        if not math.isfinite(value) or not minimum <= value <= maximum:
+            raise _Invalid(expected)
+        return float(value)
+
+    def from_env(text: str) -> object:
+        try:
+            return float(text.strip())
+        except ValueError:
+            raise _Invalid(expected) from None
+
+    return _Kind(from_value, from_env)
+
+
 def _text(check: Callable[[str], str], expected: str) -> _Kind:
     def from_value(value: object, _base: Path) -> str:
         if not isinstance(value, str):
@@ -409,7 +429,9 @@ class DiscoveryConfig:
         default=(), metadata=_meta(_list(_parse_interface, "interface names or IPv4 addresses"))
     )
     #: How often the pseudonymous instance and host names change (discovery adds jitter).
-    rotate_minutes: int = field(default=15, metadata=_meta(_integer(1, 24 * 60)))
+    #: Fractions are allowed (0.05 = 3 s, the least): each rotation also re-queries the link,
+    #: so a short period finds peers sooner after a link comes up, at the cost of traffic.
+    rotate_minutes: float = field(default=15.0, metadata=_meta(_minutes(0.05, 24 * 60)))
 
     @property
     def active(self) -> bool:

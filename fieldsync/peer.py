@@ -16,8 +16,8 @@ import contextlib
 import functools
 import logging
 import secrets
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fieldsync.store import Store, now_seconds
@@ -46,6 +46,8 @@ QUOTA_WINDOW_SECONDS = 86_400
 #: At most this many incoming connections may be in their handshake at once (half-open
 #: limit, as WireGuard's cookie threshold): more are closed unanswered.
 MAX_HANDSHAKES = 8
+#: Largest single write handed to the transport (well under the WebSocket message cap).
+SEND_CHUNK = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -113,8 +115,10 @@ class SyncSource:
             self._index = SortedListIndex.from_sorted(self._store.sorted_ids())
         return self._index
 
-    def items_after(self, seq: int, limit: int) -> list[tuple[int, bytes]]:
-        return self._store.items_after(seq, limit)
+    def items_after(
+        self, seq: int, limit: int, skip_origin: bytes | None = None
+    ) -> list[tuple[int, bytes]]:
+        return self._store.items_after(seq, limit, skip_origin)
 
     def get(self, ids: Sequence[bytes]) -> list[bytes]:
         return self._store.get_items(list(ids))
@@ -131,6 +135,30 @@ class SyncSource:
         for item_id in removed:
             self._index.discard(item_id)
 
+    def for_peer(self, node_key: bytes) -> PeerSource:
+        return PeerSource(self, node_key)
+
+
+class PeerSource:
+    """``SyncSource`` as one peer's session sees it: deltas leave out what that peer gave us."""
+
+    def __init__(self, source: SyncSource, node_key: bytes) -> None:
+        self._source = source
+        self._node_key = node_key
+
+    @property
+    def index(self) -> ItemIndex:
+        return self._source.index
+
+    def items_after(self, seq: int, limit: int) -> list[tuple[int, bytes]]:
+        return self._source.items_after(seq, limit, skip_origin=self._node_key)
+
+    def get(self, ids: Sequence[bytes]) -> list[bytes]:
+        return self._source.get(ids)
+
+    def wants(self, ids: Sequence[bytes]) -> list[bytes]:
+        return self._source.wants(ids)
+
 
 @dataclass
 class PeerContext:
@@ -146,6 +174,8 @@ class PeerContext:
     replay_cache: ReplayCache = field(default_factory=ReplayCache)
     revoked_nodes: frozenset[bytes] = frozenset()
     session_config: SessionConfig = field(default_factory=SessionConfig)
+    #: Called (on the store thread) with each verified manifest update a peer delivered.
+    on_manifest: Callable[[Checked], None] | None = None
     handshake_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(MAX_HANDSHAKES))
 
 
@@ -266,14 +296,14 @@ class _Connection:
             source.refresh()
             known = store.peer_cursor(node_key)
             return SyncSession(
-                source,
+                source.for_peer(node_key),
                 initiator=initiator,
                 local=Cursor(store.epoch(), store.high_water()),
                 peer_cursor=None if known is None else Cursor(*known),
                 config=config,
             )
 
-        self.session = await self.ctx.worker.call(open_session)
+        self.session = session = await self.ctx.worker.call(open_session)
         reader = asyncio.create_task(self._read_frames())
         try:
             await self._pump()
@@ -281,23 +311,28 @@ class _Connection:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, TransportError, RemoteProtocolError):
                 await reader
+            if not self.outcome.complete:
+                # What moved before the failure (the session is idle now: no store call runs).
+                self.outcome.stats = replace(session.stats)
 
     async def _read_frames(self) -> None:
         """Decrypt frames as they arrive and queue the session messages they carry."""
         try:
             while True:
-                data = await self.transport.receive()
-                if not data:
-                    self.receiver.eof_received()
-                    await self.incoming.put(None)
-                    return
-                self.receiver.receive_data(data)
+                # Drain first: frames that arrived right behind the last handshake message
+                # are already inside the receiver, and no further read may ever come.
                 while (event := self.receiver.next_event()) is not None:
                     if isinstance(event, Data):
                         await self.incoming.put(event.payload)
                     elif isinstance(event, End):
                         await self.incoming.put(None)
                         return
+                data = await self.transport.receive()
+                if not data:
+                    self.receiver.eof_received()
+                    await self.incoming.put(None)
+                    return
+                self.receiver.receive_data(data)
         except (RemoteProtocolError, TransportError) as exc:
             await self.incoming.put(exc)  # re-raised by _pump
 
@@ -308,7 +343,11 @@ class _Connection:
         while True:
             messages = await self.ctx.worker.call(lambda _store: session.messages_to_send())
             if messages:
-                await self.transport.send(b"".join(self.sender.send(m) for m in messages))
+                data = b"".join(self.sender.send(m) for m in messages)
+                # One window of batches can be megabytes: hand the transport bounded
+                # pieces (a WebSocket message is capped at MAX_WS_MESSAGE on receipt).
+                for start in range(0, len(data), SEND_CHUNK):
+                    await self.transport.send(data[start : start + SEND_CHUNK])
             if await self._handle_events():
                 break
             async with asyncio.timeout(self.ctx.limits.idle_timeout):
@@ -342,7 +381,7 @@ class _Connection:
             done = False
             while (event := session.next_event()) is not None:
                 if isinstance(event, ItemsReceived):
-                    outcome.items_new += _store_batch(store, source, manifest, node_key, event, limits)
+                    outcome.items_new += _store_batch(store, source, manifest, node_key, event, limits, self.ctx.on_manifest)
                     session.commit_done(event.batch_no)
                 elif isinstance(event, CursorAdvanced):
                     store.set_peer_cursor(node_key, event.cursor.epoch, event.cursor.seq, now_seconds())
@@ -367,6 +406,7 @@ def _store_batch(
     node_key: bytes,
     event: ItemsReceived,
     limits: PeerLimits,
+    on_manifest: Callable[[Checked], None] | None = None,
 ) -> int:
     """Verify, charge quota, commit durably; return how many items were new."""
     try:
@@ -379,6 +419,10 @@ def _store_batch(
         node_key, window, len(checked), size, limits.quota_items_per_day, limits.quota_bytes_per_day
     ):
         raise PeerViolation("quota exceeded for today")
-    counts = store.add_batch(checked, now_seconds())
+    counts = store.add_batch(checked, now_seconds(), origin=node_key)
     source.note_changes(counts.new_ids, counts.purged_ids)
+    if on_manifest is not None:
+        for item in checked:
+            if item.manifest is not None:
+                on_manifest(item)
     return counts.new

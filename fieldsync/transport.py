@@ -161,6 +161,9 @@ async def connect_websocket(url: str, connect_timeout: float = 10.0) -> WebSocke
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         await session.close()
         raise TransportError(f"cannot open websocket {url}: {str(exc) or 'timed out'}") from exc
+    except BaseException:
+        await session.close()  # cancelled (e.g. SIGTERM) while connecting: leak nothing
+        raise
     return WebSocketTransport(ws, f"ws:{url}", session)
 
 
