@@ -70,8 +70,10 @@ class Runtime:
         cls, home: Path, limits: PeerLimits | None = None, session_config: SessionConfig | None = None
     ) -> Runtime:
         node = Node(home)
-        member = node.membership()
-        static_secret = node.node_secret()
+        # Key files are read on a thread: nothing blocks the event loop, not even at start.
+        member, static_secret = await asyncio.to_thread(
+            lambda: (node.membership(), node.node_secret())
+        )
         worker = StoreWorker(home / STORE)
         await worker.open()
         source = await worker.call(SyncSource)
@@ -240,8 +242,19 @@ class FieldDaemon:
             checkpoint_every=config.storage.checkpoint_minutes * 60.0,
         )
         await self.janitor.tick()
-        self.control = ControlServer(config.control_socket, self.status, self.peers)
-        await self.control.start()
+        control = ControlServer(config.control_socket, self.status, self.peers)
+        try:
+            await control.start()
+        except OSError as exc:
+            # The daemon's work matters more than its dashboard: carry on without it.
+            log.warning(
+                "control API off: cannot listen on %s (%s); set [control] socket to a short"
+                " path such as /run/fieldsync/control.sock",
+                config.control_socket,
+                exc.strerror or exc,
+            )
+        else:
+            self.control = control
         self._tasks = [
             asyncio.create_task(scheduler.run()),
             asyncio.create_task(self.janitor.run()),

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from fieldsync.store import Store, now_seconds
+from fieldsync.store import Quota, QuotaExceeded, Store, now_seconds
 from fieldsync.store_worker import StoreWorker
 from fieldsync.transport import Transport, TransportError
 from fieldsync_protocol.errors import RemoteProtocolError
@@ -340,6 +340,7 @@ class _Connection:
         session = self.session
         if session is None:
             raise PeerViolation("no session")
+        peer_ended = False
         while True:
             messages = await self.ctx.worker.call(lambda _store: session.messages_to_send())
             if messages:
@@ -352,16 +353,29 @@ class _Connection:
                 break
             async with asyncio.timeout(self.ctx.limits.idle_timeout):
                 message = await self.incoming.get()
-            if isinstance(message, Exception):
-                raise message
-            if message is None:
-                raise TransportError("the peer ended the stream before the session completed")
-            await self.ctx.worker.call(functools.partial(_deliver, session, message))
+            # Everything already here is handled before we answer: one reply per flight,
+            # so round trips are what the protocol needs, not an artefact of reading.
+            batch = [message]
+            while batch[-1] is not None and not isinstance(batch[-1], Exception):
+                try:
+                    batch.append(self.incoming.get_nowait())
+                except asyncio.QueueEmpty:
+                    break
+            payloads = [m for m in batch if isinstance(m, bytes)]
+            if payloads:
+                await self.ctx.worker.call(functools.partial(_deliver, session, payloads))
+            last = batch[-1]
+            if isinstance(last, Exception):
+                raise last
+            if last is None:
+                peer_ended = True
+                if not session.complete:
+                    raise TransportError("the peer ended the stream before the session completed")
         # Session complete: authenticated end of stream, then wait briefly for the peer's.
         await self.transport.send(self.sender.end())
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(5):
-                while (message := await self.incoming.get()) is not None:
+                while not peer_ended and (message := await self.incoming.get()) is not None:
                     if isinstance(message, Exception):
                         break
         self.outcome.complete = True
@@ -395,8 +409,9 @@ class _Connection:
         return await self.ctx.worker.call(act)
 
 
-def _deliver(session: SyncSession, message: bytes, _store: Store) -> None:
-    session.receive_message(message)
+def _deliver(session: SyncSession, messages: list[bytes], _store: Store) -> None:
+    for message in messages:
+        session.receive_message(message)
 
 
 def _store_batch(
@@ -413,13 +428,16 @@ def _store_batch(
         checked: list[Checked] = [check_item(data, manifest) for data in event.items]
     except RemoteProtocolError as exc:
         raise PeerViolation(f"bad item in batch {event.batch_no}: {exc}") from exc
-    size = sum(len(c.item.data) for c in checked)
-    window = now_seconds() // QUOTA_WINDOW_SECONDS
-    if not store.charge_quota(
-        node_key, window, len(checked), size, limits.quota_items_per_day, limits.quota_bytes_per_day
-    ):
-        raise PeerViolation("quota exceeded for today")
-    counts = store.add_batch(checked, now_seconds(), origin=node_key)
+    quota = Quota(
+        node_key,
+        now_seconds() // QUOTA_WINDOW_SECONDS,
+        limits.quota_items_per_day,
+        limits.quota_bytes_per_day,
+    )
+    try:
+        counts = store.add_batch(checked, now_seconds(), origin=node_key, quota=quota)
+    except QuotaExceeded as exc:
+        raise PeerViolation(str(exc)) from exc
     source.note_changes(counts.new_ids, counts.purged_ids)
     if on_manifest is not None:
         for item in checked:

@@ -125,6 +125,20 @@ class ImportCounts:
 
 
 @dataclass(frozen=True)
+class Quota:
+    """How much one peer (by certificate node key) may deliver in one quota window."""
+
+    node_key: bytes
+    window: int
+    max_items: int
+    max_bytes: int
+
+
+class QuotaExceeded(Exception):
+    """A peer delivered more than its quota allows; the batch was not stored."""
+
+
+@dataclass(frozen=True)
 class OutboxEntry:
     report_id: str
     sequence: int
@@ -147,6 +161,7 @@ class Store:
         ):
             self._conn.execute(f"PRAGMA {pragma}")
         self.db = sqlite_utils.Database(self._conn)
+        self._clock_cache: int | None = None
         self._migrate()
 
     def _migrate(self) -> None:
@@ -200,7 +215,7 @@ class Store:
             "INSERT OR IGNORE INTO items"
             " (id, tag, kind, data, received_at, expires_at, own, origin)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (item.id, tag, item.kind.value, item.data, now, self.local_clock() + ttl, int(own),
+            (item.id, tag, item.kind.value, item.data, now, self._clock_now() + ttl, int(own),
              origin),
         )
         if cursor.rowcount == 0:
@@ -252,14 +267,24 @@ class Store:
         return [row[0] for row in rows]
 
     def add_batch(
-        self, checked: list[Checked], now: int, origin: bytes | None = None
+        self,
+        checked: list[Checked],
+        now: int,
+        origin: bytes | None = None,
+        quota: Quota | None = None,
     ) -> ImportCounts:
         """Store a batch from a peer in one durable transaction (commit before ack).
 
         ``origin``: the node key of the peer that sent it (deltas to it skip these items).
+        ``quota``: charge the batch to that peer first, in the same transaction (one fsync
+        per batch); over quota raises ``QuotaExceeded`` and stores nothing.
         """
         counts = ImportCounts()
         with self.transaction():
+            if quota is not None:
+                size = sum(len(c.item.data) for c in checked)
+                if not self._charge(quota, len(checked), size):
+                    raise QuotaExceeded(f"peer is over its quota for today ({quota.max_items} items)")
             ref = None if origin is None else self._origin_ref(origin, create=True)
             for item in checked:
                 self.add_checked(item, counts, now, origin=ref)
@@ -363,19 +388,24 @@ class Store:
     ) -> bool:
         """Count a peer's delivery against its quota for ``window``; False once exceeded."""
         with self.transaction():
-            self._conn.execute(
-                "INSERT INTO peers (node_key) VALUES (?) ON CONFLICT(node_key) DO NOTHING", (node_key,)
-            )
-            self._conn.execute(
-                "UPDATE peers SET quota_items = CASE WHEN quota_window = ?1 THEN quota_items ELSE 0 END + ?2,"
-                " quota_bytes = CASE WHEN quota_window = ?1 THEN quota_bytes ELSE 0 END + ?3,"
-                " quota_window = ?1, items_received = items_received + ?2 WHERE node_key = ?4",
-                (window, items, size, node_key),
-            )
-            used_items, used_bytes = self._conn.execute(
-                "SELECT quota_items, quota_bytes FROM peers WHERE node_key = ?", (node_key,)
-            ).fetchone()
-        return bool(used_items <= max_items and used_bytes <= max_bytes)
+            return self._charge(Quota(node_key, window, max_items, max_bytes), items, size)
+
+    def _charge(self, quota: Quota, items: int, size: int) -> bool:
+        self._conn.execute(
+            "INSERT INTO peers (node_key) VALUES (?) ON CONFLICT(node_key) DO NOTHING",
+            (quota.node_key,),
+        )
+        self._conn.execute(
+            "UPDATE peers SET"
+            " quota_items = CASE WHEN quota_window = ?1 THEN quota_items ELSE 0 END + ?2,"
+            " quota_bytes = CASE WHEN quota_window = ?1 THEN quota_bytes ELSE 0 END + ?3,"
+            " quota_window = ?1, items_received = items_received + ?2 WHERE node_key = ?4",
+            (quota.window, items, size, quota.node_key),
+        )
+        used_items, used_bytes = self._conn.execute(
+            "SELECT quota_items, quota_bytes FROM peers WHERE node_key = ?", (quota.node_key,)
+        ).fetchone()
+        return bool(used_items <= quota.max_items and used_bytes <= quota.max_bytes)
 
     def peers(self) -> list[dict[str, object]]:
         cursor = self._conn.execute(
@@ -396,7 +426,14 @@ class Store:
         row = self._conn.execute("SELECT value FROM store_meta WHERE key = 'clock'").fetchone()
         return 0 if row is None else int(row[0])
 
+    def _clock_now(self) -> int:
+        """``local_clock`` cached for the open transaction (read once per batch, not per item)."""
+        if self._clock_cache is None or not self._conn.in_transaction:
+            self._clock_cache = self.local_clock()
+        return self._clock_cache
+
     def advance_clock(self, seconds: int) -> int:
+        self._clock_cache = None
         self._conn.execute(
             "UPDATE store_meta SET value = value + ? WHERE key = 'clock'", (max(0, seconds),)
         )

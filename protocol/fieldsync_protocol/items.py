@@ -8,6 +8,7 @@ secrets; signatures of receipts and manifests are checked by ``check_item``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from enum import Enum
 from typing import Any
 
@@ -34,11 +35,11 @@ class Item:
     data: bytes
     fields: dict[str, Any]
 
-    @property
+    @cached_property  # hashed once per item: the store and the index both need it
     def id(self) -> bytes:
         return content_id(self.data)
 
-    @property
+    @cached_property
     def tag(self) -> bytes:
         return delivery_tag(self.data)
 

@@ -1,0 +1,81 @@
+"""Driving real nodes: an initiator in this process, the server in another (perf §6.3)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fieldsync.daemon import Runtime
+from fieldsync.peer import SyncOutcome
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` (all its threads), from /proc/PID/stat."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def _self_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+@dataclass
+class Synced:
+    outcome: SyncOutcome
+    seconds: float  # wall time of the session only (connect, handshake, sync, END)
+    cpu_self: float  # this process (initiator, incl. its store thread)
+    cpu_server: float
+
+    def record(self) -> dict[str, Any]:
+        s = self.outcome.stats
+        return {
+            "complete": self.outcome.complete,
+            "error": self.outcome.error,
+            "mode": s.mode,
+            "seconds": round(self.seconds, 4),
+            "round_trips": s.round_trips,
+            "items_received": s.items_received,
+            "items_sent": s.items_sent,
+            "items_new": self.outcome.items_new,
+            "session_bytes": s.bytes_sent + s.bytes_received,
+            "overhead_bytes": s.overhead_bytes,
+            "payload_bytes": s.payload_bytes_sent + s.payload_bytes_received,
+            "reconcile_bytes": s.reconcile_bytes_sent + s.reconcile_bytes_received,
+            "reconcile_messages": s.reconcile_messages,
+            "messages": s.messages_sent + s.messages_received,
+            "wire_bytes_sent": self.outcome.wire_bytes_sent,
+            "wire_bytes_received": self.outcome.wire_bytes_received,
+            "wire_bytes": self.outcome.wire_bytes_sent + self.outcome.wire_bytes_received,
+            "cpu_initiator_s": round(self.cpu_self, 3),
+            "cpu_server_s": round(self.cpu_server, 3),
+        }
+
+
+async def _sync(home: Path, address: str, server_pid: int) -> Synced:
+    runtime = await Runtime.open(home)
+    try:
+        cpu0, srv0 = _self_cpu(), process_cpu_seconds(server_pid)
+        start = time.perf_counter()
+        outcome = await runtime.sync_with(address)
+        seconds = time.perf_counter() - start
+        cpu1, srv1 = _self_cpu(), process_cpu_seconds(server_pid)
+    finally:
+        await runtime.close()
+    if not outcome.complete:
+        raise RuntimeError(f"sync {home.name} -> {address} did not complete: {outcome.error}")
+    return Synced(outcome, seconds, cpu1 - cpu0, srv1 - srv0)
+
+
+def sync_once(home: Path, address: str, server_pid: int) -> Synced:
+    """One session as initiator from ``home`` (opened fresh) with the server at ``address``."""
+    return asyncio.run(_sync(home, address, server_pid))
