@@ -67,7 +67,10 @@ class Runtime:
 
     @classmethod
     async def open(
-        cls, home: Path, limits: PeerLimits | None = None, session_config: SessionConfig | None = None
+        cls,
+        home: Path,
+        limits: PeerLimits | None = None,
+        session_config: SessionConfig | None = None,
     ) -> Runtime:
         node = Node(home)
         # Key files are read on a thread: nothing blocks the event loop, not even at start.
@@ -130,8 +133,10 @@ class Server:
             self.runtime.on_outcome(outcome)
         if outcome.complete:
             log.info(
-                "%s: synced: %d items in, %d out", transport.label,
-                outcome.stats.items_received, outcome.stats.items_sent,
+                "%s: synced: %d items in, %d out",
+                transport.label,
+                outcome.stats.items_received,
+                outcome.stats.items_sent,
             )
 
     async def listen_tcp(self, host: str, port: int) -> tuple[str, int]:
@@ -268,7 +273,10 @@ class FieldDaemon:
     async def _start_discovery(self, runtime: Runtime, port: int) -> None:
         addresses = await asyncio.to_thread(interface_addresses, self.config.discovery.interfaces)
         if not addresses:
-            log.warning("discovery is off: no IPv4 address on %s", ", ".join(self.config.discovery.interfaces))
+            log.warning(
+                "discovery is off: no IPv4 address on %s",
+                ", ".join(self.config.discovery.interfaces),
+            )
             return
         scheduler = self.scheduler
         if scheduler is None:

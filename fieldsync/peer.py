@@ -176,7 +176,9 @@ class PeerContext:
     session_config: SessionConfig = field(default_factory=SessionConfig)
     #: Called (on the store thread) with each verified manifest update a peer delivered.
     on_manifest: Callable[[Checked], None] | None = None
-    handshake_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(MAX_HANDSHAKES))
+    handshake_slots: asyncio.Semaphore = field(
+        default_factory=lambda: asyncio.Semaphore(MAX_HANDSHAKES)
+    )
 
 
 async def run_peer(transport: Transport, ctx: PeerContext, *, initiator: bool) -> SyncOutcome:
@@ -227,7 +229,9 @@ class _CountingTransport:
         await self._inner.close()
 
 
-async def _handshake(transport: _CountingTransport, ctx: PeerContext, initiator: bool) -> PeerHandshake | None:
+async def _handshake(
+    transport: _CountingTransport, ctx: PeerContext, initiator: bool
+) -> PeerHandshake | None:
     handshake = PeerHandshake(
         initiator=initiator,
         network_key=ctx.network_key,
@@ -395,10 +399,14 @@ class _Connection:
             done = False
             while (event := session.next_event()) is not None:
                 if isinstance(event, ItemsReceived):
-                    outcome.items_new += _store_batch(store, source, manifest, node_key, event, limits, self.ctx.on_manifest)
+                    outcome.items_new += _store_batch(
+                        store, source, manifest, node_key, event, limits, self.ctx.on_manifest
+                    )
                     session.commit_done(event.batch_no)
                 elif isinstance(event, CursorAdvanced):
-                    store.set_peer_cursor(node_key, event.cursor.epoch, event.cursor.seq, now_seconds())
+                    store.set_peer_cursor(
+                        node_key, event.cursor.epoch, event.cursor.seq, now_seconds()
+                    )
                 elif isinstance(event, Completed):
                     outcome.stats = event.stats
                     done = True

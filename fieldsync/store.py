@@ -215,8 +215,16 @@ class Store:
             "INSERT OR IGNORE INTO items"
             " (id, tag, kind, data, received_at, expires_at, own, origin)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (item.id, tag, item.kind.value, item.data, now, self._clock_now() + ttl, int(own),
-             origin),
+            (
+                item.id,
+                tag,
+                item.kind.value,
+                item.data,
+                now,
+                self._clock_now() + ttl,
+                int(own),
+                origin,
+            ),
         )
         if cursor.rowcount == 0:
             counts.duplicate += 1
@@ -284,7 +292,9 @@ class Store:
             if quota is not None:
                 size = sum(len(c.item.data) for c in checked)
                 if not self._charge(quota, len(checked), size):
-                    raise QuotaExceeded(f"peer is over its quota for today ({quota.max_items} items)")
+                    raise QuotaExceeded(
+                        f"peer is over its quota for today ({quota.max_items} items)"
+                    )
             ref = None if origin is None else self._origin_ref(origin, create=True)
             for item in checked:
                 self.add_checked(item, counts, now, origin=ref)
@@ -409,7 +419,8 @@ class Store:
 
     def peers(self) -> list[dict[str, object]]:
         cursor = self._conn.execute(
-            "SELECT node_key, cursor, last_sync, items_received, items_sent FROM peers ORDER BY last_sync DESC"
+            "SELECT node_key, cursor, last_sync, items_received, items_sent FROM peers"
+            " ORDER BY last_sync DESC"
         )
         names = [d[0] for d in cursor.description]
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
@@ -503,7 +514,13 @@ class Store:
         return None if row is None else (row[0], row[1])
 
     def record_own_report(
-        self, author: bytes, sequence: int, header_hash: bytes, report_id: str, checked: Checked, now: int
+        self,
+        author: bytes,
+        sequence: int,
+        header_hash: bytes,
+        report_id: str,
+        checked: Checked,
+        now: int,
     ) -> None:
         """Store the author's new envelope, its outbox entry and chain state atomically."""
         with self.transaction():
@@ -522,7 +539,8 @@ class Store:
 
     def outbox(self) -> list[OutboxEntry]:
         rows = self._conn.execute(
-            "SELECT report_id, sequence, created_at, status, delivered_at FROM outbox ORDER BY sequence"
+            "SELECT report_id, sequence, created_at, status, delivered_at FROM outbox"
+            " ORDER BY sequence"
         ).fetchall()
         return [OutboxEntry(*row) for row in rows]
 
@@ -533,12 +551,12 @@ class Store:
             ItemKind(kind).name.lower(): count
             for kind, count in self._conn.execute("SELECT kind, count(*) FROM items GROUP BY kind")
         }
-        outbox = dict(self._conn.execute("SELECT status, count(*) FROM outbox GROUP BY status").fetchall())
+        outbox = dict(
+            self._conn.execute("SELECT status, count(*) FROM outbox GROUP BY status").fetchall()
+        )
         tombstones = self._conn.execute("SELECT count(*) FROM tombstones").fetchone()[0]
         disk = sum(
-            p.stat().st_size
-            for p in self.path.parent.glob(self.path.name + "*")
-            if p.is_file()
+            p.stat().st_size for p in self.path.parent.glob(self.path.name + "*") if p.is_file()
         )
         return {
             "items": {k.name.lower(): kinds.get(k.name.lower(), 0) for k in ItemKind},

@@ -8,8 +8,8 @@ secrets; signatures of receipts and manifests are checked by ``check_item``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 from enum import Enum
+from functools import cached_property
 from typing import Any
 
 from fieldsync_protocol import codec

@@ -45,14 +45,18 @@ def test_newer_manifest_is_adopted_and_new_reports_use_the_new_hq_key(
         old, epoch=2, hq_keys={**old.hq_keys, 2: crypto.box_public_key(new_secret)}
     )
     item = membership.sign_manifest(rotated, keys.root_seed)
-    result = node.import_bundle(_bundle(tmp_path / "m.bundle", keys.network_key, old.network_id, [item]))
+    result = node.import_bundle(
+        _bundle(tmp_path / "m.bundle", keys.network_key, old.network_id, [item])
+    )
     assert result.counts.new == 1
     assert node.membership().manifest.epoch == 2
     assert node.membership().manifest.current_hq_key_id == 2
 
     # A replayed older manifest never rolls the keys back.
     old_item = headquarters.manifest_item()
-    node.import_bundle(_bundle(tmp_path / "old.bundle", keys.network_key, old.network_id, [old_item]))
+    node.import_bundle(
+        _bundle(tmp_path / "old.bundle", keys.network_key, old.network_id, [old_item])
+    )
     assert node.membership().manifest.epoch == 2
     node.close()
 
