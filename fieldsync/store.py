@@ -428,7 +428,7 @@ class Store:
     # --- expiry and disk budget (the janitor) ---------------------------------------------
 
     def local_clock(self) -> int:
-        """Seconds this node has been running, summed over its life (SPEC.md §10).
+        """Seconds this node has been running, summed over its life (SPEC.md §14.1).
 
         Expiry counts on this clock, not the wall clock: a Pi whose clock jumps a year
         ahead must not expire everything it carries, and one a year behind must not keep

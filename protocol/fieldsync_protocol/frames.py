@@ -1,6 +1,6 @@
 """Sans-IO encrypted framing over the CipherStates of a completed handshake.
 
-SPEC-transport.md §T.2. Each frame on the wire is two Noise transport messages under the
+SPEC.md §12.2. Each frame on the wire is two Noise transport messages under the
 sender's CipherState (associated data empty)::
 
     header  = ENCRYPT(k, n,     "", u16 big-endian L)                          18 bytes

@@ -1,6 +1,6 @@
 """Sans-IO peer handshake: ``Noise_XXpsk0_25519_ChaChaPoly_BLAKE2b`` with node certificates.
 
-SPEC-transport.md §T.1. Three messages, each of a fixed size, nothing in clear::
+SPEC.md §12.1. Three messages, each of a fixed size, nothing in clear::
 
     -> psk, e                 48 B    empty payload, sealed under the network key
     <- e, ee, s, es          352 B    the responder's certificate, padded to CERT_PAD

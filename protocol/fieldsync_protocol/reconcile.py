@@ -1,4 +1,4 @@
-"""Range-based set reconciliation of item ids (SPEC-sync.md §3), negentropy-v1 style.
+"""Range-based set reconciliation of item ids (SPEC.md §13.3), negentropy-v1 style.
 
 Both sides hold a set of 32-byte item ids, sorted by their bytes. A *range* ``[lower, upper)``
 is named by two *bounds*. A message is a list of ranges covering the whole id space in
@@ -50,7 +50,7 @@ MAX_RECONCILE_MESSAGE = 1024 * 1024
 MAX_RANGES = 16_384
 #: Most RECONCILE messages one side receives in a session (a hostile peer cannot stall us).
 MAX_ROUNDS = 256
-#: Message type tag of a RECONCILE message (a session message, SPEC-sync.md §5).
+#: Message type tag of a RECONCILE message (a session message, SPEC.md §13.2).
 TYPE = "rec"
 
 _MASK = (1 << 256) - 1

@@ -1,4 +1,4 @@
-"""The sync session: a sans-IO state machine over plaintext message bytes (SPEC-sync.md).
+"""The sync session: a sans-IO state machine over plaintext message bytes (SPEC.md §13).
 
 One session runs both directions between two members after their handshake. The driver
 feeds every message from the peer to ``receive_message``, drains ``next_event`` (storing the
@@ -178,7 +178,7 @@ class SyncStats:
     #: Flights: maximal runs of sends (resp. receives) between two receives (sends).
     flights_sent: int = 0
     flights_received: int = 0
-    #: Responder flights (SPEC-sync.md §7): what the initiator waited for.
+    #: Responder flights (SPEC.md §13.7): what the initiator waited for.
     round_trips: int = 0
     #: We stopped sending at the peer's quota.
     truncated: bool = False

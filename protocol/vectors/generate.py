@@ -20,14 +20,33 @@ import argparse
 import hashlib
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fieldsync_protocol import codec, crypto, envelope, keytext, membership, receipt
+from fieldsync_protocol import codec, crypto, envelope, frames, keytext, membership, receipt
 from fieldsync_protocol.bundle import BundleReader, BundleWriter
 from fieldsync_protocol.errors import RemoteProtocolError
+from fieldsync_protocol.handshake import CERT_PAD, PROLOGUE, PROTOCOL_NAME, PeerHandshake
 from fieldsync_protocol.items import parse_item
 from fieldsync_protocol.keytext import KeyKind
+from fieldsync_protocol.reconcile import (
+    EMPTY_FINGERPRINT,
+    INFINITY,
+    ZERO,
+    Reconciler,
+    SortedListIndex,
+    id_sum,
+    parse_message,
+)
+from fieldsync_protocol.session import (
+    Completed,
+    Cursor,
+    CursorAdvanced,
+    ItemsReceived,
+    Started,
+    SyncSession,
+)
 
 HERE = Path(__file__).resolve().parent
 
@@ -48,6 +67,12 @@ AUTHOR_SEED = "5bca4fc9ed5e1a50dcd5e2e64699c9e49b02ec6bd8a39046c0fc7eb95380ace6"
 EPHEMERAL_ENROLMENT = "528991de11963799dea1b6046d163aa5f2c11d67bba0ace32e294428ee76ad0d"
 EPHEMERAL_ENVELOPE = "1ab2cc59dbd6309dc8e3d6ce2bc8dcc4a5e755db6ec56e7e95dd36aff4e0e173"
 FILE_NONCE = "515099e99acb501b71662557c0357b3c"
+# Handshake (SPEC.md §12.1): the author node (initiator) meets the relay node (responder).
+HANDSHAKE_EPHEMERAL_INITIATOR = "3e151846cc02380a229604d9bfe19bc6119d79e0f7137dbce6336c8804555c1e"
+HANDSHAKE_EPHEMERAL_RESPONDER = "aec98e598e7ec9f6699870e9a3d36730e55baf3b7da16017b1acbbe770398e19"
+# Store epochs of the two nodes' stores (SPEC.md §13.1).
+STORE_EPOCH_INITIATOR = "50db6ddc83a3349e3dfbb92914d2b740"
+STORE_EPOCH_RESPONDER = "c874b6402750775e820ad69c3afeacc4"
 NOW = 1_740_000_000  # 2025-02-19T21:20:00Z, the "claimed time" and issue times
 
 REPORT_BODY: dict[str, Any] = {
@@ -523,6 +548,450 @@ def bundle_vectors() -> dict[str, Any]:
     }
 
 
+# --- handshake and frames --------------------------------------------------------------------
+
+#: Messages the initiator sends after the handshake (then END), and the responder's.
+FRAME_MESSAGES_INITIATOR = (b"fieldsync/1 frame vector: first message", bytes(range(100)), b"")
+FRAME_MESSAGES_RESPONDER = (b"fieldsync/1 frame vector: reply",)
+
+
+def relay_certificate() -> membership.NodeCertificate:
+    return membership.NodeCertificate(
+        network_id=b(NETWORK_ID),
+        node_key=crypto.box_public_key(b(RELAY_NODE_PRIVATE)),
+        role="relay",
+        serial=43,
+        issued=NOW + 60,
+    )
+
+
+def certificate_fields(cert: membership.NodeCertificate) -> dict[str, Any]:
+    return {
+        "network_id": h(cert.network_id),
+        "node_key": h(cert.node_key),
+        "role": cert.role,
+        "serial": cert.serial,
+        "issued": cert.issued,
+    }
+
+
+def handshake_run() -> tuple[PeerHandshake, PeerHandshake, list[bytes]]:
+    """The author node (initiator) meets the relay node (responder); run to completion."""
+    m = manifest()
+
+    def side(
+        initiator: bool, static: str, cert: membership.NodeCertificate, ephemeral: str
+    ) -> PeerHandshake:
+        return PeerHandshake(
+            initiator=initiator,
+            network_key=b(NETWORK_KEY),
+            static_secret=b(static),
+            certificate=membership.sign_certificate(cert, b(CERTIFICATE_SEED)),
+            manifest=m,
+            ephemeral_secret=b(ephemeral),
+        )
+
+    initiator = side(True, NODE_PRIVATE, certificate(), HANDSHAKE_EPHEMERAL_INITIATOR)
+    responder = side(False, RELAY_NODE_PRIVATE, relay_certificate(), HANDSHAKE_EPHEMERAL_RESPONDER)
+    msg1 = initiator.data_to_send()
+    responder.receive_data(msg1)
+    msg2 = responder.data_to_send()
+    initiator.receive_data(msg2)
+    msg3 = initiator.data_to_send()
+    responder.receive_data(msg3)
+    assert initiator.is_complete and responder.is_complete
+    assert initiator.handshake_hash == responder.handshake_hash
+    assert initiator.peer == relay_certificate()
+    assert responder.peer == certificate()
+    return initiator, responder, [msg1, msg2, msg3]
+
+
+def handshake_party(
+    node: str, static: str, ephemeral: str, cert: membership.NodeCertificate
+) -> dict[str, Any]:
+    data = membership.sign_certificate(cert, b(CERTIFICATE_SEED))
+    return {
+        "node": node,
+        "static_private": static,
+        "static_public": h(crypto.box_public_key(b(static))),
+        "ephemeral_private": ephemeral,
+        "ephemeral_public": h(crypto.box_public_key(b(ephemeral))),
+        "certificate_fields": certificate_fields(cert),
+        "certificate_hex": h(data),
+        "certificate_slot_hex": h(
+            len(data).to_bytes(2, "big") + data + bytes(CERT_PAD - 2 - len(data))
+        ),
+    }
+
+
+def handshake_vectors() -> dict[str, Any]:
+    initiator, _, messages = handshake_run()
+    shapes = (
+        ("-> psk, e", "empty"),
+        ("<- e, ee, s, es", "the responder's certificate slot"),
+        ("-> s, se", "the initiator's certificate slot"),
+    )
+    return {
+        "description": "A complete Noise_XXpsk0_25519_ChaChaPoly_BLAKE2b handshake (SPEC.md "
+        "§12.1) between the author node of membership.json (initiator, certificate of "
+        "membership.json) and the relay node of keys.json (responder, a 'relay' certificate "
+        "signed by the same certificate key), under the manifest of membership.json, with "
+        "fixed ephemeral keys. Slots are the 256-byte payloads of messages 2 and 3.",
+        "protocol_name": PROTOCOL_NAME,
+        "prologue_hex": h(PROLOGUE),
+        "psk": NETWORK_KEY,
+        "initiator": handshake_party(
+            "author node", NODE_PRIVATE, HANDSHAKE_EPHEMERAL_INITIATOR, certificate()
+        ),
+        "responder": handshake_party(
+            "relay node", RELAY_NODE_PRIVATE, HANDSHAKE_EPHEMERAL_RESPONDER, relay_certificate()
+        ),
+        "messages": [
+            {
+                "name": f"message {n}",
+                "tokens": tokens,
+                "payload": payload,
+                "size": len(m),
+                "hex": h(m),
+            }
+            for n, ((tokens, payload), m) in enumerate(zip(shapes, messages, strict=True), 1)
+        ],
+        "handshake_hash": h(initiator.handshake_hash),
+    }
+
+
+def frame_stream(
+    sender: frames.FrameSender, receiver: frames.FrameReceiver, messages: Sequence[bytes]
+) -> list[dict[str, Any]]:
+    """Send ``messages`` and END; check the receiver gets them back; describe each frame."""
+    out: list[dict[str, Any]] = []
+    for message in messages:
+        data = sender.send(message)
+        out.append(frame_entry(len(out), "DATA", message, data))
+    out.append(frame_entry(len(out), "END", b"", sender.end()))
+    receiver.receive_data(b"".join(b(f["hex"]) for f in out))
+    events = []
+    while (event := receiver.next_event()) is not None:
+        events.append(event)
+    assert events == [*(frames.Data(m) for m in messages), frames.End()]
+    assert receiver.eof_received()
+    return out
+
+
+def frame_entry(index: int, kind: str, payload: bytes, data: bytes) -> dict[str, Any]:
+    length = 1 + len(payload)
+    assert len(data) == frames.HEADER_SIZE + frames.padded_size(length) + 16
+    return {
+        "frame": index,
+        "type": kind,
+        "payload_hex": h(payload),
+        "length": length,
+        "padded_size": frames.padded_size(length),
+        "size": len(data),
+        "hex": h(data),
+    }
+
+
+def frame_vectors() -> dict[str, Any]:
+    initiator, responder, _ = handshake_run()
+    i_send, i_receive = initiator.transport()
+    r_send, r_receive = responder.transport()
+    return {
+        "description": "The first frames (SPEC.md §12.2) after the handshake of "
+        "handshake.json, in each direction: the initiator sends three messages (one of them "
+        "empty) then END, the responder one message then END. Frame k of a direction is "
+        "ENCRYPT(nonce 2k, u16 L) || ENCRYPT(nonce 2k+1, type || payload || zeros) under "
+        "that direction's key after k REKEYs (Split(): the initiator sends with the first "
+        "key). 'length' is L = 1 + len(payload).",
+        "initiator_to_responder": frame_stream(i_send, r_receive, FRAME_MESSAGES_INITIATOR),
+        "responder_to_initiator": frame_stream(r_send, i_receive, FRAME_MESSAGES_RESPONDER),
+    }
+
+
+# --- sync session --------------------------------------------------------------------------
+
+
+#: (serial, time, label) of the two receipts that exist only in the session vectors; each
+#: names the delivery tag BLAKE2b-256(label) of an envelope no store holds.
+SESSION_RECEIPTS = ((13, NOW + 7200, "session receipt A"), (14, NOW + 10800, "session receipt B"))
+
+
+def session_receipt(serial: int, time: int, label: str) -> bytes:
+    tag = hashlib.blake2b(label.encode(), digest_size=32).digest()
+    value = receipt.Receipt(network_id=b(NETWORK_ID), serial=serial, time=time, tags=(tag,))
+    return receipt.sign_receipt(value, b(RECEIPT_SEED))
+
+
+class VectorStore:
+    """A store in memory: items numbered on arrival, who gave each, a ``SortedListIndex``."""
+
+    def __init__(self, epoch: bytes, rows: Sequence[tuple[int, bytes]]) -> None:
+        self.epoch = epoch
+        self.rows: list[tuple[int, bytes, str]] = [(seq, data, "") for seq, data in rows]
+        self.by_id = {crypto.content_id(data): data for _, data in rows}
+        self.index = SortedListIndex(self.by_id)
+        self.high = max(seq for seq, _ in rows)
+        self.cursors: dict[str, Cursor] = {}
+
+    def add(self, data: bytes, origin: str) -> None:
+        item_id = crypto.content_id(data)
+        if item_id not in self.by_id:
+            self.high += 1
+            self.rows.append((self.high, data, origin))
+            self.by_id[item_id] = data
+            self.index.add(item_id)
+
+    def source(self, peer: str) -> VectorSource:
+        return VectorSource(self, peer)
+
+
+class VectorSource:
+    """``ItemSource`` of one store as the session with ``peer`` sees it (no echo in deltas)."""
+
+    def __init__(self, store: VectorStore, peer: str) -> None:
+        self._store = store
+        self._peer = peer
+
+    @property
+    def index(self) -> SortedListIndex:
+        return self._store.index
+
+    def items_after(self, seq: int, limit: int) -> list[tuple[int, bytes]]:
+        rows = [(s, data) for s, data, origin in self._store.rows if origin != self._peer]
+        return [row for row in rows if row[0] > seq][:limit]
+
+    def get(self, ids: Sequence[bytes]) -> list[bytes]:
+        return [self._store.by_id[i] for i in ids if i in self._store.by_id]
+
+    def wants(self, ids: Sequence[bytes]) -> list[bytes]:
+        return [i for i in ids if i not in self._store.by_id]
+
+
+def run_session(stores: dict[str, VectorStore]) -> tuple[str, list[dict[str, Any]]]:
+    """Drive two default ``SyncSession``s flight by flight; return the mode and transcript.
+
+    A flight is everything one side's ``messages_to_send`` returns; the other side receives
+    it whole, stores each batch as its ``ItemsReceived`` event comes out (then
+    ``commit_done``), persists ``CursorAdvanced``, and answers with its own flight.
+    """
+    peer = {"initiator": "responder", "responder": "initiator"}
+    sessions = {
+        name: SyncSession(
+            store.source(peer[name]),
+            initiator=name == "initiator",
+            local=Cursor(store.epoch, store.high),
+            peer_cursor=store.cursors.get(peer[name]),
+        )
+        for name, store in stores.items()
+    }
+    modes = set()
+
+    def drain(name: str) -> None:
+        session, store = sessions[name], stores[name]
+        while (event := session.next_event()) is not None:
+            if isinstance(event, ItemsReceived):
+                for item in event.items:
+                    store.add(item, peer[name])
+                session.commit_done(event.batch_no)
+            elif isinstance(event, CursorAdvanced):
+                store.cursors[peer[name]] = event.cursor
+            elif isinstance(event, Started):
+                modes.add(event.mode.value)
+            else:
+                assert isinstance(event, Completed)
+
+    transcript: list[dict[str, Any]] = []
+    turn, flight = "initiator", 0
+    while True:
+        out = sessions[turn].messages_to_send()
+        drain(turn)
+        if not out:
+            break
+        flight += 1
+        for message in out:
+            value = codec.decode(message)
+            transcript.append(
+                {
+                    "flight": flight,
+                    "from": turn,
+                    "type": value["t"],
+                    "hex": h(message),
+                    "value": typed(value),
+                }
+            )
+            sessions[peer[turn]].receive_message(message)
+        drain(peer[turn])
+        turn = peer[turn]
+    assert all(s.complete for s in sessions.values())
+    assert len(modes) == 1
+    return modes.pop(), transcript
+
+
+def store_state(store: VectorStore, names: dict[bytes, str], peer: str) -> dict[str, Any]:
+    cursor = store.cursors.get(peer)
+    return {
+        "epoch": h(store.epoch),
+        "high_water": store.high,
+        "items": [
+            {"seq": seq, "item": names[crypto.content_id(data)], "from": origin or None}
+            for seq, data, origin in store.rows
+        ],
+        "cursor_on_peer": None if cursor is None else {"epoch": h(cursor.epoch), "seq": cursor.seq},
+    }
+
+
+def session_vectors() -> dict[str, Any]:
+    _, sealed = sealed_envelope()
+    items = {
+        "manifest": membership.sign_manifest(manifest(), b(ROOT_SEED)),
+        "envelope": sealed.item,
+        **{f"receipt {s}": session_receipt(s, t, label) for s, t, label in SESSION_RECEIPTS},
+    }
+    names = {crypto.content_id(data): name for name, data in items.items()}
+    stores = {
+        "initiator": VectorStore(
+            b(STORE_EPOCH_INITIATOR), [(1, items["manifest"]), (5, items["envelope"])]
+        ),
+        "responder": VectorStore(
+            b(STORE_EPOCH_RESPONDER), [(1, items["manifest"]), (2, items["receipt 13"])]
+        ),
+    }
+    sessions = []
+    for name, new_item in (
+        ("first contact: no cursors, so the initiator leads a reconciliation", None),
+        (
+            "repeat contact: both cursors valid, so delta mode; the responder stored receipt 14 "
+            "since, and neither side sends back what it got from the other",
+            "receipt 14",
+        ),
+    ):
+        if new_item is not None:
+            stores["responder"].add(items[new_item], "")
+        before = {n: store_state(s, names, p) for n, s, p in _sides(stores)}
+        mode, transcript = run_session(stores)
+        after = {n: store_state(s, names, p) for n, s, p in _sides(stores)}
+        sessions.append(
+            {"name": name, "before": before, "mode": mode, "transcript": transcript, "after": after}
+        )
+    return {
+        "description": "Sync sessions (SPEC.md §13) between two in-memory stores, driven "
+        "flight by flight (the first flight is the initiator's); every side uses the default "
+        "SessionConfig (q = 1000000, w = 16, ReconcileParams defaults). Stores list (seq, "
+        "item, the peer it came from); 'cursor_on_peer' is the last CursorAdvanced. Each "
+        "transcript entry is one message: its canonical msgpack 'hex' and its typed 'value' "
+        "(as in codec.json). Items are the manifest of membership.json, the envelope of "
+        "envelope.json and two receipts built from 'receipts'.",
+        "items": {name: h(data) for name, data in items.items()},
+        "item_ids": {name: h(crypto.content_id(data)) for name, data in items.items()},
+        "receipts": [
+            {
+                "name": f"receipt {s}",
+                "serial": s,
+                "time": t,
+                "tags": [h(hashlib.blake2b(label.encode(), digest_size=32).digest())],
+            }
+            for s, t, label in SESSION_RECEIPTS
+        ],
+        "sessions": sessions,
+    }
+
+
+def _sides(stores: dict[str, VectorStore]) -> list[tuple[str, VectorStore, str]]:
+    return [
+        ("initiator", stores["initiator"], "responder"),
+        ("responder", stores["responder"], "initiator"),
+    ]
+
+
+# --- reconciliation ------------------------------------------------------------------------
+
+
+def reconcile_ids() -> list[bytes]:
+    return sorted(
+        hashlib.blake2b(f"reconcile vector id {i}".encode(), digest_size=32).digest()
+        for i in range(40)
+    )
+
+
+RECONCILE_EXTRA = hashlib.blake2b(b"reconcile vector extra id", digest_size=32).digest()
+
+
+def fingerprint_entry(ids: list[bytes], lower: bytes, upper: bytes) -> dict[str, Any]:
+    index = SortedListIndex(ids)
+    inside = [
+        i
+        for i in ids
+        if lower.ljust(32, b"\0") <= i and (upper == INFINITY or i < upper.ljust(32, b"\0"))
+    ]
+    total = id_sum(inside)
+    return {
+        "lower": h(lower),
+        "upper": None if upper == INFINITY else h(upper),
+        "count": len(inside),
+        "sum_le": h(total.to_bytes(32, "little")),
+        "fingerprint": h(index.fingerprint(lower, upper)),
+    }
+
+
+def ranges_entry(data: bytes) -> list[dict[str, Any]]:
+    return [
+        {
+            "upper": None if r.upper == INFINITY else h(r.upper),
+            "mode": r.mode.name,
+            "payload": h(r.payload),
+        }
+        for r in parse_message(codec.decode(data))
+    ]
+
+
+def pushed(index: SortedListIndex, need: Sequence[Any]) -> list[bytes]:
+    return [i for p in need for i in index.ids(p.lower, p.upper, len(index)) if i not in p.exclude]
+
+
+def reconcile_vectors() -> dict[str, Any]:
+    ids = reconcile_ids()
+    fingerprints = [
+        {"name": "empty range", **fingerprint_entry([], ZERO, INFINITY)},
+        {"name": "all 40 ids", **fingerprint_entry(ids, ZERO, INFINITY)},
+        {"name": "ids below bound 80", **fingerprint_entry(ids, ZERO, b"\x80")},
+        {"name": "ids in [40, c0)", **fingerprint_entry(ids, b"\x40", b"\xc0")},
+    ]
+    assert fingerprints[0]["fingerprint"] == h(EMPTY_FINGERPRINT)
+    missing = ids[7]
+    theirs = sorted([*(i for i in ids if i != missing), RECONCILE_EXTRA])
+    ours_index, theirs_index = SortedListIndex(ids), SortedListIndex(theirs)
+    initiator = Reconciler(ours_index, initiator=True)
+    responder = Reconciler(theirs_index, initiator=False)
+    first = initiator.initial()
+    answer = responder.receive(first)
+    assert answer.reply is not None and not answer.have and not answer.need
+    last = initiator.receive(answer.reply)
+    assert last.reply is not None and last.done
+    assert responder.receive(last.reply).done
+    assert last.have == [RECONCILE_EXTRA]
+    assert pushed(ours_index, last.need) == [missing]
+    messages = [("initiator", first), ("responder", answer.reply), ("initiator", last.reply)]
+    return {
+        "description": "Range fingerprints (SPEC.md §13.3.2) of a fixed set of 40 ids, and a "
+        "reconciliation (§13.3.4) with the reference defaults (initial_fanout 16, fanout 16, "
+        "idlist_threshold 32; split positions floor(k * n / fanout)). The initiator holds "
+        "'ids'; the responder holds them without ids[7] ('missing') and with 'extra'. After "
+        "three messages (the last is DONE) the initiator wants 'extra' and pushes "
+        "'missing'. Bounds are hex, null is infinity; 'sum_le' is the id sum mod 2^256, "
+        "little-endian.",
+        "person": "fieldsync/fp/v1",
+        "ids": [h(i) for i in ids],
+        "fingerprints": fingerprints,
+        "missing": h(missing),
+        "extra": h(RECONCILE_EXTRA),
+        "messages": [
+            {"from": side, "hex": h(data), "ranges": ranges_entry(data)} for side, data in messages
+        ],
+        "initiator_wants": [h(i) for i in last.have],
+        "initiator_pushes": [h(missing)],
+    }
+
+
 # --- driver ----------------------------------------------------------------------------------
 
 
@@ -536,6 +1005,10 @@ def build() -> dict[str, Any]:
         "envelope.json": envelope_vectors(),
         "receipt.json": receipt_vectors(),
         "bundle.json": bundle_vectors(),
+        "handshake.json": handshake_vectors(),
+        "frames.json": frame_vectors(),
+        "session.json": session_vectors(),
+        "reconcile.json": reconcile_vectors(),
     }
 
 

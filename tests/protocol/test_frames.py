@@ -1,4 +1,4 @@
-"""Encrypted framing (SPEC-transport.md §T.2): layout, padding, rekey, END, limits, fuzzing.
+"""Encrypted framing (SPEC.md §12.2): layout, padding, rekey, END, limits, fuzzing.
 
 Senders and receivers here share a CipherState key directly; ``test_handshake.py`` runs the
 same framing over the keys of a real handshake.

@@ -1,4 +1,4 @@
-"""The peer handshake (SPEC-transport.md §T.1): sizes, certificate checks, outsiders, aborts.
+"""The peer handshake (SPEC.md §12.1): sizes, certificate checks, outsiders, aborts.
 
 A ``Forger`` builds XXpsk0 messages by hand from ``SymmetricState``: a network member (it
 holds the psk) who may put any key or certificate slot in a message. It is checked against

@@ -2,7 +2,7 @@
 
 Two ``SyncSession`` objects are wired back to back in lockstep: one side processes a whole
 flight (every message the other sent in one turn), stores what it received, commits, and
-answers with its own flight. Round trips are responder flights (SPEC-sync.md §7).
+answers with its own flight. Round trips are responder flights (SPEC.md §13.7).
 """
 
 from __future__ import annotations

@@ -2,7 +2,9 @@
 
 Each vector is rebuilt byte for byte from its stated inputs by calling the protocol
 functions, opened and verified back to its stated values, and every sealed box is opened
-with libsodium's own ``SealedBox`` (proof that ``crypto.seal`` is ``crypto_box_seal``).
+with libsodium's own ``SealedBox`` (proof that ``crypto.seal`` is ``crypto_box_seal``). The
+handshake and frame vectors are also reproduced with an independent Noise implementation
+(``noiseprotocol``), and the reconciliation fingerprints with plain ``hashlib``.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import base64
 import hashlib
 import importlib.util
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -18,12 +21,30 @@ from typing import Any
 import nacl.bindings as sodium
 import nacl.public
 import pytest
+from noise.connection import Keypair, NoiseConnection
 
-from fieldsync_protocol import codec, crypto, envelope, keytext, membership, receipt
+from fieldsync_protocol import codec, crypto, envelope, frames, keytext, membership, receipt
 from fieldsync_protocol.bundle import BundleReader, BundleWriter
 from fieldsync_protocol.errors import RemoteProtocolError
+from fieldsync_protocol.handshake import PeerHandshake
 from fieldsync_protocol.items import ItemKind, check_item, parse_item
 from fieldsync_protocol.keytext import KeyKind
+from fieldsync_protocol.reconcile import (
+    EMPTY_FINGERPRINT,
+    INFINITY,
+    RangeMode,
+    Reconciler,
+    SortedListIndex,
+    parse_message,
+)
+from fieldsync_protocol.session import (
+    Completed,
+    Cursor,
+    CursorAdvanced,
+    ItemsReceived,
+    Started,
+    SyncSession,
+)
 
 VECTORS = Path(__file__).resolve().parents[2] / "protocol" / "vectors"
 
@@ -375,6 +396,435 @@ def test_domains_are_distinct_and_prefix_free() -> None:
     values = [d.value for d in crypto.Domain]
     assert len(set(values)) == len(values)
     assert all(b"\0" not in v for v in values)
+
+
+# --- handshake (SPEC.md §12.1) ----------------------------------------------------------------
+
+HANDSHAKE = load("handshake.json")
+FRAMES = load("frames.json")
+
+
+def certificate_from(fields: dict[str, Any]) -> membership.NodeCertificate:
+    return membership.NodeCertificate(
+        b(fields["network_id"]),
+        b(fields["node_key"]),
+        fields["role"],
+        fields["serial"],
+        fields["issued"],
+    )
+
+
+def handshake_party(party: dict[str, Any]) -> bytes:
+    """Check one side's stated keys and certificate; return the certificate bytes."""
+    assert crypto.box_public_key(b(party["static_private"])).hex() == party["static_public"]
+    assert crypto.box_public_key(b(party["ephemeral_private"])).hex() == party["ephemeral_public"]
+    cert = certificate_from(party["certificate_fields"])
+    assert cert.node_key.hex() == party["static_public"]
+    data = membership.sign_certificate(cert, b(MEMBERSHIP["certificate"]["certificate_seed"]))
+    assert data.hex() == party["certificate_hex"]
+    assert membership.open_certificate(data, MANIFEST) == cert
+    slot = b(party["certificate_slot_hex"])
+    assert slot == len(data).to_bytes(2, "big") + data + bytes(256 - 2 - len(data))
+    return data
+
+
+def run_handshake() -> tuple[PeerHandshake, PeerHandshake, list[bytes]]:
+    """Both sides with the vector's keys, driven by the protocol module; the three messages."""
+    sides = []
+    for role in ("initiator", "responder"):
+        party = HANDSHAKE[role]
+        sides.append(
+            PeerHandshake(
+                initiator=role == "initiator",
+                network_key=b(HANDSHAKE["psk"]),
+                static_secret=b(party["static_private"]),
+                certificate=b(party["certificate_hex"]),
+                manifest=MANIFEST,
+                ephemeral_secret=b(party["ephemeral_private"]),
+            )
+        )
+    initiator, responder = sides
+    messages = [initiator.data_to_send()]
+    responder.receive_data(messages[0])
+    messages.append(responder.data_to_send())
+    initiator.receive_data(messages[1])
+    messages.append(initiator.data_to_send())
+    responder.receive_data(messages[2])
+    return initiator, responder, messages
+
+
+def test_handshake_vector() -> None:
+    assert HANDSHAKE["prologue_hex"] == b"fieldsync/1".hex()
+    assert HANDSHAKE["psk"] == KEYS["network_key"]
+    author = handshake_party(HANDSHAKE["initiator"])
+    relay = handshake_party(HANDSHAKE["responder"])
+    assert author.hex() == MEMBERSHIP["certificate"]["hex"]
+    keys = {k["name"]: k for k in KEYS["keys"]}
+    assert HANDSHAKE["initiator"]["static_private"] == keys["node"]["private"]
+    assert HANDSHAKE["responder"]["static_private"] == keys["relay node"]["private"]
+
+    initiator, responder, messages = run_handshake()
+    assert [m.hex() for m in messages] == [m["hex"] for m in HANDSHAKE["messages"]]
+    sizes = [m["size"] for m in HANDSHAKE["messages"]]
+    assert [len(m) for m in messages] == sizes == [48, 352, 320]
+    # e in clear at the start of messages 1 and 2; nothing else readable.
+    assert messages[0][:32].hex() == HANDSHAKE["initiator"]["ephemeral_public"]
+    assert messages[1][:32].hex() == HANDSHAKE["responder"]["ephemeral_public"]
+    assert author not in messages[2] and relay not in messages[1]
+    assert initiator.is_complete and responder.is_complete
+    assert initiator.handshake_hash.hex() == HANDSHAKE["handshake_hash"]
+    assert responder.handshake_hash.hex() == HANDSHAKE["handshake_hash"]
+    assert initiator.peer == certificate_from(HANDSHAKE["responder"]["certificate_fields"])
+    assert responder.peer == certificate_from(HANDSHAKE["initiator"]["certificate_fields"])
+
+
+def noise_connection(role: str) -> NoiseConnection:
+    """An independent Noise implementation holding the vector's keys for ``role``."""
+    party = HANDSHAKE[role]
+    connection = NoiseConnection.from_name(HANDSHAKE["protocol_name"].encode())
+    if role == "initiator":
+        connection.set_as_initiator()
+    else:
+        connection.set_as_responder()
+    connection.set_psks(psk=b(HANDSHAKE["psk"]))
+    connection.set_prologue(b(HANDSHAKE["prologue_hex"]))
+    connection.set_keypair_from_private_bytes(Keypair.STATIC, b(party["static_private"]))
+    connection.set_keypair_from_private_bytes(Keypair.EPHEMERAL, b(party["ephemeral_private"]))
+    with pytest.warns(UserWarning, match="ephemeral"):  # fixed ephemerals: vectors only
+        connection.start_handshake()
+    return connection
+
+
+def noise_handshake() -> tuple[NoiseConnection, NoiseConnection]:
+    """The vector's handshake run by ``noiseprotocol`` on both sides, checked message by message."""
+    initiator, responder = noise_connection("initiator"), noise_connection("responder")
+    slot_i = b(HANDSHAKE["initiator"]["certificate_slot_hex"])
+    slot_r = b(HANDSHAKE["responder"]["certificate_slot_hex"])
+    msg1, msg2, msg3 = (b(m["hex"]) for m in HANDSHAKE["messages"])
+    assert bytes(initiator.write_message(b"")) == msg1
+    assert responder.read_message(msg1) == b""
+    assert bytes(responder.write_message(slot_r)) == msg2
+    assert initiator.read_message(msg2) == slot_r
+    assert bytes(initiator.write_message(slot_i)) == msg3
+    assert responder.read_message(msg3) == slot_i
+    assert initiator.handshake_finished and responder.handshake_finished
+    assert initiator.get_handshake_hash().hex() == HANDSHAKE["handshake_hash"]
+    return initiator, responder
+
+
+def test_handshake_vector_with_an_independent_noise() -> None:
+    noise_handshake()
+
+
+# --- frames (SPEC.md §12.2) -------------------------------------------------------------------
+
+
+def padme(length: int) -> int:
+    """SPEC.md §12.2.3, written out again: Padmé with a 64-byte floor."""
+    exponent = length.bit_length() - 1
+    step = max(64, 1 << (exponent - exponent.bit_length()))
+    return -(-length // step) * step
+
+
+def test_frame_vectors() -> None:
+    initiator, responder, _ = run_handshake()
+    i_send, i_receive = initiator.transport()
+    r_send, r_receive = responder.transport()
+    for key, sender, receiver in (
+        ("initiator_to_responder", i_send, r_receive),
+        ("responder_to_initiator", r_send, i_receive),
+    ):
+        stream = FRAMES[key]
+        assert [f["frame"] for f in stream] == list(range(len(stream)))
+        assert [f["type"] for f in stream] == ["DATA"] * (len(stream) - 1) + ["END"]
+        messages = [b(f["payload_hex"]) for f in stream[:-1]]
+        wire = [sender.send(m) for m in messages] + [sender.end()]
+        assert [w.hex() for w in wire] == [f["hex"] for f in stream]
+        for frame, data in zip(stream, wire, strict=True):
+            assert frame["length"] == 1 + len(b(frame["payload_hex"]))
+            assert frame["padded_size"] == padme(frame["length"])
+            assert frame["size"] == len(data) == 18 + frame["padded_size"] + 16
+        assert sender.frames_sent == len(stream)
+        receiver.receive_data(b"".join(wire))
+        events = []
+        while (event := receiver.next_event()) is not None:
+            events.append(event)
+        assert events == [*(frames.Data(m) for m in messages), frames.End()]
+        assert receiver.eof_received()
+
+
+def test_frame_vectors_with_an_independent_noise() -> None:
+    """header = ENCRYPT(u16 L), body = ENCRYPT(type || payload || zeros), then REKEY."""
+    initiator, responder = noise_handshake()
+    for key, sender, receiver in (
+        ("initiator_to_responder", initiator, responder),
+        ("responder_to_initiator", responder, initiator),
+    ):
+        for frame in FRAMES[key]:
+            payload = b(frame["payload_hex"])
+            kind = {"DATA": 1, "END": 2}[frame["type"]]
+            length = 1 + len(payload)
+            body = bytes([kind]) + payload + bytes(padme(length) - length)
+            wire = bytes(sender.encrypt(length.to_bytes(2, "big"))) + bytes(sender.encrypt(body))
+            assert wire.hex() == frame["hex"]
+            data = b(frame["hex"])
+            assert receiver.decrypt(data[:18]) == length.to_bytes(2, "big")
+            assert receiver.decrypt(data[18:]) == body
+            sender.rekey_outbound_cipher()
+            receiver.rekey_inbound_cipher()
+
+
+# --- sync sessions (SPEC.md §13) ----------------------------------------------------------------
+
+SESSION = load("session.json")
+
+
+class MemStore:
+    """Items by arrival number, with the peer each came from and an id index."""
+
+    def __init__(self, state: dict[str, Any], items: dict[str, bytes]) -> None:
+        self.epoch = b(state["epoch"])
+        self.high = state["high_water"]
+        self.rows = [(r["seq"], items[r["item"]], r["from"]) for r in state["items"]]
+        self.by_id = {crypto.content_id(data): data for _, data, _ in self.rows}
+        self.index = SortedListIndex(self.by_id)
+        cursor = state["cursor_on_peer"]
+        self.cursor = None if cursor is None else Cursor(b(cursor["epoch"]), cursor["seq"])
+
+    def state(self, names: dict[bytes, str]) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch.hex(),
+            "high_water": self.high,
+            "items": [
+                {"seq": seq, "item": names[crypto.content_id(data)], "from": origin}
+                for seq, data, origin in self.rows
+            ],
+            "cursor_on_peer": None
+            if self.cursor is None
+            else {"epoch": self.cursor.epoch.hex(), "seq": self.cursor.seq},
+        }
+
+
+class MemSource:
+    """The ``ItemSource`` a session with ``peer`` sees: deltas skip what ``peer`` gave us."""
+
+    def __init__(self, store: MemStore, peer: str) -> None:
+        self.store = store
+        self.peer = peer
+
+    @property
+    def index(self) -> SortedListIndex:
+        return self.store.index
+
+    def items_after(self, seq: int, limit: int) -> list[tuple[int, bytes]]:
+        rows = [(s, d) for s, d, origin in self.store.rows if s > seq and origin != self.peer]
+        return rows[:limit]
+
+    def get(self, ids: Sequence[bytes]) -> list[bytes]:
+        return [self.store.by_id[i] for i in ids if i in self.store.by_id]
+
+    def wants(self, ids: Sequence[bytes]) -> list[bytes]:
+        return [i for i in ids if i not in self.store.by_id]
+
+
+def session_items() -> dict[str, bytes]:
+    items = {name: b(data) for name, data in SESSION["items"].items()}
+    assert items["manifest"].hex() == MEMBERSHIP["manifest"]["item_hex"]
+    assert items["envelope"].hex() == ENVELOPE["item_hex"]
+    for given in SESSION["receipts"]:
+        value = receipt.Receipt(
+            MANIFEST.network_id, given["serial"], given["time"], tuple(b(t) for t in given["tags"])
+        )
+        assert receipt.sign_receipt(value, b(RECEIPT["receipt_seed"])) == items[given["name"]]
+    for name, data in items.items():
+        check_item(data, MANIFEST)
+        assert crypto.content_id(data).hex() == SESSION["item_ids"][name]
+    return items
+
+
+def drive(stores: dict[str, MemStore]) -> tuple[set[str], list[dict[str, Any]]]:
+    """Flights in turn, the initiator's first; batches committed as their events come out."""
+    peer = {"initiator": "responder", "responder": "initiator"}
+    sessions = {
+        name: SyncSession(
+            MemSource(store, peer[name]),
+            initiator=name == "initiator",
+            local=Cursor(store.epoch, store.high),
+            peer_cursor=store.cursor,
+        )
+        for name, store in stores.items()
+    }
+    modes: set[str] = set()
+    completed: set[str] = set()
+
+    def drain(name: str) -> None:
+        store = stores[name]
+        while (event := sessions[name].next_event()) is not None:
+            if isinstance(event, ItemsReceived):
+                for data in event.items:
+                    if crypto.content_id(data) not in store.by_id:
+                        store.high += 1
+                        store.rows.append((store.high, data, peer[name]))
+                        store.by_id[crypto.content_id(data)] = data
+                        store.index.add(crypto.content_id(data))
+                sessions[name].commit_done(event.batch_no)
+            elif isinstance(event, CursorAdvanced):
+                store.cursor = event.cursor
+            elif isinstance(event, Started):
+                modes.add(event.mode.value)
+            elif isinstance(event, Completed):
+                completed.add(name)
+
+    transcript: list[dict[str, Any]] = []
+    turn, flight = "initiator", 0
+    while out := sessions[turn].messages_to_send():
+        drain(turn)
+        flight += 1
+        for message in out:
+            transcript.append({"flight": flight, "from": turn, "hex": message.hex()})
+            sessions[peer[turn]].receive_message(message)
+        drain(peer[turn])
+        turn = peer[turn]
+    drain(turn)
+    assert completed == {"initiator", "responder"}
+    assert all(s.complete for s in sessions.values())
+    return modes, transcript
+
+
+@pytest.mark.parametrize(
+    "vector", SESSION["sessions"], ids=[s["mode"] for s in SESSION["sessions"]]
+)
+def test_session_vector(vector: dict[str, Any]) -> None:
+    items = session_items()
+    names = {crypto.content_id(data): name for name, data in items.items()}
+    stores = {name: MemStore(vector["before"][name], items) for name in ("initiator", "responder")}
+    modes, transcript = drive(stores)
+    assert modes == {vector["mode"]}
+    expected = vector["transcript"]
+    assert transcript == [{k: m[k] for k in ("flight", "from", "hex")} for m in expected]
+    for message in expected:
+        value = codec.decode(b(message["hex"]), max_size=1024 * 1024)  # canonical, decodes
+        assert value["t"] == message["type"]
+        assert same_types(value, untyped(message["value"]))
+    for name, store in stores.items():
+        assert store.state(names) == vector["after"][name]
+
+
+def test_session_vectors_cover_every_message_type() -> None:
+    first, repeat = SESSION["sessions"]
+    kinds = [m["type"] for m in first["transcript"]]
+    assert kinds == [
+        "hello", "rec", "hello", "want", "rec", "data", "end", "ack", "data", "end", "ack"
+    ]  # fmt: skip
+    values = [untyped(m["value"]) for m in first["transcript"]]
+    assert values[0]["r"] is True and "a" not in values[0]  # HELLO, reconcile mode
+    assert values[2]["r"] is False and "a" not in values[2]
+    assert values[4] == {"r": [], "t": "rec"}  # DONE
+    wanted = values[3]["i"]
+    assert wanted.hex() == SESSION["item_ids"]["envelope"]
+    assert values[8]["i"] == [b(SESSION["items"]["envelope"])]
+    assert values[6] == {"s": first["before"]["responder"]["high_water"], "t": "end"}
+    # The second session runs from the state the first left (plus one new item).
+    assert repeat["before"]["initiator"] == first["after"]["initiator"]
+    assert repeat["before"]["responder"]["items"][:-1] == first["after"]["responder"]["items"]
+    delta = [untyped(m["value"]) for m in repeat["transcript"]]
+    assert [m["t"] for m in delta] == ["hello", "hello", "data", "end", "ack", "end"]
+    assert delta[0]["a"] == [
+        b(first["after"]["initiator"]["cursor_on_peer"]["epoch"]),
+        first["after"]["initiator"]["cursor_on_peer"]["seq"],
+    ]
+    assert delta[2]["s"] == 4  # DATA in delta mode carries the sender's seq
+    assert delta[2]["i"] == [b(SESSION["items"]["receipt 14"])]  # the envelope is not echoed
+
+
+# --- reconciliation (SPEC.md §13.3) -------------------------------------------------------------
+
+RECONCILE = load("reconcile.json")
+
+
+def pad(bound: str | None) -> bytes | None:
+    return None if bound is None else b(bound).ljust(32, b"\0")
+
+
+def within(ids: list[bytes], lower: str, upper: str | None) -> list[bytes]:
+    low, high = pad(lower), pad(upper)
+    assert low is not None
+    return [i for i in ids if low <= i and (high is None or i < high)]
+
+
+def fingerprint_by_hand(ids: list[bytes]) -> bytes:
+    """SPEC.md §13.3.2 with hashlib only."""
+    total = sum(int.from_bytes(i, "little") for i in ids) % 2**256
+    data = total.to_bytes(32, "little") + len(ids).to_bytes(8, "little")
+    return hashlib.blake2b(data, digest_size=16, person=b"fieldsync/fp/v1").digest()
+
+
+def test_reconcile_fingerprint_vectors() -> None:
+    ids = [b(i) for i in RECONCILE["ids"]]
+    assert ids == sorted(set(ids)) and len(ids) == 40
+    assert RECONCILE["person"] == "fieldsync/fp/v1"
+    for case in RECONCILE["fingerprints"]:
+        held = [] if case["name"] == "empty range" else ids
+        inside = within(held, case["lower"], case["upper"])
+        assert len(inside) == case["count"]
+        total = sum(int.from_bytes(i, "little") for i in inside) % 2**256
+        assert total.to_bytes(32, "little").hex() == case["sum_le"]
+        assert fingerprint_by_hand(inside).hex() == case["fingerprint"]
+        upper = INFINITY if case["upper"] is None else b(case["upper"])
+        index = SortedListIndex(held)
+        assert index.fingerprint(b(case["lower"]), upper).hex() == case["fingerprint"]
+    assert RECONCILE["fingerprints"][0]["fingerprint"] == EMPTY_FINGERPRINT.hex()
+
+
+def test_reconcile_exchange_vector() -> None:
+    ours = [b(i) for i in RECONCILE["ids"]]
+    missing, extra = b(RECONCILE["missing"]), b(RECONCILE["extra"])
+    theirs = sorted([*(i for i in ours if i != missing), extra])
+    ours_index = SortedListIndex(ours)
+    initiator = Reconciler(ours_index, initiator=True)
+    responder = Reconciler(SortedListIndex(theirs), initiator=False)
+    first, answer, done = (b(m["hex"]) for m in RECONCILE["messages"])
+    assert [m["from"] for m in RECONCILE["messages"]] == ["initiator", "responder", "initiator"]
+    assert initiator.initial() == first
+    step = responder.receive(first)
+    assert step.reply == answer and not step.have and not step.need
+    step = initiator.receive(answer)
+    assert step.reply == done and step.done
+    assert codec.decode(done) == {"r": [], "t": "rec"}  # DONE
+    assert responder.receive(done).done
+    assert [i.hex() for i in step.have] == RECONCILE["initiator_wants"] == [extra.hex()]
+    pushes = [
+        i
+        for p in step.need
+        for i in ours_index.ids(p.lower, p.upper, len(ours))
+        if i not in p.exclude
+    ]
+    assert [i.hex() for i in pushes] == RECONCILE["initiator_pushes"] == [missing.hex()]
+    # The stated ranges are what the messages carry, and every payload is right.
+    for message, held in zip(RECONCILE["messages"], (ours, theirs, ours), strict=True):
+        ranges = parse_message(codec.decode(b(message["hex"])))
+        lower = ""
+        assert len(ranges) == len(message["ranges"])
+        for got, stated in zip(ranges, message["ranges"], strict=True):
+            assert got.upper == (INFINITY if stated["upper"] is None else b(stated["upper"]))
+            assert got.mode is RangeMode[stated["mode"]]
+            assert got.payload.hex() == stated["payload"]
+            inside = within(held, lower, stated["upper"])
+            if got.mode is RangeMode.FINGERPRINT:
+                assert got.payload == fingerprint_by_hand(inside)
+            elif got.mode is RangeMode.IDLIST:
+                assert got.payload == b"".join(inside)
+            else:
+                assert got.payload == b""
+            lower = stated["upper"] or ""
+    # The first message splits 40 ids into 16 runs at floor(k * 40 / 16), shortest bounds.
+    bounds = [r["upper"] for r in RECONCILE["messages"][0]["ranges"]]
+    for k, bound in enumerate(bounds[:-1], start=1):
+        at = k * len(ours) // 16
+        below, above = ours[at - 1], ours[at]
+        common = next(n for n in range(32) if below[n] != above[n])
+        assert bound == above[: common + 1].hex()
+    assert bounds[-1] is None
 
 
 # --- the generator agrees with the stored files ----------------------------------------------
