@@ -346,15 +346,11 @@ class _Connection:
             raise PeerViolation("no session")
         peer_ended = False
         while True:
-            messages = await self.ctx.worker.call(lambda _store: session.messages_to_send())
-            if messages:
-                data = b"".join(self.sender.send(m) for m in messages)
-                # One window of batches can be megabytes: hand the transport bounded
-                # pieces (a WebSocket message is capped at MAX_WS_MESSAGE on receipt).
-                for start in range(0, len(data), SEND_CHUNK):
-                    await self.transport.send(data[start : start + SEND_CHUNK])
+            await self._send_pending(session)
             if await self._handle_events():
                 break
+            if peer_ended:
+                raise TransportError("the peer ended the stream before the session completed")
             async with asyncio.timeout(self.ctx.limits.idle_timeout):
                 message = await self.incoming.get()
             # Everything already here is handled before we answer: one reply per flight,
@@ -371,10 +367,10 @@ class _Connection:
             last = batch[-1]
             if isinstance(last, Exception):
                 raise last
-            if last is None:
-                peer_ended = True
-                if not session.complete:
-                    raise TransportError("the peer ended the stream before the session completed")
+            # The peer's end of stream: its last messages (above) may still complete the
+            # session once their batches are committed, so decide on the next turn.
+            peer_ended = last is None
+        await self._send_pending(session)  # e.g. the ACK of the peer's last batch
         # Session complete: authenticated end of stream, then wait briefly for the peer's.
         await self.transport.send(self.sender.end())
         with contextlib.suppress(TimeoutError):
@@ -383,6 +379,15 @@ class _Connection:
                     if isinstance(message, Exception):
                         break
         self.outcome.complete = True
+
+    async def _send_pending(self, session: SyncSession) -> None:
+        messages = await self.ctx.worker.call(lambda _store: session.messages_to_send())
+        if messages:
+            data = b"".join(self.sender.send(m) for m in messages)
+            # One window of batches can be megabytes: hand the transport bounded pieces
+            # (a WebSocket message is capped at MAX_WS_MESSAGE on receipt).
+            for start in range(0, len(data), SEND_CHUNK):
+                await self.transport.send(data[start : start + SEND_CHUNK])
 
     async def _handle_events(self) -> bool:
         """Act on session events; True once the session is complete."""
