@@ -346,8 +346,11 @@ class _Connection:
             raise PeerViolation("no session")
         peer_ended = False
         while True:
+            # Commit what the last flight brought (so its ACK is owed), then answer the
+            # whole flight at once; sending can itself complete the session.
+            done = await self._handle_events()
             await self._send_pending(session)
-            if await self._handle_events():
+            if done or await self._handle_events():
                 break
             if peer_ended:
                 raise TransportError("the peer ended the stream before the session completed")
