@@ -296,11 +296,60 @@ class Store:
                         f"peer is over its quota for today ({quota.max_items} items)"
                     )
             ref = None if origin is None else self._origin_ref(origin, create=True)
-            for item in checked:
-                self.add_checked(item, counts, now, origin=ref)
+            self._add_many(checked, counts, now, ref)
         if counts.purged:
             self.checkpoint()
         return counts
+
+    def _add_many(
+        self, checked: list[Checked], counts: ImportCounts, now: int, origin: int | None
+    ) -> None:
+        """``add_checked`` for a whole batch: two lookups and one ``executemany`` instead of
+        three statements per item (the receiver's hot path, perf S1). Receipts are applied
+        after the batch's items are in, so the end state equals one-by-one insertion."""
+        tombstoned = self._present("tombstones", "tag", [c.item.tag for c in checked])
+        held = self._present("items", "id", [c.item.id for c in checked])
+        clock = self._clock_now()
+        rows = []
+        receipts = []
+        for entry in checked:
+            item = entry.item
+            kind_name = item.kind.name.lower()
+            counts.kinds[kind_name] = counts.kinds.get(kind_name, 0) + 1
+            if item.tag in tombstoned:
+                counts.already_delivered += 1
+                continue
+            if item.id in held:
+                counts.duplicate += 1
+                continue
+            held.add(item.id)
+            ttl = RECEIPT_TTL if entry.envelope is None else TTL_CLASSES[entry.envelope.ttl_class]
+            rows.append((item.id, item.tag, item.kind.value, item.data, now, clock + ttl, origin))
+            counts.new += 1
+            counts.new_ids.append(item.id)
+            if entry.receipt is not None:
+                receipts.append(entry.receipt)
+        self._conn.executemany(
+            "INSERT INTO items (id, tag, kind, data, received_at, expires_at, own, origin)"
+            " VALUES (?, ?, ?, ?, ?, ?, 0, ?)",
+            rows,
+        )
+        for receipt in receipts:
+            self._apply_receipt_tags(receipt.tags, counts, now)
+
+    def _present(self, table: str, column: str, values: list[bytes]) -> set[bytes]:
+        found: set[bytes] = set()
+        for start in range(0, len(values), 500):
+            chunk = values[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            found.update(
+                row[0]
+                for row in self._conn.execute(
+                    f"SELECT {column} FROM {table} WHERE {column} IN ({marks})",  # noqa: S608 - our names
+                    chunk,
+                )
+            )
+        return found
 
     def items_after(
         self, seq: int, limit: int, skip_origin: bytes | None = None
