@@ -42,6 +42,9 @@ def _canonicalise(value: Value, depth: int) -> Value:
     ``depth`` is the nesting level of ``value`` itself: the top-level container is at 0, so
     containers may sit at levels ``0 .. MAX_DEPTH - 1``, exactly what ``decode`` accepts.
     """
+    kind = type(value)
+    if kind is bytes or kind is str or kind is int or kind is bool or value is None:
+        return value  # the common leaves, by exact type: the hot path of every item check
     if isinstance(value, dict | list | tuple) and depth >= MAX_DEPTH:
         raise LocalProtocolError(f"value nests deeper than {MAX_DEPTH} levels")
     if isinstance(value, dict):
