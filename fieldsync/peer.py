@@ -46,6 +46,9 @@ QUOTA_WINDOW_SECONDS = 86_400
 #: At most this many incoming connections may be in their handshake at once (half-open
 #: limit, as WireGuard's cookie threshold): more are closed unanswered.
 MAX_HANDSHAKES = 8
+#: Session bytes we buffer from a peer before processing them: a full window of DATA
+#: batches (16 x 256 KiB) plus slack. More means the peer ignores the window.
+MAX_QUEUED_BYTES = 24 * 1024 * 1024
 #: Largest single write handed to the transport (well under the WebSocket message cap).
 SEND_CHUNK = 256 * 1024
 
@@ -286,6 +289,7 @@ class _Connection:
         self.outcome = outcome
         # Session messages from the peer; None = clean end of stream; an exception = failure.
         self.incoming: asyncio.Queue[bytes | Exception | None] = asyncio.Queue()
+        self.queued_bytes = 0
         self.session: SyncSession | None = None
 
     async def run(self) -> None:
@@ -319,6 +323,13 @@ class _Connection:
                 # What moved before the failure (the session is idle now: no store call runs).
                 self.outcome.stats = replace(session.stats)
 
+    def _count_queued(self, size: int) -> None:
+        self.queued_bytes += size
+        if self.queued_bytes > MAX_QUEUED_BYTES:
+            # A member racing ahead of our acknowledgements (the session allows one
+            # window): refuse rather than buffer without bound.
+            raise RemoteProtocolError("peer sent far more than its window allows")
+
     async def _read_frames(self) -> None:
         """Decrypt frames as they arrive and queue the session messages they carry."""
         try:
@@ -327,6 +338,7 @@ class _Connection:
                 # are already inside the receiver, and no further read may ever come.
                 while (event := self.receiver.next_event()) is not None:
                     if isinstance(event, Data):
+                        self._count_queued(len(event.payload))
                         await self.incoming.put(event.payload)
                     elif isinstance(event, End):
                         await self.incoming.put(None)
@@ -365,6 +377,7 @@ class _Connection:
                 except asyncio.QueueEmpty:
                     break
             payloads = [m for m in batch if isinstance(m, bytes)]
+            self.queued_bytes -= sum(map(len, payloads))
             if payloads:
                 await self.ctx.worker.call(functools.partial(_deliver, session, payloads))
             last = batch[-1]

@@ -40,4 +40,5 @@ class StoreWorker:
         if store is not None:
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(self._executor, store.close)
-        self._executor.shutdown(wait=True)
+        # Joining the (now idle) thread blocks: do it off the event loop.
+        await asyncio.to_thread(self._executor.shutdown, True)

@@ -42,15 +42,8 @@ FAST = PeerLimits(silent_close=(0.0, 0.01))
 
 @pytest.fixture(autouse=True)
 def blockbuster() -> Iterator[BlockBuster]:
-    """Any blocking call made on a running event loop raises ``BlockingError``.
-
-    One exemption, scoped to a single function: ``StoreWorker.close`` ends the store thread
-    with ``ThreadPoolExecutor.shutdown(wait=True)``, a join of an idle thread (the store is
-    already closed on it), once per runtime at shutdown, never during a session.
-    """
+    """Any blocking call made on a running event loop raises ``BlockingError``."""
     with blockbuster_ctx() as bb:
-        for name in ("threading.Lock.acquire", "threading.Lock.acquire_lock"):
-            bb.functions[name].can_block_in("fieldsync/store_worker.py", "close")
         yield bb
 
 
