@@ -46,9 +46,6 @@ QUOTA_WINDOW_SECONDS = 86_400
 #: At most this many incoming connections may be in their handshake at once (half-open
 #: limit, as WireGuard's cookie threshold): more are closed unanswered.
 MAX_HANDSHAKES = 8
-#: Session bytes we buffer from a peer before processing them: a full window of DATA
-#: batches (16 x 256 KiB) plus slack. More means the peer ignores the window.
-MAX_QUEUED_BYTES = 24 * 1024 * 1024
 #: Largest single write handed to the transport (well under the WebSocket message cap).
 SEND_CHUNK = 256 * 1024
 
@@ -59,6 +56,9 @@ class PeerLimits:
     idle_timeout: float = 60.0
     quota_items_per_day: int = 200_000
     quota_bytes_per_day: int = 1024 * 1024 * 1024
+    #: Session bytes buffered from a peer ahead of processing: a window of DATA batches
+    #: (16 x 256 KiB) plus slack. More means the peer ignores the window.
+    max_queued_bytes: int = 24 * 1024 * 1024
     #: A responder that got a bad first message waits this long (randomised) before closing.
     silent_close: tuple[float, float] = (1.0, 3.0)
 
@@ -325,7 +325,7 @@ class _Connection:
 
     def _count_queued(self, size: int) -> None:
         self.queued_bytes += size
-        if self.queued_bytes > MAX_QUEUED_BYTES:
+        if self.queued_bytes > self.ctx.limits.max_queued_bytes:
             # A member racing ahead of our acknowledgements (the session allows one
             # window): refuse rather than buffer without bound.
             raise RemoteProtocolError("peer sent far more than its window allows")
@@ -376,13 +376,13 @@ class _Connection:
                     batch.append(self.incoming.get_nowait())
                 except asyncio.QueueEmpty:
                     break
+            last = batch[-1]
+            if isinstance(last, Exception):
+                raise last  # the stream itself failed: what came before it is moot
             payloads = [m for m in batch if isinstance(m, bytes)]
             self.queued_bytes -= sum(map(len, payloads))
             if payloads:
                 await self.ctx.worker.call(functools.partial(_deliver, session, payloads))
-            last = batch[-1]
-            if isinstance(last, Exception):
-                raise last
             # The peer's end of stream: its last messages (above) may still complete the
             # session once their batches are committed, so decide on the next turn.
             peer_ended = last is None

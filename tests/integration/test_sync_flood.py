@@ -302,3 +302,43 @@ async def test_invalid_frames_after_handshake_disconnect_at_once(net: Net, kind:
         f" {closed_after:.3f} s after the handshake, having read {outcome.wire_bytes_received} B"
         f" (read ahead of its session: up to {READ_SIZE} B per read); it said: {outcome.error}"
     )
+
+
+async def test_a_member_ignoring_the_window_is_cut_off_before_buffering_unboundedly(
+    net: Net,
+) -> None:
+    """Frames that decrypt fine but arrive faster than the session allows are not queued
+    without bound: past ``max_queued_bytes`` the connection is a protocol violation."""
+    limits = dataclasses.replace(LIMITS, max_queued_bytes=16 * 1024)  # < one 64 KiB read
+    before = await asyncio.to_thread(item_ids, net.receiver)
+    async with (
+        serving(net.receiver, limits=limits) as (receiver, target),
+        member(net.flooder) as peer,
+    ):
+        host, _, port = target.rpartition(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        ctx = peer.context
+        handshake = PeerHandshake(
+            initiator=True,
+            network_key=ctx.network_key,
+            static_secret=ctx.static_secret,
+            certificate=ctx.certificate,
+            manifest=ctx.manifest,
+            ephemeral_secret=secrets.token_bytes(32),
+        )
+        writer.write(handshake.data_to_send())
+        handshake.receive_data(await asyncio.wait_for(reader.readexactly(MSG2_SIZE), 10))
+        sender, _receiver = handshake.transport()
+        junk = b"".join(sender.send(os.urandom(4000)) for _ in range(100))  # 400 KB at once
+        writer.write(handshake.data_to_send() + junk)
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+            async with asyncio.timeout(10):
+                while await reader.read(65536):
+                    pass
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+        outcome = (await server_outcome(receiver, 1))[-1]
+    assert outcome.error is not None and "window" in outcome.error, outcome.error
+    assert await asyncio.to_thread(item_ids, net.receiver) == before
