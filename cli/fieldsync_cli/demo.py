@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -182,8 +183,8 @@ class NetworkDemo(Demo):
 
     Hub H (``run --hub``), connected node C (upstream = H), relay B and author A, all on
     loopback with static peers (A → B → C → H): the demo never multicasts on this machine's
-    real interfaces. In the field, discovery finds the peers instead (tests/integration
-    shows it in network namespaces with real zeroconf).
+    real interfaces. In the field, discovery finds the peers instead: as root the demo runs
+    ``demo_netns.NetnsNetworkDemo`` (network namespaces, real zeroconf) in its place.
     """
 
     def __init__(self, root: Path) -> None:
@@ -319,12 +320,42 @@ class NetworkDemo(Demo):
                 process.kill()
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # run the cleanup (daemons, namespaces) on SIGTERM too
+
+
 def main() -> None:
+    try:
+        _main()
+    except KeyboardInterrupt:
+        print("demo interrupted: daemons stopped, temporary files removed", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def _main() -> None:
+    from fieldsync_cli.demo_netns import Namespaces, NetnsNetworkDemo, netns_available
+
+    signal.signal(signal.SIGTERM, _terminate)
     with tempfile.TemporaryDirectory(prefix="fieldsync-demo-") as tmp:
         print("== part 1: offline, by USB bundles", flush=True)
         offline = Demo(Path(tmp) / "offline")
         offline.run()
         print("== part 2: over the network, daemons relaying on their own", flush=True)
+        why = (
+            "FIELDSYNC_DEMO_LOOPBACK=1"
+            if os.environ.get("FIELDSYNC_DEMO_LOOPBACK") == "1"
+            else netns_available()
+        )
+        if why is None:
+            with Namespaces() as net:
+                network: NetworkDemo = NetnsNetworkDemo(Path(tmp) / "network", net)
+                network.step_no = offline.step_no
+                try:
+                    network.run()
+                finally:
+                    network.stop()
+            return
+        print(f"{why}: running on loopback with static peers, no discovery", flush=True)
         network = NetworkDemo(Path(tmp) / "network")
         network.step_no = offline.step_no
         try:
