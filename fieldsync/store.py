@@ -338,18 +338,17 @@ class Store:
             self._apply_receipt_tags(receipt.tags, counts, now)
 
     def _present(self, table: str, column: str, values: list[bytes]) -> set[bytes]:
-        found: set[bytes] = set()
+        select = f"SELECT {column} FROM {table}"  # noqa: S608 - table and column are ours
+        return set(self._where_in(select, column, values))
+
+    def _where_in(self, select: str, column: str, values: list[bytes]) -> Iterator[bytes]:
+        """``select ... WHERE column IN (values)``, first column of each row, 500 at a time."""
         for start in range(0, len(values), 500):
             chunk = values[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            found.update(
-                row[0]
-                for row in self._conn.execute(
-                    f"SELECT {column} FROM {table} WHERE {column} IN ({marks})",  # noqa: S608 - our names
-                    chunk,
-                )
-            )
-        return found
+            sql = f"{select} WHERE {column} IN ({marks})"
+            for row in self._conn.execute(sql, chunk):
+                yield row[0]
 
     def items_after(
         self, seq: int, limit: int, skip_origin: bytes | None = None
@@ -390,32 +389,11 @@ class Store:
         return bytes(row[0])
 
     def get_items(self, ids: list[bytes]) -> list[bytes]:
-        found: list[bytes] = []
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            found.extend(
-                row[0]
-                for row in self._conn.execute(
-                    f"SELECT data FROM items WHERE id IN ({marks})",  # noqa: S608 - only placeholders
-                    chunk,
-                )
-            )
-        return found
+        return list(self._where_in("SELECT data FROM items", "id", ids))
 
     def missing(self, ids: list[bytes]) -> list[bytes]:
         """The subset of ``ids`` this store does not hold."""
-        held: set[bytes] = set()
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            held.update(
-                row[0]
-                for row in self._conn.execute(
-                    f"SELECT id FROM items WHERE id IN ({marks})",  # noqa: S608 - only placeholders
-                    chunk,
-                )
-            )
+        held = self._present("items", "id", ids)
         return [i for i in ids if i not in held]
 
     def sorted_ids(self) -> Iterator[bytes]:
