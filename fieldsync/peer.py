@@ -420,11 +420,21 @@ class _Connection:
             done = False
             while (event := session.next_event()) is not None:
                 if isinstance(event, ItemsReceived):
+                    # Every batch of the flight that is already here goes into one durable
+                    # transaction (one fsync, not one per batch); each is acknowledged only
+                    # after that commit, in order.
+                    group = [event]
+                    while isinstance(following := session.next_event(), ItemsReceived):
+                        group.append(following)
                     outcome.items_new += _store_batch(
-                        store, source, manifest, node_key, event, limits, self.ctx.on_manifest
+                        store, source, manifest, node_key, group, limits, self.ctx.on_manifest
                     )
-                    session.commit_done(event.batch_no)
-                elif isinstance(event, CursorAdvanced):
+                    for received in group:
+                        session.commit_done(received.batch_no)
+                    if following is None:
+                        continue
+                    event = following
+                if isinstance(event, CursorAdvanced):
                     store.set_peer_cursor(
                         node_key, event.cursor.epoch, event.cursor.seq, now_seconds()
                     )
@@ -448,15 +458,18 @@ def _store_batch(
     source: SyncSource,
     manifest: Manifest,
     node_key: bytes,
-    event: ItemsReceived,
+    group: list[ItemsReceived],
     limits: PeerLimits,
     on_manifest: Callable[[Checked], None] | None = None,
 ) -> int:
-    """Verify, charge quota, commit durably; return how many items were new."""
-    try:
-        checked: list[Checked] = [check_item(data, manifest) for data in event.items]
-    except RemoteProtocolError as exc:
-        raise PeerViolation(f"bad item in batch {event.batch_no}: {exc}") from exc
+    """Verify, charge quota, commit durably (all batches of ``group`` in one transaction);
+    return how many items were new."""
+    checked: list[Checked] = []
+    for event in group:
+        try:
+            checked.extend(check_item(data, manifest) for data in event.items)
+        except RemoteProtocolError as exc:
+            raise PeerViolation(f"bad item in batch {event.batch_no}: {exc}") from exc
     quota = Quota(
         node_key,
         now_seconds() // QUOTA_WINDOW_SECONDS,

@@ -34,6 +34,8 @@ class Item:
     kind: ItemKind
     data: bytes
     fields: dict[str, Any]
+    #: The parsed outer layer, for envelopes (parsed once, here).
+    envelope: OuterEnvelope | None = None
 
     @cached_property  # hashed once per item: the store and the index both need it
     def id(self) -> bytes:
@@ -58,11 +60,10 @@ def parse_item(data: bytes) -> Item:
             f"item has version {fields.get('v')!r:.20}; this software reads version {VERSION}"
         )
     if kind is ItemKind.ENVELOPE:
-        parse_outer(fields)
-    else:
-        codec.as_map(fields, "item", {"b", "s", "t", "v"})
-        codec.get_bytes(fields, "b", "item")
-        codec.get_bytes(fields, "s", "item", 64)
+        return Item(kind, data, fields, parse_outer(fields))
+    codec.as_map(fields, "item", {"b", "s", "t", "v"})
+    codec.get_bytes(fields, "b", "item")
+    codec.get_bytes(fields, "s", "item", 64)
     return Item(kind, data, fields)
 
 
@@ -82,7 +83,7 @@ def check_item(data: bytes, manifest: Manifest) -> Checked:
     if item.kind is ItemKind.ENVELOPE:
         # An unknown HQ key id is not refused: it may come from a newer manifest that has
         # not reached this node yet, and relays must never block delivery.
-        return Checked(item, envelope=parse_outer(item.fields))
+        return Checked(item, envelope=item.envelope)
     if item.kind is ItemKind.RECEIPT:
         return Checked(item, receipt=open_receipt(item.fields, manifest))
     update = open_manifest(data, trusted_root=manifest.root_key)
