@@ -67,6 +67,10 @@ class PeerViolation(Exception):
     """The peer broke the protocol, sent a bad item or exceeded its quota."""
 
 
+class QuotaViolation(PeerViolation):
+    """The peer delivered more than its per-day quota allows."""
+
+
 @dataclass
 class SyncOutcome:
     """What one connection achieved, from this side's point of view."""
@@ -426,11 +430,25 @@ class _Connection:
                     group = [event]
                     while isinstance(following := session.next_event(), ItemsReceived):
                         group.append(following)
-                    outcome.items_new += _store_batch(
-                        store, source, manifest, node_key, group, limits, self.ctx.on_manifest
+                    store_group = functools.partial(
+                        _store_batch,
+                        store,
+                        source,
+                        manifest,
+                        node_key,
+                        limits=limits,
+                        on_manifest=self.ctx.on_manifest,
                     )
-                    for received in group:
-                        session.commit_done(received.batch_no)
+                    try:
+                        outcome.items_new += store_group(group)
+                        for received in group:
+                            session.commit_done(received.batch_no)
+                    except QuotaViolation:
+                        # The flight does not fit: keep what does, batch by batch, and end
+                        # the connection at the first batch over the quota.
+                        for received in group:
+                            outcome.items_new += store_group([received])
+                            session.commit_done(received.batch_no)
                     if following is None:
                         continue
                     event = following
@@ -479,7 +497,7 @@ def _store_batch(
     try:
         counts = store.add_batch(checked, now_seconds(), origin=node_key, quota=quota)
     except QuotaExceeded as exc:
-        raise PeerViolation(str(exc)) from exc
+        raise QuotaViolation(str(exc)) from exc
     source.note_changes(counts.new_ids, counts.purged_ids)
     if on_manifest is not None:
         for item in checked:
