@@ -30,7 +30,7 @@ from sync_support import item_ids
 
 from fieldsync import synthetic
 from fieldsync.daemon import Runtime, Server
-from fieldsync.peer import PeerLimits, SyncOutcome, SyncSource, run_peer
+from fieldsync.peer import PeerContext, PeerLimits, SyncOutcome, SyncSource, run_peer
 from fieldsync.store import Store
 from fieldsync.transport import READ_SIZE, connect_tcp
 from fieldsync_protocol import codec
@@ -238,6 +238,25 @@ async def test_announced_session_quota_stops_an_honest_sender(
     assert len(grown - before) == QUOTA
 
 
+async def raw_member_handshake(
+    target: str, ctx: PeerContext
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, PeerHandshake]:
+    """A member's connection driven by hand: messages 1 and 2 done, message 3 pending."""
+    host, _, port = target.rpartition(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    handshake = PeerHandshake(
+        initiator=True,
+        network_key=ctx.network_key,
+        static_secret=ctx.static_secret,
+        certificate=ctx.certificate,
+        manifest=ctx.manifest,
+        ephemeral_secret=secrets.token_bytes(32),
+    )
+    writer.write(handshake.data_to_send())
+    handshake.receive_data(await asyncio.wait_for(reader.readexactly(MSG2_SIZE), 10))
+    return reader, writer, handshake
+
+
 @pytest.mark.parametrize("kind", ["noise", "bad-messages"])
 async def test_invalid_frames_after_handshake_disconnect_at_once(net: Net, kind: str) -> None:
     before = await asyncio.to_thread(item_ids, net.receiver)
@@ -245,19 +264,7 @@ async def test_invalid_frames_after_handshake_disconnect_at_once(net: Net, kind:
         serving(net.receiver, limits=LIMITS) as (receiver, target),
         member(net.flooder) as peer,
     ):
-        host, _, port = target.rpartition(":")
-        reader, writer = await asyncio.open_connection(host, int(port))
-        ctx = peer.context
-        handshake = PeerHandshake(
-            initiator=True,
-            network_key=ctx.network_key,
-            static_secret=ctx.static_secret,
-            certificate=ctx.certificate,
-            manifest=ctx.manifest,
-            ephemeral_secret=secrets.token_bytes(32),
-        )
-        writer.write(handshake.data_to_send())
-        handshake.receive_data(await asyncio.wait_for(reader.readexactly(MSG2_SIZE), 10))
+        reader, writer, handshake = await raw_member_handshake(target, peer.context)
         writer.write(handshake.data_to_send())
         assert handshake.is_complete
         handshake_done = time.monotonic()
@@ -315,19 +322,7 @@ async def test_a_member_ignoring_the_window_is_cut_off_before_buffering_unbounde
         serving(net.receiver, limits=limits) as (receiver, target),
         member(net.flooder) as peer,
     ):
-        host, _, port = target.rpartition(":")
-        reader, writer = await asyncio.open_connection(host, int(port))
-        ctx = peer.context
-        handshake = PeerHandshake(
-            initiator=True,
-            network_key=ctx.network_key,
-            static_secret=ctx.static_secret,
-            certificate=ctx.certificate,
-            manifest=ctx.manifest,
-            ephemeral_secret=secrets.token_bytes(32),
-        )
-        writer.write(handshake.data_to_send())
-        handshake.receive_data(await asyncio.wait_for(reader.readexactly(MSG2_SIZE), 10))
+        reader, writer, handshake = await raw_member_handshake(target, peer.context)
         sender, _receiver = handshake.transport()
         junk = b"".join(sender.send(os.urandom(4000)) for _ in range(100))  # 400 KB at once
         writer.write(handshake.data_to_send() + junk)
