@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from pathlib import Path
 
@@ -100,3 +101,37 @@ async def test_daemons_relay_new_reports_and_receipts_through_static_peers(
     finally:
         await daemon_a.stop()
         await daemon_b.stop()
+
+
+async def test_daemon_tells_systemd_it_is_ready_pings_the_watchdog_and_says_stopping(
+    network: synthetic.SyntheticNetwork, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    home = network.add_node("a")
+    path = home / "notify.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(path))
+    listener.setblocking(False)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+    monkeypatch.setenv("WATCHDOG_USEC", "200000")  # ping every 0.1 s
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+    received: list[str] = []
+
+    async def heard(state: str) -> bool:
+        while True:
+            try:
+                received.append(listener.recv(4096).decode())
+            except BlockingIOError:
+                break
+        return any(state in message for message in received)
+
+    daemon = FieldDaemon(config_for(home))  # type: ignore[arg-type]
+    await daemon.start()
+    try:
+        await wait_until(lambda: heard("READY=1"))
+        await wait_until(lambda: heard("WATCHDOG=1"))
+    finally:
+        await daemon.stop()
+    await wait_until(lambda: heard("STOPPING=1"))
+    listener.close()
