@@ -66,6 +66,19 @@ class Demo:
         lines = done.stdout.strip().splitlines()
         return json.loads(lines[-1]) if lines else None
 
+    def write_reports(self, home: Path) -> list[str]:
+        """The author writes the demo's reports with ``report add``; returns their ids."""
+        ids = []
+        for narrative, category, occurred, lat, lon, place in REPORTS:
+            args = ["--home", str(home), "report", "add", "--narrative", narrative,
+                    "--category", category, "--occurred", occurred]  # fmt: skip
+            if lat is not None:
+                args += ["--lat", str(lat), "--lon", str(lon), "--accuracy", "50"]
+            if place:
+                args += ["--place", place]
+            ids.append(str(self.fieldsync(*args)["id"]))
+        return ids
+
     def step(self, message: str) -> None:
         self.step_no += 1
         print(f"[{self.step_no:2d}] {message}", flush=True)
@@ -110,25 +123,7 @@ class Demo:
                 f"HQ enrolled node {name.upper()} as {summary['role']}; it joined"
                 f" '{joined['network']}'"
             )
-        ids = []
-        for narrative, category, occurred, lat, lon, place in REPORTS:
-            args = [
-                "--home",
-                str(a),
-                "report",
-                "add",
-                "--narrative",
-                narrative,
-                "--category",
-                category,
-                "--occurred",
-                occurred,
-            ]
-            if lat is not None:
-                args += ["--lat", str(lat), "--lon", str(lon), "--accuracy", "50"]
-            if place:
-                args += ["--place", place]
-            ids.append(self.fieldsync(*args)["id"])
+        ids = self.write_reports(a)
         self.step(
             f"A wrote 3 reports, signed by monitor-17 and sealed to HQ:"
             f" {', '.join(i[:13] for i in ids)}…"
@@ -271,19 +266,7 @@ class NetworkDemo(Demo):
             f"daemons up on loopback: hub {hub}, C {c_addr} (upstream: hub), B {b_addr}, A"
             " → B (static peers; no multicast)"
         )
-        for narrative, category, occurred, *_ in REPORTS:
-            self.fieldsync(
-                "--home",
-                str(a),
-                "report",
-                "add",
-                "--narrative",
-                narrative,
-                "--category",
-                category,
-                "--occurred",
-                occurred,
-            )
+        self.write_reports(a)
         self.step("A wrote 3 reports; its daemon notices and starts passing them on")
         self.wait_for(
             "the reports to reach the hub",

@@ -20,7 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from fieldsync_cli.demo import REPORTS, NetworkDemo
+from fieldsync_cli.demo import NetworkDemo
 
 LAN = "10.213.0"  # the bridge: A .11, B .12, C .13
 LINE = "10.213.1"  # C's private line to the hub: C .1, H .2
@@ -225,9 +225,7 @@ class NetnsNetworkDemo(NetworkDemo):
             f"daemons up: hub on H, C (upstream {hub_url}), B, A; no static peers, discovery"
             " bound to the bridge addresses"
         )
-        for narrative, category, occurred, *_ in REPORTS:
-            self.fieldsync("--home", str(a), "report", "add", "--narrative", narrative,
-                           "--category", category, "--occurred", occurred)  # fmt: skip
+        self.write_reports(a)
         self.step("A wrote 3 reports, signed and sealed to HQ")
         self.wait_for("B to take A's reports", lambda: self.envelopes(b) >= 3)
         self.wait_for("B to list A as discovered", lambda: addr["a"] in self.discovered(b))
