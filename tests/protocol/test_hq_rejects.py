@@ -23,7 +23,7 @@ from protocol_support import (
     signed_inner,
 )
 
-from fieldsync_protocol import codec, crypto, membership
+from fieldsync_protocol import codec, crypto, envelope, membership
 from fieldsync_protocol.envelope import OpenedReport, open_report
 from fieldsync_protocol.errors import RemoteProtocolError
 from fieldsync_protocol.items import ItemKind, check_item
@@ -133,6 +133,22 @@ def test_outer_fields_are_bound(field: str, value: object, message: str) -> None
     changed = codec.encode(codec.decode(data) | {field: value})
     with pytest.raises(RemoteProtocolError, match=message):
         hq_accepts(ALPHA, changed)
+
+
+def test_only_a_box_that_does_not_open_is_junk() -> None:
+    """Junk (``NotSealedToHQ``) is what fails under a key HQ holds; a key id HQ lacks is held
+    (it may be a key HQ lost), and whatever opened is held too (SPEC.md §8.6)."""
+    data = ALPHA.seal(hq_key_id=1).item
+    wrong_key = codec.encode(codec.decode(data) | {"k": 0})
+    with pytest.raises(envelope.NotSealedToHQ, match="cannot be opened"):
+        hq_accepts(ALPHA, wrong_key)
+    unknown_key = codec.encode(codec.decode(data) | {"k": 5})
+    with pytest.raises(RemoteProtocolError, match="does not hold") as caught:
+        hq_accepts(ALPHA, unknown_key)
+    assert not isinstance(caught.value, envelope.NotSealedToHQ)
+    with pytest.raises(RemoteProtocolError, match="never enrolled") as caught:
+        hq_accepts(ALPHA, data, authors=frozenset())
+    assert not isinstance(caught.value, envelope.NotSealedToHQ)
 
 
 def test_inner_resealed_to_another_hq_key_id() -> None:
