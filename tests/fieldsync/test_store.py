@@ -108,7 +108,7 @@ def test_integrity_and_status_of_an_empty_store(store: Store) -> None:
     status = store.status()
     assert status["items"] == {"envelope": 0, "receipt": 0, "manifest": 0}
     assert status["items_total"] == 0
-    assert status["outbox"] == {"sealed": 0, "delivered": 0}
+    assert status["outbox"] == {"sealed": 0, "held": 0, "dropped": 0, "delivered": 0}
     assert status["tombstones"] == 0
     assert isinstance(status["disk_bytes"], int) and status["disk_bytes"] > 0
 
