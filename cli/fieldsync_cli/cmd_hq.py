@@ -146,8 +146,12 @@ def ingest(
     passphrase_file: Path | None,
     as_json: bool,
 ) -> None:
-    """Decrypt, verify and store the reports in bundle FILES (each all or nothing), or
-    pulled from the hub with --hub URL (then receipts go back to the hub at once)."""
+    """Decrypt, verify and store the reports in bundle FILES, or pulled from the hub with
+    --hub URL (then receipts go back to the hub at once).
+
+    Each envelope is accepted, held in the quarantine (with an alert) or dropped as junk,
+    on its own: one bad envelope never stops the others. A damaged bundle file is refused
+    whole (exit 3, nothing from it ingested)."""
     if not files and hub_url is None:
         raise FieldsyncError("give bundle FILES to ingest, or --hub URL")
     headquarters = HQ(hq_dir)
