@@ -446,7 +446,7 @@ async def ingest_from_hub(
         pulled = await _session(runtime, hub_url)
         await _ingest_node_store(runtime, headquarters, keys, summary)
         await asyncio.to_thread(headquarters.finish_ingest, summary)
-        made = await asyncio.to_thread(headquarters._issue_receipts, keys)
+        made = await asyncio.to_thread(headquarters.sign_pending_receipts, keys)
         await _store_receipts(runtime, headquarters)
         pushed = await _session(runtime, hub_url)  # receipts go back even after a cut pull
         return summary, HubIngest(pulled, pushed, made)

@@ -650,7 +650,7 @@ class HQ:
                 for entry_id, data in page:
                     last = entry_id
                     self._reconsider(db, entry_id, parse_item(data), context, summary)
-        summary.receipts_new = self._issue_receipts(keys)
+        summary.receipts_new = self.sign_pending_receipts(keys)
         return summary
 
     def _quarantine_page(self, after: int, wanted: list[int] | None) -> list[tuple[int, bytes]]:
@@ -737,9 +737,9 @@ class HQ:
 
     def issue_receipts(self, passphrase: str) -> int:
         """Sign receipts for every envelope HQ has recorded but not yet receipted."""
-        return self._issue_receipts(self.unlock(passphrase))
+        return self.sign_pending_receipts(self.unlock(passphrase))
 
-    def _issue_receipts(self, keys: HqSecrets) -> int:
+    def sign_pending_receipts(self, keys: HqSecrets) -> int:
         """One receipt per status per 4,096 pending envelopes (SPEC.md §9), page by page."""
         manifest = self.manifest()
         db = self.database()
@@ -792,7 +792,7 @@ class HQ:
         """Issue pending receipts and write all receipts plus the manifest to a bundle."""
         keystore.check_output(out, "receipts bundle")
         keys = self.unlock(passphrase)  # once: Argon2id takes seconds on a small device
-        new = self._issue_receipts(keys)
+        new = self.sign_pending_receipts(keys)
         manifest = self.manifest()
         writer = BundleWriter(keys.network_key, manifest.network_id, secrets.token_bytes(16))
         tmp = out.with_name(f".{out.name}.partial")
