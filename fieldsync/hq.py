@@ -8,9 +8,15 @@ Layout of an HQ directory::
     hq.db          the analyst database (sqlite-utils; open it with Datasette)
 
 The analyst database has one row per report in ``reports`` (with ``lat``/``lon``
-columns), every envelope HQ has seen in ``envelopes`` (accepted, duplicate, fork or
-rejected, with the reason), fork and gap ``alerts``, enrolled ``authors`` and ``nodes``,
-and the signed ``receipts`` HQ has issued.
+columns), every envelope HQ has seen in ``envelopes`` (accepted, duplicate, fork,
+quarantined or junk, with the reason; never a junk envelope's bytes), the ``quarantine``
+(bytes of envelopes HQ opened but refused, for review and ``reingest``), ``alerts`` (forks,
+open gaps as ranges, held envelopes, sequence jumps, a full quarantine), enrolled
+``authors`` and ``nodes``, and the signed ``receipts`` HQ has issued, each with the status
+it gives its envelopes (SPEC.md §9).
+
+One envelope never fails an ingest: each is judged and recorded under its own savepoint,
+and any error is recorded as that envelope's reason (SPEC.md §8.6).
 """
 
 from __future__ import annotations
@@ -33,7 +39,13 @@ from fieldsync.node import Node, Progress, _read_bundle, utc_text
 from fieldsync.store import now_seconds
 from fieldsync_protocol import codec, crypto, membership
 from fieldsync_protocol.bundle import BundleReader, BundleWriter
-from fieldsync_protocol.envelope import NotSealedToHQ, OpenedReport, OuterEnvelope, open_report
+from fieldsync_protocol.envelope import (
+    NotSealedToHQ,
+    OpenedReport,
+    OuterEnvelope,
+    RefusedSignedReport,
+    open_report,
+)
 from fieldsync_protocol.errors import RemoteProtocolError
 from fieldsync_protocol.items import Item, ItemKind, parse_item
 from fieldsync_protocol.keytext import KeyKind, fingerprint, key_to_text
@@ -190,6 +202,16 @@ class _Verdict:
     opened: OpenedReport | None = None
     alert_kind: str | None = None
     detail: str | None = None
+    #: Who signed a refused report, when the signature was verified.
+    signer: bytes | None = None
+
+    @property
+    def author_key(self) -> bytes | None:
+        return self.opened.author_key if self.opened is not None else self.signer
+
+    def author_text(self) -> str | None:
+        key = self.author_key
+        return None if key is None else key_to_text(KeyKind.AUTHOR, key)
 
 
 @dataclass
@@ -451,6 +473,8 @@ class HQ:
             opened = open_report(outer, context.network_id, context.hq_secrets, context.authors)
         except NotSealedToHQ as exc:
             return _Verdict("junk", _trim(str(exc)))
+        except RefusedSignedReport as exc:  # signed by an enrolled author: name them
+            return _Verdict("quarantined", _trim(str(exc)), signer=exc.author_key)
         except RemoteProtocolError as exc:
             return _Verdict("quarantined", _trim(str(exc)))
         author_text = key_to_text(KeyKind.AUTHOR, opened.author_key)
@@ -488,7 +512,7 @@ class HQ:
         """Write one verdict: envelope row, then chain and report, or quarantine and alert."""
         envelope_id = item.id.hex()
         opened = verdict.opened
-        author_text = None if opened is None else key_to_text(KeyKind.AUTHOR, opened.author_key)
+        author_text = verdict.author_text()
         if verdict.status == "quarantined" and not self._quarantine_has_room(context, item):
             summary.quarantine_full += 1  # nothing written: not receipted, offered again
             return
@@ -518,8 +542,9 @@ class HQ:
         """The rows a verdict adds besides the envelope row; returns the alert raised."""
         envelope_id = item.id.hex()
         opened = verdict.opened
-        author_text = None if opened is None else key_to_text(KeyKind.AUTHOR, opened.author_key)
-        name = "" if opened is None else context.authors.get(opened.author_key, "")
+        author_text = verdict.author_text()
+        signer = verdict.author_key
+        name = "" if signer is None else context.authors.get(signer, "")
         if verdict.status == "accepted" and opened is not None and author_text is not None:
             _insert(
                 db,

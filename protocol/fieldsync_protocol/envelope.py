@@ -57,6 +57,15 @@ MAX_CLAIMED_TIME = 253_402_300_799
 _PAD_MARK = b"\x80"
 
 
+class RefusedSignedReport(RemoteProtocolError):
+    """An enrolled author's valid signature over a header HQ refuses (§8.6 steps 9-13):
+    ``author_key`` says who signed it, so HQ can name the author in its alert."""
+
+    def __init__(self, message: str, author_key: bytes) -> None:
+        super().__init__(message)
+        self.author_key = author_key
+
+
 class NotSealedToHQ(RemoteProtocolError):
     """The envelope does not open under HQ's key for its key id (SPEC.md §8.6 step 3): junk."""
 
@@ -225,6 +234,21 @@ def open_report(
     if author not in authors:
         raise RemoteProtocolError("report is signed by an author key HQ never enrolled")
     verify(Domain.REPORT, author, header_bytes, signature, "report")
+    try:
+        return _verified_report(outer, network_id, author, header, header_bytes)
+    except RemoteProtocolError as exc:
+        raise RefusedSignedReport(str(exc), author) from exc
+
+
+def _verified_report(
+    outer: OuterEnvelope,
+    network_id: bytes,
+    author: bytes,
+    header: dict[str, Any],
+    header_bytes: bytes,
+) -> OpenedReport:
+    """SPEC.md §8.6 steps 9-13, once the author's signature is known to be good."""
+    what = "report header"
     if codec.get_bytes(header, "n", what, NETWORK_ID_SIZE) != network_id:
         raise RemoteProtocolError("report was written for another network (forwarded?)")
     if codec.get_int(header, "hk", what, 0, MAX_KEY_ID) != outer.hq_key_id:

@@ -64,7 +64,10 @@ def test_a_time_after_9999_is_held_and_the_rest_of_the_bundle_goes_in(net: Net) 
     (reason,) = summary.quarantined
     assert reason == f"report header.t = {2**40} is outside 0..{MAX_CLAIMED_TIME}"
     (alert,) = summary.alerts
-    assert (alert["kind"], alert["author_name"]) == ("quarantined", "")
+    # Signed by an enrolled author: the alert names who sent it.
+    assert (alert["kind"], alert["author_name"]) == ("quarantined", "monitor-17")
+    (held,) = _rows(net, "SELECT author_name, author_key, sequence FROM quarantine")
+    assert held["author_name"] == "monitor-17" and held["author_key"].startswith("author:")
     times = [r["claimed_time"] for r in _rows(net, "SELECT claimed_time FROM reports")]
     assert sorted(times) == ["2025-02-19T21:20:01Z", "9999-12-31T23:59:59Z"]
     again = ingest(net, net.usb / "x.bundle")

@@ -2,8 +2,9 @@
 
 A real hub (``Runtime`` + ``Server`` on a loopback WebSocket, in this process) holds real
 sealed reports and a junk flood; HQ's node, with no per-day quota toward the hub, pulls it
-all, ingests a page at a time, receipts everything (junk as dropped) and pushes back. An autouse blockbuster fixture fails the test if
-anything (Argon2id, SQLite, file reads) blocks the event loop. A pull that cannot complete
+all, ingests a page at a time, receipts everything (junk as dropped) and pushes back. An
+autouse blockbuster fixture fails the test if anything (Argon2id, SQLite, file reads)
+blocks the event loop. A pull that cannot complete
 still ingests what HQ's node already committed, and says so.
 """
 

@@ -112,6 +112,7 @@ def _check_poison_held(first: dict[str, Any], rss_kib: int) -> None:
     kinds = sorted(alert["kind"] for alert in first["alerts"])
     assert kinds == ["quarantined", "sequence jump", "sequence jump"]
     assert {a["sequence"] for a in first["alerts"]} == {None, 2**63 - 1, 10**12}
+    assert {a["author_name"] for a in first["alerts"]} == {"mallory"}  # who sent the poison
     assert any("report header.t = 1099511627776" in a["detail"] for a in first["alerts"])
     assert first["gaps"] == {}  # the jumps did not enter the chain
     assert rss_kib < RSS_LIMIT_KIB, f"hq ingest peaked at {rss_kib} KiB"

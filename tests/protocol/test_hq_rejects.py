@@ -169,10 +169,14 @@ def test_inner_resealed_to_another_networks_hq() -> None:
     moved = envelope_item(inner, BETA.manifest.hq_keys[0], 0)
     # Even if the author were enrolled with both HQs, the signed network id refuses it.
     both = BETA.authors | {ALPHA.author_key(0)}
-    with pytest.raises(RemoteProtocolError, match=r"written for another network \(forwarded\?\)"):
+    with pytest.raises(
+        envelope.RefusedSignedReport, match=r"written for another network \(forwarded\?\)"
+    ) as caught:
         hq_accepts(BETA, moved, both)
-    with pytest.raises(RemoteProtocolError, match="author key HQ never enrolled"):
+    assert caught.value.author_key == ALPHA.author_key(0)  # HQ can name who signed it
+    with pytest.raises(RemoteProtocolError, match="author key HQ never enrolled") as unsigned:
         hq_accepts(BETA, moved)
+    assert not isinstance(unsigned.value, envelope.RefusedSignedReport)
     # Re-sealed to the same key id number in the other network: still the network check.
     moved_same_id = envelope_item(
         pad(signed_inner(header_fields(ALPHA, hk=0), ALPHA.author_seeds[0])),
