@@ -450,13 +450,13 @@ class HQ:
         try:
             self._record(db, item, self._judge(db, outer, item.id.hex(), context), context, summary)
         except Exception as exc:  # one envelope never fails an ingest
-            db.conn.execute("ROLLBACK TO envelope")
+            _rollback_envelope(db, exc)
             log.exception("ingest: envelope %s failed; holding it", item.id.hex())
             reason = _trim(f"internal error at HQ ({type(exc).__name__}): {exc}")
             try:
                 self._record(db, item, _Verdict("quarantined", reason), context, summary)
-            except Exception:  # not even recordable: tried again next ingest
-                db.conn.execute("ROLLBACK TO envelope")
+            except Exception as again:  # not even recordable: tried again next ingest
+                _rollback_envelope(db, again)
                 log.exception("ingest: envelope %s could not be recorded", item.id.hex())
                 summary.failed += 1
         db.conn.execute("RELEASE envelope")
@@ -720,7 +720,7 @@ class HQ:
             else:
                 self._release(db, entry_id, item, verdict, context, summary)
         except Exception as exc:  # one envelope never fails the others
-            db.conn.execute("ROLLBACK TO envelope")
+            _rollback_envelope(db, exc)
             log.exception("reingest: envelope %s failed; still held", envelope_id)
             _count_reason(summary.still_held, _trim(f"internal error at HQ: {exc}"))
         db.conn.execute("RELEASE envelope")
@@ -874,6 +874,17 @@ _QUARANTINE_COLUMNS = (
 )
 
 
+def _rollback_envelope(db: sqlite_utils.Database, exc: Exception) -> None:
+    """Undo one envelope's rows. SQLite itself may have ended the whole transaction (a full
+    disk, an I/O error): then nothing of this source is kept, and the operator must act."""
+    if not db.conn.in_transaction:
+        raise FieldsyncError(
+            f"HQ's database stopped the ingest ({exc}); nothing from this source was recorded"
+            " or receipted. Check free disk space and run the ingest again"
+        ) from exc
+    db.conn.execute("ROLLBACK TO envelope")
+
+
 def _trim(reason: str) -> str:
     return reason if len(reason) <= MAX_REASON else reason[: MAX_REASON - 1] + "…"
 
@@ -954,7 +965,8 @@ def _transaction(db: sqlite_utils.Database) -> Iterator[None]:
     try:
         yield
     except BaseException:
-        db.conn.execute("ROLLBACK")
+        if db.conn.in_transaction:  # SQLite may have rolled back already (disk full)
+            db.conn.execute("ROLLBACK")
         raise
     db.conn.execute("COMMIT")
 
