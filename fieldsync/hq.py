@@ -136,6 +136,8 @@ class IngestSummary:
     gaps_total: int = 0
     alerts: list[dict[str, Any]] = field(default_factory=list)
     alerts_total: int = 0
+    #: How many of ``quarantine_full`` an alert already reported (bundles, then the hub).
+    quarantine_full_alerted: int = field(default=0, repr=False)
 
     def add_alert(self, alert: dict[str, Any]) -> None:
         self.alerts_total += 1
@@ -602,10 +604,12 @@ class HQ:
         db = self.database()
         with _transaction(db):
             _refresh_gap_alerts(db)
-            if summary.quarantine_full:
+            not_kept = summary.quarantine_full - summary.quarantine_full_alerted
+            if not_kept:
+                summary.quarantine_full_alerted = summary.quarantine_full
                 alert = {
                     "kind": "quarantine full",
-                    "detail": f"{summary.quarantine_full} refused envelopes were not kept"
+                    "detail": f"{not_kept} refused envelopes were not kept"
                     f" (quarantine bound {self.quarantine_max_items:,} envelopes or"
                     f" {self.quarantine_max_bytes:,} bytes) and not receipted: relays keep"
                     " them and HQ tries again at the next ingest; review the quarantine"

@@ -207,6 +207,9 @@ def test_past_its_bound_the_quarantine_keeps_and_receipts_nothing_and_alerts(net
         summary = headquarters.ingest_files([net.usb / "s.bundle"], PASSPHRASE)
         assert (sum(summary.quarantined.values()), summary.quarantine_full) == (2, 1)
         assert summary.alerts[-1]["kind"] == "quarantine full"
+        headquarters.finish_ingest(summary)  # bundles then the hub: still one alert
+        full = "SELECT count(*) FROM alerts WHERE kind = 'quarantine full'"
+        assert headquarters.database().execute(full).fetchone()[0] == 1
         assert headquarters.issue_receipts(PASSPHRASE) == 1
         pending = headquarters.database().execute("SELECT count(*) FROM envelopes").fetchone()
         assert pending[0] == 2  # the third is not recorded: relays keep carrying it
