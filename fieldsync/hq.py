@@ -8,15 +8,23 @@ Layout of an HQ directory::
     hq.db          the analyst database (sqlite-utils; open it with Datasette)
 
 The analyst database has one row per report in ``reports`` (with ``lat``/``lon``
-columns), every envelope HQ has seen in ``envelopes`` (accepted, duplicate, fork or
-rejected, with the reason), fork and gap ``alerts``, enrolled ``authors`` and ``nodes``,
-and the signed ``receipts`` HQ has issued.
+columns), every envelope HQ has seen in ``envelopes`` (accepted, duplicate, fork,
+quarantined or junk, with the reason; never a junk envelope's bytes), the ``quarantine``
+(bytes of envelopes HQ opened but refused, for review and ``reingest``), ``alerts`` (forks,
+open gaps as ranges, held envelopes, sequence jumps, a full quarantine), enrolled
+``authors`` and ``nodes``, and the signed ``receipts`` HQ has issued, each with the status
+it gives its envelopes (SPEC.md §9).
+
+One envelope never fails an ingest: each is judged and recorded under its own savepoint,
+and any error is recorded as that envelope's reason (SPEC.md §8.6).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import secrets
+import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -31,11 +39,19 @@ from fieldsync.node import Node, Progress, _read_bundle, utc_text
 from fieldsync.store import now_seconds
 from fieldsync_protocol import codec, crypto, membership
 from fieldsync_protocol.bundle import BundleReader, BundleWriter
-from fieldsync_protocol.envelope import OpenedReport, open_report, parse_outer
+from fieldsync_protocol.envelope import (
+    NotSealedToHQ,
+    OpenedReport,
+    OuterEnvelope,
+    RefusedSignedReport,
+    open_report,
+)
 from fieldsync_protocol.errors import RemoteProtocolError
-from fieldsync_protocol.items import ItemKind, parse_item
+from fieldsync_protocol.items import Item, ItemKind, parse_item
 from fieldsync_protocol.keytext import KeyKind, fingerprint, key_to_text
-from fieldsync_protocol.receipt import MAX_TAGS, Receipt, sign_receipt
+from fieldsync_protocol.receipt import MAX_TAGS, Receipt, ReceiptStatus, sign_receipt
+
+log = logging.getLogger(__name__)
 
 HQ_SECRET = "hq.secret"  # noqa: S105 - a file name, not a secret
 MANIFEST = "manifest.item"
@@ -75,27 +91,140 @@ class HqSecrets:
         )
 
 
+#: A report more than this far past its author's highest recorded sequence is held, not
+#: chained (SPEC.md §8.7): no honest device gets 10,000 reports ahead of what reached HQ.
+MAX_SEQUENCE_JUMP = 10_000
+#: The quarantine's bounds (SPEC.md §9). Past them an envelope is neither kept nor receipted:
+#: relays go on carrying it, HQ tries again at a later ingest and raises one alert per ingest.
+QUARANTINE_MAX_ITEMS = 100_000
+QUARANTINE_MAX_BYTES = 1024**3
+#: How much an ingest summary lists (the database has everything): bounded on any input.
+MAX_LISTED = 100
+MAX_LISTED_GAPS = 1000
+MAX_REASON = 300
+_OTHER_REASONS = "(other reasons)"
+#: Envelope statuses by the receipt status HQ gives them (SPEC.md §9).
+RECEIPTED_AS = {
+    ReceiptStatus.ACCEPTED: ("accepted", "duplicate", "fork"),
+    ReceiptStatus.HELD: ("quarantined",),
+    ReceiptStatus.DROPPED: ("junk",),
+}
+
+
+def _count_reason(counts: dict[str, int], reason: str) -> None:
+    """Count a reason; past MAX_LISTED distinct reasons they share one line (bounded)."""
+    if reason not in counts and len(counts) >= MAX_LISTED:
+        reason = _OTHER_REASONS
+    counts[reason] = counts.get(reason, 0) + 1
+
+
 @dataclass
 class IngestSummary:
+    """What one ``hq ingest`` did; every envelope lands in exactly one count."""
+
     new: int = 0
     duplicate: int = 0
     forks: int = 0
-    rejected: dict[str, int] = field(default_factory=dict)
+    quarantined: dict[str, int] = field(default_factory=dict)
+    junk: dict[str, int] = field(default_factory=dict)
+    #: Opened-but-refused envelopes not kept because the quarantine is full (not receipted).
+    quarantine_full: int = 0
+    #: Envelopes HQ could not even record (e.g. the disk is full); retried at the next ingest.
+    failed: int = 0
     other_items: int = 0
-    gaps: dict[str, list[int]] = field(default_factory=dict)
-    fork_alerts: list[dict[str, Any]] = field(default_factory=list)
+    gaps: dict[str, list[dict[str, int]]] = field(default_factory=dict)
+    gaps_total: int = 0
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+    alerts_total: int = 0
+    #: How many of ``quarantine_full`` an alert already reported (bundles, then the hub).
+    quarantine_full_alerted: int = field(default=0, repr=False)
+
+    def add_alert(self, alert: dict[str, Any]) -> None:
+        self.alerts_total += 1
+        if len(self.alerts) < MAX_LISTED:
+            self.alerts.append(alert)
+
+    @property
+    def envelopes(self) -> int:
+        return (
+            self.new
+            + self.duplicate
+            + self.forks
+            + sum(self.quarantined.values())
+            + sum(self.junk.values())
+            + self.quarantine_full
+            + self.failed
+        )
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "envelopes": self.envelopes,
             "new": self.new,
             "duplicate": self.duplicate,
             "forks": self.forks,
-            "rejected": sum(self.rejected.values()),
-            "rejected_reasons": self.rejected,
+            "quarantined": sum(self.quarantined.values()),
+            "quarantined_reasons": self.quarantined,
+            "junk": sum(self.junk.values()),
+            "junk_reasons": self.junk,
+            "quarantine_full": self.quarantine_full,
+            "failed": self.failed,
             "other_items": self.other_items,
             "gaps": self.gaps,
-            "fork_alerts": self.fork_alerts,
+            "gaps_total": self.gaps_total,
+            "alerts": self.alerts,
+            "alerts_total": self.alerts_total,
         }
+
+
+@dataclass
+class ReingestSummary:
+    accepted: int = 0
+    duplicate: int = 0
+    forks: int = 0
+    still_held: dict[str, int] = field(default_factory=dict)
+    receipts_new: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "accepted": self.accepted,
+            "duplicate": self.duplicate,
+            "forks": self.forks,
+            "still_held": sum(self.still_held.values()),
+            "still_held_reasons": self.still_held,
+            "receipts_new": self.receipts_new,
+        }
+
+
+@dataclass
+class _Verdict:
+    """HQ's decision on one envelope, before anything is written."""
+
+    status: str  # accepted | duplicate | fork | quarantined | junk
+    reason: str | None = None
+    opened: OpenedReport | None = None
+    alert_kind: str | None = None
+    detail: str | None = None
+    #: Who signed a refused report, when the signature was verified.
+    signer: bytes | None = None
+
+    @property
+    def author_key(self) -> bytes | None:
+        return self.opened.author_key if self.opened is not None else self.signer
+
+    def author_text(self) -> str | None:
+        key = self.author_key
+        return None if key is None else key_to_text(KeyKind.AUTHOR, key)
+
+
+@dataclass
+class _IngestContext:
+    """What every envelope of one ingest is checked against, read once."""
+
+    network_id: bytes
+    hq_secrets: dict[int, bytes]
+    authors: dict[bytes, str]
+    quarantine_items: int
+    quarantine_bytes: int
 
 
 def create_network(out: Path, name: str, passphrase: str, kdf_profile: str) -> membership.Manifest:
@@ -135,8 +264,16 @@ def create_network(out: Path, name: str, passphrase: str, kdf_profile: str) -> m
 
 
 class HQ:
-    def __init__(self, directory: Path) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        quarantine_max_items: int = QUARANTINE_MAX_ITEMS,
+        quarantine_max_bytes: int = QUARANTINE_MAX_BYTES,
+    ) -> None:
         self.directory = directory
+        self.quarantine_max_items = quarantine_max_items
+        self.quarantine_max_bytes = quarantine_max_bytes
         self._db: sqlite_utils.Database | None = None
 
     def manifest_item(self) -> bytes:
@@ -164,9 +301,12 @@ class HQ:
         if self._db is None:
             if not (self.directory / HQ_SECRET).exists():
                 raise NotFound(f"{self.directory} is not an HQ directory (no {HQ_SECRET})")
-            db = sqlite_utils.Database(self.directory / DATABASE)
             # Autocommit mode: our own BEGIN IMMEDIATE ... COMMIT make each ingest atomic.
-            db.conn.isolation_level = None
+            # Any one thread at a time may use it: the hub path runs it off the event loop.
+            conn = sqlite3.connect(
+                self.directory / DATABASE, isolation_level=None, check_same_thread=False
+            )
+            db = sqlite_utils.Database(conn)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             _create_schema(db)
@@ -184,11 +324,15 @@ class HQ:
         self, request_text: str, passphrase: str, role: str | None = None
     ) -> tuple[str, dict[str, Any]]:
         """Register the request's node (and author); return the enrolment text and a summary."""
+        return self.enroll_with_keys(request_text, self.unlock(passphrase), role)
+
+    def enroll_with_keys(
+        self, request_text: str, keys: HqSecrets, role: str | None = None
+    ) -> tuple[str, dict[str, Any]]:
         try:
             request = membership.decode_request(request_text)
         except RemoteProtocolError as exc:
             raise InputRefused(f"enrolment request refused: {exc}") from exc
-        keys = self.unlock(passphrase)
         manifest = self.manifest()
         db = self.database()
         role = role or ("author" if request.author_key else "relay")
@@ -261,67 +405,80 @@ class HQ:
                 raise InputRefused(
                     f"bundle {path} refused, nothing from it ingested: {exc}"
                 ) from exc
-        summary.gaps = self.gaps()
+        self.finish_ingest(summary)
         return summary
 
     def ingest_items(self, items: Iterator[bytes], keys: HqSecrets, summary: IngestSummary) -> None:
-        """Ingest one source atomically (all or nothing, durable before receipts)."""
-        manifest = self.manifest()
-        authors = self.enrolled_authors()
+        """Ingest one source in one durable transaction (before any receipt is issued).
+
+        Each envelope gets its own savepoint: whatever goes wrong with one envelope is
+        recorded for it (held, with the reason) and the others go on (SPEC.md §8.6). Only
+        a record that is not an item at all refuses the source (``RemoteProtocolError``).
+        """
         db = self.database()
         with _transaction(db):
+            context = self._context(keys)
             for data in items:
                 item = parse_item(data)
-                if item.kind is not ItemKind.ENVELOPE:
+                if item.kind is not ItemKind.ENVELOPE or item.envelope is None:
                     summary.other_items += 1
                     continue
-                envelope_id = item.id.hex()
                 if db.execute(
-                    "SELECT 1 FROM envelopes WHERE envelope_id = ?", [envelope_id]
+                    "SELECT 1 FROM envelopes WHERE envelope_id = ?", [item.id.hex()]
                 ).fetchone():
                     summary.duplicate += 1
                     continue
-                row: dict[str, Any] = {
-                    "envelope_id": envelope_id,
-                    "tag": item.tag,
-                    "first_seen": utc_text(now_seconds()),
-                    "receipt_serial": None,
-                }
-                try:
-                    opened = open_report(
-                        parse_outer(item.fields), manifest.network_id, keys.hq_secrets, authors
-                    )
-                except RemoteProtocolError as exc:
-                    reason = str(exc)
-                    summary.rejected[reason] = summary.rejected.get(reason, 0) + 1
-                    _insert(
-                        db,
-                        "envelopes",
-                        {**row, "status": "rejected", "reason": reason, "data": data},
-                    )
-                    continue
-                status = self._record_report(db, opened, envelope_id, authors, summary)
-                _insert(
-                    db,
-                    "envelopes",
-                    {
-                        **row,
-                        "status": status,
-                        "reason": None,
-                        "author_key": key_to_text(KeyKind.AUTHOR, opened.author_key),
-                        "sequence": opened.sequence,
-                        "data": data if status == "fork" else None,
-                    },
-                )
+                self._ingest_envelope(db, item, item.envelope, context, summary)
 
-    def _record_report(
+    def _context(self, keys: HqSecrets) -> _IngestContext:
+        count, size = (
+            self.database()
+            .execute("SELECT count(*), coalesce(sum(size), 0) FROM quarantine")
+            .fetchone()
+        )
+        return _IngestContext(
+            self.manifest().network_id, keys.hq_secrets, self.enrolled_authors(), count, size
+        )
+
+    def _ingest_envelope(
         self,
         db: sqlite_utils.Database,
-        opened: OpenedReport,
-        envelope_id: str,
-        authors: dict[bytes, str],
+        item: Item,
+        outer: OuterEnvelope,
+        context: _IngestContext,
         summary: IngestSummary,
-    ) -> str:
+    ) -> None:
+        db.conn.execute("SAVEPOINT envelope")
+        try:
+            self._record(db, item, self._judge(db, outer, item.id.hex(), context), context, summary)
+        except Exception as exc:  # one envelope never fails an ingest
+            _rollback_envelope(db, exc)
+            log.exception("ingest: envelope %s failed; holding it", item.id.hex())
+            reason = _trim(f"internal error at HQ ({type(exc).__name__}): {exc}")
+            try:
+                self._record(db, item, _Verdict("quarantined", reason), context, summary)
+            except Exception as again:  # not even recordable: tried again next ingest
+                _rollback_envelope(db, again)
+                log.exception("ingest: envelope %s could not be recorded", item.id.hex())
+                summary.failed += 1
+        db.conn.execute("RELEASE envelope")
+
+    def _judge(
+        self,
+        db: sqlite_utils.Database,
+        outer: OuterEnvelope,
+        envelope_id: str,
+        context: _IngestContext,
+    ) -> _Verdict:
+        """Open and place one envelope; writes nothing."""
+        try:
+            opened = open_report(outer, context.network_id, context.hq_secrets, context.authors)
+        except NotSealedToHQ as exc:
+            return _Verdict("junk", _trim(str(exc)))
+        except RefusedSignedReport as exc:  # signed by an enrolled author: name them
+            return _Verdict("quarantined", _trim(str(exc)), signer=exc.author_key)
+        except RemoteProtocolError as exc:
+            return _Verdict("quarantined", _trim(str(exc)))
         author_text = key_to_text(KeyKind.AUTHOR, opened.author_key)
         existing = db.execute(
             "SELECT header_hash, envelope_id FROM chain WHERE author_key = ? AND sequence = ?",
@@ -329,105 +486,342 @@ class HQ:
         ).fetchone()
         if existing is not None:
             if existing[0] == opened.header_hash:
-                summary.duplicate += 1  # the same signed report, sealed again
-                return "duplicate"
-            summary.forks += 1
-            alert = {
-                "kind": "fork",
-                "author_key": author_text,
-                "author_name": authors.get(opened.author_key, ""),
-                "sequence": opened.sequence,
-                "detail": f"envelopes {existing[1]} and {envelope_id} carry different reports"
-                f" with the same sequence number",
-                "at": utc_text(now_seconds()),
-            }
-            _insert(db, "alerts", alert)
-            summary.fork_alerts.append(alert)
-            return "fork"
+                return _Verdict("duplicate", opened=opened)  # the same report, sealed again
+            detail = (
+                f"envelopes {existing[1]} and {envelope_id} carry different reports"
+                " with the same sequence number"
+            )
+            return _Verdict("fork", opened=opened, alert_kind="fork", detail=detail)
+        highest = db.execute(
+            "SELECT coalesce(max(sequence), 0) FROM chain WHERE author_key = ?", [author_text]
+        ).fetchone()[0]
+        if opened.sequence > highest + MAX_SEQUENCE_JUMP:
+            reason = (
+                f"implausible sequence jump: {opened.sequence} is more than"
+                f" {MAX_SEQUENCE_JUMP:,} past the author's highest ({highest})"
+            )
+            return _Verdict("quarantined", reason, opened, alert_kind="sequence jump")
+        return _Verdict("accepted", opened=opened)
+
+    def _record(
+        self,
+        db: sqlite_utils.Database,
+        item: Item,
+        verdict: _Verdict,
+        context: _IngestContext,
+        summary: IngestSummary,
+    ) -> None:
+        """Write one verdict: envelope row, then chain and report, or quarantine and alert."""
+        envelope_id = item.id.hex()
+        opened = verdict.opened
+        author_text = verdict.author_text()
+        if verdict.status == "quarantined" and not self._quarantine_has_room(context, item):
+            summary.quarantine_full += 1  # nothing written: not receipted, offered again
+            return
         _insert(
             db,
-            "chain",
+            "envelopes",
             {
-                "author_key": author_text,
-                "sequence": opened.sequence,
-                "header_hash": opened.header_hash,
-                "previous": opened.previous,
                 "envelope_id": envelope_id,
+                "tag": item.tag,
+                "first_seen": utc_text(now_seconds()),
+                "receipt_serial": None,
+                "status": verdict.status,
+                "reason": verdict.reason,
+                "author_key": author_text,
+                "sequence": None if opened is None else opened.sequence,
+                "data": item.data if verdict.status == "fork" else None,  # kept as evidence
             },
         )
-        _insert(
-            db,
-            "reports",
-            _report_row(opened, author_text, authors.get(opened.author_key, ""), envelope_id),
-        )
-        summary.new += 1
-        return "accepted"
+        alert = self._apply_verdict(db, item, verdict, context)
+        _count_verdict(summary, verdict)
+        if alert is not None:
+            summary.add_alert(alert)
 
-    def gaps(self) -> dict[str, list[int]]:
-        """Per author, the sequence numbers below the highest seen that HQ has not received."""
-        gaps: dict[str, list[int]] = {}
-        rows = (
-            self.database()
-            .execute(
-                "SELECT author_key, max(sequence), group_concat(sequence)"
-                " FROM chain GROUP BY author_key"
+    def _apply_verdict(
+        self, db: sqlite_utils.Database, item: Item, verdict: _Verdict, context: _IngestContext
+    ) -> dict[str, Any] | None:
+        """The rows a verdict adds besides the envelope row; returns the alert raised."""
+        envelope_id = item.id.hex()
+        opened = verdict.opened
+        author_text = verdict.author_text()
+        signer = verdict.author_key
+        name = "" if signer is None else context.authors.get(signer, "")
+        if verdict.status == "accepted" and opened is not None and author_text is not None:
+            _insert(
+                db,
+                "chain",
+                {
+                    "author_key": author_text,
+                    "sequence": opened.sequence,
+                    "header_hash": opened.header_hash,
+                    "previous": opened.previous,
+                    "envelope_id": envelope_id,
+                },
             )
-            .fetchall()
+            _insert(db, "reports", _report_row(opened, author_text, name, envelope_id))
+            return None
+        if verdict.status == "quarantined":
+            _insert(
+                db,
+                "quarantine",
+                {
+                    "envelope_id": envelope_id,
+                    "reason": verdict.reason,
+                    "author_key": author_text,
+                    "author_name": name,
+                    "sequence": None if opened is None else opened.sequence,
+                    "held_at": utc_text(now_seconds()),
+                    "attempts": 1,
+                    "size": len(item.data),
+                    "data": item.data,
+                },
+            )
+            context.quarantine_items += 1
+            context.quarantine_bytes += len(item.data)
+        if verdict.alert_kind is None and verdict.status != "quarantined":
+            return None
+        alert = {
+            "kind": verdict.alert_kind or "quarantined",
+            "author_key": author_text,
+            "author_name": name,
+            "sequence": None if opened is None else opened.sequence,
+            "envelope_id": envelope_id,
+            "detail": verdict.detail or f"held in quarantine: {verdict.reason}",
+            "at": utc_text(now_seconds()),
+        }
+        _insert(db, "alerts", alert)
+        return alert
+
+    def _quarantine_has_room(self, context: _IngestContext, item: Item) -> bool:
+        return (
+            context.quarantine_items < self.quarantine_max_items
+            and context.quarantine_bytes + len(item.data) <= self.quarantine_max_bytes
         )
-        for author_key, highest, seen_text in rows:
-            seen = {int(s) for s in seen_text.split(",")}
-            missing = [s for s in range(1, highest + 1) if s not in seen]
-            if missing:
-                gaps[author_key] = missing
-        return gaps
+
+    def finish_ingest(self, summary: IngestSummary) -> None:
+        """After all sources: refresh the open gaps and raise a "quarantine full" alert."""
+        db = self.database()
+        with _transaction(db):
+            _refresh_gap_alerts(db)
+            not_kept = summary.quarantine_full - summary.quarantine_full_alerted
+            if not_kept:
+                summary.quarantine_full_alerted = summary.quarantine_full
+                alert = {
+                    "kind": "quarantine full",
+                    "detail": f"{not_kept} refused envelopes were not kept"
+                    f" (quarantine bound {self.quarantine_max_items:,} envelopes or"
+                    f" {self.quarantine_max_bytes:,} bytes) and not receipted: relays keep"
+                    " them and HQ tries again at the next ingest; review the quarantine"
+                    " (`fieldsync hq quarantine list`)",
+                    "at": utc_text(now_seconds()),
+                }
+                _insert(db, "alerts", alert)
+                summary.add_alert(alert)
+        summary.gaps, summary.gaps_total = self.gaps()
+
+    def gaps(self) -> tuple[dict[str, list[dict[str, int]]], int]:
+        """Open gaps per author as ranges (at most ``MAX_LISTED_GAPS``), and how many."""
+        db = self.database()
+        total = db.execute("SELECT count(*) FROM alerts WHERE kind = 'gap'").fetchone()[0]
+        gaps: dict[str, list[dict[str, int]]] = {}
+        for author_key, first, last, count in db.execute(
+            "SELECT author_key, first_missing, last_missing, missing_count FROM alerts"
+            " WHERE kind = 'gap' ORDER BY author_key, first_missing LIMIT ?",
+            [MAX_LISTED_GAPS],
+        ):
+            gaps.setdefault(author_key, []).append({"first": first, "last": last, "count": count})
+        return gaps, int(total)
+
+    # --- quarantine --------------------------------------------------------------------
+
+    def quarantine_list(self) -> Iterator[dict[str, Any]]:
+        """Held envelopes, oldest first, without their bytes (streamed)."""
+        yield from self.database().query(
+            f"SELECT {_QUARANTINE_COLUMNS} FROM quarantine q"  # noqa: S608 - our columns
+            " JOIN envelopes e USING (envelope_id) ORDER BY q.id"
+        )
+
+    def quarantine_entry(self, entry_id: int) -> dict[str, Any]:
+        rows = list(
+            self.database().query(
+                f"SELECT {_QUARANTINE_COLUMNS} FROM quarantine q"  # noqa: S608 - our columns
+                " JOIN envelopes e USING (envelope_id) WHERE q.id = ?",
+                [entry_id],
+            )
+        )
+        if not rows:
+            raise NotFound(
+                f"no envelope {entry_id} in the quarantine; `fieldsync hq quarantine list`"
+                " shows what is held"
+            )
+        return rows[0]
+
+    def reingest(self, entry_ids: Iterable[int] | None, passphrase: str) -> ReingestSummary:
+        """Judge held envelopes again (all when ``entry_ids`` is None); issue receipts.
+
+        One accepted now gets an ``accepted`` receipt, so its author's device shows it
+        delivered; one still refused stays held with its new reason.
+        """
+        keys = self.unlock(passphrase)
+        db = self.database()
+        wanted = None if entry_ids is None else sorted(set(entry_ids))
+        for entry_id in wanted or []:
+            self.quarantine_entry(entry_id)  # NotFound before anything changes
+        summary = ReingestSummary()
+        last = 0
+        while True:
+            page = self._quarantine_page(last, wanted)
+            if not page:
+                break
+            with _transaction(db):
+                context = self._context(keys)
+                for entry_id, data in page:
+                    last = entry_id
+                    self._reconsider(db, entry_id, parse_item(data), context, summary)
+        summary.receipts_new = self.sign_pending_receipts(keys)
+        return summary
+
+    def _quarantine_page(self, after: int, wanted: list[int] | None) -> list[tuple[int, bytes]]:
+        """Up to 64 held envelopes after ``after`` (bounded memory: 64 x 256 KiB at most)."""
+        db = self.database()
+        if wanted is None:
+            rows = db.execute(
+                "SELECT id, data FROM quarantine WHERE id > ? ORDER BY id LIMIT 64", [after]
+            )
+        else:
+            chunk = [i for i in wanted if i > after][:64]
+            marks = ", ".join("?" for _ in chunk)
+            rows = db.execute(
+                f"SELECT id, data FROM quarantine WHERE id IN ({marks}) ORDER BY id",  # noqa: S608
+                chunk,
+            )
+        return [(int(i), d) for i, d in rows]
+
+    def _reconsider(
+        self,
+        db: sqlite_utils.Database,
+        entry_id: int,
+        item: Item,
+        context: _IngestContext,
+        summary: ReingestSummary,
+    ) -> None:
+        envelope_id = item.id.hex()
+        db.conn.execute("SAVEPOINT envelope")
+        try:
+            verdict = (
+                _Verdict("quarantined", "not an envelope")
+                if item.envelope is None
+                else self._judge(db, item.envelope, envelope_id, context)
+            )
+            if verdict.status in ("quarantined", "junk"):  # still held: bytes are kept
+                reason = verdict.reason or "refused"
+                db.conn.execute(
+                    "UPDATE quarantine SET reason = ?, attempts = attempts + 1 WHERE id = ?",
+                    [reason, entry_id],
+                )
+                _count_reason(summary.still_held, reason)
+            else:
+                self._release(db, entry_id, item, verdict, context, summary)
+        except Exception as exc:  # one envelope never fails the others
+            _rollback_envelope(db, exc)
+            log.exception("reingest: envelope %s failed; still held", envelope_id)
+            _count_reason(summary.still_held, _trim(f"internal error at HQ: {exc}"))
+        db.conn.execute("RELEASE envelope")
+
+    def _release(
+        self,
+        db: sqlite_utils.Database,
+        entry_id: int,
+        item: Item,
+        verdict: _Verdict,
+        context: _IngestContext,
+        summary: ReingestSummary,
+    ) -> None:
+        """A held envelope is accepted now: chain it, forget its bytes, re-receipt it."""
+        opened = verdict.opened
+        if opened is None:  # accepted, duplicate and fork verdicts always carry the report
+            raise FieldsyncError("a verdict without its report cannot be released")
+        db.conn.execute(
+            "UPDATE envelopes SET status = ?, reason = NULL, author_key = ?, sequence = ?,"
+            " data = ?, receipt_serial = NULL WHERE envelope_id = ?",
+            [
+                verdict.status,
+                key_to_text(KeyKind.AUTHOR, opened.author_key),
+                opened.sequence,
+                item.data if verdict.status == "fork" else None,
+                item.id.hex(),
+            ],
+        )
+        db.conn.execute("DELETE FROM quarantine WHERE id = ?", [entry_id])
+        self._apply_verdict(db, item, verdict, context)
+        if verdict.status == "accepted":
+            summary.accepted += 1
+        elif verdict.status == "duplicate":
+            summary.duplicate += 1
+        else:
+            summary.forks += 1
 
     # --- receipts ----------------------------------------------------------------------
 
     def issue_receipts(self, passphrase: str) -> int:
         """Sign receipts for every envelope HQ has recorded but not yet receipted."""
-        return self._issue_receipts(self.unlock(passphrase))
+        return self.sign_pending_receipts(self.unlock(passphrase))
 
-    def _issue_receipts(self, keys: HqSecrets) -> int:
+    def sign_pending_receipts(self, keys: HqSecrets) -> int:
+        """One receipt per status per 4,096 pending envelopes (SPEC.md §9), page by page."""
         manifest = self.manifest()
         db = self.database()
-        pending = db.execute(
-            "SELECT envelope_id, tag FROM envelopes WHERE receipt_serial IS NULL ORDER BY rowid"
-        ).fetchall()
         made = 0
-        with _transaction(db):
-            for start in range(0, len(pending), MAX_TAGS):
-                batch = pending[start : start + MAX_TAGS]
-                serial = int(
-                    db.execute("SELECT coalesce(max(serial), 0) + 1 FROM receipts").fetchone()[0]
+        for status, envelope_statuses in RECEIPTED_AS.items():
+            marks = ", ".join("?" for _ in envelope_statuses)
+            while True:
+                pending = (
+                    "SELECT envelope_id, tag FROM envelopes WHERE receipt_serial IS NULL"  # noqa: S608 - marks only
+                    f" AND status IN ({marks}) ORDER BY rowid LIMIT ?"
                 )
-                item = sign_receipt(
-                    Receipt(
-                        manifest.network_id, serial, now_seconds(), tuple(tag for _, tag in batch)
-                    ),
-                    keys.receipt_seed,
-                )
-                _insert(
-                    db,
-                    "receipts",
-                    {
-                        "serial": serial,
-                        "created_at": utc_text(now_seconds()),
-                        "count": len(batch),
-                        "item": item,
-                    },
-                )
-                db.conn.executemany(
-                    "UPDATE envelopes SET receipt_serial = ? WHERE envelope_id = ?",
-                    [(serial, envelope_id) for envelope_id, _ in batch],
-                )
+                batch = db.execute(
+                    pending,
+                    [*envelope_statuses, MAX_TAGS],
+                ).fetchall()
+                if not batch:
+                    break
+                with _transaction(db):
+                    self._sign_receipt(db, manifest.network_id, keys, status, batch)
                 made += 1
         return made
+
+    def _sign_receipt(
+        self,
+        db: sqlite_utils.Database,
+        network_id: bytes,
+        keys: HqSecrets,
+        status: ReceiptStatus,
+        batch: list[tuple[str, bytes]],
+    ) -> None:
+        serial = int(db.execute("SELECT coalesce(max(serial), 0) + 1 FROM receipts").fetchone()[0])
+        receipt = Receipt(network_id, serial, now_seconds(), tuple(t for _, t in batch), status)
+        _insert(
+            db,
+            "receipts",
+            {
+                "serial": serial,
+                "created_at": utc_text(now_seconds()),
+                "count": len(batch),
+                "status": status.value,
+                "item": sign_receipt(receipt, keys.receipt_seed),
+            },
+        )
+        db.conn.executemany(
+            "UPDATE envelopes SET receipt_serial = ? WHERE envelope_id = ?",
+            [(serial, envelope_id) for envelope_id, _ in batch],
+        )
 
     def write_receipts_bundle(self, out: Path, passphrase: str) -> dict[str, int]:
         """Issue pending receipts and write all receipts plus the manifest to a bundle."""
         keystore.check_output(out, "receipts bundle")
         keys = self.unlock(passphrase)  # once: Argon2id takes seconds on a small device
-        new = self._issue_receipts(keys)
+        new = self.sign_pending_receipts(keys)
         manifest = self.manifest()
         writer = BundleWriter(keys.network_key, manifest.network_id, secrets.token_bytes(16))
         tmp = out.with_name(f".{out.name}.partial")
@@ -447,7 +841,7 @@ class HQ:
 
     # --- the hub path ------------------------------------------------------------------
 
-    def hub_node(self, passphrase: str) -> Path:
+    def hub_node(self, keys: HqSecrets) -> Path:
         """HQ's own node home (HQDIR/node), enrolled on first use, to sync with the hub.
 
         It holds only sealed items and the network key, like any relay; HQ's secret keys
@@ -459,16 +853,76 @@ class HQ:
             try:
                 if not (home / "node.secret").exists():
                     node.init(None, None, "interactive")
-                enrolment, _ = self.enroll((home / "request.txt").read_text(), passphrase, "hub")
+                request = (home / "request.txt").read_text()
+                enrolment, _ = self.enroll_with_keys(request, keys, "hub")
                 node.join(enrolment)
             finally:
                 node.close()
         return home
 
-    def receipt_items(self) -> list[bytes]:
+    def receipt_items(self, after: int = 0, limit: int = 16) -> list[tuple[int, bytes]]:
+        """Signed receipts with serial above ``after``, a page at a time (bounded memory)."""
         return [
-            row[0] for row in self.database().execute("SELECT item FROM receipts ORDER BY serial")
+            (int(serial), item)
+            for serial, item in self.database().execute(
+                "SELECT serial, item FROM receipts WHERE serial > ? ORDER BY serial LIMIT ?",
+                [after, limit],
+            )
         ]
+
+
+_QUARANTINE_COLUMNS = (
+    "q.id AS id, q.envelope_id AS envelope_id, q.reason AS reason, q.author_key AS author_key,"
+    " q.author_name AS author_name, q.sequence AS sequence, q.held_at AS held_at,"
+    " q.attempts AS attempts, q.size AS size, e.receipt_serial AS receipt_serial"
+)
+
+
+def _rollback_envelope(db: sqlite_utils.Database, exc: Exception) -> None:
+    """Undo one envelope's rows. SQLite itself may have ended the whole transaction (a full
+    disk, an I/O error): then nothing of this source is kept, and the operator must act."""
+    if not db.conn.in_transaction:
+        raise FieldsyncError(
+            f"HQ's database stopped the ingest ({exc}); nothing from this source was recorded"
+            " or receipted. Check free disk space and run the ingest again"
+        ) from exc
+    db.conn.execute("ROLLBACK TO envelope")
+
+
+def _trim(reason: str) -> str:
+    return reason if len(reason) <= MAX_REASON else reason[: MAX_REASON - 1] + "…"
+
+
+def _count_verdict(summary: IngestSummary, verdict: _Verdict) -> None:
+    if verdict.status == "accepted":
+        summary.new += 1
+    elif verdict.status == "duplicate":
+        summary.duplicate += 1
+    elif verdict.status == "fork":
+        summary.forks += 1
+    elif verdict.status == "junk":
+        _count_reason(summary.junk, verdict.reason or "junk")
+    else:
+        _count_reason(summary.quarantined, verdict.reason or "held")
+
+
+def _refresh_gap_alerts(db: sqlite_utils.Database) -> None:
+    """Replace the gap alerts by the open gaps, as ranges computed in SQL (SPEC.md §8.7):
+    the missing numbers themselves are never listed, whatever the sequence numbers."""
+    db.conn.execute("DELETE FROM alerts WHERE kind = 'gap'")
+    db.conn.execute(
+        "INSERT INTO alerts (kind, author_key, author_name, first_missing, last_missing,"
+        " missing_count, detail, at)"
+        " SELECT 'gap', c.author_key, coalesce(a.name, ''), c.previous + 1, c.sequence - 1,"
+        " c.sequence - c.previous - 1,"
+        " 'sequence numbers ' || (c.previous + 1) || '..' || (c.sequence - 1) || ' not received',"
+        " ?"
+        " FROM (SELECT author_key, sequence, LAG(sequence, 1, 0)"
+        "       OVER (PARTITION BY author_key ORDER BY sequence) AS previous FROM chain) c"
+        " LEFT JOIN authors a ON a.author_key = c.author_key"
+        " WHERE c.sequence > c.previous + 1",
+        [utc_text(now_seconds())],
+    )
 
 
 def _report_row(
@@ -515,7 +969,8 @@ def _transaction(db: sqlite_utils.Database) -> Iterator[None]:
     try:
         yield
     except BaseException:
-        db.conn.execute("ROLLBACK")
+        if db.conn.in_transaction:  # SQLite may have rolled back already (disk full)
+            db.conn.execute("ROLLBACK")
         raise
     db.conn.execute("COMMIT")
 
@@ -593,17 +1048,39 @@ def _create_schema(db: sqlite_utils.Database) -> None:
         pk=("author_key", "sequence"),
         if_not_exists=True,
     )
-    db.table("alerts").create(
+    alerts = {
+        "kind": str,  # fork | gap | quarantined | sequence jump | quarantine full
+        "author_key": str,
+        "author_name": str,
+        "sequence": int,
+        "envelope_id": str,
+        "first_missing": int,  # gaps: a range, never a list of numbers (SPEC.md §8.7)
+        "last_missing": int,
+        "missing_count": int,
+        "detail": str,
+        "at": str,
+    }
+    db.table("alerts").create(alerts, if_not_exists=True)
+    _add_missing_columns(db, "alerts", alerts)
+    db.table("alerts").create_index(["kind"], if_not_exists=True)
+    # Envelopes HQ opened but refused, with their bytes, for review (SPEC.md §9).
+    db.table("quarantine").create(
         {
-            "kind": str,
+            "id": int,
+            "envelope_id": str,
+            "reason": str,
             "author_key": str,
             "author_name": str,
             "sequence": int,
-            "detail": str,
-            "at": str,
+            "held_at": str,
+            "attempts": int,
+            "size": int,
+            "data": bytes,
         },
+        pk="id",
         if_not_exists=True,
     )
+    db.table("quarantine").create_index(["envelope_id"], unique=True, if_not_exists=True)
     db.table("authors").create(
         {"author_key": str, "name": str, "node_key": str, "enrolled_at": str},
         pk="author_key",
@@ -614,8 +1091,14 @@ def _create_schema(db: sqlite_utils.Database) -> None:
         pk="serial",
         if_not_exists=True,
     )
-    db.table("receipts").create(
-        {"serial": int, "created_at": str, "count": int, "item": bytes},
-        pk="serial",
-        if_not_exists=True,
-    )
+    receipts = {"serial": int, "created_at": str, "count": int, "status": str, "item": bytes}
+    db.table("receipts").create(receipts, pk="serial", if_not_exists=True)
+    _add_missing_columns(db, "receipts", receipts)
+
+
+def _add_missing_columns(db: sqlite_utils.Database, table: str, columns: dict[str, type]) -> None:
+    """Columns added since a table was first made (an HQ directory of an older version)."""
+    present = set(db.table(table).columns_dict)
+    for name, kind in columns.items():
+        if name not in present:
+            db.table(table).add_column(name, kind)

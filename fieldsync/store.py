@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +27,7 @@ import sqlite_utils
 from fieldsync.errors import FieldsyncError
 from fieldsync_protocol.envelope import TTL_CLASSES
 from fieldsync_protocol.items import Checked, ItemKind
+from fieldsync_protocol.receipt import Receipt, ReceiptStatus
 
 #: How long a holder keeps receipts and manifests after it received them (seconds).
 RECEIPT_TTL = 365 * 86400
@@ -94,7 +95,31 @@ _MIGRATIONS: tuple[str, ...] = (
     );
     ALTER TABLE items ADD COLUMN origin INTEGER;
     """,
+    # 4: an HQ receipt says accepted, held or dropped (SPEC.md §9); the author's outbox
+    # shows which, and only "accepted" makes a report delivered.
+    """
+    CREATE TABLE outbox_v4 (
+        report_id TEXT PRIMARY KEY,
+        tag BLOB NOT NULL UNIQUE,
+        sequence INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('sealed', 'held', 'dropped', 'delivered')),
+        delivered_at INTEGER
+    );
+    INSERT INTO outbox_v4 (report_id, tag, sequence, created_at, status, delivered_at)
+        SELECT report_id, tag, sequence, created_at, status, delivered_at FROM outbox;
+    DROP TABLE outbox;
+    ALTER TABLE outbox_v4 RENAME TO outbox;
+    """,
 )
+
+#: What an HQ receipt makes of the author's own report, and which states it may replace:
+#: a later "accepted" upgrades "held" (HQ re-ingested it); nothing downgrades "delivered".
+_OUTBOX_BY_RECEIPT = {
+    ReceiptStatus.ACCEPTED: ("delivered", ("sealed", "held", "dropped")),
+    ReceiptStatus.HELD: ("held", ("sealed",)),
+    ReceiptStatus.DROPPED: ("dropped", ("sealed",)),
+}
 
 
 @dataclass
@@ -107,6 +132,8 @@ class ImportCounts:
     receipts_applied: int = 0
     purged: int = 0
     delivered_own: int = 0
+    #: The author's own reports HQ holds for review, or dropped (not delivered).
+    held_own: int = 0
     kinds: dict[str, int] = field(default_factory=dict)
     #: Ids added and purged, for callers that keep an index in memory (never written out).
     new_ids: list[bytes] = field(default_factory=list, repr=False)
@@ -120,6 +147,7 @@ class ImportCounts:
             "receipts_applied": self.receipts_applied,
             "purged": self.purged,
             "delivered_own": self.delivered_own,
+            "held_own": self.held_own,
             "kinds": dict(self.kinds),
         }
 
@@ -232,11 +260,15 @@ class Store:
         counts.new += 1
         counts.new_ids.append(item.id)
         if checked.receipt is not None:
-            self._apply_receipt_tags(checked.receipt.tags, counts, now)
+            self._apply_receipt(checked.receipt, counts, now)
 
-    def _apply_receipt_tags(self, tags: Iterable[bytes], counts: ImportCounts, now: int) -> None:
+    def _apply_receipt(self, receipt: Receipt, counts: ImportCounts, now: int) -> None:
+        """Delete and tombstone what a receipt names, whatever its status (SPEC.md §9); the
+        status decides only what the author's outbox shows."""
         counts.receipts_applied += 1
-        for tag in tags:
+        outbox_status, replaces = _OUTBOX_BY_RECEIPT[receipt.status]
+        marks = ", ".join("?" for _ in replaces)
+        for tag in receipt.tags:
             purged = self._conn.execute(
                 "DELETE FROM items WHERE tag = ? AND kind = ? RETURNING id",
                 (tag, ItemKind.ENVELOPE.value),
@@ -246,11 +278,15 @@ class Store:
             self._conn.execute(
                 "INSERT OR IGNORE INTO tombstones (tag, deleted_at) VALUES (?, ?)", (tag, now)
             )
-            counts.delivered_own += self._conn.execute(
-                "UPDATE outbox SET status = 'delivered', delivered_at = ?"
-                " WHERE tag = ? AND status = 'sealed'",
-                (now, tag),
+            changed = self._conn.execute(
+                "UPDATE outbox SET status = ?, delivered_at = ?"  # noqa: S608 - marks only
+                f" WHERE tag = ? AND status IN ({marks})",
+                (outbox_status, now if outbox_status == "delivered" else None, tag, *replaces),
             ).rowcount
+            if outbox_status == "delivered":
+                counts.delivered_own += changed
+            else:
+                counts.held_own += changed
 
     def iter_items(self, batch: int = 500) -> Iterator[bytes]:
         """All stored items in arrival order, read in batches (bounded memory)."""
@@ -335,7 +371,7 @@ class Store:
             rows,
         )
         for receipt in receipts:
-            self._apply_receipt_tags(receipt.tags, counts, now)
+            self._apply_receipt(receipt, counts, now)
 
     def _present(self, table: str, column: str, values: list[bytes]) -> set[bytes]:
         select = f"SELECT {column} FROM {table}"  # noqa: S608 - table and column are ours
@@ -588,7 +624,9 @@ class Store:
         return {
             "items": {k.name.lower(): kinds.get(k.name.lower(), 0) for k in ItemKind},
             "items_total": sum(kinds.values()),
-            "outbox": {"sealed": outbox.get("sealed", 0), "delivered": outbox.get("delivered", 0)},
+            "outbox": {
+                state: outbox.get(state, 0) for state in ("sealed", "held", "dropped", "delivered")
+            },
             "tombstones": tombstones,
             "disk_bytes": disk,
         }

@@ -49,5 +49,6 @@ def import_(ctx: click.Context, file: Path, as_json: bool) -> None:
         f"imported {file}: {counts.new} new, {counts.duplicate} already held,"
         f" {counts.already_delivered} already delivered; {counts.purged} delivered items deleted;"
         f" {counts.delivered_own} of your reports now delivered"
+        + (f", {counts.held_own} held at HQ for review" if counts.held_own else "")
     )
     emit(as_json, {"file": str(file), "items_in_file": result.items_in_file, **counts.as_dict()})

@@ -1,9 +1,10 @@
-"""Headquarters commands: ``network create`` and ``hq enroll|ingest|export|receipts``."""
+"""Headquarters commands: ``network create`` and ``hq enroll|ingest|export|receipts|quarantine``."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -145,8 +146,12 @@ def ingest(
     passphrase_file: Path | None,
     as_json: bool,
 ) -> None:
-    """Decrypt, verify and store the reports in bundle FILES (each all or nothing), or
-    pulled from the hub with --hub URL (then receipts go back to the hub at once)."""
+    """Decrypt, verify and store the reports in bundle FILES, or pulled from the hub with
+    --hub URL (then receipts go back to the hub at once).
+
+    Each envelope is accepted, held in the quarantine (with an alert) or dropped as junk,
+    on its own: one bad envelope never stops the others. A damaged bundle file is refused
+    whole (exit 3, nothing from it ingested)."""
     if not files and hub_url is None:
         raise FieldsyncError("give bundle FILES to ingest, or --hub URL")
     headquarters = HQ(hq_dir)
@@ -166,6 +171,7 @@ def ingest(
             hub_data = {
                 "hub": {
                     "pulled": hub.pulled.summary(),
+                    "pull_complete": hub.pull_complete,
                     "pushed": pushed,
                     "receipts_new": hub.receipts_new,
                 }
@@ -175,36 +181,46 @@ def ingest(
                 f" signed {hub.receipts_new} new"
                 f" receipts and pushed {pushed['items_sent'] if pushed else 0} items back"
             )
+            if not hub.pull_complete:
+                say(
+                    f"pull incomplete ({hub.pulled.error}): what arrived before it stopped was"
+                    " ingested; run `fieldsync hq ingest --hub` again for the rest"
+                )
     finally:
         headquarters.close()
     data = summary.as_dict()
-    say(
-        f"ingested: {data['new']} new, {data['duplicate']} duplicate, {data['rejected']} rejected,"
-        f" {data['forks']} forks"
-    )
-    for reason, count in sorted(data["rejected_reasons"].items()):
-        say(f"  rejected {count}: {reason}")
-    for alert in data["fork_alerts"]:
-        say(
-            f"  FORK ALERT {alert['author_name'] or alert['author_key']}"
-            f" seq {alert['sequence']}: {alert['detail']}"
-        )
-    for author, missing in sorted(data["gaps"].items()):
-        say(f"  gap: {author} is missing sequence numbers {_ranges(missing)}")
+    _say_summary(data)
     emit(as_json, {**data, **hub_data})
 
 
-def _ranges(numbers: list[int]) -> str:
-    parts: list[str] = []
-    start = prev = numbers[0]
-    for n in [*numbers[1:], None]:
-        if n is not None and n == prev + 1:
-            prev = n
-            continue
-        parts.append(str(start) if start == prev else f"{start}-{prev}")
-        if n is not None:
-            start = prev = n
-    return ", ".join(parts)
+def _say_summary(data: dict[str, Any]) -> None:
+    say(
+        f"ingested {data['envelopes']} envelopes: {data['new']} new, {data['duplicate']}"
+        f" duplicate, {data['forks']} forks, {data['quarantined']} held in quarantine,"
+        f" {data['junk']} junk dropped"
+    )
+    for reason, count in sorted(data["quarantined_reasons"].items()):
+        say(f"  held {count}: {reason}")
+    for reason, count in sorted(data["junk_reasons"].items()):
+        say(f"  junk {count}: {reason}")
+    if data["quarantine_full"]:
+        say(f"  NOT KEPT {data['quarantine_full']}: the quarantine is full (not receipted)")
+    if data["failed"]:
+        say(f"  FAILED {data['failed']}: could not be recorded; they are tried again next time")
+    for alert in data["alerts"]:
+        who = alert.get("author_name") or alert.get("author_key") or "-"
+        say(f"  ALERT {alert['kind']} {who}: {alert['detail']}")
+    if data["alerts_total"] > len(data["alerts"]):
+        say(f"  ... {data['alerts_total'] - len(data['alerts'])} more alerts in hq.db")
+    for author, ranges in sorted(data["gaps"].items()):
+        say(f"  gap: {author} is missing sequence numbers {_ranges(ranges)}")
+
+
+def _ranges(ranges: list[dict[str, int]]) -> str:
+    return ", ".join(
+        str(r["first"]) if r["first"] == r["last"] else f"{r['first']}-{r['last']} ({r['count']:,})"
+        for r in ranges
+    )
 
 
 @hq.command("export")
@@ -263,3 +279,84 @@ def receipts(hq_dir: Path, out: Path, passphrase_file: Path | None, as_json: boo
         f" {counts['envelopes_receipted']} envelopes to {out}"
     )
     emit(as_json, {"out": str(out), **counts})
+
+
+@hq.group()
+def quarantine() -> None:
+    """Envelopes HQ opened but refused, kept for review (receipted as "held")."""
+
+
+@quarantine.command("list")
+@hq_dir_option
+@json_option
+@handle_errors
+def quarantine_list(hq_dir: Path, as_json: bool) -> None:
+    """Held envelopes: id, when, author (if known), sequence and why."""
+    headquarters = HQ(hq_dir)
+    try:
+        rows = list(headquarters.quarantine_list())
+    finally:
+        headquarters.close()
+    if as_json:
+        emit(True, rows)
+        return
+    if not rows:
+        say("the quarantine is empty")
+    for row in rows:
+        who = row["author_name"] or row["author_key"] or "unknown author"
+        click.echo(
+            f"{row['id']:>6}  {row['held_at']}  {who}  seq {row['sequence']}  {row['reason']}"
+        )
+
+
+@quarantine.command("show")
+@click.argument("entry_id", type=int)
+@hq_dir_option
+@json_option
+@handle_errors
+def quarantine_show(entry_id: int, hq_dir: Path, as_json: bool) -> None:
+    """One held envelope (exit 4 when ENTRY_ID is not in the quarantine)."""
+    headquarters = HQ(hq_dir)
+    try:
+        row = headquarters.quarantine_entry(entry_id)
+    finally:
+        headquarters.close()
+    emit(as_json, row, "\n".join(f"{k:15} {v}" for k, v in row.items()))
+
+
+@quarantine.command("reingest")
+@click.argument("entry_ids", nargs=-1, type=int)
+@click.option("--all", "everything", is_flag=True, help="Every held envelope.")
+@hq_dir_option
+@passphrase_option
+@json_option
+@handle_errors
+def quarantine_reingest(
+    entry_ids: tuple[int, ...],
+    everything: bool,
+    hq_dir: Path,
+    passphrase_file: Path | None,
+    as_json: bool,
+) -> None:
+    """Judge held envelopes again (after re-adding an author, restoring a key or a fix).
+
+    Accepted ones leave the quarantine and get an "accepted" receipt (write it out with
+    `hq receipts`, or `hq ingest --hub` pushes it): their authors then see them delivered.
+    """
+    if bool(entry_ids) == everything:
+        raise click.UsageError("give quarantine IDs or --all (not both)")
+    headquarters = HQ(hq_dir)
+    try:
+        passphrase = get_passphrase(passphrase_file, "the HQ keys")
+        summary = headquarters.reingest(None if everything else entry_ids, passphrase)
+    finally:
+        headquarters.close()
+    data = summary.as_dict()
+    say(
+        f"reingested: {data['accepted']} accepted, {data['duplicate']} duplicate,"
+        f" {data['forks']} forks, {data['still_held']} still held;"
+        f" {data['receipts_new']} new receipts"
+    )
+    for reason, count in sorted(data["still_held_reasons"].items()):
+        say(f"  still held {count}: {reason}")
+    emit(as_json, data)

@@ -188,12 +188,21 @@ def _fields_from_options(given: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
+#: What each outbox state means to the monitor (SPEC.md §9: only "accepted" is delivered).
+STATUS_TEXT = {
+    "sealed": "sealed (not yet at HQ)",
+    "held": "held at HQ (received, awaiting review; not yet accepted)",
+    "dropped": "dropped by HQ (it could not be opened there)",
+    "delivered": "delivered",
+}
+
+
 @report.command("list")
 @json_option
 @click.pass_context
 @handle_errors
 def list_(ctx: click.Context, as_json: bool) -> None:
-    """Your reports: id, created, status (sealed / delivered)."""
+    """Your reports: id, created, status (sealed / held at HQ / delivered)."""
     node = Node(home_of(ctx))
     try:
         entries = node.reports()
@@ -215,7 +224,8 @@ def list_(ctx: click.Context, as_json: bool) -> None:
     if not rows:
         say("no reports written on this node")
     for row in rows:
-        click.echo(f"{row['id']}  {row['created']}  {row['status']}")
+        status = str(row["status"])
+        click.echo(f"{row['id']}  {row['created']}  {STATUS_TEXT.get(status, status)}")
 
 
 @report.command()
@@ -240,4 +250,5 @@ def show(ctx: click.Context, report_id: str, as_json: bool) -> None:
         "status": entry.status,
         "delivered": utc_text(entry.delivered_at) if entry.delivered_at else None,
     }
-    emit(as_json, data, "\n".join(f"{k:10} {v}" for k, v in data.items()))
+    human = {**data, "status": STATUS_TEXT.get(entry.status, entry.status)}
+    emit(as_json, data, "\n".join(f"{k:10} {v}" for k, v in human.items()))

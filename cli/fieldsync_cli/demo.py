@@ -140,7 +140,7 @@ class Demo:
         ingest = self.fieldsync("hq", "ingest", "--hq", str(hq), str(usb / "b-to-hq.bundle"))
         self.step(
             f"HQ ingested: {ingest['new']} new, {ingest['duplicate']} duplicate,"
-            f" {ingest['rejected']} rejected,"
+            f" {ingest['quarantined']} held in quarantine, {ingest['junk']} junk,"
             f" {ingest['forks']} forks, gaps: {ingest['gaps'] or 'none'}"
         )
         export = self.root / "reports.jsonl"

@@ -241,7 +241,7 @@ class NetnsNetworkDemo(NetworkDemo):
         ingest = self.in_ns(ns["h"], "hq", "ingest", "--hq", str(hq), "--hub", hub_url)
         self.step(
             f"HQ (on the hub's line) ingested from the hub: {ingest['new']} new,"
-            f" {ingest['duplicate']} duplicate, {ingest['rejected']} rejected; receipts pushed"
+            f" {ingest['duplicate']} duplicate, {ingest['quarantined']} held; receipts pushed"
             " back to the hub"
         )
         if ingest["new"] != 3:

@@ -52,8 +52,22 @@ TTL_CLASSES = {0: 7 * 86400, 1: 30 * 86400, 2: 90 * 86400, 3: 365 * 86400}
 DEFAULT_TTL_CLASS = 3
 GENESIS = bytes(32)  # "previous hash" of an author's first report
 MAX_SEQUENCE = 2**63 - 1
-MAX_CLAIMED_TIME = 2**40  # seconds since 1970: year 36812, far beyond any real clock
+#: 9999-12-31T23:59:59Z: the last second every calendar library can show (SPEC.md §8.1).
+MAX_CLAIMED_TIME = 253_402_300_799
 _PAD_MARK = b"\x80"
+
+
+class RefusedSignedReport(RemoteProtocolError):
+    """An enrolled author's valid signature over a header HQ refuses (§8.6 steps 9-13):
+    ``author_key`` says who signed it, so HQ can name the author in its alert."""
+
+    def __init__(self, message: str, author_key: bytes) -> None:
+        super().__init__(message)
+        self.author_key = author_key
+
+
+class NotSealedToHQ(RemoteProtocolError):
+    """The envelope does not open under HQ's key for its key id (SPEC.md §8.6 step 3): junk."""
 
 
 def header_hash(header: bytes) -> bytes:
@@ -187,15 +201,20 @@ def open_report(
 
     ``authors`` may be any container: a set, or a mapping from key to name.
 
-    Raises ``RemoteProtocolError`` with the reason HQ records for a rejected envelope.
-    The checks run in the order of SPEC.md §8.6.
+    Raises ``RemoteProtocolError`` with the reason HQ records for a refused envelope:
+    ``NotSealedToHQ`` when it does not open under HQ's key (junk HQ may drop), any other
+    when HQ could not rule out a real report (HQ holds it, SPEC.md §9). The checks run in the order
+    of SPEC.md §8.6.
     """
     secret = hq_secrets.get(outer.hq_key_id)
-    if secret is None:
+    if secret is None:  # held, not junk: HQ may have lost or not yet restored that key
         raise RemoteProtocolError(
             f"envelope is sealed to HQ key id {outer.hq_key_id}, which HQ does not hold"
         )
-    padded = unseal(outer.ciphertext, secret, "envelope")
+    try:
+        padded = unseal(outer.ciphertext, secret, "envelope")
+    except RemoteProtocolError as exc:
+        raise NotSealedToHQ(str(exc)) from exc
     what = "signed report"
     signed = codec.as_map(
         codec.decode(_unpad(padded), max_size=MAX_CIPHERTEXT, what=what), what, {"h", "s"}
@@ -215,6 +234,21 @@ def open_report(
     if author not in authors:
         raise RemoteProtocolError("report is signed by an author key HQ never enrolled")
     verify(Domain.REPORT, author, header_bytes, signature, "report")
+    try:
+        return _verified_report(outer, network_id, author, header, header_bytes)
+    except RemoteProtocolError as exc:
+        raise RefusedSignedReport(str(exc), author) from exc
+
+
+def _verified_report(
+    outer: OuterEnvelope,
+    network_id: bytes,
+    author: bytes,
+    header: dict[str, Any],
+    header_bytes: bytes,
+) -> OpenedReport:
+    """SPEC.md §8.6 steps 9-13, once the author's signature is known to be good."""
+    what = "report header"
     if codec.get_bytes(header, "n", what, NETWORK_ID_SIZE) != network_id:
         raise RemoteProtocolError("report was written for another network (forwarded?)")
     if codec.get_int(header, "hk", what, 0, MAX_KEY_ID) != outer.hq_key_id:

@@ -1,15 +1,18 @@
 """HQ delivery receipts (SPEC.md §9).
 
 A receipt item is ``{"b": body, "s": signature, "t": "r", "v": 1}``; the body
-``{"n": network id, "q": batch serial, "tags": [delivery tags], "time": HQ time, "v": 1}``
-is signed by the manifest's receipt key. Receipts name *delivery tags*, not item ids, so a
-node's copy of a receipt does not list which items it carried (see ``crypto.delivery_tag``).
-Only a valid receipt allows a holder to delete an envelope.
+``{"n": network id, "q": batch serial, "status": "accepted"|"held"|"dropped",
+"tags": [delivery tags], "time": HQ time, "v": 1}`` is signed by the manifest's receipt
+key. Receipts name *delivery tags*, not item ids, so a node's copy of a receipt does not
+list which items it carried (see ``crypto.delivery_tag``). Only a valid receipt allows a
+holder to delete an envelope; ``status`` says what HQ did with it, so an author's device
+shows "delivered" only for ``accepted``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 from fieldsync_protocol import codec
@@ -21,12 +24,24 @@ MAX_TAGS = 4096
 TAG_SIZE = 32
 
 
+class ReceiptStatus(Enum):
+    """What HQ did with the envelopes a receipt names (SPEC.md §9). Holders delete on all."""
+
+    #: HQ verified and recorded the reports: the author's device shows them delivered.
+    ACCEPTED = "accepted"
+    #: HQ opened them but refused them for now and keeps them for review (quarantine).
+    HELD = "held"
+    #: They open under none of HQ's keys: junk, not kept. No honest report is ever dropped.
+    DROPPED = "dropped"
+
+
 @dataclass(frozen=True)
 class Receipt:
     network_id: bytes
     serial: int
     time: int
     tags: tuple[bytes, ...]
+    status: ReceiptStatus = ReceiptStatus.ACCEPTED
 
 
 def sign_receipt(receipt: Receipt, receipt_seed: bytes) -> bytes:
@@ -43,6 +58,7 @@ def sign_receipt(receipt: Receipt, receipt_seed: bytes) -> bytes:
         {
             "n": receipt.network_id,
             "q": receipt.serial,
+            "status": receipt.status.value,
             "tags": list(receipt.tags),
             "time": receipt.time,
             "v": VERSION,
@@ -61,7 +77,9 @@ def open_receipt(item: dict[str, Any], manifest: Manifest) -> Receipt:
     body_bytes = codec.get_bytes(item, "b", what)
     signature = codec.get_bytes(item, "s", what, 64)
     verify(Domain.RECEIPT, manifest.receipt_key, body_bytes, signature, what)
-    body = codec.as_map(codec.decode(body_bytes, what=what), what, {"n", "q", "tags", "time", "v"})
+    body = codec.as_map(
+        codec.decode(body_bytes, what=what), what, {"n", "q", "status", "tags", "time", "v"}
+    )
     version = codec.get_int(body, "v", what)
     if version != VERSION:
         raise RemoteProtocolError(f"receipt version {version} is not {VERSION}")
@@ -73,9 +91,16 @@ def open_receipt(item: dict[str, Any], manifest: Manifest) -> Receipt:
         raise RemoteProtocolError(f"receipt must name 1..{MAX_TAGS} tags")
     if not all(isinstance(t, bytes) and len(t) == TAG_SIZE for t in tags):
         raise RemoteProtocolError(f"receipt tags must be {TAG_SIZE}-byte strings")
+    try:
+        status = ReceiptStatus(body["status"])
+    except ValueError:
+        raise RemoteProtocolError(
+            f"receipt status must be one of {', '.join(s.value for s in ReceiptStatus)}"
+        ) from None
     return Receipt(
         network_id=network_id,
         serial=codec.get_int(body, "q", what),
         time=codec.get_int(body, "time", what),
         tags=tuple(tags),
+        status=status,
     )

@@ -17,6 +17,7 @@ and opens the sealed boxes with libsodium's own ``SealedBox``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import sys
@@ -511,17 +512,26 @@ def receipt_vectors() -> dict[str, Any]:
     value = receipt.Receipt(network_id=b(NETWORK_ID), serial=12, time=NOW + 3600, tags=tags)
     item = receipt.sign_receipt(value, b(RECEIPT_SEED))
     assert receipt.open_receipt(codec.decode(item), manifest()) == value
+    others = {}
+    for status in (receipt.ReceiptStatus.HELD, receipt.ReceiptStatus.DROPPED):
+        other = dataclasses.replace(value, status=status)
+        other_item = receipt.sign_receipt(other, b(RECEIPT_SEED))
+        assert receipt.open_receipt(codec.decode(other_item), manifest()) == other
+        others[status.value] = h(other_item)
     return {
-        "description": "A receipt item (SPEC.md §9) naming the envelope vector's delivery tag.",
+        "description": "A receipt item (SPEC.md §9) naming the envelope vector's delivery tag,"
+        " with status accepted; 'other_statuses' holds the same receipt with each other status.",
         "receipt_seed": RECEIPT_SEED,
         "fields": {
             "network_id": NETWORK_ID,
             "serial": value.serial,
+            "status": value.status.value,
             "time": value.time,
             "tags": [h(t) for t in tags],
         },
         "item_hex": h(item),
         "item_id": h(crypto.content_id(item)),
+        "other_statuses": others,
         **signed_document(item, crypto.Domain.RECEIPT),
     }
 

@@ -141,8 +141,12 @@ def test_occurred_refuses_what_it_cannot_read(text: str) -> None:
 
 
 def test_gap_ranges_are_compact() -> None:
-    assert _ranges([2]) == "2"
-    assert _ranges([2, 3, 4, 7, 9, 10]) == "2-4, 7, 9-10"
+    assert _ranges([{"first": 2, "last": 2, "count": 1}]) == "2"
+    ranges = [
+        {"first": 2, "last": 4, "count": 3},
+        {"first": 7, "last": 10**12, "count": 10**12 - 6},
+    ]
+    assert _ranges(ranges) == "2-4 (3), 7-1000000000000 (999,999,999,994)"
 
 
 def test_report_add_refusals_before_any_passphrase(cli: CliRunner, net: Net) -> None:
@@ -337,11 +341,14 @@ def test_ingest_prints_rejections_forks_and_gaps_per_author(net: Net, run: Run) 
     write_bundle(net, net.usb / "mixed.bundle", items)
     done = _ok(run("hq", "ingest", "--hq", net.hq, net.usb / "mixed.bundle"))
     lines = done.stderr.splitlines()
-    assert lines[0] == "ingested: 2 new, 0 duplicate, 1 rejected, 1 forks"
-    assert "  rejected 1: report is signed by an author key HQ never enrolled" in lines
-    assert any(line.startswith("  FORK ALERT monitor-17 seq 1: envelopes ") for line in lines)
+    assert lines[0] == (
+        "ingested 4 envelopes: 2 new, 0 duplicate, 1 forks, 1 held in quarantine, 0 junk dropped"
+    )
+    assert "  held 1: report is signed by an author key HQ never enrolled" in lines
+    assert any(line.startswith("  ALERT fork monitor-17: envelopes ") for line in lines)
+    assert any(line.startswith("  ALERT quarantined -: held in quarantine: ") for line in lines)
     assert any(
-        line.startswith("  gap: author:") and line.endswith("is missing sequence numbers 2-3")
+        line.startswith("  gap: author:") and line.endswith("is missing sequence numbers 2-3 (2)")
         for line in lines
     )
 
@@ -461,11 +468,13 @@ def test_the_offline_loop_as_written_in_the_issue(tmp_path: Path, run: Run) -> N
     _ok(run("--home", b, "bundle", "export", usb / "b.bundle"))
 
     ingested = _ok(run("hq", "ingest", "--hq", hq, usb / "b.bundle", usb / "a.bundle"))
-    assert "ingested: 2 new, 2 duplicate, 0 rejected, 0 forks" in ingested.stderr
+    assert (
+        "ingested 4 envelopes: 2 new, 2 duplicate, 0 forks, 0 held in quarantine, 0 junk dropped"
+        in ingested.stderr
+    )
     again = _json(_ok(run("hq", "ingest", "--hq", hq, usb / "b.bundle", "--json")))
-    assert (again["new"], again["duplicate"], again["rejected"], again["forks"], again["gaps"]) == (
-        0, 2, 0, 0, {},
-    )  # fmt: skip
+    assert (again["new"], again["duplicate"], again["quarantined"], again["forks"]) == (0, 2, 0, 0)
+    assert (again["junk"], again["gaps"], again["alerts"]) == (0, {}, [])
 
     for fmt in ("jsonl", "csv", "geojson", "uwazi-csv"):
         to_stdout = _ok(run("hq", "export", "--hq", hq, "--format", fmt, passphrase=None))
@@ -514,7 +523,7 @@ def test_the_offline_loop_as_written_in_the_issue(tmp_path: Path, run: Run) -> N
     assert {r["status"] for r in delivered} == {"delivered"}
     assert all(r["delivered"] for r in delivered)
     status_a = _json(_ok(run("--home", a, "status", "--json")))
-    assert status_a["outbox"] == {"sealed": 0, "delivered": 2}
+    assert status_a["outbox"] == {"sealed": 0, "held": 0, "dropped": 0, "delivered": 2}
     status_b = _json(_ok(run("--home", b, "status", "--json")))
     assert status_b["items"]["envelope"] == 0 and status_b["tombstones"] == 2
     assert status_b["role"] == "relay" and status_b["network"] == "field-net"

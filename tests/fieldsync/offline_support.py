@@ -165,11 +165,51 @@ def seal(
             author_seed=seed,
             sequence=sequence,
             previous=previous,
-            claimed_time=1_740_000_000 + sequence,
+            claimed_time=1_740_000_000 + sequence % 1_000_000,
             body=body(narrative, **extra),
         ),
         secrets.token_bytes(32),
     )
+
+
+def seal_raw(
+    manifest: Manifest,
+    seed: bytes,
+    sequence: int,
+    claimed_time: int,
+    report_body: dict[str, Any],
+    *,
+    previous: bytes = envelope.GENESIS,
+    ttl_class: int = envelope.DEFAULT_TTL_CLASS,
+    key_id: int | None = None,
+) -> bytes:
+    """An envelope built by hand as SPEC.md §8 describes, with none of ``seal_report``'s
+    checks: what a malicious author with a valid key can send (e.g. a time after 9999)."""
+    key_id = manifest.current_hq_key_id if key_id is None else key_id
+    header = codec.encode(
+        {
+            "a": crypto.signing_public_key(seed),
+            "b": codec.encode(report_body),
+            "hk": key_id,
+            "l": ttl_class,
+            "n": manifest.network_id,
+            "p": previous,
+            "q": sequence,
+            "t": claimed_time,
+            "v": 1,
+        }
+    )
+    signed = codec.encode({"h": header, "s": crypto.sign(crypto.Domain.REPORT, seed, header)})
+    size = envelope.size_class(len(signed))
+    padded = signed + b"\x80" + bytes(size - crypto.SEAL_OVERHEAD - len(signed) - 1)
+    public = manifest.hq_keys.get(key_id, manifest.hq_keys[manifest.current_hq_key_id])
+    ciphertext = crypto.seal(padded, public, secrets.token_bytes(32))
+    return codec.encode({"c": ciphertext, "k": key_id, "l": ttl_class, "t": "e", "v": 1})
+
+
+def junk_envelope(size: int = 1024, key_id: int = 1) -> bytes:
+    """Random bytes in a valid outer layer: relays carry it, HQ cannot open it."""
+    return codec.encode({"c": secrets.token_bytes(size), "k": key_id, "l": 3, "t": "e", "v": 1})
 
 
 # --- bundles ------------------------------------------------------------------------------

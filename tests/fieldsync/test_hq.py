@@ -36,7 +36,7 @@ from fieldsync_protocol.crypto import delivery_tag
 from fieldsync_protocol.envelope import GENESIS
 from fieldsync_protocol.items import parse_item
 from fieldsync_protocol.keytext import KeyKind, key_to_text
-from fieldsync_protocol.receipt import open_receipt
+from fieldsync_protocol.receipt import ReceiptStatus, open_receipt
 
 
 def _tables(net: Net) -> dict[str, list[Any]]:
@@ -129,14 +129,21 @@ def test_reports_become_rows_with_lat_lon(net: Net) -> None:
     export(net.a, net.usb / "a.bundle")
     summary = ingest(net, net.usb / "a.bundle")
     assert summary.as_dict() == {
+        "envelopes": 1,
         "new": 1,
         "duplicate": 0,
         "forks": 0,
-        "rejected": 0,
-        "rejected_reasons": {},
+        "quarantined": 0,
+        "quarantined_reasons": {},
+        "junk": 0,
+        "junk_reasons": {},
+        "quarantine_full": 0,
+        "failed": 0,
         "other_items": 1,  # the manifest
         "gaps": {},
-        "fork_alerts": [],
+        "gaps_total": 0,
+        "alerts": [],
+        "alerts_total": 0,
     }
     with open_hq(net) as headquarters:
         (row,) = headquarters.database()["reports"].rows
@@ -181,7 +188,7 @@ def test_same_author_and_sequence_with_different_content_raises_a_fork_alert(net
     ingest(net, net.usb / "honest.bundle")
     summary = ingest(net, net.usb / "fork.bundle")
     assert (summary.new, summary.forks) == (0, 1)
-    (alert,) = summary.fork_alerts
+    (alert,) = summary.alerts
     assert alert["kind"] == "fork" and alert["sequence"] == 1
     assert alert["author_name"] == "monitor-17" and alert["author_key"] == _author_text(net)
     honest_id = crypto.content_id(honest.item).hex()
@@ -206,12 +213,20 @@ def test_a_missing_sequence_number_is_reported_as_a_gap(net: Net) -> None:
     write_bundle(net, net.usb / "1-3-5.bundle", [one.item, three.item, five.item])
     summary = ingest(net, net.usb / "1-3-5.bundle")
     assert summary.new == 3
-    assert summary.gaps == {_author_text(net): [2, 4]}
+    assert summary.gaps == {
+        _author_text(net): [
+            {"first": 2, "last": 2, "count": 1},
+            {"first": 4, "last": 4, "count": 1},
+        ]
+    }
     write_bundle(net, net.usb / "2.bundle", [two.item])
     later = ingest(net, net.usb / "2.bundle")
-    assert later.gaps == {_author_text(net): [4]}
+    assert later.gaps == {_author_text(net): [{"first": 4, "last": 4, "count": 1}]}
     with open_hq(net) as headquarters:
-        assert headquarters.gaps() == {_author_text(net): [4]}
+        assert headquarters.gaps() == (later.gaps, 1)
+        (row,) = headquarters.database().query("SELECT * FROM alerts WHERE kind = 'gap'")
+    assert (row["author_name"], row["author_key"]) == ("monitor-17", _author_text(net))
+    assert (row["first_missing"], row["last_missing"], row["missing_count"]) == (4, 4, 1)
 
 
 def test_gaps_are_per_author(net: Net, tmp_path: Path) -> None:
@@ -230,7 +245,7 @@ def test_gaps_are_per_author(net: Net, tmp_path: Path) -> None:
     write_bundle(net, net.usb / "a3.bundle", [seal(manifest, seed, 3, "a3").item])
     summary = ingest(net, net.usb / "a.bundle", net.usb / "c.bundle", net.usb / "a3.bundle")
     assert summary.new == 4
-    assert summary.gaps == {_author_text(net): [2]}
+    assert summary.gaps == {_author_text(net): [{"first": 2, "last": 2, "count": 1}]}
     with open_hq(net) as headquarters:
         rows = list(headquarters.database().query("SELECT id, author_name, sequence FROM reports"))
     c_rows = sorted((r["sequence"], r["id"]) for r in rows if r["author_name"] == "monitor-99")
@@ -245,7 +260,7 @@ def _fields(narrative: str) -> dict[str, Any]:
     }
 
 
-def test_rejected_envelopes_are_recorded_with_their_reasons(net: Net) -> None:
+def test_refused_envelopes_that_open_are_held_in_quarantine_with_their_reasons(net: Net) -> None:
     manifest, seed = hq_manifest(net), author_seed(net)
     stranger = seal(manifest, bytes(range(32)), 1, "from an unenrolled author")
     forwarded = _seal_for_network(net, seed, bytes(16))
@@ -253,19 +268,22 @@ def test_rejected_envelopes_are_recorded_with_their_reasons(net: Net) -> None:
     write_bundle(net, net.usb / "mixed.bundle", [stranger.item, forwarded, good.item])
     summary = ingest(net, net.usb / "mixed.bundle")
     assert summary.new == 1
-    reasons = summary.rejected
-    assert sum(reasons.values()) == 2
+    reasons = summary.quarantined
+    assert sum(reasons.values()) == 2 and summary.junk == {}
     assert any("never enrolled" in r for r in reasons)
     assert any("another network" in r for r in reasons)
-    assert summary.as_dict()["rejected"] == 2
+    assert summary.as_dict()["quarantined"] == 2
+    assert [a["kind"] for a in summary.alerts] == ["quarantined", "quarantined"]
     with open_hq(net) as headquarters:
-        rejected = list(
-            headquarters.database().query(
-                "SELECT reason, data FROM envelopes WHERE status = 'rejected'"
-            )
-        )
-    assert {r["reason"] for r in rejected} == set(reasons)
-    assert {r["data"] for r in rejected} == {stranger.item, forwarded}
+        db = headquarters.database()
+        held = list(db.query("SELECT reason, data FROM quarantine"))
+        envelope_rows = list(db.query("SELECT status, data FROM envelopes"))
+        listed = list(headquarters.quarantine_list())
+    assert {r["reason"] for r in held} == set(reasons)
+    assert {r["data"] for r in held} == {stranger.item, forwarded}
+    assert sorted(r["status"] for r in envelope_rows) == ["accepted", "quarantined", "quarantined"]
+    assert all(r["data"] is None for r in envelope_rows)  # the bytes live in the quarantine only
+    assert [r["id"] for r in listed] == [1, 2] and "data" not in listed[0]
 
 
 def _seal_for_network(net: Net, seed: bytes, network_id: bytes) -> bytes:
@@ -325,26 +343,31 @@ def test_receipts_cover_every_recorded_envelope(net: Net) -> None:
     write_bundle(net, net.usb / "all.bundle", [honest.item, fork.item, stranger.item])
     ingest(net, net.usb / "all.bundle")
     counts = receipts(net, net.usb / "r1.bundle")
-    assert counts == {"receipts_new": 1, "receipts_total": 1, "envelopes_receipted": 3}
+    # One receipt per status: the honest report and the fork are accepted, the stranger held.
+    assert counts == {"receipts_new": 2, "receipts_total": 2, "envelopes_receipted": 3}
     tags = _receipted_tags(net)
-    assert tags == {delivery_tag(i) for i in (honest.item, fork.item, stranger.item)}
+    assert tags == {
+        ReceiptStatus.ACCEPTED: {delivery_tag(honest.item), delivery_tag(fork.item)},
+        ReceiptStatus.HELD: {delivery_tag(stranger.item)},
+    }
     assert all(row[7] is not None for row in _tables(net)["envelopes"])  # receipt_serial
     # Nothing new: the next receipts bundle repeats the old receipt, issues none.
     again = receipts(net, net.usb / "r2.bundle")
-    assert again == {"receipts_new": 0, "receipts_total": 1, "envelopes_receipted": 3}
+    assert again == {"receipts_new": 0, "receipts_total": 2, "envelopes_receipted": 3}
     add_reports(net.a, ["later"])
     export(net.a, net.usb / "a.bundle")
     ingest(net, net.usb / "a.bundle")
     third = receipts(net, net.usb / "r3.bundle")
-    assert third == {"receipts_new": 1, "receipts_total": 2, "envelopes_receipted": 4}
+    assert third == {"receipts_new": 1, "receipts_total": 3, "envelopes_receipted": 4}
 
 
-def _receipted_tags(net: Net) -> set[bytes]:
+def _receipted_tags(net: Net) -> dict[ReceiptStatus, set[bytes]]:
     manifest = hq_manifest(net)
-    tags: set[bytes] = set()
+    tags: dict[ReceiptStatus, set[bytes]] = {}
     with open_hq(net) as headquarters:
         for row in headquarters.database()["receipts"].rows:
             receipt = open_receipt(parse_item(row["item"]).fields, manifest)
             assert receipt.network_id == manifest.network_id
-            tags.update(receipt.tags)
+            assert row["status"] == receipt.status.value
+            tags.setdefault(receipt.status, set()).update(receipt.tags)
     return tags

@@ -250,7 +250,8 @@ def test_the_whole_loop_marks_reports_delivered(net: Net) -> None:
     import_(net.b, net.usb / "a.bundle")
     export(net.b, net.usb / "b.bundle")
     summary = ingest(net, net.usb / "b.bundle")
-    assert (summary.new, summary.duplicate, summary.forks, summary.rejected) == (3, 0, 0, {})
+    assert (summary.new, summary.duplicate, summary.forks, summary.quarantined) == (3, 0, 0, {})
+    assert summary.junk == {}
     receipts(net, net.usb / "r.bundle")
     import_(net.b, net.usb / "r.bundle")
     import_(net.a, net.usb / "r.bundle")
@@ -260,7 +261,7 @@ def test_the_whole_loop_marks_reports_delivered(net: Net) -> None:
         status = node.status()
     finally:
         node.close()
-    assert status["outbox"] == {"sealed": 0, "delivered": 3}
+    assert status["outbox"] == {"sealed": 0, "held": 0, "dropped": 0, "delivered": 3}
     b = snapshot(net.b)["status"]
     assert b["items"] == {"envelope": 0, "receipt": 1, "manifest": 1}
     assert b["tombstones"] == 3

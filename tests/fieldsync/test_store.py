@@ -8,6 +8,7 @@ from __future__ import annotations
 import secrets
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 from offline_support import (
@@ -35,7 +36,7 @@ from fieldsync_protocol import codec
 from fieldsync_protocol.crypto import content_id, delivery_tag
 from fieldsync_protocol.envelope import TTL_CLASSES
 from fieldsync_protocol.items import check_item
-from fieldsync_protocol.receipt import Receipt, sign_receipt
+from fieldsync_protocol.receipt import Receipt, ReceiptStatus, sign_receipt
 
 PASSPHRASE = "correct horse battery staple"
 
@@ -80,6 +81,31 @@ def test_a_database_at_version_zero_is_migrated(tmp_path: Path) -> None:
         store.close()
 
 
+def test_an_outbox_of_schema_3_keeps_its_rows_and_learns_held(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    for script in _MIGRATIONS[:3]:
+        conn.executescript(script)
+    conn.execute("PRAGMA user_version = 3")
+    conn.execute(
+        "INSERT INTO outbox VALUES ('r1', x'01', 1, 10, 'sealed', NULL),"
+        " ('r2', x'02', 2, 11, 'delivered', 12)"
+    )
+    with pytest.raises(sqlite3.IntegrityError):  # schema 3 knew only sealed and delivered
+        conn.execute("UPDATE outbox SET status = 'held' WHERE report_id = 'r1'")
+    conn.close()
+    store = Store(path)
+    try:
+        assert [(e.report_id, e.status, e.delivered_at) for e in store.outbox()] == [
+            ("r1", "sealed", None),
+            ("r2", "delivered", 12),
+        ]
+        store.db.execute("UPDATE outbox SET status = 'held' WHERE report_id = 'r1'")
+        assert [e.status for e in store.outbox()] == ["held", "delivered"]
+    finally:
+        store.close()
+
+
 def test_a_store_from_a_newer_fieldsync_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "store.db"
     Store(path).close()
@@ -108,7 +134,7 @@ def test_integrity_and_status_of_an_empty_store(store: Store) -> None:
     status = store.status()
     assert status["items"] == {"envelope": 0, "receipt": 0, "manifest": 0}
     assert status["items_total"] == 0
-    assert status["outbox"] == {"sealed": 0, "delivered": 0}
+    assert status["outbox"] == {"sealed": 0, "held": 0, "dropped": 0, "delivered": 0}
     assert status["tombstones"] == 0
     assert isinstance(status["disk_bytes"], int) and status["disk_bytes"] > 0
 
@@ -231,6 +257,45 @@ def test_valid_receipts_purge_and_leave_tombstones(net: Net) -> None:
     # Importing the same receipts again changes nothing.
     again = import_(net.b, net.usb / "receipts.bundle")
     assert (again.new, again.duplicate, again.purged) == (0, 2, 0)
+
+
+def test_the_receipt_status_decides_what_the_author_sees(net: Net) -> None:
+    """held and dropped delete like accepted but never say delivered; a later accepted
+    upgrades them although the envelope is gone; nothing downgrades delivered."""
+    add_reports(net.a, ["one", "two"])
+    node = Node(net.a)
+    try:
+        tags = [
+            row[0] for row in node.store().db.execute("SELECT tag FROM outbox ORDER BY sequence")
+        ]
+    finally:
+        node.close()
+    manifest = hq_manifest(net)
+    seed = HQ(net.hq).unlock(PASSPHRASE).receipt_seed
+
+    def apply(serial: int, status: ReceiptStatus, *chosen: bytes) -> Any:
+        item = sign_receipt(Receipt(manifest.network_id, serial, 1, chosen, status), seed)
+        return import_(net.a, _bundle_with_receipt(net, item, f"r{serial}.bundle"))
+
+    def outbox() -> list[tuple[str, bool]]:
+        node = Node(net.a)
+        try:
+            return [(e.status, e.delivered_at is not None) for e in node.reports()]
+        finally:
+            node.close()
+
+    held = apply(1, ReceiptStatus.HELD, tags[0])
+    dropped = apply(2, ReceiptStatus.DROPPED, tags[1])
+    assert (held.purged, held.held_own, held.delivered_own) == (1, 1, 0)
+    assert (dropped.purged, dropped.held_own) == (1, 1)
+    assert outbox() == [("held", False), ("dropped", False)]
+    assert snapshot(net.a)["status"]["tombstones"] == 2
+    accepted = apply(3, ReceiptStatus.ACCEPTED, *tags)
+    assert (accepted.purged, accepted.delivered_own) == (0, 2)
+    assert outbox() == [("delivered", True), ("delivered", True)]
+    apply(4, ReceiptStatus.HELD, *tags)
+    apply(5, ReceiptStatus.DROPPED, *tags)
+    assert outbox() == [("delivered", True), ("delivered", True)]
 
 
 def test_tombstones_refuse_a_purged_envelope(net: Net) -> None:

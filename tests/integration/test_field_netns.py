@@ -218,12 +218,12 @@ def test_reports_cross_by_discovery_reach_hq_once_and_receipts_come_back(
 ) -> None:
     run = field_run
     first, second = run.ingests
-    counts = (first["new"], first["duplicate"], first["rejected"], first["forks"])
+    counts = (first["new"], first["duplicate"], first["quarantined"], first["forks"])
     assert counts == (REPORTS, 0, 0, 0)
     assert first["gaps"] == {}
     assert first["hub"]["receipts_new"] >= 1
     # Nothing new the second time, and nothing offered again: the hub purged what HQ receipted.
-    assert (second["new"], second["duplicate"], second["rejected"]) == (0, 0, 0)
+    assert (second["new"], second["duplicate"], second["quarantined"]) == (0, 0, 0)
 
     rows = run.deployment.export()
     assert len(rows) == REPORTS
@@ -410,7 +410,7 @@ def test_relay_restarts_and_a_wrong_clock_lose_nothing(tmp_path: Path) -> None:
         wait_for(lambda: envelopes(h_home) == REPORTS, DEADLINE, "the hub to hold all 5", why)
         first = deployment.ingest(url, uplink.far)
         second = deployment.ingest(url, uplink.far)
-        assert (first["new"], first["duplicate"], first["rejected"]) == (REPORTS, 0, 0)
+        assert (first["new"], first["duplicate"], first["quarantined"]) == (REPORTS, 0, 0)
         assert first["gaps"] == {}
         assert (second["new"], second["duplicate"]) == (0, 0)
         rows = deployment.export()

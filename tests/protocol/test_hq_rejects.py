@@ -23,7 +23,7 @@ from protocol_support import (
     signed_inner,
 )
 
-from fieldsync_protocol import codec, crypto, membership
+from fieldsync_protocol import codec, crypto, envelope, membership
 from fieldsync_protocol.envelope import OpenedReport, open_report
 from fieldsync_protocol.errors import RemoteProtocolError
 from fieldsync_protocol.items import ItemKind, check_item
@@ -135,6 +135,22 @@ def test_outer_fields_are_bound(field: str, value: object, message: str) -> None
         hq_accepts(ALPHA, changed)
 
 
+def test_only_a_box_that_does_not_open_is_junk() -> None:
+    """Junk (``NotSealedToHQ``) is what fails under a key HQ holds; a key id HQ lacks is held
+    (it may be a key HQ lost), and whatever opened is held too (SPEC.md §8.6)."""
+    data = ALPHA.seal(hq_key_id=1).item
+    wrong_key = codec.encode(codec.decode(data) | {"k": 0})
+    with pytest.raises(envelope.NotSealedToHQ, match="cannot be opened"):
+        hq_accepts(ALPHA, wrong_key)
+    unknown_key = codec.encode(codec.decode(data) | {"k": 5})
+    with pytest.raises(RemoteProtocolError, match="does not hold") as caught:
+        hq_accepts(ALPHA, unknown_key)
+    assert not isinstance(caught.value, envelope.NotSealedToHQ)
+    with pytest.raises(RemoteProtocolError, match="never enrolled") as caught:
+        hq_accepts(ALPHA, data, authors=frozenset())
+    assert not isinstance(caught.value, envelope.NotSealedToHQ)
+
+
 def test_inner_resealed_to_another_hq_key_id() -> None:
     """HQ holds both keys, so decryption works: the signed key id is what refuses it."""
     sealed = ALPHA.seal(hq_key_id=1)
@@ -153,10 +169,14 @@ def test_inner_resealed_to_another_networks_hq() -> None:
     moved = envelope_item(inner, BETA.manifest.hq_keys[0], 0)
     # Even if the author were enrolled with both HQs, the signed network id refuses it.
     both = BETA.authors | {ALPHA.author_key(0)}
-    with pytest.raises(RemoteProtocolError, match=r"written for another network \(forwarded\?\)"):
+    with pytest.raises(
+        envelope.RefusedSignedReport, match=r"written for another network \(forwarded\?\)"
+    ) as caught:
         hq_accepts(BETA, moved, both)
-    with pytest.raises(RemoteProtocolError, match="author key HQ never enrolled"):
+    assert caught.value.author_key == ALPHA.author_key(0)  # HQ can name who signed it
+    with pytest.raises(RemoteProtocolError, match="author key HQ never enrolled") as unsigned:
         hq_accepts(BETA, moved)
+    assert not isinstance(unsigned.value, envelope.RefusedSignedReport)
     # Re-sealed to the same key id number in the other network: still the network check.
     moved_same_id = envelope_item(
         pad(signed_inner(header_fields(ALPHA, hk=0), ALPHA.author_seeds[0])),

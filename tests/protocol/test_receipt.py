@@ -13,7 +13,14 @@ from protocol_support import CLAIMED_TIME, DETERMINISTIC, Net, make_net
 from fieldsync_protocol import codec, crypto
 from fieldsync_protocol.crypto import Domain
 from fieldsync_protocol.errors import LocalProtocolError, RemoteProtocolError
-from fieldsync_protocol.receipt import MAX_TAGS, TAG_SIZE, Receipt, open_receipt, sign_receipt
+from fieldsync_protocol.receipt import (
+    MAX_TAGS,
+    TAG_SIZE,
+    Receipt,
+    ReceiptStatus,
+    open_receipt,
+    sign_receipt,
+)
 
 NET = make_net("receipt")
 tags = st.binary(min_size=TAG_SIZE, max_size=TAG_SIZE)
@@ -24,9 +31,10 @@ tags = st.binary(min_size=TAG_SIZE, max_size=TAG_SIZE)
     tag_list=st.lists(tags, min_size=1, max_size=40),
     serial=st.integers(0, 2**63 - 1),
     time=st.integers(0, 2**63 - 1),
+    status=st.sampled_from(ReceiptStatus),
 )
-def test_round_trip(tag_list: list[bytes], serial: int, time: int) -> None:
-    receipt = Receipt(NET.network_id, serial, time, tuple(tag_list))
+def test_round_trip(tag_list: list[bytes], serial: int, time: int, status: ReceiptStatus) -> None:
+    receipt = Receipt(NET.network_id, serial, time, tuple(tag_list), status)
     item = sign_receipt(receipt, NET.receipt_seed)
     fields = codec.decode(item)
     assert set(fields) == {"b", "s", "t", "v"}
@@ -80,7 +88,14 @@ def signed_body(body: dict[str, Any]) -> dict[str, Any]:
     return {"b": data, "s": crypto.sign(Domain.RECEIPT, NET.receipt_seed, data), "t": "r", "v": 1}
 
 
-GOOD_BODY = {"n": NET.network_id, "q": 1, "tags": [bytes(32)], "time": CLAIMED_TIME, "v": 1}
+GOOD_BODY = {
+    "n": NET.network_id,
+    "q": 1,
+    "status": "accepted",
+    "tags": [bytes(32)],
+    "time": CLAIMED_TIME,
+    "v": 1,
+}
 
 
 @pytest.mark.parametrize(
@@ -96,6 +111,9 @@ GOOD_BODY = {"n": NET.network_id, "q": 1, "tags": [bytes(32)], "time": CLAIMED_T
         ({"q": -1}, "receipt.q = -1 is outside"),
         ({"time": "now"}, "receipt.time must be an integer"),
         ({"extra": 1}, "unknown field"),
+        ({"status": "delivered"}, "receipt status must be one of accepted, held, dropped"),
+        ({"status": 1}, "receipt status must be one of"),
+        ({"status": [1]}, "receipt status must be one of"),
     ],
 )
 def test_body_refusals(changes: dict[str, Any], message: str) -> None:
@@ -125,7 +143,7 @@ def test_outer_refusals(changes: dict[str, Any], message: str) -> None:
 
 def test_body_must_be_canonical() -> None:
     data = codec.encode(GOOD_BODY)
-    long_form = b"\xde\x00\x05" + data[1:]
+    long_form = b"\xde\x00\x06" + data[1:]
     fields = {
         "b": long_form,
         "s": crypto.sign(Domain.RECEIPT, NET.receipt_seed, long_form),
@@ -151,3 +169,17 @@ def test_sign_receipt_local_errors(changes: dict[str, Any], message: str) -> Non
     receipt = dataclasses.replace(Receipt(NET.network_id, 1, 1, (bytes(32),)), **changes)
     with pytest.raises(LocalProtocolError, match=message):
         sign_receipt(receipt, NET.receipt_seed)
+
+
+def test_the_status_is_signed() -> None:
+    """A holder cannot turn a held receipt into an accepted one: the status is in the body."""
+    held = codec.decode(
+        sign_receipt(
+            Receipt(NET.network_id, 1, 1, (bytes(32),), ReceiptStatus.HELD), NET.receipt_seed
+        )
+    )
+    body = codec.decode(held["b"])
+    altered = held | {"b": codec.encode(body | {"status": "accepted"})}
+    with pytest.raises(RemoteProtocolError, match="signature is not valid"):
+        open_receipt(altered, NET.manifest)
+    assert open_receipt(held, NET.manifest).status is ReceiptStatus.HELD

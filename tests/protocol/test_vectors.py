@@ -10,6 +10,7 @@ handshake and frame vectors are also reproduced with an independent Noise implem
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -321,12 +322,18 @@ def test_receipt_vector() -> None:
         fields["serial"],
         fields["time"],
         tuple(b(t) for t in fields["tags"]),
+        receipt.ReceiptStatus(fields["status"]),
     )
     item = receipt.sign_receipt(value, b(RECEIPT["receipt_seed"]))
     assert item.hex() == RECEIPT["item_hex"]
     assert crypto.content_id(item).hex() == RECEIPT["item_id"]
     checked = check_item(item, MANIFEST)
     assert checked.receipt == value
+    assert set(RECEIPT["other_statuses"]) == {"held", "dropped"}
+    for status, item_hex in RECEIPT["other_statuses"].items():
+        other = dataclasses.replace(value, status=receipt.ReceiptStatus(status))
+        assert receipt.sign_receipt(other, b(RECEIPT["receipt_seed"])).hex() == item_hex
+        assert check_item(bytes.fromhex(item_hex), MANIFEST).receipt == other
     assert ENVELOPE["delivery_tag"] in fields["tags"]
     check_signed_document(item, RECEIPT, crypto.Domain.RECEIPT, MANIFEST.receipt_key)
 

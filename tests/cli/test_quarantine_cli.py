@@ -1,0 +1,94 @@
+"""``fieldsync hq quarantine list|show|reingest`` and what the author's device shows (issue 7
+"Must show": an author removed at HQ while its report is in flight). Real processes, real
+files: the operator removes the author the only way there is today (deleting its row).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from cli_support import Run
+from offline_support import Net, add_reports
+
+from fieldsync.hq import DATABASE
+
+NOT_FOUND = 4
+USAGE = 2
+WRONG_PASSPHRASE = 12
+
+
+def _json(done: subprocess.CompletedProcess[str]) -> Any:
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def _hq_sql(net: Net, statement: str, *args: object) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(net.hq / DATABASE, isolation_level=None)
+    try:
+        return conn.execute(statement, args).fetchall()
+    finally:
+        conn.close()
+
+
+def _statuses(run: Run, home: Path) -> list[str]:
+    return [r["status"] for r in _json(run("--home", home, "report", "list", "--json"))]
+
+
+def test_a_report_of_a_removed_author_is_held_then_delivered_after_reingest(
+    net: Net, run: Run
+) -> None:
+    (report_id,) = add_reports(net.a, ["written before HQ removed this author"])
+    _json(run("--home", net.a, "bundle", "export", net.usb / "a.bundle", "--json"))
+    (author_row,) = _hq_sql(net, "SELECT * FROM authors")
+    _hq_sql(net, "DELETE FROM authors")  # the operator "revokes" the author
+
+    ingested = _json(run("hq", "ingest", "--hq", net.hq, net.usb / "a.bundle", "--json"))
+    assert (ingested["new"], ingested["quarantined"], ingested["failed"]) == (0, 1, 0)
+    (alert,) = ingested["alerts"]
+    assert alert["kind"] == "quarantined" and "never enrolled" in alert["detail"]
+
+    (entry,) = _json(run("hq", "quarantine", "list", "--hq", net.hq, "--json", passphrase=None))
+    assert entry["id"] == 1 and "never enrolled" in entry["reason"]
+    shown = _json(run("hq", "quarantine", "show", "1", "--hq", net.hq, "--json", passphrase=None))
+    assert shown == entry
+    human = run("hq", "quarantine", "list", "--hq", net.hq, passphrase=None)
+    assert human.returncode == 0 and "never enrolled" in human.stdout
+    missing = run("hq", "quarantine", "show", "99", "--hq", net.hq, "--json", passphrase=None)
+    assert missing.returncode == NOT_FOUND
+    assert "no envelope 99 in the quarantine" in json.loads(missing.stdout)["error"]
+
+    # Held is receipted (relays delete it) but the author's device does not say delivered.
+    _json(run("hq", "receipts", "--hq", net.hq, "--out", net.usb / "r1.bundle", "--json"))
+    imported = _json(run("--home", net.a, "bundle", "import", net.usb / "r1.bundle", "--json"))
+    assert (imported["held_own"], imported["delivered_own"], imported["purged"]) == (1, 0, 1)
+    assert _statuses(run, net.a) == ["held"]
+    listed = run("--home", net.a, "report", "list")
+    assert f"{report_id}" in listed.stdout and "held at HQ" in listed.stdout
+    assert "delivered" not in listed.stdout
+
+    # Refusals first: no IDs, unknown ID, wrong passphrase; nothing changes.
+    assert run("hq", "quarantine", "reingest", "--hq", net.hq).returncode == USAGE
+    assert run("hq", "quarantine", "reingest", "1", "--all", "--hq", net.hq).returncode == USAGE
+    unknown = run("hq", "quarantine", "reingest", "42", "--hq", net.hq, "--json")
+    assert unknown.returncode == NOT_FOUND
+    wrong = run("hq", "quarantine", "reingest", "--all", "--hq", net.hq, passphrase="not it!!")
+    assert wrong.returncode == WRONG_PASSPHRASE
+    still = _json(run("hq", "quarantine", "reingest", "--all", "--hq", net.hq, "--json"))
+    assert (still["accepted"], still["still_held"], still["receipts_new"]) == (0, 1, 0)
+
+    # The operator re-adds the author; reingest accepts it and issues an accepted receipt.
+    marks = ", ".join("?" for _ in author_row)
+    _hq_sql(net, f"INSERT INTO authors VALUES ({marks})", *author_row)  # noqa: S608
+    done = _json(run("hq", "quarantine", "reingest", "1", "--hq", net.hq, "--json"))
+    assert (done["accepted"], done["still_held"], done["receipts_new"]) == (1, 0, 1)
+    assert _json(run("hq", "quarantine", "list", "--hq", net.hq, "--json", passphrase=None)) == []
+    _json(run("hq", "receipts", "--hq", net.hq, "--out", net.usb / "r2.bundle", "--json"))
+    imported = _json(run("--home", net.a, "bundle", "import", net.usb / "r2.bundle", "--json"))
+    assert (imported["delivered_own"], imported["held_own"]) == (1, 0)
+    assert _statuses(run, net.a) == ["delivered"]
+    exported = run("hq", "export", "--hq", net.hq, "--format", "jsonl", passphrase=None)
+    assert [json.loads(line)["id"] for line in exported.stdout.splitlines()] == [report_id]
