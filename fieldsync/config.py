@@ -41,6 +41,7 @@ from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit
 
 from fieldsync.errors import FieldsyncError
+from fieldsync.faults import parse_fault
 
 CONFIG_ENV: Final = "FIELDSYNC_CONFIG"
 ENV_PREFIX: Final = "FIELDSYNC_"
@@ -499,6 +500,16 @@ class LogConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DebugConfig:
+    #: Fault injection for the supervision tests (``fieldsync.faults``): ``"janitor"`` fails
+    #: the janitor every time it runs, ``"janitor:2"`` its first two runs. Empty (the
+    #: default) injects nothing. Never set it on a node in the field.
+    inject_faults: tuple[str, ...] = field(
+        default=(), metadata=_meta(_list(parse_fault, "COMPONENT or COMPONENT:N entries"))
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     node: NodeConfig = field(default_factory=NodeConfig)
     listen: ListenConfig = field(default_factory=ListenConfig)
@@ -510,6 +521,7 @@ class Config:
     hub: HubConfig = field(default_factory=HubConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    debug: DebugConfig = field(default_factory=DebugConfig)
     #: The TOML file that was read, if any (for logs and ``doctor``; not part of equality).
     source: Path | None = field(default=None, compare=False)
 
@@ -570,6 +582,7 @@ _SECTIONS: Final[Mapping[str, type]] = MappingProxyType(
         "hub": HubConfig,
         "control": ControlConfig,
         "log": LogConfig,
+        "debug": DebugConfig,
     }
 )
 

@@ -298,6 +298,13 @@ class Discovery:
             raise
         self._rotation = asyncio.create_task(self._rotate_forever(), name="discovery-rotation")
 
+    async def wait(self) -> None:
+        """Until discovery stops: raises what ended the rotation task (for the supervisor)."""
+        rotation = self._rotation
+        if rotation is None:
+            raise RuntimeError("discovery is not running")
+        await rotation
+
     async def refresh(self) -> None:
         """Ask the link again who is there (call after a link comes up or an address changes).
 

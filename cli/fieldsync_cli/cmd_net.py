@@ -93,7 +93,7 @@ async def _serve(config: Config, ws: list[tuple[str, int]], as_json: bool) -> No
             listening = [f"{h}:{p}" for h, p in daemon.server.addresses]
             say("listening on " + (", ".join(listening) or "nothing (dial-out only)"))
             emit(as_json, {"listening": listening, "control": str(config.control_socket)})
-        await stop.wait()
+        await daemon.wait(stop)
         say("stopping: closing sessions and the store")
     finally:
         await daemon.stop()

@@ -126,7 +126,16 @@ def status(ctx: click.Context, control_socket: Path | None, as_json: bool) -> No
         info.update(
             {
                 k: live[k]
-                for k in ("peers", "listening", "last_upstream_contact", "hub", "discovery")
+                for k in (
+                    "peers",
+                    "listening",
+                    "last_upstream_contact",
+                    "hub",
+                    "discovery",
+                    "components",
+                    "degraded",
+                    "store_error",
+                )
                 if k in live
             }
         )
@@ -155,12 +164,26 @@ def status(ctx: click.Context, control_socket: Path | None, as_json: bool) -> No
         lines.append(
             f"daemon      running; listening on {', '.join(live.get('listening', [])) or 'nothing'}"
         )
+        lines.extend(_component_lines(live))
         upstream = live.get("last_upstream_contact")
         lines.append(
             f"upstream    {'last contact ' + utc_text(upstream) if upstream else 'no contact yet'}"
         )
         lines.extend(_peer_lines(live.get("peers", [])))
     click.echo("\n".join(lines))
+
+
+def _component_lines(live: dict[str, Any]) -> list[str]:
+    """One line per degraded component, with what last went wrong."""
+    lines = []
+    components = live.get("components", {})
+    for name in live.get("degraded", []):
+        info = components.get(name, {})
+        why = info.get("unhealthy") or info.get("last_error") or "unknown"
+        lines.append(f"DEGRADED    {name}: {info.get('state', '?')} ({why})")
+    if live.get("store_error"):
+        lines.append(f"DEGRADED    store: {live['store_error']}")
+    return lines
 
 
 def _peer_lines(peers: list[dict[str, Any]]) -> list[str]:
