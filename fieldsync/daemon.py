@@ -25,6 +25,7 @@ from fieldsync.control import ControlServer
 from fieldsync.discovery import Discovery, PeerAddress
 from fieldsync.errors import EXIT_DAEMON_FAILED, FieldsyncError, InputRefused
 from fieldsync.faults import Faults
+from fieldsync.homelock import HomeLock
 from fieldsync.hq import HQ, IngestSummary
 from fieldsync.janitor import Janitor
 from fieldsync.node import STORE, Node
@@ -33,6 +34,7 @@ from fieldsync.scheduler import Scheduler, SchedulerPolicy, SyncResult
 from fieldsync.store import Store, now_seconds
 from fieldsync.store_worker import StoreWorker
 from fieldsync.supervisor import Policy, Supervisor
+from fieldsync.synclog import log_session
 from fieldsync.transport import (
     Transport,
     TransportError,
@@ -111,13 +113,25 @@ class Runtime:
     async def sync_with(self, target: str) -> SyncOutcome:
         """One session as initiator with ``HOST:PORT`` (TCP) or a ``ws://``/``wss://`` URL."""
         transport: Transport
-        if target.startswith(("ws://", "wss://", "http://", "https://")):
-            transport = await connect_websocket(target)
-        else:
-            host, port = parse_host_port(target, "peer")
-            transport = await connect_tcp(host, port)
+        started = time.monotonic()
+        try:
+            if target.startswith(("ws://", "wss://", "http://", "https://")):
+                transport = await connect_websocket(target)
+            else:
+                host, port = parse_host_port(target, "peer")
+                transport = await connect_tcp(host, port)
+        except TransportError as exc:
+            log.info("cannot reach %s: %s", target, exc)
+            raise
         outcome = await run_peer(transport, self.context, initiator=True)
         self.outcomes.append(outcome)
+        log_session(
+            self.context.static_secret,
+            target,
+            outcome,
+            time.monotonic() - started,
+            initiator=True,
+        )
         return outcome
 
 
@@ -128,20 +142,37 @@ class Server:
         self.runtime = runtime
         self._tcp: list[asyncio.Server] = []
         self._web: web.AppRunner | None = None
+        #: Sessions running now; ``close()`` cancels and awaits them.
         self._tasks: set[asyncio.Task[None]] = set()
+        self._closing = False
         self.addresses: list[tuple[str, int]] = []
 
     async def _handle(self, transport: Transport) -> None:
+        """One connection: its session runs as a task of ours, so ``close()`` can end it."""
+        session = asyncio.create_task(self._session(transport))
+        self._tasks.add(session)
+        session.add_done_callback(self._tasks.discard)
+        try:
+            await session
+        except asyncio.CancelledError:
+            # Ended by close(): finish normally so the connection closes without a
+            # traceback (asyncio's stream callback reports a cancelled handler as an error).
+            if not self._closing:
+                raise
+
+    async def _session(self, transport: Transport) -> None:
+        started = time.monotonic()
         outcome = await run_peer(transport, self.runtime.context, initiator=False)
         self.runtime.outcomes.append(outcome)
         if self.runtime.on_outcome is not None:
             self.runtime.on_outcome(outcome)
-        if outcome.complete:
-            log.info(
-                "%s: synced: %d items in, %d out",
+        if outcome.peer is not None:  # outsiders are logged by the handshake already
+            log_session(
+                self.runtime.context.static_secret,
                 transport.label,
-                outcome.stats.items_received,
-                outcome.stats.items_sent,
+                outcome,
+                time.monotonic() - started,
+                initiator=False,
             )
 
     async def listen_tcp(self, host: str, port: int) -> tuple[str, int]:
@@ -154,7 +185,9 @@ class Server:
     async def listen_websocket(self, host: str, port: int) -> tuple[str, int]:
         app = web.Application()
         app.router.add_get(WEBSOCKET_PATH, websocket_route(self._handle))
-        self._web = web.AppRunner(app, handle_signals=False)
+        # No access log: it would write every field node's address and User-Agent to the
+        # hub's disk, and the hub must not keep them (deploy/README).
+        self._web = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._web.setup()
         site = web.TCPSite(self._web, host, port)
         try:
@@ -168,8 +201,14 @@ class Server:
         return self.addresses[-1]
 
     async def close(self) -> None:
+        """Stop accepting, end every session (even one in a delayed close), then return."""
+        self._closing = True
         for server in self._tcp:
             server.close()
+        sessions = list(self._tasks)
+        for session in sessions:
+            session.cancel()
+        await asyncio.gather(*sessions, return_exceptions=True)
         for server in self._tcp:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 5)
@@ -215,6 +254,7 @@ class FieldDaemon:
         self.control: ControlServer | None = None
         self.supervisor = Supervisor()
         self.last_upstream_contact: float | None = None
+        self._lock: HomeLock | None = None
 
     async def start(self) -> None:
         config = self.config
@@ -224,8 +264,11 @@ class FieldDaemon:
             quota_items_per_day=config.sync.quota_items_per_day,
             quota_bytes_per_day=config.sync.quota_bytes_per_day,
         )
-        self.runtime = runtime = await Runtime.open(config.node.home, limits=limits)
+        self._lock = await asyncio.to_thread(
+            HomeLock.acquire, config.node.home, config.control_socket
+        )
         try:
+            self.runtime = runtime = await Runtime.open(config.node.home, limits=limits)
             await self._start_serving(runtime)
         except BaseException:
             await self.stop()
@@ -496,6 +539,9 @@ class FieldDaemon:
             ("server", self.server.close if self.server else None),
             ("store", self.runtime.close if self.runtime else None),
         ]
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            steps.append(("home lock", lambda: asyncio.to_thread(lock.release)))
         self.control = self.discovery = None
         self.runtime = None
         for what, step in steps:

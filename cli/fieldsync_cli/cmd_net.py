@@ -11,13 +11,13 @@ from typing import Any
 
 import click
 
-from fieldsync.config import Config, load_config
+from fieldsync.config import Config
 from fieldsync.daemon import FieldDaemon, Runtime, parse_host_port
 from fieldsync.errors import FieldsyncError
 from fieldsync.peer import SyncOutcome
 from fieldsync.transport import TransportError
 from fieldsync_cli.common import emit, handle_errors, json_option, say
-from fieldsync_cli.main import home_of
+from fieldsync_cli.main import config_of, home_of
 
 #: The peer was reached but the session did not complete (README "Exit codes").
 EXIT_SYNC_FAILED = 5
@@ -67,13 +67,20 @@ def run(
         "hub.enabled": hub,
         "log.level": log_level.upper() if log_level else None,
     }
-    root = ctx.find_root()
-    if root.get_parameter_source("home") is not click.core.ParameterSource.DEFAULT:
-        overrides["node.home"] = str(home_of(ctx))
-    config = load_config(config_path, os.environ, overrides)
-    logging.basicConfig(level=config.log.level, format="%(levelname)s %(name)s: %(message)s")
+    config = config_of(ctx, overrides, config_path)
+    configure_logging(config.log.level)
     ws = [parse_host_port(a, "--ws-listen") for a in ws_listen]
     asyncio.run(_serve(config, ws, as_json))
+
+
+def configure_logging(level: str) -> None:
+    """Log to stderr; with timestamps unless journald (which stamps every line) reads it.
+
+    systemd sets ``JOURNAL_STREAM`` when stderr is connected to the journal (systemd.exec(5)).
+    """
+    under_journald = bool(os.environ.get("JOURNAL_STREAM"))
+    stamp = "" if under_journald else "%(asctime)s "
+    logging.basicConfig(level=level, format=f"{stamp}%(levelname)s %(name)s: %(message)s")
 
 
 async def _serve(config: Config, ws: list[tuple[str, int]], as_json: bool) -> None:

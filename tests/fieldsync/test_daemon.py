@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import time
 from pathlib import Path
 
@@ -135,3 +136,66 @@ async def test_daemon_tells_systemd_it_is_ready_pings_the_watchdog_and_says_stop
         await daemon.stop()
     await wait_until(lambda: heard("STOPPING=1"))
     listener.close()
+
+
+async def test_both_sides_log_each_sync_and_the_dialler_logs_failed_dials(
+    network: synthetic.SyntheticNetwork, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    caplog.set_level(logging.INFO)
+    a = network.add_node("a")
+    b = network.add_node("b")
+    daemon_b = FieldDaemon(config_for(b))  # type: ignore[arg-type]
+    await daemon_b.start()
+    assert daemon_b.server is not None
+    host, port = daemon_b.server.addresses[0]
+    static = [f"{host}:{port}", "127.0.0.1:9"]
+    daemon_a = FieldDaemon(config_for(a, **{"peers.static": static}))  # type: ignore[arg-type]
+    await daemon_a.start()
+    try:
+
+        async def logged() -> bool:
+            text = [r.getMessage() for r in caplog.records]
+            dialled = [t for t in text if t.startswith("synced with peer-") and "dialled" in t]
+            accepted = [t for t in text if t.startswith("synced with peer-") and "accepted" in t]
+            refused = [t for t in text if t.startswith("cannot reach 127.0.0.1:9:")]
+            return bool(dialled and accepted and refused)
+
+        await wait_until(logged)
+    finally:
+        await daemon_a.stop()
+        await daemon_b.stop()
+    synced = [r.getMessage() for r in caplog.records if r.getMessage().startswith("synced with")]
+    assert all(re.search(r"\d+ items in \(\d+ new\), \d+ out, \d+\.\d s$", t) for t in synced)
+    # Pseudonyms, not keys: the same peer has one name in a node's log, and none is a key.
+    names = {t.split()[2] for t in synced if "dialled" in t}
+    assert len(names) == 1 and re.fullmatch(r"peer-[a-z2-7]{8}", names.pop())
+    assert all(r.levelno == logging.INFO for r in caplog.records if r.name == "fieldsync.sync")
+
+
+async def test_the_hub_keeps_no_access_log_of_field_addresses(
+    network: synthetic.SyntheticNetwork, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    hub = network.add_node("hub", role="hub")
+    a = network.add_node("a")
+    daemon = FieldDaemon(config_for(hub, **{"hub.enabled": True}))  # type: ignore[arg-type]
+    await daemon.start()
+    try:
+        assert daemon.server is not None and daemon.runtime is not None
+        host, port = daemon.server.addresses[0]
+        from fieldsync.daemon import Runtime
+
+        runtime = await Runtime.open(a)
+        try:
+            outcome = await runtime.sync_with(f"ws://{host}:{port}/sync")
+        finally:
+            await runtime.close()
+        assert outcome.complete
+    finally:
+        await daemon.stop()
+    assert not [r for r in caplog.records if r.name == "aiohttp.access"]
+    assert not [r for r in caplog.records if "Python/" in r.getMessage()]  # no User-Agent
