@@ -22,7 +22,7 @@ from aiohttp import web
 from fieldsync import sdnotify
 from fieldsync.config import Config
 from fieldsync.control import ControlServer
-from fieldsync.discovery import Discovery, PeerAddress
+from fieldsync.discovery import Discovery, OwnNames, PeerAddress
 from fieldsync.errors import EXIT_DAEMON_FAILED, FieldsyncError, InputRefused
 from fieldsync.faults import Faults
 from fieldsync.homelock import HomeLock
@@ -255,6 +255,8 @@ class FieldDaemon:
         self.supervisor = Supervisor()
         self.last_upstream_contact: float | None = None
         self._lock: HomeLock | None = None
+        #: Our discovery names outlive one Discovery instance (it restarts on failure).
+        self._own_names = OwnNames()
 
     async def start(self) -> None:
         config = self.config
@@ -408,6 +410,8 @@ class FieldDaemon:
             raise DiscoveryUnavailable(f"no IPv4 address on {', '.join(interfaces)}")
 
         def appeared(peer: PeerAddress) -> None:
+            if peer.host in addresses and peer.port == port:
+                return  # ourselves, by address: never list or dial our own server
             scheduler.add(f"{peer.host}:{peer.port}", "discovered")
 
         def gone(peer: PeerAddress) -> None:
@@ -421,6 +425,7 @@ class FieldDaemon:
             on_peer_gone=gone,
             service_type=self.config.discovery.service_type,
             rotate_seconds=self.config.discovery.rotate_minutes * 60.0,
+            own_names=self._own_names,
         )
         await discovery.start()
         self.discovery = discovery
