@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import logging
 import random
+import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
@@ -23,6 +24,7 @@ from fieldsync import sdnotify
 from fieldsync.config import Config
 from fieldsync.control import ControlServer
 from fieldsync.discovery import Discovery, OwnNames, PeerAddress
+from fieldsync.diskerrors import storage_problem
 from fieldsync.errors import EXIT_DAEMON_FAILED, FieldsyncError, InputRefused
 from fieldsync.faults import Faults
 from fieldsync.homelock import HomeLock
@@ -159,6 +161,12 @@ class Server:
             # traceback (asyncio's stream callback reports a cancelled handler as an error).
             if not self._closing:
                 raise
+        except Exception as exc:
+            problem = storage_problem(exc, self.runtime.worker.path)
+            if problem is None:
+                log.exception("%s: session failed", transport.label)
+            else:
+                log.error("%s: session ended: %s", transport.label, problem)  # noqa: TRY400 - no traceback for a full disk
 
     async def _session(self, transport: Transport) -> None:
         started = time.monotonic()
@@ -252,7 +260,8 @@ class FieldDaemon:
         self.discovery: Discovery | None = None
         self.janitor: Janitor | None = None
         self.control: ControlServer | None = None
-        self.supervisor = Supervisor()
+        home = config.node.home
+        self.supervisor = Supervisor(explain=lambda exc: _storage_message(exc, home))
         self.last_upstream_contact: float | None = None
         self._lock: HomeLock | None = None
         #: Our discovery names outlive one Discovery instance (it restarts on failure).
@@ -464,6 +473,12 @@ class FieldDaemon:
             outcome = await runtime.sync_with(target)
         except (TransportError, FieldsyncError) as exc:
             return SyncResult(ok=False, error=str(exc))
+        except (OSError, sqlite3.Error) as exc:
+            problem = storage_problem(exc, self.config.node.home)
+            if problem is None:
+                raise
+            log.error("sync with %s ended: %s", target, problem)  # noqa: TRY400 - said clearly, no traceback
+            return SyncResult(ok=False, error=str(problem))
         if outcome.complete and self.scheduler is not None:
             state = self.scheduler.targets.get(target)
             if state is not None and state.origin == "upstream":
@@ -510,7 +525,8 @@ class FieldDaemon:
         except TimeoutError:
             return {"store_error": "the store thread does not answer"}
         except Exception as exc:
-            return {"store_error": f"{type(exc).__name__}: {exc}"}
+            explained = _storage_message(exc, self.config.node.home)
+            return {"store_error": explained or f"{type(exc).__name__}: {exc}"}
 
     async def peers(self) -> dict[str, Any]:
         scheduler = self.scheduler
@@ -556,6 +572,11 @@ class FieldDaemon:
                 await step()
             except Exception:
                 log.exception("stopping the %s failed; carrying on with the rest", what)
+
+
+def _storage_message(exc: Exception, home: Path) -> str | None:
+    problem = storage_problem(exc, home)
+    return None if problem is None else str(problem)
 
 
 class DiscoveryUnavailable(FieldsyncError):

@@ -14,6 +14,9 @@ meant to run until cancelled. When one raises (or returns), the supervisor
   limit and keeps retrying at ``backoff_max``.
 
 Consecutive failures are forgotten once a component has run for ``stable_seconds``.
+Failures that ``explain`` recognises as the environment's (a full or read-only disk) are
+logged in its words without a traceback and never end the daemon: a restart would not free
+the disk, and a degraded node still relays what it holds and answers ``status``.
 ``stop()`` cancels everything and never raises, so the daemon's cleanup always runs.
 """
 
@@ -77,6 +80,8 @@ class ComponentState:
 @dataclass
 class Supervisor:
     clock: Callable[[], float] = time.monotonic
+    #: A clear message for failures caused by the environment (see the module docstring).
+    explain: Callable[[Exception], str | None] = lambda exc: None
     components: dict[str, ComponentState] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -136,8 +141,13 @@ class Supervisor:
                 if self.clock() - started >= state.policy.stable_seconds:
                     state.failures_in_a_row = 0
                 state.failures_in_a_row += 1
-                state.last_error = f"{type(exc).__name__}: {exc}"
                 state.last_failure = time.time()
+                explained = self.explain(exc)
+                if explained is not None:
+                    state.last_error = explained
+                    await self._wait_out(state, state.policy.backoff_max, explained)
+                    continue
+                state.last_error = f"{type(exc).__name__}: {exc}"
                 limit = state.policy.max_failures
                 if limit is not None and state.failures_in_a_row >= limit:
                     state.state = "failed"
@@ -156,10 +166,17 @@ class Supervisor:
                     delay,
                     state.failures_in_a_row,
                 )
-                state.state = "restarting"
-                await asyncio.sleep(delay)
-                state.restarts += 1
-                log.info("%s: restarting", state.name)
+                await self._restart_after(state, delay)
+
+    async def _wait_out(self, state: ComponentState, delay: float, explained: str) -> None:
+        log.error("%s failed: %s; retrying in %.1f s", state.name, explained, delay)
+        await self._restart_after(state, delay)
+
+    async def _restart_after(self, state: ComponentState, delay: float) -> None:
+        state.state = "restarting"
+        await asyncio.sleep(delay)
+        state.restarts += 1
+        log.info("%s: restarting", state.name)
 
     async def stop(self) -> None:
         """Cancel every component and wait for them; never raises (cleanup must go on)."""
