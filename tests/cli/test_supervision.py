@@ -31,6 +31,7 @@ from fieldsync.supervisor import Policy
 #: Fast back-off so a test sees several restarts; the same shape as the default policy.
 FAST = Policy(max_failures=3, backoff_initial=0.2, backoff_max=0.4)
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+FIELDSYNC = fieldsync_command()  # looked up once, not on an event loop
 
 
 @pytest.fixture
@@ -38,7 +39,7 @@ def network(tmp_path: Path) -> synthetic.SyntheticNetwork:
     return synthetic.create_network(tmp_path)
 
 
-def config_for(home: Path, faults: list[str], **settings: object) -> Config:
+async def config_for(home: Path, faults: list[str], **settings: object) -> Config:
     overrides = {
         "node.home": str(home),
         "listen.addresses": ["127.0.0.1:0"],
@@ -46,7 +47,8 @@ def config_for(home: Path, faults: list[str], **settings: object) -> Config:
         "debug.inject_faults": faults,
         **settings,
     }
-    return load_config(None, {}, overrides)
+    # Reading the config stats files (cwd, paths): off the event loop, as the CLI does.
+    return await asyncio.to_thread(load_config, None, {}, overrides)
 
 
 async def started(config: Config, policy: Policy = FAST) -> FieldDaemon:
@@ -74,7 +76,7 @@ async def component(socket: Path, name: str) -> dict[str, Any]:
 async def status_json(home: Path) -> dict[str, Any]:
     """``fieldsync --home HOME status --json``, run as a real process."""
     process = await asyncio.create_subprocess_exec(
-        *fieldsync_command(),
+        *FIELDSYNC,
         "--home",
         str(home),
         "status",
@@ -103,8 +105,8 @@ async def test_janitor_failure_is_logged_restarted_and_shown_in_status(
     network: synthetic.SyntheticNetwork, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
-    home = network.add_node("a")
-    daemon = await started(config_for(home, ["janitor:2"]))
+    home = await asyncio.to_thread(network.add_node, "a")
+    daemon = await started(await config_for(home, ["janitor:2"]))
     try:
 
         async def recovered() -> bool:
@@ -129,8 +131,8 @@ async def test_janitor_failure_is_logged_restarted_and_shown_in_status(
 async def test_store_thread_failure_stops_the_daemon_with_an_exit_code_and_no_watchdog(
     network: synthetic.SyntheticNetwork, caplog: pytest.LogCaptureFixture
 ) -> None:
-    home = network.add_node("a")
-    daemon = await started(config_for(home, ["store"]))
+    home = await asyncio.to_thread(network.add_node, "a")
+    daemon = await started(await config_for(home, ["store"]))
     try:
         with pytest.raises(DaemonFailed, match="store failed 3 times in a row") as failed:
             await asyncio.wait_for(daemon.wait(asyncio.Event()), 60)
@@ -146,14 +148,16 @@ async def test_store_thread_failure_stops_the_daemon_with_an_exit_code_and_no_wa
         r.levelno == logging.CRITICAL and "store failed 3 times" in r.getMessage()
         for r in caplog.records
     )
-    assert not (home / "control.sock").exists()  # stop() cleaned up after the failure
+    assert not await asyncio.to_thread(
+        (home / "control.sock").exists
+    )  # stop() cleaned up after the failure
 
 
 async def test_control_socket_removed_is_noticed_and_bound_again(
     network: synthetic.SyntheticNetwork, caplog: pytest.LogCaptureFixture
 ) -> None:
-    home = network.add_node("a")
-    daemon = await started(config_for(home, []))
+    home = await asyncio.to_thread(network.add_node, "a")
+    daemon = await started(await config_for(home, []))
     socket = home / "control.sock"
     try:
         assert await query(socket, "status") is not None
@@ -180,8 +184,8 @@ async def test_discovery_without_an_interface_address_is_degraded_and_keeps_tryi
     # The first run fails by injection, later ones for real: no such interface, so nothing
     # is ever multicast. Discovery is never fatal (a restart would not make the interface
     # appear); the daemon keeps syncing and says what is wrong.
-    home = network.add_node("a")
-    config = config_for(
+    home = await asyncio.to_thread(network.add_node, "a")
+    config = await config_for(
         home, ["discovery:1"], **{"discovery.enabled": True, "discovery.interfaces": ["fsnone0"]}
     )
     daemon = await started(config)
@@ -207,9 +211,9 @@ async def test_discovery_without_an_interface_address_is_degraded_and_keeps_tryi
 async def test_scheduler_that_keeps_failing_makes_fieldsync_run_exit_non_zero(
     network: synthetic.SyntheticNetwork,
 ) -> None:
-    home = network.add_node("a")
+    home = await asyncio.to_thread(network.add_node, "a")
     process = await asyncio.create_subprocess_exec(
-        *fieldsync_command(),
+        *FIELDSYNC,
         "--home",
         str(home),
         "run",
@@ -231,7 +235,7 @@ async def test_scheduler_that_keeps_failing_makes_fieldsync_run_exit_non_zero(
     assert len(re.findall(r"scheduler failed \(InjectedFault", log)) == 4
     assert "scheduler failed 5 times in a row" in log
     assert "fieldsync: error: scheduler failed 5 times in a row" in log
-    assert not (home / "control.sock").exists()
+    assert not await asyncio.to_thread((home / "control.sock").exists)
 
 
 def test_default_policy_gives_up_well_within_the_units_watchdog() -> None:

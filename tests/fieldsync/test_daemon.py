@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from fieldsync import synthetic
-from fieldsync.config import load_config
+from fieldsync.config import Config, load_config
 from fieldsync.control import query
 from fieldsync.daemon import FieldDaemon
 from fieldsync.node import Node
@@ -22,7 +22,7 @@ def network(tmp_path: Path) -> synthetic.SyntheticNetwork:
     return synthetic.create_network(tmp_path)
 
 
-def config_for(home: Path, **settings: object) -> object:
+async def config_for(home: Path, **settings: object) -> Config:
     overrides = {
         "node.home": str(home),
         "listen.addresses": ["127.0.0.1:0"],
@@ -32,7 +32,8 @@ def config_for(home: Path, **settings: object) -> object:
         "sync.backoff_max": 1,
         **settings,
     }
-    return load_config(None, {}, overrides)
+    # Reading the config stats files (cwd, paths): off the event loop, as the CLI does.
+    return await asyncio.to_thread(load_config, None, {}, overrides)
 
 
 async def wait_until(predicate, seconds: float = 30.0) -> None:  # type: ignore[no-untyped-def]
@@ -43,12 +44,14 @@ async def wait_until(predicate, seconds: float = 30.0) -> None:  # type: ignore[
 
 
 async def test_control_api_reports_status_and_peers(network: synthetic.SyntheticNetwork) -> None:
-    home = network.add_node("a")
-    daemon = FieldDaemon(config_for(home, **{"peers.static": ["127.0.0.1:9"]}))  # type: ignore[arg-type]
+    home = await asyncio.to_thread(network.add_node, "a")
+    daemon = FieldDaemon(await config_for(home, **{"peers.static": ["127.0.0.1:9"]}))
     await daemon.start()
     try:
         socket = home / "control.sock"
-        assert socket.stat().st_mode & 0o077 == 0  # only the node's own account may ask
+        assert (
+            await asyncio.to_thread(socket.stat)
+        ).st_mode & 0o077 == 0  # only the node's own account may ask
         status = await query(socket, "status")
         assert status is not None and status["running"] is True
         assert status["items"]["manifest"] == 1
@@ -65,20 +68,20 @@ async def test_control_api_reports_status_and_peers(network: synthetic.Synthetic
         assert "cannot connect" in peers["peers"][0]["last_error"]
     finally:
         await daemon.stop()
-    assert not (home / "control.sock").exists()
+    assert not await asyncio.to_thread((home / "control.sock").exists)
     assert await query(home / "control.sock", "status") is None
 
 
 async def test_daemons_relay_new_reports_and_receipts_through_static_peers(
     network: synthetic.SyntheticNetwork,
 ) -> None:
-    a = network.add_node("a", author=True)
-    b = network.add_node("b")
-    daemon_b = FieldDaemon(config_for(b))  # type: ignore[arg-type]
+    a = await asyncio.to_thread(network.add_node, "a", author=True)
+    b = await asyncio.to_thread(network.add_node, "b")
+    daemon_b = FieldDaemon(await config_for(b))
     await daemon_b.start()
     assert daemon_b.server is not None
     host, port = daemon_b.server.addresses[0]
-    daemon_a = FieldDaemon(config_for(a, **{"peers.static": [f"{host}:{port}"]}))  # type: ignore[arg-type]
+    daemon_a = FieldDaemon(await config_for(a, **{"peers.static": [f"{host}:{port}"]}))
     await daemon_a.start()
     try:
         node = Node(a)
@@ -109,7 +112,7 @@ async def test_daemon_tells_systemd_it_is_ready_pings_the_watchdog_and_says_stop
 ) -> None:
     import socket
 
-    home = network.add_node("a")
+    home = await asyncio.to_thread(network.add_node, "a")
     path = home / "notify.sock"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     listener.bind(str(path))
@@ -127,7 +130,7 @@ async def test_daemon_tells_systemd_it_is_ready_pings_the_watchdog_and_says_stop
                 break
         return any(state in message for message in received)
 
-    daemon = FieldDaemon(config_for(home))  # type: ignore[arg-type]
+    daemon = FieldDaemon(await config_for(home))
     await daemon.start()
     try:
         await wait_until(lambda: heard("READY=1"))
@@ -144,14 +147,14 @@ async def test_both_sides_log_each_sync_and_the_dialler_logs_failed_dials(
     import logging
 
     caplog.set_level(logging.INFO)
-    a = network.add_node("a")
-    b = network.add_node("b")
-    daemon_b = FieldDaemon(config_for(b))  # type: ignore[arg-type]
+    a = await asyncio.to_thread(network.add_node, "a")
+    b = await asyncio.to_thread(network.add_node, "b")
+    daemon_b = FieldDaemon(await config_for(b))
     await daemon_b.start()
     assert daemon_b.server is not None
     host, port = daemon_b.server.addresses[0]
     static = [f"{host}:{port}", "127.0.0.1:9"]
-    daemon_a = FieldDaemon(config_for(a, **{"peers.static": static}))  # type: ignore[arg-type]
+    daemon_a = FieldDaemon(await config_for(a, **{"peers.static": static}))
     await daemon_a.start()
     try:
 
@@ -180,9 +183,9 @@ async def test_the_hub_keeps_no_access_log_of_field_addresses(
     import logging
 
     caplog.set_level(logging.DEBUG)
-    hub = network.add_node("hub", role="hub")
-    a = network.add_node("a")
-    daemon = FieldDaemon(config_for(hub, **{"hub.enabled": True}))  # type: ignore[arg-type]
+    hub = await asyncio.to_thread(network.add_node, "hub", role="hub")
+    a = await asyncio.to_thread(network.add_node, "a")
+    daemon = FieldDaemon(await config_for(hub, **{"hub.enabled": True}))
     await daemon.start()
     try:
         assert daemon.server is not None and daemon.runtime is not None
