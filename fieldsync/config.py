@@ -46,10 +46,22 @@ from fieldsync.faults import parse_fault
 CONFIG_ENV: Final = "FIELDSYNC_CONFIG"
 ENV_PREFIX: Final = "FIELDSYNC_"
 DEFAULT_PORT: Final = 7341
-#: A common type, the same as ``fieldsync.discovery.DEFAULT_SERVICE_TYPE``: ``_fieldsync._tcp``
-#: would name the app to every LAN observer, and under ``_http._tcp`` the node's records sit
-#: among printers and routers. All members of a network must use the same type.
+# Discovery's defaults live here, the one place of every default (fieldsync.discovery imports
+# them without importing zeroconf into every command).
+#
+# A common, generic service type rather than one of our own. A dedicated type
+# (``_fieldsync._tcp``) would name the software; a per-deployment random type
+# (``_x3fa9c1._tcp``) would be a stable identifier of the *network*, letting a watcher who
+# learns it once spot any member anywhere, for ever. Under ``_http._tcp`` our records sit among
+# printers, NAS boxes and routers, and a watcher must fingerprint the record shape instead of
+# reading a label. The cost: generic HTTP browsers may list or probe us (they get the
+# handshake's silence and a delayed close), and members see foreign ``_http._tcp`` services,
+# which they drop by the tag in the name without resolving them. A deployment may pick another
+# common type in its config; all members of a network must use the same one.
 DEFAULT_SERVICE_TYPE: Final = "_http._tcp.local."
+#: Long enough that rotation traffic (3 probes + announcements + goodbye) is negligible on a
+#: busy Wi-Fi, short enough that a name never lives for hours in anybody's cache or log.
+DEFAULT_ROTATE_MINUTES: Final = 15.0
 DEFAULT_HOME: Final = Path("~/.local/share/fieldsync")
 #: sysexits.h EX_CONFIG; the systemd unit does not restart on it (RestartPreventExitStatus).
 EXIT_CONFIG: Final = 78
@@ -314,7 +326,9 @@ def _check_log_level(value: str) -> str:
     return level
 
 
-def _check_service_type(value: str) -> str:
+def check_service_type(value: str) -> str:
+    """A DNS-SD service type in its canonical form ``_name._tcp.local.``; ``ValueError`` if
+    it is none (the name is at most 15 characters, RFC 6335)."""
     name = value.strip().lower()  # DNS names are case-insensitive; zeroconf wants lowercase
     name = name.removesuffix(".")
     name = name.removesuffix(".local")
@@ -421,7 +435,7 @@ class DiscoveryConfig:
     service_type: str = field(
         default=DEFAULT_SERVICE_TYPE,
         metadata=_meta(
-            _text(_check_service_type, 'expected a DNS-SD type like "_http._tcp" (name ≤ 15 chars)')
+            _text(check_service_type, 'expected a DNS-SD type like "_http._tcp" (name ≤ 15 chars)')
         ),
     )
     #: Interface names or IPv4 addresses to announce and browse on. Empty = none (discovery
@@ -432,7 +446,9 @@ class DiscoveryConfig:
     #: How often the pseudonymous instance and host names change (discovery adds jitter).
     #: Fractions are allowed (0.05 = 3 s, the least): each rotation also re-queries the link,
     #: so a short period finds peers sooner after a link comes up, at the cost of traffic.
-    rotate_minutes: float = field(default=15.0, metadata=_meta(_minutes(0.05, 24 * 60)))
+    rotate_minutes: float = field(
+        default=DEFAULT_ROTATE_MINUTES, metadata=_meta(_minutes(0.05, 24 * 60))
+    )
 
     @property
     def active(self) -> bool:

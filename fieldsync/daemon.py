@@ -21,7 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from fieldsync import sdnotify
-from fieldsync.config import Config
+from fieldsync.config import Config, HostPort, parse_host_port
 from fieldsync.control import ControlServer
 from fieldsync.discovery import Discovery, OwnNames, PeerAddress
 from fieldsync.diskerrors import storage_problem
@@ -51,13 +51,6 @@ from fieldsync_protocol.session import SessionConfig
 log = logging.getLogger(__name__)
 
 WEBSOCKET_PATH = "/sync"
-
-
-def parse_host_port(text: str, what: str = "address") -> tuple[str, int]:
-    host, sep, port_text = text.rpartition(":")
-    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise InputRefused(f"{what} {text!r} must look like HOST:PORT, e.g. 127.0.0.1:7341")
-    return host.strip("[]"), int(port_text)
 
 
 @dataclass
@@ -120,8 +113,8 @@ class Runtime:
             if target.startswith(("ws://", "wss://", "http://", "https://")):
                 transport = await connect_websocket(target)
             else:
-                host, port = parse_host_port(target, "peer")
-                transport = await connect_tcp(host, port)
+                address = peer_address(target)
+                transport = await connect_tcp(address.host, address.port)
         except TransportError as exc:
             log.info("cannot reach %s: %s", target, exc)
             raise
@@ -572,6 +565,14 @@ class FieldDaemon:
                 await step()
             except Exception:
                 log.exception("stopping the %s failed; carrying on with the rest", what)
+
+
+def peer_address(target: str) -> HostPort:
+    """A peer to dial as ``HOST:PORT``, by the same strict rule as the config's."""
+    try:
+        return parse_host_port(target)
+    except ValueError as exc:
+        raise InputRefused(f"peer {target!r}: {exc}") from None
 
 
 def _storage_message(exc: Exception, home: Path) -> str | None:

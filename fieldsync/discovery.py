@@ -52,6 +52,7 @@ from typing import TypeVar
 from zeroconf import IPVersion, NonUniqueNameException, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
+from fieldsync.config import DEFAULT_ROTATE_MINUTES, DEFAULT_SERVICE_TYPE, check_service_type
 from fieldsync_protocol.crypto import derive_key
 
 __all__ = [
@@ -69,19 +70,8 @@ log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
-# A common, generic type rather than one of our own. A dedicated type (``_fieldsync._tcp``)
-# would name the software; a per-deployment random type (``_x3fa9c1._tcp``) would be a stable
-# identifier of the *network*, letting a watcher who learns it once spot any member anywhere,
-# for ever. Under ``_http._tcp`` our records sit among printers, NAS boxes and routers, and a
-# watcher must fingerprint the record shape instead of reading a label. The cost: generic
-# HTTP browsers may list or probe us (they get the handshake's silence and a delayed close),
-# and members see foreign ``_http._tcp`` services, which they drop by the tag in the name
-# without resolving them. A deployment may pick another common type in its config.
-DEFAULT_SERVICE_TYPE = "_http._tcp.local."
-
-# Long enough that rotation traffic (3 probes + announcements + goodbye) is negligible on a
-# busy Wi-Fi, short enough that a name never lives for hours in anybody's cache or log.
-DEFAULT_ROTATE_SECONDS = 900.0
+#: The one copy of these defaults is in fieldsync.config (reasons given there).
+DEFAULT_ROTATE_SECONDS = DEFAULT_ROTATE_MINUTES * 60.0
 
 _NONCE_BYTES = 8  # 64 bits: no two announcements on a LAN ever share a nonce
 _TAG_BYTES = 7  # 56 bits: a forged name passes with probability 2**-56 and still buys nothing
@@ -90,7 +80,6 @@ _HOST_BYTES = 10
 INSTANCE_LABEL_LENGTH = (_NONCE_BYTES + _TAG_BYTES) * 8 // 5  # 24
 HOST_LABEL_LENGTH = _HOST_BYTES * 8 // 5  # 16
 _INSTANCE_LABEL_RE = re.compile(f"[a-z2-7]{{{INSTANCE_LABEL_LENGTH}}}")
-_SERVICE_TYPE_RE = re.compile(r"_[a-z0-9](?:[a-z0-9-]{0,13}[a-z0-9])?\._(?:tcp|udp)\.local\.")
 _PERSON = b"fs-discovery"  # BLAKE2b personalisation: these MACs mean nothing elsewhere
 
 # Host records (SRV, A) keep zeroconf's RFC 6762 default of 120 s. PTR and TXT default to
@@ -248,6 +237,14 @@ def instance_label_of(name: str, service_type: str) -> str | None:
     return label if label and "." not in label else None
 
 
+def _is_canonical_service_type(service_type: str) -> bool:
+    """Valid by the config's rule and already in its canonical form (lowercase, ``.local.``)."""
+    try:
+        return check_service_type(service_type) == service_type
+    except ValueError:
+        return False
+
+
 def _check_interfaces(interfaces: Sequence[str]) -> list[str]:
     """Explicit IPv4 addresses only: never "all interfaces" by accident."""
     if not interfaces:
@@ -297,7 +294,7 @@ class Discovery:
         random_bytes: Callable[[int], bytes] = secrets.token_bytes,
         own_names: OwnNames | None = None,
     ) -> None:
-        if _SERVICE_TYPE_RE.fullmatch(service_type) is None:
+        if not _is_canonical_service_type(service_type):
             raise ValueError(
                 f"service type {service_type!r} must look like '_name._tcp.local.' "
                 "(lowercase, at most 15 characters in the name)"

@@ -11,8 +11,8 @@ from typing import Any
 
 import click
 
-from fieldsync.config import Config
-from fieldsync.daemon import FieldDaemon, Runtime, parse_host_port
+from fieldsync.config import Config, ConfigError, HostPort, parse_host_port
+from fieldsync.daemon import FieldDaemon, Runtime
 from fieldsync.errors import FieldsyncError
 from fieldsync.peer import SyncOutcome
 from fieldsync.transport import TransportError
@@ -69,8 +69,15 @@ def run(
     }
     config = config_of(ctx, overrides, config_path)
     configure_logging(config.log.level)
-    ws = [parse_host_port(a, "--ws-listen") for a in ws_listen]
+    ws = [_listen_address(text, "--ws-listen") for text in ws_listen]
     asyncio.run(_serve(config, ws, as_json))
+
+
+def _listen_address(text: str, option: str) -> HostPort:
+    try:
+        return parse_host_port(text, allow_port_zero=True)
+    except ValueError as exc:
+        raise ConfigError(f"{option} {text!r}: {exc}") from None
 
 
 def configure_logging(level: str) -> None:
@@ -83,7 +90,7 @@ def configure_logging(level: str) -> None:
     logging.basicConfig(level=level, format=f"{stamp}%(levelname)s %(name)s: %(message)s")
 
 
-async def _serve(config: Config, ws: list[tuple[str, int]], as_json: bool) -> None:
+async def _serve(config: Config, ws: list[HostPort], as_json: bool) -> None:
     daemon = FieldDaemon(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -93,8 +100,8 @@ async def _serve(config: Config, ws: list[tuple[str, int]], as_json: bool) -> No
     try:
         if daemon.server is not None:
             try:
-                for host, port in ws:
-                    await daemon.server.listen_websocket(host, port)
+                for address in ws:
+                    await daemon.server.listen_websocket(address.host, address.port)
             except TransportError as exc:
                 raise FieldsyncError(str(exc)) from exc
             listening = [f"{h}:{p}" for h, p in daemon.server.addresses]

@@ -196,3 +196,23 @@ def test_sigterm_during_the_delayed_close_of_failed_handshakes_logs_no_traceback
             assert stranger.recv(1) == b""  # closed by the daemon, no byte sent
             stranger.close()
     assert "Traceback" not in log and "CancelledError" not in log, log
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "words"),
+    [
+        (["sync", "127.0.0.1:0"], 3, "port 0 is out of range 1–65535"),
+        (["sync", "junk"], 3, "expected HOST:PORT"),
+        (["sync", "::1:7341"], 3, "put an IPv6 address in brackets"),
+        (["sync", "bad_host!:7341"], 3, "neither an IP address nor a valid host name"),
+        (["run", "--ws-listen", "127.0.0.1:x"], 78, "--ws-listen '127.0.0.1:x': port"),
+    ],
+)
+def test_addresses_on_the_command_line_follow_the_configs_strict_rule(
+    network: synthetic.SyntheticNetwork, run: Run, args: list[str], code: int, words: str
+) -> None:
+    home = network.add_node("a")
+    result = run("--home", home, *args, "--json")
+    assert result.returncode == code, result.stderr
+    assert words in result.stderr
+    assert json.loads(result.stdout.splitlines()[-1])["exit_code"] == code
