@@ -268,13 +268,13 @@ def _integer(minimum: int, maximum: int | None = None) -> _Kind:
     return _Kind(from_value, from_env)
 
 
-def _seconds() -> _Kind:
-    expected = "expected a number of seconds > 0"
+def _real(expected: str, accepts: Callable[[float], bool]) -> _Kind:
+    """A finite number (int or float in TOML) that ``accepts`` allows."""
 
     def from_value(value: object, _base: Path) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise _Invalid(expected)
-        if not math.isfinite(value) or value <= 0:
+        if not math.isfinite(value) or not accepts(value):
             raise _Invalid(expected)
         return float(value)
 
@@ -285,26 +285,18 @@ def _seconds() -> _Kind:
             raise _Invalid(expected) from None
 
     return _Kind(from_value, from_env)
+
+
+def _seconds() -> _Kind:
+    return _real("expected a number of seconds > 0", lambda value: value > 0)
 
 
 def _minutes(minimum: float, maximum: float) -> _Kind:
     """A number of minutes, whole or fractional (tests rotate every few seconds)."""
-    expected = f"expected a number of minutes in {minimum:g}–{maximum:g}"
-
-    def from_value(value: object, _base: Path) -> float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise _Invalid(expected)
-        if not math.isfinite(value) or not minimum <= value <= maximum:
-            raise _Invalid(expected)
-        return float(value)
-
-    def from_env(text: str) -> object:
-        try:
-            return float(text.strip())
-        except ValueError:
-            raise _Invalid(expected) from None
-
-    return _Kind(from_value, from_env)
+    return _real(
+        f"expected a number of minutes in {minimum:g}–{maximum:g}",
+        lambda value: minimum <= value <= maximum,
+    )
 
 
 def _text(check: Callable[[str], str], expected: str) -> _Kind:

@@ -56,7 +56,10 @@ class Demo:
 
     def fieldsync(self, *args: str) -> Any:
         """Run one CLI command with --json and return its parsed output."""
-        command = [sys.executable, "-m", "fieldsync_cli", *args, "--json"]
+        return self.json_step([sys.executable, "-m", "fieldsync_cli", *args, "--json"], args)
+
+    def json_step(self, command: list[str], args: tuple[str, ...]) -> Any:
+        """Run ``command`` (fieldsync ``args`` with --json); stop the demo if it fails."""
         done = subprocess.run(command, env=self.env, capture_output=True, text=True, check=False)  # noqa: S603
         if done.returncode != 0:
             sys.stderr.write(done.stderr)
@@ -79,15 +82,9 @@ class Demo:
             ids.append(str(self.fieldsync(*args)["id"]))
         return ids
 
-    def step(self, message: str) -> None:
-        self.step_no += 1
-        print(f"[{self.step_no:2d}] {message}", flush=True)
-
-    def run(self) -> None:
-        hq, a, b = self.root / "hq", self.root / "node-a", self.root / "node-b"
-        usb = self.root / "usb"
-        usb.mkdir(parents=True)
-        made = self.fieldsync(
+    def create_network(self, hq: Path) -> Any:
+        """HQ's ``network create`` with the small-device KDF profile (demo speed)."""
+        return self.fieldsync(
             "network",
             "create",
             "--name",
@@ -97,6 +94,16 @@ class Demo:
             "--kdf-profile",
             "interactive",
         )
+
+    def step(self, message: str) -> None:
+        self.step_no += 1
+        print(f"[{self.step_no:2d}] {message}", flush=True)
+
+    def run(self) -> None:
+        hq, a, b = self.root / "hq", self.root / "node-a", self.root / "node-b"
+        usb = self.root / "usb"
+        usb.mkdir(parents=True)
+        made = self.create_network(hq)
         self.step(
             f"HQ created network 'demo-network' (root fingerprint {made['root_fingerprint']})"
         )
@@ -228,16 +235,7 @@ class NetworkDemo(Demo):
 
     def run(self) -> None:
         hq, a, b, c, h = (self.root / n for n in ("hq", "node-a", "node-b", "node-c", "hub"))
-        self.fieldsync(
-            "network",
-            "create",
-            "--name",
-            "demo-network",
-            "--out",
-            str(hq),
-            "--kdf-profile",
-            "interactive",
-        )
+        self.create_network(hq)
         self.fieldsync(
             "--home", str(a), "init", "--author", "monitor-17", "--kdf-profile", "interactive"
         )
