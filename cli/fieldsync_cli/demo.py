@@ -233,8 +233,8 @@ class NetworkDemo(Demo):
                 raise SystemExit(f"demo failed: timed out waiting for {what}")
             time.sleep(0.3)
 
-    def run(self) -> None:
-        hq, a, b, c, h = (self.root / n for n in ("hq", "node-a", "node-b", "node-c", "hub"))
+    def enrol_four_nodes(self, hq: Path, a: Path, b: Path, c: Path, h: Path) -> None:
+        """Network, author A, relays B and C, hub H: created, enrolled and joined."""
         self.create_network(hq)
         self.fieldsync(
             "--home", str(a), "init", "--author", "monitor-17", "--kdf-profile", "interactive"
@@ -254,6 +254,10 @@ class NetworkDemo(Demo):
                 role,
             )
             self.fieldsync("--home", str(node), "join", str(node / "enrolment.txt"))
+
+    def run(self) -> None:
+        hq, a, b, c, h = (self.root / n for n in ("hq", "node-a", "node-b", "node-c", "hub"))
+        self.enrol_four_nodes(hq, a, b, c, h)
         self.step("network part: HQ enrolled author A, relays B and C, and the hub H")
         hub = self.daemon(h, "--hub")
         hub_url = f"ws://{hub}/sync"

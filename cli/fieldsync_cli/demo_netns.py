@@ -183,16 +183,7 @@ class NetnsNetworkDemo(NetworkDemo):
             "discovery: real zeroconf inside network namespaces (nothing on this machine's"
             " interfaces)"
         )
-        self.create_network(hq)
-        self.fieldsync(
-            "--home", str(a), "init", "--author", "monitor-17", "--kdf-profile", "interactive"
-        )
-        for node in (b, c, h):
-            self.fieldsync("--home", str(node), "init")
-        for node, role in ((a, "author"), (b, "relay"), (c, "relay"), (h, "hub")):
-            self.fieldsync("hq", "enroll", str(node / "request.txt"), "--hq", str(hq),
-                           "--out", str(node / "enrolment.txt"), "--role", role)  # fmt: skip
-            self.fieldsync("--home", str(node), "join", str(node / "enrolment.txt"))
+        self.enrol_four_nodes(hq, a, b, c, h)
         self.step("network part: HQ enrolled author A, relays B and C, and the hub H")
 
         net = self.net
