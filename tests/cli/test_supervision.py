@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import re
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -247,3 +248,45 @@ def test_default_policy_gives_up_well_within_the_units_watchdog() -> None:
     assert policy.max_failures is not None
     give_up_after = sum(policy.backoff(n) for n in range(1, policy.max_failures))
     assert give_up_after < int(match.group(1)) / 2  # the ping interval is half of it
+
+
+async def test_a_stalled_store_thread_is_reported_and_stops_the_watchdog_until_it_answers(
+    network: synthetic.SyntheticNetwork, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The store thread busy for long (a stalled SD card): status still answers and says
+    so, the watchdog stops pinging, and all is well again once the thread answers."""
+    caplog.set_level(logging.INFO)
+    home = await asyncio.to_thread(network.add_node, "a")
+    daemon = FieldDaemon(await config_for(home, []), policy=FAST)
+    daemon.HEALTH_SECONDS = 0.1
+    daemon.STORE_ANSWER_SECONDS = 0.5
+    await daemon.start()
+    assert daemon.runtime is not None
+    stall = threading.Event()
+    stalled = asyncio.ensure_future(daemon.runtime.worker.call(lambda store: stall.wait(60)))
+    try:
+
+        async def unhealthy() -> bool:
+            info = await component(home / "control.sock", "store")
+            return "unhealthy" in info
+
+        await wait_until(unhealthy)
+        assert daemon.supervisor.healthy is False  # the watchdog pings no more
+        status = await status_json(home)
+        assert "store" in status["degraded"]
+        assert status["components"]["store"]["unhealthy"].startswith("the store thread has not")
+        assert status["store_error"] == "the store thread does not answer"
+        stall.set()
+        assert await stalled is True
+
+        async def answers_again() -> bool:
+            return (
+                daemon.supervisor.healthy
+                and not (await component(home / "control.sock", "store"))["degraded"]
+            )
+
+        await wait_until(answers_again)
+    finally:
+        stall.set()
+        await daemon.stop()
+    assert any("the store thread answers again" in r.getMessage() for r in caplog.records)
