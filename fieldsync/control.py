@@ -16,10 +16,12 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from fieldsync.errors import FieldsyncError
+
 StatusProvider = Callable[[], Awaitable[dict[str, Any]]]
 
 
-class ControlSocketLost(OSError):
+class ControlSocketLost(FieldsyncError):
     """The control socket file was removed or replaced while the daemon ran."""
 
 

@@ -29,6 +29,8 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from fieldsync.errors import FieldsyncError
+
 log = logging.getLogger(__name__)
 
 Run = Callable[[], Coroutine[Any, Any, None]]
@@ -155,16 +157,23 @@ class Supervisor:
                         f"{state.name} failed {state.failures_in_a_row} times in a row"
                         f" (last: {state.last_error})"
                     )
-                    log.critical("%s; stopping the daemon", self.fatal_reason, exc_info=exc)
+                    log.critical(
+                        "%s; stopping the daemon",
+                        self.fatal_reason,
+                        exc_info=None if isinstance(exc, FieldsyncError) else exc,
+                    )
                     self.fatal.set()
                     return
                 delay = state.policy.backoff(state.failures_in_a_row)
-                log.exception(
+                log.error(  # noqa: TRY400 - a traceback only where it helps (below)
                     "%s failed (%s); restarting in %.1f s (failure %d in a row)",
                     state.name,
                     state.last_error,
                     delay,
                     state.failures_in_a_row,
+                    # A typed error says what is wrong in its message; anything else is a
+                    # bug, and its traceback is what a maintainer needs.
+                    exc_info=None if isinstance(exc, FieldsyncError) else exc,
                 )
                 await self._restart_after(state, delay)
 

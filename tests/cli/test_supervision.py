@@ -13,6 +13,8 @@ import asyncio
 import json
 import logging
 import re
+import signal
+import subprocess
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -290,3 +292,79 @@ async def test_a_stalled_store_thread_is_reported_and_stops_the_watchdog_until_i
         stall.set()
         await daemon.stop()
     assert any("the store thread answers again" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.netns
+def test_discovery_recovers_when_its_interface_comes_up(tmp_path: Path) -> None:
+    """Real zeroconf in a network namespace of its own: discovery fails for real while the
+    configured interface has no address, and works once the interface comes up - the
+    daemon never stops syncing meanwhile."""
+    home = synthetic.create_network(tmp_path / "net").add_node("a")
+    env = clean_env(
+        FIELDSYNC_DISCOVERY_ENABLED="1",
+        FIELDSYNC_DISCOVERY_INTERFACES="fs0",
+        FIELDSYNC_DISCOVERY_ROTATE_MINUTES="0.05",
+    )
+    script = f"ip link set lo up && exec {' '.join(FIELDSYNC)} --home {home} run --json" + (
+        " --listen 127.0.0.1:0"
+    )
+    daemon = subprocess.Popen(
+        ["unshare", "--net", "sh", "-c", script],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    def status() -> dict[str, Any]:
+        done = subprocess.run(
+            [*FIELDSYNC, "--home", str(home), "status", "--json"],
+            env=clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        data: dict[str, Any] = json.loads(done.stdout)
+        return data
+
+    def until(check: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+        deadline = time.monotonic() + 60
+        while True:
+            data = status()
+            if data["daemon"] and check(data):
+                return data
+            assert daemon.poll() is None, daemon.communicate()[1]
+            assert time.monotonic() < deadline, data
+            time.sleep(0.2)
+
+    try:
+        assert daemon.stdout is not None and daemon.stdout.readline()  # listening
+        down = until(lambda d: "discovery" in d["degraded"])
+        assert down["discovery"] is False
+        assert down["components"]["discovery"]["last_error"] == (
+            "DiscoveryUnavailable: no IPv4 address on fs0"
+        )
+        in_namespace = ["nsenter", f"--target={daemon.pid}", "--net", "ip"]
+        for args in (
+            # A veth pair inside the daemon's own namespace: what it multicasts stays there.
+            ["link", "add", "fs0", "type", "veth", "peer", "name", "fs0peer"],
+            ["link", "set", "fs0peer", "up"],
+            ["link", "set", "fs0", "up"],
+            ["addr", "add", "10.99.0.1/24", "dev", "fs0"],
+        ):
+            subprocess.run([*in_namespace, *args], check=True, timeout=30)
+        up = until(lambda d: d["discovery"] is True and "discovery" not in d["degraded"])
+        assert up["components"]["discovery"]["state"] == "running"
+        assert up["components"]["discovery"]["restarts"] >= 1
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            _, log = daemon.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            _, log = daemon.communicate()
+    assert daemon.returncode == 0, log
+    assert "discovery: announcing and browsing on 10.99.0.1" in log
+    assert "Traceback" not in log
