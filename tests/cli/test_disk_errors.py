@@ -4,9 +4,11 @@ command answers with a clear message and exit code 74, never a traceback."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shlex
+import signal
 import subprocess
 from pathlib import Path
 
@@ -14,6 +16,7 @@ import pytest
 from cli_support import clean_env, fieldsync_command
 
 from fieldsync import synthetic
+from fieldsync.control import query
 from fieldsync.diskerrors import EXIT_STORAGE
 
 COMMANDS = {
@@ -114,3 +117,77 @@ def test_a_read_only_disk_gives_a_clear_message_and_exit_code(
     refused(results["run"], "is read-only")
     # SQLite cannot open a WAL database whose -shm file it may not create: a clear refusal.
     refused(results["status"], "is read-only")
+
+
+def test_the_daemon_on_a_full_disk_says_so_keeps_running_and_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    """A peer pushes reports to a daemon whose disk is full: the daemon logs a clear line
+    (no traceback), keeps answering, and takes them all once space is freed."""
+    network = synthetic.create_network(tmp_path / "net")
+    author = network.add_node("author")
+    synthetic.fill_store(author, network.manifest, synthetic.sealed_reports(network.manifest, 200))
+    relay = network.add_node("relay")
+    disk, socket = tmp_path / "disk", tmp_path / "control.sock"
+    disk.mkdir()
+    config = tmp_path / "relay.toml"
+    config.write_text(
+        f'[control]\nsocket = "{socket}"\n[listen]\naddresses = ["127.0.0.1:0"]\n'
+        "[discovery]\nenabled = false\n"
+    )
+    command = " ".join(shlex.quote(part) for part in fieldsync_command())
+    script = (
+        f"mount -t tmpfs -o size=2m,mode=0700 tmpfs {disk} && cp -a {relay} {disk}/home &&"
+        f" exec {command} --home {disk}/home --config {config} run --json"
+    )
+    namespace = ["unshare", "--mount", "--propagation", "private"]
+    if os.geteuid() != 0:
+        namespace.append("--map-root-user")
+    daemon = subprocess.Popen(
+        [*namespace, "sh", "-c", script],
+        env=clean_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    def fieldsync(*args: str | Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*fieldsync_command(), *map(str, args)],
+            env=clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    def on_the_disk(shell: str) -> None:
+        subprocess.run(
+            ["nsenter", f"--target={daemon.pid}", "--mount", "sh", "-c", shell],
+            check=True,
+            timeout=60,
+        )
+
+    try:
+        assert daemon.stdout is not None
+        listening = json.loads(daemon.stdout.readline())["listening"][0]
+        on_the_disk(f"dd if=/dev/zero of={disk}/filler bs=4k 2>/dev/null || true")
+        refused = fieldsync("--home", author, "sync", listening, "--json")
+        assert refused.returncode != 0, refused.stdout
+        status = asyncio.run(query(socket, "status"))  # the daemon's own view of its store
+        assert status is not None and status["items"]["envelope"] == 0  # still answering
+        on_the_disk(f"rm {disk}/filler")
+        synced = fieldsync("--home", author, "sync", listening, "--json")
+        assert synced.returncode == 0, synced.stderr
+        live = asyncio.run(query(socket, "status"))
+        assert live is not None and live["items"]["envelope"] == 200  # nothing was lost
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            _, log = daemon.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            _, log = daemon.communicate()
+    assert daemon.returncode == 0, log
+    assert "is full" in log and "Traceback" not in log, log
