@@ -450,10 +450,18 @@ class FieldDaemon:
                 scheduler.poke()
 
     async def _watchdog(self, interval: float) -> None:
-        """Ping systemd only while the loop runs and every component is healthy."""
+        """Ping systemd only while the loop runs and every component is healthy; keep the
+        ``systemctl status`` line saying which components are degraded."""
+        shown: list[str] = []
         while True:
             if self.supervisor.healthy:
                 sdnotify.watchdog_ping()
+            degraded = self.supervisor.degraded
+            if degraded != shown:
+                shown = degraded
+                sdnotify.status(
+                    f"degraded: {', '.join(degraded)} (fieldsync status)" if degraded else "running"
+                )
             await asyncio.sleep(interval)
 
     # --- syncing ----------------------------------------------------------------------------

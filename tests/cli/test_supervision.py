@@ -78,12 +78,15 @@ async def component(socket: Path, name: str) -> dict[str, Any]:
 
 async def status_json(home: Path) -> dict[str, Any]:
     """``fieldsync --home HOME status --json``, run as a real process."""
+    data: dict[str, Any] = json.loads(await cli("--home", str(home), "status", "--json"))
+    return data
+
+
+async def cli(*args: str) -> str:
+    """``fieldsync ARGS`` as a real process; its stdout (it must succeed)."""
     process = await asyncio.create_subprocess_exec(
         *FIELDSYNC,
-        "--home",
-        str(home),
-        "status",
-        "--json",
+        *args,
         env=clean_env(),
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
@@ -91,8 +94,7 @@ async def status_json(home: Path) -> dict[str, Any]:
     )
     out, err = await process.communicate()
     assert process.returncode == 0, err.decode()
-    data: dict[str, Any] = json.loads(out)
-    return data
+    return out.decode()
 
 
 def failures_logged(caplog: pytest.LogCaptureFixture, name: str, error: str) -> int:
@@ -205,6 +207,8 @@ async def test_discovery_without_an_interface_address_is_degraded_and_keeps_tryi
         assert discovery["last_error"] == "DiscoveryUnavailable: no IPv4 address on fsnone0"
         assert status["components"]["scheduler"]["state"] == "running"
         assert daemon.supervisor.fatal.is_set() is False
+        human = await cli("--home", str(home), "status")
+        assert "DEGRADED    discovery: restarting (DiscoveryUnavailable: no IPv4 address" in human
     finally:
         await daemon.stop()
     assert failures_logged(caplog, "discovery", "InjectedFault") == 1

@@ -135,6 +135,7 @@ async def test_daemon_tells_systemd_it_is_ready_pings_the_watchdog_and_says_stop
     try:
         await wait_until(lambda: heard("READY=1"))
         await wait_until(lambda: heard("WATCHDOG=1"))
+        await wait_until(lambda: heard("STATUS=running"))  # no component degraded
     finally:
         await daemon.stop()
     await wait_until(lambda: heard("STOPPING=1"))
