@@ -452,7 +452,7 @@ class FieldDaemon:
     async def _watchdog(self, interval: float) -> None:
         """Ping systemd only while the loop runs and every component is healthy; keep the
         ``systemctl status`` line saying which components are degraded."""
-        shown: list[str] = []
+        shown: list[str] | None = None  # nothing said yet
         while True:
             if self.supervisor.healthy:
                 sdnotify.watchdog_ping()
