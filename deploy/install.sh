@@ -87,6 +87,12 @@ is_root() { [ "$(id -u)" -eq 0 ]; }
 if [ -n "$PREFIX" ]; then
     PREFIX=$(absolute "$PREFIX")
     PREFIX=${PREFIX%/}
+    if [ "$SYSTEMD" -eq 1 ] && ! is_root; then
+        die "--prefix without --no-systemd runs systemd-sysusers and systemd-tmpfiles on $PREFIX," \
+            "which must create the fieldsync user in $PREFIX/etc/passwd and chown" \
+            "$PREFIX/var/lib/fieldsync to it: that needs root. Run it with sudo, or add" \
+            "--no-systemd to stage the files only"
+    fi
 elif ! is_root; then
     die "installing into the system needs root: run 'sudo $0', or give --prefix DIR"
 fi
@@ -205,6 +211,8 @@ ln -sfn "$VENV/bin/fieldsync" "$PREFIX/usr/local/bin/fieldsync"
 # --- 4. user, state directory, config --------------------------------------------------------
 if [ "$SYSTEMD" -eq 1 ]; then
     if [ -n "$PREFIX" ]; then
+        # systemd-sysusers locks PREFIX/etc/.pwd.lock and fails if PREFIX/etc does not exist.
+        mkdir -p "$PREFIX/etc"
         systemd-sysusers --root="$PREFIX" "$PREFIX$SYSUSERS_DIR/fieldsync.conf"
         systemd-tmpfiles --root="$PREFIX" --create "$PREFIX$TMPFILES_DIR/fieldsync.conf"
     else

@@ -41,14 +41,27 @@ from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit
 
 from fieldsync.errors import FieldsyncError
+from fieldsync.faults import parse_fault
 
 CONFIG_ENV: Final = "FIELDSYNC_CONFIG"
 ENV_PREFIX: Final = "FIELDSYNC_"
 DEFAULT_PORT: Final = 7341
-#: A common type, the same as ``fieldsync.discovery.DEFAULT_SERVICE_TYPE``: ``_fieldsync._tcp``
-#: would name the app to every LAN observer, and under ``_http._tcp`` the node's records sit
-#: among printers and routers. All members of a network must use the same type.
+# Discovery's defaults live here, the one place of every default (fieldsync.discovery imports
+# them without importing zeroconf into every command).
+#
+# A common, generic service type rather than one of our own. A dedicated type
+# (``_fieldsync._tcp``) would name the software; a per-deployment random type
+# (``_x3fa9c1._tcp``) would be a stable identifier of the *network*, letting a watcher who
+# learns it once spot any member anywhere, for ever. Under ``_http._tcp`` our records sit among
+# printers, NAS boxes and routers, and a watcher must fingerprint the record shape instead of
+# reading a label. The cost: generic HTTP browsers may list or probe us (they get the
+# handshake's silence and a delayed close), and members see foreign ``_http._tcp`` services,
+# which they drop by the tag in the name without resolving them. A deployment may pick another
+# common type in its config; all members of a network must use the same one.
 DEFAULT_SERVICE_TYPE: Final = "_http._tcp.local."
+#: Long enough that rotation traffic (3 probes + announcements + goodbye) is negligible on a
+#: busy Wi-Fi, short enough that a name never lives for hours in anybody's cache or log.
+DEFAULT_ROTATE_MINUTES: Final = 15.0
 DEFAULT_HOME: Final = Path("~/.local/share/fieldsync")
 #: sysexits.h EX_CONFIG; the systemd unit does not restart on it (RestartPreventExitStatus).
 EXIT_CONFIG: Final = 78
@@ -255,13 +268,13 @@ def _integer(minimum: int, maximum: int | None = None) -> _Kind:
     return _Kind(from_value, from_env)
 
 
-def _seconds() -> _Kind:
-    expected = "expected a number of seconds > 0"
+def _real(expected: str, accepts: Callable[[float], bool]) -> _Kind:
+    """A finite number (int or float in TOML) that ``accepts`` allows."""
 
     def from_value(value: object, _base: Path) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise _Invalid(expected)
-        if not math.isfinite(value) or value <= 0:
+        if not math.isfinite(value) or not accepts(value):
             raise _Invalid(expected)
         return float(value)
 
@@ -272,26 +285,18 @@ def _seconds() -> _Kind:
             raise _Invalid(expected) from None
 
     return _Kind(from_value, from_env)
+
+
+def _seconds() -> _Kind:
+    return _real("expected a number of seconds > 0", lambda value: value > 0)
 
 
 def _minutes(minimum: float, maximum: float) -> _Kind:
     """A number of minutes, whole or fractional (tests rotate every few seconds)."""
-    expected = f"expected a number of minutes in {minimum:g}–{maximum:g}"
-
-    def from_value(value: object, _base: Path) -> float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise _Invalid(expected)
-        if not math.isfinite(value) or not minimum <= value <= maximum:
-            raise _Invalid(expected)
-        return float(value)
-
-    def from_env(text: str) -> object:
-        try:
-            return float(text.strip())
-        except ValueError:
-            raise _Invalid(expected) from None
-
-    return _Kind(from_value, from_env)
+    return _real(
+        f"expected a number of minutes in {minimum:g}–{maximum:g}",
+        lambda value: minimum <= value <= maximum,
+    )
 
 
 def _text(check: Callable[[str], str], expected: str) -> _Kind:
@@ -313,7 +318,9 @@ def _check_log_level(value: str) -> str:
     return level
 
 
-def _check_service_type(value: str) -> str:
+def check_service_type(value: str) -> str:
+    """A DNS-SD service type in its canonical form ``_name._tcp.local.``; ``ValueError`` if
+    it is none (the name is at most 15 characters, RFC 6335)."""
     name = value.strip().lower()  # DNS names are case-insensitive; zeroconf wants lowercase
     name = name.removesuffix(".")
     name = name.removesuffix(".local")
@@ -420,7 +427,7 @@ class DiscoveryConfig:
     service_type: str = field(
         default=DEFAULT_SERVICE_TYPE,
         metadata=_meta(
-            _text(_check_service_type, 'expected a DNS-SD type like "_http._tcp" (name ≤ 15 chars)')
+            _text(check_service_type, 'expected a DNS-SD type like "_http._tcp" (name ≤ 15 chars)')
         ),
     )
     #: Interface names or IPv4 addresses to announce and browse on. Empty = none (discovery
@@ -431,7 +438,9 @@ class DiscoveryConfig:
     #: How often the pseudonymous instance and host names change (discovery adds jitter).
     #: Fractions are allowed (0.05 = 3 s, the least): each rotation also re-queries the link,
     #: so a short period finds peers sooner after a link comes up, at the cost of traffic.
-    rotate_minutes: float = field(default=15.0, metadata=_meta(_minutes(0.05, 24 * 60)))
+    rotate_minutes: float = field(
+        default=DEFAULT_ROTATE_MINUTES, metadata=_meta(_minutes(0.05, 24 * 60))
+    )
 
     @property
     def active(self) -> bool:
@@ -499,6 +508,16 @@ class LogConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DebugConfig:
+    #: Fault injection for the supervision tests (``fieldsync.faults``): ``"janitor"`` fails
+    #: the janitor every time it runs, ``"janitor:2"`` its first two runs. Empty (the
+    #: default) injects nothing. Never set it on a node in the field.
+    inject_faults: tuple[str, ...] = field(
+        default=(), metadata=_meta(_list(parse_fault, "COMPONENT or COMPONENT:N entries"))
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     node: NodeConfig = field(default_factory=NodeConfig)
     listen: ListenConfig = field(default_factory=ListenConfig)
@@ -510,6 +529,7 @@ class Config:
     hub: HubConfig = field(default_factory=HubConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    debug: DebugConfig = field(default_factory=DebugConfig)
     #: The TOML file that was read, if any (for logs and ``doctor``; not part of equality).
     source: Path | None = field(default=None, compare=False)
 
@@ -570,6 +590,7 @@ _SECTIONS: Final[Mapping[str, type]] = MappingProxyType(
         "hub": HubConfig,
         "control": ControlConfig,
         "log": LogConfig,
+        "debug": DebugConfig,
     }
 )
 

@@ -5,8 +5,10 @@ node has met, which a watcher on the device must not learn without the node's ac
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import stat
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,13 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from fieldsync.errors import FieldsyncError
+
 StatusProvider = Callable[[], Awaitable[dict[str, Any]]]
+
+
+class ControlSocketLost(FieldsyncError):
+    """The control socket file was removed or replaced while the daemon ran."""
 
 
 class ControlServer:
@@ -23,6 +31,7 @@ class ControlServer:
         self._status = status
         self._peers = peers
         self._runner: web.AppRunner | None = None
+        self._inode: int | None = None
 
     async def start(self) -> None:
         app = web.Application()
@@ -30,13 +39,36 @@ class ControlServer:
         app.router.add_get("/peers", self._handle(self._peers))
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._runner.setup()
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()  # a stale socket from a crash
+        await asyncio.to_thread(self._remove_stale)
         old_umask = os.umask(0o177)
         try:
             await web.UnixSite(self._runner, str(self.path)).start()
         finally:
             os.umask(old_umask)
+        self._inode = await asyncio.to_thread(self._bound_inode)
+
+    def _remove_stale(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()  # a stale socket from a crash
+
+    def _bound_inode(self) -> int | None:
+        try:
+            info = self.path.stat()
+        except FileNotFoundError:
+            return None
+        return info.st_ino if stat.S_ISSOCK(info.st_mode) else None
+
+    async def watch(self, interval: float) -> None:
+        """Return never; raise ``ControlSocketLost`` once the socket file is gone or replaced.
+
+        tmpfiles cleaning /run, or an operator deleting the file, would otherwise leave a
+        daemon that ``fieldsync status`` reports as "not running" while it runs.
+        """
+        while True:
+            await asyncio.sleep(interval)
+            inode = await asyncio.to_thread(self._bound_inode)
+            if inode is None or inode != self._inode:
+                raise ControlSocketLost(f"control socket {self.path} was removed or replaced")
 
     @staticmethod
     def _handle(provider: StatusProvider) -> Callable[[web.Request], Awaitable[web.Response]]:
@@ -49,8 +81,10 @@ class ControlServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        inode, self._inode = self._inode, None
+        if inode is not None and inode == await asyncio.to_thread(self._bound_inode):
+            # Only our own socket: a newer daemon's socket at the same path stays.
+            await asyncio.to_thread(self._remove_stale)
 
 
 async def query(path: Path, what: str, timeout: float = 5.0) -> dict[str, Any] | None:  # noqa: ASYNC109

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import random
+import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
@@ -20,10 +22,13 @@ from typing import Any
 from aiohttp import web
 
 from fieldsync import sdnotify
-from fieldsync.config import Config
+from fieldsync.config import Config, HostPort, parse_host_port
 from fieldsync.control import ControlServer
-from fieldsync.discovery import Discovery, PeerAddress
-from fieldsync.errors import FieldsyncError, InputRefused
+from fieldsync.discovery import Discovery, OwnNames, PeerAddress
+from fieldsync.diskerrors import storage_problem
+from fieldsync.errors import EXIT_DAEMON_FAILED, FieldsyncError, InputRefused
+from fieldsync.faults import Faults
+from fieldsync.homelock import HomeLock
 from fieldsync.hq import HQ, HqSecrets, IngestSummary
 from fieldsync.janitor import Janitor
 from fieldsync.node import STORE, Node
@@ -31,6 +36,8 @@ from fieldsync.peer import PeerContext, PeerLimits, SyncOutcome, SyncSource, run
 from fieldsync.scheduler import Scheduler, SchedulerPolicy, SyncResult
 from fieldsync.store import Store, now_seconds
 from fieldsync.store_worker import StoreWorker
+from fieldsync.supervisor import Policy, Supervisor
+from fieldsync.synclog import log_session
 from fieldsync.transport import (
     Transport,
     TransportError,
@@ -47,13 +54,6 @@ log = logging.getLogger(__name__)
 WEBSOCKET_PATH = "/sync"
 
 
-def parse_host_port(text: str, what: str = "address") -> tuple[str, int]:
-    host, sep, port_text = text.rpartition(":")
-    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise InputRefused(f"{what} {text!r} must look like HOST:PORT, e.g. 127.0.0.1:7341")
-    return host.strip("[]"), int(port_text)
-
-
 @dataclass
 class Runtime:
     """A node's live state for networking: one store thread, one index, one context."""
@@ -65,6 +65,8 @@ class Runtime:
     outcomes: deque[SyncOutcome] = field(default_factory=lambda: deque(maxlen=100))
     #: Called after every incoming session (the daemon passes new items on).
     on_outcome: Callable[[SyncOutcome], None] | None = None
+    #: The node holds an author key (read once at start: no file checks on the loop).
+    is_author: bool = False
 
     @classmethod
     async def open(
@@ -75,8 +77,8 @@ class Runtime:
     ) -> Runtime:
         node = Node(home)
         # Key files are read on a thread: nothing blocks the event loop, not even at start.
-        member, static_secret = await asyncio.to_thread(
-            lambda: (node.membership(), node.node_secret())
+        member, static_secret, is_author = await asyncio.to_thread(
+            lambda: (node.membership(), node.node_secret(), node.is_author())
         )
         worker = StoreWorker(home / STORE)
         await worker.open()
@@ -91,7 +93,7 @@ class Runtime:
             limits=limits or PeerLimits(),
             session_config=session_config or SessionConfig(),
         )
-        runtime = cls(node, worker, context)
+        runtime = cls(node, worker, context, is_author=is_author)
         context.on_manifest = runtime.adopt_manifest
         return runtime
 
@@ -107,13 +109,25 @@ class Runtime:
     async def sync_with(self, target: str) -> SyncOutcome:
         """One session as initiator with ``HOST:PORT`` (TCP) or a ``ws://``/``wss://`` URL."""
         transport: Transport
-        if target.startswith(("ws://", "wss://", "http://", "https://")):
-            transport = await connect_websocket(target)
-        else:
-            host, port = parse_host_port(target, "peer")
-            transport = await connect_tcp(host, port)
+        started = time.monotonic()
+        try:
+            if target.startswith(("ws://", "wss://", "http://", "https://")):
+                transport = await connect_websocket(target)
+            else:
+                address = peer_address(target)
+                transport = await connect_tcp(address.host, address.port)
+        except TransportError as exc:
+            log.info("cannot reach %s: %s", target, exc)
+            raise
         outcome = await run_peer(transport, self.context, initiator=True)
         self.outcomes.append(outcome)
+        log_session(
+            self.context.static_secret,
+            target,
+            outcome,
+            time.monotonic() - started,
+            initiator=True,
+        )
         return outcome
 
 
@@ -124,20 +138,43 @@ class Server:
         self.runtime = runtime
         self._tcp: list[asyncio.Server] = []
         self._web: web.AppRunner | None = None
+        #: Sessions running now; ``close()`` cancels and awaits them.
         self._tasks: set[asyncio.Task[None]] = set()
+        self._closing = False
         self.addresses: list[tuple[str, int]] = []
 
     async def _handle(self, transport: Transport) -> None:
+        """One connection: its session runs as a task of ours, so ``close()`` can end it."""
+        session = asyncio.create_task(self._session(transport))
+        self._tasks.add(session)
+        session.add_done_callback(self._tasks.discard)
+        try:
+            await session
+        except asyncio.CancelledError:
+            # Ended by close(): finish normally so the connection closes without a
+            # traceback (asyncio's stream callback reports a cancelled handler as an error).
+            if not self._closing:
+                raise
+        except Exception as exc:
+            problem = storage_problem(exc, self.runtime.worker.path)
+            if problem is None:
+                log.exception("%s: session failed", transport.label)
+            else:
+                log.error("%s: session ended: %s", transport.label, problem)  # noqa: TRY400 - no traceback for a full disk
+
+    async def _session(self, transport: Transport) -> None:
+        started = time.monotonic()
         outcome = await run_peer(transport, self.runtime.context, initiator=False)
         self.runtime.outcomes.append(outcome)
         if self.runtime.on_outcome is not None:
             self.runtime.on_outcome(outcome)
-        if outcome.complete:
-            log.info(
-                "%s: synced: %d items in, %d out",
+        if outcome.peer is not None:  # outsiders are logged by the handshake already
+            log_session(
+                self.runtime.context.static_secret,
                 transport.label,
-                outcome.stats.items_received,
-                outcome.stats.items_sent,
+                outcome,
+                time.monotonic() - started,
+                initiator=False,
             )
 
     async def listen_tcp(self, host: str, port: int) -> tuple[str, int]:
@@ -150,7 +187,9 @@ class Server:
     async def listen_websocket(self, host: str, port: int) -> tuple[str, int]:
         app = web.Application()
         app.router.add_get(WEBSOCKET_PATH, websocket_route(self._handle))
-        self._web = web.AppRunner(app, handle_signals=False)
+        # No access log: it would write every field node's address and User-Agent to the
+        # hub's disk, and the hub must not keep them (deploy/README).
+        self._web = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._web.setup()
         site = web.TCPSite(self._web, host, port)
         try:
@@ -164,8 +203,14 @@ class Server:
         return self.addresses[-1]
 
     async def close(self) -> None:
+        """Stop accepting, end every session (even one in a delayed close), then return."""
+        self._closing = True
         for server in self._tcp:
             server.close()
+        sessions = list(self._tasks)
+        for session in sessions:
+            session.cancel()
+        await asyncio.gather(*sessions, return_exceptions=True)
         for server in self._tcp:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 5)
@@ -173,44 +218,70 @@ class Server:
             await self._web.cleanup()
 
 
-async def run_until(stop: asyncio.Event, *jobs: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    """Run background ``jobs`` until ``stop`` is set, then cancel them."""
-    tasks = [asyncio.create_task(job()) for job in jobs]
-    try:
-        await stop.wait()
-    finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-
 class FieldDaemon:
-    """``fieldsync run``: server, scheduler, discovery, janitor and control API together."""
+    """``fieldsync run``: server, scheduler, discovery, janitor and control API together.
+
+    Every background task runs under one ``Supervisor`` (fieldsync/supervisor.py): a task
+    that fails is logged and restarted with back-off, shown in ``status`` as degraded, and
+    after repeated failures stops the daemon (``wait`` raises ``DaemonFailed``) so that
+    systemd restarts it. ``stop()`` always closes the server, the control socket and the
+    store, whatever a component did.
+    """
 
     #: How often the daemon looks for items written by other processes (``report add``).
     LOCAL_POLL_SECONDS = 2.0
+    #: How often the janitor runs (expiry, disk budget, checkpoint).
+    JANITOR_SECONDS = 60.0
+    #: How often the store thread and the control socket are checked.
+    HEALTH_SECONDS = 5.0
+    #: A store thread silent this long is unresponsive: status says so, the watchdog stops.
+    STORE_ANSWER_SECONDS = 10.0
 
-    def __init__(self, config: Config, *, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        rng: random.Random | None = None,
+        policy: Policy | None = None,
+    ) -> None:
         self.config = config
         self.rng = rng or random.Random()  # noqa: S311 - jitter for timing, not secrets
+        self.policy = policy or Policy()
+        self.faults = Faults(config.debug.inject_faults)
         self.runtime: Runtime | None = None
         self.server: Server | None = None
         self.scheduler: Scheduler | None = None
         self.discovery: Discovery | None = None
         self.janitor: Janitor | None = None
         self.control: ControlServer | None = None
+        home = config.node.home
+        self.supervisor = Supervisor(explain=lambda exc: _storage_message(exc, home))
         self.last_upstream_contact: float | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self._lock: HomeLock | None = None
+        #: Our discovery names outlive one Discovery instance (it restarts on failure).
+        self._own_names = OwnNames()
 
     async def start(self) -> None:
         config = self.config
+        if self.faults:
+            log.warning("fault injection is on: %s", ", ".join(config.debug.inject_faults))
         limits = PeerLimits(
             quota_items_per_day=config.sync.quota_items_per_day,
             quota_bytes_per_day=config.sync.quota_bytes_per_day,
         )
-        self.runtime = runtime = await Runtime.open(config.node.home, limits=limits)
+        self._lock = await asyncio.to_thread(
+            HomeLock.acquire, config.node.home, config.control_socket
+        )
+        try:
+            self.runtime = runtime = await Runtime.open(config.node.home, limits=limits)
+            await self._start_serving(runtime)
+        except BaseException:
+            await self.stop()
+            raise
+        sdnotify.ready(f"serving on {len(self.server.addresses) if self.server else 0} address(es)")
+
+    async def _start_serving(self, runtime: Runtime) -> None:
+        config = self.config
         runtime.on_outcome = self._on_incoming
         self.server = server = Server(runtime)
         try:
@@ -222,16 +293,8 @@ class FieldDaemon:
                     bound = await server.listen_tcp(address.host, address.port)
                     log.info("serving sync on tcp %s:%d", *bound)
         except TransportError as exc:
-            await self.stop()
             raise FieldsyncError(str(exc)) from exc
-        policy = SchedulerPolicy(
-            interval=config.sync.interval_seconds,
-            upstream_interval=config.upstream.interval_seconds,
-            max_concurrent=config.sync.max_concurrent,
-            backoff_initial=config.sync.backoff_initial,
-            backoff_max=config.sync.backoff_max,
-        )
-        self.scheduler = scheduler = Scheduler(self._sync_target, policy, rng=self.rng)
+        self.scheduler = scheduler = Scheduler(self._sync_target, self._policy(), rng=self.rng)
         scheduler.on_new_items = lambda target: scheduler.poke(except_target=target)
         for peer in config.peers.static:
             scheduler.add(str(peer), "static")
@@ -239,57 +302,125 @@ class FieldDaemon:
             scheduler.add(str(config.upstream.url), "upstream")
         for line in config.notices():
             log.warning("%s", line)
-        if config.discovery.active and server.addresses and not config.hub.enabled:
-            await self._start_discovery(runtime, server.addresses[0][1])
         self.janitor = Janitor(
             runtime.worker,
             runtime.context.source,
             disk_budget_bytes=config.storage.disk_budget_mb * 1024 * 1024,
             checkpoint_every=config.storage.checkpoint_minutes * 60.0,
         )
-        await self.janitor.tick()
-        control = ControlServer(config.control_socket, self.status, self.peers)
         try:
-            await control.start()
+            self.control = await self._open_control()
         except OSError as exc:
-            # The daemon's work matters more than its dashboard: carry on without it.
+            # The daemon's work matters more than its dashboard: carry on, and keep trying.
             log.warning(
-                "control API off: cannot listen on %s (%s); set [control] socket to a short"
-                " path such as /run/fieldsync/control.sock",
+                "control API off for now: cannot listen on %s (%s); set [control] socket to a"
+                " short path such as /run/fieldsync/control.sock",
                 config.control_socket,
                 exc.strerror or exc,
             )
-        else:
-            self.control = control
-        self._tasks = [
-            asyncio.create_task(scheduler.run()),
-            asyncio.create_task(self.janitor.run()),
-            asyncio.create_task(self._watch_local_changes()),
-        ]
+        supervise = self.supervisor.start
+        janitor = self.janitor
+        supervise("store", lambda: self._probe_store(runtime), self.policy)
+        supervise("scheduler", lambda: self._run_scheduler(scheduler), self.policy)
+        supervise("janitor", lambda: self._run_janitor(janitor), self.policy)
+        supervise("watcher", lambda: self._watch_local_changes(runtime, scheduler), self.policy)
+        supervise("control", self._run_control, self._keep_trying())
+        if config.discovery.active and server.addresses and not config.hub.enabled:
+            port = server.addresses[0][1]
+            supervise(
+                "discovery",
+                lambda: self._run_discovery(runtime, scheduler, port),
+                self._keep_trying(),
+            )
         interval = sdnotify.watchdog_interval()
         if interval:
-            self._tasks.append(asyncio.create_task(self._watchdog(interval)))
-        sdnotify.ready(f"serving on {len(server.addresses)} address(es)")
+            supervise("watchdog", lambda: self._watchdog(interval), self.policy)
 
-    async def _start_discovery(self, runtime: Runtime, port: int) -> None:
-        addresses = await asyncio.to_thread(interface_addresses, self.config.discovery.interfaces)
+    def _policy(self) -> SchedulerPolicy:
+        sync = self.config.sync
+        return SchedulerPolicy(
+            interval=sync.interval_seconds,
+            upstream_interval=self.config.upstream.interval_seconds,
+            max_concurrent=sync.max_concurrent,
+            backoff_initial=sync.backoff_initial,
+            backoff_max=sync.backoff_max,
+        )
+
+    def _keep_trying(self) -> Policy:
+        return dataclasses.replace(self.policy, max_failures=None)
+
+    # --- components (each runs until cancelled; raising means "restart me") ---------------
+
+    async def _open_control(self) -> ControlServer:
+        control = ControlServer(self.config.control_socket, self.status, self.peers)
+        try:
+            await control.start()
+        except BaseException:
+            await control.stop()
+            raise
+        return control
+
+    async def _run_control(self) -> None:
+        control = self.control or await self._open_control()
+        self.control = control
+        try:
+            while True:
+                self.faults.check("control")
+                await control.watch(self.HEALTH_SECONDS)
+        finally:
+            self.control = None
+            await control.stop()
+
+    async def _run_scheduler(self, scheduler: Scheduler) -> None:
+        self.faults.check("scheduler")
+        await scheduler.run()
+
+    async def _run_janitor(self, janitor: Janitor) -> None:
+        while True:
+            self.faults.check("janitor")
+            await janitor.tick()
+            await asyncio.sleep(self.JANITOR_SECONDS)
+
+    async def _probe_store(self, runtime: Runtime) -> None:
+        """Ask the store thread a cheap question now and then; mark it unhealthy if silent."""
+        faults = self.faults
+
+        def probe(store: Store) -> int:
+            faults.check("store")  # on the store thread, where a disk error would arise
+            return store.data_version()
+
+        while True:
+            answer = asyncio.ensure_future(runtime.worker.call(probe))
+            done, _ = await asyncio.wait({answer}, timeout=self.STORE_ANSWER_SECONDS)
+            if not done:
+                reason = f"the store thread has not answered for {self.STORE_ANSWER_SECONDS:g} s"
+                log.error("store: %s (disk stalled?); the watchdog stops pinging", reason)
+                self.supervisor.set_unhealthy("store", reason)
+                try:
+                    await answer
+                finally:
+                    self.supervisor.set_unhealthy("store", None)
+                log.info("store: the store thread answers again")
+            answer.result()
+            await asyncio.sleep(self.HEALTH_SECONDS)
+
+    async def _run_discovery(self, runtime: Runtime, scheduler: Scheduler, port: int) -> None:
+        self.faults.check("discovery")
+        interfaces = self.config.discovery.interfaces
+        addresses = await asyncio.to_thread(interface_addresses, interfaces)
         if not addresses:
-            log.warning(
-                "discovery is off: no IPv4 address on %s",
-                ", ".join(self.config.discovery.interfaces),
-            )
-            return
-        scheduler = self.scheduler
-        if scheduler is None:
-            return
+            # The interface may come up later (a hotspot switched on): retry with back-off.
+            raise DiscoveryUnavailable(f"no IPv4 address on {', '.join(interfaces)}")
 
         def appeared(peer: PeerAddress) -> None:
+            if peer.host in addresses and peer.port == port:
+                return  # ourselves, by address: never list or dial our own server
             scheduler.add(f"{peer.host}:{peer.port}", "discovered")
 
         def gone(peer: PeerAddress) -> None:
             scheduler.remove(f"{peer.host}:{peer.port}")
 
-        self.discovery = Discovery(
+        discovery = Discovery(
             network_key=runtime.context.network_key,
             port=port,
             interfaces=addresses,
@@ -297,9 +428,44 @@ class FieldDaemon:
             on_peer_gone=gone,
             service_type=self.config.discovery.service_type,
             rotate_seconds=self.config.discovery.rotate_minutes * 60.0,
+            own_names=self._own_names,
         )
-        await self.discovery.start()
+        await discovery.start()
+        self.discovery = discovery
         log.info("discovery: announcing and browsing on %s", ", ".join(addresses))
+        try:
+            await discovery.wait()
+        finally:
+            self.discovery = None
+            await discovery.stop()
+
+    async def _watch_local_changes(self, runtime: Runtime, scheduler: Scheduler) -> None:
+        """Items written by another process (``report add``, ``bundle import``): pass them on."""
+        last = await runtime.worker.call(lambda store: store.data_version())
+        while True:
+            await asyncio.sleep(self.LOCAL_POLL_SECONDS)
+            self.faults.check("watcher")
+            version = await runtime.worker.call(lambda store: store.data_version())
+            if version != last:
+                last = version
+                scheduler.poke()
+
+    async def _watchdog(self, interval: float) -> None:
+        """Ping systemd only while the loop runs and every component is healthy; keep the
+        ``systemctl status`` line saying which components are degraded."""
+        shown: list[str] | None = None  # nothing said yet
+        while True:
+            if self.supervisor.healthy:
+                sdnotify.watchdog_ping()
+            degraded = self.supervisor.degraded
+            if degraded != shown:
+                shown = degraded
+                sdnotify.status(
+                    f"degraded: {', '.join(degraded)} (fieldsync status)" if degraded else "running"
+                )
+            await asyncio.sleep(interval)
+
+    # --- syncing ----------------------------------------------------------------------------
 
     async def _sync_target(self, target: str) -> SyncResult:
         runtime = self.runtime
@@ -309,6 +475,12 @@ class FieldDaemon:
             outcome = await runtime.sync_with(target)
         except (TransportError, FieldsyncError) as exc:
             return SyncResult(ok=False, error=str(exc))
+        except (OSError, sqlite3.Error) as exc:
+            problem = storage_problem(exc, self.config.node.home)
+            if problem is None:
+                raise
+            log.error("sync with %s ended: %s", target, problem)  # noqa: TRY400 - said clearly, no traceback
+            return SyncResult(ok=False, error=str(problem))
         if outcome.complete and self.scheduler is not None:
             state = self.scheduler.targets.get(target)
             if state is not None and state.origin == "upstream":
@@ -324,64 +496,107 @@ class FieldDaemon:
         if outcome.items_new and self.scheduler is not None:
             self.scheduler.poke()
 
-    async def _watch_local_changes(self) -> None:
-        """Items written by another process (``report add``, ``bundle import``): pass them on."""
-        runtime = self.runtime
-        if runtime is None:
-            return
-        last = await runtime.worker.call(lambda store: store.data_version())
-        while True:
-            await asyncio.sleep(self.LOCAL_POLL_SECONDS)
-            version = await runtime.worker.call(lambda store: store.data_version())
-            if version != last and self.scheduler is not None:
-                last = version
-                self.scheduler.poke()
-
-    async def _watchdog(self, interval: float) -> None:
-        while True:
-            sdnotify.watchdog_ping()
-            await asyncio.sleep(interval)
+    # --- the control API --------------------------------------------------------------------
 
     async def status(self) -> dict[str, Any]:
         runtime = self.runtime
         if runtime is None:
             return {"running": False}
-        local = await runtime.worker.call(lambda store: store.status())
+        supervisor = self.supervisor
         return {
             "running": True,
             "home": str(self.config.node.home),
-            "role": "author" if runtime.node.is_author() else "relay",
-            **local,
+            "role": "author" if runtime.is_author else "relay",
+            **await self._store_status(runtime),
             "listening": [f"{h}:{p}" for h, p in (self.server.addresses if self.server else [])],
             "hub": self.config.hub.enabled,
             "discovery": self.discovery is not None,
             "peers": (await self.peers())["peers"],
             "last_upstream_contact": self.last_upstream_contact,
             "clock": self.janitor.last.clock if self.janitor else None,
+            "components": supervisor.report(),
+            "degraded": supervisor.degraded,
         }
+
+    async def _store_status(self, runtime: Runtime) -> dict[str, Any]:
+        """The store's counts, or why there are none: status must answer even then."""
+        try:
+            return await asyncio.wait_for(
+                runtime.worker.call(lambda store: store.status()), self.STORE_ANSWER_SECONDS
+            )
+        except TimeoutError:
+            return {"store_error": "the store thread does not answer"}
+        except Exception as exc:
+            explained = _storage_message(exc, self.config.node.home)
+            return {"store_error": explained or f"{type(exc).__name__}: {exc}"}
 
     async def peers(self) -> dict[str, Any]:
         scheduler = self.scheduler
         targets = [] if scheduler is None else [s.as_dict() for s in scheduler.targets.values()]
         return {"peers": targets}
 
+    # --- running and stopping ---------------------------------------------------------------
+
+    async def wait(self, stop: asyncio.Event) -> None:
+        """Until ``stop`` is set; raises ``DaemonFailed`` if a component gave up first."""
+        stopped = asyncio.ensure_future(stop.wait())
+        failed = asyncio.ensure_future(self.supervisor.fatal.wait())
+        try:
+            await asyncio.wait({stopped, failed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            failed.cancel()
+        if self.supervisor.fatal.is_set():
+            raise DaemonFailed(
+                f"{self.supervisor.fatal_reason}; stopped so that the service manager can"
+                " restart the daemon (see the log above for the cause)"
+            )
+
     async def stop(self) -> None:
+        """Stop everything; each step runs even if an earlier one raised."""
         sdnotify.stopping()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
-        if self.control is not None:
-            await self.control.stop()
-        if self.discovery is not None:
-            await self.discovery.stop()
-        if self.server is not None:
-            await self.server.close()
-        if self.runtime is not None:
-            await self.runtime.close()
-            self.runtime = None
+        await self.supervisor.stop()
+        steps: list[tuple[str, Callable[[], Coroutine[Any, Any, None]] | None]] = [
+            ("control API", self.control.stop if self.control else None),
+            ("discovery", self.discovery.stop if self.discovery else None),
+            ("server", self.server.close if self.server else None),
+            ("store", self.runtime.close if self.runtime else None),
+        ]
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            steps.append(("home lock", lambda: asyncio.to_thread(lock.release)))
+        self.control = self.discovery = None
+        self.runtime = None
+        for what, step in steps:
+            if step is None:
+                continue
+            try:
+                await step()
+            except Exception:
+                log.exception("stopping the %s failed; carrying on with the rest", what)
+
+
+def peer_address(target: str) -> HostPort:
+    """A peer to dial as ``HOST:PORT``, by the same strict rule as the config's."""
+    try:
+        return parse_host_port(target)
+    except ValueError as exc:
+        raise InputRefused(f"peer {target!r}: {exc}") from None
+
+
+def _storage_message(exc: Exception, home: Path) -> str | None:
+    problem = storage_problem(exc, home)
+    return None if problem is None else str(problem)
+
+
+class DiscoveryUnavailable(FieldsyncError):
+    """None of the configured discovery interfaces has an IPv4 address (yet)."""
+
+
+class DaemonFailed(FieldsyncError):
+    """A component of the daemon failed repeatedly; the daemon stopped (README "Exit codes")."""
+
+    exit_code = EXIT_DAEMON_FAILED
 
 
 def interface_addresses(names_or_addresses: Sequence[str]) -> list[str]:

@@ -43,7 +43,8 @@ import ipaddress
 import logging
 import re
 import secrets
-from collections import deque
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -51,12 +52,14 @@ from typing import TypeVar
 from zeroconf import IPVersion, NonUniqueNameException, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
+from fieldsync.config import DEFAULT_ROTATE_MINUTES, DEFAULT_SERVICE_TYPE, check_service_type
 from fieldsync_protocol.crypto import derive_key
 
 __all__ = [
     "DEFAULT_ROTATE_SECONDS",
     "DEFAULT_SERVICE_TYPE",
     "Discovery",
+    "OwnNames",
     "PeerAddress",
     "Pseudonym",
     "Pseudonyms",
@@ -67,19 +70,8 @@ log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
-# A common, generic type rather than one of our own. A dedicated type (``_fieldsync._tcp``)
-# would name the software; a per-deployment random type (``_x3fa9c1._tcp``) would be a stable
-# identifier of the *network*, letting a watcher who learns it once spot any member anywhere,
-# for ever. Under ``_http._tcp`` our records sit among printers, NAS boxes and routers, and a
-# watcher must fingerprint the record shape instead of reading a label. The cost: generic
-# HTTP browsers may list or probe us (they get the handshake's silence and a delayed close),
-# and members see foreign ``_http._tcp`` services, which they drop by the tag in the name
-# without resolving them. A deployment may pick another common type in its config.
-DEFAULT_SERVICE_TYPE = "_http._tcp.local."
-
-# Long enough that rotation traffic (3 probes + announcements + goodbye) is negligible on a
-# busy Wi-Fi, short enough that a name never lives for hours in anybody's cache or log.
-DEFAULT_ROTATE_SECONDS = 900.0
+#: The one copy of these defaults is in fieldsync.config (reasons given there).
+DEFAULT_ROTATE_SECONDS = DEFAULT_ROTATE_MINUTES * 60.0
 
 _NONCE_BYTES = 8  # 64 bits: no two announcements on a LAN ever share a nonce
 _TAG_BYTES = 7  # 56 bits: a forged name passes with probability 2**-56 and still buys nothing
@@ -88,7 +80,6 @@ _HOST_BYTES = 10
 INSTANCE_LABEL_LENGTH = (_NONCE_BYTES + _TAG_BYTES) * 8 // 5  # 24
 HOST_LABEL_LENGTH = _HOST_BYTES * 8 // 5  # 16
 _INSTANCE_LABEL_RE = re.compile(f"[a-z2-7]{{{INSTANCE_LABEL_LENGTH}}}")
-_SERVICE_TYPE_RE = re.compile(r"_[a-z0-9](?:[a-z0-9-]{0,13}[a-z0-9])?\._(?:tcp|udp)\.local\.")
 _PERSON = b"fs-discovery"  # BLAKE2b personalisation: these MACs mean nothing elsewhere
 
 # Host records (SRV, A) keep zeroconf's RFC 6762 default of 120 s. PTR and TXT default to
@@ -96,6 +87,9 @@ _PERSON = b"fs-discovery"  # BLAKE2b personalisation: these MACs mean nothing el
 # crashed peer would linger for that long, so they get the same bound.
 _HOST_TTL = 120
 _OTHER_TTL = 120
+#: How long we recognise one of our own names after withdrawing it: the longest any cache
+#: (ours included) may keep its records, plus a margin for a goodbye that was lost.
+OWN_NAME_MEMORY_SECONDS = 2 * max(_HOST_TTL, _OTHER_TTL)
 _RESOLVE_TIMEOUT_MS = 3000
 _REGISTER_ATTEMPTS = 3
 # Bound on names tracked at once (resolving or verified), so a flood of replayed member
@@ -113,6 +107,52 @@ _MAX_TRACKED_NAMES = 256
 # the leak and it silently starved the *other* process's socket of all mDNS. So no socket
 # tricks here: confine the daemon's sockets to its interfaces from outside instead
 # (systemd ``RestrictNetworkInterfaces=``, or a namespace holding only the LAN interface).
+
+
+class OwnNames:
+    """Our own instance labels, current and withdrawn within ``memory`` seconds.
+
+    Our announcements come back to us (multicast loop), and records of a withdrawn name live
+    on in caches for up to their TTL. A count of names would not do: at a 3 s rotation eight
+    names cover 24 s, and a node would then list and dial itself. So names are kept by time.
+    """
+
+    def __init__(
+        self,
+        memory: float = OWN_NAME_MEMORY_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+        limit: int = 4096,
+    ) -> None:
+        self._memory = memory
+        self._clock = clock
+        self._limit = limit  # a bound on memory, far above memory / the shortest rotation
+        #: label -> when it was withdrawn (None: still announced), oldest first.
+        self._labels: OrderedDict[str, float | None] = OrderedDict()
+
+    def add(self, label: str) -> None:
+        self._forget_old()
+        self._labels[label.lower()] = None
+        while len(self._labels) > self._limit:
+            self._labels.popitem(last=False)
+
+    def withdraw(self, label: str) -> None:
+        if label.lower() in self._labels:
+            self._labels[label.lower()] = self._clock()
+
+    def __contains__(self, label: object) -> bool:
+        if not isinstance(label, str) or label.lower() not in self._labels:
+            return False
+        withdrawn = self._labels[label.lower()]
+        return withdrawn is None or self._clock() - withdrawn <= self._memory
+
+    def __len__(self) -> int:
+        return len(self._labels)
+
+    def _forget_old(self) -> None:
+        now = self._clock()
+        for label, withdrawn in list(self._labels.items()):
+            if withdrawn is not None and now - withdrawn > self._memory:
+                del self._labels[label]
 
 
 def _b32(data: bytes) -> str:
@@ -197,6 +237,14 @@ def instance_label_of(name: str, service_type: str) -> str | None:
     return label if label and "." not in label else None
 
 
+def _is_canonical_service_type(service_type: str) -> bool:
+    """Valid by the config's rule and already in its canonical form (lowercase, ``.local.``)."""
+    try:
+        return check_service_type(service_type) == service_type
+    except ValueError:
+        return False
+
+
 def _check_interfaces(interfaces: Sequence[str]) -> list[str]:
     """Explicit IPv4 addresses only: never "all interfaces" by accident."""
     if not interfaces:
@@ -225,7 +273,8 @@ class Discovery:
     per address. ``on_peer_gone`` is called when no live announcement names an address any
     more (a goodbye, or TTL expiry at most ~2 minutes after a peer vanished silently).
     ``on_announce`` gets each of our own full instance names as it is announced (logging and
-    tests; the names are pseudonyms, but keep them out of anything kept long).
+    tests; the names are pseudonyms, but keep them out of anything kept long). ``own_names``
+    carries our own names across a restart of discovery (see ``OwnNames``).
 
     Callbacks run in the event loop and must not block; an exception in one is logged and
     does not stop discovery.
@@ -243,8 +292,9 @@ class Discovery:
         rotate_seconds: float = DEFAULT_ROTATE_SECONDS,
         on_announce: Callable[[str], None] | None = None,
         random_bytes: Callable[[int], bytes] = secrets.token_bytes,
+        own_names: OwnNames | None = None,
     ) -> None:
-        if _SERVICE_TYPE_RE.fullmatch(service_type) is None:
+        if not _is_canonical_service_type(service_type):
             raise ValueError(
                 f"service type {service_type!r} must look like '_name._tcp.local.' "
                 "(lowercase, at most 15 characters in the name)"
@@ -266,9 +316,10 @@ class Discovery:
         self._aiozc: AsyncZeroconf | None = None
         self._browser: AsyncServiceBrowser | None = None
         self._announced: AsyncServiceInfo | None = None
-        # Our recent labels: our own announcements come back to us (multicast loop) and a
-        # goodbye for the previous name may still be in flight after a rotation.
-        self._own_labels: deque[str] = deque(maxlen=8)
+        # Our own names, for as long as any cache may still hold them (see OwnNames).
+        # Passed in by a caller that restarts discovery, so a new instance still knows the
+        # names the previous one announced.
+        self._own_labels = own_names if own_names is not None else OwnNames()
         self._resolving: dict[str, asyncio.Task[None]] = {}
         self._live: dict[str, tuple[PeerAddress, ...]] = {}
         self._rotation: asyncio.Task[None] | None = None
@@ -297,6 +348,13 @@ class Discovery:
             await self.stop()
             raise
         self._rotation = asyncio.create_task(self._rotate_forever(), name="discovery-rotation")
+
+    async def wait(self) -> None:
+        """Until discovery stops: raises what ended the rotation task (for the supervisor)."""
+        rotation = self._rotation
+        if rotation is None:
+            raise RuntimeError("discovery is not running")
+        await rotation
 
     async def refresh(self) -> None:
         """Ask the link again who is there (call after a link comes up or an address changes).
@@ -372,6 +430,7 @@ class Discovery:
         previous, self._announced = self._announced, info
         self._notify(self._on_announce, info.name)
         if previous is not None:
+            self._own_labels.withdraw(instance_label_of(previous.name, self._service_type) or "")
             await aiozc.async_unregister_service(previous)
 
     async def _register_fresh(self, aiozc: AsyncZeroconf) -> AsyncServiceInfo:
@@ -390,13 +449,14 @@ class Discovery:
                 host_ttl=_HOST_TTL,
                 other_ttl=_OTHER_TTL,
             )
-            self._own_labels.append(pseudonym.instance_label)
+            self._own_labels.add(pseudonym.instance_label)
             try:
                 await aiozc.async_register_service(info)
             except NonUniqueNameException:
                 # Random 64-bit nonces do not collide; someone is squatting our new name.
                 # Draw another rather than use zeroconf's "name (2)" renaming, which would
                 # break the tag.
+                self._own_labels.withdraw(pseudonym.instance_label)
                 if attempt == _REGISTER_ATTEMPTS:
                     raise
                 attempt += 1

@@ -5,6 +5,9 @@ Messages say what happened and what to do; the CLI prints them as they are.
 
 from __future__ import annotations
 
+#: sysexits.h EX_SOFTWARE: a daemon component failed repeatedly; systemd restarts the daemon.
+EXIT_DAEMON_FAILED = 70
+
 
 class FieldsyncError(Exception):
     """Base class; ``exit_code`` is documented in README.md "Exit codes"."""

@@ -26,7 +26,6 @@ import logging
 import secrets
 import sqlite3
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ import sqlite_utils
 from fieldsync import keystore
 from fieldsync.errors import FieldsyncError, InputRefused, NotFound
 from fieldsync.node import Node, Progress, _read_bundle, utc_text
+from fieldsync.sqlite_tx import immediate_transaction
 from fieldsync.store import now_seconds
 from fieldsync_protocol import codec, crypto, membership
 from fieldsync_protocol.bundle import BundleReader, BundleWriter
@@ -350,7 +350,7 @@ class HQ:
             "role": role,
             "serial": serial,
         }
-        with _transaction(db):
+        with immediate_transaction(db.conn):
             _insert(
                 db,
                 "nodes",
@@ -416,7 +416,7 @@ class HQ:
         a record that is not an item at all refuses the source (``RemoteProtocolError``).
         """
         db = self.database()
-        with _transaction(db):
+        with immediate_transaction(db.conn):
             context = self._context(keys)
             for data in items:
                 item = parse_item(data)
@@ -602,7 +602,7 @@ class HQ:
     def finish_ingest(self, summary: IngestSummary) -> None:
         """After all sources: refresh the open gaps and raise a "quarantine full" alert."""
         db = self.database()
-        with _transaction(db):
+        with immediate_transaction(db.conn):
             _refresh_gap_alerts(db)
             not_kept = summary.quarantine_full - summary.quarantine_full_alerted
             if not_kept:
@@ -674,7 +674,7 @@ class HQ:
             page = self._quarantine_page(last, wanted)
             if not page:
                 break
-            with _transaction(db):
+            with immediate_transaction(db.conn):
                 context = self._context(keys)
                 for entry_id, data in page:
                     last = entry_id
@@ -786,7 +786,7 @@ class HQ:
                 ).fetchall()
                 if not batch:
                     break
-                with _transaction(db):
+                with immediate_transaction(db.conn):
                     self._sign_receipt(db, manifest.network_id, keys, status, batch)
                 made += 1
         return made
@@ -960,19 +960,6 @@ def _report_row(
         "supersedes": body.get("supersedes"),
         "body_json": json.dumps(body, ensure_ascii=False, sort_keys=True),
     }
-
-
-@contextmanager
-def _transaction(db: sqlite_utils.Database) -> Iterator[None]:
-    """One durable transaction; sqlite-utils' own write helpers would commit early inside it."""
-    db.conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        if db.conn.in_transaction:  # SQLite may have rolled back already (disk full)
-            db.conn.execute("ROLLBACK")
-        raise
-    db.conn.execute("COMMIT")
 
 
 def _insert(

@@ -7,6 +7,7 @@ Layout of a node home (SPEC.md §6, README "Files")::
     request.txt        the enrolment request to hand to HQ in person
     membership.bin     manifest item, network key and this node's certificate (after join)
     store.db           the item store (sealed items only; see store.py)
+    daemon.lock        held by the running daemon; its pid and control socket (homelock.py)
 """
 
 from __future__ import annotations

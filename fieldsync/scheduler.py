@@ -139,6 +139,9 @@ class Scheduler:
         finally:
             for task in list(self._running):
                 task.cancel()
+            # A cancelled attempt records nothing: free its target for the next run().
+            for state in self.targets.values():
+                state.in_flight = False
 
     async def _attempt(self, state: TargetState) -> None:
         state.last_attempt = time.time()

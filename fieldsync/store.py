@@ -19,12 +19,14 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import sqlite_utils
 
 from fieldsync.errors import FieldsyncError
+from fieldsync.sqlite_tx import immediate_transaction
 from fieldsync_protocol.envelope import TTL_CLASSES
 from fieldsync_protocol.items import Checked, ItemKind
 from fieldsync_protocol.receipt import Receipt, ReceiptStatus
@@ -210,8 +212,8 @@ class Store:
     def close(self) -> None:
         self._conn.close()
 
-    def transaction(self) -> _Transaction:
-        return _Transaction(self._conn)
+    def transaction(self) -> AbstractContextManager[None]:
+        return immediate_transaction(self._conn)
 
     # --- items ---------------------------------------------------------------------------
 
@@ -637,19 +639,6 @@ class Store:
 
     def integrity_check(self) -> str:
         return str(self._conn.execute("PRAGMA integrity_check").fetchone()[0])
-
-
-class _Transaction:
-    """``BEGIN IMMEDIATE`` … ``COMMIT`` (durable under synchronous=FULL) or ``ROLLBACK``."""
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
-
-    def __enter__(self) -> None:
-        self._conn.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self._conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
 
 
 def now_seconds() -> int:

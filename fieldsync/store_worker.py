@@ -19,13 +19,13 @@ T = TypeVar("T")
 
 class StoreWorker:
     def __init__(self, path: Path) -> None:
-        self._path = path
+        self.path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fieldsync-store")
         self._store: Store | None = None
 
     async def open(self) -> None:
         loop = asyncio.get_running_loop()
-        self._store = await loop.run_in_executor(self._executor, Store, self._path)
+        self._store = await loop.run_in_executor(self._executor, Store, self.path)
 
     async def call(self, func: Callable[[Store], T]) -> T:
         """Run ``func(store)`` on the store thread and return its result."""

@@ -11,13 +11,13 @@ from typing import Any
 
 import click
 
-from fieldsync.config import Config, load_config
-from fieldsync.daemon import FieldDaemon, Runtime, parse_host_port
+from fieldsync.config import Config, ConfigError, HostPort, parse_host_port
+from fieldsync.daemon import FieldDaemon, Runtime
 from fieldsync.errors import FieldsyncError
 from fieldsync.peer import SyncOutcome
 from fieldsync.transport import TransportError
 from fieldsync_cli.common import emit, handle_errors, json_option, say
-from fieldsync_cli.main import home_of
+from fieldsync_cli.main import config_of, home_of
 
 #: The peer was reached but the session did not complete (README "Exit codes").
 EXIT_SYNC_FAILED = 5
@@ -67,16 +67,30 @@ def run(
         "hub.enabled": hub,
         "log.level": log_level.upper() if log_level else None,
     }
-    root = ctx.find_root()
-    if root.get_parameter_source("home") is not click.core.ParameterSource.DEFAULT:
-        overrides["node.home"] = str(home_of(ctx))
-    config = load_config(config_path, os.environ, overrides)
-    logging.basicConfig(level=config.log.level, format="%(levelname)s %(name)s: %(message)s")
-    ws = [parse_host_port(a, "--ws-listen") for a in ws_listen]
+    config = config_of(ctx, overrides, config_path)
+    configure_logging(config.log.level)
+    ws = [_listen_address(text, "--ws-listen") for text in ws_listen]
     asyncio.run(_serve(config, ws, as_json))
 
 
-async def _serve(config: Config, ws: list[tuple[str, int]], as_json: bool) -> None:
+def _listen_address(text: str, option: str) -> HostPort:
+    try:
+        return parse_host_port(text, allow_port_zero=True)
+    except ValueError as exc:
+        raise ConfigError(f"{option} {text!r}: {exc}") from None
+
+
+def configure_logging(level: str) -> None:
+    """Log to stderr; with timestamps unless journald (which stamps every line) reads it.
+
+    systemd sets ``JOURNAL_STREAM`` when stderr is connected to the journal (systemd.exec(5)).
+    """
+    under_journald = bool(os.environ.get("JOURNAL_STREAM"))
+    stamp = "" if under_journald else "%(asctime)s "
+    logging.basicConfig(level=level, format=f"{stamp}%(levelname)s %(name)s: %(message)s")
+
+
+async def _serve(config: Config, ws: list[HostPort], as_json: bool) -> None:
     daemon = FieldDaemon(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -86,14 +100,14 @@ async def _serve(config: Config, ws: list[tuple[str, int]], as_json: bool) -> No
     try:
         if daemon.server is not None:
             try:
-                for host, port in ws:
-                    await daemon.server.listen_websocket(host, port)
+                for address in ws:
+                    await daemon.server.listen_websocket(address.host, address.port)
             except TransportError as exc:
                 raise FieldsyncError(str(exc)) from exc
             listening = [f"{h}:{p}" for h, p in daemon.server.addresses]
             say("listening on " + (", ".join(listening) or "nothing (dial-out only)"))
             emit(as_json, {"listening": listening, "control": str(config.control_socket)})
-        await stop.wait()
+        await daemon.wait(stop)
         say("stopping: closing sessions and the store")
     finally:
         await daemon.stop()

@@ -18,7 +18,7 @@ from fieldsync_cli.common import (
     passphrase_option,
     say,
 )
-from fieldsync_cli.main import home_of
+from fieldsync_cli.main import config_of, home_of
 
 
 @click.command()
@@ -90,20 +90,29 @@ def join(ctx: click.Context, enrolment: Path, as_json: bool) -> None:
     )
 
 
-def _daemon(home: Path, what: str, socket: Path | None) -> dict[str, Any] | None:
-    """Ask a running daemon over its control socket; None when none is running."""
+def _daemon(ctx: click.Context, what: str, socket: Path | None) -> dict[str, Any] | None:
+    """Ask a running daemon over its control socket; None when none is running.
+
+    The socket is ``--control-socket``, else the one the daemon running on this home
+    recorded in its lock file, else ``[control] socket`` of the config (HOME/control.sock).
+    """
     import asyncio
 
     from fieldsync.control import query
+    from fieldsync.homelock import recorded_control_socket
 
-    return asyncio.run(query(socket or home / "control.sock", what))
+    if socket is None:
+        config = config_of(ctx)
+        socket = recorded_control_socket(config.node.home) or config.control_socket
+    return asyncio.run(query(socket, what))
 
 
 socket_option = click.option(
     "--control-socket",
     type=click.Path(dir_okay=False, path_type=Path),
     envvar="FIELDSYNC_CONTROL_SOCKET",
-    help="The daemon's control socket (default HOME/control.sock).",
+    help="The daemon's control socket (default: the running daemon's, else [control] socket"
+    " of the config, else HOME/control.sock).",
 )
 
 
@@ -120,13 +129,22 @@ def status(ctx: click.Context, control_socket: Path | None, as_json: bool) -> No
         info = node.status()
     finally:
         node.close()
-    live = _daemon(home, "status", control_socket)
+    live = _daemon(ctx, "status", control_socket)
     info["daemon"] = live is not None
     if live is not None:
         info.update(
             {
                 k: live[k]
-                for k in ("peers", "listening", "last_upstream_contact", "hub", "discovery")
+                for k in (
+                    "peers",
+                    "listening",
+                    "last_upstream_contact",
+                    "hub",
+                    "discovery",
+                    "components",
+                    "degraded",
+                    "store_error",
+                )
                 if k in live
             }
         )
@@ -156,12 +174,26 @@ def status(ctx: click.Context, control_socket: Path | None, as_json: bool) -> No
         lines.append(
             f"daemon      running; listening on {', '.join(live.get('listening', [])) or 'nothing'}"
         )
+        lines.extend(_component_lines(live))
         upstream = live.get("last_upstream_contact")
         lines.append(
             f"upstream    {'last contact ' + utc_text(upstream) if upstream else 'no contact yet'}"
         )
         lines.extend(_peer_lines(live.get("peers", [])))
     click.echo("\n".join(lines))
+
+
+def _component_lines(live: dict[str, Any]) -> list[str]:
+    """One line per degraded component, with what last went wrong."""
+    lines = []
+    components = live.get("components", {})
+    for name in live.get("degraded", []):
+        info = components.get(name, {})
+        why = info.get("unhealthy") or info.get("last_error") or "unknown"
+        lines.append(f"DEGRADED    {name}: {info.get('state', '?')} ({why})")
+    if live.get("store_error"):
+        lines.append(f"DEGRADED    store: {live['store_error']}")
+    return lines
 
 
 def _peer_lines(peers: list[dict[str, Any]]) -> list[str]:
@@ -183,7 +215,7 @@ def _peer_lines(peers: list[dict[str, Any]]) -> list[str]:
 @handle_errors
 def peers(ctx: click.Context, control_socket: Path | None, as_json: bool) -> None:
     """Peers the running daemon knows: where from, last sync, failures."""
-    live = _daemon(home_of(ctx), "peers", control_socket)
+    live = _daemon(ctx, "peers", control_socket)
     if live is None:
         raise FieldsyncError(
             "no daemon answers on the control socket: start it with `fieldsync run`"

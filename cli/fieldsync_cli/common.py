@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import sqlite3
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import click
 
+from fieldsync.diskerrors import storage_problem
 from fieldsync.errors import FieldsyncError
 
 P = ParamSpec("P")
@@ -89,13 +91,33 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
             )
         except BrokenPipeError:
             raise  # stdout closed by the reader (`| head`): click ends quietly
-        except OSError as exc:
-            # A foreign error translated at the boundary: what the system said, about which file.
-            where = f": {exc.filename}" if exc.filename else ""
-            _fail(as_json, f"{exc.strerror or exc}{where}", "OSError", 1)
+        except (OSError, sqlite3.Error) as exc:
+            problem = storage_problem(exc, _home_or_none())
+            if problem is not None:
+                _fail(as_json, str(problem), type(problem).__name__, problem.exit_code)
+            elif isinstance(exc, OSError):
+                # A foreign error translated at the boundary: what the system said, about
+                # which file.
+                where = f": {exc.filename}" if exc.filename else ""
+                _fail(as_json, f"{exc.strerror or exc}{where}", "OSError", 1)
+            else:
+                _fail(as_json, f"database error: {exc}", "DatabaseError", 1)
         raise AssertionError("unreachable")  # pragma: no cover - _fail always exits
 
     return wrapper
+
+
+def _home_or_none() -> Path | None:
+    """The node home of the running command, to diagnose its disk; None if unknown."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return None
+    from fieldsync_cli.main import home_of
+
+    try:
+        return home_of(ctx)
+    except (FieldsyncError, KeyError, TypeError):
+        return None
 
 
 def _fail(as_json: bool, message: str, kind: str, code: int) -> None:

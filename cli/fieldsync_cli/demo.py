@@ -56,7 +56,10 @@ class Demo:
 
     def fieldsync(self, *args: str) -> Any:
         """Run one CLI command with --json and return its parsed output."""
-        command = [sys.executable, "-m", "fieldsync_cli", *args, "--json"]
+        return self.json_step([sys.executable, "-m", "fieldsync_cli", *args, "--json"], args)
+
+    def json_step(self, command: list[str], args: tuple[str, ...]) -> Any:
+        """Run ``command`` (fieldsync ``args`` with --json); stop the demo if it fails."""
         done = subprocess.run(command, env=self.env, capture_output=True, text=True, check=False)  # noqa: S603
         if done.returncode != 0:
             sys.stderr.write(done.stderr)
@@ -79,15 +82,9 @@ class Demo:
             ids.append(str(self.fieldsync(*args)["id"]))
         return ids
 
-    def step(self, message: str) -> None:
-        self.step_no += 1
-        print(f"[{self.step_no:2d}] {message}", flush=True)
-
-    def run(self) -> None:
-        hq, a, b = self.root / "hq", self.root / "node-a", self.root / "node-b"
-        usb = self.root / "usb"
-        usb.mkdir(parents=True)
-        made = self.fieldsync(
+    def create_network(self, hq: Path) -> Any:
+        """HQ's ``network create`` with the small-device KDF profile (demo speed)."""
+        return self.fieldsync(
             "network",
             "create",
             "--name",
@@ -97,6 +94,16 @@ class Demo:
             "--kdf-profile",
             "interactive",
         )
+
+    def step(self, message: str) -> None:
+        self.step_no += 1
+        print(f"[{self.step_no:2d}] {message}", flush=True)
+
+    def run(self) -> None:
+        hq, a, b = self.root / "hq", self.root / "node-a", self.root / "node-b"
+        usb = self.root / "usb"
+        usb.mkdir(parents=True)
+        made = self.create_network(hq)
         self.step(
             f"HQ created network 'demo-network' (root fingerprint {made['root_fingerprint']})"
         )
@@ -226,18 +233,9 @@ class NetworkDemo(Demo):
                 raise SystemExit(f"demo failed: timed out waiting for {what}")
             time.sleep(0.3)
 
-    def run(self) -> None:
-        hq, a, b, c, h = (self.root / n for n in ("hq", "node-a", "node-b", "node-c", "hub"))
-        self.fieldsync(
-            "network",
-            "create",
-            "--name",
-            "demo-network",
-            "--out",
-            str(hq),
-            "--kdf-profile",
-            "interactive",
-        )
+    def enrol_four_nodes(self, hq: Path, a: Path, b: Path, c: Path, h: Path) -> None:
+        """Network, author A, relays B and C, hub H: created, enrolled and joined."""
+        self.create_network(hq)
         self.fieldsync(
             "--home", str(a), "init", "--author", "monitor-17", "--kdf-profile", "interactive"
         )
@@ -256,6 +254,10 @@ class NetworkDemo(Demo):
                 role,
             )
             self.fieldsync("--home", str(node), "join", str(node / "enrolment.txt"))
+
+    def run(self) -> None:
+        hq, a, b, c, h = (self.root / n for n in ("hq", "node-a", "node-b", "node-c", "hub"))
+        self.enrol_four_nodes(hq, a, b, c, h)
         self.step("network part: HQ enrolled author A, relays B and C, and the hub H")
         hub = self.daemon(h, "--hub")
         hub_url = f"ws://{hub}/sync"

@@ -10,7 +10,6 @@ this machine's interfaces. Everything is removed at the end, also on failure or 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import subprocess
@@ -136,15 +135,7 @@ class NetnsNetworkDemo(NetworkDemo):
     def in_ns(self, namespace: str, *args: str) -> Any:
         """``fieldsync ARGS --json`` inside ``namespace`` (for commands that use the network)."""
         argv = [sys.executable, "-m", "fieldsync_cli", *args, "--json"]
-        command = self.net.command(namespace, argv)
-        done = subprocess.run(command, env=self.env, capture_output=True, text=True, check=False)  # noqa: S603
-        if done.returncode != 0:
-            sys.stderr.write(done.stderr)
-            raise SystemExit(
-                f"demo step failed: fieldsync {' '.join(args)} (exit {done.returncode})"
-            )
-        lines = done.stdout.strip().splitlines()
-        return json.loads(lines[-1]) if lines else None
+        return self.json_step(self.net.command(namespace, argv), args)
 
     def ns_daemon(
         self, namespace: str, home: Path, listen: str, *args: str, **settings: str
@@ -192,17 +183,7 @@ class NetnsNetworkDemo(NetworkDemo):
             "discovery: real zeroconf inside network namespaces (nothing on this machine's"
             " interfaces)"
         )
-        self.fieldsync("network", "create", "--name", "demo-network", "--out", str(hq),
-                       "--kdf-profile", "interactive")  # fmt: skip
-        self.fieldsync(
-            "--home", str(a), "init", "--author", "monitor-17", "--kdf-profile", "interactive"
-        )
-        for node in (b, c, h):
-            self.fieldsync("--home", str(node), "init")
-        for node, role in ((a, "author"), (b, "relay"), (c, "relay"), (h, "hub")):
-            self.fieldsync("hq", "enroll", str(node / "request.txt"), "--hq", str(hq),
-                           "--out", str(node / "enrolment.txt"), "--role", role)  # fmt: skip
-            self.fieldsync("--home", str(node), "join", str(node / "enrolment.txt"))
+        self.enrol_four_nodes(hq, a, b, c, h)
         self.step("network part: HQ enrolled author A, relays B and C, and the hub H")
 
         net = self.net

@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+
+if TYPE_CHECKING:
+    from fieldsync.config import Config
 
 # command name -> (module, attribute); modules are imported lazily.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -27,9 +32,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("fieldsync_cli.cmd_net", "run"),
     "sync": ("fieldsync_cli.cmd_net", "sync"),
 }
-
-DEFAULT_HOME = Path("~/.local/share/fieldsync").expanduser()
-
 
 _WANTS_JSON = "fieldsync.json"
 
@@ -78,17 +80,41 @@ class LazyGroup(click.Group):
     "--home",
     type=click.Path(file_okay=False, path_type=Path),
     envvar="FIELDSYNC_HOME",
-    default=DEFAULT_HOME,
-    show_default=True,
-    help="Node home directory (or FIELDSYNC_HOME).",
+    default=None,
+    help="Node home directory (or FIELDSYNC_HOME; else [node] home of the config, else"
+    " ~/.local/share/fieldsync).",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="TOML config (or FIELDSYNC_CONFIG) for every command: [node] home, [control] socket.",
 )
 @click.version_option(package_name="fieldsync")
 @click.pass_context
-def main(ctx: click.Context, home: Path) -> None:
+def main(ctx: click.Context, home: Path | None, config_path: Path | None) -> None:
     """fieldsync: signed, sealed incident reports that travel node to node to HQ."""
-    ctx.obj = {"home": home}
+    ctx.obj = {"home": home, "config_path": config_path}
+
+
+def config_of(
+    ctx: click.Context,
+    overrides: Mapping[str, Any] | None = None,
+    config_path: Path | None = None,
+) -> Config:
+    """The configuration every command shares: ``--config`` or ``FIELDSYNC_CONFIG``, the
+    environment, then ``overrides``; ``--home`` (or ``FIELDSYNC_HOME``) wins over
+    ``[node] home``. ``config_path`` is a command's own ``--config`` (``run --config``)."""
+    from fieldsync.config import load_config
+
+    obj: dict[str, Any] = ctx.find_root().obj
+    settings = dict(overrides or {})
+    if obj["home"] is not None:
+        settings["node.home"] = str(obj["home"])
+    return load_config(config_path or obj["config_path"], os.environ, settings)
 
 
 def home_of(ctx: click.Context) -> Path:
-    obj: dict[str, Any] = ctx.find_root().obj
-    return Path(obj["home"])
+    """The node home: ``--home``, else ``[node] home`` of the config, else the default."""
+    return config_of(ctx).node.home

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import time
 from pathlib import Path
 
 import pytest
 
 from fieldsync import synthetic
-from fieldsync.config import load_config
+from fieldsync.config import Config, load_config
 from fieldsync.control import query
 from fieldsync.daemon import FieldDaemon
 from fieldsync.node import Node
@@ -21,7 +22,7 @@ def network(tmp_path: Path) -> synthetic.SyntheticNetwork:
     return synthetic.create_network(tmp_path)
 
 
-def config_for(home: Path, **settings: object) -> object:
+async def config_for(home: Path, **settings: object) -> Config:
     overrides = {
         "node.home": str(home),
         "listen.addresses": ["127.0.0.1:0"],
@@ -31,7 +32,8 @@ def config_for(home: Path, **settings: object) -> object:
         "sync.backoff_max": 1,
         **settings,
     }
-    return load_config(None, {}, overrides)
+    # Reading the config stats files (cwd, paths): off the event loop, as the CLI does.
+    return await asyncio.to_thread(load_config, None, {}, overrides)
 
 
 async def wait_until(predicate, seconds: float = 30.0) -> None:  # type: ignore[no-untyped-def]
@@ -42,12 +44,14 @@ async def wait_until(predicate, seconds: float = 30.0) -> None:  # type: ignore[
 
 
 async def test_control_api_reports_status_and_peers(network: synthetic.SyntheticNetwork) -> None:
-    home = network.add_node("a")
-    daemon = FieldDaemon(config_for(home, **{"peers.static": ["127.0.0.1:9"]}))  # type: ignore[arg-type]
+    home = await asyncio.to_thread(network.add_node, "a")
+    daemon = FieldDaemon(await config_for(home, **{"peers.static": ["127.0.0.1:9"]}))
     await daemon.start()
     try:
         socket = home / "control.sock"
-        assert socket.stat().st_mode & 0o077 == 0  # only the node's own account may ask
+        assert (
+            await asyncio.to_thread(socket.stat)
+        ).st_mode & 0o077 == 0  # only the node's own account may ask
         status = await query(socket, "status")
         assert status is not None and status["running"] is True
         assert status["items"]["manifest"] == 1
@@ -64,20 +68,20 @@ async def test_control_api_reports_status_and_peers(network: synthetic.Synthetic
         assert "cannot connect" in peers["peers"][0]["last_error"]
     finally:
         await daemon.stop()
-    assert not (home / "control.sock").exists()
+    assert not await asyncio.to_thread((home / "control.sock").exists)
     assert await query(home / "control.sock", "status") is None
 
 
 async def test_daemons_relay_new_reports_and_receipts_through_static_peers(
     network: synthetic.SyntheticNetwork,
 ) -> None:
-    a = network.add_node("a", author=True)
-    b = network.add_node("b")
-    daemon_b = FieldDaemon(config_for(b))  # type: ignore[arg-type]
+    a = await asyncio.to_thread(network.add_node, "a", author=True)
+    b = await asyncio.to_thread(network.add_node, "b")
+    daemon_b = FieldDaemon(await config_for(b))
     await daemon_b.start()
     assert daemon_b.server is not None
     host, port = daemon_b.server.addresses[0]
-    daemon_a = FieldDaemon(config_for(a, **{"peers.static": [f"{host}:{port}"]}))  # type: ignore[arg-type]
+    daemon_a = FieldDaemon(await config_for(a, **{"peers.static": [f"{host}:{port}"]}))
     await daemon_a.start()
     try:
         node = Node(a)
@@ -108,7 +112,7 @@ async def test_daemon_tells_systemd_it_is_ready_pings_the_watchdog_and_says_stop
 ) -> None:
     import socket
 
-    home = network.add_node("a")
+    home = await asyncio.to_thread(network.add_node, "a")
     path = home / "notify.sock"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     listener.bind(str(path))
@@ -126,12 +130,76 @@ async def test_daemon_tells_systemd_it_is_ready_pings_the_watchdog_and_says_stop
                 break
         return any(state in message for message in received)
 
-    daemon = FieldDaemon(config_for(home))  # type: ignore[arg-type]
+    daemon = FieldDaemon(await config_for(home))
     await daemon.start()
     try:
         await wait_until(lambda: heard("READY=1"))
         await wait_until(lambda: heard("WATCHDOG=1"))
+        await wait_until(lambda: heard("STATUS=running"))  # no component degraded
     finally:
         await daemon.stop()
     await wait_until(lambda: heard("STOPPING=1"))
     listener.close()
+
+
+async def test_both_sides_log_each_sync_and_the_dialler_logs_failed_dials(
+    network: synthetic.SyntheticNetwork, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    caplog.set_level(logging.INFO)
+    a = await asyncio.to_thread(network.add_node, "a")
+    b = await asyncio.to_thread(network.add_node, "b")
+    daemon_b = FieldDaemon(await config_for(b))
+    await daemon_b.start()
+    assert daemon_b.server is not None
+    host, port = daemon_b.server.addresses[0]
+    static = [f"{host}:{port}", "127.0.0.1:9"]
+    daemon_a = FieldDaemon(await config_for(a, **{"peers.static": static}))
+    await daemon_a.start()
+    try:
+
+        async def logged() -> bool:
+            text = [r.getMessage() for r in caplog.records]
+            dialled = [t for t in text if t.startswith("synced with peer-") and "dialled" in t]
+            accepted = [t for t in text if t.startswith("synced with peer-") and "accepted" in t]
+            refused = [t for t in text if t.startswith("cannot reach 127.0.0.1:9:")]
+            return bool(dialled and accepted and refused)
+
+        await wait_until(logged)
+    finally:
+        await daemon_a.stop()
+        await daemon_b.stop()
+    synced = [r.getMessage() for r in caplog.records if r.getMessage().startswith("synced with")]
+    assert all(re.search(r"\d+ items in \(\d+ new\), \d+ out, \d+\.\d s$", t) for t in synced)
+    # Pseudonyms, not keys: the same peer has one name in a node's log, and none is a key.
+    names = {t.split()[2] for t in synced if "dialled" in t}
+    assert len(names) == 1 and re.fullmatch(r"peer-[a-z2-7]{8}", names.pop())
+    assert all(r.levelno == logging.INFO for r in caplog.records if r.name == "fieldsync.sync")
+
+
+async def test_the_hub_keeps_no_access_log_of_field_addresses(
+    network: synthetic.SyntheticNetwork, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    hub = await asyncio.to_thread(network.add_node, "hub", role="hub")
+    a = await asyncio.to_thread(network.add_node, "a")
+    daemon = FieldDaemon(await config_for(hub, **{"hub.enabled": True}))
+    await daemon.start()
+    try:
+        assert daemon.server is not None and daemon.runtime is not None
+        host, port = daemon.server.addresses[0]
+        from fieldsync.daemon import Runtime
+
+        runtime = await Runtime.open(a)
+        try:
+            outcome = await runtime.sync_with(f"ws://{host}:{port}/sync")
+        finally:
+            await runtime.close()
+        assert outcome.complete
+    finally:
+        await daemon.stop()
+    assert not [r for r in caplog.records if r.name == "aiohttp.access"]
+    assert not [r for r in caplog.records if "Python/" in r.getMessage()]  # no User-Agent

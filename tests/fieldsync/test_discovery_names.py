@@ -14,12 +14,15 @@ import re
 from collections.abc import Callable
 
 import pytest
+from zeroconf import ServiceStateChange
 
 from fieldsync.discovery import (
     DEFAULT_SERVICE_TYPE,
     HOST_LABEL_LENGTH,
     INSTANCE_LABEL_LENGTH,
+    OWN_NAME_MEMORY_SECONDS,
     Discovery,
+    OwnNames,
     PeerAddress,
     Pseudonym,
     Pseudonyms,
@@ -206,3 +209,50 @@ def test_discovery_configuration_is_accepted_without_touching_the_network() -> N
 def test_default_service_type_is_neutral() -> None:
     assert "fieldsync" not in DEFAULT_SERVICE_TYPE
     assert DEFAULT_SERVICE_TYPE == "_http._tcp.local."
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_own_names_are_recognised_as_long_as_any_cache_may_hold_them() -> None:
+    """At the shortest rotation config allows (3 s), every name withdrawn in the last
+    120 s (the records' TTL) is still ours; eight remembered names covered only 24 s."""
+    assert OWN_NAME_MEMORY_SECONDS >= 120
+    clock = FakeClock()
+    own = OwnNames(clock=clock)
+    labels = [pseudonym.instance_label for pseudonym in rotations(count=60)]
+    for previous, label in zip([None, *labels], labels, strict=False):
+        own.add(label)
+        if previous is not None:
+            own.withdraw(previous)
+        clock.now += 3.0
+    # 60 rotations = 180 s: the last 40 names were withdrawn at most 120 s ago.
+    assert all(label in own for label in labels[-41:])
+    assert all(label.upper() in own for label in labels[-41:])  # DNS is case-insensitive
+    clock.now += OWN_NAME_MEMORY_SECONDS + 3.0
+    assert labels[-1] in own  # still announced
+    assert not any(label in own for label in labels[:-1])
+    own.add(labels[0])  # adding sweeps what is forgotten: memory stays bounded
+    assert len(own) == 2
+
+
+def test_discovery_ignores_its_own_names_long_after_rotating() -> None:
+    clock = FakeClock()
+    own = OwnNames(clock=clock)
+    discovery = _discovery(own_names=own)
+    names = rotations(count=30)
+    for previous, pseudonym in zip([None, *names], names, strict=False):
+        own.add(pseudonym.instance_label)
+        if previous is not None:
+            own.withdraw(previous.instance_label)
+        clock.now += 3.0
+    # The first name's records come back from a cache 87 s after it was withdrawn: it is
+    # ours, so it is neither resolved nor reported (resolving would need a running loop).
+    oldest = names[0].instance_name(DEFAULT_SERVICE_TYPE)
+    discovery._on_state_change(None, DEFAULT_SERVICE_TYPE, oldest, ServiceStateChange.Added)  # type: ignore[arg-type]
+    assert discovery.peers == frozenset()

@@ -100,10 +100,14 @@ async def test_janitor_tick_advances_clock_expires_and_truncates_the_wal(
     network: synthetic.SyntheticNetwork, tmp_path: Path
 ) -> None:
     path = tmp_path / "store.db"
-    store = Store(path)
-    add(store, network.manifest, relayed(network.manifest, 50, ttl_class=0))
-    store.advance_clock(TTL_CLASSES[0])
-    store.close()
+
+    def prepare() -> None:  # off the event loop: SQLite blocks
+        store = Store(path)
+        add(store, network.manifest, relayed(network.manifest, 50, ttl_class=0))
+        store.advance_clock(TTL_CLASSES[0])
+        store.close()
+
+    await asyncio.to_thread(prepare)
     worker = StoreWorker(path)
     await worker.open()
     source = await worker.call(SyncSource)

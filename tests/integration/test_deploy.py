@@ -408,3 +408,41 @@ def _has_user(name: str) -> bool:
     except KeyError:
         return False
     return True
+
+
+def test_prefix_install_with_systemd_into_a_fresh_prefix(
+    installed: Installed, tmp_path: Path
+) -> None:
+    """No /etc in the prefix yet: systemd-sysusers used to fail on the /etc/passwd lock."""
+    if not is_root():
+        pytest.fail("needs root: systemd-sysusers --root chowns the state directory")
+    for name in ("systemd-sysusers", "systemd-tmpfiles", "systemctl"):
+        tool(name)
+    prefix = tmp_path / "fresh"
+    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+    result = subprocess.run(
+        ["sh", str(DEPLOY / "install.sh"), "--prefix", str(prefix), "--venv", str(installed.venv)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    passwd = (prefix / "etc/passwd").read_text(encoding="utf-8")
+    assert any(line.startswith("fieldsync:") for line in passwd.splitlines())
+    assert (prefix / "var/lib/fieldsync").is_dir()
+
+
+def test_prefix_install_with_systemd_as_a_user_says_exactly_why_not(tmp_path: Path) -> None:
+    prefix = tmp_path / "user-prefix"
+    command = ["sh", str(DEPLOY / "install.sh"), "--prefix", str(prefix)]
+    if is_root():  # become an ordinary user for this one
+        command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+    result = subprocess.run(
+        command, capture_output=True, text=True, cwd="/", check=False, timeout=60
+    )
+    assert result.returncode == 1
+    assert "--prefix without --no-systemd runs systemd-sysusers" in result.stderr
+    assert "needs root" in result.stderr and "add --no-systemd" in result.stderr
+    assert not prefix.exists()  # refused before touching anything

@@ -205,7 +205,7 @@ async def test_outsiders_get_zero_bytes_and_memory_stays_flat(
     assert len(answer.received) == MSG2_SIZE
     # ... and a member syncs. Both also warm the server up before its memory is read.
     await member_sync(net.member, server.tcp_target)
-    rss_before = server.rss_kib()
+    rss_before = await asyncio.to_thread(server.rss_kib)
 
     started = time.monotonic()
     limit = asyncio.Semaphore(CONCURRENCY)
@@ -216,7 +216,7 @@ async def test_outsiders_get_zero_bytes_and_memory_stays_flat(
 
     results = await asyncio.gather(*(one(p) for p in probes(net, replayed)))
     elapsed = time.monotonic() - started
-    rss_after = server.rss_kib()
+    rss_after = await asyncio.to_thread(server.rss_kib)
 
     leaked = [(p.kind, len(p.payload), seen.received[:16]) for p, seen in results if seen.received]
     assert leaked == [], leaked
@@ -252,7 +252,7 @@ async def test_real_daemon_closes_on_a_bad_first_message_after_a_delay(
     net: Net, tmp_path: Path
 ) -> None:
     """``fieldsync run`` with its defaults: silence, then a close 1-3 s after the bad message."""
-    daemon = start_server(net.server, log=tmp_path / "run.log")
+    daemon = await asyncio.to_thread(start_server, net.server, log=tmp_path / "run.log")
     try:
         bad = [
             Probe("random", os.urandom(MSG1_SIZE), half_close=False),
@@ -261,7 +261,8 @@ async def test_real_daemon_closes_on_a_bad_first_message_after_a_delay(
         ]
         results = await asyncio.gather(*(probe(daemon.port, p) for p in bad))
     finally:
-        assert daemon.stop() == 0, daemon.log_text()
+        code = await asyncio.to_thread(daemon.stop)
+        assert code == 0, await asyncio.to_thread(daemon.log_text)
     delays = [round(seen.after_last_byte, 2) for seen in results]
     print(f"\nfieldsync run closed after bad first messages with delays of {delays} s")
     for seen in results:
