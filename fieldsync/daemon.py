@@ -117,7 +117,12 @@ class Runtime:
 
 
 class Server:
-    """Accepts sync connections on TCP and/or WebSocket for one runtime."""
+    """Accepts sync connections on TCP and/or WebSocket for one runtime.
+
+    Every listener shares the runtime's admission policy (``PeerContext.admission``, SPEC
+    §14.8): pre-authentication slots with oldest-first dropping and a per-address cap, one
+    session per peer certificate, a session cap and a node-wide buffer budget.
+    """
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
@@ -149,7 +154,9 @@ class Server:
     async def listen_websocket(self, host: str, port: int) -> tuple[str, int]:
         app = web.Application()
         app.router.add_get(WEBSOCKET_PATH, websocket_route(self._handle))
-        self._web = web.AppRunner(app, handle_signals=False)
+        # No access log: one line per connection is unbounded log volume under a flood,
+        # and it would write every peer's address to disk.
+        self._web = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._web.setup()
         site = web.TCPSite(self._web, host, port)
         try:
@@ -170,6 +177,7 @@ class Server:
                 await asyncio.wait_for(server.wait_closed(), 5)
         if self._web is not None:
             await self._web.cleanup()
+        self.runtime.context.quiet_log.close()  # the counts of what was not logged
 
 
 async def run_until(stop: asyncio.Event, *jobs: Callable[[], Coroutine[Any, Any, None]]) -> None:

@@ -1,0 +1,222 @@
+"""Admission of incoming connections: who holds a slot before and after authentication.
+
+SPEC §14.8. An outsider without the network key must not be able to keep members out, and a
+member must not be able to exhaust the node. The policy, per listener (one ``Admission``
+shared by the TCP and WebSocket listeners of a runtime):
+
+* **Pre-authentication slots** (``pending``): every incoming connection takes one while its
+  handshake runs. When all are taken, the newcomer is admitted and the *oldest* pending
+  connection is dropped, so a slot can never be held against newcomers; connections that
+  proved the network key (a valid msg1) are dropped only when no unproved one is left.
+* **Per source address** (``per_address``): one address holds at most this many pending
+  connections; a newcomer from a full address drops that address's oldest. An attacker's
+  connections then churn among themselves.
+* **Lingering** (``lingering``): a connection whose handshake failed is kept open, silent,
+  for the close delay of SPEC §12.1.4 *without* holding a pre-authentication slot; beyond
+  this many, the oldest is closed at once (file descriptors are finite).
+* **Sessions** (``sessions``): authenticated incoming sessions at once. One per peer
+  certificate: a new session of the same node key *replaces* the running one (a peer whose
+  link died reconnects at once instead of waiting for the old session's idle timeout).
+  Beyond ``sessions`` distinct peers, the newcomer is refused.
+
+This module is bookkeeping only: it decides and calls each dropped connection's ``on_drop``
+callback; the peer driver turns that into a closed connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+#: Why a connection was dropped, as the peer driver reports it.
+DROPPED_FOR_NEWER = "dropped for a newer connection (all pre-authentication slots taken)"
+DROPPED_FOR_ADDRESS = "dropped for a newer connection from the same address"
+DROPPED_LINGERING = "closed early: too many connections waiting out their close delay"
+REPLACED = "replaced by a newer session of the same peer"
+
+
+@dataclass(eq=False)
+class Slot:
+    """One connection's place; ``drop(reason)`` ends it early, ``release()`` when done."""
+
+    address: str
+    order: int
+    proved: bool = False
+    dropped: str | None = None
+    _on_drop: Callable[[str], None] | None = None
+    _release: Callable[[Slot], None] | None = field(default=None, repr=False)
+
+    def on_drop(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(reason)`` when dropped (at once if it already was)."""
+        self._on_drop = callback
+        if self.dropped is not None:
+            callback(self.dropped)
+
+    def drop(self, reason: str) -> None:
+        """End the connection early: give the slot back and tell its driver why."""
+        if self.dropped is not None or self._release is None:
+            return  # already dropped, or released: nothing left to end
+        self.dropped = reason
+        callback = self._on_drop
+        self.release()
+        if callback is not None:
+            callback(reason)
+
+    def release(self) -> None:
+        """Give the slot back (idempotent); no callback runs after this."""
+        release, self._release, self._on_drop = self._release, None, None
+        if release is not None:
+            release(self)
+
+
+@dataclass
+class AdmissionCounters:
+    """What the policy did since start (for tests and status)."""
+
+    admitted: int = 0
+    dropped_for_newer: int = 0
+    dropped_for_address: int = 0
+    lingering_cut: int = 0
+    sessions_opened: int = 0
+    sessions_replaced: int = 0
+    sessions_refused: int = 0
+
+
+class Admission:
+    """The admission policy of one listener (see the module docstring)."""
+
+    def __init__(self, *, pending: int, per_address: int, lingering: int, sessions: int) -> None:
+        if min(pending, per_address, lingering, sessions) < 1:
+            raise ValueError("every admission limit must be at least 1")
+        self.pending_limit = pending
+        self.per_address_limit = per_address
+        self.lingering_limit = lingering
+        self.sessions_limit = sessions
+        self._order = itertools.count()
+        # Insertion-ordered: the first entry is the oldest.
+        self._pending: dict[Slot, None] = {}
+        self._by_address: dict[str, dict[Slot, None]] = {}
+        self._lingering: dict[Slot, None] = {}
+        self._sessions: dict[bytes, Slot] = {}
+        self.counters = AdmissionCounters()
+
+    # --- before authentication ----------------------------------------------------------
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    @property
+    def lingering(self) -> int:
+        return len(self._lingering)
+
+    def admit(self, address: str) -> Slot:
+        """A pre-authentication slot for a new connection from ``address`` (always given:
+        when full, older pending connections are dropped for it)."""
+        same = self._by_address.get(address, {})
+        if len(same) >= self.per_address_limit:
+            _oldest(same).drop(DROPPED_FOR_ADDRESS)
+            self.counters.dropped_for_address += 1
+        if len(self._pending) >= self.pending_limit:
+            _oldest(self._pending).drop(DROPPED_FOR_NEWER)
+            self.counters.dropped_for_newer += 1
+        slot = Slot(address, next(self._order), _release=self._release_pending)
+        self._pending[slot] = None
+        self._by_address.setdefault(address, {})[slot] = None
+        self.counters.admitted += 1
+        return slot
+
+    def prove(self, slot: Slot) -> None:
+        """The connection sent a valid msg1 (it holds the network key): drop it last."""
+        slot.proved = True
+
+    def _release_pending(self, slot: Slot) -> None:
+        self._pending.pop(slot, None)
+        same = self._by_address.get(slot.address)
+        if same is not None:
+            same.pop(slot, None)
+            if not same:
+                del self._by_address[slot.address]
+
+    def linger(self, address: str) -> Slot:
+        """A place to wait out the silent close delay; the oldest is cut short when full."""
+        if len(self._lingering) >= self.lingering_limit:
+            next(iter(self._lingering)).drop(DROPPED_LINGERING)
+            self.counters.lingering_cut += 1
+        slot = Slot(address, next(self._order), _release=self._release_lingering)
+        self._lingering[slot] = None
+        return slot
+
+    def _release_lingering(self, slot: Slot) -> None:
+        self._lingering.pop(slot, None)
+
+    # --- after authentication -------------------------------------------------------------
+
+    @property
+    def sessions(self) -> int:
+        return len(self._sessions)
+
+    def open_session(self, node_key: bytes, address: str = "") -> Slot | None:
+        """A session slot for the authenticated peer ``node_key``, or ``None`` (refused: the
+        node serves its maximum of distinct peers). The peer's running session, if any, is
+        dropped (replaced)."""
+        running = self._sessions.get(node_key)
+        if running is not None:
+            running.drop(REPLACED)
+            self.counters.sessions_replaced += 1
+        if len(self._sessions) >= self.sessions_limit:
+            self.counters.sessions_refused += 1
+            return None
+
+        def release(slot: Slot) -> None:
+            if self._sessions.get(node_key) is slot:
+                del self._sessions[node_key]
+
+        slot = Slot(address, next(self._order), _release=release)
+        self._sessions[node_key] = slot
+        self.counters.sessions_opened += 1
+        return slot
+
+
+def _oldest(slots: dict[Slot, None]) -> Slot:
+    """The oldest slot that has not proved the network key, else the oldest of all."""
+    for slot in slots:
+        if not slot.proved:
+            return slot
+    return next(iter(slots))
+
+
+class ByteBudget:
+    """Bytes buffered ahead of processing, shared by all sessions of a node.
+
+    A session's reader ``reserve``s what it queues and the session ``release``s it once
+    processed; when the budget is spent, readers wait (the peers are slowed by TCP's own flow
+    control) instead of the daemon growing. One message larger than the whole budget still
+    passes when nothing else is buffered, so no session can be stuck for ever.
+    """
+
+    def __init__(self, total: int) -> None:
+        if total < 1:
+            raise ValueError("the byte budget must be at least 1")
+        self.total = total
+        self.used = 0
+        self.peak = 0
+        self._freed = asyncio.Event()
+
+    def fits(self, size: int) -> bool:
+        return self.used == 0 or self.used + size <= self.total
+
+    async def reserve(self, size: int) -> None:
+        while not self.fits(size):
+            self._freed.clear()
+            await self._freed.wait()
+        self.used += size
+        self.peak = max(self.peak, self.used)
+
+    def release(self, size: int) -> None:
+        if not 0 <= size <= self.used:
+            raise ValueError(f"releasing {size} B of a budget with {self.used} B in use")
+        self.used -= size
+        self._freed.set()
