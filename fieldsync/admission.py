@@ -35,6 +35,7 @@ DROPPED_FOR_NEWER = "dropped for a newer connection (all pre-authentication slot
 DROPPED_FOR_ADDRESS = "dropped for a newer connection from the same address"
 DROPPED_LINGERING = "closed early: too many connections waiting out their close delay"
 REPLACED = "replaced by a newer session of the same peer"
+STOPPING = "the node is stopping"
 
 
 @dataclass(eq=False)
@@ -178,6 +179,12 @@ class Admission:
         self._sessions[node_key] = slot
         self.counters.sessions_opened += 1
         return slot
+
+
+    def close(self, reason: str = STOPPING) -> None:
+        """Drop every connection, pending, lingering or in session (the listener stops)."""
+        for slot in [*self._pending, *self._lingering, *self._sessions.values()]:
+            slot.drop(reason)
 
 
 def _oldest(slots: dict[Slot, None]) -> Slot:

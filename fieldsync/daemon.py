@@ -132,7 +132,14 @@ class Server:
         self.addresses: list[tuple[str, int]] = []
 
     async def _handle(self, transport: Transport) -> None:
-        outcome = await run_peer(transport, self.runtime.context, initiator=False)
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        try:
+            outcome = await run_peer(transport, self.runtime.context, initiator=False)
+        finally:
+            if task is not None:
+                self._tasks.discard(task)
         self.runtime.outcomes.append(outcome)
         if self.runtime.on_outcome is not None:
             self.runtime.on_outcome(outcome)
@@ -172,6 +179,11 @@ class Server:
     async def close(self) -> None:
         for server in self._tcp:
             server.close()
+        # Connections in their handshake, lingering or in session end now (their handlers
+        # close them), not when the event loop is torn down under them.
+        self.runtime.context.admission.close()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5)
         for server in self._tcp:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 5)
