@@ -180,7 +180,6 @@ class Admission:
         self.counters.sessions_opened += 1
         return slot
 
-
     def close(self, reason: str = STOPPING) -> None:
         """Drop every connection, pending, lingering or in session (the listener stops)."""
         for slot in [*self._pending, *self._lingering, *self._sessions.values()]:

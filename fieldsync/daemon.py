@@ -192,6 +192,18 @@ class Server:
         self.runtime.context.quiet_log.close()  # the counts of what was not logged
 
 
+def peer_limits(config: Config) -> PeerLimits:
+    """The daemon's per-peer quotas and admission limits from its configuration."""
+    return PeerLimits(
+        quota_items_per_day=config.sync.quota_items_per_day,
+        quota_bytes_per_day=config.sync.quota_bytes_per_day,
+        max_pending_handshakes=config.limits.pending_handshakes,
+        max_pending_per_address=config.limits.pending_per_address,
+        max_sessions=config.limits.sessions,
+        max_total_queued_bytes=config.limits.buffer_mb * 1024 * 1024,
+    )
+
+
 async def run_until(stop: asyncio.Event, *jobs: Callable[[], Coroutine[Any, Any, None]]) -> None:
     """Run background ``jobs`` until ``stop`` is set, then cancel them."""
     tasks = [asyncio.create_task(job()) for job in jobs]
@@ -225,10 +237,7 @@ class FieldDaemon:
 
     async def start(self) -> None:
         config = self.config
-        limits = PeerLimits(
-            quota_items_per_day=config.sync.quota_items_per_day,
-            quota_bytes_per_day=config.sync.quota_bytes_per_day,
-        )
+        limits = peer_limits(config)
         self.runtime = runtime = await Runtime.open(config.node.home, limits=limits)
         runtime.on_outcome = self._on_incoming
         self.server = server = Server(runtime)

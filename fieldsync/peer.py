@@ -439,7 +439,7 @@ class _Connection:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, TransportError, RemoteProtocolError):
                 await reader
-            self._dequeued(self.queued_bytes)  # what is left in the queue is dropped
+            self._drop_queue()
             if not self.outcome.complete:
                 # What moved before the failure (a store call cut short by a replacement
                 # may still be finishing on the store thread: these counters are a snapshot).
@@ -461,6 +461,13 @@ class _Connection:
     def _dequeued(self, size: int) -> None:
         self.queued_bytes -= size
         self.ctx.budget.release(size)
+
+    def _drop_queue(self) -> None:
+        """Free what is still queued (and release what was being delivered) now: a store
+        call cut short by a replacement may keep this connection object alive for a while."""
+        while not self.incoming.empty():
+            self.incoming.get_nowait()
+        self._dequeued(self.queued_bytes)
 
     async def _read_frames(self) -> None:
         """Decrypt frames as they arrive and queue the session messages they carry."""
@@ -509,11 +516,20 @@ class _Connection:
                     break
             last = batch[-1]
             if isinstance(last, Exception):
-                raise last  # the stream itself failed: what came before it is moot
+                # The stream itself failed: what came before it is moot. No local may keep
+                # the exception (a frame <-> traceback cycle would hold this connection's
+                # buffers until the cyclic garbage collector runs).
+                error, batch, last = last, [], None
+                try:
+                    raise error
+                finally:
+                    del error
             payloads = [m for m in batch if isinstance(m, bytes)]
-            self._dequeued(sum(map(len, payloads)))
             if payloads:
                 await self.ctx.worker.call(functools.partial(_deliver, session, payloads))
+            # Counted until the session has taken them: what the reader may add meanwhile
+            # and what is being processed share one budget (the window bounds both).
+            self._dequeued(sum(map(len, payloads)))
             # The peer's end of stream: its last messages (above) may still complete the
             # session once their batches are committed, so decide on the next turn.
             peer_ended = last is None
@@ -529,12 +545,18 @@ class _Connection:
 
     async def _send_pending(self, session: SyncSession) -> None:
         messages = await self.ctx.worker.call(lambda _store: session.messages_to_send())
-        if messages:
-            data = b"".join(self.sender.send(m) for m in messages)
-            # One window of batches can be megabytes: hand the transport bounded pieces
-            # (a WebSocket message is capped at MAX_WS_MESSAGE on receipt).
-            for start in range(0, len(data), SEND_CHUNK):
-                await self.transport.send(data[start : start + SEND_CHUNK])
+        # One window of batches can be megabytes: encrypt and hand the transport bounded
+        # pieces as we go (a WebSocket message is capped at MAX_WS_MESSAGE on receipt), so a
+        # flight is never held twice over (plaintext and frames) while a slow peer reads.
+        messages.reverse()
+        pending = bytearray()
+        while messages:
+            pending += self.sender.send(messages.pop())
+            while len(pending) >= SEND_CHUNK:
+                await self.transport.send(bytes(pending[:SEND_CHUNK]))
+                del pending[:SEND_CHUNK]
+        if pending:
+            await self.transport.send(bytes(pending))
 
     async def _handle_events(self) -> bool:
         """Act on session events; True once the session is complete."""

@@ -15,7 +15,8 @@ import contextlib
 import dataclasses
 import logging
 import secrets
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,8 @@ from fieldsync.admission import (
     ByteBudget,
     Slot,
 )
-from fieldsync.daemon import Runtime, Server
+from fieldsync.config import Config, ConfigError, load_config
+from fieldsync.daemon import Runtime, Server, peer_limits
 from fieldsync.lograte import QuietLog
 from fieldsync.peer import PeerLimits
 from fieldsync_protocol.handshake import MSG2_SIZE, PeerHandshake
@@ -172,6 +174,24 @@ async def test_byte_budget_makes_readers_wait_until_bytes_are_released() -> None
         budget.release(501)
 
 
+# --- configuration ------------------------------------------------------------------------
+
+
+def test_configured_limits_reach_the_peer_driver_and_defaults_agree(tmp_path: Path) -> None:
+    assert peer_limits(Config()) == PeerLimits(quota_items_per_day=100_000)
+    path = tmp_path / "fieldsync.toml"
+    path.write_text(
+        "[limits]\npending_handshakes = 128\npending_per_address = 128\n"
+        "sessions = 4\nbuffer_mb = 16\n",
+        encoding="utf-8",
+    )
+    limits = peer_limits(load_config(path, {}, {}))
+    assert (limits.max_pending_handshakes, limits.max_pending_per_address) == (128, 128)
+    assert limits.max_sessions == 4 and limits.max_total_queued_bytes == 16 * 1024 * 1024
+    with pytest.raises(ConfigError, match="pending_per_address"):
+        load_config(None, {"FIELDSYNC_LIMITS_PENDING_PER_ADDRESS": "0"}, {})
+
+
 # --- the rate-limited log ---------------------------------------------------------------
 
 
@@ -261,6 +281,14 @@ async def serving(home: Path, limits: PeerLimits) -> AsyncIterator[tuple[Runtime
         await runtime.close()
 
 
+async def until(done: Callable[[], bool], seconds: float) -> None:
+    """Poll ``done`` (observable state, no sleeping to synchronise) under a deadline."""
+    deadline = time.monotonic() + seconds
+    while not done():
+        assert time.monotonic() < deadline, "the expected state was never reached"
+        await asyncio.sleep(0.01)
+
+
 async def closed_by_server(reader: asyncio.StreamReader) -> bytes:
     """Everything the server sends until it closes (an outsider must get nothing)."""
     received = b""
@@ -282,9 +310,7 @@ async def test_idle_outsiders_are_dropped_for_a_member_who_syncs(net: Net) -> No
     async with serving(net.server, limits) as (server, port):
         admission = server.context.admission
         idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
-        async with asyncio.timeout(30):
-            while admission.pending < 3:
-                await asyncio.sleep(0.01)
+        await until(lambda: admission.pending == 3, 30)
         member = await Runtime.open(net.member)
         try:
             outcome = await member.sync_with(f"127.0.0.1:{port}")
@@ -320,9 +346,7 @@ async def test_a_second_session_of_the_same_member_replaces_the_first(net: Net) 
             handshake.receive_data(await asyncio.wait_for(reader.readexactly(MSG2_SIZE), 30))
             writer.write(handshake.data_to_send())
             admission = server.context.admission
-            async with asyncio.timeout(30):
-                while admission.sessions < 1:
-                    await asyncio.sleep(0.01)
+            await until(lambda: admission.sessions == 1, 30)
             # Session 2 of the same certificate completes at once; session 1 is ended.
             outcome = await member.sync_with(f"127.0.0.1:{port}")
             assert outcome.complete, outcome.error
@@ -330,9 +354,7 @@ async def test_a_second_session_of_the_same_member_replaces_the_first(net: Net) 
             writer.close()
         finally:
             await member.close()
-        async with asyncio.timeout(30):
-            while len(server.outcomes) < 2:
-                await asyncio.sleep(0.01)
+        await until(lambda: len(server.outcomes) == 2, 30)
         errors = [o.error for o in server.outcomes]
     assert errors.count(None) == 1
     assert [e for e in errors if e] == [f"session ended: {REPLACED}"]

@@ -8,12 +8,14 @@ writes its log to a file. Against it:
   (127.0.0.1-8, eight each), so both the per-address cap and the node-wide pool of
   pre-authentication slots are full; whenever the daemon closes one, the outsider opens it
   again at once. The members start only once the daemon has closed as many outsider
-  connections as there are outsiders (no slot is held), and the attack goes on throughout. On the hub they are upgraded WebSockets, plus 16 TCP connections that never
-  finish their HTTP request. Meanwhile 10 ``fieldsync sync`` runs by 5 members must all
+  connections as there are outsiders (no slot is held), and the attack goes on throughout.
+  On the hub they are upgraded WebSockets, plus 16 TCP connections that never finish their
+  HTTP request. Meanwhile 10 ``fieldsync sync`` runs by 5 members must all
   complete, every outsider must get zero bytes, and the daemon's log must grow by less than
   1 MB.
-* **30 parallel sessions of one member**: real handshakes with one certificate, each
-  streaming session messages as fast as the socket takes them without waiting for anything.
+* **30 parallel sessions of one member**: real handshakes with one certificate, each a real
+  HELLO and RECONCILE, then DATA batches of well-formed envelopes as fast as the socket takes
+  them, ignoring the window (security review M2: 52 -> 450 MiB before the limits).
   The daemon's RSS (``/proc/PID/status``) may grow by less than 32 MiB, and two honest
   members sync during the flood and after it.
 """
@@ -27,7 +29,7 @@ import os
 import random
 import secrets
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import aiohttp
@@ -38,10 +40,10 @@ from fieldsync import synthetic
 from fieldsync.node import Node
 from fieldsync_protocol import codec
 from fieldsync_protocol.crypto import content_id
-from fieldsync_protocol.frames import MAX_MESSAGE
 from fieldsync_protocol.handshake import MSG2_SIZE, PeerHandshake
+from fieldsync_protocol.membership import Manifest
 from fieldsync_protocol.reconcile import ItemIndex, SortedListIndex
-from fieldsync_protocol.session import Cursor, SyncSession
+from fieldsync_protocol.session import BATCH_ITEMS, Cursor, SyncSession
 
 OUTSIDERS = 64
 OUTSIDER_ADDRESSES = [f"127.0.0.{n}" for n in range(1, 9)]
@@ -54,7 +56,7 @@ REPORTS_PER_MEMBER = 4
 LOG_BUDGET = 1_000_000
 FLOOD_SESSIONS = 30
 #: What each flooding session tries to push before the daemon cuts it off.
-FLOOD_BYTES_PER_SESSION = 24 * 1024 * 1024
+FLOOD_BYTES_PER_SESSION = 16 * 1024 * 1024
 RSS_BUDGET_KIB = 32 * 1024
 
 
@@ -108,6 +110,14 @@ def daemon(net: Net, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator
     finally:
         code = process.stop()
         assert code == 0, process.log_text()[-4000:]
+
+
+async def until(done: Callable[[], bool], seconds: float) -> None:
+    """Poll ``done`` (observable state, no sleeping to synchronise) under a deadline."""
+    deadline = time.monotonic() + seconds
+    while not done():
+        assert time.monotonic() < deadline, "the expected state was never reached"
+        await asyncio.sleep(0.05)
 
 
 # --- the outsiders -------------------------------------------------------------------------
@@ -193,7 +203,7 @@ async def outsider(
 async def http_idler(daemon: ServerProcess, source: str, stop: asyncio.Event) -> None:
     """A TCP connection to the hub that never sends its HTTP request."""
     host, _, port = daemon.addresses[0].rpartition(":")
-    reader, writer = await asyncio.open_connection(host, int(port), local_addr=(source, 0))
+    _reader, writer = await asyncio.open_connection(host, int(port), local_addr=(source, 0))
     try:
         await stop.wait()
     finally:
@@ -224,13 +234,10 @@ async def test_outsiders_holding_connections_cannot_keep_members_out(
     log_before = daemon.log.stat().st_size
     started = time.monotonic()
     try:
-        async with asyncio.timeout(120):
-            while tally.open_now < OUTSIDERS:
-                await asyncio.sleep(0.05)
-            # Nobody holds a slot: every outsider has been closed and has come back at
-            # least once (first-message deadline, or dropped for a newer connection).
-            while tally.closed_by_daemon < OUTSIDERS:
-                await asyncio.sleep(0.05)
+        await until(lambda: tally.open_now == OUTSIDERS, 120)
+        # Nobody holds a slot: every outsider has been closed and has come back at
+        # least once (first-message deadline, or dropped for a newer connection).
+        await until(lambda: tally.closed_by_daemon >= OUTSIDERS, 120)
         results = []
         for n in range(SYNCS):
             home = net.members[n % MEMBERS]
@@ -287,16 +294,30 @@ class FloodTally:
     bytes_written: int = 0
 
 
-async def flood_session(home_keys: dict[str, object], port: int, tally: FloodTally) -> None:
-    """A real handshake with the member's certificate, then session messages as fast as the
-    socket takes them (a HELLO, then 1 MiB DATA messages), never reading an answer."""
+def flood_batches(key_id: int) -> list[list[bytes]]:
+    """A window of DATA batches (16 x 256 well-formed envelopes): only HQ could tell they
+    are noise, so the daemon verifies and stores them like real ones."""
+    return [
+        [
+            codec.encode({"c": os.urandom(512), "k": key_id, "l": 3, "t": "e", "v": 1})
+            for _ in range(BATCH_ITEMS)
+        ]
+        for _ in range(16)
+    ]
+
+
+async def flood_session(
+    keys: dict[str, object], port: int, batches: list[list[bytes]], tally: FloodTally
+) -> None:
+    """A real handshake with the member's certificate, then a real HELLO and RECONCILE and
+    DATA batches as fast as the socket takes them, never waiting for an acknowledgement."""
     while True:
         tally.attempts += 1
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         handshake = PeerHandshake(
             initiator=True,
             ephemeral_secret=secrets.token_bytes(32),
-            **home_keys,  # type: ignore[arg-type]
+            **keys,  # type: ignore[arg-type]
         )
         try:
             writer.write(handshake.data_to_send())
@@ -308,14 +329,13 @@ async def flood_session(home_keys: dict[str, object], port: int, tally: FloodTal
     writer.write(handshake.data_to_send())
     sender, _receiver = handshake.transport()
     session = SyncSession(EmptySource(), initiator=True, local=Cursor(b"\x01" * 16, 0))
-    messages = list(session.messages_to_send())
-    junk = os.urandom(MAX_MESSAGE - 64)
+    messages = list(session.messages_to_send())  # HELLO and the first RECONCILE
     sent = 0
     n = 0
     try:
         while sent < FLOOD_BYTES_PER_SESSION:
             if not messages:
-                messages = [codec.encode({"t": "data", "n": n, "i": [junk]})]
+                messages = [codec.encode({"t": "data", "n": n, "i": batches[n % len(batches)]})]
                 n += 1
             data = sender.send(messages.pop(0))
             writer.write(data)
@@ -367,6 +387,9 @@ async def test_thirty_parallel_sessions_of_one_member_stay_within_memory(
     assert warm.complete, warm.stderr[-2000:]
     baseline = daemon.rss_kib()
     keys = await asyncio.to_thread(member_keys, net.flooder)
+    manifest = keys["manifest"]
+    assert isinstance(manifest, Manifest)
+    batches = flood_batches(manifest.current_hq_key_id)
     tally = FloodTally()
     samples: list[int] = []
     stop = asyncio.Event()
@@ -374,7 +397,7 @@ async def test_thirty_parallel_sessions_of_one_member_stay_within_memory(
     rng = random.Random(7)
     try:
         floods = [
-            asyncio.create_task(flood_session(keys, daemon.port, tally))
+            asyncio.create_task(flood_session(keys, daemon.port, batches, tally))
             for _ in range(FLOOD_SESSIONS)
         ]
         during = [
