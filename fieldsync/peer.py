@@ -375,16 +375,18 @@ async def _exchange(
 async def _linger(transport: _CountingTransport, ctx: PeerContext) -> None:
     """Silence, then a delayed close: a prober learns nothing, not even timing (SPEC
     §12.1.4). The wait holds no pre-authentication slot, only a place among at most
-    ``max_lingering`` such connections (the oldest is closed early beyond it)."""
+    ``max_lingering`` such connections (the oldest is closed early beyond it), and whatever
+    the peer still sends is read and dropped, so a lingering connection buffers nothing."""
     low, high = ctx.limits.silent_close
     delay = low + (high - low) * secrets.randbelow(1000) / 1000
     place = ctx.admission.linger(transport.address)
-    cut = asyncio.Event()
-    place.on_drop(lambda _reason: cut.set())
     try:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(delay):
-                await cut.wait()
+        with contextlib.suppress(TimeoutError, TransportError):
+            async with asyncio.timeout(delay) as scope:
+                place.on_drop(lambda _reason: _cut_short(scope))
+                while await transport.receive():
+                    pass
+                await asyncio.sleep(delay)  # the peer half-closed: still wait out the delay
     finally:
         place.release()
 

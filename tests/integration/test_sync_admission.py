@@ -50,6 +50,7 @@ OUTSIDER_ADDRESSES = [f"127.0.0.{n}" for n in range(1, 9)]
 #: TCP connections to the hub that never send their HTTP request (aiohttp holds them).
 HTTP_IDLERS = 16
 TRICKLE_EVERY = 0.5
+JUNK_BYTES = 256 * 1024
 MEMBERS = 5
 SYNCS = 10
 REPORTS_PER_MEMBER = 4
@@ -131,11 +132,14 @@ class Tally:
     open_now: int = 0
 
 
-async def _hold_tcp(host: str, port: int, source: str, trickle: bool, tally: Tally) -> None:
+async def _hold_tcp(
+    host: str, port: int, source: str, trickle: bool, tally: Tally, junk: int = 0
+) -> None:
     reader, writer = await asyncio.open_connection(host, port, local_addr=(source, 0))
     tally.connections += 1
     tally.open_now += 1
     try:
+        writer.write(os.urandom(junk))
         while True:
             try:
                 chunk = await asyncio.wait_for(reader.read(4096), TRICKLE_EVERY)
@@ -188,7 +192,13 @@ async def _hold_ws(url: str, source: str, trickle: bool, tally: Tally) -> None:
 
 
 async def outsider(
-    kind: str, daemon: ServerProcess, source: str, trickle: bool, tally: Tally, stop: asyncio.Event
+    kind: str,
+    daemon: ServerProcess,
+    source: str,
+    trickle: bool,
+    tally: Tally,
+    stop: asyncio.Event,
+    junk: int = 0,
 ) -> None:
     """One outsider connection, re-opened whenever the daemon closes it, until ``stop``."""
     host, _, port = daemon.addresses[0].rpartition(":")
@@ -197,7 +207,7 @@ async def outsider(
             if kind == "ws":
                 await _hold_ws(daemon.ws_url, source, trickle, tally)
             else:
-                await _hold_tcp(host, int(port), source, trickle, tally)
+                await _hold_tcp(host, int(port), source, trickle, tally, junk)
 
 
 async def http_idler(daemon: ServerProcess, source: str, stop: asyncio.Event) -> None:
@@ -266,6 +276,50 @@ async def test_outsiders_holding_connections_cannot_keep_members_out(
         f" daemon log grew by {log_growth} B"
     )
     assert log_growth < LOG_BUDGET, daemon.log_text()[-4000:]
+
+
+@pytest.mark.parametrize("daemon", ["tcp"], indirect=True)
+async def test_outsiders_sending_junk_make_the_daemon_buffer_nothing(
+    net: Net, daemon: ServerProcess
+) -> None:
+    """64 outsiders each send 256 KiB of junk at once, then hold the connection: a failed
+    handshake reads and drops what follows during its close delay, so neither the pending
+    nor the lingering connections buffer it."""
+    warm = await asyncio.to_thread(run_sync, net.members[0], daemon.tcp_target)
+    assert warm.complete, warm.stderr[-2000:]
+    baseline = daemon.rss_kib()
+    tally = Tally()
+    stop = asyncio.Event()
+    samples: list[int] = []
+    sampler = asyncio.create_task(sample_rss(daemon, samples, stop))
+    tasks = [
+        asyncio.create_task(
+            outsider("tcp", daemon, OUTSIDER_ADDRESSES[n % 8], False, tally, stop, JUNK_BYTES)
+        )
+        for n in range(OUTSIDERS)
+    ]
+    try:
+        await until(lambda: tally.closed_by_daemon >= 2 * OUTSIDERS, 120)
+        results = [
+            await asyncio.to_thread(run_sync, net.members[n], daemon.tcp_target)
+            for n in range(1, MEMBERS)
+        ]
+    finally:
+        stop.set()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await sampler
+    peak = max(samples)
+    print(
+        f"\n{OUTSIDERS} outsiders sending {JUNK_BYTES // 1024} KiB each:"
+        f" {tally.connections} connections, {tally.connections * JUNK_BYTES / 2**20:.0f} MiB"
+        f" of junk, 0 B back; daemon RSS {baseline} KiB -> peak {peak} KiB"
+        f" ({peak - baseline:+d} KiB)"
+    )
+    assert all(r.complete for r in results), [r.stderr[-500:] for r in results]
+    assert tally.bytes_received == 0
+    assert peak - baseline < RSS_BUDGET_KIB, (baseline, peak)
 
 
 # --- 30 parallel sessions of one member ---------------------------------------------------------
