@@ -8,9 +8,9 @@ shared by the TCP and WebSocket listeners of a runtime):
   handshake runs. When all are taken, the newcomer is admitted and the *oldest* pending
   connection is dropped, so a slot can never be held against newcomers; connections that
   proved the network key (a valid msg1) are dropped only when no unproved one is left.
-* **Per source address** (``per_address``): one address holds at most this many pending
-  connections; a newcomer from a full address drops that address's oldest. An attacker's
-  connections then churn among themselves.
+* **Per source address** (``per_address``): one address (an IPv6 /64) holds at most this
+  many pending connections; a newcomer from a full address drops that address's oldest. An
+  attacker's connections then churn among themselves.
 * **Lingering** (``lingering``): a connection whose handshake failed is kept open, silent,
   for the close delay of SPEC §12.1.4 *without* holding a pre-authentication slot; beyond
   this many, the oldest is closed at once (file descriptors are finite).
@@ -26,6 +26,7 @@ callback; the peer driver turns that into a closed connection.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -116,6 +117,7 @@ class Admission:
     def admit(self, address: str) -> Slot:
         """A pre-authentication slot for a new connection from ``address`` (always given:
         when full, older pending connections are dropped for it)."""
+        address = source_key(address)
         same = self._by_address.get(address, {})
         if len(same) >= self.per_address_limit:
             _oldest(same).drop(DROPPED_FOR_ADDRESS)
@@ -184,6 +186,20 @@ class Admission:
         """Drop every connection, pending, lingering or in session (the listener stops)."""
         for slot in [*self._pending, *self._lingering, *self._sessions.values()]:
             slot.drop(reason)
+
+
+def source_key(address: str) -> str:
+    """The source a per-address limit counts: an IPv4 address, or an IPv6 /64 (one host
+    commonly holds a whole /64, so counting single IPv6 addresses would limit nothing)."""
+    try:
+        ip = ipaddress.ip_address(address.partition("%")[0])
+    except ValueError:
+        return address  # not an IP address (a test transport): count it as it is
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
 
 
 def _oldest(slots: dict[Slot, None]) -> Slot:

@@ -30,6 +30,7 @@ from fieldsync.admission import (
     Admission,
     ByteBudget,
     Slot,
+    source_key,
 )
 from fieldsync.config import Config, ConfigError, load_config
 from fieldsync.daemon import Runtime, Server, peer_limits
@@ -94,6 +95,20 @@ def test_one_address_holds_at_most_its_cap_and_churns_only_itself() -> None:
     assert [s for s, _ in seen] == attackers[:8]
     assert {reason for _, reason in seen} == {DROPPED_FOR_ADDRESS}
     assert admission.counters.dropped_for_address == 8
+
+
+def test_ipv6_sources_are_counted_by_their_slash_64() -> None:
+    admission = policy(pending=8, per_address=2)
+    seen: list[tuple[Slot, str]] = []
+    hosts = [watch(admission.admit(f"2001:db8:1:2::{n:x}"), seen) for n in range(1, 4)]
+    assert seen == [(hosts[0], DROPPED_FOR_ADDRESS)]  # three addresses, one /64
+    admission.admit("2001:db8:1:3::1")  # the next /64 is another source
+    admission.admit("::ffff:192.0.2.1")
+    admission.admit("192.0.2.1")  # the same IPv4 host, mapped or not
+    admission.admit("192.0.2.1")
+    assert admission.counters.dropped_for_address == 2 and admission.pending == 5
+    assert source_key("fe80::1%eth0") == "fe80::/64"
+    assert source_key("memory:a") == "memory:a"
 
 
 def test_a_released_slot_is_free_again_and_never_dropped_later() -> None:
