@@ -555,10 +555,16 @@ class _Connection:
         while messages:
             pending += self.sender.send(messages.pop())
             while len(pending) >= SEND_CHUNK:
-                await self.transport.send(bytes(pending[:SEND_CHUNK]))
+                await self._send(bytes(pending[:SEND_CHUNK]))
                 del pending[:SEND_CHUNK]
         if pending:
-            await self.transport.send(bytes(pending))
+            await self._send(bytes(pending))
+
+    async def _send(self, data: bytes) -> None:
+        # A peer that stops reading must not hold its session, its buffers and its share
+        # of the node's buffer budget for ever: the idle deadline applies to sending too.
+        async with asyncio.timeout(self.ctx.limits.idle_timeout):
+            await self.transport.send(data)
 
     async def _handle_events(self) -> bool:
         """Act on session events; True once the session is complete."""

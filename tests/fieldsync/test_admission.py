@@ -273,6 +273,7 @@ async def test_quiet_log_summarises_on_a_timer_when_the_flood_stops(
 class Net:
     server: Path
     member: Path
+    other: Path
 
 
 @pytest.fixture(scope="module")
@@ -280,8 +281,9 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Net:
     root = tmp_path_factory.mktemp("admission") / "net"
     network = synthetic.create_network(root)
     server, member = network.add_node("server"), network.add_node("member")
+    other = network.add_node("other")
     synthetic.fill_store(member, network.manifest, synthetic.sealed_reports(network.manifest, 5))
-    return Net(server, member)
+    return Net(server, member, other)
 
 
 @contextlib.asynccontextmanager
@@ -341,25 +343,54 @@ async def test_idle_outsiders_are_dropped_for_a_member_who_syncs(net: Net) -> No
             writer.close()
 
 
+async def silent_session(
+    member: Runtime, port: int
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A member's real handshake, driven by hand, and then not one session message."""
+    ctx = member.context
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    handshake = PeerHandshake(
+        initiator=True,
+        network_key=ctx.network_key,
+        static_secret=ctx.static_secret,
+        certificate=ctx.certificate,
+        manifest=ctx.manifest,
+        ephemeral_secret=secrets.token_bytes(32),
+    )
+    writer.write(handshake.data_to_send())
+    handshake.receive_data(await asyncio.wait_for(reader.readexactly(MSG2_SIZE), 30))
+    writer.write(handshake.data_to_send())
+    return reader, writer
+
+
+async def test_a_member_beyond_the_session_cap_gets_an_authenticated_refusal(net: Net) -> None:
+    limits = PeerLimits(silent_close=(0.0, 0.01), max_sessions=1)
+    async with serving(net.server, limits) as (server, port):
+        admission = server.context.admission
+        member, other = await Runtime.open(net.member), await Runtime.open(net.other)
+        try:
+            _reader, writer = await silent_session(member, port)
+            await until(lambda: admission.sessions == 1, 30)
+            refused = await other.sync_with(f"127.0.0.1:{port}")
+            writer.close()
+        finally:
+            await member.close()
+            await other.close()
+        await until(lambda: len(server.outcomes) == 2, 30)
+    assert not refused.complete and refused.peer is not None  # it met the real server
+    assert refused.error is not None and "ended the stream" in refused.error, refused.error
+    assert refused.stats.items_sent == 0
+    assert "refused: already serving 1 peers" in [o.error for o in server.outcomes]
+    assert admission.counters.sessions_refused == 1
+
+
 async def test_a_second_session_of_the_same_member_replaces_the_first(net: Net) -> None:
     limits = PeerLimits(silent_close=(0.0, 0.01), idle_timeout=60.0)
     async with serving(net.server, limits) as (server, port):
         member = await Runtime.open(net.member)
         try:
-            ctx = member.context
             # Session 1: a real handshake by hand, then silence (a link that died quietly).
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            handshake = PeerHandshake(
-                initiator=True,
-                network_key=ctx.network_key,
-                static_secret=ctx.static_secret,
-                certificate=ctx.certificate,
-                manifest=ctx.manifest,
-                ephemeral_secret=secrets.token_bytes(32),
-            )
-            writer.write(handshake.data_to_send())
-            handshake.receive_data(await asyncio.wait_for(reader.readexactly(MSG2_SIZE), 30))
-            writer.write(handshake.data_to_send())
+            reader, writer = await silent_session(member, port)
             admission = server.context.admission
             await until(lambda: admission.sessions == 1, 30)
             # Session 2 of the same certificate completes at once; session 1 is ended.
