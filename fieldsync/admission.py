@@ -8,6 +8,8 @@ shared by the TCP and WebSocket listeners of a runtime):
   handshake runs. When all are taken, the newcomer is admitted and the *oldest* pending
   connection is dropped, so a slot can never be held against newcomers; connections that
   proved the network key (a valid msg1) are dropped only when no unproved one is left.
+  Connections accepted in one burst are judged a moment (``grace``) later, once each had
+  the chance to send its msg1, up to twice the limits (beyond, at once).
 * **Per source address** (``per_address``): one address (an IPv6 /64) holds at most this
   many pending connections; a newcomer from a full address drops that address's oldest. An
   attacker's connections then churn among themselves.
@@ -28,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import itertools
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -45,6 +48,7 @@ class Slot:
 
     address: str
     order: int
+    admitted_at: float = 0.0
     proved: bool = False
     dropped: str | None = None
     _on_drop: Callable[[str], None] | None = None
@@ -89,9 +93,27 @@ class AdmissionCounters:
 class Admission:
     """The admission policy of one listener (see the module docstring)."""
 
-    def __init__(self, *, pending: int, per_address: int, lingering: int, sessions: int) -> None:
+    def __init__(
+        self,
+        *,
+        pending: int,
+        per_address: int,
+        lingering: int,
+        sessions: int,
+        grace: float = 0.0,
+        call_later: Callable[[float, Callable[[], None]], object] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """``grace`` and ``call_later`` (the event loop's): connections accepted together
+        in a burst are judged once each has had ``grace`` seconds to send its msg1, so a
+        member's connection is not dropped before its first bytes are read. Without
+        ``call_later`` the oldest are dropped at once."""
         if min(pending, per_address, lingering, sessions) < 1:
             raise ValueError("every admission limit must be at least 1")
+        self.grace = grace
+        self._call_later = call_later
+        self._clock = clock
+        self._reap_due = False
         self.pending_limit = pending
         self.per_address_limit = per_address
         self.lingering_limit = lingering
@@ -118,18 +140,46 @@ class Admission:
         """A pre-authentication slot for a new connection from ``address`` (always given:
         when full, older pending connections are dropped for it)."""
         address = source_key(address)
-        same = self._by_address.get(address, {})
-        if len(same) >= self.per_address_limit:
-            _oldest(same).drop(DROPPED_FOR_ADDRESS)
-            self.counters.dropped_for_address += 1
-        if len(self._pending) >= self.pending_limit:
-            _oldest(self._pending).drop(DROPPED_FOR_NEWER)
-            self.counters.dropped_for_newer += 1
-        slot = Slot(address, next(self._order), _release=self._release_pending)
+        slot = Slot(address, next(self._order), self._clock(), _release=self._release_pending)
         self._pending[slot] = None
-        self._by_address.setdefault(address, {})[slot] = None
+        same = self._by_address.setdefault(address, {})
+        same[slot] = None
         self.counters.admitted += 1
+        over = len(self._pending) > self.pending_limit or len(same) > self.per_address_limit
+        hard = len(self._pending) > 2 * self.pending_limit or len(same) > 2 * self.per_address_limit
+        call_later = self._call_later
+        if over and (call_later is None or hard):
+            self.reap()
+        elif over and call_later is not None and not self._reap_due:
+            self._reap_due = True
+            call_later(self.grace, self.reap)
         return slot
+
+    def reap(self) -> None:
+        """Drop the connections beyond the limits, in the order of ``_victim``."""
+        self._reap_due = False
+        now = self._clock()
+        for address in list(self._by_address):
+            while len(same := self._by_address.get(address, {})) > self.per_address_limit:
+                self._victim(same, now).drop(DROPPED_FOR_ADDRESS)
+                self.counters.dropped_for_address += 1
+        while len(self._pending) > self.pending_limit:
+            self._victim(self._pending, now).drop(DROPPED_FOR_NEWER)
+            self.counters.dropped_for_newer += 1
+
+    def _victim(self, slots: dict[Slot, None], now: float) -> Slot:
+        """The oldest connection that had its chance (``grace``) and sent no valid msg1;
+        else the oldest that proved the network key; else the oldest of the newcomers."""
+        newcomers = []
+        for slot in slots:
+            if now - slot.admitted_at < self.grace:
+                newcomers.append(slot)
+            elif not slot.proved:
+                return slot
+        for slot in slots:
+            if slot.proved:
+                return slot
+        return newcomers[0]
 
     def prove(self, slot: Slot) -> None:
         """The connection sent a valid msg1 (it holds the network key): drop it last."""
@@ -200,14 +250,6 @@ def source_key(address: str) -> str:
             return str(ip.ipv4_mapped)
         return str(ipaddress.IPv6Network((ip, 64), strict=False))
     return str(ip)
-
-
-def _oldest(slots: dict[Slot, None]) -> Slot:
-    """The oldest slot that has not proved the network key, else the oldest of all."""
-    for slot in slots:
-        if not slot.proved:
-            return slot
-    return next(iter(slots))
 
 
 class ByteBudget:

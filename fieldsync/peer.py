@@ -45,6 +45,9 @@ from fieldsync_protocol.session import (
 log = logging.getLogger(__name__)
 
 QUOTA_WINDOW_SECONDS = 86_400
+#: Connections accepted in one burst are judged this long after the first of them (the
+#: time for a member's first packet, its msg1, to be read), so none is dropped unread.
+ADMISSION_GRACE = 0.05
 #: Largest single write handed to the transport (well under the WebSocket message cap).
 SEND_CHUNK = 256 * 1024
 
@@ -209,9 +212,22 @@ class PeerContext:
             per_address=limits.max_pending_per_address,
             lingering=limits.max_lingering,
             sessions=limits.max_sessions,
+            grace=ADMISSION_GRACE,
+            call_later=_call_later,
         )
         self.budget = ByteBudget(limits.max_total_queued_bytes)
         self.quiet_log = QuietLog(log)
+
+
+def _call_later(delay: float, callback: Callable[[], None]) -> object:
+    """``loop.call_later`` on the running loop (the admission policy's timer), or at once
+    when there is no loop (a context used outside asyncio never admits anyone)."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        callback()
+        return None
+    return loop.call_later(delay, callback)
 
 
 async def run_peer(transport: Transport, ctx: PeerContext, *, initiator: bool) -> SyncOutcome:

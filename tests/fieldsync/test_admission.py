@@ -97,6 +97,41 @@ def test_one_address_holds_at_most_its_cap_and_churns_only_itself() -> None:
     assert admission.counters.dropped_for_address == 8
 
 
+def test_a_burst_is_judged_after_its_grace_so_a_member_that_proved_stays() -> None:
+    clock = Clock()
+    timers: list[tuple[float, Callable[[], None]]] = []
+    admission = Admission(
+        pending=2,
+        per_address=8,
+        lingering=3,
+        sessions=2,
+        grace=0.05,
+        call_later=lambda delay, callback: timers.append((delay, callback)),
+        clock=clock,
+    )
+    seen: list[tuple[Slot, str]] = []
+    old = [watch(admission.admit(f"10.0.0.{n}"), seen) for n in (1, 2)]
+    clock.now += 1
+    # A burst: two newcomers accepted together, one of them a member; none is read yet.
+    member = watch(admission.admit("10.0.0.3"), seen)
+    idle = watch(admission.admit("10.0.0.4"), seen)
+    assert seen == [] and admission.pending == 4  # over the limit for a moment
+    assert [delay for delay, _ in timers] == [0.05]  # one judgement scheduled, not two
+    admission.prove(member)  # its msg1 was in its first packet
+    clock.now += 0.06
+    timers.pop()[1]()
+    assert [s for s, _ in seen] == old  # the oldest that had their chance, unproved
+    assert admission.pending == 2 and member.dropped is None and idle.dropped is None
+    # Beyond twice the limit nothing waits: the idle one (had its chance) goes first,
+    # then the proved one, then the oldest newcomer.
+    burst = [watch(admission.admit(f"10.0.1.{n}"), seen) for n in range(3)]
+    assert [s for s, _ in seen[2:]] == [idle, member, burst[0]]
+    assert admission.pending == 2
+    clock.now += 0.06
+    timers.pop()[1]()  # the judgement the burst had scheduled finds nothing left to do
+    assert len(seen) == 5 and timers == []
+
+
 def test_ipv6_sources_are_counted_by_their_slash_64() -> None:
     admission = policy(pending=8, per_address=2)
     seen: list[tuple[Slot, str]] = []
@@ -328,6 +363,14 @@ async def test_idle_outsiders_are_dropped_for_a_member_who_syncs(net: Net) -> No
         admission = server.context.admission
         idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
         await until(lambda: admission.pending == 3, 30)
+        # A fourth connection: once it had its moment to send (it sends nothing), the
+        # oldest idle one is dropped for it and gets nothing, not one byte.
+        idle.append(await asyncio.open_connection("127.0.0.1", port))
+        await until(lambda: admission.counters.dropped_for_newer == 1, 30)
+        assert await closed_by_server(idle[0][0]) == b""
+        assert admission.pending == 3
+        # A member's connection is judged after its msg1 was read: it proves the network
+        # key, an idle one is dropped in its place if need be, and the member syncs.
         member = await Runtime.open(net.member)
         try:
             outcome = await member.sync_with(f"127.0.0.1:{port}")
@@ -335,12 +378,10 @@ async def test_idle_outsiders_are_dropped_for_a_member_who_syncs(net: Net) -> No
             await member.close()
         assert outcome.complete, outcome.error
         assert outcome.stats.items_sent == 5
-        # The member's connection took the oldest idle one's slot; that one got nothing.
-        assert admission.counters.dropped_for_newer == 1
-        assert await closed_by_server(idle[0][0]) == b""
-        assert admission.pending == 2
         for _reader, writer in idle:
             writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
 
 
 async def silent_session(
