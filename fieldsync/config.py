@@ -479,6 +479,21 @@ class SyncConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """Admission limits of incoming connections (SPEC §14.8)."""
+
+    #: Incoming connections in their handshake at once; the oldest is dropped for a newcomer.
+    pending_handshakes: int = field(default=64, metadata=_meta(_integer(1, 65_536)))
+    #: ... of which at most this many from one source address (the hub behind a reverse
+    #: proxy sees every client at the proxy's address: raise it to ``pending_handshakes``).
+    pending_per_address: int = field(default=8, metadata=_meta(_integer(1, 65_536)))
+    #: Authenticated incoming sessions at once (one per peer certificate).
+    sessions: int = field(default=16, metadata=_meta(_integer(1, 4096)))
+    #: Session data buffered ahead of processing, all sessions together (MiB).
+    buffer_mb: int = field(default=32, metadata=_meta(_integer(8, 65_536)))
+
+
+@dataclass(frozen=True, slots=True)
 class StorageConfig:
     #: Disk the store may use before the janitor evicts (expired items first).
     disk_budget_mb: int = field(default=1024, metadata=_meta(_integer(1)))
@@ -525,6 +540,7 @@ class Config:
     peers: PeersConfig = field(default_factory=PeersConfig)
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     hub: HubConfig = field(default_factory=HubConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
@@ -586,6 +602,7 @@ _SECTIONS: Final[Mapping[str, type]] = MappingProxyType(
         "peers": PeersConfig,
         "upstream": UpstreamConfig,
         "sync": SyncConfig,
+        "limits": LimitsConfig,
         "storage": StorageConfig,
         "hub": HubConfig,
         "control": ControlConfig,

@@ -132,7 +132,12 @@ class Runtime:
 
 
 class Server:
-    """Accepts sync connections on TCP and/or WebSocket for one runtime."""
+    """Accepts sync connections on TCP and/or WebSocket for one runtime.
+
+    Every listener shares the runtime's admission policy (``PeerContext.admission``, SPEC
+    §14.8): pre-authentication slots with oldest-first dropping and a per-address cap, one
+    session per peer certificate, a session cap and a node-wide buffer budget.
+    """
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
@@ -188,7 +193,8 @@ class Server:
         app = web.Application()
         app.router.add_get(WEBSOCKET_PATH, websocket_route(self._handle))
         # No access log: it would write every field node's address and User-Agent to the
-        # hub's disk, and the hub must not keep them (deploy/README).
+        # hub's disk, which the hub must not keep (deploy/README), and one line per
+        # connection is unbounded log volume under a flood.
         self._web = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._web.setup()
         site = web.TCPSite(self._web, host, port)
@@ -207,6 +213,9 @@ class Server:
         self._closing = True
         for server in self._tcp:
             server.close()
+        # Connections in their handshake or lingering in a delayed close end now (their
+        # handlers close them); sessions are cancelled and awaited, not torn down with the loop.
+        self.runtime.context.admission.close()
         sessions = list(self._tasks)
         for session in sessions:
             session.cancel()
@@ -216,6 +225,19 @@ class Server:
                 await asyncio.wait_for(server.wait_closed(), 5)
         if self._web is not None:
             await self._web.cleanup()
+        self.runtime.context.quiet_log.close()  # the counts of what was not logged
+
+
+def peer_limits(config: Config) -> PeerLimits:
+    """The daemon's per-peer quotas and admission limits from its configuration."""
+    return PeerLimits(
+        quota_items_per_day=config.sync.quota_items_per_day,
+        quota_bytes_per_day=config.sync.quota_bytes_per_day,
+        max_pending_handshakes=config.limits.pending_handshakes,
+        max_pending_per_address=config.limits.pending_per_address,
+        max_sessions=config.limits.sessions,
+        max_total_queued_bytes=config.limits.buffer_mb * 1024 * 1024,
+    )
 
 
 class FieldDaemon:
@@ -265,10 +287,7 @@ class FieldDaemon:
         config = self.config
         if self.faults:
             log.warning("fault injection is on: %s", ", ".join(config.debug.inject_faults))
-        limits = PeerLimits(
-            quota_items_per_day=config.sync.quota_items_per_day,
-            quota_bytes_per_day=config.sync.quota_bytes_per_day,
-        )
+        limits = peer_limits(config)
         self._lock = await asyncio.to_thread(
             HomeLock.acquire, config.node.home, config.control_socket
         )

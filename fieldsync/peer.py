@@ -20,6 +20,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from fieldsync.admission import Admission, ByteBudget, Slot
+from fieldsync.lograte import QuietLog
 from fieldsync.store import Quota, QuotaExceeded, Store, now_seconds
 from fieldsync.store_worker import StoreWorker
 from fieldsync.transport import Transport, TransportError
@@ -43,24 +45,39 @@ from fieldsync_protocol.session import (
 log = logging.getLogger(__name__)
 
 QUOTA_WINDOW_SECONDS = 86_400
-#: At most this many incoming connections may be in their handshake at once (half-open
-#: limit, as WireGuard's cookie threshold): more are closed unanswered.
-MAX_HANDSHAKES = 8
+#: Connections accepted in one burst are judged this long after the first of them (the
+#: time for a member's first packet, its msg1, to be read), so none is dropped unread.
+ADMISSION_GRACE = 0.05
 #: Largest single write handed to the transport (well under the WebSocket message cap).
 SEND_CHUNK = 256 * 1024
 
 
 @dataclass(frozen=True)
 class PeerLimits:
+    """Deadlines, quotas and the admission limits of SPEC §14.8 (``fieldsync.admission``)."""
+
+    #: Whole handshake, from connecting to the peer's last handshake message.
     handshake_timeout: float = 10.0
+    #: An incoming connection must deliver a valid msg1 (48 bytes) this soon.
+    first_message_timeout: float = 3.0
     idle_timeout: float = 60.0
     quota_items_per_day: int = 200_000
     quota_bytes_per_day: int = 1024 * 1024 * 1024
-    #: Session bytes buffered from a peer ahead of processing: a window of DATA batches
-    #: (16 x 256 KiB) plus slack. More means the peer ignores the window.
-    max_queued_bytes: int = 24 * 1024 * 1024
+    #: Session bytes buffered from one peer ahead of processing: a window of DATA batches
+    #: (16 x 256 KiB) plus a 1 MiB message and slack. More means the peer ignores the window.
+    max_queued_bytes: int = 8 * 1024 * 1024
+    #: The same, summed over every session of the node (readers wait when it is spent).
+    max_total_queued_bytes: int = 32 * 1024 * 1024
     #: A responder that got a bad first message waits this long (randomised) before closing.
     silent_close: tuple[float, float] = (1.0, 3.0)
+    #: Incoming connections in their handshake at once; the oldest is dropped for a newcomer.
+    max_pending_handshakes: int = 64
+    #: ... of which at most this many from one source address.
+    max_pending_per_address: int = 8
+    #: Failed connections waiting out ``silent_close`` at once (then closed early).
+    max_lingering: int = 256
+    #: Authenticated incoming sessions at once (one per peer certificate).
+    max_sessions: int = 16
 
 
 class PeerViolation(Exception):
@@ -183,15 +200,42 @@ class PeerContext:
     session_config: SessionConfig = field(default_factory=SessionConfig)
     #: Called (on the store thread) with each verified manifest update a peer delivered.
     on_manifest: Callable[[Checked], None] | None = None
-    handshake_slots: asyncio.Semaphore = field(
-        default_factory=lambda: asyncio.Semaphore(MAX_HANDSHAKES)
-    )
+    #: Built from ``limits``: shared by every listener of this context (SPEC §14.8).
+    admission: Admission = field(init=False)
+    budget: ByteBudget = field(init=False)
+    quiet_log: QuietLog = field(init=False)
+
+    def __post_init__(self) -> None:
+        limits = self.limits
+        self.admission = Admission(
+            pending=limits.max_pending_handshakes,
+            per_address=limits.max_pending_per_address,
+            lingering=limits.max_lingering,
+            sessions=limits.max_sessions,
+            grace=ADMISSION_GRACE,
+            call_later=_call_later,
+        )
+        self.budget = ByteBudget(limits.max_total_queued_bytes)
+        self.quiet_log = QuietLog(log)
+
+
+def _call_later(delay: float, callback: Callable[[], None]) -> object:
+    """``loop.call_later`` on the running loop (the admission policy's timer), or at once
+    when there is no loop (a context used outside asyncio never admits anyone)."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        callback()
+        return None
+    return loop.call_later(delay, callback)
 
 
 async def run_peer(transport: Transport, ctx: PeerContext, *, initiator: bool) -> SyncOutcome:
     """Handshake and sync over ``transport``; never raises for the peer's misbehaviour."""
     outcome = SyncOutcome()
     counted = _CountingTransport(transport)
+    session: Slot | None = None
+    quiet = ctx.quiet_log
     try:
         handshake = await _handshake(counted, ctx, initiator)
         if handshake is None:
@@ -199,27 +243,60 @@ async def run_peer(transport: Transport, ctx: PeerContext, *, initiator: bool) -
             return outcome
         outcome.peer = handshake.peer
         sender, receiver = handshake.transport()
-        await _Connection(counted, ctx, handshake, sender, receiver, initiator, outcome).run()
+        if not initiator:
+            session = _open_session(ctx, handshake, transport)
+            if session is None:
+                outcome.error = f"refused: already serving {ctx.limits.max_sessions} peers"
+                quiet.log("busy", logging.WARNING, "%s: %s", transport.label, outcome.error)
+                # An authenticated end of stream: the member knows it is not a network fault.
+                await counted.send(sender.end())
+                return outcome
+        connection = _Connection(counted, ctx, handshake, sender, receiver, initiator, outcome)
+        async with asyncio.timeout(None) as scope:
+            if session is not None:
+                session.on_drop(lambda _reason: _cut_short(scope))
+            await connection.run()
     except (RemoteProtocolError, PeerViolation) as exc:
         outcome.error = f"peer violated the protocol: {exc}"
-        log.warning("%s: %s", transport.label, outcome.error)
+        quiet.log("violation", logging.WARNING, "%s: %s", transport.label, outcome.error)
     except TransportError as exc:
         outcome.error = f"connection lost: {exc}"
-        log.info("%s: %s", transport.label, outcome.error)
+        quiet.log("lost", logging.INFO, "%s: %s", transport.label, outcome.error)
     except TimeoutError:
-        outcome.error = "peer stopped answering (timeout)"
-        log.info("%s: %s", transport.label, outcome.error)
+        if session is not None and session.dropped is not None:
+            outcome.error = f"session ended: {session.dropped}"
+            quiet.log("replaced", logging.INFO, "%s: %s", transport.label, outcome.error)
+        else:
+            outcome.error = "peer stopped answering (timeout)"
+            quiet.log("timeout", logging.INFO, "%s: %s", transport.label, outcome.error)
     finally:
+        if session is not None:
+            session.release()
         outcome.wire_bytes_sent = counted.sent
         outcome.wire_bytes_received = counted.received
         await transport.close()
     return outcome
 
 
+def _open_session(ctx: PeerContext, handshake: PeerHandshake, transport: Transport) -> Slot | None:
+    """The session slot of an authenticated incoming peer (one per certificate, SPEC §14.8)."""
+    peer = handshake.peer
+    node_key = peer.node_key if peer is not None else b""
+    return ctx.admission.open_session(node_key, transport.address)
+
+
+def _cut_short(scope: asyncio.Timeout) -> None:
+    """Make ``scope`` expire now (its block raises ``TimeoutError``), unless it is ending."""
+    if not scope.expired():
+        with contextlib.suppress(RuntimeError):  # the scope already exited
+            scope.reschedule(asyncio.get_running_loop().time())
+
+
 class _CountingTransport:
     def __init__(self, inner: Transport) -> None:
         self._inner = inner
         self.label = inner.label
+        self.address = inner.address
         self.sent = 0
         self.received = 0
 
@@ -249,28 +326,85 @@ async def _handshake(
         revoked_nodes=ctx.revoked_nodes,
         replay_cache=None if initiator else ctx.replay_cache,
     )
-    if not initiator and ctx.handshake_slots.locked():
-        log.warning("%s: too many connections in handshake; closing unanswered", transport.label)
-        return None
+    limits = ctx.limits
+    if initiator:
+        try:
+            async with asyncio.timeout(limits.handshake_timeout):
+                await _exchange(transport, handshake)
+        except (RemoteProtocolError, TimeoutError) as exc:
+            log.info("%s: handshake failed: %s", transport.label, str(exc) or "timeout")
+            return None
+        return handshake
+    # Responder: a pre-authentication slot, held for at most the first-message deadline
+    # until a valid msg1 proves the network key, and dropped early for a newcomer when the
+    # node is full (SPEC §14.8).
+    slot = ctx.admission.admit(transport.address)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+
+    def proved() -> None:
+        ctx.admission.prove(slot)
+        scope.reschedule(started + limits.handshake_timeout)
+
     try:
-        async with ctx.handshake_slots, asyncio.timeout(ctx.limits.handshake_timeout):
-            if out := handshake.data_to_send():
-                await transport.send(out)
-            while not handshake.is_complete:
-                data = await transport.receive()
-                if not data:
-                    handshake.eof_received()
-                handshake.receive_data(data)
-                if out := handshake.data_to_send():
-                    await transport.send(out)
+        first = min(limits.first_message_timeout, limits.handshake_timeout)
+        async with asyncio.timeout(first) as scope:
+            slot.on_drop(lambda _reason: _cut_short(scope))
+            await _exchange(transport, handshake, on_first_reply=proved)
     except (RemoteProtocolError, TimeoutError) as exc:
-        log.info("%s: handshake failed: %s", transport.label, exc)
-        if not initiator:
-            # Silence, then a delayed close: a prober learns nothing, not even timing.
-            low, high = ctx.limits.silent_close
-            await asyncio.sleep(low + (high - low) * secrets.randbelow(1000) / 1000)
+        slot.release()
+        reason = slot.dropped or str(exc) or "timeout"
+        ctx.quiet_log.log(
+            "dropped" if slot.dropped else "handshake failed",
+            logging.INFO,
+            "%s: handshake failed: %s",
+            transport.label,
+            reason,
+        )
+        await _linger(transport, ctx)
         return None
+    finally:
+        slot.release()
     return handshake
+
+
+async def _exchange(
+    transport: _CountingTransport,
+    handshake: PeerHandshake,
+    on_first_reply: Callable[[], None] | None = None,
+) -> None:
+    """Run the handshake messages to completion (the caller bounds the time)."""
+    if out := handshake.data_to_send():
+        await transport.send(out)
+    while not handshake.is_complete:
+        data = await transport.receive()
+        if not data:
+            handshake.eof_received()
+        handshake.receive_data(data)
+        if out := handshake.data_to_send():
+            if on_first_reply is not None:
+                on_first_reply()  # a responder's first reply: msg1 was valid
+                on_first_reply = None
+            await transport.send(out)
+
+
+async def _linger(transport: _CountingTransport, ctx: PeerContext) -> None:
+    """Silence, then a delayed close: a prober learns nothing, not even timing (SPEC
+    §12.1.4). The wait holds no pre-authentication slot, only a place among at most
+    ``max_lingering`` such connections (the oldest is closed early beyond it), and whatever
+    the peer still sends is read and dropped, so a lingering connection buffers nothing."""
+    low, high = ctx.limits.silent_close
+    delay = low + (high - low) * secrets.randbelow(1000) / 1000
+    place = ctx.admission.linger(transport.address)
+    try:
+        with contextlib.suppress(TimeoutError, TransportError):
+            async with asyncio.timeout(delay) as scope:
+                place.on_drop(lambda _reason: _cut_short(scope))
+                while await transport.receive():
+                    pass
+                await asyncio.sleep(delay)  # the peer half-closed: still wait out the delay
+    finally:
+        place.release()
 
 
 class _Connection:
@@ -323,16 +457,35 @@ class _Connection:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, TransportError, RemoteProtocolError):
                 await reader
+            self._drop_queue()
             if not self.outcome.complete:
-                # What moved before the failure (the session is idle now: no store call runs).
+                # What moved before the failure (a store call cut short by a replacement
+                # may still be finishing on the store thread: these counters are a snapshot).
                 self.outcome.stats = replace(session.stats)
 
-    def _count_queued(self, size: int) -> None:
-        self.queued_bytes += size
-        if self.queued_bytes > self.ctx.limits.max_queued_bytes:
+    async def _queue(self, payload: bytes) -> None:
+        """Queue one session message, within this session's and the node's byte budgets."""
+        size = len(payload)
+        if self.queued_bytes + size > self.ctx.limits.max_queued_bytes:
             # A member racing ahead of our acknowledgements (the session allows one
             # window): refuse rather than buffer without bound.
             raise RemoteProtocolError("peer sent far more than its window allows")
+        # The node-wide budget: when other sessions hold it, stop reading (TCP then slows
+        # the peer down) until they have processed what they buffered.
+        await self.ctx.budget.reserve(size)
+        self.queued_bytes += size
+        await self.incoming.put(payload)
+
+    def _dequeued(self, size: int) -> None:
+        self.queued_bytes -= size
+        self.ctx.budget.release(size)
+
+    def _drop_queue(self) -> None:
+        """Free what is still queued (and release what was being delivered) now: a store
+        call cut short by a replacement may keep this connection object alive for a while."""
+        while not self.incoming.empty():
+            self.incoming.get_nowait()
+        self._dequeued(self.queued_bytes)
 
     async def _read_frames(self) -> None:
         """Decrypt frames as they arrive and queue the session messages they carry."""
@@ -342,8 +495,7 @@ class _Connection:
                 # are already inside the receiver, and no further read may ever come.
                 while (event := self.receiver.next_event()) is not None:
                     if isinstance(event, Data):
-                        self._count_queued(len(event.payload))
-                        await self.incoming.put(event.payload)
+                        await self._queue(event.payload)
                     elif isinstance(event, End):
                         await self.incoming.put(None)
                         return
@@ -382,11 +534,20 @@ class _Connection:
                     break
             last = batch[-1]
             if isinstance(last, Exception):
-                raise last  # the stream itself failed: what came before it is moot
+                # The stream itself failed: what came before it is moot. No local may keep
+                # the exception (a frame <-> traceback cycle would hold this connection's
+                # buffers until the cyclic garbage collector runs).
+                error, batch, last = last, [], None
+                try:
+                    raise error
+                finally:
+                    del error
             payloads = [m for m in batch if isinstance(m, bytes)]
-            self.queued_bytes -= sum(map(len, payloads))
             if payloads:
                 await self.ctx.worker.call(functools.partial(_deliver, session, payloads))
+            # Counted until the session has taken them: what the reader may add meanwhile
+            # and what is being processed share one budget (the window bounds both).
+            self._dequeued(sum(map(len, payloads)))
             # The peer's end of stream: its last messages (above) may still complete the
             # session once their batches are committed, so decide on the next turn.
             peer_ended = last is None
@@ -402,12 +563,24 @@ class _Connection:
 
     async def _send_pending(self, session: SyncSession) -> None:
         messages = await self.ctx.worker.call(lambda _store: session.messages_to_send())
-        if messages:
-            data = b"".join(self.sender.send(m) for m in messages)
-            # One window of batches can be megabytes: hand the transport bounded pieces
-            # (a WebSocket message is capped at MAX_WS_MESSAGE on receipt).
-            for start in range(0, len(data), SEND_CHUNK):
-                await self.transport.send(data[start : start + SEND_CHUNK])
+        # One window of batches can be megabytes: encrypt and hand the transport bounded
+        # pieces as we go (a WebSocket message is capped at MAX_WS_MESSAGE on receipt), so a
+        # flight is never held twice over (plaintext and frames) while a slow peer reads.
+        messages.reverse()
+        pending = bytearray()
+        while messages:
+            pending += self.sender.send(messages.pop())
+            while len(pending) >= SEND_CHUNK:
+                await self._send(bytes(pending[:SEND_CHUNK]))
+                del pending[:SEND_CHUNK]
+        if pending:
+            await self._send(bytes(pending))
+
+    async def _send(self, data: bytes) -> None:
+        # A peer that stops reading must not hold its session, its buffers and its share
+        # of the node's buffer budget for ever: the idle deadline applies to sending too.
+        async with asyncio.timeout(self.ctx.limits.idle_timeout):
+            await self.transport.send(data)
 
     async def _handle_events(self) -> bool:
         """Act on session events; True once the session is complete."""

@@ -31,6 +31,8 @@ class TransportError(Exception):
 
 class Transport(Protocol):
     label: str
+    #: The peer's network address without a port (per-address admission limits).
+    address: str
 
     async def send(self, data: bytes) -> None:
         """Queue ``data`` and wait until the transport has taken it (back-pressure)."""
@@ -51,6 +53,7 @@ class TcpTransport:
         self._writer = writer
         peer = writer.get_extra_info("peername")
         self.label = f"tcp:{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "tcp"
+        self.address = str(peer[0]) if isinstance(peer, tuple) else "tcp"
 
     async def send(self, data: bytes) -> None:
         try:
@@ -114,10 +117,12 @@ class WebSocketTransport:
         ws: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
         label: str,
         session: aiohttp.ClientSession | None = None,
+        address: str = "ws",
     ) -> None:
         self._ws = ws
         self._session = session
         self.label = label
+        self.address = address
 
     async def send(self, data: bytes) -> None:
         try:
@@ -173,7 +178,9 @@ def websocket_route(handler: Handler) -> Callable[[web.Request], Awaitable[web.S
     async def handle(request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse(max_msg_size=MAX_WS_MESSAGE, heartbeat=30, timeout=CLOSE_TIMEOUT)
         await ws.prepare(request)
-        transport = WebSocketTransport(ws, f"ws:{request.remote}")
+        # Behind a reverse proxy this is the proxy's address: the per-address admission limit
+        # then covers the proxy as a whole (limit clients at the proxy too; SPEC §14.8).
+        transport = WebSocketTransport(ws, f"ws:{request.remote}", address=request.remote or "ws")
         try:
             await handler(transport)
         finally:
@@ -197,6 +204,7 @@ class MemoryTransport:
         self._closed = False
         self._eof = False
         self.label = label
+        self.address = label
         self.bytes_sent = 0
 
     async def send(self, data: bytes) -> None:

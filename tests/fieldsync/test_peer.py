@@ -165,7 +165,7 @@ class BreakingTransport:
 
     def __init__(self, inner: MemoryTransport) -> None:
         self._inner = inner
-        self.label = "breaking"
+        self.label = self.address = "breaking"
         self.received = 0
 
     async def send(self, data: bytes) -> None:

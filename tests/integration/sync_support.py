@@ -248,18 +248,26 @@ def _start(
 
 
 def start_server(
-    home: Path, *, ws: bool = False, log: Path | None = None, startup_timeout: float = 30.0
+    home: Path,
+    *,
+    ws: bool = False,
+    hub: bool = False,
+    log: Path | None = None,
+    startup_timeout: float = 30.0,
 ) -> ServerProcess:
-    """``fieldsync --home HOME run`` on 127.0.0.1, port 0 (and a WebSocket listener)."""
+    """``fieldsync --home HOME run`` on 127.0.0.1, port 0 (and a WebSocket listener); with
+    ``hub``, ``run --hub``: the one listener serves WebSocket (``ws_url``) as the HQ hub."""
     args = [*fieldsync_command(), "--home", str(home), "run", "--listen", "127.0.0.1:0", "--json"]
     if ws:
         args += ["--ws-listen", "127.0.0.1:0"]
+    if hub:
+        args += ["--hub"]
     log = log or home.parent / f"{home.name}-run.log"
     proc, first = _start(args, log, startup_timeout)
     addresses = list(first["listening"])
     assert len(addresses) == (2 if ws else 1), first
     assert all(a.startswith("127.0.0.1:") for a in addresses), first
-    return ServerProcess(proc, log, addresses, ws, first)
+    return ServerProcess(proc, log, addresses, ws or hub, first)
 
 
 def start_helper_server(
