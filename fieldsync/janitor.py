@@ -12,6 +12,7 @@ import logging
 import time
 from dataclasses import dataclass
 
+from fieldsync.eviction import IMPORTED
 from fieldsync.peer import SyncSource
 from fieldsync.store import Store
 from fieldsync.store_worker import StoreWorker
@@ -24,6 +25,9 @@ class JanitorReport:
     clock: int = 0
     expired: int = 0
     evicted: int = 0
+    evicted_bytes: int = 0
+    #: Peers whose items were evicted: their next session reconciles in full.
+    peers_reset: int = 0
     used_bytes: int = 0
 
 
@@ -60,7 +64,10 @@ class Janitor:
         def work(store: Store) -> JanitorReport:
             report = JanitorReport(clock=store.advance_clock(elapsed))
             report.expired = store.expire()
-            report.evicted = store.enforce_budget(budget)
+            evicted = store.enforce_budget(budget)
+            report.evicted = evicted.items
+            report.evicted_bytes = evicted.bytes
+            report.peers_reset = sum(1 for key in evicted.by_contributor if key != IMPORTED)
             if report.expired or report.evicted:
                 source.invalidate()
             elif checkpoint:
@@ -71,9 +78,12 @@ class Janitor:
         self.last = await self._worker.call(work)
         if self.last.expired or self.last.evicted:
             log.info(
-                "janitor: %d expired, %d evicted for the disk budget",
+                "janitor: %d expired, %d evicted for the disk budget (%d bytes, from %d peers,"
+                " who will reconcile in full next time)",
                 self.last.expired,
                 self.last.evicted,
+                self.last.evicted_bytes,
+                self.last.peers_reset,
             )
         return self.last
 

@@ -20,6 +20,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from fieldsync import limits
+from fieldsync.reoffer import ReofferPolicy
 from fieldsync.store import Quota, QuotaExceeded, Store, now_seconds
 from fieldsync.store_worker import StoreWorker
 from fieldsync.transport import Transport, TransportError
@@ -54,8 +56,8 @@ SEND_CHUNK = 256 * 1024
 class PeerLimits:
     handshake_timeout: float = 10.0
     idle_timeout: float = 60.0
-    quota_items_per_day: int = 200_000
-    quota_bytes_per_day: int = 1024 * 1024 * 1024
+    quota_items_per_day: int = limits.QUOTA_ITEMS_PER_DAY
+    quota_bytes_per_day: int = limits.QUOTA_BYTES_PER_DAY
     #: Session bytes buffered from a peer ahead of processing: a window of DATA batches
     #: (16 x 256 KiB) plus slack. More means the peer ignores the window.
     max_queued_bytes: int = 24 * 1024 * 1024
@@ -183,6 +185,8 @@ class PeerContext:
     session_config: SessionConfig = field(default_factory=SessionConfig)
     #: Called (on the store thread) with each verified manifest update a peer delivered.
     on_manifest: Callable[[Checked], None] | None = None
+    #: When an author with undelivered reports ignores the delta cursor (SPEC.md §14.8).
+    reoffer: ReofferPolicy = field(default_factory=ReofferPolicy)
     handshake_slots: asyncio.Semaphore = field(
         default_factory=lambda: asyncio.Semaphore(MAX_HANDSHAKES)
     )
@@ -304,9 +308,13 @@ class _Connection:
         initiator = self.initiator
         source = self.ctx.source
 
+        reoffer = self.ctx.reoffer
+
         def open_session(store: Store) -> SyncSession:
             source.refresh()
-            known = store.peer_cursor(node_key)
+            # No cursor: this session reconciles in full (re-offers what the peer lost).
+            full = reoffer.full_reconcile(node_key, undelivered=store.has_undelivered_own())
+            known = None if full else store.peer_cursor(node_key)
             return SyncSession(
                 source.for_peer(node_key),
                 initiator=initiator,

@@ -85,7 +85,7 @@ def test_disk_budget_evicts_relayed_first_and_own_reports_last(
     full = store.used_bytes()
     budget = full // 2
     evicted = store.enforce_budget(budget)
-    assert evicted > 0
+    assert evicted.items > 0
     assert store.used_bytes() <= budget
     own_ids = {check_item(d, manifest).item.id for d in own}
     held = set(store.sorted_ids())

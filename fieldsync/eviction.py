@@ -1,0 +1,102 @@
+"""Which items a relay over its disk budget drops: fair share by contributor (SPEC.md §14.2).
+
+Pure planning, no SQL: the store hands over each contributor's byte total and a way to read
+a contributor's items newest first; the plan is the list of local numbers (``seq``) to drop.
+
+Why by contributor: a relay cannot tell junk from real reports (only HQ can open them), so
+the one thing it can judge is *who* filled it. Taking from the largest contributor first
+(max-min fairness, "water filling") means a member who floods loses its own flood, while a
+peer that sent little keeps everything. Within a contributor the newest items go first: a
+flood arrives after what it tries to push out. A protected share keeps every contributor's
+first bytes safe from the others' pressure.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+#: Bytes an item costs beyond its own length (row header, id and tag with their two unique
+#: indexes, the origin index): what evicting it frees besides its data.
+ITEM_OVERHEAD = 160
+
+#: Contributor key of items imported from bundles or by the CLI (no peer gave them).
+IMPORTED = 0
+
+#: (seq, cost in bytes) of a contributor's items, newest first, below ``before`` (None: all).
+NewestItems = Callable[[int, int | None], list[tuple[int, int]]]
+
+
+@dataclass
+class Plan:
+    """Items chosen so far and the bytes they free, per contributor."""
+
+    seqs: list[int] = field(default_factory=list)
+    freed: int = 0
+    by_contributor: dict[int, int] = field(default_factory=dict)
+
+    def take(self, seq: int, cost: int, contributor: int | None = None) -> None:
+        self.seqs.append(seq)
+        self.freed += cost
+        if contributor is not None:
+            self.by_contributor[contributor] = self.by_contributor.get(contributor, 0) + 1
+
+
+def protected_share(budget: int, contributors: int) -> int:
+    """Bytes no contributor loses to the others' pressure: half the budget, split evenly.
+
+    Water filling alone already keeps ``budget / n`` for each of ``n`` contributors whenever
+    the relayed items are all that fills the budget; the floor makes that a promise even when
+    the node's own reports and receipts take part of it (they are evicted before anyone is
+    pushed below the floor).
+    """
+    return budget // (2 * max(1, contributors))
+
+
+class _Feed:
+    """One contributor's evictable items, newest first, read a page at a time."""
+
+    def __init__(self, key: int, newest: NewestItems) -> None:
+        self._key = key
+        self._newest = newest
+        self._queue: deque[tuple[int, int]] = deque()
+        self._below: int | None = None
+        self._exhausted = False
+
+    def peek(self) -> tuple[int, int] | None:
+        if not self._queue and not self._exhausted:
+            page = self._newest(self._key, self._below)
+            self._queue.extend(page)
+            self._exhausted = not page
+            if page:
+                self._below = page[-1][0]
+        return self._queue[0] if self._queue else None
+
+    def pop(self) -> None:
+        self._queue.popleft()
+
+
+def fair_share(
+    totals: dict[int, int], need: int, floor: int, newest: NewestItems, plan: Plan
+) -> None:
+    """Add to ``plan`` until it frees ``need`` bytes: always the newest item of the largest
+    contributor, never taking a contributor below ``floor``. Updates ``totals`` in place.
+
+    Stops as soon as enough is freed, so a store one byte over its budget loses one item.
+    """
+    heap = [(-held, key) for key, held in totals.items() if held > floor]
+    heapq.heapify(heap)
+    feeds = {key: _Feed(key, newest) for _, key in heap}
+    while plan.freed < need and heap:
+        negative, key = heapq.heappop(heap)
+        held = -negative
+        head = feeds[key].peek()
+        if head is None or held - head[1] < floor:
+            continue  # nothing left to take, or at its protected share: it keeps the rest
+        seq, cost = head
+        feeds[key].pop()
+        plan.take(seq, cost, key)
+        totals[key] = held - cost
+        heapq.heappush(heap, (-(held - cost), key))

@@ -1,0 +1,245 @@
+"""Fair eviction on a real SQLite store (SPEC.md §14.2) and byte-counted quotas (§14.4).
+
+Over its disk budget a relay takes from the largest contributor first, newest first, never
+below a protected share while anything else can go, exactly as much as needed; evicted
+items leave no tombstone, can be received again, and the cursor on the peer that gave them
+is dropped so the next session reconciles in full.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+import pytest
+
+from fieldsync import eviction, limits, synthetic
+from fieldsync.config import SyncConfig
+from fieldsync.peer import PeerLimits
+from fieldsync.store import ImportCounts, Quota, QuotaExceeded, Store
+from fieldsync_protocol import codec
+from fieldsync_protocol.envelope import SIZE_CLASSES
+from fieldsync_protocol.items import Checked, check_item
+from fieldsync_protocol.membership import Manifest
+
+#: Larger than a page: each item lives in its own overflow page, so freeing an item frees
+#: whole pages and "pages in use" moves item by item.
+BIG = 8192
+FLOODER = b"F" * 32
+HONEST = b"H" * 32
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory: pytest.TempPathFactory) -> Manifest:
+    return synthetic.create_network(tmp_path_factory.mktemp("eviction")).manifest
+
+
+def envelopes(manifest: Manifest, count: int, size: int = BIG) -> list[Checked]:
+    key_id = manifest.current_hq_key_id
+    return [
+        check_item(
+            codec.encode({"c": os.urandom(size), "k": key_id, "l": 3, "t": "e", "v": 1}),
+            manifest,
+        )
+        for _ in range(count)
+    ]
+
+
+def ids_of(items: list[Checked]) -> set[bytes]:
+    return {c.item.id for c in items}
+
+
+def seqs_by_id(store: Store) -> dict[bytes, int]:
+    rows = store.db.execute("SELECT id, seq FROM items").fetchall()
+    return {bytes(row[0]): int(row[1]) for row in rows}
+
+
+def import_locally(store: Store, items: list[Checked], *, own: bool = False) -> None:
+    with store.transaction():
+        for checked in items:
+            store.add_checked(checked, ImportCounts(), 0, own=own)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    opened = Store(tmp_path / "store.db")
+    yield opened  # type: ignore[misc]
+    opened.close()
+
+
+def test_the_largest_contributor_loses_its_newest_items_first(
+    manifest: Manifest, store: Store
+) -> None:
+    honest = envelopes(manifest, 10)
+    imported = envelopes(manifest, 5)
+    own = envelopes(manifest, 3)
+    flood = envelopes(manifest, 60)
+    store.add_batch(honest, 0, origin=HONEST)
+    import_locally(store, imported)
+    import_locally(store, own, own=True)
+    store.add_batch(flood[:30], 0, origin=FLOODER)
+    store.add_batch(flood[30:], 0, origin=FLOODER)
+    seq = seqs_by_id(store)
+    budget = store.used_bytes() - 20 * BIG
+    before = set(store.sorted_ids())
+
+    evicted = store.enforce_budget(budget)
+
+    after = set(store.sorted_ids())
+    gone = before - after
+    assert store.used_bytes() <= budget
+    assert gone <= ids_of(flood), "only the flooder's items go"
+    assert ids_of(honest) | ids_of(imported) | ids_of(own) <= after
+    # Newest first within the contributor: what is gone is the top of its arrival order.
+    flood_seqs = sorted(seq[i] for i in ids_of(flood))
+    assert sorted(seq[i] for i in gone) == flood_seqs[-len(gone) :]
+    assert evicted.items == len(gone)
+    assert evicted.bytes == sum(
+        len(c.item.data) + eviction.ITEM_OVERHEAD for c in flood[-len(gone) :]
+    )
+    # Exactly as much as needed: 20 pages of 8 KiB need 20 items, and at most one more when
+    # the pages freed by the items fall short of their estimate.
+    assert 20 <= evicted.items <= 21
+    assert list(evicted.by_contributor.values()) == [evicted.items]
+
+
+def test_a_store_one_byte_over_its_budget_drops_one_item(manifest: Manifest, store: Store) -> None:
+    store.add_batch(envelopes(manifest, 40), 0, origin=FLOODER)
+    store.add_batch(envelopes(manifest, 40), 0, origin=HONEST)
+    budget = store.used_bytes() - 1
+
+    evicted = store.enforce_budget(budget)
+
+    assert evicted.items == 1
+    assert store.item_count() == 79
+    assert store.used_bytes() <= budget
+    assert store.enforce_budget(budget).items == 0  # within budget: nothing more goes
+
+
+def test_contributors_are_levelled_and_the_small_ones_keep_everything(
+    manifest: Manifest, store: Store
+) -> None:
+    small = envelopes(manifest, 4)
+    medium = envelopes(manifest, 30)
+    large = envelopes(manifest, 60)
+    store.add_batch(small, 0, origin=b"S" * 32)
+    store.add_batch(medium, 0, origin=HONEST)
+    store.add_batch(large, 0, origin=FLOODER)
+    budget = store.used_bytes() - 50 * BIG
+
+    store.enforce_budget(budget)
+
+    held = set(store.sorted_ids())
+    kept_large = len(ids_of(large) & held)
+    kept_medium = len(ids_of(medium) & held)
+    assert ids_of(small) <= held
+    # Water filling: the two large contributors end level (within an item of each other).
+    assert abs(kept_large - kept_medium) <= 1
+    assert kept_medium < 30
+
+
+def test_own_reports_go_only_after_every_relayed_item_and_manifests_never(
+    manifest: Manifest, store: Store
+) -> None:
+    own = envelopes(manifest, 10)
+    import_locally(store, own, own=True)
+    store.add_batch(envelopes(manifest, 10), 0, origin=HONEST)
+    store.add_batch(envelopes(manifest, 10), 0, origin=FLOODER)
+    # Room for about 5 items: every relayed item goes, then own reports, oldest first.
+    budget = store.used_bytes() - 25 * BIG
+
+    store.enforce_budget(budget)
+
+    assert set(store.sorted_ids()) < ids_of(own)
+    assert store.used_bytes() <= budget
+
+
+def test_the_protected_share_holds_against_the_other_contributors() -> None:
+    """Planner alone: a contributor at its protected share is left alone in the fair pass,
+    whatever the others hold; the rest of the need is left to the later passes."""
+    totals = {1: 100_000, 2: 3_000, 3: 500}
+    items = {
+        key: [(key * 1000 + n, 100) for n in range(held // 100, 0, -1)]
+        for key, held in totals.items()
+    }
+
+    def newest(key: int, below: int | None) -> list[tuple[int, int]]:
+        return [item for item in items[key] if below is None or item[0] < below][:7]
+
+    plan = eviction.Plan()
+    floor = eviction.protected_share(12_000, len(totals))
+    assert floor == 2_000
+    eviction.fair_share(totals, 10**9, floor, newest, plan)
+
+    assert totals == {1: 2_000, 2: 2_000, 3: 500}
+    assert plan.by_contributor == {1: 980, 2: 10}
+    assert plan.freed == 99_000
+    assert plan.seqs[:3] == [1000 + 1000, 1000 + 999, 1000 + 998]  # newest first
+
+
+def test_evicted_items_leave_no_tombstone_and_come_back(manifest: Manifest, store: Store) -> None:
+    flood = envelopes(manifest, 30)
+    honest = envelopes(manifest, 5)
+    store.add_batch(honest, 0, origin=HONEST)
+    store.add_batch(flood, 0, origin=FLOODER)
+    store.set_peer_cursor(FLOODER, b"e" * 16, 30, 0)
+    store.set_peer_cursor(HONEST, b"h" * 16, 5, 0)
+
+    evicted = store.enforce_budget(store.used_bytes() - 10 * BIG)
+
+    assert evicted.items >= 10
+    assert store.status()["tombstones"] == 0
+    # The cursor on the peer that gave the evicted items is gone (next session reconciles);
+    # the other peer's cursor is untouched.
+    assert store.peer_cursor(FLOODER) is None
+    assert store.peer_cursor(HONEST) == (b"h" * 16, 5)
+    again = store.add_batch(flood, 0, origin=FLOODER)
+    assert again.new == evicted.items
+    assert again.already_delivered == 0
+    assert ids_of(flood) <= set(store.sorted_ids())
+
+
+def test_quota_error_names_bytes_when_bytes_ran_out(manifest: Manifest, store: Store) -> None:
+    items = envelopes(manifest, 4, size=512)
+    with pytest.raises(QuotaExceeded, match=r"bytes a day") as caught:
+        store.add_batch(items, 0, origin=FLOODER, quota=Quota(FLOODER, 1, 1000, 1000))
+    assert "items" not in str(caught.value)
+    with pytest.raises(QuotaExceeded, match=r"3 items a day; this delivery would make 4"):
+        store.add_batch(items, 0, origin=HONEST, quota=Quota(HONEST, 1, 3, 10**9))
+    assert store.item_count() == 0  # refused whole
+
+
+def test_one_default_quota_sized_for_a_million_item_backlog(store: Store) -> None:
+    assert SyncConfig().quota_items_per_day == PeerLimits().quota_items_per_day
+    assert SyncConfig().quota_bytes_per_day == PeerLimits().quota_bytes_per_day
+    assert SIZE_CLASSES[0] == limits.SMALLEST_ITEM_BYTES
+    # A relay hands over a backlog of 1M reports of the 4 KiB class in one day, in flights
+    # of 10,000 (counted as the receiver counts them: item bytes).
+    item_bytes = len(
+        codec.encode({"c": bytes(SIZE_CLASSES[3]), "k": b"k" * 8, "l": 3, "t": "e", "v": 1})
+    )
+    peer = secrets.token_bytes(32)
+    defaults = PeerLimits()
+    for _ in range(100):
+        assert store.charge_quota(
+            peer,
+            7,
+            10_000,
+            10_000 * item_bytes,
+            defaults.quota_items_per_day,
+            defaults.quota_bytes_per_day,
+        )
+    # ... and a peer that tries three times that in the same day is cut off.
+    over = [
+        store.charge_quota(
+            peer,
+            7,
+            10_000,
+            10_000 * item_bytes,
+            defaults.quota_items_per_day,
+            defaults.quota_bytes_per_day,
+        )
+        for _ in range(200)
+    ]
+    assert not all(over)
