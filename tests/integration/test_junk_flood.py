@@ -1,0 +1,98 @@
+"""Junk flood (issue 7 "Must show"): a member floods ten times a relay's disk budget with
+junk envelopes while 20 honest reports from 3 authors are in flight; all 20 reach HQ.
+
+Real nodes of one network: three authors writing reports with ``Node.add_report``, a member
+whose store holds 10 MiB of junk (valid outer layer, random ciphertext: a relay cannot tell
+it from a report), and a relay serving sync on 127.0.0.1 with a 1 MB budget from its config
+file. Every sync is a real session over TCP; the relay's janitor runs a pass after each
+round and must leave the store within budget every time; the relay's bundle goes to HQ by
+the real ``fieldsync hq ingest``. Before fair eviction the relay dropped the oldest relayed
+envelopes first — the honest reports — and never got them back (security review H1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+from evict_support import (
+    export_bundle,
+    hq_ingest,
+    junk,
+    opened,
+    reports_at_hq,
+    serving,
+    sync,
+    write_reports,
+)
+
+from fieldsync import synthetic
+from fieldsync.config import load_config
+from fieldsync.janitor import Janitor
+from fieldsync.node import STORE
+from fieldsync.store import Store
+from fieldsync_protocol.membership import Manifest
+
+AUTHORS = {"amina": 7, "bruno": 7, "chen": 6}
+ROUNDS = 4
+
+
+def junk_for_one_round(manifest: Manifest) -> list[bytes]:
+    """About 2.7 MB: large envelopes and a swarm of small ones."""
+    return junk(manifest, 40, size_class=7) + junk(manifest, 200, size_class=0)
+
+
+async def test_junk_flood_ten_times_the_budget_loses_no_honest_report(tmp_path: Path) -> None:
+    root = tmp_path / "net"
+    network = await asyncio.to_thread(synthetic.create_network, root)
+    homes = {}
+    for name in ("relay", "flooder", *AUTHORS):
+        homes[name] = await asyncio.to_thread(network.add_node, name, author=name in AUTHORS)
+    config_file = tmp_path / "relay.toml"
+    config_file.write_text(f'[node]\nhome = "{homes["relay"]}"\n[storage]\ndisk_budget_mb = 1\n')
+    config = load_config(config_file)
+    budget = config.storage.disk_budget_mb * 1024 * 1024
+    junk_sent = 0
+    passes = []
+
+    async with serving(homes["relay"]) as (relay, target):
+        janitor = Janitor(relay.worker, relay.context.source, disk_budget_bytes=budget)
+        async with contextlib.AsyncExitStack() as stack:
+            authors = {
+                name: await stack.enter_async_context(opened(homes[name])) for name in AUTHORS
+            }
+            flooder = await stack.enter_async_context(opened(homes["flooder"]))
+            for round_no in range(ROUNDS):
+                # Each author writes its share of this round's reports and syncs ...
+                for name, total in AUTHORS.items():
+                    share = [f"{name} report {n}" for n in range(total) if n % ROUNDS == round_no]
+                    await asyncio.to_thread(write_reports, homes[name], share)
+                    await sync(authors[name], target)
+                # ... then the member pours in a quarter of its flood, ...
+                items = junk_for_one_round(network.manifest)
+                junk_sent += sum(map(len, items))
+                await asyncio.to_thread(
+                    synthetic.fill_store, homes["flooder"], network.manifest, items
+                )
+                await sync(flooder, target)
+                # ... the first author syncs again while the relay is over budget ...
+                await sync(authors["amina"], target)
+                # ... and the relay's janitor makes its pass.
+                report = await janitor.tick()
+                passes.append(report)
+                assert report.used_bytes <= budget, (round_no, report)
+
+    assert junk_sent >= 10 * budget
+    assert all(p.evicted > 0 for p in passes), passes  # the flood really pushed it over
+    store = Store(homes["relay"] / STORE)
+    try:
+        assert store.used_bytes() <= budget
+        assert store.status()["tombstones"] == 0
+    finally:
+        store.close()
+
+    bundle = tmp_path / "relay.fsb"
+    await asyncio.to_thread(export_bundle, homes["relay"], bundle)
+    await asyncio.to_thread(hq_ingest, network.hq, bundle)
+    assert reports_at_hq(network.hq) == AUTHORS  # every honest report, counted at HQ
