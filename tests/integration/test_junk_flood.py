@@ -29,6 +29,7 @@ from evict_support import (
 
 from fieldsync import synthetic
 from fieldsync.config import load_config
+from fieldsync.daemon import Runtime
 from fieldsync.janitor import Janitor
 from fieldsync.node import STORE
 from fieldsync.store import Store
@@ -36,6 +37,17 @@ from fieldsync_protocol.membership import Manifest
 
 AUTHORS = {"amina": 7, "bruno": 7, "chen": 6}
 ROUNDS = 4
+
+
+async def envelope_ids(runtime: Runtime, *, own: bool = False) -> set[bytes]:
+    """Envelopes a node holds (only those its author wrote, with ``own``)."""
+    where = "kind = 'e'" + (" AND own = 1" if own else "")
+
+    def ids(store: Store) -> set[bytes]:
+        rows = store.db.execute(f"SELECT id FROM items WHERE {where}").fetchall()  # noqa: S608
+        return {bytes(row[0]) for row in rows}
+
+    return await runtime.worker.call(ids)
 
 
 def junk_for_one_round(manifest: Manifest) -> list[bytes]:
@@ -54,6 +66,7 @@ async def test_junk_flood_ten_times_the_budget_loses_no_honest_report(tmp_path: 
     config = load_config(config_file)
     budget = config.storage.disk_budget_mb * 1024 * 1024
     junk_sent = 0
+    written = 0
     passes = []
 
     async with serving(homes["relay"]) as (relay, target):
@@ -68,6 +81,7 @@ async def test_junk_flood_ten_times_the_budget_loses_no_honest_report(tmp_path: 
                 for name, total in AUTHORS.items():
                     share = [f"{name} report {n}" for n in range(total) if n % ROUNDS == round_no]
                     await asyncio.to_thread(write_reports, homes[name], share)
+                    written += len(share)
                     await sync(authors[name], target)
                 # ... then the member pours in a quarter of its flood, ...
                 items = junk_for_one_round(network.manifest)
@@ -82,6 +96,12 @@ async def test_junk_flood_ten_times_the_budget_loses_no_honest_report(tmp_path: 
                 report = await janitor.tick()
                 passes.append(report)
                 assert report.used_bytes <= budget, (round_no, report)
+                # Fair share took it from the flooder: every honest report is still there.
+                honest = set()
+                for name in AUTHORS:
+                    honest |= await envelope_ids(authors[name], own=True)
+                assert len(honest) == written
+                assert honest <= await envelope_ids(relay), round_no
 
     assert junk_sent >= 10 * budget
     assert all(p.evicted > 0 for p in passes), passes  # the flood really pushed it over
