@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fieldsync import eviction, limits, synthetic
 from fieldsync.config import SyncConfig
@@ -62,9 +65,9 @@ def import_locally(store: Store, items: list[Checked], *, own: bool = False) -> 
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
+def store(tmp_path: Path) -> Iterator[Store]:
     opened = Store(tmp_path / "store.db")
-    yield opened  # type: ignore[misc]
+    yield opened
     opened.close()
 
 
@@ -243,3 +246,60 @@ def test_one_default_quota_sized_for_a_million_item_backlog(store: Store) -> Non
         for _ in range(200)
     ]
     assert not all(over)
+
+
+@st.composite
+def contributors(draw: st.DrawFn) -> dict[int, list[int]]:
+    """Contributor -> costs of its items, oldest first."""
+    count = draw(st.integers(1, 6))
+    return {
+        key: draw(st.lists(st.integers(1, 5_000), min_size=0, max_size=40))
+        for key in range(1, count + 1)
+    }
+
+
+@settings(max_examples=300, deadline=None)
+@given(contributors(), st.integers(0, 200_000), st.integers(0, 20_000))
+def test_fair_share_plan_properties(items: dict[int, list[int]], need: int, floor: int) -> None:
+    """Always the largest contributor's newest item, never below the floor, and it stops at
+    the first item that covers the need (minimal, whatever the sizes)."""
+    seqs = {}
+    next_seq = 1
+    for key, costs in items.items():
+        seqs[key] = list(range(next_seq, next_seq + len(costs)))
+        next_seq += len(costs)
+    cost_of = {seq: cost for key in items for seq, cost in zip(seqs[key], items[key], strict=True)}
+    owner = {seq: key for key in items for seq in seqs[key]}
+
+    def newest(key: int, below: int | None) -> list[tuple[int, int]]:
+        chosen = [s for s in reversed(seqs[key]) if below is None or s < below]
+        return [(s, cost_of[s]) for s in chosen[:3]]
+
+    totals = {key: sum(costs) for key, costs in items.items()}
+    plan = eviction.Plan()
+    eviction.fair_share(dict(totals), need, floor, newest, plan)
+
+    held = dict(totals)
+    taken: dict[int, list[int]] = {key: [] for key in items}
+    for seq in plan.seqs:
+        key = owner[seq]
+        # The largest contributor among those that could still give an item.
+        eligible = [
+            other
+            for other in items
+            if len(taken[other]) < len(items[other])
+            and held[other] - cost_of[seqs[other][-1 - len(taken[other])]] >= floor
+        ]
+        assert key in eligible
+        assert held[key] == max(held[other] for other in eligible)
+        assert seq == seqs[key][-1 - len(taken[key])]  # its newest remaining item
+        taken[key].append(seq)
+        held[key] -= cost_of[seq]
+        assert held[key] >= floor
+    assert plan.freed == sum(cost_of[s] for s in plan.seqs)
+    if plan.seqs:
+        assert plan.freed - cost_of[plan.seqs[-1]] < need  # one item fewer would not do
+    if plan.freed < need:  # not enough: every contributor is at its floor or empty
+        for key in items:
+            left = len(items[key]) - len(taken[key])
+            assert left == 0 or held[key] - items[key][left - 1] < floor
