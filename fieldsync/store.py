@@ -141,6 +141,11 @@ class Quota:
 
 #: Rounds of eviction in one ``enforce_budget`` call (each takes at least one item).
 MAX_EVICTION_ROUNDS = 64
+#: Items this node relays for others: evicted by fair share (not its own, not receipts, which
+#: go in their own turn, and not manifests, which never go). Kind values are our constants.
+_RELAYED_ITEMS = (
+    f"own = 0 AND kind NOT IN ('{ItemKind.MANIFEST.value}', '{ItemKind.RECEIPT.value}')"
+)
 
 
 @dataclass
@@ -151,6 +156,12 @@ class Eviction:
     bytes: int = 0
     #: Contributor (origin ref, or ``eviction.IMPORTED``) -> items evicted.
     by_contributor: dict[int, int] = field(default_factory=dict)
+
+    def add(self, plan: eviction.Plan) -> None:
+        self.items += len(plan.seqs)
+        self.bytes += plan.freed
+        for key, count in plan.by_contributor.items():
+            self.by_contributor[key] = self.by_contributor.get(key, 0) + count
 
 
 class QuotaExceeded(Exception):
@@ -541,18 +552,10 @@ class Store:
                 self._evict(plan)
             if not plan.seqs:
                 break
-            total.items += len(plan.seqs)
-            total.bytes += plan.freed
-            for key, count in plan.by_contributor.items():
-                total.by_contributor[key] = total.by_contributor.get(key, 0) + count
+            total.add(plan)
         if total.items:
             self.checkpoint()
         return total
-
-    _RELAYED = "own = 0 AND kind NOT IN (?, ?)"
-
-    def _relayed_args(self) -> tuple[str, str]:
-        return (ItemKind.MANIFEST.value, ItemKind.RECEIPT.value)
 
     def _plan_eviction(self, need: int, budget: int) -> eviction.Plan:
         cost = f"length(data) + {eviction.ITEM_OVERHEAD}"
@@ -560,8 +563,7 @@ class Store:
             int(key): int(held)
             for key, held in self._conn.execute(
                 f"SELECT coalesce(origin, {eviction.IMPORTED}), sum({cost}) FROM items"  # noqa: S608
-                f" WHERE {self._RELAYED} GROUP BY 1",
-                self._relayed_args(),
+                f" WHERE {_RELAYED_ITEMS} GROUP BY 1"
             )
         }
         plan = eviction.Plan()
@@ -576,8 +578,8 @@ class Store:
         origin = None if contributor == eviction.IMPORTED else contributor
         rows = self._conn.execute(
             f"SELECT seq, length(data) + {eviction.ITEM_OVERHEAD} FROM items"  # noqa: S608
-            f" WHERE origin IS ? AND seq < ? AND {self._RELAYED} ORDER BY seq DESC LIMIT 256",
-            (origin, below if below is not None else 2**63 - 1, *self._relayed_args()),
+            f" WHERE origin IS ? AND seq < ? AND {_RELAYED_ITEMS} ORDER BY seq DESC LIMIT 256",
+            (origin, below if below is not None else 2**63 - 1),
         ).fetchall()
         return [(int(seq), int(size)) for seq, size in rows]
 
