@@ -308,6 +308,8 @@ class FieldDaemon:
             outcome = await runtime.sync_with(target)
         except (TransportError, FieldsyncError) as exc:
             return SyncResult(ok=False, error=str(exc))
+        if outcome.items_new and self.janitor is not None:
+            self.janitor.nudge()
         if outcome.complete and self.scheduler is not None:
             state = self.scheduler.targets.get(target)
             if state is not None and state.origin == "upstream":
@@ -320,6 +322,8 @@ class FieldDaemon:
         )
 
     def _on_incoming(self, outcome: SyncOutcome) -> None:
+        if outcome.items_new and self.janitor is not None:
+            self.janitor.nudge()  # over budget? evict now (SPEC.md §14.2)
         if outcome.items_new and self.scheduler is not None:
             self.scheduler.poke()
 
