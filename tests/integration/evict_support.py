@@ -114,3 +114,12 @@ def reports_at_hq(hq: Path) -> dict[str, int]:
 def report_ids_at_hq(hq: Path) -> set[str]:
     with contextlib.closing(sqlite3.connect(hq / "hq.db")) as db:
         return {str(row[0]) for row in db.execute("SELECT id FROM reports")}
+
+
+def envelope_ids_in(home: Path, *, own: bool = False) -> set[bytes]:
+    """Envelopes a node's store holds (only its author's, with ``own``), read beside a
+    daemon that may be running."""
+    where = "kind = 'e'" + (" AND own = 1" if own else "")
+    with contextlib.closing(sqlite3.connect(home / "store.db")) as db:
+        rows = db.execute(f"SELECT id FROM items WHERE {where}").fetchall()  # noqa: S608
+    return {bytes(row[0]) for row in rows}

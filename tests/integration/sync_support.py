@@ -27,6 +27,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -248,10 +249,17 @@ def _start(
 
 
 def start_server(
-    home: Path, *, ws: bool = False, log: Path | None = None, startup_timeout: float = 30.0
+    home: Path,
+    *,
+    ws: bool = False,
+    log: Path | None = None,
+    startup_timeout: float = 30.0,
+    extra_args: Sequence[str] = (),
 ) -> ServerProcess:
-    """``fieldsync --home HOME run`` on 127.0.0.1, port 0 (and a WebSocket listener)."""
-    args = [*fieldsync_command(), "--home", str(home), "run", "--listen", "127.0.0.1:0", "--json"]
+    """``fieldsync --home HOME run`` on 127.0.0.1, port 0 (and a WebSocket listener);
+    ``extra_args`` go after ``run`` (e.g. ``--config FILE``)."""
+    args = [*fieldsync_command(), "--home", str(home), "run", *extra_args]
+    args += ["--listen", "127.0.0.1:0", "--json"]
     if ws:
         args += ["--ws-listen", "127.0.0.1:0"]
     log = log or home.parent / f"{home.name}-run.log"

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
+import time
 from pathlib import Path
 
 from evict_support import (
+    envelope_ids_in,
     export_bundle,
     hq_ingest,
     junk,
@@ -26,6 +29,7 @@ from evict_support import (
     sync,
     write_reports,
 )
+from sync_support import run_sync, start_server
 
 from fieldsync import synthetic
 from fieldsync.config import load_config
@@ -116,3 +120,63 @@ async def test_junk_flood_ten_times_the_budget_loses_no_honest_report(tmp_path: 
     await asyncio.to_thread(export_bundle, homes["relay"], bundle)
     await asyncio.to_thread(hq_ingest, network.hq, bundle)
     assert reports_at_hq(network.hq) == AUTHORS  # every honest report, counted at HQ
+
+
+def used_bytes(home: Path) -> int:
+    """Pages in use × page size of a node's store, read beside its running daemon."""
+    with contextlib.closing(sqlite3.connect(home / STORE)) as db:
+        pages, free, size = (
+            db.execute(f"PRAGMA {name}").fetchone()[0]
+            for name in ("page_count", "freelist_count", "page_size")
+        )
+    return int((pages - free) * size)
+
+
+def wait_until_within(home: Path, budget: int) -> int:
+    """The daemon's janitor evicts after the session that brought the flood: wait for it."""
+    deadline = time.monotonic() + 60
+    while (used := used_bytes(home)) > budget:
+        assert time.monotonic() < deadline, f"relay store still {used} bytes (budget {budget})"
+        time.sleep(0.05)
+    return used
+
+
+def test_junk_flood_into_a_running_relay_daemon(tmp_path: Path) -> None:
+    """The same flood into ``fieldsync run`` (its janitor, as deployed), with every sync a
+    ``fieldsync sync`` process; the relay's bundle goes to ``fieldsync hq ingest``."""
+    network = synthetic.create_network(tmp_path / "net")
+    homes = {
+        name: network.add_node(name, author=name in AUTHORS)
+        for name in ("relay", "flooder", *AUTHORS)
+    }
+    config_file = tmp_path / "relay.toml"
+    config_file.write_text("[storage]\ndisk_budget_mb = 1\n")
+    budget = load_config(config_file).storage.disk_budget_mb * 1024 * 1024
+    relay = start_server(homes["relay"], extra_args=["--config", str(config_file)])
+    junk_sent = 0
+    written = 0
+    try:
+        for round_no in range(ROUNDS):
+            for name, total in AUTHORS.items():
+                share = [f"{name} report {n}" for n in range(total) if n % ROUNDS == round_no]
+                write_reports(homes[name], share)
+                written += len(share)
+                assert run_sync(homes[name], relay.tcp_target).complete
+            items = junk_for_one_round(network.manifest)
+            junk_sent += sum(map(len, items))
+            synthetic.fill_store(homes["flooder"], network.manifest, items)
+            flood = run_sync(homes["flooder"], relay.tcp_target)
+            assert flood.complete, flood.stderr
+            assert flood.summary["items_sent"] >= len(items)
+            wait_until_within(homes["relay"], budget)
+            honest = set().union(*(envelope_ids_in(homes[name], own=True) for name in AUTHORS))
+            assert len(honest) == written
+            assert honest <= envelope_ids_in(homes["relay"]), round_no
+        bundle = tmp_path / "relay.fsb"
+        export_bundle(homes["relay"], bundle)
+    finally:
+        assert relay.stop() == 0, relay.log_text()
+    assert junk_sent >= 10 * budget
+    assert "evicted for the disk budget" in relay.log_text()
+    hq_ingest(network.hq, bundle)
+    assert reports_at_hq(network.hq) == AUTHORS
