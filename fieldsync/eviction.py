@@ -22,6 +22,11 @@ from dataclasses import dataclass, field
 #: indexes, the origin index): what evicting it frees besides its data.
 ITEM_OVERHEAD = 160
 
+#: Contributors within this many bytes of the largest count as largest once eviction is
+#: taking from them: it stays with one, whose newest items sit side by side in the database,
+#: so the pages they free are whole pages (taking turns item by item would free none).
+LEVEL_STEP = 64 * 1024
+
 #: Contributor key of items imported from bundles or by the CLI (no peer gave them).
 IMPORTED = 0
 
@@ -36,12 +41,15 @@ class Plan:
     seqs: list[int] = field(default_factory=list)
     freed: int = 0
     by_contributor: dict[int, int] = field(default_factory=dict)
+    #: The oldest item taken from each contributor: a later pass continues below it.
+    lowest: dict[int, int] = field(default_factory=dict)
 
     def take(self, seq: int, cost: int, contributor: int | None = None) -> None:
         self.seqs.append(seq)
         self.freed += cost
         if contributor is not None:
             self.by_contributor[contributor] = self.by_contributor.get(contributor, 0) + 1
+            self.lowest[contributor] = seq
 
 
 def protected_share(budget: int, contributors: int) -> int:
@@ -58,11 +66,11 @@ def protected_share(budget: int, contributors: int) -> int:
 class _Feed:
     """One contributor's evictable items, newest first, read a page at a time."""
 
-    def __init__(self, key: int, newest: NewestItems) -> None:
+    def __init__(self, key: int, newest: NewestItems, below: int | None) -> None:
         self._key = key
         self._newest = newest
         self._queue: deque[tuple[int, int]] = deque()
-        self._below: int | None = None
+        self._below = below
         self._exhausted = False
 
     def peek(self) -> tuple[int, int] | None:
@@ -78,25 +86,49 @@ class _Feed:
         self._queue.popleft()
 
 
+@dataclass
+class Contributors:
+    """Bytes each contributor holds, kept up to date as a plan takes items, and the one
+    taken from last (kept across passes and rounds: eviction stays with it while it is
+    still among the largest)."""
+
+    held: dict[int, int]
+    last: int | None = None
+
+
 def fair_share(
-    totals: dict[int, int], need: int, floor: int, newest: NewestItems, plan: Plan
+    contributors: Contributors, need: int, floor: int, newest: NewestItems, plan: Plan
 ) -> None:
     """Add to ``plan`` until it frees ``need`` bytes: always the newest item of the largest
-    contributor, never taking a contributor below ``floor``. Updates ``totals`` in place.
+    contributor, never taking a contributor below ``floor``. A contributor within
+    ``LEVEL_STEP`` of the largest counts as largest if eviction is already taking from it.
 
-    Stops as soon as enough is freed, so a store one byte over its budget loses one item.
+    Stops as soon as enough is freed, so a store one byte over its budget loses as few items
+    as free its bytes.
     """
-    heap = [(-held, key) for key, held in totals.items() if held > floor]
+    held = contributors.held
+    active = {key for key, size in held.items() if size > floor}
+    heap = [(-held[key], key) for key in active]
     heapq.heapify(heap)
-    feeds = {key: _Feed(key, newest) for _, key in heap}
-    while plan.freed < need and heap:
-        negative, key = heapq.heappop(heap)
-        held = -negative
+    # Items are deleted only once the plan is complete: continue below what an earlier pass
+    # of this plan already took, or the same items would be counted twice.
+    feeds = {key: _Feed(key, newest, plan.lowest.get(key)) for key in active}
+    while plan.freed < need and active:
+        negative, top = heap[0]
+        if top not in active or -negative != held[top]:
+            heapq.heappop(heap)  # stale entry: dropped, or its size has changed since
+            continue
+        key = top
+        last = contributors.last
+        if last is not None and last in active and held[last] >= held[top] - LEVEL_STEP:
+            key = last
         head = feeds[key].peek()
-        if head is None or held - head[1] < floor:
-            continue  # nothing left to take, or at its protected share: it keeps the rest
+        if head is None or held[key] - head[1] < floor:
+            active.discard(key)  # nothing left to take, or at its protected share
+            continue
         seq, cost = head
         feeds[key].pop()
         plan.take(seq, cost, key)
-        totals[key] = held - cost
-        heapq.heappush(heap, (-(held - cost), key))
+        held[key] -= cost
+        contributors.last = key
+        heapq.heappush(heap, (-held[key], key))

@@ -543,12 +543,15 @@ class Store:
         so a round that still leaves the pages over budget is followed by another.
         """
         total = Eviction()
+        contributors = None  # read once (a scan), then kept up to date by the plans
         for _ in range(MAX_EVICTION_ROUNDS):
             excess = self.used_bytes() - budget_bytes
             if excess <= 0:
                 break
             with self.transaction():
-                plan = self._plan_eviction(excess, budget_bytes)
+                if contributors is None:
+                    contributors = eviction.Contributors(self._contributor_totals())
+                plan = self._plan_eviction(excess, budget_bytes, contributors)
                 self._evict(plan)
             if not plan.seqs:
                 break
@@ -557,20 +560,26 @@ class Store:
             self.checkpoint()
         return total
 
-    def _plan_eviction(self, need: int, budget: int) -> eviction.Plan:
+    def _contributor_totals(self) -> dict[int, int]:
+        """Bytes (as eviction counts them) of relayed items per contributor."""
         cost = f"length(data) + {eviction.ITEM_OVERHEAD}"
-        totals = {
+        return {
             int(key): int(held)
             for key, held in self._conn.execute(
                 f"SELECT coalesce(origin, {eviction.IMPORTED}), sum({cost}) FROM items"  # noqa: S608
                 f" WHERE {_RELAYED_ITEMS} GROUP BY 1"
             )
         }
+
+    def _plan_eviction(
+        self, need: int, budget: int, contributors: eviction.Contributors
+    ) -> eviction.Plan:
+        """Choose items freeing ``need`` bytes; ``contributors`` follows what is chosen."""
         plan = eviction.Plan()
-        floor = eviction.protected_share(budget, len(totals))
-        eviction.fair_share(totals, need, floor, self._newest_relayed, plan)
+        floor = eviction.protected_share(budget, len(contributors.held))
+        eviction.fair_share(contributors, need, floor, self._newest_relayed, plan)
         self._take_in_order(plan, need, "kind = ?", (ItemKind.RECEIPT.value,))
-        eviction.fair_share(totals, need, 0, self._newest_relayed, plan)
+        eviction.fair_share(contributors, need, 0, self._newest_relayed, plan)
         self._take_in_order(plan, need, "kind = ? AND own = 1", (ItemKind.ENVELOPE.value,))
         return plan
 
