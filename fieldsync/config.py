@@ -40,6 +40,7 @@ from types import MappingProxyType
 from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit
 
+from fieldsync import limits
 from fieldsync.errors import FieldsyncError
 from fieldsync.faults import parse_fault
 
@@ -473,9 +474,13 @@ class SyncConfig:
     #: Retry delay after a failure grows from ``backoff_initial`` up to ``backoff_max``.
     backoff_initial: float = field(default=2.0, metadata=_meta(_seconds()))
     backoff_max: float = field(default=300.0, metadata=_meta(_seconds()))
-    #: Per-peer quotas (keyed by the peer's certificate), per day.
-    quota_items_per_day: int = field(default=100_000, metadata=_meta(_integer(1)))
-    quota_bytes_per_day: int = field(default=1024 * 1024 * 1024, metadata=_meta(_integer(1)))
+    #: Per-peer quotas (keyed by the peer's certificate), per day; defaults in ``limits``.
+    quota_items_per_day: int = field(
+        default=limits.QUOTA_ITEMS_PER_DAY, metadata=_meta(_integer(1))
+    )
+    quota_bytes_per_day: int = field(
+        default=limits.QUOTA_BYTES_PER_DAY, metadata=_meta(_integer(1))
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -500,6 +500,8 @@ class FieldDaemon:
                 raise
             log.error("sync with %s ended: %s", target, problem)  # noqa: TRY400 - said clearly, no traceback
             return SyncResult(ok=False, error=str(problem))
+        if outcome.items_new and self.janitor is not None:
+            self.janitor.nudge()  # over budget? evict now (SPEC.md §14.2)
         if outcome.complete and self.scheduler is not None:
             state = self.scheduler.targets.get(target)
             if state is not None and state.origin == "upstream":
@@ -512,6 +514,8 @@ class FieldDaemon:
         )
 
     def _on_incoming(self, outcome: SyncOutcome) -> None:
+        if outcome.items_new and self.janitor is not None:
+            self.janitor.nudge()  # over budget? evict now (SPEC.md §14.2)
         if outcome.items_new and self.scheduler is not None:
             self.scheduler.poke()
 

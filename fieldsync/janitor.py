@@ -8,12 +8,14 @@ handles what time and space decide.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
 
+from fieldsync.eviction import IMPORTED
 from fieldsync.peer import SyncSource
-from fieldsync.store import Store
+from fieldsync.store import Eviction, Store
 from fieldsync.store_worker import StoreWorker
 
 log = logging.getLogger(__name__)
@@ -24,6 +26,9 @@ class JanitorReport:
     clock: int = 0
     expired: int = 0
     evicted: int = 0
+    evicted_bytes: int = 0
+    #: Peers whose items were evicted: their next session reconciles in full.
+    peers_reset: int = 0
     used_bytes: int = 0
 
 
@@ -44,7 +49,33 @@ class Janitor:
         self._checkpoint_every = checkpoint_every
         self._last_tick = time.monotonic()
         self._last_checkpoint = time.monotonic()
+        self._nudged = asyncio.Event()
         self.last = JanitorReport()
+
+    def nudge(self) -> None:
+        """New items came in: check the disk budget now rather than at the next pass, so a
+        flood is evicted after the session that brought it, not up to a minute later."""
+        self._nudged.set()
+
+    async def fit_budget(self) -> int:
+        """Evict for the disk budget only (cheap when within it: two pragmas); return how
+        many items went."""
+        budget = self._budget
+        source = self._source
+
+        def work(store: Store) -> int:
+            evicted = store.enforce_budget(budget)
+            if evicted.items:
+                source.invalidate()
+                log.info(
+                    "janitor: %d evicted for the disk budget (%d bytes, from %d peers)",
+                    evicted.items,
+                    evicted.bytes,
+                    _peers(evicted),
+                )
+            return evicted.items
+
+        return await self._worker.call(work)
 
     async def tick(self) -> JanitorReport:
         """One pass: advance the running clock by monotonic time, expire, evict, checkpoint."""
@@ -60,7 +91,10 @@ class Janitor:
         def work(store: Store) -> JanitorReport:
             report = JanitorReport(clock=store.advance_clock(elapsed))
             report.expired = store.expire()
-            report.evicted = store.enforce_budget(budget)
+            evicted = store.enforce_budget(budget)
+            report.evicted = evicted.items
+            report.evicted_bytes = evicted.bytes
+            report.peers_reset = _peers(evicted)
             if report.expired or report.evicted:
                 source.invalidate()
             elif checkpoint:
@@ -71,13 +105,30 @@ class Janitor:
         self.last = await self._worker.call(work)
         if self.last.expired or self.last.evicted:
             log.info(
-                "janitor: %d expired, %d evicted for the disk budget",
+                "janitor: %d expired, %d evicted for the disk budget (%d bytes, from %d peers,"
+                " who will reconcile in full next time)",
                 self.last.expired,
                 self.last.evicted,
+                self.last.evicted_bytes,
+                self.last.peers_reset,
             )
         return self.last
 
     async def run(self) -> None:
+        next_tick = time.monotonic() + self._interval
         while True:
-            await asyncio.sleep(self._interval)
-            await self.tick()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._nudged.wait(), timeout=max(0.0, next_tick - time.monotonic())
+                )
+            if self._nudged.is_set():
+                self._nudged.clear()
+                await self.fit_budget()
+            if time.monotonic() >= next_tick:
+                next_tick = time.monotonic() + self._interval
+                await self.tick()
+
+
+def _peers(evicted: Eviction) -> int:
+    """How many peers lost items (their next session reconciles in full)."""
+    return sum(1 for key in evicted.by_contributor if key != IMPORTED)

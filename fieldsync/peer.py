@@ -20,8 +20,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from fieldsync import limits
 from fieldsync.admission import Admission, ByteBudget, Slot
 from fieldsync.lograte import QuietLog
+from fieldsync.reoffer import ReofferPolicy
 from fieldsync.store import Quota, QuotaExceeded, Store, now_seconds
 from fieldsync.store_worker import StoreWorker
 from fieldsync.transport import Transport, TransportError
@@ -61,8 +63,8 @@ class PeerLimits:
     #: An incoming connection must deliver a valid msg1 (48 bytes) this soon.
     first_message_timeout: float = 3.0
     idle_timeout: float = 60.0
-    quota_items_per_day: int = 200_000
-    quota_bytes_per_day: int = 1024 * 1024 * 1024
+    quota_items_per_day: int = limits.QUOTA_ITEMS_PER_DAY
+    quota_bytes_per_day: int = limits.QUOTA_BYTES_PER_DAY
     #: Session bytes buffered from one peer ahead of processing: a window of DATA batches
     #: (16 x 256 KiB) plus a 1 MiB message and slack. More means the peer ignores the window.
     max_queued_bytes: int = 8 * 1024 * 1024
@@ -200,22 +202,24 @@ class PeerContext:
     session_config: SessionConfig = field(default_factory=SessionConfig)
     #: Called (on the store thread) with each verified manifest update a peer delivered.
     on_manifest: Callable[[Checked], None] | None = None
+    #: When an author with undelivered reports ignores the delta cursor (SPEC.md §14.9).
+    reoffer: ReofferPolicy = field(default_factory=ReofferPolicy)
     #: Built from ``limits``: shared by every listener of this context (SPEC §14.8).
     admission: Admission = field(init=False)
     budget: ByteBudget = field(init=False)
     quiet_log: QuietLog = field(init=False)
 
     def __post_init__(self) -> None:
-        limits = self.limits
+        chosen = self.limits
         self.admission = Admission(
-            pending=limits.max_pending_handshakes,
-            per_address=limits.max_pending_per_address,
-            lingering=limits.max_lingering,
-            sessions=limits.max_sessions,
+            pending=chosen.max_pending_handshakes,
+            per_address=chosen.max_pending_per_address,
+            lingering=chosen.max_lingering,
+            sessions=chosen.max_sessions,
             grace=ADMISSION_GRACE,
             call_later=_call_later,
         )
-        self.budget = ByteBudget(limits.max_total_queued_bytes)
+        self.budget = ByteBudget(chosen.max_total_queued_bytes)
         self.quiet_log = QuietLog(log)
 
 
@@ -438,9 +442,13 @@ class _Connection:
         initiator = self.initiator
         source = self.ctx.source
 
+        reoffer = self.ctx.reoffer
+
         def open_session(store: Store) -> SyncSession:
             source.refresh()
-            known = store.peer_cursor(node_key)
+            # No cursor: this session reconciles in full (re-offers what the peer lost).
+            full = reoffer.full_reconcile(node_key, undelivered=store.has_undelivered_own())
+            known = None if full else store.peer_cursor(node_key)
             return SyncSession(
                 source.for_peer(node_key),
                 initiator=initiator,

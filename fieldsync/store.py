@@ -25,6 +25,7 @@ from pathlib import Path
 
 import sqlite_utils
 
+from fieldsync import eviction
 from fieldsync.errors import FieldsyncError
 from fieldsync.sqlite_tx import immediate_transaction
 from fieldsync_protocol.envelope import TTL_CLASSES
@@ -113,6 +114,10 @@ _MIGRATIONS: tuple[str, ...] = (
     DROP TABLE outbox;
     ALTER TABLE outbox_v4 RENAME TO outbox;
     """,
+    # 5: fair eviction reads each contributor's items newest first (SPEC.md §14.2).
+    """
+    CREATE INDEX items_origin ON items(origin);
+    """,
 )
 
 #: What an HQ receipt makes of the author's own report, and which states it may replace:
@@ -162,6 +167,31 @@ class Quota:
     window: int
     max_items: int
     max_bytes: int
+
+
+#: Rounds of eviction in one ``enforce_budget`` call (each takes at least one item).
+MAX_EVICTION_ROUNDS = 64
+#: Items this node relays for others: evicted by fair share (not its own, not receipts, which
+#: go in their own turn, and not manifests, which never go). Kind values are our constants.
+_RELAYED_ITEMS = (
+    f"own = 0 AND kind NOT IN ('{ItemKind.MANIFEST.value}', '{ItemKind.RECEIPT.value}')"
+)
+
+
+@dataclass
+class Eviction:
+    """What ``enforce_budget`` dropped: items, their bytes, items per contributor."""
+
+    items: int = 0
+    bytes: int = 0
+    #: Contributor (origin ref, or ``eviction.IMPORTED``) -> items evicted.
+    by_contributor: dict[int, int] = field(default_factory=dict)
+
+    def add(self, plan: eviction.Plan) -> None:
+        self.items += len(plan.seqs)
+        self.bytes += plan.freed
+        for key, count in plan.by_contributor.items():
+            self.by_contributor[key] = self.by_contributor.get(key, 0) + count
 
 
 class QuotaExceeded(Exception):
@@ -329,10 +359,9 @@ class Store:
         with self.transaction():
             if quota is not None:
                 size = sum(len(c.item.data) for c in checked)
-                if not self._charge(quota, len(checked), size):
-                    raise QuotaExceeded(
-                        f"peer is over its quota for today ({quota.max_items} items)"
-                    )
+                exhausted = self._charge(quota, len(checked), size)
+                if exhausted is not None:
+                    raise QuotaExceeded(f"peer is over its quota for today ({exhausted})")
             ref = None if origin is None else self._origin_ref(origin, create=True)
             self._add_many(checked, counts, now, ref)
         if counts.purged:
@@ -463,9 +492,11 @@ class Store:
     ) -> bool:
         """Count a peer's delivery against its quota for ``window``; False once exceeded."""
         with self.transaction():
-            return self._charge(Quota(node_key, window, max_items, max_bytes), items, size)
+            quota = Quota(node_key, window, max_items, max_bytes)
+            return self._charge(quota, items, size) is None
 
-    def _charge(self, quota: Quota, items: int, size: int) -> bool:
+    def _charge(self, quota: Quota, items: int, size: int) -> str | None:
+        """Charge the delivery; None while within the quota, else which limit ran out."""
         self._conn.execute(
             "INSERT INTO peers (node_key) VALUES (?) ON CONFLICT(node_key) DO NOTHING",
             (quota.node_key,),
@@ -480,7 +511,11 @@ class Store:
         used_items, used_bytes = self._conn.execute(
             "SELECT quota_items, quota_bytes FROM peers WHERE node_key = ?", (quota.node_key,)
         ).fetchone()
-        return bool(used_items <= quota.max_items and used_bytes <= quota.max_bytes)
+        if used_bytes > quota.max_bytes:
+            return f"{quota.max_bytes:,} bytes a day; this delivery would make {used_bytes:,}"
+        if used_items > quota.max_items:
+            return f"{quota.max_items:,} items a day; this delivery would make {used_items:,}"
+        return None
 
     def peers(self) -> list[dict[str, object]]:
         cursor = self._conn.execute(
@@ -532,29 +567,99 @@ class Store:
         free = self._conn.execute("PRAGMA freelist_count").fetchone()[0]
         return int((pages - free) * page_size)
 
-    def enforce_budget(self, budget_bytes: int, step: int = 200) -> int:
-        """Evict until the data fits ``budget_bytes``: first relayed envelopes closest to
-        expiry, then receipts, and the author's own unreceipted reports only last."""
-        evicted = 0
-        order = (
-            ("kind = ? AND own = 0", (ItemKind.ENVELOPE.value,)),
-            ("kind = ?", (ItemKind.RECEIPT.value,)),
-            ("kind = ? AND own = 1", (ItemKind.ENVELOPE.value,)),
-        )
-        for condition, args in order:
-            while self.used_bytes() > budget_bytes:
-                with self.transaction():
-                    gone = self._conn.execute(
-                        f"DELETE FROM items WHERE seq IN (SELECT seq FROM items WHERE {condition}"  # noqa: S608
-                        " ORDER BY expires_at, seq LIMIT ?)",
-                        (*args, step),
-                    ).rowcount
-                if not gone:
-                    break
-                evicted += gone
-        if evicted:
+    def enforce_budget(self, budget_bytes: int) -> Eviction:
+        """Evict until the pages in use fit ``budget_bytes`` (SPEC.md §14.2), taking exactly
+        what is needed: relayed items by fair share (largest contributor first, newest first,
+        down to a protected share), then receipts, then relayed items below the protected
+        share, and the author's own unreceipted reports only last. Manifests never go.
+
+        Evicted items leave no tombstone, so they can be received again, and the cursor on
+        each peer that gave us an evicted item is dropped: the next session with that peer
+        reconciles in full instead of skipping what we no longer hold.
+
+        Freed rows may not free whole pages at once (items sharing a page with survivors),
+        so a round that still leaves the pages over budget is followed by another.
+        """
+        total = Eviction()
+        contributors = None  # read once (a scan), then kept up to date by the plans
+        for _ in range(MAX_EVICTION_ROUNDS):
+            excess = self.used_bytes() - budget_bytes
+            if excess <= 0:
+                break
+            with self.transaction():
+                if contributors is None:
+                    contributors = eviction.Contributors(self._contributor_totals())
+                plan = self._plan_eviction(excess, budget_bytes, contributors)
+                self._evict(plan)
+            if not plan.seqs:
+                break
+            total.add(plan)
+        if total.items:
             self.checkpoint()
-        return evicted
+        return total
+
+    def _contributor_totals(self) -> dict[int, int]:
+        """Bytes (as eviction counts them) of relayed items per contributor."""
+        cost = f"length(data) + {eviction.ITEM_OVERHEAD}"
+        return {
+            int(key): int(held)
+            for key, held in self._conn.execute(
+                f"SELECT coalesce(origin, {eviction.IMPORTED}), sum({cost}) FROM items"  # noqa: S608
+                f" WHERE {_RELAYED_ITEMS} GROUP BY 1"
+            )
+        }
+
+    def _plan_eviction(
+        self, need: int, budget: int, contributors: eviction.Contributors
+    ) -> eviction.Plan:
+        """Choose items freeing ``need`` bytes; ``contributors`` follows what is chosen."""
+        plan = eviction.Plan()
+        floor = eviction.protected_share(budget, len(contributors.held))
+        eviction.fair_share(contributors, need, floor, self._newest_relayed, plan)
+        self._take_in_order(plan, need, "kind = ?", (ItemKind.RECEIPT.value,))
+        eviction.fair_share(contributors, need, 0, self._newest_relayed, plan)
+        self._take_in_order(plan, need, "kind = ? AND own = 1", (ItemKind.ENVELOPE.value,))
+        return plan
+
+    def _newest_relayed(self, contributor: int, below: int | None) -> list[tuple[int, int]]:
+        origin = None if contributor == eviction.IMPORTED else contributor
+        rows = self._conn.execute(
+            f"SELECT seq, length(data) + {eviction.ITEM_OVERHEAD} FROM items"  # noqa: S608
+            f" WHERE origin IS ? AND seq < ? AND {_RELAYED_ITEMS} ORDER BY seq DESC LIMIT 256",
+            (origin, below if below is not None else 2**63 - 1),
+        ).fetchall()
+        return [(int(seq), int(size)) for seq, size in rows]
+
+    def _take_in_order(
+        self, plan: eviction.Plan, need: int, condition: str, args: tuple[str, ...]
+    ) -> None:
+        """Add items matching ``condition`` to ``plan``, soonest to expire first."""
+        if plan.freed >= need:
+            return
+        cursor = self._conn.execute(
+            f"SELECT seq, length(data) + {eviction.ITEM_OVERHEAD} FROM items"  # noqa: S608
+            f" WHERE {condition} ORDER BY expires_at, seq",
+            args,
+        )
+        while plan.freed < need and (row := cursor.fetchone()) is not None:
+            plan.take(int(row[0]), int(row[1]))
+        cursor.close()
+
+    def _evict(self, plan: eviction.Plan) -> None:
+        """Delete the planned items (no tombstone) and forget the cursors on the peers that
+        gave them, so those peers' next sessions reconcile and can bring them back."""
+        for start in range(0, len(plan.seqs), 500):
+            chunk = plan.seqs[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            self._conn.execute(f"DELETE FROM items WHERE seq IN ({marks})", chunk)  # noqa: S608
+        peers = [key for key in plan.by_contributor if key != eviction.IMPORTED]
+        if peers:
+            marks = ",".join("?" * len(peers))
+            self._conn.execute(
+                "UPDATE peers SET cursor_epoch = NULL, cursor = 0 WHERE node_key IN"  # noqa: S608
+                f" (SELECT node_key FROM origins WHERE ref IN ({marks}))",
+                peers,
+            )
 
     def checkpoint(self, attempts: int = 20) -> bool:
         """Fold the WAL into the database and truncate it, so deleted rows leave no copy.
@@ -601,6 +706,11 @@ class Store:
                 " previous = excluded.previous",
                 (author, sequence, header_hash),
             )
+
+    def has_undelivered_own(self) -> bool:
+        """Whether the author still waits for a receipt for any of its reports."""
+        row = self._conn.execute("SELECT 1 FROM outbox WHERE status = 'sealed' LIMIT 1")
+        return row.fetchone() is not None
 
     def outbox(self) -> list[OutboxEntry]:
         rows = self._conn.execute(

@@ -228,7 +228,7 @@ async def test_byte_budget_makes_readers_wait_until_bytes_are_released() -> None
 
 
 def test_configured_limits_reach_the_peer_driver_and_defaults_agree(tmp_path: Path) -> None:
-    assert peer_limits(Config()) == PeerLimits(quota_items_per_day=100_000)
+    assert peer_limits(Config()) == PeerLimits()  # one default for config and driver
     path = tmp_path / "fieldsync.toml"
     path.write_text(
         "[limits]\npending_handshakes = 128\npending_per_address = 128\n"

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from fieldsync import limits
 from fieldsync.config import (
     CONFIG_ENV,
     DEFAULT_PORT,
@@ -66,8 +67,8 @@ def test_defaults_without_file_env_or_overrides() -> None:
     assert config.sync.interval_seconds == 300.0
     assert config.sync.max_concurrent == 4
     assert (config.sync.backoff_initial, config.sync.backoff_max) == (2.0, 300.0)
-    assert config.sync.quota_items_per_day == 100_000
-    assert config.sync.quota_bytes_per_day == 1024**3
+    assert config.sync.quota_items_per_day == limits.QUOTA_ITEMS_PER_DAY
+    assert config.sync.quota_bytes_per_day == limits.QUOTA_BYTES_PER_DAY
     assert config.storage.disk_budget_mb == 1024
     assert config.storage.checkpoint_minutes == 5
     assert config.hub.enabled is False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from pathlib import Path
 
@@ -85,7 +86,7 @@ def test_disk_budget_evicts_relayed_first_and_own_reports_last(
     full = store.used_bytes()
     budget = full // 2
     evicted = store.enforce_budget(budget)
-    assert evicted > 0
+    assert evicted.items > 0
     assert store.used_bytes() <= budget
     own_ids = {check_item(d, manifest).item.id for d in own}
     held = set(store.sorted_ids())
@@ -119,3 +120,38 @@ async def test_janitor_tick_advances_clock_expires_and_truncates_the_wal(
     size = await asyncio.to_thread(lambda: wal.stat().st_size if wal.exists() else 0)
     assert size == 0  # truncated: no copy of the deleted rows left in the WAL
     await worker.close()
+
+
+async def test_a_nudge_fits_the_budget_at_once_without_waiting_for_the_pass(
+    network: synthetic.SyntheticNetwork, tmp_path: Path
+) -> None:
+    path = tmp_path / "store.db"
+
+    def prepare() -> int:  # off the event loop: SQLite blocks
+        store = Store(path)
+        add(store, network.manifest, relayed(network.manifest, 40, ttl_class=3, size=8192))
+        budget = store.used_bytes() - 10 * 8192
+        store.close()
+        return budget
+
+    budget = await asyncio.to_thread(prepare)
+    worker = StoreWorker(path)
+    await worker.open()
+    source = await worker.call(SyncSource)
+    # A pass only once a day: whatever happens below is the nudge's doing.
+    janitor = Janitor(worker, source, disk_budget_bytes=budget, interval=86_400.0)
+    task = asyncio.create_task(janitor.run())
+    try:
+        janitor.nudge()
+        for _ in range(500):
+            if await worker.call(lambda s: s.used_bytes()) <= budget:
+                break
+            await asyncio.sleep(0.02)
+        assert await worker.call(lambda s: s.used_bytes()) <= budget
+        assert 10 <= await worker.call(lambda s: 40 - s.item_count()) <= 11
+        assert janitor.last.clock == 0  # no full pass ran (no clock advance, no expiry)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await worker.close()

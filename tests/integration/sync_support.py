@@ -27,6 +27,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -254,10 +255,13 @@ def start_server(
     hub: bool = False,
     log: Path | None = None,
     startup_timeout: float = 30.0,
+    extra_args: Sequence[str] = (),
 ) -> ServerProcess:
     """``fieldsync --home HOME run`` on 127.0.0.1, port 0 (and a WebSocket listener); with
-    ``hub``, ``run --hub``: the one listener serves WebSocket (``ws_url``) as the HQ hub."""
-    args = [*fieldsync_command(), "--home", str(home), "run", "--listen", "127.0.0.1:0", "--json"]
+    ``hub``, ``run --hub``: the one listener serves WebSocket (``ws_url``) as the HQ hub;
+    ``extra_args`` go after ``run`` (e.g. ``--config FILE``)."""
+    args = [*fieldsync_command(), "--home", str(home), "run", *extra_args]
+    args += ["--listen", "127.0.0.1:0", "--json"]
     if ws:
         args += ["--ws-listen", "127.0.0.1:0"]
     if hub:
