@@ -174,3 +174,20 @@ def test_nothing_names_a_path_outside_the_repository() -> None:
             found += escaping_parent_chains(text, depth_below_root=len(relative.parts) - 1)
         problems += [f"{relative}: {line}" for line in found]
     assert problems == [], "paths outside the repository:\n" + "\n".join(problems)
+
+
+def test_test_helpers_are_imported_as_a_package() -> None:
+    """Helpers are ``tests.<area>.<module>`` imports; nothing edits ``sys.path`` to find them."""
+    edits = re.compile(r"sys\.path\.(insert|append|extend)\(|sys\.path\s*[+]?=")
+    problems = [
+        f"{path.relative_to(REPO)}: line {number}"
+        for top in ("tests", "bench")
+        for path in source_files(REPO / top)
+        if path.suffix == ".py" and path != Path(__file__).resolve()
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
+        if edits.search(line)
+    ]
+    assert problems == []
+    for directory in (REPO / "tests").rglob("*"):
+        if directory.is_dir() and any(directory.glob("test_*.py")):
+            assert (directory / "__init__.py").is_file(), f"{directory} is not a package"

@@ -21,14 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_support import Run, clean_env, fieldsync_command
 from click.testing import CliRunner
-from offline_support import PASSPHRASE, Net, add_reports, export, open_hq, snapshot
 
 from fieldsync.errors import InputRefused
 from fieldsync_cli.cmd_hq import _ranges
 from fieldsync_cli.cmd_report import occurred_field
 from fieldsync_cli.main import COMMANDS, main
+from tests.cli.cli_support import Run, clean_env, fieldsync_command
+from tests.fieldsync.offline_support import PASSPHRASE, Net, add_reports, export, open_hq, snapshot
 
 # README "Exit codes"
 OK, ERROR, USAGE, REFUSED, NOT_FOUND, NOT_INITIALISED, WRONG_PASSPHRASE, INTERRUPTED = (
@@ -325,7 +325,7 @@ def test_every_command_answers_errors_in_json(
 
 
 def test_ingest_prints_rejections_forks_and_gaps_per_author(net: Net, run: Run) -> None:
-    from offline_support import author_seed, hq_manifest, seal, write_bundle
+    from tests.fieldsync.offline_support import author_seed, hq_manifest, seal, write_bundle
 
     manifest, seed = hq_manifest(net), author_seed(net)
     items = [

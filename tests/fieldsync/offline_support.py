@@ -6,8 +6,8 @@ node B with the cheap "interactive" KDF profile and a fixed passphrase. Tests co
 (``copy_network``) so each one starts from the same state without paying for Argon2id again.
 Nothing here is a mock: real SQLite files, real keys, real bundle files.
 
-This directory is on ``sys.path`` under pytest's default import mode; ``tests/cli`` and the
-integration tests put it there themselves.
+Import it as ``tests.fieldsync.offline_support``: ``tests`` is a package, and pytest puts the
+repository root on ``sys.path``.
 """
 
 from __future__ import annotations

@@ -9,7 +9,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from offline_support import (
+
+from fieldsync.errors import FieldsyncError, InputRefused, NotFound, WrongPassphrase
+from fieldsync.hq import DATABASE, HQ, HQ_SECRET, MANIFEST, create_network
+from fieldsync.node import Node
+from fieldsync_protocol import codec, crypto, envelope
+from fieldsync_protocol.crypto import delivery_tag
+from fieldsync_protocol.envelope import GENESIS
+from fieldsync_protocol.items import parse_item
+from fieldsync_protocol.keytext import KeyKind, key_to_text
+from fieldsync_protocol.receipt import open_receipt
+from tests.fieldsync.offline_support import (
     KDF,
     PASSPHRASE,
     Net,
@@ -27,16 +37,6 @@ from offline_support import (
     seal,
     write_bundle,
 )
-
-from fieldsync.errors import FieldsyncError, InputRefused, NotFound, WrongPassphrase
-from fieldsync.hq import DATABASE, HQ, HQ_SECRET, MANIFEST, create_network
-from fieldsync.node import Node
-from fieldsync_protocol import codec, crypto, envelope
-from fieldsync_protocol.crypto import delivery_tag
-from fieldsync_protocol.envelope import GENESIS
-from fieldsync_protocol.items import parse_item
-from fieldsync_protocol.keytext import KeyKind, key_to_text
-from fieldsync_protocol.receipt import open_receipt
 
 
 def _tables(net: Net) -> dict[str, list[Any]]:

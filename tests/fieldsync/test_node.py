@@ -6,7 +6,12 @@ import stat
 from pathlib import Path
 
 import pytest
-from offline_support import (
+
+from fieldsync.errors import FieldsyncError, InputRefused, NotFound, NotInitialised, WrongPassphrase
+from fieldsync.node import AUTHOR_SECRET, MEMBERSHIP, NODE_SECRET, REQUEST, Node, uuid7
+from fieldsync_protocol.bundle import BundleReader
+from fieldsync_protocol.items import ItemKind, parse_item
+from tests.fieldsync.offline_support import (
     KDF,
     PASSPHRASE,
     Net,
@@ -19,11 +24,6 @@ from offline_support import (
     receipts,
     snapshot,
 )
-
-from fieldsync.errors import FieldsyncError, InputRefused, NotFound, NotInitialised, WrongPassphrase
-from fieldsync.node import AUTHOR_SECRET, MEMBERSHIP, NODE_SECRET, REQUEST, Node, uuid7
-from fieldsync_protocol.bundle import BundleReader
-from fieldsync_protocol.items import ItemKind, parse_item
 
 
 def _mode(path: Path) -> int:

@@ -10,7 +10,17 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from offline_support import (
+
+from fieldsync.errors import FieldsyncError, InputRefused
+from fieldsync.hq import HQ
+from fieldsync.node import Node
+from fieldsync.store import _MIGRATIONS, ImportCounts, Store
+from fieldsync_protocol import codec
+from fieldsync_protocol.crypto import content_id, delivery_tag
+from fieldsync_protocol.envelope import TTL_CLASSES
+from fieldsync_protocol.items import check_item
+from fieldsync_protocol.receipt import Receipt, sign_receipt
+from tests.fieldsync.offline_support import (
     Net,
     add_reports,
     author_seed,
@@ -26,16 +36,6 @@ from offline_support import (
     store_path,
     write_bundle,
 )
-
-from fieldsync.errors import FieldsyncError, InputRefused
-from fieldsync.hq import HQ
-from fieldsync.node import Node
-from fieldsync.store import _MIGRATIONS, ImportCounts, Store
-from fieldsync_protocol import codec
-from fieldsync_protocol.crypto import content_id, delivery_tag
-from fieldsync_protocol.envelope import TTL_CLASSES
-from fieldsync_protocol.items import check_item
-from fieldsync_protocol.receipt import Receipt, sign_receipt
 
 PASSPHRASE = "correct horse battery staple"
 

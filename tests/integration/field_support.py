@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from netns import Host, Network
+from tests.integration.netns import Host, Network
 
 PASSPHRASE = "correct horse battery staple field"
 #: How long one CLI command may take before the test gives up on it.

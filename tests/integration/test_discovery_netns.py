@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from netns import Host, Network, read_pcap
 from zeroconf import DNSAddress, DNSIncoming, DNSNsec, DNSPointer, DNSService, DNSText
 
 from fieldsync.discovery import DEFAULT_SERVICE_TYPE, HOST_LABEL_LENGTH, INSTANCE_LABEL_LENGTH
 from fieldsync_protocol.crypto import derive_key
+from tests.integration.netns import Host, Network, read_pcap
 
 pytestmark = pytest.mark.netns
 

@@ -27,7 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from field_support import (
+
+from fieldsync.hq import HQ
+from fieldsync.node import Node
+from tests.integration.field_support import (
     HUB_PORT,
     PORT,
     Daemon,
@@ -46,10 +49,7 @@ from field_support import (
     wait_for,
     write_config,
 )
-from netns import Host, Network, read_pcap
-
-from fieldsync.hq import HQ
-from fieldsync.node import Node
+from tests.integration.netns import Host, Network, read_pcap
 
 pytestmark = pytest.mark.netns
 

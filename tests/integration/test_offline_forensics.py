@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import secrets
-import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,9 +20,11 @@ from pathlib import Path
 import nacl.bindings as sodium
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "fieldsync"))
-
-from offline_support import (
+from fieldsync.node import NODE_SECRET, Node
+from fieldsync_protocol import crypto
+from fieldsync_protocol.errors import RemoteProtocolError
+from fieldsync_protocol.items import ItemKind, parse_item
+from tests.fieldsync.offline_support import (
     PASSPHRASE,
     Net,
     author_seed,
@@ -35,11 +36,6 @@ from offline_support import (
     ingest,
     receipts,
 )
-
-from fieldsync.node import NODE_SECRET, Node
-from fieldsync_protocol import crypto
-from fieldsync_protocol.errors import RemoteProtocolError
-from fieldsync_protocol.items import ItemKind, parse_item
 
 WINDOW = 8
 
