@@ -17,7 +17,6 @@ Every address used is inside namespaces the test creates; nothing touches real i
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import queue
@@ -33,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.environment import libfaketime_path
 from tests.integration.netns import Host, Network
 
 PASSPHRASE = "correct horse battery staple field"
@@ -360,22 +360,12 @@ def _read_line(proc: subprocess.Popen[str], timeout: float) -> str:
         return ""
 
 
-#: Where Debian/Ubuntu (multiarch) and other distributions put libfaketime.
-_LIBFAKETIME_GLOBS = (
-    "/usr/lib/*/faketime/libfaketime.so.1",
-    "/usr/lib/faketime/libfaketime.so.1",
-    "/usr/local/lib/faketime/libfaketime.so.1",
-    "/usr/lib64/faketime/libfaketime.so.1",
-)
-
-
 def libfaketime() -> str:
-    """The libfaketime library to preload (Debian package ``faketime``)."""
-    for pattern in _LIBFAKETIME_GLOBS:
-        found = sorted(glob.glob(pattern))
-        if found:
-            return found[0]
-    raise AssertionError("libfaketime is not installed: apt-get install faketime")
+    """The libfaketime library to preload; tests that use it carry ``@pytest.mark.faketime``."""
+    path = libfaketime_path()
+    if path is None:
+        raise AssertionError("libfaketime is not installed: apt-get install faketime")
+    return path
 
 
 # --- capture analysis -----------------------------------------------------------------------

@@ -340,6 +340,7 @@ def test_an_outsider_on_the_bridge_is_found_by_nobody_and_gets_no_bytes(
 # --- restarts and wrong clocks --------------------------------------------------------------
 
 
+@pytest.mark.faketime
 def test_relay_restarts_and_a_wrong_clock_lose_nothing(tmp_path: Path) -> None:
     """A–B on a LAN, the hub on B's line. B runs a year behind, then a year ahead; it is
     stopped by SIGTERM and killed with -9 while it is the only carrier; all reach HQ once."""
