@@ -28,6 +28,7 @@ import nacl.bindings as sodium
 
 from fieldsync.hq import HQ, IngestSummary, create_network
 from fieldsync.node import STORE, Node
+from fieldsync.store import Store
 from fieldsync_protocol import codec, crypto, envelope, report
 from fieldsync_protocol.bundle import CHUNK_SIZE, BundleWriter
 from fieldsync_protocol.membership import Manifest
@@ -269,6 +270,13 @@ def header_record(network_id: bytes, version: int = 1) -> bytes:
 
 
 # --- looking at a store from outside ------------------------------------------------------
+
+
+def stored(store: Store, kind: str) -> int:
+    """How many items of ``kind`` (``"envelope"``, ``"receipt"``, ...) ``store`` holds."""
+    items = store.status()["items"]
+    assert isinstance(items, dict)
+    return int(items[kind])
 
 
 def store_path(home: Path) -> Path:

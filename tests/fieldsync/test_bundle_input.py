@@ -114,6 +114,7 @@ def refuse(
     node.store()  # opening the database is not part of reading the input
     if max_peak is not None:
         tracemalloc.start()
+    peak = 0
     started = time.monotonic()
     try:
         with pytest.raises(error) as caught:

@@ -190,7 +190,7 @@ def test_same_author_and_sequence_with_different_content_raises_a_fork_alert(net
     with open_hq(net) as headquarters:
         db = headquarters.database()
         alerts = list(db["alerts"].rows)
-        fork_row = db["envelopes"].get(forged_id)
+        fork_row = db.table("envelopes").get(forged_id)
         reports = list(db["reports"].rows)
     assert [(a["kind"], a["sequence"]) for a in alerts] == [("fork", 1)]
     assert fork_row["status"] == "fork" and fork_row["data"] == forged.item  # kept as evidence

@@ -23,6 +23,7 @@ from tests.fieldsync.offline_support import (
     ingest,
     receipts,
     snapshot,
+    stored,
 )
 
 
@@ -148,7 +149,7 @@ def test_a_report_id_cannot_be_reused(net: Net) -> None:
             node.add_report(fields("two", id=first), PASSPHRASE)
         second = node.add_report(fields("two", supersedes=first), PASSPHRASE)
         assert [e.report_id for e in node.reports()] == [first, second]
-        assert node.store().status()["items"]["envelope"] == 2
+        assert stored(node.store(), "envelope") == 2
     finally:
         node.close()
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import secrets
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -41,7 +42,7 @@ PASSPHRASE = "correct horse battery staple"
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
+def store(tmp_path: Path) -> Iterator[Store]:
     opened = Store(tmp_path / "store.db")
     yield opened
     opened.close()
@@ -174,7 +175,9 @@ def test_outbox_and_chain_state_follow_each_report(net: Net) -> None:
         assert {e.status for e in outbox} == {"sealed"}
         assert all(e.delivered_at is None for e in outbox)
         author = store.db.execute("SELECT author FROM author_chain").fetchone()[0]
-        sequence, previous = store.chain_state(author)
+        state = store.chain_state(author)
+        assert state is not None
+        sequence, previous = state
         assert sequence == 3
         own = store.db.execute("SELECT count(*) FROM items WHERE own = 1 AND kind = 'e'")
         assert own.fetchone()[0] == 3

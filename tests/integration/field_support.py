@@ -403,7 +403,8 @@ def tcp_segments(frames: Sequence[bytes]) -> list[Segment]:
 
 def dns_labels(frames: Sequence[bytes]) -> set[str]:
     """Every label of every name in every mDNS packet (lowercased)."""
-    from zeroconf import DNSIncoming, DNSPointer, DNSService
+    from zeroconf._dns import DNSPointer, DNSService
+    from zeroconf._protocol.incoming import DNSIncoming
 
     labels: set[str] = set()
     for frame in frames:

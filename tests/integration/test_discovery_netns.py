@@ -25,7 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from zeroconf import DNSAddress, DNSIncoming, DNSNsec, DNSPointer, DNSService, DNSText
+
+# The record classes live in zeroconf's submodules; its top level re-exports them only for
+# backwards compatibility (not in __all__).
+from zeroconf._dns import DNSAddress, DNSNsec, DNSPointer, DNSService, DNSText
+from zeroconf._protocol.incoming import DNSIncoming
 
 from fieldsync.discovery import DEFAULT_SERVICE_TYPE, HOST_LABEL_LENGTH, INSTANCE_LABEL_LENGTH
 from fieldsync_protocol.crypto import derive_key

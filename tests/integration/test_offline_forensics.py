@@ -35,6 +35,7 @@ from tests.fieldsync.offline_support import (
     import_,
     ingest,
     receipts,
+    stored,
 )
 
 WINDOW = 8
@@ -211,7 +212,7 @@ def test_nothing_recoverable_after_delivery_and_nothing_readable_before(net: Net
     node = Node(net.a)
     try:
         assert {e.status for e in node.reports()} == {"delivered"}
-        assert node.store().status()["items"]["envelope"] == 0
+        assert stored(node.store(), "envelope") == 0
     finally:
         node.close()
 
