@@ -1,6 +1,7 @@
 # fieldsync developer entry points. Everything runs from the project venv in .venv/.
 #   make demo   - set up .venv if needed, then run the self-contained demo
-#   make test   - ruff, mypy, import contracts, pytest with coverage (fails on any step)
+#   make test   - ruff check, ruff format --check, mypy, import contracts, pytest with coverage
+#                 (fails on any step)
 #   make bench  - benchmark scenarios (prints ratios)
 #   make clean  - remove caches and build output (keeps .venv); make distclean also drops .venv
 
@@ -33,7 +34,7 @@ endef
 
 help:
 	@echo "make demo   run the demo (creates .venv on first use)"
-	@echo "make test   ruff + mypy + import contracts + pytest with coverage"
+	@echo "make test   ruff (lint + format check) + mypy + import contracts + pytest with coverage"
 	@echo "make bench  run benchmark scenarios"
 	@echo "make clean  remove caches; make distclean also removes .venv"
 
@@ -65,6 +66,7 @@ demo: venv
 # One step after another, stopping at the first failure.
 test: venv
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(PYTEST_WITH_COVERAGE)
@@ -72,6 +74,7 @@ test: venv
 # The same steps one at a time.
 lint: venv
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 typecheck: venv
 	$(BIN)/mypy

@@ -448,7 +448,11 @@ def test_a_replayed_first_message_without_a_cache_gets_an_unreadable_answer() ->
         with pytest.raises(RemoteProtocolError, match="authentication"):
             forger.open(answer[32:80])
     replayer = HandshakeState(
-        PROTOCOL_NAME, initiator=True, prologue=PROLOGUE, s=A, e=seed("replayer"),
+        PROTOCOL_NAME,
+        initiator=True,
+        prologue=PROLOGUE,
+        s=A,
+        e=seed("replayer"),
         psks=[NET.network_key],
     )
     replayer.write_message(b"")

@@ -714,8 +714,18 @@ def test_session_vectors_cover_every_message_type() -> None:
     first, repeat = SESSION["sessions"]
     kinds = [m["type"] for m in first["transcript"]]
     assert kinds == [
-        "hello", "rec", "hello", "want", "rec", "data", "end", "ack", "data", "end", "ack"
-    ]  # fmt: skip
+        "hello",
+        "rec",
+        "hello",
+        "want",
+        "rec",
+        "data",
+        "end",
+        "ack",
+        "data",
+        "end",
+        "ack",
+    ]
     values = [untyped(m["value"]) for m in first["transcript"]]
     assert values[0]["r"] is True and "a" not in values[0]  # HELLO, reconcile mode
     assert values[2]["r"] is False and "a" not in values[2]
