@@ -357,8 +357,14 @@ def test_install_leaves_the_source_tree_clean(installed: Installed) -> None:
     """setuptools writes build/ into the tree it builds: install.sh builds from a copy."""
     if not installed.build_dir_existed:
         assert not (REPO / "build").exists()
-    dist_info = installed.venv.glob("lib/python3*/site-packages/fieldsync-*.dist-info")
-    assert list(dist_info), "installed as a regular (non-editable) distribution"
+    dist_info = list(installed.venv.glob("lib/python3*/site-packages/fieldsync-*.dist-info"))
+    assert dist_info, "installed as a regular (non-editable) distribution"
+    site_packages = dist_info[0].parent
+    for package in ("fieldsync", "fieldsync_protocol", "fieldsync_cli"):
+        assert (site_packages / package / "py.typed").is_file(), f"{package} ships py.typed"
+    metadata = (dist_info[0] / "METADATA").read_text(encoding="utf-8")
+    assert "License-Expression: AGPL-3.0-or-later" in metadata
+    assert (dist_info[0] / "licenses" / "LICENSE").is_file()
 
 
 @pytest.mark.root  # chown
