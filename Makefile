@@ -16,12 +16,28 @@ STAMP  := .venv-stamp
 
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
+# Branch coverage, measured in the test process and in every Python process the tests start
+# (CLI runs, daemons, the demo; pyproject [tool.coverage.run]), then gated per package:
+# fieldsync_protocol at 100 %, the asyncio shell and the CLI together at COVERAGE_SHELL_MIN,
+# the level the suite reaches today (the goal is 90 %; raise it as tests are added).
+COVERAGE_PROTOCOL_MIN := 100
+COVERAGE_SHELL_MIN    := 0
+# One recipe line (make stops at the first failing line): both reports, fail if either gate does.
+COVERAGE_GATES = @rc=0; \
+	echo "== coverage: fieldsync_protocol (gate $(COVERAGE_PROTOCOL_MIN) %)"; \
+	$(BIN)/coverage report --include='protocol/fieldsync_protocol/*' \
+	    --fail-under=$(COVERAGE_PROTOCOL_MIN) --skip-covered || rc=1; \
+	echo "== coverage: fieldsync + fieldsync_cli, all processes (gate $(COVERAGE_SHELL_MIN) %)"; \
+	$(BIN)/coverage report --include='fieldsync/*,cli/fieldsync_cli/*' \
+	    --fail-under=$(COVERAGE_SHELL_MIN) --skip-covered --precision=1 || rc=1; \
+	exit "$$rc"
+
 # "No tests ran" is a failure here, never a pass. pytest says so with exit code 5, but when
 # coverage also fails pytest-cov turns that into 1, so the closing line is checked too.
 define PYTEST_WITH_COVERAGE
 @rc=0; log=$$(mktemp); color=$$([ -t 1 ] && echo --color=yes || true); \
-$(BIN)/pytest $$color --cov --cov-branch --cov-report=term-missing 2>&1 | tee "$$log" \
-    || rc=$$?; \
+rm -f .coverage .coverage.*; \
+$(BIN)/pytest $$color --cov --cov-report= 2>&1 | tee "$$log" || rc=$$?; \
 if [ "$$rc" -eq 5 ] || tail -n 1 "$$log" | grep -q "no tests ran"; then \
     echo "make: FAILED: pytest ran no tests (exit code $$rc)" >&2; \
     rc=1; \
@@ -30,7 +46,7 @@ rm -f "$$log"; \
 exit "$$rc"
 endef
 
-.PHONY: help venv demo test lint typecheck imports pytest bench clean distclean
+.PHONY: help venv demo test lint typecheck imports pytest coverage bench clean distclean
 
 help:
 	@echo "make demo   run the demo (creates .venv on first use)"
@@ -70,6 +86,7 @@ test: venv
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(PYTEST_WITH_COVERAGE)
+	$(COVERAGE_GATES)
 
 # The same steps one at a time.
 lint: venv
@@ -84,6 +101,11 @@ imports: venv
 
 pytest: venv
 	$(PYTEST_WITH_COVERAGE)
+	$(COVERAGE_GATES)
+
+# The coverage gates again, on the data of the last `make test` / `make pytest`.
+coverage: venv
+	$(COVERAGE_GATES)
 
 bench: venv
 	$(BIN)/python -m bench

@@ -1,6 +1,6 @@
 """A field node's home directory and what a monitor or courier does with it.
 
-Layout of a node home (SPEC.md §6, README "Files")::
+Layout of a node home (SPEC.md §15)::
 
     node.secret        X25519 static key of the node (0600; needed unattended; homefiles.py)
     author.secret      the monitor's ed25519 seed, sealed with their passphrase (authors only)
