@@ -18,10 +18,10 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 # Branch coverage, measured in the test process and in every Python process the tests start
 # (CLI runs, daemons, the demo; pyproject [tool.coverage.run]), then gated per package:
-# fieldsync_protocol at 100 %, the asyncio shell and the CLI together at COVERAGE_SHELL_MIN,
-# the level the suite reaches today (the goal is 90 %; raise it as tests are added).
+# fieldsync_protocol at 100 %, the asyncio shell and the CLI together at COVERAGE_SHELL_MIN
+# (the project's floor; the full suite measured 94.7 % on 2026-12-05, in-process alone 87 %).
 COVERAGE_PROTOCOL_MIN := 100
-COVERAGE_SHELL_MIN    := 0
+COVERAGE_SHELL_MIN    := 90
 # One recipe line (make stops at the first failing line): both reports, fail if either gate does.
 COVERAGE_GATES = @rc=0; \
 	echo "== coverage: fieldsync_protocol (gate $(COVERAGE_PROTOCOL_MIN) %)"; \
