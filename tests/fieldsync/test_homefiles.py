@@ -115,6 +115,7 @@ def test_damaged_membership_is_refused(tmp_path: Path) -> None:
         (codec.encode(short_key), "knet must be 32 bytes"),
         (b"\x93garbage", "damaged"),
         (bytes(33), "damaged"),
+        (codec.encode([b"C", bytes(32), b"M"]), "must be a map"),
     ):
         with pytest.raises(InputRefused, match=phrase):
             homefiles.decode_membership(data, path)
