@@ -1,6 +1,7 @@
 # fieldsync developer entry points. Everything runs from the project venv in .venv/.
 #   make demo   - set up .venv if needed, then run the self-contained demo
-#   make test   - ruff, mypy, import contracts, pytest with coverage (fails on any step)
+#   make test   - ruff check, ruff format --check, mypy, import contracts, pytest with coverage
+#                 (fails on any step)
 #   make bench  - benchmark scenarios (prints ratios)
 #   make clean  - remove caches and build output (keeps .venv); make distclean also drops .venv
 
@@ -15,12 +16,28 @@ STAMP  := .venv-stamp
 
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
+# Branch coverage, measured in the test process and in every Python process the tests start
+# (CLI runs, daemons, the demo; pyproject [tool.coverage.run]), then gated per package:
+# fieldsync_protocol at 100 %, the asyncio shell and the CLI together at COVERAGE_SHELL_MIN
+# (the project's floor; the full suite measured 94.7 % on 2026-12-05, in-process alone 87 %).
+COVERAGE_PROTOCOL_MIN := 100
+COVERAGE_SHELL_MIN    := 90
+# One recipe line (make stops at the first failing line): both reports, fail if either gate does.
+COVERAGE_GATES = @rc=0; \
+	echo "== coverage: fieldsync_protocol (gate $(COVERAGE_PROTOCOL_MIN) %)"; \
+	$(BIN)/coverage report --include='protocol/fieldsync_protocol/*' \
+	    --fail-under=$(COVERAGE_PROTOCOL_MIN) --skip-covered || rc=1; \
+	echo "== coverage: fieldsync + fieldsync_cli, all processes (gate $(COVERAGE_SHELL_MIN) %)"; \
+	$(BIN)/coverage report --include='fieldsync/*,cli/fieldsync_cli/*' \
+	    --fail-under=$(COVERAGE_SHELL_MIN) --skip-covered --precision=1 || rc=1; \
+	exit "$$rc"
+
 # "No tests ran" is a failure here, never a pass. pytest says so with exit code 5, but when
 # coverage also fails pytest-cov turns that into 1, so the closing line is checked too.
 define PYTEST_WITH_COVERAGE
 @rc=0; log=$$(mktemp); color=$$([ -t 1 ] && echo --color=yes || true); \
-$(BIN)/pytest $$color --cov --cov-branch --cov-report=term-missing 2>&1 | tee "$$log" \
-    || rc=$$?; \
+rm -f .coverage .coverage.*; \
+$(BIN)/pytest $$color --cov --cov-report= 2>&1 | tee "$$log" || rc=$$?; \
 if [ "$$rc" -eq 5 ] || tail -n 1 "$$log" | grep -q "no tests ran"; then \
     echo "make: FAILED: pytest ran no tests (exit code $$rc)" >&2; \
     rc=1; \
@@ -29,11 +46,11 @@ rm -f "$$log"; \
 exit "$$rc"
 endef
 
-.PHONY: help venv demo test lint typecheck imports pytest bench clean distclean
+.PHONY: help venv demo test lint typecheck imports pytest coverage bench clean distclean
 
 help:
 	@echo "make demo   run the demo (creates .venv on first use)"
-	@echo "make test   ruff + mypy + import contracts + pytest with coverage"
+	@echo "make test   ruff (lint + format check) + mypy + import contracts + pytest with coverage"
 	@echo "make bench  run benchmark scenarios"
 	@echo "make clean  remove caches; make distclean also removes .venv"
 
@@ -65,13 +82,16 @@ demo: venv
 # One step after another, stopping at the first failure.
 test: venv
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(PYTEST_WITH_COVERAGE)
+	$(COVERAGE_GATES)
 
 # The same steps one at a time.
 lint: venv
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 typecheck: venv
 	$(BIN)/mypy
@@ -81,6 +101,11 @@ imports: venv
 
 pytest: venv
 	$(PYTEST_WITH_COVERAGE)
+	$(COVERAGE_GATES)
+
+# The coverage gates again, on the data of the last `make test` / `make pytest`.
+coverage: venv
+	$(COVERAGE_GATES)
 
 bench: venv
 	$(BIN)/python -m bench

@@ -29,7 +29,15 @@ from fieldsync import synthetic
 
 #: Every scenario the harness reports, in table order.
 SCENARIOS = (
-    "S1", "S7", "S2.real", "S3.real", "S4.real", "S2.mem", "S3.mem", "S4.mem", "S12",
+    "S1",
+    "S7",
+    "S2.real",
+    "S3.real",
+    "S4.real",
+    "S2.mem",
+    "S3.mem",
+    "S4.mem",
+    "S12",
 )
 DIFFS = 100  # new / missing items in S3, S4 and S12
 S2_BYTES, S3_BYTES, S4_BYTES = 1024, 8 * 1024, 170 * 1024
@@ -50,14 +58,36 @@ class Mode:
 
 
 MODES = {
-    "smoke": Mode("smoke", 300, 1, 1_500, 3_000, 3_000, 50,
-                  calibrate.Settings(reps=1, seconds=0.01, insert_items=500, tcp_bytes=4 << 20)),
-    "quick": Mode("quick", 20_000, 3, 100_000, 100_000, 1_000_000, 1_000,
-                  calibrate.Settings(reps=3, seconds=0.15, insert_items=6_000,
-                                     tcp_bytes=128 << 20)),
-    "full": Mode("full", 100_000, 2, 100_000, 1_000_000, 1_000_000, 100_000,
-                 calibrate.Settings(reps=5, seconds=0.4, insert_items=25_000,
-                                    tcp_bytes=512 << 20)),
+    "smoke": Mode(
+        "smoke",
+        300,
+        1,
+        1_500,
+        3_000,
+        3_000,
+        50,
+        calibrate.Settings(reps=1, seconds=0.01, insert_items=500, tcp_bytes=4 << 20),
+    ),
+    "quick": Mode(
+        "quick",
+        20_000,
+        3,
+        100_000,
+        100_000,
+        1_000_000,
+        1_000,
+        calibrate.Settings(reps=3, seconds=0.15, insert_items=6_000, tcp_bytes=128 << 20),
+    ),
+    "full": Mode(
+        "full",
+        100_000,
+        2,
+        100_000,
+        1_000_000,
+        1_000_000,
+        100_000,
+        calibrate.Settings(reps=5, seconds=0.4, insert_items=25_000, tcp_bytes=512 << 20),
+    ),
 }
 
 
@@ -139,15 +169,21 @@ def run(mode: Mode, workdir: Path) -> dict[str, Any]:
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "environment": fingerprint(workdir),
         "sizes": {
-            "s1_items": mode.s1_items, "rec_items": mode.rec_items, "mem_items": mode.mem_items,
-            "s12_items": mode.s12_items, "diffs": DIFFS,
+            "s1_items": mode.s1_items,
+            "rec_items": mode.rec_items,
+            "mem_items": mode.mem_items,
+            "s12_items": mode.s12_items,
+            "diffs": DIFFS,
         },
     }
     log(f"mode {mode.name}; work directory {workdir}")
     phase = Phases()
     pool_size = max(mode.s1_items, mode.rec_items + DIFFS)
-    with phase("setup", f"network and item pool: {pool_size} items"
-               f" ({min(mode.real_sealed, pool_size)} genuinely sealed)"):
+    with phase(
+        "setup",
+        f"network and item pool: {pool_size} items"
+        f" ({min(mode.real_sealed, pool_size)} genuinely sealed)",
+    ):
         net = synthetic.create_network(workdir / "net")
         pool = make_pool(net.manifest, pool_size, mode.real_sealed)
     result["items"] = {"pool": pool.describe(), "mean_item_bytes": round(pool.mean_size, 1)}
@@ -158,8 +194,11 @@ def run(mode: Mode, workdir: Path) -> dict[str, Any]:
         runs.append(
             calibrate.calibrate(calib_items, net.manifest, workdir / "calib1", mode.calibration)
         )
-    with phase("S1", f"S1: {mode.s1_items} items A -> B over loopback TCP (server in a second"
-               f" process), {mode.s1_reps} time(s)"):
+    with phase(
+        "S1",
+        f"S1: {mode.s1_items} items A -> B over loopback TCP (server in a second"
+        f" process), {mode.s1_reps} time(s)",
+    ):
         s1_raw = s1_bulk.run_s1(net, pool, mode.s1_items, mode.s1_reps, workdir)
     with phase("calibration2", "calibration 2/2"):
         runs.append(
@@ -175,8 +214,9 @@ def run(mode: Mode, workdir: Path) -> dict[str, Any]:
     scenarios["S7"] = s1_bulk.s7_result(s1_raw)
     result["s1_raw"] = s1_raw
 
-    with phase("real", f"S2/S4/S3 between real nodes at {mode.rec_items} items"
-               " (fills three stores first)"):
+    with phase(
+        "real", f"S2/S4/S3 between real nodes at {mode.rec_items} items (fills three stores first)"
+    ):
         real = reconcile_real.run(net, pool, mode.rec_items, DIFFS, SEED, workdir)
     path = f"real nodes, {_size(mode.rec_items)} items, loopback TCP"
     for name in ("S2", "S3", "S4"):
@@ -185,8 +225,10 @@ def run(mode: Mode, workdir: Path) -> dict[str, Any]:
 
     with phase("mem", f"S2/S4/S3 on in-memory sessions at {mode.mem_items} items"):
         mem = reconcile_mem.run(mode.mem_items, DIFFS, SEED)
-    path = (f"in-memory SyncSessions, {_size(mode.mem_items)} pseudo-random ids, SortedListIndex"
-            " (no store, no transport: session bytes only)")
+    path = (
+        f"in-memory SyncSessions, {_size(mode.mem_items)} pseudo-random ids, SortedListIndex"
+        " (no store, no transport: session bytes only)"
+    )
     for name in ("S2", "S3", "S4"):
         scenarios[f"{name}.mem"] = reconcile_result(mem[name], name, path)
 
@@ -226,9 +268,7 @@ def table(result: dict[str, Any]) -> str:
     )
     lines.append(f"items: {result['items']['pool']}; mean {result['items']['mean_item_bytes']} B")
     lines.append("")
-    lines.append(
-        f"{'primitive':<16} {'run 1':>11} {'run 2':>11} {'mean':>11} {'drift':>7}  bound"
-    )
+    lines.append(f"{'primitive':<16} {'run 1':>11} {'run 2':>11} {'mean':>11} {'drift':>7}  bound")
     for name, mean in cal["rates"].items():
         r1, r2 = (r[name]["items_per_s"] for r in (cal["runs"][0], cal["runs"][-1]))
         mark = "y" if name in calibrate.BOUND else ""
@@ -248,8 +288,10 @@ def table(result: dict[str, Any]) -> str:
     lines.append(f"{'scenario':<9} {'measured':<38} {'target':<44} result")
     for key, sc in result["scenarios"].items():
         if key == "S1":
-            measured = (f"{sc['value']:.3f} ({_fmt_rate(sc['items_per_s'])}, {_size(sc['n'])}"
-                        f" in {sc['seconds']:.2f} s)")
+            measured = (
+                f"{sc['value']:.3f} ({_fmt_rate(sc['items_per_s'])}, {_size(sc['n'])}"
+                f" in {sc['seconds']:.2f} s)"
+            )
         elif key == "S7":
             measured = f"+{sc['value']:.1f} B/item ({sc['wire_bytes_per_item']:.1f} B on wire)"
         else:

@@ -380,10 +380,17 @@ def calibrate(
 
     reps, seconds = settings.reps, settings.seconds
     record("hash", *_median_rate(_per_item(sample, _hash, seconds), reps))
-    record("decode", *_median_rate(_per_item(
-        sample, lambda x: codec.decode(x, max_size=MAX_ITEM, what="item"), seconds), reps))
-    record("check_item", *_median_rate(_per_item(
-        sample, lambda x: check_item(x, manifest), seconds), reps))
+    record(
+        "decode",
+        *_median_rate(
+            _per_item(sample, lambda x: codec.decode(x, max_size=MAX_ITEM, what="item"), seconds),
+            reps,
+        ),
+    )
+    record(
+        "check_item",
+        *_median_rate(_per_item(sample, lambda x: check_item(x, manifest), seconds), reps),
+    )
     frame_items = sample[: max(256, min(len(sample), int(20_000 * seconds)))]
     encrypt, decrypt = _frames(frame_items)
     record("frame_encrypt", *_median_rate(encrypt, reps))
@@ -391,15 +398,26 @@ def calibrate(
     encode, decode = _data_codec(frame_items)
     record("data_encode", *_median_rate(encode, reps))
     record("data_decode", *_median_rate(decode, reps))
-    record("insert", *_median_rate(_insert(items, manifest, workdir, per_rep), reps),
-           items_per_rep=per_rep)
-    record("sqlite_raw", *_median_rate(_sqlite_raw(items, workdir, per_rep), reps),
-           items_per_rep=per_rep)
+    record(
+        "insert",
+        *_median_rate(_insert(items, manifest, workdir, per_rep), reps),
+        items_per_rep=per_rep,
+    )
+    record(
+        "sqlite_raw",
+        *_median_rate(_sqlite_raw(items, workdir, per_rep), reps),
+        items_per_rep=per_rep,
+    )
     record("store_read", *_median_rate(_store_read(items, manifest, workdir, per_rep), reps))
     record("commit", *_median_rate(_commit(workdir, seconds), reps))
     tcp_rate, tcp_reps, bytes_per_s = _tcp(per_item, settings.tcp_bytes, reps)
-    record("tcp", tcp_rate, tcp_reps, mib_per_s=round(bytes_per_s / 2**20, 1),
-           wire_bytes_per_item=round(per_item, 2))
+    record(
+        "tcp",
+        tcp_rate,
+        tcp_reps,
+        mib_per_s=round(bytes_per_s / 2**20, 1),
+        wire_bytes_per_item=round(per_item, 2),
+    )
     return results
 
 

@@ -35,7 +35,10 @@ def _fs_type(path: Path) -> str:
     try:
         out = subprocess.run(
             ["findmnt", "-n", "-o", "FSTYPE", "-T", str(path)],
-            capture_output=True, text=True, timeout=5, check=False,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
         )
     except (OSError, subprocess.SubprocessError):
         return "unknown"

@@ -230,7 +230,8 @@ def _side_main(conn: Connection, report: Connection, role: str, n: int, d: int, 
     hwm_index = status_kib("VmHWM")
     side = Side(
         SyncSession(source.view("peer"), initiator=role == "initiator", local=source.cursor()),
-        source, "peer",
+        source,
+        "peer",
     )
     t1 = time.perf_counter()
     my_turn = role == "initiator"
@@ -250,21 +251,23 @@ def _side_main(conn: Connection, report: Connection, role: str, n: int, d: int, 
                 side.drain()
         my_turn = not my_turn
     session_seconds = time.perf_counter() - t1
-    report.send({
-        "role": role,
-        "complete": side.session.complete,
-        "items": len(source.index),
-        "round_trips": side.stats.round_trips if side.stats else None,
-        "rss_start_kib": rss0,
-        "hwm_start_kib": hwm0,
-        "rss_after_index_kib": rss_index,
-        "hwm_after_index_kib": hwm_index,
-        "hwm_end_kib": status_kib("VmHWM"),
-        "extra_kib": status_kib("VmHWM") - rss0,
-        "index_kib": rss_index - rss0,
-        "build_seconds": round(build, 2),
-        "session_seconds": round(session_seconds, 3),
-    })
+    report.send(
+        {
+            "role": role,
+            "complete": side.session.complete,
+            "items": len(source.index),
+            "round_trips": side.stats.round_trips if side.stats else None,
+            "rss_start_kib": rss0,
+            "hwm_start_kib": hwm0,
+            "rss_after_index_kib": rss_index,
+            "hwm_after_index_kib": hwm_index,
+            "hwm_end_kib": status_kib("VmHWM"),
+            "extra_kib": status_kib("VmHWM") - rss0,
+            "index_kib": rss_index - rss0,
+            "build_seconds": round(build, 2),
+            "session_seconds": round(session_seconds, 3),
+        }
+    )
 
 
 def memory(n: int, d: int, seed: int) -> dict[str, Any]:

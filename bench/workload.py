@@ -58,9 +58,7 @@ class ItemPool:
 def make_pool(manifest: Manifest, count: int, real: int, seed: int = SEED) -> ItemPool:
     """``count`` distinct items, ``min(real, count)`` of them genuinely sealed (at least 1)."""
     real = max(1, min(real, count))
-    items = synthetic.sealed_reports(
-        manifest, real, author_seed=random.Random(seed).randbytes(32)
-    )
+    items = synthetic.sealed_reports(manifest, real, author_seed=random.Random(seed).randbytes(32))
     rng = random.Random(seed + 1)
     templates = [codec.decode(x) for x in items[: min(64, real)]]
     while len(items) < count:
@@ -101,9 +99,20 @@ class ServerProcess:
         self.home = home
         self._log: IO[bytes] = log.open("ab")
         self.proc = subprocess.Popen(
-            [*fieldsync_command(), "--home", str(home), "run",
-             "--listen", "127.0.0.1:0", "--json", "--log-level", "warning"],
-            stdout=subprocess.PIPE, stderr=self._log, text=True,
+            [
+                *fieldsync_command(),
+                "--home",
+                str(home),
+                "run",
+                "--listen",
+                "127.0.0.1:0",
+                "--json",
+                "--log-level",
+                "warning",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         assert self.proc.stdout is not None
@@ -135,8 +144,12 @@ class ServerProcess:
                 self.proc.wait(5)
             took = time.perf_counter() - start
             if took > 2:
-                print(f"[bench] warning: the server for {self.home.name} took {took:.1f} s to"
-                      " stop on SIGTERM", file=sys.stderr, flush=True)
+                print(
+                    f"[bench] warning: the server for {self.home.name} took {took:.1f} s to"
+                    " stop on SIGTERM",
+                    file=sys.stderr,
+                    flush=True,
+                )
         if self.proc.stdout is not None:
             self.proc.stdout.close()
         self._log.close()

@@ -1,7 +1,8 @@
 """Secrets at rest: passphrase-sealed files (Argon2id + XSalsa20-Poly1305) and plain key files.
 
-A sealed file is canonical msgpack ``{"kdf": "argon2id13", "mem", "ops", "salt", "nonce",
-"box"}``: the KDF cost travels with the file, so a key made on a laptop still opens on a Pi.
+A sealed file is canonical msgpack ``{"box", "kdf": "argon2id13", "mem", "nonce", "ops",
+"salt", "v": 1}`` (SPEC.md §15.3): the KDF cost travels with the file, so a key made on a
+laptop still opens on a Pi. Files from before ``v`` existed (format 0, no ``v``) still open.
 Files are written atomically (temp file, fsync, rename) with mode 0600.
 """
 
@@ -33,6 +34,8 @@ KDF_PROFILES: dict[str, tuple[int, int]] = {
 DEFAULT_KDF_PROFILE = "moderate"
 MIN_PASSPHRASE = 8
 _MAX_SEALED_FILE = 64 * 1024
+#: Format version of sealed files written here; files without "v" are format 0 (same fields).
+SEALED_FORMAT_VERSION = 1
 
 
 def write_private(path: Path, data: bytes) -> None:
@@ -90,7 +93,15 @@ def seal_with_passphrase(
     nonce = secrets.token_bytes(nacl.secret.SecretBox.NONCE_SIZE)
     box = nacl.secret.SecretBox(key).encrypt(plaintext, nonce).ciphertext
     return codec.encode(
-        {"box": box, "kdf": "argon2id13", "mem": mem, "nonce": nonce, "ops": ops, "salt": salt}
+        {
+            "box": box,
+            "kdf": "argon2id13",
+            "mem": mem,
+            "nonce": nonce,
+            "ops": ops,
+            "salt": salt,
+            "v": SEALED_FORMAT_VERSION,
+        }
     )
 
 
@@ -100,7 +111,14 @@ def open_with_passphrase(sealed: bytes, passphrase: str, what: str) -> bytes:
             codec.decode(sealed, max_size=_MAX_SEALED_FILE, what=what),
             what,
             {"box", "kdf", "mem", "nonce", "ops", "salt"},
+            {"v"},
         )
+        version = codec.get_int(fields, "v", what, 1) if "v" in fields else 0
+        if version > SEALED_FORMAT_VERSION:
+            raise InputRefused(
+                f"{what} has format version {version}; this fieldsync reads versions 0 to"
+                f" {SEALED_FORMAT_VERSION}: upgrade fieldsync to open it"
+            )
         if fields["kdf"] != "argon2id13":
             raise InputRefused(f"{what} uses an unknown key derivation {fields['kdf']!r:.20}")
         # Capped at the strongest profile we write: a damaged or hostile file must not make

@@ -1,11 +1,12 @@
 """A field node's home directory and what a monitor or courier does with it.
 
-Layout of a node home (SPEC.md §6, README "Files")::
+Layout of a node home (SPEC.md §15)::
 
-    node.secret        X25519 static key of the node (0600; needed unattended)
+    node.secret        X25519 static key of the node (0600; needed unattended; homefiles.py)
     author.secret      the monitor's ed25519 seed, sealed with their passphrase (authors only)
     request.txt        the enrolment request to hand to HQ in person
-    membership.bin     manifest item, network key and this node's certificate (after join)
+    membership.bin     manifest item, network key and this node's certificate (after join;
+                       homefiles.py)
     store.db           the item store (sealed items only; see store.py)
     daemon.lock        held by the running daemon; its pid and control socket (homelock.py)
 """
@@ -24,10 +25,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from fieldsync import keystore
+from fieldsync import homefiles, keystore
 from fieldsync.errors import FieldsyncError, InputRefused, NotFound, NotInitialised
 from fieldsync.store import ImportCounts, OutboxEntry, Store, now_seconds
-from fieldsync_protocol import codec, crypto, envelope, membership
+from fieldsync_protocol import crypto, envelope, membership
 from fieldsync_protocol.bundle import SEALED_CHUNK, BundleReader, BundleWriter
 from fieldsync_protocol.errors import LocalProtocolError, RemoteProtocolError
 from fieldsync_protocol.items import Checked, check_item
@@ -119,7 +120,7 @@ class Node:
             author_seed = secrets.token_bytes(32)
             sealed = keystore.seal_with_passphrase(author_seed, passphrase, kdf_profile)
             keystore.write_private(self.home / AUTHOR_SECRET, sealed)
-        keystore.write_private(self.home / NODE_SECRET, node_secret)
+        keystore.write_private(self.home / NODE_SECRET, homefiles.encode_node_secret(node_secret))
         request = membership.EnrolmentRequest(
             node_key=crypto.box_public_key(node_secret),
             author_key=None if author_seed is None else crypto.signing_public_key(author_seed),
@@ -134,12 +135,9 @@ class Node:
         return path
 
     def node_secret(self) -> bytes:
-        data = keystore.read_file(
-            self.home / NODE_SECRET, "node key", "run `fieldsync --home DIR init` first"
-        )
-        if len(data) != 32:
-            raise InputRefused(f"node key {self.home / NODE_SECRET} is damaged")
-        return data
+        path = self.home / NODE_SECRET
+        data = keystore.read_file(path, "node key", "run `fieldsync --home DIR init` first")
+        return homefiles.decode_node_secret(data, path)
 
     def is_author(self) -> bool:
         return (self.home / AUTHOR_SECRET).exists()
@@ -150,12 +148,10 @@ class Node:
             enrolment, manifest, cert = membership.decode_enrolment(enrolment_text, node_secret)
         except RemoteProtocolError as exc:
             raise InputRefused(f"enrolment refused: {exc}") from exc
-        data = codec.encode(
-            {
-                "cert": enrolment.certificate,
-                "knet": enrolment.network_key,
-                "man": enrolment.manifest_item,
-            }
+        data = homefiles.encode_membership(
+            homefiles.MembershipFile(
+                enrolment.manifest_item, enrolment.network_key, enrolment.certificate
+            )
         )
         keystore.write_private(self.home / MEMBERSHIP, data)
         store = self.store()
@@ -178,13 +174,15 @@ class Node:
                 f"{self.home} has not joined a network;"
                 f" take {self.home / REQUEST} to HQ and run `join`"
             )
-        fields = keystore.load_map(path.read_bytes(), "membership file", {"cert", "knet", "man"})
+        fields = homefiles.decode_membership(path.read_bytes(), path)
         try:
-            manifest = membership.open_manifest(fields["man"])
-            cert = membership.open_certificate(fields["cert"], manifest)
+            manifest = membership.open_manifest(fields.manifest_item)
+            cert = membership.open_certificate(fields.certificate, manifest)
         except RemoteProtocolError as exc:
             raise InputRefused(f"membership file {path} is damaged: {exc}") from exc
-        return Membership(fields["man"], manifest, fields["knet"], fields["cert"], cert)
+        return Membership(
+            fields.manifest_item, manifest, fields.network_key, fields.certificate, cert
+        )
 
     def store(self) -> Store:
         if self._store is None:
@@ -321,8 +319,8 @@ class Node:
         member = self.membership()
         if update is None or update.epoch <= member.manifest.epoch:
             return False
-        data = codec.encode(
-            {"cert": member.certificate, "knet": member.network_key, "man": checked.item.data}
+        data = homefiles.encode_membership(
+            homefiles.MembershipFile(checked.item.data, member.network_key, member.certificate)
         )
         keystore.write_private(self.home / MEMBERSHIP, data)
         return True

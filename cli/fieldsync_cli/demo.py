@@ -73,8 +73,18 @@ class Demo:
         """The author writes the demo's reports with ``report add``; returns their ids."""
         ids = []
         for narrative, category, occurred, lat, lon, place in REPORTS:
-            args = ["--home", str(home), "report", "add", "--narrative", narrative,
-                    "--category", category, "--occurred", occurred]  # fmt: skip
+            args = [
+                "--home",
+                str(home),
+                "report",
+                "add",
+                "--narrative",
+                narrative,
+                "--category",
+                category,
+                "--occurred",
+                occurred,
+            ]
             if lat is not None:
                 args += ["--lat", str(lat), "--lon", str(lon), "--accuracy", "50"]
             if place:

@@ -83,8 +83,20 @@ class Namespaces:
         """A host namespace with ``eth0`` = ``address``/24 on the bridge; its name."""
         namespace, port = f"{self.tag}-{name}", f"p-{name}"
         self._add(namespace)
-        _ip("-n", self.bridge, "link", "add", port, "type", "veth",
-            "peer", "name", "eth0", "netns", namespace)  # fmt: skip
+        _ip(
+            "-n",
+            self.bridge,
+            "link",
+            "add",
+            port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            namespace,
+        )
         _ip("-n", self.bridge, "link", "set", port, "master", "br0", "up")
         _ip("-n", namespace, "addr", "add", f"{address}/24", "dev", "eth0")
         _ip("-n", namespace, "link", "set", "eth0", "up")
@@ -95,8 +107,20 @@ class Namespaces:
         """A host namespace on no bridge, joined to ``near`` only by a veth pair (/30)."""
         namespace = f"{self.tag}-{name}"
         self._add(namespace)
-        _ip("-n", near, "link", "add", "up0", "type", "veth",
-            "peer", "name", "up0", "netns", namespace)  # fmt: skip
+        _ip(
+            "-n",
+            near,
+            "link",
+            "add",
+            "up0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "up0",
+            "netns",
+            namespace,
+        )
         _ip("-n", near, "addr", "add", f"{near_address}/30", "dev", "up0")
         _ip("-n", namespace, "addr", "add", f"{far_address}/30", "dev", "up0")
         _ip("-n", near, "link", "set", "up0", "up")
@@ -150,15 +174,31 @@ class NetnsNetworkDemo(NetworkDemo):
             "FIELDSYNC_SYNC_BACKOFF_MAX": "2",
             **settings,
         }
-        argv = [sys.executable, "-m", "fieldsync_cli", "--home", str(home), "run",
-                "--listen", listen, *args, "--json", "--log-level", "info"]  # fmt: skip
+        argv = [
+            sys.executable,
+            "-m",
+            "fieldsync_cli",
+            "--home",
+            str(home),
+            "run",
+            "--listen",
+            listen,
+            *args,
+            "--json",
+            "--log-level",
+            "info",
+        ]
         self.logs.mkdir(parents=True, exist_ok=True)
         log = self.logs / f"{home.name}.log"
         with log.open("a", encoding="utf-8") as err:
             process = subprocess.Popen(  # noqa: S603 - our own CLI
                 self.net.command(namespace, argv),
-                env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, text=True,
-            )  # fmt: skip
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+            )
         self.daemons.append(process)
         line = process.stdout.readline() if process.stdout else ""
         if not line:
@@ -197,11 +237,15 @@ class NetnsNetworkDemo(NetworkDemo):
         )
         hub_url = f"ws://{LINE}.2:{HUB_PORT}/sync"
         self.ns_daemon(ns["h"], h, f"{LINE}.2:{HUB_PORT}", "--hub")
-        self.ns_daemon(ns["c"], c, f"{addr['c']}:{PORT}", FIELDSYNC_UPSTREAM_URL=hub_url,
-                       FIELDSYNC_DISCOVERY_INTERFACES=addr["c"])  # fmt: skip
+        self.ns_daemon(
+            ns["c"],
+            c,
+            f"{addr['c']}:{PORT}",
+            FIELDSYNC_UPSTREAM_URL=hub_url,
+            FIELDSYNC_DISCOVERY_INTERFACES=addr["c"],
+        )
         for n, home in (("b", b), ("a", a)):
-            self.ns_daemon(ns[n], home, f"{addr[n]}:{PORT}",
-                           FIELDSYNC_DISCOVERY_INTERFACES=addr[n])  # fmt: skip
+            self.ns_daemon(ns[n], home, f"{addr[n]}:{PORT}", FIELDSYNC_DISCOVERY_INTERFACES=addr[n])
         self.step(
             f"daemons up: hub on H, C (upstream {hub_url}), B, A; no static peers, discovery"
             " bound to the bridge addresses"
@@ -245,8 +289,10 @@ class NetnsNetworkDemo(NetworkDemo):
 
         self.wait_for("receipts to reach A", delivered)
         listed = self.fieldsync("--home", str(a), "report", "list")
-        self.step("A came back; B passed it the receipts: " + ", ".join(
-            f"{r['id'][:13]}… {r['status']}" for r in listed))  # fmt: skip
+        self.step(
+            "A came back; B passed it the receipts: "
+            + ", ".join(f"{r['id'][:13]}… {r['status']}" for r in listed)
+        )
         held = [self.envelopes(n) for n in (b, c, h)]
         self.step(f"B, C, hub hold {held} reports")
         if any(held):

@@ -961,10 +961,10 @@ def pushed(index: SortedListIndex, need: Sequence[Any]) -> list[bytes]:
 def reconcile_vectors() -> dict[str, Any]:
     ids = reconcile_ids()
     fingerprints = [
-        {"name": "empty range", **fingerprint_entry([], ZERO, INFINITY)},
-        {"name": "all 40 ids", **fingerprint_entry(ids, ZERO, INFINITY)},
-        {"name": "ids below bound 80", **fingerprint_entry(ids, ZERO, b"\x80")},
-        {"name": "ids in [40, c0)", **fingerprint_entry(ids, b"\x40", b"\xc0")},
+        {"name": "the empty set", "held": "none", **fingerprint_entry([], ZERO, INFINITY)},
+        {"name": "all 40 ids", "held": "ids", **fingerprint_entry(ids, ZERO, INFINITY)},
+        {"name": "ids below bound 80", "held": "ids", **fingerprint_entry(ids, ZERO, b"\x80")},
+        {"name": "ids in [40, c0)", "held": "ids", **fingerprint_entry(ids, b"\x40", b"\xc0")},
     ]
     assert fingerprints[0]["fingerprint"] == h(EMPTY_FINGERPRINT)
     missing = ids[7]
@@ -981,14 +981,21 @@ def reconcile_vectors() -> dict[str, Any]:
     assert last.have == [RECONCILE_EXTRA]
     assert pushed(ours_index, last.need) == [missing]
     messages = [("initiator", first), ("responder", answer.reply), ("initiator", last.reply)]
+    empty_first = Reconciler(SortedListIndex(), initiator=True).initial()
+    to_empty = Reconciler(SortedListIndex(ids), initiator=False).receive(empty_first)
+    assert to_empty.reply is not None and to_empty.done and not to_empty.have
+    assert pushed(SortedListIndex(ids), to_empty.need) == ids
     return {
         "description": "Range fingerprints (SPEC.md §13.3.2) of a fixed set of 40 ids, and a "
         "reconciliation (§13.3.4) with the reference defaults (initial_fanout 16, fanout 16, "
         "idlist_threshold 32; split positions floor(k * n / fanout)). The initiator holds "
         "'ids'; the responder holds them without ids[7] ('missing') and with 'extra'. After "
         "three messages (the last is DONE) the initiator wants 'extra' and pushes "
-        "'missing'. Bounds are hex, null is infinity; 'sum_le' is the id sum mod 2^256, "
-        "little-endian.",
+        "'missing'. Each fingerprint is over the ids of 'held': 'ids' (the 40 ids) or 'none' "
+        "(the empty set). 'empty_store_first_message' is the first message of an initiator "
+        "that holds no id (§13.3.4): one IDLIST range up to infinity with no ids; a peer "
+        "holding the 40 ids answers DONE and pushes all of them. Bounds are hex, null is "
+        "infinity; 'sum_le' is the id sum mod 2^256, little-endian.",
         "person": "fieldsync/fp/v1",
         "ids": [h(i) for i in ids],
         "fingerprints": fingerprints,
@@ -999,6 +1006,7 @@ def reconcile_vectors() -> dict[str, Any]:
         ],
         "initiator_wants": [h(i) for i in last.have],
         "initiator_pushes": [h(missing)],
+        "empty_store_first_message": {"hex": h(empty_first), "ranges": ranges_entry(empty_first)},
     }
 
 

@@ -26,7 +26,11 @@ def test_smoke_run_reports_every_scenario(tmp_path: Path) -> None:
         command = [sys.executable, "-m", "bench", "--smoke", "--json", str(out)]
         proc = subprocess.run(
             [*command, "--workdir", str(scratch)],
-            cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
         )
         leftovers = list(scratch.glob("fieldsync-bench-*"))
     finally:

@@ -1,8 +1,4 @@
-"""Support for the CLI tests: how to run the real ``fieldsync`` command.
-
-Also puts ``tests/fieldsync`` on ``sys.path`` so ``offline_support`` (the shared offline
-network) is importable here.
-"""
+"""Support for the CLI tests: how to run the real ``fieldsync`` command."""
 
 from __future__ import annotations
 
@@ -11,10 +7,6 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-
-_FIELDSYNC_TESTS = str(Path(__file__).resolve().parent.parent / "fieldsync")
-if _FIELDSYNC_TESTS not in sys.path:
-    sys.path.insert(0, _FIELDSYNC_TESTS)
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 

@@ -7,8 +7,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from cli_support import Run, clean_env, fieldsync_command
-from offline_support import PASSPHRASE, Net, build_network, copy_network
+
+from tests.cli.cli_support import Run, clean_env, fieldsync_command
+from tests.fieldsync.offline_support import PASSPHRASE, Net, build_network, copy_network
 
 
 @pytest.fixture(scope="session")

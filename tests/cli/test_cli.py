@@ -21,19 +21,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_support import Run, clean_env, fieldsync_command
 from click.testing import CliRunner
-from offline_support import PASSPHRASE, Net, add_reports, export, open_hq, snapshot
 
 from fieldsync.errors import InputRefused
 from fieldsync_cli.cmd_hq import _ranges
 from fieldsync_cli.cmd_report import occurred_field
 from fieldsync_cli.main import COMMANDS, main
+from tests.cli.cli_support import Run, clean_env, fieldsync_command
+from tests.fieldsync.offline_support import PASSPHRASE, Net, add_reports, export, open_hq, snapshot
 
 # README "Exit codes"
-OK, ERROR, USAGE, REFUSED, NOT_FOUND, NOT_INITIALISED, WRONG_PASSPHRASE, INTERRUPTED = (
-    0, 1, 2, 3, 4, 10, 12, 130,
-)  # fmt: skip
+OK, ERROR, USAGE, REFUSED, NOT_FOUND = 0, 1, 2, 3, 4
+NOT_INITIALISED, WRONG_PASSPHRASE, INTERRUPTED = 10, 12, 130
+
+
+def add_x(*extra: str, category: str = "threats") -> list[str]:
+    """``report add`` of a minimal report ("x"), plus ``extra`` options."""
+    minimal = ["--narrative", "x", "--category", category, "--occurred", "2025"]
+    return ["report", "add", *minimal, *extra]
 
 
 def _json(done: subprocess.CompletedProcess[str]) -> Any:
@@ -68,10 +73,20 @@ def test_help_lists_every_command_and_each_has_help(cli: CliRunner) -> None:
     for name in COMMANDS:
         assert name in result.stdout
     for args in (
-        ["network", "create"], ["init"], ["join"], ["status"], ["report", "add"],
-        ["report", "list"], ["report", "show"], ["bundle", "export"], ["bundle", "import"],
-        ["hq", "enroll"], ["hq", "ingest"], ["hq", "export"], ["hq", "receipts"],
-    ):  # fmt: skip
+        ["network", "create"],
+        ["init"],
+        ["join"],
+        ["status"],
+        ["report", "add"],
+        ["report", "list"],
+        ["report", "show"],
+        ["bundle", "export"],
+        ["bundle", "import"],
+        ["hq", "enroll"],
+        ["hq", "ingest"],
+        ["hq", "export"],
+        ["hq", "receipts"],
+    ):
         helped = cli.invoke(main, [*args, "--help"])
         assert helped.exit_code == OK, args
         assert "--json" in helped.stdout, f"{args} has no --json"
@@ -170,10 +185,9 @@ def test_report_add_refusals_before_any_passphrase(cli: CliRunner, net: Net) -> 
         assert result.exit_code == REFUSED and phrase in result.stderr
     on_relay = cli.invoke(
         main,
-        ["--home", str(net.b), "report", "add", "--narrative", "x", "--category", "threats",
-         "--occurred", "2025"],
+        ["--home", str(net.b), *add_x()],
         env={"FIELDSYNC_PASSPHRASE": PASSPHRASE},
-    )  # fmt: skip
+    )
     assert on_relay.exit_code == ERROR and "relay-only" in on_relay.stderr
     assert snapshot(net.a)["outbox"] == []
 
@@ -181,18 +195,16 @@ def test_report_add_refusals_before_any_passphrase(cli: CliRunner, net: Net) -> 
 def test_report_add_validation_errors_name_the_field(cli: CliRunner, net: Net) -> None:
     result = cli.invoke(
         main,
-        ["--home", str(net.a), "report", "add", "--narrative", "x", "--category", "Bad Key",
-         "--occurred", "2025", "--json"],
+        ["--home", str(net.a), *add_x("--json", category="Bad Key")],
         env={"FIELDSYNC_PASSPHRASE": PASSPHRASE},
-    )  # fmt: skip
+    )
     assert result.exit_code == REFUSED
     assert "categories[0]" in json.loads(result.stdout)["error"]
     only_lat = cli.invoke(
         main,
-        ["--home", str(net.a), "report", "add", "--narrative", "x", "--category", "threats",
-         "--occurred", "2025", "--lat", "12.5"],
+        ["--home", str(net.a), *add_x("--lat", "12.5")],
         env={"FIELDSYNC_PASSPHRASE": PASSPHRASE},
-    )  # fmt: skip
+    )
     assert only_lat.exit_code == REFUSED and "lat and lon" in only_lat.stderr
 
 
@@ -240,10 +252,9 @@ def test_exit_codes_of_typed_errors(cli: CliRunner, net: Net, tmp_path: Path) ->
     assert again.exit_code == ERROR and json.loads(again.stdout)["kind"] == "FieldsyncError"
     wrong = cli.invoke(
         main,
-        [*home_a, "report", "add", "--narrative", "x", "--category", "threats", "--occurred",
-         "2025", "--json"],
+        [*home_a, *add_x("--json")],
         env={"FIELDSYNC_PASSPHRASE": "not the passphrase"},
-    )  # fmt: skip
+    )
     assert wrong.exit_code == WRONG_PASSPHRASE
     assert json.loads(wrong.stdout) == {
         "error": "wrong passphrase for author key",
@@ -279,20 +290,29 @@ def test_exit_codes_of_typed_errors(cli: CliRunner, net: Net, tmp_path: Path) ->
 def test_passphrase_needed_without_a_terminal(cli: CliRunner, net: Net, tmp_path: Path) -> None:
     result = cli.invoke(
         main,
-        ["--home", str(net.a), "report", "add", "--narrative", "x", "--category", "threats",
-         "--occurred", "2025", "--json"],
-    )  # fmt: skip
+        ["--home", str(net.a), *add_x("--json")],
+    )
     assert result.exit_code == ERROR
     assert json.loads(result.stdout)["error"] == (
         "your author key needs a passphrase: use --passphrase-file FILE or set FIELDSYNC_PASSPHRASE"
     )
     unreadable = cli.invoke(
-        main, ["hq", "receipts", "--hq", str(net.hq), "--out", str(tmp_path / "r"),
-               "--passphrase-file", str(tmp_path / "missing")],
-    )  # fmt: skip
+        main,
+        [
+            "hq",
+            "receipts",
+            "--hq",
+            str(net.hq),
+            "--out",
+            str(tmp_path / "r"),
+            "--passphrase-file",
+            str(tmp_path / "missing"),
+        ],
+    )
     assert unreadable.exit_code == ERROR and "cannot read passphrase file" in unreadable.stderr
 
 
+# A table, one row per command (argv, error kind, exit code): kept one row a line.
 @pytest.mark.parametrize(
     ("args", "kind", "code"),
     [
@@ -300,8 +320,7 @@ def test_passphrase_needed_without_a_terminal(cli: CliRunner, net: Net, tmp_path
         (["--home", "{a}", "init"], "FieldsyncError", ERROR),
         (["--home", "{a}", "join", "{missing}"], "NotFound", NOT_FOUND),
         (["--home", "{nothing}", "status"], "NotInitialised", NOT_INITIALISED),
-        (["--home", "{nothing}", "report", "add", "--narrative", "x", "--category", "threats",
-          "--occurred", "2025"], "NotInitialised", NOT_INITIALISED),
+        (["--home", "{nothing}", *add_x()], "NotInitialised", NOT_INITIALISED),
         (["--home", "{nothing}", "report", "list"], "NotInitialised", NOT_INITIALISED),
         (["--home", "{nothing}", "report", "show", "0"], "NotInitialised", NOT_INITIALISED),
         (["--home", "{nothing}", "bundle", "export", "{missing}"], "NotInitialised",
@@ -318,8 +337,13 @@ def test_passphrase_needed_without_a_terminal(cli: CliRunner, net: Net, tmp_path
 def test_every_command_answers_errors_in_json(
     cli: CliRunner, net: Net, args: list[str], kind: str, code: int
 ) -> None:
-    paths = {"hq": net.hq, "a": net.a, "b": net.b, "nothing": net.root / "nothing",
-             "missing": net.root / "missing.file"}  # fmt: skip
+    paths = {
+        "hq": net.hq,
+        "a": net.a,
+        "b": net.b,
+        "nothing": net.root / "nothing",
+        "missing": net.root / "missing.file",
+    }
     argv = [a.format(**paths) for a in args]
     result = cli.invoke(main, [*argv, "--json"], env={"FIELDSYNC_PASSPHRASE": PASSPHRASE})
     assert result.exit_code == code, result.stderr
@@ -329,7 +353,7 @@ def test_every_command_answers_errors_in_json(
 
 
 def test_ingest_prints_rejections_forks_and_gaps_per_author(net: Net, run: Run) -> None:
-    from offline_support import author_seed, hq_manifest, seal, write_bundle
+    from tests.fieldsync.offline_support import author_seed, hq_manifest, seal, write_bundle
 
     manifest, seed = hq_manifest(net), author_seed(net)
     items = [
@@ -425,8 +449,20 @@ def test_the_offline_loop_as_written_in_the_issue(tmp_path: Path, run: Run) -> N
         _ok(run("hq", "enroll", request_a, "--hq", hq, "--out", usb / "enrol-a.txt", "--json"))
     )
     assert enrolled_a["role"] == "author" and enrolled_a["author_name"] == "monitor-17"
-    _ok(run("hq", "enroll", request_b, "--hq", hq, "--out", usb / "enrol-b.txt",
-            "--passphrase-file", secret_file, passphrase=None))  # fmt: skip
+    _ok(
+        run(
+            "hq",
+            "enroll",
+            request_b,
+            "--hq",
+            hq,
+            "--out",
+            usb / "enrol-b.txt",
+            "--passphrase-file",
+            secret_file,
+            passphrase=None,
+        )
+    )
     joined = _json(_ok(run("--home", a, "join", usb / "enrol-a.txt", "--json", passphrase=None)))
     assert joined == {
         "network": "field-net",
@@ -438,21 +474,63 @@ def test_the_offline_loop_as_written_in_the_issue(tmp_path: Path, run: Run) -> N
     )
 
     first = _ok(
-        run("--home", a, "report", "add", "--narrative", "Three traders detained at the market.",
-            "--category", "arbitrary-detention", "--category", "threats",
-            "--occurred", "2025-03-01T09:30Z", "--approximate", "--title", "Market detentions",
-            "--place", "Central market", "--lat", "12.3657", "--lon", "-1.5339",
-            "--accuracy", "50", "--sensitivity", "confidential", "--language", "fr")
-    ).stdout.strip()  # fmt: skip
+        run(
+            "--home",
+            a,
+            "report",
+            "add",
+            "--narrative",
+            "Three traders detained at the market.",
+            "--category",
+            "arbitrary-detention",
+            "--category",
+            "threats",
+            "--occurred",
+            "2025-03-01T09:30Z",
+            "--approximate",
+            "--title",
+            "Market detentions",
+            "--place",
+            "Central market",
+            "--lat",
+            "12.3657",
+            "--lon",
+            "-1.5339",
+            "--accuracy",
+            "50",
+            "--sensitivity",
+            "confidential",
+            "--language",
+            "fr",
+        )
+    ).stdout.strip()
     json_file = tmp_path / "report.json"
     json_file.write_text(
-        json.dumps({"narrative": "Journalist threatened.", "categories": ["threats"],
-                    "occurred": {"start": "2025-03-02", "precision": "day", "approximate": False}})
-    )  # fmt: skip
+        json.dumps(
+            {
+                "narrative": "Journalist threatened.",
+                "categories": ["threats"],
+                "occurred": {"start": "2025-03-02", "precision": "day", "approximate": False},
+            }
+        )
+    )
     second = _json(
-        _ok(run("--home", a, "report", "add", "--json-file", json_file, "--sensitivity", "internal",
-                "--json", passphrase=None, env=clean_env(FIELDSYNC_PASSPHRASE=PASSPHRASE)))
-    )  # fmt: skip
+        _ok(
+            run(
+                "--home",
+                a,
+                "report",
+                "add",
+                "--json-file",
+                json_file,
+                "--sensitivity",
+                "internal",
+                "--json",
+                passphrase=None,
+                env=clean_env(FIELDSYNC_PASSPHRASE=PASSPHRASE),
+            )
+        )
+    )
     assert second["status"] == "sealed"
     listed = _json(_ok(run("--home", a, "report", "list", "--json")))
     assert [(r["id"], r["sequence"], r["status"]) for r in listed] == [
@@ -490,8 +568,13 @@ def test_the_offline_loop_as_written_in_the_issue(tmp_path: Path, run: Run) -> N
         "precision": "minute",
         "approximate": True,
     }
-    assert market["location"] == {"source": "gps", "place": "Central market", "lat": 12.3657,
-                                  "lon": -1.5339, "accuracy_m": 50.0}  # fmt: skip
+    assert market["location"] == {
+        "source": "gps",
+        "place": "Central market",
+        "lat": 12.3657,
+        "lon": -1.5339,
+        "accuracy_m": 50.0,
+    }
     assert (market["sensitivity"], market["language"], market["title"]) == (
         "confidential",
         "fr",
@@ -512,8 +595,12 @@ def test_the_offline_loop_as_written_in_the_issue(tmp_path: Path, run: Run) -> N
     assert {r["location"] for r in uwazi} == {"12.3657|-1.5339", ""}
 
     made = _json(_ok(run("hq", "receipts", "--hq", hq, "--out", usb / "receipts.bundle", "--json")))
-    assert made == {"out": str(usb / "receipts.bundle"), "receipts_new": 1, "receipts_total": 1,
-                    "envelopes_receipted": 2}  # fmt: skip
+    assert made == {
+        "out": str(usb / "receipts.bundle"),
+        "receipts_new": 1,
+        "receipts_total": 1,
+        "envelopes_receipted": 2,
+    }
     at_b = _json(_ok(run("--home", b, "bundle", "import", usb / "receipts.bundle", "--json")))
     assert (at_b["purged"], at_b["receipts_applied"]) == (2, 1)
     at_a = _ok(run("--home", a, "bundle", "import", usb / "receipts.bundle"))
@@ -536,9 +623,8 @@ def test_errors_in_real_processes(tmp_path: Path, run: Run, net: Net) -> None:
     as_json = run("--home", tmp_path / "nothing", "status", "--json")
     assert as_json.returncode == NOT_INITIALISED
     assert _json(as_json)["kind"] == "NotInitialised"
-    _fails(run("--home", net.a, "report", "add", "--narrative", "x", "--category", "threats",
-               "--occurred", "2025", passphrase="wrong passphrase"),
-           WRONG_PASSPHRASE, "wrong passphrase for author key")  # fmt: skip
+    wrong = run("--home", net.a, *add_x(), passphrase="wrong passphrase")
+    _fails(wrong, WRONG_PASSPHRASE, "wrong passphrase for author key")
     _fails(
         run("hq", "ingest", "--hq", net.hq, tmp_path / "none.bundle"), NOT_FOUND, "does not exist"
     )
@@ -617,10 +703,18 @@ def _make_controlling_terminal() -> None:
 def test_hidden_passphrase_prompt_on_a_terminal(tmp_path: Path) -> None:
     typed = "a passphrase nobody sees"
     term = Terminal(
-        [*fieldsync_command(), "--home", str(tmp_path / "A"), "init", "--author", "monitor-3",
-         "--kdf-profile", "interactive"],
+        [
+            *fieldsync_command(),
+            "--home",
+            str(tmp_path / "A"),
+            "init",
+            "--author",
+            "monitor-3",
+            "--kdf-profile",
+            "interactive",
+        ],
         clean_env(),
-    )  # fmt: skip
+    )
     term.expect("Passphrase for the new author key of 'monitor-3': ")
     term.send(typed + "\n")
     term.expect("Repeat for confirmation: ")
@@ -684,10 +778,9 @@ def test_interactive_report_add_on_a_terminal(net: Net, run: Run) -> None:
 
 def test_wrong_passphrase_at_the_prompt_exits_12(net: Net) -> None:
     term = Terminal(
-        [*fieldsync_command(), "--home", str(net.a), "report", "add", "--narrative", "x",
-         "--category", "threats", "--occurred", "2025"],
+        [*fieldsync_command(), "--home", str(net.a), *add_x()],
         clean_env(),
-    )  # fmt: skip
+    )
     term.expect("Passphrase for your author key: ")
     term.send("not the right one\n")
     code, transcript = term.finish()
@@ -711,9 +804,7 @@ def test_long_work_shows_progress_on_a_terminal(net: Net) -> None:
 @pytest.mark.parametrize("variant", ["auto", "loopback"])
 def test_demo_runs_to_completion(variant: str) -> None:
     """``auto``: in network namespaces as root with ``ip``, else on loopback (as ``loopback``,
-    which forces it, so a root run covers both; a non-root run needs only one)."""
-    if variant == "loopback" and os.geteuid() != 0:
-        pytest.skip("not root: the auto variant already ran on loopback")
+    which forces it, so a root run covers both; without root both run on loopback)."""
     extra = {"FIELDSYNC_DEMO_LOOPBACK": "1"} if variant == "loopback" else {}
     with subprocess.Popen(
         [sys.executable, "-m", "fieldsync_cli.demo"],

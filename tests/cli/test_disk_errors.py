@@ -13,11 +13,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from cli_support import clean_env, fieldsync_command
 
 from fieldsync import synthetic
 from fieldsync.control import query
 from fieldsync.diskerrors import EXIT_STORAGE
+from tests.cli.cli_support import clean_env, fieldsync_command
 
 COMMANDS = {
     "status": ["status", "--json"],

@@ -14,10 +14,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from cli_support import Run, clean_env, fieldsync_command
 
 from fieldsync import synthetic
 from fieldsync.homelock import EXIT_ALREADY_RUNNING
+from tests.cli.cli_support import Run, clean_env, fieldsync_command
 
 #: A log line outside journald: "2026-12-05 08:20:01,123 INFO fieldsync.daemon: ...".
 TIMESTAMPED = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR) ")

@@ -11,10 +11,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from cli_support import Run
-from offline_support import Net, add_reports
-
 from fieldsync.hq import DATABASE
+from tests.cli.cli_support import Run
+from tests.fieldsync.offline_support import Net, add_reports
 
 NOT_FOUND = 4
 USAGE = 2

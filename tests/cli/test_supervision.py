@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_support import clean_env, fieldsync_command
 
 from fieldsync import synthetic
 from fieldsync.config import Config, load_config
@@ -30,6 +29,7 @@ from fieldsync.control import query
 from fieldsync.daemon import DaemonFailed, FieldDaemon
 from fieldsync.errors import EXIT_DAEMON_FAILED
 from fieldsync.supervisor import Policy
+from tests.cli.cli_support import clean_env, fieldsync_command
 
 #: Fast back-off so a test sees several restarts; the same shape as the default policy.
 FAST = Policy(max_failures=3, backoff_initial=0.2, backoff_max=0.4)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from offline_support import Net, build_network, copy_network
+
+from tests.fieldsync.offline_support import Net, build_network, copy_network
 
 
 @pytest.fixture(scope="session")

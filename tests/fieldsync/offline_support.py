@@ -6,8 +6,8 @@ node B with the cheap "interactive" KDF profile and a fixed passphrase. Tests co
 (``copy_network``) so each one starts from the same state without paying for Argon2id again.
 Nothing here is a mock: real SQLite files, real keys, real bundle files.
 
-This directory is on ``sys.path`` under pytest's default import mode; ``tests/cli`` and the
-integration tests put it there themselves.
+Import it as ``tests.fieldsync.offline_support``: ``tests`` is a package, and pytest puts the
+repository root on ``sys.path``.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import nacl.bindings as sodium
 
 from fieldsync.hq import HQ, IngestSummary, create_network
 from fieldsync.node import STORE, Node
+from fieldsync.store import Store
 from fieldsync_protocol import codec, crypto, envelope, report
 from fieldsync_protocol.bundle import CHUNK_SIZE, BundleWriter
 from fieldsync_protocol.membership import Manifest
@@ -309,6 +310,13 @@ def header_record(network_id: bytes, version: int = 1) -> bytes:
 
 
 # --- looking at a store from outside ------------------------------------------------------
+
+
+def stored(store: Store, kind: str) -> int:
+    """How many items of ``kind`` (``"envelope"``, ``"receipt"``, ...) ``store`` holds."""
+    items = store.status()["items"]
+    assert isinstance(items, dict)
+    return int(items[kind])
 
 
 def store_path(home: Path) -> Path:

@@ -183,7 +183,8 @@ def test_one_session_per_certificate_the_newer_replaces_the_older() -> None:
     first.release()  # the replaced session ends later: it must not free the new one's place
     assert admission.sessions == 1
     third = admission.open_session(b"K" * 32)
-    assert third is not None and second.dropped == REPLACED
+    assert third is not None
+    assert getattr(second, "dropped") == REPLACED  # noqa: B009 - set by open_session
     assert admission.counters.sessions_replaced == 2
 
 

@@ -18,7 +18,14 @@ from pathlib import Path
 
 import msgpack
 import pytest
-from offline_support import (
+
+from fieldsync.errors import FieldsyncError, InputRefused, NotFound
+from fieldsync.node import Node
+from fieldsync_protocol import codec
+from fieldsync_protocol.bundle import CHUNK_SIZE, FILE_NONCE_SIZE, SEALED_CHUNK, BundleWriter
+from fieldsync_protocol.envelope import SIZE_CLASSES
+from fieldsync_protocol.items import MAX_ITEM
+from tests.fieldsync.offline_support import (
     PASSPHRASE,
     Net,
     author_seed,
@@ -33,13 +40,6 @@ from offline_support import (
     snapshot,
     write_bundle,
 )
-
-from fieldsync.errors import FieldsyncError, InputRefused, NotFound
-from fieldsync.node import Node
-from fieldsync_protocol import codec
-from fieldsync_protocol.bundle import CHUNK_SIZE, FILE_NONCE_SIZE, SEALED_CHUNK, BundleWriter
-from fieldsync_protocol.envelope import SIZE_CLASSES
-from fieldsync_protocol.items import MAX_ITEM
 
 #: Generous wall-clock guard per refusal; the real bound is that work stops at the bad byte.
 TIME_LIMIT = 2.0
@@ -114,6 +114,7 @@ def refuse(
     node.store()  # opening the database is not part of reading the input
     if max_peak is not None:
         tracemalloc.start()
+    peak = 0
     started = time.monotonic()
     try:
         with pytest.raises(error) as caught:

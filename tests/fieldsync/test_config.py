@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from fieldsync import limits
+from fieldsync import discovery, limits
 from fieldsync.config import (
     CONFIG_ENV,
     DEFAULT_PORT,
@@ -544,7 +544,6 @@ def test_example_documents_every_key_with_its_default(tmp_path: Path) -> None:
 
 
 def test_defaults_agree_with_the_discovery_module() -> None:
-    discovery = pytest.importorskip("fieldsync.discovery")
     config = Config()
     assert config.discovery.service_type == discovery.DEFAULT_SERVICE_TYPE
     assert config.discovery.rotate_minutes * 60 == discovery.DEFAULT_ROTATE_SECONDS

@@ -135,9 +135,17 @@ def test_any_tampering_breaks_recognition() -> None:
 
 @pytest.mark.parametrize(
     "label",
-    ["", "a", "aaaqeayeaudapj5faviw3tb", "aaaqeayeaudapj5faviw3tb4a", "aaaqeayeaudapj5faviw3tb1",
-     "aaaqeayeaudapj5faviw3tb-", "aaaqeayeaudapj5faviw3tb\u00e9", "aaaqeayeaudapj5f.viw3tb4"],
-)  # fmt: skip
+    [
+        "",
+        "a",
+        "aaaqeayeaudapj5faviw3tb",
+        "aaaqeayeaudapj5faviw3tb4a",
+        "aaaqeayeaudapj5faviw3tb1",
+        "aaaqeayeaudapj5faviw3tb-",
+        "aaaqeayeaudapj5faviw3tb\u00e9",
+        "aaaqeayeaudapj5f.viw3tb4",
+    ],
+)
 def test_malformed_labels_are_not_recognised(label: str) -> None:
     assert Pseudonyms(KEY).recognise(label) is None
 

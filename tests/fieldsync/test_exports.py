@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from offline_support import Net, add_reports, copy_network, export, ingest, open_hq
 
 from fieldsync.exports import CSV_COLUMNS, FORMATS, WRITERS
+from tests.fieldsync.offline_support import Net, add_reports, copy_network, export, ingest, open_hq
 
 TRICKY = 'Line one, with "quotes"\nline two; naïve café — ünïcode, | pipe'
 

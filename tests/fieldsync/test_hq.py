@@ -9,7 +9,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from offline_support import (
+
+from fieldsync.errors import FieldsyncError, InputRefused, NotFound, WrongPassphrase
+from fieldsync.hq import DATABASE, HQ, HQ_SECRET, MANIFEST, create_network
+from fieldsync.node import Node
+from fieldsync_protocol import codec, crypto, envelope
+from fieldsync_protocol.crypto import delivery_tag
+from fieldsync_protocol.envelope import GENESIS
+from fieldsync_protocol.items import parse_item
+from fieldsync_protocol.keytext import KeyKind, key_to_text
+from fieldsync_protocol.receipt import ReceiptStatus, open_receipt
+from tests.fieldsync.offline_support import (
     KDF,
     PASSPHRASE,
     Net,
@@ -27,16 +37,6 @@ from offline_support import (
     seal,
     write_bundle,
 )
-
-from fieldsync.errors import FieldsyncError, InputRefused, NotFound, WrongPassphrase
-from fieldsync.hq import DATABASE, HQ, HQ_SECRET, MANIFEST, create_network
-from fieldsync.node import Node
-from fieldsync_protocol import codec, crypto, envelope
-from fieldsync_protocol.crypto import delivery_tag
-from fieldsync_protocol.envelope import GENESIS
-from fieldsync_protocol.items import parse_item
-from fieldsync_protocol.keytext import KeyKind, key_to_text
-from fieldsync_protocol.receipt import ReceiptStatus, open_receipt
 
 
 def _tables(net: Net) -> dict[str, list[Any]]:
@@ -197,7 +197,7 @@ def test_same_author_and_sequence_with_different_content_raises_a_fork_alert(net
     with open_hq(net) as headquarters:
         db = headquarters.database()
         alerts = list(db["alerts"].rows)
-        fork_row = db["envelopes"].get(forged_id)
+        fork_row = db.table("envelopes").get(forged_id)
         reports = list(db["reports"].rows)
     assert [(a["kind"], a["sequence"]) for a in alerts] == [("fork", 1)]
     assert fork_row["status"] == "fork" and fork_row["data"] == forged.item  # kept as evidence

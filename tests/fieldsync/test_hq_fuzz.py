@@ -13,9 +13,16 @@ import datetime
 import random
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
-from offline_support import (
+from fieldsync_protocol import crypto, report
+from fieldsync_protocol.crypto import delivery_tag
+from fieldsync_protocol.envelope import MAX_CLAIMED_TIME, MAX_SEQUENCE, TTL_CLASSES
+from fieldsync_protocol.items import parse_item
+from fieldsync_protocol.keytext import KeyKind, key_to_text
+from fieldsync_protocol.receipt import ReceiptStatus, open_receipt
+from tests.fieldsync.offline_support import (
     Net,
     author_seed,
     hq_manifest,
@@ -26,13 +33,6 @@ from offline_support import (
     seal_raw,
     write_bundle,
 )
-
-from fieldsync_protocol import crypto, report
-from fieldsync_protocol.crypto import delivery_tag
-from fieldsync_protocol.envelope import MAX_CLAIMED_TIME, MAX_SEQUENCE, TTL_CLASSES
-from fieldsync_protocol.items import parse_item
-from fieldsync_protocol.keytext import KeyKind, key_to_text
-from fieldsync_protocol.receipt import ReceiptStatus, open_receipt
 
 COUNT = 10_000
 SEED = 20261205
@@ -73,7 +73,7 @@ def _location(rng: random.Random) -> dict[str, Any] | None:
     location: dict[str, Any] = {"source": rng.choice(report.LOCATION_SOURCES)}
     if rng.random() < 0.7:
         location["lat"], location["lon"] = _number(rng, -90, 90), _number(rng, -180, 180)
-    optional = {
+    optional: dict[str, Callable[[], Any]] = {
         "accuracy_m": lambda: _number(rng, 0, 40_000_000),
         "alt_m": lambda: _number(rng, -12_000, 100_000),
         "place": lambda: _text(rng, 0, report.MAX_TEXT),
@@ -119,7 +119,7 @@ def fuzz_body(rng: random.Random) -> dict[str, Any]:
     }
     if rng.random() < 0.5:
         body["occurred"]["end"] = _timestamp(rng)
-    optional = {
+    optional: dict[str, Callable[[], Any]] = {
         "supersedes": lambda: rng.choice([None, str(uuid.UUID(int=rng.getrandbits(128)))]),
         "taxonomy_version": lambda: _text(rng, 0, 32),
         "title": lambda: rng.choice([None, _text(rng, 0, 200)]),
@@ -172,7 +172,7 @@ def _register(net: Net, authors: list[Author]) -> None:
         db = headquarters.database()
         for index, author in enumerate(authors):
             public = crypto.signing_public_key(author.seed)
-            db["authors"].insert(
+            db.table("authors").insert(
                 {
                     "author_key": key_to_text(KeyKind.AUTHOR, public),
                     "name": f"fuzz-{index}",

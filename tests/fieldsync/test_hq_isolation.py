@@ -11,7 +11,14 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from offline_support import (
+from fieldsync.hq import DATABASE, HQ, MAX_SEQUENCE_JUMP, IngestSummary
+from fieldsync.node import Node
+from fieldsync_protocol import crypto
+from fieldsync_protocol.crypto import delivery_tag
+from fieldsync_protocol.envelope import MAX_CLAIMED_TIME
+from fieldsync_protocol.items import parse_item
+from fieldsync_protocol.receipt import ReceiptStatus, open_receipt
+from tests.fieldsync.offline_support import (
     PASSPHRASE,
     Net,
     add_reports,
@@ -28,14 +35,6 @@ from offline_support import (
     seal_raw,
     write_bundle,
 )
-
-from fieldsync.hq import DATABASE, HQ, MAX_SEQUENCE_JUMP, IngestSummary
-from fieldsync.node import Node
-from fieldsync_protocol import crypto
-from fieldsync_protocol.crypto import delivery_tag
-from fieldsync_protocol.envelope import MAX_CLAIMED_TIME
-from fieldsync_protocol.items import parse_item
-from fieldsync_protocol.receipt import ReceiptStatus, open_receipt
 
 
 def _rows(net: Net, sql: str) -> list[dict[str, Any]]:
@@ -239,7 +238,7 @@ def test_a_removed_author_is_held_then_accepted_and_the_device_follows(net: Net)
     with open_hq(net) as headquarters:
         db = headquarters.database()
         for row in author_rows:
-            db["authors"].insert(row)
+            db.table("authors").insert(row)
         result = headquarters.reingest([1], PASSPHRASE)
     assert (result.accepted, result.receipts_new) == (1, 1)
     receipts(net, net.usb / "accepted.bundle")

@@ -17,7 +17,12 @@ from pathlib import Path
 
 import pytest
 from blockbuster import BlockBuster, blockbuster_ctx
-from offline_support import (
+
+from fieldsync.daemon import HQ_PULL_LIMITS, Runtime, Server, ingest_from_hub
+from fieldsync.hq import HQ
+from fieldsync.node import Node
+from fieldsync.peer import PeerLimits
+from tests.fieldsync.offline_support import (
     KDF,
     PASSPHRASE,
     Net,
@@ -28,11 +33,6 @@ from offline_support import (
     junk_envelope,
     write_bundle,
 )
-
-from fieldsync.daemon import HQ_PULL_LIMITS, Runtime, Server, ingest_from_hub
-from fieldsync.hq import HQ
-from fieldsync.node import Node
-from fieldsync.peer import PeerLimits
 
 REPORTS = 5
 JUNK = 12  # x 256 KiB
@@ -84,7 +84,9 @@ async def hub(net: Net) -> AsyncIterator[Hub]:
 def _envelopes(home: Path) -> int:
     node = Node(home)
     try:
-        return int(node.store().status()["items"]["envelope"])
+        items = node.store().status()["items"]
+        assert isinstance(items, dict)
+        return int(items["envelope"])
     finally:
         node.close()
 

@@ -18,6 +18,7 @@ from fieldsync_protocol import codec
 from fieldsync_protocol.envelope import TTL_CLASSES
 from fieldsync_protocol.items import check_item
 from fieldsync_protocol.membership import Manifest
+from tests.fieldsync.offline_support import stored
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,7 @@ def test_expiry_follows_the_running_clock_not_the_wall_clock(
     assert store.expire() == 0
     store.advance_clock(1)
     assert store.expire() == 5  # class 0 gone after 7 running days, whatever the wall clock
-    assert store.status()["items"]["envelope"] == 5
+    assert stored(store, "envelope") == 5
     store.advance_clock(-10_000)  # a clock jumping back never un-ages anything
     assert store.local_clock() == seven_days
     store.advance_clock(TTL_CLASSES[1])
@@ -71,7 +72,7 @@ def test_own_unreceipted_reports_never_expire(
     add(store, manifest, relayed(manifest, 3, ttl_class=0))
     store.advance_clock(10 * TTL_CLASSES[3])
     assert store.expire() == 3
-    assert store.status()["items"]["envelope"] == 3  # the author's own, kept until receipted
+    assert stored(store, "envelope") == 3  # the author's own, kept until receipted
     store.close()
 
 

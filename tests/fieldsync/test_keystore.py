@@ -134,3 +134,23 @@ def test_passphrases_are_compared_after_unicode_normalisation() -> None:
     sealed = keystore.seal_with_passphrase(SECRET, composed, "interactive")
     assert keystore.open_with_passphrase(sealed, decomposed, "k") == SECRET
     assert keystore.open_with_passphrase(sealed, composed, "k") == SECRET
+
+
+def test_sealed_files_carry_format_version_1_and_format_0_still_opens(sealed: bytes) -> None:
+    fields = codec.decode(sealed)
+    assert isinstance(fields, dict) and fields["v"] == keystore.SEALED_FORMAT_VERSION == 1
+    format_0 = codec.encode({k: v for k, v in fields.items() if k != "v"})
+    assert keystore.open_with_passphrase(format_0, PASSPHRASE, "test key") == SECRET
+
+
+def test_a_sealed_file_from_a_newer_fieldsync_is_refused_by_version(sealed: bytes) -> None:
+    fields = codec.decode(sealed)
+    assert isinstance(fields, dict)
+    newer = codec.encode({**fields, "v": 2})
+    with pytest.raises(InputRefused, match=r"format version 2.*upgrade fieldsync"):
+        keystore.open_with_passphrase(newer, PASSPHRASE, "test key")
+    for bad in (0, True, "1"):
+        with pytest.raises(InputRefused, match="test key is damaged"):
+            keystore.open_with_passphrase(
+                codec.encode({**fields, "v": bad}), PASSPHRASE, "test key"
+            )

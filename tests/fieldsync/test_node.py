@@ -6,7 +6,13 @@ import stat
 from pathlib import Path
 
 import pytest
-from offline_support import (
+
+from fieldsync.errors import FieldsyncError, InputRefused, NotFound, NotInitialised, WrongPassphrase
+from fieldsync.node import AUTHOR_SECRET, MEMBERSHIP, NODE_SECRET, REQUEST, Node, uuid7
+from fieldsync_protocol import codec
+from fieldsync_protocol.bundle import BundleReader
+from fieldsync_protocol.items import ItemKind, parse_item
+from tests.fieldsync.offline_support import (
     KDF,
     PASSPHRASE,
     Net,
@@ -18,12 +24,8 @@ from offline_support import (
     ingest,
     receipts,
     snapshot,
+    stored,
 )
-
-from fieldsync.errors import FieldsyncError, InputRefused, NotFound, NotInitialised, WrongPassphrase
-from fieldsync.node import AUTHOR_SECRET, MEMBERSHIP, NODE_SECRET, REQUEST, Node, uuid7
-from fieldsync_protocol.bundle import BundleReader
-from fieldsync_protocol.items import ItemKind, parse_item
 
 
 def _mode(path: Path) -> int:
@@ -44,7 +46,8 @@ def test_init_writes_private_keys_and_a_request(tmp_path: Path) -> None:
     assert _mode(tmp_path / "author") == 0o700
     for name in (NODE_SECRET, AUTHOR_SECRET, REQUEST):
         assert _mode(tmp_path / "author" / name) == 0o600, name
-    assert len((tmp_path / "author" / NODE_SECRET).read_bytes()) == 32
+    node_secret = codec.decode((tmp_path / "author" / NODE_SECRET).read_bytes())
+    assert isinstance(node_secret, dict) and len(node_secret["node"]) == 32
     assert not (tmp_path / "relay" / AUTHOR_SECRET).exists()
     assert Node(tmp_path / "author").is_author() and not Node(tmp_path / "relay").is_author()
     assert not list((tmp_path / "author").glob(".*.tmp")), "no temporary files left behind"
@@ -148,7 +151,7 @@ def test_a_report_id_cannot_be_reused(net: Net) -> None:
             node.add_report(fields("two", id=first), PASSPHRASE)
         second = node.add_report(fields("two", supersedes=first), PASSPHRASE)
         assert [e.report_id for e in node.reports()] == [first, second]
-        assert node.store().status()["items"]["envelope"] == 2
+        assert stored(node.store(), "envelope") == 2
     finally:
         node.close()
 

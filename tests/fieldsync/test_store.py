@@ -7,11 +7,22 @@ from __future__ import annotations
 
 import secrets
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from offline_support import (
+
+from fieldsync.errors import FieldsyncError, InputRefused
+from fieldsync.hq import HQ
+from fieldsync.node import Node
+from fieldsync.store import _MIGRATIONS, ImportCounts, Store
+from fieldsync_protocol import codec
+from fieldsync_protocol.crypto import content_id, delivery_tag
+from fieldsync_protocol.envelope import TTL_CLASSES
+from fieldsync_protocol.items import check_item
+from fieldsync_protocol.receipt import Receipt, ReceiptStatus, sign_receipt
+from tests.fieldsync.offline_support import (
     Net,
     add_reports,
     author_seed,
@@ -28,21 +39,11 @@ from offline_support import (
     write_bundle,
 )
 
-from fieldsync.errors import FieldsyncError, InputRefused
-from fieldsync.hq import HQ
-from fieldsync.node import Node
-from fieldsync.store import _MIGRATIONS, ImportCounts, Store
-from fieldsync_protocol import codec
-from fieldsync_protocol.crypto import content_id, delivery_tag
-from fieldsync_protocol.envelope import TTL_CLASSES
-from fieldsync_protocol.items import check_item
-from fieldsync_protocol.receipt import Receipt, ReceiptStatus, sign_receipt
-
 PASSPHRASE = "correct horse battery staple"
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
+def store(tmp_path: Path) -> Iterator[Store]:
     opened = Store(tmp_path / "store.db")
     yield opened
     opened.close()
@@ -200,7 +201,9 @@ def test_outbox_and_chain_state_follow_each_report(net: Net) -> None:
         assert {e.status for e in outbox} == {"sealed"}
         assert all(e.delivered_at is None for e in outbox)
         author = store.db.execute("SELECT author FROM author_chain").fetchone()[0]
-        sequence, previous = store.chain_state(author)
+        state = store.chain_state(author)
+        assert state is not None
+        sequence, previous = state
         assert sequence == 3
         own = store.db.execute("SELECT count(*) FROM items WHERE own = 1 AND kind = 'e'")
         assert own.fetchone()[0] == 3

@@ -11,8 +11,6 @@ import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from sync_support import COMMAND_TIMEOUT, clean_env, fieldsync_command
-
 from fieldsync import synthetic
 from fieldsync.daemon import Runtime, Server
 from fieldsync.node import Node
@@ -20,6 +18,7 @@ from fieldsync.peer import SyncOutcome
 from fieldsync_protocol import codec
 from fieldsync_protocol.envelope import SIZE_CLASSES
 from fieldsync_protocol.membership import Manifest
+from tests.integration.sync_support import COMMAND_TIMEOUT, clean_env, fieldsync_command
 
 PASSPHRASE = synthetic.PASSPHRASE
 

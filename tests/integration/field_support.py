@@ -17,7 +17,6 @@ Every address used is inside namespaces the test creates; nothing touches real i
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import queue
@@ -33,7 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from netns import Host, Network
+from tests.environment import libfaketime_path
+from tests.integration.netns import Host, Network
 
 PASSPHRASE = "correct horse battery staple field"
 #: How long one CLI command may take before the test gives up on it.
@@ -153,8 +153,17 @@ class Deployment:
     def create(cls, root: Path, name: str) -> Deployment:
         root.mkdir(parents=True, exist_ok=True)
         deployment = cls(root, name)
-        cli("network", "create", "--name", name, "--out", str(deployment.hq),
-            "--kdf-profile", "interactive", "--json")  # fmt: skip
+        cli(
+            "network",
+            "create",
+            "--name",
+            name,
+            "--out",
+            str(deployment.hq),
+            "--kdf-profile",
+            "interactive",
+            "--json",
+        )
         return deployment
 
     def add_node(self, name: str, role: str, author: str | None = None) -> Path:
@@ -165,8 +174,18 @@ class Deployment:
             init += ["--author", author]
         cli(*init)
         enrolment = self.root / f"{name}.enrolment"
-        cli("hq", "enroll", str(home / "request.txt"), "--hq", str(self.hq),
-            "--out", str(enrolment), "--role", role, "--json")  # fmt: skip
+        cli(
+            "hq",
+            "enroll",
+            str(home / "request.txt"),
+            "--hq",
+            str(self.hq),
+            "--out",
+            str(enrolment),
+            "--role",
+            role,
+            "--json",
+        )
         cli("--home", str(home), "join", str(enrolment), "--json")
         self.homes[name] = home
         return home
@@ -184,8 +203,19 @@ class Deployment:
 
 
 def add_report(home: Path, narrative: str) -> None:
-    cli("--home", str(home), "report", "add", "--narrative", narrative,
-        "--category", "arbitrary-detention", "--occurred", "2025-03-01", "--json")  # fmt: skip
+    cli(
+        "--home",
+        str(home),
+        "report",
+        "add",
+        "--narrative",
+        narrative,
+        "--category",
+        "arbitrary-detention",
+        "--occurred",
+        "2025-03-01",
+        "--json",
+    )
 
 
 # --- a host outside the bridge --------------------------------------------------------------
@@ -240,8 +270,20 @@ def add_uplink(network: Network, near: Host, name: str, subnet: str = "10.78.0")
     network._add_namespace(namespace)
     far = PeerHost(network, name, namespace, f"{subnet}.2")
     near_address = f"{subnet}.1"
-    _ip("-n", near.namespace, "link", "add", "up0", "type", "veth",
-        "peer", "name", "up0", "netns", namespace)  # fmt: skip
+    _ip(
+        "-n",
+        near.namespace,
+        "link",
+        "add",
+        "up0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "up0",
+        "netns",
+        namespace,
+    )
     _ip("-n", near.namespace, "addr", "add", f"{near_address}/30", "dev", "up0")
     _ip("-n", namespace, "addr", "add", f"{far.address}/30", "dev", "up0")
     _ip("-n", near.namespace, "link", "set", "up0", "up")
@@ -295,8 +337,17 @@ class Daemon:
 
     def start(self, clock: str | None = None, timeout: float = 30.0) -> Daemon:
         self.clock = clock
-        argv = [*fieldsync_command(), "--home", str(self.home), "run", "--config",
-                str(self.config), "--listen", self.listen, "--json"]  # fmt: skip
+        argv = [
+            *fieldsync_command(),
+            "--home",
+            str(self.home),
+            "run",
+            "--config",
+            str(self.config),
+            "--listen",
+            self.listen,
+            "--json",
+        ]
         if self.hub:
             argv.append("--hub")
         env = clean_env()
@@ -304,9 +355,7 @@ class Daemon:
             # libfaketime preloaded directly, not through the ``faketime`` wrapper: the wrapper
             # forks and does not pass signals on, so SIGTERM would orphan the daemon. The wall
             # clock is wrong; the monotonic clock (asyncio's timers) must stay real.
-            env.update(
-                LD_PRELOAD=libfaketime(), FAKETIME=clock, FAKETIME_DONT_FAKE_MONOTONIC="1"
-            )
+            env.update(LD_PRELOAD=libfaketime(), FAKETIME=clock, FAKETIME_DONT_FAKE_MONOTONIC="1")
         with self.log.open("a", encoding="utf-8") as log:
             log.write(f"\n=== start {self.name} clock={clock} at {time.time():.3f}\n")
         log_handle = self.log.open("a", encoding="utf-8")
@@ -360,22 +409,12 @@ def _read_line(proc: subprocess.Popen[str], timeout: float) -> str:
         return ""
 
 
-#: Where Debian/Ubuntu (multiarch) and other distributions put libfaketime.
-_LIBFAKETIME_GLOBS = (
-    "/usr/lib/*/faketime/libfaketime.so.1",
-    "/usr/lib/faketime/libfaketime.so.1",
-    "/usr/local/lib/faketime/libfaketime.so.1",
-    "/usr/lib64/faketime/libfaketime.so.1",
-)
-
-
 def libfaketime() -> str:
-    """The libfaketime library to preload (Debian package ``faketime``)."""
-    for pattern in _LIBFAKETIME_GLOBS:
-        found = sorted(glob.glob(pattern))
-        if found:
-            return found[0]
-    raise AssertionError("libfaketime is not installed: apt-get install faketime")
+    """The libfaketime library to preload; tests that use it carry ``@pytest.mark.faketime``."""
+    path = libfaketime_path()
+    if path is None:
+        raise AssertionError("libfaketime is not installed: apt-get install faketime")
+    return path
 
 
 # --- capture analysis -----------------------------------------------------------------------
@@ -405,15 +444,21 @@ def tcp_segments(frames: Sequence[bytes]) -> list[Segment]:
         sport, dport = struct.unpack_from("!HH", tcp, 0)
         offset = (tcp[12] >> 4) * 4
         out.append(
-            Segment(socket.inet_ntoa(ip[12:16]), socket.inet_ntoa(ip[16:20]), sport, dport,
-                    bytes(tcp[offset:]))
-        )  # fmt: skip
+            Segment(
+                socket.inet_ntoa(ip[12:16]),
+                socket.inet_ntoa(ip[16:20]),
+                sport,
+                dport,
+                bytes(tcp[offset:]),
+            )
+        )
     return out
 
 
 def dns_labels(frames: Sequence[bytes]) -> set[str]:
     """Every label of every name in every mDNS packet (lowercased)."""
-    from zeroconf import DNSIncoming, DNSPointer, DNSService
+    from zeroconf._dns import DNSPointer, DNSService
+    from zeroconf._protocol.incoming import DNSIncoming
 
     labels: set[str] = set()
     for frame in frames:

@@ -136,9 +136,19 @@ class Network:
         # Created in the bridge namespace, far end moved directly into the host: the root
         # namespace never sees either end.
         _ip(
-            "-n", self.bridge_namespace, "link", "add", port, "type", "veth",
-            "peer", "name", HOST_IFACE, "netns", namespace,
-        )  # fmt: skip
+            "-n",
+            self.bridge_namespace,
+            "link",
+            "add",
+            port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            HOST_IFACE,
+            "netns",
+            namespace,
+        )
         _ip("-n", self.bridge_namespace, "link", "set", port, "master", BRIDGE, "up")
         _ip("-n", namespace, "addr", "add", f"{address}/24", "dev", HOST_IFACE)
         _ip("-n", namespace, "link", "set", HOST_IFACE, "up")
@@ -151,12 +161,19 @@ class Network:
         """Record every frame crossing the bridge to ``path`` (pcap) while the block runs."""
         proc = subprocess.Popen(
             [
-                "ip", "netns", "exec", self.bridge_namespace,
-                sys.executable, __file__, "capture", BRIDGE, str(path),
+                "ip",
+                "netns",
+                "exec",
+                self.bridge_namespace,
+                sys.executable,
+                __file__,
+                "capture",
+                BRIDGE,
+                str(path),
             ],
             stdout=subprocess.PIPE,
             text=True,
-        )  # fmt: skip
+        )
         self.processes.append(proc)
         assert proc.stdout is not None
         # The capturer says "ready" once its socket is bound: nothing sent after that is lost.

@@ -5,9 +5,10 @@ Nothing here touches the host's systemd: units are verified as files, systemd to
 run with ``--root=<tmp>``, and the ``--no-systemd`` install runs with shims that fail and
 record any call to systemctl, systemd-sysusers, systemd-tmpfiles or apt-get.
 
-Needs ``systemd-analyze`` (Debian: ``apt-get install systemd``); without it the unit checks are
-skipped with that reason. The install test needs pip to reach an index (PyPI, or PIP_INDEX_URL /
-PIP_FIND_LINKS): about 15 s with a warm pip cache.
+Needs systemd's tools (Debian: ``apt-get install systemd``) and root for the chown steps;
+without them those checks are skipped with that reason, or fail under
+``FIELDSYNC_REQUIRE_ALL=1``. The install test needs pip to reach an index (PyPI, or
+PIP_INDEX_URL / PIP_FIND_LINKS): about 15 s with a warm pip cache.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.environment import missing
+
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 UNIT = DEPLOY / "fieldsync.service"
@@ -45,14 +48,8 @@ EXPOSURE_CEILING = 20
 def tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
-        pytest.skip(
-            f"{name} not found: install systemd (apt-get install systemd) to run this check"
-        )
+        missing(f"`{name}` not found: install systemd (apt-get install systemd) to run this check")
     return path
-
-
-def is_root() -> bool:
-    return os.geteuid() == 0
 
 
 def unit_with_exec(tmp_path: Path, executable: str) -> Path:
@@ -164,7 +161,7 @@ def test_unit_exposure_stays_low(tmp_path: Path) -> None:
 # --- sysusers.d and tmpfiles.d ---------------------------------------------------------------
 
 
-@pytest.mark.skipif(not hasattr(os, "geteuid") or not is_root(), reason="needs root: chown")
+@pytest.mark.root  # chown
 def test_sysusers_and_tmpfiles_entries_in_a_scratch_root(tmp_path: Path) -> None:
     root = tmp_path / "root"
     (root / "etc").mkdir(parents=True)
@@ -231,15 +228,16 @@ MDWE_PROBE = textwrap.dedent(
 )
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_MDWE) is Linux")
 def test_crypto_and_imports_work_without_writable_executable_memory() -> None:
     """The kernel's PR_SET_MDWE refuses W+X memory as MemoryDenyWriteExecute=yes does."""
+    if not sys.platform.startswith("linux"):
+        missing("prctl(PR_SET_MDWE) is Linux only")
     ctypes.CDLL(None)  # libc is loadable here
     result = subprocess.run(
         [sys.executable, "-c", MDWE_PROBE], capture_output=True, text=True, check=False
     )
     if result.returncode == 77:
-        pytest.skip("kernel without PR_SET_MDWE (Linux < 6.3)")
+        missing("kernel without PR_SET_MDWE (Linux < 6.3)")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
 
@@ -359,11 +357,17 @@ def test_install_leaves_the_source_tree_clean(installed: Installed) -> None:
     """setuptools writes build/ into the tree it builds: install.sh builds from a copy."""
     if not installed.build_dir_existed:
         assert not (REPO / "build").exists()
-    dist_info = installed.venv.glob("lib/python3*/site-packages/fieldsync-*.dist-info")
-    assert list(dist_info), "installed as a regular (non-editable) distribution"
+    dist_info = list(installed.venv.glob("lib/python3*/site-packages/fieldsync-*.dist-info"))
+    assert dist_info, "installed as a regular (non-editable) distribution"
+    site_packages = dist_info[0].parent
+    for package in ("fieldsync", "fieldsync_protocol", "fieldsync_cli"):
+        assert (site_packages / package / "py.typed").is_file(), f"{package} ships py.typed"
+    metadata = (dist_info[0] / "METADATA").read_text(encoding="utf-8")
+    assert "License-Expression: AGPL-3.0-or-later" in metadata
+    assert (dist_info[0] / "licenses" / "LICENSE").is_file()
 
 
-@pytest.mark.skipif(not hasattr(os, "geteuid") or not is_root(), reason="needs root: chown")
+@pytest.mark.root  # chown
 def test_reinstall_upgrades_keeps_config_and_runs_systemd_tools_in_the_prefix(
     installed: Installed,
 ) -> None:
@@ -410,12 +414,11 @@ def _has_user(name: str) -> bool:
     return True
 
 
+@pytest.mark.root  # systemd-sysusers --root chowns the state directory
 def test_prefix_install_with_systemd_into_a_fresh_prefix(
     installed: Installed, tmp_path: Path
 ) -> None:
     """No /etc in the prefix yet: systemd-sysusers used to fail on the /etc/passwd lock."""
-    if not is_root():
-        pytest.fail("needs root: systemd-sysusers --root chowns the state directory")
     for name in ("systemd-sysusers", "systemd-tmpfiles", "systemctl"):
         tool(name)
     prefix = tmp_path / "fresh"
@@ -437,7 +440,7 @@ def test_prefix_install_with_systemd_into_a_fresh_prefix(
 def test_prefix_install_with_systemd_as_a_user_says_exactly_why_not(tmp_path: Path) -> None:
     prefix = tmp_path / "user-prefix"
     command = ["sh", str(DEPLOY / "install.sh"), "--prefix", str(prefix)]
-    if is_root():  # become an ordinary user for this one
+    if os.geteuid() == 0:  # become an ordinary user for this one
         command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
     result = subprocess.run(
         command, capture_output=True, text=True, cwd="/", check=False, timeout=60

@@ -25,11 +25,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from netns import Host, Network, read_pcap
-from zeroconf import DNSAddress, DNSIncoming, DNSNsec, DNSPointer, DNSService, DNSText
+
+# The record classes live in zeroconf's submodules; its top level re-exports them only for
+# backwards compatibility (not in __all__).
+from zeroconf._dns import DNSAddress, DNSNsec, DNSPointer, DNSService, DNSText
+from zeroconf._protocol.incoming import DNSIncoming
 
 from fieldsync.discovery import DEFAULT_SERVICE_TYPE, HOST_LABEL_LENGTH, INSTANCE_LABEL_LENGTH
 from fieldsync_protocol.crypto import derive_key
+from tests.integration.netns import Host, Network, read_pcap
 
 pytestmark = pytest.mark.netns
 
@@ -58,14 +62,23 @@ class Agent:
     def start(cls, host: Host, key: bytes, port: int) -> Agent:
         proc = host.popen(
             [
-                sys.executable, str(AGENT), "--key", key.hex(), "--address", host.address,
-                "--port", str(port), "--rotate", str(ROTATE_SECONDS),
-                "--service-type", SERVICE_TYPE,
+                sys.executable,
+                str(AGENT),
+                "--key",
+                key.hex(),
+                "--address",
+                host.address,
+                "--port",
+                str(port),
+                "--rotate",
+                str(ROTATE_SECONDS),
+                "--service-type",
+                SERVICE_TYPE,
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-        )  # fmt: skip
+        )
         agent = cls(host, port, proc)
         threading.Thread(target=agent._read_stdout, daemon=True).start()
         threading.Thread(target=agent._read_stderr, daemon=True).start()
@@ -345,5 +358,11 @@ def _first_seen(table: dict[str, list[str]], source: str, label: str) -> None:
 
 def _common_substring(first: str, second: str, length: int) -> str | None:
     pieces = {first[i : i + length] for i in range(len(first) - length + 1)}
-    return next((second[i : i + length] for i in range(len(second) - length + 1)
-                 if second[i : i + length] in pieces), None)  # fmt: skip
+    return next(
+        (
+            second[i : i + length]
+            for i in range(len(second) - length + 1)
+            if second[i : i + length] in pieces
+        ),
+        None,
+    )

@@ -15,7 +15,11 @@ import asyncio
 import contextlib
 from pathlib import Path
 
-from evict_support import (
+from fieldsync import synthetic
+from fieldsync.daemon import Runtime
+from fieldsync.reoffer import ReofferPolicy
+from fieldsync.store import Store
+from tests.integration.evict_support import (
     export_bundle,
     hq_ingest,
     opened,
@@ -24,11 +28,6 @@ from evict_support import (
     sync,
     write_reports,
 )
-
-from fieldsync import synthetic
-from fieldsync.daemon import Runtime
-from fieldsync.reoffer import ReofferPolicy
-from fieldsync.store import Store
 
 EVERY = 3
 

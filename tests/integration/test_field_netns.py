@@ -27,7 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from field_support import (
+
+from fieldsync.hq import HQ
+from fieldsync.node import Node
+from tests.integration.field_support import (
     HUB_PORT,
     PORT,
     Daemon,
@@ -46,10 +49,7 @@ from field_support import (
     wait_for,
     write_config,
 )
-from netns import Host, Network, read_pcap
-
-from fieldsync.hq import HQ
-from fieldsync.node import Node
+from tests.integration.netns import Host, Network, read_pcap
 
 pytestmark = pytest.mark.netns
 
@@ -156,14 +156,18 @@ def field_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FieldRun]:
                 "c": start_daemon("c", hosts["c"], homes["c"], root, upstream=hub_url(uplink)),
                 # The outsider dials every member itself (as if it had guessed them), so
                 # "0 bytes back" is tested against real attempts, not mere silence.
-                "x": start_daemon(
-                    "x", hosts["x"], homes["x"], root, static=dialled_by_outsider
-                ),
+                "x": start_daemon("x", hosts["x"], homes["x"], root, static=dialled_by_outsider),
             }
             run = FieldRun(
-                network, deployment, outsider, hosts, uplink, daemons, pcap,
+                network,
+                deployment,
+                outsider,
+                hosts,
+                uplink,
+                daemons,
+                pcap,
                 markers=[marker() for _ in range(REPORTS)],
-            )  # fmt: skip
+            )
             _tell_the_story(run)
         try:
             yield run
@@ -182,17 +186,29 @@ def _tell_the_story(run: FieldRun) -> None:
     for text in run.markers:
         add_report(a, f"Checkpoint at the river crossing, ref {text}. Two held overnight.")
     assert report_statuses(a) == ["sealed"] * REPORTS
-    wait_for(lambda: run.observe("b")["items"]["envelope"] == REPORTS, DEADLINE,
-             "B to take A's 5 reports", why)  # fmt: skip
+    wait_for(
+        lambda: run.observe("b")["items"]["envelope"] == REPORTS,
+        DEADLINE,
+        "B to take A's 5 reports",
+        why,
+    )
     assert hosts["a"].address in peer_hosts(b, "discovered")
 
     # A walks out of range; C arrives. B finds C by zeroconf, C takes the reports.
     hosts["a"].link_down()
     hosts["c"].link_up()
-    wait_for(lambda: run.observe("c")["items"]["envelope"] == REPORTS, DEADLINE,
-             "C to take the reports from B", why)  # fmt: skip
-    wait_for(lambda: hosts["c"].address in peer_hosts(b, "discovered"), DEADLINE,
-             "B to list C as a discovered peer", why)  # fmt: skip
+    wait_for(
+        lambda: run.observe("c")["items"]["envelope"] == REPORTS,
+        DEADLINE,
+        "C to take the reports from B",
+        why,
+    )
+    wait_for(
+        lambda: hosts["c"].address in peer_hosts(b, "discovered"),
+        DEADLINE,
+        "B to list C as a discovered peer",
+        why,
+    )
 
     # C reaches the hub on its line; HQ ingests from the hub: all 5, exactly once.
     wait_for(lambda: envelopes(h) == REPORTS, DEADLINE, "the hub to hold the 5 reports", why)
@@ -201,14 +217,26 @@ def _tell_the_story(run: FieldRun) -> None:
     run.ingests = [first, second]
 
     # Receipts flow back: hub → C → B. Then C leaves and A returns: B → A.
-    wait_for(lambda: (s := run.observe("c")["items"])["envelope"] == 0 and s["receipt"] > 0,
-             DEADLINE, "C to get the receipts and purge", why)  # fmt: skip
-    wait_for(lambda: (s := run.observe("b")["items"])["envelope"] == 0 and s["receipt"] > 0,
-             DEADLINE, "B to get the receipts from C and purge", why)  # fmt: skip
+    wait_for(
+        lambda: (s := run.observe("c")["items"])["envelope"] == 0 and s["receipt"] > 0,
+        DEADLINE,
+        "C to get the receipts and purge",
+        why,
+    )
+    wait_for(
+        lambda: (s := run.observe("b")["items"])["envelope"] == 0 and s["receipt"] > 0,
+        DEADLINE,
+        "B to get the receipts from C and purge",
+        why,
+    )
     hosts["c"].link_down()
     hosts["a"].link_up()
-    wait_for(lambda: bool(run.observe("a")) and report_statuses(a) == ["delivered"] * REPORTS,
-             DEADLINE, "A to see all 5 reports delivered", why)  # fmt: skip
+    wait_for(
+        lambda: bool(run.observe("a")) and report_statuses(a) == ["delivered"] * REPORTS,
+        DEADLINE,
+        "A to see all 5 reports delivered",
+        why,
+    )
     for name in "bc":
         run.observe(name)
 
@@ -340,6 +368,7 @@ def test_an_outsider_on_the_bridge_is_found_by_nobody_and_gets_no_bytes(
 # --- restarts and wrong clocks --------------------------------------------------------------
 
 
+@pytest.mark.faketime
 def test_relay_restarts_and_a_wrong_clock_lose_nothing(tmp_path: Path) -> None:
     """A–B on a LAN, the hub on B's line. B runs a year behind, then a year ahead; it is
     stopped by SIGTERM and killed with -9 while it is the only carrier; all reach HQ once."""
@@ -372,8 +401,11 @@ def test_relay_restarts_and_a_wrong_clock_lose_nothing(tmp_path: Path) -> None:
             last: list[float] = []
 
             def synced() -> bool:
-                last[:] = [p["last_success"] for p in peers(b_home)
-                           if p["target"].startswith(f"{a_host.address}:") and p["last_success"]]
+                last[:] = [
+                    p["last_success"]
+                    for p in peers(b_home)
+                    if p["target"].startswith(f"{a_host.address}:") and p["last_success"]
+                ]
                 return bool(last)
 
             wait_for(synced, DEADLINE, "B to complete a session it started with A", why)
@@ -418,10 +450,18 @@ def test_relay_restarts_and_a_wrong_clock_lose_nothing(tmp_path: Path) -> None:
         assert sorted(found) == sorted(markers)
 
         # Receipts: hub → B (still a year ahead), then A returns and hears "delivered".
-        wait_for(lambda: (s := status(b_home)["items"])["envelope"] == 0 and s["receipt"] > 0,
-                 DEADLINE, "B to get the receipts and purge", why)  # fmt: skip
+        wait_for(
+            lambda: (s := status(b_home)["items"])["envelope"] == 0 and s["receipt"] > 0,
+            DEADLINE,
+            "B to get the receipts and purge",
+            why,
+        )
         a_host.link_up()
-        wait_for(lambda: report_statuses(a_home) == ["delivered"] * REPORTS, DEADLINE,
-                 "A to see all 5 delivered", why)  # fmt: skip
+        wait_for(
+            lambda: report_statuses(a_home) == ["delivered"] * REPORTS,
+            DEADLINE,
+            "A to see all 5 delivered",
+            why,
+        )
         assert envelopes(b_home) == 0
         assert daemons["b"].stop(signal.SIGTERM) == 0

@@ -21,9 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "fieldsync"))
-
-from offline_support import (
+from fieldsync.node import Node
+from tests.fieldsync.offline_support import (
     KDF,
     PASSPHRASE,
     Net,
@@ -37,9 +36,13 @@ from offline_support import (
     seal_raw,
     write_bundle,
 )
-from sync_support import COMMAND_TIMEOUT, clean_env, fieldsync_command, run_sync, start_server
-
-from fieldsync.node import Node
+from tests.integration.sync_support import (
+    COMMAND_TIMEOUT,
+    clean_env,
+    fieldsync_command,
+    run_sync,
+    start_server,
+)
 
 HONEST_A = 7
 HONEST_M = 3

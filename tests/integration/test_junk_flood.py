@@ -18,7 +18,14 @@ import sqlite3
 import time
 from pathlib import Path
 
-from evict_support import (
+from fieldsync import synthetic
+from fieldsync.config import load_config
+from fieldsync.daemon import Runtime
+from fieldsync.janitor import Janitor
+from fieldsync.node import STORE
+from fieldsync.store import Store
+from fieldsync_protocol.membership import Manifest
+from tests.integration.evict_support import (
     envelope_ids_in,
     export_bundle,
     hq_ingest,
@@ -29,15 +36,7 @@ from evict_support import (
     sync,
     write_reports,
 )
-from sync_support import run_sync, start_server
-
-from fieldsync import synthetic
-from fieldsync.config import load_config
-from fieldsync.daemon import Runtime
-from fieldsync.janitor import Janitor
-from fieldsync.node import STORE
-from fieldsync.store import Store
-from fieldsync_protocol.membership import Manifest
+from tests.integration.sync_support import run_sync, start_server
 
 AUTHORS = {"amina": 7, "bruno": 7, "chen": 6}
 ROUNDS = 4

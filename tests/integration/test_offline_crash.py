@@ -29,9 +29,8 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "fieldsync"))
-
-from offline_support import (
+from fieldsync_protocol.crypto import content_id
+from tests.fieldsync.offline_support import (
     Net,
     author_seed,
     build_network,
@@ -41,8 +40,6 @@ from offline_support import (
     seal,
     write_bundle,
 )
-
-from fieldsync_protocol.crypto import content_id
 
 ITEMS = 10_000
 RUNS = 20

@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import secrets
-import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,9 +20,11 @@ from pathlib import Path
 import nacl.bindings as sodium
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "fieldsync"))
-
-from offline_support import (
+from fieldsync.node import NODE_SECRET, Node
+from fieldsync_protocol import crypto
+from fieldsync_protocol.errors import RemoteProtocolError
+from fieldsync_protocol.items import ItemKind, parse_item
+from tests.fieldsync.offline_support import (
     PASSPHRASE,
     Net,
     author_seed,
@@ -34,12 +35,8 @@ from offline_support import (
     import_,
     ingest,
     receipts,
+    stored,
 )
-
-from fieldsync.node import NODE_SECRET, Node
-from fieldsync_protocol import crypto
-from fieldsync_protocol.errors import RemoteProtocolError
-from fieldsync_protocol.items import ItemKind, parse_item
 
 WINDOW = 8
 
@@ -215,7 +212,7 @@ def test_nothing_recoverable_after_delivery_and_nothing_readable_before(net: Net
     node = Node(net.a)
     try:
         assert {e.status for e in node.reports()} == {"delivered"}
-        assert node.store().status()["items"]["envelope"] == 0
+        assert stored(node.store(), "envelope") == 0
     finally:
         node.close()
 

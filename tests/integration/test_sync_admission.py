@@ -34,7 +34,6 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from sync_support import ServerProcess, item_ids, run_sync, start_server
 
 from fieldsync import synthetic
 from fieldsync.node import Node
@@ -44,6 +43,7 @@ from fieldsync_protocol.handshake import MSG2_SIZE, PeerHandshake
 from fieldsync_protocol.membership import Manifest
 from fieldsync_protocol.reconcile import ItemIndex, SortedListIndex
 from fieldsync_protocol.session import BATCH_ITEMS, Cursor, SyncSession
+from tests.integration.sync_support import ServerProcess, item_ids, run_sync, start_server
 
 OUTSIDERS = 64
 OUTSIDER_ADDRESSES = [f"127.0.0.{n}" for n in range(1, 9)]

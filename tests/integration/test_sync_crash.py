@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from sync_support import (
+
+from tests.integration.sync_support import (
     Pair,
     ServerProcess,
     check_store,

@@ -26,7 +26,6 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
-from sync_support import item_ids
 
 from fieldsync import synthetic
 from fieldsync.daemon import Runtime, Server
@@ -39,6 +38,7 @@ from fieldsync_protocol.handshake import MSG2_SIZE, PeerHandshake
 from fieldsync_protocol.membership import Manifest
 from fieldsync_protocol.reconcile import ItemIndex, SortedListIndex
 from fieldsync_protocol.session import SessionConfig
+from tests.integration.sync_support import item_ids
 
 FLOOD = 100_000
 QUOTA = 5_000

@@ -31,13 +31,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sync_support import ServerProcess, start_helper_server, start_server
 
 from fieldsync import synthetic
 from fieldsync.daemon import Runtime
 from fieldsync.node import Node
 from fieldsync_protocol.handshake import MSG1_SIZE, MSG2_SIZE, PeerHandshake
 from fieldsync_protocol.membership import Manifest
+from tests.integration.sync_support import ServerProcess, start_helper_server, start_server
 
 ATTEMPTS = 1_000
 CONCURRENCY = 8

@@ -17,7 +17,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from sync_support import (
+
+from tests.integration.sync_support import (
     HANDSHAKE_BYTES,
     ITEMS_PER_NODE,
     Pair,

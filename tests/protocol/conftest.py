@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from protocol_support import Net, make_net
+
+from tests.protocol.protocol_support import Net, make_net
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,8 @@
 """Shared test support for ``tests/protocol``: deterministic networks and Hypothesis strategies.
 
 Every key is derived from a label with BLAKE2b, so a failing example is reproducible and no
-test depends on the machine's entropy. Imported by ``conftest.py`` and by test modules (this
-directory is on ``sys.path`` under pytest's default import mode).
+test depends on the machine's entropy. Imported by ``conftest.py`` and by test modules as
+``tests.protocol.protocol_support``.
 """
 
 from __future__ import annotations

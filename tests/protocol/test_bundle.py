@@ -10,7 +10,6 @@ import nacl.bindings as sodium
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from protocol_support import DETERMINISTIC, make_net, seed
 
 from fieldsync_protocol import codec, crypto
 from fieldsync_protocol.bundle import (
@@ -23,6 +22,7 @@ from fieldsync_protocol.bundle import (
 )
 from fieldsync_protocol.errors import LocalProtocolError, RemoteProtocolError
 from fieldsync_protocol.items import MAX_ITEM
+from tests.protocol.protocol_support import DETERMINISTIC, make_net, seed
 
 NET = make_net("bundle")
 OTHER = make_net("bundle-other")

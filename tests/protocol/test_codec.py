@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from protocol_support import DETERMINISTIC
 
 from fieldsync_protocol import codec
 from fieldsync_protocol.errors import LocalProtocolError, RemoteProtocolError
+from tests.protocol.protocol_support import DETERMINISTIC
 
 scalars = (
     st.none()

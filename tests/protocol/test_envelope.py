@@ -9,7 +9,20 @@ import nacl.public
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from protocol_support import (
+
+from fieldsync_protocol import codec, crypto, envelope
+from fieldsync_protocol.crypto import Domain
+from fieldsync_protocol.envelope import (
+    GENESIS,
+    MAX_CIPHERTEXT,
+    SIZE_CLASSES,
+    TTL_CLASSES,
+    open_report,
+    parse_outer,
+    size_class,
+)
+from fieldsync_protocol.errors import LocalProtocolError, RemoteProtocolError
+from tests.protocol.protocol_support import (
     CLAIMED_TIME,
     DETERMINISTIC,
     Net,
@@ -24,19 +37,6 @@ from protocol_support import (
     seed,
     signed_inner,
 )
-
-from fieldsync_protocol import codec, crypto, envelope
-from fieldsync_protocol.crypto import Domain
-from fieldsync_protocol.envelope import (
-    GENESIS,
-    MAX_CIPHERTEXT,
-    SIZE_CLASSES,
-    TTL_CLASSES,
-    open_report,
-    parse_outer,
-    size_class,
-)
-from fieldsync_protocol.errors import LocalProtocolError, RemoteProtocolError
 
 NET = make_net("envelope", key_ids=(0, 1, 7), authors=4)
 

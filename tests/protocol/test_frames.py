@@ -18,7 +18,6 @@ from collections.abc import Callable, Iterable
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from protocol_support import make_net, seed
 
 from fieldsync_protocol.errors import LocalProtocolError, RemoteProtocolError
 from fieldsync_protocol.frames import (
@@ -41,6 +40,7 @@ from fieldsync_protocol.frames import (
 )
 from fieldsync_protocol.handshake import MSG1_SIZE, PeerHandshake
 from fieldsync_protocol.noise import TAG_LEN, CipherState
+from tests.protocol.protocol_support import make_net, seed
 
 
 def key(label: str) -> bytes:

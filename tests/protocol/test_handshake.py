@@ -15,7 +15,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from nacl.bindings import crypto_scalarmult, crypto_scalarmult_base
-from protocol_support import CLAIMED_TIME, make_net, seed
 
 from fieldsync_protocol import membership
 from fieldsync_protocol.errors import LocalProtocolError, RemoteProtocolError
@@ -35,6 +34,7 @@ from fieldsync_protocol.handshake import (
     unpad_certificate,
 )
 from fieldsync_protocol.noise import HandshakeState, SymmetricState
+from tests.protocol.protocol_support import CLAIMED_TIME, make_net, seed
 
 NET = make_net("alpha")
 OTHER = make_net("beta")
@@ -448,7 +448,11 @@ def test_a_replayed_first_message_without_a_cache_gets_an_unreadable_answer() ->
         with pytest.raises(RemoteProtocolError, match="authentication"):
             forger.open(answer[32:80])
     replayer = HandshakeState(
-        PROTOCOL_NAME, initiator=True, prologue=PROLOGUE, s=A, e=seed("replayer"),
+        PROTOCOL_NAME,
+        initiator=True,
+        prologue=PROLOGUE,
+        s=A,
+        e=seed("replayer"),
         psks=[NET.network_key],
     )
     replayer.write_message(b"")

@@ -10,7 +10,13 @@ from __future__ import annotations
 import random
 
 import pytest
-from protocol_support import (
+
+from fieldsync_protocol import codec, crypto, envelope, membership
+from fieldsync_protocol.envelope import OpenedReport, open_report
+from fieldsync_protocol.errors import RemoteProtocolError
+from fieldsync_protocol.items import ItemKind, check_item
+from fieldsync_protocol.receipt import Receipt, sign_receipt
+from tests.protocol.protocol_support import (
     Net,
     envelope_item,
     ephemeral,
@@ -22,12 +28,6 @@ from protocol_support import (
     seed,
     signed_inner,
 )
-
-from fieldsync_protocol import codec, crypto, envelope, membership
-from fieldsync_protocol.envelope import OpenedReport, open_report
-from fieldsync_protocol.errors import RemoteProtocolError
-from fieldsync_protocol.items import ItemKind, check_item
-from fieldsync_protocol.receipt import Receipt, sign_receipt
 
 ALPHA = make_net("hq-alpha", key_ids=(0, 1), authors=20)
 BETA = make_net("hq-beta", key_ids=(0,), authors=2)

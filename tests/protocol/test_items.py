@@ -9,12 +9,12 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from protocol_support import DETERMINISTIC, Net, ephemeral, make_net
 
 from fieldsync_protocol import codec, membership
 from fieldsync_protocol.envelope import MAX_CIPHERTEXT
 from fieldsync_protocol.errors import RemoteProtocolError
 from fieldsync_protocol.items import MAX_ITEM, ItemKind, check_item, parse_item
+from tests.protocol.protocol_support import DETERMINISTIC, Net, ephemeral, make_net
 
 NET = make_net("items", key_ids=(0, 1))
 

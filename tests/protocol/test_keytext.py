@@ -8,7 +8,6 @@ import re
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from protocol_support import DETERMINISTIC
 
 from fieldsync_protocol.errors import LocalProtocolError, RemoteProtocolError
 from fieldsync_protocol.keytext import (
@@ -19,6 +18,7 @@ from fieldsync_protocol.keytext import (
     key_from_text,
     key_to_text,
 )
+from tests.protocol.protocol_support import DETERMINISTIC
 
 ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 KEY = bytes(range(32))

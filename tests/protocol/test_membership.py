@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from protocol_support import CLAIMED_TIME, DETERMINISTIC, Net, ephemeral, make_net, seed
 
 from fieldsync_protocol import codec, crypto, membership
 from fieldsync_protocol.crypto import Domain
@@ -22,6 +21,14 @@ from fieldsync_protocol.membership import (
     EnrolmentRequest,
     Manifest,
     NodeCertificate,
+)
+from tests.protocol.protocol_support import (
+    CLAIMED_TIME,
+    DETERMINISTIC,
+    Net,
+    ephemeral,
+    make_net,
+    seed,
 )
 
 keys = st.binary(min_size=32, max_size=32)

@@ -1,6 +1,7 @@
 """Published Noise test vectors (cacophony, snow) reproduced byte for byte by our Noise core.
 
-The vectors live in the shared checkout beside the repository (``../shared/vectors/noise``).
+The vectors are checked in, unmodified, under ``protocol/vectors/noise/`` with their source and
+licences (README.md there); their SHA-256 is checked first so an edited copy cannot test less.
 Every ``*_25519_ChaChaPoly_BLAKE2b`` vector runs, except deferred patterns (``X1X``, ``NK1``
 ...) and ``fallback``, which the core refuses by design; the selection itself is checked so
 a vector can never be skipped silently.
@@ -8,6 +9,7 @@ a vector can never be skipped silently.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -17,8 +19,13 @@ import pytest
 
 from fieldsync_protocol.noise import CipherState, HandshakeState
 
-VECTOR_DIR = Path(__file__).resolve().parents[3] / "shared" / "vectors" / "noise"
-VECTOR_FILES = ("cacophony.json", "snow.json")
+VECTOR_DIR = Path(__file__).resolve().parents[2] / "protocol" / "vectors" / "noise"
+#: SHA-256 of the upstream files, as recorded in protocol/vectors/noise/README.md.
+VECTOR_SHA256 = {
+    "cacophony.json": "3bde7c09a6f349ee11c825c50fcc02649f8f02a47c857a459206b357f9386cae",
+    "snow.json": "69da433305fd045f6c9f01b656662a389d022688986fd39fbe7af009cd402fd3",
+}
+VECTOR_FILES = tuple(VECTOR_SHA256)
 SUFFIX = "_25519_ChaChaPoly_BLAKE2b"
 NAME = re.compile(r"Noise_(?P<pattern>[NKXI]1?[NKXI]?1?)(?P<modifiers>[a-z0-9+]*)" + SUFFIX)
 ONE_WAY_PATTERNS = {"N", "K", "X"}
@@ -53,6 +60,15 @@ def _load() -> tuple[list[Any], list[str]]:
 
 
 SELECTED, SKIPPED = _load()
+
+
+@pytest.mark.parametrize("file_name", VECTOR_FILES)
+def test_vector_file_is_the_published_one(file_name: str) -> None:
+    digest = hashlib.sha256((VECTOR_DIR / file_name).read_bytes()).hexdigest()
+    assert digest == VECTOR_SHA256[file_name]
+    readme = (VECTOR_DIR / "README.md").read_text(encoding="utf-8")
+    assert digest in readme, "README.md records the source and checksum of every vector file"
+    assert any(VECTOR_DIR.glob("LICENSE*" + file_name.removesuffix(".json"))), "licence kept"
 
 
 def test_vector_selection_runs_every_supported_vector() -> None:

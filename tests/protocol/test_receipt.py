@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from protocol_support import CLAIMED_TIME, DETERMINISTIC, Net, make_net
 
 from fieldsync_protocol import codec, crypto
 from fieldsync_protocol.crypto import Domain
@@ -21,6 +20,7 @@ from fieldsync_protocol.receipt import (
     open_receipt,
     sign_receipt,
 )
+from tests.protocol.protocol_support import CLAIMED_TIME, DETERMINISTIC, Net, make_net
 
 NET = make_net("receipt")
 tags = st.binary(min_size=TAG_SIZE, max_size=TAG_SIZE)

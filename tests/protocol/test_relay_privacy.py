@@ -12,11 +12,11 @@ import struct
 from dataclasses import dataclass
 
 import pytest
-from protocol_support import CLAIMED_TIME, ephemeral, make_net, random_body
 
 from fieldsync_protocol import codec, crypto
 from fieldsync_protocol.envelope import GENESIS, SIZE_CLASSES
 from fieldsync_protocol.items import ItemKind, parse_item
+from tests.protocol.protocol_support import CLAIMED_TIME, ephemeral, make_net, random_body
 
 NET = make_net("privacy", key_ids=(0, 1), authors=20)
 WINDOW = 8

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 from hypothesis import given
-from protocol_support import DETERMINISTIC, full_body, minimal_body, report_bodies
 
 from fieldsync_protocol import codec
 from fieldsync_protocol.errors import RemoteProtocolError
 from fieldsync_protocol.report import MAX_LIST, MAX_NARRATIVE, validate_report
+from tests.protocol.protocol_support import DETERMINISTIC, full_body, minimal_body, report_bodies
 
 
 @DETERMINISTIC

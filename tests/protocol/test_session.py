@@ -546,13 +546,14 @@ def test_commit_done_out_of_order_is_local_error() -> None:
 
 
 def test_config_and_cursor_checks() -> None:
-    for bad in (
+    bad_settings: tuple[dict[str, Any], ...] = (
         {"quota_items": -1},
         {"window": 0},
         {"window": 2000},
         {"batch_items": 0},
         {"batch_bytes": 10**9},
-    ):
+    )
+    for bad in bad_settings:
         with pytest.raises(LocalProtocolError):
             SessionConfig(**bad)
     with pytest.raises(LocalProtocolError):
@@ -909,7 +910,7 @@ class IdOnlyStore(MemStore):
         self.data = extra
         self.tombstones = set()
         self.seq = len(index)
-        self.seqs, self.ids_by_pos, self.seq_of = [], [], {}
+        self.seqs, self.ids_by_pos = [], []
 
     def add(self, data: bytes, origin: str = "") -> bool:
         if not self.index.add(item_id(data)):

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 
 import pytest
 from nacl.bindings import crypto_scalarmult, crypto_scalarmult_base
-from protocol_support import make_net, seed
 
 from fieldsync_protocol.errors import RemoteProtocolError
 from fieldsync_protocol.frames import (
@@ -32,6 +31,7 @@ from fieldsync_protocol.frames import (
 from fieldsync_protocol.handshake import PROLOGUE, PROTOCOL_NAME, PeerHandshake
 from fieldsync_protocol.keytext import KeyKind, fingerprint, key_to_text
 from fieldsync_protocol.noise import TAG_LEN, CipherState, HandshakeState, SymmetricState
+from tests.protocol.protocol_support import make_net, seed
 
 NET = make_net("privacy")
 NODES = [seed(f"privacy node {i}") for i in range(4)]

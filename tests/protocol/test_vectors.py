@@ -721,8 +721,18 @@ def test_session_vectors_cover_every_message_type() -> None:
     first, repeat = SESSION["sessions"]
     kinds = [m["type"] for m in first["transcript"]]
     assert kinds == [
-        "hello", "rec", "hello", "want", "rec", "data", "end", "ack", "data", "end", "ack"
-    ]  # fmt: skip
+        "hello",
+        "rec",
+        "hello",
+        "want",
+        "rec",
+        "data",
+        "end",
+        "ack",
+        "data",
+        "end",
+        "ack",
+    ]
     values = [untyped(m["value"]) for m in first["transcript"]]
     assert values[0]["r"] is True and "a" not in values[0]  # HELLO, reconcile mode
     assert values[2]["r"] is False and "a" not in values[2]
@@ -770,8 +780,9 @@ def test_reconcile_fingerprint_vectors() -> None:
     ids = [b(i) for i in RECONCILE["ids"]]
     assert ids == sorted(set(ids)) and len(ids) == 40
     assert RECONCILE["person"] == "fieldsync/fp/v1"
+    assert {case["held"] for case in RECONCILE["fingerprints"]} == {"none", "ids"}
     for case in RECONCILE["fingerprints"]:
-        held = [] if case["name"] == "empty range" else ids
+        held = {"none": [], "ids": ids}[case["held"]]
         inside = within(held, case["lower"], case["upper"])
         assert len(inside) == case["count"]
         total = sum(int.from_bytes(i, "little") for i in inside) % 2**256
@@ -781,6 +792,22 @@ def test_reconcile_fingerprint_vectors() -> None:
         index = SortedListIndex(held)
         assert index.fingerprint(b(case["lower"]), upper).hex() == case["fingerprint"]
     assert RECONCILE["fingerprints"][0]["fingerprint"] == EMPTY_FINGERPRINT.hex()
+
+
+def test_reconcile_empty_store_first_message_vector() -> None:
+    vector = RECONCILE["empty_store_first_message"]
+    first = b(vector["hex"])
+    assert first == bytes.fromhex("82a17293c002c400a174a3726563")  # as printed in SPEC §13.3.4
+    assert codec.decode(first) == {"r": [None, 2, b""], "t": "rec"}
+    assert vector["ranges"] == [{"upper": None, "mode": "IDLIST", "payload": ""}]
+    assert Reconciler(SortedListIndex(), initiator=True).initial() == first
+    ids = [b(i) for i in RECONCILE["ids"]]
+    index = SortedListIndex(ids)
+    step = Reconciler(index, initiator=False).receive(first)
+    assert step.done and not step.have and step.reply is not None
+    assert codec.decode(step.reply) == {"r": [], "t": "rec"}  # DONE
+    pushes = [i for p in step.need for i in index.ids(p.lower, p.upper, len(ids))]
+    assert pushes == ids
 
 
 def test_reconcile_exchange_vector() -> None:
