@@ -22,7 +22,7 @@ from typing import Any
 import msgpack
 
 from bench.env import status_kib
-from fieldsync_protocol.reconcile import SortedListIndex
+from fieldsync_protocol.reconcile_index import SortedListIndex
 from fieldsync_protocol.session import (
     Completed,
     Cursor,

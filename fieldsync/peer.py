@@ -32,7 +32,7 @@ from fieldsync_protocol.frames import Data, End, FrameReceiver, FrameSender
 from fieldsync_protocol.handshake import PeerHandshake, ReplayCache
 from fieldsync_protocol.items import Checked, check_item
 from fieldsync_protocol.membership import Manifest, NodeCertificate
-from fieldsync_protocol.reconcile import ItemIndex, SortedListIndex
+from fieldsync_protocol.reconcile_index import ItemIndex, SortedListIndex
 from fieldsync_protocol.session import (
     Completed,
     Cursor,

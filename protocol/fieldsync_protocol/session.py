@@ -39,14 +39,9 @@ from typing import Any, Final, Protocol
 from fieldsync_protocol import codec
 from fieldsync_protocol.errors import LocalProtocolError, RemoteProtocolError
 from fieldsync_protocol.items import MAX_ITEM
-from fieldsync_protocol.reconcile import (
-    ID_SIZE,
-    ItemIndex,
-    ReconcileParams,
-    Reconciler,
-    successor,
-)
-from fieldsync_protocol.reconcile import TYPE as RECONCILE
+from fieldsync_protocol.reconcile import ReconcileParams, Reconciler
+from fieldsync_protocol.reconcile_index import ID_SIZE, ItemIndex, successor
+from fieldsync_protocol.reconcile_wire import TYPE as RECONCILE
 
 
 class State(Enum):

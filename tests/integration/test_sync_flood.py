@@ -36,7 +36,7 @@ from fieldsync_protocol import codec
 from fieldsync_protocol.crypto import content_id
 from fieldsync_protocol.handshake import MSG2_SIZE, PeerHandshake
 from fieldsync_protocol.membership import Manifest
-from fieldsync_protocol.reconcile import ItemIndex, SortedListIndex
+from fieldsync_protocol.reconcile_index import ItemIndex, SortedListIndex
 from fieldsync_protocol.session import SessionConfig
 from tests.integration.sync_support import item_ids
 

@@ -22,15 +22,9 @@ from hypothesis import strategies as st
 
 from fieldsync_protocol import codec
 from fieldsync_protocol.errors import LocalProtocolError, RemoteProtocolError
-from fieldsync_protocol.reconcile import (
-    INFINITY,
-    ZERO,
-    Range,
-    RangeMode,
-    ReconcileParams,
-    SortedListIndex,
-    encode_message,
-)
+from fieldsync_protocol.reconcile import ReconcileParams
+from fieldsync_protocol.reconcile_index import INFINITY, ZERO, SortedListIndex
+from fieldsync_protocol.reconcile_wire import Range, RangeMode, encode_message
 from fieldsync_protocol.session import (
     BATCH_ITEMS,
     MAX_MESSAGE,
