@@ -25,12 +25,12 @@ from bench.env import status_kib
 from fieldsync_protocol.reconcile_index import SortedListIndex
 from fieldsync_protocol.session import (
     Completed,
-    Cursor,
     CursorAdvanced,
     ItemsReceived,
     SyncSession,
     SyncStats,
 )
+from fieldsync_protocol.session_messages import Cursor
 
 _SPACE = 1 << 256
 

@@ -35,7 +35,6 @@ from fieldsync_protocol.membership import Manifest, NodeCertificate
 from fieldsync_protocol.reconcile_index import ItemIndex, SortedListIndex
 from fieldsync_protocol.session import (
     Completed,
-    Cursor,
     CursorAdvanced,
     ItemsReceived,
     SessionConfig,
@@ -43,6 +42,7 @@ from fieldsync_protocol.session import (
     SyncSession,
     SyncStats,
 )
+from fieldsync_protocol.session_messages import Cursor
 
 log = logging.getLogger(__name__)
 

@@ -42,12 +42,12 @@ from fieldsync_protocol.reconcile_index import (
 from fieldsync_protocol.reconcile_wire import parse_message
 from fieldsync_protocol.session import (
     Completed,
-    Cursor,
     CursorAdvanced,
     ItemsReceived,
     Started,
     SyncSession,
 )
+from fieldsync_protocol.session_messages import Cursor
 
 HERE = Path(__file__).resolve().parent
 

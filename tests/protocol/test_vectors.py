@@ -35,12 +35,12 @@ from fieldsync_protocol.reconcile_index import EMPTY_FINGERPRINT, INFINITY, Sort
 from fieldsync_protocol.reconcile_wire import RangeMode, parse_message
 from fieldsync_protocol.session import (
     Completed,
-    Cursor,
     CursorAdvanced,
     ItemsReceived,
     Started,
     SyncSession,
 )
+from fieldsync_protocol.session_messages import Cursor
 
 VECTORS = Path(__file__).resolve().parents[2] / "protocol" / "vectors"
 
