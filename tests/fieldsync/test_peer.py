@@ -23,10 +23,10 @@ import pytest
 from blockbuster import BlockBuster, blockbuster_ctx
 
 from fieldsync import synthetic
-from fieldsync.daemon import Runtime, Server
 from fieldsync.hq import HQ, IngestSummary
 from fieldsync.node import Node
 from fieldsync.peer import PeerContext, PeerLimits, SyncOutcome, run_peer
+from fieldsync.runtime import Runtime, Server
 from fieldsync.store import Store
 from fieldsync.transport import MemoryTransport, Transport, TransportError, memory_pair
 from fieldsync_protocol.crypto import box_public_key

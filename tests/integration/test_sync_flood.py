@@ -28,8 +28,8 @@ from pathlib import Path
 import pytest
 
 from fieldsync import synthetic
-from fieldsync.daemon import Runtime, Server
 from fieldsync.peer import PeerContext, PeerLimits, SyncOutcome, SyncSource, run_peer
+from fieldsync.runtime import Runtime, Server
 from fieldsync.store import Store
 from fieldsync.transport import READ_SIZE, connect_tcp
 from fieldsync_protocol import codec
