@@ -17,13 +17,13 @@ import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from fieldsync import keystore
+from fieldsync import keystore, media
 from fieldsync.errors import FieldsyncError, InputRefused, NotFound, NotInitialised
 from fieldsync.store import ImportCounts, OutboxEntry, Store, now_seconds
 from fieldsync_protocol import codec, crypto, envelope, membership
@@ -210,9 +210,21 @@ class Node:
             )
         return keystore.open_with_passphrase(path.read_bytes(), passphrase, "author key")
 
-    def add_report(self, fields: dict[str, Any], passphrase: str) -> str:
-        """Validate, sign, seal and store a report; return its report id."""
-        member = self.membership()
+    def add_report(
+        self,
+        fields: dict[str, Any],
+        passphrase: str,
+        attach: Sequence[Path] = (),
+        progress: Progress | None = None,
+    ) -> str:
+        """Validate, sign, seal and store a report with its attachments; return its id.
+
+        Each file in ``attach`` is streamed into chunk items (fieldsync.media) after the
+        report's own fields validate and before the report is sealed, which names them.
+        """
+        if "attachments" in fields:
+            raise InputRefused("attachments are added with --attach FILE, not as report fields")
+        self.membership()  # an unjoined node fails here, before any work
         author_seed = self.unlock_author(passphrase)
         now = time.time()
         body = {
@@ -230,13 +242,38 @@ class Node:
             validate_report(body)
         except RemoteProtocolError as exc:
             raise InputRefused(str(exc)) from exc
-        author = crypto.signing_public_key(author_seed)
         store = self.store()
         if store.db.execute("SELECT 1 FROM outbox WHERE report_id = ?", [body["id"]]).fetchone():
             raise InputRefused(
                 f"a report with id {body['id']} already exists on this node; to correct it,"
                 ' write a new report with "supersedes" set to that id'
             )
+        media.ensure_schema(store)
+        prepared: list[media.PreparedAttachment] = []
+        try:
+            for path in attach:
+                prepared.append(media.encrypt_file(store, path, now_seconds(), progress))
+            return self._seal_and_record(body, author_seed, prepared, now)
+        except BaseException:
+            media.discard_chunks(store, prepared)
+            raise
+
+    def _seal_and_record(
+        self,
+        body: dict[str, Any],
+        author_seed: bytes,
+        prepared: Sequence[media.PreparedAttachment],
+        now: float,
+    ) -> str:
+        member = self.membership()
+        store = self.store()
+        author = crypto.signing_public_key(author_seed)
+        if prepared:
+            body = {**body, "attachments": [p.entry.as_body() for p in prepared]}
+            try:
+                validate_report(body)
+            except RemoteProtocolError as exc:
+                raise InputRefused(str(exc)) from exc
         sequence, previous = store.chain_state(author) or (0, envelope.GENESIS)
         key_id = member.manifest.current_hq_key_id
         try:
@@ -257,9 +294,22 @@ class Node:
             raise InputRefused(str(exc)) from exc
         checked = check_item(sealed.item, member.manifest)
         store.record_own_report(
-            author, sequence + 1, sealed.header_hash, body["id"], checked, int(now)
+            author,
+            sequence + 1,
+            sealed.header_hash,
+            body["id"],
+            checked,
+            int(now),
+            also=lambda conn: media.claim_for_report(conn, body["id"], prepared, author),
         )
         return str(body["id"])
+
+    def attachment_status(
+        self, report_id: str, passphrase: str | None = None
+    ) -> list[media.AttachmentStatus]:
+        """An own report's attachments; names only when the author's passphrase is given."""
+        seed = None if passphrase is None else self.unlock_author(passphrase)
+        return media.attachment_status(self.store(), report_id, seed)
 
     def reports(self) -> list[OutboxEntry]:
         return self.store().outbox()

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -548,9 +548,15 @@ class Store:
         report_id: str,
         checked: Checked,
         now: int,
+        also: Callable[[sqlite3.Connection], None] | None = None,
     ) -> None:
-        """Store the author's new envelope, its outbox entry and chain state atomically."""
+        """Store the author's new envelope, its outbox entry and chain state atomically.
+
+        ``also`` runs first in the same transaction (attachments: fieldsync.media).
+        """
         with self.transaction():
+            if also is not None:
+                also(self._conn)
             self.add_checked(checked, ImportCounts(), now, own=True)
             self._conn.execute(
                 "INSERT INTO outbox (report_id, tag, sequence, created_at, status)"
