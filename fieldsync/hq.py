@@ -25,7 +25,7 @@ from typing import Any
 
 import sqlite_utils
 
-from fieldsync import keystore
+from fieldsync import hq_media, keystore
 from fieldsync.errors import FieldsyncError, InputRefused, NotFound
 from fieldsync.node import Node, Progress, _read_bundle, utc_text
 from fieldsync.store import now_seconds
@@ -82,6 +82,8 @@ class IngestSummary:
     forks: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
     other_items: int = 0
+    chunks: int = 0
+    media: dict[str, int] = field(default_factory=dict)
     gaps: dict[str, list[int]] = field(default_factory=dict)
     fork_alerts: list[dict[str, Any]] = field(default_factory=list)
 
@@ -93,6 +95,8 @@ class IngestSummary:
             "rejected": sum(self.rejected.values()),
             "rejected_reasons": self.rejected,
             "other_items": self.other_items,
+            "chunks": self.chunks,
+            "media": self.media,
             "gaps": self.gaps,
             "fork_alerts": self.fork_alerts,
         }
@@ -170,6 +174,7 @@ class HQ:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             _create_schema(db)
+            hq_media.ensure_schema(db)
             self._db = db
         return self._db
 
@@ -272,6 +277,9 @@ class HQ:
         with _transaction(db):
             for data in items:
                 item = parse_item(data)
+                if item.kind is ItemKind.CHUNK:  # media hook 1 (fieldsync.hq_media)
+                    summary.chunks += hq_media.store_chunk(db, item)
+                    continue
                 if item.kind is not ItemKind.ENVELOPE:
                     summary.other_items += 1
                     continue
@@ -301,6 +309,8 @@ class HQ:
                     )
                     continue
                 status = self._record_report(db, opened, envelope_id, authors, summary)
+                if status == "accepted":  # media hook 2
+                    hq_media.record_attachments(db, opened, envelope_id)
                 _insert(
                     db,
                     "envelopes",
@@ -313,6 +323,9 @@ class HQ:
                         "data": data if status == "fork" else None,
                     },
                 )
+        # Media hook 3: after the commit, assemble every attachment whose chunks are all held.
+        for outcome, count in hq_media.assemble_ready(self.directory, db).items():
+            summary.media[outcome] = summary.media.get(outcome, 0) + count
 
     def _record_report(
         self,
@@ -393,6 +406,8 @@ class HQ:
         pending = db.execute(
             "SELECT envelope_id, tag FROM envelopes WHERE receipt_serial IS NULL ORDER BY rowid"
         ).fetchall()
+        # Media hook 4: chunks HQ holds are receipted too, so every holder deletes them.
+        pending += [(chunk_id, tag) for chunk_id, tag in hq_media.unreceipted_chunks(db)]
         made = 0
         with _transaction(db):
             for start in range(0, len(pending), MAX_TAGS):
@@ -418,7 +433,14 @@ class HQ:
                 )
                 db.conn.executemany(
                     "UPDATE envelopes SET receipt_serial = ? WHERE envelope_id = ?",
-                    [(serial, envelope_id) for envelope_id, _ in batch],
+                    [
+                        (serial, envelope_id)
+                        for envelope_id, _ in batch
+                        if isinstance(envelope_id, str)
+                    ],
+                )
+                hq_media.mark_receipted(
+                    db, serial, [chunk_id for chunk_id, _ in batch if isinstance(chunk_id, bytes)]
                 )
                 made += 1
         return made
@@ -504,7 +526,8 @@ def _report_row(
         "sequence": opened.sequence,
         "envelope_id": envelope_id,
         "supersedes": body.get("supersedes"),
-        "body_json": json.dumps(body, ensure_ascii=False, sort_keys=True),
+        # Media hook 5: attachments as name, type, size and SHA-256 (no keys, no chunk ids).
+        "body_json": json.dumps(hq_media.public_body(body), ensure_ascii=False, sort_keys=True),
     }
 
 

@@ -200,4 +200,3 @@ def discard_chunks(store: Store, prepared: Sequence[PreparedAttachment]) -> None
                 "DELETE FROM items WHERE id = ? AND own = 0",
                 [(chunk_id,) for chunk_id in attachment.chunk_ids],
             )
-

@@ -237,9 +237,11 @@ class Store:
     def _apply_receipt_tags(self, tags: Iterable[bytes], counts: ImportCounts, now: int) -> None:
         counts.receipts_applied += 1
         for tag in tags:
+            # Envelopes, attachment chunks and opaque items are receipted (SPEC.md §9, §15.5);
+            # receipts and manifests never are.
             purged = self._conn.execute(
-                "DELETE FROM items WHERE tag = ? AND kind = ? RETURNING id",
-                (tag, ItemKind.ENVELOPE.value),
+                "DELETE FROM items WHERE tag = ? AND kind NOT IN (?, ?) RETURNING id",
+                (tag, ItemKind.RECEIPT.value, ItemKind.MANIFEST.value),
             ).fetchall()
             counts.purged += len(purged)
             counts.purged_ids.extend(row[0] for row in purged)

@@ -1,4 +1,4 @@
-"""Headquarters commands: ``network create`` and ``hq enroll|ingest|export|receipts``."""
+"""Headquarters commands: ``network create`` and ``hq enroll|ingest|export|receipts|media``."""
 
 from __future__ import annotations
 
@@ -191,6 +191,13 @@ def ingest(
         )
     for author, missing in sorted(data["gaps"].items()):
         say(f"  gap: {author} is missing sequence numbers {_ranges(missing)}")
+    media = data["media"]
+    if data["chunks"] or any(media.values()):
+        say(
+            f"  media: {data['chunks']} new chunks; {media.get('verified', 0)} attachments"
+            f" verified, {media.get('pending', 0)} pending, {media.get('failed', 0)} FAILED"
+            " (see `fieldsync hq media`)"
+        )
     emit(as_json, {**data, **hub_data})
 
 
@@ -263,3 +270,42 @@ def receipts(hq_dir: Path, out: Path, passphrase_file: Path | None, as_json: boo
         f" {counts['envelopes_receipted']} envelopes to {out}"
     )
     emit(as_json, {"out": str(out), **counts})
+
+
+@hq.command()
+@click.argument("report_id", required=False)
+@hq_dir_option
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Copy the report's verified files into this directory.",
+)
+@json_option
+@handle_errors
+def media(hq_dir: Path, report_id: str | None, out: Path | None, as_json: bool) -> None:
+    """Attachments HQ knows of (verified, pending k/n, failed); with REPORT_ID --out DIR,
+    extract that report's files (refused while any of them is not verified)."""
+    from fieldsync import hq_media
+
+    headquarters = HQ(hq_dir)
+    try:
+        db = headquarters.database()
+        if out is not None:
+            if report_id is None:
+                raise FieldsyncError("give the REPORT_ID whose files to extract with --out")
+            written = hq_media.extract(hq_dir, db, report_id, out)
+            say(f"extracted {len(written)} verified file(s) to {out}")
+            emit(as_json, {"files": [str(p) for p in written]}, "\n".join(map(str, written)))
+            return
+        rows = [s.as_dict() for s in hq_media.statuses(db, report_id)]
+    finally:
+        headquarters.close()
+    if report_id is not None and not rows:
+        raise NotFound(f"no report with attachments matches {report_id!r}")
+    text = "\n".join(
+        f"{r['report_id']}  {r['status']:16} {r['size']:>12,} B  {r['name']}"
+        + (f"\n    {r['detail']}" if r["detail"] else "")
+        for r in rows
+    )
+    emit(as_json, rows, text or "no attachments")

@@ -135,6 +135,8 @@ def test_reports_become_rows_with_lat_lon(net: Net) -> None:
         "rejected": 0,
         "rejected_reasons": {},
         "other_items": 1,  # the manifest
+        "chunks": 0,
+        "media": {"verified": 0, "failed": 0, "pending": 0},
         "gaps": {},
         "fork_alerts": [],
     }

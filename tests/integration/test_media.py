@@ -1,0 +1,358 @@
+"""Attachments end to end (issue 9 "Must show"): media goes A -> B -> HQ by sync and by
+bundle, HQ's copy is byte-identical and matches the signed SHA-256, nothing readable is left
+on the way, and damaged, incomplete or mixed-up media never becomes a file at HQ.
+
+The test file is made of 32-byte records, each starting with a 12-byte marker unique to the
+run: every 64-byte window of the file contains a whole marker, so "no marker anywhere" in a
+raw byte scan means "no 64-byte window of the original anywhere". Positive controls prove
+the scan finds the marker where it does exist.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "fieldsync"))
+
+from offline_support import (
+    PASSPHRASE,
+    Net,
+    build_network,
+    copy_network,
+    export,
+    fields,
+    files_under,
+    import_,
+    ingest,
+    open_hq,
+    receipts,
+    write_bundle,
+)
+from sync_support import clean_env, run_sync, start_server
+
+from fieldsync import hq_media, media
+from fieldsync.errors import InputRefused
+from fieldsync.node import Node
+from fieldsync_protocol import codec
+from fieldsync_protocol.attachment import PIECE, chunk_count
+from fieldsync_protocol.items import ItemKind, parse_item
+
+MB = 1024 * 1024
+
+
+def marked_file(path: Path, size: int) -> bytes:
+    """Write a file of ``size`` bytes of marked records; return its marker."""
+    marker = b"FSM" + secrets.token_bytes(9)
+    with open(path, "wb") as out:
+        written = 0
+        counter = 0
+        while written < size:
+            block = bytearray()
+            while len(block) < MB and written + len(block) < size:
+                block += marker + counter.to_bytes(8, "big") + secrets.token_bytes(12)
+                counter += 1
+            block = block[: size - written]
+            out.write(block)
+            written += len(block)
+    return marker
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(MB):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def files_holding(marker: bytes, *roots: Path) -> list[Path]:
+    return [p for p in files_under(*roots) if marker in p.read_bytes()]
+
+
+def add_with_media(home: Path, narrative: str, *files: Path) -> str:
+    node = Node(home)
+    try:
+        return node.add_report(fields(narrative), PASSPHRASE, list(files))
+    finally:
+        node.close()
+
+
+def item_kinds(home: Path) -> dict[str, int]:
+    node = Node(home)
+    try:
+        return dict(node.store().status()["items"])  # type: ignore[call-overload]
+    finally:
+        node.close()
+
+
+@pytest.fixture(scope="module")
+def base_net(tmp_path_factory: pytest.TempPathFactory) -> Net:
+    return build_network(tmp_path_factory.mktemp("media-base") / "net")
+
+
+@pytest.fixture
+def net(base_net: Net, tmp_path: Path) -> Net:
+    return copy_network(base_net, tmp_path / "net")
+
+
+def extract(net: Net, report_id: str, out: Path) -> list[Path]:
+    with open_hq(net) as headquarters:
+        return hq_media.extract(net.hq, headquarters.database(), report_id, out)
+
+
+def media_rows(net: Net, report_id: str) -> list[hq_media.MediaStatus]:
+    with open_hq(net) as headquarters:
+        return hq_media.statuses(headquarters.database(), report_id)
+
+
+def check_hq_copy(net: Net, report_id: str, original: Path, tmp: Path) -> None:
+    [row] = media_rows(net, report_id)
+    assert row.status == "verified"
+    assert row.sha256 == sha256_of(original)  # the signed hash
+    [copy] = extract(net, report_id, tmp / "extracted")
+    assert sha256_of(copy) == sha256_of(original)
+    stored = net.hq / str(row.path)
+    assert stat.S_IMODE(stored.stat().st_mode) == 0o600
+    assert stat.S_IMODE(stored.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE((net.hq / "media").stat().st_mode) == 0o700
+
+
+def test_twenty_megabytes_by_bundle_then_purge(net: Net, tmp_path: Path) -> None:
+    original = tmp_path / "video.mp4"
+    marker = marked_file(original, 20 * MB)
+    assert files_holding(marker, tmp_path) == [original]  # positive control
+    report_id = add_with_media(net.a, "arrest at the market, filmed", original)
+    assert item_kinds(net.a)["chunk"] == chunk_count(20 * MB) == 81
+    export(net.a, net.usb / "a.bundle")
+    import_(net.b, net.usb / "a.bundle")
+    export(net.b, net.usb / "b.bundle")
+    summary = ingest(net, net.usb / "b.bundle")
+    assert (summary.new, summary.chunks, summary.media.get("verified")) == (1, 81, 1)
+    check_hq_copy(net, report_id, original, tmp_path)
+    assert files_holding(marker, net.a, net.b, net.usb) == []
+    receipts(net, net.usb / "r.bundle")
+    import_(net.b, net.usb / "r.bundle")
+    import_(net.a, net.usb / "r.bundle")
+    assert item_kinds(net.b)["chunk"] == 0
+    assert item_kinds(net.a)["chunk"] == 0
+    node = Node(net.a)
+    try:
+        [status] = node.attachment_status(report_id, PASSPHRASE)
+    finally:
+        node.close()
+    assert (status.name, status.size, status.receipted, status.chunks) == (
+        "video.mp4",
+        20 * MB,
+        81,
+        81,
+    )
+    assert files_holding(marker, net.a, net.b, net.usb) == []
+
+
+def test_twenty_megabytes_by_sync(net: Net, tmp_path: Path) -> None:
+    original = tmp_path / "voice.ogg"
+    marker = marked_file(original, 20 * MB)
+    report_id = add_with_media(net.a, "witness statement, recorded", original)
+    server = start_server(net.a)
+    try:
+        result = run_sync(net.b, server.tcp_target)
+    finally:
+        assert server.stop() == 0
+    assert result.complete, result.stderr
+    assert item_kinds(net.b)["chunk"] == 81
+    export(net.b, net.usb / "b.bundle")
+    ingest(net, net.usb / "b.bundle")
+    check_hq_copy(net, report_id, original, tmp_path)
+    assert files_holding(marker, net.a, net.b, net.usb) == []
+
+
+def chunk_items(home: Path) -> list[bytes]:
+    node = Node(home)
+    try:
+        rows = (
+            node.store()
+            .db.execute("SELECT data FROM items WHERE kind = 'a' ORDER BY seq")
+            .fetchall()
+        )
+        return [row[0] for row in rows]
+    finally:
+        node.close()
+
+
+def envelope_items(home: Path) -> list[bytes]:
+    node = Node(home)
+    try:
+        rows = node.store().db.execute("SELECT data FROM items WHERE kind = 'e'").fetchall()
+        return [row[0] for row in rows]
+    finally:
+        node.close()
+
+
+def test_half_the_chunks_by_one_path_half_by_another(net: Net, tmp_path: Path) -> None:
+    original = tmp_path / "photo.jpg"
+    marked_file(original, 3 * PIECE + 1234)
+    report_id = add_with_media(net.a, "burned house", original)
+    chunks = chunk_items(net.a)
+    assert len(chunks) == 4
+    [report] = envelope_items(net.a)
+    # Path 1 (A -> B -> HQ) carries the report and the first half; path 2 (a stick) the rest.
+    write_bundle(net, net.usb / "one.bundle", [report, *chunks[:2]])
+    import_(net.b, net.usb / "one.bundle")
+    export(net.b, net.usb / "b.bundle")
+    first = ingest(net, net.usb / "b.bundle")
+    assert first.media == {"verified": 0, "failed": 0, "pending": 1}
+    [row] = media_rows(net, report_id)
+    assert (row.status, row.held, row.chunks) == ("pending", 2, 4)
+    with pytest.raises(InputRefused, match=f"report {report_id}.*pending 2/4"):
+        extract(net, report_id, tmp_path / "early")
+    assert not (tmp_path / "early").exists()
+    write_bundle(net, net.usb / "two.bundle", chunks[2:])
+    second = ingest(net, net.usb / "two.bundle")
+    assert second.media["verified"] == 1
+    check_hq_copy(net, report_id, original, tmp_path)
+
+
+def flip(item: bytes, position: int) -> bytes:
+    damaged = bytearray(item)
+    damaged[position] ^= 0x01
+    return bytes(damaged)
+
+
+def alerts(net: Net) -> list[str]:
+    with open_hq(net) as headquarters:
+        rows = headquarters.database().execute(
+            "SELECT detail FROM alerts WHERE kind = 'attachment'"
+        )
+        return [row[0] for row in rows]
+
+
+def test_damaged_or_mixed_up_chunks_never_become_a_file(net: Net, tmp_path: Path) -> None:
+    """Relays carry damaged chunks unknowingly; HQ keeps nothing it cannot verify."""
+    original = tmp_path / "doc.pdf"
+    marked_file(original, 2 * PIECE + 99)
+    report_id = add_with_media(net.a, "leaked order", original)
+    chunks = chunk_items(net.a)
+    [report] = envelope_items(net.a)
+    other = tmp_path / "other.pdf"
+    marked_file(other, 2 * PIECE + 99)
+    add_with_media(net.a, "another document", other)
+    other_chunks = [c for c in chunk_items(net.a) if c not in chunks]
+    # Flipped bytes at sampled positions, a spliced chunk of another attachment, a
+    # duplicate and a reordered one: none is the chunk the signed report names.
+    # (Flips in the ciphertext; one in the map layout is refused by every holder already.)
+    ciphertext_end = len(chunks[1]) - len(b"\xa1t\xa1a\xa1v\x01")
+    wrong = [flip(chunks[1], p) for p in (8, 9, 100, 4000, 200_000, ciphertext_end - 1)]
+    wrong += [other_chunks[1], chunks[0], chunks[2]]
+    assert all(parse_item(bad).kind is ItemKind.CHUNK for bad in wrong)  # relays carry them
+    for index, bad in enumerate(wrong):
+        write_bundle(net, net.usb / f"bad-{index}.bundle", [report, chunks[0], chunks[2], bad])
+    for index in range(len(wrong)):
+        ingest(net, net.usb / f"bad-{index}.bundle")
+    [row] = media_rows(net, report_id)
+    assert (row.status, row.held, row.chunks) == ("pending", 2, 3)
+    with pytest.raises(InputRefused, match=f"report {report_id}.*pending 2/3"):
+        extract(net, report_id, tmp_path / "never")
+    assert not (net.hq / "media").exists() or not any((net.hq / "media").rglob("*"))
+
+
+def test_a_signed_hash_that_does_not_match_the_file_is_an_alert(
+    net: Net, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An author node that signs the wrong SHA-256 (a bug, or a tampered author node): HQ
+    alerts naming the report and keeps no file."""
+    original = tmp_path / "audio.ogg"
+    marked_file(original, PIECE + 10)
+    real = media.encrypt_file
+    lie = bytes(32)
+
+    def lying_encrypt(*args: object, **kwargs: object) -> media.PreparedAttachment:
+        prepared = real(*args, **kwargs)  # type: ignore[arg-type]
+        entry = prepared.entry
+        forged = type(entry)(**{**entry.__dict__, "sha256": lie})
+        return media.PreparedAttachment(forged, prepared.chunk_ids)
+
+    monkeypatch.setattr(media, "encrypt_file", lying_encrypt)
+    report_id = add_with_media(net.a, "a report whose media hash lies", original)
+    export(net.a, net.usb / "a.bundle")
+    summary = ingest(net, net.usb / "a.bundle")
+    assert summary.media["failed"] == 1
+    [row] = media_rows(net, report_id)
+    assert row.status == "failed"
+    [alert] = alerts(net)
+    assert f"report {report_id}" in alert and "SHA-256 differs" in alert
+    with pytest.raises(InputRefused, match=f"report {report_id}.*SHA-256 differs"):
+        extract(net, report_id, tmp_path / "never")
+    assert [p for p in (net.hq / "media").rglob("*") if p.is_file()] == []
+
+
+def test_an_unknown_future_kind_is_relayed_unchanged(net: Net) -> None:
+    future = codec.encode({"t": "zz", "v": 9, "x": b"from a newer fieldsync" * 10})
+    write_bundle(net, net.usb / "future.bundle", [future])
+    import_(net.b, net.usb / "future.bundle")
+    export(net.b, net.usb / "b.bundle")
+    import_(net.a, net.usb / "b.bundle")
+    node = Node(net.a)
+    try:
+        rows = node.store().db.execute("SELECT data FROM items WHERE kind = '?'").fetchall()
+    finally:
+        node.close()
+    assert [row[0] for row in rows] == [future]
+    summary = ingest(net, net.usb / "b.bundle")
+    # HQ refuses what it cannot verify: not a report, not receipted (holders keep carrying it).
+    assert (summary.new, summary.chunks, summary.other_items) == (0, 0, 2)  # it + the manifest
+    assert receipts(net, net.usb / "r.bundle")["receipts_total"] == 0
+
+
+def test_adding_a_100_mb_file_keeps_memory_bounded(net: Net, tmp_path: Path) -> None:
+    """The node's resident memory grows by less than 64 MB while it adds 100 MB of media."""
+    original = tmp_path / "long.mp4"
+    marked_file(original, 100 * MB)
+    script = (
+        "import resource, sys\n"
+        "from fieldsync_cli.main import main\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "try:\n"
+        "    main(sys.argv[1:])\n"
+        "except SystemExit as exc:\n"
+        "    code = exc.code\n"
+        "after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "print(f'RSS {before} {after} {code}', file=sys.stderr)\n"
+    )
+    env = {**clean_env(), "FIELDSYNC_PASSPHRASE": PASSPHRASE}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            script,
+            "--home",
+            str(net.a),
+            "report",
+            "add",
+            "--narrative",
+            "a long video",
+            "--category",
+            "excessive-force",
+            "--occurred",
+            "2025-03-01",
+            "--attach",
+            str(original),
+            "--json",
+        ],
+        capture_output=True,
+        env=env,
+        timeout=600,
+        check=False,
+    )
+    line = [x for x in done.stderr.decode().splitlines() if x.startswith("RSS ")][-1]
+    _, before, after, code = line.split()
+    assert code in ("0", "None"), done.stderr.decode()
+    growth_kib = int(after) - int(before)
+    assert growth_kib < 64 * 1024, f"RSS grew by {growth_kib} KiB"
+    assert item_kinds(net.a)["chunk"] == chunk_count(100 * MB)
