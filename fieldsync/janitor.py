@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 
 from fieldsync.peer import SyncSource
+from fieldsync.priority import EVICT_FIRST
 from fieldsync.store import Store
 from fieldsync.store_worker import StoreWorker
 
@@ -60,7 +61,7 @@ class Janitor:
         def work(store: Store) -> JanitorReport:
             report = JanitorReport(clock=store.advance_clock(elapsed))
             report.expired = store.expire()
-            report.evicted = store.enforce_budget(budget)
+            report.evicted = store.enforce_budget(budget, first=EVICT_FIRST)
             if report.expired or report.evicted:
                 source.invalidate()
             elif checkpoint:

@@ -25,11 +25,12 @@ from typing import Any
 
 from fieldsync import keystore, media
 from fieldsync.errors import FieldsyncError, InputRefused, NotFound, NotInitialised
+from fieldsync.priority import iter_by_priority
 from fieldsync.store import ImportCounts, OutboxEntry, Store, now_seconds
 from fieldsync_protocol import codec, crypto, envelope, membership
 from fieldsync_protocol.bundle import SEALED_CHUNK, BundleReader, BundleWriter
 from fieldsync_protocol.errors import LocalProtocolError, RemoteProtocolError
-from fieldsync_protocol.items import Checked, check_item
+from fieldsync_protocol.items import MAX_ITEM, Checked, check_item
 from fieldsync_protocol.keytext import KeyKind, fingerprint, key_to_text
 from fieldsync_protocol.report import validate_report
 
@@ -41,6 +42,8 @@ STORE = "store.db"
 
 #: Receives (bytes done, bytes total) during long operations.
 Progress = Callable[[int, int], None]
+#: Smallest --max-size: the file nonce, the largest item and two sealed bundle chunks.
+MIN_BUNDLE_SIZE = 16 + MAX_ITEM + 8 + 3 * SEALED_CHUNK
 
 
 def uuid7(now_ms: int | None = None) -> str:
@@ -318,24 +321,60 @@ class Node:
 
     def export_bundle(self, path: Path, progress: Progress | None = None) -> int:
         """Write every stored item to a bundle file atomically; return the item count."""
+        return sum(count for _, count in self.export_bundles(path, None, progress))
+
+    def export_bundles(
+        self, path: Path, max_size: int | None, progress: Progress | None = None
+    ) -> list[tuple[Path, int]]:
+        """Write every stored item to bundle files of at most ``max_size`` bytes each.
+
+        Items go in transfer order (receipts and manifests, reports, then media), so the
+        first file holds every report text. Each file is a complete bundle that imports on
+        its own: ``path``, then ``NAME-2.EXT``, ``NAME-3.EXT``, … Returns (file, items) pairs.
+        """
+        if max_size is not None and max_size < MIN_BUNDLE_SIZE:
+            raise InputRefused(
+                f"--max-size must be at least {MIN_BUNDLE_SIZE} bytes (one item and its framing)"
+            )
         keystore.check_output(path, "bundle file")
         member = self.membership()
         store = self.store()
-        writer = BundleWriter(
-            member.network_key, member.manifest.network_id, secrets.token_bytes(16)
-        )
-        tmp = path.with_name(f".{path.name}.partial")
         total = store.item_count()
-        with open(tmp, "wb") as out:
-            for done, item in enumerate(store.iter_items(), start=1):
-                out.write(writer.add(item))
-                if progress:
-                    progress(done, total)
-            out.write(writer.finish())
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-        return writer.items_written
+        parts: list[tuple[Path, int]] = []
+        items = iter_by_priority(store)
+        pending: bytes | None = next(items, None)
+        done = 0
+        while True:
+            target = (
+                path if not parts else path.with_name(f"{path.stem}-{len(parts) + 1}{path.suffix}")
+            )
+            if parts:
+                keystore.check_output(target, "bundle file")
+            writer = BundleWriter(
+                member.network_key, member.manifest.network_id, secrets.token_bytes(16)
+            )
+            tmp = target.with_name(f".{target.name}.partial")
+            written = 0
+            with open(tmp, "wb") as out:
+                while pending is not None:
+                    # The final chunk and the one being filled bound what finish() adds.
+                    room = written + len(pending) + 3 * SEALED_CHUNK
+                    if max_size is not None and writer.items_written and room > max_size:
+                        break
+                    data = writer.add(pending)
+                    out.write(data)
+                    written += len(data)
+                    done += 1
+                    if progress:
+                        progress(done, total)
+                    pending = next(items, None)
+                out.write(writer.finish())
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, target)
+            parts.append((target, writer.items_written))
+            if pending is None:
+                return parts
 
     def import_bundle(self, path: Path, progress: Progress | None = None) -> BundleImport:
         """Import a bundle all-or-nothing: a damaged or forged file leaves the store unchanged."""

@@ -496,11 +496,17 @@ class Store:
         free = self._conn.execute("PRAGMA freelist_count").fetchone()[0]
         return int((pages - free) * page_size)
 
-    def enforce_budget(self, budget_bytes: int, step: int = 200) -> int:
+    def enforce_budget(
+        self,
+        budget_bytes: int,
+        step: int = 200,
+        first: tuple[tuple[str, tuple[str, ...]], ...] = (),
+    ) -> int:
         """Evict until the data fits ``budget_bytes``: first relayed envelopes closest to
         expiry, then receipts, and the author's own unreceipted reports only last."""
         evicted = 0
         order = (
+            *first,  # the kind-ordering hook: fieldsync.priority.EVICT_FIRST (media first)
             ("kind = ? AND own = 0", (ItemKind.ENVELOPE.value,)),
             ("kind = ?", (ItemKind.RECEIPT.value,)),
             ("kind = ? AND own = 1", (ItemKind.ENVELOPE.value,)),

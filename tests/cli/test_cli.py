@@ -777,3 +777,22 @@ def test_attach_and_show_delivery_progress(cli: CliRunner, net: Net, tmp_path: P
     )  # fmt: skip
     assert missing.exit_code == NOT_FOUND and "nope.jpg does not exist" in missing.output
     assert len(json.loads(cli.invoke(main, [*home, "report", "list", "--json"]).stdout)) == 1
+
+
+def test_bundle_export_max_size(cli: CliRunner, net: Net, tmp_path: Path) -> None:
+    from fieldsync_cli.cmd_bundle import parse_size
+
+    assert [parse_size(t) for t in ("4G", "700M", "512k", "1000", "2GiB")] == [
+        4 << 30, 700 << 20, 512 << 10, 1000, 2 << 30,
+    ]  # fmt: skip
+    add_reports(net.a, ["one", "two"])
+    home = ["--home", str(net.a)]
+    out = tmp_path / "stick.bundle"
+    done = cli.invoke(main, [*home, "bundle", "export", str(out), "--max-size", "4G", "--json"])
+    assert done.exit_code == OK, done.output
+    data = json.loads(done.stdout)
+    assert data["items"] == 3 and data["files"] == [{"file": str(out), "items": 3}]
+    bad = cli.invoke(main, [*home, "bundle", "export", str(tmp_path / "x"), "--max-size", "lots"])
+    assert bad.exit_code == USAGE and "not a size like 4G" in bad.output
+    tiny = cli.invoke(main, [*home, "bundle", "export", str(tmp_path / "y"), "--max-size", "1K"])
+    assert tiny.exit_code != OK and "--max-size must be at least" in tiny.output

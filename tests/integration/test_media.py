@@ -40,6 +40,7 @@ from sync_support import clean_env, run_sync, start_server
 from fieldsync import hq_media, media
 from fieldsync.errors import InputRefused
 from fieldsync.node import Node
+from fieldsync.priority import EVICT_FIRST
 from fieldsync_protocol import codec
 from fieldsync_protocol.attachment import PIECE, chunk_count
 from fieldsync_protocol.items import ItemKind, parse_item
@@ -356,3 +357,57 @@ def test_adding_a_100_mb_file_keeps_memory_bounded(net: Net, tmp_path: Path) -> 
     growth_kib = int(after) - int(before)
     assert growth_kib < 64 * 1024, f"RSS grew by {growth_kib} KiB"
     assert item_kinds(net.a)["chunk"] == chunk_count(100 * MB)
+
+
+def test_split_export_puts_report_texts_first_and_each_part_imports_alone(
+    net: Net, tmp_path: Path
+) -> None:
+    first_file = tmp_path / "one.mp4"
+    marked_file(first_file, 3 * MB)
+    second_file = tmp_path / "two.mp4"
+    marked_file(second_file, 3 * MB)
+    ids = [
+        add_with_media(net.a, "first", first_file),
+        add_with_media(net.a, "second", second_file),
+    ]
+    limit = 1 * MB
+    node = Node(net.a)
+    try:
+        parts = node.export_bundles(net.usb / "stick.bundle", limit)
+    finally:
+        node.close()
+    assert len(parts) >= 6
+    assert [p.name for p, _ in parts[:2]] == ["stick.bundle", "stick-2.bundle"]
+    assert all(p.stat().st_size <= limit for p, _ in parts)
+    assert sum(count for _, count in parts) == 1 + 2 + 2 * chunk_count(3 * MB)
+    # The first part alone carries every report text (and the manifest) to HQ.
+    summary = ingest(net, parts[0][0])
+    assert summary.new == 2
+    assert {r.report_id: r.status for r in media_rows(net, "")} == {i: "pending" for i in ids}
+    # The rest, each imported alone into a relay, in reverse order, then on to HQ.
+    for path, _ in reversed(parts[1:]):
+        import_(net.b, path)
+    export(net.b, net.usb / "b.bundle")
+    ingest(net, net.usb / "b.bundle")
+    assert {r.report_id: r.status for r in media_rows(net, "")} == {i: "verified" for i in ids}
+
+
+def test_a_small_disk_budget_drops_media_before_any_report_text(net: Net, tmp_path: Path) -> None:
+    original = tmp_path / "big.mp4"
+    marked_file(original, 6 * MB)
+    add_with_media(net.a, "with a big video", original)
+    for index in range(20):
+        add_with_media(net.a, f"report text {index}")
+    export(net.a, net.usb / "a.bundle")
+    import_(net.b, net.usb / "a.bundle")
+    node = Node(net.b)
+    try:
+        store = node.store()
+        before = store.used_bytes()
+        evicted = store.enforce_budget(before // 3, first=EVICT_FIRST)
+        kinds = dict(store.status()["items"])  # type: ignore[call-overload]
+    finally:
+        node.close()
+    assert evicted > 0
+    assert kinds["envelope"] == 21  # every report text kept
+    assert kinds["chunk"] < chunk_count(6 * MB)  # media went first
