@@ -238,6 +238,11 @@ def export_(hq_dir: Path, fmt: str, out: Path | None, as_json: bool) -> None:
             with open(tmp, "w", encoding="utf-8", newline="") as handle:
                 count = WRITERS[fmt](db, handle)
             tmp.replace(out)
+            from fieldsync import hq_media
+
+            copied = hq_media.copy_verified(hq_dir, db, out.parent)
+            if copied:
+                say(f"copied {copied} verified media file(s) to {out.parent / 'media'}")
     finally:
         headquarters.close()
     say(f"exported {count} reports as {fmt}" + (f" to {out}" if out else ""))

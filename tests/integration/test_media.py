@@ -409,3 +409,38 @@ def test_a_small_disk_budget_drops_media_before_any_report_text(net: Net, tmp_pa
     assert evicted > 0
     assert kinds["envelope"] == 21  # every report text kept
     assert kinds["chunk"] < chunk_count(6 * MB)  # media went first
+
+
+def test_hq_export_writes_media_beside_it_with_relative_links(net: Net, tmp_path: Path) -> None:
+    import csv
+    import json
+
+    from fieldsync.exports import WRITERS
+
+    original = tmp_path / "scene.jpg"
+    marked_file(original, PIECE + 5)
+    report_id = add_with_media(net.a, "scene photographed", original)
+    export(net.a, net.usb / "a.bundle")
+    ingest(net, net.usb / "a.bundle")
+    out_dir = tmp_path / "export"
+    out_dir.mkdir()
+    with open_hq(net) as headquarters:
+        db = headquarters.database()
+        for fmt in ("jsonl", "csv", "uwazi-csv"):
+            with open(out_dir / f"reports.{fmt}", "w", encoding="utf-8", newline="") as out:
+                WRITERS[fmt](db, out)
+        assert hq_media.copy_verified(net.hq, db, out_dir) == 1
+        assert hq_media.copy_verified(net.hq, db, out_dir) == 0  # already there
+    [record] = [json.loads(line) for line in (out_dir / "reports.jsonl").read_text().splitlines()]
+    assert record["id"] == report_id
+    [link] = record["hq"]["attachments"]
+    assert not Path(link).is_absolute() and link.startswith("media/")
+    assert sha256_of(out_dir / link) == sha256_of(original)
+    assert record["attachments"] == [
+        {"name": "scene.jpg", "media_type": "image/jpeg", "size": PIECE + 5,
+         "sha256": sha256_of(original)}
+    ]  # fmt: skip
+    for fmt in ("csv", "uwazi-csv"):
+        with open(out_dir / f"reports.{fmt}", encoding="utf-8") as handle:
+            [row] = list(csv.DictReader(handle))
+        assert row["attachments"] == link
