@@ -140,7 +140,8 @@ def claim_for_report(
     prepared: Sequence[PreparedAttachment],
     author_public: bytes,
 ) -> None:
-    """Inside the report's transaction: make its chunks the author's own and record them."""
+    """Inside the report's transaction, after its envelope is stored: make its chunks the
+    author's own, number them after the envelope, and record them."""
     for ordinal, attachment in enumerate(prepared):
         rows = [(chunk_id,) for chunk_id in attachment.chunk_ids]
         marked = conn.executemany("UPDATE items SET own = 1 WHERE id = ?", rows).rowcount
@@ -150,6 +151,7 @@ def claim_for_report(
                 " removed while it was being stored (disk budget too small?); nothing was"
                 " recorded, raise storage.disk_budget_mb or free space and add the report again"
             )
+        _renumber_after_envelope(conn, attachment.chunk_ids)
         conn.execute(
             "INSERT INTO own_attachments (report_id, ordinal, size, chunks, name_sealed)"
             " VALUES (?, ?, ?, ?, ?)",
@@ -166,6 +168,23 @@ def claim_for_report(
             " SELECT tag, ?, ? FROM items WHERE id = ?",
             [(report_id, ordinal, chunk_id) for (chunk_id,) in rows],
         )
+
+
+def _renumber_after_envelope(conn: sqlite3.Connection, chunk_ids: Sequence[bytes]) -> None:
+    """Give the chunks arrival numbers after their report's envelope, in chunk order.
+
+    They were stored while the file streamed, before the envelope existed; sync sends in
+    arrival order (SPEC.md §13, §15.7), so renumbering makes the report's text travel before
+    its media. Numbers only grow, so a peer's cursor never skips them (it may get them twice).
+    """
+    high = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'items'").fetchone()[0]
+    conn.executemany(
+        "UPDATE items SET seq = ? WHERE id = ?",
+        [(high + offset, chunk_id) for offset, chunk_id in enumerate(chunk_ids, start=1)],
+    )
+    conn.execute(
+        "UPDATE sqlite_sequence SET seq = ? WHERE name = 'items'", (high + len(chunk_ids),)
+    )
 
 
 def attachment_status(

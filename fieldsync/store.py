@@ -560,12 +560,13 @@ class Store:
     ) -> None:
         """Store the author's new envelope, its outbox entry and chain state atomically.
 
-        ``also`` runs first in the same transaction (attachments: fieldsync.media).
+        ``also`` runs after the envelope is stored, in the same transaction (attachments:
+        fieldsync.media).
         """
         with self.transaction():
+            self.add_checked(checked, ImportCounts(), now, own=True)
             if also is not None:
                 also(self._conn)
-            self.add_checked(checked, ImportCounts(), now, own=True)
             self._conn.execute(
                 "INSERT INTO outbox (report_id, tag, sequence, created_at, status)"
                 " VALUES (?, ?, ?, ?, 'sealed')",
