@@ -506,3 +506,42 @@ def test_adding_a_large_attachment_keeps_memory_bounded(net: Net, tmp_path: Path
     with_media = peak_rss_kib_of_report_add(net.a, original)
     assert with_media - without < 64 * 1024, (without, with_media)
     assert item_kinds(net.a)["chunk"] == chunk_count(size)
+
+
+def test_a_one_megabyte_repeat_contact_carries_report_texts_before_media(
+    net: Net, tmp_path: Path
+) -> None:
+    """A and B have met before (so the next contact is a delta, SPEC §13.4). B lets A hand
+    it at most 1 MB (its per-peer quota): A's new report texts arrive, then as many chunks
+    as fit; the rest waits for the next contact.
+
+    Limits (SPEC §15.7), not hidden here: a *first* contact reconciles in id order, and with
+    several reports that each carry media a delta sends report 1's media before report 2's
+    text. Bundles follow the full priority order (test_split_export_...)."""
+    import json as json_module
+    import time
+
+    from sync_support import fieldsync_command, read_line
+
+    env = {**clean_env(), "FIELDSYNC_SYNC_QUOTA_BYTES_PER_DAY": str(MB)}
+    server = subprocess.Popen(
+        [*fieldsync_command(), "--home", str(net.b), "run", "--listen", "127.0.0.1:0", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, env=env,
+    )  # fmt: skip
+    try:
+        first = json_module.loads(read_line(server, time.monotonic() + 30))
+        assert run_sync(net.a, first["listening"][0]).complete  # they meet: nothing pending
+        original = tmp_path / "video.mp4"
+        marked_file(original, 8 * MB)
+        add_with_media(net.a, "short contact")
+        add_with_media(net.a, "with a video", original)
+        result = run_sync(net.a, first["listening"][0])  # ends early: B refuses over quota
+    finally:
+        server.terminate()
+        server.wait(60)
+        if server.stdout is not None:
+            server.stdout.close()
+    kinds = item_kinds(net.b)
+    assert kinds["envelope"] == 2, (kinds, result)  # both report texts
+    assert 0 < kinds["chunk"] * PIECE <= MB  # then media, up to the quota
+    assert kinds["chunk"] < chunk_count(8 * MB)
