@@ -39,3 +39,14 @@ def iter_by_priority(store: Store, batch: int = 200) -> Iterator[bytes]:
             if len(rows) < batch:
                 break
             last = rows[-1][0]
+
+
+#: Kinds a reconciling session holds back until every text has gone (SPEC.md §16.5).
+SENT_LAST: tuple[ItemKind, ...] = tuple(kind for kinds in TRANSFER_CLASSES[2:] for kind in kinds)
+
+
+def send_later(store: Store, ids: list[bytes]) -> list[tuple[int, bytes]]:
+    """``(rank, id)`` of the media and unknown kinds among ``ids``: by class, then arrival."""
+    classes = {kind.value: n for n, kind in enumerate(SENT_LAST)}
+    rows = store.kinds_of(ids, list(classes))
+    return [(classes[kind] << 64 | seq, item_id) for kind, seq, item_id in rows]

@@ -488,6 +488,20 @@ class Store:
     def get_items(self, ids: list[bytes]) -> list[bytes]:
         return list(self._where_in("SELECT data FROM items", "id", ids))
 
+    def kinds_of(self, ids: list[bytes], kinds: list[str]) -> list[tuple[str, int, bytes]]:
+        """``(kind, seq, id)`` of the held items among ``ids`` whose kind is in ``kinds``."""
+        marks = ",".join("?" * len(kinds))
+        rows: list[tuple[str, int, bytes]] = []
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            sql = (
+                f"SELECT kind, seq, id FROM items WHERE kind IN ({marks})"  # noqa: S608
+                f" AND id IN ({','.join('?' * len(chunk))})"
+            )
+            found = self._conn.execute(sql, [*kinds, *chunk])
+            rows.extend((str(k), int(q), bytes(i)) for k, q, i in found)
+        return rows
+
     def missing(self, ids: list[bytes]) -> list[bytes]:
         """The subset of ``ids`` this store does not hold."""
         held = self._present("items", "id", ids)

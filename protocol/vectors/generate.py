@@ -844,6 +844,9 @@ class VectorSource:
     def wants(self, ids: Sequence[bytes]) -> list[bytes]:
         return [i for i in ids if i not in self._store.by_id]
 
+    def send_later(self, ids: Sequence[bytes]) -> list[tuple[int, bytes]]:
+        return []  # no media here: every item goes as found
+
 
 def run_session(stores: dict[str, VectorStore]) -> tuple[str, list[dict[str, Any]]]:
     """Drive two default ``SyncSession``s flight by flight; return the mode and transcript.

@@ -642,6 +642,9 @@ class MemSource:
     def wants(self, ids: Sequence[bytes]) -> list[bytes]:
         return [i for i in ids if i not in self.store.by_id]
 
+    def send_later(self, ids: Sequence[bytes]) -> list[tuple[int, bytes]]:
+        return []  # no media here: every item goes as found
+
 
 def session_items() -> dict[str, bytes]:
     items = {name: b(data) for name, data in SESSION["items"].items()}
