@@ -110,6 +110,9 @@ class PeerView:
     def wants(self, ids: Sequence[bytes]) -> list[bytes]:
         return [i for i in ids if i not in self.source.index]
 
+    def send_later(self, ids: Sequence[bytes]) -> list[tuple[int, bytes]]:
+        return []  # no media here: every item goes as found
+
 
 @dataclass
 class Side:

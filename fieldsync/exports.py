@@ -40,11 +40,20 @@ CSV_COLUMNS = (
     "author_key",
     "sequence",
     "envelope_id",
+    "attachments",
 )
 
 
 def _reports(db: sqlite_utils.Database) -> Iterator[dict[str, Any]]:
-    yield from db.query("SELECT * FROM reports ORDER BY created_at, id")
+    """Reports with ``attachments``: the relative paths of their verified media files, which
+    ``hq export`` copies beside the export file (``media/ENVELOPE/NN-name``)."""
+    for row in db.query("SELECT * FROM reports ORDER BY created_at, id"):
+        paths = db.execute(
+            "SELECT path FROM media_attachments WHERE envelope_id = ? AND status = 'verified'"
+            " ORDER BY ordinal",
+            [row["envelope_id"]],
+        ).fetchall()
+        yield {**row, "attachments": "|".join(p[0] for p in paths)}
 
 
 def _record(row: dict[str, Any]) -> dict[str, Any]:
@@ -58,6 +67,7 @@ def _record(row: dict[str, Any]) -> dict[str, Any]:
             "envelope_id": row["envelope_id"],
             "received_at": row["received_at"],
             "claimed_time": row["claimed_time"],
+            "attachments": row["attachments"].split("|") if row["attachments"] else [],
         },
     }
 
@@ -119,6 +129,7 @@ def write_uwazi_csv(db: sqlite_utils.Database, out: TextIO) -> int:
         "sensitivity",
         "language",
         "source_id",
+        "attachments",
     )
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(columns)
@@ -137,6 +148,7 @@ def write_uwazi_csv(db: sqlite_utils.Database, out: TextIO) -> int:
                 row["sensitivity"],
                 row["language"],
                 row["id"],
+                row["attachments"],
             )
         )
         count += 1

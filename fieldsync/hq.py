@@ -6,12 +6,15 @@ Layout of an HQ directory::
                    sealed with the HQ passphrase (move the root key offline: SPEC.md §4)
     manifest.item  the current root-signed network manifest
     hq.db          the analyst database (sqlite-utils; open it with Datasette)
+    media/         verified attachments, media/ENVELOPE/NN-name (``fieldsync.hq_media``)
 
 The analyst database has one row per report in ``reports`` (with ``lat``/``lon``
 columns), every envelope HQ has seen in ``envelopes`` (accepted, duplicate, fork,
 quarantined or junk, with the reason; never a junk envelope's bytes), the ``quarantine``
 (bytes of envelopes HQ opened but refused, for review and ``reingest``), ``alerts`` (forks,
-open gaps as ranges, held envelopes, sequence jumps, a full quarantine), enrolled
+open gaps as ranges, held envelopes, sequence jumps, a full quarantine, attachments that
+failed verification), attachment chunks and attachments (``media_chunks``,
+``media_attachments``, SPEC.md §16.4), enrolled
 ``authors`` and ``nodes``, and the signed ``receipts`` HQ has issued, each with the status
 it gives its envelopes (SPEC.md §9).
 
@@ -25,14 +28,14 @@ import json
 import logging
 import secrets
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import sqlite_utils
 
-from fieldsync import keystore
+from fieldsync import hq_media, keystore
 from fieldsync.errors import FieldsyncError, InputRefused, NotFound
 from fieldsync.node import Node, Progress, _read_bundle, utc_text
 from fieldsync.sqlite_tx import immediate_transaction
@@ -132,6 +135,11 @@ class IngestSummary:
     #: Envelopes HQ could not even record (e.g. the disk is full); retried at the next ingest.
     failed: int = 0
     other_items: int = 0
+    #: Attachment chunks newly held, and chunks HQ could not even record (retried later).
+    chunks: int = 0
+    chunks_failed: int = 0
+    #: Attachments assembled after this ingest: verified, failed, still pending (SPEC.md §16.4).
+    media: dict[str, int] = field(default_factory=dict)
     gaps: dict[str, list[dict[str, int]]] = field(default_factory=dict)
     gaps_total: int = 0
     alerts: list[dict[str, Any]] = field(default_factory=list)
@@ -169,6 +177,9 @@ class IngestSummary:
             "quarantine_full": self.quarantine_full,
             "failed": self.failed,
             "other_items": self.other_items,
+            "chunks": self.chunks,
+            "chunks_failed": self.chunks_failed,
+            "media": self.media,
             "gaps": self.gaps,
             "gaps_total": self.gaps_total,
             "alerts": self.alerts,
@@ -183,6 +194,7 @@ class ReingestSummary:
     forks: int = 0
     still_held: dict[str, int] = field(default_factory=dict)
     receipts_new: int = 0
+    media: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -192,6 +204,7 @@ class ReingestSummary:
             "still_held": sum(self.still_held.values()),
             "still_held_reasons": self.still_held,
             "receipts_new": self.receipts_new,
+            "media": self.media,
         }
 
 
@@ -310,6 +323,7 @@ class HQ:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             _create_schema(db)
+            hq_media.ensure_schema(db)
             self._db = db
         return self._db
 
@@ -420,6 +434,9 @@ class HQ:
             context = self._context(keys)
             for data in items:
                 item = parse_item(data)
+                if item.kind is ItemKind.CHUNK:
+                    self._ingest_chunk(db, item, summary)
+                    continue
                 if item.kind is not ItemKind.ENVELOPE or item.envelope is None:
                     summary.other_items += 1
                     continue
@@ -461,6 +478,18 @@ class HQ:
                 _rollback_envelope(db, again)
                 log.exception("ingest: envelope %s could not be recorded", item.id.hex())
                 summary.failed += 1
+        db.conn.execute("RELEASE envelope")
+
+    def _ingest_chunk(self, db: sqlite_utils.Database, item: Item, summary: IngestSummary) -> None:
+        """Hold one attachment chunk (SPEC.md §16.4) under its own savepoint: a chunk HQ
+        cannot record fails alone, is not receipted, and is tried again at the next ingest."""
+        db.conn.execute("SAVEPOINT envelope")
+        try:
+            summary.chunks += hq_media.store_chunk(db, item)
+        except Exception as exc:  # one item never fails an ingest
+            _rollback_envelope(db, exc)
+            log.exception("ingest: chunk %s could not be recorded", item.id.hex())
+            summary.chunks_failed += 1
         db.conn.execute("RELEASE envelope")
 
     def _judge(
@@ -560,6 +589,7 @@ class HQ:
                 },
             )
             _insert(db, "reports", _report_row(opened, author_text, name, envelope_id))
+            hq_media.record_attachments(db, opened, envelope_id)  # pending k/n (SPEC.md §16.4)
             return None
         if verdict.status == "quarantined":
             _insert(
@@ -619,6 +649,7 @@ class HQ:
                 _insert(db, "alerts", alert)
                 summary.add_alert(alert)
         summary.gaps, summary.gaps_total = self.gaps()
+        _add_counts(summary.media, hq_media.assemble_ready(self.directory, db))
 
     def gaps(self) -> tuple[dict[str, list[dict[str, int]]], int]:
         """Open gaps per author as ranges (at most ``MAX_LISTED_GAPS``), and how many."""
@@ -679,6 +710,7 @@ class HQ:
                 for entry_id, data in page:
                     last = entry_id
                     self._reconsider(db, entry_id, parse_item(data), context, summary)
+        _add_counts(summary.media, hq_media.assemble_ready(self.directory, db))
         summary.receipts_new = self.sign_pending_receipts(keys)
         return summary
 
@@ -787,8 +819,21 @@ class HQ:
                 if not batch:
                     break
                 with immediate_transaction(db.conn):
-                    self._sign_receipt(db, manifest.network_id, keys, status, batch)
+                    serial = self._sign_receipt(db, manifest.network_id, keys, status, batch)
+                    db.conn.executemany(
+                        "UPDATE envelopes SET receipt_serial = ? WHERE envelope_id = ?",
+                        [(serial, envelope_id) for envelope_id, _ in batch],
+                    )
                 made += 1
+        # Chunks HQ holds are receipted too ("accepted": held durably), so every holder
+        # deletes them (SPEC.md §16.5).
+        while chunks := hq_media.unreceipted_chunks(db, MAX_TAGS):
+            with immediate_transaction(db.conn):
+                serial = self._sign_receipt(
+                    db, manifest.network_id, keys, ReceiptStatus.ACCEPTED, chunks
+                )
+                hq_media.mark_receipted(db, serial, [chunk_id for chunk_id, _ in chunks])
+            made += 1
         return made
 
     def _sign_receipt(
@@ -797,8 +842,9 @@ class HQ:
         network_id: bytes,
         keys: HqSecrets,
         status: ReceiptStatus,
-        batch: list[tuple[str, bytes]],
-    ) -> None:
+        batch: Sequence[tuple[object, bytes]],
+    ) -> int:
+        """Sign and store one receipt naming the tags of ``batch``; return its serial."""
         serial = int(db.execute("SELECT coalesce(max(serial), 0) + 1 FROM receipts").fetchone()[0])
         receipt = Receipt(network_id, serial, now_seconds(), tuple(t for _, t in batch), status)
         _insert(
@@ -812,10 +858,7 @@ class HQ:
                 "item": sign_receipt(receipt, keys.receipt_seed),
             },
         )
-        db.conn.executemany(
-            "UPDATE envelopes SET receipt_serial = ? WHERE envelope_id = ?",
-            [(serial, envelope_id) for envelope_id, _ in batch],
-        )
+        return serial
 
     def write_receipts_bundle(self, out: Path, passphrase: str) -> dict[str, int]:
         """Issue pending receipts and write all receipts plus the manifest to a bundle."""
@@ -889,6 +932,11 @@ def _rollback_envelope(db: sqlite_utils.Database, exc: Exception) -> None:
     db.conn.execute("ROLLBACK TO envelope")
 
 
+def _add_counts(total: dict[str, int], counts: dict[str, int]) -> None:
+    for key, count in counts.items():
+        total[key] = total.get(key, 0) + count
+
+
 def _trim(reason: str) -> str:
     return reason if len(reason) <= MAX_REASON else reason[: MAX_REASON - 1] + "…"
 
@@ -958,7 +1006,8 @@ def _report_row(
         "sequence": opened.sequence,
         "envelope_id": envelope_id,
         "supersedes": body.get("supersedes"),
-        "body_json": json.dumps(body, ensure_ascii=False, sort_keys=True),
+        # Attachments as name, type, size and SHA-256 (no keys, no chunk ids).
+        "body_json": json.dumps(hq_media.public_body(body), ensure_ascii=False, sort_keys=True),
     }
 
 
@@ -1036,7 +1085,7 @@ def _create_schema(db: sqlite_utils.Database) -> None:
         if_not_exists=True,
     )
     alerts = {
-        "kind": str,  # fork | gap | quarantined | sequence jump | quarantine full
+        "kind": str,  # fork | gap | quarantined | sequence jump | quarantine full | attachment
         "author_key": str,
         "author_name": str,
         "sequence": int,

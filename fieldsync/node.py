@@ -19,19 +19,20 @@ import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from fieldsync import homefiles, keystore
+from fieldsync import homefiles, keystore, media
 from fieldsync.errors import FieldsyncError, InputRefused, NotFound, NotInitialised
+from fieldsync.priority import iter_by_priority
 from fieldsync.store import ImportCounts, OutboxEntry, Store, now_seconds
 from fieldsync_protocol import crypto, envelope, membership
 from fieldsync_protocol.bundle import SEALED_CHUNK, BundleReader, BundleWriter
 from fieldsync_protocol.errors import LocalProtocolError, RemoteProtocolError
-from fieldsync_protocol.items import Checked, check_item
+from fieldsync_protocol.items import MAX_ITEM, Checked, check_item
 from fieldsync_protocol.keytext import KeyKind, fingerprint, key_to_text
 from fieldsync_protocol.report import validate_report
 
@@ -43,6 +44,8 @@ STORE = "store.db"
 
 #: Receives (bytes done, bytes total) during long operations.
 Progress = Callable[[int, int], None]
+#: Smallest --max-size: the file nonce, the largest item and two sealed bundle chunks.
+MIN_BUNDLE_SIZE = 16 + MAX_ITEM + 8 + 3 * SEALED_CHUNK
 
 
 def uuid7(now_ms: int | None = None) -> str:
@@ -209,9 +212,21 @@ class Node:
             )
         return keystore.open_with_passphrase(path.read_bytes(), passphrase, "author key")
 
-    def add_report(self, fields: dict[str, Any], passphrase: str) -> str:
-        """Validate, sign, seal and store a report; return its report id."""
-        member = self.membership()
+    def add_report(
+        self,
+        fields: dict[str, Any],
+        passphrase: str,
+        attach: Sequence[Path] = (),
+        progress: Progress | None = None,
+    ) -> str:
+        """Validate, sign, seal and store a report with its attachments; return its id.
+
+        Each file in ``attach`` is streamed into chunk items (fieldsync.media) after the
+        report's own fields validate and before the report is sealed, which names them.
+        """
+        if "attachments" in fields:
+            raise InputRefused("attachments are added with --attach FILE, not as report fields")
+        self.membership()  # an unjoined node fails here, before any work
         author_seed = self.unlock_author(passphrase)
         now = time.time()
         body = {
@@ -229,13 +244,37 @@ class Node:
             validate_report(body)
         except RemoteProtocolError as exc:
             raise InputRefused(str(exc)) from exc
-        author = crypto.signing_public_key(author_seed)
         store = self.store()
         if store.db.execute("SELECT 1 FROM outbox WHERE report_id = ?", [body["id"]]).fetchone():
             raise InputRefused(
                 f"a report with id {body['id']} already exists on this node; to correct it,"
                 ' write a new report with "supersedes" set to that id'
             )
+        prepared: list[media.PreparedAttachment] = []
+        try:
+            for path in attach:
+                prepared.append(media.encrypt_file(store, path, now_seconds(), progress))
+            return self._seal_and_record(body, author_seed, prepared, now)
+        except BaseException:
+            media.discard_chunks(store, prepared)
+            raise
+
+    def _seal_and_record(
+        self,
+        body: dict[str, Any],
+        author_seed: bytes,
+        prepared: Sequence[media.PreparedAttachment],
+        now: float,
+    ) -> str:
+        member = self.membership()
+        store = self.store()
+        author = crypto.signing_public_key(author_seed)
+        if prepared:
+            body = {**body, "attachments": [p.entry.as_body() for p in prepared]}
+            try:
+                validate_report(body)
+            except RemoteProtocolError as exc:
+                raise InputRefused(str(exc)) from exc
         sequence, previous = store.chain_state(author) or (0, envelope.GENESIS)
         key_id = member.manifest.current_hq_key_id
         try:
@@ -256,9 +295,22 @@ class Node:
             raise InputRefused(str(exc)) from exc
         checked = check_item(sealed.item, member.manifest)
         store.record_own_report(
-            author, sequence + 1, sealed.header_hash, body["id"], checked, int(now)
+            author,
+            sequence + 1,
+            sealed.header_hash,
+            body["id"],
+            checked,
+            int(now),
+            also=lambda conn: media.claim_for_report(conn, body["id"], prepared, author),
         )
         return str(body["id"])
+
+    def attachment_status(
+        self, report_id: str, passphrase: str | None = None
+    ) -> list[media.AttachmentStatus]:
+        """An own report's attachments; names only when the author's passphrase is given."""
+        seed = None if passphrase is None else self.unlock_author(passphrase)
+        return media.attachment_status(self.store(), report_id, seed)
 
     def reports(self) -> list[OutboxEntry]:
         return self.store().outbox()
@@ -267,24 +319,60 @@ class Node:
 
     def export_bundle(self, path: Path, progress: Progress | None = None) -> int:
         """Write every stored item to a bundle file atomically; return the item count."""
+        return sum(count for _, count in self.export_bundles(path, None, progress))
+
+    def export_bundles(
+        self, path: Path, max_size: int | None, progress: Progress | None = None
+    ) -> list[tuple[Path, int]]:
+        """Write every stored item to bundle files of at most ``max_size`` bytes each.
+
+        Items go in transfer order (receipts and manifests, reports, then media), so the
+        first file holds every report text. Each file is a complete bundle that imports on
+        its own: ``path``, then ``NAME-2.EXT``, ``NAME-3.EXT``, … Returns (file, items) pairs.
+        """
+        if max_size is not None and max_size < MIN_BUNDLE_SIZE:
+            raise InputRefused(
+                f"--max-size must be at least {MIN_BUNDLE_SIZE} bytes (one item and its framing)"
+            )
         keystore.check_output(path, "bundle file")
         member = self.membership()
         store = self.store()
-        writer = BundleWriter(
-            member.network_key, member.manifest.network_id, secrets.token_bytes(16)
-        )
-        tmp = path.with_name(f".{path.name}.partial")
         total = store.item_count()
-        with open(tmp, "wb") as out:
-            for done, item in enumerate(store.iter_items(), start=1):
-                out.write(writer.add(item))
-                if progress:
-                    progress(done, total)
-            out.write(writer.finish())
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-        return writer.items_written
+        parts: list[tuple[Path, int]] = []
+        items = iter_by_priority(store)
+        pending: bytes | None = next(items, None)
+        done = 0
+        while True:
+            target = (
+                path if not parts else path.with_name(f"{path.stem}-{len(parts) + 1}{path.suffix}")
+            )
+            if parts:
+                keystore.check_output(target, "bundle file")
+            writer = BundleWriter(
+                member.network_key, member.manifest.network_id, secrets.token_bytes(16)
+            )
+            tmp = target.with_name(f".{target.name}.partial")
+            written = 0
+            with open(tmp, "wb") as out:
+                while pending is not None:
+                    # The final chunk and the one being filled bound what finish() adds.
+                    room = written + len(pending) + 3 * SEALED_CHUNK
+                    if max_size is not None and writer.items_written and room > max_size:
+                        break
+                    data = writer.add(pending)
+                    out.write(data)
+                    written += len(data)
+                    done += 1
+                    if progress:
+                        progress(done, total)
+                    pending = next(items, None)
+                out.write(writer.finish())
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, target)
+            parts.append((target, writer.items_written))
+            if pending is None:
+                return parts
 
     def import_bundle(self, path: Path, progress: Progress | None = None) -> BundleImport:
         """Import a bundle all-or-nothing: a damaged or forged file leaves the store unchanged."""

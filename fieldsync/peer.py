@@ -29,6 +29,7 @@ from fieldsync import limits
 from fieldsync.admission import Admission, ByteBudget, Slot
 from fieldsync.diskerrors import storage_problem
 from fieldsync.lograte import QuietLog
+from fieldsync.priority import send_later
 from fieldsync.reoffer import ReofferPolicy
 from fieldsync.store import Quota, QuotaExceeded, Store, now_seconds
 from fieldsync.store_worker import StoreWorker
@@ -174,6 +175,9 @@ class SyncSource:
         with _store_errors(self._store, "looking up the items offered"):
             return self._store.missing(list(ids))
 
+    def send_later(self, ids: Sequence[bytes]) -> list[tuple[int, bytes]]:
+        return send_later(self._store, list(ids))
+
     def note_changes(self, added: Sequence[bytes], removed: Sequence[bytes]) -> None:
         """Keep the cached index equal to the store after a commit."""
         if self._index is None:
@@ -206,6 +210,9 @@ class PeerSource:
 
     def wants(self, ids: Sequence[bytes]) -> list[bytes]:
         return self._source.wants(ids)
+
+    def send_later(self, ids: Sequence[bytes]) -> list[tuple[int, bytes]]:
+        return self._source.send_later(ids)
 
 
 @dataclass

@@ -16,9 +16,10 @@ A ``Store`` is used by one thread at a time (the CLI's, or the daemon's store th
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,6 +119,24 @@ _MIGRATIONS: tuple[str, ...] = (
     """
     CREATE INDEX items_origin ON items(origin);
     """,
+    # 6: the author's own attachments (SPEC.md §16.6): size, chunk count and the original
+    # name sealed to the author's key, and each chunk's delivery tag, for "receipted / total".
+    """
+    CREATE TABLE own_attachments (
+        report_id TEXT NOT NULL,
+        ordinal INTEGER NOT NULL,
+        size INTEGER NOT NULL,
+        chunks INTEGER NOT NULL,
+        name_sealed BLOB NOT NULL,
+        PRIMARY KEY (report_id, ordinal)
+    ) WITHOUT ROWID;
+    CREATE TABLE own_chunks (
+        tag BLOB PRIMARY KEY,
+        report_id TEXT NOT NULL,
+        ordinal INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX own_chunks_report ON own_chunks(report_id, ordinal);
+    """,
 )
 
 #: What an HQ receipt makes of the author's own report, and which states it may replace:
@@ -171,11 +190,20 @@ class Quota:
 
 #: Rounds of eviction in one ``enforce_budget`` call (each takes at least one item).
 MAX_EVICTION_ROUNDS = 64
-#: Items this node relays for others: evicted by fair share (not its own, not receipts, which
-#: go in their own turn, and not manifests, which never go). Kind values are our constants.
-_RELAYED_ITEMS = (
-    f"own = 0 AND kind NOT IN ('{ItemKind.MANIFEST.value}', '{ItemKind.RECEIPT.value}')"
-)
+#: Items this node relays for others, evicted by fair share (SPEC.md §14.2) in two pools:
+#: media (attachment chunks and kinds this version does not know) all go before any relayed
+#: report envelope. The author's own items, receipts (their own turn) and manifests (never)
+#: are in neither. Kind values are our constants.
+_RELAYED_MEDIA = f"own = 0 AND kind IN ('{ItemKind.CHUNK.value}', '{ItemKind.OPAQUE.value}')"
+_RELAYED_REPORTS = f"own = 0 AND kind = '{ItemKind.ENVELOPE.value}'"
+
+
+@dataclass
+class _Pools:
+    """Bytes each contributor holds in each eviction pool (media go before reports)."""
+
+    media: eviction.Contributors
+    reports: eviction.Contributors
 
 
 @dataclass
@@ -301,9 +329,11 @@ class Store:
         outbox_status, replaces = _OUTBOX_BY_RECEIPT[receipt.status]
         marks = ", ".join("?" for _ in replaces)
         for tag in receipt.tags:
+            # Envelopes, attachment chunks and opaque items are receipted (SPEC.md §9, §16.5);
+            # receipts and manifests never are.
             purged = self._conn.execute(
-                "DELETE FROM items WHERE tag = ? AND kind = ? RETURNING id",
-                (tag, ItemKind.ENVELOPE.value),
+                "DELETE FROM items WHERE tag = ? AND kind NOT IN (?, ?) RETURNING id",
+                (tag, ItemKind.RECEIPT.value, ItemKind.MANIFEST.value),
             ).fetchall()
             counts.purged += len(purged)
             counts.purged_ids.extend(row[0] for row in purged)
@@ -458,6 +488,20 @@ class Store:
     def get_items(self, ids: list[bytes]) -> list[bytes]:
         return list(self._where_in("SELECT data FROM items", "id", ids))
 
+    def kinds_of(self, ids: list[bytes], kinds: list[str]) -> list[tuple[str, int, bytes]]:
+        """``(kind, seq, id)`` of the held items among ``ids`` whose kind is in ``kinds``."""
+        marks = ",".join("?" * len(kinds))
+        rows: list[tuple[str, int, bytes]] = []
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            sql = (
+                f"SELECT kind, seq, id FROM items WHERE kind IN ({marks})"  # noqa: S608
+                f" AND id IN ({','.join('?' * len(chunk))})"
+            )
+            found = self._conn.execute(sql, [*kinds, *chunk])
+            rows.extend((str(k), int(q), bytes(i)) for k, q, i in found)
+        return rows
+
     def missing(self, ids: list[bytes]) -> list[bytes]:
         """The subset of ``ids`` this store does not hold."""
         held = self._present("items", "id", ids)
@@ -569,9 +613,11 @@ class Store:
 
     def enforce_budget(self, budget_bytes: int) -> Eviction:
         """Evict until the pages in use fit ``budget_bytes`` (SPEC.md §14.2), taking exactly
-        what is needed: relayed items by fair share (largest contributor first, newest first,
-        down to a protected share), then receipts, then relayed items below the protected
-        share, and the author's own unreceipted reports only last. Manifests never go.
+        what is needed: relayed media (chunks, unknown kinds) by fair share (largest
+        contributor first, newest first), then relayed envelopes by fair share down to a
+        protected share, then receipts, then relayed envelopes below the protected share,
+        and the author's own unreceipted reports only last. Manifests and the author's own
+        chunks never go.
 
         Evicted items leave no tombstone, so they can be received again, and the cursor on
         each peer that gave us an evicted item is dropped: the next session with that peer
@@ -581,15 +627,18 @@ class Store:
         so a round that still leaves the pages over budget is followed by another.
         """
         total = Eviction()
-        contributors = None  # read once (a scan), then kept up to date by the plans
+        pools = None  # contributors read once (a scan), then kept up to date by the plans
         for _ in range(MAX_EVICTION_ROUNDS):
             excess = self.used_bytes() - budget_bytes
             if excess <= 0:
                 break
             with self.transaction():
-                if contributors is None:
-                    contributors = eviction.Contributors(self._contributor_totals())
-                plan = self._plan_eviction(excess, budget_bytes, contributors)
+                if pools is None:
+                    pools = _Pools(
+                        media=eviction.Contributors(self._contributor_totals(_RELAYED_MEDIA)),
+                        reports=eviction.Contributors(self._contributor_totals(_RELAYED_REPORTS)),
+                    )
+                plan = self._plan_eviction(excess, budget_bytes, pools)
                 self._evict(plan)
             if not plan.seqs:
                 break
@@ -598,34 +647,39 @@ class Store:
             self.checkpoint()
         return total
 
-    def _contributor_totals(self) -> dict[int, int]:
-        """Bytes (as eviction counts them) of relayed items per contributor."""
+    def _contributor_totals(self, relayed: str) -> dict[int, int]:
+        """Bytes (as eviction counts them) of the ``relayed`` items per contributor."""
         cost = f"length(data) + {eviction.ITEM_OVERHEAD}"
         return {
             int(key): int(held)
             for key, held in self._conn.execute(
                 f"SELECT coalesce(origin, {eviction.IMPORTED}), sum({cost}) FROM items"  # noqa: S608
-                f" WHERE {_RELAYED_ITEMS} GROUP BY 1"
+                f" WHERE {relayed} GROUP BY 1"
             )
         }
 
-    def _plan_eviction(
-        self, need: int, budget: int, contributors: eviction.Contributors
-    ) -> eviction.Plan:
-        """Choose items freeing ``need`` bytes; ``contributors`` follows what is chosen."""
+    def _plan_eviction(self, need: int, budget: int, pools: _Pools) -> eviction.Plan:
+        """Choose items freeing ``need`` bytes; ``pools`` follow what is chosen."""
         plan = eviction.Plan()
-        floor = eviction.protected_share(budget, len(contributors.held))
-        eviction.fair_share(contributors, need, floor, self._newest_relayed, plan)
+        media = functools.partial(self._newest_relayed, _RELAYED_MEDIA)
+        eviction.fair_share(pools.media, need, 0, media, plan)
+        # The passes below read envelopes, not media: each contributor's from its newest.
+        plan.lowest.clear()
+        reports = functools.partial(self._newest_relayed, _RELAYED_REPORTS)
+        floor = eviction.protected_share(budget, len(pools.reports.held))
+        eviction.fair_share(pools.reports, need, floor, reports, plan)
         self._take_in_order(plan, need, "kind = ?", (ItemKind.RECEIPT.value,))
-        eviction.fair_share(contributors, need, 0, self._newest_relayed, plan)
+        eviction.fair_share(pools.reports, need, 0, reports, plan)
         self._take_in_order(plan, need, "kind = ? AND own = 1", (ItemKind.ENVELOPE.value,))
         return plan
 
-    def _newest_relayed(self, contributor: int, below: int | None) -> list[tuple[int, int]]:
+    def _newest_relayed(
+        self, relayed: str, contributor: int, below: int | None
+    ) -> list[tuple[int, int]]:
         origin = None if contributor == eviction.IMPORTED else contributor
         rows = self._conn.execute(
             f"SELECT seq, length(data) + {eviction.ITEM_OVERHEAD} FROM items"  # noqa: S608
-            f" WHERE origin IS ? AND seq < ? AND {_RELAYED_ITEMS} ORDER BY seq DESC LIMIT 256",
+            f" WHERE origin IS ? AND seq < ? AND {relayed} ORDER BY seq DESC LIMIT 256",
             (origin, below if below is not None else 2**63 - 1),
         ).fetchall()
         return [(int(seq), int(size)) for seq, size in rows]
@@ -691,10 +745,17 @@ class Store:
         report_id: str,
         checked: Checked,
         now: int,
+        also: Callable[[sqlite3.Connection], None] | None = None,
     ) -> None:
-        """Store the author's new envelope, its outbox entry and chain state atomically."""
+        """Store the author's new envelope, its outbox entry and chain state atomically.
+
+        ``also`` runs after the envelope is stored, in the same transaction (attachments:
+        fieldsync.media).
+        """
         with self.transaction():
             self.add_checked(checked, ImportCounts(), now, own=True)
+            if also is not None:
+                also(self._conn)
             self._conn.execute(
                 "INSERT INTO outbox (report_id, tag, sequence, created_at, status)"
                 " VALUES (?, ?, ?, ?, 'sealed')",

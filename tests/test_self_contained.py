@@ -2,14 +2,15 @@
 
 A clone in an empty directory must pass ``make test`` with nothing beside it, so no test,
 benchmark, project module, script or document may name a path that leaves the repository:
-no ``../shared`` or reference checkout, no absolute path into a developer's machine, and no
-``Path(__file__).parents[N]`` (or ``.parent.parent…``) that climbs above the repository root.
+no sibling checkout of the design notes, no absolute path into a developer's machine, and
+no ``Path(__file__).parents[N]`` (or ``.parent.parent…``) that climbs above the repository root.
 The checker is tested on snippets first, so a scan that finds nothing means something.
 """
 
 from __future__ import annotations
 
 import ast
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,12 +40,15 @@ VERBATIM_DATA = REPO / "protocol" / "vectors" / "noise"
 TEXT_SUFFIXES = frozenset({".py", ".toml", ".md", ".sh", ".cfg", ".ini", ".service", ".txt"})
 TEXT_NAMES = frozenset({"Makefile", "run"})
 
-#: Text that names a place outside the repository. Built from pieces so this file's own
-#: source does not match them.
+#: The sibling directory beside a developer's clone that holds design notes; a user's clone
+#: has none. Spelled in pieces so neither this file nor a scan for it matches its own source.
+SIBLING = "".join(("sh", "ared"))
+
+#: Text that names a place outside the repository.
 OUTSIDE_PATTERNS = (
-    re.compile(re.escape("../" + "shared")),
-    re.compile(re.escape("shared/" + "reference")),
-    re.compile(re.escape("shared/" + "vectors")),
+    re.compile(re.escape(os.pardir + "/" + SIBLING)),
+    re.compile(re.escape(SIBLING + "/reference")),
+    re.compile(re.escape(SIBLING + "/vectors")),
     re.compile(r"(?<![\w.])/" + r"work/"),
     re.compile(re.escape("../" + "../")),
 )
@@ -139,7 +143,8 @@ def test_parent_chain_checker(snippet: str, depth: int, escapes: bool) -> None:
 
 def test_text_checker_finds_outside_paths() -> None:
     assert outside_references("x = ROOT / '..' / 'shared'") == []
-    found = outside_references("a\nVECTORS = '../" + "shared/vectors/noise'\nb = '/" + "work/main'")
+    vectors = f"{os.pardir}/{SIBLING}/vectors/noise"
+    found = outside_references(f"a\nVECTORS = '{vectors}'\nb = '/" + "work/main'")
     assert [line.split(":")[0] for line in found] == ["line 2", "line 3"]
 
 

@@ -1,4 +1,5 @@
-"""Headquarters commands: ``network create`` and ``hq enroll|ingest|export|receipts|quarantine``."""
+"""Headquarters commands: ``network create`` and
+``hq enroll|ingest|export|receipts|quarantine|media``."""
 
 from __future__ import annotations
 
@@ -214,6 +215,18 @@ def _say_summary(data: dict[str, Any]) -> None:
         say(f"  ... {data['alerts_total'] - len(data['alerts'])} more alerts in hq.db")
     for author, ranges in sorted(data["gaps"].items()):
         say(f"  gap: {author} is missing sequence numbers {_ranges(ranges)}")
+    _say_media(data["chunks"], data["chunks_failed"], data["media"])
+
+
+def _say_media(chunks: int, chunks_failed: int, media: dict[str, int]) -> None:
+    if chunks or chunks_failed or any(media.values()):
+        say(
+            f"  media: {chunks} new chunks; {media.get('verified', 0)} attachments"
+            f" verified, {media.get('pending', 0)} pending, {media.get('failed', 0)} FAILED"
+            " (see `fieldsync hq media`)"
+        )
+    if chunks_failed:
+        say(f"  FAILED {chunks_failed} chunks: could not be recorded; tried again next time")
 
 
 def _ranges(ranges: list[dict[str, int]]) -> str:
@@ -247,6 +260,11 @@ def export_(hq_dir: Path, fmt: str, out: Path | None, as_json: bool) -> None:
             with open(tmp, "w", encoding="utf-8", newline="") as handle:
                 count = WRITERS[fmt](db, handle)
             tmp.replace(out)
+            from fieldsync import hq_media
+
+            copied = hq_media.copy_verified(hq_dir, db, out.parent)
+            if copied:
+                say(f"copied {copied} verified media file(s) to {out.parent / 'media'}")
     finally:
         headquarters.close()
     say(f"exported {count} reports as {fmt}" + (f" to {out}" if out else ""))
@@ -359,4 +377,44 @@ def quarantine_reingest(
     )
     for reason, count in sorted(data["still_held_reasons"].items()):
         say(f"  still held {count}: {reason}")
+    _say_media(0, 0, data["media"])
     emit(as_json, data)
+
+
+@hq.command()
+@click.argument("report_id", required=False)
+@hq_dir_option
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Copy the report's verified files into this directory.",
+)
+@json_option
+@handle_errors
+def media(hq_dir: Path, report_id: str | None, out: Path | None, as_json: bool) -> None:
+    """Attachments HQ knows of (verified, pending k/n, failed); with REPORT_ID --out DIR,
+    extract that report's files (refused while any of them is not verified)."""
+    from fieldsync import hq_media
+
+    headquarters = HQ(hq_dir)
+    try:
+        db = headquarters.database()
+        if out is not None:
+            if report_id is None:
+                raise FieldsyncError("give the REPORT_ID whose files to extract with --out")
+            written = hq_media.extract(hq_dir, db, report_id, out)
+            say(f"extracted {len(written)} verified file(s) to {out}")
+            emit(as_json, {"files": [str(p) for p in written]}, "\n".join(map(str, written)))
+            return
+        rows = [s.as_dict() for s in hq_media.statuses(db, report_id)]
+    finally:
+        headquarters.close()
+    if report_id is not None and not rows:
+        raise NotFound(f"no report with attachments matches {report_id!r}")
+    text = "\n".join(
+        f"{r['report_id']}  {r['status']:16} {r['size']:>12,} B  {r['name']}"
+        + (f"\n    {r['detail']}" if r["detail"] else "")
+        for r in rows
+    )
+    emit(as_json, rows, text or "no attachments")

@@ -70,6 +70,10 @@ def _categories(text: str) -> list[str]:
     return keys
 
 
+#: Where the prompt puts the files to attach (not a report field: popped before sealing).
+ATTACH_KEY = "\0attach"
+
+
 def _prompt_fields() -> dict[str, Any]:
     say("New report. Press Enter to skip optional fields.")
     narrative = click.prompt("What happened (narrative)")
@@ -86,7 +90,13 @@ def _prompt_fields() -> dict[str, Any]:
     sensitivity = click.prompt(
         "Sensitivity", type=click.Choice(SENSITIVITIES), default="restricted"
     )
+    attach = []
+    while path := click.prompt(
+        "Attach a file (path; Enter when done)", default="", show_default=False
+    ):
+        attach.append(Path(path).expanduser())
     return {
+        ATTACH_KEY: attach,
         "narrative": narrative,
         "categories": categories,
         "occurred": occurred,
@@ -122,6 +132,14 @@ def report() -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Report fields as JSON (options override).",
 )
+@click.option(
+    "--attach",
+    "attach",
+    multiple=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A photo, recording, video or document to send with the report (sealed, chunked;"
+    " repeat for more; up to 16 files, about 1.5 GiB in all).",
+)
 @passphrase_option
 @json_option
 @click.pass_context
@@ -131,6 +149,7 @@ def add(ctx: click.Context, /, **options: Any) -> None:
     as_json = options.pop("as_json")
     passphrase_file = options.pop("passphrase_file")
     json_file = options.pop("json_file")
+    attach = list(options.pop("attach"))
     given = {k: v for k, v in options.items() if v not in (None, (), False)}
     fields: dict[str, Any] = {}
     if json_file is not None:
@@ -149,6 +168,7 @@ def add(ctx: click.Context, /, **options: Any) -> None:
                 "give at least --narrative and --category (or --json-file), or run on a terminal"
             )
         fields.update(_prompt_fields())
+        attach += fields.pop(ATTACH_KEY)
     fields.update(_fields_from_options(given))
     if "occurred" not in fields:
         raise InputRefused(
@@ -158,11 +178,31 @@ def add(ctx: click.Context, /, **options: Any) -> None:
     try:
         node.membership()  # fail on an unjoined node before asking for the passphrase
         passphrase = get_passphrase(passphrase_file, "your author key")
-        report_id = node.add_report(fields, passphrase)
+        report_id = node.add_report(fields, passphrase, attach, _progress(as_json))
+        attachments = node.attachment_status(report_id)
     finally:
         node.close()
     say("report signed and sealed to HQ; it travels with the next sync or bundle")
-    emit(as_json, {"id": report_id, "status": "sealed"}, report_id)
+    if attachments:
+        say(
+            f"{len(attachments)} attachment(s) encrypted into"
+            f" {sum(a.chunks for a in attachments)} chunks; report texts travel first"
+        )
+    data = {"id": report_id, "status": "sealed", "attachments": len(attachments)}
+    emit(as_json, data, report_id)
+
+
+def _progress(as_json: bool) -> Any:
+    """Progress of a long attachment on stderr (for people), every 64 MiB."""
+    if as_json or not sys.stderr.isatty():
+        return None
+    step = 64 << 20
+
+    def show(done: int, total: int) -> None:
+        if done % step < (1 << 20) or done == total:
+            say(f"  encrypted {done >> 20} of {total >> 20} MiB")
+
+    return show
 
 
 def _fields_from_options(given: dict[str, Any]) -> dict[str, Any]:
@@ -230,20 +270,34 @@ def list_(ctx: click.Context, as_json: bool) -> None:
 
 @report.command()
 @click.argument("report_id")
+@click.option(
+    "--names",
+    is_flag=True,
+    help="Also show attachment file names (sealed on this node: asks for your passphrase).",
+)
+@passphrase_option
 @json_option
 @click.pass_context
 @handle_errors
-def show(ctx: click.Context, report_id: str, as_json: bool) -> None:
-    """Delivery state of one report (its content is sealed: only HQ can read it)."""
+def show(
+    ctx: click.Context, report_id: str, names: bool, passphrase_file: Path | None, as_json: bool
+) -> None:
+    """Delivery state of one report and of each attachment (chunks receipted / total).
+
+    The report's content is sealed: only HQ can read it. Attachment names are sealed to your
+    own author key on this node, so a seized device does not show them; --names opens them.
+    """
     node = Node(home_of(ctx))
     try:
         entries = [e for e in node.reports() if e.report_id.startswith(report_id)]
+        if len(entries) != 1:
+            raise NotFound(f"no single report matches {report_id!r} ({len(entries)} match)")
+        entry = entries[0]
+        passphrase = get_passphrase(passphrase_file, "your author key") if names else None
+        attachments = node.attachment_status(entry.report_id, passphrase)
     finally:
         node.close()
-    if len(entries) != 1:
-        raise NotFound(f"no single report matches {report_id!r} ({len(entries)} match)")
-    entry = entries[0]
-    data = {
+    data: dict[str, Any] = {
         "id": entry.report_id,
         "sequence": entry.sequence,
         "created": utc_text(entry.created_at),
@@ -251,4 +305,20 @@ def show(ctx: click.Context, report_id: str, as_json: bool) -> None:
         "delivered": utc_text(entry.delivered_at) if entry.delivered_at else None,
     }
     human = {**data, "status": STATUS_TEXT.get(entry.status, entry.status)}
-    emit(as_json, data, "\n".join(f"{k:10} {v}" for k, v in human.items()))
+    lines = [f"{k:10} {v}" for k, v in human.items()]
+    data["attachments"] = [
+        {
+            "name": a.name,
+            "size": a.size,
+            "chunks": a.chunks,
+            "receipted": a.receipted,
+            "delivered": a.receipted == a.chunks,
+        }
+        for a in attachments
+    ]
+    for a in attachments:
+        name = a.name if a.name is not None else f"attachment {a.ordinal + 1} (name sealed)"
+        lines.append(
+            f"{'attached':10} {name}  {a.size:,} bytes  {a.receipted}/{a.chunks} chunks receipted"
+        )
+    emit(as_json, data, "\n".join(lines))

@@ -42,11 +42,14 @@ from fieldsync_protocol.membership import (
     VERSION,
     is_version,
 )
+
+# MAX_CIPHERTEXT and SIZE_CLASSES are re-exported: callers import them from here.
+from fieldsync_protocol.padding import MAX_CIPHERTEXT as MAX_CIPHERTEXT
+from fieldsync_protocol.padding import SIZE_CLASSES as SIZE_CLASSES
+from fieldsync_protocol.padding import pad, unpad
+from fieldsync_protocol.padding import size_class as _size_class
 from fieldsync_protocol.report import validate_report
 
-#: Sealed ciphertext sizes. Relays see only which class a report falls in.
-SIZE_CLASSES = tuple(512 << i for i in range(10))  # 512 B .. 256 KiB
-MAX_CIPHERTEXT = SIZE_CLASSES[-1]
 #: TTL classes: how long a holder keeps an item after *it* received it (seconds).
 TTL_CLASSES = {0: 7 * 86400, 1: 30 * 86400, 2: 90 * 86400, 3: 365 * 86400}
 DEFAULT_TTL_CLASS = 3
@@ -54,7 +57,6 @@ GENESIS = bytes(32)  # "previous hash" of an author's first report
 MAX_SEQUENCE = 2**63 - 1
 #: 9999-12-31T23:59:59Z: the last second every calendar library can show (SPEC.md §8.1).
 MAX_CLAIMED_TIME = 253_402_300_799
-_PAD_MARK = b"\x80"
 
 
 class RefusedSignedReport(RemoteProtocolError):
@@ -96,13 +98,7 @@ class SealedReport:
 
 def size_class(plain_length: int) -> int:
     """The smallest class that holds ``plain_length`` bytes plus mark and seal overhead."""
-    for size in SIZE_CLASSES:
-        if plain_length + len(_PAD_MARK) + SEAL_OVERHEAD <= size:
-            return size
-    raise LocalProtocolError(
-        f"report is too large ({plain_length} bytes);"
-        f" the limit is about {MAX_CIPHERTEXT // 1024} KiB"
-    )
+    return _size_class(plain_length, SEAL_OVERHEAD, "report")
 
 
 def _check_input(spec: SealInput) -> None:
@@ -138,8 +134,7 @@ def seal_report(spec: SealInput, ephemeral_secret: bytes) -> SealedReport:
         }
     )
     signed = codec.encode({"h": header, "s": sign(Domain.REPORT, spec.author_seed, header)})
-    target = size_class(len(signed))
-    padded = signed + _PAD_MARK + bytes(target - SEAL_OVERHEAD - len(signed) - 1)
+    padded = pad(signed, SEAL_OVERHEAD, "report")
     ciphertext = seal(padded, spec.hq_public_key, ephemeral_secret)
     item = codec.encode(
         {"c": ciphertext, "k": spec.hq_key_id, "l": spec.ttl_class, "t": "e", "v": VERSION}
@@ -184,13 +179,6 @@ class OpenedReport:
     header_hash: bytes
 
 
-def _unpad(padded: bytes) -> bytes:
-    stripped = padded.rstrip(b"\0")
-    if not stripped.endswith(_PAD_MARK):
-        raise RemoteProtocolError("envelope padding is malformed")
-    return stripped[:-1]
-
-
 def open_report(
     outer: OuterEnvelope,
     network_id: bytes,
@@ -217,7 +205,9 @@ def open_report(
         raise NotSealedToHQ(str(exc)) from exc
     what = "signed report"
     signed = codec.as_map(
-        codec.decode(_unpad(padded), max_size=MAX_CIPHERTEXT, what=what), what, {"h", "s"}
+        codec.decode(unpad(padded, "envelope"), max_size=MAX_CIPHERTEXT, what=what),
+        what,
+        {"h", "s"},
     )
     header_bytes = codec.get_bytes(signed, "h", what)
     signature = codec.get_bytes(signed, "s", what, 64)

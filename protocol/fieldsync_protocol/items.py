@@ -3,6 +3,9 @@
 An item is a canonical msgpack map with ``"t"`` (kind) and ``"v"`` (version). Its id is the
 BLAKE2b-256 of its bytes. ``parse_item`` checks everything a holder can check without HQ's
 secrets; signatures of receipts and manifests are checked by ``check_item``.
+
+A kind this version does not know parses as ``OPAQUE``: relays carry it unchanged within the
+size cap (field devices upgrade at different times), while HQ refuses what it cannot verify.
 """
 
 from __future__ import annotations
@@ -13,20 +16,30 @@ from functools import cached_property
 from typing import Any
 
 from fieldsync_protocol import codec
+from fieldsync_protocol.attachment import parse_chunk
 from fieldsync_protocol.crypto import content_id, delivery_tag
-from fieldsync_protocol.envelope import MAX_CIPHERTEXT, OuterEnvelope, parse_outer
+from fieldsync_protocol.envelope import OuterEnvelope, parse_outer
 from fieldsync_protocol.errors import RemoteProtocolError
 from fieldsync_protocol.membership import VERSION, Manifest, is_version, open_manifest
+
+# MAX_ITEM is re-exported: callers import it from here.
+from fieldsync_protocol.padding import MAX_ITEM as MAX_ITEM
 from fieldsync_protocol.receipt import Receipt, open_receipt
 
-#: Largest item: the largest envelope plus its small map overhead.
-MAX_ITEM = MAX_CIPHERTEXT + 64
+#: Longest kind string of an item this version does not know.
+MAX_KIND = 16
 
 
 class ItemKind(Enum):
     ENVELOPE = "e"
     RECEIPT = "r"
     MANIFEST = "m"
+    CHUNK = "a"
+    #: Any kind this version does not know. Never on the wire: ``"t"`` there is the item's own.
+    OPAQUE = "?"
+
+
+_KNOWN = {kind.value: kind for kind in ItemKind if kind is not ItemKind.OPAQUE}
 
 
 @dataclass(frozen=True)
@@ -51,16 +64,23 @@ def parse_item(data: bytes) -> Item:
     fields = codec.decode(data, max_size=MAX_ITEM, what="item")
     if not isinstance(fields, dict):
         raise RemoteProtocolError("item must be a map")
-    try:
-        kind = ItemKind(fields.get("t"))
-    except ValueError:
-        raise RemoteProtocolError(f"item has unknown type {fields.get('t')!r:.20}") from None
+    kind_text = fields.get("t")
+    if not isinstance(kind_text, str) or not 1 <= len(kind_text) <= MAX_KIND:
+        raise RemoteProtocolError(f"item type must be text of 1..{MAX_KIND} characters")
+    kind = _KNOWN.get(kind_text, ItemKind.OPAQUE)
+    if kind is ItemKind.OPAQUE:
+        # A newer kind: carried as it is; its version is its own business.
+        codec.get_int(codec.as_map(fields, "item", {"t", "v"}, set(fields)), "v", "item")
+        return Item(kind, data, fields)
     if not is_version(fields.get("v")):
         raise RemoteProtocolError(
             f"item has version {fields.get('v')!r:.20}; this software reads version {VERSION}"
         )
     if kind is ItemKind.ENVELOPE:
         return Item(kind, data, fields, parse_outer(fields))
+    if kind is ItemKind.CHUNK:
+        parse_chunk(fields)
+        return Item(kind, data, fields)
     codec.as_map(fields, "item", {"b", "s", "t", "v"})
     codec.get_bytes(fields, "b", "item")
     codec.get_bytes(fields, "s", "item", 64)
@@ -80,6 +100,10 @@ class Checked:
 def check_item(data: bytes, manifest: Manifest) -> Checked:
     """Everything a member checks before storing an item: structure and HQ signatures."""
     item = parse_item(data)
+    if item.kind in (ItemKind.CHUNK, ItemKind.OPAQUE):
+        # Only HQ can open a chunk, and nobody here can verify a kind it does not know:
+        # both are carried unchanged (SPEC.md §10); HQ refuses what it cannot verify.
+        return Checked(item)
     if item.kind is ItemKind.ENVELOPE:
         # An unknown HQ key id is not refused: it may come from a newer manifest that has
         # not reached this node yet, and relays must never block delivery.

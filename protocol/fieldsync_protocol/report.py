@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from fieldsync_protocol.attachment import parse_attachments
 from fieldsync_protocol.errors import RemoteProtocolError
 
 SCHEMA = "fieldsync.report/1"
@@ -138,6 +139,14 @@ def _record(required: dict[str, Checker], optional: dict[str, Checker]) -> Check
     return check
 
 
+def _attachments(value: Any, path: str) -> None:
+    """Media (SPEC.md §16); the error names the attachment field that is wrong."""
+    try:
+        parse_attachments(value)
+    except RemoteProtocolError as exc:
+        raise _fail(path, str(exc)) from None
+
+
 _TIMESTAMP_CHECK = _timestamp
 _CATEGORY = _pattern(_KEY, "a taxonomy key like arbitrary-detention")
 
@@ -191,6 +200,7 @@ _SCHEMA_CHECK = _record(
             },
         ),
         "people": _list_of(_PERSON),
+        "attachments": _attachments,
     },
 )
 

@@ -157,6 +157,12 @@ class ItemSource(Protocol):
         """The ids among ``ids`` we would accept (not held, not tombstoned, not refused)."""
         ...
 
+    def send_later(self, ids: Sequence[bytes]) -> list[tuple[int, bytes]]:
+        """``(rank, id)`` for the ids among ``ids`` that go after every other item of a
+        reconciling session (attachment chunks and unknown kinds, SPEC.md §16.5), lowest
+        rank first; ids not listed go as soon as reconciliation finds them."""
+        ...
+
 
 @dataclass(frozen=True)
 class SessionConfig:
@@ -304,6 +310,9 @@ class SyncSession:
         # sending
         self._queue: deque[_Wanted | _Push] = deque()
         self._ready: deque[tuple[int, bytes]] = deque()
+        # Reconcile mode: media waits until every report text found so far has gone.
+        self._later: list[tuple[int, bytes]] = []
+        self._later_sorted = False
         self._delta_pos = 0
         self._delta_done = False
         self._acked_by_peer = 0
@@ -624,7 +633,33 @@ class SyncSession:
                 else:
                     work.lower = successor(ids[-1])
                 ids = [i for i in ids if i not in work.exclude]
+            ids = self._hold_back_media(ids)
             items = self._source.get(ids) if ids else []
+            if items:
+                self._ready.extend((0, item) for item in items)
+                return True
+        return self._refill_later()
+
+    def _hold_back_media(self, ids: list[bytes]) -> list[bytes]:
+        """Keep chunks and unknown kinds for the end so a short contact carries texts first."""
+        later = self._source.send_later(ids) if ids else []
+        if not later:
+            return ids
+        self._later.extend(later)
+        held = {item_id for _, item_id in later}
+        return [i for i in ids if i not in held]
+
+    def _refill_later(self) -> bool:
+        """Media in rank order, once reconciliation can find no more report texts."""
+        if not self._later or self._reconciler is None or not self._reconciler.done:
+            return False
+        if not self._later_sorted:
+            # Descending, so popping from the end yields the lowest rank first.
+            self._later.sort(reverse=True)
+            self._later_sorted = True
+        while self._later:
+            ids = [self._later.pop()[1] for _ in range(min(_FETCH, len(self._later)))]
+            items = self._source.get(ids)
             if items:
                 self._ready.extend((0, item) for item in items)
                 return True
@@ -643,6 +678,7 @@ class SyncSession:
                 self._truncated = self.stats.truncated = True
                 self._queue.clear()
                 self._ready.clear()
+                self._later.clear()
                 self._delta_done = True
                 break
             seq, item = self._ready[0]
@@ -661,7 +697,9 @@ class SyncSession:
         return messages.encode_data(batch_no, items, through if self._mode is Mode.DELTA else None)
 
     def _ready_to_end(self) -> bool:
-        if self._ready or self._queue or (self._mode is Mode.DELTA and not self._delta_done):
+        if self._ready or self._queue or self._later:
+            return False
+        if self._mode is Mode.DELTA and not self._delta_done:
             return False
         return self._mode is Mode.DELTA or (self._reconciler is not None and self._reconciler.done)
 

@@ -25,7 +25,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fieldsync_protocol import codec, crypto, envelope, frames, keytext, membership, receipt
+from fieldsync_protocol import (
+    attachment,
+    codec,
+    crypto,
+    envelope,
+    frames,
+    keytext,
+    membership,
+    receipt,
+)
 from fieldsync_protocol.bundle import BundleReader, BundleWriter
 from fieldsync_protocol.errors import RemoteProtocolError
 from fieldsync_protocol.handshake import CERT_PAD, PROLOGUE, PROTOCOL_NAME, PeerHandshake
@@ -68,6 +77,11 @@ AUTHOR_SEED = "5bca4fc9ed5e1a50dcd5e2e64699c9e49b02ec6bd8a39046c0fc7eb95380ace6"
 EPHEMERAL_ENROLMENT = "528991de11963799dea1b6046d163aa5f2c11d67bba0ace32e294428ee76ad0d"
 EPHEMERAL_ENVELOPE = "1ab2cc59dbd6309dc8e3d6ce2bc8dcc4a5e755db6ec56e7e95dd36aff4e0e173"
 FILE_NONCE = "515099e99acb501b71662557c0357b3c"
+# Attachment (SPEC.md §16): key material and a file of one full piece plus 1000 bytes.
+ATTACHMENT_KEY = "7d0a3f2c5b8e91d4c6a7f0e3b2d5c8a1f4e7d0c3b6a9f2e5d8c1b4a7f0e3d6c9"
+ATTACHMENT_ID = "a4c1e7f03b9d2658c0e4a7b1d3f5968e"
+ATTACHMENT_FILE_LENGTH = attachment.PIECE + 1000
+EPHEMERAL_ATTACHMENT_REPORT = "e2b7c4a9f1d6083b5e7a2c9d4f1b6e803a5c7e9b2d4f6a8c0e1b3d5f7a9c2e4b"
 # Handshake (SPEC.md §12.1): the author node (initiator) meets the relay node (responder).
 HANDSHAKE_EPHEMERAL_INITIATOR = "3e151846cc02380a229604d9bfe19bc6119d79e0f7137dbce6336c8804555c1e"
 HANDSHAKE_EPHEMERAL_RESPONDER = "aec98e598e7ec9f6699870e9a3d36730e55baf3b7da16017b1acbbe770398e19"
@@ -558,6 +572,60 @@ def bundle_vectors() -> dict[str, Any]:
     }
 
 
+def attachment_file() -> bytes:
+    """The attachment vector's file: byte ``i`` is ``i * 7 mod 251`` (no 64-byte period)."""
+    return bytes(i * 7 % 251 for i in range(ATTACHMENT_FILE_LENGTH))
+
+
+def attachment_vectors() -> dict[str, Any]:
+    key = attachment.AttachmentKey(b(ATTACHMENT_KEY), b(ATTACHMENT_ID))
+    data = attachment_file()
+    writer = attachment.AttachmentWriter(key)
+    items = writer.write(data)
+    last, entry = writer.finish("témoin 1.ogg", "audio/ogg")
+    items.append(last)
+    reader = attachment.AttachmentReader(entry)
+    assert b"".join(reader.add(item) for item in items) == data
+    reader.finish()
+    body = dict(REPORT_BODY, attachments=[entry.as_body()])
+    spec, _ = sealed_envelope()
+    sealed = envelope.seal_report(
+        envelope.SealInput(**{**spec.__dict__, "body": body}), b(EPHEMERAL_ATTACHMENT_REPORT)
+    )
+    hq = {i: b(k) for i, k in HQ_PRIVATE.items()}
+    outer = envelope.parse_outer(parse_item(sealed.item).fields)
+    opened = envelope.open_report(
+        outer, b(NETWORK_ID), hq, {crypto.signing_public_key(b(AUTHOR_SEED))}
+    )
+    assert attachment.parse_attachments(opened.body["attachments"]) == (entry,)
+    first = codec.decode(items[0])["c"]
+    return {
+        "description": "An attachment (SPEC.md §16) of one full piece plus 1000 bytes, byte i "
+        "of the file being i*7 mod 251, as two chunk items; and the envelope vector's report "
+        "re-sealed with it in 'attachments'. Chunk 0 (a 256 KiB ciphertext) is given by its "
+        "id, SHA-256 and first and last 32 bytes; the final chunk in full.",
+        "key": ATTACHMENT_KEY,
+        "attachment_id": ATTACHMENT_ID,
+        "file_length": len(data),
+        "file_sha256": hashlib.sha256(data).hexdigest(),
+        "name": entry.name,
+        "media_type": entry.media_type,
+        "chunk_ids": [h(i) for i in entry.chunk_ids],
+        "chunk_0": {
+            "item_length": len(items[0]),
+            "item_sha256": hashlib.sha256(items[0]).hexdigest(),
+            "ciphertext_first_32": h(first[:32]),
+            "ciphertext_last_32": h(first[-32:]),
+        },
+        "chunk_1_item_hex": h(items[1]),
+        "delivery_tags": [h(crypto.delivery_tag(i)) for i in items],
+        "report_ephemeral_private": EPHEMERAL_ATTACHMENT_REPORT,
+        "report_body_hex": h(codec.encode(body)),
+        "report_item_id": h(crypto.content_id(sealed.item)),
+        "report_item_hex": h(sealed.item),
+    }
+
+
 # --- handshake and frames --------------------------------------------------------------------
 
 #: Messages the initiator sends after the handshake (then END), and the responder's.
@@ -775,6 +843,9 @@ class VectorSource:
 
     def wants(self, ids: Sequence[bytes]) -> list[bytes]:
         return [i for i in ids if i not in self._store.by_id]
+
+    def send_later(self, ids: Sequence[bytes]) -> list[tuple[int, bytes]]:
+        return []  # no media here: every item goes as found
 
 
 def run_session(stores: dict[str, VectorStore]) -> tuple[str, list[dict[str, Any]]]:
@@ -1023,6 +1094,7 @@ def build() -> dict[str, Any]:
         "envelope.json": envelope_vectors(),
         "receipt.json": receipt_vectors(),
         "bundle.json": bundle_vectors(),
+        "attachment.json": attachment_vectors(),
         "handshake.json": handshake_vectors(),
         "frames.json": frame_vectors(),
         "session.json": session_vectors(),

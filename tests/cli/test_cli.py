@@ -758,6 +758,12 @@ def test_interactive_report_add_on_a_terminal(net: Net, run: Run) -> None:
     term.send("Koudougou\n")
     term.expect("Sensitivity")
     term.send("\n")  # the default: restricted
+    photo = net.root / "radio.jpg"
+    photo.write_bytes(b"\xff\xd8 a photo of the burned radio station " * 1000)
+    term.expect("Attach a file (path; Enter when done): ")
+    term.send(f"{photo}\n")
+    term.expect("Attach a file (path; Enter when done): ")
+    term.send("\n")
     term.expect("Passphrase for your author key: ")
     term.send(PASSPHRASE + "\n")
     code, transcript = term.finish()
@@ -774,6 +780,10 @@ def test_interactive_report_add_on_a_terminal(net: Net, run: Run) -> None:
     assert json.loads(row["categories"]) == ["attack-on-media", "threats"]
     assert (row["occurred_start"], row["occurred_precision"]) == ("2025-03-04", "day")
     assert (row["place"], row["sensitivity"]) == ("Koudougou", "restricted")
+    media = json.loads(_ok(run("hq", "media", "--hq", net.hq, "--json")).stdout)
+    assert [(m["name"], m["status"], m["size"]) for m in media] == [
+        ("radio.jpg", "verified", photo.stat().st_size)
+    ]
 
 
 def test_wrong_passphrase_at_the_prompt_exits_12(net: Net) -> None:
@@ -826,3 +836,63 @@ def test_demo_runs_to_completion(variant: str) -> None:
     elif "real zeroconf inside network namespaces" in stdout:
         left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
         assert f"fsdemo{demo.pid}-" not in left.stdout, "the demo left namespaces behind"
+
+
+def test_attach_and_show_delivery_progress(cli: CliRunner, net: Net, tmp_path: Path) -> None:
+    """--attach (repeatable); report show lists each attachment's size and chunks receipted
+    of total, with names sealed on the node unless --names opens them with the passphrase."""
+    photo = tmp_path / "burned-house.jpg"
+    photo.write_bytes(b"\xff\xd8" + bytes(range(256)) * 2000)
+    note = tmp_path / "witness.ogg"
+    note.write_bytes(b"OggS" + bytes(700_000))
+    home = ["--home", str(net.a)]
+    added = cli.invoke(
+        main,
+        [*home, "report", "add", "--narrative", "house burned", "--category", "arson",
+         "--occurred", "2025-03-01", "--attach", str(photo), "--attach", str(note), "--json"],
+        env={"FIELDSYNC_PASSPHRASE": PASSPHRASE},
+    )  # fmt: skip
+    assert added.exit_code == OK, added.output
+    report_id = json.loads(added.stdout)["id"]
+    assert json.loads(added.stdout)["attachments"] == 2
+    shown = cli.invoke(main, [*home, "report", "show", report_id, "--json"])
+    attachments = json.loads(shown.stdout)["attachments"]
+    assert [(a["name"], a["size"], a["receipted"], a["chunks"]) for a in attachments] == [
+        (None, photo.stat().st_size, 0, 2),
+        (None, 700_004, 0, 3),
+    ]
+    human = cli.invoke(main, [*home, "report", "show", report_id])
+    assert "attachment 2 (name sealed)" in human.stdout and "0/3 chunks receipted" in human.stdout
+    assert "witness.ogg" not in human.stdout
+    named = cli.invoke(
+        main,
+        [*home, "report", "show", report_id, "--names"],
+        env={"FIELDSYNC_PASSPHRASE": PASSPHRASE},
+    )
+    assert "burned-house.jpg" in named.stdout and "witness.ogg" in named.stdout
+    missing = cli.invoke(
+        main, [*home, "report", "add", "--narrative", "x", "--category", "arson",
+               "--occurred", "2025", "--attach", str(tmp_path / "nope.jpg")],
+        env={"FIELDSYNC_PASSPHRASE": PASSPHRASE},
+    )  # fmt: skip
+    assert missing.exit_code == NOT_FOUND and "nope.jpg does not exist" in missing.output
+    assert len(json.loads(cli.invoke(main, [*home, "report", "list", "--json"]).stdout)) == 1
+
+
+def test_bundle_export_max_size(cli: CliRunner, net: Net, tmp_path: Path) -> None:
+    from fieldsync_cli.cmd_bundle import parse_size
+
+    assert [parse_size(t) for t in ("4G", "700M", "512k", "1000", "2GiB")] == [
+        4 << 30, 700 << 20, 512 << 10, 1000, 2 << 30,
+    ]  # fmt: skip
+    add_reports(net.a, ["one", "two"])
+    home = ["--home", str(net.a)]
+    out = tmp_path / "stick.bundle"
+    done = cli.invoke(main, [*home, "bundle", "export", str(out), "--max-size", "4G", "--json"])
+    assert done.exit_code == OK, done.output
+    data = json.loads(done.stdout)
+    assert data["items"] == 3 and data["files"] == [{"file": str(out), "items": 3}]
+    bad = cli.invoke(main, [*home, "bundle", "export", str(tmp_path / "x"), "--max-size", "lots"])
+    assert bad.exit_code == USAGE and "not a size like 4G" in bad.output
+    tiny = cli.invoke(main, [*home, "bundle", "export", str(tmp_path / "y"), "--max-size", "1K"])
+    assert tiny.exit_code != OK and "--max-size must be at least" in tiny.output

@@ -335,7 +335,7 @@ def test_header_that_is_not_a_map(loaded: Loaded) -> None:
 @pytest.mark.parametrize(
     ("item", "phrase"),
     [
-        (codec.encode({"t": "x", "v": 1}), "unknown type"),
+        (codec.encode({"t": 5, "v": 1}), "item type must be text"),
         (codec.encode([1, 2, 3]), "must be a map"),
         (b"\xc1", "not valid msgpack"),
         (codec.encode({"c": bytes(1000), "k": 1, "l": 3, "t": "e", "v": 1}), "not a size class"),
@@ -348,7 +348,7 @@ def test_header_that_is_not_a_map(loaded: Loaded) -> None:
         (codec.encode({"b": b"x", "s": bytes(64), "t": "m", "v": 1}), "manifest"),
     ],
     ids=[
-        "unknown-kind",
+        "non-text-kind",
         "not-a-map",
         "bad-msgpack",
         "odd-size",

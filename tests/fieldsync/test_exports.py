@@ -76,7 +76,9 @@ def test_jsonl_is_one_report_body_per_line_with_provenance(exported_net: Net) ->
         "envelope_id",
         "received_at",
         "claimed_time",
+        "attachments",
     }
+    assert hq["attachments"] == []
     assert by[TRICKY[:10]]["narrative"] == TRICKY
     assert any("naïve" in line for line in lines)  # UTF-8, not \\u escapes
     # Stable order: creation time, then id.

@@ -140,6 +140,9 @@ def test_reports_become_rows_with_lat_lon(net: Net) -> None:
         "quarantine_full": 0,
         "failed": 0,
         "other_items": 1,  # the manifest
+        "chunks": 0,
+        "chunks_failed": 0,
+        "media": {"verified": 0, "failed": 0, "pending": 0},
         "gaps": {},
         "gaps_total": 0,
         "alerts": [],

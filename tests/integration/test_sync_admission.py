@@ -341,6 +341,9 @@ class EmptySource:
     def wants(self, ids: Sequence[bytes]) -> list[bytes]:
         return list(ids)
 
+    def send_later(self, ids: Sequence[bytes]) -> list[tuple[int, bytes]]:
+        return []  # no media here: every item goes as found
+
 
 @dataclasses.dataclass
 class FloodTally:

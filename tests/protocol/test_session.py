@@ -60,6 +60,7 @@ class MemStore:
         self.seqs: list[int] = []
         self.ids_by_pos: list[bytes] = []
         self.tombstones: set[bytes] = set()
+        self.later: dict[bytes, int] = {}  # id -> rank: held back like media (SPEC §16.5)
         self.seq = 0
         for data in items:
             self._store(data, "")
@@ -112,6 +113,9 @@ class MemStore:
     def wants(self, ids: Sequence[bytes]) -> list[bytes]:
         return [i for i in ids if i not in self.data and i not in self.tombstones]
 
+    def send_later(self, ids: Sequence[bytes]) -> list[tuple[int, bytes]]:
+        return [(self.later[i], i) for i in ids if i in self.later and i in self.data]
+
 
 class PeerView:
     """The ItemSource for a session with ``peer``: deltas skip what came from that peer."""
@@ -132,6 +136,9 @@ class PeerView:
 
     def wants(self, ids: Sequence[bytes]) -> list[bytes]:
         return self.store.wants(ids)
+
+    def send_later(self, ids: Sequence[bytes]) -> list[tuple[int, bytes]]:
+        return self.store.send_later(ids)
 
 
 @dataclass
@@ -976,6 +983,9 @@ class IdOnlyStore(MemStore):
     def wants(self, ids: Sequence[bytes]) -> list[bytes]:
         return [i for i in ids if i not in self.index]
 
+    def send_later(self, ids: Sequence[bytes]) -> list[tuple[int, bytes]]:
+        return []
+
 
 @pytest.fixture(scope="module")
 def sorted_1m() -> list[bytes]:
@@ -1047,3 +1057,29 @@ def test_push_skips_a_fetch_the_peer_already_holds() -> None:
     lists = SessionConfig(reconcile=ReconcileParams(idlist_threshold=1024))
     r = run(b, a, a_config=lists)
     assert equal(a, b) and r.b.completed.items_sent == 50
+
+
+@pytest.mark.parametrize("b_has", ["nothing", "half"])
+def test_reconciliation_sends_media_after_every_text_and_in_rank_order(b_has: str) -> None:
+    """SPEC §16.5: what ``send_later`` names waits until reconciliation is done, lowest
+    rank first, so a contact cut early has carried the report texts."""
+    texts = make_items(0, 400)
+    media = make_items(50_000, 300, size=400)
+    a = MemStore(texts + media)
+    rank = {item_id(data): n for n, data in enumerate(reversed(media))}
+    a.later.update(rank)
+    b = MemStore(texts[::2] if b_has == "half" else [], epoch=b"epoch-B")
+    before = set(b.data)
+    r = run(a, b)
+    assert equal(a, b)
+    arrived = [
+        item_id(data)
+        for e in r.b.events
+        if isinstance(e, ItemsReceived)
+        for data in e.items
+        if item_id(data) not in before
+    ]
+    media_ids = [i for i in arrived if i in rank]
+    first_media = arrived.index(media_ids[0])
+    assert len(media_ids) == 300 and first_media == len(arrived) - 300
+    assert [rank[i] for i in media_ids] == sorted(rank.values())

@@ -24,7 +24,16 @@ import nacl.public
 import pytest
 from noise.connection import Keypair, NoiseConnection
 
-from fieldsync_protocol import codec, crypto, envelope, frames, keytext, membership, receipt
+from fieldsync_protocol import (
+    attachment,
+    codec,
+    crypto,
+    envelope,
+    frames,
+    keytext,
+    membership,
+    receipt,
+)
 from fieldsync_protocol.bundle import BundleReader, BundleWriter
 from fieldsync_protocol.errors import RemoteProtocolError
 from fieldsync_protocol.handshake import PeerHandshake
@@ -628,6 +637,9 @@ class MemSource:
     def wants(self, ids: Sequence[bytes]) -> list[bytes]:
         return [i for i in ids if i not in self.store.by_id]
 
+    def send_later(self, ids: Sequence[bytes]) -> list[tuple[int, bytes]]:
+        return []  # no media here: every item goes as found
+
 
 def session_items() -> dict[str, bytes]:
     items = {name: b(data) for name, data in SESSION["items"].items()}
@@ -885,3 +897,51 @@ def test_generator_check_mode(
     err = capsys.readouterr().err
     assert "receipt.json" in err
     assert "keys.json" in err
+
+
+ATTACHMENT = load("attachment.json")
+
+
+def test_attachment_vector() -> None:
+    vector = ATTACHMENT
+    data = bytes(i * 7 % 251 for i in range(vector["file_length"]))
+    assert hashlib.sha256(data).hexdigest() == vector["file_sha256"]
+    key = attachment.AttachmentKey(b(vector["key"]), b(vector["attachment_id"]))
+    writer = attachment.AttachmentWriter(key)
+    items = writer.write(data)
+    last, entry = writer.finish(vector["name"], vector["media_type"])
+    items.append(last)
+    assert [crypto.content_id(i).hex() for i in items] == vector["chunk_ids"]
+    assert [crypto.delivery_tag(i).hex() for i in items] == vector["delivery_tags"]
+    assert hashlib.sha256(items[0]).hexdigest() == vector["chunk_0"]["item_sha256"]
+    assert len(items[0]) == vector["chunk_0"]["item_length"]
+    assert items[1].hex() == vector["chunk_1_item_hex"]
+    # The construction by hand: nonce, associated data and padding exactly as SPEC.md §16 says.
+    aid = b(vector["attachment_id"])
+    for index, item in enumerate(items):
+        final = index == len(items) - 1
+        fields = codec.decode(item)
+        assert set(fields) == {"c", "t", "v"} and fields["t"] == "a" and fields["v"] == 1
+        plain = sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(
+            fields["c"],
+            b"fieldsync/attachment/1\0" + aid + index.to_bytes(8, "little") + bytes([final]),
+            aid + index.to_bytes(8, "little"),
+            b(vector["key"]),
+        )
+        piece = data[index * 262_080 : (index + 1) * 262_080]
+        assert plain == piece + b"\x80" + bytes(len(plain) - len(piece) - 1)
+    first = codec.decode(items[0])["c"]
+    assert first[:32].hex() == vector["chunk_0"]["ciphertext_first_32"]
+    assert first[-32:].hex() == vector["chunk_0"]["ciphertext_last_32"]
+    # The report naming it opens at HQ, and its entry is exactly what the writer produced.
+    report_item = b(vector["report_item_hex"])
+    assert crypto.content_id(report_item).hex() == vector["report_item_id"]
+    given = ENVELOPE["input"]
+    outer = envelope.parse_outer(parse_item(report_item).fields)
+    author = crypto.signing_public_key(b(given["author_seed"]))
+    opened = envelope.open_report(
+        outer, b(given["network_id"]), {given["hq_key_id"]: b(given["hq_private"])}, {author}
+    )
+    assert codec.encode(opened.body).hex() == vector["report_body_hex"]
+    assert opened.body["attachments"] == [entry.as_body()]
+    assert attachment.parse_attachments(opened.body["attachments"]) == (entry,)

@@ -1,0 +1,390 @@
+"""HQ's side of attachments (SPEC.md §16.4): hold chunks, assemble, verify, extract.
+
+Kept apart from ``fieldsync.hq``; ``hq.py`` calls in at a few points only:
+
+* ``store_chunk`` for every chunk item an ingest meets (inside the ingest transaction, under
+  the chunk's own savepoint);
+* ``record_attachments`` when a report is accepted (inside the envelope's savepoint);
+* ``assemble_ready`` once the ingest (or a quarantine re-ingest) has committed;
+* ``unreceipted_chunks`` / ``mark_receipted`` when receipts are issued, so every holder
+  deletes the chunks HQ holds.
+
+Chunks are kept (ciphertext) in ``media_chunks`` until an accepted report names them. An
+attachment is **pending k/n** until all n of its chunks are held; then it is reassembled
+streaming, chunk by chunk, into a private temporary file (0600 in a 0700 directory), every
+chunk checked against the signed id list and its AEAD and the whole file against the
+signed size and SHA-256. Only a file that verifies is renamed into place; anything else is
+deleted and raises an alert naming the report. HQ never keeps a byte it could not verify.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from fieldsync.errors import InputRefused, NotFound
+from fieldsync.node import utc_text
+from fieldsync.sqlite_tx import immediate_transaction
+from fieldsync.store import now_seconds
+from fieldsync_protocol import codec
+from fieldsync_protocol.attachment import Attachment, AttachmentReader, parse_attachments
+from fieldsync_protocol.envelope import OpenedReport
+from fieldsync_protocol.errors import RemoteProtocolError
+from fieldsync_protocol.items import Item
+
+log = logging.getLogger(__name__)
+
+MEDIA_DIR = "media"
+_PARTIAL = ".partial"
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS media_chunks (
+        chunk_id BLOB PRIMARY KEY,
+        tag BLOB NOT NULL,
+        data BLOB,                      -- NULL once the attachment naming it verified
+        first_seen INTEGER NOT NULL,
+        receipt_serial INTEGER
+    )""",
+    "CREATE INDEX IF NOT EXISTS media_chunks_unreceipted ON media_chunks(receipt_serial)",
+    """CREATE TABLE IF NOT EXISTS media_attachments (
+        envelope_id TEXT NOT NULL,
+        ordinal INTEGER NOT NULL,
+        report_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        media_type TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        sha256 TEXT NOT NULL,
+        entry BLOB NOT NULL,            -- the signed entry (msgpack), key included
+        chunks INTEGER NOT NULL,
+        status TEXT NOT NULL,           -- pending | verified | failed
+        path TEXT,                      -- relative to the HQ directory, once verified
+        detail TEXT,
+        PRIMARY KEY (envelope_id, ordinal)
+    )""",
+    "CREATE INDEX IF NOT EXISTS media_attachments_report ON media_attachments(report_id)",
+)
+
+
+@dataclass(frozen=True)
+class MediaStatus:
+    report_id: str
+    envelope_id: str
+    ordinal: int
+    name: str
+    media_type: str
+    size: int
+    sha256: str
+    chunks: int
+    held: int
+    status: str
+    path: str | None
+    detail: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "report_id": self.report_id,
+            "name": self.name,
+            "media_type": self.media_type,
+            "size": self.size,
+            "sha256": self.sha256,
+            "chunks": self.chunks,
+            "held": self.held,
+            "status": self.status
+            if self.status != "pending"
+            else f"pending {self.held}/{self.chunks}",
+            "path": self.path,
+            "detail": self.detail,
+        }
+
+
+def public_body(body: dict[str, Any]) -> dict[str, Any]:
+    """A report body for the analyst database and exports: each attachment as what it is
+    (name, media type, size, SHA-256 in hex), never its key or chunk ids."""
+    entries = body.get("attachments")
+    if not entries:
+        return body
+    return {
+        **body,
+        "attachments": [
+            {
+                "name": a.name,
+                "media_type": a.media_type,
+                "size": a.size,
+                "sha256": a.sha256.hex(),
+            }
+            for a in parse_attachments(entries)
+        ],
+    }
+
+
+def ensure_schema(db: sqlite_utils.Database) -> None:
+    for statement in _SCHEMA:
+        db.conn.execute(statement)
+
+
+def store_chunk(db: sqlite_utils.Database, item: Item) -> bool:
+    """Hold one chunk item durably (caller's transaction); False if it was already held."""
+    return (
+        db.conn.execute(
+            "INSERT OR IGNORE INTO media_chunks (chunk_id, tag, data, first_seen)"
+            " VALUES (?, ?, ?, ?)",
+            (item.id, item.tag, item.data, now_seconds()),
+        ).rowcount
+        == 1
+    )
+
+
+def record_attachments(db: sqlite_utils.Database, opened: OpenedReport, envelope_id: str) -> int:
+    """Register an accepted report's attachments as pending (caller's transaction)."""
+    entries = opened.body.get("attachments") or []
+    for ordinal, (raw, attachment) in enumerate(
+        zip(entries, parse_attachments(entries) if entries else (), strict=True)
+    ):
+        db.conn.execute(
+            "INSERT OR IGNORE INTO media_attachments (envelope_id, ordinal, report_id, name,"
+            " media_type, size, sha256, entry, chunks, status)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
+            (
+                envelope_id,
+                ordinal,
+                opened.body["id"],
+                attachment.name,
+                attachment.media_type,
+                attachment.size,
+                attachment.sha256.hex(),
+                codec.encode(raw),
+                len(attachment.chunk_ids),
+            ),
+        )
+    return len(entries)
+
+
+def _entry(blob: bytes) -> Attachment:
+    return parse_attachments([codec.decode(blob)])[0]
+
+
+def _held(db: sqlite_utils.Database, chunk_ids: tuple[bytes, ...]) -> int:
+    held = 0
+    for start in range(0, len(chunk_ids), 500):
+        batch = chunk_ids[start : start + 500]
+        marks = ",".join("?" * len(batch))
+        held += db.conn.execute(
+            f"SELECT count(*) FROM media_chunks WHERE data IS NOT NULL AND chunk_id IN ({marks})",  # noqa: S608
+            batch,
+        ).fetchone()[0]
+    return held
+
+
+def statuses(db: sqlite_utils.Database, report_prefix: str | None = None) -> list[MediaStatus]:
+    """Every attachment HQ knows of (of the reports whose id starts with ``report_prefix``)."""
+    ensure_schema(db)
+    rows = db.conn.execute(
+        "SELECT report_id, envelope_id, ordinal, name, media_type, size, sha256, entry, chunks,"
+        " status, path, detail FROM media_attachments WHERE report_id LIKE ? || '%'"
+        " ORDER BY report_id, ordinal",
+        (report_prefix or "",),
+    ).fetchall()
+    out = []
+    for row in rows:
+        status = row[9]
+        held = row[8] if status == "verified" else _held(db, _entry(row[7]).chunk_ids)
+        out.append(
+            MediaStatus(
+                row[0],
+                row[1],
+                row[2],
+                row[3],
+                row[4],
+                row[5],
+                row[6],
+                row[8],
+                held,
+                status,
+                row[10],
+                row[11],
+            )
+        )
+    return out
+
+
+def assemble_ready(directory: Path, db: sqlite_utils.Database) -> dict[str, int]:
+    """Assemble and verify every pending attachment whose chunks are all held.
+
+    One that HQ cannot write (a full disk) stays pending and is tried again next time.
+    """
+    ensure_schema(db)
+    counts = {"verified": 0, "failed": 0, "pending": 0}
+    pending = db.conn.execute(
+        "SELECT envelope_id, ordinal, report_id, entry FROM media_attachments"
+        " WHERE status = 'pending'"
+    ).fetchall()
+    for envelope_id, ordinal, report_id, blob in pending:
+        entry = _entry(blob)
+        if _held(db, entry.chunk_ids) < len(entry.chunk_ids):
+            counts["pending"] += 1
+            continue
+        try:
+            ok = _assemble(directory, db, envelope_id, ordinal, report_id, entry)
+        except OSError as exc:
+            log.warning("media: report %s attachment %d not assembled: %s", report_id, ordinal, exc)
+            counts["pending"] += 1
+            continue
+        counts["verified" if ok else "failed"] += 1
+    return counts
+
+
+def _media_root(directory: Path) -> Path:
+    root = directory / MEDIA_DIR
+    root.mkdir(mode=0o700, exist_ok=True)
+    os.chmod(root, 0o700)
+    return root
+
+
+def _pieces(db: sqlite_utils.Database, reader: AttachmentReader) -> Iterator[bytes]:
+    while (chunk_id := reader.next_id) is not None:
+        row = db.conn.execute(
+            "SELECT data FROM media_chunks WHERE chunk_id = ?", (chunk_id,)
+        ).fetchone()
+        if row is None or row[0] is None:
+            raise RemoteProtocolError(f"attachment chunk {reader.chunks_read} is missing")
+        yield reader.add(row[0])
+
+
+def _assemble(
+    directory: Path,
+    db: sqlite_utils.Database,
+    envelope_id: str,
+    ordinal: int,
+    report_id: str,
+    entry: Attachment,
+) -> bool:
+    report_dir = _media_root(directory) / envelope_id
+    report_dir.mkdir(mode=0o700, exist_ok=True)
+    final = report_dir / f"{ordinal + 1:02d}-{entry.name}"
+    partial = report_dir / f"{_PARTIAL}-{ordinal}"
+    reader = AttachmentReader(entry)
+    try:
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            for piece in _pieces(db, reader):
+                out.write(piece)
+            reader.finish()
+            out.flush()
+            os.fsync(out.fileno())
+    except RemoteProtocolError as exc:
+        partial.unlink(missing_ok=True)
+        _fail(db, envelope_id, ordinal, report_id, entry.name, str(exc))
+        return False
+    except OSError:
+        partial.unlink(missing_ok=True)  # never leave a partial file behind
+        raise
+    partial.replace(final)
+    with immediate_transaction(db.conn):
+        db.conn.execute(
+            "UPDATE media_attachments SET status = 'verified', path = ?, detail = NULL"
+            " WHERE envelope_id = ? AND ordinal = ?",
+            (str(final.relative_to(directory)), envelope_id, ordinal),
+        )
+        # The verified file is the record now; the ciphertext is no longer needed.
+        db.conn.executemany(
+            "UPDATE media_chunks SET data = NULL WHERE chunk_id = ?",
+            [(chunk_id,) for chunk_id in entry.chunk_ids],
+        )
+    return True
+
+
+def _fail(
+    db: sqlite_utils.Database,
+    envelope_id: str,
+    ordinal: int,
+    report_id: str,
+    name: str,
+    reason: str,
+) -> None:
+    detail = (
+        f"report {report_id}: attachment {ordinal + 1} ({name!r}) failed verification: {reason}"
+    )
+    with immediate_transaction(db.conn):
+        db.conn.execute(
+            "UPDATE media_attachments SET status = 'failed', detail = ?"
+            " WHERE envelope_id = ? AND ordinal = ?",
+            (detail, envelope_id, ordinal),
+        )
+        db.conn.execute(
+            "INSERT INTO alerts (kind, author_key, author_name, sequence, envelope_id, detail, at)"
+            " SELECT 'attachment', e.author_key, coalesce(a.name, ''), e.sequence, e.envelope_id,"
+            " ?, ? FROM envelopes e LEFT JOIN authors a ON a.author_key = e.author_key"
+            " WHERE e.envelope_id = ?",
+            (detail, utc_text(now_seconds()), envelope_id),
+        )
+
+
+def unreceipted_chunks(db: sqlite_utils.Database, limit: int) -> list[tuple[bytes, bytes]]:
+    """(chunk id, delivery tag) of up to ``limit`` held chunks no receipt names yet."""
+    return db.conn.execute(
+        "SELECT chunk_id, tag FROM media_chunks WHERE receipt_serial IS NULL ORDER BY rowid"
+        " LIMIT ?",
+        (limit,),
+    ).fetchall()
+
+
+def mark_receipted(db: sqlite_utils.Database, serial: int, chunk_ids: list[bytes]) -> None:
+    db.conn.executemany(
+        "UPDATE media_chunks SET receipt_serial = ? WHERE chunk_id = ?",
+        [(serial, chunk_id) for chunk_id in chunk_ids],
+    )
+
+
+def extract(
+    directory: Path, db: sqlite_utils.Database, report_prefix: str, out: Path
+) -> list[Path]:
+    """Copy one report's verified files to ``out``; refuse while any is not verified."""
+    found = statuses(db, report_prefix)
+    reports = {s.report_id for s in found}
+    if not found:
+        raise NotFound(f"no report with attachments matches {report_prefix!r}")
+    if len(reports) > 1:
+        raise NotFound(f"{report_prefix!r} matches {len(reports)} reports; give more of the id")
+    unverified = [s for s in found if s.status != "verified"]
+    if unverified:
+        raise InputRefused(
+            "; ".join(
+                s.detail
+                or f"report {s.report_id}: attachment {s.ordinal + 1} ({s.name!r}) is incomplete:"
+                f" pending {s.held}/{s.chunks} chunks"
+                for s in unverified
+            )
+            + " — nothing extracted for this report"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for s in found:
+        target = out / f"{s.ordinal + 1:02d}-{s.name}"
+        shutil.copyfile(directory / str(s.path), target)
+        written.append(target)
+    return written
+
+
+def copy_verified(directory: Path, db: sqlite_utils.Database, destination: Path) -> int:
+    """Copy every verified file to ``destination`` under the same relative path that the
+    exports link to (``media/ENVELOPE/NN-name``); files already there are kept."""
+    ensure_schema(db)
+    copied = 0
+    for (path,) in db.conn.execute(
+        "SELECT path FROM media_attachments WHERE status = 'verified' ORDER BY rowid"
+    ).fetchall():
+        target = destination / path
+        if target.exists() or target.resolve() == (directory / path).resolve():
+            continue
+        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        shutil.copyfile(directory / path, target)
+        os.chmod(target, 0o600)
+        copied += 1
+    return copied

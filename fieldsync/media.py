@@ -1,0 +1,198 @@
+"""The author's side of attachments (SPEC.md §16): stream a file into chunk items.
+
+A file is read in blocks of ``READ_BLOCK`` bytes, hashed and encrypted piece by piece
+(``AttachmentWriter``) and every chunk item is committed to the store as it is made, so
+memory stays bounded whatever the file's size and no plaintext is ever written anywhere.
+
+Chunks are stored as relayed items (``own = 0``) while the file streams, and become the
+author's own (``own = 1``, never evicted before their receipt) in the one transaction that
+records the report naming them. A crash or a refused report leaves only ciphertext that no
+report names, which expires like any relayed item; a chunk evicted before the report
+commits makes the report fail, never a report with an attachment that cannot arrive.
+
+The node keeps, per own attachment (tables ``own_attachments`` and ``own_chunks``, store
+migration 6), its size, chunk count and chunk delivery tags (for "chunks receipted /
+total") and its original name *sealed to the author's own key*: a seized device shows no
+file names without the author's passphrase.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+import secrets
+import sqlite3
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import nacl.bindings as sodium
+import nacl.exceptions
+
+from fieldsync.errors import InputRefused, NotFound
+from fieldsync.store import ImportCounts, Store
+from fieldsync_protocol.attachment import Attachment, AttachmentKey, AttachmentWriter
+from fieldsync_protocol.errors import LocalProtocolError
+from fieldsync_protocol.items import Checked, parse_item
+
+#: Bytes read from the file at a time (a few chunks: bounded memory, few transactions).
+READ_BLOCK = 1024 * 1024
+FALLBACK_MEDIA_TYPE = "application/octet-stream"
+
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class AttachmentStatus:
+    ordinal: int
+    size: int
+    chunks: int
+    receipted: int
+    name: str | None  # None unless the author's key opened it
+
+
+@dataclass(frozen=True)
+class PreparedAttachment:
+    entry: Attachment
+    chunk_ids: tuple[bytes, ...]
+
+
+def media_type_of(path: Path) -> str:
+    guessed, encoding = mimetypes.guess_type(path.name, strict=False)
+    return guessed.lower() if guessed and encoding is None else FALLBACK_MEDIA_TYPE
+
+
+def encrypt_file(
+    store: Store, path: Path, now: int, progress: Progress | None = None
+) -> PreparedAttachment:
+    """Stream ``path`` into chunk items committed to ``store``; return the report entry."""
+    writer = AttachmentWriter(AttachmentKey(secrets.token_bytes(32), secrets.token_bytes(16)))
+    try:
+        total = path.stat().st_size
+        with open(path, "rb") as source:
+            while block := source.read(READ_BLOCK):
+                _store_chunks(store, writer.write(block), now)
+                if progress:
+                    progress(writer.size, total)
+        last, entry = writer.finish(path.name, media_type_of(path))
+    except FileNotFoundError:
+        raise NotFound(f"attachment {path} does not exist") from None
+    except IsADirectoryError:
+        raise InputRefused(f"attachment {path} is a directory; attach files one by one") from None
+    except PermissionError:
+        raise InputRefused(f"attachment {path} cannot be read (permission denied)") from None
+    except LocalProtocolError as exc:
+        raise InputRefused(f"attachment {path}: {exc}") from exc
+    _store_chunks(store, [last], now)
+    return PreparedAttachment(entry, entry.chunk_ids)
+
+
+def _store_chunks(store: Store, items: Sequence[bytes], now: int) -> None:
+    if not items:
+        return
+    counts = ImportCounts()
+    with store.transaction():
+        for data in items:
+            store.add_checked(Checked(parse_item(data)), counts, now)
+
+
+def seal_name(name: str, author_public: bytes) -> bytes:
+    """The original name sealed to the author's own key (ed25519 -> X25519)."""
+    box_public = sodium.crypto_sign_ed25519_pk_to_curve25519(author_public)
+    return sodium.crypto_box_seal(name.encode(), box_public)
+
+
+def open_name(sealed: bytes, author_seed: bytes) -> str:
+    public, secret = sodium.crypto_sign_seed_keypair(author_seed)
+    box_secret = sodium.crypto_sign_ed25519_sk_to_curve25519(secret)
+    box_public = sodium.crypto_sign_ed25519_pk_to_curve25519(public)
+    try:
+        return sodium.crypto_box_seal_open(sealed, box_public, box_secret).decode()
+    except (nacl.exceptions.CryptoError, UnicodeDecodeError):
+        return "(sealed to another author key)"
+
+
+def claim_for_report(
+    conn: sqlite3.Connection,
+    report_id: str,
+    prepared: Sequence[PreparedAttachment],
+    author_public: bytes,
+) -> None:
+    """Inside the report's transaction, after its envelope is stored: make its chunks the
+    author's own, number them after the envelope, and record them."""
+    for ordinal, attachment in enumerate(prepared):
+        rows = [(chunk_id,) for chunk_id in attachment.chunk_ids]
+        marked = conn.executemany("UPDATE items SET own = 1 WHERE id = ?", rows).rowcount
+        if marked != len(rows):
+            raise InputRefused(
+                f"attachment {attachment.entry.name!r}: {len(rows) - marked} of its chunks were"
+                " removed while it was being stored (disk budget too small?); nothing was"
+                " recorded, raise storage.disk_budget_mb or free space and add the report again"
+            )
+        _renumber_after_envelope(conn, attachment.chunk_ids)
+        conn.execute(
+            "INSERT INTO own_attachments (report_id, ordinal, size, chunks, name_sealed)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (
+                report_id,
+                ordinal,
+                attachment.entry.size,
+                len(rows),
+                seal_name(attachment.entry.name, author_public),
+            ),
+        )
+        conn.executemany(
+            "INSERT INTO own_chunks (tag, report_id, ordinal)"
+            " SELECT tag, ?, ? FROM items WHERE id = ?",
+            [(report_id, ordinal, chunk_id) for (chunk_id,) in rows],
+        )
+
+
+def _renumber_after_envelope(conn: sqlite3.Connection, chunk_ids: Sequence[bytes]) -> None:
+    """Give the chunks arrival numbers after their report's envelope, in chunk order.
+
+    They were stored while the file streamed, before the envelope existed; sync sends in
+    arrival order (SPEC.md §13, §16.7), so renumbering makes the report's text travel before
+    its media. Numbers only grow, so a peer's cursor never skips them (it may get them twice).
+    """
+    high = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'items'").fetchone()[0]
+    conn.executemany(
+        "UPDATE items SET seq = ? WHERE id = ?",
+        [(high + offset, chunk_id) for offset, chunk_id in enumerate(chunk_ids, start=1)],
+    )
+    conn.execute(
+        "UPDATE sqlite_sequence SET seq = ? WHERE name = 'items'", (high + len(chunk_ids),)
+    )
+
+
+def attachment_status(
+    store: Store, report_id: str, author_seed: bytes | None = None
+) -> list[AttachmentStatus]:
+    """Each attachment of one own report: size, chunks receipted of total, and its name."""
+    rows = store.db.execute(
+        "SELECT a.ordinal, a.size, a.chunks, a.name_sealed,"
+        " (SELECT count(*) FROM own_chunks c JOIN tombstones t ON t.tag = c.tag"
+        "  WHERE c.report_id = a.report_id AND c.ordinal = a.ordinal)"
+        " FROM own_attachments a WHERE a.report_id = ? ORDER BY a.ordinal",
+        [report_id],
+    ).fetchall()
+    return [
+        AttachmentStatus(
+            ordinal=ordinal,
+            size=size,
+            chunks=chunks,
+            receipted=receipted,
+            name=None if author_seed is None else open_name(sealed, author_seed),
+        )
+        for ordinal, size, chunks, sealed, receipted in rows
+    ]
+
+
+def discard_chunks(store: Store, prepared: Sequence[PreparedAttachment]) -> None:
+    """Remove the chunks of a report that was refused (they hold only ciphertext)."""
+    with store.transaction():
+        for attachment in prepared:
+            store.db.conn.executemany(
+                "DELETE FROM items WHERE id = ? AND own = 0",
+                [(chunk_id,) for chunk_id in attachment.chunk_ids],
+            )
