@@ -176,7 +176,8 @@ class SyncSource:
             return self._store.missing(list(ids))
 
     def send_later(self, ids: Sequence[bytes]) -> list[tuple[int, bytes]]:
-        return send_later(self._store, list(ids))
+        with _store_errors(self._store, "ordering media to send last"):
+            return send_later(self._store, list(ids))
 
     def note_changes(self, added: Sequence[bytes], removed: Sequence[bytes]) -> None:
         """Keep the cached index equal to the store after a commit."""
