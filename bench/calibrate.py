@@ -27,7 +27,7 @@ from fieldsync_protocol.frames import MAX_FRAME, Data, FrameReceiver, FrameSende
 from fieldsync_protocol.items import MAX_ITEM, Checked, check_item
 from fieldsync_protocol.membership import Manifest
 from fieldsync_protocol.noise import CipherState
-from fieldsync_protocol.session import BATCH_BYTES, BATCH_ITEMS, MAX_MESSAGE
+from fieldsync_protocol.session_messages import BATCH_BYTES, BATCH_ITEMS, MAX_MESSAGE
 
 #: The primitives whose slowest one bounds S1 (the relay's per-item work, perf_anchors §1).
 BOUND = ("hash", "decode", "check_item", "frame_encrypt", "frame_decrypt", "insert", "tcp")

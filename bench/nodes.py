@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fieldsync.daemon import Runtime
 from fieldsync.peer import SyncOutcome
+from fieldsync.runtime import Runtime
 
 
 def process_cpu_seconds(pid: int) -> float:

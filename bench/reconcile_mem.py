@@ -22,15 +22,15 @@ from typing import Any
 import msgpack
 
 from bench.env import status_kib
-from fieldsync_protocol.reconcile import SortedListIndex
+from fieldsync_protocol.reconcile_index import SortedListIndex
 from fieldsync_protocol.session import (
     Completed,
-    Cursor,
     CursorAdvanced,
     ItemsReceived,
     SyncSession,
     SyncStats,
 )
+from fieldsync_protocol.session_messages import Cursor
 
 _SPACE = 1 << 256
 

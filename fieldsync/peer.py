@@ -7,6 +7,10 @@ run on the store thread (``StoreWorker``); this module only moves bytes.
 Custody rule: a received batch is verified, charged to the peer's quota and committed
 durably (``synchronous=FULL``) before ``commit_done`` lets the session acknowledge it.
 Any protocol violation, bad item or quota overrun ends the connection at once.
+
+The session reads the store through ``SyncSource`` (its ``ItemSource``), which translates
+the store's own failures (SQLite, the disk) into ``ItemSourceError``: the connection ends
+with a local error that names the store, never one blaming the peer.
 """
 
 from __future__ import annotations
@@ -16,12 +20,14 @@ import contextlib
 import functools
 import logging
 import secrets
-from collections.abc import Callable, Sequence
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fieldsync import limits
 from fieldsync.admission import Admission, ByteBudget, Slot
+from fieldsync.diskerrors import storage_problem
 from fieldsync.lograte import QuietLog
 from fieldsync.priority import send_later
 from fieldsync.reoffer import ReofferPolicy
@@ -33,17 +39,18 @@ from fieldsync_protocol.frames import Data, End, FrameReceiver, FrameSender
 from fieldsync_protocol.handshake import PeerHandshake, ReplayCache
 from fieldsync_protocol.items import Checked, check_item
 from fieldsync_protocol.membership import Manifest, NodeCertificate
-from fieldsync_protocol.reconcile import ItemIndex, SortedListIndex
+from fieldsync_protocol.reconcile_index import ItemIndex, SortedListIndex
 from fieldsync_protocol.session import (
     Completed,
-    Cursor,
     CursorAdvanced,
+    ItemSourceError,
     ItemsReceived,
     SessionConfig,
     Started,
     SyncSession,
     SyncStats,
 )
+from fieldsync_protocol.session_messages import Cursor
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +124,19 @@ class SyncOutcome:
         }
 
 
+@contextlib.contextmanager
+def _store_errors(store: Store, doing: str) -> Iterator[None]:
+    """The store's own failures, as the ``ItemSourceError`` the session passes through."""
+    try:
+        yield
+    except (sqlite3.Error, OSError) as exc:
+        cause = storage_problem(exc, store.path) or exc
+        raise ItemSourceError(f"the local store failed while {doing}: {cause}") from exc
+
+
 class SyncSource:
-    """The session's view of the store (an ``ItemSource``); used only on the store thread."""
+    """The session's view of the store (an ``ItemSource``); used only on the store thread.
+    Store failures leave it as ``ItemSourceError``."""
 
     def __init__(self, store: Store) -> None:
         self._store = store
@@ -139,22 +157,27 @@ class SyncSource:
     @property
     def index(self) -> ItemIndex:
         if self._index is None:
-            self._index = SortedListIndex.from_sorted(self._store.sorted_ids())
+            with _store_errors(self._store, "reading the item ids"):
+                self._index = SortedListIndex.from_sorted(self._store.sorted_ids())
         return self._index
 
     def items_after(
         self, seq: int, limit: int, skip_origin: bytes | None = None
     ) -> list[tuple[int, bytes]]:
-        return self._store.items_after(seq, limit, skip_origin)
+        with _store_errors(self._store, "reading items to send"):
+            return self._store.items_after(seq, limit, skip_origin)
 
     def get(self, ids: Sequence[bytes]) -> list[bytes]:
-        return self._store.get_items(list(ids))
+        with _store_errors(self._store, "reading items to send"):
+            return self._store.get_items(list(ids))
 
     def wants(self, ids: Sequence[bytes]) -> list[bytes]:
-        return self._store.missing(list(ids))
+        with _store_errors(self._store, "looking up the items offered"):
+            return self._store.missing(list(ids))
 
     def send_later(self, ids: Sequence[bytes]) -> list[tuple[int, bytes]]:
-        return send_later(self._store, list(ids))
+        with _store_errors(self._store, "ordering media to send last"):
+            return send_later(self._store, list(ids))
 
     def note_changes(self, added: Sequence[bytes], removed: Sequence[bytes]) -> None:
         """Keep the cached index equal to the store after a commit."""
@@ -270,6 +293,10 @@ async def run_peer(transport: Transport, ctx: PeerContext, *, initiator: bool) -
     except (RemoteProtocolError, PeerViolation) as exc:
         outcome.error = f"peer violated the protocol: {exc}"
         quiet.log("violation", logging.WARNING, "%s: %s", transport.label, outcome.error)
+    except ItemSourceError as exc:
+        outcome.error = str(exc)
+        # One clear line, no traceback: the cause is in the message.
+        log.error("%s: session ended: %s (not the peer's fault)", transport.label, exc)  # noqa: TRY400
     except TransportError as exc:
         outcome.error = f"connection lost: {exc}"
         quiet.log("lost", logging.INFO, "%s: %s", transport.label, outcome.error)

@@ -12,9 +12,10 @@ from typing import Any
 import click
 
 from fieldsync.config import Config, ConfigError, HostPort, parse_host_port
-from fieldsync.daemon import FieldDaemon, Runtime
+from fieldsync.daemon import FieldDaemon
 from fieldsync.errors import FieldsyncError
 from fieldsync.peer import SyncOutcome
+from fieldsync.runtime import Runtime
 from fieldsync.transport import TransportError
 from fieldsync_cli.common import emit, handle_errors, json_option, say
 from fieldsync_cli.main import config_of, home_of

@@ -4,49 +4,50 @@ One session runs both directions between two members after their handshake. The 
 feeds every message from the peer to ``receive_message``, drains ``next_event`` (storing the
 items of ``ItemsReceived`` durably, then calling ``commit_done``), and sends what
 ``messages_to_send`` returns; it drains events again after that call. Only
-``RemoteProtocolError`` leaves ``receive_message``; after one the session is dead.
+``RemoteProtocolError`` (the peer's fault) and ``ItemSourceError`` (our store's) leave
+``receive_message``; after either the session is dead (FAILED).
 
 The session reads the local store only through ``ItemSource`` (the id index, items by id,
 items after a local sequence number, and which ids we want); those calls happen inside
-``receive_message`` and ``messages_to_send``, so a driver whose store lives on its own thread
-makes those calls there.
+``receive_message`` and ``messages_to_send``. An implementation reports its own failure as
+``ItemSourceError``, never as a peer's fault. The messages themselves are encoded and
+checked in ``session_messages`` (RECONCILE in ``reconcile_wire``).
 
-Peer messages accepted in each state (anything else is a ``RemoteProtocolError``)::
-
-    state          message    handler          next state
-    AWAIT_HELLO    HELLO      _on_hello        RECONCILING (reconcile mode) | TRANSFER (delta)
-    RECONCILING    RECONCILE  _on_reconcile    RECONCILING | TRANSFER (DONE sent or received)
-    RECONCILING    WANT       _on_want         RECONCILING
-    RECONCILING    DATA       _on_data         RECONCILING
-    RECONCILING    ACK        _on_ack          RECONCILING
-    TRANSFER       DATA       _on_data         TRANSFER
-    TRANSFER       ACK        _on_ack          TRANSFER
-    TRANSFER       END        _on_end          PEER_ENDED
-    PEER_ENDED     ACK        _on_ack          PEER_ENDED
-    (PEER_ENDED becomes COMPLETE once we sent END and every batch both ways is acknowledged;
-    COMPLETE and FAILED accept nothing.)
+``TRANSITIONS`` below is the whole machine: for each (state, peer message type) the handler
+and, by what the handler reports, the next state. Handlers never set the state; any pair not
+in the table is a ``RemoteProtocolError``; any error makes the session FAILED. The one local
+event, ``SETTLED`` (we sent END and every batch both ways is acknowledged), takes PEER_ENDED
+to COMPLETE. COMPLETE and FAILED accept nothing.
 """
 
 from __future__ import annotations
 
-import itertools
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any, Final, Protocol
 
-from fieldsync_protocol import codec
+from fieldsync_protocol import session_messages as messages
 from fieldsync_protocol.errors import LocalProtocolError, RemoteProtocolError
-from fieldsync_protocol.items import MAX_ITEM
-from fieldsync_protocol.reconcile import (
-    ID_SIZE,
-    ItemIndex,
-    ReconcileParams,
-    Reconciler,
-    successor,
+from fieldsync_protocol.reconcile import ReconcileParams, Reconciler
+from fieldsync_protocol.reconcile_index import ItemIndex, successor
+from fieldsync_protocol.session_messages import (
+    ACK,
+    BATCH_BYTES,
+    BATCH_ITEMS,
+    DATA,
+    END,
+    HELLO,
+    MAX_EPOCH,
+    MAX_QUOTA,
+    MAX_WANT,
+    MAX_WINDOW,
+    RECONCILE,
+    WANT,
+    Cursor,
+    Hello,
 )
-from fieldsync_protocol.reconcile import TYPE as RECONCILE
 
 
 class State(Enum):
@@ -58,42 +59,67 @@ class State(Enum):
     FAILED = "failed"
 
 
-HELLO: Final = "hello"
-WANT: Final = "want"
-DATA: Final = "data"
-ACK: Final = "ack"
-END: Final = "end"
+class Outcome(Enum):
+    """What a handler reports; its row of ``TRANSITIONS`` maps it to the next state."""
 
-#: (state, type of the peer's message) -> handler. Any other pair is a protocol error.
-TRANSITIONS: Final[dict[tuple[State, str], str]] = {
-    (State.AWAIT_HELLO, HELLO): "_on_hello",
-    (State.RECONCILING, RECONCILE): "_on_reconcile",
-    (State.RECONCILING, WANT): "_on_want",
-    (State.RECONCILING, DATA): "_on_data",
-    (State.RECONCILING, ACK): "_on_ack",
-    (State.TRANSFER, DATA): "_on_data",
-    (State.TRANSFER, ACK): "_on_ack",
-    (State.TRANSFER, END): "_on_end",
-    (State.PEER_ENDED, ACK): "_on_ack",
+    HANDLED = "handled"
+    #: HELLO: the session transfers by delta from a cursor.
+    DELTA = "delta"
+    #: HELLO: the session reconciles first.
+    RECONCILE = "reconcile"
+    #: RECONCILE: reconciliation is over (DONE sent or received).
+    RECONCILED = "reconciled"
+
+
+class Local(Enum):
+    """Events of our own (never a peer's message type, which is always a string)."""
+
+    #: We sent END and every batch both ways is acknowledged.
+    SETTLED = "settled"
+
+
+@dataclass(frozen=True)
+class Received:
+    """A decoded peer message and its size in bytes."""
+
+    value: Any
+    size: int
+
+
+@dataclass(frozen=True)
+class Transition:
+    handler: Callable[[SyncSession, Received], Outcome]
+    next_state: Mapping[Outcome, State]
+
+
+def _stay(state: State) -> Mapping[Outcome, State]:
+    return {Outcome.HANDLED: state}
+
+
+#: (state, peer message type or local event) -> handler and next state by its outcome.
+TRANSITIONS: Final[Mapping[tuple[State, str | Local], Transition]] = {
+    (State.AWAIT_HELLO, HELLO): Transition(
+        lambda s, m: s._on_hello(m),
+        {Outcome.RECONCILE: State.RECONCILING, Outcome.DELTA: State.TRANSFER},
+    ),
+    (State.RECONCILING, RECONCILE): Transition(
+        lambda s, m: s._on_reconcile(m),
+        {Outcome.HANDLED: State.RECONCILING, Outcome.RECONCILED: State.TRANSFER},
+    ),
+    (State.RECONCILING, WANT): Transition(lambda s, m: s._on_want(m), _stay(State.RECONCILING)),
+    (State.RECONCILING, DATA): Transition(lambda s, m: s._on_data(m), _stay(State.RECONCILING)),
+    (State.RECONCILING, ACK): Transition(lambda s, m: s._on_ack(m), _stay(State.RECONCILING)),
+    (State.TRANSFER, DATA): Transition(lambda s, m: s._on_data(m), _stay(State.TRANSFER)),
+    (State.TRANSFER, ACK): Transition(lambda s, m: s._on_ack(m), _stay(State.TRANSFER)),
+    (State.TRANSFER, END): Transition(lambda s, m: s._on_end(m), _stay(State.PEER_ENDED)),
+    (State.PEER_ENDED, ACK): Transition(lambda s, m: s._on_ack(m), _stay(State.PEER_ENDED)),
+    (State.PEER_ENDED, Local.SETTLED): Transition(
+        lambda s, _: s._on_settled(), _stay(State.COMPLETE)
+    ),
 }
 
-#: Version of the sync protocol spoken inside the encrypted channel.
-VERSION = 1
-#: Largest message either side sends or accepts (a DATA batch of up to BATCH_BYTES plus one
-#: item of up to MAX_ITEM fits; so does the largest RECONCILE message).
-MAX_MESSAGE = 1024 * 1024
-#: Most items in one DATA batch.
-BATCH_ITEMS = 256
-#: A batch closes before the item that would take it past this many payload bytes.
-BATCH_BYTES = 256 * 1024
-#: Most ids in one WANT message.
-MAX_WANT = 16_384
-#: Largest window a peer may announce.
-MAX_WINDOW = 1024
-#: Largest per-session quota a peer may announce.
-MAX_QUOTA = 2**32
-#: Largest store epoch (an opaque store identity, 16 random bytes recommended).
-MAX_EPOCH = 32
+#: The message argument of a local event.
+_NO_MESSAGE: Final = Received(None, 0)
 # Ids or items fetched from the ItemSource per call (bounds memory held for sending).
 _FETCH = 64
 _MAX_SEQ = 2**63 - 1
@@ -104,16 +130,13 @@ class Mode(Enum):
     RECONCILE = "reconcile"
 
 
-@dataclass(frozen=True)
-class Cursor:
-    """A position in one store's arrival numbering: that store's ``epoch`` and a ``seq``."""
-
-    epoch: bytes
-    seq: int
+class ItemSourceError(Exception):
+    """The local store behind an ``ItemSource`` failed: our fault, never the peer's."""
 
 
 class ItemSource(Protocol):
-    """What the session reads from the local store."""
+    """What the session reads from the local store. A failure of the store itself is raised
+    as ``ItemSourceError`` (the driver's adapter translates its store's exceptions)."""
 
     @property
     def index(self) -> ItemIndex:
@@ -248,52 +271,6 @@ class _Push:
     exclude: frozenset[bytes]
 
 
-@dataclass(frozen=True)
-class _Hello:
-    epoch: bytes
-    high: int
-    quota: int
-    window: int
-    reconcile: bool
-    after: Cursor | None
-
-
-def _encode(kind: str, **fields: Any) -> bytes:
-    return codec.encode({"t": kind, **fields})
-
-
-def _parse_hello(value: Any) -> _Hello:
-    what = "HELLO"
-    m = codec.as_map(value, what, {"t", "v", "e", "h", "q", "w", "r"}, {"a"})
-    version = codec.get_int(m, "v", what)
-    if version != VERSION:
-        raise RemoteProtocolError(f"peer speaks sync version {version}; this node speaks {VERSION}")
-    epoch = codec.get_bytes(m, "e", what)
-    if len(epoch) > MAX_EPOCH:
-        raise RemoteProtocolError(f"HELLO.e is longer than {MAX_EPOCH} bytes")
-    reconcile = m["r"]
-    if not isinstance(reconcile, bool):
-        raise RemoteProtocolError("HELLO.r must be a boolean")
-    after = None
-    if "a" in m:
-        raw = m["a"]
-        if reconcile or not isinstance(raw, list) or len(raw) != 2:
-            raise RemoteProtocolError("HELLO.a must be [epoch, seq], and only without r")
-        pair = {"e": raw[0], "s": raw[1]}
-        after_epoch = codec.get_bytes(pair, "e", "HELLO.a")
-        if len(after_epoch) > MAX_EPOCH:
-            raise RemoteProtocolError(f"HELLO.a epoch is longer than {MAX_EPOCH} bytes")
-        after = Cursor(after_epoch, codec.get_int(pair, "s", "HELLO.a"))
-    return _Hello(
-        epoch=epoch,
-        high=codec.get_int(m, "h", what),
-        quota=codec.get_int(m, "q", what, 0, MAX_QUOTA),
-        window=codec.get_int(m, "w", what, 1, MAX_WINDOW),
-        reconcile=reconcile,
-        after=after,
-    )
-
-
 class SyncSession:
     """One side of a sync session. Synchronous and deterministic.
 
@@ -325,7 +302,7 @@ class SyncSession:
         self._state = State.AWAIT_HELLO
         self._mode: Mode | None = None
         self._reconciler: Reconciler | None = None
-        self._peer: _Hello | None = None
+        self._peer: Hello | None = None
         self._events: deque[Event] = deque()
         self._outbox: list[bytes] = []
         self.stats = SyncStats()
@@ -388,22 +365,21 @@ class SyncSession:
         self.stats.messages_received += 1
         self.stats.bytes_received += len(data)
         try:
-            self._dispatch(data)
-        except RemoteProtocolError:
+            kind, value = messages.decode(data)
+            self._step(kind, Received(value, len(data)))
+            self._check_complete()
+        except (RemoteProtocolError, ItemSourceError):
             self._state = State.FAILED
             raise
-        self._check_complete()
 
-    def _dispatch(self, data: bytes) -> None:
-        value = codec.decode(data, max_size=MAX_MESSAGE, what="sync message")
-        kind = value.get("t") if isinstance(value, dict) else None
-        name = TRANSITIONS.get((self._state, kind)) if isinstance(kind, str) else None
-        if name is None:
+    def _step(self, event: str | Local | None, message: Received) -> None:
+        """Run ``event``'s handler from the table and move to the state its row names."""
+        row = TRANSITIONS.get((self._state, event)) if event is not None else None
+        if row is None:
             raise RemoteProtocolError(
-                f"sync message {str(kind)[:20]!r} is not allowed in state {self._state.value}"
+                f"sync message {str(event)[:20]!r} is not allowed in state {self._state.value}"
             )
-        handler: Callable[[dict[str, Any], int], None] = getattr(self, name)
-        handler(value, len(data))
+        self._state = row.next_state[row.handler(self, message)]
 
     def commit_done(self, batch_no: int) -> None:
         """The items of ``ItemsReceived(batch_no)`` are durable (call in batch order)."""
@@ -421,21 +397,11 @@ class SyncSession:
         """Messages to send now, in order (drain ``next_event`` afterwards)."""
         if self._state is State.FAILED:
             return []
-        if self._committed > self._acks_sent:
-            self._acks_sent = self._committed
-            self._outbox.append(_encode(ACK, n=self._committed - 1))
-        if self._mode is not None and not self._end_sent:
-            window = self._peer.window if self._peer is not None else 0
-            while self.stats.batches_sent < self._acked_by_peer + window:
-                batch = self._next_batch()
-                if batch is None:
-                    break
-                self._outbox.append(batch)
-            if self._ready_to_end():
-                self._end_sent = True
-                done = not self._truncated
-                self._outbox.append(_encode(END, s=self._local.seq) if done else _encode(END))
-        out, self._outbox = self._outbox, []
+        try:
+            out = self._collect_messages()
+        except ItemSourceError:
+            self._state = State.FAILED
+            raise
         if out:
             if self._last_io != "send":
                 self.stats.flights_sent += 1
@@ -447,20 +413,36 @@ class SyncSession:
         self._check_complete()
         return out
 
+    def _collect_messages(self) -> list[bytes]:
+        if self._committed > self._acks_sent:
+            self._acks_sent = self._committed
+            self._outbox.append(messages.encode_ack(self._committed - 1))
+        if self._mode is not None and not self._end_sent:
+            window = self._peer.window if self._peer is not None else 0
+            while self.stats.batches_sent < self._acked_by_peer + window:
+                batch = self._next_batch()
+                if batch is None:
+                    break
+                self._outbox.append(batch)
+            if self._ready_to_end():
+                self._end_sent = True
+                through = None if self._truncated else self._local.seq
+                self._outbox.append(messages.encode_end(through))
+        out, self._outbox = self._outbox, []
+        return out
+
     # --- hello ------------------------------------------------------------------------
 
     def _send_hello(self, *, reconcile: bool, after: Cursor | None) -> None:
-        fields: dict[str, Any] = {
-            "v": VERSION,
-            "e": self._local.epoch,
-            "h": self._local.seq,
-            "q": self._config.quota_items,
-            "w": self._config.window,
-            "r": reconcile,
-        }
-        if after is not None:
-            fields["a"] = [after.epoch, after.seq]
-        self._outbox.append(_encode(HELLO, **fields))
+        self._outbox.append(
+            messages.encode_hello(
+                self._local,
+                quota=self._config.quota_items,
+                window=self._config.window,
+                reconcile=reconcile,
+                after=after,
+            )
+        )
 
     def _valid_for_us(self, after: Cursor | None) -> bool:
         """Is the peer's cursor on our store usable ("after" our seq N)?"""
@@ -468,8 +450,8 @@ class SyncSession:
             after is not None and after.epoch == self._local.epoch and after.seq <= self._local.seq
         )
 
-    def _on_hello(self, value: dict[str, Any], size: int) -> None:
-        hello = _parse_hello(value)
+    def _on_hello(self, message: Received) -> Outcome:
+        hello = messages.parse_hello(message.value)
         self._peer = hello
         ours = self._peer_cursor
         if self._initiator:
@@ -513,11 +495,9 @@ class SyncSession:
             assert hello.after is not None  # noqa: S101 - checked by _valid_for_us
             self._delta_pos = hello.after.seq
             self._delta_through = self._cursor_seq
-            self._state = State.TRANSFER
-        else:
-            self._state = State.RECONCILING
         self.stats.mode = mode.value
         self._events.append(Started(mode, Cursor(hello.epoch, hello.high)))
+        return Outcome.DELTA if mode is Mode.DELTA else Outcome.RECONCILE
 
     def _responder(self) -> Reconciler:
         return Reconciler(self._source.index, initiator=False, params=self._config.reconcile)
@@ -529,11 +509,11 @@ class SyncSession:
         self.stats.reconcile_bytes_sent += len(message)
         self._outbox.append(message)
 
-    def _on_reconcile(self, value: dict[str, Any], size: int) -> None:
+    def _on_reconcile(self, message: Received) -> Outcome:
         assert self._reconciler is not None  # noqa: S101 - RECONCILING implies a reconciler
         self.stats.reconcile_messages += 1
-        self.stats.reconcile_bytes_received += size
-        step = self._reconciler.receive_value(value)
+        self.stats.reconcile_bytes_received += message.size
+        step = self._reconciler.receive_value(message.value)
         have = self._source.wants(step.have) if step.have else []
         if len(have) > self._want_budget:
             have = have[: self._want_budget]
@@ -541,54 +521,42 @@ class SyncSession:
         self._want_budget -= len(have)
         have.sort()
         for start in range(0, len(have), MAX_WANT):
-            message = _encode(WANT, i=b"".join(have[start : start + MAX_WANT]))
-            self.stats.reconcile_bytes_sent += len(message)
-            self._outbox.append(message)
+            want = messages.encode_want(have[start : start + MAX_WANT])
+            self.stats.reconcile_bytes_sent += len(want)
+            self._outbox.append(want)
         if step.reply is not None:
             self._queue_reconcile(step.reply)
         self._queue.extend(_Push(p.lower, p.upper, p.exclude) for p in step.need)
-        if step.done:
-            self._state = State.TRANSFER
+        return Outcome.RECONCILED if step.done else Outcome.HANDLED
 
-    def _on_want(self, value: dict[str, Any], size: int) -> None:
+    def _on_want(self, message: Received) -> Outcome:
         assert self._reconciler is not None  # noqa: S101 - RECONCILING implies a reconciler
-        self.stats.reconcile_bytes_received += size
-        blob = codec.get_bytes(codec.as_map(value, "WANT", {"t", "i"}), "i", "WANT")
-        if not blob or len(blob) % ID_SIZE or len(blob) > MAX_WANT * ID_SIZE:
-            raise RemoteProtocolError(f"WANT lists 1..{MAX_WANT} ids of {ID_SIZE} bytes")
-        ids = [blob[i : i + ID_SIZE] for i in range(0, len(blob), ID_SIZE)]
-        if any(a >= b for a, b in itertools.pairwise(ids)):
-            raise RemoteProtocolError("WANT ids are not strictly ascending")
+        self.stats.reconcile_bytes_received += message.size
+        ids = messages.parse_want(message.value)
         self._reconciler.check_wanted(ids)
         self._wanted_by_peer += len(ids)
         if self._wanted_by_peer > self._reconciler.offered_count:
             raise RemoteProtocolError("WANT asks for more ids than we listed")
         self._queue.append(_Wanted(ids))
+        return Outcome.HANDLED
 
     # --- data ---------------------------------------------------------------------------
 
-    def _on_data(self, value: dict[str, Any], size: int) -> None:
-        what = "DATA"
-        m = codec.as_map(value, what, {"t", "n", "i"}, {"s"})
-        n = codec.get_int(m, "n", what)
+    def _on_data(self, message: Received) -> Outcome:
+        m, n = messages.parse_data_number(message.value)
         if n != self.stats.batches_received:
             expected = self.stats.batches_received
             raise RemoteProtocolError(f"DATA batch {n} out of order: expected {expected}")
         if n >= self._acks_sent + self._config.window:
             raise RemoteProtocolError("DATA beyond the announced window")
-        items = m["i"]
-        if not isinstance(items, list) or not 1 <= len(items) <= BATCH_ITEMS:
-            raise RemoteProtocolError(f"DATA carries 1..{BATCH_ITEMS} items")
-        for item in items:
-            if not isinstance(item, bytes) or not 1 <= len(item) <= MAX_ITEM:
-                raise RemoteProtocolError(f"a DATA item is 1..{MAX_ITEM} bytes")
+        items = messages.parse_data_items(m)
         if self.stats.items_received + len(items) > self._config.quota_items:
             raise RemoteProtocolError("quota exceeded")
         if self._mode is Mode.DELTA:
             if "s" not in m:
                 raise RemoteProtocolError("DATA in delta mode must carry s")
             assert self._peer is not None  # noqa: S101 - set by HELLO
-            through = codec.get_int(m, "s", what, self._delta_through + 1, self._peer.high)
+            through = messages.parse_seq(m, "DATA", self._delta_through + 1, self._peer.high)
             self._delta_through = through
             self._batch_through.append((n, through))
         elif "s" in m:
@@ -597,22 +565,27 @@ class SyncSession:
         self.stats.items_received += len(items)
         self.stats.payload_bytes_received += sum(map(len, items))
         self._events.append(ItemsReceived(n, items))
+        return Outcome.HANDLED
 
-    def _on_ack(self, value: dict[str, Any], size: int) -> None:
-        m = codec.as_map(value, "ACK", {"t", "n"})
-        n = codec.get_int(m, "n", "ACK")
+    def _on_ack(self, message: Received) -> Outcome:
+        n = messages.parse_ack(message.value)
         if not self._acked_by_peer <= n < self.stats.batches_sent:
             raise RemoteProtocolError(f"ACK {n} for no unacknowledged batch")
         self._acked_by_peer = n + 1
+        return Outcome.HANDLED
 
-    def _on_end(self, value: dict[str, Any], size: int) -> None:
-        m = codec.as_map(value, "END", {"t"}, {"s"})
+    def _on_end(self, message: Received) -> Outcome:
+        m = messages.parse_end(message.value)
         if "s" in m:
             assert self._peer is not None  # noqa: S101 - set by HELLO
             high = self._peer.high
-            self._end_through = codec.get_int(m, "s", "END", high, high)
-        self._state = State.PEER_ENDED
+            self._end_through = messages.parse_seq(m, "END", high, high)
         self._maybe_end_cursor()
+        return Outcome.HANDLED
+
+    def _on_settled(self) -> Outcome:
+        self._events.append(Completed(replace(self.stats)))
+        return Outcome.HANDLED
 
     # --- cursors ------------------------------------------------------------------------
 
@@ -717,13 +690,11 @@ class SyncSession:
             through = seq
         if not items:
             return None
-        fields: dict[str, Any] = {"n": self.stats.batches_sent, "i": items}
-        if self._mode is Mode.DELTA:
-            fields["s"] = through
+        batch_no = self.stats.batches_sent
         self.stats.batches_sent += 1
         self.stats.items_sent += len(items)
         self.stats.payload_bytes_sent += size
-        return _encode(DATA, **fields)
+        return messages.encode_data(batch_no, items, through if self._mode is Mode.DELTA else None)
 
     def _ready_to_end(self) -> bool:
         if self._ready or self._queue or self._later:
@@ -739,5 +710,4 @@ class SyncSession:
             and self._acked_by_peer == self.stats.batches_sent
             and self._acks_sent == self._committed == self.stats.batches_received
         ):
-            self._state = State.COMPLETE
-            self._events.append(Completed(replace(self.stats)))
+            self._step(Local.SETTLED, _NO_MESSAGE)

@@ -40,23 +40,23 @@ from fieldsync_protocol.errors import RemoteProtocolError
 from fieldsync_protocol.handshake import CERT_PAD, PROLOGUE, PROTOCOL_NAME, PeerHandshake
 from fieldsync_protocol.items import parse_item
 from fieldsync_protocol.keytext import KeyKind
-from fieldsync_protocol.reconcile import (
+from fieldsync_protocol.reconcile import Reconciler
+from fieldsync_protocol.reconcile_index import (
     EMPTY_FINGERPRINT,
     INFINITY,
     ZERO,
-    Reconciler,
     SortedListIndex,
     id_sum,
-    parse_message,
 )
+from fieldsync_protocol.reconcile_wire import parse_message
 from fieldsync_protocol.session import (
     Completed,
-    Cursor,
     CursorAdvanced,
     ItemsReceived,
     Started,
     SyncSession,
 )
+from fieldsync_protocol.session_messages import Cursor
 
 HERE = Path(__file__).resolve().parent
 

@@ -33,9 +33,10 @@ from fieldsync.admission import (
     source_key,
 )
 from fieldsync.config import Config, ConfigError, load_config
-from fieldsync.daemon import Runtime, Server, peer_limits
+from fieldsync.daemon import peer_limits
 from fieldsync.lograte import QuietLog
 from fieldsync.peer import PeerLimits
+from fieldsync.runtime import Runtime, Server
 from fieldsync_protocol.handshake import MSG2_SIZE, PeerHandshake
 
 

@@ -191,7 +191,7 @@ async def test_the_hub_keeps_no_access_log_of_field_addresses(
     try:
         assert daemon.server is not None and daemon.runtime is not None
         host, port = daemon.server.addresses[0]
-        from fieldsync.daemon import Runtime
+        from fieldsync.runtime import Runtime
 
         runtime = await Runtime.open(a)
         try:

@@ -18,10 +18,11 @@ from pathlib import Path
 import pytest
 from blockbuster import BlockBuster, blockbuster_ctx
 
-from fieldsync.daemon import HQ_PULL_LIMITS, Runtime, Server, ingest_from_hub
 from fieldsync.hq import HQ
+from fieldsync.hq_hub import HQ_PULL_LIMITS, ingest_from_hub
 from fieldsync.node import Node
 from fieldsync.peer import PeerLimits
+from fieldsync.runtime import Runtime, Server
 from tests.fieldsync.offline_support import (
     KDF,
     PASSPHRASE,

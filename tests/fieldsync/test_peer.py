@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import secrets
 import shutil
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -22,10 +23,10 @@ import pytest
 from blockbuster import BlockBuster, blockbuster_ctx
 
 from fieldsync import synthetic
-from fieldsync.daemon import Runtime, Server
 from fieldsync.hq import HQ, IngestSummary
 from fieldsync.node import Node
 from fieldsync.peer import PeerContext, PeerLimits, SyncOutcome, run_peer
+from fieldsync.runtime import Runtime, Server
 from fieldsync.store import Store
 from fieldsync.transport import MemoryTransport, Transport, TransportError, memory_pair
 from fieldsync_protocol.crypto import box_public_key
@@ -367,3 +368,31 @@ async def test_transport_error_mid_session_is_an_outcome(homes: Homes) -> None:
         again, _ = await over_memory(a.context, b.context)
         assert again.complete
         assert await ids_of(a) == await ids_of(b)
+
+
+def _deny_reading_items(store: Store) -> None:
+    """Make every read of the items table fail inside SQLite (an authorizer denies it)."""
+
+    def authorize(action: int, table: str | None, *_: str | None) -> int:
+        denied = action == sqlite3.SQLITE_READ and table == "items"
+        return sqlite3.SQLITE_DENY if denied else sqlite3.SQLITE_OK
+
+    store.db.conn.set_authorizer(authorize)
+
+
+async def test_a_store_failure_is_a_local_error_not_the_peers(
+    homes: Homes, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with opened(homes.a) as a, opened(homes.b) as b:
+        before = await ids_of(b)
+        await b.worker.call(_deny_reading_items)
+        mine, theirs = await over_memory(a.context, b.context)
+        assert not mine.complete and not theirs.complete
+        assert theirs.error is not None
+        assert theirs.error.startswith("the local store failed while reading the item ids")
+        assert "access to items.id is prohibited" in theirs.error
+        assert "peer violated" not in theirs.error
+        assert mine.error is not None and "peer violated" not in mine.error
+        assert "not the peer's fault" in caplog.text
+        await b.worker.call(lambda store: store.db.conn.set_authorizer(None))
+        assert await ids_of(b) == before  # nothing stored was lost

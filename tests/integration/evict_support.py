@@ -12,9 +12,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from fieldsync import synthetic
-from fieldsync.daemon import Runtime, Server
 from fieldsync.node import Node
 from fieldsync.peer import SyncOutcome
+from fieldsync.runtime import Runtime, Server
 from fieldsync_protocol import codec
 from fieldsync_protocol.envelope import SIZE_CLASSES
 from fieldsync_protocol.membership import Manifest

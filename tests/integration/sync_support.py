@@ -347,8 +347,8 @@ def run_sync(home: Path, target: str, timeout: float = COMMAND_TIMEOUT) -> SyncR
 
 
 async def _serve(home: Path, handshake_timeout: float, silent_close: tuple[float, float]) -> None:
-    from fieldsync.daemon import Runtime, Server
     from fieldsync.peer import PeerLimits
+    from fieldsync.runtime import Runtime, Server
 
     limits = PeerLimits(handshake_timeout=handshake_timeout, silent_close=silent_close)
     runtime = await Runtime.open(home, limits=limits)

@@ -16,8 +16,8 @@ import contextlib
 from pathlib import Path
 
 from fieldsync import synthetic
-from fieldsync.daemon import Runtime
 from fieldsync.reoffer import ReofferPolicy
+from fieldsync.runtime import Runtime
 from fieldsync.store import Store
 from tests.integration.evict_support import (
     export_bundle,

@@ -20,9 +20,9 @@ from pathlib import Path
 
 from fieldsync import synthetic
 from fieldsync.config import load_config
-from fieldsync.daemon import Runtime
 from fieldsync.janitor import Janitor
 from fieldsync.node import STORE
+from fieldsync.runtime import Runtime
 from fieldsync.store import Store
 from fieldsync_protocol.membership import Manifest
 from tests.integration.evict_support import (

@@ -41,8 +41,9 @@ from fieldsync_protocol import codec
 from fieldsync_protocol.crypto import content_id
 from fieldsync_protocol.handshake import MSG2_SIZE, PeerHandshake
 from fieldsync_protocol.membership import Manifest
-from fieldsync_protocol.reconcile import ItemIndex, SortedListIndex
-from fieldsync_protocol.session import BATCH_ITEMS, Cursor, SyncSession
+from fieldsync_protocol.reconcile_index import ItemIndex, SortedListIndex
+from fieldsync_protocol.session import SyncSession
+from fieldsync_protocol.session_messages import BATCH_ITEMS, Cursor
 from tests.integration.sync_support import ServerProcess, item_ids, run_sync, start_server
 
 OUTSIDERS = 64

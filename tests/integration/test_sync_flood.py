@@ -28,15 +28,15 @@ from pathlib import Path
 import pytest
 
 from fieldsync import synthetic
-from fieldsync.daemon import Runtime, Server
 from fieldsync.peer import PeerContext, PeerLimits, SyncOutcome, SyncSource, run_peer
+from fieldsync.runtime import Runtime, Server
 from fieldsync.store import Store
 from fieldsync.transport import READ_SIZE, connect_tcp
 from fieldsync_protocol import codec
 from fieldsync_protocol.crypto import content_id
 from fieldsync_protocol.handshake import MSG2_SIZE, PeerHandshake
 from fieldsync_protocol.membership import Manifest
-from fieldsync_protocol.reconcile import ItemIndex, SortedListIndex
+from fieldsync_protocol.reconcile_index import ItemIndex, SortedListIndex
 from fieldsync_protocol.session import SessionConfig
 from tests.integration.sync_support import item_ids
 

@@ -33,8 +33,8 @@ from pathlib import Path
 import pytest
 
 from fieldsync import synthetic
-from fieldsync.daemon import Runtime
 from fieldsync.node import Node
+from fieldsync.runtime import Runtime
 from fieldsync_protocol.handshake import MSG1_SIZE, MSG2_SIZE, PeerHandshake
 from fieldsync_protocol.membership import Manifest
 from tests.integration.sync_support import ServerProcess, start_helper_server, start_server

@@ -13,26 +13,25 @@ from hypothesis import strategies as st
 
 from fieldsync_protocol import codec
 from fieldsync_protocol.errors import LocalProtocolError, RemoteProtocolError
-from fieldsync_protocol.reconcile import (
+from fieldsync_protocol.reconcile import MAX_ROUNDS, PushRange, ReconcileParams, Reconciler
+from fieldsync_protocol.reconcile_index import (
     EMPTY_FINGERPRINT,
     INFINITY,
-    MAX_RANGES,
-    MAX_ROUNDS,
     ZERO,
-    PushRange,
-    Range,
-    RangeMode,
-    ReconcileParams,
-    Reconciler,
     SortedListIndex,
     _lane_sum_le,
     _lane_sum_portable,
-    encode_message,
     fingerprint_of,
     id_sum,
-    parse_message,
     separator,
     successor,
+)
+from fieldsync_protocol.reconcile_wire import (
+    MAX_RANGES,
+    Range,
+    RangeMode,
+    encode_message,
+    parse_message,
 )
 
 

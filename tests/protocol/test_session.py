@@ -22,23 +22,16 @@ from hypothesis import strategies as st
 
 from fieldsync_protocol import codec
 from fieldsync_protocol.errors import LocalProtocolError, RemoteProtocolError
-from fieldsync_protocol.reconcile import (
-    INFINITY,
-    ZERO,
-    Range,
-    RangeMode,
-    ReconcileParams,
-    SortedListIndex,
-    encode_message,
-)
+from fieldsync_protocol.reconcile import ReconcileParams
+from fieldsync_protocol.reconcile_index import INFINITY, ZERO, SortedListIndex
+from fieldsync_protocol.reconcile_wire import Range, RangeMode, encode_message
 from fieldsync_protocol.session import (
-    BATCH_ITEMS,
-    MAX_MESSAGE,
     TRANSITIONS,
     Completed,
-    Cursor,
     CursorAdvanced,
+    ItemSourceError,
     ItemsReceived,
+    Local,
     Mode,
     SessionConfig,
     Started,
@@ -46,6 +39,7 @@ from fieldsync_protocol.session import (
     SyncSession,
     SyncStats,
 )
+from fieldsync_protocol.session_messages import BATCH_ITEMS, MAX_MESSAGE, Cursor
 
 
 def item_id(data: bytes) -> bytes:
@@ -795,7 +789,67 @@ def test_messages_after_completion_are_refused() -> None:
 def test_transition_table_shape() -> None:
     states = {s for s, _ in TRANSITIONS}
     assert State.COMPLETE not in states and State.FAILED not in states
-    assert all(hasattr(SyncSession, name) for name in TRANSITIONS.values())
+    # Errors, not rows, lead to FAILED; only the local SETTLED event leads to COMPLETE.
+    for (state, event), row in TRANSITIONS.items():
+        assert row.next_state and State.FAILED not in row.next_state.values()
+        assert (State.COMPLETE in row.next_state.values()) == (event is Local.SETTLED)
+        assert isinstance(event, str) or state is State.PEER_ENDED
+
+
+def test_a_peer_cannot_send_the_local_settled_event() -> None:
+    s = responder()
+    s.receive_message(hello(r=False, a=[b"epoch-B", 0]))
+    refused(s, msg(Local.SETTLED.value), "not allowed in state")
+
+
+class FailingStore(MemStore):
+    """A store whose ``failing`` method fails as a real one does on a broken disk."""
+
+    def __init__(self, failing: str, items: Iterable[bytes] = (), **kw: Any) -> None:
+        super().__init__(items, **kw)
+        self.failing = failing
+
+    def _fail(self, name: str) -> None:
+        if name == self.failing:
+            raise ItemSourceError(f"{name}: disk I/O error")
+
+    def wants(self, ids: Sequence[bytes]) -> list[bytes]:
+        self._fail("wants")
+        return super().wants(ids)
+
+    def get(self, ids: Sequence[bytes]) -> list[bytes]:
+        self._fail("get")
+        return super().get(ids)
+
+
+def test_a_store_failure_while_receiving_is_ours_not_the_peers() -> None:
+    a = MemStore(make_items(0, 5))
+    b = FailingStore("wants", epoch=b"epoch-B")
+    sa = SyncSession(a, initiator=True, local=a.cursor())
+    sb = SyncSession(b, initiator=False, local=b.cursor())
+    with pytest.raises(ItemSourceError, match="disk I/O error"):
+        for _ in range(10):
+            for message in sa.messages_to_send():
+                sb.receive_message(message)
+            for message in sb.messages_to_send():
+                sa.receive_message(message)
+    assert sb.state is State.FAILED
+    assert sb.messages_to_send() == []
+
+
+def test_a_store_failure_while_sending_is_ours_not_the_peers() -> None:
+    a = FailingStore("get", make_items(0, 5))
+    b = MemStore(epoch=b"epoch-B")
+    sa = SyncSession(a, initiator=True, local=a.cursor())
+    sb = SyncSession(b, initiator=False, local=b.cursor())
+    with pytest.raises(ItemSourceError, match="disk I/O error"):
+        for _ in range(10):
+            for message in sa.messages_to_send():
+                sb.receive_message(message)
+            for message in sb.messages_to_send():
+                sa.receive_message(message)
+    assert sa.state is State.FAILED
+    assert sa.messages_to_send() == []
 
 
 # Hypothesis: arbitrary bytes and arbitrary (well-formed-ish) messages in every state.

@@ -39,22 +39,17 @@ from fieldsync_protocol.errors import RemoteProtocolError
 from fieldsync_protocol.handshake import PeerHandshake
 from fieldsync_protocol.items import ItemKind, check_item, parse_item
 from fieldsync_protocol.keytext import KeyKind
-from fieldsync_protocol.reconcile import (
-    EMPTY_FINGERPRINT,
-    INFINITY,
-    RangeMode,
-    Reconciler,
-    SortedListIndex,
-    parse_message,
-)
+from fieldsync_protocol.reconcile import Reconciler
+from fieldsync_protocol.reconcile_index import EMPTY_FINGERPRINT, INFINITY, SortedListIndex
+from fieldsync_protocol.reconcile_wire import RangeMode, parse_message
 from fieldsync_protocol.session import (
     Completed,
-    Cursor,
     CursorAdvanced,
     ItemsReceived,
     Started,
     SyncSession,
 )
+from fieldsync_protocol.session_messages import Cursor
 
 VECTORS = Path(__file__).resolve().parents[2] / "protocol" / "vectors"
 

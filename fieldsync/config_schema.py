@@ -1,0 +1,466 @@
+"""What the configuration may hold: every section, key, default and how a value is checked.
+
+``Config`` is one frozen dataclass per ``[section]``; each field's metadata carries its ``Kind``:
+how a TOML value (or command-line override) and an environment variable's text become the
+typed value, or an ``Invalid`` saying what is expected. ``config`` (the loader) applies the
+layers; this module holds every default (the one copy: discovery imports its defaults from
+here).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Final, TypeVar
+
+from fieldsync import limits
+from fieldsync.config_addresses import (
+    HOST_PORT_EXAMPLE,
+    HostPort,
+    Peer,
+    WebSocketURL,
+    check_service_type,
+    parse_host_port,
+    parse_interface,
+    parse_peer,
+    parse_websocket_url,
+)
+from fieldsync.errors import FieldsyncError
+from fieldsync.faults import parse_fault
+
+DEFAULT_PORT: Final = 7341
+# Discovery's defaults live here, the one place of every default (fieldsync.discovery imports
+# them without importing zeroconf into every command).
+#
+# A common, generic service type rather than one of our own. A dedicated type
+# (``_fieldsync._tcp``) would name the software; a per-deployment random type
+# (``_x3fa9c1._tcp``) would be a stable identifier of the *network*, letting a watcher who
+# learns it once spot any member anywhere, for ever. Under ``_http._tcp`` our records sit among
+# printers, NAS boxes and routers, and a watcher must fingerprint the record shape instead of
+# reading a label. The cost: generic HTTP browsers may list or probe us (they get the
+# handshake's silence and a delayed close), and members see foreign ``_http._tcp`` services,
+# which they drop by the tag in the name without resolving them. A deployment may pick another
+# common type in its config; all members of a network must use the same one.
+DEFAULT_SERVICE_TYPE: Final = "_http._tcp.local."
+#: Long enough that rotation traffic (3 probes + announcements + goodbye) is negligible on a
+#: busy Wi-Fi, short enough that a name never lives for hours in anybody's cache or log.
+DEFAULT_ROTATE_MINUTES: Final = 15.0
+DEFAULT_HOME: Final = Path("~/.local/share/fieldsync")
+#: sysexits.h EX_CONFIG; the systemd unit does not restart on it (RestartPreventExitStatus).
+EXIT_CONFIG: Final = 78
+LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+#: ``sockaddr_un.sun_path`` holds 108 bytes including the terminating NUL.
+MAX_UNIX_SOCKET_PATH: Final = 107
+
+
+class ConfigError(FieldsyncError):
+    """The configuration (file, environment or command line) is invalid; nothing was started."""
+
+    exit_code = EXIT_CONFIG
+
+
+# --- how one key is read -----------------------------------------------------------------------
+
+
+class Invalid(Exception):
+    """A value was refused; the message says what is expected."""
+
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    #: TOML / override value (and the directory relative paths start from) -> typed value.
+    from_value: Callable[[object, Path], Any]
+    #: Environment text -> a value ``from_value`` accepts.
+    from_env: Callable[[str], object]
+
+
+def _boolean() -> Kind:
+    words = {"1": True, "true": True, "yes": True, "on": True}
+    words |= {"0": False, "false": False, "no": False, "off": False}
+
+    def from_value(value: object, _base: Path) -> bool:
+        if not isinstance(value, bool):
+            raise Invalid("expected true or false")
+        return value
+
+    def from_env(text: str) -> object:
+        try:
+            return words[text.strip().lower()]
+        except KeyError:
+            raise Invalid("expected true or false (or 1/0, yes/no, on/off)") from None
+
+    return Kind(from_value, from_env)
+
+
+def _integer(minimum: int, maximum: int | None = None) -> Kind:
+    span = f"≥ {minimum}" if maximum is None else f"in {minimum}–{maximum}"
+    expected = f"expected a whole number {span}"
+
+    def from_value(value: object, _base: Path) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise Invalid(expected)
+        if value < minimum or (maximum is not None and value > maximum):
+            raise Invalid(expected)
+        return value
+
+    def from_env(text: str) -> object:
+        try:
+            return int(text.strip())
+        except ValueError:
+            raise Invalid(expected) from None
+
+    return Kind(from_value, from_env)
+
+
+def _real(expected: str, accepts: Callable[[float], bool]) -> Kind:
+    """A finite number (int or float in TOML) that ``accepts`` allows."""
+
+    def from_value(value: object, _base: Path) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise Invalid(expected)
+        if not math.isfinite(value) or not accepts(value):
+            raise Invalid(expected)
+        return float(value)
+
+    def from_env(text: str) -> object:
+        try:
+            return float(text.strip())
+        except ValueError:
+            raise Invalid(expected) from None
+
+    return Kind(from_value, from_env)
+
+
+def _seconds() -> Kind:
+    return _real("expected a number of seconds > 0", lambda value: value > 0)
+
+
+def _minutes(minimum: float, maximum: float) -> Kind:
+    """A number of minutes, whole or fractional (tests rotate every few seconds)."""
+    return _real(
+        f"expected a number of minutes in {minimum:g}–{maximum:g}",
+        lambda value: minimum <= value <= maximum,
+    )
+
+
+def _text(check: Callable[[str], str], expected: str) -> Kind:
+    def from_value(value: object, _base: Path) -> str:
+        if not isinstance(value, str):
+            raise Invalid(expected)
+        try:
+            return check(value)
+        except ValueError as exc:
+            raise Invalid(f"{exc}; {expected}") from None
+
+    return Kind(from_value, lambda text: text)
+
+
+def _check_log_level(value: str) -> str:
+    level = value.strip().upper()
+    if level not in LOG_LEVELS:
+        raise ValueError(f"unknown level {value!r}")
+    return level
+
+
+def _path(*, optional: bool, socket: bool = False) -> Kind:
+    expected = "expected a path" + (' (or "" for the default)' if optional else "")
+
+    def from_value(value: object, base: Path) -> Path | None:
+        if optional and value == "":
+            return None
+        if not isinstance(value, str | Path) or str(value) == "" or "\0" in str(value):
+            raise Invalid(expected)
+        path = Path(value).expanduser()
+        path = path if path.is_absolute() else base / path
+        if socket and len(os.fsencode(path)) > MAX_UNIX_SOCKET_PATH:
+            raise Invalid(
+                f"a unix socket path is at most {MAX_UNIX_SOCKET_PATH} bytes; "
+                f"choose a shorter one, e.g. /run/fieldsync/control.sock"
+            )
+        return path
+
+    return Kind(from_value, lambda text: text)
+
+
+def _optional_url() -> Kind:
+    def from_value(value: object, _base: Path) -> WebSocketURL | None:
+        if value == "":
+            return None
+        if not isinstance(value, str):
+            raise Invalid('expected a ws:// or wss:// URL (or "" for none)')
+        try:
+            return parse_websocket_url(value)
+        except ValueError as exc:
+            raise Invalid(str(exc)) from None
+
+    return Kind(from_value, lambda text: text)
+
+
+_T = TypeVar("_T")
+
+
+def _list(parse: Callable[[str], _T], expected_item: str) -> Kind:
+    expected = f"expected a list of {expected_item}"
+
+    def from_value(value: object, _base: Path) -> tuple[_T, ...]:
+        if not isinstance(value, list | tuple):
+            raise Invalid(f'{expected}, like ["..."]')
+        items: list[_T] = []
+        for item in value:
+            if not isinstance(item, str):
+                raise Invalid(f"item {show_value(item)} is not a string; {expected}")
+            try:
+                parsed = parse(item)
+            except ValueError as exc:
+                raise Invalid(f"item {show_value(item)}: {exc}") from None
+            if parsed in items:
+                raise Invalid(f"item {show_value(item)} is listed twice")
+            items.append(parsed)
+        return tuple(items)
+
+    def from_env(text: str) -> object:
+        return [part.strip() for part in text.split(",") if part.strip()]
+
+    return Kind(from_value, from_env)
+
+
+_KIND = "fieldsync.config.kind"
+
+
+def _meta(kind: Kind) -> dict[str, Kind]:
+    return {_KIND: kind}
+
+
+# --- the sections ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    #: The node's home directory (keys, database). ``fieldsync --home`` overrides it.
+    home: Path = field(
+        default_factory=lambda: DEFAULT_HOME.expanduser(), metadata=_meta(_path(optional=False))
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ListenConfig:
+    #: Where peers connect (raw TCP; the hub serves WebSocket here). Empty: dial out only.
+    addresses: tuple[HostPort, ...] = field(
+        default=(HostPort("0.0.0.0", DEFAULT_PORT),),  # noqa: S104 - a LAN node listens on the LAN
+        metadata=_meta(
+            _list(lambda text: parse_host_port(text, allow_port_zero=True), HOST_PORT_EXAMPLE)
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoveryConfig:
+    enabled: bool = field(default=True, metadata=_meta(_boolean()))
+    #: DNS-SD service type, normalised to ``_name._tcp.local.``.
+    service_type: str = field(
+        default=DEFAULT_SERVICE_TYPE,
+        metadata=_meta(
+            _text(check_service_type, 'expected a DNS-SD type like "_http._tcp" (name ≤ 15 chars)')
+        ),
+    )
+    #: Interface names or IPv4 addresses to announce and browse on. Empty = none (discovery
+    #: off). The daemon resolves names to the interface's current IPv4 addresses.
+    interfaces: tuple[str, ...] = field(
+        default=(), metadata=_meta(_list(parse_interface, "interface names or IPv4 addresses"))
+    )
+    #: How often the pseudonymous instance and host names change (discovery adds jitter).
+    #: Fractions are allowed (0.05 = 3 s, the least): each rotation also re-queries the link,
+    #: so a short period finds peers sooner after a link comes up, at the cost of traffic.
+    rotate_minutes: float = field(
+        default=DEFAULT_ROTATE_MINUTES, metadata=_meta(_minutes(0.05, 24 * 60))
+    )
+
+    @property
+    def active(self) -> bool:
+        """Enabled and at least one interface named: the only case that multicasts."""
+        return self.enabled and bool(self.interfaces)
+
+
+@dataclass(frozen=True, slots=True)
+class PeersConfig:
+    #: Peers dialled without discovery: ``HostPort`` (raw TCP) or ``WebSocketURL``.
+    static: tuple[Peer, ...] = field(
+        default=(), metadata=_meta(_list(parse_peer, "HOST:PORT or ws:// / wss:// URLs"))
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamConfig:
+    #: The HQ hub. ``None``: this node has no upstream.
+    url: WebSocketURL | None = field(default=None, metadata=_meta(_optional_url()))
+    #: How often to try the hub (when there is an upstream).
+    interval_seconds: float = field(default=60.0, metadata=_meta(_seconds()))
+
+
+@dataclass(frozen=True, slots=True)
+class SyncConfig:
+    #: Periodic re-sync with known peers.
+    interval_seconds: float = field(default=300.0, metadata=_meta(_seconds()))
+    #: Sessions running at once (no storm when many peers appear).
+    max_concurrent: int = field(default=4, metadata=_meta(_integer(1, 256)))
+    #: Retry delay after a failure grows from ``backoff_initial`` up to ``backoff_max``.
+    backoff_initial: float = field(default=2.0, metadata=_meta(_seconds()))
+    backoff_max: float = field(default=300.0, metadata=_meta(_seconds()))
+    #: Per-peer quotas (keyed by the peer's certificate), per day; defaults in ``limits``.
+    quota_items_per_day: int = field(
+        default=limits.QUOTA_ITEMS_PER_DAY, metadata=_meta(_integer(1))
+    )
+    quota_bytes_per_day: int = field(
+        default=limits.QUOTA_BYTES_PER_DAY, metadata=_meta(_integer(1))
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """Admission limits of incoming connections (SPEC §14.8)."""
+
+    #: Incoming connections in their handshake at once; the oldest is dropped for a newcomer.
+    pending_handshakes: int = field(default=64, metadata=_meta(_integer(1, 65_536)))
+    #: ... of which at most this many from one source address (the hub behind a reverse
+    #: proxy sees every client at the proxy's address: raise it to ``pending_handshakes``).
+    pending_per_address: int = field(default=8, metadata=_meta(_integer(1, 65_536)))
+    #: Authenticated incoming sessions at once (one per peer certificate).
+    sessions: int = field(default=16, metadata=_meta(_integer(1, 4096)))
+    #: Session data buffered ahead of processing, all sessions together (MiB).
+    buffer_mb: int = field(default=32, metadata=_meta(_integer(8, 65_536)))
+
+
+@dataclass(frozen=True, slots=True)
+class StorageConfig:
+    #: Disk the store may use before the janitor evicts (expired items first).
+    disk_budget_mb: int = field(default=1024, metadata=_meta(_integer(1)))
+    #: Period of the truncating WAL checkpoint.
+    checkpoint_minutes: int = field(default=5, metadata=_meta(_integer(1, 24 * 60)))
+
+
+@dataclass(frozen=True, slots=True)
+class HubConfig:
+    #: Serve sync over WebSocket as the HQ hub (``fieldsync run --hub``).
+    enabled: bool = field(default=False, metadata=_meta(_boolean()))
+
+
+@dataclass(frozen=True, slots=True)
+class ControlConfig:
+    #: Unix socket of the control API. ``None``: ``<home>/control.sock``.
+    socket: Path | None = field(default=None, metadata=_meta(_path(optional=True, socket=True)))
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    #: DEBUG, INFO, WARNING, ERROR or CRITICAL (any case on input).
+    level: str = field(
+        default="INFO",
+        metadata=_meta(_text(_check_log_level, f"expected one of {', '.join(LOG_LEVELS)}")),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class DebugConfig:
+    #: Fault injection for the supervision tests (``fieldsync.faults``): ``"janitor"`` fails
+    #: the janitor every time it runs, ``"janitor:2"`` its first two runs. Empty (the
+    #: default) injects nothing. Never set it on a node in the field.
+    inject_faults: tuple[str, ...] = field(
+        default=(), metadata=_meta(_list(parse_fault, "COMPONENT or COMPONENT:N entries"))
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    node: NodeConfig = field(default_factory=NodeConfig)
+    listen: ListenConfig = field(default_factory=ListenConfig)
+    discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
+    peers: PeersConfig = field(default_factory=PeersConfig)
+    upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
+    sync: SyncConfig = field(default_factory=SyncConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    hub: HubConfig = field(default_factory=HubConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    debug: DebugConfig = field(default_factory=DebugConfig)
+    #: The TOML file that was read, if any (for logs and ``doctor``; not part of equality).
+    source: Path | None = field(default=None, compare=False)
+
+    @property
+    def control_socket(self) -> Path:
+        """Where the control API listens and ``fieldsync status`` connects."""
+        return self.control.socket or self.node.home / "control.sock"
+
+    def notices(self) -> tuple[str, ...]:
+        """Lines the daemon logs at start-up about settings that switch things off."""
+        lines = []
+        if self.discovery.enabled and not self.discovery.interfaces:
+            lines.append(
+                "discovery is off: [discovery] interfaces is empty, so nothing is announced or "
+                'browsed; name the interfaces to use (e.g. interfaces = ["wlan0"]) to turn it on'
+            )
+        if not self.listen.addresses:
+            lines.append("not listening: [listen] addresses is empty; this node only dials out")
+        if (
+            not self.discovery.active
+            and not self.peers.static
+            and self.upstream.url is None
+            and not self.hub.enabled
+        ):
+            lines.append(
+                "no way to meet peers: discovery is off and there are no [peers] static and no "
+                "[upstream] url; only incoming connections and bundles will move items"
+            )
+        return tuple(lines)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """The settings as JSON-ready values, in the TOML file's shape."""
+        out: dict[str, dict[str, Any]] = {}
+        for name, section in SECTIONS.items():
+            values = getattr(self, name)
+            out[name] = {key: _plain(getattr(values, key)) for key in keys_of(section)}
+        return out
+
+
+def _plain(value: object) -> Any:
+    if isinstance(value, tuple):
+        return [_plain(item) for item in value]
+    if isinstance(value, HostPort | WebSocketURL | Path):
+        return str(value)
+    return value
+
+
+#: Section name -> its dataclass, in file order (``Config``'s fields but ``source``).
+SECTIONS: Final[Mapping[str, type]] = MappingProxyType(
+    {
+        "node": NodeConfig,
+        "listen": ListenConfig,
+        "discovery": DiscoveryConfig,
+        "peers": PeersConfig,
+        "upstream": UpstreamConfig,
+        "sync": SyncConfig,
+        "limits": LimitsConfig,
+        "storage": StorageConfig,
+        "hub": HubConfig,
+        "control": ControlConfig,
+        "log": LogConfig,
+        "debug": DebugConfig,
+    }
+)
+
+
+def keys_of(section: type) -> dict[str, Kind]:
+    """Key name -> how it is read, for one section's dataclass."""
+    return {f.name: f.metadata[_KIND] for f in dataclasses.fields(section)}
+
+
+def show_value(value: object) -> str:
+    """A value as TOML-like text for messages, shortened."""
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= 80 else text[:77] + "..."

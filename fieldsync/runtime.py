@@ -1,0 +1,223 @@
+"""A node's networking runtime: its store thread, sync context and the server accepting peers.
+
+``Runtime`` opens a node home for syncing (keys read on a thread, the store on its own thread)
+and dials one peer; ``Server`` accepts peers on TCP and WebSocket. Both are built and wired by
+the composition root (``daemon``, ``hq_hub``, the CLI), never at import time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import web
+
+from fieldsync.config import HostPort, parse_host_port
+from fieldsync.diskerrors import storage_problem
+from fieldsync.errors import InputRefused
+from fieldsync.node import STORE, Node
+from fieldsync.peer import PeerContext, PeerLimits, SyncOutcome, SyncSource, run_peer
+from fieldsync.store_worker import StoreWorker
+from fieldsync.synclog import log_session
+from fieldsync.transport import (
+    Transport,
+    TransportError,
+    connect_tcp,
+    connect_websocket,
+    serve_tcp,
+    websocket_route,
+)
+from fieldsync_protocol.items import Checked
+from fieldsync_protocol.session import SessionConfig
+
+log = logging.getLogger(__name__)
+
+WEBSOCKET_PATH = "/sync"
+
+
+@dataclass
+class Runtime:
+    """A node's live state for networking: one store thread, one index, one context."""
+
+    node: Node
+    worker: StoreWorker
+    context: PeerContext
+    #: The most recent session outcomes (bounded: a daemon runs for months).
+    outcomes: deque[SyncOutcome] = field(default_factory=lambda: deque(maxlen=100))
+    #: Called after every incoming session (the daemon passes new items on).
+    on_outcome: Callable[[SyncOutcome], None] | None = None
+    #: The node holds an author key (read once at start: no file checks on the loop).
+    is_author: bool = False
+
+    @classmethod
+    async def open(
+        cls,
+        home: Path,
+        limits: PeerLimits | None = None,
+        session_config: SessionConfig | None = None,
+    ) -> Runtime:
+        node = Node(home)
+        # Key files are read on a thread: nothing blocks the event loop, not even at start.
+        member, static_secret, is_author = await asyncio.to_thread(
+            lambda: (node.membership(), node.node_secret(), node.is_author())
+        )
+        worker = StoreWorker(home / STORE)
+        await worker.open()
+        source = await worker.call(SyncSource)
+        context = PeerContext(
+            network_key=member.network_key,
+            static_secret=static_secret,
+            certificate=member.certificate,
+            manifest=member.manifest,
+            worker=worker,
+            source=source,
+            limits=limits or PeerLimits(),
+            session_config=session_config or SessionConfig(),
+        )
+        runtime = cls(node, worker, context, is_author=is_author)
+        context.on_manifest = runtime.adopt_manifest
+        return runtime
+
+    def adopt_manifest(self, checked: Checked) -> None:
+        """A newer root-signed manifest arrived by sync: use it from now on."""
+        if self.node.adopt_manifest(checked) and checked.manifest is not None:
+            self.context.manifest = checked.manifest
+            log.info("adopted network manifest epoch %d", checked.manifest.epoch)
+
+    async def close(self) -> None:
+        await self.worker.close()
+
+    async def sync_with(self, target: str) -> SyncOutcome:
+        """One session as initiator with ``HOST:PORT`` (TCP) or a ``ws://``/``wss://`` URL."""
+        transport: Transport
+        started = time.monotonic()
+        try:
+            if target.startswith(("ws://", "wss://", "http://", "https://")):
+                transport = await connect_websocket(target)
+            else:
+                address = peer_address(target)
+                transport = await connect_tcp(address.host, address.port)
+        except TransportError as exc:
+            log.info("cannot reach %s: %s", target, exc)
+            raise
+        outcome = await run_peer(transport, self.context, initiator=True)
+        self.outcomes.append(outcome)
+        log_session(
+            self.context.static_secret,
+            target,
+            outcome,
+            time.monotonic() - started,
+            initiator=True,
+        )
+        return outcome
+
+
+class Server:
+    """Accepts sync connections on TCP and/or WebSocket for one runtime.
+
+    Every listener shares the runtime's admission policy (``PeerContext.admission``, SPEC
+    §14.8): pre-authentication slots with oldest-first dropping and a per-address cap, one
+    session per peer certificate, a session cap and a node-wide buffer budget.
+    """
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self._tcp: list[asyncio.Server] = []
+        self._web: web.AppRunner | None = None
+        #: Sessions running now; ``close()`` cancels and awaits them.
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closing = False
+        self.addresses: list[tuple[str, int]] = []
+
+    async def _handle(self, transport: Transport) -> None:
+        """One connection: its session runs as a task of ours, so ``close()`` can end it."""
+        session = asyncio.create_task(self._session(transport))
+        self._tasks.add(session)
+        session.add_done_callback(self._tasks.discard)
+        try:
+            await session
+        except asyncio.CancelledError:
+            # Ended by close(): finish normally so the connection closes without a
+            # traceback (asyncio's stream callback reports a cancelled handler as an error).
+            if not self._closing:
+                raise
+        except Exception as exc:
+            problem = storage_problem(exc, self.runtime.worker.path)
+            if problem is None:
+                log.exception("%s: session failed", transport.label)
+            else:
+                log.error("%s: session ended: %s", transport.label, problem)  # noqa: TRY400 - no traceback for a full disk
+
+    async def _session(self, transport: Transport) -> None:
+        started = time.monotonic()
+        outcome = await run_peer(transport, self.runtime.context, initiator=False)
+        self.runtime.outcomes.append(outcome)
+        if self.runtime.on_outcome is not None:
+            self.runtime.on_outcome(outcome)
+        if outcome.peer is not None:  # outsiders are logged by the handshake already
+            log_session(
+                self.runtime.context.static_secret,
+                transport.label,
+                outcome,
+                time.monotonic() - started,
+                initiator=False,
+            )
+
+    async def listen_tcp(self, host: str, port: int) -> tuple[str, int]:
+        server = await serve_tcp(host, port, self._handle)
+        self._tcp.append(server)
+        address = server.sockets[0].getsockname()[:2]
+        self.addresses.append((str(address[0]), int(address[1])))
+        return self.addresses[-1]
+
+    async def listen_websocket(self, host: str, port: int) -> tuple[str, int]:
+        app = web.Application()
+        app.router.add_get(WEBSOCKET_PATH, websocket_route(self._handle))
+        # No access log: it would write every field node's address and User-Agent to the
+        # hub's disk, which the hub must not keep (deploy/README), and one line per
+        # connection is unbounded log volume under a flood.
+        self._web = web.AppRunner(app, handle_signals=False, access_log=None)
+        await self._web.setup()
+        site = web.TCPSite(self._web, host, port)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise TransportError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+        server = site._server  # aiohttp exposes no public accessor for the bound port
+        sockets = getattr(server, "sockets", None) or []
+        bound = sockets[0].getsockname()[:2] if sockets else (host, port)
+        self.addresses.append((str(bound[0]), int(bound[1])))
+        return self.addresses[-1]
+
+    async def close(self) -> None:
+        """Stop accepting, end every session (even one in a delayed close), then return."""
+        self._closing = True
+        for server in self._tcp:
+            server.close()
+        # Connections in their handshake or lingering in a delayed close end now (their
+        # handlers close them); sessions are cancelled and awaited, not torn down with the loop.
+        self.runtime.context.admission.close()
+        sessions = list(self._tasks)
+        for session in sessions:
+            session.cancel()
+        await asyncio.gather(*sessions, return_exceptions=True)
+        for server in self._tcp:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 5)
+        if self._web is not None:
+            await self._web.cleanup()
+        self.runtime.context.quiet_log.close()  # the counts of what was not logged
+
+
+def peer_address(target: str) -> HostPort:
+    """A peer to dial as ``HOST:PORT``, by the same strict rule as the config's."""
+    try:
+        return parse_host_port(target)
+    except ValueError as exc:
+        raise InputRefused(f"peer {target!r}: {exc}") from None

@@ -1,0 +1,134 @@
+"""The RECONCILE message (SPEC.md §13.3): a list of ranges covering the whole id space.
+
+Each range ``[previous upper, upper)`` carries a mode: ``SKIP`` (nothing more to do here),
+``FINGERPRINT`` (of the sender's ids in the range) or ``IDLIST`` (every id the sender holds in
+the range). Bounds travel with trailing zero bytes stripped, infinity as nil; the empty list
+is DONE. ``parse_message`` raises only ``RemoteProtocolError``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+from fieldsync_protocol import codec
+from fieldsync_protocol.errors import RemoteProtocolError
+from fieldsync_protocol.reconcile_index import FINGERPRINT_SIZE, ID_SIZE, INFINITY, ZERO
+
+#: Largest encoded RECONCILE message a side sends or accepts.
+MAX_RECONCILE_MESSAGE = 1024 * 1024
+#: Most ranges in one RECONCILE message.
+MAX_RANGES = 16_384
+#: Message type tag of a RECONCILE message (a session message, SPEC.md §13.2).
+TYPE = "rec"
+
+# Encoded size of one range at most, excluding its payload: a bound (bin8 header + 32 bytes),
+# the mode, and the payload's bin32 header.
+RANGE_OVERHEAD = 2 + ID_SIZE + 1 + 5
+
+
+def range_size(upper: bytes, payload: int) -> int:
+    """Encoded size of a range, at most (the bound may lose trailing zero bytes)."""
+    return min(len(upper), ID_SIZE) + 3 + 5 + payload
+
+
+# The map {"r": [...], "t": "rec"} around the ranges, with an array32 header.
+MESSAGE_OVERHEAD = 16
+
+
+class RangeMode(IntEnum):
+    """What a range of a RECONCILE message carries."""
+
+    SKIP = 0
+    FINGERPRINT = 1
+    IDLIST = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Range:
+    """One range of a message: ``[previous upper, upper)`` with its mode and payload."""
+
+    upper: bytes
+    mode: RangeMode
+    payload: bytes = b""
+
+
+def _encode_bound(bound: bytes) -> bytes | None:
+    if bound == INFINITY:
+        return None
+    return bound.rstrip(b"\x00")
+
+
+def encode_message(ranges: Sequence[Range]) -> bytes:
+    """The canonical RECONCILE message for ``ranges`` (an empty list is DONE)."""
+    flat: list[Any] = []
+    for r in ranges:
+        flat += [_encode_bound(r.upper), int(r.mode), r.payload]
+    return codec.encode({"t": TYPE, "r": flat})
+
+
+def _parse_bound(value: Any, what: str) -> bytes:
+    if value is None:
+        return INFINITY
+    if not isinstance(value, bytes) or not 1 <= len(value) <= ID_SIZE:
+        raise RemoteProtocolError(f"{what}: a bound is nil or 1..{ID_SIZE} bytes")
+    if value[-1] == 0:
+        raise RemoteProtocolError(f"{what}: a bound may not end with a zero byte")
+    return value
+
+
+def parse_message(value: Any, *, max_ranges: int = MAX_RANGES) -> list[Range]:
+    """Check a decoded RECONCILE message; raises only ``RemoteProtocolError``."""
+    what = "RECONCILE message"
+    fields = codec.as_map(value, what, {"t", "r"})
+    flat = fields["r"]
+    if not isinstance(flat, list) or len(flat) % 3:
+        raise RemoteProtocolError(f"{what}: ranges must be a flat list of (bound, mode, payload)")
+    if len(flat) > 3 * max_ranges:
+        raise RemoteProtocolError(f"{what} has more than {max_ranges} ranges")
+    ranges: list[Range] = []
+    lower = ZERO
+    for k in range(0, len(flat), 3):
+        if lower == INFINITY:
+            raise RemoteProtocolError(f"{what}: a range follows the one ending at infinity")
+        upper = _parse_bound(flat[k], what)
+        if upper <= lower:
+            raise RemoteProtocolError(f"{what}: bounds are not strictly ascending")
+        raw_mode, payload = flat[k + 1], flat[k + 2]
+        if not isinstance(raw_mode, int) or isinstance(raw_mode, bool) or not 0 <= raw_mode <= 2:
+            raise RemoteProtocolError(f"{what}: unknown range mode {raw_mode!r:.20}")
+        if not isinstance(payload, bytes):
+            raise RemoteProtocolError(f"{what}: a range payload must be bytes")
+        mode = RangeMode(raw_mode)
+        if mode is RangeMode.SKIP:
+            if payload:
+                raise RemoteProtocolError(f"{what}: a SKIP range has an empty payload")
+            if ranges and ranges[-1].mode is RangeMode.SKIP:
+                raise RemoteProtocolError(f"{what}: adjacent SKIP ranges must be merged")
+        elif mode is RangeMode.FINGERPRINT:
+            if len(payload) != FINGERPRINT_SIZE:
+                raise RemoteProtocolError(f"{what}: a fingerprint is {FINGERPRINT_SIZE} bytes")
+        else:
+            _check_idlist(payload, lower, upper, what)
+        ranges.append(Range(upper, mode, payload))
+        lower = upper
+    if ranges and lower != INFINITY:
+        raise RemoteProtocolError(f"{what}: the last range must end at infinity")
+    if len(ranges) == 1 and ranges[0].mode is RangeMode.SKIP:
+        raise RemoteProtocolError(f"{what}: a message of only SKIP must be sent empty (DONE)")
+    return ranges
+
+
+def _check_idlist(payload: bytes, lower: bytes, upper: bytes, what: str) -> None:
+    if len(payload) % ID_SIZE:
+        raise RemoteProtocolError(f"{what}: an id list is a multiple of {ID_SIZE} bytes")
+    prev = lower
+    for i in range(0, len(payload), ID_SIZE):
+        item_id = payload[i : i + ID_SIZE]
+        if item_id < prev or (i and item_id == prev):
+            raise RemoteProtocolError(f"{what}: id list not strictly ascending inside its range")
+        prev = item_id
+    if payload and prev >= upper:
+        raise RemoteProtocolError(f"{what}: id list not strictly ascending inside its range")
