@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from fieldsync.errors import FieldsyncError, NotFound
+from fieldsync.errors import FieldsyncError, InputRefused, NotFound
 from fieldsync.export_filters import CONSENTS, SENSITIVITY_ORDER, STATUSES, ExportOptions
 from fieldsync.exports import (
     DELIMITERS,
@@ -312,6 +312,10 @@ def export_(
     by sensitivity unless --exact-coordinates; reports are named by an HQ-side publication id.
     Filters combine (all must hold)."""
     options = ExportOptions(**filters)
+    try:
+        options.check()
+    except InputRefused as exc:
+        raise click.UsageError(str(exc)) from None
     style = CsvStyle(excel=excel, delimiter=delimiter)
     if excel and fmt != "csv":
         raise click.UsageError("--excel is for --format csv (Uwazi reads its files without a BOM)")
