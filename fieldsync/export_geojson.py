@@ -2,10 +2,10 @@
 
 Every feature has the same properties with the same JSON type (or ``null``), so OGR readers
 (QGIS, GDAL, pyogrio) make one typed column of each: text, booleans, numbers, and
-``occurred_from``/``occurred_to``/``received_at`` as ISO date-times that they read as
-DateTime fields, ready for the time slider. Coordinates are ``[lon, lat]`` with at most six
-decimals (RFC 7946 §11.2), fewer as sensitivity asks; a report without coordinates has
-``"geometry": null``. No ``crs`` member (WGS 84 is implied).
+``occurred_start``/``occurred_end`` (the whole span a month- or year-precision date means)
+and ``received_at`` as ISO date-times that they read as DateTime fields. Coordinates are
+``[lon, lat]`` with at most six decimals (RFC 7946 §11.2), fewer as sensitivity asks; a
+report without coordinates has ``"geometry": null``. No ``crs`` member (WGS 84 is implied).
 """
 
 from __future__ import annotations
@@ -30,10 +30,12 @@ def properties(r: ExportRow, *, include_names: bool, device_ids: bool) -> dict[s
         "title": body.get("title"),
         "category": body["categories"][0],
         "categories": "|".join(body["categories"]),
-        "occurred_start": occurred["start"],
-        "occurred_end": occurred.get("end"),
-        "occurred_from": iso(r.occurred_from),
-        "occurred_to": iso(r.occurred_to),
+        # The span as date-times (typed DateTime in OGR, for QGIS's time filter), and the
+        # text as the author wrote it (with its zone and precision).
+        "occurred_start": iso(r.occurred_from),
+        "occurred_end": iso(r.occurred_to),
+        "occurred_as_reported": occurred["start"]
+        + (f"/{occurred['end']}" if occurred.get("end") else ""),
         "occurred_precision": occurred["precision"],
         "occurred_approximate": bool(occurred["approximate"]),
         "place": location.get("place"),

@@ -148,7 +148,7 @@ def cells(r: ExportRow) -> dict[str, str]:
     location = body.get("location") or {}
     occurred = body["occurred"]
     categories = [category_label(k) for k in body["categories"]]
-    title = body.get("title") or f"{categories[0]}, {occurred['start']}"
+    title = (body.get("title") or "").strip() or f"{categories[0]}, {occurred['start']}"
     as_reported = occurred["start"] + (f" to {occurred['end']}" if occurred.get("end") else "")
     if occurred["approximate"]:
         as_reported += " (approximate)"

@@ -25,6 +25,7 @@ import pyogrio.raw
 import pytest
 
 from fieldsync.export_filters import DECIMALS, ExportOptions, publication_id, publication_key
+from fieldsync.export_uwazi import PROPERTIES, THESAURI
 from fieldsync.exports import CsvStyle, export_file
 from fieldsync_protocol import crypto, envelope
 from fieldsync_protocol.keytext import KeyKind, key_to_text
@@ -320,9 +321,8 @@ def test_geojson_is_valid_and_ogr_reads_flat_typed_fields(
     assert types["publication_id"] == "object" and types["narrative"] == "object"
     assert types["occurred_approximate"] == "bool"
     assert types["accuracy_m"] == "float64" and types["attachment_count"] == "int32"
-    assert types["occurred_from"].startswith("datetime64") and types["received_at"].startswith(
-        "datetime64"
-    )
+    for typed in ("occurred_start", "occurred_end", "received_at"):
+        assert types[typed].startswith("datetime64"), (typed, types[typed])
     _meta, _fids, geometry, values = pyogrio.raw.read(path)
     columns = dict(zip(info["fields"], values, strict=True))
     narratives = {str(n) for n in columns["narrative"]}
@@ -367,6 +367,11 @@ def _uwazi_row(row: dict[str, str]) -> dict[str, Any]:
         "categories": [c.strip() for c in named["categories"].split("|") if c.strip()],
         "narrative": named["narrative"],
         "publication_id": named["publication_id"],
+        "selects": {
+            thesaurus: [v.strip() for v in named[column].split("|") if v.strip()]
+            for column, _label, kind, thesaurus in PROPERTIES
+            if thesaurus is not None
+        },
         "attachments": named.get("attachments", ""),
     }
 
@@ -411,6 +416,10 @@ def test_uwazi_csv_gives_back_locations_date_ranges_and_labels(
             or ("Land grab" in labels or "Custom local key" in labels)
         )
         assert all(re.fullmatch(r"[A-Z][a-z ]+", label) for label in labels)
+        for thesaurus, values in row["selects"].items():  # every label is in the thesaurus
+            known = {v.lower() for v in THESAURI[thesaurus]} | {"custom local key"}
+            assert values or thesaurus == "Consent", thesaurus
+            assert {v.lower() for v in values} <= known, (thesaurus, values)
 
 
 def test_uwazi_zip_holds_import_csv_and_only_exported_attachments(
