@@ -13,15 +13,25 @@ from pathlib import Path
 
 import pytest
 
+from fieldsync.node import Node
 from tests.cli.cli_support import Run
-from tests.fieldsync.offline_support import Net, add_reports, copy_network, export, ingest
+from tests.fieldsync.offline_support import (
+    PASSPHRASE,
+    Net,
+    add_reports,
+    copy_network,
+    export,
+    fields,
+    ingest,
+)
 
 OK, USAGE = 0, 2
 
 
 @pytest.fixture(scope="module")
 def hq_net(base_net: Net, tmp_path_factory: pytest.TempPathFactory) -> Net:
-    """Four reports: public, restricted (with a formula), confidential, and a correction."""
+    """Public, restricted (with a formula), confidential, a correction, and two reports with
+    a photo each: one confidential, one public."""
     net = copy_network(base_net, tmp_path_factory.mktemp("hq-export") / "net")
     location = {"source": "gps", "lat": 12.3657123, "lon": -1.5339456, "accuracy_m": 10}
     add_reports(net.a, ["Public report."], sensitivity="public", location=location)
@@ -35,8 +45,20 @@ def hq_net(base_net: Net, tmp_path_factory: pytest.TempPathFactory) -> Net:
     add_reports(net.a, ["Confidential witness account."], sensitivity="confidential")
     add_reports(net.a, ["Corrected: threats by phone."], categories=["threats"],
                 supersedes=restricted)  # fmt: skip
+    node = Node(net.a)
+    try:
+        for name, sensitivity in (("witness-Aung.jpg", "confidential"), ("scene.JPG", "public")):
+            photo = net.root / name
+            photo.write_bytes(name.encode() * 500)
+            node.add_report(
+                fields(f"With a photo ({sensitivity}).", sensitivity=sensitivity),
+                PASSPHRASE,
+                [photo],
+            )
+    finally:
+        node.close()
     export(net.a, net.usb / "a.bundle")
-    assert ingest(net, net.usb / "a.bundle").new == 4
+    assert ingest(net, net.usb / "a.bundle").new == 6
     return net
 
 
@@ -53,14 +75,23 @@ def test_confidential_reports_are_left_out_and_counted(
     assert done.returncode == OK, done.stderr
     assert json.loads(done.stdout) == {
         "format": "csv",
-        "reports": 3,
-        "left_out": {"confidential": 1, "filtered": 0},
-        "media_copied": 0,
+        "reports": 4,
+        "left_out": {"confidential": 2, "filtered": 0},
+        "media_copied": 1,
         "out": str(out),
     }
-    assert "left out 1 confidential report(s); give --include-confidential" in done.stderr
+    assert "left out 2 confidential report(s); give --include-confidential" in done.stderr
+    assert "copied 1 verified media file(s)" in done.stderr
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
     rows = _rows(out.read_text("utf-8"))
+    # Only the exported report's photo is copied, under a name that says nothing.
+    copied = [p for p in (tmp_path / "media").rglob("*") if p.is_file()]
+    [photo_row] = [r for r in rows if r["attachments"]]
+    assert [str(p.relative_to(tmp_path)) for p in copied] == [photo_row["attachments"]]
+    assert photo_row["attachments"].endswith("/01.jpg") and "scene" not in photo_row["attachments"]
+    assert copied[0].read_bytes() == b"scene.JPG" * 500
+    assert stat.S_IMODE(copied[0].stat().st_mode) == 0o600
+    assert stat.S_IMODE(copied[0].parent.stat().st_mode) == 0o700
     assert not any("Confidential" in r["narrative"] for r in rows)
     formula = next(r for r in rows if "HYPERLINK" in r["narrative"])
     assert formula["narrative"].startswith("'=HYPERLINK(")
@@ -73,7 +104,7 @@ def test_confidential_reports_are_left_out_and_counted(
                      "--exact-coordinates", passphrase=None)  # fmt: skip
     assert everything.returncode == OK and "left out" not in everything.stderr
     rows = _rows(everything.stdout)
-    assert len(rows) == 4 and {r["lat"] for r in rows} >= {"12.365712"}
+    assert len(rows) == 6 and {r["lat"] for r in rows} >= {"12.365712"}
 
 
 def test_filters_and_their_count(hq_net: Net, run: Run) -> None:
@@ -84,11 +115,11 @@ def test_filters_and_their_count(hq_net: Net, run: Run) -> None:
     assert threats.returncode == OK
     [record] = [json.loads(line) for line in threats.stdout.splitlines()]
     assert record["narrative"].startswith("Corrected") and record["hq"]["supersedes"]
-    assert "left out 2 report(s) that did not match the filters" in threats.stderr
+    assert "left out 3 report(s) that did not match the filters" in threats.stderr
     publish = export_("--consent", "publish")
     assert [json.loads(line)["narrative"][:1] for line in publish.stdout.splitlines()] == ["="]
     public = export_("--max-sensitivity", "public", "--since", "2025-03", "--until", "2025-03")
-    assert len(public.stdout.splitlines()) == 1
+    assert len(public.stdout.splitlines()) == 2
     nothing = export_("--received-until", "2001", "--author", "monitor-17")
     assert nothing.returncode == OK and nothing.stdout == ""
 
@@ -100,14 +131,20 @@ def test_excel_semicolon_csv_and_uwazi_zip(hq_net: Net, tmp_path: Path, run: Run
     assert done.returncode == OK, done.stderr
     raw = excel.read_bytes()
     assert raw.startswith(b"\xef\xbb\xbfpublication_id;") and b"\r\n" in raw
-    assert len(_rows(raw.decode("utf-8-sig"), ";")) == 3
-    archive_path = tmp_path / "u.zip"
+    assert len(_rows(raw.decode("utf-8-sig"), ";")) == 4
+    (tmp_path / "uwazi").mkdir()
+    archive_path = tmp_path / "uwazi" / "u.zip"
     done = run("hq", "export", "--hq", hq_net.hq, "--format", "uwazi-zip", "--out", archive_path,
                passphrase=None)  # fmt: skip
     assert done.returncode == OK, done.stderr
     assert stat.S_IMODE(archive_path.stat().st_mode) == 0o600
-    rows = _rows(zipfile.ZipFile(archive_path).read("import.csv").decode("utf-8"))
+    archive = zipfile.ZipFile(archive_path)
+    rows = _rows(archive.read("import.csv").decode("utf-8"))
     assert {r["location_geolocation"] for r in rows} == {"12.37|-1.53", "12.36571|-1.53395", ""}
+    [photo] = [r["attachments"] for r in rows if r["attachments"]]
+    assert archive.namelist() == ["import.csv", photo]  # not the confidential report's photo
+    assert archive.read(photo) == b"scene.JPG" * 500
+    assert not (tmp_path / "uwazi" / "media").exists()  # the ZIP holds its files
     corrected = next(r for r in rows if r["corrects"])
     assert corrected["corrects"] in {r["publication_id"] for r in rows}
 
