@@ -257,8 +257,20 @@ def _ranges(ranges: list[dict[str, int]]) -> str:
 @click.option("--until", metavar="DATE", help="Occurred on or before DATE (a month: all of it).")
 @click.option("--received-since", metavar="DATE", help="Received at HQ on or after DATE (UTC).")
 @click.option("--received-until", metavar="DATE", help="Received at HQ on or before DATE (UTC).")
-@click.option("--category", "categories", multiple=True, help="Has this category (repeat: any).")
-@click.option("--author", "authors", multiple=True, help="By this author name or key (repeat).")
+@click.option(
+    "--category",
+    "categories",
+    metavar="KEY",
+    multiple=True,
+    help="Has this category (repeat: any).",
+)
+@click.option(
+    "--author",
+    "authors",
+    metavar="NAME",
+    multiple=True,
+    help="By this author name or key (repeat).",
+)
 @click.option(
     "--status",
     type=click.Choice(STATUSES),
