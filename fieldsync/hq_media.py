@@ -370,21 +370,3 @@ def extract(
         shutil.copyfile(directory / str(s.path), target)
         written.append(target)
     return written
-
-
-def copy_verified(directory: Path, db: sqlite_utils.Database, destination: Path) -> int:
-    """Copy every verified file to ``destination`` under the same relative path that the
-    exports link to (``media/ENVELOPE/NN-name``); files already there are kept."""
-    ensure_schema(db)
-    copied = 0
-    for (path,) in db.conn.execute(
-        "SELECT path FROM media_attachments WHERE status = 'verified' ORDER BY rowid"
-    ).fetchall():
-        target = destination / path
-        if target.exists() or target.resolve() == (directory / path).resolve():
-            continue
-        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        shutil.copyfile(directory / path, target)
-        os.chmod(target, 0o600)
-        copied += 1
-    return copied

@@ -9,8 +9,16 @@ from typing import Any
 
 import click
 
-from fieldsync.errors import FieldsyncError, NotFound
-from fieldsync.exports import FORMATS, WRITERS
+from fieldsync.errors import FieldsyncError, InputRefused, NotFound
+from fieldsync.export_filters import CONSENTS, SENSITIVITY_ORDER, STATUSES, ExportOptions
+from fieldsync.exports import (
+    DELIMITERS,
+    FORMATS,
+    TEXT_FORMATS,
+    CsvStyle,
+    export_file,
+    export_stream,
+)
 from fieldsync.hq import HQ, IngestSummary, create_network
 from fieldsync.keystore import DEFAULT_KDF_PROFILE, KDF_PROFILES, check_output, write_private
 from fieldsync_cli.common import (
@@ -243,33 +251,111 @@ def _ranges(ranges: list[dict[str, int]]) -> str:
     "--out",
     "out",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="File to write (default stdout).",
+    help="File to write, 0600 (default stdout; uwazi-zip needs a file).",
+)
+@click.option("--since", metavar="DATE", help="Occurred on or after DATE (2025-03, 2025-03-01).")
+@click.option("--until", metavar="DATE", help="Occurred on or before DATE (a month: all of it).")
+@click.option("--received-since", metavar="DATE", help="Received at HQ on or after DATE (UTC).")
+@click.option("--received-until", metavar="DATE", help="Received at HQ on or before DATE (UTC).")
+@click.option(
+    "--category",
+    "categories",
+    metavar="KEY",
+    multiple=True,
+    help="Has this category (repeat: any).",
+)
+@click.option(
+    "--author",
+    "authors",
+    metavar="NAME",
+    multiple=True,
+    help="By this author name or key (repeat).",
+)
+@click.option(
+    "--status",
+    type=click.Choice(STATUSES),
+    help="current, or superseded by the same author's correction.",
+)
+@click.option(
+    "--max-sensitivity", type=click.Choice(SENSITIVITY_ORDER), help="Leave out anything above."
+)
+@click.option(
+    "--consent",
+    multiple=True,
+    type=click.Choice(sorted(CONSENTS)),
+    help="Only reports whose consent says yes to this (repeat: all of them).",
+)
+@click.option(
+    "--include-confidential",
+    is_flag=True,
+    help="Also export confidential reports (left out by default, and counted on stderr).",
+)
+@click.option(
+    "--exact-coordinates",
+    is_flag=True,
+    help="Keep 6 decimals instead of rounding by sensitivity"
+    " (public 5, internal 4, restricted 2, confidential 1).",
+)
+@click.option("--include-names", is_flag=True, help="Keep people's names (left out by default).")
+@click.option(
+    "--device-ids",
+    is_flag=True,
+    help="Also export the ids the author's device knows (report id, envelope, key, sequence);"
+    " never for publication.",
+)
+@click.option("--excel", is_flag=True, help="CSV: start with a UTF-8 BOM so Excel reads it right.")
+@click.option(
+    "--delimiter", type=click.Choice(DELIMITERS), default=",", help="CSV and Uwazi separator."
 )
 @json_option
 @handle_errors
-def export_(hq_dir: Path, fmt: str, out: Path | None, as_json: bool) -> None:
-    """Export all ingested reports (no passphrase: reads the analyst database)."""
+def export_(
+    hq_dir: Path,
+    fmt: str,
+    out: Path | None,
+    excel: bool,
+    delimiter: str,
+    as_json: bool,
+    **filters: Any,
+) -> None:
+    """Export ingested reports (no passphrase: reads the analyst database).
+
+    Confidential reports are left out unless --include-confidential; coordinates are rounded
+    by sensitivity unless --exact-coordinates; reports are named by an HQ-side publication id.
+    Filters combine (all must hold)."""
+    options = ExportOptions(**filters)
+    try:
+        options.check()
+    except InputRefused as exc:
+        raise click.UsageError(str(exc)) from None
+    style = CsvStyle(excel=excel, delimiter=delimiter)
+    if excel and fmt != "csv":
+        raise click.UsageError("--excel is for --format csv (Uwazi reads its files without a BOM)")
+    if out is None and fmt not in TEXT_FORMATS:
+        raise click.UsageError(f"--format {fmt} is written to a file: give --out FILE")
     headquarters = HQ(hq_dir)
     try:
         db = headquarters.database()
         if out is None:
-            count = WRITERS[fmt](db, sys.stdout)
+            result = export_stream(db, hq_dir, fmt, sys.stdout, options, style)
         else:
             check_output(out, "export file")
-            tmp = out.with_name(f".{out.name}.partial")
-            with open(tmp, "w", encoding="utf-8", newline="") as handle:
-                count = WRITERS[fmt](db, handle)
-            tmp.replace(out)
-            from fieldsync import hq_media
-
-            copied = hq_media.copy_verified(hq_dir, db, out.parent)
-            if copied:
-                say(f"copied {copied} verified media file(s) to {out.parent / 'media'}")
+            result = export_file(db, hq_dir, fmt, out, options, style)
     finally:
         headquarters.close()
-    say(f"exported {count} reports as {fmt}" + (f" to {out}" if out else ""))
+    counts = result.counts
+    say(f"exported {counts.exported} reports as {fmt}" + (f" to {out}" if out else ""))
+    if result.media_copied and out is not None:
+        say(f"copied {result.media_copied} verified media file(s) to {out.parent / 'media'}")
+    if counts.confidential:
+        say(
+            f"left out {counts.confidential} confidential report(s);"
+            " give --include-confidential to export them"
+        )
+    if counts.filtered:
+        say(f"left out {counts.filtered} report(s) that did not match the filters")
     if as_json and out is not None:
-        emit(True, {"format": fmt, "reports": count, "out": str(out)})
+        emit(True, {**result.as_dict(), "out": str(out)})
 
 
 @hq.command()
