@@ -129,8 +129,54 @@ def _alert_states(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX reports_chain ON reports(author_key, sequence)")
 
 
+def _analyst_views(conn: sqlite3.Connection) -> None:
+    """Version 3: views without blobs or raw bodies, for Datasette and any SQLite tool
+    (``fieldsync hq serve`` shows these and hides the tables they read)."""
+    report_columns = (
+        "{t}.envelope_id, {t}.id, {t}.title, {t}.narrative, {t}.primary_category AS category,"
+        " {t}.categories, {t}.occurred_start, {t}.occurred_end, {t}.occurred_precision,"
+        " {t}.occurred_approximate, {t}.place, {t}.lat, {t}.lon, {t}.accuracy_m,"
+        " {t}.sensitivity, {t}.language, {t}.author_name, {t}.sequence, {t}.supersedes,"
+        " (SELECT count(*) FROM media_attachments m WHERE m.envelope_id = {t}.envelope_id)"
+        " AS attachments, {t}.received_at, {t}.claimed_time, {t}.created_at, {t}.clock_synced"
+    )
+    view = (
+        "CREATE VIEW report_list AS SELECT "  # noqa: S608 - our own columns, no input
+        + report_columns.format(t="r")
+        + ", CASE WHEN EXISTS (SELECT 1 FROM reports n WHERE n.supersedes = r.id"
+        " AND n.author_key = r.author_key) THEN 'superseded'"
+        " WHEN EXISTS (SELECT 1 FROM forked_reports f WHERE f.author_key = r.author_key"
+        " AND f.sequence = r.sequence) THEN 'forked' ELSE 'current' END AS status"
+        " FROM reports r UNION ALL SELECT "
+        + report_columns.format(t="f")
+        + ", 'fork: second report' AS status FROM forked_reports f"
+    )
+    conn.execute(view)
+    conn.execute(
+        "CREATE VIEW attachment_list AS SELECT report_id, envelope_id, ordinal + 1 AS number,"
+        " name, media_type, size, sha256, status, path, detail FROM media_attachments"
+    )
+    conn.execute(
+        "CREATE VIEW envelope_log AS SELECT e.envelope_id, e.status, e.reason,"
+        " coalesce(nullif(a.name, ''), e.author_key) AS author, e.sequence, e.first_seen,"
+        " e.receipt_serial FROM envelopes e LEFT JOIN authors a ON a.author_key = e.author_key"
+    )
+    conn.execute(
+        "CREATE VIEW quarantine_list AS SELECT id, envelope_id, reason,"
+        " coalesce(nullif(author_name, ''), author_key) AS author, sequence, held_at, attempts,"
+        " size FROM quarantine"
+    )
+    conn.execute(
+        "CREATE VIEW receipt_list AS SELECT serial, created_at, count, status FROM receipts"
+    )
+
+
 #: Migration N is MIGRATIONS[N - 1]. Append only; never edit a released one.
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_baseline, _alert_states)
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
+    _baseline,
+    _alert_states,
+    _analyst_views,
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 #: The columns of ``reports`` (and of ``forked_reports``), as fieldsync 0.1.0 made them.

@@ -566,3 +566,48 @@ def _report_text(shown: dict[str, Any]) -> str:
             f" newer {', '.join(shown['newer_versions']) or '-'} (--all-versions shows them)"
         )
     return "\n\n".join(blocks)
+
+
+@hq.command()
+@hq_dir_option
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8001,
+    show_default=True,
+    help="Port on 127.0.0.1 (0: any free port).",
+)
+@click.option(
+    "--tiles",
+    metavar="URL",
+    help="Map tile server, e.g. https://tile.example.org/{z}/{x}/{y}.png. Default: none,"
+    " because fetching tiles tells that server which places the analyst looks at.",
+)
+@json_option
+@handle_errors
+def serve(hq_dir: Path, port: int, tiles: str | None, as_json: bool) -> None:
+    """Browse the analyst database in Datasette on 127.0.0.1: alerts first, reports with
+    facets and a map; blobs and raw bodies hidden. Needs `pip install 'fieldsync[hq]'`.
+    Prints the URL (with --json: {"url": ...}) once listening; Ctrl-C stops it."""
+    from fieldsync import hq_serve
+
+    hq_serve.check_installed()
+    if tiles is not None and not tiles.startswith(("https://", "http://")):
+        raise click.BadParameter("give an http(s) URL template", param_hint="--tiles")
+    headquarters = HQ(hq_dir)
+    try:
+        headquarters.database()  # migrated (and its views made) before Datasette reads it
+        network_name = headquarters.manifest().name
+    finally:
+        headquarters.close()
+    sock = hq_serve.listen(port)
+
+    def ready(url: str) -> None:
+        say(f"serving {hq_dir / 'hq.db'} at {url} (127.0.0.1 only); Ctrl-C stops")
+        emit(as_json, {"url": url}, url)
+        sys.stdout.flush()
+
+    try:
+        hq_serve.serve(hq_dir, network_name, sock, tiles, ready)
+    finally:
+        sock.close()
