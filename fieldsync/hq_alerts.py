@@ -267,6 +267,3 @@ def acknowledge(db: sqlite_utils.Database, alert_ids: list[int], now: str) -> li
         )
     return [get(db, alert_id) for alert_id in alert_ids]
 
-
-def open_count(db: sqlite_utils.Database) -> int:
-    return int(db.conn.execute("SELECT count(*) FROM alerts WHERE state = 'open'").fetchone()[0])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import urllib.error
 import urllib.request
@@ -19,7 +20,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
 from tests.browser_support import chromium, screenshot, wait
-from tests.cli.cli_support import clean_env, fieldsync_command
+from tests.cli.cli_support import Run, clean_env, fieldsync_command
 from tests.fieldsync.offline_support import (
     Net,
     author_seed,
@@ -34,6 +35,8 @@ PLACES = {1: (33.5, 36.3), 2: (16.8, 96.2), 3: (-1.3, 36.8), 4: (51.5, -0.1)}
 #: Sequence 6 has no position and 5 never arrives (a gap); a fork of 2 has a position.
 FORK_PLACE = (16.9, 96.1)
 LOCATED = len(PLACES) + 1
+USAGE = 2
+NOT_FOUND = 4
 
 
 def _seed(net: Net) -> None:
@@ -167,3 +170,17 @@ def test_the_map_shows_every_located_report_and_alerts_show_the_fork_and_gap(
         assert "sequence numbers 5..5 not received" in phone.page_source
         assert phone.execute_script("return window.innerWidth") <= 400
         screenshot(phone, tmp_path / "alerts-phone.png")
+
+
+def test_serve_refuses_a_taken_port_and_a_tile_url_that_is_not_http(net: Net, run: Run) -> None:
+    bad = run("hq", "serve", "--hq", net.hq, "--tiles", "file:///etc/passwd", passphrase=None)
+    assert bad.returncode == USAGE and "--tiles" in bad.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = str(taken.getsockname()[1])
+        busy = run("hq", "serve", "--hq", net.hq, "--port", port, "--json", passphrase=None)
+    assert busy.returncode == 1, busy.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in json.loads(busy.stdout)["error"]
+    missing = run("hq", "serve", "--hq", net.hq / "nowhere", passphrase=None)
+    assert missing.returncode == NOT_FOUND and "not an HQ directory" in missing.stderr

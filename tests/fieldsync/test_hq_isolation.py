@@ -244,7 +244,10 @@ def test_a_removed_author_is_held_then_accepted_and_the_device_follows(net: Net)
         for row in author_rows:
             db.table("authors").insert(row)
         result = headquarters.reingest([1], PASSPHRASE)
+        (alert,) = headquarters.alerts(everything=True)
+        assert headquarters.alerts() == []  # accepted now: its alert resolved itself
     assert (result.accepted, result.receipts_new) == (1, 1)
+    assert (alert["kind"], alert["state"]) == ("quarantined", "resolved")
     receipts(net, net.usb / "accepted.bundle")
     counts = import_(net.a, net.usb / "accepted.bundle")
     assert (counts.delivered_own, counts.held_own) == (1, 0)
