@@ -266,4 +266,3 @@ def acknowledge(db: sqlite_utils.Database, alert_ids: list[int], now: str) -> li
             [now, alert_id],
         )
     return [get(db, alert_id) for alert_id in alert_ids]
-
