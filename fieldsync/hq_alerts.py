@@ -192,6 +192,9 @@ def refresh_gaps(db: sqlite_utils.Database, now: str) -> list[dict[str, Any]]:
         " LEFT JOIN authors a ON a.author_key = c.author_key"
         " WHERE c.sequence > c.previous + 1"
     ).fetchall()
+    by_author: dict[str, list[tuple[int, int]]] = {}
+    for author, low, high in known:
+        by_author.setdefault(author, []).append((low, high))
     new: list[dict[str, Any]] = []
     still_open: set[tuple[str, int, int]] = set()
     for author_key, name, first, last in current:
@@ -215,9 +218,9 @@ def refresh_gaps(db: sqlite_utils.Database, now: str) -> list[dict[str, Any]]:
         )
         parent = next(
             (
-                found
-                for (key, low, high), found in known.items()
-                if key == author_key and low <= first and last <= high
+                known[(author_key, low, high)]
+                for low, high in by_author.get(author_key, ())
+                if low <= first and last <= high
             ),
             None,
         )
