@@ -534,16 +534,13 @@ _REPORT_FIELDS = (
 )
 
 
-def _report_block(row: dict[str, Any], indent: str = "") -> str:
+def _report_block(row: dict[str, Any]) -> str:
     if "note" in row:
-        return (
-            f"{indent}envelope_id     {row['envelope_id']}\n{indent}note            {row['note']}"
-        )
-    lines = [
-        f"{indent}{name:15} {row.get(name)}" for name in _REPORT_FIELDS if row.get(name) is not None
-    ]
+        return f"{'envelope_id':21}{row['envelope_id']}\n{'note':21}{row['note']}"
+    shown = {**row, "categories": ", ".join(row.get("categories") or [])}
+    lines = [f"{name:21}{shown[name]}" for name in _REPORT_FIELDS if shown.get(name) is not None]
     lines += [
-        f"{indent}attachment      {a['name']} ({a['media_type']}, {a['size']:,} B)"
+        f"{'attachment':21}{a['name']} ({a['media_type']}, {a['size']:,} B)"
         for a in row.get("attachments", [])
     ]
     return "\n".join(lines)
