@@ -19,6 +19,7 @@ import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
+from fieldsync import hq_alerts
 from tests.browser_support import chromium, screenshot, wait
 from tests.cli.cli_support import Run, clean_env, fieldsync_command
 from tests.fieldsync.offline_support import (
@@ -26,6 +27,7 @@ from tests.fieldsync.offline_support import (
     author_seed,
     hq_manifest,
     ingest,
+    open_hq,
     seal,
     write_bundle,
 )
@@ -58,6 +60,15 @@ def _seed(net: Net) -> None:
     write_bundle(net, net.usb / "seed.bundle", items)
     summary = ingest(net, net.usb / "seed.bundle")
     assert (summary.new, summary.forks) == (5, 1)
+    with open_hq(net) as headquarters:  # as revocation (built elsewhere) will raise it
+        headquarters.raise_alert(
+            hq_alerts.Event(
+                hq_alerts.REVOKED_AUTHOR,
+                "an-envelope",
+                "report from a revoked author",
+                author_key=summary.alerts[0]["author_key"],
+            )
+        )
 
 
 @pytest.fixture
@@ -164,7 +175,7 @@ def test_the_map_shows_every_located_report_and_alerts_show_the_fork_and_gap(
     with chromium(tmp_path, phone=True) as phone:
         phone.get(served + "hq/alerts")
         kinds = [td.text for td in phone.find_elements(By.CSS_SELECTOR, "td.col-kind")]
-        assert sorted(kinds) == ["fork", "gap"]
+        assert sorted(kinds) == ["fork", "gap", "revoked author"]
         authors = {td.text for td in phone.find_elements(By.CSS_SELECTOR, "td.col-author_name")}
         assert authors == {"monitor-17"}
         assert "sequence numbers 5..5 not received" in phone.page_source
