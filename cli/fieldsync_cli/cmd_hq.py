@@ -1,8 +1,9 @@
 """Headquarters commands: ``network create`` and
-``hq enroll|ingest|export|receipts|quarantine|media``."""
+``hq enroll|ingest|alerts|report|export|receipts|quarantine|media|serve``."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -42,9 +43,19 @@ hq_dir_option = click.option(
 )
 
 
+#: ``hq ingest``: it worked, and new alerts appeared (forks, gaps, held or junk envelopes,
+#: failed attachments...): look at ``fieldsync hq alerts``. README "Exit codes".
+EXIT_ATTENTION = 8
+
+#: Everything an HQ command writes (the database and its WAL, exports, receipts bundles,
+#: media) is readable by HQ's user only: the analyst database holds every report in clear.
+HQ_UMASK = 0o077
+
+
 @click.group()
 def network() -> None:
     """Create a network (run once, at HQ)."""
+    os.umask(HQ_UMASK)
 
 
 @network.command()
@@ -87,7 +98,8 @@ def create(
 
 @click.group()
 def hq() -> None:
-    """Headquarters: enrol nodes, ingest reports, export, issue receipts."""
+    """Headquarters: enrol nodes, ingest reports, alerts, export, issue receipts, serve."""
+    os.umask(HQ_UMASK)
 
 
 @hq.command()
@@ -160,7 +172,8 @@ def ingest(
 
     Each envelope is accepted, held in the quarantine (with an alert) or dropped as junk,
     on its own: one bad envelope never stops the others. A damaged bundle file is refused
-    whole (exit 3, nothing from it ingested)."""
+    whole (exit 3, nothing from it ingested). Exit 8 when new alerts appeared (forks, gaps,
+    held or junk envelopes, failed attachments): see `fieldsync hq alerts`."""
     if not files and hub_url is None:
         raise FieldsyncError("give bundle FILES to ingest, or --hub URL")
     headquarters = HQ(hq_dir)
@@ -200,6 +213,12 @@ def ingest(
     data = summary.as_dict()
     _say_summary(data)
     emit(as_json, {**data, **hub_data})
+    if summary.attention:
+        say(
+            f"ATTENTION: {summary.alerts_total} new alert(s): review them with"
+            f" `fieldsync hq alerts --hq {hq_dir}` (exit {EXIT_ATTENTION})"
+        )
+        sys.exit(EXIT_ATTENTION)
 
 
 def _say_summary(data: dict[str, Any]) -> None:
@@ -217,12 +236,15 @@ def _say_summary(data: dict[str, Any]) -> None:
     if data["failed"]:
         say(f"  FAILED {data['failed']}: could not be recorded; they are tried again next time")
     for alert in data["alerts"]:
-        who = alert.get("author_name") or alert.get("author_key") or "-"
-        say(f"  ALERT {alert['kind']} {who}: {alert['detail']}")
+        if alert["kind"] != "gap":  # gaps are listed below, as ranges per author
+            say(
+                f"  ALERT {alert['id']} {alert['kind']} {alert['author'] or '-'}: {alert['detail']}"
+            )
     if data["alerts_total"] > len(data["alerts"]):
         say(f"  ... {data['alerts_total'] - len(data['alerts'])} more alerts in hq.db")
     for author, ranges in sorted(data["gaps"].items()):
-        say(f"  gap: {author} is missing sequence numbers {_ranges(ranges)}")
+        who = data["gap_authors"].get(author) or author
+        say(f"  gap: {who} is missing sequence numbers {_ranges(ranges)}")
     _say_media(data["chunks"], data["chunks_failed"], data["media"])
 
 
@@ -504,3 +526,171 @@ def media(hq_dir: Path, report_id: str | None, out: Path | None, as_json: bool) 
         for r in rows
     )
     emit(as_json, rows, text or "no attachments")
+
+
+@hq.command()
+@hq_dir_option
+@click.option("--all", "everything", is_flag=True, help="Acknowledged and resolved alerts too.")
+@click.option(
+    "--ack",
+    "ack_ids",
+    type=int,
+    multiple=True,
+    metavar="ID",
+    help="Acknowledge alert ID (repeatable); it opens again if its event happens again.",
+)
+@json_option
+@handle_errors
+def alerts(hq_dir: Path, everything: bool, ack_ids: tuple[int, ...], as_json: bool) -> None:
+    """Forks, gaps, held and junk envelopes, failed or incomplete attachments, reports of
+    revoked authors: open ones, most recently seen first (exit 4: --ack of an unknown ID)."""
+    headquarters = HQ(hq_dir)
+    try:
+        if ack_ids:
+            done = headquarters.acknowledge(ack_ids)
+            say(f"acknowledged {len(done)} alert(s)")
+            emit(as_json, done, _alert_lines(done))
+            return
+        rows = headquarters.alerts(everything)
+    finally:
+        headquarters.close()
+    if not rows and not as_json:
+        say("no open alerts" if not everything else "no alerts")
+    emit(as_json, rows, _alert_lines(rows) if rows else None)
+
+
+def _alert_lines(rows: list[dict[str, Any]]) -> str:
+    return "\n".join(
+        f"{r['id']:>6}  {r['state']:12} {r['kind']:21} {r['author'] or '-'}"
+        f"  last seen {r['last_seen']}"
+        + (f" (x{r['count']})" if r["count"] > 1 else "")
+        + f"\n        {r['detail']}"
+        for r in rows
+    )
+
+
+@hq.group()
+def report() -> None:
+    """Reports as HQ holds them (no passphrase: reads the analyst database)."""
+
+
+@report.command("show")
+@click.argument("report_id")
+@hq_dir_option
+@click.option(
+    "--all-versions",
+    is_flag=True,
+    help="Every version of a corrected report (supersedes), oldest first.",
+)
+@json_option
+@handle_errors
+def report_show(report_id: str, hq_dir: Path, all_versions: bool, as_json: bool) -> None:
+    """One report (REPORT_ID or a prefix, or its envelope id) with the other report of a
+    fork and the ids of its corrections (exit 4: no such report)."""
+    headquarters = HQ(hq_dir)
+    try:
+        shown = headquarters.report(report_id, all_versions)
+    finally:
+        headquarters.close()
+    for warning in shown["warnings"]:
+        say(f"warning: {warning}")
+    emit(as_json, shown, _report_text(shown))
+
+
+_REPORT_FIELDS = (
+    "id",
+    "title",
+    "narrative",
+    "categories",
+    "occurred_start",
+    "occurred_end",
+    "occurred_precision",
+    "occurred_approximate",
+    "place",
+    "lat",
+    "lon",
+    "sensitivity",
+    "language",
+    "author_name",
+    "sequence",
+    "supersedes",
+    "claimed_time",
+    "received_at",
+    "envelope_id",
+)
+
+
+def _report_block(row: dict[str, Any]) -> str:
+    if "note" in row:
+        return f"{'envelope_id':21}{row['envelope_id']}\n{'note':21}{row['note']}"
+    shown = {**row, "categories": ", ".join(row.get("categories") or [])}
+    lines = [f"{name:21}{shown[name]}" for name in _REPORT_FIELDS if shown.get(name) is not None]
+    lines += [
+        f"{'attachment':21}{a['name']} ({a['media_type']}, {a['size']:,} B)"
+        for a in row.get("attachments", [])
+    ]
+    return "\n".join(lines)
+
+
+def _report_text(shown: dict[str, Any]) -> str:
+    blocks = []
+    many = len(shown["versions"]) > 1
+    for number, version in enumerate(shown["versions"], 1):
+        title = f"== version {number} of {len(shown['versions'])}" if many else "== report"
+        blocks.append(f"{title}\n{_report_block(version['report'])}")
+        for fork in version["forks"]:
+            blocks.append(
+                "== FORK: the same author signed a different report with sequence number"
+                f" {version['report']['sequence']}\n{_report_block(fork)}"
+            )
+    if not many and (shown["older_versions"] or shown["newer_versions"]):
+        blocks.append(
+            f"== corrections: older {', '.join(shown['older_versions']) or '-'};"
+            f" newer {', '.join(shown['newer_versions']) or '-'} (--all-versions shows them)"
+        )
+    return "\n\n".join(blocks)
+
+
+@hq.command()
+@hq_dir_option
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8001,
+    show_default=True,
+    help="Port on 127.0.0.1 (0: any free port).",
+)
+@click.option(
+    "--tiles",
+    metavar="URL",
+    help="Map tile server, e.g. https://tile.example.org/{z}/{x}/{y}.png. Default: none,"
+    " because fetching tiles tells that server which places the analyst looks at.",
+)
+@json_option
+@handle_errors
+def serve(hq_dir: Path, port: int, tiles: str | None, as_json: bool) -> None:
+    """Browse the analyst database in Datasette on 127.0.0.1: alerts first, reports with
+    facets and a map; blobs and raw bodies hidden. Needs `pip install 'fieldsync[hq]'`.
+    Prints the URL (with --json: {"url": ...}) once listening; Ctrl-C stops it."""
+    from fieldsync import hq_serve
+
+    hq_serve.check_installed()
+    if tiles is not None and not tiles.startswith(("https://", "http://")):
+        raise click.BadParameter("give an http(s) URL template", param_hint="--tiles")
+    headquarters = HQ(hq_dir)
+    try:
+        headquarters.database()  # migrated (and its views made) before Datasette reads it
+        network_name = headquarters.manifest().name
+    finally:
+        headquarters.close()
+    sock = hq_serve.listen(port)
+
+    def ready(url: str) -> None:
+        say(f"serving {hq_dir / 'hq.db'} at {url} (127.0.0.1 only); Ctrl-C stops")
+        emit(as_json, {"url": url}, url)
+        sys.stdout.flush()
+
+    try:
+        hq_serve.serve(hq_dir, network_name, sock, tiles, ready)
+    finally:
+        sock.close()
