@@ -34,6 +34,7 @@ import sqlite_utils
 
 from fieldsync import hq_alerts
 from fieldsync.errors import InputRefused, NotFound
+from fieldsync.hq_schema import MEDIA_SCHEMA
 from fieldsync.node import utc_text
 from fieldsync.sqlite_tx import immediate_transaction
 from fieldsync.store import now_seconds
@@ -47,33 +48,6 @@ log = logging.getLogger(__name__)
 
 MEDIA_DIR = "media"
 _PARTIAL = ".partial"
-
-SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS media_chunks (
-        chunk_id BLOB PRIMARY KEY,
-        tag BLOB NOT NULL,
-        data BLOB,                      -- NULL once the attachment naming it verified
-        first_seen INTEGER NOT NULL,
-        receipt_serial INTEGER
-    )""",
-    "CREATE INDEX IF NOT EXISTS media_chunks_unreceipted ON media_chunks(receipt_serial)",
-    """CREATE TABLE IF NOT EXISTS media_attachments (
-        envelope_id TEXT NOT NULL,
-        ordinal INTEGER NOT NULL,
-        report_id TEXT NOT NULL,
-        name TEXT NOT NULL,
-        media_type TEXT NOT NULL,
-        size INTEGER NOT NULL,
-        sha256 TEXT NOT NULL,
-        entry BLOB NOT NULL,            -- the signed entry (msgpack), key included
-        chunks INTEGER NOT NULL,
-        status TEXT NOT NULL,           -- pending | verified | failed
-        path TEXT,                      -- relative to the HQ directory, once verified
-        detail TEXT,
-        PRIMARY KEY (envelope_id, ordinal)
-    )""",
-    "CREATE INDEX IF NOT EXISTS media_attachments_report ON media_attachments(report_id)",
-)
 
 
 @dataclass(frozen=True)
@@ -129,7 +103,7 @@ def public_body(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def ensure_schema(db: sqlite_utils.Database) -> None:
-    for statement in SCHEMA:
+    for statement in MEDIA_SCHEMA:
         db.conn.execute(statement)
 
 

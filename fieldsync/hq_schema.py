@@ -39,17 +39,44 @@ DATABASE = "hq.db"
 DATABASE_SIDE_FILES = ("-wal", "-shm", "-journal")
 
 
+#: Attachments at HQ (chunks held until their attachment verifies; one row per attachment).
+MEDIA_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS media_chunks (
+        chunk_id BLOB PRIMARY KEY,
+        tag BLOB NOT NULL,
+        data BLOB,                      -- NULL once the attachment naming it verified
+        first_seen INTEGER NOT NULL,
+        receipt_serial INTEGER
+    )""",
+    "CREATE INDEX IF NOT EXISTS media_chunks_unreceipted ON media_chunks(receipt_serial)",
+    """CREATE TABLE IF NOT EXISTS media_attachments (
+        envelope_id TEXT NOT NULL,
+        ordinal INTEGER NOT NULL,
+        report_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        media_type TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        sha256 TEXT NOT NULL,
+        entry BLOB NOT NULL,            -- the signed entry (msgpack), key included
+        chunks INTEGER NOT NULL,
+        status TEXT NOT NULL,           -- pending | verified | failed
+        path TEXT,                      -- relative to the HQ directory, once verified
+        detail TEXT,
+        PRIMARY KEY (envelope_id, ordinal)
+    )""",
+    "CREATE INDEX IF NOT EXISTS media_attachments_report ON media_attachments(report_id)",
+)
+
+
 class NewerDatabase(FieldsyncError):
     """hq.db was written by a newer fieldsync: refused, nothing changed."""
 
 
 def _baseline(conn: sqlite3.Connection) -> None:
     """Version 1: the schema of fieldsync 0.1.0, made idempotently (its databases are 0)."""
-    from fieldsync import hq_media
-
     for statement in _BASELINE:
         conn.execute(statement)
-    for statement in hq_media.SCHEMA:
+    for statement in MEDIA_SCHEMA:
         conn.execute(statement)
     # Some 0.1.0 databases predate these columns (they were added "if missing" then).
     _add_columns(
