@@ -1,12 +1,13 @@
 """``python -m bench [--smoke|--quick|--full] [--cores N] [--peers] [--json FILE]``.
 
 Order (perf_anchors §6.4, calibrate / scenario / calibrate): calibration, S1 + S7, S10
-(relay chain, with the relay daemon's memory), calibration again (the bound is the mean of
-both; the drift between them is reported), then the reconciliation scenarios on real nodes
-(S2/S3/S4, 100k), on in-memory sessions (S2/S3/S4, 1M with --full) and S12 (1M, two
-processes). ``--cores N`` pins the harness and every process it starts to N cores (1: the
-Pi-like reference); ``--peers`` adds the side-by-side run with Syncthing. Progress goes to
-stderr; the table to stdout, then the JSON (or to --json FILE).
+(relay chain, with the relay daemon's memory), S11 (local writes under sync), calibration
+again (the bound is the mean of both; the drift between them is reported), then the
+reconciliation scenarios on real nodes (S2/S3/S4, 100k), on in-memory sessions (S2/S3/S4,
+1M with --full) and S12 (1M, two processes). ``--cores N`` pins the harness and every
+process it starts to N cores (1: the Pi-like reference); ``--peers`` adds the side-by-side
+run with Syncthing. Progress goes to stderr; the table to stdout, then the JSON (or to
+--json FILE).
 """
 
 from __future__ import annotations
@@ -24,7 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import calibrate, peers, reconcile_mem, reconcile_real, relay, s1_bulk
+from bench import (
+    calibrate,
+    peers,
+    reconcile_mem,
+    reconcile_real,
+    relay,
+    responsive,
+    s1_bulk,
+)
 from bench.env import CpuTimes, fingerprint, max_rss_kib
 from bench.workload import SEED, make_pool
 from fieldsync import synthetic
@@ -35,6 +44,7 @@ SCENARIOS = (
     "S7",
     "S10",
     "RSS.relay",
+    "S11",
     "S2.real",
     "S3.real",
     "S4.real",
@@ -214,6 +224,11 @@ def run(mode: Mode, workdir: Path, *, with_peers: bool = False) -> dict[str, Any
         f"S10: {mode.s10_items} items A -> relay B -> C (B a relay daemon in its own process)",
     ):
         s10_raw = relay.run_s10(net, pool, mode.s10_items, workdir)
+    with phase(
+        "S11",
+        f"S11: local report commits and status on B while {mode.s10_items} items arrive",
+    ):
+        s11_raw = responsive.run_s11(net, pool, mode.s10_items, workdir)
     with phase("calibration2", "calibration 2/2"):
         runs.append(
             calibrate.calibrate(calib_items, net.manifest, workdir / "calib2", mode.calibration)
@@ -228,6 +243,7 @@ def run(mode: Mode, workdir: Path, *, with_peers: bool = False) -> dict[str, Any
     scenarios["S7"] = s1_bulk.s7_result(s1_raw)
     scenarios["S10"] = relay.s10_result(s10_raw, scenarios["S1"]["items_per_s"], combined["bound"])
     scenarios["RSS.relay"] = relay.memory_result(s10_raw)
+    scenarios["S11"] = responsive.s11_result(s11_raw)
     result["s1_raw"] = s1_raw
 
     with phase(

@@ -16,6 +16,7 @@ SCENARIOS = (
     "S7",
     "S10",
     "RSS.relay",
+    "S11",
     "S2.real",
     "S3.real",
     "S4.real",
@@ -69,6 +70,8 @@ def test_smoke_run_reports_every_scenario(tmp_path: Path) -> None:
     assert scenarios["S1"]["bound_primitive"] == calibration["bound"]["primitive"]
     assert scenarios["S10"]["n"] == result["sizes"]["s10_items"]
     assert scenarios["S10"]["c_sessions"] >= 1
+    for probe in ("commit_idle", "commit_under_sync", "status_idle", "status_under_sync"):
+        assert scenarios["S11"][probe]["n"] >= 1, probe
     assert scenarios["RSS.relay"]["idle_mb"] > 0 and scenarios["RSS.relay"]["after_mb"] > 0
     for name, rate in calibration["rates"].items():
         assert _number(rate) and rate > 0, name
