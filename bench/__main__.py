@@ -33,6 +33,7 @@ from bench import (
     relay,
     responsive,
     s1_bulk,
+    startup,
 )
 from bench.env import CpuTimes, fingerprint, max_rss_kib
 from bench.workload import SEED, make_pool
@@ -52,6 +53,7 @@ SCENARIOS = (
     "S3.mem",
     "S4.mem",
     "S12",
+    "startup",
 )
 DIFFS = 100  # new / missing items in S3, S4 and S12
 S2_BYTES, S3_BYTES, S4_BYTES = 1024, 8 * 1024, 170 * 1024
@@ -68,6 +70,7 @@ class Mode:
     mem_items: int  # S2/S3/S4 on in-memory sessions
     s12_items: int
     s10_items: int  # relay chain; the relay's memory is read after these
+    startup_reps: int
     real_sealed: int  # items genuinely sealed (the rest are clones; see workload.ItemPool)
     calibration: calibrate.Settings
 
@@ -81,6 +84,7 @@ MODES = {
         3_000,
         3_000,
         300,
+        1,
         50,
         calibrate.Settings(reps=1, seconds=0.01, insert_items=500, tcp_bytes=4 << 20),
     ),
@@ -92,6 +96,7 @@ MODES = {
         100_000,
         1_000_000,
         100_000,
+        7,
         1_000,
         calibrate.Settings(reps=3, seconds=0.15, insert_items=6_000, tcp_bytes=128 << 20),
     ),
@@ -103,6 +108,7 @@ MODES = {
         1_000_000,
         1_000_000,
         100_000,
+        11,
         100_000,
         calibrate.Settings(reps=5, seconds=0.4, insert_items=25_000, tcp_bytes=512 << 20),
     ),
@@ -266,6 +272,11 @@ def run(mode: Mode, workdir: Path, *, with_peers: bool = False) -> dict[str, Any
 
     with phase("S12", f"S12: memory of a {mode.s12_items}-item reconciliation (two processes)"):
         scenarios["S12"] = s12_result(reconcile_mem.memory(mode.s12_items, DIFFS, SEED))
+
+    with phase("startup", "CLI start-up: --help, status (daemon off and on), report list"):
+        scenarios["startup"] = startup.startup_result(
+            startup.run_startup(net, workdir, mode.startup_reps)
+        )
 
     result["scenarios"] = {k: scenarios[k] for k in SCENARIOS}
     if with_peers:

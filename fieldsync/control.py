@@ -1,22 +1,30 @@
 """The control API: a small aiohttp app on a unix socket, read by ``fieldsync status``
 and ``fieldsync peers``. The socket is created 0600 (owner only): it reveals which peers a
 node has met, which a watcher on the device must not learn without the node's account.
+
+The client side (``request``) is the standard library's ``http.client`` over the unix
+socket: ``fieldsync status`` must start fast on a Pi, and importing aiohttp alone costs
+more than the whole command's budget (issue 13 item 6). The server imports aiohttp only
+when it starts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
+import json
 import os
+import socket
 import stat
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
-
-import aiohttp
-from aiohttp import web
+from typing import TYPE_CHECKING, Any
 
 from fieldsync.errors import FieldsyncError
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 StatusProvider = Callable[[], Awaitable[dict[str, Any]]]
 
@@ -34,6 +42,8 @@ class ControlServer:
         self._inode: int | None = None
 
     async def start(self) -> None:
+        from aiohttp import web
+
         app = web.Application()
         app.router.add_get("/status", self._handle(self._status))
         app.router.add_get("/peers", self._handle(self._peers))
@@ -72,6 +82,8 @@ class ControlServer:
 
     @staticmethod
     def _handle(provider: StatusProvider) -> Callable[[web.Request], Awaitable[web.Response]]:
+        from aiohttp import web
+
         async def handle(request: web.Request) -> web.Response:
             return web.json_response(await provider())
 
@@ -87,17 +99,41 @@ class ControlServer:
             await asyncio.to_thread(self._remove_stale)
 
 
-async def query(path: Path, what: str, timeout: float = 5.0) -> dict[str, Any] | None:  # noqa: ASYNC109
-    """GET ``/what`` from a running daemon; None if no daemon answers on ``path``."""
-    connector = aiohttp.UnixConnector(path=str(path))
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP/1.1 to a unix socket (the standard library speaks it over TCP only)."""
+
+    def __init__(self, path: Path, timeout: float) -> None:
+        super().__init__("fieldsync", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(str(self._path))
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def request(path: Path, what: str, timeout: float = 5.0) -> dict[str, Any] | None:
+    """GET ``/what`` from a running daemon (blocking); None if no daemon answers on ``path``."""
+    connection = _UnixHTTPConnection(path, timeout)
     try:
-        async with (
-            aiohttp.ClientSession(
-                connector=connector, timeout=aiohttp.ClientTimeout(total=timeout)
-            ) as session,
-            session.get(f"http://fieldsync/{what}") as response,
-        ):
-            data: dict[str, Any] = await response.json()
-            return data
-    except (aiohttp.ClientError, OSError, TimeoutError):
+        connection.request("GET", f"/{what}")
+        response = connection.getresponse()
+        body = response.read()
+        if response.status != 200:
+            return None
+        data = json.loads(body)
+    except (OSError, http.client.HTTPException, ValueError):
         return None
+    finally:
+        connection.close()
+    return data if isinstance(data, dict) else None
+
+
+async def query(path: Path, what: str, timeout: float = 5.0) -> dict[str, Any] | None:  # noqa: ASYNC109
+    """``request`` from asyncio code, off the event loop."""
+    return await asyncio.to_thread(request, path, what, timeout)

@@ -24,6 +24,7 @@ SCENARIOS = (
     "S3.mem",
     "S4.mem",
     "S12",
+    "startup",
 )
 
 
@@ -72,6 +73,12 @@ def test_smoke_run_reports_every_scenario(tmp_path: Path) -> None:
     assert scenarios["S10"]["c_sessions"] >= 1
     for probe in ("commit_idle", "commit_under_sync", "status_idle", "status_under_sync"):
         assert scenarios["S11"][probe]["n"] >= 1, probe
+    assert set(scenarios["startup"]["commands_ms"]) == {
+        "--help",
+        "status",
+        "status (daemon running)",
+        "report list",
+    }
     assert scenarios["RSS.relay"]["idle_mb"] > 0 and scenarios["RSS.relay"]["after_mb"] > 0
     for name, rate in calibration["rates"].items():
         assert _number(rate) and rate > 0, name
