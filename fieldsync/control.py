@@ -2,25 +2,22 @@
 and ``fieldsync peers``. The socket is created 0600 (owner only): it reveals which peers a
 node has met, which a watcher on the device must not learn without the node's account.
 
-The client side (``request``) is the standard library's ``http.client`` over the unix
-socket: ``fieldsync status`` must start fast on a Pi, and importing aiohttp alone costs
-more than the whole command's budget (issue 13 item 6). The server imports aiohttp only
-when it starts.
+The client side is ``fieldsync.control_client`` (the standard library only, no asyncio):
+``fieldsync status`` must start fast on a Pi, and importing aiohttp alone costs more than
+the whole command's budget (issue 13 item 6). The server imports aiohttp when it starts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import http.client
-import json
 import os
-import socket
 import stat
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fieldsync.control_client import request
 from fieldsync.errors import FieldsyncError
 
 if TYPE_CHECKING:
@@ -99,39 +96,7 @@ class ControlServer:
             await asyncio.to_thread(self._remove_stale)
 
 
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    """HTTP/1.1 to a unix socket (the standard library speaks it over TCP only)."""
-
-    def __init__(self, path: Path, timeout: float) -> None:
-        super().__init__("fieldsync", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(self.timeout)
-            sock.connect(str(self._path))
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
-
-
-def request(path: Path, what: str, timeout: float = 5.0) -> dict[str, Any] | None:
-    """GET ``/what`` from a running daemon (blocking); None if no daemon answers on ``path``."""
-    connection = _UnixHTTPConnection(path, timeout)
-    try:
-        connection.request("GET", f"/{what}")
-        response = connection.getresponse()
-        body = response.read()
-        if response.status != 200:
-            return None
-        data = json.loads(body)
-    except (OSError, http.client.HTTPException, ValueError):
-        return None
-    finally:
-        connection.close()
-    return data if isinstance(data, dict) else None
+__all__ = ["ControlServer", "ControlSocketLost", "query", "request"]
 
 
 async def query(path: Path, what: str, timeout: float = 5.0) -> dict[str, Any] | None:  # noqa: ASYNC109

@@ -96,7 +96,7 @@ def _daemon(ctx: click.Context, what: str, socket: Path | None) -> dict[str, Any
     The socket is ``--control-socket``, else the one the daemon running on this home
     recorded in its lock file, else ``[control] socket`` of the config (HOME/control.sock).
     """
-    from fieldsync.control import request
+    from fieldsync.control_client import request
     from fieldsync.homelock import recorded_control_socket
 
     if socket is None:

@@ -31,6 +31,8 @@ HEAVY = (
     "fieldsync.peer",
     "fieldsync.discovery",
     "fieldsync.hq",
+    "fieldsync.control",  # the server side; the client is fieldsync.control_client
+    "asyncio",
 )
 
 _PROBE = """\
