@@ -344,7 +344,7 @@ def table(result: dict[str, Any]) -> str:
         " 'commit' is durable commits/s"
     )
     lines.append("")
-    lines.append(f"{'scenario':<9} {'measured':<38} {'goal':<44} result")
+    lines.append(f"{'scenario':<9} {'measured':<46} {'goal':<44} result")
     for key, sc in result["scenarios"].items():
         if key == "S1":
             measured = (
@@ -363,7 +363,7 @@ def table(result: dict[str, Any]) -> str:
         verdict = "PASS" if sc["pass"] else "FAIL"
         if key == "S1" and sc["stretch_pass"]:
             verdict += " (stretch)"
-        lines.append(f"{key:<9} {measured:<38} {sc['target']:<44} {verdict}")
+        lines.append(f"{key:<9} {measured:<46} {sc['target']:<44} {verdict}")
     for line in result.get("peers", {}).get("lines", []):
         lines.append(line)
     run_info = result["run"]
@@ -374,7 +374,7 @@ def table(result: dict[str, Any]) -> str:
         f"{run_info['loadavg_end'][0]}; bound drift {cal['bound_drift_pct']}%"
         + ("  NOISY RUN: the S1 ratio is unreliable" if run_info["noisy"] else "")
     )
-    return "\n".join(lines)
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def pin_cores(count: int) -> list[int]:
