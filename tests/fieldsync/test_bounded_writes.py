@@ -172,3 +172,26 @@ def test_begin_polling_raises_other_errors_at_once(tmp_path: Path) -> None:
             begin_polling(conn, 10.0)
     finally:
         conn.close()
+
+
+async def test_the_quota_still_counts_whole_batches_across_slices(pair: Pair) -> None:
+    """A batch is charged whole with its first slice: the receiver keeps the batches that
+    fit the quota, none of the first batch over it, and ends the connection naming it."""
+    quota = 400  # more than one session batch (<= 256 items), less than two
+    limits = PeerLimits(silent_close=(0.0, 0.01), quota_items_per_day=quota)
+    async with opened(pair.sender) as sender:
+        receiver = await Runtime.open(pair.receiver, limits=limits)
+        try:
+            end_s, end_r = memory_pair()
+            _mine, theirs = await asyncio.gather(
+                run_peer(end_s, sender.context, initiator=True),
+                run_peer(end_r, receiver.context, initiator=False),
+            )
+            held = await receiver.worker.call(lambda store: store.item_count())
+        finally:
+            await receiver.close()
+    assert not theirs.complete
+    assert theirs.error is not None and "quota" in theirs.error
+    assert held == theirs.items_new + 1  # and the manifest
+    # Exactly the first batch: whole (more than half the quota), nothing of the second.
+    assert quota // 2 < theirs.items_new <= quota
