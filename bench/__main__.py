@@ -213,6 +213,14 @@ def run(mode: Mode, workdir: Path, *, with_peers: bool = False) -> dict[str, Any
         pool = make_pool(net.manifest, pool_size, mode.real_sealed)
     result["items"] = {"pool": pool.describe(), "mean_item_bytes": round(pool.mean_size, 1)}
 
+    scenarios: dict[str, Any] = {}
+    # First, before any phase can leave work behind (a store checkpointing, a process
+    # exiting) on the cores the short commands run on.
+    with phase("startup", "CLI start-up: --help, status (daemon off and on), report list"):
+        scenarios["startup"] = startup.startup_result(
+            startup.run_startup(net, workdir, mode.startup_reps)
+        )
+
     calib_items = pool.items[: max(mode.calibration.insert_items, 2_000)]
     runs = []
     with phase("calibration1", "calibration 1/2"):
@@ -242,7 +250,6 @@ def run(mode: Mode, workdir: Path, *, with_peers: bool = False) -> dict[str, Any
     combined = calibrate.combine(runs)
     result["calibration"] = {"runs": runs, **combined}
 
-    scenarios: dict[str, Any] = {}
     scenarios["S1"] = s1_bulk.s1_result(
         s1_raw, combined["bound"], combined["serial_bound_receiver"]
     )
@@ -272,11 +279,6 @@ def run(mode: Mode, workdir: Path, *, with_peers: bool = False) -> dict[str, Any
 
     with phase("S12", f"S12: memory of a {mode.s12_items}-item reconciliation (two processes)"):
         scenarios["S12"] = s12_result(reconcile_mem.memory(mode.s12_items, DIFFS, SEED))
-
-    with phase("startup", "CLI start-up: --help, status (daemon off and on), report list"):
-        scenarios["startup"] = startup.startup_result(
-            startup.run_startup(net, workdir, mode.startup_reps)
-        )
 
     result["scenarios"] = {k: scenarios[k] for k in SCENARIOS}
     if with_peers:
