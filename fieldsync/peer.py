@@ -16,11 +16,13 @@ with a local error that names the store, never one blaming the peer.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import logging
 import secrets
 import sqlite3
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -50,7 +52,7 @@ from fieldsync_protocol.session import (
     SyncSession,
     SyncStats,
 )
-from fieldsync_protocol.session_messages import Cursor
+from fieldsync_protocol.session_messages import BATCH_ITEMS, Cursor
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,16 @@ QUOTA_WINDOW_SECONDS = 86_400
 ADMISSION_GRACE = 0.05
 #: Largest single write handed to the transport (well under the WebSocket message cap).
 SEND_CHUNK = 256 * 1024
+#: A received flight (up to a window of 16 x 256 KiB) is stored in bounded write
+#: transactions, one per store-thread call: a local report commit (another process waiting
+#: for SQLite's write lock) or a control-API status (a call queued on the store thread) waits
+#: for one slice, never for a whole flight (perf S11, issue 13). A slice is sized from the
+#: measured cost of the previous one to take about STEP_SECONDS, within these item and byte
+#: bounds. Custody is unchanged: a batch is acknowledged once its last slice is committed.
+STEP_SECONDS = 0.004
+STEP_MAX_BYTES = 128 * 1024
+STEP_MIN_ITEMS = 8
+STEP_FIRST_ITEMS = 32
 
 
 @dataclass(frozen=True)
@@ -467,6 +479,11 @@ class _Connection:
         self.incoming: asyncio.Queue[bytes | Exception | None] = asyncio.Queue()
         self.queued_bytes = 0
         self.session: SyncSession | None = None
+        # Received batches not committed yet, in order, each with how many of its items are.
+        self._unstored: collections.deque[_Unstored] = collections.deque()
+        self._held_event: object | None = None  # read from the session, not yet acted on
+        self._completed = False
+        self._step_items = STEP_FIRST_ITEMS
 
     async def run(self) -> None:
         if self.peer is None:
@@ -625,60 +642,114 @@ class _Connection:
             await self.transport.send(data)
 
     async def _handle_events(self) -> bool:
-        """Act on session events; True once the session is complete."""
+        """Act on session events; True once the session is complete.
+
+        Each store-thread call commits at most one bounded slice of the received batches
+        (``_store_step``) and then returns, so whatever else waits for the store thread runs
+        between two slices.
+        """
         session = self.session
         if session is None:
             raise PeerViolation("no session")
         node_key = self.peer.node_key if self.peer else b""
-        limits = self.ctx.limits
-        manifest = self.ctx.manifest
-        source = self.ctx.source
         outcome = self.outcome
 
-        def act(store: Store) -> bool:
-            done = False
-            while (event := session.next_event()) is not None:
+        def act(store: Store) -> bool | None:
+            while True:
+                if self._unstored:
+                    self._store_step(store, node_key)
+                    return None  # one transaction per call: let others in
+                event = self._held_event or session.next_event()
+                self._held_event = None
+                if event is None:
+                    return self._completed
                 if isinstance(event, ItemsReceived):
-                    # Every batch of the flight that is already here goes into one durable
-                    # transaction (one fsync, not one per batch); each is acknowledged only
-                    # after that commit, in order.
-                    group = [event]
+                    # Every batch of the flight already here is queued before the first
+                    # slice is stored (a flight is acknowledged in one reply).
+                    self._unstored.append(_Unstored(event))
                     while isinstance(following := session.next_event(), ItemsReceived):
-                        group.append(following)
-                    store_group = functools.partial(
-                        _store_batch,
-                        store,
-                        source,
-                        manifest,
-                        node_key,
-                        limits=limits,
-                        on_manifest=self.ctx.on_manifest,
-                    )
-                    try:
-                        outcome.items_new += store_group(group)
-                        for received in group:
-                            session.commit_done(received.batch_no)
-                    except QuotaViolation:
-                        # The flight does not fit: keep what does, batch by batch, and end
-                        # the connection at the first batch over the quota.
-                        for received in group:
-                            outcome.items_new += store_group([received])
-                            session.commit_done(received.batch_no)
-                    if following is None:
-                        continue
-                    event = following
-                if isinstance(event, CursorAdvanced):
+                        self._unstored.append(_Unstored(following))
+                    self._held_event = following
+                elif isinstance(event, CursorAdvanced):
                     store.set_peer_cursor(
                         node_key, event.cursor.epoch, event.cursor.seq, now_seconds()
                     )
                 elif isinstance(event, Completed):
                     outcome.stats = event.stats
-                    done = True
+                    self._completed = True
                 elif isinstance(event, Started):
                     outcome.stats.mode = event.mode.value
-            return done
 
-        return await self.ctx.worker.call(act)
+        while (done := await self.ctx.worker.call(act)) is None:
+            pass
+        return done
+
+    def _store_step(self, store: Store, node_key: bytes) -> None:
+        """Verify and commit one bounded slice of the unstored batches (store thread);
+        acknowledge each batch whose last item is now committed, in order."""
+        session = self.session
+        if session is None:
+            raise PeerViolation("no session")
+        started = time.perf_counter()
+        slice_items: list[tuple[_Unstored, list[bytes]]] = []
+        count = size = 0
+        for unstored in self._unstored:
+            room = self._step_items - count
+            if room <= 0 or size >= STEP_MAX_BYTES:
+                break
+            taken: list[bytes] = []
+            for data in unstored.rest()[:room]:
+                if taken and size + len(data) > STEP_MAX_BYTES:
+                    break
+                taken.append(data)
+                size += len(data)
+            if not taken:
+                break
+            slice_items.append((unstored, taken))
+            count += len(taken)
+        store_slice = functools.partial(
+            _store_batch,
+            store,
+            self.ctx.source,
+            self.ctx.manifest,
+            node_key,
+            limits=self.ctx.limits,
+            on_manifest=self.ctx.on_manifest,
+        )
+        try:
+            self.outcome.items_new += store_slice(slice_items)
+            done = slice_items
+        except QuotaViolation:
+            if len(slice_items) == 1:
+                raise
+            # The slice does not fit: keep what does, batch by batch, and end the
+            # connection at the first batch over the quota.
+            for part in slice_items:
+                self.outcome.items_new += store_slice([part])
+                part[0].stored += len(part[1])
+            raise
+        for unstored, taken in done:
+            unstored.stored += len(taken)
+        while self._unstored and self._unstored[0].complete():
+            session.commit_done(self._unstored.popleft().event.batch_no)
+        elapsed = time.perf_counter() - started
+        per_item = elapsed / max(count, 1)
+        self._step_items = max(STEP_MIN_ITEMS, min(BATCH_ITEMS, int(STEP_SECONDS / per_item)))
+
+
+@dataclass
+class _Unstored:
+    """A received batch and how many of its items are committed so far."""
+
+    event: ItemsReceived
+    stored: int = 0
+    charged: bool = False
+
+    def rest(self) -> list[bytes]:
+        return self.event.items[self.stored :]
+
+    def complete(self) -> bool:
+        return self.stored >= len(self.event.items)
 
 
 def _deliver(session: SyncSession, messages: list[bytes], _store: Store) -> None:
@@ -691,18 +762,26 @@ def _store_batch(
     source: SyncSource,
     manifest: Manifest,
     node_key: bytes,
-    group: list[ItemsReceived],
+    slices: list[tuple[_Unstored, list[bytes]]],
     limits: PeerLimits,
     on_manifest: Callable[[Checked], None] | None = None,
 ) -> int:
-    """Verify, charge quota, commit durably (all batches of ``group`` in one transaction);
-    return how many items were new."""
+    """Verify, charge quota, commit durably (the items of ``slices`` in one transaction);
+    return how many items were new.
+
+    A batch is charged to the peer's quota whole, with its first slice: a batch over the
+    quota is refused before any of it is stored (the quota counts batches, not slices).
+    """
     checked: list[Checked] = []
-    for event in group:
+    charge_items = charge_bytes = 0
+    for unstored, items in slices:
         try:
-            checked.extend(check_item(data, manifest) for data in event.items)
+            checked.extend(check_item(data, manifest) for data in items)
         except RemoteProtocolError as exc:
-            raise PeerViolation(f"bad item in batch {event.batch_no}: {exc}") from exc
+            raise PeerViolation(f"bad item in batch {unstored.event.batch_no}: {exc}") from exc
+        if not unstored.charged:
+            charge_items += len(unstored.event.items)
+            charge_bytes += sum(map(len, unstored.event.items))
     quota = Quota(
         node_key,
         now_seconds() // QUOTA_WINDOW_SECONDS,
@@ -710,9 +789,17 @@ def _store_batch(
         limits.quota_bytes_per_day,
     )
     try:
-        counts = store.add_batch(checked, now_seconds(), origin=node_key, quota=quota)
+        counts = store.add_batch(
+            checked,
+            now_seconds(),
+            origin=node_key,
+            quota=quota if charge_items else None,  # None: every batch here is charged
+            charge=(charge_items, charge_bytes),
+        )
     except QuotaExceeded as exc:
         raise QuotaViolation(str(exc)) from exc
+    for unstored, _items in slices:
+        unstored.charged = True
     source.note_changes(counts.new_ids, counts.purged_ids)
     if on_manifest is not None:
         for item in checked:

@@ -96,15 +96,13 @@ def _daemon(ctx: click.Context, what: str, socket: Path | None) -> dict[str, Any
     The socket is ``--control-socket``, else the one the daemon running on this home
     recorded in its lock file, else ``[control] socket`` of the config (HOME/control.sock).
     """
-    import asyncio
-
-    from fieldsync.control import query
+    from fieldsync.control_client import request
     from fieldsync.homelock import recorded_control_socket
 
     if socket is None:
         config = config_of(ctx)
         socket = recorded_control_socket(config.node.home) or config.control_socket
-    return asyncio.run(query(socket, what))
+    return request(socket, what)
 
 
 socket_option = click.option(
