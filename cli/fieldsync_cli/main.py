@@ -38,7 +38,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 # tests/cli/test_startup.py checks every line against the command's own docstring.
 SHORT_HELP: dict[str, str] = {
     "bundle": "Carry sealed items between nodes and HQ on removable media.",
-    "hq": "Headquarters: enrol nodes, ingest reports, export, issue receipts.",
+    "hq": "Headquarters: enrol nodes, ingest reports, alerts, export, issue receipts, serve.",
     "init": "Create this node's keys and write an enrolment request for HQ.",
     "join": "Join the network with the ENROLMENT file HQ made for this node.",
     "network": "Create a network (run once, at HQ).",
