@@ -277,6 +277,7 @@ class FieldDaemon:
             version = await runtime.worker.call(lambda store: store.data_version())
             if version != last:
                 last = version
+                await runtime.refresh_revocations()  # a bundle may have brought a new list
                 scheduler.poke()
 
     async def _watchdog(self, interval: float) -> None:

@@ -35,7 +35,7 @@ from typing import Any
 
 import sqlite_utils
 
-from fieldsync import hq_media, keystore
+from fieldsync import hq_media, hq_revocation, keystore
 from fieldsync.errors import FieldsyncError, InputRefused, NotFound
 from fieldsync.node import Node, Progress, _read_bundle, utc_text
 from fieldsync.sqlite_tx import immediate_transaction
@@ -324,6 +324,7 @@ class HQ:
             db.execute("PRAGMA synchronous=FULL")
             _create_schema(db)
             hq_media.ensure_schema(db)
+            hq_revocation.ensure_schema(db)
             self._db = db
         return self._db
 
@@ -590,7 +591,10 @@ class HQ:
             )
             _insert(db, "reports", _report_row(opened, author_text, name, envelope_id))
             hq_media.record_attachments(db, opened, envelope_id)  # pending k/n (SPEC.md §16.4)
-            return None
+            # Written after its author's revocation? Kept, with an alert (SPEC.md §17.4).
+            return hq_revocation.flag_revoked_report(
+                db, author_text, opened.sequence, name, envelope_id
+            )
         if verdict.status == "quarantined":
             _insert(
                 db,
@@ -871,6 +875,9 @@ class HQ:
         envelopes = 0
         with open(tmp, "wb") as handle:
             handle.write(writer.add(self.manifest_item()))
+            updates = hq_revocation.published_items(self.database())  # SPEC.md §17
+            for item in updates:
+                handle.write(writer.add(item))
             for row in self.database().execute("SELECT item, count FROM receipts ORDER BY serial"):
                 handle.write(writer.add(row[0]))
                 envelopes += row[1]
@@ -878,7 +885,7 @@ class HQ:
         tmp.replace(out)
         return {
             "receipts_new": new,
-            "receipts_total": writer.items_written - 1,
+            "receipts_total": writer.items_written - 1 - len(updates),
             "envelopes_receipted": envelopes,
         }
 

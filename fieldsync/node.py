@@ -32,9 +32,10 @@ from fieldsync.store import ImportCounts, OutboxEntry, Store, now_seconds
 from fieldsync_protocol import crypto, envelope, membership
 from fieldsync_protocol.bundle import SEALED_CHUNK, BundleReader, BundleWriter
 from fieldsync_protocol.errors import LocalProtocolError, RemoteProtocolError
-from fieldsync_protocol.items import MAX_ITEM, Checked, check_item
+from fieldsync_protocol.items import MAX_ITEM, Checked, ItemKind, check_item, parse_item
 from fieldsync_protocol.keytext import KeyKind, fingerprint, key_to_text
 from fieldsync_protocol.report import validate_report
+from fieldsync_protocol.revocation import RevocationList, open_revocation, supersedes
 
 NODE_SECRET = "node.secret"  # noqa: S105 - a file name
 AUTHOR_SECRET = "author.secret"  # noqa: S105 - a file name
@@ -429,6 +430,21 @@ class Node:
             status["node"] = fingerprint(KeyKind.NODE, member.certificate_info.node_key)
         status.update(self.store().status())
         return status
+
+
+def current_revocations(store: Store, manifest: membership.Manifest) -> RevocationList | None:
+    """The revocation list this node follows: the valid one with the highest serial among
+    those it holds (SPEC.md §17.2). Every list is complete, so older ones change nothing;
+    one that no longer verifies (after a root change) is skipped, never trusted."""
+    current: RevocationList | None = None
+    for data in store.items_of_kind(ItemKind.REVOCATION):
+        try:
+            candidate = open_revocation(parse_item(data).fields, manifest)
+        except RemoteProtocolError:
+            continue
+        if supersedes(candidate, current):
+            current = candidate
+    return current
 
 
 def _read_bundle(path: Path, reader: BundleReader, progress: Progress | None) -> Iterator[bytes]:

@@ -40,6 +40,7 @@ from fieldsync_protocol.handshake import PeerHandshake, ReplayCache
 from fieldsync_protocol.items import Checked, check_item
 from fieldsync_protocol.membership import Manifest, NodeCertificate
 from fieldsync_protocol.reconcile_index import ItemIndex, SortedListIndex
+from fieldsync_protocol.revocation import RevocationList
 from fieldsync_protocol.session import (
     Completed,
     CursorAdvanced,
@@ -55,6 +56,8 @@ from fieldsync_protocol.session_messages import Cursor
 log = logging.getLogger(__name__)
 
 QUOTA_WINDOW_SECONDS = 86_400
+#: Why a running session ends when HQ's revocation list names its peer.
+REVOKED = "the peer was revoked by HQ"
 #: Connections accepted in one burst are judged this long after the first of them (the
 #: time for a member's first packet, its msg1, to be read), so none is dropped unread.
 ADMISSION_GRACE = 0.05
@@ -216,6 +219,38 @@ class PeerSource:
         return self._source.send_later(ids)
 
 
+class LiveSessions:
+    """The running sessions by peer node key (both directions), so that a peer HQ revokes
+    is cut off at once, not only at its next handshake (SPEC.md §17.2)."""
+
+    def __init__(self) -> None:
+        self._by_peer: dict[bytes, set[Slot]] = {}
+
+    def open(self, node_key: bytes, address: str) -> Slot:
+        """A slot for one session with ``node_key``; ``release()`` it when the session ends."""
+
+        def forget(slot: Slot) -> None:
+            slots = self._by_peer.get(node_key)
+            if slots is not None:
+                slots.discard(slot)
+                if not slots:
+                    del self._by_peer[node_key]
+
+        slot = Slot(address, 0, _release=forget)
+        self._by_peer.setdefault(node_key, set()).add(slot)
+        return slot
+
+    def drop(self, node_keys: frozenset[bytes], reason: str) -> int:
+        """End every session with one of ``node_keys``; return how many were running."""
+        slots = [slot for key in node_keys for slot in self._by_peer.get(key, ())]
+        for slot in slots:
+            slot.drop(reason)
+        return len(slots)
+
+    def __len__(self) -> int:
+        return sum(map(len, self._by_peer.values()))
+
+
 @dataclass
 class PeerContext:
     """Everything a connection needs; built once by the composition root."""
@@ -232,6 +267,10 @@ class PeerContext:
     session_config: SessionConfig = field(default_factory=SessionConfig)
     #: Called (on the store thread) with each verified manifest update a peer delivered.
     on_manifest: Callable[[Checked], None] | None = None
+    #: Called (on the store thread) with each verified revocation list a peer delivered.
+    on_revocation: Callable[[RevocationList], None] | None = None
+    #: Every running session by peer, to cut off peers HQ revokes.
+    live: LiveSessions = field(default_factory=LiveSessions)
     #: When an author with undelivered reports ignores the delta cursor (SPEC.md §14.9).
     reoffer: ReofferPolicy = field(default_factory=ReofferPolicy)
     #: Built from ``limits``: shared by every listener of this context (SPEC §14.8).
@@ -269,6 +308,7 @@ async def run_peer(transport: Transport, ctx: PeerContext, *, initiator: bool) -
     outcome = SyncOutcome()
     counted = _CountingTransport(transport)
     session: Slot | None = None
+    live: Slot | None = None
     quiet = ctx.quiet_log
     try:
         handshake = await _handshake(counted, ctx, initiator)
@@ -286,9 +326,15 @@ async def run_peer(transport: Transport, ctx: PeerContext, *, initiator: bool) -
                 await counted.send(sender.end())
                 return outcome
         connection = _Connection(counted, ctx, handshake, sender, receiver, initiator, outcome)
+        if handshake.peer is not None:
+            live = ctx.live.open(handshake.peer.node_key, transport.address)
+            if handshake.peer.node_key in ctx.revoked_nodes:  # revoked during the handshake
+                live.drop(REVOKED)
         async with asyncio.timeout(None) as scope:
             if session is not None:
                 session.on_drop(lambda _reason: _cut_short(scope))
+            if live is not None:
+                live.on_drop(lambda _reason: _cut_short(scope))
             await connection.run()
     except (RemoteProtocolError, PeerViolation) as exc:
         outcome.error = f"peer violated the protocol: {exc}"
@@ -301,7 +347,10 @@ async def run_peer(transport: Transport, ctx: PeerContext, *, initiator: bool) -
         outcome.error = f"connection lost: {exc}"
         quiet.log("lost", logging.INFO, "%s: %s", transport.label, outcome.error)
     except TimeoutError:
-        if session is not None and session.dropped is not None:
+        if live is not None and live.dropped is not None:
+            outcome.error = f"session ended: {live.dropped}"
+            log.warning("%s: %s", transport.label, outcome.error)
+        elif session is not None and session.dropped is not None:
             outcome.error = f"session ended: {session.dropped}"
             quiet.log("replaced", logging.INFO, "%s: %s", transport.label, outcome.error)
         else:
@@ -310,6 +359,8 @@ async def run_peer(transport: Transport, ctx: PeerContext, *, initiator: bool) -
     finally:
         if session is not None:
             session.release()
+        if live is not None:
+            live.release()
         outcome.wire_bytes_sent = counted.sent
         outcome.wire_bytes_received = counted.received
         await transport.close()
@@ -653,6 +704,7 @@ class _Connection:
                         node_key,
                         limits=limits,
                         on_manifest=self.ctx.on_manifest,
+                        on_revocation=self.ctx.on_revocation,
                     )
                     try:
                         outcome.items_new += store_group(group)
@@ -694,6 +746,7 @@ def _store_batch(
     group: list[ItemsReceived],
     limits: PeerLimits,
     on_manifest: Callable[[Checked], None] | None = None,
+    on_revocation: Callable[[RevocationList], None] | None = None,
 ) -> int:
     """Verify, charge quota, commit durably (all batches of ``group`` in one transaction);
     return how many items were new."""
@@ -714,8 +767,9 @@ def _store_batch(
     except QuotaExceeded as exc:
         raise QuotaViolation(str(exc)) from exc
     source.note_changes(counts.new_ids, counts.purged_ids)
-    if on_manifest is not None:
-        for item in checked:
-            if item.manifest is not None:
-                on_manifest(item)
+    for item in checked:
+        if item.manifest is not None and on_manifest is not None:
+            on_manifest(item)
+        if item.revocation is not None and on_revocation is not None:
+            on_revocation(item.revocation)
     return counts.new

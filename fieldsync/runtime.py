@@ -21,8 +21,9 @@ from aiohttp import web
 from fieldsync.config import HostPort, parse_host_port
 from fieldsync.diskerrors import storage_problem
 from fieldsync.errors import InputRefused
-from fieldsync.node import STORE, Node
-from fieldsync.peer import PeerContext, PeerLimits, SyncOutcome, SyncSource, run_peer
+from fieldsync.node import STORE, Node, current_revocations
+from fieldsync.peer import REVOKED, PeerContext, PeerLimits, SyncOutcome, SyncSource, run_peer
+from fieldsync.store import Store
 from fieldsync.store_worker import StoreWorker
 from fieldsync.synclog import log_session
 from fieldsync.transport import (
@@ -33,7 +34,9 @@ from fieldsync.transport import (
     serve_tcp,
     websocket_route,
 )
+from fieldsync_protocol.crypto import box_public_key
 from fieldsync_protocol.items import Checked
+from fieldsync_protocol.revocation import RevocationList, supersedes
 from fieldsync_protocol.session import SessionConfig
 
 log = logging.getLogger(__name__)
@@ -54,6 +57,10 @@ class Runtime:
     on_outcome: Callable[[SyncOutcome], None] | None = None
     #: The node holds an author key (read once at start: no file checks on the loop).
     is_author: bool = False
+    #: HQ's revocation list this node follows (SPEC.md §17), None before the first one.
+    revocations: RevocationList | None = None
+    #: The loop the runtime was opened on: sessions are cut from the store thread through it.
+    loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
     async def open(
@@ -80,9 +87,40 @@ class Runtime:
             limits=limits or PeerLimits(),
             session_config=session_config or SessionConfig(),
         )
-        runtime = cls(node, worker, context, is_author=is_author)
+        runtime = cls(node, worker, context, is_author=is_author, loop=asyncio.get_running_loop())
         context.on_manifest = runtime.adopt_manifest
+        context.on_revocation = runtime.adopt_revocation
+        await runtime.refresh_revocations()
         return runtime
+
+    async def refresh_revocations(self) -> None:
+        """Follow the newest revocation list in the store (one may have come from a bundle
+        imported by another process while the daemon runs)."""
+
+        def newest(store: Store) -> None:
+            found = current_revocations(store, self.context.manifest)
+            if found is not None:
+                self.adopt_revocation(found)
+
+        await self.worker.call(newest)
+
+    def adopt_revocation(self, revocations: RevocationList) -> None:
+        """Follow a newer revocation list: refuse its node keys in every later handshake and
+        end the sessions running with them now. Runs on the store thread."""
+        if not supersedes(revocations, self.revocations):
+            return
+        self.revocations = revocations
+        revoked = frozenset(revocations.nodes)
+        self.context.revoked_nodes = revoked
+        log.info(
+            "following HQ revocation list %d (%d node keys revoked)",
+            revocations.serial,
+            len(revoked),
+        )
+        if box_public_key(self.context.static_secret) in revoked:
+            log.error("HQ has revoked this node: members refuse it; ask HQ to enrol it again")
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self.context.live.drop, revoked, REVOKED)
 
     def adopt_manifest(self, checked: Checked) -> None:
         """A newer root-signed manifest arrived by sync: use it from now on."""

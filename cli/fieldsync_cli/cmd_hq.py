@@ -418,3 +418,10 @@ def media(hq_dir: Path, report_id: str | None, out: Path | None, as_json: bool) 
         for r in rows
     )
     emit(as_json, rows, text or "no attachments")
+
+
+# --- membership: revoke (fieldsync_cli.cmd_hq_keys) -----------------------------------------
+
+from fieldsync_cli.cmd_hq_keys import register_key_commands  # noqa: E402 - needs `hq` above
+
+register_key_commands(hq, hq_dir_option)

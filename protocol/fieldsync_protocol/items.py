@@ -25,6 +25,7 @@ from fieldsync_protocol.membership import VERSION, Manifest, is_version, open_ma
 # MAX_ITEM is re-exported: callers import it from here.
 from fieldsync_protocol.padding import MAX_ITEM as MAX_ITEM
 from fieldsync_protocol.receipt import Receipt, open_receipt
+from fieldsync_protocol.revocation import MAX_REVOCATION_ITEM, RevocationList, open_revocation
 
 #: Longest kind string of an item this version does not know.
 MAX_KIND = 16
@@ -35,6 +36,7 @@ class ItemKind(Enum):
     RECEIPT = "r"
     MANIFEST = "m"
     CHUNK = "a"
+    REVOCATION = "l"
     #: Any kind this version does not know. Never on the wire: ``"t"`` there is the item's own.
     OPAQUE = "?"
 
@@ -81,6 +83,10 @@ def parse_item(data: bytes) -> Item:
     if kind is ItemKind.CHUNK:
         parse_chunk(fields)
         return Item(kind, data, fields)
+    if kind is ItemKind.REVOCATION and len(data) > MAX_REVOCATION_ITEM:
+        raise RemoteProtocolError(
+            f"revocation list of {len(data)} bytes is over the {MAX_REVOCATION_ITEM}-byte cap"
+        )
     codec.as_map(fields, "item", {"b", "s", "t", "v"})
     codec.get_bytes(fields, "b", "item")
     codec.get_bytes(fields, "s", "item", 64)
@@ -95,6 +101,7 @@ class Checked:
     envelope: OuterEnvelope | None = None
     receipt: Receipt | None = None
     manifest: Manifest | None = None
+    revocation: RevocationList | None = None
 
 
 def check_item(data: bytes, manifest: Manifest) -> Checked:
@@ -110,6 +117,8 @@ def check_item(data: bytes, manifest: Manifest) -> Checked:
         return Checked(item, envelope=item.envelope)
     if item.kind is ItemKind.RECEIPT:
         return Checked(item, receipt=open_receipt(item.fields, manifest))
+    if item.kind is ItemKind.REVOCATION:
+        return Checked(item, revocation=open_revocation(item.fields, manifest))
     update = open_manifest(data, trusted_root=manifest.root_key)
     if update.network_id != manifest.network_id:
         raise RemoteProtocolError("manifest update belongs to another network")

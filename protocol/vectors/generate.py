@@ -34,6 +34,7 @@ from fieldsync_protocol import (
     keytext,
     membership,
     receipt,
+    revocation,
 )
 from fieldsync_protocol.bundle import BundleReader, BundleWriter
 from fieldsync_protocol.errors import RemoteProtocolError
@@ -547,6 +548,37 @@ def receipt_vectors() -> dict[str, Any]:
         "item_id": h(crypto.content_id(item)),
         "other_statuses": others,
         **signed_document(item, crypto.Domain.RECEIPT),
+    }
+
+
+def revocation_vectors() -> dict[str, Any]:
+    relay = crypto.box_public_key(b(RELAY_NODE_PRIVATE))
+    author = crypto.box_public_key(b(NODE_PRIVATE))
+    value = revocation.RevocationList(
+        network_id=b(NETWORK_ID),
+        serial=4,
+        time=NOW + 7200,
+        nodes=tuple(sorted([relay, author])),
+        authors=(revocation.RevokedAuthor(crypto.signing_public_key(b(AUTHOR_SEED)), 17),),
+    )
+    item = revocation.sign_revocation(value, b(ROOT_SEED))
+    assert revocation.open_revocation(codec.decode(item), manifest()) == value
+    return {
+        "description": "A revocation list item (SPEC.md §17) signed by the root key of "
+        "membership.json, revoking the author node and the relay node of keys.json and the "
+        "author key of keys.json with cut-off sequence 17. 'time' is HQ's clock, the beacon "
+        "certificate expiry is judged by.",
+        "root_seed": ROOT_SEED,
+        "fields": {
+            "network_id": NETWORK_ID,
+            "serial": value.serial,
+            "time": value.time,
+            "nodes": [h(k) for k in value.nodes],
+            "authors": [{"key": h(a.key), "cutoff": a.cutoff} for a in value.authors],
+        },
+        "item_hex": h(item),
+        "item_id": h(crypto.content_id(item)),
+        **signed_document(item, crypto.Domain.REVOCATION),
     }
 
 
@@ -1093,6 +1125,7 @@ def build() -> dict[str, Any]:
         "enrolment.json": enrolment_vectors(),
         "envelope.json": envelope_vectors(),
         "receipt.json": receipt_vectors(),
+        "revocation.json": revocation_vectors(),
         "bundle.json": bundle_vectors(),
         "attachment.json": attachment_vectors(),
         "handshake.json": handshake_vectors(),

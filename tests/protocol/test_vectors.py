@@ -33,6 +33,7 @@ from fieldsync_protocol import (
     keytext,
     membership,
     receipt,
+    revocation,
 )
 from fieldsync_protocol.bundle import BundleReader, BundleWriter
 from fieldsync_protocol.errors import RemoteProtocolError
@@ -340,6 +341,27 @@ def test_receipt_vector() -> None:
         assert check_item(bytes.fromhex(item_hex), MANIFEST).receipt == other
     assert ENVELOPE["delivery_tag"] in fields["tags"]
     check_signed_document(item, RECEIPT, crypto.Domain.RECEIPT, MANIFEST.receipt_key)
+
+
+# --- revocation list -------------------------------------------------------------------------
+
+REVOCATION = load("revocation.json")
+
+
+def test_revocation_vector() -> None:
+    fields = REVOCATION["fields"]
+    value = revocation.RevocationList(
+        b(fields["network_id"]),
+        fields["serial"],
+        fields["time"],
+        tuple(b(k) for k in fields["nodes"]),
+        tuple(revocation.RevokedAuthor(b(a["key"]), a["cutoff"]) for a in fields["authors"]),
+    )
+    item = revocation.sign_revocation(value, b(REVOCATION["root_seed"]))
+    assert item.hex() == REVOCATION["item_hex"]
+    assert crypto.content_id(item).hex() == REVOCATION["item_id"]
+    assert check_item(item, MANIFEST).revocation == value
+    check_signed_document(item, REVOCATION, crypto.Domain.REVOCATION, MANIFEST.root_key)
 
 
 # --- bundle ----------------------------------------------------------------------------------

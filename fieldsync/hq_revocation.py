@@ -1,0 +1,235 @@
+"""HQ's side of revocation (SPEC.md §17): the ``revoked`` register, the root-signed lists
+it publishes, and the alert on reports a revoked author wrote after its cut-off.
+
+Tables (in hq.db, created by ``ensure_schema``):
+
+* ``revoked``: one row per revoked key (``node:…`` or ``author:…`` text), with the reason
+  (kept at HQ only: it never travels), when, and for authors the cut-off sequence: the
+  highest sequence HQ had received from that author when it was revoked;
+* ``revocation_lists``: every list HQ signed, by serial. Each is complete, so only the
+  newest travels (in receipts bundles and to the hub), and members adopt it by serial.
+
+Nothing here imports ``fieldsync.hq``: the caller passes the database, the manifest and the
+root seed, so the module stays independent of how the HQ class is organised.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlite_utils
+
+from fieldsync.errors import InputRefused, NotFound
+from fieldsync.node import utc_text
+from fieldsync.sqlite_tx import immediate_transaction
+from fieldsync.store import now_seconds
+from fieldsync_protocol.errors import RemoteProtocolError
+from fieldsync_protocol.keytext import KeyKind, fingerprint, key_from_text, key_to_text
+from fieldsync_protocol.membership import Manifest
+from fieldsync_protocol.revocation import (
+    MAX_REVOKED,
+    RevocationList,
+    RevokedAuthor,
+    sign_revocation,
+)
+
+ALERT_KIND = "revoked author"
+MAX_REASON = 200
+
+
+def ensure_schema(db: sqlite_utils.Database) -> None:
+    db.table("revoked").create(
+        {
+            "key": str,  # node:… or author:… (key text, SPEC.md §3.2)
+            "kind": str,  # node | author
+            "cutoff": int,  # authors: highest sequence HQ had received when revoking
+            "reason": str,
+            "revoked_at": str,
+            "list_serial": int,
+        },
+        pk="key",
+        if_not_exists=True,
+    )
+    db.table("revocation_lists").create(
+        {"serial": int, "created_at": str, "time": int, "item": bytes},
+        pk="serial",
+        if_not_exists=True,
+    )
+
+
+@dataclass
+class Revocation:
+    """What one ``hq revoke`` did."""
+
+    serial: int
+    nodes: list[str] = field(default_factory=list)
+    authors: dict[str, int] = field(default_factory=dict)  # author key text -> cut-off
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"list_serial": self.serial, "nodes": self.nodes, "authors": self.authors}
+
+
+def _resolve(db: sqlite_utils.Database, target: str) -> tuple[set[bytes], set[bytes]]:
+    """The node keys and author keys ``target`` names: a node or author key (text form), a
+    node or author fingerprint, or an enrolled author's name. A node brings the authors
+    enrolled on it; an author brings its node."""
+    text = target.strip()
+    nodes: set[bytes] = set()
+    authors: set[bytes] = set()
+    enrolled = [
+        (key_from_text(KeyKind.AUTHOR, a), a_name, key_from_text(KeyKind.NODE, n))
+        for a, a_name, n in db.execute("SELECT author_key, name, node_key FROM authors")
+    ]
+    node_keys = [
+        key_from_text(KeyKind.NODE, row[0]) for row in db.execute("SELECT node_key FROM nodes")
+    ]
+    for kind, pool in ((KeyKind.NODE, nodes), (KeyKind.AUTHOR, authors)):
+        try:
+            pool.add(key_from_text(kind, text))
+        except RemoteProtocolError:
+            continue
+    if not nodes and not authors:
+        canonical = text.upper().replace(" ", "")
+        nodes.update(k for k in node_keys if fingerprint(KeyKind.NODE, k).upper() == canonical)
+        authors.update(
+            k for k, _, _ in enrolled if fingerprint(KeyKind.AUTHOR, k).upper() == canonical
+        )
+        authors.update(k for k, name, _ in enrolled if name and name == text)
+    if not nodes and not authors:
+        raise NotFound(
+            f"{target!r} names no enrolled node or author: give a node:… or author:… key, its"
+            " fingerprint, or the author's name as enrolled"
+        )
+    nodes.update(node for author, _, node in enrolled if author in authors)
+    authors.update(author for author, _, node in enrolled if node in nodes)
+    return nodes, authors
+
+
+def revoke(
+    db: sqlite_utils.Database,
+    manifest: Manifest,
+    root_seed: bytes,
+    target: str,
+    reason: str = "",
+) -> Revocation:
+    """Revoke ``target`` (and the node or author that goes with it) and sign a new list."""
+    if len(reason) > MAX_REASON:
+        raise InputRefused(f"--reason is longer than {MAX_REASON} characters")
+    nodes, authors = _resolve(db, target)
+    now = utc_text(now_seconds())
+    done = Revocation(serial=0)
+    with immediate_transaction(db.conn):
+        for node in sorted(nodes):
+            key = key_to_text(KeyKind.NODE, node)
+            db.conn.execute(
+                "INSERT OR IGNORE INTO revoked (key, kind, reason, revoked_at) VALUES (?, ?, ?, ?)",
+                [key, "node", reason, now],
+            )
+            done.nodes.append(key)
+        for author in sorted(authors):
+            key = key_to_text(KeyKind.AUTHOR, author)
+            cutoff = db.execute(
+                "SELECT coalesce(max(sequence), 0) FROM chain WHERE author_key = ?", [key]
+            ).fetchone()[0]
+            db.conn.execute(
+                "INSERT OR IGNORE INTO revoked (key, kind, cutoff, reason, revoked_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                [key, "author", cutoff, reason, now],
+            )
+            done.authors[key] = int(
+                db.execute("SELECT cutoff FROM revoked WHERE key = ?", [key]).fetchone()[0]
+            )
+        done.serial = _publish(db, manifest, root_seed)
+        db.conn.execute(
+            "UPDATE revoked SET list_serial = ? WHERE list_serial IS NULL", [done.serial]
+        )
+    return done
+
+
+def _publish(db: sqlite_utils.Database, manifest: Manifest, root_seed: bytes) -> int:
+    """Sign the complete list of everything revoked, inside the caller's transaction."""
+    rows = db.execute("SELECT key, kind, cutoff FROM revoked").fetchall()
+    nodes = sorted(key_from_text(KeyKind.NODE, key) for key, kind, _ in rows if kind == "node")
+    authors = sorted(
+        (key_from_text(KeyKind.AUTHOR, key), int(cutoff))
+        for key, kind, cutoff in rows
+        if kind == "author"
+    )
+    if len(nodes) > MAX_REVOKED or len(authors) > MAX_REVOKED:
+        raise InputRefused(
+            f"a revocation list holds at most {MAX_REVOKED} keys of each kind; create a new"
+            " network (and rotate the root) instead"
+        )
+    serial, last_time = db.execute(
+        "SELECT coalesce(max(serial), 0) + 1, coalesce(max(time), 0) FROM revocation_lists"
+    ).fetchone()
+    # HQ's clock is the beacon members judge certificate expiry by: it never goes back.
+    hq_time = max(now_seconds(), int(last_time))
+    revocations = RevocationList(
+        network_id=manifest.network_id,
+        serial=int(serial),
+        time=hq_time,
+        nodes=tuple(nodes),
+        authors=tuple(RevokedAuthor(key, cutoff) for key, cutoff in authors),
+    )
+    db.conn.execute(
+        "INSERT INTO revocation_lists (serial, created_at, time, item) VALUES (?, ?, ?, ?)",
+        [
+            revocations.serial,
+            utc_text(now_seconds()),
+            hq_time,
+            sign_revocation(revocations, root_seed),
+        ],
+    )
+    return revocations.serial
+
+
+def published_items(db: sqlite_utils.Database) -> list[bytes]:
+    """What members must receive from HQ besides the manifest and receipts: the newest
+    revocation list (it names everything revoked so far)."""
+    row = db.execute("SELECT item FROM revocation_lists ORDER BY serial DESC LIMIT 1").fetchone()
+    return [] if row is None else [bytes(row[0])]
+
+
+def revoked_rows(db: sqlite_utils.Database) -> list[dict[str, Any]]:
+    return [
+        dict(
+            zip(("key", "kind", "cutoff", "reason", "revoked_at", "list_serial"), row, strict=True)
+        )
+        for row in db.execute(
+            "SELECT key, kind, cutoff, reason, revoked_at, list_serial FROM revoked"
+            " ORDER BY revoked_at, key"
+        )
+    ]
+
+
+def flag_revoked_report(
+    db: sqlite_utils.Database,
+    author_text: str,
+    sequence: int,
+    author_name: str,
+    envelope_id: str,
+) -> dict[str, Any] | None:
+    """The alert for an accepted report its author wrote after being revoked (sequence
+    above the cut-off), stored in ``alerts``; None for any other report. The report itself
+    is kept: an analyst decides what it is worth (it may be the device's new holder's)."""
+    row = db.execute(
+        "SELECT cutoff, revoked_at FROM revoked WHERE key = ? AND kind = 'author'", [author_text]
+    ).fetchone()
+    if row is None or sequence <= row[0]:
+        return None
+    alert = {
+        "kind": ALERT_KIND,
+        "author_key": author_text,
+        "author_name": author_name,
+        "sequence": sequence,
+        "envelope_id": envelope_id,
+        "detail": f"report {sequence} is past the cut-off {row[0]} of this author's revocation"
+        f" ({row[1]}): the device or key may be in other hands",
+        "at": utc_text(now_seconds()),
+    }
+    columns = ", ".join(alert)
+    marks = ", ".join("?" for _ in alert)
+    db.conn.execute(f"INSERT INTO alerts ({columns}) VALUES ({marks})", list(alert.values()))  # noqa: S608 - fixed names
+    return alert
