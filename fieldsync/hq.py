@@ -37,7 +37,7 @@ import sqlite_utils
 
 from fieldsync import hq_media, hq_revocation, keystore
 from fieldsync.errors import FieldsyncError, InputRefused, NotFound
-from fieldsync.node import Node, Progress, _read_bundle, utc_text
+from fieldsync.node import Node, Progress, _read_bundle, bundle_key, utc_text
 from fieldsync.sqlite_tx import immediate_transaction
 from fieldsync.store import now_seconds
 from fieldsync_protocol import codec, crypto, membership
@@ -353,9 +353,10 @@ class HQ:
         role = role or ("author" if request.author_key else "relay")
         node_text = key_to_text(KeyKind.NODE, request.node_key)
         serial = int(db.execute("SELECT coalesce(max(serial), 0) + 1 FROM nodes").fetchone()[0])
+        # Only the network, the key and an expiry: a peer learns no role or serial (§5).
         cert = membership.sign_certificate(
             membership.NodeCertificate(
-                manifest.network_id, request.node_key, role, serial, now_seconds()
+                manifest.network_id, request.node_key, hq_revocation.certificate_expiry()
             ),
             keys.certificate_seed,
         )
@@ -392,7 +393,10 @@ class HQ:
                 summary["author"] = author_text
                 summary["author_fingerprint"] = fingerprint(KeyKind.AUTHOR, request.author_key)
                 summary["author_name"] = request.author_name
-        enrolment = membership.Enrolment(self.manifest_item(), keys.network_key, cert)
+        network_key = hq_revocation.network_key_in_use(
+            self.directory, keys.root_seed, keys.network_key
+        ).key  # the network key in use now (SPEC.md §17.5)
+        enrolment = membership.Enrolment(self.manifest_item(), network_key, cert)
         text = membership.encode_enrolment(enrolment, request.node_key, secrets.token_bytes(32))
         return text, summary
 
@@ -412,8 +416,11 @@ class HQ:
         keys = self.unlock(passphrase)
         manifest = self.manifest()
         summary = IngestSummary()
+        known = hq_revocation.network_keys(self.directory, keys.root_seed, keys.network_key)
         for path in paths:
-            reader = BundleReader(keys.network_key, manifest.network_id)
+            # Sealed under any network key HQ has used (rotations, SPEC.md §17.5).
+            key = bundle_key(path, [k.key for k in reversed(known)])
+            reader = BundleReader(key, manifest.network_id)
             try:
                 self.ingest_items(_read_bundle(path, reader, progress), keys, summary)
             except RemoteProtocolError as exc:
@@ -870,7 +877,10 @@ class HQ:
         keys = self.unlock(passphrase)  # once: Argon2id takes seconds on a small device
         new = self.sign_pending_receipts(keys)
         manifest = self.manifest()
-        writer = BundleWriter(keys.network_key, manifest.network_id, secrets.token_bytes(16))
+        network_key = hq_revocation.network_key_in_use(
+            self.directory, keys.root_seed, keys.network_key
+        ).key
+        writer = BundleWriter(network_key, manifest.network_id, secrets.token_bytes(16))
         tmp = out.with_name(f".{out.name}.partial")
         envelopes = 0
         with open(tmp, "wb") as handle:

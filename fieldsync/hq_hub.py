@@ -105,6 +105,7 @@ async def _store_receipts(runtime: Runtime, headquarters: HQ) -> None:
         page = await asyncio.to_thread(headquarters.receipt_items, after)
         if not page and not updates:
             await runtime.refresh_revocations()  # HQ's own node follows the list too
+            await runtime.refresh_keys()
             return
         after = page[-1][0] if page else after
         items = [item for _, item in page] + updates
@@ -114,5 +115,6 @@ async def _store_receipts(runtime: Runtime, headquarters: HQ) -> None:
             checked = [check_item(item, manifest) for item in items]
             counts = store.add_batch(checked, now_seconds())
             runtime.context.source.note_changes(counts.new_ids, counts.purged_ids)
+            runtime.adopt_deliveries(store, checked)  # HQ's own node is a member too
 
         await runtime.worker.call(store_receipts)

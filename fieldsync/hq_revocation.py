@@ -15,18 +15,26 @@ root seed, so the module stays independent of how the HQ class is organised.
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
+import nacl.exceptions
+import nacl.secret
 import sqlite_utils
 
+from fieldsync import keystore
 from fieldsync.errors import InputRefused, NotFound
 from fieldsync.node import utc_text
 from fieldsync.sqlite_tx import immediate_transaction
 from fieldsync.store import now_seconds
+from fieldsync_protocol import codec
 from fieldsync_protocol.errors import RemoteProtocolError
+from fieldsync_protocol.keydelivery import MAX_GRACE, KeyDelivery, seal_delivery
 from fieldsync_protocol.keytext import KeyKind, fingerprint, key_from_text, key_to_text
-from fieldsync_protocol.membership import Manifest
+from fieldsync_protocol.membership import Manifest, NodeCertificate, sign_certificate
 from fieldsync_protocol.revocation import (
     MAX_REVOKED,
     RevocationList,
@@ -34,8 +42,25 @@ from fieldsync_protocol.revocation import (
     sign_revocation,
 )
 
+
+class HqKeys(Protocol):
+    """What this module needs of HQ's unlocked secrets (``fieldsync.hq.HqSecrets``)."""
+
+    root_seed: bytes
+    certificate_seed: bytes
+    network_key: bytes
+
+
 ALERT_KIND = "revoked author"
 MAX_REASON = 200
+#: How long a certificate HQ issues is valid (HQ time). `hq renew` renews every member's
+#: well before: run it at least every half of this (SPEC.md §17.4).
+CERTIFICATE_DAYS = 90
+
+
+def certificate_expiry(days: int = CERTIFICATE_DAYS) -> int:
+    """The expiry (HQ time) of a certificate issued now."""
+    return now_seconds() + days * 86_400
 
 
 def ensure_schema(db: sqlite_utils.Database) -> None:
@@ -56,6 +81,7 @@ def ensure_schema(db: sqlite_utils.Database) -> None:
         pk="serial",
         if_not_exists=True,
     )
+    ensure_delivery_schema(db)
 
 
 @dataclass
@@ -187,9 +213,19 @@ def _publish(db: sqlite_utils.Database, manifest: Manifest, root_seed: bytes) ->
 
 def published_items(db: sqlite_utils.Database) -> list[bytes]:
     """What members must receive from HQ besides the manifest and receipts: the newest
-    revocation list (it names everything revoked so far)."""
+    revocation list (it names everything revoked so far), then each member's newest key
+    delivery (none for revoked nodes)."""
     row = db.execute("SELECT item FROM revocation_lists ORDER BY serial DESC LIMIT 1").fetchone()
-    return [] if row is None else [bytes(row[0])]
+    items = [] if row is None else [bytes(row[0])]
+    items += [
+        bytes(delivery)
+        for (delivery,) in db.execute(
+            "SELECT item FROM key_deliveries WHERE serial IN"
+            " (SELECT max(serial) FROM key_deliveries GROUP BY node_key)"
+            " AND node_key NOT IN (SELECT key FROM revoked WHERE kind = 'node') ORDER BY serial"
+        )
+    ]
+    return items
 
 
 def revoked_rows(db: sqlite_utils.Database) -> list[dict[str, Any]]:
@@ -233,3 +269,152 @@ def flag_revoked_report(
     marks = ", ".join("?" for _ in alert)
     db.conn.execute(f"INSERT INTO alerts ({columns}) VALUES ({marks})", list(alert.values()))  # noqa: S608 - fixed names
     return alert
+
+
+# --- certificate renewal and network-key rotation (SPEC.md §17.4, §17.5) ---------------------
+
+NETWORK_KEYS = "network-keys.secret"
+#: Largest grace period (days) of a network-key rotation (the protocol's bound, a year).
+MAX_GRACE_DAYS = MAX_GRACE // 86_400
+
+
+@dataclass(frozen=True)
+class NetworkKey:
+    key_id: int
+    key: bytes
+    #: HQ time from which HQ itself seals bundles with it (and it alone).
+    active_from: int
+
+
+def _network_keys_box(root_seed: bytes) -> nacl.secret.SecretBox:
+    """The network keys after the first are kept in their own file, sealed under a key
+    derived from the root seed: whoever unlocks hq.secret opens it, no second passphrase."""
+    key = hashlib.blake2b(root_seed, digest_size=32, person=b"fs-hq-netkeys").digest()
+    return nacl.secret.SecretBox(key)
+
+
+def network_keys(directory: Path, root_seed: bytes, first_key: bytes) -> list[NetworkKey]:
+    """Every network key HQ has used, oldest first (the enrolment key has id 0)."""
+    keys = [NetworkKey(0, first_key, 0)]
+    path = directory / NETWORK_KEYS
+    if not path.exists():
+        return keys
+    try:
+        plain = _network_keys_box(root_seed).decrypt(path.read_bytes())
+    except nacl.exceptions.CryptoError as exc:
+        raise InputRefused(
+            f"{path} is damaged or from another HQ; restore it from a backup"
+        ) from exc
+    entries = codec.decode(plain, what="network keys")
+    for entry in entries:
+        keys.append(NetworkKey(entry["id"], entry["key"], entry["from"]))
+    return keys
+
+
+def network_key_in_use(directory: Path, root_seed: bytes, first_key: bytes) -> NetworkKey:
+    """The key HQ seals bundles and enrolments with now: the newest active one."""
+    now = now_seconds()
+    active = [k for k in network_keys(directory, root_seed, first_key) if k.active_from <= now]
+    return active[-1]
+
+
+def _save_network_keys(directory: Path, root_seed: bytes, keys: list[NetworkKey]) -> None:
+    entries = [{"from": k.active_from, "id": k.key_id, "key": k.key} for k in keys[1:]]
+    keystore.write_private(
+        directory / NETWORK_KEYS, _network_keys_box(root_seed).encrypt(codec.encode(entries))
+    )
+
+
+@dataclass
+class Renewal:
+    """What one ``hq renew`` (or rotation) did."""
+
+    certificates: int
+    expires: int
+    network_key_id: int
+    grace_seconds: int
+    list_serial: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "certificates": self.certificates,
+            "expires": self.expires,
+            "expires_utc": utc_text(self.expires),
+            "network_key_id": self.network_key_id,
+            "grace_seconds": self.grace_seconds,
+            "revocation_list_serial": self.list_serial,
+        }
+
+
+def ensure_delivery_schema(db: sqlite_utils.Database) -> None:
+    db.table("key_deliveries").create(
+        {"serial": int, "node_key": str, "created_at": str, "expires": int, "item": bytes},
+        pk="serial",
+        if_not_exists=True,
+    )
+    db.table("key_deliveries").create_index(["node_key"], if_not_exists=True)
+
+
+def renew(
+    directory: Path,
+    db: sqlite_utils.Database,
+    manifest: Manifest,
+    secrets_: HqKeys,
+    days: int = CERTIFICATE_DAYS,
+) -> Renewal:
+    """Issue every member that is not revoked a new certificate valid ``days`` from now,
+    sealed to its node key with the newest network key, and sign a fresh revocation list:
+    its time is the beacon members judge expiry by (SPEC.md §17.4)."""
+    if not 1 <= days <= 3650:
+        raise InputRefused("--days must be 1..3650")
+    newest = network_keys(directory, secrets_.root_seed, secrets_.network_key)[-1]
+    now = now_seconds()
+    grace = max(0, newest.active_from - now)
+    expires = now + days * 86_400
+    nodes = [
+        key_from_text(KeyKind.NODE, row[0])
+        for row in db.execute(
+            "SELECT DISTINCT node_key FROM nodes WHERE node_key NOT IN"
+            " (SELECT key FROM revoked WHERE kind = 'node') ORDER BY node_key"
+        )
+    ]
+    with immediate_transaction(db.conn):
+        serial = int(
+            db.execute("SELECT coalesce(max(serial), 0) FROM key_deliveries").fetchone()[0]
+        )
+        for node in nodes:
+            serial += 1
+            certificate = sign_certificate(
+                NodeCertificate(manifest.network_id, node, expires), secrets_.certificate_seed
+            )
+            delivery = KeyDelivery(
+                manifest.network_id, node, serial, certificate, newest.key_id, newest.key, grace
+            )
+            item = seal_delivery(delivery, secrets_.root_seed, secrets.token_bytes(32))
+            db.conn.execute(
+                "INSERT INTO key_deliveries (serial, node_key, created_at, expires, item)"
+                " VALUES (?, ?, ?, ?, ?)",
+                [serial, key_to_text(KeyKind.NODE, node), utc_text(now), expires, item],
+            )
+        list_serial = _publish(db, manifest, secrets_.root_seed)
+    return Renewal(len(nodes), expires, newest.key_id, grace, list_serial)
+
+
+def rotate_network_key(
+    directory: Path,
+    db: sqlite_utils.Database,
+    manifest: Manifest,
+    secrets_: HqKeys,
+    grace_days: int,
+    days: int = CERTIFICATE_DAYS,
+) -> Renewal:
+    """A fresh network key, delivered sealed to every member that is not revoked (with a
+    renewed certificate); members accept both keys for ``grace_days``, then the new alone.
+    A revoked device or an ex-member never gets it: after the grace it gets nothing."""
+    if not 0 <= grace_days <= MAX_GRACE_DAYS:
+        raise InputRefused(f"--grace must be 0..{MAX_GRACE_DAYS} days")
+    keys = network_keys(directory, secrets_.root_seed, secrets_.network_key)
+    now = now_seconds()
+    keys.append(NetworkKey(keys[-1].key_id + 1, secrets.token_bytes(32), now + grace_days * 86_400))
+    _save_network_keys(directory, secrets_.root_seed, keys)
+    return renew(directory, db, manifest, secrets_, days)

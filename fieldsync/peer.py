@@ -37,7 +37,7 @@ from fieldsync.transport import Transport, TransportError
 from fieldsync_protocol.errors import RemoteProtocolError
 from fieldsync_protocol.frames import Data, End, FrameReceiver, FrameSender
 from fieldsync_protocol.handshake import PeerHandshake, ReplayCache
-from fieldsync_protocol.items import Checked, check_item
+from fieldsync_protocol.items import Checked, ItemKind, check_item
 from fieldsync_protocol.membership import Manifest, NodeCertificate
 from fieldsync_protocol.reconcile_index import ItemIndex, SortedListIndex
 from fieldsync_protocol.revocation import RevocationList
@@ -56,6 +56,8 @@ from fieldsync_protocol.session_messages import Cursor
 log = logging.getLogger(__name__)
 
 QUOTA_WINDOW_SECONDS = 86_400
+#: In the handshake's refusal of a member whose certificate HQ must renew (SPEC.md §17.4).
+CERTIFICATE_TROUBLE = "peer certificate expired"
 #: Why a running session ends when HQ's revocation list names its peer.
 REVOKED = "the peer was revoked by HQ"
 #: Connections accepted in one burst are judged this long after the first of them (the
@@ -269,8 +271,14 @@ class PeerContext:
     on_manifest: Callable[[Checked], None] | None = None
     #: Called (on the store thread) with each verified revocation list a peer delivered.
     on_revocation: Callable[[RevocationList], None] | None = None
+    #: Called (on the store thread) with the key deliveries a peer delivered (§17.5).
+    on_deliveries: Callable[[Store, list[Checked]], None] | None = None
     #: Every running session by peer, to cut off peers HQ revokes.
     live: LiveSessions = field(default_factory=LiveSessions)
+    #: HQ's latest signed time (the revocation list followed): older certificates expire.
+    hq_time: int = 0
+    #: Further network keys an incoming first message may use (rotation grace, §17.5).
+    also_accept: tuple[bytes, ...] = ()
     #: When an author with undelivered reports ignores the delta cursor (SPEC.md §14.9).
     reoffer: ReofferPolicy = field(default_factory=ReofferPolicy)
     #: Built from ``limits``: shared by every listener of this context (SPEC §14.8).
@@ -303,15 +311,18 @@ def _call_later(delay: float, callback: Callable[[], None]) -> object:
     return loop.call_later(delay, callback)
 
 
-async def run_peer(transport: Transport, ctx: PeerContext, *, initiator: bool) -> SyncOutcome:
-    """Handshake and sync over ``transport``; never raises for the peer's misbehaviour."""
+async def run_peer(
+    transport: Transport, ctx: PeerContext, *, initiator: bool, network_key: bytes | None = None
+) -> SyncOutcome:
+    """Handshake and sync over ``transport``; never raises for the peer's misbehaviour.
+    An initiator dials with ``network_key`` (default: the context's current key)."""
     outcome = SyncOutcome()
     counted = _CountingTransport(transport)
     session: Slot | None = None
     live: Slot | None = None
     quiet = ctx.quiet_log
     try:
-        handshake = await _handshake(counted, ctx, initiator)
+        handshake = await _handshake(counted, ctx, initiator, network_key or ctx.network_key)
         if handshake is None:
             outcome.error = "handshake failed"
             return outcome
@@ -403,17 +414,19 @@ class _CountingTransport:
 
 
 async def _handshake(
-    transport: _CountingTransport, ctx: PeerContext, initiator: bool
+    transport: _CountingTransport, ctx: PeerContext, initiator: bool, network_key: bytes
 ) -> PeerHandshake | None:
     handshake = PeerHandshake(
         initiator=initiator,
-        network_key=ctx.network_key,
+        network_key=network_key,
         static_secret=ctx.static_secret,
         certificate=ctx.certificate,
         manifest=ctx.manifest,
         ephemeral_secret=secrets.token_bytes(32),
         revoked_nodes=ctx.revoked_nodes,
         replay_cache=None if initiator else ctx.replay_cache,
+        hq_time=ctx.hq_time,
+        also_accept=() if initiator else ctx.also_accept,
     )
     limits = ctx.limits
     if initiator:
@@ -421,7 +434,8 @@ async def _handshake(
             async with asyncio.timeout(limits.handshake_timeout):
                 await _exchange(transport, handshake)
         except (RemoteProtocolError, TimeoutError) as exc:
-            log.info("%s: handshake failed: %s", transport.label, str(exc) or "timeout")
+            reason = str(exc) or "timeout"
+            log.log(_level(reason), "%s: handshake failed: %s", transport.label, reason)
             return None
         return handshake
     # Responder: a pre-authentication slot, held for at most the first-message deadline
@@ -445,7 +459,7 @@ async def _handshake(
         reason = slot.dropped or str(exc) or "timeout"
         ctx.quiet_log.log(
             "dropped" if slot.dropped else "handshake failed",
-            logging.INFO,
+            _level(reason),
             "%s: handshake failed: %s",
             transport.label,
             reason,
@@ -455,6 +469,11 @@ async def _handshake(
     finally:
         slot.release()
     return handshake
+
+
+def _level(reason: str) -> int:
+    """A member whose certificate expired or was revoked is a warning: HQ must act."""
+    return logging.WARNING if CERTIFICATE_TROUBLE in reason else logging.INFO
 
 
 async def _exchange(
@@ -705,6 +724,7 @@ class _Connection:
                         limits=limits,
                         on_manifest=self.ctx.on_manifest,
                         on_revocation=self.ctx.on_revocation,
+                        on_deliveries=self.ctx.on_deliveries,
                     )
                     try:
                         outcome.items_new += store_group(group)
@@ -747,6 +767,7 @@ def _store_batch(
     limits: PeerLimits,
     on_manifest: Callable[[Checked], None] | None = None,
     on_revocation: Callable[[RevocationList], None] | None = None,
+    on_deliveries: Callable[[Store, list[Checked]], None] | None = None,
 ) -> int:
     """Verify, charge quota, commit durably (all batches of ``group`` in one transaction);
     return how many items were new."""
@@ -772,4 +793,7 @@ def _store_batch(
             on_manifest(item)
         if item.revocation is not None and on_revocation is not None:
             on_revocation(item.revocation)
+    deliveries = [c for c in checked if c.item.kind is ItemKind.KEY_DELIVERY]
+    if deliveries and on_deliveries is not None:
+        on_deliveries(store, deliveries)
     return counts.new

@@ -28,6 +28,7 @@ class Domain(Enum):
     REPORT = b"report"
     RECEIPT = b"receipt"
     REVOCATION = b"revocation"
+    KEY_DELIVERY = b"key-delivery"
 
 
 def _signed_message(domain: Domain, body: bytes) -> bytes:

@@ -139,6 +139,7 @@ def test_integrity_and_status_of_an_empty_store(store: Store) -> None:
         "manifest": 0,
         "chunk": 0,
         "revocation": 0,
+        "key_delivery": 0,
         "opaque": 0,
     }
     assert status["items_total"] == 0

@@ -10,10 +10,19 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fieldsync_protocol import codec, crypto
+from fieldsync_protocol import codec, crypto, membership
+from fieldsync_protocol.bundle import HEAD_SIZE, BundleWriter, sealed_by
 from fieldsync_protocol.crypto import Domain
 from fieldsync_protocol.errors import LocalProtocolError, RemoteProtocolError
 from fieldsync_protocol.items import ItemKind, check_item, parse_item
+from fieldsync_protocol.keydelivery import (
+    INNER_SIZE,
+    MAX_GRACE,
+    SEALED_SIZE,
+    KeyDelivery,
+    open_delivery,
+    seal_delivery,
+)
 from fieldsync_protocol.revocation import (
     MAX_REVOCATION_ITEM,
     MAX_REVOKED,
@@ -23,6 +32,7 @@ from fieldsync_protocol.revocation import (
     sign_revocation,
     supersedes,
 )
+from tests.protocol import test_handshake as hs
 from tests.protocol.protocol_support import CLAIMED_TIME, DETERMINISTIC, make_net, seed
 
 NET = make_net("revocation")
@@ -230,3 +240,202 @@ def test_wrong_outer_fields_are_refused() -> None:
 def test_writer_refuses_what_readers_refuse(change: dict[str, Any], message: str) -> None:
     with pytest.raises(LocalProtocolError, match=message):
         sign_revocation(dataclasses.replace(example(), **change), NET.root_seed)
+
+
+# --- the handshake: expiry and network-key rotation (SPEC.md §17.4, §17.5) ------------------
+
+
+def test_expired_certificates_are_refused_in_both_roles() -> None:
+    initiator, responder, refuses, run, pub = (
+        hs.initiator,
+        hs.responder,
+        hs.refuses,
+        hs.run,
+        hs.pub,
+    )
+    expires = membership.open_certificate(hs.CERTS[hs.B], hs.NET.manifest).expires
+    # HQ's latest signed time is past the expiry: refused, as responder and as initiator.
+    ours = initiator(hq_time=expires + 1)
+    theirs = responder()
+    theirs.receive_data(ours.data_to_send())
+    refuses(ours, theirs.data_to_send(), "peer certificate expired")  # message 3 never sent
+    ours = initiator()
+    theirs = responder(hq_time=expires + 1)
+    theirs.receive_data(ours.data_to_send())
+    ours.receive_data(theirs.data_to_send())
+    refuses(theirs, ours.data_to_send(), "HQ must renew it")
+    # At the expiry itself both are still valid (and with no list followed, time 0, too).
+    ours, theirs = initiator(hq_time=expires), responder(hq_time=expires)
+    run(ours, theirs)
+    assert ours.is_complete and theirs.peer is not None and theirs.peer.node_key == pub(hs.A)
+
+
+def test_a_responder_in_grace_accepts_both_network_keys() -> None:
+    initiator, responder, refuses, run = hs.initiator, hs.responder, hs.refuses, hs.run
+    new_key, old_key = seed("next network key"), hs.NET.network_key
+    for dialled_with in (old_key, new_key):
+        ours = initiator(network_key=dialled_with)
+        theirs = responder(network_key=new_key, also_accept=[old_key])
+        run(ours, theirs)
+        assert ours.is_complete and theirs.is_complete
+        assert theirs.network_key == dialled_with == ours.network_key
+        sender, _ = ours.transport()
+        _, receiver = theirs.transport()
+        receiver.receive_data(sender.send(b"under the key they agreed on"))
+        event = receiver.next_event()
+        assert (
+            event is not None and getattr(event, "payload", None) == b"under the key they agreed on"
+        )
+    # After the switch only the new key opens message 1: an ex-member's old key gets silence.
+    theirs = responder(network_key=new_key)
+    refuses(theirs, initiator(network_key=old_key).data_to_send(), "handshake message 1")
+    assert theirs.data_to_send() == b""
+    # A key in neither place fails the same way, whatever the number of keys tried.
+    theirs = responder(network_key=new_key, also_accept=[old_key])
+    refuses(theirs, initiator(network_key=seed("stranger")).data_to_send(), "message 1")
+    with pytest.raises(ValueError, match="only a responder"):
+        initiator(also_accept=[old_key])
+
+
+# --- key deliveries (SPEC.md §17.5) -----------------------------------------------------------
+
+NODE_SECRET = seed("delivery node")
+NODE_KEY = crypto.box_public_key(NODE_SECRET)
+
+
+def delivery(**overrides: Any) -> KeyDelivery:
+    values: dict[str, Any] = {
+        "network_id": NET.network_id,
+        "node_key": NODE_KEY,
+        "serial": 5,
+        "certificate": NET.certificate(NODE_SECRET),
+        "network_key_id": 2,
+        "network_key": seed("network key 2"),
+        "grace": 7 * 86_400,
+    }
+    values.update(overrides)
+    return KeyDelivery(**values)
+
+
+def sealed(value: KeyDelivery, signer: bytes = NET.root_seed, to: bytes = NODE_KEY) -> bytes:
+    return seal_delivery(dataclasses.replace(value, node_key=to), signer, seed("delivery eph"))
+
+
+def reseal(inner: bytes, to: bytes = NODE_KEY) -> bytes:
+    """Any inner document, padded and sealed as a delivery: what anyone knowing a node key
+    can make."""
+    padded = inner + b"\x80" + bytes(INNER_SIZE - len(inner) - 1)
+    return codec.encode({"c": crypto.seal(padded, to, seed("forger eph")), "t": "k", "v": 1})
+
+
+def opened(item: bytes, secret: bytes = NODE_SECRET) -> KeyDelivery | None:
+    checked = check_item(item, NET.manifest)
+    assert checked.item.kind is ItemKind.KEY_DELIVERY
+    return open_delivery(checked.item.fields, NET.manifest, secret)
+
+
+def test_delivery_round_trip_and_only_its_node_opens_it() -> None:
+    value = delivery()
+    item = sealed(value)
+    assert opened(item) == value
+    assert opened(item, seed("another node")) is None  # sealed to someone else
+    # Every delivery has the same size, whatever it carries: relays learn nothing from it.
+    other = sealed(delivery(certificate=NET.certificate(NODE_SECRET, expires=0), grace=0))
+    assert len(other) == len(item)
+
+
+def test_delivery_not_from_this_root_or_for_another_node_is_refused() -> None:
+    for signer in (NET.certificate_seed, OTHER.root_seed):
+        with pytest.raises(RemoteProtocolError, match="signature is not valid"):
+            opened(sealed(delivery(), signer))
+    # Sealed to us but naming another node: a delivery for B forwarded (re-sealed) to us.
+    value = delivery(node_key=crypto.box_public_key(seed("b")))
+    body = delivery_body(value)
+    inner = codec.encode({"b": body, "s": crypto.sign(Domain.KEY_DELIVERY, NET.root_seed, body)})
+    with pytest.raises(RemoteProtocolError, match="names another node"):
+        opened(reseal(inner))
+
+
+def delivery_body(value: KeyDelivery, **overrides: Any) -> bytes:
+    body: dict[str, Any] = {
+        "cert": value.certificate,
+        "grace": value.grace,
+        "kid": value.network_key_id,
+        "knet": value.network_key,
+        "n": value.network_id,
+        "node": value.node_key,
+        "q": value.serial,
+        "v": 1,
+    }
+    body.update(overrides)
+    return codec.encode(body)
+
+
+def signed_inner(**overrides: Any) -> bytes:
+    body = delivery_body(delivery(), **overrides)
+    return codec.encode({"b": body, "s": crypto.sign(Domain.KEY_DELIVERY, NET.root_seed, body)})
+
+
+@pytest.mark.parametrize(
+    ("inner", "message"),
+    [
+        (lambda: signed_inner(v=2), "version"),
+        (lambda: signed_inner(n=OTHER.network_id), "another network"),
+        (lambda: signed_inner(cert=NET.certificate(seed("someone else"))), "another node"),
+        (lambda: signed_inner(cert=OTHER.certificate(NODE_SECRET)), "signature"),
+        (lambda: signed_inner(grace=MAX_GRACE + 1), "outside"),
+        (lambda: signed_inner(knet=b"short"), "32 bytes"),
+        (lambda: signed_inner(extra=1), "unknown field"),
+        (lambda: codec.encode({"b": b"", "s": bytes(64), "x": 1}), "unknown field"),
+    ],
+)
+def test_malformed_delivery_sealed_to_us_is_refused(inner: Any, message: str) -> None:
+    with pytest.raises(RemoteProtocolError, match=message):
+        opened(reseal(inner()))
+
+
+def test_damaged_padding_and_outer_layer_are_refused() -> None:
+    good = signed_inner()
+    no_marker = good + bytes(INNER_SIZE - len(good))
+    item = codec.encode({"c": crypto.seal(no_marker, NODE_KEY, seed("e")), "t": "k", "v": 1})
+    with pytest.raises(RemoteProtocolError, match="padding"):
+        opened(item)
+    with pytest.raises(RemoteProtocolError, match="must be 1072 bytes"):
+        parse_item(codec.encode({"c": bytes(100), "t": "k", "v": 1}))
+    with pytest.raises(RemoteProtocolError, match="unknown field"):
+        parse_item(codec.encode({"c": bytes(SEALED_SIZE), "k": 1, "t": "k", "v": 1}))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"network_id": b"short"}, "16 bytes"),
+        ({"node_key": b"short"}, "32 bytes"),
+        ({"network_key": b"short"}, "32 bytes"),
+        ({"serial": -1}, "serial and key id"),
+        ({"network_key_id": 2**32}, "serial and key id"),
+        ({"grace": MAX_GRACE + 1}, "grace"),
+        ({"certificate": bytes(1000)}, "must fit"),
+    ],
+)
+def test_delivery_writer_refuses_what_readers_refuse(change: dict[str, Any], message: str) -> None:
+    with pytest.raises(LocalProtocolError, match=message):
+        seal_delivery(delivery(**change), NET.root_seed, seed("e"))
+
+
+# --- bundles under the current or the next network key ----------------------------------------
+
+
+def test_sealed_by_names_the_key_of_a_bundle() -> None:
+    old, new = NET.network_key, seed("next network key")
+    for key in (old, new):
+        writer = BundleWriter(key, NET.network_id, seed("file nonce")[:16])
+        data = writer.add(sign_revocation(example(), NET.root_seed)) + writer.finish()
+        assert sealed_by(data[:HEAD_SIZE], [old, new]) == key
+        assert sealed_by(data[:HEAD_SIZE], [seed("stranger")]) is None
+        assert sealed_by(data[: HEAD_SIZE - 1], [old, new]) is None  # too short to tell
+    writer = BundleWriter(new, NET.network_id, seed("file nonce")[:16])
+    # Several chunks: chunk 0 is then sealed as a "more" chunk, not the final one.
+    data = writer.add(codec.encode({"c": bytes(200_000), "t": "zz", "v": 1})) + writer.finish()
+    assert len(data) > 2 * HEAD_SIZE
+    assert sealed_by(data[:HEAD_SIZE], [old, new]) == new
