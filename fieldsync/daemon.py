@@ -275,10 +275,13 @@ class FieldDaemon:
                 changed.cancel()
                 ended.cancel()
                 self.discovery = None
+                found = discovery.peers
                 await discovery.stop()
             if changed not in done:
                 ended.result()  # discovery itself ended: its error restarts us
                 return
+            for peer in found:  # found under the old key: found again under the new, or not
+                scheduler.remove(f"{peer.host}:{peer.port}", even_in_flight=True)
 
     async def _watch_local_changes(self, runtime: Runtime, scheduler: Scheduler) -> None:
         """Items written by another process (``report add``, ``bundle import``): pass them on."""
@@ -358,6 +361,7 @@ class FieldDaemon:
             "listening": [f"{h}:{p}" for h, p in (self.server.addresses if self.server else [])],
             "hub": self.config.hub.enabled,
             "discovery": self.discovery is not None,
+            **runtime.membership_status(),
             "peers": (await self.peers())["peers"],
             "last_upstream_contact": self.last_upstream_contact,
             "clock": self.janitor.last.clock if self.janitor else None,

@@ -411,8 +411,10 @@ def rotate_network_key(
     """A fresh network key, delivered sealed to every member that is not revoked (with a
     renewed certificate); members accept both keys for ``grace_days``, then the new alone.
     A revoked device or an ex-member never gets it: after the grace it gets nothing."""
-    if not 0 <= grace_days <= MAX_GRACE_DAYS:
-        raise InputRefused(f"--grace must be 0..{MAX_GRACE_DAYS} days")
+    if not 1 <= grace_days <= MAX_GRACE_DAYS:
+        # Not 0: the bundles and the sync that carry the new key run under the old one, so
+        # nodes must go on accepting it for a while (and HQ seals under it until then).
+        raise InputRefused(f"--grace must be 1..{MAX_GRACE_DAYS} days")
     keys = network_keys(directory, secrets_.root_seed, secrets_.network_key)
     now = now_seconds()
     keys.append(NetworkKey(keys[-1].key_id + 1, secrets.token_bytes(32), now + grace_days * 86_400))

@@ -65,6 +65,8 @@ class Runtime:
     keys_changed: asyncio.Event = field(default_factory=asyncio.Event)
     #: Certificate expiry of this node (HQ time), from its membership.
     own_expiry: int = 0
+    #: Id of the network key in use (0: the enrolment's).
+    network_key_id: int = 0
 
     @classmethod
     async def open(
@@ -111,8 +113,21 @@ class Runtime:
         context.also_accept = member.network_keys[1:]
         context.certificate = member.certificate
         self.own_expiry = member.certificate_info.expires
+        self.network_key_id = member.network_key_id
         if changed and self.loop is not None:
             self.loop.call_soon_threadsafe(self.keys_changed.set)
+
+    def membership_status(self) -> dict[str, object]:
+        """What ``status`` shows of revocation, expiry and network keys (SPEC.md §17)."""
+        context = self.context
+        return {
+            "revocation_list": None if self.revocations is None else self.revocations.serial,
+            "revoked_nodes": len(context.revoked_nodes),
+            "hq_time": context.hq_time,
+            "certificate_expires": self.own_expiry,
+            "network_key_id": self.network_key_id,
+            "network_key_rotating": bool(context.also_accept),
+        }
 
     def adopt_deliveries(self, store: Store, items: list[Checked]) -> None:
         """Key deliveries arrived (by sync): take the ones sealed to this node (SPEC.md

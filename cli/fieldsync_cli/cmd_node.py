@@ -146,6 +146,13 @@ def status(ctx: click.Context, control_socket: Path | None, as_json: bool) -> No
                     "components",
                     "degraded",
                     "store_error",
+                    # Revocation, expiry and network keys as the daemon follows them (§17).
+                    "revocation_list",
+                    "revoked_nodes",
+                    "hq_time",
+                    "certificate_expires",
+                    "network_key_id",
+                    "network_key_rotating",
                 )
                 if k in live
             }

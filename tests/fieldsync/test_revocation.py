@@ -13,17 +13,20 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import logging
 import secrets
 import shutil
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from blockbuster import BlockBuster, blockbuster_ctx
 
 from fieldsync import hq_revocation, synthetic
+from fieldsync.discovery import Pseudonyms
 from fieldsync.errors import InputRefused
 from fieldsync.hq import HQ
 from fieldsync.node import Node
@@ -33,6 +36,8 @@ from fieldsync.transport import memory_pair
 from fieldsync_protocol import codec, crypto
 from fieldsync_protocol.bundle import BundleWriter
 from fieldsync_protocol.handshake import PeerHandshake
+from fieldsync_protocol.keydelivery import KeyDelivery, seal_delivery
+from fieldsync_protocol.membership import Manifest
 from fieldsync_protocol.revocation import RevocationList, sign_revocation
 from tests.cli.cli_support import clean_env, fieldsync_command
 from tests.fieldsync.test_peer import over_memory, over_tcp
@@ -386,3 +391,179 @@ def test_cli_revoke_and_list(net: Net, tmp_path: Path) -> None:
         check=False,
     )
     assert unknown.returncode == 4 and "names no enrolled node or author" in unknown.stderr
+
+
+# --- certificate expiry and renewal (SPEC.md §17.4) -----------------------------------------
+
+
+def hq_keys(net: Net) -> tuple[Any, Manifest]:
+    headquarters = HQ(net.hq)
+    try:
+        return headquarters.unlock(PASSPHRASE), headquarters.manifest()
+    finally:
+        headquarters.close()
+
+
+def renew(net: Net, days: int = hq_revocation.CERTIFICATE_DAYS) -> hq_revocation.Renewal:
+    headquarters = HQ(net.hq)
+    try:
+        keys = headquarters.unlock(PASSPHRASE)
+        return hq_revocation.renew(
+            net.hq, headquarters.database(), headquarters.manifest(), keys, days
+        )
+    finally:
+        headquarters.close()
+
+
+def rotate(net: Net, grace_days: int) -> hq_revocation.Renewal:
+    headquarters = HQ(net.hq)
+    try:
+        keys = headquarters.unlock(PASSPHRASE)
+        return hq_revocation.rotate_network_key(
+            net.hq, headquarters.database(), headquarters.manifest(), keys, grace_days
+        )
+    finally:
+        headquarters.close()
+
+
+def bundle_of(network_key: bytes, network_id: bytes, path: Path, items: list[bytes]) -> Path:
+    writer = BundleWriter(network_key, network_id, secrets.token_bytes(16))
+    path.write_bytes(b"".join(writer.add(item) for item in items) + writer.finish())
+    return path
+
+
+async def test_expired_certificate_is_refused_until_hq_renews_it(
+    net: Net, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    keys, manifest = await asyncio.to_thread(hq_keys, net)
+    # HQ's signed time a year ahead reaches B: every certificate issued at enrolment
+    # (90 days) has expired for B. (HQ would get there by running for a year.)
+    later = int(time.time()) + 365 * 86_400
+    beacon = sign_revocation(RevocationList(manifest.network_id, 50, later), keys.root_seed)
+    path = tmp_path / "beacon.bundle"
+    await asyncio.to_thread(bundle_of, keys.network_key, manifest.network_id, path, [beacon])
+    await asyncio.to_thread(import_bundle, net.home("b"), path)
+    async with opened(net.home("a")) as a, opened(net.home("b")) as b:
+        assert b.context.hq_time == later
+        before = await ids_of(b)
+        with caplog.at_level(logging.INFO):
+            mine, theirs = await over_tcp(a, b)
+        assert not mine.complete and not theirs.complete and theirs.peer is None
+        assert await ids_of(b) == before
+        warned = [r for r in caplog.records if "peer certificate expired" in r.getMessage()]
+        assert warned and warned[0].levelno == logging.WARNING
+        assert "HQ must renew it" in warned[0].getMessage()
+
+    # HQ renews (ten years); the renewal reaches B by bundle and A by sync with D.
+    done = await asyncio.to_thread(renew, net, 3650)
+    assert done.certificates == 4 and done.expires > later  # a, b, carol, dan (no hub yet)
+    receipts = tmp_path / "receipts.bundle"
+    await asyncio.to_thread(receipts_bundle, net, receipts)
+    await asyncio.to_thread(import_bundle, net.home("b"), receipts)
+    await asyncio.to_thread(import_bundle, net.home("dan"), receipts)
+    async with opened(net.home("a")) as a, opened(net.home("dan")) as d:
+        mine, _ = await over_tcp(a, d)
+        assert mine.complete
+        assert a.own_expiry == done.expires  # A took its renewed certificate from the sync
+    async with opened(net.home("a")) as a, opened(net.home("b")) as b:
+        assert b.context.hq_time == later  # still a year ahead
+        mine, theirs = await over_tcp(a, b)
+        assert mine.complete and theirs.complete
+        assert theirs.peer is not None and theirs.peer.expires == done.expires
+
+
+async def test_a_forged_or_replayed_delivery_changes_nothing(net: Net, tmp_path: Path) -> None:
+    keys, manifest = await asyncio.to_thread(hq_keys, net)
+    a_key = await asyncio.to_thread(node_key, net.home("a"))
+    await asyncio.to_thread(renew, net)
+    receipts = tmp_path / "receipts.bundle"
+    await asyncio.to_thread(receipts_bundle, net, receipts)
+    await asyncio.to_thread(import_bundle, net.home("a"), receipts)
+    node = Node(net.home("a"))
+    try:
+        adopted = await asyncio.to_thread(node.membership)
+        # Signed by the certificate key instead of the root, sealed to A: ignored.
+        forged = KeyDelivery(
+            manifest.network_id,
+            a_key,
+            99,
+            adopted.certificate,
+            7,
+            secrets.token_bytes(32),
+            0,
+        )
+        item = seal_delivery(forged, keys.certificate_seed, secrets.token_bytes(32))
+        path = tmp_path / "forged.bundle"
+        await asyncio.to_thread(bundle_of, keys.network_key, manifest.network_id, path, [item])
+        await asyncio.to_thread(node.import_bundle, path)
+        # And HQ's first delivery again (a replay of an older serial): ignored too.
+        await asyncio.to_thread(node.import_bundle, receipts)
+        after = await asyncio.to_thread(node.membership)
+    finally:
+        await asyncio.to_thread(node.close)
+    assert after == adopted and after.network_key_id == 0 and after.next_key is None
+
+
+# --- network-key rotation (SPEC.md §17.5) -------------------------------------------------------
+
+
+async def advance(runtime: Runtime, seconds: int) -> None:
+    """Let ``seconds`` of the node's running time pass, then let it look at its keys."""
+    await runtime.worker.call(lambda store: store.advance_clock(seconds))
+    await runtime.refresh_keys()
+
+
+async def test_rotation_leaves_the_old_key_with_nothing(net: Net, tmp_path: Path) -> None:
+    keys, _ = await asyncio.to_thread(hq_keys, net)
+    old_key = keys.network_key
+    await asyncio.to_thread(revoke, net, "carol")  # revoke first, then rotate
+    done = await asyncio.to_thread(rotate, net, 1)
+    assert done.network_key_id == 1 and done.grace_seconds > 0
+    receipts = tmp_path / "receipts.bundle"
+    await asyncio.to_thread(receipts_bundle, net, receipts)  # still under the old key
+    await asyncio.to_thread(import_bundle, net.home("a"), receipts)  # A: by bundle
+    await asyncio.to_thread(import_bundle, net.home("carol"), receipts)  # carol: nothing for her
+
+    async with (
+        opened(net.home("a")) as a,
+        opened(net.home("b")) as b,
+        opened(net.home("carol")) as c,
+    ):
+        new_key = a.context.also_accept[0]
+        assert a.context.network_key == old_key and new_key != old_key
+        assert c.context.also_accept == ()  # no delivery was sealed to the revoked node
+        mine, theirs = await over_tcp(b, a)  # B: by sync with A, under the old key
+        assert mine.complete and b.context.also_accept == (new_key,)
+
+        # A's grace is over, B's not yet: B dials with the old key, A refuses it, B dials
+        # again with the new one. Honest nodes never stop syncing.
+        await advance(a, done.grace_seconds)
+        assert a.context.network_key == new_key and a.context.also_accept == ()
+        await asyncio.to_thread(add_reports, net.home("a"), 1)
+        await new_local_items(a)
+        mine, theirs = await over_tcp(b, a)
+        assert mine.complete and mine.items_new == 1
+        mine, theirs = await over_tcp(a, b)  # and A dials B under the new key
+        assert mine.complete
+
+        # The ex-member (old key only) gets 0 bytes from A, which switched, and from B
+        # once B switched too.
+        await advance(b, done.grace_seconds)
+        for honest in (a, b):
+            mine, theirs = await over_tcp(c, honest)
+            assert mine.wire_bytes_received == 0 and theirs.wire_bytes_sent == 0
+            assert theirs.peer is None and mine.items_new == 0
+
+        # Bundles: A now writes under the new key; B reads them, the ex-member cannot.
+        exported = tmp_path / "a.bundle"
+        await asyncio.to_thread(export_bundle, net.home("a"), exported)
+    with pytest.raises(InputRefused, match="not a bundle of this network"):
+        await asyncio.to_thread(import_bundle, net.home("carol"), exported)
+    await asyncio.to_thread(import_bundle, net.home("b"), exported)
+
+
+def test_discovery_names_under_the_new_key_mean_nothing_to_the_old_one() -> None:
+    old, new = secrets.token_bytes(32), secrets.token_bytes(32)
+    announced = [Pseudonyms(new).fresh().instance_label for _ in range(50)]
+    assert all(Pseudonyms(new).recognise(label) for label in announced)
+    assert not any(Pseudonyms(old).recognise(label) for label in announced)
