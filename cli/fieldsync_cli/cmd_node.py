@@ -86,7 +86,6 @@ def join(ctx: click.Context, enrolment: Path, as_json: bool) -> None:
         {
             "network": member.manifest.name,
             "role": role,
-            "certificate_expires": member.certificate_info.expires,
             "root_fingerprint": root,
         },
     )

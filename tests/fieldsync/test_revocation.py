@@ -567,3 +567,47 @@ def test_discovery_names_under_the_new_key_mean_nothing_to_the_old_one() -> None
     announced = [Pseudonyms(new).fresh().instance_label for _ in range(50)]
     assert all(Pseudonyms(new).recognise(label) for label in announced)
     assert not any(Pseudonyms(old).recognise(label) for label in announced)
+
+
+def test_cli_renew_and_rotate(net: Net, tmp_path: Path) -> None:
+    passphrase = tmp_path / "pass"
+    passphrase.write_text(PASSPHRASE)
+    base = [*fieldsync_command(), "hq"]
+    common = ["--hq", str(net.hq), "--json", "--passphrase-file", str(passphrase)]
+
+    def hq(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*base, *args, *common],
+            capture_output=True,
+            text=True,
+            env=clean_env(),
+            timeout=120,
+            check=False,
+        )
+
+    renewed = hq("renew", "--days", "30")
+    assert renewed.returncode == 0, renewed.stderr
+    data = json.loads(renewed.stdout)
+    assert data["certificates"] == 4 and data["network_key_id"] == 0
+    assert data["revocation_list_serial"] == 1 and "renewed 4 certificates" in renewed.stderr
+    rotated = hq("rotate-network-key", "--grace", "3")
+    assert rotated.returncode == 0, rotated.stderr
+    data = json.loads(rotated.stdout)
+    assert data["network_key_id"] == 1 and data["grace_seconds"] > 2 * 86_400
+    for args, message in (
+        (("rotate-network-key", "--grace", "0"), "--grace must be 1.."),
+        (("renew", "--days", "0"), "--days must be 1..3650"),
+    ):
+        refused = hq(*args)
+        assert refused.returncode == 3 and message in refused.stderr
+        assert json.loads(refused.stdout)["kind"] == "InputRefused"
+    # The new key went into HQ's sealed key file; HQ still seals bundles under the old one
+    # until the grace has passed, so every member can read the bundle that carries the key.
+    keys, _ = hq_keys(net)
+    known = hq_revocation.network_keys(net.hq, keys.root_seed, keys.network_key)
+    assert [k.key_id for k in known] == [0, 1]
+    in_use = hq_revocation.network_key_in_use(net.hq, keys.root_seed, keys.network_key)
+    assert in_use.key_id == 0
+    (net.hq / hq_revocation.NETWORK_KEYS).write_bytes(b"damaged")
+    with pytest.raises(InputRefused, match="damaged or from another HQ"):
+        hq_revocation.network_keys(net.hq, keys.root_seed, keys.network_key)
