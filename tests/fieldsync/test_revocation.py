@@ -611,3 +611,53 @@ def test_cli_renew_and_rotate(net: Net, tmp_path: Path) -> None:
     (net.hq / hq_revocation.NETWORK_KEYS).write_bytes(b"damaged")
     with pytest.raises(InputRefused, match="damaged or from another HQ"):
         hq_revocation.network_keys(net.hq, keys.root_seed, keys.network_key)
+
+
+# --- through the hub ------------------------------------------------------------------------
+
+
+def enrol_hub(net: Net) -> Path:
+    home = net.home("hub")
+    node = Node(home)
+    try:
+        request = node.init(None, None, synthetic.KDF_PROFILE)
+        headquarters = HQ(net.hq)
+        try:
+            enrolment, _ = headquarters.enroll(request.read_text(), PASSPHRASE, "hub")
+        finally:
+            headquarters.close()
+        node.join(enrolment)
+    finally:
+        node.close()
+    return home
+
+
+async def test_the_list_and_deliveries_travel_through_the_hub(net: Net) -> None:
+    from fieldsync.hq_hub import ingest_from_hub
+    from fieldsync.runtime import Server
+
+    hub_home = await asyncio.to_thread(enrol_hub, net)
+    await asyncio.to_thread(revoke, net, "carol")
+    renewal = await asyncio.to_thread(renew, net)
+    async with opened(hub_home) as hub, opened(net.home("a")) as a, opened(net.home("carol")) as c:
+        server = Server(hub)
+        host, port = await server.listen_websocket("127.0.0.1", 0)
+        url = f"ws://{host}:{port}/sync"
+        try:
+            headquarters = HQ(net.hq)
+            try:
+                _, pulled = await ingest_from_hub(headquarters, url, PASSPHRASE)
+            finally:
+                await asyncio.to_thread(headquarters.close)
+            assert pulled.pushed is not None and pulled.pushed.complete
+            assert following(hub) == 2  # revoke, then renew: the hub follows the newest
+            assert hub.own_expiry == renewal.expires  # its own delivery came with the push
+            # A field node gets the list and its renewed certificate from the hub.
+            before = a.own_expiry
+            outcome = await a.sync_with(url)
+            assert outcome.complete and following(a) == 2 and a.own_expiry > before
+            # The revoked node gets nothing from the hub.
+            outcome = await c.sync_with(url)
+            assert not outcome.complete and outcome.items_new == 0 and outcome.peer is not None
+        finally:
+            await server.close()
