@@ -472,7 +472,7 @@ async def _handshake(
 
 
 def _level(reason: str) -> int:
-    """A member whose certificate expired or was revoked is a warning: HQ must act."""
+    """A member whose certificate expired is a warning: HQ must renew it (SPEC.md §17.4)."""
     return logging.WARNING if CERTIFICATE_TROUBLE in reason else logging.INFO
 
 
