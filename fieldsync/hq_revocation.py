@@ -1,13 +1,16 @@
 """HQ's side of revocation (SPEC.md §17): the ``revoked`` register, the root-signed lists
-it publishes, and the alert on reports a revoked author wrote after its cut-off.
+it publishes, the alert on reports a revoked author wrote after its cut-off, certificate
+renewal and network-key rotation.
 
-Tables (in hq.db, created by ``ensure_schema``):
+Tables (in hq.db, created by migration 4 of ``fieldsync.hq_schema``):
 
 * ``revoked``: one row per revoked key (``node:…`` or ``author:…`` text), with the reason
   (kept at HQ only: it never travels), when, and for authors the cut-off sequence: the
   highest sequence HQ had received from that author when it was revoked;
 * ``revocation_lists``: every list HQ signed, by serial. Each is complete, so only the
-  newest travels (in receipts bundles and to the hub), and members adopt it by serial.
+  newest travels (in receipts bundles and to the hub), and members adopt it by serial;
+* ``key_deliveries``: each member's renewed certificate and network key, sealed to it; the
+  newest per node travels (none for revoked nodes).
 
 Nothing here imports ``fieldsync.hq``: the caller passes the database, the manifest and the
 root seed, so the module stays independent of how the HQ class is organised.
@@ -25,7 +28,7 @@ import nacl.exceptions
 import nacl.secret
 import sqlite_utils
 
-from fieldsync import keystore
+from fieldsync import hq_alerts, keystore
 from fieldsync.errors import InputRefused, NotFound
 from fieldsync.node import utc_text
 from fieldsync.sqlite_tx import immediate_transaction
@@ -51,7 +54,6 @@ class HqKeys(Protocol):
     network_key: bytes
 
 
-ALERT_KIND = "revoked author"
 MAX_REASON = 200
 #: How long a certificate HQ issues is valid (HQ time). `hq renew` renews every member's
 #: well before: run it at least every half of this (SPEC.md §17.4).
@@ -61,27 +63,6 @@ CERTIFICATE_DAYS = 90
 def certificate_expiry(days: int = CERTIFICATE_DAYS) -> int:
     """The expiry (HQ time) of a certificate issued now."""
     return now_seconds() + days * 86_400
-
-
-def ensure_schema(db: sqlite_utils.Database) -> None:
-    db.table("revoked").create(
-        {
-            "key": str,  # node:… or author:… (key text, SPEC.md §3.2)
-            "kind": str,  # node | author
-            "cutoff": int,  # authors: highest sequence HQ had received when revoking
-            "reason": str,
-            "revoked_at": str,
-            "list_serial": int,
-        },
-        pk="key",
-        if_not_exists=True,
-    )
-    db.table("revocation_lists").create(
-        {"serial": int, "created_at": str, "time": int, "item": bytes},
-        pk="serial",
-        if_not_exists=True,
-    )
-    ensure_delivery_schema(db)
 
 
 @dataclass
@@ -247,28 +228,26 @@ def flag_revoked_report(
     author_name: str,
     envelope_id: str,
 ) -> dict[str, Any] | None:
-    """The alert for an accepted report its author wrote after being revoked (sequence
-    above the cut-off), stored in ``alerts``; None for any other report. The report itself
-    is kept: an analyst decides what it is worth (it may be the device's new holder's)."""
+    """The ``revoked author`` alert (``fieldsync.hq_alerts``) for an accepted report its
+    author wrote after being revoked (sequence above the cut-off); None for any other
+    report. The report itself is kept: an analyst decides what it is worth (it may have been
+    written before the device was lost and delivered late)."""
     row = db.execute(
         "SELECT cutoff, revoked_at FROM revoked WHERE key = ? AND kind = 'author'", [author_text]
     ).fetchone()
     if row is None or sequence <= row[0]:
         return None
-    alert = {
-        "kind": ALERT_KIND,
-        "author_key": author_text,
-        "author_name": author_name,
-        "sequence": sequence,
-        "envelope_id": envelope_id,
-        "detail": f"report {sequence} is past the cut-off {row[0]} of this author's revocation"
+    event = hq_alerts.Event(
+        hq_alerts.REVOKED_AUTHOR,
+        envelope_id,
+        f"report {sequence} is past the cut-off {row[0]} of this author's revocation"
         f" ({row[1]}): the device or key may be in other hands",
-        "at": utc_text(now_seconds()),
-    }
-    columns = ", ".join(alert)
-    marks = ", ".join("?" for _ in alert)
-    db.conn.execute(f"INSERT INTO alerts ({columns}) VALUES ({marks})", list(alert.values()))  # noqa: S608 - fixed names
-    return alert
+        author_key=author_text,
+        author_name=author_name,
+        sequence=sequence,
+        envelope_id=envelope_id,
+    )
+    return hq_alerts.raise_alert(db, event, utc_text(now_seconds()))
 
 
 # --- certificate renewal and network-key rotation (SPEC.md §17.4, §17.5) ---------------------
@@ -344,15 +323,6 @@ class Renewal:
             "grace_seconds": self.grace_seconds,
             "revocation_list_serial": self.list_serial,
         }
-
-
-def ensure_delivery_schema(db: sqlite_utils.Database) -> None:
-    db.table("key_deliveries").create(
-        {"serial": int, "node_key": str, "created_at": str, "expires": int, "item": bytes},
-        pk="serial",
-        if_not_exists=True,
-    )
-    db.table("key_deliveries").create_index(["node_key"], if_not_exists=True)
 
 
 def renew(
