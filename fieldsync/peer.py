@@ -39,9 +39,10 @@ from fieldsync.transport import Transport, TransportError
 from fieldsync_protocol.errors import RemoteProtocolError
 from fieldsync_protocol.frames import Data, End, FrameReceiver, FrameSender
 from fieldsync_protocol.handshake import PeerHandshake, ReplayCache
-from fieldsync_protocol.items import Checked, check_item
+from fieldsync_protocol.items import Checked, ItemKind, check_item
 from fieldsync_protocol.membership import Manifest, NodeCertificate
 from fieldsync_protocol.reconcile_index import ItemIndex, SortedListIndex
+from fieldsync_protocol.revocation import RevocationList
 from fieldsync_protocol.session import (
     Completed,
     CursorAdvanced,
@@ -57,6 +58,10 @@ from fieldsync_protocol.session_messages import BATCH_ITEMS, Cursor
 log = logging.getLogger(__name__)
 
 QUOTA_WINDOW_SECONDS = 86_400
+#: In the handshake's refusal of a member whose certificate HQ must renew (SPEC.md §17.4).
+CERTIFICATE_TROUBLE = "peer certificate expired"
+#: Why a running session ends when HQ's revocation list names its peer.
+REVOKED = "the peer was revoked by HQ"
 #: Connections accepted in one burst are judged this long after the first of them (the
 #: time for a member's first packet, its msg1, to be read), so none is dropped unread.
 ADMISSION_GRACE = 0.05
@@ -228,6 +233,38 @@ class PeerSource:
         return self._source.send_later(ids)
 
 
+class LiveSessions:
+    """The running sessions by peer node key (both directions), so that a peer HQ revokes
+    is cut off at once, not only at its next handshake (SPEC.md §17.2)."""
+
+    def __init__(self) -> None:
+        self._by_peer: dict[bytes, set[Slot]] = {}
+
+    def open(self, node_key: bytes, address: str) -> Slot:
+        """A slot for one session with ``node_key``; ``release()`` it when the session ends."""
+
+        def forget(slot: Slot) -> None:
+            slots = self._by_peer.get(node_key)
+            if slots is not None:
+                slots.discard(slot)
+                if not slots:
+                    del self._by_peer[node_key]
+
+        slot = Slot(address, 0, _release=forget)
+        self._by_peer.setdefault(node_key, set()).add(slot)
+        return slot
+
+    def drop(self, node_keys: frozenset[bytes], reason: str) -> int:
+        """End every session with one of ``node_keys``; return how many were running."""
+        slots = [slot for key in node_keys for slot in self._by_peer.get(key, ())]
+        for slot in slots:
+            slot.drop(reason)
+        return len(slots)
+
+    def __len__(self) -> int:
+        return sum(map(len, self._by_peer.values()))
+
+
 @dataclass
 class PeerContext:
     """Everything a connection needs; built once by the composition root."""
@@ -244,6 +281,16 @@ class PeerContext:
     session_config: SessionConfig = field(default_factory=SessionConfig)
     #: Called (on the store thread) with each verified manifest update a peer delivered.
     on_manifest: Callable[[Checked], None] | None = None
+    #: Called (on the store thread) with each verified revocation list a peer delivered.
+    on_revocation: Callable[[RevocationList], None] | None = None
+    #: Called (on the store thread) with the key deliveries a peer delivered (§17.5).
+    on_deliveries: Callable[[Store, list[Checked]], None] | None = None
+    #: Every running session by peer, to cut off peers HQ revokes.
+    live: LiveSessions = field(default_factory=LiveSessions)
+    #: HQ's latest signed time (the revocation list followed): older certificates expire.
+    hq_time: int = 0
+    #: Further network keys an incoming first message may use (rotation grace, §17.5).
+    also_accept: tuple[bytes, ...] = ()
     #: When an author with undelivered reports ignores the delta cursor (SPEC.md §14.9).
     reoffer: ReofferPolicy = field(default_factory=ReofferPolicy)
     #: Built from ``limits``: shared by every listener of this context (SPEC §14.8).
@@ -276,14 +323,18 @@ def _call_later(delay: float, callback: Callable[[], None]) -> object:
     return loop.call_later(delay, callback)
 
 
-async def run_peer(transport: Transport, ctx: PeerContext, *, initiator: bool) -> SyncOutcome:
-    """Handshake and sync over ``transport``; never raises for the peer's misbehaviour."""
+async def run_peer(
+    transport: Transport, ctx: PeerContext, *, initiator: bool, network_key: bytes | None = None
+) -> SyncOutcome:
+    """Handshake and sync over ``transport``; never raises for the peer's misbehaviour.
+    An initiator dials with ``network_key`` (default: the context's current key)."""
     outcome = SyncOutcome()
     counted = _CountingTransport(transport)
     session: Slot | None = None
+    live: Slot | None = None
     quiet = ctx.quiet_log
     try:
-        handshake = await _handshake(counted, ctx, initiator)
+        handshake = await _handshake(counted, ctx, initiator, network_key or ctx.network_key)
         if handshake is None:
             outcome.error = "handshake failed"
             return outcome
@@ -298,9 +349,15 @@ async def run_peer(transport: Transport, ctx: PeerContext, *, initiator: bool) -
                 await counted.send(sender.end())
                 return outcome
         connection = _Connection(counted, ctx, handshake, sender, receiver, initiator, outcome)
+        if handshake.peer is not None:
+            live = ctx.live.open(handshake.peer.node_key, transport.address)
+            if handshake.peer.node_key in ctx.revoked_nodes:  # revoked during the handshake
+                live.drop(REVOKED)
         async with asyncio.timeout(None) as scope:
             if session is not None:
                 session.on_drop(lambda _reason: _cut_short(scope))
+            if live is not None:
+                live.on_drop(lambda _reason: _cut_short(scope))
             await connection.run()
     except (RemoteProtocolError, PeerViolation) as exc:
         outcome.error = f"peer violated the protocol: {exc}"
@@ -313,7 +370,10 @@ async def run_peer(transport: Transport, ctx: PeerContext, *, initiator: bool) -
         outcome.error = f"connection lost: {exc}"
         quiet.log("lost", logging.INFO, "%s: %s", transport.label, outcome.error)
     except TimeoutError:
-        if session is not None and session.dropped is not None:
+        if live is not None and live.dropped is not None:
+            outcome.error = f"session ended: {live.dropped}"
+            log.warning("%s: %s", transport.label, outcome.error)
+        elif session is not None and session.dropped is not None:
             outcome.error = f"session ended: {session.dropped}"
             quiet.log("replaced", logging.INFO, "%s: %s", transport.label, outcome.error)
         else:
@@ -322,6 +382,8 @@ async def run_peer(transport: Transport, ctx: PeerContext, *, initiator: bool) -
     finally:
         if session is not None:
             session.release()
+        if live is not None:
+            live.release()
         outcome.wire_bytes_sent = counted.sent
         outcome.wire_bytes_received = counted.received
         await transport.close()
@@ -364,17 +426,19 @@ class _CountingTransport:
 
 
 async def _handshake(
-    transport: _CountingTransport, ctx: PeerContext, initiator: bool
+    transport: _CountingTransport, ctx: PeerContext, initiator: bool, network_key: bytes
 ) -> PeerHandshake | None:
     handshake = PeerHandshake(
         initiator=initiator,
-        network_key=ctx.network_key,
+        network_key=network_key,
         static_secret=ctx.static_secret,
         certificate=ctx.certificate,
         manifest=ctx.manifest,
         ephemeral_secret=secrets.token_bytes(32),
         revoked_nodes=ctx.revoked_nodes,
         replay_cache=None if initiator else ctx.replay_cache,
+        hq_time=ctx.hq_time,
+        also_accept=() if initiator else ctx.also_accept,
     )
     limits = ctx.limits
     if initiator:
@@ -382,7 +446,8 @@ async def _handshake(
             async with asyncio.timeout(limits.handshake_timeout):
                 await _exchange(transport, handshake)
         except (RemoteProtocolError, TimeoutError) as exc:
-            log.info("%s: handshake failed: %s", transport.label, str(exc) or "timeout")
+            reason = str(exc) or "timeout"
+            log.log(_level(reason), "%s: handshake failed: %s", transport.label, reason)
             return None
         return handshake
     # Responder: a pre-authentication slot, held for at most the first-message deadline
@@ -406,7 +471,7 @@ async def _handshake(
         reason = slot.dropped or str(exc) or "timeout"
         ctx.quiet_log.log(
             "dropped" if slot.dropped else "handshake failed",
-            logging.INFO,
+            _level(reason),
             "%s: handshake failed: %s",
             transport.label,
             reason,
@@ -416,6 +481,11 @@ async def _handshake(
     finally:
         slot.release()
     return handshake
+
+
+def _level(reason: str) -> int:
+    """A member whose certificate expired is a warning: HQ must renew it (SPEC.md §17.4)."""
+    return logging.WARNING if CERTIFICATE_TROUBLE in reason else logging.INFO
 
 
 async def _exchange(
@@ -715,6 +785,8 @@ class _Connection:
             node_key,
             limits=self.ctx.limits,
             on_manifest=self.ctx.on_manifest,
+            on_revocation=self.ctx.on_revocation,
+            on_deliveries=self.ctx.on_deliveries,
         )
         try:
             self.outcome.items_new += store_slice(slice_items)
@@ -765,6 +837,8 @@ def _store_batch(
     slices: list[tuple[_Unstored, list[bytes]]],
     limits: PeerLimits,
     on_manifest: Callable[[Checked], None] | None = None,
+    on_revocation: Callable[[RevocationList], None] | None = None,
+    on_deliveries: Callable[[Store, list[Checked]], None] | None = None,
 ) -> int:
     """Verify, charge quota, commit durably (the items of ``slices`` in one transaction);
     return how many items were new.
@@ -801,8 +875,12 @@ def _store_batch(
     for unstored, _items in slices:
         unstored.charged = True
     source.note_changes(counts.new_ids, counts.purged_ids)
-    if on_manifest is not None:
-        for item in checked:
-            if item.manifest is not None:
-                on_manifest(item)
+    for item in checked:
+        if item.manifest is not None and on_manifest is not None:
+            on_manifest(item)
+        if item.revocation is not None and on_revocation is not None:
+            on_revocation(item.revocation)
+    deliveries = [c for c in checked if c.item.kind is ItemKind.KEY_DELIVERY]
+    if deliveries and on_deliveries is not None:
+        on_deliveries(store, deliveries)
     return counts.new

@@ -351,10 +351,10 @@ class Store:
         marks = ", ".join("?" for _ in replaces)
         for tag in receipt.tags:
             # Envelopes, attachment chunks and opaque items are receipted (SPEC.md §9, §16.5);
-            # receipts and manifests never are.
+            # receipts, manifests and revocation lists never are.
             purged = self._conn.execute(
-                "DELETE FROM items WHERE tag = ? AND kind NOT IN (?, ?) RETURNING id",
-                (tag, ItemKind.RECEIPT.value, ItemKind.MANIFEST.value),
+                "DELETE FROM items WHERE tag = ? AND kind NOT IN (?, ?, ?) RETURNING id",
+                (tag, ItemKind.RECEIPT.value, ItemKind.MANIFEST.value, ItemKind.REVOCATION.value),
             ).fetchall()
             counts.purged += len(purged)
             counts.purged_ids.extend(row[0] for row in purged)
@@ -386,6 +386,15 @@ class Store:
 
     def item_count(self) -> int:
         return int(self._conn.execute("SELECT count(*) FROM items").fetchone()[0])
+
+    def items_of_kind(self, kind: ItemKind) -> list[bytes]:
+        """Every held item of ``kind``, oldest first (for the few kinds that are small)."""
+        return [
+            row[0]
+            for row in self._conn.execute(
+                "SELECT data FROM items WHERE kind = ? ORDER BY seq", (kind.value,)
+            )
+        ]
 
     def manifest_items(self) -> list[bytes]:
         rows = self._conn.execute(
@@ -623,8 +632,8 @@ class Store:
         """Delete relayed items whose TTL has passed; own unreceipted reports are kept."""
         with self.transaction():
             gone = self._conn.execute(
-                "DELETE FROM items WHERE expires_at <= ? AND own = 0 AND kind != ?",
-                (self.local_clock(), ItemKind.MANIFEST.value),
+                "DELETE FROM items WHERE expires_at <= ? AND own = 0 AND kind NOT IN (?, ?)",
+                (self.local_clock(), ItemKind.MANIFEST.value, ItemKind.REVOCATION.value),
             ).rowcount
         if gone:
             self.checkpoint()
