@@ -330,10 +330,10 @@ class Store:
         marks = ", ".join("?" for _ in replaces)
         for tag in receipt.tags:
             # Envelopes, attachment chunks and opaque items are receipted (SPEC.md §9, §16.5);
-            # receipts and manifests never are.
+            # receipts, manifests and forms never are.
             purged = self._conn.execute(
-                "DELETE FROM items WHERE tag = ? AND kind NOT IN (?, ?) RETURNING id",
-                (tag, ItemKind.RECEIPT.value, ItemKind.MANIFEST.value),
+                "DELETE FROM items WHERE tag = ? AND kind NOT IN (?, ?, ?) RETURNING id",
+                (tag, ItemKind.RECEIPT.value, ItemKind.MANIFEST.value, ItemKind.FORM.value),
             ).fetchall()
             counts.purged += len(purged)
             counts.purged_ids.extend(row[0] for row in purged)
@@ -367,8 +367,15 @@ class Store:
         return int(self._conn.execute("SELECT count(*) FROM items").fetchone()[0])
 
     def manifest_items(self) -> list[bytes]:
+        return self._items_of_kind(ItemKind.MANIFEST)
+
+    def form_items(self) -> list[bytes]:
+        """Every stored network form item (SPEC.md §17.4), oldest first."""
+        return self._items_of_kind(ItemKind.FORM)
+
+    def _items_of_kind(self, kind: ItemKind) -> list[bytes]:
         rows = self._conn.execute(
-            "SELECT data FROM items WHERE kind = ? ORDER BY seq", (ItemKind.MANIFEST.value,)
+            "SELECT data FROM items WHERE kind = ? ORDER BY seq", (kind.value,)
         ).fetchall()
         return [row[0] for row in rows]
 
@@ -598,8 +605,8 @@ class Store:
         """Delete relayed items whose TTL has passed; own unreceipted reports are kept."""
         with self.transaction():
             gone = self._conn.execute(
-                "DELETE FROM items WHERE expires_at <= ? AND own = 0 AND kind != ?",
-                (self.local_clock(), ItemKind.MANIFEST.value),
+                "DELETE FROM items WHERE expires_at <= ? AND own = 0 AND kind NOT IN (?, ?)",
+                (self.local_clock(), ItemKind.MANIFEST.value, ItemKind.FORM.value),
             ).rowcount
         if gone:
             self.checkpoint()

@@ -27,6 +27,7 @@ class Domain(Enum):
     ENROLMENT_REQUEST = b"enrolment-request"
     REPORT = b"report"
     RECEIPT = b"receipt"
+    FORM = b"form"
 
 
 def _signed_message(domain: Domain, body: bytes) -> bytes:

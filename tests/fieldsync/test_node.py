@@ -266,5 +266,12 @@ def test_the_whole_loop_marks_reports_delivered(net: Net) -> None:
         node.close()
     assert status["outbox"] == {"sealed": 0, "held": 0, "dropped": 0, "delivered": 3}
     b = snapshot(net.b)["status"]
-    assert b["items"] == {"envelope": 0, "receipt": 1, "manifest": 1, "chunk": 0, "opaque": 0}
+    assert b["items"] == {
+        "envelope": 0,
+        "receipt": 1,
+        "manifest": 1,
+        "chunk": 0,
+        "form": 0,
+        "opaque": 0,
+    }
     assert b["tombstones"] == 3
