@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("fieldsync_cli.cmd_node", "status"),
     "peers": ("fieldsync_cli.cmd_node", "peers"),
     "report": ("fieldsync_cli.cmd_report", "report"),
+    "form": ("fieldsync_cli.cmd_form", "form"),
     "bundle": ("fieldsync_cli.cmd_bundle", "bundle"),
     "run": ("fieldsync_cli.cmd_net", "run"),
     "sync": ("fieldsync_cli.cmd_net", "sync"),

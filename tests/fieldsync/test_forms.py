@@ -1,0 +1,60 @@
+"""The node's current form (fieldsync/forms.py, SPEC.md §17.4): the newest verified form item
+it holds wins; older versions, forged items and other networks' forms never do."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from fieldsync.forms import newest_form, node_form
+from fieldsync.hq import HQ
+from fieldsync.node import Node
+from fieldsync_cli.main import main
+from fieldsync_protocol import codec, crypto
+from fieldsync_protocol.form import default_form, parse_form, sign_form
+from tests.fieldsync.offline_support import PASSPHRASE, Net
+
+EXAMPLE = json.loads(
+    (Path(__file__).resolve().parents[2] / "protocol/vectors/form.json").read_text()
+)["example"]
+
+
+def _root_seed(net: Net) -> bytes:
+    headquarters = HQ(net.hq)
+    try:
+        return headquarters.unlock(PASSPHRASE).root_seed
+    finally:
+        headquarters.close()
+
+
+def test_newest_verified_form_wins(net: Net) -> None:
+    node = Node(net.a)
+    try:
+        assert node_form(node) == default_form()
+        manifest = node.membership().manifest
+        root = _root_seed(net)
+        v3 = parse_form({**EXAMPLE, "version": 3})
+        v2 = parse_form({**EXAMPLE, "version": 2})
+        items = [sign_form(v3, manifest, root), sign_form(v2, manifest, root)]
+        assert newest_form(items, manifest) == v3  # an older version replayed later loses
+        body = codec.decode(items[0])["b"]
+        forged = codec.encode(
+            {"b": body, "s": crypto.sign(crypto.Domain.FORM, bytes(32), body), "t": "f", "v": 1}
+        )
+        assert newest_form([forged, items[1]], manifest) == v2
+        assert newest_form([b"\x00junk"], manifest) == default_form()
+    finally:
+        node.close()
+
+
+def test_form_show_on_an_unjoined_node(tmp_path: Path) -> None:
+    runner = CliRunner(env={"FIELDSYNC_HOME": None, "FIELDSYNC_PASSPHRASE": None})
+    home = ["--home", str(tmp_path / "A")]
+    assert runner.invoke(main, [*home, "init"]).exit_code == 0
+    shown = runner.invoke(main, [*home, "form", "show", "--language", "es"])
+    assert shown.exit_code == 0, shown.output
+    assert "Arresto o detención arbitraria" in shown.stdout
+    as_json = runner.invoke(main, [*home, "form", "show", "--json"])
+    assert json.loads(as_json.stdout) == default_form().to_map()
