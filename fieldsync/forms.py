@@ -8,12 +8,15 @@ an older or equal version, replayed, never wins.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
+from pathlib import Path
 
-from fieldsync.errors import InputRefused, NotInitialised
+from fieldsync import keystore
+from fieldsync.errors import InputRefused, NotFound, NotInitialised
 from fieldsync.node import Node
-from fieldsync_protocol.errors import RemoteProtocolError
-from fieldsync_protocol.form import Form, default_form, open_form
+from fieldsync_protocol.errors import LocalProtocolError, RemoteProtocolError
+from fieldsync_protocol.form import Form, default_form, open_form, parse_form, sign_form
 from fieldsync_protocol.membership import Manifest
 
 
@@ -28,6 +31,51 @@ def newest_form(items: Iterable[bytes], manifest: Manifest) -> Form:
         if candidate.version > best.version:
             best = candidate
     return best
+
+
+#: HQ's current form item, in the HQ directory (sent with every receipts bundle).
+HQ_FORM = "form.item"
+
+
+def hq_form_item(directory: Path) -> bytes | None:
+    path = directory / HQ_FORM
+    return path.read_bytes() if path.exists() else None
+
+
+def hq_form(directory: Path, manifest: Manifest) -> Form:
+    """The form HQ has set (the default when it set none)."""
+    item = hq_form_item(directory)
+    return default_form() if item is None else newest_form([item], manifest)
+
+
+def read_form_file(path: Path) -> Form:
+    """A form from HQ's JSON file, refused with the path of what is wrong."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise NotFound(f"form file {path} does not exist") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputRefused(f"form file {path} is not valid JSON: {exc}") from exc
+    try:
+        return parse_form(value)
+    except RemoteProtocolError as exc:
+        raise InputRefused(f"{path}: {exc}") from exc
+
+
+def set_hq_form(directory: Path, form: Form, manifest: Manifest, root_seed: bytes) -> bytes:
+    """Sign ``form`` with the root key and make it HQ's form; its version must grow."""
+    current = hq_form(directory, manifest)
+    if form.version <= current.version:
+        raise InputRefused(
+            f"the form has version {form.version}; the network's form is version"
+            f" {current.version}: give it a higher version so that nodes adopt it"
+        )
+    try:
+        item = sign_form(form, manifest, root_seed)
+    except LocalProtocolError as exc:
+        raise InputRefused(str(exc)) from exc
+    keystore.write_private(directory / HQ_FORM, item)
+    return item
 
 
 def node_form(node: Node) -> Form:

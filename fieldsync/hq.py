@@ -37,6 +37,7 @@ import sqlite_utils
 
 from fieldsync import hq_media, keystore
 from fieldsync.errors import FieldsyncError, InputRefused, NotFound
+from fieldsync.forms import hq_form_item
 from fieldsync.node import Node, Progress, _read_bundle, utc_text
 from fieldsync.sqlite_tx import immediate_transaction
 from fieldsync.store import now_seconds
@@ -871,6 +872,10 @@ class HQ:
         envelopes = 0
         with open(tmp, "wb") as handle:
             handle.write(writer.add(self.manifest_item()))
+            form_item = hq_form_item(self.directory)
+            if form_item is not None:  # the network form spreads like the manifest (§17.4)
+                handle.write(writer.add(form_item))
+            extras = writer.items_written
             for row in self.database().execute("SELECT item, count FROM receipts ORDER BY serial"):
                 handle.write(writer.add(row[0]))
                 envelopes += row[1]
@@ -878,7 +883,7 @@ class HQ:
         tmp.replace(out)
         return {
             "receipts_new": new,
-            "receipts_total": writer.items_written - 1,
+            "receipts_total": writer.items_written - extras,
             "envelopes_receipted": envelopes,
         }
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -418,3 +419,8 @@ def media(hq_dir: Path, report_id: str | None, out: Path | None, as_json: bool) 
         for r in rows
     )
     emit(as_json, rows, text or "no attachments")
+
+
+# `hq form set|show` lives in its own module, which needs hq_dir_option above: imported
+# by name here, last, so that the two modules do not import each other at the top.
+hq.add_command(importlib.import_module("fieldsync_cli.cmd_form_hq").hq_form_group)

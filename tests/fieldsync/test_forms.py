@@ -58,3 +58,37 @@ def test_form_show_on_an_unjoined_node(tmp_path: Path) -> None:
     assert "Arresto o detención arbitraria" in shown.stdout
     as_json = runner.invoke(main, [*home, "form", "show", "--json"])
     assert json.loads(as_json.stdout) == default_form().to_map()
+
+
+def test_hq_form_set_spreads_with_receipts_and_nodes_adopt_it(net: Net, tmp_path: Path) -> None:
+    runner = CliRunner(env={"FIELDSYNC_HOME": None, "FIELDSYNC_HQ": None})
+    env = {"FIELDSYNC_PASSPHRASE": PASSPHRASE}
+    form_file = tmp_path / "form.json"
+    form_file.write_text(json.dumps(EXAMPLE))
+    hq = ["--hq", str(net.hq)]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({**EXAMPLE, "languages": ["en"]}))
+    refused = runner.invoke(main, ["hq", "form", "set", str(bad), *hq], env=env)
+    assert refused.exit_code == 3 and "must give exactly the form's languages" in refused.stderr
+    done = runner.invoke(main, ["hq", "form", "set", str(form_file), *hq, "--json"], env=env)
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.stdout) == {"version": 3, "categories": 2}
+    again = runner.invoke(main, ["hq", "form", "set", str(form_file), *hq], env=env)
+    assert again.exit_code == 3 and "give it a higher version" in again.stderr
+    shown = runner.invoke(main, ["hq", "form", "show", *hq, "--language", "fr"])
+    assert "Détention arbitraire" in shown.stdout
+    receipts = tmp_path / "receipts.bundle"
+    made = runner.invoke(main, ["hq", "receipts", *hq, "--out", str(receipts)], env=env)
+    assert made.exit_code == 0, made.output
+    imported = runner.invoke(main, ["--home", str(net.a), "bundle", "import", str(receipts)])
+    assert imported.exit_code == 0, imported.output
+    node_shown = runner.invoke(main, ["--home", str(net.a), "form", "show", "--json"])
+    assert json.loads(node_shown.stdout)["version"] == 3
+    refused_category = runner.invoke(
+        main,
+        ["--home", str(net.a), "report", "add", "--narrative", "x", "--category", "torture",
+         "--occurred", "2025"],
+        env=env,
+    )  # fmt: skip
+    assert refused_category.exit_code == 3
+    assert "choose from: arbitrary-detention, excessive-force" in refused_category.stderr
