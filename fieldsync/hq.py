@@ -42,6 +42,7 @@ import sqlite_utils
 
 from fieldsync import hq_alerts, hq_ingest, hq_receipts, hq_reports, hq_revocation, keystore
 from fieldsync.errors import FieldsyncError, InputRefused, NotFound
+from fieldsync.forms import hq_form_item
 from fieldsync.hq_ingest import (
     MAX_LISTED,
     MAX_LISTED_GAPS,
@@ -181,6 +182,14 @@ class HQ:
             "HQ manifest",
             "create the network with `fieldsync network create`",
         )
+
+    def published_updates(self) -> list[bytes]:
+        """Root-signed items every member must receive besides the manifest and receipts:
+        the newest revocation list and key deliveries (SPEC.md §17), then the network's form
+        (§18.4). They go in every receipts bundle and to the hub."""
+        updates = hq_revocation.published_items(self.database())
+        form_item = hq_form_item(self.directory)
+        return updates if form_item is None else [*updates, form_item]
 
     def manifest(self) -> membership.Manifest:
         try:

@@ -10,7 +10,6 @@ import asyncio
 import functools
 from dataclasses import dataclass
 
-from fieldsync import hq_revocation
 from fieldsync.errors import FieldsyncError
 from fieldsync.hq import HQ, HqSecrets, IngestSummary
 from fieldsync.peer import PeerLimits, SyncOutcome
@@ -94,12 +93,11 @@ def _store_page(store: Store, after: int) -> list[tuple[int, bytes]]:
 
 
 async def _store_receipts(runtime: Runtime, headquarters: HQ) -> None:
-    """Put HQ's receipts and its newest revocation list (SPEC.md §17) in HQDIR/node (purging
-    what the receipts name there) for the push."""
+    """Put HQ's receipts, its newest revocation list and key deliveries (SPEC.md §17) and
+    the network's form (§18.4) in HQDIR/node (purging what the receipts name there) for the
+    push."""
     manifest = runtime.context.manifest
-    updates = await asyncio.to_thread(
-        lambda: hq_revocation.published_items(headquarters.database())
-    )
+    updates = await asyncio.to_thread(headquarters.published_updates)
     after = 0
     while True:
         page = await asyncio.to_thread(headquarters.receipt_items, after)

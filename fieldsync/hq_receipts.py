@@ -106,7 +106,7 @@ def write_receipts_bundle(hq: HQ, out: Path, passphrase: str) -> dict[str, int]:
     os.fchmod(fd, 0o600)  # a stale .partial of another mode is reused by O_CREAT
     with os.fdopen(fd, "wb") as handle:
         handle.write(writer.add(hq.manifest_item()))
-        updates = hq_revocation.published_items(hq.database())  # SPEC.md §17
+        updates = hq.published_updates()  # SPEC.md §17, §18.4
         for item in updates:
             handle.write(writer.add(item))
         for row in hq.database().execute("SELECT item, count FROM receipts ORDER BY serial"):

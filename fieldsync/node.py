@@ -313,11 +313,33 @@ class Node:
         Each file in ``attach`` is streamed into chunk items (fieldsync.media) after the
         report's own fields validate and before the report is sealed, which names them.
         """
-        if "attachments" in fields:
-            raise InputRefused("attachments are added with --attach FILE, not as report fields")
         self.membership()  # an unjoined node fails here, before any work
         author_seed = self.unlock_author(passphrase)
         now = time.time()
+        body = self._draft_body(fields, now)
+        store = self.store()
+        if store.db.execute("SELECT 1 FROM outbox WHERE report_id = ?", [body["id"]]).fetchone():
+            raise InputRefused(
+                f"a report with id {body['id']} already exists on this node; to correct it,"
+                ' write a new report with "supersedes" set to that id'
+            )
+        prepared: list[media.PreparedAttachment] = []
+        try:
+            for path in attach:
+                prepared.append(media.encrypt_file(store, path, now_seconds(), progress))
+            return self._seal_and_record(body, author_seed, prepared, now)
+        except BaseException:
+            media.discard_chunks(store, prepared)
+            raise
+
+    def check_report(self, fields: dict[str, Any]) -> None:
+        """Refuse now what ``add_report`` would refuse: before anyone types a passphrase."""
+        self._draft_body(fields, time.time())
+
+    def _draft_body(self, fields: dict[str, Any], now: float) -> dict[str, Any]:
+        """The report body of ``fields`` with the writer's own fields, validated (SPEC §7)."""
+        if "attachments" in fields:
+            raise InputRefused("attachments are added with --attach FILE, not as report fields")
         body = {
             "schema": "fieldsync.report/1",
             "id": uuid7(int(now * 1000)),
@@ -333,20 +355,7 @@ class Node:
             validate_report(body)
         except RemoteProtocolError as exc:
             raise InputRefused(str(exc)) from exc
-        store = self.store()
-        if store.db.execute("SELECT 1 FROM outbox WHERE report_id = ?", [body["id"]]).fetchone():
-            raise InputRefused(
-                f"a report with id {body['id']} already exists on this node; to correct it,"
-                ' write a new report with "supersedes" set to that id'
-            )
-        prepared: list[media.PreparedAttachment] = []
-        try:
-            for path in attach:
-                prepared.append(media.encrypt_file(store, path, now_seconds(), progress))
-            return self._seal_and_record(body, author_seed, prepared, now)
-        except BaseException:
-            media.discard_chunks(store, prepared)
-            raise
+        return body
 
     def _seal_and_record(
         self,

@@ -351,10 +351,16 @@ class Store:
         marks = ", ".join("?" for _ in replaces)
         for tag in receipt.tags:
             # Envelopes, attachment chunks and opaque items are receipted (SPEC.md §9, §16.5);
-            # receipts, manifests and revocation lists never are.
+            # receipts, manifests, revocation lists and forms never are.
             purged = self._conn.execute(
-                "DELETE FROM items WHERE tag = ? AND kind NOT IN (?, ?, ?) RETURNING id",
-                (tag, ItemKind.RECEIPT.value, ItemKind.MANIFEST.value, ItemKind.REVOCATION.value),
+                "DELETE FROM items WHERE tag = ? AND kind NOT IN (?, ?, ?, ?) RETURNING id",
+                (
+                    tag,
+                    ItemKind.RECEIPT.value,
+                    ItemKind.MANIFEST.value,
+                    ItemKind.REVOCATION.value,
+                    ItemKind.FORM.value,
+                ),
             ).fetchall()
             counts.purged += len(purged)
             counts.purged_ids.extend(row[0] for row in purged)
@@ -397,10 +403,11 @@ class Store:
         ]
 
     def manifest_items(self) -> list[bytes]:
-        rows = self._conn.execute(
-            "SELECT data FROM items WHERE kind = ? ORDER BY seq", (ItemKind.MANIFEST.value,)
-        ).fetchall()
-        return [row[0] for row in rows]
+        return self.items_of_kind(ItemKind.MANIFEST)
+
+    def form_items(self) -> list[bytes]:
+        """Every stored network form item (SPEC.md §18.4), oldest first."""
+        return self.items_of_kind(ItemKind.FORM)
 
     def add_batch(
         self,
@@ -632,8 +639,13 @@ class Store:
         """Delete relayed items whose TTL has passed; own unreceipted reports are kept."""
         with self.transaction():
             gone = self._conn.execute(
-                "DELETE FROM items WHERE expires_at <= ? AND own = 0 AND kind NOT IN (?, ?)",
-                (self.local_clock(), ItemKind.MANIFEST.value, ItemKind.REVOCATION.value),
+                "DELETE FROM items WHERE expires_at <= ? AND own = 0 AND kind NOT IN (?, ?, ?)",
+                (
+                    self.local_clock(),
+                    ItemKind.MANIFEST.value,
+                    ItemKind.REVOCATION.value,
+                    ItemKind.FORM.value,
+                ),
             ).rowcount
         if gone:
             self.checkpoint()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -701,3 +702,7 @@ def serve(hq_dir: Path, port: int, tiles: str | None, as_json: bool) -> None:
 from fieldsync_cli.cmd_hq_keys import register_key_commands  # noqa: E402 - needs `hq` above
 
 register_key_commands(hq, hq_dir_option)
+
+# `hq form set|show` lives in its own module, which needs hq_dir_option above: imported
+# by name here, last, so that the two modules do not import each other at the top.
+hq.add_command(importlib.import_module("fieldsync_cli.cmd_form_hq").hq_form_group)

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
-import re
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
-from fieldsync.errors import InputRefused, NotFound
+from fieldsync.errors import InputRefused, NotFound, WrongPassphrase
+from fieldsync.forms import node_form, refuse_problems
 from fieldsync.node import Node, utc_text
 from fieldsync_cli.common import (
     emit,
@@ -21,88 +22,126 @@ from fieldsync_cli.common import (
     say,
 )
 from fieldsync_cli.main import home_of
+from fieldsync_protocol.form import Form, FormField
 from fieldsync_protocol.report import SENSITIVITIES
-
-_PRECISION_BY_FORM = (
-    (re.compile(r"^\d{4}$"), "year"),
-    (re.compile(r"^\d{4}-\d{2}$"), "month"),
-    (re.compile(r"^\d{4}-\d{2}-\d{2}$"), "day"),
-    (re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2})?(Z|[+-]\d{2}:\d{2})$"), "minute"),
-)
-
-
-def occurred_field(text: str, approximate: bool) -> dict[str, Any]:
-    """``2025-03-01`` → day precision; ``2025-03`` → month; a time with zone → minute."""
-    text = text.strip()
-    if re.match(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2})?$", text):
-        text = text.replace(" ", "T") + "Z"  # a time without a zone is taken as UTC
-    for pattern, precision in _PRECISION_BY_FORM:
-        if pattern.match(text):
-            return {"start": text, "precision": precision, "approximate": approximate}
-    raise InputRefused(
-        f"--occurred {text!r} is not a date; use 2025-03-01, 2025-03, 2025 or 2025-03-01T09:30Z"
-    )
-
-
-_CATEGORY_KEY = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
-
-
-def _ask_again_unless(convert: Any) -> Any:
-    """A click ``value_proc``: a wrong answer is explained and asked again, nothing is lost."""
-
-    def proc(text: str) -> Any:
-        try:
-            return convert(text)
-        except InputRefused as exc:
-            raise click.BadParameter(str(exc)) from exc
-
-    return proc
-
-
-def _categories(text: str) -> list[str]:
-    keys = [c.strip() for c in text.split(",") if c.strip()]
-    bad = [k for k in keys if not _CATEGORY_KEY.fullmatch(k)]
-    if not keys or bad:
-        raise InputRefused(
-            f"{', '.join(bad) or 'nothing'}: category keys are lowercase words joined by hyphens,"
-            " like arbitrary-detention"
-        )
-    return keys
-
 
 #: Where the prompt puts the files to attach (not a report field: popped before sealing).
 ATTACH_KEY = "\0attach"
+#: Wrong passphrases at the prompt before giving up (the answers are kept meanwhile).
+PASSPHRASE_TRIES = 3
+#: A line holding only this ends a narrative typed at the prompt.
+END_OF_TEXT = "."
+
+#: How each answer is given on the command line, to name it in a problem.
+OPTION_OF = {
+    "narrative": "--narrative",
+    "categories": "--category",
+    "occurred": "--occurred",
+    "title": "--title",
+    "place": "--place",
+    "location": "--lat/--lon/--accuracy",
+    "sensitivity": "--sensitivity",
+    "language": "--language",
+}
 
 
-def _prompt_fields() -> dict[str, Any]:
-    say("New report. Press Enter to skip optional fields.")
-    narrative = click.prompt("What happened (narrative)")
-    categories = click.prompt(
-        "Category keys, comma separated",
-        default="unclassified",
-        value_proc=_ask_again_unless(_categories),
-    )
-    occurred = click.prompt(
-        "When did it happen (2025-03-01, 2025-03, or 2025-03-01T09:30Z)",
-        value_proc=_ask_again_unless(lambda text: occurred_field(text, approximate=False)),
-    )
-    place = click.prompt("Place name (optional)", default="", show_default=False)
-    sensitivity = click.prompt(
-        "Sensitivity", type=click.Choice(SENSITIVITIES), default="restricted"
-    )
-    attach = []
-    while path := click.prompt(
-        "Attach a file (path; Enter when done)", default="", show_default=False
-    ):
-        attach.append(Path(path).expanduser())
-    return {
-        ATTACH_KEY: attach,
-        "narrative": narrative,
-        "categories": categories,
-        "occurred": occurred,
-        "sensitivity": sensitivity,
-        **({"location": {"source": "text", "place": place}} if place else {}),
-    }
+def ui_language(chosen: str | None) -> str:
+    """The language of labels: --language, else the locale (LC_ALL, LC_MESSAGES, LANG)."""
+    if chosen:
+        return chosen
+    for name in ("LC_ALL", "LC_MESSAGES", "LANG"):
+        value = os.environ.get(name, "")
+        if value and value not in ("C", "POSIX") and not value.startswith("C."):
+            return value.split(".")[0].replace("_", "-")
+    return "en"
+
+
+class Prompter:
+    """Asks the form's fields one by one; each answer is checked as it is typed."""
+
+    def __init__(self, form: Form, language: str, editor: bool) -> None:
+        self.form = form
+        self.language = language
+        self.editor = editor
+        self.answers: dict[str, Any] = {}
+
+    def problem(self, key: str) -> str | None:
+        """This field's problem with the answers so far (other fields are not judged)."""
+        return self.form.validate(self.answers)[1].get(key)
+
+    def ask_all(self) -> dict[str, Any]:
+        say("New report. Press Enter to skip optional fields; type ? to list the choices.")
+        for form_field in self.form.fields:
+            self.ask(form_field)
+        return self.answers
+
+    def ask(self, form_field: FormField) -> None:
+        label = self.form.label(form_field, self.language)
+        hint = self.form.help(form_field, self.language)
+        if hint:
+            say(f"  {hint}")
+        while True:
+            if form_field.type == "narrative":
+                self.answers[form_field.key] = self._narrative(label)
+            elif form_field.type == "location":
+                self._location(label)
+            else:
+                if not self._line(form_field, label):
+                    continue
+                if form_field.key == "occurred" and self.problem("occurred") is None:
+                    self.answers["approximate"] = click.confirm(
+                        "Is this date approximate?", default=False
+                    )
+            found = self.problem(form_field.key)
+            if found is None:
+                return
+            say(f"  {found}")
+
+    def _line(self, form_field: FormField, label: str) -> bool:
+        """One typed line; False (ask again) after listing the choices for ``?``."""
+        default = form_field.default or ""
+        if form_field.key == "categories" and "unclassified" in self.form.category_keys():
+            default = "unclassified"
+        suffix = " (comma separated)" if form_field.type == "categories" else ""
+        if not form_field.required and not default:
+            suffix += " (optional)"
+        text = str(
+            click.prompt(f"{label}{suffix}", default=default, show_default=bool(default), err=True)
+        )
+        choices = self._choices(form_field)
+        if text.strip() == "?" and choices:
+            for key, choice_label in choices:
+                say(f"  {key:24} {choice_label}")
+            return False
+        self.answers[form_field.key] = text
+        return True
+
+    def _choices(self, form_field: FormField) -> list[tuple[str, str]]:
+        items = self.form.categories if form_field.type == "categories" else form_field.options
+        return [(c.key, self.form.label(c, self.language)) for c in items]
+
+    def _narrative(self, label: str) -> str:
+        if self.editor:
+            return click.edit(self.answers.get("narrative", "")) or ""
+        say(f"{label} (end with a line containing only {END_OF_TEXT}):")
+        lines: list[str] = []
+        while True:
+            line = sys.stdin.readline()
+            if not line:  # end of input (Ctrl-D)
+                if not lines:
+                    raise click.Abort
+                break
+            if line.rstrip("\r\n") == END_OF_TEXT:
+                break
+            lines.append(line.rstrip("\r\n"))
+        return "\n".join(lines)
+
+    def _location(self, label: str) -> None:
+        say(f"{label}:")
+        for name, what in (("lat", "Latitude"), ("lon", "Longitude")):
+            self.answers[name] = click.prompt(
+                f"  {what} (optional)", default="", show_default=False, err=True
+            )
 
 
 @click.group()
@@ -116,7 +155,7 @@ def report() -> None:
     "--category",
     "categories",
     multiple=True,
-    help="Taxonomy key; repeat for more (first = primary).",
+    help="Category key of the network's form; repeat for more (first = primary).",
 )
 @click.option("--occurred", help="When: 2025-03-01, 2025-03, 2025 or 2025-03-01T09:30Z.")
 @click.option("--approximate", is_flag=True, help="The date or time is an estimate.")
@@ -127,6 +166,18 @@ def report() -> None:
 @click.option("--accuracy", type=float, help="Location accuracy in metres.")
 @click.option("--sensitivity", type=click.Choice(SENSITIVITIES), help="Default: restricted.")
 @click.option("--language", help="BCP 47 language of the narrative (default en).")
+@click.option(
+    "--field",
+    "extra",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="An answer to one of the form's own fields (see `fieldsync form show`); repeat.",
+)
+@click.option(
+    "--editor",
+    is_flag=True,
+    help="At the prompt, write the narrative in $EDITOR instead of line by line.",
+)
 @click.option(
     "--json-file",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -145,40 +196,39 @@ def report() -> None:
 @click.pass_context
 @handle_errors
 def add(ctx: click.Context, /, **options: Any) -> None:
-    """Sign and seal a new report; print its id. With no options on a terminal, asks."""
+    """Sign and seal a new report; print its id. With no options on a terminal, asks.
+
+    The questions and the category list are the network's form (`fieldsync form show`).
+    Every answer is checked before the passphrase is asked; a wrong passphrase at the prompt
+    is asked again, keeping the answers.
+    """
     as_json = options.pop("as_json")
     passphrase_file = options.pop("passphrase_file")
     json_file = options.pop("json_file")
+    editor = options.pop("editor")
     attach = list(options.pop("attach"))
-    given = {k: v for k, v in options.items() if v not in (None, (), False)}
-    fields: dict[str, Any] = {}
-    if json_file is not None:
-        try:
-            loaded = json.loads(json_file.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise NotFound(f"--json-file {json_file} does not exist") from None
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise InputRefused(f"--json-file {json_file} is not valid JSON: {exc}") from exc
-        if not isinstance(loaded, dict):
-            raise InputRefused(f"--json-file {json_file} must hold a JSON object of report fields")
-        fields.update(loaded)
-    if not given and json_file is None:
-        if not sys.stdin.isatty():
-            raise InputRefused(
-                "give at least --narrative and --category (or --json-file), or run on a terminal"
-            )
-        fields.update(_prompt_fields())
-        attach += fields.pop(ATTACH_KEY)
-    fields.update(_fields_from_options(given))
-    if "occurred" not in fields:
-        raise InputRefused(
-            "say when it happened: --occurred 2025-03-01 (add --approximate if unsure)"
-        )
+    # 0 is a coordinate: only "not given" (None, no repeats, an unset flag) is dropped.
+    given = {k: v for k, v in options.items() if v is not None and v != () and v is not False}
     node = Node(home_of(ctx))
     try:
-        node.membership()  # fail on an unjoined node before asking for the passphrase
-        passphrase = get_passphrase(passphrase_file, "your author key")
-        report_id = node.add_report(fields, passphrase, attach, _progress(as_json))
+        node.membership()  # fail on an unjoined node before asking anything
+        form = node_form(node)
+        if json_file is not None:
+            fields = _fields_from_json(json_file, given, form)
+        elif given:
+            fields = _checked(form, _answers_from_options(given), set(OPTION_OF))
+        elif sys.stdin.isatty():
+            prompter = Prompter(form, ui_language(None), editor)
+            answers = prompter.ask_all()
+            fields = _checked(form, answers, set(OPTION_OF))
+            attach += _ask_attachments()
+        else:
+            raise InputRefused(
+                "give at least --narrative, --category and --occurred (or --json-file),"
+                " or run on a terminal"
+            )
+        node.check_report(fields)  # every field, before anyone types a passphrase
+        report_id = _add_with_passphrase(node, fields, attach, passphrase_file, as_json)
         attachments = node.attachment_status(report_id)
     finally:
         node.close()
@@ -192,6 +242,98 @@ def add(ctx: click.Context, /, **options: Any) -> None:
     emit(as_json, data, report_id)
 
 
+def _add_with_passphrase(
+    node: Node,
+    fields: dict[str, Any],
+    attach: list[Path],
+    passphrase_file: Path | None,
+    as_json: bool,
+) -> str:
+    """Ask for the passphrase (again, up to 3 times, when a person typed it wrong)."""
+    typed = passphrase_file is None and not os.environ.get("FIELDSYNC_PASSPHRASE")
+    for attempt in range(1, PASSPHRASE_TRIES + 1):
+        passphrase = get_passphrase(passphrase_file, "your author key")
+        try:
+            return node.add_report(fields, passphrase, attach, _progress(as_json))
+        except WrongPassphrase:
+            if not typed or attempt == PASSPHRASE_TRIES:
+                raise
+            say(f"wrong passphrase; your answers are kept ({PASSPHRASE_TRIES - attempt} more)")
+    raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+
+def _ask_attachments() -> list[Path]:
+    attach = []
+    while path := click.prompt(
+        "Attach a file (path; Enter when done)", default="", show_default=False, err=True
+    ):
+        attach.append(Path(path).expanduser())
+    return attach
+
+
+def _checked(form: Form, answers: dict[str, Any], keys: set[str]) -> dict[str, Any]:
+    """The report fields of ``answers``; refused with every problem named, if any."""
+    fields, problems = form.validate(answers)
+    refuse_problems(dict(problems), OPTION_OF)
+    return fields
+
+
+def _answers_from_options(given: dict[str, Any]) -> dict[str, Any]:
+    answers: dict[str, Any] = {
+        key: given[key]
+        for key in (
+            "narrative", "occurred", "approximate", "title", "place", "lat", "lon", "accuracy",
+            "sensitivity", "language",
+        )
+        if key in given
+    }  # fmt: skip
+    if "categories" in given:
+        answers["categories"] = list(given["categories"])
+    for entry in given.get("extra", ()):
+        key, sep, value = entry.partition("=")
+        if not sep:
+            raise InputRefused(f"--field {entry!r}: write KEY=VALUE, e.g. --field weapon=firearm")
+        answers[key.strip()] = value
+    return answers
+
+
+def _fields_from_json(json_file: Path, given: dict[str, Any], form: Form) -> dict[str, Any]:
+    """Report fields from --json-file (an advanced path), options overriding."""
+    try:
+        loaded = json.loads(json_file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise NotFound(f"--json-file {json_file} does not exist") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputRefused(f"--json-file {json_file} is not valid JSON: {exc}") from exc
+    if not isinstance(loaded, dict):
+        raise InputRefused(f"--json-file {json_file} must hold a JSON object of report fields")
+    fields: dict[str, Any] = dict(loaded)
+    answers = _answers_from_options(given)
+    from_options, problems = form.validate(answers)
+    asked = {"location" if k in ("lat", "lon", "accuracy", "place") else k for k in answers}
+    asked |= {k for k in answers if form.field(k) is not None}
+    refuse_problems({k: v for k, v in problems.items() if k in asked}, OPTION_OF)
+    for key, value in from_options.items():
+        if key in asked:
+            fields[key] = value
+    if "extra" in from_options:
+        fields["extra"] = {**fields.get("extra", {}), **from_options["extra"]}
+    categories = fields.get("categories")
+    if isinstance(categories, list):
+        unknown = [c for c in categories if c not in form.category_keys()]
+        if unknown:
+            raise InputRefused(
+                f"unknown categor{'y' if len(unknown) == 1 else 'ies'}"
+                f" {', '.join(map(repr, unknown))}; the network's form has:"
+                f" {', '.join(form.category_keys())}"
+            )
+    if "occurred" not in fields:
+        raise InputRefused(
+            "say when it happened: --occurred 2025-03-01 (add --approximate if unsure)"
+        )
+    return fields
+
+
 def _progress(as_json: bool) -> Any:
     """Progress of a long attachment on stderr (for people), every 64 MiB."""
     if as_json or not sys.stderr.isatty():
@@ -203,29 +345,6 @@ def _progress(as_json: bool) -> Any:
             say(f"  encrypted {done >> 20} of {total >> 20} MiB")
 
     return show
-
-
-def _fields_from_options(given: dict[str, Any]) -> dict[str, Any]:
-    fields: dict[str, Any] = {}
-    for name in ("narrative", "title", "sensitivity", "language"):
-        if name in given:
-            fields[name] = given[name]
-    if "categories" in given:
-        fields["categories"] = list(given["categories"])
-    if "occurred" in given:
-        fields["occurred"] = occurred_field(given["occurred"], bool(given.get("approximate")))
-    if any(k in given for k in ("place", "lat", "lon", "accuracy")):
-        location: dict[str, Any] = {"source": "gps" if "lat" in given else "text"}
-        for option, key in (
-            ("place", "place"),
-            ("lat", "lat"),
-            ("lon", "lon"),
-            ("accuracy", "accuracy_m"),
-        ):
-            if option in given:
-                location[key] = given[option]
-        fields["location"] = location
-    return fields
 
 
 #: What each outbox state means to the monitor (SPEC.md §9: only "accepted" is delivered).

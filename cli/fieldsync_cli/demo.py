@@ -32,7 +32,7 @@ REPORTS = (
     ),
     (
         "Community radio journalist threatened by phone after a broadcast.",
-        "threats",
+        "threats-harassment",
         "2025-03-02",
         None,
         None,
@@ -40,7 +40,7 @@ REPORTS = (
     ),
     (
         "Fence erected on communal grazing land; families told to leave.",
-        "land-grab",
+        "forced-displacement",
         "2025-03",
         12.2530,
         -2.3625,

@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("fieldsync_cli.cmd_node", "status"),
     "peers": ("fieldsync_cli.cmd_node", "peers"),
     "report": ("fieldsync_cli.cmd_report", "report"),
+    "form": ("fieldsync_cli.cmd_form", "form"),
     "bundle": ("fieldsync_cli.cmd_bundle", "bundle"),
     "run": ("fieldsync_cli.cmd_net", "run"),
     "sync": ("fieldsync_cli.cmd_net", "sync"),
@@ -38,6 +39,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 # tests/cli/test_startup.py checks every line against the command's own docstring.
 SHORT_HELP: dict[str, str] = {
     "bundle": "Carry sealed items between nodes and HQ on removable media.",
+    "form": "The network's report form: what `report add` and the web app ask.",
     "hq": "Headquarters: enrol nodes, ingest reports, alerts, export, issue receipts, serve.",
     "init": "Create this node's keys and write an enrolment request for HQ.",
     "join": "Join the network with the ENROLMENT file HQ made for this node.",

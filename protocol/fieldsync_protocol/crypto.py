@@ -29,6 +29,7 @@ class Domain(Enum):
     RECEIPT = b"receipt"
     REVOCATION = b"revocation"
     KEY_DELIVERY = b"key-delivery"
+    FORM = b"form"
 
 
 def _signed_message(domain: Domain, body: bytes) -> bytes:

@@ -2,7 +2,7 @@
 
 An item is a canonical msgpack map with ``"t"`` (kind) and ``"v"`` (version). Its id is the
 BLAKE2b-256 of its bytes. ``parse_item`` checks everything a holder can check without HQ's
-secrets; signatures of receipts and manifests are checked by ``check_item``.
+secrets; signatures of receipts, manifests and forms are checked by ``check_item``.
 
 A kind this version does not know parses as ``OPAQUE``: relays carry it unchanged within the
 size cap (field devices upgrade at different times), while HQ refuses what it cannot verify.
@@ -20,6 +20,7 @@ from fieldsync_protocol.attachment import parse_chunk
 from fieldsync_protocol.crypto import content_id, delivery_tag
 from fieldsync_protocol.envelope import OuterEnvelope, parse_outer
 from fieldsync_protocol.errors import RemoteProtocolError
+from fieldsync_protocol.form import Form, open_form
 from fieldsync_protocol.keydelivery import parse_delivery
 from fieldsync_protocol.membership import VERSION, Manifest, is_version, open_manifest
 
@@ -39,6 +40,7 @@ class ItemKind(Enum):
     CHUNK = "a"
     REVOCATION = "l"
     KEY_DELIVERY = "k"
+    FORM = "f"
     #: Any kind this version does not know. Never on the wire: ``"t"`` there is the item's own.
     OPAQUE = "?"
 
@@ -107,6 +109,7 @@ class Checked:
     receipt: Receipt | None = None
     manifest: Manifest | None = None
     revocation: RevocationList | None = None
+    form: Form | None = None
 
 
 def check_item(data: bytes, manifest: Manifest) -> Checked:
@@ -124,6 +127,8 @@ def check_item(data: bytes, manifest: Manifest) -> Checked:
         return Checked(item, receipt=open_receipt(item.fields, manifest))
     if item.kind is ItemKind.REVOCATION:
         return Checked(item, revocation=open_revocation(item.fields, manifest))
+    if item.kind is ItemKind.FORM:
+        return Checked(item, form=open_form(data, manifest))
     update = open_manifest(data, trusted_root=manifest.root_key)
     if update.network_id != manifest.network_id:
         raise RemoteProtocolError("manifest update belongs to another network")

@@ -19,6 +19,10 @@ SCHEMA = "fieldsync.report/1"
 MAX_NARRATIVE = 100_000
 MAX_TEXT = 500
 MAX_LIST = 64
+#: Answers to a network form's own fields (SPEC.md §18): at most this many, each text of at
+#: most MAX_EXTRA_TEXT characters or a number.
+MAX_EXTRA = 32
+MAX_EXTRA_TEXT = 2_000
 
 CLOCK_SOURCES = ("ntp", "gps", "rtc", "fake-hwclock", "manual", "unknown")
 PRECISIONS = ("minute", "hour", "day", "month", "year", "unknown")
@@ -37,8 +41,9 @@ _TIMESTAMP = re.compile(
     r"(T(?P<H>[0-9]{2}):(?P<M>[0-9]{2})(:(?P<S>[0-9]{2}))?"
     r"(Z|[+-](?P<zh>[0-9]{2}):(?P<zm>[0-9]{2})))?)?)?"
 )
-_LANGUAGE = re.compile(r"[a-zA-Z]{2,3}(-[a-zA-Z0-9]{1,8})*")
-_KEY = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
+#: A BCP 47 language tag (the shape only), and a taxonomy or form key.
+LANGUAGE_TAG = re.compile(r"[a-zA-Z]{2,3}(-[a-zA-Z0-9]{1,8})*")
+KEY = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 
 Checker = Callable[[Any, str], None]
 
@@ -148,7 +153,29 @@ def _attachments(value: Any, path: str) -> None:
 
 
 _TIMESTAMP_CHECK = _timestamp
-_CATEGORY = _pattern(_KEY, "a taxonomy key like arbitrary-detention")
+
+
+def check_timestamp(value: Any, path: str) -> None:
+    """Raise ``RemoteProtocolError`` naming ``path`` unless ``value`` is a real timestamp."""
+    _timestamp(value, path)
+
+
+def _extra(value: Any, path: str) -> None:
+    """Answers to a form's own fields: ``{key: text or number}`` (SPEC.md §18)."""
+    if not isinstance(value, dict):
+        raise _fail(path, "must be a map")
+    if len(value) > MAX_EXTRA:
+        raise _fail(path, f"has more than {MAX_EXTRA} entries")
+    text = _text(MAX_EXTRA_TEXT)
+    number = _number(-(2.0**53), 2.0**53)
+    for key, element in value.items():
+        if not isinstance(key, str) or not KEY.fullmatch(key):
+            raise _fail(path, f"key {key!r:.40} must be a form key like weapon-type")
+        checker = text if isinstance(element, str) else number
+        checker(element, f"{path}.{key}")
+
+
+_CATEGORY = _pattern(KEY, "a taxonomy key like arbitrary-detention")
 
 _PERSON = _record(
     {"role": _choice(ROLES)},
@@ -171,7 +198,7 @@ _SCHEMA_CHECK = _record(
         "created_at": _TIMESTAMP_CHECK,
         "clock": _record({"source": _choice(CLOCK_SOURCES), "synced": _boolean}, {}),
         "origin": _record({"channel": _choice(CHANNELS)}, {"monitor": _text(32)}),
-        "language": _pattern(_LANGUAGE, "a BCP 47 language tag like fr or pt-BR"),
+        "language": _pattern(LANGUAGE_TAG, "a BCP 47 language tag like fr or pt-BR"),
         "occurred": _record(
             {"start": _TIMESTAMP_CHECK, "precision": _choice(PRECISIONS), "approximate": _boolean},
             {"end": _TIMESTAMP_CHECK},
@@ -201,6 +228,7 @@ _SCHEMA_CHECK = _record(
         ),
         "people": _list_of(_PERSON),
         "attachments": _attachments,
+        "extra": _extra,
     },
 )
 

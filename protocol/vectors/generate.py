@@ -30,6 +30,7 @@ from fieldsync_protocol import (
     codec,
     crypto,
     envelope,
+    form,
     frames,
     keydelivery,
     keytext,
@@ -1145,6 +1146,168 @@ def reconcile_vectors() -> dict[str, Any]:
 # --- driver ----------------------------------------------------------------------------------
 
 
+# --- form (SPEC.md §18) ------------------------------------------------------------------------
+
+#: A small network form: two languages, two categories and one field of each extra type.
+EXAMPLE_FORM: dict[str, Any] = {
+    "schema": "fieldsync.form/1",
+    "version": 3,
+    "languages": ["en", "fr"],
+    "categories": [
+        {
+            "key": "arbitrary-detention",
+            "labels": {"en": "Arbitrary detention", "fr": "Détention arbitraire"},
+        },
+        {"key": "excessive-force", "labels": {"en": "Excessive force", "fr": "Force excessive"}},
+    ],
+    "fields": [
+        {
+            "key": "narrative",
+            "type": "narrative",
+            "required": True,
+            "labels": {"en": "What happened", "fr": "Ce qui s'est passé"},
+        },
+        {
+            "key": "categories",
+            "type": "categories",
+            "required": True,
+            "labels": {"en": "Categories", "fr": "Catégories"},
+        },
+        {
+            "key": "occurred",
+            "type": "date",
+            "required": True,
+            "labels": {"en": "When", "fr": "Quand"},
+        },
+        {
+            "key": "location",
+            "type": "location",
+            "required": False,
+            "labels": {"en": "Coordinates", "fr": "Coordonnées"},
+        },
+        {
+            "key": "detained",
+            "type": "number",
+            "required": False,
+            "min": 0,
+            "max": 10000,
+            "labels": {"en": "People detained", "fr": "Personnes détenues"},
+        },
+        {
+            "key": "released-on",
+            "type": "date",
+            "required": False,
+            "labels": {"en": "Released on", "fr": "Libérés le"},
+        },
+        {
+            "key": "unit",
+            "type": "text",
+            "required": False,
+            "max_length": 100,
+            "labels": {"en": "Unit involved", "fr": "Unité impliquée"},
+        },
+        {
+            "key": "witnessed",
+            "type": "choice",
+            "required": True,
+            "default": "no",
+            "labels": {"en": "Did you see it yourself?", "fr": "L'avez-vous vu vous-même ?"},
+            "options": [
+                {"key": "yes", "labels": {"en": "Yes", "fr": "Oui"}},
+                {"key": "no", "labels": {"en": "No", "fr": "Non"}},
+            ],
+        },
+    ],
+}
+
+#: Answers as a person types them, and what Form.validate makes of them (SPEC.md §18.3).
+FORM_ANSWERS: list[dict[str, Any]] = [
+    {
+        "name": "valid, coordinates 0 0, approximate",
+        "answers": {
+            "narrative": "Trois vendeurs arrêtés.\nEmmenés au poste.",
+            "categories": "arbitrary-detention, excessive-force",
+            "occurred": "2025-03-01 09:30",
+            "approximate": "yes",
+            "lat": "0",
+            "lon": "0",
+            "detained": "3",
+            "released-on": "2025-03-02",
+            "language": "fr",
+        },
+    },
+    {
+        "name": "every field wrong",
+        "answers": {
+            "narrative": "   ",
+            "categories": "arbitrary-detention, torture",
+            "occurred": "2025-02-30",
+            "lat": "12.5",
+            "detained": "-1",
+            "witnessed": "maybe",
+        },
+    },
+]
+
+
+def form_vectors() -> dict[str, Any]:
+    m = manifest()
+    example = form.parse_form(EXAMPLE_FORM)
+    item = form.sign_form(example, m, b(ROOT_SEED))
+    assert form.open_form(item, m) == example
+    other_net = dataclasses.replace(m, network_id=bytes(16))
+    body = codec.decode(item)["b"]
+    refused = {
+        "signed by the receipt key, not the root": codec.encode(
+            {
+                "b": body,
+                "s": crypto.sign(crypto.Domain.FORM, b(RECEIPT_SEED), body),
+                "t": "f",
+                "v": 1,
+            }
+        ),
+        "signed under the manifest domain": codec.encode(
+            {
+                "b": body,
+                "s": crypto.sign(crypto.Domain.MANIFEST, b(ROOT_SEED), body),
+                "t": "f",
+                "v": 1,
+            }
+        ),
+        "one byte of the form changed": item.replace(b"Unit involved", b"Unit involves"),
+        "another network": form.sign_form(example, other_net, b(ROOT_SEED)),
+    }
+    cases = []
+    for name, data in refused.items():
+        try:
+            form.open_form(data, m)
+        except RemoteProtocolError as exc:
+            cases.append({"name": name, "item_hex": h(data), "error": str(exc)})
+        else:
+            raise AssertionError(f"form vector {name!r} was accepted")
+    answers = []
+    for case in FORM_ANSWERS:
+        report, problems = example.validate(case["answers"])
+        answers.append(
+            {**case, "report": report if not problems else None, "problems": dict(problems)}
+        )
+    default = form.default_form()
+    return {
+        "description": "The network form (SPEC.md §18): the built-in default form, an example "
+        "form signed by the root of membership.json as a form item, items that verification "
+        "refuses, and the report fields Form.validate makes of typed answers to the example.",
+        "default": default.to_map(),
+        "default_hex": h(default.encode()),
+        "example": EXAMPLE_FORM,
+        "example_hex": h(example.encode()),
+        "item_hex": h(item),
+        "item_id": h(crypto.content_id(item)),
+        **signed_document(item, crypto.Domain.FORM),
+        "refused": cases,
+        "answers": answers,
+    }
+
+
 def build() -> dict[str, Any]:
     """File name -> content, for every vector file."""
     return {
@@ -1157,6 +1320,7 @@ def build() -> dict[str, Any]:
         "revocation.json": revocation_vectors(),
         "bundle.json": bundle_vectors(),
         "attachment.json": attachment_vectors(),
+        "form.json": form_vectors(),
         "handshake.json": handshake_vectors(),
         "frames.json": frame_vectors(),
         "session.json": session_vectors(),

@@ -27,7 +27,7 @@ COMMANDS = {
         "--narrative",
         "written to a bad disk",
         "--category",
-        "threats",
+        "threats-harassment",
         "--occurred",
         "2025-03-01",
         "--json",

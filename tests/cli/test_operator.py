@@ -140,7 +140,7 @@ def test_node_home_from_the_config_counts_for_every_command(
         "--narrative",
         "home from the config",
         "--category",
-        "threats",
+        "threats-harassment",
         "--occurred",
         "2025-03-01",
         "--json",

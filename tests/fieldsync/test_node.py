@@ -275,6 +275,7 @@ def test_the_whole_loop_marks_reports_delivered(net: Net) -> None:
         "chunk": 0,
         "revocation": 0,
         "key_delivery": 0,
+        "form": 0,
         "opaque": 0,
     }
     assert b["tombstones"] == 3

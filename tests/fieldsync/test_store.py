@@ -140,6 +140,7 @@ def test_integrity_and_status_of_an_empty_store(store: Store) -> None:
         "chunk": 0,
         "revocation": 0,
         "key_delivery": 0,
+        "form": 0,
         "opaque": 0,
     }
     assert status["items_total"] == 0

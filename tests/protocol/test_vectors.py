@@ -29,6 +29,7 @@ from fieldsync_protocol import (
     codec,
     crypto,
     envelope,
+    form,
     frames,
     keydelivery,
     keytext,
@@ -998,3 +999,30 @@ def test_attachment_vector() -> None:
     assert codec.encode(opened.body).hex() == vector["report_body_hex"]
     assert opened.body["attachments"] == [entry.as_body()]
     assert attachment.parse_attachments(opened.body["attachments"]) == (entry,)
+
+
+# --- form (SPEC.md §17) ----------------------------------------------------------------------
+
+FORM = load("form.json")
+
+
+def test_form_vector() -> None:
+
+    example = form.parse_form(FORM["example"])
+    assert example.encode().hex() == FORM["example_hex"]
+    assert form.default_form().to_map() == FORM["default"]
+    assert form.default_form().encode().hex() == FORM["default_hex"]
+    root_seed = b(MEMBERSHIP["manifest"]["root_seed"])
+    item = form.sign_form(example, MANIFEST, root_seed)
+    assert item.hex() == FORM["item_hex"]
+    assert crypto.content_id(item).hex() == FORM["item_id"]
+    assert check_item(item, MANIFEST).form == example
+    check_signed_document(item, FORM, crypto.Domain.FORM, MANIFEST.root_key)
+    for case in FORM["refused"]:
+        with pytest.raises(RemoteProtocolError) as caught:
+            form.open_form(b(case["item_hex"]), MANIFEST)
+        assert str(caught.value) == case["error"]
+    for case in FORM["answers"]:
+        fields, problems = example.validate(case["answers"])
+        assert problems == case["problems"]
+        assert (None if problems else fields) == case["report"]
