@@ -28,6 +28,7 @@ from blockbuster import BlockBuster, blockbuster_ctx
 from fieldsync import hq_revocation, synthetic
 from fieldsync.discovery import Pseudonyms
 from fieldsync.errors import InputRefused
+from fieldsync.forms import set_hq_form
 from fieldsync.hq import HQ
 from fieldsync.node import Node
 from fieldsync.peer import PeerLimits, run_peer
@@ -35,6 +36,7 @@ from fieldsync.runtime import Runtime
 from fieldsync.transport import memory_pair
 from fieldsync_protocol import codec, crypto
 from fieldsync_protocol.bundle import BundleWriter
+from fieldsync_protocol.form import default_form, parse_form
 from fieldsync_protocol.handshake import PeerHandshake
 from fieldsync_protocol.keydelivery import KeyDelivery, seal_delivery
 from fieldsync_protocol.membership import Manifest
@@ -632,13 +634,22 @@ def enrol_hub(net: Net) -> Path:
     return home
 
 
+def set_example_form(net: Net, version: int) -> bytes:
+    """HQ sets a network form (SPEC.md §18.4); returns its signed item."""
+    keys, manifest = hq_keys(net)
+    form = parse_form({**default_form().to_map(), "version": version})
+    return set_hq_form(net.hq, form, manifest, keys.root_seed)
+
+
 async def test_the_list_and_deliveries_travel_through_the_hub(net: Net) -> None:
+    """Revocation list, key deliveries and the network's form reach members by the hub."""
     from fieldsync.hq_hub import ingest_from_hub
     from fieldsync.runtime import Server
 
     hub_home = await asyncio.to_thread(enrol_hub, net)
     await asyncio.to_thread(revoke, net, "carol")
     renewal = await asyncio.to_thread(renew, net)
+    form_item = await asyncio.to_thread(set_example_form, net, 7)
     async with opened(hub_home) as hub, opened(net.home("a")) as a, opened(net.home("carol")) as c:
         server = Server(hub)
         host, port = await server.listen_websocket("127.0.0.1", 0)
@@ -656,6 +667,8 @@ async def test_the_list_and_deliveries_travel_through_the_hub(net: Net) -> None:
             before = a.own_expiry
             outcome = await a.sync_with(url)
             assert outcome.complete and following(a) == 2 and a.own_expiry > before
+            held = await a.worker.call(lambda store: store.form_items())
+            assert held == [form_item]  # HQ's form came with the push and went on to A
             # The revoked node gets nothing from the hub.
             outcome = await c.sync_with(url)
             assert not outcome.complete and outcome.items_new == 0 and outcome.peer is not None
