@@ -35,6 +35,8 @@ from fieldsync.errors import FieldsyncError
 from fieldsync.faults import parse_fault
 
 DEFAULT_PORT: Final = 7341
+#: The monitor's web app (fieldsync.web), on loopback unless ``[web] listen`` says otherwise.
+DEFAULT_WEB_PORT: Final = 7342
 # Discovery's defaults live here, the one place of every default (fieldsync.discovery imports
 # them without importing zeroconf into every command).
 #
@@ -202,6 +204,20 @@ def _optional_url() -> Kind:
     return Kind(from_value, lambda text: text)
 
 
+def _optional_listen() -> Kind:
+    def from_value(value: object, _base: Path) -> HostPort | None:
+        if value == "":
+            return None
+        if not isinstance(value, str):
+            raise Invalid(f'expected {HOST_PORT_EXAMPLE} (or "" for off)')
+        try:
+            return parse_host_port(value, allow_port_zero=True)
+        except ValueError as exc:
+            raise Invalid(f'{exc} (or "" for off)') from None
+
+    return Kind(from_value, lambda text: text)
+
+
 _T = TypeVar("_T")
 
 
@@ -351,6 +367,20 @@ class HubConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class WebConfig:
+    """The monitor's web app (fieldsync.web): author nodes only, never on the hub."""
+
+    #: Where the app listens. Loopback (the default) serves plain HTTP to this computer's
+    #: browser; any other address serves HTTPS with a certificate the node makes (its
+    #: fingerprint is in ``fieldsync status``). ``""``: off.
+    listen: HostPort | None = field(
+        default=HostPort("127.0.0.1", DEFAULT_WEB_PORT), metadata=_meta(_optional_listen())
+    )
+    #: Largest report submission (all attachments together), in MiB.
+    max_upload_mb: int = field(default=512, metadata=_meta(_integer(1, 1536)))
+
+
+@dataclass(frozen=True, slots=True)
 class ControlConfig:
     #: Unix socket of the control API. ``None``: ``<home>/control.sock``.
     socket: Path | None = field(default=None, metadata=_meta(_path(optional=True, socket=True)))
@@ -386,6 +416,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     hub: HubConfig = field(default_factory=HubConfig)
+    web: WebConfig = field(default_factory=WebConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
     log: LogConfig = field(default_factory=LogConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
@@ -448,6 +479,7 @@ SECTIONS: Final[Mapping[str, type]] = MappingProxyType(
         "limits": LimitsConfig,
         "storage": StorageConfig,
         "hub": HubConfig,
+        "web": WebConfig,
         "control": ControlConfig,
         "log": LogConfig,
         "debug": DebugConfig,
