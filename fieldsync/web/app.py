@@ -25,6 +25,7 @@ from typing import Any
 import aiohttp_jinja2
 import jinja2
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from fieldsync import media
 from fieldsync.errors import FieldsyncError, WrongPassphrase
@@ -84,7 +85,7 @@ class WebSettings:
     #: Listening on every address (0.0.0.0 or ::): any IP literal with this port is ours.
     any_ip_port: int | None = None
     requests_per_minute: int = 240
-    submissions_per_minute: int = 20
+    submissions_per_minute: int = 60
 
 
 @dataclass
@@ -352,19 +353,18 @@ class WebApp:
 
     async def submit(self, request: web.Request) -> web.Response:
         client = _client(request)
-        if not self.submissions.allow(client):
-            return web.Response(status=429, text="too many submissions; wait a minute\n")
         length = request.content_length
         if length is not None and length > self.settings.max_upload_bytes:
             return self._too_large(request)
         if not request.content_type.startswith("multipart/form-data"):
             return web.Response(status=400, text="expected a multipart form\n")
         session = self._state(request).session
+        allowed = self.submissions.allow(client)
         try:
-            upload = await self._read_upload(request, session)
+            upload = await self._read_upload(request, session, keep_files=allowed)
         except TooLarge:
             return self._too_large(request)
-        except (ValueError, AssertionError, KeyError) as exc:
+        except (ValueError, AssertionError, KeyError, HttpProcessingError) as exc:
             # aiohttp's multipart reader says "malformed" with these.
             return web.Response(status=400, text=f"malformed form: {exc}\n")
         form = upload.form
@@ -378,6 +378,14 @@ class WebApp:
                 form,
                 {"": N_("This page had expired. Check the report and send it again.")},
                 status=403,
+            )
+        if not allowed:
+            # Too many submissions from this client: nothing stored, everything typed kept.
+            return self._form(
+                request,
+                form,
+                {"": N_("Too many submissions from this device. Wait a minute, then send again.")},
+                status=429,
             )
         if upload.attachment_problem is not None:
             await self._discard(upload.received)
@@ -448,7 +456,9 @@ class WebApp:
     def _unlock(self, passphrase: str) -> bytes:
         return Node(self.home).unlock_author(passphrase)  # reads a key file: no store
 
-    async def _read_upload(self, request: web.Request, session: Session) -> _Upload:
+    async def _read_upload(
+        self, request: web.Request, session: Session, keep_files: bool = True
+    ) -> _Upload:
         upload = _Upload()
         reader = await request.multipart()
         first = True
@@ -468,7 +478,8 @@ class WebApp:
                         upload.form.add(part.name, text)
                     continue
                 if (
-                    not upload.csrf_ok
+                    not keep_files
+                    or not upload.csrf_ok
                     or upload.attachment_problem is not None
                     or part.name not in form_view.FILE_FIELDS
                     or not part.filename

@@ -9,6 +9,7 @@ the browser tests, whose Selenium calls block.
 from __future__ import annotations
 
 import asyncio
+import io
 import re
 import threading
 from collections.abc import AsyncIterator
@@ -75,7 +76,7 @@ def report_form(csrf: str | None, passphrase: str, **values: Any) -> aiohttp.For
     for name, value in {**defaults, **values}.items():
         if isinstance(value, tuple):
             filename, data, media_type = value
-            form.add_field(name, data, filename=filename, content_type=media_type)
+            form.add_field(name, io.BytesIO(data), filename=filename, content_type=media_type)
         elif value is not None:
             form.add_field(name, value)
     form.add_field("passphrase", passphrase)
@@ -116,3 +117,25 @@ class DaemonThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=30)
         self.loop.close()
+
+
+BOUNDARY = "fieldsync-test-boundary"
+
+
+def raw_multipart(parts: list[tuple[str, str | None, bytes]]) -> bytes:
+    """A multipart body written byte for byte (a client library may clean file names):
+    (field name, file name or None, content)."""
+    out = bytearray()
+    for name, filename, content in parts:
+        disposition = f'form-data; name="{name}"'
+        if filename is not None:
+            disposition += f'; filename="{filename}"'
+        out += f"--{BOUNDARY}\r\nContent-Disposition: {disposition}\r\n".encode()
+        if filename is not None:
+            out += b"Content-Type: image/jpeg\r\n"
+        out += b"\r\n" + content + b"\r\n"
+    out += f"--{BOUNDARY}--\r\n".encode()
+    return bytes(out)
+
+
+MULTIPART = f"multipart/form-data; boundary={BOUNDARY}"
