@@ -36,7 +36,7 @@ from fieldsync.faults import parse_fault
 
 DEFAULT_PORT: Final = 7341
 #: The monitor's web app (fieldsync.web), on loopback unless ``[web] listen`` says otherwise.
-DEFAULT_WEB_PORT: Final = 7342
+DEFAULT_WEB_PORT: Final = 7343
 # Discovery's defaults live here, the one place of every default (fieldsync.discovery imports
 # them without importing zeroconf into every command).
 #

@@ -260,7 +260,7 @@ def web_qr(ctx: click.Context, control_socket: Path | None, as_json: bool) -> No
     if not web:
         raise FieldsyncError(
             "the web app is off: it runs on author nodes (not the hub) when [web] listen is"
-            ' set; for phones, set it to the Wi-Fi address, e.g. listen = "192.168.4.1:7342"'
+            ' set; for phones, set it to the Wi-Fi address, e.g. listen = "192.168.4.1:7343"'
         )
     if as_json:
         emit(True, web)

@@ -61,7 +61,7 @@ SECURITY_HEADERS = {
     "Pragma": "no-cache",
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",  # "no-referrer" makes Chrome send Origin: null
     "Cross-Origin-Opener-Policy": "same-origin",
     "Cross-Origin-Resource-Policy": "same-origin",
     "Permissions-Policy": "geolocation=(self), camera=(self), microphone=(self)",
@@ -76,7 +76,7 @@ MAX_TEXT_FIELDS = 200
 @dataclass
 class WebSettings:
     https: bool
-    #: Host header values the app answers to ("127.0.0.1:7342", "localhost:7342", ...).
+    #: Host header values the app answers to ("127.0.0.1:7343", "localhost:7343", ...).
     allowed_hosts: frozenset[str]
     max_upload_bytes: int
     #: Shown on the status page (None on loopback: plain HTTP).
