@@ -138,6 +138,8 @@ class WebApp:
         self._node: Node | None = None
         #: Per request, while it is handled (keyed by id: aiohttp requests are unhashable).
         self._states: dict[int, _RequestState] = {}
+        #: Languages whose locale data is loaded (see ``Language.warm``).
+        self._warm = {SOURCE_LANGUAGE}
 
     def _state(self, request: web.Request) -> _RequestState:
         return self._states[id(request)]
@@ -215,7 +217,7 @@ class WebApp:
         elif request.method not in ("GET", "HEAD") and not self._same_origin(request):
             response = web.Response(status=403, text="refused: request from another site\n")
         else:
-            self._attach_session(request)
+            await self._attach_session(request)
             try:
                 response = await handler(request)
             except web.HTTPException as exc:
@@ -261,10 +263,14 @@ class WebApp:
     def _cookie_name(self) -> str:
         return "__Host-fieldsync" if self.settings.https else "fieldsync"
 
-    def _attach_session(self, request: web.Request) -> None:
+    async def _attach_session(self, request: web.Request) -> None:
         session = self.sessions.get(request.cookies.get(self._cookie_name()))
+        language = self._language(request)
+        if language.code not in self._warm:
+            await asyncio.to_thread(language.warm)
+            self._warm.add(language.code)
         self._states[id(request)] = _RequestState(
-            session or self.sessions.new(), session is None, self._language(request)
+            session or self.sessions.new(), session is None, language
         )
 
     def _set_cookies(self, request: web.Request, response: web.StreamResponse) -> None:

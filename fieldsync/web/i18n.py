@@ -50,6 +50,14 @@ class Language:
     def direction(self) -> str:
         return "rtl" if self.code in RTL_LANGUAGES else "ltr"
 
+    def warm(self) -> None:
+        """Read this locale's CLDR data now (blocking; a few MiB): Babel reads it on first
+        use, which must not happen on the event loop. The app warms a language on a thread
+        the first time a page asks for it, so a node keeps only the languages it serves."""
+        self.datetime(0)
+        self.size(1234567)
+        _ = self.name, self._plural
+
     def gettext(self, message: str, **variables: object) -> str:
         """``message`` in this language (the source text if untranslated), with
         ``%(name)s`` placeholders filled from ``variables`` (Jinja2's "newstyle")."""
@@ -98,11 +106,7 @@ def load_languages(directory: Path = LOCALES_DIR) -> dict[str, Language]:
             continue
         with po.open("rb") as handle:
             languages[code] = Language(code, read_po(handle, locale=code))
-    for language in languages.values():
-        # Babel reads each locale's data file on first use: read them now, not on a page.
-        language.datetime(0)
-        language.size(1234567)
-        _ = language.name, language._plural
+    languages[SOURCE_LANGUAGE].warm()
     return languages
 
 
