@@ -402,7 +402,9 @@ class WebApp:
                 {form_view.ATTACHMENTS_FIELD: upload.attachment_detail},
                 status=422,
             )
-        session.kept.extend(upload.received)
+        if upload.received:
+            session.kept.extend(upload.received)
+            self.sessions.remember(session)
         return await self._seal(request, session, form, client)
 
     async def _seal(

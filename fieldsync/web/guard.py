@@ -1,14 +1,18 @@
 """What keeps the web app safe to serve: sessions, CSRF tokens, passphrase rate limits.
 
-Sessions live in memory only (a restart ends them) and hold no report content: a CSRF
-token and, after a refused submission, the attachments already encrypted into the store
-(their keys, so the monitor need not send them again). Ending a session (quick exit,
-expiry, a full table) discards those attachments' chunks.
+A session is a random id in a cookie; its CSRF token is an HMAC of the id under a key that
+lives in memory only (a restart makes every open page "expired", with what was typed kept).
+So reading pages stores nothing: a flood of requests cannot push a monitor's session out.
+The table holds only sessions that keep something: after a refused submission, the
+attachments already encrypted into the store (their keys, so the monitor need not send them
+again). Ending a session (quick exit, expiry, a full table) discards those chunks.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import re
 import secrets
 import time
 from collections import OrderedDict
@@ -21,8 +25,10 @@ Clock = Callable[[], float]
 
 #: An idle session ends after this long.
 SESSION_IDLE_SECONDS = 30 * 60.0
-#: Sessions kept at once; the least recently used goes first.
+#: Sessions kept at once (those holding attachments); the least recently used goes first.
 MAX_SESSIONS = 256
+#: What ``secrets.token_urlsafe(32)`` makes.
+_SESSION_ID = re.compile(r"[A-Za-z0-9_-]{43}")
 
 
 @dataclass
@@ -53,31 +59,42 @@ class Sessions:
         max_sessions: int = MAX_SESSIONS,
     ) -> None:
         self._sessions: OrderedDict[str, Session] = OrderedDict()
+        self._secret = secrets.token_bytes(32)
         self._on_drop = on_drop
         self._clock = clock
         self._idle = idle_seconds
         self._max = max_sessions
 
     def get(self, sid: str | None) -> Session | None:
-        """The live session for a cookie value; None for a missing, expired or forged one."""
+        """The session of a cookie value; None for a missing or malformed one. A forged id
+        gets a session too, but its token is one the forger cannot have put in a form."""
         self._expire()
-        if not sid:
+        if not sid or not _SESSION_ID.fullmatch(sid):
             return None
         session = self._sessions.get(sid)
         if session is None:
-            return None
+            return Session(sid, self._csrf(sid), self._clock())
         session.last_seen = self._clock()
         self._sessions.move_to_end(sid)
         return session
 
     def new(self) -> Session:
+        sid = secrets.token_urlsafe(32)
+        return Session(sid, self._csrf(sid), self._clock())
+
+    def remember(self, session: Session) -> None:
+        """Keep ``session`` (it holds attachments) until it ends or idles out."""
+        if session.sid in self._sessions:
+            return
         self._expire()
         while len(self._sessions) >= self._max:
             _, oldest = self._sessions.popitem(last=False)
             self._drop(oldest)
-        session = Session(secrets.token_urlsafe(32), secrets.token_urlsafe(32), self._clock())
+        session.last_seen = self._clock()
         self._sessions[session.sid] = session
-        return session
+
+    def _csrf(self, sid: str) -> str:
+        return hmac.new(self._secret, sid.encode(), hashlib.sha256).hexdigest()
 
     def end(self, sid: str | None) -> None:
         session = self._sessions.pop(sid, None) if sid else None

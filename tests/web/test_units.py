@@ -128,24 +128,31 @@ def test_node_errors_are_shown_next_to_their_field(message: str, control: str) -
     assert control in MESSAGES
 
 
-def test_sessions_expire_forget_forged_ids_and_discard_kept_attachments() -> None:
+def test_sessions_store_only_what_keeps_attachments_and_discard_them_at_the_end() -> None:
     clock = Clock()
     dropped: list[list[KeptAttachment]] = []
     sessions = Sessions(dropped.append, clock, idle_seconds=60, max_sessions=2)
     first = sessions.new()
-    kept = KeptAttachment("a.jpg", 1, object())  # type: ignore[arg-type]
-    first.kept.append(kept)
-    assert sessions.get(first.sid) is first
-    assert sessions.get("forged") is None and sessions.get(None) is None
+    again = sessions.get(first.sid)  # nothing stored, the same token
+    assert again is not None and again.csrf == first.csrf and len(sessions) == 0
+    forged = sessions.get("f" * 43)
+    assert forged is not None and not csrf_matches(forged, first.csrf)
+    assert sessions.get("not a session id") is None and sessions.get(None) is None
     assert csrf_matches(first, first.csrf) and not csrf_matches(first, "x" + first.csrf)
     assert not csrf_matches(None, first.csrf)
+    kept = KeptAttachment("a.jpg", 1, object())  # type: ignore[arg-type]
+    first.kept.append(kept)
+    sessions.remember(first)
+    sessions.remember(first)
+    assert sessions.get(first.sid) is first and len(sessions) == 1
     clock.now += 61
-    assert sessions.get(first.sid) is None
+    assert sessions.get(first.sid) is not first
     assert dropped == [[kept]]
-    a, b = sessions.new(), sessions.new()
+    a, b, c = sessions.new(), sessions.new(), sessions.new()
     a.kept.append(kept)
-    sessions.new()  # the table is full: the least recently used goes
-    assert sessions.get(a.sid) is None and sessions.get(b.sid) is b
+    for session in (a, b, c):  # the table holds two: the least recently used goes
+        sessions.remember(session)
+    assert sessions.get(a.sid) is not a and sessions.get(b.sid) is b
     assert len(dropped) == 2
     sessions.end(b.sid)
     sessions.end("unknown")
