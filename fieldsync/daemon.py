@@ -378,9 +378,8 @@ class FieldDaemon:
     async def _store_status(self, runtime: Runtime) -> dict[str, Any]:
         """The store's counts, or why there are none: status must answer even then."""
         try:
-            return await asyncio.wait_for(
-                runtime.worker.call(lambda store: store.status()), self.STORE_ANSWER_SECONDS
-            )
+            async with asyncio.timeout(self.STORE_ANSWER_SECONDS):
+                return await runtime.worker.call(lambda store: store.status())
         except TimeoutError:
             return {"store_error": "the store thread does not answer"}
         except Exception as exc:

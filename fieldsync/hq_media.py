@@ -5,7 +5,10 @@ Kept apart from ``fieldsync.hq``; ``hq.py`` calls in at a few points only:
 * ``store_chunk`` for every chunk item an ingest meets (inside the ingest transaction, under
   the chunk's own savepoint);
 * ``record_attachments`` when a report is accepted (inside the envelope's savepoint);
-* ``assemble_ready`` once the ingest (or a quarantine re-ingest) has committed;
+* ``pending`` when an ingest starts, and ``assemble_ready`` once it (or a quarantine
+  re-ingest) has committed: a failed attachment raises an ``attachment`` alert, and one
+  still missing chunks that was already pending when the ingest started an ``attachment
+  incomplete`` alert (resolved once it verifies; ``fieldsync.hq_alerts``);
 * ``unreceipted_chunks`` / ``mark_receipted`` when receipts are issued, so every holder
   deletes the chunks HQ holds.
 
@@ -29,7 +32,9 @@ from typing import Any
 
 import sqlite_utils
 
+from fieldsync import hq_alerts
 from fieldsync.errors import InputRefused, NotFound
+from fieldsync.hq_schema import MEDIA_SCHEMA
 from fieldsync.node import utc_text
 from fieldsync.sqlite_tx import immediate_transaction
 from fieldsync.store import now_seconds
@@ -43,33 +48,6 @@ log = logging.getLogger(__name__)
 
 MEDIA_DIR = "media"
 _PARTIAL = ".partial"
-
-_SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS media_chunks (
-        chunk_id BLOB PRIMARY KEY,
-        tag BLOB NOT NULL,
-        data BLOB,                      -- NULL once the attachment naming it verified
-        first_seen INTEGER NOT NULL,
-        receipt_serial INTEGER
-    )""",
-    "CREATE INDEX IF NOT EXISTS media_chunks_unreceipted ON media_chunks(receipt_serial)",
-    """CREATE TABLE IF NOT EXISTS media_attachments (
-        envelope_id TEXT NOT NULL,
-        ordinal INTEGER NOT NULL,
-        report_id TEXT NOT NULL,
-        name TEXT NOT NULL,
-        media_type TEXT NOT NULL,
-        size INTEGER NOT NULL,
-        sha256 TEXT NOT NULL,
-        entry BLOB NOT NULL,            -- the signed entry (msgpack), key included
-        chunks INTEGER NOT NULL,
-        status TEXT NOT NULL,           -- pending | verified | failed
-        path TEXT,                      -- relative to the HQ directory, once verified
-        detail TEXT,
-        PRIMARY KEY (envelope_id, ordinal)
-    )""",
-    "CREATE INDEX IF NOT EXISTS media_attachments_report ON media_attachments(report_id)",
-)
 
 
 @dataclass(frozen=True)
@@ -125,7 +103,7 @@ def public_body(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def ensure_schema(db: sqlite_utils.Database) -> None:
-    for statement in _SCHEMA:
+    for statement in MEDIA_SCHEMA:
         db.conn.execute(statement)
 
 
@@ -214,30 +192,88 @@ def statuses(db: sqlite_utils.Database, report_prefix: str | None = None) -> lis
     return out
 
 
-def assemble_ready(directory: Path, db: sqlite_utils.Database) -> dict[str, int]:
+def pending(db: sqlite_utils.Database) -> set[tuple[str, int]]:
+    """(envelope id, ordinal) of every attachment still pending."""
+    return {
+        (str(envelope_id), int(ordinal))
+        for envelope_id, ordinal in db.conn.execute(
+            "SELECT envelope_id, ordinal FROM media_attachments WHERE status = 'pending'"
+        )
+    }
+
+
+def assemble_ready(
+    directory: Path, db: sqlite_utils.Database, pending_before: set[tuple[str, int]]
+) -> tuple[dict[str, int], list[dict[str, Any]]]:
     """Assemble and verify every pending attachment whose chunks are all held.
 
     One that HQ cannot write (a full disk) stays pending and is tried again next time.
+    Returns the counts and the alerts that need attention now: attachments that failed,
+    and those in ``pending_before`` (pending when the ingest started) still incomplete.
     """
-    ensure_schema(db)
     counts = {"verified": 0, "failed": 0, "pending": 0}
-    pending = db.conn.execute(
+    alerts: list[dict[str, Any]] = []
+    waiting = db.conn.execute(
         "SELECT envelope_id, ordinal, report_id, entry FROM media_attachments"
         " WHERE status = 'pending'"
     ).fetchall()
-    for envelope_id, ordinal, report_id, blob in pending:
+    for envelope_id, ordinal, report_id, blob in waiting:
         entry = _entry(blob)
-        if _held(db, entry.chunk_ids) < len(entry.chunk_ids):
+        held = _held(db, entry.chunk_ids)
+        if held < len(entry.chunk_ids):
             counts["pending"] += 1
+            if (envelope_id, ordinal) in pending_before:
+                alerts += _incomplete(db, envelope_id, ordinal, report_id, entry, held)
             continue
         try:
-            ok = _assemble(directory, db, envelope_id, ordinal, report_id, entry)
+            ok, alert = _assemble(directory, db, envelope_id, ordinal, report_id, entry)
         except OSError as exc:
             log.warning("media: report %s attachment %d not assembled: %s", report_id, ordinal, exc)
             counts["pending"] += 1
             continue
         counts["verified" if ok else "failed"] += 1
-    return counts
+        alerts += [alert] if alert is not None else []
+    return counts, alerts
+
+
+def _incomplete(
+    db: sqlite_utils.Database,
+    envelope_id: str,
+    ordinal: int,
+    report_id: str,
+    entry: Attachment,
+    held: int,
+) -> list[dict[str, Any]]:
+    """Still missing chunks after a later ingest: alerted once (then seen again quietly)."""
+    detail = (
+        f"report {report_id}: attachment {ordinal + 1} ({entry.name!r}) is incomplete:"
+        f" {held}/{len(entry.chunk_ids)} chunks held after a later ingest"
+    )
+    with immediate_transaction(db.conn):
+        alert = hq_alerts.raise_alert(
+            db,
+            _event(db, hq_alerts.ATTACHMENT_INCOMPLETE, envelope_id, ordinal, detail),
+            utc_text(now_seconds()),
+            reopen=False,
+        )
+    return [alert] if alert is not None else []
+
+
+def _event(
+    db: sqlite_utils.Database, kind: str, envelope_id: str, ordinal: int, detail: str
+) -> hq_alerts.Event:
+    row = db.conn.execute(
+        "SELECT author_key, sequence FROM envelopes WHERE envelope_id = ?", (envelope_id,)
+    ).fetchone()
+    author_key, sequence = (row[0], row[1]) if row is not None else (None, None)
+    return hq_alerts.Event(
+        kind,
+        f"{envelope_id}:{ordinal}",
+        detail,
+        author_key=author_key,
+        sequence=sequence,
+        envelope_id=envelope_id,
+    )
 
 
 def _media_root(directory: Path) -> Path:
@@ -264,7 +300,7 @@ def _assemble(
     ordinal: int,
     report_id: str,
     entry: Attachment,
-) -> bool:
+) -> tuple[bool, dict[str, Any] | None]:
     report_dir = _media_root(directory) / envelope_id
     report_dir.mkdir(mode=0o700, exist_ok=True)
     final = report_dir / f"{ordinal + 1:02d}-{entry.name}"
@@ -280,8 +316,7 @@ def _assemble(
             os.fsync(out.fileno())
     except RemoteProtocolError as exc:
         partial.unlink(missing_ok=True)
-        _fail(db, envelope_id, ordinal, report_id, entry.name, str(exc))
-        return False
+        return False, _fail(db, envelope_id, ordinal, report_id, entry.name, str(exc))
     except OSError:
         partial.unlink(missing_ok=True)  # never leave a partial file behind
         raise
@@ -297,7 +332,10 @@ def _assemble(
             "UPDATE media_chunks SET data = NULL WHERE chunk_id = ?",
             [(chunk_id,) for chunk_id in entry.chunk_ids],
         )
-    return True
+        hq_alerts.resolve(
+            db, hq_alerts.ATTACHMENT_INCOMPLETE, f"{envelope_id}:{ordinal}", utc_text(now_seconds())
+        )
+    return True, None
 
 
 def _fail(
@@ -307,22 +345,21 @@ def _fail(
     report_id: str,
     name: str,
     reason: str,
-) -> None:
+) -> dict[str, Any] | None:
     detail = (
         f"report {report_id}: attachment {ordinal + 1} ({name!r}) failed verification: {reason}"
     )
+    now = utc_text(now_seconds())
     with immediate_transaction(db.conn):
         db.conn.execute(
             "UPDATE media_attachments SET status = 'failed', detail = ?"
             " WHERE envelope_id = ? AND ordinal = ?",
             (detail, envelope_id, ordinal),
         )
-        db.conn.execute(
-            "INSERT INTO alerts (kind, author_key, author_name, sequence, envelope_id, detail, at)"
-            " SELECT 'attachment', e.author_key, coalesce(a.name, ''), e.sequence, e.envelope_id,"
-            " ?, ? FROM envelopes e LEFT JOIN authors a ON a.author_key = e.author_key"
-            " WHERE e.envelope_id = ?",
-            (detail, utc_text(now_seconds()), envelope_id),
+        key = f"{envelope_id}:{ordinal}"
+        hq_alerts.resolve(db, hq_alerts.ATTACHMENT_INCOMPLETE, key, now)
+        return hq_alerts.raise_alert(
+            db, _event(db, hq_alerts.ATTACHMENT, envelope_id, ordinal, detail), now
         )
 
 
@@ -370,21 +407,3 @@ def extract(
         shutil.copyfile(directory / str(s.path), target)
         written.append(target)
     return written
-
-
-def copy_verified(directory: Path, db: sqlite_utils.Database, destination: Path) -> int:
-    """Copy every verified file to ``destination`` under the same relative path that the
-    exports link to (``media/ENVELOPE/NN-name``); files already there are kept."""
-    ensure_schema(db)
-    copied = 0
-    for (path,) in db.conn.execute(
-        "SELECT path FROM media_attachments WHERE status = 'verified' ORDER BY rowid"
-    ).fetchall():
-        target = destination / path
-        if target.exists() or target.resolve() == (directory / path).resolve():
-            continue
-        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        shutil.copyfile(directory / path, target)
-        os.chmod(target, 0o600)
-        copied += 1
-    return copied

@@ -117,10 +117,10 @@ class Janitor:
     async def run(self) -> None:
         next_tick = time.monotonic() + self._interval
         while True:
+            # asyncio.timeout: wait_for (3.11) can swallow a cancellation (scheduler.run).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._nudged.wait(), timeout=max(0.0, next_tick - time.monotonic())
-                )
+                async with asyncio.timeout(max(0.0, next_tick - time.monotonic())):
+                    await self._nudged.wait()
             if self._nudged.is_set():
                 self._nudged.clear()
                 await self.fit_budget()

@@ -209,7 +209,8 @@ class Server:
         await asyncio.gather(*sessions, return_exceptions=True)
         for server in self._tcp:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(server.wait_closed(), 5)
+                async with asyncio.timeout(5):
+                    await server.wait_closed()
         if self._web is not None:
             await self._web.cleanup()
         self.runtime.context.quiet_log.close()  # the counts of what was not logged

@@ -134,8 +134,12 @@ class Scheduler:
                     task.add_done_callback(self._running.discard)
                 self._wake.clear()
                 delay = self.seconds_until_next()
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a
+                # cancellation that lands while the wake-up completes, and the daemon's
+                # stop then waited for this loop forever.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=delay)
+                    async with asyncio.timeout(delay):
+                        await self._wake.wait()
         finally:
             for task in list(self._running):
                 task.cancel()

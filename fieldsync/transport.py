@@ -78,9 +78,9 @@ class TcpTransport:
 
 async def connect_tcp(host: str, port: int, connect_timeout: float = 10.0) -> TcpTransport:
     try:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(host, port), connect_timeout
-        )
+        # asyncio.timeout, not wait_for: a stop must not be lost as the connection opens.
+        async with asyncio.timeout(connect_timeout):
+            reader, writer = await asyncio.open_connection(host, port)
     except (OSError, TimeoutError) as exc:
         raise TransportError(f"cannot connect to {host}:{port}: {str(exc) or 'timed out'}") from exc
     return TcpTransport(reader, writer)

@@ -96,7 +96,8 @@ def browser_path() -> str | None:
 def missing_browser() -> str | None:
     if browser_path() is None:
         return "needs a browser: `chromium` on PATH (Debian: apt-get install chromium)"
-    return None
+    # Selenium drives it through the machine's driver (it must never download one).
+    return missing_command("chromedriver", "chromium-driver")
 
 
 #: Marker name -> what the machine lacks for it (None: nothing).

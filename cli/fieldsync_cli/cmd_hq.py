@@ -1,16 +1,25 @@
 """Headquarters commands: ``network create`` and
-``hq enroll|ingest|export|receipts|quarantine|media``."""
+``hq enroll|ingest|alerts|report|export|receipts|quarantine|media|serve``."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
-from fieldsync.errors import FieldsyncError, NotFound
-from fieldsync.exports import FORMATS, WRITERS
+from fieldsync.errors import FieldsyncError, InputRefused, NotFound
+from fieldsync.export_filters import CONSENTS, SENSITIVITY_ORDER, STATUSES, ExportOptions
+from fieldsync.exports import (
+    DELIMITERS,
+    FORMATS,
+    TEXT_FORMATS,
+    CsvStyle,
+    export_file,
+    export_stream,
+)
 from fieldsync.hq import HQ, IngestSummary, create_network
 from fieldsync.keystore import DEFAULT_KDF_PROFILE, KDF_PROFILES, check_output, write_private
 from fieldsync_cli.common import (
@@ -34,9 +43,19 @@ hq_dir_option = click.option(
 )
 
 
+#: ``hq ingest``: it worked, and new alerts appeared (forks, gaps, held or junk envelopes,
+#: failed attachments...): look at ``fieldsync hq alerts``. README "Exit codes".
+EXIT_ATTENTION = 8
+
+#: Everything an HQ command writes (the database and its WAL, exports, receipts bundles,
+#: media) is readable by HQ's user only: the analyst database holds every report in clear.
+HQ_UMASK = 0o077
+
+
 @click.group()
 def network() -> None:
     """Create a network (run once, at HQ)."""
+    os.umask(HQ_UMASK)
 
 
 @network.command()
@@ -79,7 +98,8 @@ def create(
 
 @click.group()
 def hq() -> None:
-    """Headquarters: enrol nodes, ingest reports, export, issue receipts."""
+    """Headquarters: enrol nodes, ingest reports, alerts, export, issue receipts, serve."""
+    os.umask(HQ_UMASK)
 
 
 @hq.command()
@@ -152,7 +172,8 @@ def ingest(
 
     Each envelope is accepted, held in the quarantine (with an alert) or dropped as junk,
     on its own: one bad envelope never stops the others. A damaged bundle file is refused
-    whole (exit 3, nothing from it ingested)."""
+    whole (exit 3, nothing from it ingested). Exit 8 when new alerts appeared (forks, gaps,
+    held or junk envelopes, failed attachments): see `fieldsync hq alerts`."""
     if not files and hub_url is None:
         raise FieldsyncError("give bundle FILES to ingest, or --hub URL")
     headquarters = HQ(hq_dir)
@@ -192,6 +213,12 @@ def ingest(
     data = summary.as_dict()
     _say_summary(data)
     emit(as_json, {**data, **hub_data})
+    if summary.attention:
+        say(
+            f"ATTENTION: {summary.alerts_total} new alert(s): review them with"
+            f" `fieldsync hq alerts --hq {hq_dir}` (exit {EXIT_ATTENTION})"
+        )
+        sys.exit(EXIT_ATTENTION)
 
 
 def _say_summary(data: dict[str, Any]) -> None:
@@ -209,12 +236,15 @@ def _say_summary(data: dict[str, Any]) -> None:
     if data["failed"]:
         say(f"  FAILED {data['failed']}: could not be recorded; they are tried again next time")
     for alert in data["alerts"]:
-        who = alert.get("author_name") or alert.get("author_key") or "-"
-        say(f"  ALERT {alert['kind']} {who}: {alert['detail']}")
+        if alert["kind"] != "gap":  # gaps are listed below, as ranges per author
+            say(
+                f"  ALERT {alert['id']} {alert['kind']} {alert['author'] or '-'}: {alert['detail']}"
+            )
     if data["alerts_total"] > len(data["alerts"]):
         say(f"  ... {data['alerts_total'] - len(data['alerts'])} more alerts in hq.db")
     for author, ranges in sorted(data["gaps"].items()):
-        say(f"  gap: {author} is missing sequence numbers {_ranges(ranges)}")
+        who = data["gap_authors"].get(author) or author
+        say(f"  gap: {who} is missing sequence numbers {_ranges(ranges)}")
     _say_media(data["chunks"], data["chunks_failed"], data["media"])
 
 
@@ -243,33 +273,111 @@ def _ranges(ranges: list[dict[str, int]]) -> str:
     "--out",
     "out",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="File to write (default stdout).",
+    help="File to write, 0600 (default stdout; uwazi-zip needs a file).",
+)
+@click.option("--since", metavar="DATE", help="Occurred on or after DATE (2025-03, 2025-03-01).")
+@click.option("--until", metavar="DATE", help="Occurred on or before DATE (a month: all of it).")
+@click.option("--received-since", metavar="DATE", help="Received at HQ on or after DATE (UTC).")
+@click.option("--received-until", metavar="DATE", help="Received at HQ on or before DATE (UTC).")
+@click.option(
+    "--category",
+    "categories",
+    metavar="KEY",
+    multiple=True,
+    help="Has this category (repeat: any).",
+)
+@click.option(
+    "--author",
+    "authors",
+    metavar="NAME",
+    multiple=True,
+    help="By this author name or key (repeat).",
+)
+@click.option(
+    "--status",
+    type=click.Choice(STATUSES),
+    help="current, or superseded by the same author's correction.",
+)
+@click.option(
+    "--max-sensitivity", type=click.Choice(SENSITIVITY_ORDER), help="Leave out anything above."
+)
+@click.option(
+    "--consent",
+    multiple=True,
+    type=click.Choice(sorted(CONSENTS)),
+    help="Only reports whose consent says yes to this (repeat: all of them).",
+)
+@click.option(
+    "--include-confidential",
+    is_flag=True,
+    help="Also export confidential reports (left out by default, and counted on stderr).",
+)
+@click.option(
+    "--exact-coordinates",
+    is_flag=True,
+    help="Keep 6 decimals instead of rounding by sensitivity"
+    " (public 5, internal 4, restricted 2, confidential 1).",
+)
+@click.option("--include-names", is_flag=True, help="Keep people's names (left out by default).")
+@click.option(
+    "--device-ids",
+    is_flag=True,
+    help="Also export the ids the author's device knows (report id, envelope, key, sequence);"
+    " never for publication.",
+)
+@click.option("--excel", is_flag=True, help="CSV: start with a UTF-8 BOM so Excel reads it right.")
+@click.option(
+    "--delimiter", type=click.Choice(DELIMITERS), default=",", help="CSV and Uwazi separator."
 )
 @json_option
 @handle_errors
-def export_(hq_dir: Path, fmt: str, out: Path | None, as_json: bool) -> None:
-    """Export all ingested reports (no passphrase: reads the analyst database)."""
+def export_(
+    hq_dir: Path,
+    fmt: str,
+    out: Path | None,
+    excel: bool,
+    delimiter: str,
+    as_json: bool,
+    **filters: Any,
+) -> None:
+    """Export ingested reports (no passphrase: reads the analyst database).
+
+    Confidential reports are left out unless --include-confidential; coordinates are rounded
+    by sensitivity unless --exact-coordinates; reports are named by an HQ-side publication id.
+    Filters combine (all must hold)."""
+    options = ExportOptions(**filters)
+    try:
+        options.check()
+    except InputRefused as exc:
+        raise click.UsageError(str(exc)) from None
+    style = CsvStyle(excel=excel, delimiter=delimiter)
+    if excel and fmt != "csv":
+        raise click.UsageError("--excel is for --format csv (Uwazi reads its files without a BOM)")
+    if out is None and fmt not in TEXT_FORMATS:
+        raise click.UsageError(f"--format {fmt} is written to a file: give --out FILE")
     headquarters = HQ(hq_dir)
     try:
         db = headquarters.database()
         if out is None:
-            count = WRITERS[fmt](db, sys.stdout)
+            result = export_stream(db, hq_dir, fmt, sys.stdout, options, style)
         else:
             check_output(out, "export file")
-            tmp = out.with_name(f".{out.name}.partial")
-            with open(tmp, "w", encoding="utf-8", newline="") as handle:
-                count = WRITERS[fmt](db, handle)
-            tmp.replace(out)
-            from fieldsync import hq_media
-
-            copied = hq_media.copy_verified(hq_dir, db, out.parent)
-            if copied:
-                say(f"copied {copied} verified media file(s) to {out.parent / 'media'}")
+            result = export_file(db, hq_dir, fmt, out, options, style)
     finally:
         headquarters.close()
-    say(f"exported {count} reports as {fmt}" + (f" to {out}" if out else ""))
+    counts = result.counts
+    say(f"exported {counts.exported} reports as {fmt}" + (f" to {out}" if out else ""))
+    if result.media_copied and out is not None:
+        say(f"copied {result.media_copied} verified media file(s) to {out.parent / 'media'}")
+    if counts.confidential:
+        say(
+            f"left out {counts.confidential} confidential report(s);"
+            " give --include-confidential to export them"
+        )
+    if counts.filtered:
+        say(f"left out {counts.filtered} report(s) that did not match the filters")
     if as_json and out is not None:
-        emit(True, {"format": fmt, "reports": count, "out": str(out)})
+        emit(True, {**result.as_dict(), "out": str(out)})
 
 
 @hq.command()
@@ -418,3 +526,171 @@ def media(hq_dir: Path, report_id: str | None, out: Path | None, as_json: bool) 
         for r in rows
     )
     emit(as_json, rows, text or "no attachments")
+
+
+@hq.command()
+@hq_dir_option
+@click.option("--all", "everything", is_flag=True, help="Acknowledged and resolved alerts too.")
+@click.option(
+    "--ack",
+    "ack_ids",
+    type=int,
+    multiple=True,
+    metavar="ID",
+    help="Acknowledge alert ID (repeatable); it opens again if its event happens again.",
+)
+@json_option
+@handle_errors
+def alerts(hq_dir: Path, everything: bool, ack_ids: tuple[int, ...], as_json: bool) -> None:
+    """Forks, gaps, held and junk envelopes, failed or incomplete attachments, reports of
+    revoked authors: open ones, most recently seen first (exit 4: --ack of an unknown ID)."""
+    headquarters = HQ(hq_dir)
+    try:
+        if ack_ids:
+            done = headquarters.acknowledge(ack_ids)
+            say(f"acknowledged {len(done)} alert(s)")
+            emit(as_json, done, _alert_lines(done))
+            return
+        rows = headquarters.alerts(everything)
+    finally:
+        headquarters.close()
+    if not rows and not as_json:
+        say("no open alerts" if not everything else "no alerts")
+    emit(as_json, rows, _alert_lines(rows) if rows else None)
+
+
+def _alert_lines(rows: list[dict[str, Any]]) -> str:
+    return "\n".join(
+        f"{r['id']:>6}  {r['state']:12} {r['kind']:21} {r['author'] or '-'}"
+        f"  last seen {r['last_seen']}"
+        + (f" (x{r['count']})" if r["count"] > 1 else "")
+        + f"\n        {r['detail']}"
+        for r in rows
+    )
+
+
+@hq.group()
+def report() -> None:
+    """Reports as HQ holds them (no passphrase: reads the analyst database)."""
+
+
+@report.command("show")
+@click.argument("report_id")
+@hq_dir_option
+@click.option(
+    "--all-versions",
+    is_flag=True,
+    help="Every version of a corrected report (supersedes), oldest first.",
+)
+@json_option
+@handle_errors
+def report_show(report_id: str, hq_dir: Path, all_versions: bool, as_json: bool) -> None:
+    """One report (REPORT_ID or a prefix, or its envelope id) with the other report of a
+    fork and the ids of its corrections (exit 4: no such report)."""
+    headquarters = HQ(hq_dir)
+    try:
+        shown = headquarters.report(report_id, all_versions)
+    finally:
+        headquarters.close()
+    for warning in shown["warnings"]:
+        say(f"warning: {warning}")
+    emit(as_json, shown, _report_text(shown))
+
+
+_REPORT_FIELDS = (
+    "id",
+    "title",
+    "narrative",
+    "categories",
+    "occurred_start",
+    "occurred_end",
+    "occurred_precision",
+    "occurred_approximate",
+    "place",
+    "lat",
+    "lon",
+    "sensitivity",
+    "language",
+    "author_name",
+    "sequence",
+    "supersedes",
+    "claimed_time",
+    "received_at",
+    "envelope_id",
+)
+
+
+def _report_block(row: dict[str, Any]) -> str:
+    if "note" in row:
+        return f"{'envelope_id':21}{row['envelope_id']}\n{'note':21}{row['note']}"
+    shown = {**row, "categories": ", ".join(row.get("categories") or [])}
+    lines = [f"{name:21}{shown[name]}" for name in _REPORT_FIELDS if shown.get(name) is not None]
+    lines += [
+        f"{'attachment':21}{a['name']} ({a['media_type']}, {a['size']:,} B)"
+        for a in row.get("attachments", [])
+    ]
+    return "\n".join(lines)
+
+
+def _report_text(shown: dict[str, Any]) -> str:
+    blocks = []
+    many = len(shown["versions"]) > 1
+    for number, version in enumerate(shown["versions"], 1):
+        title = f"== version {number} of {len(shown['versions'])}" if many else "== report"
+        blocks.append(f"{title}\n{_report_block(version['report'])}")
+        for fork in version["forks"]:
+            blocks.append(
+                "== FORK: the same author signed a different report with sequence number"
+                f" {version['report']['sequence']}\n{_report_block(fork)}"
+            )
+    if not many and (shown["older_versions"] or shown["newer_versions"]):
+        blocks.append(
+            f"== corrections: older {', '.join(shown['older_versions']) or '-'};"
+            f" newer {', '.join(shown['newer_versions']) or '-'} (--all-versions shows them)"
+        )
+    return "\n\n".join(blocks)
+
+
+@hq.command()
+@hq_dir_option
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8001,
+    show_default=True,
+    help="Port on 127.0.0.1 (0: any free port).",
+)
+@click.option(
+    "--tiles",
+    metavar="URL",
+    help="Map tile server, e.g. https://tile.example.org/{z}/{x}/{y}.png. Default: none,"
+    " because fetching tiles tells that server which places the analyst looks at.",
+)
+@json_option
+@handle_errors
+def serve(hq_dir: Path, port: int, tiles: str | None, as_json: bool) -> None:
+    """Browse the analyst database in Datasette on 127.0.0.1: alerts first, reports with
+    facets and a map; blobs and raw bodies hidden. Needs `pip install 'fieldsync[hq]'`.
+    Prints the URL (with --json: {"url": ...}) once listening; Ctrl-C stops it."""
+    from fieldsync import hq_serve
+
+    hq_serve.check_installed()
+    if tiles is not None and not tiles.startswith(("https://", "http://")):
+        raise click.BadParameter("give an http(s) URL template", param_hint="--tiles")
+    headquarters = HQ(hq_dir)
+    try:
+        headquarters.database()  # migrated (and its views made) before Datasette reads it
+        network_name = headquarters.manifest().name
+    finally:
+        headquarters.close()
+    sock = hq_serve.listen(port)
+
+    def ready(url: str) -> None:
+        say(f"serving {hq_dir / 'hq.db'} at {url} (127.0.0.1 only); Ctrl-C stops")
+        emit(as_json, {"url": url}, url)
+        sys.stdout.flush()
+
+    try:
+        hq_serve.serve(hq_dir, network_name, sock, tiles, ready)
+    finally:
+        sock.close()

@@ -699,9 +699,9 @@ class SyncSession:
     def _ready_to_end(self) -> bool:
         if self._ready or self._queue or self._later:
             return False
-        if self._mode is Mode.DELTA and not self._delta_done:
-            return False
-        return self._mode is Mode.DELTA or (self._reconciler is not None and self._reconciler.done)
+        if self._mode is Mode.DELTA:
+            return self._delta_done
+        return self._reconciler is not None and self._reconciler.done
 
     def _check_complete(self) -> None:
         if (

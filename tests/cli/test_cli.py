@@ -363,18 +363,18 @@ def test_ingest_prints_rejections_forks_and_gaps_per_author(net: Net, run: Run) 
         seal(manifest, bytes(range(32)), 1, "stranger").item,  # never enrolled
     ]
     write_bundle(net, net.usb / "mixed.bundle", items)
-    done = _ok(run("hq", "ingest", "--hq", net.hq, net.usb / "mixed.bundle"))
+    done = run("hq", "ingest", "--hq", net.hq, net.usb / "mixed.bundle")
+    assert done.returncode == 8, done.stderr  # new alerts: the attention code
     lines = done.stderr.splitlines()
     assert lines[0] == (
         "ingested 4 envelopes: 2 new, 0 duplicate, 1 forks, 1 held in quarantine, 0 junk dropped"
     )
     assert "  held 1: report is signed by an author key HQ never enrolled" in lines
-    assert any(line.startswith("  ALERT fork monitor-17: envelopes ") for line in lines)
-    assert any(line.startswith("  ALERT quarantined -: held in quarantine: ") for line in lines)
-    assert any(
-        line.startswith("  gap: author:") and line.endswith("is missing sequence numbers 2-3 (2)")
-        for line in lines
-    )
+    assert any(line.startswith("  ALERT 1 fork monitor-17: envelopes ") for line in lines)
+    assert any(line.startswith("  ALERT 2 quarantined -: held in quarantine: ") for line in lines)
+    # The gap names the author as the fork does: by name, not by key.
+    assert "  gap: monitor-17 is missing sequence numbers 2-3 (2)" in lines
+    assert lines[-1].startswith("ATTENTION: 3 new alert(s)")
 
 
 def test_output_paths_that_cannot_be_written(net: Net, run: Run) -> None:
@@ -554,12 +554,16 @@ def test_the_offline_loop_as_written_in_the_issue(tmp_path: Path, run: Run) -> N
     assert (again["new"], again["duplicate"], again["quarantined"], again["forks"]) == (0, 2, 0, 0)
     assert (again["junk"], again["gaps"], again["alerts"]) == (0, {}, [])
 
+    everything = ("--include-confidential", "--exact-coordinates", "--device-ids")
     for fmt in ("jsonl", "csv", "geojson", "uwazi-csv"):
-        to_stdout = _ok(run("hq", "export", "--hq", hq, "--format", fmt, passphrase=None))
+        args = ("hq", "export", "--hq", hq, "--format", fmt)
+        to_stdout = _ok(run(*args, *everything, passphrase=None))
         out = tmp_path / f"reports.{fmt}"
-        meta = _json(_ok(run("hq", "export", "--hq", hq, "--format", fmt, "--out", out, "--json")))
-        assert meta == {"format": fmt, "reports": 2, "out": str(out)}
+        meta = _json(_ok(run(*args, *everything, "--out", out, "--json")))
+        assert (meta["format"], meta["reports"], meta["out"]) == (fmt, 2, str(out))
         assert out.read_text(encoding="utf-8") == to_stdout.stdout
+        default = _json(_ok(run(*args, "--out", tmp_path / f"default.{fmt}", "--json")))
+        assert (default["reports"], default["left_out"]["confidential"]) == (1, 1)
     records = [json.loads(line) for line in (tmp_path / "reports.jsonl").read_text().splitlines()]
     market = next(r for r in records if r["id"] == first)
     assert market["categories"] == ["arbitrary-detention", "threats"]
@@ -582,9 +586,9 @@ def test_the_offline_loop_as_written_in_the_issue(tmp_path: Path, run: Run) -> N
     )
     assert market["hq"]["author_name"] == "monitor-17"
     rows = list(csv.DictReader(io.StringIO((tmp_path / "reports.csv").read_text(), newline="")))
-    assert {r["id"] for r in rows} == {first, second["id"]}
+    assert {r["report_id"] for r in rows} == {first, second["id"]}
     features = json.loads((tmp_path / "reports.geojson").read_text())["features"]
-    geometry = {f["id"]: f["geometry"] for f in features}
+    geometry = {f["properties"]["report_id"]: f["geometry"] for f in features}
     assert geometry == {
         first: {"type": "Point", "coordinates": [-1.5339, 12.3657]},
         second["id"]: None,
@@ -592,7 +596,7 @@ def test_the_offline_loop_as_written_in_the_issue(tmp_path: Path, run: Run) -> N
     uwazi = list(
         csv.DictReader(io.StringIO((tmp_path / "reports.uwazi-csv").read_text(), newline=""))
     )
-    assert {r["location"] for r in uwazi} == {"12.3657|-1.5339", ""}
+    assert {r["location_geolocation"] for r in uwazi} == {"12.365700|-1.533900", ""}
 
     made = _json(_ok(run("hq", "receipts", "--hq", hq, "--out", usb / "receipts.bundle", "--json")))
     assert made == {

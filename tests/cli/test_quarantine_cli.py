@@ -16,6 +16,7 @@ from tests.cli.cli_support import Run
 from tests.fieldsync.offline_support import Net, add_reports
 
 NOT_FOUND = 4
+ATTENTION = 8
 USAGE = 2
 WRONG_PASSPHRASE = 12
 
@@ -45,7 +46,9 @@ def test_a_report_of_a_removed_author_is_held_then_delivered_after_reingest(
     (author_row,) = _hq_sql(net, "SELECT * FROM authors")
     _hq_sql(net, "DELETE FROM authors")  # the operator "revokes" the author
 
-    ingested = _json(run("hq", "ingest", "--hq", net.hq, net.usb / "a.bundle", "--json"))
+    held = run("hq", "ingest", "--hq", net.hq, net.usb / "a.bundle", "--json")
+    assert held.returncode == ATTENTION, held.stderr  # a held envelope is a new alert
+    ingested = json.loads(held.stdout)
     assert (ingested["new"], ingested["quarantined"], ingested["failed"]) == (0, 1, 0)
     (alert,) = ingested["alerts"]
     assert alert["kind"] == "quarantined" and "never enrolled" in alert["detail"]

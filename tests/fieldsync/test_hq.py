@@ -145,8 +145,10 @@ def test_reports_become_rows_with_lat_lon(net: Net) -> None:
         "media": {"verified": 0, "failed": 0, "pending": 0},
         "gaps": {},
         "gaps_total": 0,
+        "gap_authors": {},
         "alerts": [],
         "alerts_total": 0,
+        "attention": False,
     }
     with open_hq(net) as headquarters:
         (row,) = headquarters.database()["reports"].rows
@@ -227,9 +229,15 @@ def test_a_missing_sequence_number_is_reported_as_a_gap(net: Net) -> None:
     assert later.gaps == {_author_text(net): [{"first": 4, "last": 4, "count": 1}]}
     with open_hq(net) as headquarters:
         assert headquarters.gaps() == (later.gaps, 1)
-        (row,) = headquarters.database().query("SELECT * FROM alerts WHERE kind = 'gap'")
+        rows = list(
+            headquarters.database().query("SELECT * FROM alerts WHERE kind = 'gap' ORDER BY id")
+        )
+    # The filled gap stays on record, resolved; the open one names the author.
+    assert [(r["first_missing"], r["state"]) for r in rows] == [(2, "resolved"), (4, "open")]
+    row = rows[1]
     assert (row["author_name"], row["author_key"]) == ("monitor-17", _author_text(net))
     assert (row["first_missing"], row["last_missing"], row["missing_count"]) == (4, 4, 1)
+    assert rows[0]["resolved_at"] is not None and row["resolved_at"] is None
 
 
 def test_gaps_are_per_author(net: Net, tmp_path: Path) -> None:

@@ -62,7 +62,8 @@ def test_a_time_after_9999_is_held_and_the_rest_of_the_bundle_goes_in(net: Net) 
     assert (summary.new, summary.failed, summary.envelopes) == (2, 0, 3)
     (reason,) = summary.quarantined
     assert reason == f"report header.t = {2**40} is outside 0..{MAX_CLAIMED_TIME}"
-    (alert,) = summary.alerts
+    alert, gap = summary.alerts  # 2 is held, so 2 is also missing from the chain
+    assert (gap["kind"], gap["first_missing"], gap["author"]) == ("gap", 2, "monitor-17")
     # Signed by an enrolled author: the alert names who sent it.
     assert (alert["kind"], alert["author_name"]) == ("quarantined", "monitor-17")
     (held,) = _rows(net, "SELECT author_name, author_key, sequence FROM quarantine")
@@ -84,8 +85,8 @@ def test_implausible_sequence_jumps_are_held_and_gaps_stay_ranges(net: Net) -> N
     summary = ingest(net, net.usb / "jumps.bundle")
     assert (summary.new, summary.failed) == (4, 0)
     assert sum(summary.quarantined.values()) == 2
-    assert [a["kind"] for a in summary.alerts] == ["sequence jump", "sequence jump"]
-    assert {a["sequence"] for a in summary.alerts} == {2**63 - 1, 10**12}
+    assert [a["kind"] for a in summary.alerts] == ["sequence jump", "sequence jump", "gap"]
+    assert {a["sequence"] for a in summary.alerts[:2]} == {2**63 - 1, 10**12}
     assert all("implausible sequence jump" in reason for reason in summary.quarantined)
     # The plausible one opened a gap of 9,999 numbers: one range, never a list.
     ((_author, ranges),) = summary.gaps.items()
@@ -213,7 +214,10 @@ def test_past_its_bound_the_quarantine_keeps_and_receipts_nothing_and_alerts(net
         pending = headquarters.database().execute("SELECT count(*) FROM envelopes").fetchone()
         assert pending[0] == 2  # the third is not recorded: relays keep carrying it
         again = headquarters.ingest_files([net.usb / "s.bundle"], PASSPHRASE)
-        assert (again.duplicate, again.quarantine_full, again.alerts_total) == (2, 1, 1)
+        # Still full: the open alert counts it again; nothing new needs attention.
+        assert (again.duplicate, again.quarantine_full, again.alerts_total) == (2, 1, 0)
+        (count,) = headquarters.database().execute(full.replace("count(*)", "count")).fetchone()
+        assert count == 2
     finally:
         headquarters.close()
     roomy = HQ(net.hq, quarantine_max_bytes=10**9)
@@ -240,7 +244,10 @@ def test_a_removed_author_is_held_then_accepted_and_the_device_follows(net: Net)
         for row in author_rows:
             db.table("authors").insert(row)
         result = headquarters.reingest([1], PASSPHRASE)
+        (alert,) = headquarters.alerts(everything=True)
+        assert headquarters.alerts() == []  # accepted now: its alert resolved itself
     assert (result.accepted, result.receipts_new) == (1, 1)
+    assert (alert["kind"], alert["state"]) == ("quarantined", "resolved")
     receipts(net, net.usb / "accepted.bundle")
     counts = import_(net.a, net.usb / "accepted.bundle")
     assert (counts.delivered_own, counts.held_own) == (1, 0)

@@ -128,3 +128,24 @@ async def test_discovered_targets_are_forgotten_when_gone_static_ones_are_kept()
     scheduler.remove("d:1")
     scheduler.remove("s:1")
     assert set(scheduler.targets) == {"s:1"}
+
+
+async def test_cancel_while_being_woken_stops_the_loop() -> None:
+    """A stop that coincides with a wake-up ends run(): the daemon's SIGTERM must not hang.
+
+    Python 3.11's ``asyncio.wait_for`` returns the inner result instead of raising when the
+    cancellation and the wake-up land in the same loop turn; the loop then ran on forever.
+    """
+    scheduler, _ = make()
+    scheduler.add("10.0.0.7:7341", "static")
+    scheduler.targets["10.0.0.7:7341"].failures = 1  # poke() leaves it due in an hour
+    scheduler.targets["10.0.0.7:7341"].next_due += 3600  # so run() waits with a timeout
+    for turns in range(6):  # the cancellation lands at each step of the wake-up in turn
+        task = asyncio.create_task(scheduler.run())
+        await asyncio.sleep(0)  # run() is now waiting for a wake-up
+        scheduler.poke()
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(asyncio.shield(task), timeout=5)

@@ -407,8 +407,11 @@ def test_a_small_disk_budget_drops_media_before_any_report_text(net: Net, tmp_pa
 def test_hq_export_writes_media_beside_it_with_relative_links(net: Net, tmp_path: Path) -> None:
     import csv
     import json
+    import stat
+    import zipfile
 
-    from fieldsync.exports import WRITERS
+    from fieldsync.export_filters import ExportOptions
+    from fieldsync.exports import export_file
 
     original = tmp_path / "scene.jpg"
     marked_file(original, PIECE + 5)
@@ -417,26 +420,35 @@ def test_hq_export_writes_media_beside_it_with_relative_links(net: Net, tmp_path
     ingest(net, net.usb / "a.bundle")
     out_dir = tmp_path / "export"
     out_dir.mkdir()
+    copied = []
     with open_hq(net) as headquarters:
         db = headquarters.database()
-        for fmt in ("jsonl", "csv", "uwazi-csv"):
-            with open(out_dir / f"reports.{fmt}", "w", encoding="utf-8", newline="") as out:
-                WRITERS[fmt](db, out)
-        assert hq_media.copy_verified(net.hq, db, out_dir) == 1
-        assert hq_media.copy_verified(net.hq, db, out_dir) == 0  # already there
+        for fmt in ("jsonl", "csv", "uwazi-csv", "uwazi-zip"):
+            result = export_file(db, net.hq, fmt, out_dir / f"reports.{fmt}", ExportOptions())
+            copied.append(result.media_copied)
+    assert copied == [1, 0, 0, 0]  # already there after the first; the ZIP holds its own
     [record] = [json.loads(line) for line in (out_dir / "reports.jsonl").read_text().splitlines()]
     assert record["id"] == report_id
     [link] = record["hq"]["attachments"]
-    assert not Path(link).is_absolute() and link.startswith("media/")
+    assert link == f"media/{record['hq']['publication_id']}/01.jpg"  # no author file name
     assert sha256_of(out_dir / link) == sha256_of(original)
+    assert stat.S_IMODE((out_dir / link).stat().st_mode) == 0o600
+    assert stat.S_IMODE((out_dir / link).parent.stat().st_mode) == 0o700
     assert record["attachments"] == [
         {"name": "scene.jpg", "media_type": "image/jpeg", "size": PIECE + 5,
          "sha256": sha256_of(original)}
     ]  # fmt: skip
-    for fmt in ("csv", "uwazi-csv"):
-        with open(out_dir / f"reports.{fmt}", encoding="utf-8") as handle:
-            [row] = list(csv.DictReader(handle))
-        assert row["attachments"] == link
+    with open(out_dir / "reports.csv", encoding="utf-8") as handle:
+        [row] = list(csv.DictReader(handle))
+    assert row["attachments"] == link
+    with open(out_dir / "reports.uwazi-csv", encoding="utf-8") as handle:
+        [row] = list(csv.DictReader(handle))
+    assert "attachments" not in row  # Uwazi would attach the CSV itself
+    # Uwazi's ZIP import looks each name up as an exact entry (api/csv/importFile.ts).
+    archive = zipfile.ZipFile(out_dir / "reports.uwazi-zip")
+    [row] = list(csv.DictReader(archive.read("import.csv").decode().splitlines()))
+    assert row["attachments"] == link and archive.namelist() == ["import.csv", link]
+    assert archive.read(link) == (out_dir / link).read_bytes()
 
 
 SOAK = os.environ.get("FIELDSYNC_SOAK") == "1"

@@ -1083,3 +1083,25 @@ def test_reconciliation_sends_media_after_every_text_and_in_rank_order(b_has: st
     first_media = arrived.index(media_ids[0])
     assert len(media_ids) == 300 and first_media == len(arrived) - 300
     assert [rank[i] for i in media_ids] == sorted(rank.values())
+
+
+class PurgedOnceHeld(MemStore):
+    """Receipts for the media arrive the moment the session has set them aside."""
+
+    def send_later(self, ids: Sequence[bytes]) -> list[tuple[int, bytes]]:
+        held = super().send_later(ids)
+        for _, key in held:
+            self.delete(key)
+        return held
+
+
+def test_held_back_media_purged_before_its_turn_is_not_sent() -> None:
+    """A receipt that purges held-back chunks mid-session: nothing is sent for them, and the
+    session still ends cleanly (SPEC §16.7)."""
+    texts = make_items(0, 50)
+    media = make_items(60_000, 200, size=400)
+    a = PurgedOnceHeld(texts + media)
+    a.later.update({item_id(data): n for n, data in enumerate(media)})
+    b = MemStore([], epoch=b"epoch-B")
+    run(a, b)
+    assert set(b.data) == {item_id(t) for t in texts}
