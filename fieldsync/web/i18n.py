@@ -9,13 +9,14 @@ every language that has one. Catalogues are read once, when the app starts.
 from __future__ import annotations
 
 import gettext
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
 
-from babel import Locale, UnknownLocaleError
+from babel import Locale, UnknownLocaleError, localedata
 from babel.dates import format_datetime
 from babel.messages.catalog import Catalog
 from babel.messages.pofile import read_po
@@ -31,6 +32,9 @@ RTL_LANGUAGES = frozenset({"ar", "fa", "he", "ur", "ps", "ckb"})
 class Language:
     code: str
     catalog: Catalog | None  # None: the source language
+    #: The language's own name for itself ("Français", "العربية"), for the switch on every
+    #: page; read at start without keeping the locale's CLDR data (see ``native_name``).
+    name: str
 
     @cached_property
     def _plural(self) -> Callable[[int], int]:
@@ -42,11 +46,6 @@ class Language:
         return Locale.parse(self.code)
 
     @property
-    def name(self) -> str:
-        """The language's own name for itself ("Français", "العربية")."""
-        return str(self.locale.get_display_name(self.locale) or self.code).capitalize()
-
-    @property
     def direction(self) -> str:
         return "rtl" if self.code in RTL_LANGUAGES else "ltr"
 
@@ -56,7 +55,7 @@ class Language:
         the first time a page asks for it, so a node keeps only the languages it serves."""
         self.datetime(0)
         self.size(1234567)
-        _ = self.name, self._plural
+        _ = self._plural
 
     def gettext(self, message: str, **variables: object) -> str:
         """``message`` in this language (the source text if untranslated), with
@@ -95,9 +94,25 @@ class Language:
         return f"{format_decimal(size, locale=self.locale)} B"
 
 
+def native_name(code: str) -> str:
+    """``code``'s name in its own language, from its CLDR file (blocking).
+
+    ``Locale.get_display_name`` would load and keep the whole locale (1-5 MiB each) for
+    every language in the switch on every page; this reads the one file, takes the name and
+    drops the rest, so a node keeps only the data of the languages its monitors read.
+    """
+    locale = Locale.parse(code)
+    with Path(localedata.resolve_locale_filename(str(locale))).open("rb") as handle:
+        # Babel's own package data, read the way Babel reads it.
+        data = pickle.load(handle)  # noqa: S301
+    names = data.get("languages", {})
+    name = names.get(str(locale)) or names.get(locale.language) or code
+    return str(name).capitalize()
+
+
 def load_languages(directory: Path = LOCALES_DIR) -> dict[str, Language]:
     """The source language and every catalogue under ``directory`` (blocking: at start)."""
-    languages = {SOURCE_LANGUAGE: Language(SOURCE_LANGUAGE, None)}
+    languages = {SOURCE_LANGUAGE: Language(SOURCE_LANGUAGE, None, native_name(SOURCE_LANGUAGE))}
     for po in sorted(directory.glob("*/LC_MESSAGES/messages.po")):
         code = po.parent.parent.name
         try:
@@ -105,7 +120,8 @@ def load_languages(directory: Path = LOCALES_DIR) -> dict[str, Language]:
         except (UnknownLocaleError, ValueError):
             continue
         with po.open("rb") as handle:
-            languages[code] = Language(code, read_po(handle, locale=code))
+            catalog = read_po(handle, locale=code)
+        languages[code] = Language(code, catalog, native_name(code))
     languages[SOURCE_LANGUAGE].warm()
     return languages
 
