@@ -170,6 +170,17 @@ def _check_log_level(value: str) -> str:
     return level
 
 
+#: ``[web] tls``: when the web app serves HTTPS (see ``fieldsync.web.server.serves_https``).
+WEB_TLS_MODES = ("auto", "always")
+
+
+def _check_web_tls(value: str) -> str:
+    mode = value.strip().lower()
+    if mode not in WEB_TLS_MODES:
+        raise ValueError(f"unknown mode {value!r}")
+    return mode
+
+
 def _path(*, optional: bool, socket: bool = False) -> Kind:
     expected = "expected a path" + (' (or "" for the default)' if optional else "")
 
@@ -375,6 +386,13 @@ class WebConfig:
     #: fingerprint is in ``fieldsync status``). ``""``: off.
     listen: HostPort | None = field(
         default=HostPort("127.0.0.1", DEFAULT_WEB_PORT), metadata=_meta(_optional_listen())
+    )
+    #: ``"auto"`` (the default): HTTPS on any non-loopback ``listen``, plain HTTP on
+    #: loopback. ``"always"``: HTTPS on loopback too (a browser reached through an SSH
+    #: tunnel, or a test). There is no "never": off the loopback the app is always HTTPS.
+    tls: str = field(
+        default="auto",
+        metadata=_meta(_text(_check_web_tls, f"expected one of {', '.join(WEB_TLS_MODES)}")),
     )
     #: Largest report submission (all attachments together), in MiB.
     max_upload_mb: int = field(default=512, metadata=_meta(_integer(1, 1536)))

@@ -179,6 +179,7 @@ class FieldDaemon:
             runtime.worker,
             self.status,
             self.config.web.max_upload_mb * 1024 * 1024,
+            tls_mode=self.config.web.tls,
         )
         try:
             await web.start()

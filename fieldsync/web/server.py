@@ -1,8 +1,9 @@
 """Serving the web app from the daemon: where it listens, HTTP or HTTPS, which Host names.
 
 On a loopback address (the default, 127.0.0.1) the app serves plain HTTP to the browser on
-the same computer. On any other address (phones on the node's Wi-Fi) it serves HTTPS with
-the node's own certificate (``fieldsync.web.tls``). The app has its own listener: the sync
+the same computer (HTTPS too if ``[web] tls = "always"``). On any other address (phones on
+the node's Wi-Fi) it always serves HTTPS with the node's own certificate
+(``fieldsync.web.tls``). The app has its own listener: the sync
 and hub listeners never serve it.
 """
 
@@ -26,6 +27,12 @@ from fieldsync.web.app import StatusProvider, WebApp, WebSettings
 log = logging.getLogger(__name__)
 
 
+def serves_https(host: str, tls_mode: str) -> bool:
+    """The rule: any address but loopback is served over HTTPS, whatever the config says;
+    ``[web] tls = "always"`` asks for HTTPS on loopback too."""
+    return tls_mode == "always" or not tls.is_loopback(host)
+
+
 def _host_text(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
@@ -38,10 +45,11 @@ class WebServer:
         worker: StoreWorker,
         status: StatusProvider,
         max_upload_bytes: int,
+        tls_mode: str = "auto",
     ) -> None:
         self.listen = listen
         self.home = home
-        self.https = not tls.is_loopback(listen.host)
+        self.https = serves_https(listen.host, tls_mode)
         self.settings = WebSettings(
             https=self.https, allowed_hosts=frozenset(), max_upload_bytes=max_upload_bytes
         )

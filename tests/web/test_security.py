@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import ssl
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
-import ifaddr
-import pytest
 
 from fieldsync.web.guard import PassphraseLimiter
 from fieldsync.web.tls import fingerprint_of_der
@@ -211,19 +210,22 @@ async def test_no_app_on_relay_nodes_or_the_hub(net: Net) -> None:
         assert hub.web is None
 
 
-def _lan_address() -> str | None:
-    for adapter in ifaddr.get_adapters():
-        for ip in adapter.ips:
-            if isinstance(ip.ip, str) and not ip.ip.startswith("127."):
-                return ip.ip
-    return None
+def _cli_status(home: Path) -> dict[str, object]:
+    result = subprocess.run(
+        [*fieldsync_command(), "--home", str(home), "status", "--json"],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=60,
+        check=True,
+    )
+    return json.loads(result.stdout)  # type: ignore[no-any-return]
 
 
 async def test_https_fingerprint_in_status_is_the_served_certificate(net: Net) -> None:
-    address = await asyncio.to_thread(_lan_address)
-    if address is None:
-        pytest.fail("this machine has no non-loopback IPv4 address to serve HTTPS on")
-    async with served(net.a, **{"web.listen": f"{address}:0"}) as daemon:
+    """Loopback with ``[web] tls = "always"``: the same HTTPS as on a Wi-Fi address (whose
+    test runs the daemon in a network namespace: tests/integration/test_web_netns.py)."""
+    async with served(net.a, **{"web.tls": "always"}) as daemon:
         assert daemon.web is not None and daemon.web.https
         port = daemon.web.port
         context = ssl.create_default_context()
@@ -231,10 +233,8 @@ async def test_https_fingerprint_in_status_is_the_served_certificate(net: Net) -
         context.verify_mode = ssl.CERT_NONE
 
         def served_fingerprint() -> str:
-            import socket
-
             with (
-                socket.create_connection((address, port), timeout=10) as raw,
+                socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
                 context.wrap_socket(raw) as tls_socket,
             ):
                 der = tls_socket.getpeercert(binary_form=True)
@@ -242,30 +242,25 @@ async def test_https_fingerprint_in_status_is_the_served_certificate(net: Net) -
             return fingerprint_of_der(der)
 
         served_print = await asyncio.to_thread(served_fingerprint)
-
-        def cli_status() -> dict[str, object]:
-            result = subprocess.run(
-                [*fieldsync_command(), "--home", str(net.a), "status", "--json"],
-                capture_output=True,
-                text=True,
-                env=clean_env(),
-                timeout=60,
-                check=True,
-            )
-            return json.loads(result.stdout)  # type: ignore[no-any-return]
-
-        status = await asyncio.to_thread(cli_status)
+        status = await asyncio.to_thread(_cli_status, net.a)
         assert status["web"] == {
-            "url": f"https://{address}:{port}/",
+            "url": f"https://127.0.0.1:{port}/",
             "https": True,
             "fingerprint": served_print,
         }
         async with (
             _client() as http,
-            http.get(f"https://{address}:{port}/status", ssl=context) as response,
+            http.get(f"https://127.0.0.1:{port}/status", ssl=context) as response,
         ):
             assert response.status == 200
             assert served_print in await response.text()
             cookie = response.headers.get("Set-Cookie", "")
             assert "__Host-fieldsync=" in cookie and "Secure" in cookie
             assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+        # Plain HTTP on the HTTPS port gets no page.
+        async with _client() as http:
+            try:
+                async with http.get(f"http://127.0.0.1:{port}/status") as response:
+                    assert response.status == 400
+            except aiohttp.ClientError:
+                pass  # the TLS server closed the connection: no page either

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
+from fieldsync.config import ConfigError, load_config
 from fieldsync.web.form_view import (
     ATTACHMENTS_FIELD,
     MESSAGES,
@@ -20,6 +22,7 @@ from fieldsync.web.guard import (
     Sessions,
     csrf_matches,
 )
+from fieldsync.web.server import serves_https
 from fieldsync.web.tls import is_loopback
 
 
@@ -204,3 +207,36 @@ def test_request_limiter_allows_a_number_per_minute() -> None:
 )
 def test_loopback_addresses(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
+
+
+@pytest.mark.parametrize(
+    ("host", "mode", "https"),
+    [
+        ("127.0.0.1", "auto", False),
+        ("::1", "auto", False),
+        ("localhost", "auto", False),
+        ("127.0.0.1", "always", True),
+        ("localhost", "always", True),
+        ("192.168.4.1", "auto", True),
+        ("10.0.0.1", "always", True),
+        ("0.0.0.0", "auto", True),  # noqa: S104 - a string checked, nothing bound
+        ("::", "auto", True),
+        ("fe80::1", "auto", True),
+        ("node.lan", "auto", True),
+    ],
+)
+def test_any_address_but_loopback_is_served_over_https(host: str, mode: str, https: bool) -> None:
+    assert serves_https(host, mode) is https
+
+
+def test_web_tls_accepts_only_auto_or_always(tmp_path: Path) -> None:
+    """No config turns HTTPS off beyond loopback: "never" is refused, with the choices."""
+    assert load_config(None, {}, {}).web.tls == "auto"
+    path = tmp_path / "fieldsync.toml"
+    path.write_text('[web]\ntls = "ALWAYS"\n', encoding="utf-8")
+    assert load_config(path, {}, {}).web.tls == "always"
+    for value in ('"never"', '"off"', "false"):
+        path.write_text(f"[web]\ntls = {value}\n", encoding="utf-8")
+        with pytest.raises(ConfigError) as caught:
+            load_config(path, {}, {})
+        assert "[web] tls" in str(caught.value) and "auto, always" in str(caught.value)
