@@ -2,7 +2,7 @@
 #   make demo   - set up .venv if needed, then run the self-contained demo
 #   make test   - ruff check, ruff format --check, mypy, import contracts, pytest with coverage
 #                 (fails on any step)
-#   make bench  - benchmark scenarios (prints ratios)
+#   make bench  - benchmark scenarios: goal, measured ratio, PASS/FAIL (BENCH_ARGS=--peers...)
 #   make clean  - remove caches and build output (keeps .venv); make distclean also drops .venv
 
 SHELL := /bin/bash
@@ -107,8 +107,12 @@ pytest: venv
 coverage: venv
 	$(COVERAGE_GATES)
 
+# The table (each scenario, its goal, the measured ratio, PASS/FAIL) on stdout; the full JSON
+# in $(BENCH_JSON). More: make bench BENCH_ARGS="--cores 1 --peers" (python -m bench --help).
+BENCH_JSON ?= .bench-last.json
+BENCH_ARGS ?=
 bench: venv
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench --json $(BENCH_JSON) $(BENCH_ARGS)
 
 clean:
 	rm -rf build dist .pytest_cache .mypy_cache .ruff_cache .hypothesis .import_linter_cache htmlcov

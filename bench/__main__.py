@@ -1,10 +1,13 @@
-"""``python -m bench [--smoke|--quick|--full] [--json FILE]``: calibrate, run, report.
+"""``python -m bench [--smoke|--quick|--full] [--cores N] [--peers] [--json FILE]``.
 
-Order (perf_anchors §6.4, calibrate / scenario / calibrate): calibration, S1 + S7,
-calibration again (the bound is the mean of both; the drift between them is reported),
-then the reconciliation scenarios on real nodes (S2/S3/S4, 100k), on in-memory sessions
-(S2/S3/S4, 1M with --full) and S12 (1M, two processes). Progress goes to stderr; the table
-to stdout, then the JSON (or to --json FILE).
+Order (perf_anchors §6.4, calibrate / scenario / calibrate): calibration, S1 + S7, S10
+(relay chain, with the relay daemon's memory), S11 (local writes under sync), calibration
+again (the bound is the mean of both; the drift between them is reported), then the
+reconciliation scenarios on real nodes (S2/S3/S4, 100k), on in-memory sessions (S2/S3/S4,
+1M with --full) and S12 (1M, two processes). ``--cores N`` pins the harness and every
+process it starts to N cores (1: the Pi-like reference); ``--peers`` adds the side-by-side
+run with Syncthing. Progress goes to stderr; the table to stdout, then the JSON (or to
+--json FILE).
 """
 
 from __future__ import annotations
@@ -22,7 +25,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import calibrate, reconcile_mem, reconcile_real, s1_bulk
+from bench import (
+    calibrate,
+    peers,
+    reconcile_mem,
+    reconcile_real,
+    relay,
+    responsive,
+    s1_bulk,
+    startup,
+)
 from bench.env import CpuTimes, fingerprint, max_rss_kib
 from bench.workload import SEED, make_pool
 from fieldsync import synthetic
@@ -31,6 +43,9 @@ from fieldsync import synthetic
 SCENARIOS = (
     "S1",
     "S7",
+    "S10",
+    "RSS.relay",
+    "S11",
     "S2.real",
     "S3.real",
     "S4.real",
@@ -38,6 +53,7 @@ SCENARIOS = (
     "S3.mem",
     "S4.mem",
     "S12",
+    "startup",
 )
 DIFFS = 100  # new / missing items in S3, S4 and S12
 S2_BYTES, S3_BYTES, S4_BYTES = 1024, 8 * 1024, 170 * 1024
@@ -53,6 +69,8 @@ class Mode:
     rec_items: int  # S2/S3/S4 between real nodes
     mem_items: int  # S2/S3/S4 on in-memory sessions
     s12_items: int
+    s10_items: int  # relay chain; the relay's memory is read after these
+    startup_reps: int
     real_sealed: int  # items genuinely sealed (the rest are clones; see workload.ItemPool)
     calibration: calibrate.Settings
 
@@ -65,6 +83,8 @@ MODES = {
         1_500,
         3_000,
         3_000,
+        300,
+        1,
         50,
         calibrate.Settings(reps=1, seconds=0.01, insert_items=500, tcp_bytes=4 << 20),
     ),
@@ -75,6 +95,8 @@ MODES = {
         100_000,
         100_000,
         1_000_000,
+        100_000,
+        7,
         1_000,
         calibrate.Settings(reps=3, seconds=0.15, insert_items=6_000, tcp_bytes=128 << 20),
     ),
@@ -85,6 +107,8 @@ MODES = {
         100_000,
         1_000_000,
         1_000_000,
+        100_000,
+        11,
         100_000,
         calibrate.Settings(reps=5, seconds=0.4, insert_items=25_000, tcp_bytes=512 << 20),
     ),
@@ -160,7 +184,7 @@ def s12_result(raw: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def run(mode: Mode, workdir: Path) -> dict[str, Any]:
+def run(mode: Mode, workdir: Path, *, with_peers: bool = False) -> dict[str, Any]:
     started = time.time()
     cpu0 = CpuTimes.now()
     load0 = os.getloadavg()
@@ -173,12 +197,13 @@ def run(mode: Mode, workdir: Path) -> dict[str, Any]:
             "rec_items": mode.rec_items,
             "mem_items": mode.mem_items,
             "s12_items": mode.s12_items,
+            "s10_items": mode.s10_items,
             "diffs": DIFFS,
         },
     }
     log(f"mode {mode.name}; work directory {workdir}")
     phase = Phases()
-    pool_size = max(mode.s1_items, mode.rec_items + DIFFS)
+    pool_size = max(mode.s1_items, mode.s10_items, mode.rec_items + DIFFS)
     with phase(
         "setup",
         f"network and item pool: {pool_size} items"
@@ -187,6 +212,14 @@ def run(mode: Mode, workdir: Path) -> dict[str, Any]:
         net = synthetic.create_network(workdir / "net")
         pool = make_pool(net.manifest, pool_size, mode.real_sealed)
     result["items"] = {"pool": pool.describe(), "mean_item_bytes": round(pool.mean_size, 1)}
+
+    scenarios: dict[str, Any] = {}
+    # First, before any phase can leave work behind (a store checkpointing, a process
+    # exiting) on the cores the short commands run on.
+    with phase("startup", "CLI start-up: --help, status (daemon off and on), report list"):
+        scenarios["startup"] = startup.startup_result(
+            startup.run_startup(net, workdir, mode.startup_reps)
+        )
 
     calib_items = pool.items[: max(mode.calibration.insert_items, 2_000)]
     runs = []
@@ -200,6 +233,16 @@ def run(mode: Mode, workdir: Path) -> dict[str, Any]:
         f" process), {mode.s1_reps} time(s)",
     ):
         s1_raw = s1_bulk.run_s1(net, pool, mode.s1_items, mode.s1_reps, workdir)
+    with phase(
+        "S10",
+        f"S10: {mode.s10_items} items A -> relay B -> C (B a relay daemon in its own process)",
+    ):
+        s10_raw = relay.run_s10(net, pool, mode.s10_items, workdir)
+    with phase(
+        "S11",
+        f"S11: local report commits and status on B while {mode.s10_items} items arrive",
+    ):
+        s11_raw = responsive.run_s11(net, pool, mode.s10_items, workdir)
     with phase("calibration2", "calibration 2/2"):
         runs.append(
             calibrate.calibrate(calib_items, net.manifest, workdir / "calib2", mode.calibration)
@@ -207,11 +250,13 @@ def run(mode: Mode, workdir: Path) -> dict[str, Any]:
     combined = calibrate.combine(runs)
     result["calibration"] = {"runs": runs, **combined}
 
-    scenarios: dict[str, Any] = {}
     scenarios["S1"] = s1_bulk.s1_result(
         s1_raw, combined["bound"], combined["serial_bound_receiver"]
     )
     scenarios["S7"] = s1_bulk.s7_result(s1_raw)
+    scenarios["S10"] = relay.s10_result(s10_raw, scenarios["S1"]["items_per_s"], combined["bound"])
+    scenarios["RSS.relay"] = relay.memory_result(s10_raw)
+    scenarios["S11"] = responsive.s11_result(s11_raw)
     result["s1_raw"] = s1_raw
 
     with phase(
@@ -236,6 +281,19 @@ def run(mode: Mode, workdir: Path) -> dict[str, Any]:
         scenarios["S12"] = s12_result(reconcile_mem.memory(mode.s12_items, DIFFS, SEED))
 
     result["scenarios"] = {k: scenarios[k] for k in SCENARIOS}
+    if with_peers:
+        with phase("peers", "peers: Syncthing on the same workloads"):
+            result["peers"] = peers.run(
+                pool.items,
+                mode.s1_items,
+                mode.rec_items,
+                {
+                    "bulk_items_per_s": scenarios["S1"]["items_per_s"],
+                    "repeat_wire_bytes": scenarios["S3.real"]["wire_bytes"],
+                },
+                workdir / "peers",
+                log,
+            )
     cpu = CpuTimes.now().since(cpu0)
     result["run"] = {
         "elapsed_s": round(time.time() - started, 1),
@@ -263,7 +321,8 @@ def table(result: dict[str, Any]) -> str:
     cal = result["calibration"]
     env = result["environment"]
     lines.append(
-        f"fieldsync bench ({result['mode']}): {env['cpu']}, {env['cpu_count']} cores,"
+        f"fieldsync bench ({result['mode']}): {env['cpu']}, {env['cpu_count']} cores"
+        f" (pinned to {len(env['affinity'])}: {env['affinity']}),"
         f" Python {env['python']}, SQLite {env['sqlite']}, {env['filesystem']}"
     )
     lines.append(f"items: {result['items']['pool']}; mean {result['items']['mean_item_bytes']} B")
@@ -272,6 +331,8 @@ def table(result: dict[str, Any]) -> str:
     for name, mean in cal["rates"].items():
         r1, r2 = (r[name]["items_per_s"] for r in (cal["runs"][0], cal["runs"][-1]))
         mark = "y" if name in calibrate.BOUND else ""
+        if name in calibrate.OWN_FIGURES:
+            mark = "fieldsync's own (figure)"
         if name == cal["bound"]["primitive"]:
             mark = "* slowest"
         drift = cal["drift_pct"].get(name, 0.0)
@@ -285,12 +346,17 @@ def table(result: dict[str, Any]) -> str:
         " 'commit' is durable commits/s"
     )
     lines.append("")
-    lines.append(f"{'scenario':<9} {'measured':<38} {'target':<44} result")
+    lines.append(f"{'scenario':<9} {'measured':<46} {'goal':<44} result")
     for key, sc in result["scenarios"].items():
         if key == "S1":
             measured = (
                 f"{sc['value']:.3f} ({_fmt_rate(sc['items_per_s'])}, {_size(sc['n'])}"
                 f" in {sc['seconds']:.2f} s)"
+            )
+        elif key == "S10":
+            measured = (
+                f"{sc['value']:.3f} of hop, {sc['of_bound']:.3f} of bound"
+                f" ({_fmt_rate(sc['items_per_s'])})"
             )
         elif key == "S7":
             measured = f"+{sc['value']:.1f} B/item ({sc['wire_bytes_per_item']:.1f} B on wire)"
@@ -299,7 +365,9 @@ def table(result: dict[str, Any]) -> str:
         verdict = "PASS" if sc["pass"] else "FAIL"
         if key == "S1" and sc["stretch_pass"]:
             verdict += " (stretch)"
-        lines.append(f"{key:<9} {measured:<38} {sc['target']:<44} {verdict}")
+        lines.append(f"{key:<9} {measured:<46} {sc['target']:<44} {verdict}")
+    for line in result.get("peers", {}).get("lines", []):
+        lines.append(line)
     run_info = result["run"]
     lines.append("")
     lines.append(
@@ -308,7 +376,17 @@ def table(result: dict[str, Any]) -> str:
         f"{run_info['loadavg_end'][0]}; bound drift {cal['bound_drift_pct']}%"
         + ("  NOISY RUN: the S1 ratio is unreliable" if run_info["noisy"] else "")
     )
-    return "\n".join(lines)
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def pin_cores(count: int) -> list[int]:
+    """Restrict this process (and so every process it starts) to ``count`` of its cores."""
+    allowed = sorted(os.sched_getaffinity(0))
+    if not 1 <= count <= len(allowed):
+        raise ValueError(f"--cores must be between 1 and {len(allowed)} (the cores allowed here)")
+    chosen = allowed[:count]
+    os.sched_setaffinity(0, chosen)
+    return chosen
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -320,13 +398,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, help="parent of the scratch directory")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
     parser.add_argument("--strict", action="store_true", help="exit 1 if a target is missed")
+    parser.add_argument(
+        "--cores",
+        type=int,
+        metavar="N",
+        help="pin the harness and every process it starts to N cores (1: the Pi-like reference)",
+    )
+    parser.add_argument(
+        "--peers",
+        action="store_true",
+        help="also run Syncthing on the same workloads, if installed (Debian: syncthing)",
+    )
     args = parser.parse_args(argv)
     mode = MODES[args.mode or "quick"]
+    if args.cores is not None:
+        try:
+            pinned = pin_cores(args.cores)
+        except ValueError as exc:
+            parser.error(str(exc))
+        log(f"pinned to cores {pinned} (child processes inherit the affinity)")
     if args.workdir:
         args.workdir.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="fieldsync-bench-", dir=args.workdir))
     try:
-        result = run(mode, workdir)
+        result = run(mode, workdir, with_peers=args.peers)
     finally:
         if args.keep:
             log(f"kept {workdir}")

@@ -1,6 +1,10 @@
 """The control API: a small aiohttp app on a unix socket, read by ``fieldsync status``
 and ``fieldsync peers``. The socket is created 0600 (owner only): it reveals which peers a
 node has met, which a watcher on the device must not learn without the node's account.
+
+The client side is ``fieldsync.control_client`` (the standard library only, no asyncio):
+``fieldsync status`` must start fast on a Pi, and importing aiohttp alone costs more than
+the whole command's budget (issue 13 item 6). The server imports aiohttp when it starts.
 """
 
 from __future__ import annotations
@@ -11,12 +15,13 @@ import os
 import stat
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
-from aiohttp import web
-
+from fieldsync.control_client import request
 from fieldsync.errors import FieldsyncError
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 StatusProvider = Callable[[], Awaitable[dict[str, Any]]]
 
@@ -34,6 +39,8 @@ class ControlServer:
         self._inode: int | None = None
 
     async def start(self) -> None:
+        from aiohttp import web
+
         app = web.Application()
         app.router.add_get("/status", self._handle(self._status))
         app.router.add_get("/peers", self._handle(self._peers))
@@ -72,6 +79,8 @@ class ControlServer:
 
     @staticmethod
     def _handle(provider: StatusProvider) -> Callable[[web.Request], Awaitable[web.Response]]:
+        from aiohttp import web
+
         async def handle(request: web.Request) -> web.Response:
             return web.json_response(await provider())
 
@@ -87,17 +96,9 @@ class ControlServer:
             await asyncio.to_thread(self._remove_stale)
 
 
+__all__ = ["ControlServer", "ControlSocketLost", "query", "request"]
+
+
 async def query(path: Path, what: str, timeout: float = 5.0) -> dict[str, Any] | None:  # noqa: ASYNC109
-    """GET ``/what`` from a running daemon; None if no daemon answers on ``path``."""
-    connector = aiohttp.UnixConnector(path=str(path))
-    try:
-        async with (
-            aiohttp.ClientSession(
-                connector=connector, timeout=aiohttp.ClientTimeout(total=timeout)
-            ) as session,
-            session.get(f"http://fieldsync/{what}") as response,
-        ):
-            data: dict[str, Any] = await response.json()
-            return data
-    except (aiohttp.ClientError, OSError, TimeoutError):
-        return None
+    """``request`` from asyncio code, off the event loop."""
+    return await asyncio.to_thread(request, path, what, timeout)

@@ -273,24 +273,39 @@ class FieldDaemon:
         def gone(peer: PeerAddress) -> None:
             scheduler.remove(f"{peer.host}:{peer.port}")
 
-        discovery = Discovery(
-            network_key=runtime.context.network_key,
-            port=port,
-            interfaces=addresses,
-            on_peer=appeared,
-            on_peer_gone=gone,
-            service_type=self.config.discovery.service_type,
-            rotate_seconds=self.config.discovery.rotate_minutes * 60.0,
-            own_names=self._own_names,
-        )
-        await discovery.start()
-        self.discovery = discovery
-        log.info("discovery: announcing and browsing on %s", ", ".join(addresses))
-        try:
-            await discovery.wait()
-        finally:
-            self.discovery = None
-            await discovery.stop()
+        while True:
+            # Pseudonyms derive from the network key: after a rotation (SPEC.md §17.5)
+            # discovery starts again under the new key, and the old key recognises nothing.
+            runtime.keys_changed.clear()
+            discovery = Discovery(
+                network_key=runtime.context.network_key,
+                port=port,
+                interfaces=addresses,
+                on_peer=appeared,
+                on_peer_gone=gone,
+                service_type=self.config.discovery.service_type,
+                rotate_seconds=self.config.discovery.rotate_minutes * 60.0,
+                own_names=self._own_names,
+                also_recognise=runtime.context.also_accept,
+            )
+            await discovery.start()
+            self.discovery = discovery
+            log.info("discovery: announcing and browsing on %s", ", ".join(addresses))
+            changed = asyncio.ensure_future(runtime.keys_changed.wait())
+            ended = asyncio.ensure_future(discovery.wait())
+            try:
+                done, _ = await asyncio.wait({changed, ended}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                changed.cancel()
+                ended.cancel()
+                self.discovery = None
+                found = discovery.peers
+                await discovery.stop()
+            if changed not in done:
+                ended.result()  # discovery itself ended: its error restarts us
+                return
+            for peer in found:  # found under the old key: found again under the new, or not
+                scheduler.remove(f"{peer.host}:{peer.port}", even_in_flight=True)
 
     async def _watch_local_changes(self, runtime: Runtime, scheduler: Scheduler) -> None:
         """Items written by another process (``report add``, ``bundle import``): pass them on."""
@@ -301,7 +316,9 @@ class FieldDaemon:
             version = await runtime.worker.call(lambda store: store.data_version())
             if version != last:
                 last = version
+                await runtime.refresh_revocations()  # a bundle may have brought a new list
                 scheduler.poke()
+            await runtime.refresh_keys()  # a rotation's grace may be over (SPEC.md §17.5)
 
     async def _watchdog(self, interval: float) -> None:
         """Ping systemd only while the loop runs and every component is healthy; keep the
@@ -369,6 +386,7 @@ class FieldDaemon:
             "hub": self.config.hub.enabled,
             "web": self.web.describe() if self.web else None,
             "discovery": self.discovery is not None,
+            **runtime.membership_status(),
             "peers": (await self.peers())["peers"],
             "last_upstream_contact": self.last_upstream_contact,
             "clock": self.janitor.last.clock if self.janitor else None,

@@ -293,7 +293,11 @@ class Discovery:
         on_announce: Callable[[str], None] | None = None,
         random_bytes: Callable[[int], bytes] = secrets.token_bytes,
         own_names: OwnNames | None = None,
+        also_recognise: Sequence[bytes] = (),
     ) -> None:
+        """``also_recognise``: further network keys whose members' announcements count
+        (the next key while a network-key rotation is in its grace, SPEC.md §17.5); we
+        announce under ``network_key`` alone."""
         if not _is_canonical_service_type(service_type):
             raise ValueError(
                 f"service type {service_type!r} must look like '_name._tcp.local.' "
@@ -304,6 +308,7 @@ class Discovery:
         if not rotate_seconds >= 1.0:
             raise ValueError("rotate_seconds must be at least 1 second")
         self._pseudonyms = Pseudonyms(network_key)
+        self._recognisers = [self._pseudonyms, *(Pseudonyms(k) for k in also_recognise)]
         self._port = port
         self._interfaces = _check_interfaces(interfaces)
         self._service_type = service_type
@@ -485,7 +490,10 @@ class Discovery:
                 task.cancel()
             self._forget(key)
             return
-        expected = self._pseudonyms.recognise(label)
+        expected = next(
+            (found for p in self._recognisers if (found := p.recognise(label)) is not None),
+            None,
+        )
         if expected is None:
             # Not a member: never resolved, so we send nothing about it.
             return

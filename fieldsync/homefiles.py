@@ -29,10 +29,25 @@ MAX_HOME_FILE = 64 * 1024
 
 
 @dataclass(frozen=True)
+class NextNetworkKey:
+    """A network key HQ rotates to (SPEC.md §17.5), accepted next to the current one until
+    the store's running clock reaches ``switch_at``; then it replaces it."""
+
+    key_id: int
+    key: bytes
+    switch_at: int
+
+
+@dataclass(frozen=True)
 class MembershipFile:
     manifest_item: bytes
     network_key: bytes
     certificate: bytes
+    #: Id of ``network_key`` (0: the key of the enrolment).
+    network_key_id: int = 0
+    next_key: NextNetworkKey | None = None
+    #: Serial of the last key delivery adopted (0: none).
+    delivery_serial: int = 0
 
 
 def encode_node_secret(key: bytes) -> bytes:
@@ -53,33 +68,66 @@ def decode_node_secret(data: bytes, path: Path) -> bytes:
 
 
 def encode_membership(membership: MembershipFile) -> bytes:
-    return codec.encode(
-        {
-            "cert": membership.certificate,
-            "knet": membership.network_key,
-            "man": membership.manifest_item,
-            "t": MEMBERSHIP_TYPE,
-            "v": FORMAT_VERSION,
+    fields: dict[str, codec.Value] = {
+        "cert": membership.certificate,
+        "knet": membership.network_key,
+        "man": membership.manifest_item,
+        "t": MEMBERSHIP_TYPE,
+        "v": FORMAT_VERSION,
+    }
+    # Written only once a key delivery set them (SPEC.md §15.2, §17.5).
+    if membership.network_key_id:
+        fields["kid"] = membership.network_key_id
+    if membership.delivery_serial:
+        fields["dq"] = membership.delivery_serial
+    if membership.next_key is not None:
+        fields["knext"] = {
+            "at": membership.next_key.switch_at,
+            "id": membership.next_key.key_id,
+            "key": membership.next_key.key,
         }
-    )
+    return codec.encode(fields)
 
 
 def decode_membership(data: bytes, path: Path) -> MembershipFile:
     """The membership file's fields, not yet verified (the caller opens the manifest and
     certificate against each other)."""
-    fields = _versioned_map(data, path, "membership file", MEMBERSHIP_TYPE, {"cert", "knet", "man"})
+    what = "membership file"
+    fields = _versioned_map(
+        data, path, what, MEMBERSHIP_TYPE, {"cert", "knet", "man"}, {"dq", "kid", "knext"}
+    )
     try:
+        next_key = None
+        if "knext" in fields:
+            entry = codec.as_map(fields["knext"], f"{what}.knext", {"at", "id", "key"})
+            next_key = NextNetworkKey(
+                key_id=codec.get_int(entry, "id", f"{what}.knext", 0, 2**32 - 1),
+                key=codec.get_bytes(entry, "key", f"{what}.knext", KEY_SIZE),
+                switch_at=codec.get_int(entry, "at", f"{what}.knext"),
+            )
         return MembershipFile(
-            manifest_item=codec.get_bytes(fields, "man", "membership file"),
-            network_key=codec.get_bytes(fields, "knet", "membership file", KEY_SIZE),
-            certificate=codec.get_bytes(fields, "cert", "membership file"),
+            manifest_item=codec.get_bytes(fields, "man", what),
+            network_key=codec.get_bytes(fields, "knet", what, KEY_SIZE),
+            certificate=codec.get_bytes(fields, "cert", what),
+            network_key_id=codec.get_int(fields, "kid", what, 0, 2**32 - 1)
+            if "kid" in fields
+            else 0,
+            next_key=next_key,
+            delivery_serial=codec.get_int(fields, "dq", what, 0, 2**32 - 1)
+            if "dq" in fields
+            else 0,
         )
     except RemoteProtocolError as exc:
         raise _damaged(path, "membership file", exc) from exc
 
 
 def _versioned_map(
-    data: bytes, path: Path, what: str, file_type: str, fields: set[str]
+    data: bytes,
+    path: Path,
+    what: str,
+    file_type: str,
+    fields: set[str],
+    optional: set[str] | None = None,
 ) -> dict[str, codec.Value]:
     """Decode a home file: format 1 (with ``t`` and ``v``) or format 0 (neither). The type and
     version are checked first, so another file or a newer format is refused by name."""
@@ -100,7 +148,7 @@ def _versioned_map(
             f" {FORMAT_VERSION}: upgrade fieldsync to use this node"
         )
     try:
-        return codec.as_map(value, what, fields | {"t", "v"})
+        return codec.as_map(value, what, fields | {"t", "v"}, optional)
     except RemoteProtocolError as exc:
         raise _damaged(path, what, exc) from exc
 

@@ -40,7 +40,7 @@ from typing import Any
 
 import sqlite_utils
 
-from fieldsync import hq_alerts, hq_ingest, hq_receipts, hq_reports, keystore
+from fieldsync import hq_alerts, hq_ingest, hq_receipts, hq_reports, hq_revocation, keystore
 from fieldsync.errors import FieldsyncError, InputRefused, NotFound
 from fieldsync.hq_ingest import (
     MAX_LISTED,
@@ -229,9 +229,10 @@ class HQ:
         role = role or ("author" if request.author_key else "relay")
         node_text = key_to_text(KeyKind.NODE, request.node_key)
         serial = int(db.execute("SELECT coalesce(max(serial), 0) + 1 FROM nodes").fetchone()[0])
+        # Only the network, the key and an expiry: a peer learns no role or serial (§5).
         cert = membership.sign_certificate(
             membership.NodeCertificate(
-                manifest.network_id, request.node_key, role, serial, now_seconds()
+                manifest.network_id, request.node_key, hq_revocation.certificate_expiry()
             ),
             keys.certificate_seed,
         )
@@ -268,7 +269,10 @@ class HQ:
                 summary["author"] = author_text
                 summary["author_fingerprint"] = fingerprint(KeyKind.AUTHOR, request.author_key)
                 summary["author_name"] = request.author_name
-        enrolment = membership.Enrolment(self.manifest_item(), keys.network_key, cert)
+        network_key = hq_revocation.network_key_in_use(
+            self.directory, keys.root_seed, keys.network_key
+        ).key  # the network key in use now (SPEC.md §17.5)
+        enrolment = membership.Enrolment(self.manifest_item(), network_key, cert)
         text = membership.encode_enrolment(enrolment, request.node_key, secrets.token_bytes(32))
         return text, summary
 

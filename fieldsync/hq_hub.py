@@ -10,6 +10,7 @@ import asyncio
 import functools
 from dataclasses import dataclass
 
+from fieldsync import hq_revocation
 from fieldsync.errors import FieldsyncError
 from fieldsync.hq import HQ, HqSecrets, IngestSummary
 from fieldsync.peer import PeerLimits, SyncOutcome
@@ -93,19 +94,27 @@ def _store_page(store: Store, after: int) -> list[tuple[int, bytes]]:
 
 
 async def _store_receipts(runtime: Runtime, headquarters: HQ) -> None:
-    """Put HQ's receipts in HQDIR/node (purging what they name there) for the push."""
+    """Put HQ's receipts and its newest revocation list (SPEC.md §17) in HQDIR/node (purging
+    what the receipts name there) for the push."""
     manifest = runtime.context.manifest
+    updates = await asyncio.to_thread(
+        lambda: hq_revocation.published_items(headquarters.database())
+    )
     after = 0
     while True:
         page = await asyncio.to_thread(headquarters.receipt_items, after)
-        if not page:
+        if not page and not updates:
+            await runtime.refresh_revocations()  # HQ's own node follows the list too
+            await runtime.refresh_keys()
             return
-        after = page[-1][0]
-        items = [item for _, item in page]
+        after = page[-1][0] if page else after
+        items = [item for _, item in page] + updates
+        updates = []
 
         def store_receipts(store: Store, items: list[bytes] = items) -> None:
             checked = [check_item(item, manifest) for item in items]
             counts = store.add_batch(checked, now_seconds())
             runtime.context.source.note_changes(counts.new_ids, counts.purged_ids)
+            runtime.adopt_deliveries(store, checked)  # HQ's own node is a member too
 
         await runtime.worker.call(store_receipts)

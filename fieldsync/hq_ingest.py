@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any
 
 import sqlite_utils
 
-from fieldsync import hq_alerts, hq_media
+from fieldsync import hq_alerts, hq_media, hq_revocation
 from fieldsync.errors import FieldsyncError, InputRefused, NotFound
 from fieldsync.hq_alerts import Event
 from fieldsync.hq_schema import insert
-from fieldsync.node import Progress, _read_bundle, utc_text
+from fieldsync.node import Progress, _read_bundle, bundle_key, utc_text
 from fieldsync.sqlite_tx import immediate_transaction
 from fieldsync.store import now_seconds
 from fieldsync_protocol.bundle import BundleReader
@@ -207,8 +207,11 @@ def ingest_files(
     keys = hq.unlock(passphrase)
     manifest = hq.manifest()
     summary = IngestSummary()
+    known = hq_revocation.network_keys(hq.directory, keys.root_seed, keys.network_key)
     for path in paths:
-        reader = BundleReader(keys.network_key, manifest.network_id)
+        # Sealed under any network key HQ has issued (rotations, SPEC.md §17.5).
+        key = bundle_key(path, [k.key for k in reversed(known)])
+        reader = BundleReader(key, manifest.network_id)
         try:
             ingest_items(hq, _read_bundle(path, reader, progress), keys, summary)
         except RemoteProtocolError as exc:
@@ -393,7 +396,10 @@ def apply_verdict(
         )
         insert(db, "reports", report_row(opened, author_text, name, envelope_id))
         hq_media.record_attachments(db, opened, envelope_id)  # pending k/n (SPEC.md §16.4)
-        return None
+        # Written after its author's revocation? Kept, with an alert (SPEC.md §17.3).
+        return hq_revocation.flag_revoked_report(
+            db, author_text, opened.sequence, name, envelope_id
+        )
     if verdict.status == "fork" and opened is not None and author_text is not None:
         # The second report of a fork stays readable beside the first (`hq report show`).
         row = report_row(opened, author_text, name, envelope_id)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import sqlite_utils
 
-from fieldsync import hq_media, keystore
+from fieldsync import hq_media, hq_revocation, keystore
 from fieldsync.hq_schema import insert
 from fieldsync.node import utc_text
 from fieldsync.sqlite_tx import immediate_transaction
@@ -96,13 +96,19 @@ def write_receipts_bundle(hq: HQ, out: Path, passphrase: str) -> dict[str, int]:
     keys = hq.unlock(passphrase)  # once: Argon2id takes seconds on a small device
     new = sign_pending_receipts(hq, keys)
     manifest = hq.manifest()
-    writer = BundleWriter(keys.network_key, manifest.network_id, secrets.token_bytes(16))
+    network_key = hq_revocation.network_key_in_use(
+        hq.directory, keys.root_seed, keys.network_key
+    ).key  # the old key until a rotation's grace has passed (SPEC.md §17.5)
+    writer = BundleWriter(network_key, manifest.network_id, secrets.token_bytes(16))
     tmp = out.with_name(f".{out.name}.partial")
     envelopes = 0
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     os.fchmod(fd, 0o600)  # a stale .partial of another mode is reused by O_CREAT
     with os.fdopen(fd, "wb") as handle:
         handle.write(writer.add(hq.manifest_item()))
+        updates = hq_revocation.published_items(hq.database())  # SPEC.md §17
+        for item in updates:
+            handle.write(writer.add(item))
         for row in hq.database().execute("SELECT item, count FROM receipts ORDER BY serial"):
             handle.write(writer.add(row[0]))
             envelopes += row[1]
@@ -110,7 +116,7 @@ def write_receipts_bundle(hq: HQ, out: Path, passphrase: str) -> dict[str, int]:
     tmp.replace(out)
     return {
         "receipts_new": new,
-        "receipts_total": writer.items_written - 1,
+        "receipts_total": writer.items_written - 1 - len(updates),
         "envelopes_receipted": envelopes,
     }
 

@@ -198,11 +198,45 @@ def _analyst_views(conn: sqlite3.Connection) -> None:
     )
 
 
+def _revocation(conn: sqlite3.Connection) -> None:
+    """Version 4: revocation and renewal (SPEC.md §17, ``fieldsync.hq_revocation``): the
+    revoked keys with HQ-only reasons, the signed revocation lists, the key deliveries."""
+    conn.execute(
+        """CREATE TABLE revoked (
+            key TEXT PRIMARY KEY,
+            kind TEXT NOT NULL,
+            cutoff INTEGER,
+            reason TEXT,
+            revoked_at TEXT,
+            list_serial INTEGER
+        )"""
+    )
+    conn.execute(
+        """CREATE TABLE revocation_lists (
+            serial INTEGER PRIMARY KEY,
+            created_at TEXT,
+            time INTEGER NOT NULL,
+            item BLOB NOT NULL
+        )"""
+    )
+    conn.execute(
+        """CREATE TABLE key_deliveries (
+            serial INTEGER PRIMARY KEY,
+            node_key TEXT NOT NULL,
+            created_at TEXT,
+            expires INTEGER,
+            item BLOB NOT NULL
+        )"""
+    )
+    conn.execute("CREATE INDEX key_deliveries_node_key ON key_deliveries (node_key)")
+
+
 #: Migration N is MIGRATIONS[N - 1]. Append only; never edit a released one.
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _baseline,
     _alert_states,
     _analyst_views,
+    _revocation,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -13,10 +13,10 @@ Layout of a node home (SPEC.md §15)::
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 import secrets
-import shutil
-import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -30,11 +30,15 @@ from fieldsync.errors import FieldsyncError, InputRefused, NotFound, NotInitiali
 from fieldsync.priority import iter_by_priority
 from fieldsync.store import ImportCounts, OutboxEntry, Store, now_seconds
 from fieldsync_protocol import crypto, envelope, membership
-from fieldsync_protocol.bundle import SEALED_CHUNK, BundleReader, BundleWriter
+from fieldsync_protocol.bundle import HEAD_SIZE, SEALED_CHUNK, BundleReader, BundleWriter, sealed_by
 from fieldsync_protocol.errors import LocalProtocolError, RemoteProtocolError
-from fieldsync_protocol.items import MAX_ITEM, Checked, check_item
+from fieldsync_protocol.items import MAX_ITEM, Checked, ItemKind, check_item, parse_item
+from fieldsync_protocol.keydelivery import KeyDelivery, open_delivery
 from fieldsync_protocol.keytext import KeyKind, fingerprint, key_to_text
 from fieldsync_protocol.report import validate_report
+from fieldsync_protocol.revocation import RevocationList, open_revocation, supersedes
+
+log = logging.getLogger(__name__)
 
 NODE_SECRET = "node.secret"  # noqa: S105 - a file name
 AUTHOR_SECRET = "author.secret"  # noqa: S105 - a file name
@@ -62,22 +66,27 @@ def uuid7(now_ms: int | None = None) -> str:
     return str(uuid.UUID(int=value))
 
 
+#: adjtimex(2) returns TIME_ERROR while the kernel's clock is not synchronised (STA_UNSYNC:
+#: what timedatectl's NTPSynchronized reads too, from whichever NTP client disciplines it).
+_TIME_ERROR = 5
+
+
 def clock_status() -> dict[str, Any]:
-    """How far the device clock can be trusted (Pis before the Pi 5 have no RTC)."""
-    timedatectl = shutil.which("timedatectl")
-    if timedatectl:
-        try:
-            out = subprocess.run(  # noqa: S603 - fixed argv, no shell
-                [timedatectl, "show", "--property=NTPSynchronized", "--value"],
-                capture_output=True,
-                text=True,
-                timeout=2,
-                check=False,
-            ).stdout.strip()
-        except (OSError, subprocess.TimeoutExpired):
-            out = ""
-        if out == "yes":
-            return {"source": "ntp", "synced": True}
+    """How far the device clock can be trusted (Pis before the Pi 5 have no RTC).
+
+    One adjtimex(2) system call in read-only mode (modes = 0), not a ``timedatectl``
+    process per report (~50 ms on a Pi; issue 13 item 6). Anything but Linux: unknown.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        timex = ctypes.create_string_buffer(512)  # larger than any struct timex; zero modes
+        state = int(libc.adjtimex(timex))
+    except (OSError, AttributeError):
+        return {"source": "unknown", "synced": False}
+    if 0 <= state < _TIME_ERROR:
+        return {"source": "ntp", "synced": True}
     return {"source": "unknown", "synced": False}
 
 
@@ -92,6 +101,14 @@ class Membership:
     network_key: bytes
     certificate: bytes
     certificate_info: membership.NodeCertificate
+    #: The network key HQ rotates to, accepted next to ``network_key`` until the switch.
+    next_key: homefiles.NextNetworkKey | None = None
+    network_key_id: int = 0
+
+    @property
+    def network_keys(self) -> tuple[bytes, ...]:
+        """Every network key this node accepts now: the current one, then the next."""
+        return (self.network_key,) + (() if self.next_key is None else (self.next_key.key,))
 
 
 @dataclass(frozen=True)
@@ -180,15 +197,87 @@ class Node:
                 f"{self.home} has not joined a network;"
                 f" take {self.home / REQUEST} to HQ and run `join`"
             )
-        fields = homefiles.decode_membership(path.read_bytes(), path)
+        fields = self._membership_file()
         try:
             manifest = membership.open_manifest(fields.manifest_item)
             cert = membership.open_certificate(fields.certificate, manifest)
         except RemoteProtocolError as exc:
             raise InputRefused(f"membership file {path} is damaged: {exc}") from exc
         return Membership(
-            fields.manifest_item, manifest, fields.network_key, fields.certificate, cert
+            fields.manifest_item,
+            manifest,
+            fields.network_key,
+            fields.certificate,
+            cert,
+            fields.next_key,
+            fields.network_key_id,
         )
+
+    def _membership_file(self) -> homefiles.MembershipFile:
+        path = self.home / MEMBERSHIP
+        return homefiles.decode_membership(path.read_bytes(), path)
+
+    def _write_membership(self, fields: homefiles.MembershipFile) -> None:
+        keystore.write_private(self.home / MEMBERSHIP, homefiles.encode_membership(fields))
+
+    # --- key deliveries and network-key rotation (SPEC.md §17.5) -----------------------
+
+    def open_deliveries(self, items: Sequence[Checked]) -> list[KeyDelivery]:
+        """The key deliveries among ``items`` that are sealed to this node and verify."""
+        deliveries = [c for c in items if c.item.kind is ItemKind.KEY_DELIVERY]
+        if not deliveries:
+            return []
+        member = self.membership()
+        secret = self.node_secret()
+        opened: list[KeyDelivery] = []
+        for checked in deliveries:
+            try:
+                delivery = open_delivery(checked.item.fields, member.manifest, secret)
+            except RemoteProtocolError as exc:
+                # Anyone who knows our node key can seal to it: not HQ's, so ignored.
+                log.warning("ignoring a key delivery sealed to this node: %s", exc)
+                continue
+            if delivery is not None:
+                opened.append(delivery)
+        return opened
+
+    def adopt_delivery(self, delivery: KeyDelivery, clock: int) -> bool:
+        """Take HQ's renewed certificate and network key from a newer delivery; a newer key
+        id becomes the next key, used alone once the running clock reaches ``clock`` +
+        grace. An older or replayed delivery changes nothing."""
+        fields = self._membership_file()
+        if delivery.serial <= fields.delivery_serial:
+            return False
+        fields = dataclasses.replace(
+            fields, certificate=delivery.certificate, delivery_serial=delivery.serial
+        )
+        pending = fields.next_key
+        if delivery.network_key_id > fields.network_key_id and (
+            pending is None or delivery.network_key_id > pending.key_id
+        ):
+            fields = dataclasses.replace(
+                fields,
+                next_key=homefiles.NextNetworkKey(
+                    delivery.network_key_id, delivery.network_key, clock + delivery.grace
+                ),
+            )
+        self._write_membership(fields)
+        self.switch_network_key(clock)
+        return True
+
+    def switch_network_key(self, clock: int) -> bool:
+        """Replace the network key by the next one once its grace period is over: from then
+        on the previous key opens nothing here."""
+        fields = self._membership_file()
+        pending = fields.next_key
+        if pending is None or clock < pending.switch_at:
+            return False
+        self._write_membership(
+            dataclasses.replace(
+                fields, network_key=pending.key, network_key_id=pending.key_id, next_key=None
+            )
+        )
+        return True
 
     def store(self) -> Store:
         if self._store is None:
@@ -397,14 +486,15 @@ class Node:
         store = self.store()
         counts = ImportCounts()
         now = now_seconds()
-        reader = BundleReader(member.network_key, member.manifest.network_id)
+        key = bundle_key(path, member.network_keys)
+        reader = BundleReader(key, member.manifest.network_id)
         newer: list[Checked] = []
         try:
             with store.transaction():
                 for data in _read_bundle(path, reader, progress):
                     checked = check_item(data, member.manifest)
                     store.add_checked(checked, counts, now)
-                    if checked.manifest is not None:
+                    if checked.manifest is not None or checked.item.kind is ItemKind.KEY_DELIVERY:
                         newer.append(checked)
         except RemoteProtocolError as exc:
             raise InputRefused(f"bundle {path} refused, nothing imported: {exc}") from exc
@@ -412,6 +502,8 @@ class Node:
             store.checkpoint()
         for checked in newer:
             self.adopt_manifest(checked)
+        for delivery in self.open_deliveries(newer):
+            self.adopt_delivery(delivery, store.local_clock())
         return BundleImport(counts, reader.items_read)
 
     def adopt_manifest(self, checked: Checked) -> bool:
@@ -424,10 +516,9 @@ class Node:
         member = self.membership()
         if update is None or update.epoch <= member.manifest.epoch:
             return False
-        data = homefiles.encode_membership(
-            homefiles.MembershipFile(checked.item.data, member.network_key, member.certificate)
+        self._write_membership(
+            dataclasses.replace(self._membership_file(), manifest_item=checked.item.data)
         )
-        keystore.write_private(self.home / MEMBERSHIP, data)
         return True
 
     def status(self) -> dict[str, Any]:
@@ -446,6 +537,33 @@ class Node:
             status["node"] = fingerprint(KeyKind.NODE, member.certificate_info.node_key)
         status.update(self.store().status())
         return status
+
+
+def current_revocations(store: Store, manifest: membership.Manifest) -> RevocationList | None:
+    """The revocation list this node follows: the valid one with the highest serial among
+    those it holds (SPEC.md §17.2). Every list is complete, so older ones change nothing;
+    one that no longer verifies (after a root change) is skipped, never trusted."""
+    current: RevocationList | None = None
+    for data in store.items_of_kind(ItemKind.REVOCATION):
+        try:
+            candidate = open_revocation(parse_item(data).fields, manifest)
+        except RemoteProtocolError:
+            continue
+        if supersedes(candidate, current):
+            current = candidate
+    return current
+
+
+def bundle_key(path: Path, network_keys: Sequence[bytes]) -> bytes:
+    """The network key that sealed the bundle at ``path``: while a network key rotates a
+    member reads both (SPEC.md §17.5). The first key when none does (the reader then says
+    "not a bundle of this network")."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(HEAD_SIZE)
+    except OSError:
+        return network_keys[0]  # _read_bundle reports the problem with the file
+    return sealed_by(head, network_keys) or network_keys[0]
 
 
 def _read_bundle(path: Path, reader: BundleReader, progress: Progress | None) -> Iterator[bytes]:

@@ -16,11 +16,13 @@ with a local error that names the store, never one blaming the peer.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import logging
 import secrets
 import sqlite3
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -37,9 +39,10 @@ from fieldsync.transport import Transport, TransportError
 from fieldsync_protocol.errors import RemoteProtocolError
 from fieldsync_protocol.frames import Data, End, FrameReceiver, FrameSender
 from fieldsync_protocol.handshake import PeerHandshake, ReplayCache
-from fieldsync_protocol.items import Checked, check_item
+from fieldsync_protocol.items import Checked, ItemKind, check_item
 from fieldsync_protocol.membership import Manifest, NodeCertificate
 from fieldsync_protocol.reconcile_index import ItemIndex, SortedListIndex
+from fieldsync_protocol.revocation import RevocationList
 from fieldsync_protocol.session import (
     Completed,
     CursorAdvanced,
@@ -50,16 +53,30 @@ from fieldsync_protocol.session import (
     SyncSession,
     SyncStats,
 )
-from fieldsync_protocol.session_messages import Cursor
+from fieldsync_protocol.session_messages import BATCH_ITEMS, Cursor
 
 log = logging.getLogger(__name__)
 
 QUOTA_WINDOW_SECONDS = 86_400
+#: In the handshake's refusal of a member whose certificate HQ must renew (SPEC.md §17.4).
+CERTIFICATE_TROUBLE = "peer certificate expired"
+#: Why a running session ends when HQ's revocation list names its peer.
+REVOKED = "the peer was revoked by HQ"
 #: Connections accepted in one burst are judged this long after the first of them (the
 #: time for a member's first packet, its msg1, to be read), so none is dropped unread.
 ADMISSION_GRACE = 0.05
 #: Largest single write handed to the transport (well under the WebSocket message cap).
 SEND_CHUNK = 256 * 1024
+#: A received flight (up to a window of 16 x 256 KiB) is stored in bounded write
+#: transactions, one per store-thread call: a local report commit (another process waiting
+#: for SQLite's write lock) or a control-API status (a call queued on the store thread) waits
+#: for one slice, never for a whole flight (perf S11, issue 13). A slice is sized from the
+#: measured cost of the previous one to take about STEP_SECONDS, within these item and byte
+#: bounds. Custody is unchanged: a batch is acknowledged once its last slice is committed.
+STEP_SECONDS = 0.004
+STEP_MAX_BYTES = 128 * 1024
+STEP_MIN_ITEMS = 8
+STEP_FIRST_ITEMS = 32
 
 
 @dataclass(frozen=True)
@@ -216,6 +233,38 @@ class PeerSource:
         return self._source.send_later(ids)
 
 
+class LiveSessions:
+    """The running sessions by peer node key (both directions), so that a peer HQ revokes
+    is cut off at once, not only at its next handshake (SPEC.md §17.2)."""
+
+    def __init__(self) -> None:
+        self._by_peer: dict[bytes, set[Slot]] = {}
+
+    def open(self, node_key: bytes, address: str) -> Slot:
+        """A slot for one session with ``node_key``; ``release()`` it when the session ends."""
+
+        def forget(slot: Slot) -> None:
+            slots = self._by_peer.get(node_key)
+            if slots is not None:
+                slots.discard(slot)
+                if not slots:
+                    del self._by_peer[node_key]
+
+        slot = Slot(address, 0, _release=forget)
+        self._by_peer.setdefault(node_key, set()).add(slot)
+        return slot
+
+    def drop(self, node_keys: frozenset[bytes], reason: str) -> int:
+        """End every session with one of ``node_keys``; return how many were running."""
+        slots = [slot for key in node_keys for slot in self._by_peer.get(key, ())]
+        for slot in slots:
+            slot.drop(reason)
+        return len(slots)
+
+    def __len__(self) -> int:
+        return sum(map(len, self._by_peer.values()))
+
+
 @dataclass
 class PeerContext:
     """Everything a connection needs; built once by the composition root."""
@@ -232,6 +281,16 @@ class PeerContext:
     session_config: SessionConfig = field(default_factory=SessionConfig)
     #: Called (on the store thread) with each verified manifest update a peer delivered.
     on_manifest: Callable[[Checked], None] | None = None
+    #: Called (on the store thread) with each verified revocation list a peer delivered.
+    on_revocation: Callable[[RevocationList], None] | None = None
+    #: Called (on the store thread) with the key deliveries a peer delivered (§17.5).
+    on_deliveries: Callable[[Store, list[Checked]], None] | None = None
+    #: Every running session by peer, to cut off peers HQ revokes.
+    live: LiveSessions = field(default_factory=LiveSessions)
+    #: HQ's latest signed time (the revocation list followed): older certificates expire.
+    hq_time: int = 0
+    #: Further network keys an incoming first message may use (rotation grace, §17.5).
+    also_accept: tuple[bytes, ...] = ()
     #: When an author with undelivered reports ignores the delta cursor (SPEC.md §14.9).
     reoffer: ReofferPolicy = field(default_factory=ReofferPolicy)
     #: Built from ``limits``: shared by every listener of this context (SPEC §14.8).
@@ -264,14 +323,18 @@ def _call_later(delay: float, callback: Callable[[], None]) -> object:
     return loop.call_later(delay, callback)
 
 
-async def run_peer(transport: Transport, ctx: PeerContext, *, initiator: bool) -> SyncOutcome:
-    """Handshake and sync over ``transport``; never raises for the peer's misbehaviour."""
+async def run_peer(
+    transport: Transport, ctx: PeerContext, *, initiator: bool, network_key: bytes | None = None
+) -> SyncOutcome:
+    """Handshake and sync over ``transport``; never raises for the peer's misbehaviour.
+    An initiator dials with ``network_key`` (default: the context's current key)."""
     outcome = SyncOutcome()
     counted = _CountingTransport(transport)
     session: Slot | None = None
+    live: Slot | None = None
     quiet = ctx.quiet_log
     try:
-        handshake = await _handshake(counted, ctx, initiator)
+        handshake = await _handshake(counted, ctx, initiator, network_key or ctx.network_key)
         if handshake is None:
             outcome.error = "handshake failed"
             return outcome
@@ -286,9 +349,15 @@ async def run_peer(transport: Transport, ctx: PeerContext, *, initiator: bool) -
                 await counted.send(sender.end())
                 return outcome
         connection = _Connection(counted, ctx, handshake, sender, receiver, initiator, outcome)
+        if handshake.peer is not None:
+            live = ctx.live.open(handshake.peer.node_key, transport.address)
+            if handshake.peer.node_key in ctx.revoked_nodes:  # revoked during the handshake
+                live.drop(REVOKED)
         async with asyncio.timeout(None) as scope:
             if session is not None:
                 session.on_drop(lambda _reason: _cut_short(scope))
+            if live is not None:
+                live.on_drop(lambda _reason: _cut_short(scope))
             await connection.run()
     except (RemoteProtocolError, PeerViolation) as exc:
         outcome.error = f"peer violated the protocol: {exc}"
@@ -301,7 +370,10 @@ async def run_peer(transport: Transport, ctx: PeerContext, *, initiator: bool) -
         outcome.error = f"connection lost: {exc}"
         quiet.log("lost", logging.INFO, "%s: %s", transport.label, outcome.error)
     except TimeoutError:
-        if session is not None and session.dropped is not None:
+        if live is not None and live.dropped is not None:
+            outcome.error = f"session ended: {live.dropped}"
+            log.warning("%s: %s", transport.label, outcome.error)
+        elif session is not None and session.dropped is not None:
             outcome.error = f"session ended: {session.dropped}"
             quiet.log("replaced", logging.INFO, "%s: %s", transport.label, outcome.error)
         else:
@@ -310,6 +382,8 @@ async def run_peer(transport: Transport, ctx: PeerContext, *, initiator: bool) -
     finally:
         if session is not None:
             session.release()
+        if live is not None:
+            live.release()
         outcome.wire_bytes_sent = counted.sent
         outcome.wire_bytes_received = counted.received
         await transport.close()
@@ -352,17 +426,19 @@ class _CountingTransport:
 
 
 async def _handshake(
-    transport: _CountingTransport, ctx: PeerContext, initiator: bool
+    transport: _CountingTransport, ctx: PeerContext, initiator: bool, network_key: bytes
 ) -> PeerHandshake | None:
     handshake = PeerHandshake(
         initiator=initiator,
-        network_key=ctx.network_key,
+        network_key=network_key,
         static_secret=ctx.static_secret,
         certificate=ctx.certificate,
         manifest=ctx.manifest,
         ephemeral_secret=secrets.token_bytes(32),
         revoked_nodes=ctx.revoked_nodes,
         replay_cache=None if initiator else ctx.replay_cache,
+        hq_time=ctx.hq_time,
+        also_accept=() if initiator else ctx.also_accept,
     )
     limits = ctx.limits
     if initiator:
@@ -370,7 +446,8 @@ async def _handshake(
             async with asyncio.timeout(limits.handshake_timeout):
                 await _exchange(transport, handshake)
         except (RemoteProtocolError, TimeoutError) as exc:
-            log.info("%s: handshake failed: %s", transport.label, str(exc) or "timeout")
+            reason = str(exc) or "timeout"
+            log.log(_level(reason), "%s: handshake failed: %s", transport.label, reason)
             return None
         return handshake
     # Responder: a pre-authentication slot, held for at most the first-message deadline
@@ -394,7 +471,7 @@ async def _handshake(
         reason = slot.dropped or str(exc) or "timeout"
         ctx.quiet_log.log(
             "dropped" if slot.dropped else "handshake failed",
-            logging.INFO,
+            _level(reason),
             "%s: handshake failed: %s",
             transport.label,
             reason,
@@ -404,6 +481,11 @@ async def _handshake(
     finally:
         slot.release()
     return handshake
+
+
+def _level(reason: str) -> int:
+    """A member whose certificate expired is a warning: HQ must renew it (SPEC.md §17.4)."""
+    return logging.WARNING if CERTIFICATE_TROUBLE in reason else logging.INFO
 
 
 async def _exchange(
@@ -467,6 +549,11 @@ class _Connection:
         self.incoming: asyncio.Queue[bytes | Exception | None] = asyncio.Queue()
         self.queued_bytes = 0
         self.session: SyncSession | None = None
+        # Received batches not committed yet, in order, each with how many of its items are.
+        self._unstored: collections.deque[_Unstored] = collections.deque()
+        self._held_event: object | None = None  # read from the session, not yet acted on
+        self._completed = False
+        self._step_items = STEP_FIRST_ITEMS
 
     async def run(self) -> None:
         if self.peer is None:
@@ -625,60 +712,116 @@ class _Connection:
             await self.transport.send(data)
 
     async def _handle_events(self) -> bool:
-        """Act on session events; True once the session is complete."""
+        """Act on session events; True once the session is complete.
+
+        Each store-thread call commits at most one bounded slice of the received batches
+        (``_store_step``) and then returns, so whatever else waits for the store thread runs
+        between two slices.
+        """
         session = self.session
         if session is None:
             raise PeerViolation("no session")
         node_key = self.peer.node_key if self.peer else b""
-        limits = self.ctx.limits
-        manifest = self.ctx.manifest
-        source = self.ctx.source
         outcome = self.outcome
 
-        def act(store: Store) -> bool:
-            done = False
-            while (event := session.next_event()) is not None:
+        def act(store: Store) -> bool | None:
+            while True:
+                if self._unstored:
+                    self._store_step(store, node_key)
+                    return None  # one transaction per call: let others in
+                event = self._held_event or session.next_event()
+                self._held_event = None
+                if event is None:
+                    return self._completed
                 if isinstance(event, ItemsReceived):
-                    # Every batch of the flight that is already here goes into one durable
-                    # transaction (one fsync, not one per batch); each is acknowledged only
-                    # after that commit, in order.
-                    group = [event]
+                    # Every batch of the flight already here is queued before the first
+                    # slice is stored (a flight is acknowledged in one reply).
+                    self._unstored.append(_Unstored(event))
                     while isinstance(following := session.next_event(), ItemsReceived):
-                        group.append(following)
-                    store_group = functools.partial(
-                        _store_batch,
-                        store,
-                        source,
-                        manifest,
-                        node_key,
-                        limits=limits,
-                        on_manifest=self.ctx.on_manifest,
-                    )
-                    try:
-                        outcome.items_new += store_group(group)
-                        for received in group:
-                            session.commit_done(received.batch_no)
-                    except QuotaViolation:
-                        # The flight does not fit: keep what does, batch by batch, and end
-                        # the connection at the first batch over the quota.
-                        for received in group:
-                            outcome.items_new += store_group([received])
-                            session.commit_done(received.batch_no)
-                    if following is None:
-                        continue
-                    event = following
-                if isinstance(event, CursorAdvanced):
+                        self._unstored.append(_Unstored(following))
+                    self._held_event = following
+                elif isinstance(event, CursorAdvanced):
                     store.set_peer_cursor(
                         node_key, event.cursor.epoch, event.cursor.seq, now_seconds()
                     )
                 elif isinstance(event, Completed):
                     outcome.stats = event.stats
-                    done = True
+                    self._completed = True
                 elif isinstance(event, Started):
                     outcome.stats.mode = event.mode.value
-            return done
 
-        return await self.ctx.worker.call(act)
+        while (done := await self.ctx.worker.call(act)) is None:
+            pass
+        return done
+
+    def _store_step(self, store: Store, node_key: bytes) -> None:
+        """Verify and commit one bounded slice of the unstored batches (store thread);
+        acknowledge each batch whose last item is now committed, in order."""
+        session = self.session
+        if session is None:
+            raise PeerViolation("no session")
+        started = time.perf_counter()
+        slice_items: list[tuple[_Unstored, list[bytes]]] = []
+        count = size = 0
+        for unstored in self._unstored:
+            room = self._step_items - count
+            if room <= 0 or size >= STEP_MAX_BYTES:
+                break
+            taken: list[bytes] = []
+            for data in unstored.rest()[:room]:
+                if taken and size + len(data) > STEP_MAX_BYTES:
+                    break
+                taken.append(data)
+                size += len(data)
+            if not taken:
+                break
+            slice_items.append((unstored, taken))
+            count += len(taken)
+        store_slice = functools.partial(
+            _store_batch,
+            store,
+            self.ctx.source,
+            self.ctx.manifest,
+            node_key,
+            limits=self.ctx.limits,
+            on_manifest=self.ctx.on_manifest,
+            on_revocation=self.ctx.on_revocation,
+            on_deliveries=self.ctx.on_deliveries,
+        )
+        try:
+            self.outcome.items_new += store_slice(slice_items)
+            done = slice_items
+        except QuotaViolation:
+            if len(slice_items) == 1:
+                raise
+            # The slice does not fit: keep what does, batch by batch, and end the
+            # connection at the first batch over the quota.
+            for part in slice_items:
+                self.outcome.items_new += store_slice([part])
+                part[0].stored += len(part[1])
+            raise
+        for unstored, taken in done:
+            unstored.stored += len(taken)
+        while self._unstored and self._unstored[0].complete():
+            session.commit_done(self._unstored.popleft().event.batch_no)
+        elapsed = time.perf_counter() - started
+        per_item = elapsed / max(count, 1)
+        self._step_items = max(STEP_MIN_ITEMS, min(BATCH_ITEMS, int(STEP_SECONDS / per_item)))
+
+
+@dataclass
+class _Unstored:
+    """A received batch and how many of its items are committed so far."""
+
+    event: ItemsReceived
+    stored: int = 0
+    charged: bool = False
+
+    def rest(self) -> list[bytes]:
+        return self.event.items[self.stored :]
+
+    def complete(self) -> bool:
+        return self.stored >= len(self.event.items)
 
 
 def _deliver(session: SyncSession, messages: list[bytes], _store: Store) -> None:
@@ -691,18 +834,28 @@ def _store_batch(
     source: SyncSource,
     manifest: Manifest,
     node_key: bytes,
-    group: list[ItemsReceived],
+    slices: list[tuple[_Unstored, list[bytes]]],
     limits: PeerLimits,
     on_manifest: Callable[[Checked], None] | None = None,
+    on_revocation: Callable[[RevocationList], None] | None = None,
+    on_deliveries: Callable[[Store, list[Checked]], None] | None = None,
 ) -> int:
-    """Verify, charge quota, commit durably (all batches of ``group`` in one transaction);
-    return how many items were new."""
+    """Verify, charge quota, commit durably (the items of ``slices`` in one transaction);
+    return how many items were new.
+
+    A batch is charged to the peer's quota whole, with its first slice: a batch over the
+    quota is refused before any of it is stored (the quota counts batches, not slices).
+    """
     checked: list[Checked] = []
-    for event in group:
+    charge_items = charge_bytes = 0
+    for unstored, items in slices:
         try:
-            checked.extend(check_item(data, manifest) for data in event.items)
+            checked.extend(check_item(data, manifest) for data in items)
         except RemoteProtocolError as exc:
-            raise PeerViolation(f"bad item in batch {event.batch_no}: {exc}") from exc
+            raise PeerViolation(f"bad item in batch {unstored.event.batch_no}: {exc}") from exc
+        if not unstored.charged:
+            charge_items += len(unstored.event.items)
+            charge_bytes += sum(map(len, unstored.event.items))
     quota = Quota(
         node_key,
         now_seconds() // QUOTA_WINDOW_SECONDS,
@@ -710,12 +863,24 @@ def _store_batch(
         limits.quota_bytes_per_day,
     )
     try:
-        counts = store.add_batch(checked, now_seconds(), origin=node_key, quota=quota)
+        counts = store.add_batch(
+            checked,
+            now_seconds(),
+            origin=node_key,
+            quota=quota if charge_items else None,  # None: every batch here is charged
+            charge=(charge_items, charge_bytes),
+        )
     except QuotaExceeded as exc:
         raise QuotaViolation(str(exc)) from exc
+    for unstored, _items in slices:
+        unstored.charged = True
     source.note_changes(counts.new_ids, counts.purged_ids)
-    if on_manifest is not None:
-        for item in checked:
-            if item.manifest is not None:
-                on_manifest(item)
+    for item in checked:
+        if item.manifest is not None and on_manifest is not None:
+            on_manifest(item)
+        if item.revocation is not None and on_revocation is not None:
+            on_revocation(item.revocation)
+    deliveries = [c for c in checked if c.item.kind is ItemKind.KEY_DELIVERY]
+    if deliveries and on_deliveries is not None:
+        on_deliveries(store, deliveries)
     return counts.new

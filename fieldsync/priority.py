@@ -1,6 +1,7 @@
 """What goes first when there is not room or time for everything (SPEC.md §16.5).
 
-On a contact and in a bundle: receipts and manifests, then report envelopes, then
+On a contact and in a bundle: receipts, manifests, revocation lists and key deliveries,
+then report envelopes, then
 attachment chunks (each attachment's in order), then items of kinds this version does not
 know. Under the disk budget the reverse holds for what is given up first: other people's
 media and unknown kinds go before any report envelope (``Store.enforce_budget``).
@@ -15,7 +16,7 @@ from fieldsync_protocol.items import ItemKind
 
 #: Kinds in the order they travel; each class is sent in arrival order (chunks in order).
 TRANSFER_CLASSES: tuple[tuple[ItemKind, ...], ...] = (
-    (ItemKind.RECEIPT, ItemKind.MANIFEST),
+    (ItemKind.RECEIPT, ItemKind.MANIFEST, ItemKind.REVOCATION, ItemKind.KEY_DELIVERY),
     (ItemKind.ENVELOPE,),
     (ItemKind.CHUNK,),
     (ItemKind.OPAQUE,),

@@ -21,8 +21,9 @@ from aiohttp import web
 from fieldsync.config import HostPort, parse_host_port
 from fieldsync.diskerrors import storage_problem
 from fieldsync.errors import InputRefused
-from fieldsync.node import STORE, Node
-from fieldsync.peer import PeerContext, PeerLimits, SyncOutcome, SyncSource, run_peer
+from fieldsync.node import STORE, Membership, Node, current_revocations
+from fieldsync.peer import REVOKED, PeerContext, PeerLimits, SyncOutcome, SyncSource, run_peer
+from fieldsync.store import Store
 from fieldsync.store_worker import StoreWorker
 from fieldsync.synclog import log_session
 from fieldsync.transport import (
@@ -33,7 +34,9 @@ from fieldsync.transport import (
     serve_tcp,
     websocket_route,
 )
+from fieldsync_protocol.crypto import box_public_key
 from fieldsync_protocol.items import Checked
+from fieldsync_protocol.revocation import RevocationList, supersedes
 from fieldsync_protocol.session import SessionConfig
 
 log = logging.getLogger(__name__)
@@ -54,6 +57,16 @@ class Runtime:
     on_outcome: Callable[[SyncOutcome], None] | None = None
     #: The node holds an author key (read once at start: no file checks on the loop).
     is_author: bool = False
+    #: HQ's revocation list this node follows (SPEC.md §17), None before the first one.
+    revocations: RevocationList | None = None
+    #: The loop the runtime was opened on: sessions are cut from the store thread through it.
+    loop: asyncio.AbstractEventLoop | None = None
+    #: Set (on the loop) when the network keys changed: discovery restarts with them.
+    keys_changed: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Certificate expiry of this node (HQ time), from its membership.
+    own_expiry: int = 0
+    #: Id of the network key in use (0: the enrolment's).
+    network_key_id: int = 0
 
     @classmethod
     async def open(
@@ -80,9 +93,112 @@ class Runtime:
             limits=limits or PeerLimits(),
             session_config=session_config or SessionConfig(),
         )
-        runtime = cls(node, worker, context, is_author=is_author)
+        runtime = cls(node, worker, context, is_author=is_author, loop=asyncio.get_running_loop())
+        runtime._follow(member)
         context.on_manifest = runtime.adopt_manifest
+        context.on_revocation = runtime.adopt_revocation
+        context.on_deliveries = runtime.adopt_deliveries
+        await runtime.refresh_revocations()
+        await runtime.refresh_keys()
         return runtime
+
+    def _follow(self, member: Membership) -> None:
+        """Use the keys and certificate of ``member`` for every later handshake."""
+        context = self.context
+        changed = (member.network_key, member.network_keys) != (
+            context.network_key,
+            (context.network_key, *context.also_accept),
+        )
+        context.network_key = member.network_key
+        context.also_accept = member.network_keys[1:]
+        context.certificate = member.certificate
+        self.own_expiry = member.certificate_info.expires
+        self.network_key_id = member.network_key_id
+        if changed and self.loop is not None:
+            self.loop.call_soon_threadsafe(self.keys_changed.set)
+
+    def membership_status(self) -> dict[str, object]:
+        """What ``status`` shows of revocation, expiry and network keys (SPEC.md §17)."""
+        context = self.context
+        return {
+            "revocation_list": None if self.revocations is None else self.revocations.serial,
+            "revoked_nodes": len(context.revoked_nodes),
+            "hq_time": context.hq_time,
+            "certificate_expires": self.own_expiry,
+            "network_key_id": self.network_key_id,
+            "network_key_rotating": bool(context.also_accept),
+        }
+
+    def adopt_deliveries(self, store: Store, items: list[Checked]) -> None:
+        """Key deliveries arrived (by sync): take the ones sealed to this node (SPEC.md
+        §17.5), on the store thread."""
+        adopted = False
+        for delivery in self.node.open_deliveries(items):
+            adopted |= self.node.adopt_delivery(delivery, store.local_clock())
+        if adopted:
+            member = self.node.membership()
+            self._follow(member)
+            log.info(
+                "HQ renewed this node's certificate (valid until HQ time %d)%s",
+                member.certificate_info.expires,
+                ""
+                if member.next_key is None
+                else f"; next network key {member.next_key.key_id}"
+                f" from running time {member.next_key.switch_at}",
+            )
+
+    async def refresh_keys(self) -> None:
+        """Switch to the next network key once its grace period is over (SPEC.md §17.5),
+        and follow a membership another process changed (a bundle import)."""
+
+        def switch(store: Store) -> None:
+            switched = self.node.switch_network_key(store.local_clock())
+            member = self.node.membership()
+            self._follow(member)
+            if switched:
+                log.info(
+                    "switched to network key %d: the previous one opens nothing now",
+                    member.network_key_id,
+                )
+
+        await self.worker.call(switch)
+
+    async def refresh_revocations(self) -> None:
+        """Follow the newest revocation list in the store (one may have come from a bundle
+        imported by another process while the daemon runs)."""
+
+        def newest(store: Store) -> None:
+            found = current_revocations(store, self.context.manifest)
+            if found is not None:
+                self.adopt_revocation(found)
+
+        await self.worker.call(newest)
+
+    def adopt_revocation(self, revocations: RevocationList) -> None:
+        """Follow a newer revocation list: refuse its node keys in every later handshake and
+        end the sessions running with them now. Runs on the store thread."""
+        if not supersedes(revocations, self.revocations):
+            return
+        self.revocations = revocations
+        revoked = frozenset(revocations.nodes)
+        self.context.revoked_nodes = revoked
+        self.context.hq_time = revocations.time
+        if self.own_expiry < revocations.time:
+            log.error(
+                "this node's certificate expired (valid until HQ time %d, HQ's time is %d):"
+                " members refuse it until HQ renews it (`fieldsync hq renew`)",
+                self.own_expiry,
+                revocations.time,
+            )
+        log.info(
+            "following HQ revocation list %d (%d node keys revoked)",
+            revocations.serial,
+            len(revoked),
+        )
+        if box_public_key(self.context.static_secret) in revoked:
+            log.error("HQ has revoked this node: members refuse it; ask HQ to enrol it again")
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self.context.live.drop, revoked, REVOKED)
 
     def adopt_manifest(self, checked: Checked) -> None:
         """A newer root-signed manifest arrived by sync: use it from now on."""
@@ -93,20 +209,31 @@ class Runtime:
     async def close(self) -> None:
         await self.worker.close()
 
-    async def sync_with(self, target: str) -> SyncOutcome:
-        """One session as initiator with ``HOST:PORT`` (TCP) or a ``ws://``/``wss://`` URL."""
-        transport: Transport
-        started = time.monotonic()
+    async def _connect(self, target: str) -> Transport:
         try:
             if target.startswith(("ws://", "wss://", "http://", "https://")):
-                transport = await connect_websocket(target)
-            else:
-                address = peer_address(target)
-                transport = await connect_tcp(address.host, address.port)
+                return await connect_websocket(target)
+            address = peer_address(target)
+            return await connect_tcp(address.host, address.port)
         except TransportError as exc:
             log.info("cannot reach %s: %s", target, exc)
             raise
-        outcome = await run_peer(transport, self.context, initiator=True)
+
+    async def sync_with(self, target: str) -> SyncOutcome:
+        """One session as initiator with ``HOST:PORT`` (TCP) or a ``ws://``/``wss://`` URL."""
+        started = time.monotonic()
+        # During a network-key rotation a peer may hold only the previous key or already
+        # only the next one: dial with the current key, then with the next (SPEC.md §17.5).
+        first, *others = (self.context.network_key, *self.context.also_accept)
+        outcome = await run_peer(
+            await self._connect(target), self.context, initiator=True, network_key=first
+        )
+        for key in others:
+            if outcome.peer is not None:
+                break
+            outcome = await run_peer(
+                await self._connect(target), self.context, initiator=True, network_key=key
+            )
         self.outcomes.append(outcome)
         log_session(
             self.context.static_secret,

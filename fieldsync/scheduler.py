@@ -97,9 +97,15 @@ class Scheduler:
             state.next_due = min(state.next_due, self.clock() + self.rng.uniform(0, APPEAR_JITTER))
         self._wake.set()
 
-    def remove(self, target: str) -> None:
+    def remove(self, target: str, even_in_flight: bool = False) -> None:
+        """Forget a discovered target (not while a sync with it runs, unless told: the
+        running attempt then records its result on a state nobody lists any more)."""
         state = self.targets.get(target)
-        if state is not None and state.origin == "discovered" and not state.in_flight:
+        if (
+            state is not None
+            and state.origin == "discovered"
+            and (even_in_flight or not state.in_flight)
+        ):
             del self.targets[target]
 
     def poke(self, except_target: str | None = None) -> None:

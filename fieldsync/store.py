@@ -16,6 +16,7 @@ A ``Store`` is used by one thread at a time (the CLI's, or the daemon's store th
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sqlite3
 import time
@@ -23,8 +24,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import sqlite_utils
+from typing import TYPE_CHECKING
 
 from fieldsync import eviction
 from fieldsync.errors import FieldsyncError
@@ -33,6 +33,12 @@ from fieldsync_protocol.envelope import TTL_CLASSES
 from fieldsync_protocol.items import Checked, ItemKind
 from fieldsync_protocol.receipt import Receipt, ReceiptStatus
 
+if TYPE_CHECKING:
+    import sqlite_utils
+
+#: How long a writer waits for another process's write transaction (the daemon's bounded
+#: slices, a CLI's report) before it gives up with "database is locked".
+LOCK_TIMEOUT_SECONDS = 10.0
 #: How long a holder keeps receipts and manifests after it received them (seconds).
 RECEIPT_TTL = 365 * 86400
 
@@ -245,11 +251,12 @@ class Store:
             "synchronous=FULL",
             "secure_delete=ON",
             "foreign_keys=ON",
-            "busy_timeout=10000",
+            f"busy_timeout={int(LOCK_TIMEOUT_SECONDS * 1000)}",
         ):
             self._conn.execute(f"PRAGMA {pragma}")
-        self.db = sqlite_utils.Database(self._conn)
         self._clock_cache: int | None = None
+        #: Write transactions committed through this Store (tests count them).
+        self.commits = 0
         self._migrate()
 
     def _migrate(self) -> None:
@@ -267,11 +274,25 @@ class Store:
                         self._conn.execute(statement)
                 self._conn.execute(f"PRAGMA user_version = {number}")
 
+    @functools.cached_property
+    def db(self) -> sqlite_utils.Database:
+        """sqlite_utils over the same connection, imported on first use: it costs more to
+        import than ``fieldsync status`` may take in all (issue 13 item 6)."""
+        import sqlite_utils
+
+        return sqlite_utils.Database(self._conn)
+
     def close(self) -> None:
         self._conn.close()
 
     def transaction(self) -> AbstractContextManager[None]:
-        return immediate_transaction(self._conn)
+        return self._counted_transaction()
+
+    @contextlib.contextmanager
+    def _counted_transaction(self) -> Iterator[None]:
+        with immediate_transaction(self._conn, lock_timeout=LOCK_TIMEOUT_SECONDS):
+            yield
+        self.commits += 1
 
     # --- items ---------------------------------------------------------------------------
 
@@ -330,10 +351,10 @@ class Store:
         marks = ", ".join("?" for _ in replaces)
         for tag in receipt.tags:
             # Envelopes, attachment chunks and opaque items are receipted (SPEC.md §9, §16.5);
-            # receipts and manifests never are.
+            # receipts, manifests and revocation lists never are.
             purged = self._conn.execute(
-                "DELETE FROM items WHERE tag = ? AND kind NOT IN (?, ?) RETURNING id",
-                (tag, ItemKind.RECEIPT.value, ItemKind.MANIFEST.value),
+                "DELETE FROM items WHERE tag = ? AND kind NOT IN (?, ?, ?) RETURNING id",
+                (tag, ItemKind.RECEIPT.value, ItemKind.MANIFEST.value, ItemKind.REVOCATION.value),
             ).fetchall()
             counts.purged += len(purged)
             counts.purged_ids.extend(row[0] for row in purged)
@@ -366,6 +387,15 @@ class Store:
     def item_count(self) -> int:
         return int(self._conn.execute("SELECT count(*) FROM items").fetchone()[0])
 
+    def items_of_kind(self, kind: ItemKind) -> list[bytes]:
+        """Every held item of ``kind``, oldest first (for the few kinds that are small)."""
+        return [
+            row[0]
+            for row in self._conn.execute(
+                "SELECT data FROM items WHERE kind = ? ORDER BY seq", (kind.value,)
+            )
+        ]
+
     def manifest_items(self) -> list[bytes]:
         rows = self._conn.execute(
             "SELECT data FROM items WHERE kind = ? ORDER BY seq", (ItemKind.MANIFEST.value,)
@@ -378,18 +408,22 @@ class Store:
         now: int,
         origin: bytes | None = None,
         quota: Quota | None = None,
+        charge: tuple[int, int] | None = None,
     ) -> ImportCounts:
         """Store a batch from a peer in one durable transaction (commit before ack).
 
         ``origin``: the node key of the peer that sent it (deltas to it skip these items).
         ``quota``: charge the batch to that peer first, in the same transaction (one fsync
-        per batch); over quota raises ``QuotaExceeded`` and stores nothing.
+        per batch); over quota raises ``QuotaExceeded`` and stores nothing. ``charge``:
+        (items, bytes) to charge instead of the batch's own (a session batch stored in
+        several slices is charged whole with its first one).
         """
         counts = ImportCounts()
         with self.transaction():
             if quota is not None:
-                size = sum(len(c.item.data) for c in checked)
-                exhausted = self._charge(quota, len(checked), size)
+                if charge is None:
+                    charge = (len(checked), sum(len(c.item.data) for c in checked))
+                exhausted = self._charge(quota, *charge)
                 if exhausted is not None:
                     raise QuotaExceeded(f"peer is over its quota for today ({exhausted})")
             ref = None if origin is None else self._origin_ref(origin, create=True)
@@ -598,8 +632,8 @@ class Store:
         """Delete relayed items whose TTL has passed; own unreceipted reports are kept."""
         with self.transaction():
             gone = self._conn.execute(
-                "DELETE FROM items WHERE expires_at <= ? AND own = 0 AND kind != ?",
-                (self.local_clock(), ItemKind.MANIFEST.value),
+                "DELETE FROM items WHERE expires_at <= ? AND own = 0 AND kind NOT IN (?, ?)",
+                (self.local_clock(), ItemKind.MANIFEST.value, ItemKind.REVOCATION.value),
             ).rowcount
         if gone:
             self.checkpoint()

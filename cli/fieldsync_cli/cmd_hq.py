@@ -694,3 +694,10 @@ def serve(hq_dir: Path, port: int, tiles: str | None, as_json: bool) -> None:
         hq_serve.serve(hq_dir, network_name, sock, tiles, ready)
     finally:
         sock.close()
+
+
+# --- membership: revoke (fieldsync_cli.cmd_hq_keys) -----------------------------------------
+
+from fieldsync_cli.cmd_hq_keys import register_key_commands  # noqa: E402 - needs `hq` above
+
+register_key_commands(hq, hq_dir_option)

@@ -73,18 +73,19 @@ def join(ctx: click.Context, enrolment: Path, as_json: bool) -> None:
         raise NotFound(f"enrolment file {enrolment} does not exist") from None
     try:
         member = node.join(text)
+        role = "author" if node.is_author() else "relay"
     finally:
         node.close()
     from fieldsync_protocol.keytext import KeyKind, fingerprint
 
     root = fingerprint(KeyKind.ROOT, member.manifest.root_key)
-    say(f"joined network {member.manifest.name!r} as {member.certificate_info.role}")
+    say(f"joined network {member.manifest.name!r} as {role}")
     say(f"compare HQ's root fingerprint with HQ by phone: {root}")
     emit(
         as_json,
         {
             "network": member.manifest.name,
-            "role": member.certificate_info.role,
+            "role": role,
             "root_fingerprint": root,
         },
     )
@@ -96,15 +97,13 @@ def _daemon(ctx: click.Context, what: str, socket: Path | None) -> dict[str, Any
     The socket is ``--control-socket``, else the one the daemon running on this home
     recorded in its lock file, else ``[control] socket`` of the config (HOME/control.sock).
     """
-    import asyncio
-
-    from fieldsync.control import query
+    from fieldsync.control_client import request
     from fieldsync.homelock import recorded_control_socket
 
     if socket is None:
         config = config_of(ctx)
         socket = recorded_control_socket(config.node.home) or config.control_socket
-    return asyncio.run(query(socket, what))
+    return request(socket, what)
 
 
 socket_option = click.option(
@@ -145,6 +144,13 @@ def status(ctx: click.Context, control_socket: Path | None, as_json: bool) -> No
                     "components",
                     "degraded",
                     "store_error",
+                    # Revocation, expiry and network keys as the daemon follows them (§17).
+                    "revocation_list",
+                    "revoked_nodes",
+                    "hq_time",
+                    "certificate_expires",
+                    "network_key_id",
+                    "network_key_rotating",
                 )
                 if k in live
             }

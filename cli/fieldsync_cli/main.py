@@ -34,6 +34,23 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sync": ("fieldsync_cli.cmd_net", "sync"),
 }
 
+# command name -> its one-line help, so ``fieldsync --help`` lists the commands without
+# importing a single command module (each pulls in the store, crypto, the daemon...).
+# tests/cli/test_startup.py checks every line against the command's own docstring.
+SHORT_HELP: dict[str, str] = {
+    "bundle": "Carry sealed items between nodes and HQ on removable media.",
+    "hq": "Headquarters: enrol nodes, ingest reports, alerts, export, issue receipts, serve.",
+    "init": "Create this node's keys and write an enrolment request for HQ.",
+    "join": "Join the network with the ENROLMENT file HQ made for this node.",
+    "network": "Create a network (run once, at HQ).",
+    "peers": "Peers the running daemon knows: where from, last sync, failures.",
+    "report": "Write reports (signed by you, readable only by HQ) and see their delivery.",
+    "run": "Run the node until SIGTERM: serve, discover, sync, relay, purge; logs go to stderr.",
+    "status": "Items held, outbox by status, tombstones, disk; peers and upstream if the daemon"
+    " runs.",
+    "sync": "One sync session with TARGET (HOST:PORT) or --ws URL; print what moved.",
+}
+
 _WANTS_JSON = "fieldsync.json"
 
 
@@ -65,6 +82,19 @@ class LazyGroup(click.Group):
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list from ``SHORT_HELP``: no command module is imported for it."""
+        names = self.list_commands(ctx)
+        if not names:
+            return
+        limit = formatter.width - 6 - max(len(name) for name in names)
+        rows = [
+            (name, click.Command(name, help=SHORT_HELP.get(name, "")).get_short_help_str(limit))
+            for name in names
+        ]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name not in COMMANDS:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import struct
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import nacl.bindings as sodium
 import nacl.exceptions
@@ -99,6 +99,28 @@ class BundleWriter:
         last = bytes(self._pending) + bytes(CHUNK_SIZE - len(self._pending))
         self._pending.clear()
         return out + self._seal(last, final=True)
+
+
+#: Bytes of a bundle ``sealed_by`` needs: the file nonce and the first sealed chunk.
+HEAD_SIZE = FILE_NONCE_SIZE + SEALED_CHUNK
+
+
+def sealed_by(head: bytes, network_keys: Sequence[bytes]) -> bytes | None:
+    """Which of ``network_keys`` sealed the bundle whose first ``HEAD_SIZE`` bytes are
+    ``head`` (the first whose chunk 0 opens), or None. While a network key rotates
+    (SPEC.md §17.5) a member reads bundles sealed under the current or the next key."""
+    if len(head) < HEAD_SIZE:
+        return None
+    nonce = _nonce(head[:FILE_NONCE_SIZE], 0)
+    sealed = head[FILE_NONCE_SIZE:HEAD_SIZE]
+    for key in network_keys:
+        for ad in (_AD_MORE, _AD_FINAL):
+            with contextlib.suppress(nacl.exceptions.CryptoError):
+                sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(
+                    sealed, ad, nonce, _bundle_key(key)
+                )
+                return key
+    return None
 
 
 class BundleReader:

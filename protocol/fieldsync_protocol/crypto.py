@@ -27,6 +27,8 @@ class Domain(Enum):
     ENROLMENT_REQUEST = b"enrolment-request"
     REPORT = b"report"
     RECEIPT = b"receipt"
+    REVOCATION = b"revocation"
+    KEY_DELIVERY = b"key-delivery"
 
 
 def _signed_message(domain: Domain, body: bytes) -> bytes:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hmac
 from collections import OrderedDict
+from collections.abc import Sequence
 from enum import Enum
 
 from fieldsync_protocol.crypto import box_public_key
@@ -138,7 +139,15 @@ class PeerHandshake:
         ephemeral_secret: bytes,
         revoked_nodes: frozenset[bytes] = frozenset(),
         replay_cache: ReplayCache | None = None,
+        hq_time: int = 0,
+        also_accept: Sequence[bytes] = (),
     ) -> None:
+        """``hq_time`` is the time of HQ's revocation list the caller follows: a peer
+        certificate that expires at or before it is refused (SPEC.md §17.4). ``also_accept``
+        (responders only) are further network keys a first message may be sealed under: the
+        previous or the next network key while a rotation is in its grace period (§17.5)."""
+        if initiator and also_accept:
+            raise ValueError("only a responder accepts several network keys")
         self._payload = pad_certificate(certificate)
         self._static_public = box_public_key(static_secret)
         try:
@@ -147,14 +156,22 @@ class PeerHandshake:
             raise ValueError(f"our own certificate does not verify: {exc}") from None
         if own.node_key != self._static_public:
             raise ValueError("our own certificate names another node key than static_secret")
-        self._noise = HandshakeState(
-            PROTOCOL_NAME,
-            initiator=initiator,
-            prologue=PROLOGUE,
-            s=static_secret,
-            e=ephemeral_secret,
-            psks=[network_key],
-        )
+        self._candidates = [
+            HandshakeState(
+                PROTOCOL_NAME,
+                initiator=initiator,
+                prologue=PROLOGUE,
+                s=static_secret,
+                e=ephemeral_secret,
+                psks=[key],
+            )
+            for key in (network_key, *also_accept)
+        ]
+        self._noise = self._candidates[0]
+        self._network_keys = (network_key, *also_accept)
+        #: The network key the handshake runs under (a responder knows it after message 1).
+        self.network_key = network_key
+        self._hq_time = hq_time
         self._initiator = initiator
         self._manifest = manifest
         self._revoked = revoked_nodes
@@ -279,10 +296,13 @@ class PeerHandshake:
             raise RemoteProtocolError(
                 f"bytes received out of turn after handshake message {number}"
             )
-        try:
-            payload = self._noise.read_message(message)
-        except RemoteProtocolError as exc:
-            raise RemoteProtocolError(f"handshake message {number}: {exc}") from None
+        if number == 1:
+            payload = self._read_first(message)
+        else:
+            try:
+                payload = self._noise.read_message(message)
+            except RemoteProtocolError as exc:
+                raise RemoteProtocolError(f"handshake message {number}: {exc}") from None
         if number == 1:  # the payload is empty: MSG1_SIZE leaves no room for one
             if self._replay_cache is not None and not self._replay_cache.check_and_add(
                 message[:DH_LEN]
@@ -295,6 +315,21 @@ class PeerHandshake:
                 self._outgoing += self._noise.write_message(self._payload)
         self._status = next_status
 
+    def _read_first(self, message: bytes) -> bytes:
+        """Message 1 under the first network key it authenticates with (one AEAD check per
+        accepted key, no Diffie-Hellman: §12.1.4 stays cheap for outsiders)."""
+        error: RemoteProtocolError | None = None
+        for key, candidate in zip(self._network_keys, self._candidates, strict=True):
+            try:
+                payload = candidate.read_message(message)
+            except RemoteProtocolError as exc:
+                error = error or exc
+                continue
+            self._noise, self.network_key = candidate, key
+            self._candidates = [candidate]
+            return payload
+        raise RemoteProtocolError(f"handshake message 1: {error}")
+
     def _check_peer(self, payload: bytes) -> NodeCertificate:
         certificate = open_certificate(unpad_certificate(payload), self._manifest)
         remote_static = self._noise.remote_static
@@ -304,4 +339,9 @@ class PeerHandshake:
             raise RemoteProtocolError("peer uses our own node key")
         if remote_static in self._revoked:
             raise RemoteProtocolError("peer node is revoked")
+        if certificate.expired(self._hq_time):
+            raise RemoteProtocolError(
+                f"peer certificate expired (valid until HQ time {certificate.expires}, HQ's"
+                f" latest signed time is {self._hq_time}): HQ must renew it"
+            )
         return certificate

@@ -20,11 +20,13 @@ from fieldsync_protocol.attachment import parse_chunk
 from fieldsync_protocol.crypto import content_id, delivery_tag
 from fieldsync_protocol.envelope import OuterEnvelope, parse_outer
 from fieldsync_protocol.errors import RemoteProtocolError
+from fieldsync_protocol.keydelivery import parse_delivery
 from fieldsync_protocol.membership import VERSION, Manifest, is_version, open_manifest
 
 # MAX_ITEM is re-exported: callers import it from here.
 from fieldsync_protocol.padding import MAX_ITEM as MAX_ITEM
 from fieldsync_protocol.receipt import Receipt, open_receipt
+from fieldsync_protocol.revocation import MAX_REVOCATION_ITEM, RevocationList, open_revocation
 
 #: Longest kind string of an item this version does not know.
 MAX_KIND = 16
@@ -35,6 +37,8 @@ class ItemKind(Enum):
     RECEIPT = "r"
     MANIFEST = "m"
     CHUNK = "a"
+    REVOCATION = "l"
+    KEY_DELIVERY = "k"
     #: Any kind this version does not know. Never on the wire: ``"t"`` there is the item's own.
     OPAQUE = "?"
 
@@ -81,6 +85,13 @@ def parse_item(data: bytes) -> Item:
     if kind is ItemKind.CHUNK:
         parse_chunk(fields)
         return Item(kind, data, fields)
+    if kind is ItemKind.KEY_DELIVERY:
+        parse_delivery(fields)  # only the node it is sealed to can open it
+        return Item(kind, data, fields)
+    if kind is ItemKind.REVOCATION and len(data) > MAX_REVOCATION_ITEM:
+        raise RemoteProtocolError(
+            f"revocation list of {len(data)} bytes is over the {MAX_REVOCATION_ITEM}-byte cap"
+        )
     codec.as_map(fields, "item", {"b", "s", "t", "v"})
     codec.get_bytes(fields, "b", "item")
     codec.get_bytes(fields, "s", "item", 64)
@@ -95,14 +106,15 @@ class Checked:
     envelope: OuterEnvelope | None = None
     receipt: Receipt | None = None
     manifest: Manifest | None = None
+    revocation: RevocationList | None = None
 
 
 def check_item(data: bytes, manifest: Manifest) -> Checked:
     """Everything a member checks before storing an item: structure and HQ signatures."""
     item = parse_item(data)
-    if item.kind in (ItemKind.CHUNK, ItemKind.OPAQUE):
-        # Only HQ can open a chunk, and nobody here can verify a kind it does not know:
-        # both are carried unchanged (SPEC.md §10); HQ refuses what it cannot verify.
+    if item.kind in (ItemKind.CHUNK, ItemKind.OPAQUE, ItemKind.KEY_DELIVERY):
+        # Only HQ can open a chunk, only its recipient a key delivery (§17.5), and nobody
+        # here can verify a kind it does not know: all are carried unchanged (SPEC.md §10).
         return Checked(item)
     if item.kind is ItemKind.ENVELOPE:
         # An unknown HQ key id is not refused: it may come from a newer manifest that has
@@ -110,6 +122,8 @@ def check_item(data: bytes, manifest: Manifest) -> Checked:
         return Checked(item, envelope=item.envelope)
     if item.kind is ItemKind.RECEIPT:
         return Checked(item, receipt=open_receipt(item.fields, manifest))
+    if item.kind is ItemKind.REVOCATION:
+        return Checked(item, revocation=open_revocation(item.fields, manifest))
     update = open_manifest(data, trusted_root=manifest.root_key)
     if update.network_id != manifest.network_id:
         raise RemoteProtocolError("manifest update belongs to another network")

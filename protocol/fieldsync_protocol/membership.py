@@ -31,7 +31,6 @@ MAX_DOCUMENT = 16 * 1024
 MAX_HQ_KEYS = 16
 MAX_NAME = 64
 MAX_KEY_ID = 2**32 - 1
-ROLES = ("author", "relay", "hub")
 
 REQUEST_PREFIX = "fieldsync-enrolment-request:"
 ENROLMENT_PREFIX = "fieldsync-enrolment:"
@@ -176,34 +175,28 @@ def open_manifest(data: bytes, trusted_root: bytes | None = None) -> Manifest:
 
 @dataclass(frozen=True)
 class NodeCertificate:
-    """HQ's statement that a Noise static key belongs to a member node (SPEC.md §5)."""
+    """HQ's statement that a Noise static key belongs to a member node until ``expires``
+    (SPEC.md §5). Nothing else: a peer learns no role, serial or enrolment time from it."""
 
     network_id: bytes
     node_key: bytes
-    role: str
-    serial: int
-    issued: int  # seconds since 1970, HQ's clock; informational, never checked against now
+    #: The last HQ time (seconds since 1970) at which it is valid: judged against the time
+    #: of HQ's revocation list a member follows (SPEC.md §17.4), never a device clock.
+    expires: int
+
+    def expired(self, hq_time: int) -> bool:
+        """True once HQ's signed time is past the expiry."""
+        return self.expires < hq_time
 
 
 def sign_certificate(cert: NodeCertificate, certificate_seed: bytes) -> bytes:
     """Encode and sign ``cert`` with the manifest's certificate-signing key."""
-    _need(cert.role in ROLES, f"role must be one of {ROLES}")
     _need(
         len(cert.network_id) == NETWORK_ID_SIZE and len(cert.node_key) == KEY_SIZE,
         "network id must be 16 bytes and node key 32 bytes",
     )
-    _need(
-        0 <= cert.serial < 2**63 and 0 <= cert.issued < 2**63,
-        "serial and issued must be 0..2**63-1",
-    )
-    body = {
-        "iss": cert.issued,
-        "net": cert.network_id,
-        "node": cert.node_key,
-        "role": cert.role,
-        "sn": cert.serial,
-        "v": VERSION,
-    }
+    _need(0 <= cert.expires < 2**63, "expires must be 0..2**63-1")
+    body = {"exp": cert.expires, "net": cert.network_id, "node": cert.node_key, "v": VERSION}
     return _pack_signed(Domain.CERTIFICATE, certificate_seed, body)
 
 
@@ -212,19 +205,14 @@ def open_certificate(data: bytes, manifest: Manifest) -> NodeCertificate:
     what = "node certificate"
     outer = _unpack_signed(data, what)
     verify(Domain.CERTIFICATE, manifest.certificate_key, outer["b"], outer["s"], what)
-    body = _body(outer, what, {"iss", "net", "node", "role", "sn", "v"})
-    role = codec.get_str(body, "role", what, 16)
-    if role not in ROLES:
-        raise RemoteProtocolError(f"node certificate has unknown role {role!r}")
+    body = _body(outer, what, {"exp", "net", "node", "v"})
     network_id = codec.get_bytes(body, "net", what, NETWORK_ID_SIZE)
     if network_id != manifest.network_id:
         raise RemoteProtocolError("node certificate belongs to another network")
     return NodeCertificate(
         network_id=network_id,
         node_key=codec.get_bytes(body, "node", what, KEY_SIZE),
-        role=role,
-        serial=codec.get_int(body, "sn", what),
-        issued=codec.get_int(body, "iss", what),
+        expires=codec.get_int(body, "exp", what),
     )
 
 

@@ -31,9 +31,11 @@ from fieldsync_protocol import (
     crypto,
     envelope,
     frames,
+    keydelivery,
     keytext,
     membership,
     receipt,
+    revocation,
 )
 from fieldsync_protocol.bundle import BundleReader, BundleWriter
 from fieldsync_protocol.errors import RemoteProtocolError
@@ -76,6 +78,8 @@ RELAY_NODE_PRIVATE = "1f3b8a5bb0d11e140d1f7cd5f0567c98822e74080f388843321533c445
 AUTHOR_SEED = "5bca4fc9ed5e1a50dcd5e2e64699c9e49b02ec6bd8a39046c0fc7eb95380ace6"
 EPHEMERAL_ENROLMENT = "528991de11963799dea1b6046d163aa5f2c11d67bba0ace32e294428ee76ad0d"
 EPHEMERAL_ENVELOPE = "1ab2cc59dbd6309dc8e3d6ce2bc8dcc4a5e755db6ec56e7e95dd36aff4e0e173"
+EPHEMERAL_DELIVERY = "6c0f2a9d4e8b1735c2a6e9f0d3b7a4c1e5f8092b6d3a7c0e4f1b8d2a5c9e6f30"
+NEXT_NETWORK_KEY = "a1d4c7f02b5e8a3d6c9f1e4b7a0d3c6f9e2b5a8d1c4f7e0a3b6d9c2f5e8a1b4d"
 FILE_NONCE = "515099e99acb501b71662557c0357b3c"
 # Attachment (SPEC.md §16): key material and a file of one full piece plus 1000 bytes.
 ATTACHMENT_KEY = "7d0a3f2c5b8e91d4c6a7f0e3b2d5c8a1f4e7d0c3b6a9f2e5d8c1b4a7f0e3d6c9"
@@ -355,9 +359,7 @@ def certificate() -> membership.NodeCertificate:
     return membership.NodeCertificate(
         network_id=b(NETWORK_ID),
         node_key=crypto.box_public_key(b(NODE_PRIVATE)),
-        role="author",
-        serial=42,
-        issued=NOW,
+        expires=NOW + 90 * 86400,
     )
 
 
@@ -379,13 +381,7 @@ def membership_vectors() -> dict[str, Any]:
         },
         "certificate": {
             "certificate_seed": CERTIFICATE_SEED,
-            "fields": {
-                "network_id": h(cert.network_id),
-                "node_key": h(cert.node_key),
-                "role": cert.role,
-                "serial": cert.serial,
-                "issued": cert.issued,
-            },
+            "fields": certificate_fields(cert),
             "hex": h(cert_bytes),
             **signed_document(cert_bytes, crypto.Domain.CERTIFICATE),
         },
@@ -550,6 +546,75 @@ def receipt_vectors() -> dict[str, Any]:
     }
 
 
+def revocation_vectors() -> dict[str, Any]:
+    relay = crypto.box_public_key(b(RELAY_NODE_PRIVATE))
+    author = crypto.box_public_key(b(NODE_PRIVATE))
+    value = revocation.RevocationList(
+        network_id=b(NETWORK_ID),
+        serial=4,
+        time=NOW + 7200,
+        nodes=tuple(sorted([relay, author])),
+        authors=(revocation.RevokedAuthor(crypto.signing_public_key(b(AUTHOR_SEED)), 17),),
+    )
+    item = revocation.sign_revocation(value, b(ROOT_SEED))
+    assert revocation.open_revocation(codec.decode(item), manifest()) == value
+    cert = membership.NodeCertificate(
+        b(NETWORK_ID), crypto.box_public_key(b(NODE_PRIVATE)), NOW + 180 * 86400
+    )
+    delivery = keydelivery.KeyDelivery(
+        network_id=b(NETWORK_ID),
+        node_key=crypto.box_public_key(b(NODE_PRIVATE)),
+        serial=9,
+        certificate=membership.sign_certificate(cert, b(CERTIFICATE_SEED)),
+        network_key_id=1,
+        network_key=b(NEXT_NETWORK_KEY),
+        grace=7 * 86400,
+    )
+    delivery_item = keydelivery.seal_delivery(delivery, b(ROOT_SEED), b(EPHEMERAL_DELIVERY))
+    fields = codec.decode(delivery_item)
+    assert keydelivery.open_delivery(fields, manifest(), b(NODE_PRIVATE)) == delivery
+    inner = crypto.unseal(fields["c"], b(NODE_PRIVATE), "vector")
+    signed = codec.decode(inner[: inner.rstrip(b"\0").rindex(b"\x80")])
+    return {
+        "key_delivery": {
+            "description": "A key delivery item (SPEC.md §17.5) to the author node of "
+            "keys.json: its renewed certificate (certificate fields as in membership.json) "
+            "and network key 1, sealed with the fixed ephemeral key; 'inner_hex' is the "
+            "padded plaintext of the sealed box.",
+            "ephemeral_private": EPHEMERAL_DELIVERY,
+            "node_private": NODE_PRIVATE,
+            "fields": {
+                "serial": delivery.serial,
+                "certificate_fields": certificate_fields(cert),
+                "certificate_hex": h(delivery.certificate),
+                "network_key_id": delivery.network_key_id,
+                "network_key": NEXT_NETWORK_KEY,
+                "grace": delivery.grace,
+            },
+            "item_hex": h(delivery_item),
+            "inner_hex": h(inner),
+            "body_hex": h(signed["b"]),
+            "signature_hex": h(signed["s"]),
+            "signed_message_hex": h(b"fieldsync/1/key-delivery\0" + signed["b"]),
+        },
+        "description": "A revocation list item (SPEC.md §17) signed by the root key of "
+        "membership.json, revoking the author node and the relay node of keys.json and the "
+        "author key of keys.json with cut-off sequence 17. 'time' is HQ's clock, the beacon "
+        "certificate expiry is judged by.",
+        "root_seed": ROOT_SEED,
+        "fields": {
+            "network_id": NETWORK_ID,
+            "serial": value.serial,
+            "time": value.time,
+            "nodes": [h(k) for k in value.nodes],
+            "authors": [{"key": h(a.key), "cutoff": a.cutoff} for a in value.authors],
+        },
+        "item_hex": h(item),
+        "item_id": h(crypto.content_id(item)),
+        **signed_document(item, crypto.Domain.REVOCATION),
+    }
+
+
 def bundle_vectors() -> dict[str, Any]:
     _, sealed = sealed_envelope()
     items = [sealed.item, b(receipt_vectors()["item_hex"])]
@@ -637,9 +702,7 @@ def relay_certificate() -> membership.NodeCertificate:
     return membership.NodeCertificate(
         network_id=b(NETWORK_ID),
         node_key=crypto.box_public_key(b(RELAY_NODE_PRIVATE)),
-        role="relay",
-        serial=43,
-        issued=NOW + 60,
+        expires=NOW + 7 * 86400,
     )
 
 
@@ -647,9 +710,7 @@ def certificate_fields(cert: membership.NodeCertificate) -> dict[str, Any]:
     return {
         "network_id": h(cert.network_id),
         "node_key": h(cert.node_key),
-        "role": cert.role,
-        "serial": cert.serial,
-        "issued": cert.issued,
+        "expires": cert.expires,
     }
 
 
@@ -712,7 +773,7 @@ def handshake_vectors() -> dict[str, Any]:
     return {
         "description": "A complete Noise_XXpsk0_25519_ChaChaPoly_BLAKE2b handshake (SPEC.md "
         "§12.1) between the author node of membership.json (initiator, certificate of "
-        "membership.json) and the relay node of keys.json (responder, a 'relay' certificate "
+        "membership.json) and the relay node of keys.json (responder, a certificate "
         "signed by the same certificate key), under the manifest of membership.json, with "
         "fixed ephemeral keys. Slots are the 256-byte payloads of messages 2 and 3.",
         "protocol_name": PROTOCOL_NAME,
@@ -1093,6 +1154,7 @@ def build() -> dict[str, Any]:
         "enrolment.json": enrolment_vectors(),
         "envelope.json": envelope_vectors(),
         "receipt.json": receipt_vectors(),
+        "revocation.json": revocation_vectors(),
         "bundle.json": bundle_vectors(),
         "attachment.json": attachment_vectors(),
         "handshake.json": handshake_vectors(),

@@ -11,7 +11,21 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SCENARIOS = ("S1", "S7", "S2.real", "S3.real", "S4.real", "S2.mem", "S3.mem", "S4.mem", "S12")
+SCENARIOS = (
+    "S1",
+    "S7",
+    "S10",
+    "RSS.relay",
+    "S11",
+    "S2.real",
+    "S3.real",
+    "S4.real",
+    "S2.mem",
+    "S3.mem",
+    "S4.mem",
+    "S12",
+    "startup",
+)
 
 
 def _number(value: object) -> bool:
@@ -50,10 +64,74 @@ def test_smoke_run_reports_every_scenario(tmp_path: Path) -> None:
     assert _number(scenarios["S1"]["items_per_s"]) and _number(scenarios["S1"]["bound_items_per_s"])
     calibration = result["calibration"]
     assert calibration["bound"]["primitive"] in calibration["rates"]
+    # The bound is an independent primitive: never fieldsync's own store or item check,
+    # which are reported beside it (issue 13).
+    assert calibration["bound"]["primitive"] not in ("insert", "check_item")
+    assert "sqlite_insert" in calibration["rates"] and "insert" in calibration["rates"]
+    assert scenarios["S1"]["bound_primitive"] == calibration["bound"]["primitive"]
+    assert scenarios["S10"]["n"] == result["sizes"]["s10_items"]
+    assert scenarios["S10"]["c_sessions"] >= 1
+    for probe in ("commit_idle", "commit_under_sync", "status_idle", "status_under_sync"):
+        assert scenarios["S11"][probe]["n"] >= 1, probe
+    assert set(scenarios["startup"]["commands_ms"]) == {
+        "--help",
+        "status",
+        "status (daemon running)",
+        "report list",
+    }
+    assert scenarios["RSS.relay"]["idle_mb"] > 0 and scenarios["RSS.relay"]["after_mb"] > 0
     for name, rate in calibration["rates"].items():
         assert _number(rate) and rate > 0, name
-    # the printed table names every scenario too
+    # the printed table names every scenario with its goal and verdict
     for name in SCENARIOS:
-        assert f"\n{name} " in proc.stdout, name
+        row = next(line for line in proc.stdout.splitlines() if line.startswith(f"{name} "))
+        assert row.endswith(("PASS", "FAIL", "PASS (stretch)")), row
+        assert scenarios[name]["target"] in row, row
     # the harness removes its scratch directory
     assert not leftovers
+
+
+def test_cores_pins_the_harness_and_its_children() -> None:
+    """``--cores 1``: the harness and every process it starts run on one core."""
+    script = (
+        "import subprocess, sys\n"
+        "from bench.__main__ import pin_cores\n"
+        "print(pin_cores(1))\n"
+        "child = 'import os; print(sorted(os.sched_getaffinity(0)))'\n"
+        "print(subprocess.run([sys.executable, '-c', child], capture_output=True, text=True,"
+        " check=True).stdout.strip())\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60,
+        check=True,
+    )  # fmt: skip
+    pinned, child = proc.stdout.split("\n")[:2]
+    assert pinned == child and len(json.loads(child)) == 1
+
+
+def test_cores_out_of_range_is_a_usage_error() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--cores", "0"], cwd=ROOT, capture_output=True,
+        text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "--cores must be between 1 and" in proc.stderr
+
+
+def test_peers_without_syncthing_is_one_skipped_line(tmp_path: Path) -> None:
+    """No Syncthing on PATH: one clear line, nothing run (the run never fails for it)."""
+    script = (
+        "import json, sys\n"
+        "from pathlib import Path\n"
+        "from bench import peers\n"
+        "out = peers.run([], 10, 10, {}, Path(sys.argv[1]), print)\n"
+        "print(json.dumps(out))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], cwd=ROOT, capture_output=True,
+        text=True, timeout=60, check=True, env={"PATH": str(tmp_path)},
+    )  # fmt: skip
+    out = json.loads(proc.stdout)
+    assert out["skipped"] is True and len(out["lines"]) == 1
+    assert out["lines"][0].startswith("peers: skipped: syncthing not installed")
+    assert list(tmp_path.iterdir()) == []

@@ -133,7 +133,15 @@ def test_pragmas_for_durability_and_secure_deletion(store: Store) -> None:
 def test_integrity_and_status_of_an_empty_store(store: Store) -> None:
     assert store.integrity_check() == "ok"
     status = store.status()
-    assert status["items"] == {"envelope": 0, "receipt": 0, "manifest": 0, "chunk": 0, "opaque": 0}
+    assert status["items"] == {
+        "envelope": 0,
+        "receipt": 0,
+        "manifest": 0,
+        "chunk": 0,
+        "revocation": 0,
+        "key_delivery": 0,
+        "opaque": 0,
+    }
     assert status["items_total"] == 0
     assert status["outbox"] == {"sealed": 0, "held": 0, "dropped": 0, "delivered": 0}
     assert status["tombstones"] == 0

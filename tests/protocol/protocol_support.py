@@ -141,9 +141,9 @@ class Net:
             receipt.Receipt(self.network_id, serial, time, tuple(tags)), self.receipt_seed
         )
 
-    def certificate(self, node_secret: bytes, role: str = "author", serial: int = 1) -> bytes:
+    def certificate(self, node_secret: bytes, expires: int = CLAIMED_TIME + 90 * 86400) -> bytes:
         cert = membership.NodeCertificate(
-            self.network_id, crypto.box_public_key(node_secret), role, serial, CLAIMED_TIME
+            self.network_id, crypto.box_public_key(node_secret), expires
         )
         return membership.sign_certificate(cert, self.certificate_seed)
 

@@ -43,7 +43,7 @@ B = seed("node b")  # the responder in most tests
 C = seed("node c")  # a third member
 A_EPH = seed("node a ephemeral")
 B_EPH = seed("node b ephemeral")
-CERTS = {A: NET.certificate(A), B: NET.certificate(B, role="relay"), C: NET.certificate(C)}
+CERTS = {A: NET.certificate(A), B: NET.certificate(B), C: NET.certificate(C)}
 
 
 def pub(secret: bytes) -> bytes:
@@ -227,7 +227,7 @@ def test_handshake_then_frames_both_ways_then_end() -> None:
     m2 = theirs.data_to_send()
     assert theirs.status is HandshakeStatus.AWAIT_MSG3 and [theirs.peer] == [None]
     ours.receive_data(m2)
-    assert ours.is_complete and ours.peer is not None and ours.peer.role == "relay"
+    assert ours.is_complete and ours.peer is not None and ours.peer.node_key == pub(B)
     assert ours.peer.node_key == pub(B)
     m3 = ours.data_to_send()
     our_sender, our_receiver = ours.transport()
@@ -249,8 +249,8 @@ def test_handshake_then_frames_both_ways_then_end() -> None:
 
 
 def test_message_sizes_do_not_depend_on_the_certificate() -> None:
-    big = NET.certificate(C, role="author", serial=2**63 - 1)
-    small = NET.certificate(C, role="hub", serial=0)
+    big = NET.certificate(C, expires=2**63 - 1)
+    small = NET.certificate(C, expires=0)
     assert len(big) != len(small)
     for cert in (big, small):
         sizes = [len(m) for m in run(initiator(C, certificate=cert), responder(B))]
@@ -313,7 +313,7 @@ def test_certificate_slot_padding() -> None:
 
 
 def cert_for(net_id: bytes, node_key: bytes, signer: bytes) -> bytes:
-    body = membership.NodeCertificate(net_id, node_key, "author", 7, CLAIMED_TIME)
+    body = membership.NodeCertificate(net_id, node_key, CLAIMED_TIME + 86400)
     return membership.sign_certificate(body, signer)
 
 

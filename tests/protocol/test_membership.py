@@ -198,15 +198,10 @@ def test_sign_manifest_refuses_what_open_would_refuse(
 # --- node certificate --------------------------------------------------------------------
 
 
-@given(
-    node_key=keys,
-    role=st.sampled_from(membership.ROLES),
-    serial=uint63,
-    issued=uint63,
-)
+@given(node_key=keys, expires=uint63)
 @settings(DETERMINISTIC, max_examples=50)
-def test_certificate_round_trip(node_key: bytes, role: str, serial: int, issued: int) -> None:
-    cert = NodeCertificate(CERT_NET.network_id, node_key, role, serial, issued)
+def test_certificate_round_trip(node_key: bytes, expires: int) -> None:
+    cert = NodeCertificate(CERT_NET.network_id, node_key, expires)
     data = membership.sign_certificate(cert, CERT_NET.certificate_seed)
     assert membership.open_certificate(data, CERT_NET.manifest) == cert
 
@@ -220,18 +215,24 @@ def test_certificate_refusals(net: Net, other_net: Net) -> None:
     with pytest.raises(RemoteProtocolError, match="node certificate: signature is not valid"):
         membership.open_certificate(other_net.certificate(node_secret), net.manifest)
     # Signed by our certificate key but naming another network.
-    cert = NodeCertificate(other_net.network_id, bytes(32), "relay", 1, CLAIMED_TIME)
+    cert = NodeCertificate(other_net.network_id, bytes(32), CLAIMED_TIME)
     foreign = membership.sign_certificate(cert, net.certificate_seed)
     with pytest.raises(RemoteProtocolError, match="belongs to another network"):
         membership.open_certificate(foreign, net.manifest)
-    body = {"iss": 1, "net": net.network_id, "node": bytes(32), "role": "admin", "sn": 1, "v": 1}
-    with pytest.raises(RemoteProtocolError, match="unknown role 'admin'"):
+    body = {"exp": 1, "net": net.network_id, "node": bytes(32), "v": 1}
+    # Nothing a peer does not need (SPEC.md §5): the role, serial and issue time are gone.
+    with pytest.raises(RemoteProtocolError, match="unknown field"):
         membership.open_certificate(
-            resign(Domain.CERTIFICATE, net.certificate_seed, body), net.manifest
+            resign(Domain.CERTIFICATE, net.certificate_seed, body | {"role": "author"}),
+            net.manifest,
         )
     with pytest.raises(RemoteProtocolError, match="version 2"):
         membership.open_certificate(
-            resign(Domain.CERTIFICATE, net.certificate_seed, body | {"role": "hub", "v": 2}),
+            resign(Domain.CERTIFICATE, net.certificate_seed, body | {"v": 2}), net.manifest
+        )
+    with pytest.raises(RemoteProtocolError, match="exp must be an integer"):
+        membership.open_certificate(
+            resign(Domain.CERTIFICATE, net.certificate_seed, body | {"exp": "later"}),
             net.manifest,
         )
     with pytest.raises(RemoteProtocolError, match="unknown field"):
@@ -241,15 +242,14 @@ def test_certificate_refusals(net: Net, other_net: Net) -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"role": "admin"}, "role must be one of"),
         ({"network_id": bytes(3)}, "network id must be 16 bytes"),
         ({"node_key": bytes(3)}, "node key 32 bytes"),
-        ({"serial": -1}, "serial and issued"),
-        ({"issued": 2**63}, "serial and issued"),
+        ({"expires": -1}, "expires must be"),
+        ({"expires": 2**63}, "expires must be"),
     ],
 )
 def test_sign_certificate_local_errors(net: Net, change: dict[str, Any], message: str) -> None:
-    cert = NodeCertificate(net.network_id, bytes(32), "relay", 1, CLAIMED_TIME)
+    cert = NodeCertificate(net.network_id, bytes(32), CLAIMED_TIME)
     with pytest.raises(LocalProtocolError, match=message):
         membership.sign_certificate(dataclasses.replace(cert, **change), net.certificate_seed)
 

@@ -30,9 +30,11 @@ from fieldsync_protocol import (
     crypto,
     envelope,
     frames,
+    keydelivery,
     keytext,
     membership,
     receipt,
+    revocation,
 )
 from fieldsync_protocol.bundle import BundleReader, BundleWriter
 from fieldsync_protocol.errors import RemoteProtocolError
@@ -182,9 +184,7 @@ def test_certificate_vector() -> None:
     cert = membership.NodeCertificate(
         b(fields["network_id"]),
         b(fields["node_key"]),
-        fields["role"],
-        fields["serial"],
-        fields["issued"],
+        fields["expires"],
     )
     data = membership.sign_certificate(cert, b(vector["certificate_seed"]))
     assert data.hex() == vector["hex"]
@@ -342,6 +342,61 @@ def test_receipt_vector() -> None:
     check_signed_document(item, RECEIPT, crypto.Domain.RECEIPT, MANIFEST.receipt_key)
 
 
+# --- revocation list -------------------------------------------------------------------------
+
+REVOCATION = load("revocation.json")
+
+
+def test_revocation_vector() -> None:
+    fields = REVOCATION["fields"]
+    value = revocation.RevocationList(
+        b(fields["network_id"]),
+        fields["serial"],
+        fields["time"],
+        tuple(b(k) for k in fields["nodes"]),
+        tuple(revocation.RevokedAuthor(b(a["key"]), a["cutoff"]) for a in fields["authors"]),
+    )
+    item = revocation.sign_revocation(value, b(REVOCATION["root_seed"]))
+    assert item.hex() == REVOCATION["item_hex"]
+    assert crypto.content_id(item).hex() == REVOCATION["item_id"]
+    assert check_item(item, MANIFEST).revocation == value
+    check_signed_document(item, REVOCATION, crypto.Domain.REVOCATION, MANIFEST.root_key)
+
+
+def test_key_delivery_vector() -> None:
+    vector = REVOCATION["key_delivery"]
+    fields = vector["fields"]
+    secret = b(vector["node_private"])
+    cert = certificate_from(fields["certificate_fields"])
+    certificate = membership.sign_certificate(
+        cert, b(MEMBERSHIP["certificate"]["certificate_seed"])
+    )
+    assert certificate.hex() == fields["certificate_hex"]
+    value = keydelivery.KeyDelivery(
+        MANIFEST.network_id,
+        crypto.box_public_key(secret),
+        fields["serial"],
+        certificate,
+        fields["network_key_id"],
+        b(fields["network_key"]),
+        fields["grace"],
+    )
+    item = keydelivery.seal_delivery(
+        value, b(REVOCATION["root_seed"]), b(vector["ephemeral_private"])
+    )
+    assert item.hex() == vector["item_hex"]
+    checked = check_item(item, MANIFEST)
+    assert checked.item.kind is ItemKind.KEY_DELIVERY
+    assert keydelivery.open_delivery(checked.item.fields, MANIFEST, secret) == value
+    # libsodium's own sealed box opens it to the stated padded plaintext.
+    inner = nacl.public.SealedBox(nacl.public.PrivateKey(secret)).decrypt(codec.decode(item)["c"])
+    assert inner.hex() == vector["inner_hex"] and len(inner) == keydelivery.INNER_SIZE
+    body, signature = b(vector["body_hex"]), b(vector["signature_hex"])
+    assert inner.startswith(codec.encode({"b": body, "s": signature}) + b"\x80")
+    assert b(vector["signed_message_hex"]) == b"fieldsync/1/key-delivery\0" + body
+    crypto.verify(crypto.Domain.KEY_DELIVERY, MANIFEST.root_key, body, signature, "vector")
+
+
 # --- bundle ----------------------------------------------------------------------------------
 
 BUNDLE = load("bundle.json")
@@ -419,9 +474,7 @@ def certificate_from(fields: dict[str, Any]) -> membership.NodeCertificate:
     return membership.NodeCertificate(
         b(fields["network_id"]),
         b(fields["node_key"]),
-        fields["role"],
-        fields["serial"],
-        fields["issued"],
+        fields["expires"],
     )
 
 

@@ -1,0 +1,142 @@
+"""S10 relay chain A -> B -> C, and the relay's memory (perf_anchors §5, issue 13 item 7).
+
+B is a relay-only node (no author key, no web app) running as a daemon in its own process
+(``fieldsync run``); it starts empty. A (N items) pushes to B as initiator from this
+process while C, empty, pulls from B as initiator from a third process, session after
+session, until it holds all N: B verifies, stores and forwards while it receives, as a
+relay in the field does. The time runs from A's connect until C holds the N-th item; the
+ratio is taken against the one-hop rate of S1 and against the same-run bound.
+
+B's resident memory is read from /proc before the first session (idle) and after C holds
+everything (after N items received and forwarded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import time
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from bench.env import status_kib
+from bench.nodes import sync_once
+from bench.workload import ItemPool, ServerProcess, add_items
+from fieldsync.runtime import Runtime
+from fieldsync.synthetic import SyntheticNetwork
+
+S10_TARGET = 0.8  # of the one-hop rate (issue 13; perf_anchors stretch)
+RELAY_IDLE_MB = 48.0
+RELAY_AFTER_MB = 60.0
+#: Pause after a pull that brought nothing new, so C does not spin while B is receiving.
+IDLE_PAUSE_S = 0.02
+
+
+async def _drain(home: Path, address: str, n: int, conn: Connection) -> None:
+    runtime = await Runtime.open(home)
+    try:
+        conn.send("ready")
+        conn.recv()  # go
+        # A pull that finds nothing new is a short session; the loop ends when C holds n.
+        sessions = 0
+        got = 0
+        while got < n:
+            outcome = await runtime.sync_with(address)
+            sessions += 1
+            if not outcome.complete:
+                raise RuntimeError(f"C's pull from B failed: {outcome.error}")
+            got += outcome.items_new
+            if not outcome.items_new:
+                await asyncio.sleep(IDLE_PAUSE_S)
+        conn.send((time.monotonic(), sessions, got))
+    finally:
+        await runtime.close()
+
+
+def _drain_process(home: Path, address: str, n: int, conn: Connection) -> None:
+    try:
+        asyncio.run(_drain(home, address, n, conn))
+    except Exception as exc:
+        conn.send(f"error: {exc!r}")
+
+
+def run_s10(net: SyntheticNetwork, pool: ItemPool, n: int, workdir: Path) -> dict[str, Any]:
+    a = net.add_node("s10-A")
+    b = net.add_node("s10-B")
+    c = net.add_node("s10-C")
+    add_items(a, pool.manifest, pool.items[:n])
+    ctx = multiprocessing.get_context("spawn")
+    with ServerProcess(b, workdir / "servers.log") as relay:
+        time.sleep(0.5)  # let the daemon settle before reading its idle memory
+        rss_idle = status_kib("VmRSS", relay.pid)
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=_drain_process, args=(c, relay.address, n, child), daemon=True)
+        proc.start()
+        try:
+            if not parent.poll(60) or parent.recv() != "ready":
+                raise RuntimeError("S10: C's process did not start")
+            parent.send("go")
+            start = time.monotonic()
+            first = sync_once(a, relay.address, relay.pid)
+            one_hop_done = time.monotonic()
+            if not parent.poll(600):
+                raise RuntimeError("S10: C did not receive every item within 600 s")
+            answer = parent.recv()
+            if isinstance(answer, str):  # the drain process failed and says why
+                raise RuntimeError(f"S10: {answer}")  # noqa: TRY004 - not a type error
+            finished, sessions, got = answer
+        finally:
+            proc.join(30)
+            if proc.is_alive():
+                proc.terminate()
+        rss_after = status_kib("VmRSS", relay.pid)
+        hwm = status_kib("VmHWM", relay.pid)
+    pushed = first.outcome.stats.items_sent
+    if pushed != n or got != n:
+        raise RuntimeError(f"S10 moved {pushed} to B and {got} to C, not {n}")
+    return {
+        "n": n,
+        "seconds": round(finished - start, 4),
+        "a_to_b_seconds": round(one_hop_done - start, 4),
+        "c_sessions": sessions,
+        "relay_rss_idle_kib": rss_idle,
+        "relay_rss_after_kib": rss_after,
+        "relay_hwm_kib": hwm,
+    }
+
+
+def s10_result(
+    raw: dict[str, Any], one_hop_items_per_s: float, bound: dict[str, Any]
+) -> dict[str, Any]:
+    rate = raw["n"] / raw["seconds"]
+    of_hop = rate / one_hop_items_per_s
+    return {
+        "metric": "end-to-end items/s A -> B -> C / one-hop items/s (S1, same run)",
+        "value": round(of_hop, 3),
+        "target": f">= {S10_TARGET} of one hop",
+        "pass": of_hop >= S10_TARGET,
+        "items_per_s": round(rate, 1),
+        "of_bound": round(rate / bound["items_per_s"], 3),
+        "bound_primitive": bound["primitive"],
+        **raw,
+        "topology": "relay B (fieldsync run, relay-only) in a subprocess; A pushes from the"
+        " bench process; C pulls from a third process, session after session",
+    }
+
+
+def memory_result(raw: dict[str, Any]) -> dict[str, Any]:
+    idle = raw["relay_rss_idle_kib"] * 1024 / 1e6
+    after = raw["relay_rss_after_kib"] * 1024 / 1e6
+    ok = idle <= RELAY_IDLE_MB and after <= RELAY_AFTER_MB
+    return {
+        "metric": "relay daemon VmRSS, MB: idle, and after receiving and forwarding N items",
+        "value": round(after, 1),
+        "measured": f"{idle:.1f} idle, {after:.1f} after {raw['n']}",
+        "target": f"<= {RELAY_IDLE_MB:.0f} idle, <= {RELAY_AFTER_MB:.0f} after",
+        "pass": ok,
+        "n": raw["n"],
+        "idle_mb": round(idle, 1),
+        "after_mb": round(after, 1),
+        "hwm_mb": round(raw["relay_hwm_kib"] * 1024 / 1e6, 1),
+    }

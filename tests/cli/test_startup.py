@@ -1,0 +1,117 @@
+"""Start-up stays small (issue 13 item 6): which modules a command imports, never timings.
+
+Each command runs in a fresh interpreter (``fieldsync_cli.main.main`` in-process there) that
+then writes its ``sys.modules``: ``--help`` imports no command module at all; ``status``
+(with and without a running daemon) and ``report list`` never import the daemon, aiohttp,
+zeroconf or sqlite-utils; no command that writes a report starts a process for it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+
+from fieldsync_cli.main import COMMANDS, SHORT_HELP
+from tests.cli.cli_support import clean_env
+from tests.fieldsync.offline_support import PASSPHRASE, Net
+from tests.integration.sync_support import start_server
+
+#: Never needed to show help, status or the outbox.
+HEAVY = (
+    "aiohttp",
+    "zeroconf",
+    "sqlite_utils",
+    "fieldsync.daemon",
+    "fieldsync.runtime",
+    "fieldsync.peer",
+    "fieldsync.discovery",
+    "fieldsync.hq",
+    "fieldsync.control",  # the server side; the client is fieldsync.control_client
+    "asyncio",
+)
+
+_PROBE = """\
+import json, sys
+from fieldsync_cli.main import main
+code = 0
+try:
+    main(sys.argv[2:], prog_name="fieldsync")
+except SystemExit as exc:
+    code = exc.code
+with open(sys.argv[1], "w") as out:
+    json.dump({"code": code, "modules": sorted(sys.modules)}, out)
+"""
+
+
+def imported_by(tmp_path: Path, *args: str | Path) -> tuple[set[str], str]:
+    """The modules ``fieldsync ARGS`` imported, and what it printed on stdout."""
+    out = tmp_path / "modules.json"
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE, str(out), *map(str, args)],
+        env=clean_env(FIELDSYNC_PASSPHRASE=PASSPHRASE),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    result = json.loads(out.read_text())
+    assert result["code"] in (0, None), done.stderr
+    return set(result["modules"]), done.stdout
+
+
+def heavy_in(modules: set[str]) -> set[str]:
+    return {m for m in modules if any(m == h or m.startswith(h + ".") for h in HEAVY)}
+
+
+def test_help_imports_no_command_module(tmp_path: Path) -> None:
+    modules, out = imported_by(tmp_path, "--help")
+    assert not {m for m in modules if m.startswith(("fieldsync.", "fieldsync_protocol", "nacl"))}
+    assert not {m for m in modules if m.startswith("fieldsync_cli.cmd_")}
+    for name in COMMANDS:
+        assert f"  {name} " in out, name
+
+
+def test_help_lines_match_each_commands_own_help() -> None:
+    """``SHORT_HELP`` is what each command's docstring says (it is listed without import)."""
+    assert set(SHORT_HELP) == set(COMMANDS)
+    for name, (module, attribute) in COMMANDS.items():
+        command = getattr(importlib.import_module(module), attribute)
+        assert isinstance(command, click.Command)
+        assert SHORT_HELP[name] == command.get_short_help_str(limit=1000), name
+
+
+def test_status_without_a_daemon_stays_light(net: Net, tmp_path: Path) -> None:
+    modules, out = imported_by(tmp_path, "--home", net.b, "status", "--json")
+    assert json.loads(out)["daemon"] is False
+    assert not heavy_in(modules)
+
+
+def test_status_asks_a_running_daemon_without_aiohttp(net: Net, tmp_path: Path) -> None:
+    server = start_server(net.b)
+    try:
+        modules, out = imported_by(tmp_path, "--home", net.b, "status", "--json")
+    finally:
+        assert server.stop() == 0
+    info = json.loads(out)
+    assert info["daemon"] is True and info["listening"] == server.addresses
+    assert not heavy_in(modules)
+
+
+def test_report_list_stays_light(net: Net, tmp_path: Path) -> None:
+    modules, out = imported_by(tmp_path, "--home", net.a, "report", "list", "--json")
+    assert isinstance(json.loads(out), list | dict)
+    assert not heavy_in(modules)
+
+
+def test_report_add_starts_no_process(net: Net, tmp_path: Path) -> None:
+    """The clock's state comes from one system call, not ``timedatectl`` per report."""
+    args = ["report", "add", "--narrative", "x", "--category", "threats", "--occurred", "2025"]
+    modules, _out = imported_by(tmp_path, "--home", net.a, *args, "--json")
+    assert "subprocess" not in modules
+    assert not heavy_in(modules) - {m for m in modules if m.startswith("sqlite_utils")}
