@@ -54,7 +54,7 @@ def _probe_process(home: Path, socket: Path, conn: Connection) -> None:
             "consent": {"share_with_hq": True},
         }
         start = time.perf_counter()
-        node._seal_and_record(body, seed, (), now)
+        node.seal_report(body, seed, (), now)
         return time.perf_counter() - start
 
     def status() -> float:

@@ -35,6 +35,8 @@ from fieldsync.errors import FieldsyncError
 from fieldsync.faults import parse_fault
 
 DEFAULT_PORT: Final = 7341
+#: The monitor's web app (fieldsync.web), on loopback unless ``[web] listen`` says otherwise.
+DEFAULT_WEB_PORT: Final = 7343
 # Discovery's defaults live here, the one place of every default (fieldsync.discovery imports
 # them without importing zeroconf into every command).
 #
@@ -168,6 +170,17 @@ def _check_log_level(value: str) -> str:
     return level
 
 
+#: ``[web] tls``: when the web app serves HTTPS (see ``fieldsync.web.server.serves_https``).
+WEB_TLS_MODES = ("auto", "always")
+
+
+def _check_web_tls(value: str) -> str:
+    mode = value.strip().lower()
+    if mode not in WEB_TLS_MODES:
+        raise ValueError(f"unknown mode {value!r}")
+    return mode
+
+
 def _path(*, optional: bool, socket: bool = False) -> Kind:
     expected = "expected a path" + (' (or "" for the default)' if optional else "")
 
@@ -198,6 +211,20 @@ def _optional_url() -> Kind:
             return parse_websocket_url(value)
         except ValueError as exc:
             raise Invalid(str(exc)) from None
+
+    return Kind(from_value, lambda text: text)
+
+
+def _optional_listen() -> Kind:
+    def from_value(value: object, _base: Path) -> HostPort | None:
+        if value == "":
+            return None
+        if not isinstance(value, str):
+            raise Invalid(f'expected {HOST_PORT_EXAMPLE} (or "" for off)')
+        try:
+            return parse_host_port(value, allow_port_zero=True)
+        except ValueError as exc:
+            raise Invalid(f'{exc} (or "" for off)') from None
 
     return Kind(from_value, lambda text: text)
 
@@ -351,6 +378,27 @@ class HubConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class WebConfig:
+    """The monitor's web app (fieldsync.web): author nodes only, never on the hub."""
+
+    #: Where the app listens. Loopback (the default) serves plain HTTP to this computer's
+    #: browser; any other address serves HTTPS with a certificate the node makes (its
+    #: fingerprint is in ``fieldsync status``). ``""``: off.
+    listen: HostPort | None = field(
+        default=HostPort("127.0.0.1", DEFAULT_WEB_PORT), metadata=_meta(_optional_listen())
+    )
+    #: ``"auto"`` (the default): HTTPS on any non-loopback ``listen``, plain HTTP on
+    #: loopback. ``"always"``: HTTPS on loopback too (a browser reached through an SSH
+    #: tunnel, or a test). There is no "never": off the loopback the app is always HTTPS.
+    tls: str = field(
+        default="auto",
+        metadata=_meta(_text(_check_web_tls, f"expected one of {', '.join(WEB_TLS_MODES)}")),
+    )
+    #: Largest report submission (all attachments together), in MiB.
+    max_upload_mb: int = field(default=512, metadata=_meta(_integer(1, 1536)))
+
+
+@dataclass(frozen=True, slots=True)
 class ControlConfig:
     #: Unix socket of the control API. ``None``: ``<home>/control.sock``.
     socket: Path | None = field(default=None, metadata=_meta(_path(optional=True, socket=True)))
@@ -386,6 +434,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     hub: HubConfig = field(default_factory=HubConfig)
+    web: WebConfig = field(default_factory=WebConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
     log: LogConfig = field(default_factory=LogConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
@@ -448,6 +497,7 @@ SECTIONS: Final[Mapping[str, type]] = MappingProxyType(
         "limits": LimitsConfig,
         "storage": StorageConfig,
         "hub": HubConfig,
+        "web": WebConfig,
         "control": ControlConfig,
         "log": LogConfig,
         "debug": DebugConfig,

@@ -34,6 +34,7 @@ from fieldsync.scheduler import Scheduler, SchedulerPolicy, SyncResult
 from fieldsync.store import Store
 from fieldsync.supervisor import Policy, Supervisor
 from fieldsync.transport import TransportError
+from fieldsync.web.server import WebServer
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ class FieldDaemon:
         self.discovery: Discovery | None = None
         self.janitor: Janitor | None = None
         self.control: ControlServer | None = None
+        self.web: WebServer | None = None
         home = config.node.home
         self.supervisor = Supervisor(explain=lambda exc: _storage_message(exc, home))
         self.last_upstream_contact: float | None = None
@@ -131,6 +133,7 @@ class FieldDaemon:
             scheduler.add(str(config.upstream.url), "upstream")
         for line in config.notices():
             log.warning("%s", line)
+        await self._start_web(runtime)
         self.janitor = Janitor(
             runtime.worker,
             runtime.context.source,
@@ -164,6 +167,27 @@ class FieldDaemon:
         interval = sdnotify.watchdog_interval()
         if interval:
             supervise("watchdog", lambda: self._watchdog(interval), self.policy)
+
+    async def _start_web(self, runtime: Runtime) -> None:
+        """The monitor's web app: author nodes only, never on the hub, its own listener."""
+        listen = self.config.web.listen
+        if listen is None or self.config.hub.enabled or not runtime.is_author:
+            return
+        web = WebServer(
+            listen,
+            self.config.node.home,
+            runtime.worker,
+            self.status,
+            self.config.web.max_upload_mb * 1024 * 1024,
+            tls_mode=self.config.web.tls,
+        )
+        try:
+            await web.start()
+        except FieldsyncError as exc:
+            # Syncing matters more than the app: carry on without it, and say why.
+            log.error("%s", exc)  # noqa: TRY400 - said clearly, no traceback
+            return
+        self.web = web
 
     def _policy(self) -> SchedulerPolicy:
         sync = self.config.sync
@@ -360,6 +384,7 @@ class FieldDaemon:
             **await self._store_status(runtime),
             "listening": [f"{h}:{p}" for h, p in (self.server.addresses if self.server else [])],
             "hub": self.config.hub.enabled,
+            "web": self.web.describe() if self.web else None,
             "discovery": self.discovery is not None,
             **runtime.membership_status(),
             "peers": (await self.peers())["peers"],
@@ -409,13 +434,14 @@ class FieldDaemon:
         steps: list[tuple[str, Callable[[], Coroutine[Any, Any, None]] | None]] = [
             ("control API", self.control.stop if self.control else None),
             ("discovery", self.discovery.stop if self.discovery else None),
+            ("web app", self.web.stop if self.web else None),
             ("server", self.server.close if self.server else None),
             ("store", self.runtime.close if self.runtime else None),
         ]
         lock, self._lock = self._lock, None
         if lock is not None:
             steps.append(("home lock", lambda: asyncio.to_thread(lock.release)))
-        self.control = self.discovery = None
+        self.control = self.discovery = self.web = None
         self.runtime = None
         for what, step in steps:
             if step is None:

@@ -30,7 +30,13 @@ import nacl.exceptions
 
 from fieldsync.errors import InputRefused, NotFound
 from fieldsync.store import ImportCounts, Store
-from fieldsync_protocol.attachment import Attachment, AttachmentKey, AttachmentWriter
+from fieldsync_protocol.attachment import (
+    MAX_ATTACHMENT_SIZE,
+    Attachment,
+    AttachmentKey,
+    AttachmentWriter,
+)
+from fieldsync_protocol.crypto import content_id
 from fieldsync_protocol.errors import LocalProtocolError
 from fieldsync_protocol.items import Checked, parse_item
 
@@ -62,19 +68,59 @@ def media_type_of(path: Path) -> str:
     return guessed.lower() if guessed and encoding is None else FALLBACK_MEDIA_TYPE
 
 
+class AttachmentStream:
+    """One attachment written block by block (a file, or an upload read in pieces): every
+    chunk item is committed to ``store`` as it is made, so nothing plaintext is kept.
+
+    Call ``write`` on the thread that owns ``store``; ``finish`` seals the last chunk and
+    returns the entry for the report. ``max_size`` bounds what one writer accepts.
+    """
+
+    def __init__(self, store: Store, now: int, max_size: int = MAX_ATTACHMENT_SIZE) -> None:
+        self._store = store
+        self._now = now
+        self._writer = AttachmentWriter(
+            AttachmentKey(secrets.token_bytes(32), secrets.token_bytes(16)), max_size
+        )
+        self._stored: list[bytes] = []  # ids of the chunks committed so far
+
+    @property
+    def size(self) -> int:
+        return self._writer.size
+
+    def write(self, block: bytes) -> None:
+        items = self._writer.write(block)
+        _store_chunks(self._store, items, self._now)
+        self._stored.extend(content_id(item) for item in items)
+
+    def finish(self, name: str, media_type: str) -> PreparedAttachment:
+        last, entry = self._writer.finish(name, media_type)
+        _store_chunks(self._store, [last], self._now)
+        self._stored.append(content_id(last))
+        return PreparedAttachment(entry, entry.chunk_ids)
+
+    def discard(self) -> None:
+        """Remove the chunks stored so far (an upload that broke off or was refused)."""
+        with self._store.transaction():
+            self._store.db.conn.executemany(
+                "DELETE FROM items WHERE id = ? AND own = 0", [(i,) for i in self._stored]
+            )
+        self._stored.clear()
+
+
 def encrypt_file(
     store: Store, path: Path, now: int, progress: Progress | None = None
 ) -> PreparedAttachment:
     """Stream ``path`` into chunk items committed to ``store``; return the report entry."""
-    writer = AttachmentWriter(AttachmentKey(secrets.token_bytes(32), secrets.token_bytes(16)))
+    stream = AttachmentStream(store, now)
     try:
         total = path.stat().st_size
         with open(path, "rb") as source:
             while block := source.read(READ_BLOCK):
-                _store_chunks(store, writer.write(block), now)
+                stream.write(block)
                 if progress:
-                    progress(writer.size, total)
-        last, entry = writer.finish(path.name, media_type_of(path))
+                    progress(stream.size, total)
+        return stream.finish(path.name, media_type_of(path))
     except FileNotFoundError:
         raise NotFound(f"attachment {path} does not exist") from None
     except IsADirectoryError:
@@ -83,8 +129,6 @@ def encrypt_file(
         raise InputRefused(f"attachment {path} cannot be read (permission denied)") from None
     except LocalProtocolError as exc:
         raise InputRefused(f"attachment {path}: {exc}") from exc
-    _store_chunks(store, [last], now)
-    return PreparedAttachment(entry, entry.chunk_ids)
 
 
 def _store_chunks(store: Store, items: Sequence[bytes], now: int) -> None:

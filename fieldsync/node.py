@@ -120,9 +120,12 @@ class BundleImport:
 class Node:
     """Operations on one node home. Open stores are closed by ``close``."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, store: Store | None = None) -> None:
+        """``store``: an open store to use (the daemon's, on its store thread); ``close``
+        leaves it open. Without it the node opens its own on first use."""
         self.home = home
-        self._store: Store | None = None
+        self._store: Store | None = store
+        self._owns_store = store is None
 
     # --- set-up ------------------------------------------------------------------------
 
@@ -286,7 +289,7 @@ class Node:
         return self._store
 
     def close(self) -> None:
-        if self._store is not None:
+        if self._store is not None and self._owns_store:
             self._store.close()
             self._store = None
 
@@ -316,36 +319,37 @@ class Node:
         self.membership()  # an unjoined node fails here, before any work
         author_seed = self.unlock_author(passphrase)
         now = time.time()
-        body = self._draft_body(fields, now)
+        body = self.draft_report(fields, now)
         store = self.store()
-        if store.db.execute("SELECT 1 FROM outbox WHERE report_id = ?", [body["id"]]).fetchone():
-            raise InputRefused(
-                f"a report with id {body['id']} already exists on this node; to correct it,"
-                ' write a new report with "supersedes" set to that id'
-            )
         prepared: list[media.PreparedAttachment] = []
         try:
             for path in attach:
                 prepared.append(media.encrypt_file(store, path, now_seconds(), progress))
-            return self._seal_and_record(body, author_seed, prepared, now)
+            return self.seal_report(body, author_seed, prepared, now)
         except BaseException:
             media.discard_chunks(store, prepared)
             raise
 
     def check_report(self, fields: dict[str, Any]) -> None:
         """Refuse now what ``add_report`` would refuse: before anyone types a passphrase."""
-        self._draft_body(fields, time.time())
+        self.draft_report(fields, time.time())
 
-    def _draft_body(self, fields: dict[str, Any], now: float) -> dict[str, Any]:
-        """The report body of ``fields`` with the writer's own fields, validated (SPEC §7)."""
+    def draft_report(
+        self, fields: dict[str, Any], now: float, channel: str = "cli"
+    ) -> dict[str, Any]:
+        """The report body ``fields`` make at ``now``, validated: what ``seal_report`` signs.
+
+        Needs no key, so a form can be checked before the passphrase is asked for.
+        """
         if "attachments" in fields:
             raise InputRefused("attachments are added with --attach FILE, not as report fields")
+        self.membership()  # an unjoined node fails here, before any work
         body = {
             "schema": "fieldsync.report/1",
             "id": uuid7(int(now * 1000)),
             "created_at": utc_text(now),
             "clock": clock_status(),
-            "origin": {"channel": "cli"},
+            "origin": {"channel": channel},
             "language": "en",
             "sensitivity": "restricted",
             "consent": {"share_with_hq": True},
@@ -355,15 +359,23 @@ class Node:
             validate_report(body)
         except RemoteProtocolError as exc:
             raise InputRefused(str(exc)) from exc
+        store = self.store()
+        if store.db.execute("SELECT 1 FROM outbox WHERE report_id = ?", [body["id"]]).fetchone():
+            raise InputRefused(
+                f"a report with id {body['id']} already exists on this node; to correct it,"
+                ' write a new report with "supersedes" set to that id'
+            )
         return body
 
-    def _seal_and_record(
+    def seal_report(
         self,
         body: dict[str, Any],
         author_seed: bytes,
         prepared: Sequence[media.PreparedAttachment],
         now: float,
     ) -> str:
+        """Sign ``body`` (from ``draft_report``) naming the ``prepared`` attachments, seal it
+        to HQ and record it with its chunks in one transaction; return the report id."""
         member = self.membership()
         store = self.store()
         author = crypto.signing_public_key(author_seed)

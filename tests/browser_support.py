@@ -57,9 +57,12 @@ def chromedriver_path() -> str | None:
 
 
 @contextmanager
-def chromium(scratch: Path | None = None, *, phone: bool = False) -> Iterator[WebDriver]:
+def chromium(
+    scratch: Path | None = None, *, phone: bool = False, language: str | None = None
+) -> Iterator[WebDriver]:
     """A headless Chromium with a fresh profile (under ``scratch``, or a temporary
-    directory), at desktop or phone size; quit on exit."""
+    directory), at desktop or phone size, asking for pages in ``language`` (its
+    Accept-Language) if given; quit on exit."""
     lacking = missing_browser()
     if lacking is None and chromedriver_path() is None:
         lacking = "needs `chromedriver` on PATH (Debian: apt-get install chromium-driver)"
@@ -76,6 +79,9 @@ def chromium(scratch: Path | None = None, *, phone: bool = False) -> Iterator[We
         width, height = PHONE_SIZE if phone else DESKTOP_SIZE
         options.add_argument(f"--window-size={width},{height}")
         options.add_argument(f"--user-data-dir={profile}")
+        if language is not None:
+            options.add_argument(f"--lang={language}")
+            options.add_experimental_option("prefs", {"intl.accept_languages": language})
         if phone:
             options.add_experimental_option(
                 "mobileEmulation",

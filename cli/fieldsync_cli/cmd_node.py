@@ -139,6 +139,7 @@ def status(ctx: click.Context, control_socket: Path | None, as_json: bool) -> No
                     "listening",
                     "last_upstream_contact",
                     "hub",
+                    "web",
                     "discovery",
                     "components",
                     "degraded",
@@ -181,12 +182,24 @@ def status(ctx: click.Context, control_socket: Path | None, as_json: bool) -> No
             f"daemon      running; listening on {', '.join(live.get('listening', [])) or 'nothing'}"
         )
         lines.extend(_component_lines(live))
+        lines.extend(_web_lines(live.get("web")))
         upstream = live.get("last_upstream_contact")
         lines.append(
             f"upstream    {'last contact ' + utc_text(upstream) if upstream else 'no contact yet'}"
         )
         lines.extend(_peer_lines(live.get("peers", [])))
     click.echo("\n".join(lines))
+
+
+def _web_lines(web: dict[str, Any] | None) -> list[str]:
+    """Where the monitor's web app is, and the certificate a phone must show."""
+    if not web:
+        return ["web app     off (relay, hub, or [web] listen is empty)"]
+    lines = [f"web app     {web['url']}"]
+    if web.get("fingerprint"):
+        lines.append(f"certificate SHA-256 {web['fingerprint']}")
+        lines.append("            (compare with the browser's; `fieldsync web-qr` shows a QR code)")
+    return lines
 
 
 def _component_lines(live: dict[str, Any]) -> list[str]:
@@ -231,3 +244,42 @@ def peers(ctx: click.Context, control_socket: Path | None, as_json: bool) -> Non
         return
     lines = _peer_lines(live["peers"])
     click.echo("\n".join(lines) if lines else "no peers yet")
+
+
+@click.command("web-qr")
+@socket_option
+@json_option
+@click.pass_context
+@handle_errors
+def web_qr(ctx: click.Context, control_socket: Path | None, as_json: bool) -> None:
+    """The web app's address as a QR code for a phone, and its certificate fingerprint.
+
+    The monitor scans the code on the node's Wi-Fi, then compares the fingerprint printed
+    here with the one the phone's browser shows for the page (once per phone).
+    """
+    live = _daemon(ctx, "status", control_socket)
+    if live is None:
+        raise FieldsyncError(
+            "no daemon answers on the control socket: start it with `fieldsync run`"
+        )
+    web = live.get("web")
+    if not web:
+        raise FieldsyncError(
+            "the web app is off: it runs on author nodes (not the hub) when [web] listen is"
+            ' set; for phones, set it to the Wi-Fi address, e.g. listen = "192.168.4.1:7343"'
+        )
+    if as_json:
+        emit(True, web)
+        return
+    import io
+
+    import segno
+
+    text = io.StringIO()
+    segno.make(web["url"], error="m").terminal(out=text, compact=True)
+    lines = [text.getvalue().rstrip("\n"), f"address     {web['url']}"]
+    if web.get("fingerprint"):
+        lines.append(f"certificate SHA-256 {web['fingerprint']}")
+    else:
+        lines.append("            (plain HTTP on this computer only: no certificate to compare)")
+    click.echo("\n".join(lines))

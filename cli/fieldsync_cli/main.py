@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "join": ("fieldsync_cli.cmd_node", "join"),
     "status": ("fieldsync_cli.cmd_node", "status"),
     "peers": ("fieldsync_cli.cmd_node", "peers"),
+    "web-qr": ("fieldsync_cli.cmd_node", "web_qr"),
     "report": ("fieldsync_cli.cmd_report", "report"),
     "form": ("fieldsync_cli.cmd_form", "form"),
     "bundle": ("fieldsync_cli.cmd_bundle", "bundle"),

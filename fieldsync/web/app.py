@@ -1,0 +1,649 @@
+"""The web app's pages and the rules every request passes (aiohttp + aiohttp-jinja2).
+
+Pages: ``/write`` (the report form), ``/reports`` (my reports), ``/status`` (the node),
+``/exit`` (quick exit: ends the session, leaves for a neutral page). Reports are checked,
+signed, sealed and stored by the node API (``Node.draft_report``, ``Node.seal_report``) on
+the daemon's store thread; attachments stream from the request into encrypted chunk items
+(``media.AttachmentStream``), a block at a time: no plaintext file is ever written.
+
+Every request: its Host must be one the app serves (no DNS rebinding); every response
+carries a strict CSP (no inline script or style), ``Cache-Control: no-store`` and friends.
+Every POST: same Origin, then the session's CSRF token as the form's first field.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp_jinja2
+import jinja2
+from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
+
+from fieldsync import media
+from fieldsync.errors import FieldsyncError, WrongPassphrase
+from fieldsync.node import Node
+from fieldsync.store import Store
+from fieldsync.store_worker import StoreWorker
+from fieldsync.web import form_view
+from fieldsync.web.form_view import N_, FormValues
+from fieldsync.web.guard import (
+    KeptAttachment,
+    PassphraseLimiter,
+    RequestLimiter,
+    Session,
+    Sessions,
+    csrf_matches,
+)
+from fieldsync.web.i18n import SOURCE_LANGUAGE, Language, load_languages, negotiate
+from fieldsync_protocol.attachment import check_media_type, check_name
+from fieldsync_protocol.errors import RemoteProtocolError
+
+log = logging.getLogger(__name__)
+
+HERE = Path(__file__).parent
+StatusProvider = Callable[[], Awaitable[dict[str, Any]]]
+
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "Cache-Control": "no-store",
+    "Pragma": "no-cache",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",  # "no-referrer" makes Chrome send Origin: null
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Resource-Policy": "same-origin",
+    "Permissions-Policy": "geolocation=(self), camera=(self), microphone=(self)",
+}
+LANGUAGE_COOKIE = "fieldsync-lang"
+#: The longest text field read from a form (the narrative's limit plus room).
+MAX_TEXT_FIELD = 512 * 1024
+#: Text fields in one form (the form has about twenty).
+MAX_TEXT_FIELDS = 200
+
+
+@dataclass
+class WebSettings:
+    https: bool
+    #: Host header values the app answers to ("127.0.0.1:7343", "localhost:7343", ...).
+    allowed_hosts: frozenset[str]
+    max_upload_bytes: int
+    #: Shown on the status page (None on loopback: plain HTTP).
+    fingerprint: str | None = None
+    url: str = ""
+    #: Listening on every address (0.0.0.0 or ::): any IP literal with this port is ours.
+    any_ip_port: int | None = None
+    requests_per_minute: int = 240
+    submissions_per_minute: int = 60
+
+
+@dataclass
+class _Upload:
+    """What one POST /write brought: the form's text, attachments already encrypted."""
+
+    form: FormValues = field(default_factory=FormValues)
+    received: list[KeptAttachment] = field(default_factory=list)
+    csrf_ok: bool = False
+    attachment_problem: str | None = None
+    attachment_detail: str = ""
+    total: int = 0
+
+
+@dataclass
+class _RequestState:
+    session: Session
+    new_session: bool
+    language: Language
+    ended: bool = False
+
+
+class TooLarge(Exception):
+    """The submission passed ``max_upload_bytes``."""
+
+
+class WebApp:
+    """The app for one node. ``application()`` builds the aiohttp app (pages and rules)."""
+
+    def __init__(
+        self,
+        home: Path,
+        worker: StoreWorker,
+        status: StatusProvider,
+        settings: WebSettings,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.home = home
+        self.worker = worker
+        self.status_provider = status
+        self.settings = settings
+        self.languages: dict[str, Language] = {}
+        self.limiter = PassphraseLimiter(clock)
+        self.requests = RequestLimiter(settings.requests_per_minute, clock)
+        self.submissions = RequestLimiter(settings.submissions_per_minute, clock)
+        self.sessions = Sessions(self._discard_kept, clock)
+        #: One key derivation at a time: Argon2id takes 256 MiB ("moderate") per unlock.
+        self._unlocking = asyncio.Semaphore(1)
+        self._background: set[asyncio.Task[None]] = set()
+        self._node: Node | None = None
+        #: Per request, while it is handled (keyed by id: aiohttp requests are unhashable).
+        self._states: dict[int, _RequestState] = {}
+        #: Languages whose locale data is loaded (see ``Language.warm``).
+        self._warm = {SOURCE_LANGUAGE}
+
+    def _state(self, request: web.Request) -> _RequestState:
+        return self._states[id(request)]
+
+    # --- set-up -----------------------------------------------------------------------
+
+    async def application(self) -> web.Application:
+        # Catalogues, locale data, templates and the static directory are read from disk:
+        # all of it now, on a thread, so that no page ever reads a file on the event loop.
+        self.languages = await asyncio.to_thread(load_languages)
+        return await asyncio.to_thread(self._build)
+
+    def _build(self) -> web.Application:
+        app = web.Application(
+            middlewares=[self._guard],
+            client_max_size=64 * 1024,  # forms other than /write are tiny
+        )
+        env = aiohttp_jinja2.setup(
+            app,
+            loader=jinja2.FileSystemLoader(HERE / "templates"),
+            autoescape=True,
+            auto_reload=False,
+            extensions=["jinja2.ext.i18n", "jinja2.ext.do"],
+            undefined=jinja2.StrictUndefined,
+        )
+        env.install_null_translations(newstyle=True)  # type: ignore[attr-defined]
+        for template in env.list_templates(extensions=["html"]):
+            env.get_template(template)  # compiled and cached now
+        app.router.add_get("/", self._home)
+        app.router.add_get("/write", self.write_page)
+        app.router.add_post("/write", self.submit)
+        app.router.add_get("/reports", self.reports_page)
+        app.router.add_get("/status", self.status_page)
+        app.router.add_get("/exit", self.quick_exit)
+        app.router.add_get("/bye", self.neutral_page)
+        app.router.add_static("/static", HERE / "static", follow_symlinks=False)
+        app.on_shutdown.append(self._shutdown)
+        return app
+
+    async def _shutdown(self, _app: web.Application) -> None:
+        self.sessions.end_all()
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+    async def _on_store(self, func: Callable[[Node, Store], Any]) -> Any:
+        """Run ``func`` with the node on the daemon's store thread."""
+
+        def call(store: Store) -> Any:
+            if self._node is None:
+                self._node = Node(self.home, store=store)
+            return func(self._node, store)
+
+        return await self.worker.call(call)
+
+    def _discard_kept(self, kept: list[KeptAttachment]) -> None:
+        """Sessions ended with attachments of a report never sent: remove their chunks."""
+        prepared = [k.prepared for k in kept]
+        task = asyncio.get_running_loop().create_task(
+            self.worker.call(lambda store: media.discard_chunks(store, prepared))
+        )
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # --- the rules every request passes -----------------------------------------------
+
+    @web.middleware
+    async def _guard(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if not self._host_allowed(request.host.lower()):
+            # A name that resolves here but is not ours: DNS rebinding, or a wrong address.
+            response: web.StreamResponse = web.Response(status=421, text="unknown host\n")
+        elif not self.requests.allow(_client(request)):
+            response = web.Response(status=429, text="too many requests; wait a minute\n")
+        elif request.method not in ("GET", "HEAD") and not self._same_origin(request):
+            response = web.Response(status=403, text="refused: request from another site\n")
+        else:
+            await self._attach_session(request)
+            try:
+                response = await handler(request)
+            except web.HTTPException as exc:
+                self._finish(request, exc)
+                raise
+            except BaseException:
+                self._states.pop(id(request), None)
+                raise
+        self._finish(request, response)
+        return response
+
+    def _finish(self, request: web.Request, response: web.StreamResponse) -> None:
+        self._set_cookies(request, response)
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+
+    def _host_allowed(self, host: str) -> bool:
+        if host in self.settings.allowed_hosts:
+            return True
+        port = self.settings.any_ip_port
+        if port is None:
+            return False
+        name, _, port_text = host.rpartition(":")
+        try:
+            ipaddress.ip_address(name.strip("[]"))
+        except ValueError:
+            return False
+        return port_text == str(port)
+
+    def _same_origin(self, request: web.Request) -> bool:
+        """A POST must come from our own pages: the browser's Origin (or Referer) says so."""
+        if request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
+            return False
+        ours = f"{'https' if self.settings.https else 'http'}://{request.host}".lower()
+        origin = request.headers.get("Origin")
+        if origin is not None:
+            return origin.lower() == ours
+        referer = request.headers.get("Referer")
+        if referer is not None:
+            return referer.lower().startswith(ours + "/")
+        return True  # neither header (an old browser): the CSRF token still decides
+
+    def _cookie_name(self) -> str:
+        return "__Host-fieldsync" if self.settings.https else "fieldsync"
+
+    async def _attach_session(self, request: web.Request) -> None:
+        session = self.sessions.get(request.cookies.get(self._cookie_name()))
+        language = self._language(request)
+        if language.code not in self._warm:
+            await asyncio.to_thread(language.warm)
+            self._warm.add(language.code)
+        self._states[id(request)] = _RequestState(
+            session or self.sessions.new(), session is None, language
+        )
+
+    def _set_cookies(self, request: web.Request, response: web.StreamResponse) -> None:
+        state = self._states.pop(id(request), None)
+        if state is not None and state.new_session and not state.ended:
+            response.set_cookie(
+                self._cookie_name(),
+                state.session.sid,
+                path="/",
+                httponly=True,
+                secure=self.settings.https,
+                samesite="Strict",
+            )
+        chosen = request.query.get("lang")
+        if chosen in self.languages:
+            response.set_cookie(
+                LANGUAGE_COOKIE,
+                chosen,
+                path="/",
+                max_age=365 * 24 * 3600,
+                httponly=True,
+                secure=self.settings.https,
+                samesite="Strict",
+            )
+
+    def _language(self, request: web.Request) -> Language:
+        for choice in (request.query.get("lang"), request.cookies.get(LANGUAGE_COOKIE)):
+            if choice in self.languages:
+                return self.languages[choice]
+        code = negotiate(request.headers.get("Accept-Language", ""), set(self.languages))
+        return self.languages.get(code) or self.languages[SOURCE_LANGUAGE]
+
+    # --- rendering --------------------------------------------------------------------
+
+    def render(
+        self, request: web.Request, template: str, context: dict[str, Any], status: int = 200
+    ) -> web.Response:
+        language = self._state(request).language
+        session = self._state(request).session
+        page = {
+            "lang": language,
+            "languages": sorted(self.languages.values(), key=lambda lang: lang.code),
+            "gettext": language.gettext,
+            "ngettext": language.ngettext,
+            "csrf": session.csrf,
+            "path": request.path,
+            **context,
+        }
+        return aiohttp_jinja2.render_template(template, request, page, status=status)
+
+    # --- pages ------------------------------------------------------------------------
+
+    async def _home(self, request: web.Request) -> web.StreamResponse:
+        raise web.HTTPSeeOther("/write")
+
+    async def write_page(self, request: web.Request) -> web.Response:
+        return self._form(request, FormValues(), {})
+
+    def _form(
+        self,
+        request: web.Request,
+        form: FormValues,
+        errors: dict[str, str],
+        details: dict[str, str] | None = None,
+        status: int = 200,
+        notice: str | None = None,
+    ) -> web.Response:
+        language = self._state(request).language
+        session = self._state(request).session
+        if "language" not in form.values:
+            form.add("language", language.code)
+        return self.render(
+            request,
+            "write.html",
+            {
+                "fields": form_view.FIELDS,
+                "form": form,
+                "errors": errors,
+                "details": details or {},
+                "kept": session.kept,
+                "notice": notice,
+                "title": N_("Write a report"),
+            },
+            status,
+        )
+
+    async def submit(self, request: web.Request) -> web.Response:
+        client = _client(request)
+        length = request.content_length
+        if length is not None and length > self.settings.max_upload_bytes:
+            return self._too_large(request)
+        if not request.content_type.startswith("multipart/form-data"):
+            return web.Response(status=400, text="expected a multipart form\n")
+        session = self._state(request).session
+        allowed = self.submissions.allow(client)
+        try:
+            upload = await self._read_upload(request, session, keep_files=allowed)
+        except TooLarge:
+            return self._too_large(request)
+        except (ValueError, AssertionError, KeyError, HttpProcessingError) as exc:
+            # aiohttp's multipart reader says "malformed" with these.
+            return web.Response(status=400, text=f"malformed form: {exc}\n")
+        form = upload.form
+        if not upload.csrf_ok:
+            # A forged or expired session: nothing is stored; what was typed comes back.
+            state = self._state(request)
+            state.session = session = self.sessions.new()
+            state.new_session = True
+            return self._form(
+                request,
+                form,
+                {"": N_("This page had expired. Check the report and send it again.")},
+                status=403,
+            )
+        if not allowed:
+            # Too many submissions from this client: nothing stored, everything typed kept.
+            return self._form(
+                request,
+                form,
+                {"": N_("Too many submissions from this device. Wait a minute, then send again.")},
+                status=429,
+            )
+        if upload.attachment_problem is not None:
+            await self._discard(upload.received)
+            return self._form(
+                request,
+                form,
+                {form_view.ATTACHMENTS_FIELD: upload.attachment_problem},
+                {form_view.ATTACHMENTS_FIELD: upload.attachment_detail},
+                status=422,
+            )
+        if upload.received:
+            session.kept.extend(upload.received)
+            self.sessions.remember(session)
+        return await self._seal(request, session, form, client)
+
+    async def _seal(
+        self, request: web.Request, session: Session, form: FormValues, client: str
+    ) -> web.Response:
+        fields, errors = form_view.read_form(form)
+        if errors:
+            return self._form(request, form, errors, status=422)
+        now = time.time()
+        try:
+            body = await self._on_store(
+                lambda node, _store: node.draft_report(fields, now, channel="web-form")
+            )
+        except FieldsyncError as exc:
+            where = form_view.field_of_error(str(exc))
+            return self._form(
+                request, form, {where: form_view.MESSAGES[where]}, {where: str(exc)}, status=422
+            )
+        passphrase = form.get("passphrase")
+        if not passphrase:
+            return self._form(
+                request, form, {"passphrase": N_("Enter your passphrase.")}, status=422
+            )
+        wait = self.limiter.allowed(client)
+        if wait:
+            minutes = max(1, round(wait / 60))
+            return self._form(
+                request,
+                form,
+                {"passphrase": N_("Too many wrong passphrases. Wait and try again.")},
+                {"passphrase": str(minutes)},
+                status=429,
+            )
+        async with self._unlocking:
+            try:
+                seed = await asyncio.to_thread(self._unlock, passphrase)
+            except WrongPassphrase:
+                self.limiter.failed(client)
+                return self._form(
+                    request, form, {"passphrase": N_("Wrong passphrase.")}, status=422
+                )
+        self.limiter.succeeded(client)
+        prepared = [k.prepared for k in session.kept]
+        try:
+            report_id = await self._on_store(
+                lambda node, _store: node.seal_report(body, seed, prepared, now)
+            )
+        except FieldsyncError as exc:
+            where = form_view.field_of_error(str(exc))
+            return self._form(
+                request, form, {where: form_view.MESSAGES[where]}, {where: str(exc)}, status=422
+            )
+        session.kept = []
+        log.info("web: report %s sealed", report_id)
+        raise web.HTTPSeeOther(f"/reports?sealed={report_id}")
+
+    def _unlock(self, passphrase: str) -> bytes:
+        return Node(self.home).unlock_author(passphrase)  # reads a key file: no store
+
+    async def _read_upload(
+        self, request: web.Request, session: Session, keep_files: bool = True
+    ) -> _Upload:
+        upload = _Upload()
+        reader = await request.multipart()
+        first = True
+        texts = 0
+        try:
+            while (part := _flat(await reader.next())) is not None:
+                if first:
+                    first = False
+                    token = await _read_text(part) if part.name == "csrf" else ""
+                    upload.csrf_ok = csrf_matches(session, token)
+                    if part.name == "csrf":
+                        continue
+                if part.filename is None:
+                    texts += 1
+                    text = await _read_text(part, texts)
+                    if part.name in form_view.FIELD_NAMES or part.name == "passphrase":
+                        upload.form.add(part.name, text)
+                    continue
+                if (
+                    not keep_files
+                    or not upload.csrf_ok
+                    or upload.attachment_problem is not None
+                    or part.name not in form_view.FILE_FIELDS
+                    or not part.filename
+                ):
+                    await _drain(part, upload, self.settings.max_upload_bytes)
+                    continue
+                try:
+                    check_name(part.filename)
+                except RemoteProtocolError as exc:
+                    upload.attachment_problem = N_(
+                        "A file name may not contain slashes or control characters."
+                    )
+                    upload.attachment_detail = str(exc)
+                    await _drain(part, upload, self.settings.max_upload_bytes)
+                    continue
+                upload.received.append(await self._receive(part, part.filename, upload))
+        except BaseException:
+            await self._discard(upload.received)
+            raise
+        return upload
+
+    async def _receive(self, part: BodyPartReader, name: str, upload: _Upload) -> KeptAttachment:
+        """Stream one file part into encrypted chunk items, a block at a time."""
+        now = int(time.time())
+        stream: media.AttachmentStream = await self.worker.call(
+            lambda store: media.AttachmentStream(store, now)
+        )
+        media_type = _media_type(part.headers, name)
+        pending = bytearray()
+        try:
+            while True:
+                chunk = await part.read_chunk(256 * 1024)
+                if chunk:
+                    _count(upload, len(chunk), self.settings.max_upload_bytes)
+                    pending += chunk
+                if len(pending) >= media.READ_BLOCK or (not chunk and pending):
+                    block = bytes(pending)
+                    pending.clear()
+                    await self.worker.call(lambda _store, b=block: stream.write(b))  # type: ignore[misc]
+                if not chunk:
+                    break
+            prepared = await self.worker.call(lambda _store: stream.finish(name, media_type))
+        except BaseException:
+            await self.worker.call(lambda _store: stream.discard())
+            raise
+        return KeptAttachment(name, prepared.entry.size, prepared)
+
+    async def _discard(self, kept: list[KeptAttachment]) -> None:
+        if kept:
+            prepared = [k.prepared for k in kept]
+            await self.worker.call(lambda store: media.discard_chunks(store, prepared))
+
+    def _too_large(self, request: web.Request) -> web.Response:
+        return self.render(
+            request,
+            "message.html",
+            {
+                "title": N_("Too large"),
+                "message": N_("The report and its files are larger than this node accepts."),
+                "limit": self._state(request).language.size(self.settings.max_upload_bytes),
+            },
+            status=413,
+        )
+
+    async def reports_page(self, request: web.Request) -> web.Response:
+        def overview(node: Node, store: Store) -> tuple[list[Any], int | None]:
+            rows = [(e, node.attachment_status(e.report_id)) for e in reversed(node.reports())]
+            syncs = [p["last_sync"] for p in store.peers() if isinstance(p["last_sync"], int)]
+            return rows, max(syncs, default=None)
+
+        rows, last_sync = await self._on_store(overview)
+        return self.render(
+            request,
+            "reports.html",
+            {
+                "rows": rows,
+                "last_sync": last_sync,
+                "sealed": request.query.get("sealed"),
+                "title": N_("My reports"),
+            },
+        )
+
+    async def status_page(self, request: web.Request) -> web.Response:
+        node_status = await self._on_store(lambda node, _store: node.status())
+        live = await self.status_provider()
+        return self.render(
+            request,
+            "status.html",
+            {
+                "node": node_status,
+                "live": live,
+                "web": self.settings,
+                "title": N_("Node status"),
+            },
+        )
+
+    async def quick_exit(self, request: web.Request) -> web.StreamResponse:
+        session = self._state(request).session
+        self.sessions.end(session.sid)
+        self._state(request).ended = True
+        leave = web.HTTPSeeOther("/bye")
+        leave.del_cookie(self._cookie_name(), path="/")
+        leave.del_cookie(LANGUAGE_COOKIE, path="/")
+        leave.headers["Clear-Site-Data"] = '"cache", "cookies", "storage"'
+        raise leave
+
+    async def neutral_page(self, request: web.Request) -> web.Response:
+        self._state(request).ended = True
+        return web.Response(
+            text="<!doctype html><html lang=en><head><meta charset=utf-8>"
+            '<meta name="viewport" content="width=device-width, initial-scale=1">'
+            "<title>Welcome</title></head><body><h1>It works!</h1>"
+            "<p>This is the default web page for this server.</p></body></html>",
+            content_type="text/html",
+        )
+
+
+def _client(request: web.Request) -> str:
+    return request.remote or "unknown"
+
+
+def _flat(part: Any) -> BodyPartReader | None:
+    if part is not None and not isinstance(part, BodyPartReader):
+        raise ValueError("nested multipart is not accepted")
+    return part
+
+
+def _count(upload: _Upload, size: int, limit: int) -> None:
+    upload.total += size
+    if upload.total > limit:
+        raise TooLarge
+
+
+async def _read_text(part: BodyPartReader, position: int = 1) -> str:
+    if position > MAX_TEXT_FIELDS:
+        raise ValueError("too many fields")
+    data = bytearray()
+    while chunk := await part.read_chunk(64 * 1024):
+        data += chunk
+        if len(data) > MAX_TEXT_FIELD:
+            raise TooLarge
+    return data.decode("utf-8", errors="replace")
+
+
+async def _drain(part: BodyPartReader, upload: _Upload, limit: int) -> None:
+    """Read a part we will not keep (counted against the limit, stored nowhere)."""
+    while chunk := await part.read_chunk(256 * 1024):
+        _count(upload, len(chunk), limit)
+
+
+def _media_type(headers: Mapping[str, str], name: str) -> str:
+    """The type the browser sent if the protocol accepts it, else one guessed from the name."""
+    sent = headers.get("Content-Type", "").split(";")[0].strip().lower()
+    if sent and sent != media.FALLBACK_MEDIA_TYPE:
+        try:
+            return check_media_type(sent)
+        except RemoteProtocolError:
+            pass
+    return media.media_type_of(Path(name))

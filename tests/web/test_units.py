@@ -1,0 +1,242 @@
+"""The web app's pure parts: reading the form, placing node errors, sessions, limiters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from fieldsync.config import ConfigError, load_config
+from fieldsync.web.form_view import (
+    ATTACHMENTS_FIELD,
+    MESSAGES,
+    FormValues,
+    field_of_error,
+    read_form,
+)
+from fieldsync.web.guard import (
+    KeptAttachment,
+    PassphraseLimiter,
+    RequestLimiter,
+    Sessions,
+    csrf_matches,
+)
+from fieldsync.web.server import serves_https
+from fieldsync.web.tls import is_loopback
+
+
+@dataclass
+class Clock:
+    now: float = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def form(**values: str | list[str]) -> FormValues:
+    out = FormValues()
+    for name, value in values.items():
+        for item in [value] if isinstance(value, str) else value:
+            out.add(name, item)
+    return out
+
+
+def test_a_complete_form_becomes_report_fields() -> None:
+    fields, errors = read_form(
+        form(
+            narrative="Line one\r\nline two",
+            title="T",
+            categories=["killing", "arbitrary-detention"],
+            occurred_date="2025-03-01",
+            occurred_time="09:30",
+            approximate="on",
+            lat="0",
+            lon="0,5",
+            accuracy="12",
+            place="Market",
+            sensitivity="public",
+            language="ar",
+        )
+    )
+    assert errors == {}
+    assert fields == {
+        "origin": {"channel": "web-form"},
+        "title": "T",
+        "narrative": "Line one\nline two",
+        "categories": ["killing", "arbitrary-detention"],
+        "occurred": {"start": "2025-03-01T09:30Z", "precision": "minute", "approximate": True},
+        "location": {
+            "source": "gps",
+            "place": "Market",
+            "lat": 0.0,
+            "lon": 0.5,
+            "accuracy_m": 12.0,
+        },
+        "sensitivity": "public",
+        "language": "ar",
+    }
+
+
+@pytest.mark.parametrize(
+    ("date", "precision"), [("2025", "year"), ("2025-03", "month"), ("2025-03-01", "day")]
+)
+def test_partial_dates_keep_their_precision(date: str, precision: str) -> None:
+    fields, errors = read_form(form(narrative="x", categories="killing", occurred_date=date))
+    assert errors == {}
+    assert fields["occurred"] == {"start": date, "precision": precision, "approximate": False}
+    assert "location" not in fields
+
+
+def test_what_the_form_cannot_read_is_named_per_field() -> None:
+    _, errors = read_form(
+        form(
+            narrative="  ",
+            categories=["killing", "not-a-listed-key"],
+            occurred_date="01/03/2025",
+            lat="north",
+            lon="inf",
+            accuracy="nan",
+        )
+    )
+    assert set(errors) == {"narrative", "categories", "occurred_date", "lat", "lon", "accuracy"}
+    _, errors = read_form(
+        form(narrative="x", categories="killing", occurred_date="2025-03", occurred_time="09:30")
+    )
+    assert set(errors) == {"occurred_date"}  # a time needs a day
+    _, errors = read_form(
+        form(narrative="x", categories="killing", occurred_date="2025-03-01", occurred_time="9h")
+    )
+    assert set(errors) == {"occurred_time"}
+    _, errors = read_form(form(narrative="x"))
+    assert set(errors) == {"categories", "occurred_date"}
+
+
+@pytest.mark.parametrize(
+    ("message", "control"),
+    [
+        ("report field occurred.start: is not a real date or time: '2025-02-30'", "occurred_date"),
+        ("report field location: needs both lat and lon, or neither", "lat"),
+        ("report field location.lon: must be between -180 and 180", "lon"),
+        ("report field location.accuracy_m: must be between 0 and 40000000", "accuracy"),
+        ("report field location.place: is longer than 500 characters", "place"),
+        ("report field narrative: is empty; describe what happened", "narrative"),
+        ("report field attachments: too many", ATTACHMENTS_FIELD),
+        ("report field people[0].role: must be one of", ""),
+        ("wrong passphrase for author key", ""),
+    ],
+)
+def test_node_errors_are_shown_next_to_their_field(message: str, control: str) -> None:
+    assert field_of_error(message) == control
+    assert control in MESSAGES
+
+
+def test_sessions_store_only_what_keeps_attachments_and_discard_them_at_the_end() -> None:
+    clock = Clock()
+    dropped: list[list[KeptAttachment]] = []
+    sessions = Sessions(dropped.append, clock, idle_seconds=60, max_sessions=2)
+    first = sessions.new()
+    again = sessions.get(first.sid)  # nothing stored, the same token
+    assert again is not None and again.csrf == first.csrf and len(sessions) == 0
+    forged = sessions.get("f" * 43)
+    assert forged is not None and not csrf_matches(forged, first.csrf)
+    assert sessions.get("not a session id") is None and sessions.get(None) is None
+    assert csrf_matches(first, first.csrf) and not csrf_matches(first, "x" + first.csrf)
+    assert not csrf_matches(None, first.csrf)
+    kept = KeptAttachment("a.jpg", 1, object())  # type: ignore[arg-type]
+    first.kept.append(kept)
+    sessions.remember(first)
+    sessions.remember(first)
+    assert sessions.get(first.sid) is first and len(sessions) == 1
+    clock.now += 61
+    assert sessions.get(first.sid) is not first
+    assert dropped == [[kept]]
+    a, b, c = sessions.new(), sessions.new(), sessions.new()
+    a.kept.append(kept)
+    for session in (a, b, c):  # the table holds two: the least recently used goes
+        sessions.remember(session)
+    assert sessions.get(a.sid) is not a and sessions.get(b.sid) is b
+    assert len(dropped) == 2
+    sessions.end(b.sid)
+    sessions.end("unknown")
+    sessions.end_all()
+    assert len(sessions) == 0
+
+
+def test_passphrase_limiter_pauses_a_client_then_doubles_and_caps_everyone() -> None:
+    clock = Clock()
+    limiter = PassphraseLimiter(clock)
+    for _ in range(PassphraseLimiter.FREE_TRIES - 1):
+        limiter.failed("phone")
+        assert limiter.allowed("phone") == 0
+    limiter.failed("phone")
+    assert limiter.allowed("phone") == PassphraseLimiter.FIRST_PAUSE
+    clock.now += PassphraseLimiter.FIRST_PAUSE
+    assert limiter.allowed("phone") == 0
+    limiter.failed("phone")
+    assert limiter.allowed("phone") == 2 * PassphraseLimiter.FIRST_PAUSE
+    limiter.succeeded("phone")
+    assert limiter.allowed("phone") == 0
+    # Many clients, one key: the whole app stops trying for the rest of the minute.
+    clock.now += 3600
+    for client in range(PassphraseLimiter.GLOBAL_PER_MINUTE):
+        limiter.failed(f"client-{client}")
+    assert limiter.allowed("someone-new") > 0
+    clock.now += 61
+    assert limiter.allowed("someone-new") == 0
+
+
+def test_request_limiter_allows_a_number_per_minute() -> None:
+    clock = Clock()
+    limiter = RequestLimiter(3, clock)
+    assert [limiter.allow("a") for _ in range(4)] == [True, True, True, False]
+    assert limiter.allow("b")
+    clock.now += 61
+    assert limiter.allow("a")
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("::1", True),
+        ("localhost", True),
+        ("192.168.4.1", False),
+        ("node.lan", False),
+    ],
+)
+def test_loopback_addresses(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback
+
+
+@pytest.mark.parametrize(
+    ("host", "mode", "https"),
+    [
+        ("127.0.0.1", "auto", False),
+        ("::1", "auto", False),
+        ("localhost", "auto", False),
+        ("127.0.0.1", "always", True),
+        ("localhost", "always", True),
+        ("192.168.4.1", "auto", True),
+        ("10.0.0.1", "always", True),
+        ("0.0.0.0", "auto", True),  # noqa: S104 - a string checked, nothing bound
+        ("::", "auto", True),
+        ("fe80::1", "auto", True),
+        ("node.lan", "auto", True),
+    ],
+)
+def test_any_address_but_loopback_is_served_over_https(host: str, mode: str, https: bool) -> None:
+    assert serves_https(host, mode) is https
+
+
+def test_web_tls_accepts_only_auto_or_always(tmp_path: Path) -> None:
+    """No config turns HTTPS off beyond loopback: "never" is refused, with the choices."""
+    assert load_config(None, {}, {}).web.tls == "auto"
+    path = tmp_path / "fieldsync.toml"
+    path.write_text('[web]\ntls = "ALWAYS"\n', encoding="utf-8")
+    assert load_config(path, {}, {}).web.tls == "always"
+    for value in ('"never"', '"off"', "false"):
+        path.write_text(f"[web]\ntls = {value}\n", encoding="utf-8")
+        with pytest.raises(ConfigError) as caught:
+            load_config(path, {}, {})
+        assert "[web] tls" in str(caught.value) and "auto, always" in str(caught.value)
