@@ -111,7 +111,16 @@ def test_report_list_stays_light(net: Net, tmp_path: Path) -> None:
 
 def test_report_add_starts_no_process(net: Net, tmp_path: Path) -> None:
     """The clock's state comes from one system call, not ``timedatectl`` per report."""
-    args = ["report", "add", "--narrative", "x", "--category", "threats-harassment", "--occurred", "2025"]
+    args = [
+        "report",
+        "add",
+        "--narrative",
+        "x",
+        "--category",
+        "threats-harassment",
+        "--occurred",
+        "2025",
+    ]
     modules, _out = imported_by(tmp_path, "--home", net.a, *args, "--json")
     assert "subprocess" not in modules
     assert not heavy_in(modules) - {m for m in modules if m.startswith("sqlite_utils")}
