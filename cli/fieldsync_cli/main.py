@@ -51,6 +51,7 @@ SHORT_HELP: dict[str, str] = {
     "status": "Items held, outbox by status, tombstones, disk; peers and upstream if the daemon"
     " runs.",
     "sync": "One sync session with TARGET (HOST:PORT) or --ws URL; print what moved.",
+    "web-qr": "The web app's address as a QR code for a phone, and its certificate fingerprint.",
 }
 
 _WANTS_JSON = "fieldsync.json"
