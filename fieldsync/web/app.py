@@ -29,6 +29,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from fieldsync import media
 from fieldsync.errors import FieldsyncError, WrongPassphrase
+from fieldsync.forms import node_form
 from fieldsync.node import Node
 from fieldsync.store import Store
 from fieldsync.store_worker import StoreWorker
@@ -45,6 +46,7 @@ from fieldsync.web.guard import (
 from fieldsync.web.i18n import SOURCE_LANGUAGE, Language, load_languages, negotiate
 from fieldsync_protocol.attachment import check_media_type, check_name
 from fieldsync_protocol.errors import RemoteProtocolError
+from fieldsync_protocol.form import Form, default_form
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +138,9 @@ class WebApp:
         self._unlocking = asyncio.Semaphore(1)
         self._background: set[asyncio.Task[None]] = set()
         self._node: Node | None = None
+        #: The network's form (SPEC.md §18) as last read from the store: each write page and
+        #: each submission reads it again, so a form HQ publishes shows on the next page.
+        self.network_form: Form = default_form()
         #: Per request, while it is handled (keyed by id: aiohttp requests are unhashable).
         self._states: dict[int, _RequestState] = {}
         #: Languages whose locale data is loaded (see ``Language.warm``).
@@ -327,6 +332,7 @@ class WebApp:
         raise web.HTTPSeeOther("/write")
 
     async def write_page(self, request: web.Request) -> web.Response:
+        self.network_form = await self._on_store(lambda node, _store: node_form(node))
         return self._form(request, FormValues(), {})
 
     def _form(
@@ -346,7 +352,7 @@ class WebApp:
             request,
             "write.html",
             {
-                "fields": form_view.FIELDS,
+                "fields": form_view.fields_for(self.network_form, language.code),
                 "form": form,
                 "errors": errors,
                 "details": details or {},
@@ -410,7 +416,8 @@ class WebApp:
     async def _seal(
         self, request: web.Request, session: Session, form: FormValues, client: str
     ) -> web.Response:
-        fields, errors = form_view.read_form(form)
+        self.network_form = await self._on_store(lambda node, _store: node_form(node))
+        fields, errors = form_view.read_form(form, self.network_form.category_keys())
         if errors:
             return self._form(request, form, errors, status=422)
         now = time.time()

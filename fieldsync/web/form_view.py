@@ -1,9 +1,10 @@
 """Every field the report page shows, and how submitted form values become report fields.
 
-This is the one place that knows the report form: the template loops over ``FIELDS``, the
-app calls ``read_form`` and ``field_of_error``. Today it is built from the schema the CLI
-writes (``fieldsync.report/1``, fieldsync_protocol.report); when the network's form module
-exists, only this file changes.
+This is the one place that knows the report form: the template loops over ``fields_for``
+(``FIELDS`` with the network's categories, SPEC.md §18), the app calls ``read_form`` and
+``field_of_error``. The category pick list, its labels in the page's language and the keys
+accepted come from the network's form (HQ's signed form item, else ``default_form()``), the
+same list `fieldsync report add` offers.
 
 It checks only what a browser form cannot carry (a latitude that is not a number, a date
 that is not in one of the accepted shapes); every rule of the report itself is the
@@ -15,9 +16,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from fieldsync_protocol.form import Form, default_form
 from fieldsync_protocol.report import SENSITIVITIES
 
 
@@ -48,20 +50,13 @@ class FormField:
     default: str = ""
 
 
-#: Category keys offered until HQ publishes the network's form (issue #10 item 2).
-CATEGORIES: tuple[Choice, ...] = (
-    Choice("arbitrary-detention", N_("Arbitrary arrest or detention")),
-    Choice("excessive-force", N_("Excessive use of force")),
-    Choice("torture-ill-treatment", N_("Torture or ill-treatment")),
-    Choice("killing", N_("Killing")),
-    Choice("disappearance", N_("Enforced disappearance")),
-    Choice("threats-intimidation", N_("Threats or intimidation")),
-    Choice("sexual-violence", N_("Sexual or gender-based violence")),
-    Choice("freedom-of-expression", N_("Attack on free expression or assembly")),
-    Choice("property-destruction", N_("Destruction of property")),
-    Choice("displacement", N_("Forced displacement")),
-    Choice("unclassified", N_("Other or not sure")),
-)
+def categories_of(network_form: Form, language: str) -> tuple[Choice, ...]:
+    """The network form's categories, labelled in ``language`` (HQ writes the labels)."""
+    return tuple(Choice(c.key, network_form.label(c, language)) for c in network_form.categories)
+
+
+#: The built-in form's categories (English labels), for a page rendered without a network.
+CATEGORIES: tuple[Choice, ...] = categories_of(default_form(), "en")
 
 SENSITIVITY_LABELS = {
     "public": N_("Public"),
@@ -175,6 +170,14 @@ FIELDS: tuple[FormField, ...] = (
 )
 
 FIELD_NAMES = frozenset(f.name for f in FIELDS)
+
+
+def fields_for(network_form: Form, language: str) -> tuple[FormField, ...]:
+    """``FIELDS`` with the network form's categories, labelled in ``language``."""
+    categories = categories_of(network_form, language)
+    return tuple(replace(f, choices=categories) if f.name == "categories" else f for f in FIELDS)
+
+
 FILE_FIELDS = frozenset(f.name for f in FIELDS if f.kind == "files")
 #: Where an attachment problem is shown.
 ATTACHMENTS_FIELD = "attachment_files"

@@ -125,7 +125,7 @@ def test_wrong_passphrase_keeps_every_field_in_the_browser(net: Net) -> None:
             if text:
                 _type(driver, field, text)
         _click(driver, By.ID, "categories-excessive-force")
-        _click(driver, By.ID, "categories-killing")
+        _click(driver, By.ID, "categories-unlawful-killing")
         _click(driver, By.ID, "approximate")
         _click(driver, By.CSS_SELECTOR, "#sensitivity option[value='confidential']")
         _type(driver, "passphrase", "pas la bonne")
@@ -133,7 +133,11 @@ def test_wrong_passphrase_keeps_every_field_in_the_browser(net: Net) -> None:
         _wait_text(driver, "Phrase secrète erronée.")
         for field, text in values.items():
             assert driver.find_element(By.ID, field).get_attribute("value") == text, field
-        for key, checked in (("excessive-force", True), ("killing", True), ("unclassified", False)):
+        for key, checked in (
+            ("excessive-force", True),
+            ("unlawful-killing", True),
+            ("unclassified", False),
+        ):
             assert driver.find_element(By.ID, f"categories-{key}").is_selected() is checked
         assert driver.find_element(By.ID, "approximate").is_selected()
         assert driver.find_element(By.ID, "sensitivity").get_attribute("value") == "confidential"

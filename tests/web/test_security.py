@@ -162,7 +162,7 @@ async def test_path_traversal_in_attachment_name_is_refused(net: Net) -> None:
                 [
                     ("csrf", None, csrf.encode()),
                     ("narrative", None, b"A report"),
-                    ("categories", None, b"killing"),
+                    ("categories", None, b"unlawful-killing"),
                     ("occurred_date", None, b"2025-03-01"),
                     ("attachment_files", "fine.jpg", b"first file is fine" * 100),
                     ("attachment_camera", name, b"payload"),

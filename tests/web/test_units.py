@@ -47,7 +47,7 @@ def test_a_complete_form_becomes_report_fields() -> None:
         form(
             narrative="Line one\r\nline two",
             title="T",
-            categories=["killing", "arbitrary-detention"],
+            categories=["unlawful-killing", "arbitrary-detention"],
             occurred_date="2025-03-01",
             occurred_time="09:30",
             approximate="on",
@@ -64,7 +64,7 @@ def test_a_complete_form_becomes_report_fields() -> None:
         "origin": {"channel": "web-form"},
         "title": "T",
         "narrative": "Line one\nline two",
-        "categories": ["killing", "arbitrary-detention"],
+        "categories": ["unlawful-killing", "arbitrary-detention"],
         "occurred": {"start": "2025-03-01T09:30Z", "precision": "minute", "approximate": True},
         "location": {
             "source": "gps",
@@ -82,7 +82,9 @@ def test_a_complete_form_becomes_report_fields() -> None:
     ("date", "precision"), [("2025", "year"), ("2025-03", "month"), ("2025-03-01", "day")]
 )
 def test_partial_dates_keep_their_precision(date: str, precision: str) -> None:
-    fields, errors = read_form(form(narrative="x", categories="killing", occurred_date=date))
+    fields, errors = read_form(
+        form(narrative="x", categories="unlawful-killing", occurred_date=date)
+    )
     assert errors == {}
     assert fields["occurred"] == {"start": date, "precision": precision, "approximate": False}
     assert "location" not in fields
@@ -92,7 +94,7 @@ def test_what_the_form_cannot_read_is_named_per_field() -> None:
     _, errors = read_form(
         form(
             narrative="  ",
-            categories=["killing", "not-a-listed-key"],
+            categories=["unlawful-killing", "not-a-listed-key"],
             occurred_date="01/03/2025",
             lat="north",
             lon="inf",
@@ -101,11 +103,21 @@ def test_what_the_form_cannot_read_is_named_per_field() -> None:
     )
     assert set(errors) == {"narrative", "categories", "occurred_date", "lat", "lon", "accuracy"}
     _, errors = read_form(
-        form(narrative="x", categories="killing", occurred_date="2025-03", occurred_time="09:30")
+        form(
+            narrative="x",
+            categories="unlawful-killing",
+            occurred_date="2025-03",
+            occurred_time="09:30",
+        )
     )
     assert set(errors) == {"occurred_date"}  # a time needs a day
     _, errors = read_form(
-        form(narrative="x", categories="killing", occurred_date="2025-03-01", occurred_time="9h")
+        form(
+            narrative="x",
+            categories="unlawful-killing",
+            occurred_date="2025-03-01",
+            occurred_time="9h",
+        )
     )
     assert set(errors) == {"occurred_time"}
     _, errors = read_form(form(narrative="x"))
