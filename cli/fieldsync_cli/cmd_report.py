@@ -20,7 +20,7 @@ from fieldsync_cli.common import (
     passphrase_option,
     say,
 )
-from fieldsync_cli.main import home_of
+from fieldsync_cli.main import author_node, home_of
 from fieldsync_protocol.report import SENSITIVITIES
 
 _PRECISION_BY_FORM = (
@@ -174,7 +174,7 @@ def add(ctx: click.Context, /, **options: Any) -> None:
         raise InputRefused(
             "say when it happened: --occurred 2025-03-01 (add --approximate if unsure)"
         )
-    node = Node(home_of(ctx))
+    node = author_node(ctx)
     try:
         node.membership()  # fail on an unjoined node before asking for the passphrase
         passphrase = get_passphrase(passphrase_file, "your author key")
@@ -287,7 +287,7 @@ def show(
     The report's content is sealed: only HQ can read it. Attachment names are sealed to your
     own author key on this node, so a seized device does not show them; --names opens them.
     """
-    node = Node(home_of(ctx))
+    node = author_node(ctx)
     try:
         entries = [e for e in node.reports() if e.report_id.startswith(report_id)]
         if len(entries) != 1:

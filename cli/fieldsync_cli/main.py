@@ -18,6 +18,7 @@ import click
 
 if TYPE_CHECKING:
     from fieldsync.config import Config
+    from fieldsync.node import Node
 
 # command name -> (module, attribute); modules are imported lazily.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -29,6 +30,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "peers": ("fieldsync_cli.cmd_node", "peers"),
     "report": ("fieldsync_cli.cmd_report", "report"),
     "bundle": ("fieldsync_cli.cmd_bundle", "bundle"),
+    "wipe": ("fieldsync_cli.cmd_wipe", "wipe"),
+    "duress-set": ("fieldsync_cli.cmd_wipe", "duress_set"),
     "run": ("fieldsync_cli.cmd_net", "run"),
     "sync": ("fieldsync_cli.cmd_net", "sync"),
 }
@@ -118,3 +121,11 @@ def config_of(
 def home_of(ctx: click.Context) -> Path:
     """The node home: ``--home``, else ``[node] home`` of the config, else the default."""
     return config_of(ctx).node.home
+
+
+def author_node(ctx: click.Context) -> Node:
+    """The node of ``home_of``, counting wrong author passphrases as ``[security]`` says."""
+    from fieldsync.node import Node
+
+    config = config_of(ctx)
+    return Node(config.node.home, config.security.wipe_after_wrong_passphrases)
