@@ -414,6 +414,13 @@ class LogConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SecurityConfig:
+    #: Wipe every key on the node (``fieldsync wipe``) after this many wrong author
+    #: passphrases in a row. 0 (the default): never. README "Panic wipe" says what it costs.
+    wipe_after_wrong_passphrases: int = field(default=0, metadata=_meta(_integer(0, 1000)))
+
+
+@dataclass(frozen=True, slots=True)
 class DebugConfig:
     #: Fault injection for the supervision tests (``fieldsync.faults``): ``"janitor"`` fails
     #: the janitor every time it runs, ``"janitor:2"`` its first two runs. Empty (the
@@ -437,6 +444,7 @@ class Config:
     web: WebConfig = field(default_factory=WebConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
     #: The TOML file that was read, if any (for logs and ``doctor``; not part of equality).
     source: Path | None = field(default=None, compare=False)
@@ -500,6 +508,7 @@ SECTIONS: Final[Mapping[str, type]] = MappingProxyType(
         "web": WebConfig,
         "control": ControlConfig,
         "log": LogConfig,
+        "security": SecurityConfig,
         "debug": DebugConfig,
     }
 )

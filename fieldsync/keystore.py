@@ -1,9 +1,16 @@
 """Secrets at rest: passphrase-sealed files (Argon2id + XSalsa20-Poly1305) and plain key files.
 
 A sealed file is canonical msgpack ``{"box", "kdf": "argon2id13", "mem", "nonce", "ops",
-"salt", "v": 1}`` (SPEC.md §15.3): the KDF cost travels with the file, so a key made on a
+"salt", "v": 2}`` (SPEC.md §15.3): the KDF cost travels with the file, so a key made on a
 laptop still opens on a Pi. Files from before ``v`` existed (format 0, no ``v``) still open.
 Files are written atomically (temp file, fsync, rename) with mode 0600.
+
+An author key file also holds a second box, ``alt`` (format 2): random bytes, or the decoy
+seed sealed under a *duress* passphrase with the same salt and costs, so one Argon2id run
+tries both and the file looks the same whether a duress passphrase is set or not.
+
+New passphrases must be at least ``MIN_PASSPHRASE`` characters and score at least
+``MIN_STRENGTH`` (of 4) on zxcvbn's guessability estimate.
 """
 
 from __future__ import annotations
@@ -11,6 +18,8 @@ from __future__ import annotations
 import os
 import secrets
 import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +41,18 @@ KDF_PROFILES: dict[str, tuple[int, int]] = {
     "sensitive": (nacl.pwhash.argon2id.OPSLIMIT_SENSITIVE, nacl.pwhash.argon2id.MEMLIMIT_SENSITIVE),
 }
 DEFAULT_KDF_PROFILE = "moderate"
-MIN_PASSPHRASE = 8
+MIN_PASSPHRASE = 12
+#: zxcvbn score (0-4) a new passphrase needs: 3 = "safely unguessable" offline at ~10^10 guesses.
+MIN_STRENGTH = 3
+#: zxcvbn's cost grows with length; the first characters are enough to judge strength.
+_STRENGTH_INPUT = 100
 _MAX_SEALED_FILE = 64 * 1024
-#: Format version of sealed files written here; files without "v" are format 0 (same fields).
-SEALED_FORMAT_VERSION = 1
+#: Format version of sealed files written here; files without "v" are format 0 (same fields),
+#: format 1 has no ``alt``.
+SEALED_FORMAT_VERSION = 2
+_NONCE = nacl.secret.SecretBox.NONCE_SIZE
+#: ``alt``: nonce || secretbox(32-byte seed), the same size whether it is real or random.
+ALT_BOX_SIZE = _NONCE + 32 + nacl.secret.SecretBox.MACBYTES
 
 
 def write_private(path: Path, data: bytes) -> None:
@@ -76,42 +93,96 @@ def _passphrase_bytes(passphrase: str) -> bytes:
     return unicodedata.normalize("NFC", passphrase).encode("utf-8")
 
 
-def seal_with_passphrase(
-    plaintext: bytes, passphrase: str, profile: str = DEFAULT_KDF_PROFILE
-) -> bytes:
+def check_passphrase_strength(passphrase: str, user_inputs: Sequence[str] = ()) -> None:
+    """Refuse a new passphrase that is short or guessable, saying why and what to do.
+
+    ``user_inputs``: words an attacker would try first (the author's pseudonym, the network).
+    """
     if len(passphrase) < MIN_PASSPHRASE:
-        raise InputRefused(f"passphrase is too short: use at least {MIN_PASSPHRASE} characters")
+        raise InputRefused(
+            f"passphrase is too short: use at least {MIN_PASSPHRASE} characters"
+            " (several uncommon words are easiest to remember)"
+        )
+    import zxcvbn  # imported here: it loads large word lists, needed only for new passphrases
+
+    result = zxcvbn.zxcvbn(passphrase[:_STRENGTH_INPUT], user_inputs=list(user_inputs))
+    score = int(result["score"])
+    if score < MIN_STRENGTH:
+        feedback = result.get("feedback") or {}
+        advice = [str(feedback.get("warning") or "").strip()]
+        advice += [str(s).strip() for s in feedback.get("suggestions") or ()]
+        why = " ".join(a if a.endswith(".") else a + "." for a in advice if a)
+        raise InputRefused(
+            f"passphrase is too easy to guess (strength {score} of 4, {MIN_STRENGTH} needed)."
+            f" {why or 'Add another word or two.'} Uncommon words, not a sentence from a song"
+            " or a book, make a strong passphrase"
+        )
+
+
+def _profile_costs(profile: str) -> tuple[int, int]:
     try:
-        ops, mem = KDF_PROFILES[profile]
+        return KDF_PROFILES[profile]
     except KeyError:
         raise InputRefused(
             f"unknown KDF profile {profile!r}; use one of {', '.join(KDF_PROFILES)}"
         ) from None
+
+
+def seal_with_passphrase(
+    plaintext: bytes,
+    passphrase: str,
+    profile: str = DEFAULT_KDF_PROFILE,
+    *,
+    with_alt: bool = False,
+    user_inputs: Sequence[str] = (),
+    check_strength: bool = True,
+) -> bytes:
+    """Seal ``plaintext`` under a new passphrase (checked for strength first).
+
+    ``with_alt``: add an ``alt`` box of random bytes (author keys), which ``set_duress``
+    can later replace by a decoy sealed under a duress passphrase. ``check_strength``
+    False only re-seals under a passphrase that was checked when it was set.
+    """
+    ops, mem = _profile_costs(profile)
+    if check_strength:
+        check_passphrase_strength(passphrase, user_inputs)
     salt = secrets.token_bytes(nacl.pwhash.argon2id.SALTBYTES)
     secret = _passphrase_bytes(passphrase)
     key = nacl.pwhash.argon2id.kdf(32, secret, salt, opslimit=ops, memlimit=mem)
-    nonce = secrets.token_bytes(nacl.secret.SecretBox.NONCE_SIZE)
+    nonce = secrets.token_bytes(_NONCE)
     box = nacl.secret.SecretBox(key).encrypt(plaintext, nonce).ciphertext
-    return codec.encode(
-        {
-            "box": box,
-            "kdf": "argon2id13",
-            "mem": mem,
-            "nonce": nonce,
-            "ops": ops,
-            "salt": salt,
-            "v": SEALED_FORMAT_VERSION,
-        }
-    )
+    fields: dict[str, codec.Value] = {
+        "box": box,
+        "kdf": "argon2id13",
+        "mem": mem,
+        "nonce": nonce,
+        "ops": ops,
+        "salt": salt,
+        "v": SEALED_FORMAT_VERSION,
+    }
+    if with_alt:
+        fields["alt"] = secrets.token_bytes(ALT_BOX_SIZE)
+    return codec.encode(fields)
 
 
-def open_with_passphrase(sealed: bytes, passphrase: str, what: str) -> bytes:
+@dataclass(frozen=True)
+class _Sealed:
+    ops: int
+    mem: int
+    salt: bytes
+    nonce: bytes
+    box: bytes
+    alt: bytes | None
+    fields: dict[str, codec.Value]
+
+
+def _parse_sealed(sealed: bytes, what: str) -> _Sealed:
     try:
         fields = codec.as_map(
             codec.decode(sealed, max_size=_MAX_SEALED_FILE, what=what),
             what,
             {"box", "kdf", "mem", "nonce", "ops", "salt"},
-            {"v"},
+            {"v", "alt"},
         )
         version = codec.get_int(fields, "v", what, 1) if "v" in fields else 0
         if version > SEALED_FORMAT_VERSION:
@@ -126,16 +197,74 @@ def open_with_passphrase(sealed: bytes, passphrase: str, what: str) -> bytes:
         ops = codec.get_int(fields, "ops", what, 1, nacl.pwhash.argon2id.OPSLIMIT_SENSITIVE)
         mem = codec.get_int(fields, "mem", what, 8192, nacl.pwhash.argon2id.MEMLIMIT_SENSITIVE)
         salt = codec.get_bytes(fields, "salt", what, nacl.pwhash.argon2id.SALTBYTES)
-        nonce = codec.get_bytes(fields, "nonce", what, nacl.secret.SecretBox.NONCE_SIZE)
+        nonce = codec.get_bytes(fields, "nonce", what, _NONCE)
         box = codec.get_bytes(fields, "box", what)
+        alt = codec.get_bytes(fields, "alt", what, ALT_BOX_SIZE) if "alt" in fields else None
     except RemoteProtocolError as exc:
         raise InputRefused(f"{what} is damaged: {exc}") from exc
+    return _Sealed(ops, mem, salt, nonce, box, alt, fields)
+
+
+def _derive(parsed: _Sealed, passphrase: str) -> nacl.secret.SecretBox:
     secret = _passphrase_bytes(passphrase)
-    key = nacl.pwhash.argon2id.kdf(32, secret, salt, opslimit=ops, memlimit=mem)
+    key = nacl.pwhash.argon2id.kdf(
+        32, secret, parsed.salt, opslimit=parsed.ops, memlimit=parsed.mem
+    )
+    return nacl.secret.SecretBox(key)
+
+
+def profile_of(sealed: bytes, what: str) -> str:
+    """The KDF profile a sealed file was written with (the default if it matches none)."""
+    parsed = _parse_sealed(sealed, what)
+    for name, costs in KDF_PROFILES.items():
+        if costs == (parsed.ops, parsed.mem):
+            return name
+    return DEFAULT_KDF_PROFILE
+
+
+def open_with_passphrase(sealed: bytes, passphrase: str, what: str) -> bytes:
+    """The main box's content; a duress passphrase does *not* open it (see ``open_either``)."""
+    parsed = _parse_sealed(sealed, what)
     try:
-        return nacl.secret.SecretBox(key).decrypt(box, nonce)
+        return _derive(parsed, passphrase).decrypt(parsed.box, parsed.nonce)
     except nacl.exceptions.CryptoError:
         raise WrongPassphrase(f"wrong passphrase for {what}") from None
+
+
+@dataclass(frozen=True)
+class Opened:
+    plaintext: bytes
+    #: True: the passphrase opened the ``alt`` box (a duress passphrase) and ``plaintext``
+    #: is the decoy seed.
+    duress: bool
+
+
+def open_either(sealed: bytes, passphrase: str, what: str) -> Opened:
+    """Open the main box or, failing that, the ``alt`` box, with one key derivation."""
+    parsed = _parse_sealed(sealed, what)
+    box = _derive(parsed, passphrase)
+    try:
+        return Opened(box.decrypt(parsed.box, parsed.nonce), duress=False)
+    except nacl.exceptions.CryptoError:
+        pass
+    if parsed.alt is not None:
+        try:
+            return Opened(box.decrypt(parsed.alt[_NONCE:], parsed.alt[:_NONCE]), duress=True)
+        except nacl.exceptions.CryptoError:
+            pass
+    raise WrongPassphrase(f"wrong passphrase for {what}") from None
+
+
+def set_duress(sealed: bytes, duress_passphrase: str, decoy_seed: bytes, what: str) -> bytes:
+    """``sealed`` with its ``alt`` box replaced by ``decoy_seed`` under ``duress_passphrase``
+    (same salt and costs as the main box, so one derivation tries both)."""
+    check_passphrase_strength(duress_passphrase)
+    parsed = _parse_sealed(sealed, what)
+    nonce = secrets.token_bytes(_NONCE)
+    alt = nonce + _derive(parsed, duress_passphrase).encrypt(decoy_seed, nonce).ciphertext
+    if len(alt) != ALT_BOX_SIZE:
+        raise InputRefused(f"a decoy seed is 32 bytes, not {len(decoy_seed)}")
+    return codec.encode({**parsed.fields, "alt": alt, "v": SEALED_FORMAT_VERSION})
 
 
 def load_map(data: bytes, what: str, keys: set[str]) -> dict[str, Any]:

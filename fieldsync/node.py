@@ -5,6 +5,8 @@ Layout of a node home (SPEC.md §15)::
     node.secret        X25519 static key of the node (0600; needed unattended; homefiles.py)
     author.secret      the monitor's ed25519 seed, sealed with their passphrase (authors only)
     request.txt        the enrolment request to hand to HQ in person
+    unlock.failures    wrong author passphrases in a row (only with
+                       [security] wipe_after_wrong_passphrases)
     membership.bin     manifest item, network key and this node's certificate (after join;
                        homefiles.py)
     store.db           the item store (sealed items only; see store.py)
@@ -25,8 +27,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from fieldsync import homefiles, keystore, media
-from fieldsync.errors import FieldsyncError, InputRefused, NotFound, NotInitialised
+from fieldsync import homefiles, keystore, media, wipe
+from fieldsync.errors import (
+    FieldsyncError,
+    InputRefused,
+    NotFound,
+    NotInitialised,
+    WrongPassphrase,
+)
 from fieldsync.priority import iter_by_priority
 from fieldsync.store import ImportCounts, OutboxEntry, Store, now_seconds
 from fieldsync_protocol import crypto, envelope, membership
@@ -45,6 +53,7 @@ AUTHOR_SECRET = "author.secret"  # noqa: S105 - a file name
 REQUEST = "request.txt"
 MEMBERSHIP = "membership.bin"
 STORE = "store.db"
+UNLOCK_FAILURES = "unlock.failures"
 
 #: Receives (bytes done, bytes total) during long operations.
 Progress = Callable[[int, int], None]
@@ -120,10 +129,15 @@ class BundleImport:
 class Node:
     """Operations on one node home. Open stores are closed by ``close``."""
 
-    def __init__(self, home: Path, store: Store | None = None) -> None:
+    def __init__(
+        self, home: Path, store: Store | None = None, wipe_after_wrong_passphrases: int = 0
+    ) -> None:
         """``store``: an open store to use (the daemon's, on its store thread); ``close``
-        leaves it open. Without it the node opens its own on first use."""
+        leaves it open. Without it the node opens its own on first use.
+        ``wipe_after_wrong_passphrases``: wipe the node (``fieldsync.wipe``) after that many
+        wrong author passphrases in a row; 0 never does ([security] of the config)."""
         self.home = home
+        self.wipe_after_wrong_passphrases = wipe_after_wrong_passphrases
         self._store: Store | None = store
         self._owns_store = store is None
 
@@ -141,7 +155,9 @@ class Node:
             if passphrase is None:
                 raise InputRefused("an author key needs a passphrase")
             author_seed = secrets.token_bytes(32)
-            sealed = keystore.seal_with_passphrase(author_seed, passphrase, kdf_profile)
+            sealed = keystore.seal_with_passphrase(
+                author_seed, passphrase, kdf_profile, with_alt=True, user_inputs=[author_name]
+            )
             keystore.write_private(self.home / AUTHOR_SECRET, sealed)
         keystore.write_private(self.home / NODE_SECRET, homefiles.encode_node_secret(node_secret))
         request = membership.EnrolmentRequest(
@@ -296,13 +312,79 @@ class Node:
     # --- reports -----------------------------------------------------------------------
 
     def unlock_author(self, passphrase: str) -> bytes:
+        """The author's seed. A duress passphrase silently destroys the real key and the
+        outbox and returns the decoy's seed (an author with no reports); wrong passphrases
+        are counted when ``wipe_after_wrong_passphrases`` is set, and the last one wipes."""
+        path = self._author_file()
+        try:
+            opened = keystore.open_either(path.read_bytes(), passphrase, "author key")
+        except WrongPassphrase as exc:
+            self._count_wrong_passphrase(exc)
+            raise
+        (self.home / UNLOCK_FAILURES).unlink(missing_ok=True)
+        if opened.duress:
+            self._duress_wipe(opened.plaintext, passphrase, path)
+        return opened.plaintext
+
+    def _author_file(self) -> Path:
         path = self.home / AUTHOR_SECRET
         if not path.exists():
             raise FieldsyncError(
                 f"{self.home} is a relay-only node (no author key);"
                 " reports are written on author nodes"
             )
-        return keystore.open_with_passphrase(path.read_bytes(), passphrase, "author key")
+        return path
+
+    def set_duress_passphrase(self, passphrase: str, duress_passphrase: str) -> None:
+        """Let ``duress_passphrase`` open a decoy author (and destroy the real one)."""
+        path = self._author_file()
+        sealed = path.read_bytes()
+        keystore.open_with_passphrase(sealed, passphrase, "author key")  # the owner sets it
+        try:
+            keystore.open_with_passphrase(sealed, duress_passphrase, "author key")
+        except WrongPassphrase:
+            pass
+        else:
+            raise InputRefused("the duress passphrase must differ from your passphrase")
+        updated = keystore.set_duress(
+            sealed, duress_passphrase, secrets.token_bytes(32), "author key"
+        )
+        keystore.write_private(path, updated)
+
+    def _duress_wipe(self, decoy_seed: bytes, duress_passphrase: str, path: Path) -> None:
+        """Make the decoy the only author key and forget every own report, leaving a working
+        node that looks like a new author's (its relayed items, own sealed reports included,
+        stay and still travel to HQ)."""
+        costs = keystore.profile_of(path.read_bytes(), "author key")
+        keystore.write_private(
+            path,
+            keystore.seal_with_passphrase(
+                decoy_seed, duress_passphrase, costs, with_alt=True, check_strength=False
+            ),
+        )
+        self.close()  # the scrub takes its own connection; ours may hold a read snapshot
+        problems: list[str] = []
+        wipe.scrub_store(self.home / STORE, problems)
+
+    def _count_wrong_passphrase(self, exc: WrongPassphrase) -> None:
+        limit = self.wipe_after_wrong_passphrases
+        if limit <= 0:
+            return
+        counter = self.home / UNLOCK_FAILURES
+        try:
+            failures = int(counter.read_text(encoding="ascii").strip() or 0) + 1
+        except (FileNotFoundError, ValueError):
+            failures = 1
+        if failures < limit:
+            keystore.write_private(counter, f"{failures}\n".encode())
+            return
+        self.close()
+        result = wipe.wipe_node(self.home)
+        raise WrongPassphrase(
+            f"{exc}; that was wrong passphrase {failures} of {limit} in a row"
+            f" ([security] wipe_after_wrong_passphrases), so every key on this node was"
+            f" destroyed ({', '.join(result.destroyed) or 'nothing was left'})"
+        ) from exc
 
     def add_report(
         self,

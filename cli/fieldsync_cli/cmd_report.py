@@ -21,7 +21,7 @@ from fieldsync_cli.common import (
     passphrase_option,
     say,
 )
-from fieldsync_cli.main import home_of
+from fieldsync_cli.main import author_node, home_of
 from fieldsync_protocol.form import Form, FormField
 from fieldsync_protocol.report import SENSITIVITIES
 
@@ -209,7 +209,7 @@ def add(ctx: click.Context, /, **options: Any) -> None:
     attach = list(options.pop("attach"))
     # 0 is a coordinate: only "not given" (None, no repeats, an unset flag) is dropped.
     given = {k: v for k, v in options.items() if v is not None and v != () and v is not False}
-    node = Node(home_of(ctx))
+    node = author_node(ctx)
     try:
         node.membership()  # fail on an unjoined node before asking anything
         form = node_form(node)
@@ -406,7 +406,7 @@ def show(
     The report's content is sealed: only HQ can read it. Attachment names are sealed to your
     own author key on this node, so a seized device does not show them; --names opens them.
     """
-    node = Node(home_of(ctx))
+    node = author_node(ctx)
     try:
         entries = [e for e in node.reports() if e.report_id.startswith(report_id)]
         if len(entries) != 1:

@@ -18,6 +18,7 @@ import click
 
 if TYPE_CHECKING:
     from fieldsync.config import Config
+    from fieldsync.node import Node
 
 # command name -> (module, attribute); modules are imported lazily.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -31,6 +32,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("fieldsync_cli.cmd_report", "report"),
     "form": ("fieldsync_cli.cmd_form", "form"),
     "bundle": ("fieldsync_cli.cmd_bundle", "bundle"),
+    "wipe": ("fieldsync_cli.cmd_wipe", "wipe"),
+    "duress-set": ("fieldsync_cli.cmd_wipe", "duress_set"),
     "run": ("fieldsync_cli.cmd_net", "run"),
     "sync": ("fieldsync_cli.cmd_net", "sync"),
 }
@@ -40,6 +43,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
 # tests/cli/test_startup.py checks every line against the command's own docstring.
 SHORT_HELP: dict[str, str] = {
     "bundle": "Carry sealed items between nodes and HQ on removable media.",
+    "duress-set": "Set a duress passphrase: typed instead of yours, it opens an empty-looking"
+    " author and silently destroys your real key and your list of reports.",
     "form": "The network's report form: what `report add` and the web app ask.",
     "hq": "Headquarters: enrol nodes, ingest reports, alerts, export, issue receipts, serve.",
     "init": "Create this node's keys and write an enrolment request for HQ.",
@@ -51,6 +56,7 @@ SHORT_HELP: dict[str, str] = {
     "status": "Items held, outbox by status, tombstones, disk; peers and upstream if the daemon"
     " runs.",
     "sync": "One sync session with TARGET (HOST:PORT) or --ws URL; print what moved.",
+    "wipe": "Destroy every key on this node at once: author, node and network keys.",
     "web-qr": "The web app's address as a QR code for a phone, and its certificate fingerprint.",
 }
 
@@ -152,3 +158,14 @@ def config_of(
 def home_of(ctx: click.Context) -> Path:
     """The node home: ``--home``, else ``[node] home`` of the config, else the default."""
     return config_of(ctx).node.home
+
+
+def author_node(ctx: click.Context) -> Node:
+    """The node of ``home_of``, counting wrong author passphrases as ``[security]`` says."""
+    from fieldsync.node import Node
+
+    config = config_of(ctx)
+    return Node(
+        config.node.home,
+        wipe_after_wrong_passphrases=config.security.wipe_after_wrong_passphrases,
+    )

@@ -43,7 +43,7 @@ def test_wrong_passphrase(sealed: bytes) -> None:
 
 
 def test_short_passphrase_and_unknown_profile_are_refused() -> None:
-    with pytest.raises(InputRefused, match="at least 8 characters"):
+    with pytest.raises(InputRefused, match="at least 12 characters"):
         keystore.seal_with_passphrase(SECRET, "1234567", "interactive")
     with pytest.raises(InputRefused, match="unknown KDF profile"):
         keystore.seal_with_passphrase(SECRET, PASSPHRASE, "instant")
@@ -136,18 +136,20 @@ def test_passphrases_are_compared_after_unicode_normalisation() -> None:
     assert keystore.open_with_passphrase(sealed, composed, "k") == SECRET
 
 
-def test_sealed_files_carry_format_version_1_and_format_0_still_opens(sealed: bytes) -> None:
+def test_sealed_files_carry_format_version_2_and_formats_0_1_still_open(sealed: bytes) -> None:
     fields = codec.decode(sealed)
-    assert isinstance(fields, dict) and fields["v"] == keystore.SEALED_FORMAT_VERSION == 1
+    assert isinstance(fields, dict) and fields["v"] == keystore.SEALED_FORMAT_VERSION == 2
     format_0 = codec.encode({k: v for k, v in fields.items() if k != "v"})
     assert keystore.open_with_passphrase(format_0, PASSPHRASE, "test key") == SECRET
+    format_1 = codec.encode({**fields, "v": 1})
+    assert keystore.open_with_passphrase(format_1, PASSPHRASE, "test key") == SECRET
 
 
 def test_a_sealed_file_from_a_newer_fieldsync_is_refused_by_version(sealed: bytes) -> None:
     fields = codec.decode(sealed)
     assert isinstance(fields, dict)
-    newer = codec.encode({**fields, "v": 2})
-    with pytest.raises(InputRefused, match=r"format version 2.*upgrade fieldsync"):
+    newer = codec.encode({**fields, "v": 3})
+    with pytest.raises(InputRefused, match=r"format version 3.*upgrade fieldsync"):
         keystore.open_with_passphrase(newer, PASSPHRASE, "test key")
     for bad in (0, True, "1"):
         with pytest.raises(InputRefused, match="test key is damaged"):

@@ -1,0 +1,206 @@
+"""Panic wipe: destroy every key of a node home at once, leaving only ciphertext.
+
+``wipe_node(home)`` is what ``fieldsync wipe`` runs and what another front end (a web app's
+quick exit, a GPIO button, a USB-stick trigger) calls. In order, fastest and most important
+first:
+
+1. every key file is overwritten with random bytes, flushed, and unlinked: the author key
+   (``author.secret`` and any other ``*.secret``), the node's transport key, the membership
+   file (network key and certificate), the enrolment request, the outbox key, a store key if
+   there is one, and leftovers of interrupted atomic writes;
+2. a daemon running on the home is killed (``SIGKILL``: it holds keys in memory);
+3. the store keeps its sealed items (HQ can still receive them if the device is enrolled
+   again) but loses what linked this node's owner to them: own-report marks, the sealed
+   outbox, attachment records, peers met; then the WAL is truncated.
+
+Overwriting a file does not reach copies that flash wear levelling or a journaling file
+system kept; what makes the rest unreadable is that nothing left can decrypt it (README
+"Panic wipe"). Every step runs even if an earlier one failed; the result says what was done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import secrets
+import signal
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+#: Key files of a node home (SPEC.md §15), by name. ``*.secret`` adds any others.
+KEY_FILES: Final = (
+    "author.secret",
+    "node.secret",
+    "membership.bin",
+    "request.txt",
+    "outbox.key",
+    "store.key",
+    "unlock.failures",
+)
+STORE_FILE: Final = "store.db"
+LOCK_FILE: Final = "daemon.lock"
+#: A wipe never waits long for a busy store: keys are already gone by then.
+_STORE_TIMEOUT_MS: Final = 500
+
+
+@dataclass
+class WipeResult:
+    """What a wipe destroyed; ``problems`` lists steps that could not be completed."""
+
+    home: Path
+    destroyed: list[str] = field(default_factory=list)
+    daemon_killed: int | None = None
+    store_scrubbed: bool = False
+    problems: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "home": str(self.home),
+            "destroyed": list(self.destroyed),
+            "daemon_killed": self.daemon_killed,
+            "store_scrubbed": self.store_scrubbed,
+            "problems": list(self.problems),
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def key_files(home: Path) -> list[Path]:
+    """Every file of ``home`` that holds or names a key, whatever the node's role."""
+    found = {home / name for name in KEY_FILES}
+    found.update(home.glob("*.secret"))
+    found.update(home.glob(".*.tmp"))  # an interrupted write_private of any of them
+    authors = home / "authors"  # room for more than one author key per node
+    if authors.is_dir():
+        found.update(p for p in authors.rglob("*") if p.is_file())
+    return sorted(p for p in found if p.is_file() or p.is_symlink())
+
+
+def destroy_file(path: Path) -> None:
+    """Overwrite ``path`` in place with random bytes, flush, unlink (a symlink: unlink only)."""
+    if not path.is_symlink():
+        size = path.stat().st_size
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.pwrite(fd, secrets.token_bytes(size), 0)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    path.unlink()
+
+
+def wipe_node(home: Path) -> WipeResult:
+    """Destroy every key of the node in ``home``; see the module's docstring."""
+    started = time.monotonic()
+    result = WipeResult(home)
+    for path in key_files(home):
+        try:
+            destroy_file(path)
+        except OSError as exc:
+            result.problems.append(f"{path.name}: {exc.strerror or exc}")
+        else:
+            result.destroyed.append(str(path.relative_to(home)))
+    _sync_directory(home, result)
+    result.daemon_killed = _kill_daemon(home, result)
+    result.store_scrubbed = scrub_store(home / STORE_FILE, result.problems)
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _sync_directory(home: Path, result: WipeResult) -> None:
+    try:
+        fd = os.open(home, os.O_RDONLY)
+    except OSError as exc:
+        result.problems.append(f"{home}: {exc.strerror or exc}")
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _kill_daemon(home: Path, result: WipeResult) -> int | None:
+    """Kill the daemon that holds ``home``'s lock, if one does; its pid."""
+    path = home / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        result.problems.append(f"{LOCK_FILE}: {exc.strerror or exc}")
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pass  # held: a daemon runs
+        else:
+            return None  # nobody holds it (the pid in it, if any, is stale)
+        try:
+            pid = int(json.loads(os.pread(fd, 4096, 0) or b"{}").get("pid", 0))
+        except (ValueError, AttributeError):
+            pid = 0
+        if pid <= 1 or pid == os.getpid():
+            result.problems.append("a daemon holds the home but its pid is not recorded")
+            return None
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            result.problems.append(f"daemon pid {pid} runs as another user: stop it")
+            return None
+        return pid
+    finally:
+        os.close(fd)
+
+
+#: What links the node's owner to reports and peers; the items themselves stay (sealed).
+_SCRUB: Final = (
+    "UPDATE items SET own = 0, origin = NULL WHERE own = 1 OR origin IS NOT NULL",
+    "DELETE FROM outbox",
+    "DELETE FROM author_chain",
+    "DELETE FROM own_attachments",
+    "DELETE FROM own_chunks",
+    "DELETE FROM peers",
+    "DELETE FROM origins",
+)
+
+
+def scrub_store(path: Path, problems: list[str]) -> bool:
+    """Remove authorship and peer records from the store at ``path``; False if it could not."""
+    if not path.exists():
+        return True
+    try:
+        conn = sqlite3.connect(path, isolation_level=None, timeout=_STORE_TIMEOUT_MS / 1000)
+    except sqlite3.Error as exc:
+        problems.append(f"{STORE_FILE}: {exc}")
+        return False
+    try:
+        conn.execute("PRAGMA secure_delete=ON")
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+        conn.execute("BEGIN IMMEDIATE")
+        for statement in scrub_statements(tables):
+            conn.execute(statement)
+        conn.execute("COMMIT")
+        busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+    except sqlite3.Error as exc:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        problems.append(f"{STORE_FILE}: {exc}")
+        return False
+    finally:
+        conn.close()
+    if busy:
+        problems.append(f"{STORE_FILE}: the write-ahead log is in use and was not truncated")
+    return True
+
+
+def scrub_statements(tables: set[str]) -> list[str]:
+    """The ``_SCRUB`` statements whose table exists (an older store lacks some)."""
+    return [s for s in _SCRUB if s.split()[2 if s.startswith("DELETE") else 1] in tables]
