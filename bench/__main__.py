@@ -1,13 +1,14 @@
 """``python -m bench [--smoke|--quick|--full] [--cores N] [--peers] [--json FILE]``.
 
 Order (perf_anchors §6.4, calibrate / scenario / calibrate): calibration, S1 + S7, S10
-(relay chain, with the relay daemon's memory), S11 (local writes under sync), calibration
-again (the bound is the mean of both; the drift between them is reported), then the
-reconciliation scenarios on real nodes (S2/S3/S4, 100k), on in-memory sessions (S2/S3/S4,
-1M with --full) and S12 (1M, two processes). ``--cores N`` pins the harness and every
-process it starts to N cores (1: the Pi-like reference); ``--peers`` adds the side-by-side
-run with Syncthing. Progress goes to stderr; the table to stdout, then the JSON (or to
---json FILE).
+(relay chain, with the relay daemon's memory), S11 (local writes under sync), the web app
+(RSS.web: what it adds to the daemon's memory; render.web: its pages while 10k items arrive;
+bench/web.py), calibration again (the bound is the mean of both; the drift between them is
+reported), then the reconciliation scenarios on real nodes (S2/S3/S4, 100k), on in-memory
+sessions (S2/S3/S4, 1M with --full) and S12 (1M, two processes). ``--cores N`` pins the
+harness and every process it starts to N cores (1: the Pi-like reference); ``--peers`` adds
+the side-by-side run with Syncthing. Progress goes to stderr; the table to stdout, then the
+JSON (or to --json FILE).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from bench import (
     responsive,
     s1_bulk,
     startup,
+    web,
 )
 from bench.env import CpuTimes, fingerprint, max_rss_kib
 from bench.workload import SEED, make_pool
@@ -54,6 +56,8 @@ SCENARIOS = (
     "S4.mem",
     "S12",
     "startup",
+    "RSS.web",
+    "render.web",
 )
 DIFFS = 100  # new / missing items in S3, S4 and S12
 S2_BYTES, S3_BYTES, S4_BYTES = 1024, 8 * 1024, 170 * 1024
@@ -73,6 +77,8 @@ class Mode:
     startup_reps: int
     real_sealed: int  # items genuinely sealed (the rest are clones; see workload.ItemPool)
     calibration: calibrate.Settings
+    web_items: int = 10_000  # pushed into the author daemon while its pages render (issue 10)
+    web_memory_reps: int = 3  # daemon starts with the app off and on; the median is kept
 
 
 MODES = {
@@ -87,6 +93,8 @@ MODES = {
         1,
         50,
         calibrate.Settings(reps=1, seconds=0.01, insert_items=500, tcp_bytes=4 << 20),
+        web_items=300,
+        web_memory_reps=1,
     ),
     "quick": Mode(
         "quick",
@@ -198,12 +206,13 @@ def run(mode: Mode, workdir: Path, *, with_peers: bool = False) -> dict[str, Any
             "mem_items": mode.mem_items,
             "s12_items": mode.s12_items,
             "s10_items": mode.s10_items,
+            "web_items": mode.web_items,
             "diffs": DIFFS,
         },
     }
     log(f"mode {mode.name}; work directory {workdir}")
     phase = Phases()
-    pool_size = max(mode.s1_items, mode.s10_items, mode.rec_items + DIFFS)
+    pool_size = max(mode.s1_items, mode.s10_items, mode.web_items, mode.rec_items + DIFFS)
     with phase(
         "setup",
         f"network and item pool: {pool_size} items"
@@ -243,6 +252,12 @@ def run(mode: Mode, workdir: Path, *, with_peers: bool = False) -> dict[str, Any
         f"S11: local report commits and status on B while {mode.s10_items} items arrive",
     ):
         s11_raw = responsive.run_s11(net, pool, mode.s10_items, workdir)
+    with phase(
+        "web",
+        f"web: the app's memory in the daemon; its pages while {mode.web_items} items arrive",
+    ):
+        web_memory = web.run_memory(net, mode.web_memory_reps, workdir)
+        web_render = web.run_render(net, pool, mode.web_items, workdir)
     with phase("calibration2", "calibration 2/2"):
         runs.append(
             calibrate.calibrate(calib_items, net.manifest, workdir / "calib2", mode.calibration)
@@ -257,6 +272,8 @@ def run(mode: Mode, workdir: Path, *, with_peers: bool = False) -> dict[str, Any
     scenarios["S10"] = relay.s10_result(s10_raw, scenarios["S1"]["items_per_s"], combined["bound"])
     scenarios["RSS.relay"] = relay.memory_result(s10_raw)
     scenarios["S11"] = responsive.s11_result(s11_raw)
+    scenarios["RSS.web"] = web.memory_result(web_memory)
+    scenarios["render.web"] = web.render_result(web_render)
     result["s1_raw"] = s1_raw
 
     with phase(

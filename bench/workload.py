@@ -9,7 +9,7 @@ import select
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -95,7 +95,8 @@ START_TIMEOUT = 60.0
 class ServerProcess:
     """``fieldsync --home HOME run --listen 127.0.0.1:0 --json`` in a subprocess."""
 
-    def __init__(self, home: Path, log: Path) -> None:
+    def __init__(self, home: Path, log: Path, env: Mapping[str, str] | None = None) -> None:
+        """``env``: extra environment, e.g. ``FIELDSYNC_WEB_LISTEN`` (configuration)."""
         self.home = home
         self._log: IO[bytes] = log.open("ab")
         self.proc = subprocess.Popen(
@@ -113,7 +114,7 @@ class ServerProcess:
             stdout=subprocess.PIPE,
             stderr=self._log,
             text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
         assert self.proc.stdout is not None
         ready, _, _ = select.select([self.proc.stdout], [], [], START_TIMEOUT)

@@ -16,7 +16,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fieldsync import sdnotify
 from fieldsync.config import Config
@@ -34,7 +34,9 @@ from fieldsync.scheduler import Scheduler, SchedulerPolicy, SyncResult
 from fieldsync.store import Store
 from fieldsync.supervisor import Policy, Supervisor
 from fieldsync.transport import TransportError
-from fieldsync.web.server import WebServer
+
+if TYPE_CHECKING:
+    from fieldsync.web.server import WebServer
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +175,9 @@ class FieldDaemon:
         listen = self.config.web.listen
         if listen is None or self.config.hub.enabled or not runtime.is_author:
             return
+        # Imported here: Jinja2, Babel and the templates cost a relay or the hub nothing.
+        from fieldsync.web.server import WebServer
+
         web = WebServer(
             listen,
             self.config.node.home,

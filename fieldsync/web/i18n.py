@@ -9,18 +9,24 @@ every language that has one. Catalogues are read once, when the app starts.
 from __future__ import annotations
 
 import gettext
+import logging
 import pickle
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from babel import Locale, UnknownLocaleError, localedata
 from babel.dates import format_datetime
 from babel.messages.catalog import Catalog
 from babel.messages.pofile import read_po
 from babel.numbers import format_decimal
+
+log = logging.getLogger(__name__)
 
 LOCALES_DIR = Path(__file__).parent / "locales"
 SOURCE_LANGUAGE = "en"
@@ -35,24 +41,30 @@ class Language:
     #: The language's own name for itself ("Français", "العربية"), for the switch on every
     #: page; read at start without keeping the locale's CLDR data (see ``native_name``).
     name: str
+    #: ``LOCALE_KEYS`` of the locale's CLDR data, read apart (``locale_data_apart``); None:
+    #: read here on first use (``slim_locale``).
+    data: dict[str | int | None, Any] | None = None
 
     @cached_property
     def _plural(self) -> Callable[[int], int]:
         expression = self.catalog.plural_expr if self.catalog is not None else "(n != 1)"
         return gettext.c2py(expression)
 
-    @property
+    @cached_property
     def locale(self) -> Locale:
-        return Locale.parse(self.code)
+        """The locale with only the CLDR data the pages use (blocking the first time)."""
+        if self.data is None:
+            return slim_locale(self.code)
+        return _with_data(Locale.parse(self.code), self.data)
 
     @property
     def direction(self) -> str:
         return "rtl" if self.code in RTL_LANGUAGES else "ltr"
 
     def warm(self) -> None:
-        """Read this locale's CLDR data now (blocking; a few MiB): Babel reads it on first
-        use, which must not happen on the event loop. The app warms a language on a thread
-        the first time a page asks for it, so a node keeps only the languages it serves."""
+        """Make this language ready now (blocking): without data read apart, Babel reads the
+        locale files on first use, which must not happen on the event loop. The app warms a
+        language on a thread the first time a page asks for it."""
         self.datetime(0)
         self.size(1234567)
         _ = self._plural
@@ -94,6 +106,85 @@ class Language:
         return f"{format_decimal(size, locale=self.locale)} B"
 
 
+#: The parts of a locale's CLDR data the pages use: dates, times and numbers. A whole locale
+#: (with the root it inherits from) is 1.5-5 MiB resident, almost all of it names of
+#: languages, territories, currencies, units and time zones no page shows.
+LOCALE_KEYS = (
+    "date_formats",
+    "time_formats",
+    "datetime_formats",
+    "datetime_skeletons",
+    "months",
+    "days",
+    "eras",
+    "day_periods",
+    "quarters",
+    "number_symbols",
+    "decimal_formats",
+    "default_numbering_system",
+    "numbering_systems",
+    "time_zones",
+    "meta_zones",
+    "zone_formats",
+)
+
+
+def slim_locale(code: str) -> Locale:
+    """``code``'s Locale holding only ``LOCALE_KEYS`` of its data (blocking).
+
+    Babel keeps every locale it loaded, whole, in its module caches; this takes the parts
+    the pages use and empties those caches. A key Babel needs but that is not kept fails
+    loudly (KeyError) in the page tests, rather than silently loading the whole locale.
+    """
+    locale = Locale.parse(code)
+    full = localedata.load(str(locale))
+    slim: dict[str | int | None, Any] = {key: full[key] for key in LOCALE_KEYS if key in full}
+    localedata.clear_caches()
+    return _with_data(locale, slim)
+
+
+def _with_data(locale: Locale, data: dict[str | int | None, Any]) -> Locale:
+    # Babel has no public way to give a Locale its data; the attribute is the one its
+    # ``_data`` property fills on first use.
+    locale._Locale__data = localedata.LocaleDataDict(data)  # type: ignore[attr-defined]
+    return locale
+
+
+LocaleData = dict[str, tuple[str, dict[str | int | None, Any]]]
+
+
+def locale_data_apart(codes: list[str], timeout: float = 60.0) -> LocaleData:
+    """Each code's own name and ``LOCALE_KEYS`` data, read in a short-lived child process
+    (``python -m fieldsync.web.i18n CODE...``; blocking).
+
+    Read in the daemon and dropped, whole locale files leave freed but not returned memory
+    behind (about 1.5 MiB, measured with bench/web.py); the child's answer is a few kB a
+    language. If the child fails, the daemon reads the files itself.
+    """
+    try:
+        result = subprocess.run(  # noqa: S603 - our own module, by the running interpreter
+            [sys.executable, "-m", "fieldsync.web.i18n", *codes],
+            check=True,
+            capture_output=True,
+            timeout=timeout,
+        )
+        # Written just now by our own child process, from Babel's package data.
+        answer: LocaleData = pickle.loads(result.stdout)  # noqa: S301
+    except (OSError, subprocess.SubprocessError, pickle.UnpicklingError, EOFError) as exc:
+        log.warning("web app: locale data read in the app itself (%s)", exc)
+        return {}
+    return answer
+
+
+def _read_locale_data(codes: list[str]) -> LocaleData:
+    """``locale_data_apart``'s child."""
+    answer: LocaleData = {}
+    for code in codes:
+        full = localedata.load(str(Locale.parse(code)))
+        answer[code] = (native_name(code), {key: full[key] for key in LOCALE_KEYS if key in full})
+    return answer
+
+
 def native_name(code: str) -> str:
     """``code``'s name in its own language, from its CLDR file (blocking).
 
@@ -112,7 +203,7 @@ def native_name(code: str) -> str:
 
 def load_languages(directory: Path = LOCALES_DIR) -> dict[str, Language]:
     """The source language and every catalogue under ``directory`` (blocking: at start)."""
-    languages = {SOURCE_LANGUAGE: Language(SOURCE_LANGUAGE, None, native_name(SOURCE_LANGUAGE))}
+    catalogs: dict[str, Catalog | None] = {SOURCE_LANGUAGE: None}
     for po in sorted(directory.glob("*/LC_MESSAGES/messages.po")):
         code = po.parent.parent.name
         try:
@@ -120,8 +211,15 @@ def load_languages(directory: Path = LOCALES_DIR) -> dict[str, Language]:
         except (UnknownLocaleError, ValueError):
             continue
         with po.open("rb") as handle:
-            catalog = read_po(handle, locale=code)
-        languages[code] = Language(code, catalog, native_name(code))
+            catalogs[code] = read_po(handle, locale=code)
+    apart = locale_data_apart(list(catalogs))
+    languages = {}
+    for code, catalog in catalogs.items():
+        if code in apart:
+            name, data = apart[code]
+            languages[code] = Language(code, catalog, name, data)
+        else:
+            languages[code] = Language(code, catalog, native_name(code))
     languages[SOURCE_LANGUAGE].warm()
     return languages
 
@@ -147,3 +245,7 @@ def negotiate(accept_language: str, available: set[str]) -> str:
         if primary in available:
             return primary
     return SOURCE_LANGUAGE
+
+
+if __name__ == "__main__":  # locale_data_apart's child: CODE...
+    sys.stdout.buffer.write(pickle.dumps(_read_locale_data(sys.argv[1:])))

@@ -60,7 +60,9 @@ class WebServer:
     async def start(self) -> None:
         context: ssl.SSLContext | None = None
         if self.https:
-            cert, key = await asyncio.to_thread(tls.ensure_certificate, self.home, self.listen.host)
+            cert, key = await asyncio.to_thread(
+                tls.ensure_certificate_apart, self.home, self.listen.host
+            )
             context = await asyncio.to_thread(tls.server_context, cert, key)
             self.settings.fingerprint = await asyncio.to_thread(tls.fingerprint, self.home)
         application = await self.app.application()

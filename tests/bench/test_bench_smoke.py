@@ -25,6 +25,8 @@ SCENARIOS = (
     "S4.mem",
     "S12",
     "startup",
+    "RSS.web",
+    "render.web",
 )
 
 
@@ -80,6 +82,14 @@ def test_smoke_run_reports_every_scenario(tmp_path: Path) -> None:
         "report list",
     }
     assert scenarios["RSS.relay"]["idle_mb"] > 0 and scenarios["RSS.relay"]["after_mb"] > 0
+    web_memory = scenarios["RSS.web"]
+    assert web_memory["off_mb"] > 0
+    for key in ("added_idle_mb", "added_one_language_mb", "added_every_language_mb"):
+        assert _number(web_memory[key]), key
+    render = scenarios["render.web"]
+    assert render["n"] == result["sizes"]["web_items"]
+    assert render["idle"]["n"] >= 1 and render["under_sync"]["n"] >= 1
+    assert _number(render["ratio_to_idle"])
     for name, rate in calibration["rates"].items():
         assert _number(rate) and rate > 0, name
     # the printed table names every scenario with its goal and verdict

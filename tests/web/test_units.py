@@ -252,3 +252,28 @@ def test_web_tls_accepts_only_auto_or_always(tmp_path: Path) -> None:
         with pytest.raises(ConfigError) as caught:
             load_config(path, {}, {})
         assert "[web] tls" in str(caught.value) and "auto, always" in str(caught.value)
+
+
+def test_languages_keep_only_the_locale_data_pages_use_and_format_as_babel_does() -> None:
+    """The slim locales (read in a child process) format dates and numbers exactly as
+    Babel does with the whole locale, and each language carries its own name."""
+    from datetime import UTC, datetime
+
+    from babel import Locale
+    from babel.dates import format_datetime
+    from babel.numbers import format_decimal
+
+    from fieldsync.web.i18n import LOCALE_KEYS, load_languages
+
+    languages = load_languages()
+    assert {"en", "fr", "es", "ar"} <= set(languages)
+    assert languages["ar"].name == "العربية" and languages["fr"].name == "Français"
+    for code, language in languages.items():
+        assert language.data is not None and set(language.data) <= set(LOCALE_KEYS), code
+        whole = Locale.parse(code)
+        for value in (0.0, 1234567.5, 1.7e9):
+            moment = datetime.fromtimestamp(value, UTC)
+            assert language.datetime(value) == format_datetime(
+                moment, "medium", tzinfo=UTC, locale=whole
+            ), code
+            assert language.number(value) == format_decimal(value, locale=whole), code
