@@ -315,6 +315,39 @@ def test_identical_sets_take_one_exchange() -> None:
     assert not any(learnt.values())
 
 
+def test_identical_sets_cost_four_fingerprints() -> None:
+    # S2: the default first message is 4 fingerprints (~100 B), whatever the set size.
+    index = SortedListIndex(h(i) for i in range(5000))
+    first = Reconciler(index, initiator=True).initial()
+    ranges = parse_message(codec.decode(first))
+    assert [r.mode for r in ranges] == [RangeMode.FINGERPRINT] * 4
+    assert len(first) <= 120
+    assert Reconciler(index, initiator=False).receive(first).reply == encode_message([])
+
+
+def test_first_answer_splits_wider_than_later_answers() -> None:
+    # Only the responder's answer to the first message uses first_answer_fanout (64); the
+    # initiator's answers and the responder's later ones split fanout (16) ways.
+    ours = {h(i) for i in range(20_000)}
+    theirs = ours - {h(7)}
+    a, b = SortedListIndex(ours), SortedListIndex(theirs)
+    initiator = Reconciler(a, initiator=True)
+    responder = Reconciler(b, initiator=False)
+
+    def fingerprints(message: bytes) -> int:
+        ranges = parse_message(codec.decode(message))
+        return sum(r.mode is RangeMode.FINGERPRINT for r in ranges)
+
+    first = initiator.initial()
+    assert fingerprints(first) == 4
+    answer = responder.receive(first).reply
+    assert answer is not None and fingerprints(answer) == 64
+    again = initiator.receive(answer).reply
+    assert again is not None and fingerprints(again) == 16
+    last = responder.receive(again).reply
+    assert last is not None and fingerprints(last) == 0  # ~5 ids left: listed
+
+
 def test_empty_peer_gets_everything_pushed_in_one_exchange() -> None:
     ids = {h(i) for i in range(5000)}
     sizes, learnt = reconcile(ids, set())
