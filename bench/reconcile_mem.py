@@ -34,6 +34,27 @@ from fieldsync_protocol.session_messages import Cursor
 
 _SPACE = 1 << 256
 
+#: Issue #13 goals per scenario: (most round trips, most session bytes excluding payload).
+GOALS: dict[str, tuple[int, int]] = {"S2": (1, 400), "S4": (3, 16 * 1024)}
+
+
+def score_goals(records: dict[str, dict[str, Any]]) -> list[str]:
+    """Add ``goal``/``measured``/``verdict`` to each S2/S4 record; returns one line each."""
+    lines = []
+    for name, (max_rt, max_bytes) in GOALS.items():
+        if name not in records:
+            continue
+        record = records[name]
+        rt, overhead = record["round_trips"], record["overhead_bytes"]
+        record["goal"] = f"<= {max_rt} RT, <= {max_bytes} B"
+        record["measured"] = f"{rt} RT, {overhead} B"
+        record["verdict"] = "PASS" if rt <= max_rt and overhead <= max_bytes else "FAIL"
+        lines.append(
+            f"{name} at {record.get('n', '?')} items: goal {record['goal']}, "
+            f"measured {record['measured']}: {record['verdict']}"
+        )
+    return lines
+
 
 def sorted_ids(n: int, seed: int, skip: frozenset[int] = frozenset()) -> Iterator[bytes]:
     """``n`` ascending pseudo-random 32-byte ids (positions in ``skip`` left out)."""
@@ -213,6 +234,7 @@ def run(n: int, d: int, seed: int) -> dict[str, dict[str, Any]]:
     for record in out.values():
         record["n"] = n
         record["build_seconds"] = round(build, 2)
+    score_goals(out)
     return out
 
 
@@ -299,3 +321,12 @@ def memory(n: int, d: int, seed: int) -> dict[str, Any]:
     if not all(r["complete"] for r in results) or sides["initiator"]["items"] != n:
         raise RuntimeError(f"S12 reconciliation did not converge: {results}")
     return {"n": n, "d": d, "sides": sides}
+
+
+if __name__ == "__main__":
+    # python -m bench.reconcile_mem [N ...]: S2/S4 bytes against the issue #13 goals.
+    import sys
+
+    for size in [int(a) for a in sys.argv[1:]] or [100_000, 1_000_000]:
+        for line in score_goals(run(size, 100, 1)):
+            print(line, flush=True)

@@ -14,6 +14,7 @@ from typing import Any
 
 from bench.env import status_kib
 from bench.nodes import sync_once
+from bench.reconcile_mem import score_goals
 from bench.workload import ItemPool, ServerProcess, add_items
 from fieldsync.synthetic import SyntheticNetwork
 
@@ -50,5 +51,6 @@ def run(
         raise RuntimeError(f"real-path scenarios moved the wrong items: {out}")
     for record in out.values():
         record["n"] = n
+    score_goals(out)
     out["server_memory"] = server_memory
     return out

@@ -1120,9 +1120,10 @@ def reconcile_vectors() -> dict[str, Any]:
     assert pushed(SortedListIndex(ids), to_empty.need) == ids
     return {
         "description": "Range fingerprints (SPEC.md §13.3.2) of a fixed set of 40 ids, and a "
-        "reconciliation (§13.3.4) with the reference defaults (initial_fanout 16, fanout 16, "
-        "idlist_threshold 32; split positions floor(k * n / fanout)). The initiator holds "
-        "'ids'; the responder holds them without ids[7] ('missing') and with 'extra'. After "
+        "reconciliation (§13.3.4) with the reference defaults (initial_fanout 4, fanout 16, "
+        "first_answer_fanout 64, idlist_threshold 32; split positions "
+        "floor(k * n / fanout)). The initiator holds 'ids'; the responder holds them "
+        "without ids[7] ('missing') and with 'extra'. After "
         "three messages (the last is DONE) the initiator wants 'extra' and pushes "
         "'missing'. Each fingerprint is over the ids of 'held': 'ids' (the 40 ids) or 'none' "
         "(the empty set). 'empty_store_first_message' is the first message of an initiator "

@@ -234,7 +234,9 @@ def test_parse_accepts_and_round_trips() -> None:
         {"initial_fanout": 5000},
         {"fanout": 16, "idlist_threshold": 8},
         {"idlist_threshold": 2000},
-        {"max_ranges": 10},
+        {"first_answer_fanout": 1},
+        {"first_answer_fanout": 300},
+        {"initial_fanout": 16, "max_ranges": 10},
         {"max_ranges": MAX_RANGES + 1},
         {"max_message": 100},
         {"max_message": 10**8},
@@ -311,6 +313,39 @@ def test_identical_sets_take_one_exchange() -> None:
     sizes, learnt = reconcile(ids, ids)
     assert len(sizes) == 2 and sizes[0] < 450 and sizes[1] < 12
     assert not any(learnt.values())
+
+
+def test_identical_sets_cost_four_fingerprints() -> None:
+    # S2: the default first message is 4 fingerprints (~100 B), whatever the set size.
+    index = SortedListIndex(h(i) for i in range(5000))
+    first = Reconciler(index, initiator=True).initial()
+    ranges = parse_message(codec.decode(first))
+    assert [r.mode for r in ranges] == [RangeMode.FINGERPRINT] * 4
+    assert len(first) <= 120
+    assert Reconciler(index, initiator=False).receive(first).reply == encode_message([])
+
+
+def test_first_answer_splits_wider_than_later_answers() -> None:
+    # Only the responder's answer to the first message uses first_answer_fanout (64); the
+    # initiator's answers and the responder's later ones split fanout (16) ways.
+    ours = {h(i) for i in range(20_000)}
+    theirs = ours - {h(7)}
+    a, b = SortedListIndex(ours), SortedListIndex(theirs)
+    initiator = Reconciler(a, initiator=True)
+    responder = Reconciler(b, initiator=False)
+
+    def fingerprints(message: bytes) -> int:
+        ranges = parse_message(codec.decode(message))
+        return sum(r.mode is RangeMode.FINGERPRINT for r in ranges)
+
+    first = initiator.initial()
+    assert fingerprints(first) == 4
+    answer = responder.receive(first).reply
+    assert answer is not None and fingerprints(answer) == 64
+    again = initiator.receive(answer).reply
+    assert again is not None and fingerprints(again) == 16
+    last = responder.receive(again).reply
+    assert last is not None and fingerprints(last) == 0  # ~5 ids left: listed
 
 
 def test_empty_peer_gets_everything_pushed_in_one_exchange() -> None:

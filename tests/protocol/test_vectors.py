@@ -912,10 +912,12 @@ def test_reconcile_exchange_vector() -> None:
             else:
                 assert got.payload == b""
             lower = stated["upper"] or ""
-    # The first message splits 40 ids into 16 runs at floor(k * 40 / 16), shortest bounds.
+    # The first message splits 40 ids into 4 runs (the default initial_fanout) at
+    # floor(k * 40 / 4), shortest bounds.
     bounds = [r["upper"] for r in RECONCILE["messages"][0]["ranges"]]
+    assert len(bounds) == 4
     for k, bound in enumerate(bounds[:-1], start=1):
-        at = k * len(ours) // 16
+        at = k * len(ours) // 4
         below, above = ours[at - 1], ours[at]
         common = next(n for n in range(32) if below[n] != above[n])
         assert bound == above[: common + 1].hex()
