@@ -60,7 +60,9 @@ SCENARIOS = (
     "render.web",
 )
 DIFFS = 100  # new / missing items in S3, S4 and S12
-S2_BYTES, S3_BYTES, S4_BYTES = 1024, 8 * 1024, 170 * 1024
+# Goals of issue #13: identical sets <= 400 B; first contact with 100 differences <= 16 KB
+# (S4 does not meet it yet: about 123 KB at 100k; the table says FAIL until it does).
+S2_BYTES, S3_BYTES, S4_BYTES = 400, 8 * 1024, 16 * 1024
 S3_RT, S4_RT = 2, 3
 S12_MB = 128
 
@@ -159,7 +161,7 @@ def reconcile_result(
     elif scenario == "S3":
         target, ok = f"<= {S3_RT} RT, <= {S3_BYTES} B", rt <= S3_RT and overhead <= S3_BYTES
     else:
-        target = f"<= {S4_RT} RT, <= {S4_BYTES // 1024} KB (negentropy-v1 parity)"
+        target = f"<= {S4_RT} RT, <= {S4_BYTES // 1024} KB"
         ok = rt <= S4_RT and overhead <= S4_BYTES
     return {
         "metric": "round trips (SyncStats, initiator) and session bytes excluding item payload",
