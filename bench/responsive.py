@@ -16,6 +16,7 @@ from __future__ import annotations
 import multiprocessing
 import statistics
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -74,23 +75,32 @@ def _probe_process(home: Path, socket: Path, conn: Connection) -> None:
         return commits, statuses
 
     try:
-        count = [0]
-
-        def idle_done() -> bool:
-            count[0] += 1
-            return count[0] > IDLE_PROBES
-
-        idle = probe_until(idle_done)
-        conn.send("idle-done")
-        busy = probe_until(conn.poll)
-        conn.send({"idle": idle, "busy": busy})
+        probe_idle_then_busy(conn, probe_until)
     except Exception as exc:
         conn.send(f"error: {exc!r}")
     finally:
         node.close()
 
 
-def _ms(values: list[float]) -> dict[str, float]:
+def probe_idle_then_busy(
+    conn: Connection, probe_until: Callable[[Callable[[], bool]], Any]
+) -> None:
+    """The probing child's side of a latency scenario: ``IDLE_PROBES`` probes with the
+    daemon idle, "idle-done" to the parent, probes until the parent says the load is over,
+    then both series to the parent."""
+    count = [0]
+
+    def idle_done() -> bool:
+        count[0] += 1
+        return count[0] > IDLE_PROBES
+
+    idle = probe_until(idle_done)
+    conn.send("idle-done")
+    busy = probe_until(conn.poll)
+    conn.send({"idle": idle, "busy": busy})
+
+
+def latency_ms(values: list[float]) -> dict[str, float]:
     if not values:
         return {"n": 0, "p50_ms": 0.0, "p99_ms": 0.0, "max_ms": 0.0}
     ordered = sorted(values)
@@ -136,10 +146,10 @@ def run_s11(net: SyntheticNetwork, pool: ItemPool, n: int, workdir: Path) -> dic
     return {
         "n": n,
         "sync_seconds": round(synced.seconds, 3),
-        "commit_idle": _ms(idle_commit),
-        "commit_under_sync": _ms(busy_commit),
-        "status_idle": _ms(idle_status),
-        "status_under_sync": _ms(busy_status),
+        "commit_idle": latency_ms(idle_commit),
+        "commit_under_sync": latency_ms(busy_commit),
+        "status_idle": latency_ms(idle_status),
+        "status_under_sync": latency_ms(busy_status),
     }
 
 

@@ -28,6 +28,7 @@ from typing import Any
 
 from bench.env import status_kib
 from bench.nodes import sync_once
+from bench.responsive import latency_ms, probe_idle_then_busy
 from bench.workload import ItemPool, ServerProcess, add_items
 from fieldsync.synthetic import SyntheticNetwork
 
@@ -38,7 +39,6 @@ LANGUAGES = ("en", "fr", "es", "ar")
 #: The language the render probe reads: right-to-left, the largest locale data.
 PROBE_LANGUAGE = "ar"
 PROBE_EVERY_S = 0.01
-IDLE_PROBES = 60
 SETTLE_S = 0.5  # let a started daemon finish its first tasks before reading its memory
 APP_ON = {"FIELDSYNC_WEB_LISTEN": "127.0.0.1:0"}
 APP_OFF = {"FIELDSYNC_WEB_LISTEN": ""}
@@ -153,33 +153,11 @@ def _probe_process(port: int, conn: Connection) -> None:
     try:
         for path in PAGES:  # first loads (the language's data) are not what is measured
             _get(connection, path, PROBE_LANGUAGE)
-        count = [0]
-
-        def idle_done() -> bool:
-            count[0] += 1
-            return count[0] > IDLE_PROBES
-
-        idle = probe_until(idle_done)
-        conn.send("idle-done")
-        busy = probe_until(conn.poll)
-        conn.send({"idle": idle, "busy": busy})
+        probe_idle_then_busy(conn, probe_until)
     except Exception as exc:
         conn.send(f"error: {exc!r}")
     finally:
         connection.close()
-
-
-def _ms(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {"n": 0, "p50_ms": 0.0, "p99_ms": 0.0, "max_ms": 0.0}
-    ordered = sorted(values)
-    p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
-    return {
-        "n": len(values),
-        "p50_ms": round(1000 * statistics.median(ordered), 2),
-        "p99_ms": round(1000 * p99, 2),
-        "max_ms": round(1000 * ordered[-1], 2),
-    }
 
 
 def run_render(net: SyntheticNetwork, pool: ItemPool, n: int, workdir: Path) -> dict[str, Any]:
@@ -216,8 +194,8 @@ def run_render(net: SyntheticNetwork, pool: ItemPool, n: int, workdir: Path) -> 
         "sync_seconds": round(synced.seconds, 3),
         "language": PROBE_LANGUAGE,
         "pages": list(PAGES),
-        "idle": _ms(result["idle"]),
-        "under_sync": _ms(result["busy"]),
+        "idle": latency_ms(result["idle"]),
+        "under_sync": latency_ms(result["busy"]),
     }
 
 
