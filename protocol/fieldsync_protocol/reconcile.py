@@ -16,6 +16,13 @@ differences for that range, *wants* what it lacks (the session sends WANT) and *
 the peer lacks (DATA), and answers ``SKIP``. A side whose answer is all ``SKIP`` sends the
 empty message (DONE) and reconciliation is over for both.
 
+A small differing range is listed by *windows* instead of full ids (``PREFIXLIST``): ``k``
+bytes of each id, taken after the leading bytes every id of the range shares. The receiver
+pushes its ids whose window is not listed, and answers ``PREFIXWANT``: the windows it lacks
+plus the fingerprint of its ids whose window is listed. The lister checks that fingerprint
+against its listed ids minus the wanted ones: equal, it pushes the wanted ids and the range
+is done; different (two ids of the two sides share a window), it lists the range in full.
+
 The index and its fingerprints are in ``reconcile_index``, the message format in
 ``reconcile_wire``; this module is the reconciler that decides each answer.
 """
@@ -23,8 +30,9 @@ The index and its fingerprints are in ``reconcile_index``, the message format in
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fieldsync_protocol import codec
@@ -35,18 +43,23 @@ from fieldsync_protocol.reconcile_index import (
     INFINITY,
     ZERO,
     ItemIndex,
+    fingerprint_of,
+    id_sum,
     successor,
 )
 from fieldsync_protocol.reconcile_wire import (
     MAX_RANGES,
     MAX_RECONCILE_MESSAGE,
+    MAX_WINDOW,
     MESSAGE_OVERHEAD,
+    MIN_WINDOW,
     RANGE_OVERHEAD,
     Range,
     RangeMode,
     encode_message,
     parse_message,
     range_size,
+    window_offset,
 )
 
 #: Most RECONCILE messages one side receives in a session (a hostile peer cannot stall us).
@@ -54,12 +67,42 @@ MAX_ROUNDS = 256
 
 
 @dataclass(frozen=True, slots=True)
+class Windows:
+    """A PREFIXLIST's windows: ``id[offset : offset + size]`` of each listed id."""
+
+    offset: int
+    size: int
+    listed: frozenset[bytes]
+
+    def holds(self, item_id: bytes) -> bool:
+        return item_id[self.offset : self.offset + self.size] in self.listed
+
+
+@dataclass(frozen=True, slots=True)
 class PushRange:
-    """Our ids the peer lacks: every id we hold in ``[lower, upper)`` not in ``exclude``."""
+    """Our ids the peer lacks: every id we hold in ``[lower, upper)`` not in ``exclude``
+    and, if ``windows`` is set, whose window is not among the peer's listed windows."""
 
     lower: bytes
     upper: bytes
     exclude: frozenset[bytes]
+    windows: Windows | None = None
+
+    def keeps(self, item_id: bytes) -> bool:
+        """Whether ``item_id`` (held, in the range) is to be pushed."""
+        if item_id in self.exclude:
+            return False
+        return self.windows is None or not self.windows.holds(item_id)
+
+
+@dataclass(frozen=True, slots=True)
+class _Listed:
+    """A PREFIXLIST we sent, kept until the peer's answer: its window layout and ids."""
+
+    lower: bytes
+    offset: int
+    size: int
+    ids: list[bytes]
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +117,10 @@ class Step:
     need: list[PushRange]
     #: Reconciliation is over (we sent or received DONE).
     done: bool
+    #: Our ids the peer lacks, named one by one (the peer wanted their windows).
+    push: list[bytes] = field(default_factory=list)
+    #: Ids we asked the peer for by window in ``reply`` (they arrive without a WANT).
+    asked: int = 0
 
 
 @dataclass(frozen=True)
@@ -83,19 +130,25 @@ class ReconcileParams:
     #: Ranges in the initiator's first message (the whole id space split this many ways).
     #: Small, because identical sets (the common repeat case) cost about this many
     #: fingerprints each way: 4 keeps S2 at ~224 B of session messages (16 cost ~508 B);
-    #: ``first_answer_fanout`` = 64 then gives the same leaves as 16 x 16 did.
+    #: ``first_answer_fanout`` = 128 then splits the differing ones finely at once.
     initial_fanout: int = 4
-    #: Ranges a differing range is split into.
-    fanout: int = 16
+    #: Ranges a differing range is split into. Leaves listed by window are cheap, so a
+    #: narrower split with bigger leaves costs less than 16-way splits with 32-id leaves
+    #: (S4, 100 differences at 100k: ~44 KB against ~53 KB).
+    fanout: int = 8
     #: Ranges a differing range is split into in the responder's first answer. The
     #: initiator's first message is split only ``initial_fanout`` ways (cheap when nothing
-    #: differs); splitting wider once here brings the leaves to id-list size within the same
-    #: flights as a 16 x 16 start would, at 100k and 1M ids.
-    first_answer_fanout: int = 64
-    #: A differing range holding at most this many of our ids is answered by an id list.
-    #: (16 would cut S4 at 100k by a third, but then the id lists reach the responder, not
-    #: the initiator, for some layouts, and its WANT costs a 4th round trip.)
-    idlist_threshold: int = 32
+    #: differs); splitting wider once here brings the leaves to list size within the same
+    #: flights at 100k and 1M ids.
+    first_answer_fanout: int = 128
+    #: A differing range holding at most this many of our ids is listed (by window).
+    #: (Smaller leaves make the lists reach the responder, not the initiator, for some
+    #: layouts, and its want then costs a 4th round trip.)
+    idlist_threshold: int = 64
+    #: Bytes of each id a PREFIXLIST carries (0: send full IDLISTs only). With leaves of up
+    #: to 64 ids, 3 bytes make a window collision (it costs a full list of the range, and
+    #: one more exchange when the two sides' ids collide) rare: ~1e-4 per leaf.
+    prefix_bytes: int = 3
     #: Largest message we send (a bigger answer ends with one fingerprint of the rest).
     max_message: int = MAX_RECONCILE_MESSAGE
     #: Most ranges in a message we send (and accept).
@@ -110,6 +163,8 @@ class ReconcileParams:
             raise LocalProtocolError("fan-outs must be 2..256 (initial 2..4096)")
         if not self.fanout <= self.idlist_threshold <= 1024:
             raise LocalProtocolError("the id-list threshold must be fanout..1024")
+        if self.prefix_bytes and not MIN_WINDOW <= self.prefix_bytes <= MAX_WINDOW:
+            raise LocalProtocolError(f"prefix_bytes must be 0 or {MIN_WINDOW}..{MAX_WINDOW}")
         if self.max_ranges < self.initial_fanout + 2 or self.max_ranges > MAX_RANGES:
             raise LocalProtocolError("max_ranges must hold the first message, at most MAX_RANGES")
         worst = MESSAGE_OVERHEAD + (self.initial_fanout + 2) * (RANGE_OVERHEAD + 16)
@@ -164,6 +219,7 @@ class Reconciler:
         self._offered = 0
         self._offered_lo: list[bytes] = []
         self._offered_hi: list[bytes] = []
+        self._listed: dict[bytes, _Listed] = {}
         p = self._params
         split = (max(p.fanout, p.first_answer_fanout) + 1) * (RANGE_OVERHEAD + FINGERPRINT_SIZE)
         idlist = 2 * RANGE_OVERHEAD + p.idlist_threshold * ID_SIZE
@@ -209,11 +265,15 @@ class Reconciler:
         if self._rounds > MAX_ROUNDS:
             raise RemoteProtocolError(f"reconciliation did not finish in {MAX_ROUNDS} rounds")
         ranges = parse_message(value)
+        # Only the message right after ours can answer the PREFIXLISTs it held.
+        listed, self._listed = self._listed, {}
         if not ranges:
             self._done = True
             return Step(None, [], [], True)
         have: list[bytes] = []
         need: list[PushRange] = []
+        push: list[bytes] = []
+        asked = 0
         out = _Builder()
         p = self._params
         first_answer = not self._initiator and self._rounds == 1
@@ -222,47 +282,72 @@ class Reconciler:
         # leaves room to *echo* every fingerprint range still ahead (send our fingerprint
         # back unsplit: the peer splits it next time, nothing is lost); past that they are
         # echoed; if even echoes no longer fit, one fingerprint covers the rest. The first
-        # differing range is always answered, so every message makes progress.
-        fingerprints = [r for r in ranges if r.mode is RangeMode.FINGERPRINT]
-        echo_left = sum(range_size(r.upper, FINGERPRINT_SIZE) for r in fingerprints)
-        fp_left = len(fingerprints)
+        # differing range is always answered, so every message makes progress. A
+        # PREFIXLIST's answer is never longer than the list, so it counts as its own echo.
+        echo_left = sum(_echo_size(r) for r in ranges)
+        open_left = sum(r.mode not in (RangeMode.SKIP, RangeMode.IDLIST) for r in ranges)
         limit = p.max_message - 2 * range_size(INFINITY, FINGERPRINT_SIZE)
         answered = False
         lower = ZERO
         for r in ranges:
             if r.mode is RangeMode.SKIP:
                 out.skip(r.upper)
-            elif r.mode is RangeMode.IDLIST:
+                lower = r.upper
+                continue
+            if r.mode is RangeMode.IDLIST:
                 self._learn(lower, r.upper, r.payload, have, need)
                 out.skip(r.upper)
-            elif out.size > limit or len(out.ranges) + 3 > p.max_ranges:
+                lower = r.upper
+                continue
+            if r.mode is not RangeMode.PREFIXLIST and (
+                out.size > limit or len(out.ranges) + 3 > p.max_ranges
+            ):
                 out.add(INFINITY, RangeMode.FINGERPRINT, self._index.fingerprint(lower, INFINITY))
                 break
+            echo_left -= _echo_size(r)
+            open_left -= 1
+            if r.mode is RangeMode.PREFIXLIST:
+                answer = self._learn_windows(lower, r.upper, r.payload, need)
+                if answer is not None and answer[0]:
+                    out.add(r.upper, RangeMode.PREFIXWANT, answer[1])
+                    asked += answer[0]
+                    lower = r.upper
+                    continue
+                same = answer is not None
+            elif r.mode is RangeMode.PREFIXWANT:
+                wanted = self._check_windows(lower, r.upper, r.payload, listed)
+                same = wanted is not None
+                push += wanted or []
             else:
-                echo_left -= range_size(r.upper, FINGERPRINT_SIZE)
-                fp_left -= 1
-                ours = self._index.fingerprint(lower, r.upper)
-                if ours == r.payload:
-                    out.skip(r.upper)
-                elif answered and (
-                    out.size + self._reserve + echo_left > p.max_message
-                    or len(out.ranges) + fanout + fp_left + 3 > p.max_ranges
-                ):
-                    out.add(r.upper, RangeMode.FINGERPRINT, ours)
-                else:
-                    self._answer(lower, r.upper, out, fanout)
-                    answered = True
+                same = self._index.fingerprint(lower, r.upper) == r.payload
+            if same:
+                out.skip(r.upper)
+            elif answered and (
+                out.size + self._reserve + echo_left > p.max_message
+                or len(out.ranges) + fanout + open_left + 3 > p.max_ranges
+            ):
+                out.add(r.upper, RangeMode.FINGERPRINT, self._index.fingerprint(lower, r.upper))
+            else:
+                # A window collision (PREFIXLIST, PREFIXWANT) is resolved by full ids.
+                full = r.mode is not RangeMode.FINGERPRINT
+                self._answer(lower, r.upper, out, fanout, full=full)
+                answered = True
             lower = r.upper
         reply = out.finish()
         if not reply:
             self._done = True
-        return Step(encode_message(reply), have, need, self._done)
+        return Step(encode_message(reply), have, need, self._done, push, asked)
 
-    def _answer(self, lower: bytes, upper: bytes, out: _Builder, fanout: int) -> None:
-        """Describe our ids in ``[lower, upper)``: list them, or split into fingerprints."""
+    def _answer(
+        self, lower: bytes, upper: bytes, out: _Builder, fanout: int, *, full: bool = False
+    ) -> None:
+        """Describe our ids in ``[lower, upper)``: list them (by window unless ``full``), or
+        split into fingerprints."""
         n = self._index.count(lower, upper)
         if n <= self._params.idlist_threshold:
             ids = self._index.ids(lower, upper, n)
+            if not full and ids and self._list_windows(lower, upper, ids, out):
+                return
             out.add(upper, RangeMode.IDLIST, b"".join(ids))
             self._offer(lower, upper, len(ids))
             return
@@ -271,6 +356,77 @@ class Reconciler:
         for hi in bounds:
             out.add(hi, RangeMode.FINGERPRINT, self._index.fingerprint(lo, hi))
             lo = hi
+
+    def _list_windows(self, lower: bytes, upper: bytes, ids: list[bytes], out: _Builder) -> bool:
+        """Send a PREFIXLIST of ``ids`` if their windows are distinct; False if not."""
+        size = self._params.prefix_bytes
+        offset = window_offset(lower, upper)
+        if not size or offset + size > ID_SIZE:
+            return False
+        windows = [i[offset : offset + size] for i in ids]
+        if any(b <= a for a, b in itertools.pairwise(windows)):
+            return False
+        check = fingerprint_of(id_sum(ids), len(ids))
+        out.add(upper, RangeMode.PREFIXLIST, bytes([size]) + check + b"".join(windows))
+        self._listed[upper] = _Listed(lower, offset, size, ids)
+        return True
+
+    def _learn_windows(
+        self, lower: bytes, upper: bytes, payload: bytes, need: list[PushRange]
+    ) -> tuple[int, bytes] | None:
+        """The peer listed the windows of its ids in ``[lower, upper)`` and their
+        fingerprint. Push ours whose window is not listed; then, if we lack none of its
+        windows and our ids with listed windows have its fingerprint, the range is done:
+        ``(0, b"")``; if we lack some, ``(how many, PREFIXWANT payload)``; None if the
+        fingerprint shows a window collision (the range is then answered by full ids)."""
+        size = payload[0]
+        theirs = payload[1 : 1 + FINGERPRINT_SIZE]
+        offset = window_offset(lower, upper)
+        listed = [payload[i : i + size] for i in range(1 + FINGERPRINT_SIZE, len(payload), size)]
+        windows = Windows(offset, size, frozenset(listed))
+        n = self._index.count(lower, upper)
+        if n <= 4 * len(listed) + 64:
+            matched = [x for x in self._index.ids(lower, upper, n) if windows.holds(x)]
+        else:
+            # Far more ids here than the peer has: look its windows up one by one.
+            head = lower.ljust(ID_SIZE, b"\x00")[:offset]
+            matched = []
+            for w in listed:
+                lo = max(lower, head + w)
+                hi = min(upper, _prefix_end(head + w))
+                matched += self._index.ids(lo, hi, self._index.count(lo, hi))
+        found = {x[offset : offset + size] for x in matched}
+        lacked = [w for w in listed if w not in found]
+        check = fingerprint_of(id_sum(matched), len(matched))
+        if not lacked and check != theirs:
+            return None
+        if len(matched) < n:
+            need.append(PushRange(lower, upper, frozenset(), windows))
+        return len(lacked), check + b"".join(lacked)
+
+    def _check_windows(
+        self, lower: bytes, upper: bytes, payload: bytes, listed: dict[bytes, _Listed]
+    ) -> list[bytes] | None:
+        """The peer answered our PREFIXLIST of ``[lower, upper)``: the ids it wants, or None
+        if its fingerprint shows a window collision (the range is then listed in full)."""
+        entry = listed.get(upper)
+        if entry is None or entry.lower != lower:
+            raise RemoteProtocolError("PREFIXWANT for a range we did not list by window")
+        size, offset = entry.size, entry.offset
+        check, rest = payload[:FINGERPRINT_SIZE], payload[FINGERPRINT_SIZE:]
+        if len(rest) % size:
+            raise RemoteProtocolError("PREFIXWANT windows are not a multiple of the window size")
+        by_window = {x[offset : offset + size]: x for x in entry.ids}
+        lacked = [rest[i : i + size] for i in range(0, len(rest), size)]
+        if any(b <= a for a, b in itertools.pairwise(lacked)):
+            raise RemoteProtocolError("PREFIXWANT windows not strictly ascending")
+        if any(w not in by_window for w in lacked):
+            raise RemoteProtocolError("PREFIXWANT names a window we did not list")
+        wanted = [by_window[w] for w in lacked]
+        kept = [x for x in entry.ids if x[offset : offset + size] not in set(lacked)]
+        if fingerprint_of(id_sum(kept), len(kept)) != check:
+            return None
+        return wanted
 
     def _learn(
         self, lower: bytes, upper: bytes, payload: bytes, have: list[bytes], need: list[PushRange]
@@ -307,3 +463,20 @@ class Reconciler:
             k = bisect.bisect_right(self._offered_lo, item_id) - 1
             if k < 0 or item_id >= self._offered_hi[k]:
                 raise RemoteProtocolError("WANT names an id we never listed")
+
+
+def _prefix_end(prefix: bytes) -> bytes:
+    """The bound just above every id starting with ``prefix`` (INFINITY past the top)."""
+    value = int.from_bytes(prefix, "big") + 1
+    if value >> (8 * len(prefix)):
+        return INFINITY
+    return value.to_bytes(len(prefix), "big").rstrip(b"\x00")
+
+
+def _echo_size(r: Range) -> int:
+    """Most bytes our answer to ``r`` takes when echoed (0 for ranges answered by SKIP)."""
+    if r.mode is RangeMode.PREFIXLIST:
+        return range_size(r.upper, len(r.payload))
+    if r.mode in (RangeMode.FINGERPRINT, RangeMode.PREFIXWANT):
+        return range_size(r.upper, FINGERPRINT_SIZE)
+    return 0

@@ -1,13 +1,16 @@
 """The RECONCILE message (SPEC.md §13.3): a list of ranges covering the whole id space.
 
 Each range ``[previous upper, upper)`` carries a mode: ``SKIP`` (nothing more to do here),
-``FINGERPRINT`` (of the sender's ids in the range) or ``IDLIST`` (every id the sender holds in
-the range). Bounds travel with trailing zero bytes stripped, infinity as nil; the empty list
-is DONE. ``parse_message`` raises only ``RemoteProtocolError``.
+``FINGERPRINT`` (of the sender's ids in the range), ``IDLIST`` (every id the sender holds in
+the range), ``PREFIXLIST`` (a short window of every id the sender holds in the range) or
+``PREFIXWANT`` (the answer to a PREFIXLIST). Bounds travel with trailing zero bytes stripped,
+infinity as nil; the empty list is DONE. ``parse_message`` raises only
+``RemoteProtocolError``.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
@@ -44,6 +47,30 @@ class RangeMode(IntEnum):
     SKIP = 0
     FINGERPRINT = 1
     IDLIST = 2
+    PREFIXLIST = 3
+    PREFIXWANT = 4
+
+
+#: Window lengths a PREFIXLIST may use (bytes per id).
+MIN_WINDOW = 2
+MAX_WINDOW = 16
+
+_SPACE_TOP = (1 << (8 * ID_SIZE)) - 1
+
+
+def window_offset(lower: bytes, upper: bytes) -> int:
+    """Leading bytes every id in ``[lower, upper)`` shares (bounds of 0..32 bytes or
+    ``INFINITY``): the common prefix of ``lower`` and the largest id below ``upper``."""
+    low = lower.ljust(ID_SIZE, b"\x00")
+    if upper == INFINITY:
+        top = _SPACE_TOP
+    else:
+        top = int.from_bytes(upper.ljust(ID_SIZE, b"\x00"), "big") - 1
+    high = top.to_bytes(ID_SIZE, "big")
+    c = 0
+    while c < ID_SIZE and low[c] == high[c]:
+        c += 1
+    return c
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +124,7 @@ def parse_message(value: Any, *, max_ranges: int = MAX_RANGES) -> list[Range]:
         if upper <= lower:
             raise RemoteProtocolError(f"{what}: bounds are not strictly ascending")
         raw_mode, payload = flat[k + 1], flat[k + 2]
-        if not isinstance(raw_mode, int) or isinstance(raw_mode, bool) or not 0 <= raw_mode <= 2:
+        if not isinstance(raw_mode, int) or isinstance(raw_mode, bool) or not 0 <= raw_mode <= 4:
             raise RemoteProtocolError(f"{what}: unknown range mode {raw_mode!r:.20}")
         if not isinstance(payload, bytes):
             raise RemoteProtocolError(f"{what}: a range payload must be bytes")
@@ -110,8 +137,14 @@ def parse_message(value: Any, *, max_ranges: int = MAX_RANGES) -> list[Range]:
         elif mode is RangeMode.FINGERPRINT:
             if len(payload) != FINGERPRINT_SIZE:
                 raise RemoteProtocolError(f"{what}: a fingerprint is {FINGERPRINT_SIZE} bytes")
-        else:
+        elif mode is RangeMode.IDLIST:
             _check_idlist(payload, lower, upper, what)
+        elif mode is RangeMode.PREFIXLIST:
+            _check_prefixlist(payload, lower, upper, what)
+        elif len(payload) < FINGERPRINT_SIZE:
+            raise RemoteProtocolError(
+                f"{what}: a PREFIXWANT starts with a {FINGERPRINT_SIZE}-byte fingerprint"
+            )
         ranges.append(Range(upper, mode, payload))
         lower = upper
     if ranges and lower != INFINITY:
@@ -132,3 +165,27 @@ def _check_idlist(payload: bytes, lower: bytes, upper: bytes, what: str) -> None
         prev = item_id
     if payload and prev >= upper:
         raise RemoteProtocolError(f"{what}: id list not strictly ascending inside its range")
+
+
+def _check_prefixlist(payload: bytes, lower: bytes, upper: bytes, what: str) -> None:
+    if not payload or not MIN_WINDOW <= payload[0] <= MAX_WINDOW:
+        raise RemoteProtocolError(
+            f"{what}: a PREFIXLIST starts with its window length, {MIN_WINDOW}..{MAX_WINDOW}"
+        )
+    size = payload[0]
+    offset = window_offset(lower, upper)
+    if offset + size > ID_SIZE:
+        raise RemoteProtocolError(f"{what}: a PREFIXLIST window runs past the id's end")
+    start = 1 + FINGERPRINT_SIZE
+    if len(payload) <= start or (len(payload) - start) % size:
+        raise RemoteProtocolError(
+            f"{what}: a PREFIXLIST is its window length, a fingerprint and 1 or more windows"
+        )
+    head = lower.ljust(ID_SIZE, b"\x00")[:offset]
+    windows = [payload[i : i + size] for i in range(start, len(payload), size)]
+    if any(b <= a for a, b in itertools.pairwise(windows)):
+        raise RemoteProtocolError(f"{what}: PREFIXLIST windows not strictly ascending")
+    # The lowest and highest ids the first and last windows can stand for must lie in range.
+    tail = ID_SIZE - offset - size
+    if head + windows[-1] + b"\x00" * tail >= upper or head + windows[0] + b"\xff" * tail < lower:
+        raise RemoteProtocolError(f"{what}: a PREFIXLIST window lies outside its range")

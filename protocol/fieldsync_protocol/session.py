@@ -30,7 +30,7 @@ from typing import Any, Final, Protocol
 
 from fieldsync_protocol import session_messages as messages
 from fieldsync_protocol.errors import LocalProtocolError, RemoteProtocolError
-from fieldsync_protocol.reconcile import ReconcileParams, Reconciler
+from fieldsync_protocol.reconcile import PushRange, ReconcileParams, Reconciler
 from fieldsync_protocol.reconcile_index import ItemIndex, successor
 from fieldsync_protocol.session_messages import (
     ACK,
@@ -268,7 +268,7 @@ class _Wanted:
 class _Push:
     lower: bytes
     upper: bytes
-    exclude: frozenset[bytes]
+    range: PushRange
 
 
 class SyncSession:
@@ -526,7 +526,13 @@ class SyncSession:
             self._outbox.append(want)
         if step.reply is not None:
             self._queue_reconcile(step.reply)
-        self._queue.extend(_Push(p.lower, p.upper, p.exclude) for p in step.need)
+        # Windows we asked for arrive without a WANT: they count against our quota too.
+        if step.asked > self._want_budget:
+            self._incomplete = True
+        self._want_budget = max(0, self._want_budget - step.asked)
+        if step.push:
+            self._queue.append(_Wanted(step.push))
+        self._queue.extend(_Push(p.lower, p.upper, p) for p in step.need)
         return Outcome.RECONCILED if step.done else Outcome.HANDLED
 
     def _on_want(self, message: Received) -> Outcome:
@@ -632,7 +638,7 @@ class SyncSession:
                     self._queue.popleft()
                 else:
                     work.lower = successor(ids[-1])
-                ids = [i for i in ids if i not in work.exclude]
+                ids = [i for i in ids if work.range.keeps(i)]
             ids = self._hold_back_media(ids)
             items = self._source.get(ids) if ids else []
             if items:

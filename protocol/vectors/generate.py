@@ -43,7 +43,7 @@ from fieldsync_protocol.errors import RemoteProtocolError
 from fieldsync_protocol.handshake import CERT_PAD, PROLOGUE, PROTOCOL_NAME, PeerHandshake
 from fieldsync_protocol.items import parse_item
 from fieldsync_protocol.keytext import KeyKind
-from fieldsync_protocol.reconcile import Reconciler
+from fieldsync_protocol.reconcile import ReconcileParams, Reconciler
 from fieldsync_protocol.reconcile_index import (
     EMPTY_FINGERPRINT,
     INFINITY,
@@ -1088,7 +1088,40 @@ def ranges_entry(data: bytes) -> list[dict[str, Any]]:
 
 
 def pushed(index: SortedListIndex, need: Sequence[Any]) -> list[bytes]:
-    return [i for p in need for i in index.ids(p.lower, p.upper, len(index)) if i not in p.exclude]
+    return [i for p in need for i in index.ids(p.lower, p.upper, len(index)) if p.keeps(i)]
+
+
+#: The parameters of the full-id exchange: the defaults before PREFIXLIST existed.
+FULL_ID_PARAMS = ReconcileParams(
+    initial_fanout=4, fanout=16, first_answer_fanout=64, idlist_threshold=32, prefix_bytes=0
+)
+
+
+def window_exchange() -> dict[str, Any]:
+    """The same two sets reconciled with the default parameters: the initiator's 40 ids
+    are few enough to be listed by window at once."""
+    ids = reconcile_ids()
+    missing = ids[7]
+    theirs = sorted([*(i for i in ids if i != missing), RECONCILE_EXTRA])
+    ours_index, theirs_index = SortedListIndex(ids), SortedListIndex(theirs)
+    initiator = Reconciler(ours_index, initiator=True)
+    responder = Reconciler(theirs_index, initiator=False)
+    first = initiator.initial()
+    answer = responder.receive(first)
+    assert answer.reply is not None and answer.asked == 1 and not answer.have
+    assert pushed(theirs_index, answer.need) == [RECONCILE_EXTRA]
+    last = initiator.receive(answer.reply)
+    assert last.reply is not None and last.done and last.push == [missing]
+    assert not last.have and not last.need
+    assert responder.receive(last.reply).done
+    messages = [("initiator", first), ("responder", answer.reply), ("initiator", last.reply)]
+    return {
+        "messages": [
+            {"from": side, "hex": h(data), "ranges": ranges_entry(data)} for side, data in messages
+        ],
+        "responder_pushes": [h(RECONCILE_EXTRA)],
+        "initiator_pushes": [h(missing)],
+    }
 
 
 def reconcile_vectors() -> dict[str, Any]:
@@ -1103,8 +1136,8 @@ def reconcile_vectors() -> dict[str, Any]:
     missing = ids[7]
     theirs = sorted([*(i for i in ids if i != missing), RECONCILE_EXTRA])
     ours_index, theirs_index = SortedListIndex(ids), SortedListIndex(theirs)
-    initiator = Reconciler(ours_index, initiator=True)
-    responder = Reconciler(theirs_index, initiator=False)
+    initiator = Reconciler(ours_index, initiator=True, params=FULL_ID_PARAMS)
+    responder = Reconciler(theirs_index, initiator=False, params=FULL_ID_PARAMS)
     first = initiator.initial()
     answer = responder.receive(first)
     assert answer.reply is not None and not answer.have and not answer.need
@@ -1119,13 +1152,17 @@ def reconcile_vectors() -> dict[str, Any]:
     assert to_empty.reply is not None and to_empty.done and not to_empty.have
     assert pushed(SortedListIndex(ids), to_empty.need) == ids
     return {
-        "description": "Range fingerprints (SPEC.md §13.3.2) of a fixed set of 40 ids, and a "
-        "reconciliation (§13.3.4) with the reference defaults (initial_fanout 4, fanout 16, "
-        "first_answer_fanout 64, idlist_threshold 32; split positions "
-        "floor(k * n / fanout)). The initiator holds 'ids'; the responder holds them "
-        "without ids[7] ('missing') and with 'extra'. After "
-        "three messages (the last is DONE) the initiator wants 'extra' and pushes "
-        "'missing'. Each fingerprint is over the ids of 'held': 'ids' (the 40 ids) or 'none' "
+        "description": "Range fingerprints (SPEC.md §13.3.2) of a fixed set of 40 ids, and "
+        "two reconciliations (§13.3.4). The initiator holds 'ids'; the responder holds them "
+        "without ids[7] ('missing') and with 'extra'. 'messages' lists full ids "
+        "(initial_fanout 4, fanout 16, first_answer_fanout 64, idlist_threshold 32, "
+        "prefix_bytes 0; split positions floor(k * n / fanout)): after three messages (the "
+        "last is DONE) the initiator wants 'extra' and pushes 'missing'. 'windows' uses the "
+        "reference defaults (initial_fanout 4, fanout 8, first_answer_fanout 128, "
+        "idlist_threshold 64, prefix_bytes 3): the initiator lists its 40 ids by window "
+        "(PREFIXLIST, §13.3.5), the responder pushes 'extra' and answers PREFIXWANT naming the "
+        "window of 'missing', and the initiator, its check passing, pushes 'missing' and "
+        "sends DONE. Each fingerprint is over the ids of 'held': 'ids' (the 40 ids) or 'none' "
         "(the empty set). 'empty_store_first_message' is the first message of an initiator "
         "that holds no id (§13.3.4): one IDLIST range up to infinity with no ids; a peer "
         "holding the 40 ids answers DONE and pushes all of them. Bounds are hex, null is "
@@ -1141,6 +1178,7 @@ def reconcile_vectors() -> dict[str, Any]:
         "initiator_wants": [h(i) for i in last.have],
         "initiator_pushes": [h(missing)],
         "empty_store_first_message": {"hex": h(empty_first), "ranges": ranges_entry(empty_first)},
+        "windows": window_exchange(),
     }
 
 

@@ -32,6 +32,7 @@ from fieldsync_protocol.reconcile_wire import (
     RangeMode,
     encode_message,
     parse_message,
+    window_offset,
 )
 
 
@@ -186,7 +187,23 @@ FP = b"\x01" * 16
         (rec(b"\x05\x00", 1, FP, None, 0, b""), "zero byte"),
         (rec(b"\x05", 1, FP, b"\x05", 1, FP, None, 0, b""), "strictly ascending"),
         (rec(b"\x05", 1, FP, b"\x04", 1, FP, None, 0, b""), "strictly ascending"),
-        (rec(None, 3, b""), "unknown range mode"),
+        (rec(None, 5, b""), "unknown range mode"),
+        (rec(None, 3, b""), "window length, 2..16"),
+        (rec(None, 3, b"\x01" + FP + b"a"), "window length, 2..16"),
+        (rec(None, 3, b"\x11" + FP + b"a" * 17), "window length, 2..16"),
+        (rec(None, 3, b"\x03" + FP), "1 or more windows"),
+        (rec(None, 3, b"\x03" + FP + b"ab"), "1 or more windows"),
+        (rec(None, 3, b"\x03" + b"abcd"), "1 or more windows"),
+        (rec(None, 3, b"\x03" + FP + b"bbbaaa"), "windows not strictly ascending"),
+        (rec(None, 3, b"\x03" + FP + b"aaaaaa"), "windows not strictly ascending"),
+        (rec(b"\x05", 3, b"\x03" + FP + b"\x06\x00\x00", None, 0, b""), "outside its range"),
+        (rec(b"\x80", 0, b"", None, 3, b"\x03" + FP + b"\x10\x00\x00"), "outside its range"),
+        # [05 x 20, 05 x 20 01): every id shares 21 bytes, so 16-byte windows overrun the id
+        (
+            rec(b"\x05" * 20, 0, b"", b"\x05" * 20 + b"\x01", 3, b"\x10" + FP + b"w" * 16),
+            "runs past",
+        ),
+        (rec(None, 4, b"\x01" * 15), "starts with a 16-byte fingerprint"),
         (rec(None, -1, b""), "unknown range mode"),
         (rec(None, True, FP), "unknown range mode"),
         (rec(None, "1", FP), "unknown range mode"),
@@ -214,6 +231,8 @@ def test_parse_accepts_and_round_trips() -> None:
         Range(b"\x05", RangeMode.SKIP),
         Range(b"\x06", RangeMode.IDLIST, b"\x05" + b"\x00" * 31 + b"\x05\xff" + b"\x00" * 30),
         Range(b"\x80", RangeMode.FINGERPRINT, FP),
+        Range(b"\x90", RangeMode.PREFIXLIST, b"\x02" + FP + b"\x80\x00\x8f\xff"),
+        Range(b"\xa0", RangeMode.PREFIXWANT, FP + b"\x91\x00"),
         Range(INFINITY, RangeMode.IDLIST, b""),
     ]
     data = encode_message(ranges)
@@ -240,6 +259,8 @@ def test_parse_accepts_and_round_trips() -> None:
         {"max_ranges": MAX_RANGES + 1},
         {"max_message": 100},
         {"max_message": 10**8},
+        {"prefix_bytes": 1},
+        {"prefix_bytes": 17},
     ],
 )
 def test_params_checked(kw: dict[str, int]) -> None:
@@ -253,7 +274,7 @@ def test_params_checked(kw: dict[str, int]) -> None:
 def expand(index: SortedListIndex, need: list[PushRange]) -> set[bytes]:
     out: set[bytes] = set()
     for p in need:
-        out.update(i for i in index.ids(p.lower, p.upper, 10**9) if i not in p.exclude)
+        out.update(i for i in index.ids(p.lower, p.upper, 10**9) if p.keeps(i))
     return out
 
 
@@ -274,7 +295,7 @@ def reconcile(
         side, index, name = (rb, b, "b") if turn % 2 == 0 else (ra, a, "a")
         step = side.receive(message)
         learnt[name + "_have"].update(step.have)
-        learnt[name + "_need"].update(expand(index, step.need))
+        learnt[name + "_need"].update(expand(index, step.need), step.push)
         message = step.reply
         turn += 1
         if message is not None:
@@ -326,9 +347,9 @@ def test_identical_sets_cost_four_fingerprints() -> None:
 
 
 def test_first_answer_splits_wider_than_later_answers() -> None:
-    # Only the responder's answer to the first message uses first_answer_fanout (64); the
-    # initiator's answers and the responder's later ones split fanout (16) ways.
-    ours = {h(i) for i in range(20_000)}
+    # Only the responder's answer to the first message uses first_answer_fanout (128); the
+    # initiator's answers and the responder's later ones split fanout (8) ways.
+    ours = {h(i) for i in range(200_000)}
     theirs = ours - {h(7)}
     a, b = SortedListIndex(ours), SortedListIndex(theirs)
     initiator = Reconciler(a, initiator=True)
@@ -341,11 +362,11 @@ def test_first_answer_splits_wider_than_later_answers() -> None:
     first = initiator.initial()
     assert fingerprints(first) == 4
     answer = responder.receive(first).reply
-    assert answer is not None and fingerprints(answer) == 64
+    assert answer is not None and fingerprints(answer) == 128
     again = initiator.receive(answer).reply
-    assert again is not None and fingerprints(again) == 16
+    assert again is not None and fingerprints(again) == 8
     last = responder.receive(again).reply
-    assert last is not None and fingerprints(last) == 0  # ~5 ids left: listed
+    assert last is not None and fingerprints(last) == 0  # ~49 ids left: listed
 
 
 def test_empty_peer_gets_everything_pushed_in_one_exchange() -> None:
@@ -396,7 +417,9 @@ def test_turns_and_rounds() -> None:
 def test_frame_limit_answers_the_rest_with_one_fingerprint() -> None:
     a_ids = {h(i) for i in range(3000)}
     b_ids = {h(i) for i in range(1500, 4500)}
-    params = ReconcileParams(max_message=2000, max_ranges=40)
+    params = ReconcileParams(
+        max_message=2000, max_ranges=40, fanout=16, first_answer_fanout=16, idlist_threshold=32
+    )
     sizes, learnt = reconcile(a_ids, b_ids, params)
     assert max(sizes) <= 2000
     assert learnt["a_have"] | learnt["b_need"] == b_ids - a_ids
@@ -425,3 +448,178 @@ def test_wanted_ids_must_lie_in_listed_ranges() -> None:
     for bad in (b"\x01" * 32, b"\x55" * 32, b"\x70" + b"\x00" * 31, b"\xff" * 32):
         with pytest.raises(RemoteProtocolError, match="never listed"):
             r.check_wanted([bad])
+
+
+# --- windows (PREFIXLIST / PREFIXWANT) --------------------------------------------------------
+
+
+def test_window_offset_skips_the_bytes_a_range_shares() -> None:
+    assert window_offset(ZERO, INFINITY) == 0
+    assert window_offset(b"\xab\x12", b"\xab\x13") == 2  # every id starts ab 12
+    assert window_offset(b"\xab\x12", b"\xab\x14") == 1
+    assert window_offset(b"\xab", b"\xab\x00\x00\x01") == 4  # ab 00 00 00 ...
+    # the reconciler lists a narrow range by the bytes after the shared ones
+    ids = sorted(b"\xab\x12" + bytes([i]) + h(i)[3:] for i in range(5))
+    r = Reconciler(SortedListIndex(ids), initiator=False)
+    step = r.receive(
+        encode_message(
+            [
+                Range(b"\xab\x12", RangeMode.SKIP),
+                Range(b"\xab\x13", RangeMode.FINGERPRINT, FP),
+                Range(INFINITY, RangeMode.SKIP),
+            ]
+        )
+    )
+    assert step.reply is not None
+    listed = parse_message(codec.decode(step.reply))[1]
+    assert listed.mode is RangeMode.PREFIXLIST
+    assert listed.payload[17:] == b"".join(i[2:5] for i in ids)
+
+
+def twin(item_id: bytes) -> bytes:
+    """Another id with the same first 24 bytes: the same window at any offset below 22."""
+    return item_id[:24] + hashlib.blake2b(item_id, digest_size=8).digest()
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    st.sets(ids_st, max_size=100),
+    st.sets(ids_st, max_size=20),
+    st.sets(ids_st, max_size=15),
+    st.sets(ids_st, max_size=15),
+    st.sampled_from(
+        [None, ReconcileParams(prefix_bytes=2), small, ReconcileParams(prefix_bytes=16)]
+    ),
+)
+def test_reconciliation_converges_with_window_collisions(
+    common: set[bytes],
+    twins: set[bytes],
+    only_a: set[bytes],
+    only_b: set[bytes],
+    params: ReconcileParams | None,
+) -> None:
+    # a holds each id of ``twins``, b its twin: same window, different ids (adversarial).
+    a_ids = common | twins | only_a
+    b_ids = (common - twins) | {twin(t) for t in twins} | only_b
+    _, learnt = reconcile(a_ids, b_ids, params)
+    a_lacks, b_lacks = b_ids - a_ids, a_ids - b_ids
+    assert learnt["a_need"] <= b_lacks and learnt["b_need"] <= a_lacks
+    assert learnt["a_have"] <= a_lacks and learnt["b_have"] <= b_lacks
+    assert learnt["a_have"] | learnt["b_need"] == a_lacks
+    assert learnt["b_have"] | learnt["a_need"] == b_lacks
+
+
+def lister(ids: list[bytes]) -> tuple[Reconciler, bytes]:
+    r = Reconciler(SortedListIndex(ids), initiator=True)
+    first = r.initial()
+    assert parse_message(codec.decode(first))[0].mode is RangeMode.PREFIXLIST
+    return r, first
+
+
+def test_twin_on_the_receiver_that_lacks_nothing_is_caught_there() -> None:
+    y = sorted(h(i) for i in range(3))
+    _, first = lister(y)
+    # the receiver holds y[0], y[1] and a twin of y[2]: every window matches, the check fails
+    theirs = SortedListIndex([y[0], y[1], twin(y[2])])
+    step = Reconciler(theirs, initiator=False).receive(first)
+    assert step.reply is not None and not step.need and not step.asked
+    ranges = parse_message(codec.decode(step.reply))
+    assert [r.mode for r in ranges] == [RangeMode.IDLIST]  # full ids
+    assert ranges[0].payload == b"".join(sorted([y[0], y[1], twin(y[2])]))
+
+
+def test_twin_on_a_receiver_that_lacks_a_window_is_caught_by_the_lister() -> None:
+    y = sorted(h(i) for i in range(3))
+    ours, first = lister(y)
+    theirs = Reconciler(SortedListIndex([y[0], twin(y[1])]), initiator=False)
+    step = theirs.receive(first)
+    assert step.asked == 1 and step.reply is not None
+    assert parse_message(codec.decode(step.reply))[0].mode is RangeMode.PREFIXWANT
+    back = ours.receive(step.reply)
+    assert not back.push and back.reply is not None  # nothing pushed on a failed check
+    ranges = parse_message(codec.decode(back.reply))
+    assert [r.mode for r in ranges] == [RangeMode.IDLIST]
+    last = theirs.receive(back.reply)
+    assert set(last.have) == {y[1], y[2]}
+
+
+def test_receiver_with_many_ids_looks_windows_up() -> None:
+    ours = sorted(h(i) for i in range(400))
+    index = SortedListIndex(ours)
+    top = b"\xff\xff\xff" + b"\x00" * 29
+    listed = [ours[5], top]  # one we hold, one we lack (its window ends the id space)
+    payload = b"\x03" + fingerprint_of(id_sum(listed), 2) + b"".join(i[:3] for i in listed)
+    step = Reconciler(index, initiator=False).receive(
+        encode_message([Range(INFINITY, RangeMode.PREFIXLIST, payload)])
+    )
+    assert step.asked == 1
+    assert expand(index, step.need) == set(ours) - {ours[5]}
+    assert step.reply == encode_message(
+        [Range(INFINITY, RangeMode.PREFIXWANT, fingerprint_of(id_sum([ours[5]]), 1) + top[:3])]
+    )
+
+
+def test_identical_windows_settle_without_an_answer() -> None:
+    ids = sorted(h(i) for i in range(30))
+    _, first = lister(ids)
+    step = Reconciler(SortedListIndex(ids), initiator=False).receive(first)
+    assert step.done and step.reply == encode_message([]) and not step.need
+
+
+def test_ids_sharing_a_window_are_listed_in_full() -> None:
+    ids = sorted([h(1), twin(h(1)), h(2)])
+    first = Reconciler(SortedListIndex(ids), initiator=True).initial()
+    assert parse_message(codec.decode(first))[0].mode is RangeMode.IDLIST
+    # and a range too narrow for a window (offset + size > 32) too
+    narrow = [b"\x07" * 31 + b"\x01", b"\x07" * 31 + b"\x02"]
+    r = Reconciler(SortedListIndex(narrow), initiator=False)
+    step = r.receive(
+        encode_message(
+            [
+                Range(b"\x07" * 31, RangeMode.SKIP),
+                Range(b"\x07" * 31 + b"\x03", RangeMode.FINGERPRINT, FP),
+                Range(INFINITY, RangeMode.SKIP),
+            ]
+        )
+    )
+    assert step.reply is not None
+    assert parse_message(codec.decode(step.reply))[1].mode is RangeMode.IDLIST
+
+
+@pytest.mark.parametrize(
+    ("answer", "match"),
+    [
+        ([Range(INFINITY, RangeMode.PREFIXWANT, FP + b"ab")], "multiple of the window size"),
+        ([Range(INFINITY, RangeMode.PREFIXWANT, FP + b"zzzyyy")], "not strictly ascending"),
+        ([Range(INFINITY, RangeMode.PREFIXWANT, FP + b"zzz")], "did not list"),
+        (
+            [Range(b"\x80", RangeMode.SKIP), Range(INFINITY, RangeMode.PREFIXWANT, FP)],
+            "range we did not list",
+        ),
+    ],
+)
+def test_bad_prefixwant_is_refused(answer: list[Range], match: str) -> None:
+    ours, _ = lister(sorted(h(i) for i in range(10)))
+    with pytest.raises(RemoteProtocolError, match=match):
+        ours.receive(encode_message(answer))
+
+
+def test_prefixwant_answers_only_the_message_right_before() -> None:
+    ids = sorted(h(i) for i in range(20))
+    low = [i for i in ids if i < b"\x80"]
+    r = Reconciler(SortedListIndex(ids), initiator=False)
+    both = [Range(b"\x80", RangeMode.FINGERPRINT, FP), Range(INFINITY, RangeMode.FINGERPRINT, FP)]
+    step = r.receive(encode_message(both))
+    assert step.reply is not None
+    assert [x.mode for x in parse_message(codec.decode(step.reply))] == [RangeMode.PREFIXLIST] * 2
+    # the peer holds our ids below 80 (it wants none) and still differs above
+    settled = Range(b"\x80", RangeMode.PREFIXWANT, fingerprint_of(id_sum(low), len(low)))
+    step = r.receive(encode_message([settled, both[1]]))
+    assert step.reply is not None and not step.push
+    assert [x.mode for x in parse_message(codec.decode(step.reply))] == [
+        RangeMode.SKIP,
+        RangeMode.PREFIXLIST,
+    ]
+    # a second answer to the first listing comes too late
+    with pytest.raises(RemoteProtocolError, match="did not list"):
+        r.receive(encode_message([settled, Range(INFINITY, RangeMode.SKIP)]))

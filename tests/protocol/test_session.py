@@ -362,10 +362,17 @@ def test_tombstoned_items_are_not_wanted() -> None:
             b.delete(key)  # b held them until HQ receipted them: tombstones
         return a, b
 
-    # a lists its 30 ids; b wants only the 5 it has no tombstone for
+    # a lists its 30 ids in full; b wants only the 5 it has no tombstone for
+    full = SessionConfig(reconcile=ReconcileParams(prefix_bytes=0))
+    a, b = stores()
+    r = run(a, b, a_config=full)
+    assert r.b.completed.items_received == 5
+    assert not set(receipted) & set(b.data)
+    # a lists windows of its ids: b can only ask for all 10 windows it lacks and drops the
+    # tombstoned items on arrival, as for a push
     a, b = stores()
     r = run(a, b)
-    assert r.b.completed.items_received == 5
+    assert r.b.completed.items_received == 10
     assert not set(receipted) & set(b.data)
     # when b lists its ids instead, a pushes all 10 it thinks b lacks; b's store drops the
     # tombstoned ones (the receipt item, pushed by b in the same session, purges them on a)
@@ -380,10 +387,14 @@ def test_tombstoned_items_are_not_wanted() -> None:
     assert gone not in a.data and gone in b.data
 
 
+#: Lists whole ids (IDLIST), never windows: the WANT path.
+FULL_LISTS = SessionConfig(reconcile=ReconcileParams(prefix_bytes=0))
+
+
 def test_want_for_a_purged_item_is_skipped() -> None:
     a = MemStore(make_items(0, 5))
     b = MemStore(epoch=b"epoch-B")
-    sa, sb = pair(a, b)
+    sa, sb = pair(a, b, a_config=FULL_LISTS)
     for m in sa.session.messages_to_send():
         sb.session.receive_message(m)
     sb.drain()
@@ -431,11 +442,13 @@ def test_quota_truncates_a_delta_and_resumes() -> None:
     assert r2.a.completed.items_sent == 200
 
 
-def test_want_capped_by_quota_keeps_cursor() -> None:
-    # b lacks 40 of a's items in one id list; b's quota allows 15: it wants only 15
+@pytest.mark.parametrize("prefix_bytes", [0, 3])
+def test_want_capped_by_quota_keeps_cursor(prefix_bytes: int) -> None:
+    # b lacks 40 of a's items in one list (of ids: b wants only 15, its quota; of windows:
+    # b asks for all 40 and a stops at b's quota)
     a = MemStore(make_items(0, 40))
     b = MemStore(epoch=b"epoch-B")
-    lists = SessionConfig(reconcile=ReconcileParams(idlist_threshold=64))
+    lists = SessionConfig(reconcile=ReconcileParams(prefix_bytes=prefix_bytes))
     r = run(a, b, a_config=lists, b_config=SessionConfig(quota_items=15), check=False)
     assert len(b.data) == 15 and r.b.completed.items_received == 15
     assert r.b.cursors == []  # b did not take everything: its cursor on a stays put
@@ -637,7 +650,7 @@ def test_responder_refuses_bad_first_messages(data: bytes, match: str) -> None:
 
 def reconciling_responder(items: int = 20) -> tuple[SyncSession, list[bytes]]:
     """A responder that got HELLO(r) + a first message and listed its ids (IDLIST)."""
-    s = responder(items)
+    s = responder(items, config=FULL_LISTS)
     s.receive_message(hello())
     peer_first = encode_message([Range(INFINITY, RangeMode.FINGERPRINT, b"\x00" * 16)])
     s.receive_message(peer_first)
@@ -826,7 +839,7 @@ class FailingStore(MemStore):
 def test_a_store_failure_while_receiving_is_ours_not_the_peers() -> None:
     a = MemStore(make_items(0, 5))
     b = FailingStore("wants", epoch=b"epoch-B")
-    sa = SyncSession(a, initiator=True, local=a.cursor())
+    sa = SyncSession(a, initiator=True, local=a.cursor(), config=FULL_LISTS)
     sb = SyncSession(b, initiator=False, local=b.cursor())
     with pytest.raises(ItemSourceError, match="disk I/O error"):
         for _ in range(10):

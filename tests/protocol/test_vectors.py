@@ -42,7 +42,7 @@ from fieldsync_protocol.errors import RemoteProtocolError
 from fieldsync_protocol.handshake import PeerHandshake
 from fieldsync_protocol.items import ItemKind, check_item, parse_item
 from fieldsync_protocol.keytext import KeyKind
-from fieldsync_protocol.reconcile import Reconciler
+from fieldsync_protocol.reconcile import ReconcileParams, Reconciler
 from fieldsync_protocol.reconcile_index import EMPTY_FINGERPRINT, INFINITY, SortedListIndex
 from fieldsync_protocol.reconcile_wire import RangeMode, parse_message
 from fieldsync_protocol.session import (
@@ -785,23 +785,27 @@ def test_session_vectors_cover_every_message_type() -> None:
         "hello",
         "rec",
         "hello",
-        "want",
         "rec",
         "data",
-        "end",
+        "rec",
         "ack",
         "data",
         "end",
         "ack",
+        "end",
     ]
     values = [untyped(m["value"]) for m in first["transcript"]]
     assert values[0]["r"] is True and "a" not in values[0]  # HELLO, reconcile mode
     assert values[2]["r"] is False and "a" not in values[2]
-    assert values[4] == {"r": [], "t": "rec"}  # DONE
-    wanted = values[3]["i"]
-    assert wanted.hex() == SESSION["item_ids"]["envelope"]
-    assert values[8]["i"] == [b(SESSION["items"]["envelope"])]
-    assert values[6] == {"s": first["before"]["responder"]["high_water"], "t": "end"}
+    # The initiator lists its two ids by window; the responder lacks the envelope's window.
+    assert values[1]["r"][:2] == [None, RangeMode.PREFIXLIST]
+    assert values[3]["r"][:2] == [None, RangeMode.PREFIXWANT]
+    wanted = values[3]["r"][2][16:]
+    assert wanted == b(SESSION["item_ids"]["envelope"])[: len(wanted)]
+    assert values[5] == {"r": [], "t": "rec"}  # DONE
+    assert values[4]["i"] == [b(SESSION["items"]["receipt 13"])]
+    assert values[7]["i"] == [b(SESSION["items"]["envelope"])]
+    assert values[8] == {"s": first["before"]["initiator"]["high_water"], "t": "end"}
     # The second session runs from the state the first left (plus one new item).
     assert repeat["before"]["initiator"] == first["after"]["initiator"]
     assert repeat["before"]["responder"]["items"][:-1] == first["after"]["responder"]["items"]
@@ -876,8 +880,12 @@ def test_reconcile_exchange_vector() -> None:
     missing, extra = b(RECONCILE["missing"]), b(RECONCILE["extra"])
     theirs = sorted([*(i for i in ours if i != missing), extra])
     ours_index = SortedListIndex(ours)
-    initiator = Reconciler(ours_index, initiator=True)
-    responder = Reconciler(SortedListIndex(theirs), initiator=False)
+    # The full-id exchange: the defaults before PREFIXLIST (SPEC.md §13.3.5) existed.
+    params = ReconcileParams(
+        initial_fanout=4, fanout=16, first_answer_fanout=64, idlist_threshold=32, prefix_bytes=0
+    )
+    initiator = Reconciler(ours_index, initiator=True, params=params)
+    responder = Reconciler(SortedListIndex(theirs), initiator=False, params=params)
     first, answer, done = (b(m["hex"]) for m in RECONCILE["messages"])
     assert [m["from"] for m in RECONCILE["messages"]] == ["initiator", "responder", "initiator"]
     assert initiator.initial() == first
@@ -889,10 +897,7 @@ def test_reconcile_exchange_vector() -> None:
     assert responder.receive(done).done
     assert [i.hex() for i in step.have] == RECONCILE["initiator_wants"] == [extra.hex()]
     pushes = [
-        i
-        for p in step.need
-        for i in ours_index.ids(p.lower, p.upper, len(ours))
-        if i not in p.exclude
+        i for p in step.need for i in ours_index.ids(p.lower, p.upper, len(ours)) if p.keeps(i)
     ]
     assert [i.hex() for i in pushes] == RECONCILE["initiator_pushes"] == [missing.hex()]
     # The stated ranges are what the messages carry, and every payload is right.
@@ -1028,3 +1033,36 @@ def test_form_vector() -> None:
         fields, problems = example.validate(case["answers"])
         assert problems == case["problems"]
         assert (None if problems else fields) == case["report"]
+
+
+def test_reconcile_window_exchange_vector() -> None:
+    ours = [b(i) for i in RECONCILE["ids"]]
+    missing, extra = b(RECONCILE["missing"]), b(RECONCILE["extra"])
+    theirs = sorted([*(i for i in ours if i != missing), extra])
+    vector = RECONCILE["windows"]
+    first, answer, done = (b(m["hex"]) for m in vector["messages"])
+    # By hand (SPEC.md §13.3.5): one PREFIXLIST over the whole space, window offset 0.
+    size = 3
+    ranges = parse_message(codec.decode(first))
+    assert [(r.upper, r.mode) for r in ranges] == [(INFINITY, RangeMode.PREFIXLIST)]
+    payload = ranges[0].payload
+    assert payload == bytes([size]) + fingerprint_by_hand(ours) + b"".join(i[:size] for i in ours)
+    ranges = parse_message(codec.decode(answer))
+    assert [(r.upper, r.mode) for r in ranges] == [(INFINITY, RangeMode.PREFIXWANT)]
+    held = [i for i in theirs if i[:size] in {x[:size] for x in ours}]
+    assert ranges[0].payload == fingerprint_by_hand(held) + missing[:size]
+    assert codec.decode(done) == {"r": [], "t": "rec"}
+    # The reference reconciler sends exactly these messages.
+    ours_index, theirs_index = SortedListIndex(ours), SortedListIndex(theirs)
+    initiator = Reconciler(ours_index, initiator=True)
+    responder = Reconciler(theirs_index, initiator=False)
+    assert initiator.initial() == first
+    step = responder.receive(first)
+    assert step.reply == answer and step.asked == 1
+    assert [i for p in step.need for i in theirs_index.ids(p.lower, p.upper, 99) if p.keeps(i)] == [
+        extra
+    ]
+    assert vector["responder_pushes"] == [extra.hex()]
+    step = initiator.receive(answer)
+    assert step.reply == done and step.done and step.push == [missing]
+    assert vector["initiator_pushes"] == [missing.hex()]
