@@ -1119,3 +1119,21 @@ def test_held_back_media_purged_before_its_turn_is_not_sent() -> None:
     b = MemStore([], epoch=b"epoch-B")
     run(a, b)
     assert set(b.data) == {item_id(t) for t in texts}
+
+
+#: Two items whose ids share their first 3 bytes: the same window when listed over the whole
+#: id space (found by a birthday search; an attacker can grind such pairs at will).
+TWINS = (b"twin 2469" + bytes(30), b"twin 2785" + bytes(30))
+
+
+@pytest.mark.parametrize("extra_on_a", [0, 1])
+def test_window_collision_between_sides_still_converges(extra_on_a: int) -> None:
+    assert item_id(TWINS[0])[:3] == item_id(TWINS[1])[:3] and TWINS[0] != TWINS[1]
+    common = make_items(0, 10)
+    a = MemStore([*common, TWINS[0], *make_items(500, extra_on_a)])
+    b = MemStore([*common, TWINS[1]], epoch=b"epoch-B")
+    r = run(a, b)
+    assert equal(a, b) and item_id(TWINS[1]) in a.data and item_id(TWINS[0]) in b.data
+    # a listed by window; the collision was caught (by b; by a when b lacked a window too,
+    # an exchange later) and the range listed in full, which costs b's or a's WANT
+    assert r.a.completed.round_trips == 2 + extra_on_a
