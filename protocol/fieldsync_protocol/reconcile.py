@@ -423,7 +423,8 @@ class Reconciler:
         if any(w not in by_window for w in lacked):
             raise RemoteProtocolError("PREFIXWANT names a window we did not list")
         wanted = [by_window[w] for w in lacked]
-        kept = [x for x in entry.ids if x[offset : offset + size] not in set(lacked)]
+        dropped = set(lacked)
+        kept = [x for x in entry.ids if x[offset : offset + size] not in dropped]
         if fingerprint_of(id_sum(kept), len(kept)) != check:
             return None
         return wanted
