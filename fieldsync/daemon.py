@@ -28,6 +28,7 @@ from fieldsync.faults import Faults
 from fieldsync.homelock import HomeLock
 from fieldsync.hq_hub import ingest_from_hub as ingest_from_hub
 from fieldsync.janitor import Janitor
+from fieldsync.lognames import address_name
 from fieldsync.peer import PeerLimits, SyncOutcome
 from fieldsync.runtime import WEBSOCKET_PATH, Runtime, Server
 from fieldsync.scheduler import Scheduler, SchedulerPolicy, SyncResult
@@ -354,7 +355,7 @@ class FieldDaemon:
             problem = storage_problem(exc, self.config.node.home)
             if problem is None:
                 raise
-            log.error("sync with %s ended: %s", target, problem)  # noqa: TRY400 - said clearly, no traceback
+            log.error("sync with %s ended: %s", address_name(target), problem)  # noqa: TRY400 - said clearly, no traceback
             return SyncResult(ok=False, error=str(problem))
         if outcome.items_new and self.janitor is not None:
             self.janitor.nudge()  # over budget? evict now (SPEC.md §14.2)
