@@ -142,6 +142,7 @@ class FieldDaemon:
             runtime.context.source,
             disk_budget_bytes=config.storage.disk_budget_mb * 1024 * 1024,
             checkpoint_every=config.storage.checkpoint_minutes * 60.0,
+            forget_peers_after=config.sync.forget_peers_days * 86400,
         )
         try:
             self.control = await self._open_control()

@@ -573,7 +573,7 @@ class _Connection:
             return SyncSession(
                 source.for_peer(node_key),
                 initiator=initiator,
-                local=Cursor(store.epoch(), store.high_water()),
+                local=Cursor(store.epoch_for(node_key), store.high_water()),
                 peer_cursor=None if known is None else Cursor(*known),
                 config=config,
             )
