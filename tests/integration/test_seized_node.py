@@ -75,6 +75,8 @@ class Seized:
     peer: Needles = field(default_factory=Needles)
     authorship: Needles = field(default_factory=Needles)
     purged: Needles = field(default_factory=Needles)
+    #: A's own node key: what B's log must not show of A.
+    author_node: Needles = field(default_factory=Needles)
     #: Item ids (hex) A held before the purge, for the positive control.
     purged_hex: list[str] = field(default_factory=list)
 
@@ -147,6 +149,14 @@ def _sync_once(seized_root: Path, home: Path, relay: Path, log: Path, until: str
     return server_b.tcp_target
 
 
+def _node_key(home: Path) -> bytes:
+    node = Node(home)
+    try:
+        return crypto.box_public_key(node.node_secret())
+    finally:
+        node.close()
+
+
 @pytest.fixture(scope="module")
 def seized(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seized]:
     root = tmp_path_factory.mktemp("seized")
@@ -207,12 +217,8 @@ def seized(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seized]:
 
         for address in {first, second}:
             seized.peer.add_text(f"peer address {address}", address)
-        relay_node = Node(relay)
-        try:
-            relay_key = crypto.box_public_key(relay_node.node_secret())
-        finally:
-            relay_node.close()
-        _key_needles(seized.peer, "peer node key", relay_key, KeyKind.NODE)
+        _key_needles(seized.peer, "peer node key", _node_key(relay), KeyKind.NODE)
+        _key_needles(seized.author_node, "author node key", _node_key(home), KeyKind.NODE)
         yield seized
     finally:
         if os.path.ismount(mount):
@@ -231,14 +237,20 @@ def test_no_peer_address_or_peer_key_on_the_seized_disk(seized: Seized) -> None:
 
 
 def test_the_default_log_names_peers_only_by_pseudonym(seized: Seized) -> None:
+    """Both daemons ran at the default level: neither log names the other's address, port
+    or node key (A dialled B; B saw A's address and source port)."""
     seized.remount()
-    text = seized.log.read_text(encoding="utf-8")
-    assert "synced with peer-" in text, text  # positive control: A logged its sessions
+    logs = {
+        "A": (seized.log.read_text(encoding="utf-8"), seized.peer),
+        "B": ((seized.root / "b-run.log").read_text(encoding="utf-8"), seized.author_node),
+    }
     # A's own listening address is its own (a user's choice); no other address appears.
     own = ("listening on 127.0.0.1:", "serving sync on tcp 127.0.0.1:")
-    others = [line for line in text.splitlines() if not any(o in line for o in own)]
-    assert [line for line in others if "127.0.0.1" in line] == []
-    assert [name for name, needle in seized.peer.named.items() if needle in text.encode()] == []
+    for who, (text, keys) in logs.items():
+        assert "synced with peer-" in text, text  # positive control: sessions were logged
+        others = [line for line in text.splitlines() if not any(o in line for o in own)]
+        assert [line for line in others if "127.0.0.1" in line] == [], who
+        assert [name for name, needle in keys.named.items() if needle in text.encode()] == []
 
 
 def test_the_home_holds_no_purged_item(seized: Seized) -> None:
