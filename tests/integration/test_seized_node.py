@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import os
+import secrets
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -57,6 +58,8 @@ pytestmark = pytest.mark.loopmount
 AUTHOR = "Amina Ouedraogo-Seized"
 IMAGE_MB = 64
 REPORTS = 3
+#: In every narrative: only HQ may ever read it.
+MARKER = f"MARKER-{secrets.token_hex(12)}"
 SYNC_TIMEOUT = 30.0
 
 
@@ -180,7 +183,7 @@ def seized(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seized]:
                 "report",
                 "add",
                 "--narrative",
-                f"Report {n}: the checkpoint at the river was closed at night.",
+                f"Report {n} {MARKER}: the checkpoint at the river was closed at night.",
                 "--category",
                 "arbitrary-detention",
                 "--occurred",
@@ -255,6 +258,15 @@ def test_the_default_log_names_peers_only_by_pseudonym(seized: Seized) -> None:
 
 def test_the_home_holds_no_purged_item(seized: Seized) -> None:
     assert seized.scan_home(seized.purged) == []
+
+
+def test_no_report_text_anywhere_on_the_disk(seized: Seized) -> None:
+    content = Needles()
+    content.add_text("narrative marker", MARKER)
+    # Positive control: HQ reads it (its export).
+    assert MARKER in cli("hq", "export", "--hq", str(seized.deployment.hq), "--format", "jsonl")
+    assert seized.scan_home(content) == []
+    assert seized.scan_disk(content) == []
 
 
 # --- what needs the other branches of issue #11 ---------------------------------------------
