@@ -176,6 +176,7 @@ _MIGRATIONS: tuple[str, ...] = (
 LAST_SYNC_GRAIN = 3600
 _PEER_PERSON = b"fs-peer-record"
 _EPOCH_PERSON = b"fs-peer-epoch"
+_OFFSET_PERSON = b"fs-peer-offset"
 
 #: What an HQ receipt makes of the author's own report, and which states it may replace:
 #: a later "accepted" upgrades "held" (HQ re-ingested it); nothing downgrades "delivered".
@@ -605,6 +606,15 @@ class Store:
         while rows := cursor.fetchmany(10_000):
             for row in rows:
                 yield row[0]
+
+    def seq_offset_for(self, node_key: bytes) -> int:
+        """What this store adds to its local numbers for the peer ``node_key`` (below 2^32),
+        fixed as its ``epoch_for``: the peer sees how many items arrive, not how many this
+        store ever held."""
+        digest = hashlib.blake2b(
+            node_key, digest_size=4, key=self.epoch(), person=_OFFSET_PERSON
+        ).digest()
+        return int.from_bytes(digest, "big")
 
     # --- peers -----------------------------------------------------------------------------
 

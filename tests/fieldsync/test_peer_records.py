@@ -136,3 +136,20 @@ async def test_the_janitor_forgets_peers_after_the_configured_period(tmp_path: P
         assert await worker.call(lambda store: store.peers()) == []
     finally:
         await worker.close()
+
+
+def test_each_peer_sees_its_own_numbering(manifest: Manifest, store: Store) -> None:
+    """A peer learns how many items arrive between its sessions, never how many this store
+    ever held: local numbers are shifted by a per-peer offset, and deltas still line up."""
+    alice, bob = store.seq_offset_for(ALICE), store.seq_offset_for(BOB)
+    assert alice != bob and 0 <= alice < 2**32 and 0 <= bob < 2**32
+    assert store.seq_offset_for(ALICE) == alice
+    store.add_batch(envelopes(manifest, 3), 0)
+    source = SyncSource(store)
+    seen_by_alice = source.for_peer(ALICE, alice).items_after(0, 10)
+    assert [seq for seq, _ in seen_by_alice] == [alice + 1, alice + 2, alice + 3]
+    # A cursor Alice holds in her numbering brings exactly what came after it.
+    after = source.for_peer(ALICE, alice).items_after(alice + 2, 10)
+    assert after == seen_by_alice[2:]
+    # A cursor from before the offsets (below it) brings everything again: safe, once.
+    assert source.for_peer(ALICE, alice).items_after(5, 10) == seen_by_alice
