@@ -43,7 +43,7 @@ def _probe_process(home: Path, socket: Path, conn: Connection) -> None:
         now = time.time()
         body = {
             "schema": "fieldsync.report/1",
-            "id": f"00000000-0000-7000-8000-{sequence[0]:012d}",
+            "id": f"00000000-0000-4000-8000-{sequence[0]:012d}",
             "created_at": utc_text(now),
             "clock": {"source": "unknown", "synced": False},
             "origin": {"channel": "cli"},

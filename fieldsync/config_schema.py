@@ -346,6 +346,10 @@ class SyncConfig:
     quota_bytes_per_day: int = field(
         default=limits.QUOTA_BYTES_PER_DAY, metadata=_meta(_integer(1))
     )
+    #: The store forgets a peer (its cursor and quota counters, a keyed hash of its key)
+    #: after this many days of running time without a session with it, so a seized node
+    #: does not show everyone it ever met. A forgotten peer that comes back reconciles once.
+    forget_peers_days: int = field(default=30, metadata=_meta(_integer(1, 3650)))
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,7 @@ from fieldsync.faults import Faults
 from fieldsync.homelock import HomeLock
 from fieldsync.hq_hub import ingest_from_hub as ingest_from_hub
 from fieldsync.janitor import Janitor
+from fieldsync.lognames import address_name
 from fieldsync.peer import PeerLimits, SyncOutcome
 from fieldsync.runtime import WEBSOCKET_PATH, Runtime, Server
 from fieldsync.scheduler import Scheduler, SchedulerPolicy, SyncResult
@@ -141,6 +142,7 @@ class FieldDaemon:
             runtime.context.source,
             disk_budget_bytes=config.storage.disk_budget_mb * 1024 * 1024,
             checkpoint_every=config.storage.checkpoint_minutes * 60.0,
+            forget_peers_after=config.sync.forget_peers_days * 86400,
         )
         try:
             self.control = await self._open_control()
@@ -354,7 +356,7 @@ class FieldDaemon:
             problem = storage_problem(exc, self.config.node.home)
             if problem is None:
                 raise
-            log.error("sync with %s ended: %s", target, problem)  # noqa: TRY400 - said clearly, no traceback
+            log.error("sync with %s ended: %s", address_name(target), problem)  # noqa: TRY400 - said clearly, no traceback
             return SyncResult(ok=False, error=str(problem))
         if outcome.items_new and self.janitor is not None:
             self.janitor.nudge()  # over budget? evict now (SPEC.md §14.2)

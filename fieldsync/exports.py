@@ -71,7 +71,12 @@ class ExportResult:
 
 def _record(r: ExportRow, options: ExportOptions) -> dict[str, Any]:
     """A report as exported in JSON: the author's body as HQ may show it, plus HQ's fields."""
-    body = dict(r.body)  # the archive format: the body keeps its own id (not for publication)
+    body = dict(r.body)
+    if not options.device_ids:
+        # The author's device knows these ids (issue #11): HQ's own ids stand in for them
+        # (``hq.publication_id``, ``hq.supersedes``), as in every other format.
+        body.pop("id", None)
+        body.pop("supersedes", None)
     if body.get("location"):
         body["location"] = {
             **body["location"],

@@ -29,6 +29,8 @@ class JanitorReport:
     evicted_bytes: int = 0
     #: Peers whose items were evicted: their next session reconciles in full.
     peers_reset: int = 0
+    #: Peer records deleted: not seen for ``forget_peers_after`` (issue #11).
+    peers_forgotten: int = 0
     used_bytes: int = 0
 
 
@@ -41,12 +43,14 @@ class Janitor:
         disk_budget_bytes: int,
         interval: float = 60.0,
         checkpoint_every: float = 300.0,
+        forget_peers_after: int = 30 * 86400,
     ) -> None:
         self._worker = worker
         self._source = source
         self._budget = disk_budget_bytes
         self._interval = interval
         self._checkpoint_every = checkpoint_every
+        self._forget_peers_after = forget_peers_after
         self._last_tick = time.monotonic()
         self._last_checkpoint = time.monotonic()
         self._nudged = asyncio.Event()
@@ -87,10 +91,12 @@ class Janitor:
             self._last_checkpoint = now
         budget = self._budget
         source = self._source
+        forget_after = self._forget_peers_after
 
         def work(store: Store) -> JanitorReport:
             report = JanitorReport(clock=store.advance_clock(elapsed))
             report.expired = store.expire()
+            report.peers_forgotten = store.forget_peers(forget_after)
             evicted = store.enforce_budget(budget)
             report.evicted = evicted.items
             report.evicted_bytes = evicted.bytes
@@ -112,6 +118,8 @@ class Janitor:
                 self.last.evicted_bytes,
                 self.last.peers_reset,
             )
+        if self.last.peers_forgotten:
+            log.info("janitor: forgot %d peers not seen for a while", self.last.peers_forgotten)
         return self.last
 
     async def run(self) -> None:

@@ -20,7 +20,6 @@ import logging
 import os
 import secrets
 import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -43,7 +42,7 @@ from fieldsync_protocol.errors import LocalProtocolError, RemoteProtocolError
 from fieldsync_protocol.items import MAX_ITEM, Checked, ItemKind, check_item, parse_item
 from fieldsync_protocol.keydelivery import KeyDelivery, open_delivery
 from fieldsync_protocol.keytext import KeyKind, fingerprint, key_to_text
-from fieldsync_protocol.report import validate_report
+from fieldsync_protocol.report import REPORT_ID_RANDOM, report_id, validate_report
 from fieldsync_protocol.revocation import RevocationList, open_revocation, supersedes
 
 log = logging.getLogger(__name__)
@@ -59,20 +58,6 @@ UNLOCK_FAILURES = "unlock.failures"
 Progress = Callable[[int, int], None]
 #: Smallest --max-size: the file nonce, the largest item and two sealed bundle chunks.
 MIN_BUNDLE_SIZE = 16 + MAX_ITEM + 8 + 3 * SEALED_CHUNK
-
-
-def uuid7(now_ms: int | None = None) -> str:
-    """A time-ordered UUIDv7 (RFC 9562): report ids sort by creation."""
-    ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
-    rand = int.from_bytes(secrets.token_bytes(10), "big")
-    value = (
-        (ms & (2**48 - 1)) << 80
-        | 0x7 << 76
-        | (rand >> 68 & 0xFFF) << 64
-        | 0b10 << 62
-        | (rand & (2**62 - 1))
-    )
-    return str(uuid.UUID(int=value))
 
 
 #: adjtimex(2) returns TIME_ERROR while the kernel's clock is not synchronised (STA_UNSYNC:
@@ -428,7 +413,7 @@ class Node:
         self.membership()  # an unjoined node fails here, before any work
         body = {
             "schema": "fieldsync.report/1",
-            "id": uuid7(int(now * 1000)),
+            "id": report_id(secrets.token_bytes(REPORT_ID_RANDOM)),
             "created_at": utc_text(now),
             "clock": clock_status(),
             "origin": {"channel": channel},

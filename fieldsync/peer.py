@@ -205,23 +205,28 @@ class SyncSource:
         for item_id in removed:
             self._index.discard(item_id)
 
-    def for_peer(self, node_key: bytes) -> PeerSource:
-        return PeerSource(self, node_key)
+    def for_peer(self, node_key: bytes, seq_offset: int = 0) -> PeerSource:
+        return PeerSource(self, node_key, seq_offset)
 
 
 class PeerSource:
-    """``SyncSource`` as one peer's session sees it: deltas leave out what that peer gave us."""
+    """``SyncSource`` as one peer's session sees it: deltas leave out what that peer gave us,
+    and local numbers are shifted by ``seq_offset`` (``Store.seq_offset_for``), so the
+    peer does not learn how many items this store ever held (issue #11)."""
 
-    def __init__(self, source: SyncSource, node_key: bytes) -> None:
+    def __init__(self, source: SyncSource, node_key: bytes, seq_offset: int = 0) -> None:
         self._source = source
         self._node_key = node_key
+        self._offset = seq_offset
 
     @property
     def index(self) -> ItemIndex:
         return self._source.index
 
     def items_after(self, seq: int, limit: int) -> list[tuple[int, bytes]]:
-        return self._source.items_after(seq, limit, skip_origin=self._node_key)
+        offset = self._offset
+        found = self._source.items_after(max(0, seq - offset), limit, skip_origin=self._node_key)
+        return [(local + offset, data) for local, data in found]
 
     def get(self, ids: Sequence[bytes]) -> list[bytes]:
         return self._source.get(ids)
@@ -230,7 +235,7 @@ class PeerSource:
         return self._source.wants(ids)
 
     def send_later(self, ids: Sequence[bytes]) -> list[tuple[int, bytes]]:
-        return self._source.send_later(ids)
+        return self._source.send_later(ids)  # ranks for local ordering, never sent
 
 
 class LiveSessions:
@@ -570,10 +575,11 @@ class _Connection:
             # No cursor: this session reconciles in full (re-offers what the peer lost).
             full = reoffer.full_reconcile(node_key, undelivered=store.has_undelivered_own())
             known = None if full else store.peer_cursor(node_key)
+            offset = store.seq_offset_for(node_key)
             return SyncSession(
-                source.for_peer(node_key),
+                source.for_peer(node_key, offset),
                 initiator=initiator,
-                local=Cursor(store.epoch(), store.high_water()),
+                local=Cursor(store.epoch_for(node_key), store.high_water() + offset),
                 peer_cursor=None if known is None else Cursor(*known),
                 config=config,
             )

@@ -21,6 +21,7 @@ from aiohttp import web
 from fieldsync.config import HostPort, parse_host_port
 from fieldsync.diskerrors import storage_problem
 from fieldsync.errors import InputRefused
+from fieldsync.lognames import address_name
 from fieldsync.node import STORE, Membership, Node, current_revocations
 from fieldsync.peer import REVOKED, PeerContext, PeerLimits, SyncOutcome, SyncSource, run_peer
 from fieldsync.store import Store
@@ -216,7 +217,9 @@ class Runtime:
             address = peer_address(target)
             return await connect_tcp(address.host, address.port)
         except TransportError as exc:
-            log.info("cannot reach %s: %s", target, exc)
+            # The error text names the address: only at DEBUG level (fieldsync.lognames).
+            log.info("cannot reach %s", address_name(target))
+            log.debug("cannot reach %s: %s", target, exc)
             raise
 
     async def sync_with(self, target: str) -> SyncOutcome:
@@ -237,7 +240,7 @@ class Runtime:
         self.outcomes.append(outcome)
         log_session(
             self.context.static_secret,
-            target,
+            address_name(target),
             outcome,
             time.monotonic() - started,
             initiator=True,

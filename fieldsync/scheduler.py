@@ -16,6 +16,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from fieldsync.lognames import address_name
+
 log = logging.getLogger(__name__)
 
 #: A newly seen peer is synced after a random delay up to this many seconds, so that many
@@ -158,7 +160,7 @@ class Scheduler:
         try:
             result = await self.sync(state.target)
         except Exception as exc:
-            log.exception("sync with %s crashed", state.target)
+            log.exception("sync with %s crashed", address_name(state.target))
             result = SyncResult(ok=False, error=f"internal error: {exc}")
         self.record(state, result)
         self._wake.set()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -143,7 +144,39 @@ _MIGRATIONS: tuple[str, ...] = (
     ) WITHOUT ROWID;
     CREATE INDEX own_chunks_report ON own_chunks(report_id, ordinal);
     """,
+    # 7: a seized node must not list every peer it met (issue #11). Peer rows keep only
+    # what sync and quotas need, under a keyed hash of the peer's node key (``_peer_id``,
+    # key ``peer_key``), with a coarse wall time and the local-clock time of the last
+    # contact, by which the janitor forgets peers not seen for ``sync.forget_peers_days``.
+    # Old rows go: their peers' next sessions reconcile once. ``origins`` keeps its refs
+    # (eviction fairness) but forgets whose they were (NULL: a forgotten peer).
+    """
+    INSERT INTO store_meta (key, value) VALUES ('peer_key', randomblob(32));
+    DROP TABLE peers;
+    CREATE TABLE peers (
+        peer BLOB PRIMARY KEY,                  -- keyed hash of the peer's node key
+        cursor_epoch BLOB,                      -- the peer store's epoch the cursor belongs to
+        cursor INTEGER NOT NULL DEFAULT 0,      -- the peer's local seq we have fully received
+        last_sync INTEGER,                      -- wall clock, rounded down to the hour
+        seen INTEGER NOT NULL DEFAULT 0,        -- local clock at the last contact (expiry)
+        quota_window INTEGER NOT NULL DEFAULT 0,
+        quota_items INTEGER NOT NULL DEFAULT 0,
+        quota_bytes INTEGER NOT NULL DEFAULT 0
+    ) WITHOUT ROWID;
+    CREATE TABLE origins_v7 (
+        ref INTEGER PRIMARY KEY,
+        peer BLOB UNIQUE                        -- as peers.peer, NULL once forgotten
+    );
+    INSERT INTO origins_v7 (ref, peer) SELECT ref, NULL FROM origins;
+    DROP TABLE origins;
+    ALTER TABLE origins_v7 RENAME TO origins;
+    """,
 )
+#: ``peers.last_sync`` is kept to this many seconds: enough for "last synced" on a page.
+LAST_SYNC_GRAIN = 3600
+_PEER_PERSON = b"fs-peer-record"
+_EPOCH_PERSON = b"fs-peer-epoch"
+_OFFSET_PERSON = b"fs-peer-offset"
 
 #: What an HQ receipt makes of the author's own report, and which states it may replace:
 #: a later "accepted" upgrades "held" (HQ re-ingested it); nothing downgrades "delivered".
@@ -507,14 +540,25 @@ class Store:
         return [(row[0], row[1]) for row in rows]
 
     def _origin_ref(self, node_key: bytes, *, create: bool) -> int | None:
-        row = self._conn.execute(
-            "SELECT ref FROM origins WHERE node_key = ?", (node_key,)
-        ).fetchone()
+        peer = self._peer_id(node_key)
+        row = self._conn.execute("SELECT ref FROM origins WHERE peer = ?", (peer,)).fetchone()
         if row is None and create:
             row = self._conn.execute(
-                "INSERT INTO origins (node_key) VALUES (?) RETURNING ref", (node_key,)
+                "INSERT INTO origins (peer) VALUES (?) RETURNING ref", (peer,)
             ).fetchone()
         return None if row is None else int(row[0])
+
+    @functools.cached_property
+    def _peer_key(self) -> bytes:
+        row = self._conn.execute("SELECT value FROM store_meta WHERE key = 'peer_key'").fetchone()
+        return bytes(row[0])
+
+    def _peer_id(self, node_key: bytes) -> bytes:
+        """What the store keeps of a peer's node key: a keyed hash (issue #11). Reading the
+        store lists no peer; only someone holding a node key can test whether it was met."""
+        return hashlib.blake2b(
+            node_key, digest_size=16, key=self._peer_key, person=_PEER_PERSON
+        ).digest()
 
     def high_water(self) -> int:
         """The largest local number ever given (deletions never lower it)."""
@@ -525,6 +569,14 @@ class Store:
         """Random id of this store: a peer's cursor is only valid for the same epoch."""
         row = self._conn.execute("SELECT value FROM store_meta WHERE key = 'epoch'").fetchone()
         return bytes(row[0])
+
+    def epoch_for(self, node_key: bytes) -> bytes:
+        """The epoch this store shows the peer ``node_key`` (SPEC.md §13.1): a keyed hash of
+        its key under the store's epoch, so peers comparing notes cannot tell they met the
+        same store, and it changes whenever the store's own epoch does."""
+        return hashlib.blake2b(
+            node_key, digest_size=16, key=self.epoch(), person=_EPOCH_PERSON
+        ).digest()
 
     def get_items(self, ids: list[bytes]) -> list[bytes]:
         return list(self._where_in("SELECT data FROM items", "id", ids))
@@ -555,22 +607,58 @@ class Store:
             for row in rows:
                 yield row[0]
 
+    def seq_offset_for(self, node_key: bytes) -> int:
+        """What this store adds to its local numbers for the peer ``node_key`` (below 2^32),
+        fixed as its ``epoch_for``: the peer sees how many items arrive, not how many this
+        store ever held."""
+        digest = hashlib.blake2b(
+            node_key, digest_size=4, key=self.epoch(), person=_OFFSET_PERSON
+        ).digest()
+        return int.from_bytes(digest, "big")
+
     # --- peers -----------------------------------------------------------------------------
 
     def peer_cursor(self, node_key: bytes) -> tuple[bytes, int] | None:
         """(peer store epoch, seq) we have fully received from this peer, if known."""
         row = self._conn.execute(
-            "SELECT cursor_epoch, cursor FROM peers WHERE node_key = ?", (node_key,)
+            "SELECT cursor_epoch, cursor FROM peers WHERE peer = ?", (self._peer_id(node_key),)
         ).fetchone()
         return None if row is None or row[0] is None else (bytes(row[0]), int(row[1]))
 
     def set_peer_cursor(self, node_key: bytes, epoch: bytes, cursor: int, now: int) -> None:
         self._conn.execute(
-            "INSERT INTO peers (node_key, cursor_epoch, cursor, last_sync) VALUES (?, ?, ?, ?)"
-            " ON CONFLICT(node_key) DO UPDATE SET cursor_epoch = excluded.cursor_epoch,"
-            " cursor = excluded.cursor, last_sync = excluded.last_sync",
-            (node_key, epoch, cursor, now),
+            "INSERT INTO peers (peer, cursor_epoch, cursor, last_sync, seen)"
+            " VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT(peer) DO UPDATE SET cursor_epoch = excluded.cursor_epoch,"
+            " cursor = excluded.cursor, last_sync = excluded.last_sync, seen = excluded.seen",
+            (
+                self._peer_id(node_key),
+                epoch,
+                cursor,
+                now - now % LAST_SYNC_GRAIN,
+                self._clock_now(),
+            ),
         )
+
+    def forget_peers(self, unseen_for: int) -> int:
+        """Delete the records of peers not seen for ``unseen_for`` seconds of local clock
+        (the janitor, ``sync.forget_peers_days``); their items stay, no longer linked to
+        them. A forgotten peer that comes back reconciles once, as a new one."""
+        cutoff = self.local_clock() - unseen_for
+        stale = "SELECT 1 FROM peers WHERE seen < ? LIMIT 1"
+        if self._conn.execute(stale, (cutoff,)).fetchone() is None:
+            return 0  # the common case: no write every janitor pass
+        with self.transaction():
+            forgotten = self._conn.execute("DELETE FROM peers WHERE seen < ?", (cutoff,)).rowcount
+            self._conn.execute(
+                "UPDATE origins SET peer = NULL WHERE peer IS NOT NULL"
+                " AND peer NOT IN (SELECT peer FROM peers)"
+            )
+            self._conn.execute(
+                "DELETE FROM origins WHERE peer IS NULL AND NOT EXISTS"
+                " (SELECT 1 FROM items WHERE items.origin = origins.ref)"
+            )
+        return int(forgotten)
 
     def charge_quota(
         self, node_key: bytes, window: int, items: int, size: int, max_items: int, max_bytes: int
@@ -582,19 +670,19 @@ class Store:
 
     def _charge(self, quota: Quota, items: int, size: int) -> str | None:
         """Charge the delivery; None while within the quota, else which limit ran out."""
+        peer = self._peer_id(quota.node_key)
         self._conn.execute(
-            "INSERT INTO peers (node_key) VALUES (?) ON CONFLICT(node_key) DO NOTHING",
-            (quota.node_key,),
+            "INSERT INTO peers (peer) VALUES (?) ON CONFLICT(peer) DO NOTHING", (peer,)
         )
         self._conn.execute(
             "UPDATE peers SET"
             " quota_items = CASE WHEN quota_window = ?1 THEN quota_items ELSE 0 END + ?2,"
             " quota_bytes = CASE WHEN quota_window = ?1 THEN quota_bytes ELSE 0 END + ?3,"
-            " quota_window = ?1, items_received = items_received + ?2 WHERE node_key = ?4",
-            (quota.window, items, size, quota.node_key),
+            " quota_window = ?1, seen = ?5 WHERE peer = ?4",
+            (quota.window, items, size, peer, self._clock_now()),
         )
         used_items, used_bytes = self._conn.execute(
-            "SELECT quota_items, quota_bytes FROM peers WHERE node_key = ?", (quota.node_key,)
+            "SELECT quota_items, quota_bytes FROM peers WHERE peer = ?", (peer,)
         ).fetchone()
         if used_bytes > quota.max_bytes:
             return f"{quota.max_bytes:,} bytes a day; this delivery would make {used_bytes:,}"
@@ -603,9 +691,9 @@ class Store:
         return None
 
     def peers(self) -> list[dict[str, object]]:
+        """What the store keeps of each peer: no key, no counts (issue #11)."""
         cursor = self._conn.execute(
-            "SELECT node_key, cursor, last_sync, items_received, items_sent FROM peers"
-            " ORDER BY last_sync DESC"
+            "SELECT peer, cursor, last_sync, seen FROM peers ORDER BY last_sync DESC"
         )
         names = [d[0] for d in cursor.description]
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
@@ -756,8 +844,8 @@ class Store:
         if peers:
             marks = ",".join("?" * len(peers))
             self._conn.execute(
-                "UPDATE peers SET cursor_epoch = NULL, cursor = 0 WHERE node_key IN"  # noqa: S608
-                f" (SELECT node_key FROM origins WHERE ref IN ({marks}))",
+                "UPDATE peers SET cursor_epoch = NULL, cursor = 0 WHERE peer IN"  # noqa: S608
+                f" (SELECT peer FROM origins WHERE ref IN ({marks}))",
                 peers,
             )
 

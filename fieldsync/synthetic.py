@@ -17,6 +17,7 @@ from fieldsync.store import ImportCounts, Store, now_seconds
 from fieldsync_protocol import crypto, envelope
 from fieldsync_protocol.items import check_item
 from fieldsync_protocol.membership import Manifest
+from fieldsync_protocol.report import REPORT_ID_RANDOM, report_id
 
 PASSPHRASE = "synthetic network passphrase"  # noqa: S105 - synthetic test networks only
 KDF_PROFILE = "interactive"
@@ -69,7 +70,7 @@ def sealed_reports(
     for sequence in range(start, start + count):
         body = {
             "schema": "fieldsync.report/1",
-            "id": _uuid(),
+            "id": report_id(secrets.token_bytes(REPORT_ID_RANDOM)),
             "created_at": "2025-03-01T09:30:00Z",
             "clock": {"source": "unknown", "synced": False},
             "origin": {"channel": "api"},
@@ -96,14 +97,6 @@ def sealed_reports(
         previous = sealed.header_hash
         items.append(sealed.item)
     return items
-
-
-def _uuid() -> str:
-    raw = bytearray(secrets.token_bytes(16))
-    raw[6] = (raw[6] & 0x0F) | 0x40
-    raw[8] = (raw[8] & 0x3F) | 0x80
-    hexed = raw.hex()
-    return f"{hexed[:8]}-{hexed[8:12]}-{hexed[12:16]}-{hexed[16:20]}-{hexed[20:]}"
 
 
 def fill_store(

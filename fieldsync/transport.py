@@ -17,6 +17,8 @@ from typing import Protocol
 import aiohttp
 from aiohttp import web
 
+from fieldsync.lognames import address_name
+
 #: Largest single read handed to the protocol machines.
 READ_SIZE = 64 * 1024
 #: WebSocket messages above this are refused (frames are far smaller).
@@ -52,7 +54,10 @@ class TcpTransport:
         self._reader = reader
         self._writer = writer
         peer = writer.get_extra_info("peername")
-        self.label = f"tcp:{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "tcp"
+        # Logs name the peer by a pseudonym, never by address (fieldsync.lognames).
+        self.label = (
+            f"tcp:{address_name(f'{peer[0]}:{peer[1]}')}" if isinstance(peer, tuple) else "tcp"
+        )
         self.address = str(peer[0]) if isinstance(peer, tuple) else "tcp"
 
     async def send(self, data: bytes) -> None:
@@ -169,7 +174,7 @@ async def connect_websocket(url: str, connect_timeout: float = 10.0) -> WebSocke
     except BaseException:
         await session.close()  # cancelled (e.g. SIGTERM) while connecting: leak nothing
         raise
-    return WebSocketTransport(ws, f"ws:{url}", session)
+    return WebSocketTransport(ws, f"ws:{address_name(url)}", session)
 
 
 def websocket_route(handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
@@ -180,7 +185,8 @@ def websocket_route(handler: Handler) -> Callable[[web.Request], Awaitable[web.S
         await ws.prepare(request)
         # Behind a reverse proxy this is the proxy's address: the per-address admission limit
         # then covers the proxy as a whole (limit clients at the proxy too; SPEC §14.8).
-        transport = WebSocketTransport(ws, f"ws:{request.remote}", address=request.remote or "ws")
+        remote = request.remote or "ws"
+        transport = WebSocketTransport(ws, f"ws:{address_name(remote)}", address=remote)
         try:
             await handler(transport)
         finally:

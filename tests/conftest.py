@@ -2,9 +2,10 @@
 
 - ``@pytest.mark.slow``: long soak tests, skipped unless ``FIELDSYNC_SOAK=1``. They are opt-in
   by design: not an environment skip.
-- Environment markers (``netns``, ``root``, ``systemd``, ``faketime``, ``browser``): the test
-  needs that from the machine. Without it the test is skipped with what to install, or fails
-  under ``FIELDSYNC_REQUIRE_ALL=1`` (CI); see ``tests/environment.py``.
+- Environment markers (``netns``, ``root``, ``systemd``, ``faketime``, ``browser``,
+  ``loopmount``): the test needs that from the machine. Without it the test is skipped with
+  what to install, or fails under ``FIELDSYNC_REQUIRE_ALL=1`` (CI); see
+  ``tests/environment.py``.
 
 - Every ``async def`` test runs under blockbuster (as python-zeroconf's tests do): any
   blocking call made on the running event loop - file I/O, ``time.sleep``, a blocking

@@ -100,6 +100,21 @@ def missing_browser() -> str | None:
     return missing_command("chromedriver", "chromium-driver")
 
 
+def missing_loop_mount() -> str | None:
+    """Root, loop devices (/dev/loop-control) and the ext4 tools: to mount a disk image."""
+    lacking = [
+        reason
+        for reason in (
+            missing_root(),
+            missing_command("mkfs.ext4", "e2fsprogs"),
+            missing_command("mount", "mount"),
+            None if os.path.exists("/dev/loop-control") else "needs loop devices (loop module)",
+        )
+        if reason is not None
+    ]
+    return "loop-mount test: " + ", ".join(lacking) if lacking else None
+
+
 #: Marker name -> what the machine lacks for it (None: nothing).
 ENVIRONMENT_MARKERS: dict[str, Callable[[], str | None]] = {
     "netns": missing_netns,
@@ -107,4 +122,5 @@ ENVIRONMENT_MARKERS: dict[str, Callable[[], str | None]] = {
     "systemd": lambda: missing_command("systemd-analyze", "systemd"),
     "faketime": missing_libfaketime,
     "browser": missing_browser,
+    "loopmount": missing_loop_mount,
 }

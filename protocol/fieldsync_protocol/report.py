@@ -35,7 +35,12 @@ ROLES = ("victim", "perpetrator", "source", "witness", "other")
 MAX_PATTERN = 64
 
 # ASCII only: ``\d`` would also match other scripts' digits. Matched with ``fullmatch``.
-_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+# Report ids are random (version 4, RFC 9562 §5.4: version nibble 4, variant bits 10): a
+# time-based id (v1, v6, v7) would date the report on a seized device that still holds it.
+_UUID4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+_UUID4_HINT = "a lowercase random UUID (version 4, like 0f9c2b7e-3d1a-4c5e-8b2f-6a7d9e0c1b34)"
+#: Random bytes a report id is made of (``report_id``).
+REPORT_ID_RANDOM = 16
 _TIMESTAMP = re.compile(
     r"(?P<y>[0-9]{4})(-(?P<m>[0-9]{2})(-(?P<d>[0-9]{2})"
     r"(T(?P<H>[0-9]{2}):(?P<M>[0-9]{2})(:(?P<S>[0-9]{2}))?"
@@ -194,7 +199,7 @@ _PERSON = _record(
 _SCHEMA_CHECK = _record(
     {
         "schema": _choice((SCHEMA,)),
-        "id": _pattern(_UUID, "a lowercase UUID"),
+        "id": _pattern(_UUID4, _UUID4_HINT),
         "created_at": _TIMESTAMP_CHECK,
         "clock": _record({"source": _choice(CLOCK_SOURCES), "synced": _boolean}, {}),
         "origin": _record({"channel": _choice(CHANNELS)}, {"monitor": _text(32)}),
@@ -212,7 +217,7 @@ _SCHEMA_CHECK = _record(
         ),
     },
     {
-        "supersedes": _pattern(_UUID, "a lowercase UUID"),
+        "supersedes": _pattern(_UUID4, _UUID4_HINT),
         "taxonomy_version": _text(32),
         "title": _text(200),
         "location": _record(
@@ -231,6 +236,17 @@ _SCHEMA_CHECK = _record(
         "extra": _extra,
     },
 )
+
+
+def report_id(random: bytes) -> str:
+    """The report id made of 16 random bytes: a version-4 UUID, so it carries no time (§7)."""
+    if len(random) != REPORT_ID_RANDOM:
+        raise ValueError(f"a report id needs {REPORT_ID_RANDOM} random bytes, got {len(random)}")
+    raw = bytearray(random)
+    raw[6] = (raw[6] & 0x0F) | 0x40
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    hexed = raw.hex()
+    return f"{hexed[:8]}-{hexed[8:12]}-{hexed[12:16]}-{hexed[16:20]}-{hexed[20:]}"
 
 
 def validate_report(body: Any) -> dict[str, Any]:

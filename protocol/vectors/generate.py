@@ -36,6 +36,7 @@ from fieldsync_protocol import (
     keytext,
     membership,
     receipt,
+    report,
     revocation,
 )
 from fieldsync_protocol.bundle import BundleReader, BundleWriter
@@ -95,9 +96,11 @@ STORE_EPOCH_INITIATOR = "50db6ddc83a3349e3dfbb92914d2b740"
 STORE_EPOCH_RESPONDER = "c874b6402750775e820ad69c3afeacc4"
 NOW = 1_740_000_000  # 2025-02-19T21:20:00Z, the "claimed time" and issue times
 
+# The 16 random bytes the report id is made of (SPEC.md §7: a version-4 UUID).
+REPORT_ID_BYTES = "0191f3a27c4e7b1a9d2e5f6a7b8c9d0e"
 REPORT_BODY: dict[str, Any] = {
     "schema": "fieldsync.report/1",
-    "id": "0191f3a2-7c4e-7b1a-9d2e-5f6a7b8c9d0e",
+    "id": report.report_id(bytes.fromhex(REPORT_ID_BYTES)),
     "supersedes": None,
     "created_at": "2025-03-02T14:05:11Z",
     "clock": {"source": "ntp", "synced": True},
@@ -502,6 +505,7 @@ def envelope_vectors() -> dict[str, Any]:
             "claimed_time": spec.claimed_time,
             "ttl_class": spec.ttl_class,
             "ephemeral_private": EPHEMERAL_ENVELOPE,
+            "report_id_random": REPORT_ID_BYTES,
             "body": REPORT_BODY,
         },
         "body_hex": h(codec.encode(REPORT_BODY)),

@@ -92,5 +92,7 @@ def test_a_report_of_a_removed_author_is_held_then_delivered_after_reingest(
     imported = _json(run("--home", net.a, "bundle", "import", net.usb / "r2.bundle", "--json"))
     assert (imported["delivered_own"], imported["held_own"]) == (1, 0)
     assert _statuses(run, net.a) == ["delivered"]
-    exported = run("hq", "export", "--hq", net.hq, "--format", "jsonl", passphrase=None)
+    exported = run(
+        "hq", "export", "--hq", net.hq, "--format", "jsonl", "--device-ids", passphrase=None
+    )
     assert [json.loads(line)["id"] for line in exported.stdout.splitlines()] == [report_id]

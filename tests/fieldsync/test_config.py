@@ -69,6 +69,7 @@ def test_defaults_without_file_env_or_overrides() -> None:
     assert (config.sync.backoff_initial, config.sync.backoff_max) == (2.0, 300.0)
     assert config.sync.quota_items_per_day == limits.QUOTA_ITEMS_PER_DAY
     assert config.sync.quota_bytes_per_day == limits.QUOTA_BYTES_PER_DAY
+    assert config.sync.forget_peers_days == 30
     assert config.storage.disk_budget_mb == 1024
     assert config.storage.checkpoint_minutes == 5
     assert config.hub.enabled is False

@@ -14,6 +14,7 @@ from fieldsync import synthetic
 from fieldsync.config import Config, load_config
 from fieldsync.control import query
 from fieldsync.daemon import FieldDaemon
+from fieldsync.lognames import address_name
 from fieldsync.node import Node
 
 
@@ -163,7 +164,7 @@ async def test_both_sides_log_each_sync_and_the_dialler_logs_failed_dials(
             text = [r.getMessage() for r in caplog.records]
             dialled = [t for t in text if t.startswith("synced with peer-") and "dialled" in t]
             accepted = [t for t in text if t.startswith("synced with peer-") and "accepted" in t]
-            refused = [t for t in text if t.startswith("cannot reach 127.0.0.1:9:")]
+            refused = [t for t in text if t == f"cannot reach {address_name('127.0.0.1:9')}"]
             return bool(dialled and accepted and refused)
 
         await wait_until(logged)
@@ -176,6 +177,13 @@ async def test_both_sides_log_each_sync_and_the_dialler_logs_failed_dials(
     names = {t.split()[2] for t in synced if "dialled" in t}
     assert len(names) == 1 and re.fullmatch(r"peer-[a-z2-7]{8}", names.pop())
     assert all(r.levelno == logging.INFO for r in caplog.records if r.name == "fieldsync.sync")
+    # Addresses only at DEBUG level (issue #11): no INFO line names the peer's address.
+    info = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno >= logging.INFO and not r.getMessage().startswith("serving sync on")  # own
+    ]
+    assert not [t for t in info if f":{port}" in t or "127.0.0.1:9" in t or "tcp:127" in t]
 
 
 async def test_the_hub_keeps_no_access_log_of_field_addresses(

@@ -76,7 +76,8 @@ def test_jsonl_is_one_report_body_per_line_with_hq_fields(exported_net: Net) -> 
     records = [json.loads(line) for line in lines]
     by = _by_narrative(records)
     market = by["Three trad"]
-    assert market["schema"] == "fieldsync.report/1" and len(market["id"]) == 36  # the archive
+    assert market["schema"] == "fieldsync.report/1"
+    assert "id" not in market and "supersedes" not in market  # the device's ids: device_ids only
     assert market["categories"] == ["arbitrary-detention", "threats"]
     assert market["location"]["lat"] == 12.3657 and market["location"]["lon"] == -1.5339
     hq = market["hq"]
@@ -89,8 +90,12 @@ def test_jsonl_is_one_report_body_per_line_with_hq_fields(exported_net: Net) -> 
     assert by[TRICKY[:10]]["narrative"] == TRICKY
     assert any("naïve" in line for line in lines)  # UTF-8, not \\u escapes
     assert [r["created_at"] for r in records] == sorted(r["created_at"] for r in records)
-    with_ids = json.loads(_export(exported_net, "jsonl", device_ids=True).splitlines()[0])
-    assert with_ids["hq"]["author_key"].startswith("author:") and with_ids["hq"]["sequence"] == 1
+    with_ids = [
+        json.loads(line) for line in _export(exported_net, "jsonl", device_ids=True).splitlines()
+    ]
+    assert all(r["hq"]["author_key"].startswith("author:") for r in with_ids)
+    assert sorted(r["hq"]["sequence"] for r in with_ids)[0] == 1
+    assert all(len(r["id"]) == 36 for r in with_ids)
 
 
 def test_csv_round_trips_and_names_reports_by_publication_id(exported_net: Net) -> None:

@@ -271,7 +271,7 @@ def test_no_device_side_id_leaves_hq_in_publication_formats(
         envelope_ids = [r[0] for r in headquarters.database().execute(
             "SELECT envelope_id FROM reports").fetchall()]  # fmt: skip
     author = key_to_text(KeyKind.AUTHOR, crypto.signing_public_key(author_seed(net)))
-    for fmt in ("csv", "geojson", "uwazi-csv", "uwazi-zip"):
+    for fmt in ("jsonl", "csv", "geojson", "uwazi-csv", "uwazi-zip"):
         out = _export(net, fmt, tmp_path / f"all.{fmt}", include_confidential=True)
         data = out.read_bytes()
         if fmt == "uwazi-zip":

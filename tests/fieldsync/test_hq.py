@@ -35,6 +35,7 @@ from tests.fieldsync.offline_support import (
     raw_bundle,
     receipts,
     seal,
+    seal_raw,
     write_bundle,
 )
 
@@ -295,6 +296,20 @@ def test_refused_envelopes_that_open_are_held_in_quarantine_with_their_reasons(n
     assert sorted(r["status"] for r in envelope_rows) == ["accepted", "quarantined", "quarantined"]
     assert all(r["data"] is None for r in envelope_rows)  # the bytes live in the quarantine only
     assert [r["id"] for r in listed] == [1, 2] and "data" not in listed[0]
+
+
+def test_a_report_with_a_time_based_id_is_held_with_a_clear_reason(net: Net) -> None:
+    """SPEC §7: report ids are random UUIDv4; a v7 id (a writer that dates its reports) is
+    refused at HQ, by name, while a v4 one from the same author is accepted."""
+    manifest, seed = hq_manifest(net), author_seed(net)
+    dated = body("dated id", id="0191f3a2-7c4e-7b1a-9d2e-5f6a7b8c9d0e")
+    old = seal_raw(manifest, seed, 1, 1_740_000_000, dated)
+    fine = seal(manifest, seed, 2, "random id")
+    write_bundle(net, net.usb / "ids.bundle", [old, fine.item])
+    summary = ingest(net, net.usb / "ids.bundle")
+    assert summary.new == 1
+    (reason,) = summary.quarantined
+    assert "report field id: must be a lowercase random UUID (version 4" in reason, reason
 
 
 def _seal_for_network(net: Net, seed: bytes, network_id: bytes) -> bytes:

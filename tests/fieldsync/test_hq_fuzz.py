@@ -42,6 +42,10 @@ ALPHABET = "abcdefghij klmnop=+-@\t\n\r\"',;éçøß中文字العربية😀�
 LANGUAGES = ("en", "fr", "pt-BR", "ara", "zh-Hant-TW", "es-419", "sw")
 
 
+def _report_id(rng: random.Random) -> str:
+    return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+
+
 def _text(rng: random.Random, low: int, high: int) -> str:
     return "".join(rng.choice(ALPHABET) for _ in range(rng.randint(low, high)))
 
@@ -99,7 +103,7 @@ def fuzz_body(rng: random.Random) -> dict[str, Any]:
     narrative_length = rng.choice([1, 10, 200, 2000]) if rng.random() < 0.99 else 30_000
     body: dict[str, Any] = {
         "schema": report.SCHEMA,
-        "id": str(uuid.UUID(int=rng.getrandbits(128))),
+        "id": _report_id(rng),
         "created_at": _timestamp(rng),
         "clock": {"source": rng.choice(report.CLOCK_SOURCES), "synced": rng.random() < 0.5},
         "origin": {"channel": rng.choice(report.CHANNELS)},
@@ -120,7 +124,7 @@ def fuzz_body(rng: random.Random) -> dict[str, Any]:
     if rng.random() < 0.5:
         body["occurred"]["end"] = _timestamp(rng)
     optional: dict[str, Callable[[], Any]] = {
-        "supersedes": lambda: rng.choice([None, str(uuid.UUID(int=rng.getrandbits(128)))]),
+        "supersedes": lambda: rng.choice([None, _report_id(rng)]),
         "taxonomy_version": lambda: _text(rng, 0, 32),
         "title": lambda: rng.choice([None, _text(rng, 0, 200)]),
         "location": lambda: _location(rng),

@@ -428,7 +428,8 @@ def test_hq_export_writes_media_beside_it_with_relative_links(net: Net, tmp_path
             copied.append(result.media_copied)
     assert copied == [1, 0, 0, 0]  # already there after the first; the ZIP holds its own
     [record] = [json.loads(line) for line in (out_dir / "reports.jsonl").read_text().splitlines()]
-    assert record["id"] == report_id
+    # The device's report id: only with device_ids (issue #11), in no field of any record.
+    assert "id" not in record and report_id not in (out_dir / "reports.jsonl").read_text()
     [link] = record["hq"]["attachments"]
     assert link == f"media/{record['hq']['publication_id']}/01.jpg"  # no author file name
     assert sha256_of(out_dir / link) == sha256_of(original)

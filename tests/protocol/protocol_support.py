@@ -41,7 +41,7 @@ def minimal_body(
 ) -> dict[str, Any]:
     body: dict[str, Any] = {
         "schema": report.SCHEMA,
-        "id": "0191f3a2-7c4e-7b1a-9d2e-5f6a7b8c9d0e",
+        "id": "0191f3a2-7c4e-4b1a-9d2e-5f6a7b8c9d0e",
         "created_at": "2025-03-02T14:05:11Z",
         "clock": {"source": "ntp", "synced": True},
         "origin": {"channel": "cli"},
@@ -186,8 +186,7 @@ def random_body(rng: random.Random, size: int | None = None) -> dict[str, Any]:
 
 
 def _uuid(value: int) -> str:
-    h = f"{value:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    return report.report_id(value.to_bytes(16, "big"))
 
 
 # --- Hypothesis strategies -------------------------------------------------------------

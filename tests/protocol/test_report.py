@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import uuid
 from typing import Any
 
 import pytest
@@ -11,7 +12,7 @@ from hypothesis import given
 
 from fieldsync_protocol import codec
 from fieldsync_protocol.errors import RemoteProtocolError
-from fieldsync_protocol.report import MAX_LIST, MAX_NARRATIVE, validate_report
+from fieldsync_protocol.report import MAX_LIST, MAX_NARRATIVE, report_id, validate_report
 from tests.protocol.protocol_support import DETERMINISTIC, full_body, minimal_body, report_bodies
 
 
@@ -58,11 +59,17 @@ REMOVE = object()
 BAD_FIELDS: list[tuple[str, Any, str]] = [
     ("schema", "fieldsync.report/2", "schema: must be one of fieldsync.report/1"),
     ("schema", REMOVE, "^report lacks schema"),
-    ("id", "0191F3A2-7C4E-7B1A-9D2E-5F6A7B8C9D0E", "id: must be a lowercase UUID"),
-    ("id", "0191f3a2-7c4e-7b1a-9d2e-5f6a7b8c9d0e\n", "id: must be a lowercase UUID"),
-    ("id", 5, "id: must be a lowercase UUID"),
-    ("id", "0191f3a2-7c4e-7b1a-9d2e-5f6a7b8c9d0e" * 2, "id: must be a lowercase UUID"),
-    ("id", None, "id: must be a lowercase UUID"),
+    ("id", "0191F3A2-7C4E-7B1A-9D2E-5F6A7B8C9D0E", "id: must be a lowercase random UUID"),
+    ("id", "0191f3a2-7c4e-7b1a-9d2e-5f6a7b8c9d0e\n", "id: must be a lowercase random UUID"),
+    ("id", 5, "id: must be a lowercase random UUID"),
+    ("id", "0191f3a2-7c4e-7b1a-9d2e-5f6a7b8c9d0e" * 2, "id: must be a lowercase random UUID"),
+    ("id", None, "id: must be a lowercase random UUID"),
+    # Time-based ids (v7 dates the report to the millisecond, v1 and v6 too) are refused.
+    ("id", "0191f3a2-7c4e-7b1a-9d2e-5f6a7b8c9d0e", r"id: must be a lowercase random UUID \(vers"),
+    ("id", "6ba7b810-9dad-11d1-80b4-00c04fd430c8", "id: must be a lowercase random UUID"),
+    ("id", "1ef21d2f-1207-6660-8c4f-419efbd44d48", "id: must be a lowercase random UUID"),
+    ("id", "00000000-0000-0000-0000-000000000000", "id: must be a lowercase random UUID"),
+    ("id", "0191f3a2-7c4e-4b1a-cd2e-5f6a7b8c9d0e", "id: must be a lowercase random"),  # variant
     ("created_at", "2025-03-02 14:05", "created_at: must be a date or time"),
     ("created_at", "2025-03-02T14:05", "created_at: must be a date or time"),
     ("created_at", "2025T14:05Z", "created_at: must be a date or time"),
@@ -102,7 +109,8 @@ BAD_FIELDS: list[tuple[str, Any, str]] = [
     ("consent.share_with_hq", None, "consent.share_with_hq: must be true or false"),
     ("consent.share_with_hq", REMOVE, "consent: lacks share_with_hq"),
     ("consent.publish", "no", "consent.publish: must be true or false"),
-    ("supersedes", "not-a-uuid", "supersedes: must be a lowercase UUID"),
+    ("supersedes", "not-a-uuid", "supersedes: must be a lowercase random UUID"),
+    ("supersedes", "0191f3a2-7c4e-7b1a-9d2e-5f6a7b8c9d0e", "supersedes: must be a lowercase"),
     ("taxonomy_version", "v" * 33, "taxonomy_version: is longer than 32"),
     ("title", "t" * 201, "title: is longer than 200"),
     ("location", [12.3, -1.5], "location: must be a map"),
@@ -150,3 +158,17 @@ def test_validation_does_not_change_the_body() -> None:
     before = copy.deepcopy(body)
     validate_report(body)
     assert body == before
+
+
+def test_report_id_is_a_random_uuid4_that_validates() -> None:
+    for random in (bytes(16), b"\xff" * 16, bytes(range(16))):
+        made = report_id(random)
+        assert uuid.UUID(made).version == 4 and uuid.UUID(made).variant == uuid.RFC_4122
+        assert made == made.lower() and made.replace("-", "")[:12] == random.hex()[:12]
+        validate_report(minimal_body("x", id=made, supersedes=report_id(random[::-1])))
+
+
+@pytest.mark.parametrize("size", [0, 15, 17])
+def test_report_id_needs_16_random_bytes(size: int) -> None:
+    with pytest.raises(ValueError, match=f"needs 16 random bytes, got {size}"):
+        report_id(bytes(size))

@@ -45,6 +45,7 @@ from fieldsync_protocol.keytext import KeyKind
 from fieldsync_protocol.reconcile import ReconcileParams, Reconciler
 from fieldsync_protocol.reconcile_index import EMPTY_FINGERPRINT, INFINITY, SortedListIndex
 from fieldsync_protocol.reconcile_wire import RangeMode, parse_message
+from fieldsync_protocol.report import report_id
 from fieldsync_protocol.session import (
     Completed,
     CursorAdvanced,
@@ -269,6 +270,11 @@ def test_envelope_vector_reproduces() -> None:
     assert crypto.content_id(sealed.item).hex() == ENVELOPE["item_id"]
     assert crypto.delivery_tag(sealed.item).hex() == ENVELOPE["delivery_tag"]
     assert codec.encode(ENVELOPE["input"]["body"]).hex() == ENVELOPE["body_hex"]
+
+
+def test_envelope_vector_report_id_comes_from_its_random_bytes() -> None:
+    given = ENVELOPE["input"]
+    assert report_id(b(given["report_id_random"])) == given["body"]["id"]
 
 
 def test_envelope_vector_opens() -> None:
