@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import importlib
 import logging
 import random
 import sqlite3
@@ -177,10 +178,11 @@ class FieldDaemon:
         listen = self.config.web.listen
         if listen is None or self.config.hub.enabled or not runtime.is_author:
             return
-        # Imported here: Jinja2, Babel and the templates cost a relay or the hub nothing.
-        from fieldsync.web.server import WebServer
-
-        web = WebServer(
+        # Imported here: Jinja2, Babel and the templates cost a relay or the hub nothing. And
+        # imported off the loop: Babel reads the system time zone from disk while it loads.
+        server_module = await asyncio.to_thread(importlib.import_module, "fieldsync.web.server")
+        web_server: type[WebServer] = server_module.WebServer
+        web = web_server(
             listen,
             self.config.node.home,
             runtime.worker,
