@@ -3,8 +3,9 @@
 The relay node B runs ``fieldsync run`` in a fresh interpreter (``fieldsync_cli.main.main``
 in-process there), receives a sync from the author node A, is stopped with SIGTERM like
 systemd stops it, and then writes its ``sys.modules``. HQ's database layer (sqlite-utils,
-which pulls in numpy when installed), the web app and its templates and locales, the
-passphrase-strength checker, X.509 certificates and the exporters are for other roles.
+which pulls in numpy when installed), aiohttp (WebSocket and the web app), the web app and
+its templates and locales, the passphrase-strength checker, X.509 certificates and the
+exporters are for other roles.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from tests.fieldsync.offline_support import Net, add_reports
 
 #: Never loaded by a relay daemon, even after a sync.
 NOT_FOR_A_RELAY = (
+    "aiohttp",  # WebSocket (hub) and the web app only: TCP sync and the control API use asyncio
     "fieldsync.hq",
     "fieldsync.hq_hub",
     "fieldsync.web",
