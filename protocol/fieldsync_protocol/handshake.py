@@ -115,15 +115,20 @@ def certificate_slot(certificate: bytes, manifest: Manifest) -> bytes:
     """Our own certificate as the slot of messages 2 and 3; ``ValueError`` if it does not
     verify. A peer rebuilds exactly our bytes from the slot: ``open_certificate`` accepts
     only canonical encodings of exactly these fields, and our network id and node key are
-    the ones the peer uses (the latter is checked by the caller).
+    the ones the peer uses (the latter is checked by ``PeerHandshake``).
     """
+    return _open_own(certificate, manifest)[1]
+
+
+def _open_own(certificate: bytes, manifest: Manifest) -> tuple[NodeCertificate, bytes]:
+    """Our own certificate, verified once, and its slot."""
     try:
         own = open_certificate(certificate, manifest)
     except RemoteProtocolError as exc:
         raise ValueError(f"our own certificate does not verify: {exc}") from None
     outer = codec.as_map(codec.decode(certificate), "node certificate", {"b", "s"})
     signature = codec.get_bytes(outer, "s", "node certificate", SIGNATURE_SIZE)
-    return own.expires.to_bytes(EXPIRY_SIZE, "big") + signature
+    return own, own.expires.to_bytes(EXPIRY_SIZE, "big") + signature
 
 
 def certificate_from_slot(slot: bytes, manifest: Manifest, node_key: bytes) -> bytes:
@@ -170,9 +175,8 @@ class PeerHandshake:
         previous or the next network key while a rotation is in its grace period (§17.5)."""
         if initiator and also_accept:
             raise ValueError("only a responder accepts several network keys")
-        self._payload = certificate_slot(certificate, manifest)
+        own, self._payload = _open_own(certificate, manifest)
         self._static_public = box_public_key(static_secret)
-        own = open_certificate(certificate, manifest)
         if own.node_key != self._static_public:
             raise ValueError("our own certificate names another node key than static_secret")
         self._candidates = [
