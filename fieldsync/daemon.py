@@ -3,7 +3,8 @@ scheduler, discovery, janitor and control API together and supervises them.
 
 Nothing else in ``fieldsync`` wires modules together; there are no module-level singletons.
 The runtime and the server are in ``fieldsync.runtime``; HQ's pull from the hub is in
-``fieldsync.hq_hub`` (``ingest_from_hub`` is re-exported here for ``fieldsync hq ingest``).
+``fieldsync.hq_hub``, which a daemon never imports: it would bring HQ's database layer
+(sqlite_utils, and numpy when installed: ~15 MB resident) into every relay (issue 13 item 7).
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from fieldsync.diskerrors import storage_problem
 from fieldsync.errors import EXIT_DAEMON_FAILED, FieldsyncError
 from fieldsync.faults import Faults
 from fieldsync.homelock import HomeLock
-from fieldsync.hq_hub import ingest_from_hub as ingest_from_hub
 from fieldsync.janitor import Janitor
 from fieldsync.lognames import address_name
 from fieldsync.peer import PeerLimits, SyncOutcome

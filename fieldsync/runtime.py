@@ -15,8 +15,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from aiohttp import web
+from typing import TYPE_CHECKING
 
 from fieldsync.config import HostPort, parse_host_port
 from fieldsync.diskerrors import storage_problem
@@ -39,6 +38,9 @@ from fieldsync_protocol.crypto import box_public_key
 from fieldsync_protocol.items import Checked
 from fieldsync_protocol.revocation import RevocationList, supersedes
 from fieldsync_protocol.session import SessionConfig
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 log = logging.getLogger(__name__)
 
@@ -307,6 +309,8 @@ class Server:
         return self.addresses[-1]
 
     async def listen_websocket(self, host: str, port: int) -> tuple[str, int]:
+        from aiohttp import web  # only the hub and WebSocket listeners load aiohttp
+
         app = web.Application()
         app.router.add_get(WEBSOCKET_PATH, websocket_route(self._handle))
         # No access log: it would write every field node's address and User-Agent to the

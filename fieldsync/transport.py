@@ -5,6 +5,9 @@ nothing of frames, peers or the store. All three pass one conformance suite
 (tests/fieldsync/test_transport_conformance.py). Foreign exceptions (``OSError``,
 ``aiohttp.ClientError``, ``ConnectionResetError``…) are translated here, at the adapter
 boundary, into ``TransportError`` so the peer driver handles exactly one type.
+
+aiohttp is imported only when a WebSocket is opened or served: a relay on TCP never loads
+it for its transport (issue 13 item 7: aiohttp and its client are ~14 MB resident).
 """
 
 from __future__ import annotations
@@ -12,10 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import aiohttp
-from aiohttp import web
+if TYPE_CHECKING:
+    import aiohttp
+    from aiohttp import web
 
 from fieldsync.lognames import address_name
 
@@ -111,9 +115,6 @@ async def serve_tcp(host: str, port: int, handler: Handler) -> asyncio.Server:
 # --- WebSocket (aiohttp) ----------------------------------------------------------------------
 
 
-_CLOSED = (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED)
-
-
 class WebSocketTransport:
     """Binary WebSocket messages carry the same bytes a TCP stream would."""
 
@@ -130,12 +131,16 @@ class WebSocketTransport:
         self.address = address
 
     async def send(self, data: bytes) -> None:
+        import aiohttp  # loaded already: this transport wraps an aiohttp WebSocket
+
         try:
             await self._ws.send_bytes(data)
         except (aiohttp.ClientError, ConnectionError, RuntimeError) as exc:
             raise TransportError(f"{self.label}: send failed: {exc}") from exc
 
     async def receive(self) -> bytes:
+        import aiohttp
+
         try:
             message = await self._ws.receive()
         except (aiohttp.ClientError, ConnectionError, RuntimeError) as exc:
@@ -143,13 +148,19 @@ class WebSocketTransport:
         if message.type is aiohttp.WSMsgType.BINARY:
             data: bytes = message.data
             return data if data else await self.receive()
-        if message.type in _CLOSED:
+        if message.type in (
+            aiohttp.WSMsgType.CLOSE,
+            aiohttp.WSMsgType.CLOSING,
+            aiohttp.WSMsgType.CLOSED,
+        ):
             return b""
         if message.type is aiohttp.WSMsgType.ERROR:
             raise TransportError(f"{self.label}: websocket error: {self._ws.exception()}")
         raise TransportError(f"{self.label}: unexpected websocket message type {message.type.name}")
 
     async def close(self) -> None:
+        import aiohttp
+
         with contextlib.suppress(aiohttp.ClientError, ConnectionError, RuntimeError):
             await self._ws.close()
         if self._session is not None:
@@ -158,6 +169,8 @@ class WebSocketTransport:
 
 
 async def connect_websocket(url: str, connect_timeout: float = 10.0) -> WebSocketTransport:
+    import aiohttp
+
     session = aiohttp.ClientSession(
         timeout=aiohttp.ClientTimeout(total=None, connect=connect_timeout)
     )
@@ -179,6 +192,8 @@ async def connect_websocket(url: str, connect_timeout: float = 10.0) -> WebSocke
 
 def websocket_route(handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     """An aiohttp request handler that runs ``handler`` on the upgraded connection."""
+
+    from aiohttp import web
 
     async def handle(request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse(max_msg_size=MAX_WS_MESSAGE, heartbeat=30, timeout=CLOSE_TIMEOUT)

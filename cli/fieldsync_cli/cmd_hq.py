@@ -187,7 +187,7 @@ def ingest(
         if hub_url is not None:
             import asyncio
 
-            from fieldsync.daemon import ingest_from_hub
+            from fieldsync.hq_hub import ingest_from_hub
 
             summary, hub = asyncio.run(ingest_from_hub(headquarters, hub_url, passphrase, summary))
             pushed = hub.pushed.summary() if hub.pushed else None

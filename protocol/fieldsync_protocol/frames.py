@@ -8,11 +8,13 @@ sender's CipherState (associated data empty)::
 
 ``L = 1 + len(payload)`` counts the type byte and the payload; the zeros fill the body to
 ``padded_size(L)``, Padmé rounding with a 64-byte floor, so only 111 frame sizes exist.
+END, the authenticated end of the stream, is a header alone with ``L = 0`` (18 bytes: it
+is the last thing on a connection, so its size tells nothing the close does not).
 After each frame both sides call ``REKEY()`` (Noise §11.3) on that CipherState: a key
 taken from memory does not open frames already sent.
 
 Frame types: MORE (a full-size, non-final fragment of a message), DATA (the last or only
-fragment), END (the authenticated end of the stream; nothing may follow it). A message of
+fragment), END (header only; nothing may follow it). A message of
 the session layer, up to ``MAX_MESSAGE`` bytes, is cut into ``MAX_PAYLOAD``-byte fragments
 in exactly one way, and the receiver hands it over whole. A stream that stops without END
 is *interrupted*, never complete.
@@ -72,8 +74,12 @@ def wire_size(message_length: int) -> int:
 
 class FrameType(Enum):
     DATA = 1  # the last (or only) fragment of a message
-    END = 2  # end of this direction's stream; no payload
+    END = 2  # end of this direction's stream: a header with L = 0, no body (never a body type)
     MORE = 3  # a non-final fragment of a message, exactly MAX_PAYLOAD bytes
+
+
+#: Bytes on the wire of an END frame: its header alone.
+END_SIZE = HEADER_SIZE
 
 
 class StreamState(Enum):
@@ -103,7 +109,8 @@ _TRANSITIONS: dict[tuple[StreamState, FrameType], StreamState] = {
     (StreamState.OPEN, FrameType.DATA): StreamState.OPEN,
     (StreamState.OPEN, FrameType.END): StreamState.ENDED,
 }
-_TYPES = {frame_type.value: frame_type for frame_type in FrameType}
+#: Types a frame body may carry (END has no body).
+_BODY_TYPES = {FrameType.DATA.value: FrameType.DATA, FrameType.MORE.value: FrameType.MORE}
 
 
 class FrameSender:
@@ -132,15 +139,24 @@ class FrameSender:
         return b"".join([*frames, self._frame(FrameType.DATA, last)])
 
     def end(self) -> bytes:
-        """The END frame; the stream is closed for sending afterwards."""
-        return self._frame(FrameType.END, b"")
+        """The END frame (a header with L = 0); the stream is closed for sending afterwards."""
+        next_state = self._advance(FrameType.END)
+        frame = self._cipher.encrypt_with_ad(b"", bytes(HEADER_PLAINTEXT))
+        self._cipher.rekey()
+        self._frames += 1
+        self._state = next_state
+        return frame
 
-    def _frame(self, frame_type: FrameType, payload: bytes) -> bytes:
+    def _advance(self, frame_type: FrameType) -> StreamState:
         next_state = _TRANSITIONS.get((self._state, frame_type))
         if next_state is None:
             raise LocalProtocolError(
                 f"cannot send {frame_type.name} on a {self._state.value} stream"
             )
+        return next_state
+
+    def _frame(self, frame_type: FrameType, payload: bytes) -> bytes:
+        next_state = self._advance(frame_type)
         length = 1 + len(payload)
         body = bytes([frame_type.value]) + payload
         body += bytes(padded_size(length) - length)
@@ -192,7 +208,9 @@ class FrameReceiver:
                 if len(self._buffer) < HEADER_SIZE:
                     return None
                 length = int.from_bytes(self._decrypt(HEADER_SIZE, "header"), "big")
-                if not 1 <= length <= MAX_BODY:
+                if length == 0:
+                    return self._end()
+                if length > MAX_BODY:
                     raise self._fail(f"frame declares an impossible length {length}")
                 self._length = length
             body_size = padded_size(self._length) + TAG_LEN
@@ -217,17 +235,27 @@ class FrameReceiver:
             raise self._fail("connection closed in the middle of a frame")
         return self._state is StreamState.ENDED
 
+    def _end(self) -> End:
+        """An END header (L = 0) was just decrypted: nothing may be pending or follow."""
+        self._cipher.rekey()
+        self._frames += 1
+        if self._parts:
+            raise self._fail("END in the middle of a message")
+        if self._buffer:
+            raise self._fail("bytes received after END")
+        self._state = StreamState.ENDED
+        return End()
+
     def _frame(self, length: int, body: bytes) -> Event | None:
         """Act on one decrypted body; None after a MORE fragment."""
         self._cipher.rekey()
         self._frames += 1
-        frame_type = _TYPES.get(body[0])
+        frame_type = _BODY_TYPES.get(body[0])
         if frame_type is None:
             raise self._fail(f"unknown frame type {body[0]}")
         if body[length:] != bytes(len(body) - length):
             raise self._fail("frame padding is not all zeros")
         payload = body[1:length]
-        self._state = _TRANSITIONS[self._state, frame_type]
         pending = len(self._parts) * MAX_PAYLOAD
         if frame_type is FrameType.MORE:
             if len(payload) != MAX_PAYLOAD:
@@ -236,14 +264,6 @@ class FrameReceiver:
                 raise self._fail(f"message exceeds {self._max_message} bytes")
             self._parts.append(payload)
             return None
-        if frame_type is FrameType.END:
-            if payload:
-                raise self._fail("END frame carries a payload")
-            if self._parts:
-                raise self._fail("END in the middle of a message")
-            if self._buffer:
-                raise self._fail("bytes received after END")
-            return End()
         if self._parts and not payload:
             raise self._fail("empty last fragment")
         if pending + len(payload) > self._max_message:

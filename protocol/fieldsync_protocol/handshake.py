@@ -3,8 +3,13 @@
 SPEC.md §12.1. Three messages, each of a fixed size, nothing in clear::
 
     -> psk, e                 48 B    empty payload, sealed under the network key
-    <- e, ee, s, es          352 B    the responder's certificate, padded to CERT_PAD
-    -> s, se                 320 B    the initiator's certificate, padded to CERT_PAD
+    <- e, ee, s, es          168 B    the responder's certificate slot (72 B)
+    -> s, se                 136 B    the initiator's certificate slot (72 B)
+
+A certificate slot is the certificate without the fields the receiver already knows: the
+network id is the manifest's, the node key is the Noise static key just received, the
+version is 1. Only the expiry and HQ's signature travel; the receiver rebuilds the canonical
+certificate and verifies HQ's signature over it, so nothing is trusted that HQ did not sign.
 
 Prologue ``b"fieldsync/1"``; psk = the network key. Without the network key nobody can
 produce a first message the responder accepts, so an outsider gets zero bytes back. Each
@@ -27,23 +32,28 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from enum import Enum
 
+from fieldsync_protocol import codec
 from fieldsync_protocol.crypto import box_public_key
 from fieldsync_protocol.errors import LocalProtocolError, RemoteProtocolError
 from fieldsync_protocol.frames import FrameReceiver, FrameSender
-from fieldsync_protocol.membership import Manifest, NodeCertificate, open_certificate
+from fieldsync_protocol.membership import VERSION, Manifest, NodeCertificate, open_certificate
 from fieldsync_protocol.noise import DH_LEN, TAG_LEN, HandshakeState
 
 PROTOCOL_NAME = "Noise_XXpsk0_25519_ChaChaPoly_BLAKE2b"
 PROLOGUE = b"fieldsync/1"
 
-#: Plaintext size of the certificate payload of messages 2 and 3: a 2-byte big-endian
-#: length, the certificate, then zeros. A certificate is about 175 bytes.
-CERT_PAD = 256
-MAX_CERTIFICATE = CERT_PAD - 2
+#: The certificate slot, the payload of messages 2 and 3: the certificate's expiry (u64
+#: big-endian) then HQ's Ed25519 signature. Everything else in a certificate (network id,
+#: node key, version) the receiver already knows, and rebuilds (SPEC.md §12.1.2).
+EXPIRY_SIZE = 8
+SIGNATURE_SIZE = 64
+CERT_SLOT = EXPIRY_SIZE + SIGNATURE_SIZE  # 72
+#: Largest expiry a certificate may carry (SPEC.md §5: 0..2**63-1).
+MAX_EXPIRY = 2**63 - 1
 
-MSG1_SIZE = DH_LEN + TAG_LEN  # e, sealed empty payload
-MSG2_SIZE = DH_LEN + (DH_LEN + TAG_LEN) + (CERT_PAD + TAG_LEN)  # e, sealed s, sealed cert
-MSG3_SIZE = (DH_LEN + TAG_LEN) + (CERT_PAD + TAG_LEN)  # sealed s, sealed cert
+MSG1_SIZE = DH_LEN + TAG_LEN  # e, sealed empty payload: 48
+MSG2_SIZE = DH_LEN + (DH_LEN + TAG_LEN) + (CERT_SLOT + TAG_LEN)  # e, sealed s, sealed slot: 168
+MSG3_SIZE = (DH_LEN + TAG_LEN) + (CERT_SLOT + TAG_LEN)  # sealed s, sealed slot: 136
 
 #: Default number of first-message ephemeral keys a responder remembers.
 DEFAULT_REPLAY_CAPACITY = 4096
@@ -101,25 +111,42 @@ class ReplayCache:
         return True
 
 
-def pad_certificate(certificate: bytes) -> bytes:
-    """The fixed-size payload of messages 2 and 3."""
-    if len(certificate) > MAX_CERTIFICATE:
-        raise ValueError(
-            f"certificate of {len(certificate)} bytes does not fit the {MAX_CERTIFICATE}-byte"
-            " handshake slot"
-        )
-    padded = len(certificate).to_bytes(2, "big") + certificate
-    return padded + bytes(CERT_PAD - len(padded))
+def certificate_slot(certificate: bytes, manifest: Manifest) -> bytes:
+    """Our own certificate as the slot of messages 2 and 3; ``ValueError`` if it does not
+    verify. A peer rebuilds exactly our bytes from the slot: ``open_certificate`` accepts
+    only canonical encodings of exactly these fields, and our network id and node key are
+    the ones the peer uses (the latter is checked by ``PeerHandshake``).
+    """
+    return _open_own(certificate, manifest)[1]
 
 
-def unpad_certificate(payload: bytes) -> bytes:
-    """Inverse of ``pad_certificate``; a payload it would not produce is refused."""
-    length = int.from_bytes(payload[:2], "big")
-    if len(payload) != CERT_PAD or length > MAX_CERTIFICATE:
-        raise RemoteProtocolError("certificate slot has an impossible length")
-    if payload[2 + length :] != bytes(MAX_CERTIFICATE - length):
-        raise RemoteProtocolError("certificate padding is not all zeros")
-    return payload[2 : 2 + length]
+def _open_own(certificate: bytes, manifest: Manifest) -> tuple[NodeCertificate, bytes]:
+    """Our own certificate, verified once, and its slot."""
+    try:
+        own = open_certificate(certificate, manifest)
+    except RemoteProtocolError as exc:
+        raise ValueError(f"our own certificate does not verify: {exc}") from None
+    outer = codec.as_map(codec.decode(certificate), "node certificate", {"b", "s"})
+    signature = codec.get_bytes(outer, "s", "node certificate", SIGNATURE_SIZE)
+    return own, own.expires.to_bytes(EXPIRY_SIZE, "big") + signature
+
+
+def certificate_from_slot(slot: bytes, manifest: Manifest, node_key: bytes) -> bytes:
+    """The certificate a slot stands for, for ``node_key`` (the peer's Noise static key).
+
+    The bytes are rebuilt, not trusted: ``open_certificate`` then verifies HQ's signature
+    over exactly this network, this node key and the received expiry. A slot of another
+    size, or an expiry beyond 2**63 - 1, is refused.
+    """
+    if len(slot) != CERT_SLOT:
+        raise RemoteProtocolError(f"certificate slot is {len(slot)} bytes, not {CERT_SLOT}")
+    expires = int.from_bytes(slot[:EXPIRY_SIZE], "big")
+    if expires > MAX_EXPIRY:
+        raise RemoteProtocolError("certificate slot carries an impossible expiry")
+    body = codec.encode(
+        {"exp": expires, "net": manifest.network_id, "node": node_key, "v": VERSION}
+    )
+    return codec.encode({"b": body, "s": slot[EXPIRY_SIZE:]})
 
 
 class PeerHandshake:
@@ -148,12 +175,8 @@ class PeerHandshake:
         previous or the next network key while a rotation is in its grace period (§17.5)."""
         if initiator and also_accept:
             raise ValueError("only a responder accepts several network keys")
-        self._payload = pad_certificate(certificate)
+        own, self._payload = _open_own(certificate, manifest)
         self._static_public = box_public_key(static_secret)
-        try:
-            own = open_certificate(certificate, manifest)
-        except RemoteProtocolError as exc:
-            raise ValueError(f"our own certificate does not verify: {exc}") from None
         if own.node_key != self._static_public:
             raise ValueError("our own certificate names another node key than static_secret")
         self._candidates = [
@@ -331,10 +354,12 @@ class PeerHandshake:
         raise RemoteProtocolError(f"handshake message 1: {error}")
 
     def _check_peer(self, payload: bytes) -> NodeCertificate:
-        certificate = open_certificate(unpad_certificate(payload), self._manifest)
-        remote_static = self._noise.remote_static
-        if remote_static is None or not hmac.compare_digest(certificate.node_key, remote_static):
-            raise RemoteProtocolError("peer certificate is for another node key")
+        # The static key was read (and authenticated) before the payload of messages 2 and
+        # 3: the certificate is rebuilt for it, so HQ's signature also proves it names it.
+        remote_static = self._noise.remote_static or b""
+        certificate = open_certificate(
+            certificate_from_slot(payload, self._manifest, remote_static), self._manifest
+        )
         if hmac.compare_digest(remote_static, self._static_public):
             raise RemoteProtocolError("peer uses our own node key")
         if remote_static in self._revoked:

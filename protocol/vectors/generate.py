@@ -41,7 +41,12 @@ from fieldsync_protocol import (
 )
 from fieldsync_protocol.bundle import BundleReader, BundleWriter
 from fieldsync_protocol.errors import RemoteProtocolError
-from fieldsync_protocol.handshake import CERT_PAD, PROLOGUE, PROTOCOL_NAME, PeerHandshake
+from fieldsync_protocol.handshake import (
+    PROLOGUE,
+    PROTOCOL_NAME,
+    PeerHandshake,
+    certificate_slot,
+)
 from fieldsync_protocol.items import parse_item
 from fieldsync_protocol.keytext import KeyKind
 from fieldsync_protocol.reconcile import ReconcileParams, Reconciler
@@ -762,9 +767,7 @@ def handshake_party(
         "ephemeral_public": h(crypto.box_public_key(b(ephemeral))),
         "certificate_fields": certificate_fields(cert),
         "certificate_hex": h(data),
-        "certificate_slot_hex": h(
-            len(data).to_bytes(2, "big") + data + bytes(CERT_PAD - 2 - len(data))
-        ),
+        "certificate_slot_hex": h(certificate_slot(data, manifest())),
     }
 
 
@@ -780,7 +783,9 @@ def handshake_vectors() -> dict[str, Any]:
         "§12.1) between the author node of membership.json (initiator, certificate of "
         "membership.json) and the relay node of keys.json (responder, a certificate "
         "signed by the same certificate key), under the manifest of membership.json, with "
-        "fixed ephemeral keys. Slots are the 256-byte payloads of messages 2 and 3.",
+        "fixed ephemeral keys. Slots are the 72-byte payloads of messages 2 and 3: the "
+        "certificate's expiry (u64 big-endian) and HQ's signature; the receiver rebuilds the "
+        "certificate from them, the manifest's network id and the sender's static key.",
         "protocol_name": PROTOCOL_NAME,
         "prologue_hex": h(PROLOGUE),
         "psk": NETWORK_KEY,
@@ -812,7 +817,9 @@ def frame_stream(
     for message in messages:
         data = sender.send(message)
         out.append(frame_entry(len(out), "DATA", message, data))
-    out.append(frame_entry(len(out), "END", b"", sender.end()))
+    end = sender.end()
+    assert len(end) == frames.END_SIZE
+    out.append({"frame": len(out), "type": "END", "length": 0, "size": len(end), "hex": h(end)})
     receiver.receive_data(b"".join(b(f["hex"]) for f in out))
     events = []
     while (event := receiver.next_event()) is not None:
@@ -846,7 +853,8 @@ def frame_vectors() -> dict[str, Any]:
         "empty) then END, the responder one message then END. Frame k of a direction is "
         "ENCRYPT(nonce 2k, u16 L) || ENCRYPT(nonce 2k+1, type || payload || zeros) under "
         "that direction's key after k REKEYs (Split(): the initiator sends with the first "
-        "key). 'length' is L = 1 + len(payload).",
+        "key). 'length' is L = 1 + len(payload); END is a header alone, ENCRYPT(nonce 2k, "
+        "u16 0), 18 bytes.",
         "initiator_to_responder": frame_stream(i_send, r_receive, FRAME_MESSAGES_INITIATOR),
         "responder_to_initiator": frame_stream(r_send, i_receive, FRAME_MESSAGES_RESPONDER),
     }

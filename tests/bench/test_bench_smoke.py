@@ -20,6 +20,7 @@ SCENARIOS = (
     "S2.real",
     "S3.real",
     "S4.real",
+    "S2.repeat",
     "S2.mem",
     "S3.mem",
     "S4.mem",
@@ -63,6 +64,12 @@ def test_smoke_run_reports_every_scenario(tmp_path: Path) -> None:
     for name in ("S2.real", "S3.real", "S4.real", "S2.mem", "S3.mem", "S4.mem"):
         assert _number(scenarios[name]["round_trips"]), name
         assert _number(scenarios[name]["overhead_bytes"]), name
+    # A repeat contact with nothing new: every byte on the connection, handshake included,
+    # under 1 KB (issue 13 item 5; sizes are fixed by the protocol, not timings).
+    repeat = scenarios["S2.repeat"]
+    assert repeat["items_new"] == 0 and repeat["mode"] == "delta"
+    assert repeat["wire_bytes"] == repeat["wire_bytes_sent"] + repeat["wire_bytes_received"]
+    assert repeat["wire_bytes"] < 1024 and repeat["pass"] is True
     assert _number(scenarios["S1"]["items_per_s"]) and _number(scenarios["S1"]["bound_items_per_s"])
     calibration = result["calibration"]
     assert calibration["bound"]["primitive"] in calibration["rates"]

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from fieldsync_protocol.errors import LocalProtocolError, RemoteProtocolError
 from fieldsync_protocol.frames import (
+    END_SIZE,
     HEADER_SIZE,
     MAX_BODY,
     MAX_FRAME,
@@ -99,6 +100,12 @@ class Crafter:
     def raw_header(self, declared: int) -> bytes:
         return self.cipher.encrypt_with_ad(b"", declared.to_bytes(2, "big"))
 
+    def end(self) -> bytes:
+        """An END: the header with L = 0 alone (SPEC.md §12.2.1), then REKEY."""
+        out = self.raw_header(0)
+        self.cipher.rekey()
+        return out
+
 
 # --- layout, padding and sizes ---------------------------------------------------------------
 
@@ -145,7 +152,7 @@ def test_wire_size_and_the_small_set_of_ciphertext_sizes() -> None:
     assert wire_size(MAX_PAYLOAD + 1) == MAX_FRAME + 98
     assert wire_size(2 * MAX_PAYLOAD) == 2 * MAX_FRAME
     assert len(sender.send(bytes(MAX_MESSAGE))) == wire_size(MAX_MESSAGE)
-    assert len(sender.end()) == wire_size(0)
+    assert len(sender.end()) == END_SIZE == HEADER_SIZE == 18  # END is a header alone
     classes = sorted({padded_size(n) for n in range(1, MAX_BODY + 1)})
     assert len(classes) == 111
     assert classes[:3] == [64, 128, 192] and classes[-1] == MAX_BODY
@@ -268,7 +275,7 @@ def test_bytes_behind_end_in_the_same_delivery_are_refused() -> None:
 
 def test_a_valid_frame_after_end_is_refused_too() -> None:
     crafter, receiver = Crafter(), FrameReceiver(CipherState(KEY))
-    stream = crafter.frame(1, b"\x02" + bytes(63)) + crafter.frame(2, b"\x01x" + bytes(62))
+    stream = crafter.end() + crafter.frame(2, b"\x01x" + bytes(62))
     receiver.receive_data(stream)
     with pytest.raises(RemoteProtocolError, match="after END"):
         receiver.next_event()
@@ -280,7 +287,6 @@ def test_a_valid_frame_after_end_is_refused_too() -> None:
 @pytest.mark.parametrize(
     ("declared", "body", "reason"),
     [
-        (0, None, "impossible length 0"),
         (MAX_BODY + 1, None, f"impossible length {MAX_BODY + 1}"),
         (0xFFFF, None, "impossible length 65535"),
         (1, b"\x00" + bytes(63), "unknown frame type 0"),
@@ -290,7 +296,9 @@ def test_a_valid_frame_after_end_is_refused_too() -> None:
         (1, b"\xff" + bytes(63), "unknown frame type 255"),
         (2, b"\x01x" + bytes(61) + b"\x01", "padding is not all zeros"),
         (1, b"\x01" + b"\x80" + bytes(62), "padding is not all zeros"),
-        (2, b"\x02x" + bytes(62), "END frame carries a payload"),
+        # END is a header alone: a body of type END (the former form) is refused.
+        (1, b"\x02" + bytes(63), "unknown frame type 2"),
+        (2, b"\x02x" + bytes(62), "unknown frame type 2"),
         (1, b"\x01" + bytes(127), "body failed authentication"),  # body of the wrong class
     ],
 )
@@ -374,7 +382,7 @@ def test_a_stream_cut_between_fragments_is_interrupted() -> None:
         (MAX_PAYLOAD + 10, [more(), (12, b"\x01" + bytes(11) + bytes(52))], "message exceeds"),
         (100, [(102, b"\x01" + bytes(101) + bytes(26))], "message exceeds"),
         (MAX_MESSAGE, [more(), (1, b"\x01" + bytes(63))], "empty last fragment"),
-        (MAX_MESSAGE, [more(), (1, b"\x02" + bytes(63))], "END in the middle of a message"),
+        (MAX_MESSAGE, [more(), (0, b"")], "END in the middle of a message"),
     ],
 )
 def test_reassembly_limits_and_canonical_cuts(
@@ -383,7 +391,10 @@ def test_reassembly_limits_and_canonical_cuts(
     crafter = Crafter()
     receiver = FrameReceiver(CipherState(KEY), max_message=max_message)
     with pytest.raises(RemoteProtocolError, match=reason):
-        feed(receiver, b"".join(crafter.frame(length, body) for length, body in frames))
+        stream = b"".join(
+            crafter.frame(length, body) if length else crafter.end() for length, body in frames
+        )
+        feed(receiver, stream)
     assert_dead(receiver)
 
 

@@ -16,12 +16,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nacl.bindings import crypto_scalarmult, crypto_scalarmult_base
 
-from fieldsync_protocol import membership
+from fieldsync_protocol import codec, crypto, membership
 from fieldsync_protocol.errors import LocalProtocolError, RemoteProtocolError
 from fieldsync_protocol.frames import Data, End, StreamState
 from fieldsync_protocol.handshake import (
-    CERT_PAD,
-    MAX_CERTIFICATE,
+    CERT_SLOT,
+    MAX_EXPIRY,
     MSG1_SIZE,
     MSG2_SIZE,
     MSG3_SIZE,
@@ -30,8 +30,8 @@ from fieldsync_protocol.handshake import (
     HandshakeStatus,
     PeerHandshake,
     ReplayCache,
-    pad_certificate,
-    unpad_certificate,
+    certificate_from_slot,
+    certificate_slot,
 )
 from fieldsync_protocol.noise import HandshakeState, SymmetricState
 from tests.protocol.protocol_support import CLAIMED_TIME, make_net, seed
@@ -48,6 +48,21 @@ CERTS = {A: NET.certificate(A), B: NET.certificate(B), C: NET.certificate(C)}
 
 def pub(secret: bytes) -> bytes:
     return crypto_scalarmult_base(secret)
+
+
+def slot_of(certificate: bytes) -> bytes:
+    """The slot of any signed certificate, written out again (SPEC.md §12.1.2): expiry as a
+    u64 big-endian, then the signature; whatever network or key it names."""
+    outer = codec.as_map(codec.decode(certificate), "cert", {"b", "s"})
+    body = codec.as_map(
+        codec.decode(codec.get_bytes(outer, "b", "cert")),
+        "cert",
+        set(),
+        {"exp", "net", "node", "v"},
+    )
+    return codec.get_int(body, "exp", "cert").to_bytes(8, "big") + codec.get_bytes(
+        outer, "s", "cert"
+    )
 
 
 def initiator(node: bytes = A, eph: bytes = A_EPH, **overrides: object) -> PeerHandshake:
@@ -179,7 +194,7 @@ def forge_msg2(
     if static_public is not None:
         return out + bytes(MSG2_SIZE - len(out))
     forger.dh(static_secret, initiator_e)  # es: the responder's s with the initiator's e
-    return out + forger.seal(pad_certificate(CERTS[B]) if payload is None else payload)
+    return out + forger.seal(slot_of(CERTS[B]) if payload is None else payload)
 
 
 def forge_msg3(
@@ -204,7 +219,7 @@ def forge_msg3(
     if static_public is not None:
         return victim, out + bytes(MSG3_SIZE - len(out))
     forger.dh(static_secret, responder_e)  # se: the initiator's s with the responder's e
-    return victim, out + forger.seal(pad_certificate(CERTS[A]) if payload is None else payload)
+    return victim, out + forger.seal(slot_of(CERTS[A]) if payload is None else payload)
 
 
 def test_the_forger_builds_exactly_the_real_messages() -> None:
@@ -235,7 +250,7 @@ def test_handshake_then_frames_both_ways_then_end() -> None:
     theirs.receive_data(m3 + our_sender.send(b"first report batch"))
     assert theirs.is_complete and theirs.peer is not None and theirs.peer.node_key == pub(A)
     assert theirs.handshake_hash == ours.handshake_hash and len(ours.handshake_hash) == 64
-    assert [len(m) for m in (m1, m2, m3)] == [MSG1_SIZE, MSG2_SIZE, MSG3_SIZE] == [48, 352, 320]
+    assert [len(m) for m in (m1, m2, m3)] == [MSG1_SIZE, MSG2_SIZE, MSG3_SIZE] == [48, 168, 136]
     their_sender, their_receiver = theirs.transport()
     assert their_receiver.next_event() == Data(b"first report batch")
     their_receiver.receive_data(our_sender.send(b"x" * 5000) + our_sender.end())
@@ -254,9 +269,9 @@ def test_message_sizes_do_not_depend_on_the_certificate() -> None:
     assert len(big) != len(small)
     for cert in (big, small):
         sizes = [len(m) for m in run(initiator(C, certificate=cert), responder(B))]
-        assert sizes == [48, 352, 320]
+        assert sizes == [48, 168, 136]
         sizes = [len(m) for m in run(initiator(A), responder(C, certificate=cert))]
-        assert sizes == [48, 352, 320]
+        assert sizes == [48, 168, 136]
 
 
 def test_bytes_after_completion_wait_for_the_frame_receiver() -> None:
@@ -287,8 +302,8 @@ def test_misuse_is_a_local_error() -> None:
 
 
 def test_own_certificate_is_checked_at_construction() -> None:
-    with pytest.raises(ValueError, match="does not fit"):
-        initiator(certificate=bytes(MAX_CERTIFICATE + 1))
+    with pytest.raises(ValueError, match="does not verify"):
+        initiator(certificate=bytes(300))
     with pytest.raises(ValueError, match="does not verify"):
         initiator(certificate=OTHER.certificate(A))
     with pytest.raises(ValueError, match="another node key"):
@@ -297,16 +312,33 @@ def test_own_certificate_is_checked_at_construction() -> None:
         initiator(network_key=b"short")
 
 
-def test_certificate_slot_padding() -> None:
-    for cert in (b"", b"c", CERTS[A], bytes(MAX_CERTIFICATE)):
-        padded = pad_certificate(cert)
-        assert len(padded) == CERT_PAD and unpad_certificate(padded) == cert
-    with pytest.raises(RemoteProtocolError, match="impossible length"):
-        unpad_certificate(b"\x00\xff" + bytes(CERT_PAD - 2))
-    with pytest.raises(RemoteProtocolError, match="impossible length"):
-        unpad_certificate(bytes(CERT_PAD + 1))
-    with pytest.raises(RemoteProtocolError, match="not all zeros"):
-        unpad_certificate(pad_certificate(b"c")[:-1] + b"\x01")
+def test_a_certificate_a_peer_would_not_rebuild_is_refused_at_construction() -> None:
+    """A peer rebuilds the canonical bytes from the slot; a validly signed certificate that
+    is not canonical (a non-minimal integer here) would fail at every peer: it is refused
+    at construction, so a node never starts a handshake every peer refuses."""
+    canonical = codec.encode({"exp": 5, "net": NET.network_id, "node": pub(A), "v": 1})
+    odd = canonical.replace(b"\xa3exp\x05", b"\xa3exp\xcc\x05")
+    assert odd != canonical
+    signed = codec.encode(
+        {"b": odd, "s": crypto.sign(crypto.Domain.CERTIFICATE, NET.certificate_seed, odd)}
+    )
+    with pytest.raises(ValueError, match="not canonical"):
+        initiator(certificate=signed)
+
+
+def test_certificate_slot_round_trip() -> None:
+    for node in (A, B, C):
+        slot = certificate_slot(CERTS[node], NET.manifest)
+        assert len(slot) == CERT_SLOT == 72 and slot == slot_of(CERTS[node])
+        assert certificate_from_slot(slot, NET.manifest, pub(node)) == CERTS[node]
+    # Limits of the slot itself (the fixed message sizes make other lengths impossible
+    # on the wire; the function refuses them anyway).
+    with pytest.raises(RemoteProtocolError, match="not 72"):
+        certificate_from_slot(bytes(CERT_SLOT + 1), NET.manifest, pub(A))
+    with pytest.raises(RemoteProtocolError, match="impossible expiry"):
+        certificate_from_slot(b"\xff" * CERT_SLOT, NET.manifest, pub(A))
+    top = (MAX_EXPIRY).to_bytes(8, "big") + bytes(64)
+    assert codec.decode(certificate_from_slot(top, NET.manifest, pub(A)))
 
 
 # --- certificate checks, both roles --------------------------------------------------------
@@ -317,20 +349,37 @@ def cert_for(net_id: bytes, node_key: bytes, signer: bytes) -> bytes:
     return membership.sign_certificate(body, signer)
 
 
+def tampered(slot: bytes, index: int) -> bytes:
+    return slot[:index] + bytes([slot[index] ^ 1]) + slot[index + 1 :]
+
+
+# Each makes the slot for the sender's node key ``key``. The receiver rebuilds the
+# certificate for the key the sender proved in Noise, so every one of these fails HQ's
+# signature: a slot cannot name another node, network or expiry than HQ signed.
 BAD_CERTIFICATES: list[tuple[str, Callable[[bytes], bytes], str]] = [
-    ("valid certificate of another node", lambda key: CERTS[C], "another node key"),
+    ("valid certificate of another node", lambda key: slot_of(CERTS[C]), "signature"),
     (
         "signed by a wrong key",
-        lambda key: cert_for(NET.network_id, key, OTHER.certificate_seed),
+        lambda key: slot_of(cert_for(NET.network_id, key, OTHER.certificate_seed)),
         "signature",
     ),
     (
         "of another network",
-        lambda key: cert_for(OTHER.network_id, key, NET.certificate_seed),
-        "another network",
+        lambda key: slot_of(cert_for(OTHER.network_id, key, NET.certificate_seed)),
+        "signature",
     ),
-    ("not a certificate", lambda key: b"\x93\x01\x02\x03", "node certificate"),
-    ("empty", lambda key: b"", "node certificate"),
+    (
+        "expiry changed",
+        lambda key: tampered(slot_of(cert_for(NET.network_id, key, NET.certificate_seed)), 7),
+        "signature",
+    ),
+    (
+        "signature changed",
+        lambda key: tampered(slot_of(cert_for(NET.network_id, key, NET.certificate_seed)), 40),
+        "signature",
+    ),
+    ("all zeros", lambda key: bytes(CERT_SLOT), "signature"),
+    ("impossible expiry", lambda key: b"\x80" + bytes(CERT_SLOT - 1), "impossible expiry"),
 ]
 _BAD_IDS = [name for name, _, _ in BAD_CERTIFICATES]
 
@@ -339,7 +388,7 @@ _BAD_IDS = [name for name, _, _ in BAD_CERTIFICATES]
 def test_initiator_refuses_a_bad_responder_certificate(
     name: str, make_cert: Callable[[bytes], bytes], reason: str
 ) -> None:
-    payload = pad_certificate(make_cert(pub(B)))
+    payload = make_cert(pub(B))
     refuses(at_msg2(), forge_msg2(M1, payload=payload), reason)  # and sends no message 3
 
 
@@ -347,21 +396,7 @@ def test_initiator_refuses_a_bad_responder_certificate(
 def test_responder_refuses_a_bad_initiator_certificate(
     name: str, make_cert: Callable[[bytes], bytes], reason: str
 ) -> None:
-    victim, msg3 = forge_msg3(payload=pad_certificate(make_cert(pub(A))))
-    refuses(victim, msg3, reason)
-
-
-@pytest.mark.parametrize(
-    ("payload", "reason"),
-    [
-        (b"\x00\xff" + bytes(CERT_PAD - 2), "impossible length"),
-        (b"\xff\xff" + bytes(CERT_PAD - 2), "impossible length"),
-        (pad_certificate(CERTS[A])[:-1] + b"\x01", "not all zeros"),
-    ],
-)
-def test_a_malformed_certificate_slot_is_refused(payload: bytes, reason: str) -> None:
-    refuses(at_msg2(), forge_msg2(M1, payload=payload), reason)
-    victim, msg3 = forge_msg3(payload=payload)
+    victim, msg3 = forge_msg3(payload=make_cert(pub(A)))
     refuses(victim, msg3, reason)
 
 
@@ -383,7 +418,7 @@ def test_a_peer_with_our_own_key_is_refused() -> None:
     ours, theirs = initiator(B), responder(B)
     theirs.receive_data(ours.data_to_send())
     refuses(ours, theirs.data_to_send(), "our own node key")
-    victim, msg3 = forge_msg3(static_secret=B, payload=pad_certificate(CERTS[B]))
+    victim, msg3 = forge_msg3(static_secret=B, payload=slot_of(CERTS[B]))
     refuses(victim, msg3, "our own node key")
 
 
@@ -629,10 +664,7 @@ def test_arbitrary_bytes_in_arbitrary_chunks_raise_only_remote_protocol_error(
 
 
 @settings(max_examples=300, deadline=None)
-@given(
-    payload=st.binary(min_size=CERT_PAD, max_size=CERT_PAD)
-    | st.binary(max_size=MAX_CERTIFICATE).map(pad_certificate)
-)
+@given(payload=st.binary(min_size=CERT_SLOT, max_size=CERT_SLOT))
 def test_any_certificate_slot_from_a_member_raises_only_remote_protocol_error(
     payload: bytes,
 ) -> None:

@@ -19,6 +19,7 @@ from nacl.bindings import crypto_scalarmult, crypto_scalarmult_base
 
 from fieldsync_protocol.errors import RemoteProtocolError
 from fieldsync_protocol.frames import (
+    END_SIZE,
     HEADER_SIZE,
     MAX_BODY,
     Data,
@@ -170,11 +171,14 @@ def test_no_8_byte_string_is_shared_by_two_sessions() -> None:
 def test_sizes_are_fixed_or_from_the_padding_classes() -> None:
     classes = {HEADER_SIZE + padded_size(n) + TAG_LEN for n in range(1, MAX_BODY + 1)}
     for session in RECORDED:
-        assert [len(m) for m in session.handshake] == [48, 352, 320]
-        for frame in session.to_responder + session.to_initiator:
-            assert len(frame) in classes
-        sent = [*session.sent_by_initiator, b""]
-        assert [len(f) for f in session.to_responder] == [wire_size(len(p)) for p in sent]
+        assert [len(m) for m in session.handshake] == [48, 168, 136]
+        for stream in (session.to_responder, session.to_initiator):
+            *frames, end = stream
+            assert all(len(frame) in classes for frame in frames)
+            assert len(end) == END_SIZE == HEADER_SIZE  # END: a header alone, last
+        sent = session.sent_by_initiator
+        sizes = [wire_size(len(p)) for p in sent] + [END_SIZE]
+        assert [len(f) for f in session.to_responder] == sizes
 
 
 # --- forward secrecy -------------------------------------------------------------------------

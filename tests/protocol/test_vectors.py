@@ -494,8 +494,15 @@ def handshake_party(party: dict[str, Any]) -> bytes:
     data = membership.sign_certificate(cert, b(MEMBERSHIP["certificate"]["certificate_seed"]))
     assert data.hex() == party["certificate_hex"]
     assert membership.open_certificate(data, MANIFEST) == cert
+    # SPEC.md §12.1.2: the slot is the expiry (u64 big-endian) and HQ's signature; the
+    # certificate is rebuilt from it, the manifest's network id and the static key.
     slot = b(party["certificate_slot_hex"])
-    assert slot == len(data).to_bytes(2, "big") + data + bytes(256 - 2 - len(data))
+    signature = codec.get_bytes(codec.as_map(codec.decode(data), "cert", {"b", "s"}), "s", "cert")
+    assert slot == cert.expires.to_bytes(8, "big") + signature
+    body = codec.encode(
+        {"exp": cert.expires, "net": MANIFEST.network_id, "node": cert.node_key, "v": 1}
+    )
+    assert codec.encode({"b": body, "s": slot[8:]}) == data
     return data
 
 
@@ -537,7 +544,7 @@ def test_handshake_vector() -> None:
     initiator, responder, messages = run_handshake()
     assert [m.hex() for m in messages] == [m["hex"] for m in HANDSHAKE["messages"]]
     sizes = [m["size"] for m in HANDSHAKE["messages"]]
-    assert [len(m) for m in messages] == sizes == [48, 352, 320]
+    assert [len(m) for m in messages] == sizes == [48, 168, 136]
     # e in clear at the start of messages 1 and 2; nothing else readable.
     assert messages[0][:32].hex() == HANDSHAKE["initiator"]["ephemeral_public"]
     assert messages[1][:32].hex() == HANDSHAKE["responder"]["ephemeral_public"]
@@ -611,10 +618,11 @@ def test_frame_vectors() -> None:
         messages = [b(f["payload_hex"]) for f in stream[:-1]]
         wire = [sender.send(m) for m in messages] + [sender.end()]
         assert [w.hex() for w in wire] == [f["hex"] for f in stream]
-        for frame, data in zip(stream, wire, strict=True):
+        for frame, data in zip(stream[:-1], wire, strict=False):
             assert frame["length"] == 1 + len(b(frame["payload_hex"]))
             assert frame["padded_size"] == padme(frame["length"])
             assert frame["size"] == len(data) == 18 + frame["padded_size"] + 16
+        assert stream[-1]["length"] == 0 and stream[-1]["size"] == len(wire[-1]) == 18
         assert sender.frames_sent == len(stream)
         receiver.receive_data(b"".join(wire))
         events = []
@@ -631,9 +639,10 @@ def test_frame_vectors_with_an_independent_noise() -> None:
         ("initiator_to_responder", initiator, responder),
         ("responder_to_initiator", responder, initiator),
     ):
-        for frame in FRAMES[key]:
+        *data_frames, end = FRAMES[key]
+        for frame in data_frames:
             payload = b(frame["payload_hex"])
-            kind = {"DATA": 1, "END": 2}[frame["type"]]
+            kind = {"DATA": 1}[frame["type"]]
             length = 1 + len(payload)
             body = bytes([kind]) + payload + bytes(padme(length) - length)
             wire = bytes(sender.encrypt(length.to_bytes(2, "big"))) + bytes(sender.encrypt(body))
@@ -643,6 +652,9 @@ def test_frame_vectors_with_an_independent_noise() -> None:
             assert receiver.decrypt(data[18:]) == body
             sender.rekey_outbound_cipher()
             receiver.rekey_inbound_cipher()
+        # END: a header alone, L = 0 (SPEC.md §12.2.1).
+        assert bytes(sender.encrypt(bytes(2))).hex() == end["hex"]
+        assert receiver.decrypt(b(end["hex"])) == bytes(2)
 
 
 # --- sync sessions (SPEC.md §13) ----------------------------------------------------------------
