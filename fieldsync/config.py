@@ -47,12 +47,12 @@ from fieldsync.config_addresses import (
 )
 from fieldsync.config_schema import (
     DEFAULT_HOME,
-    DEFAULT_PORT,
     DEFAULT_ROTATE_MINUTES,
     DEFAULT_SERVICE_TYPE,
     EXIT_CONFIG,
     LOG_LEVELS,
     MAX_UNIX_SOCKET_PATH,
+    RELAY_DEFAULT_LISTEN,
     SECTIONS,
     Config,
     ConfigError,
@@ -79,13 +79,13 @@ from fieldsync.config_schema import (
 __all__ = [
     "CONFIG_ENV",
     "DEFAULT_HOME",
-    "DEFAULT_PORT",
     "DEFAULT_ROTATE_MINUTES",
     "DEFAULT_SERVICE_TYPE",
     "ENV_PREFIX",
     "EXIT_CONFIG",
     "LOG_LEVELS",
     "MAX_UNIX_SOCKET_PATH",
+    "RELAY_DEFAULT_LISTEN",
     "Config",
     "ConfigError",
     "ControlConfig",

@@ -117,8 +117,9 @@ class FieldDaemon:
         config = self.config
         runtime.on_outcome = self._on_incoming
         self.server = server = Server(runtime)
+        listen = config.listen.for_role(is_author=runtime.is_author, hub=config.hub.enabled)
         try:
-            for address in config.listen.addresses:
+            for address in listen:
                 if config.hub.enabled:
                     bound = await server.listen_websocket(address.host, address.port)
                     log.info("hub: serving WebSocket sync on %s:%d%s", *bound, WEBSOCKET_PATH)
@@ -133,7 +134,7 @@ class FieldDaemon:
             scheduler.add(str(peer), "static")
         if config.upstream.url is not None:
             scheduler.add(str(config.upstream.url), "upstream")
-        for line in config.notices():
+        for line in config.notices(is_author=runtime.is_author):
             log.warning("%s", line)
         await self._start_web(runtime)
         self.janitor = Janitor(
@@ -159,8 +160,10 @@ class FieldDaemon:
         supervise("janitor", lambda: self._run_janitor(janitor), self.policy)
         supervise("watcher", lambda: self._watch_local_changes(runtime, scheduler), self.policy)
         supervise("control", self._run_control, self._keep_trying())
-        if config.discovery.active and server.addresses and not config.hub.enabled:
-            port = server.addresses[0][1]
+        if config.discovery.active and not config.hub.enabled:
+            # Without a listener (an author's default) discovery browses and announces nothing:
+            # the node dials the members it hears, and a watcher hears nothing from it.
+            port = server.addresses[0][1] if server.addresses else None
             supervise(
                 "discovery",
                 lambda: self._run_discovery(runtime, scheduler, port),
@@ -262,7 +265,9 @@ class FieldDaemon:
             answer.result()
             await asyncio.sleep(self.HEALTH_SECONDS)
 
-    async def _run_discovery(self, runtime: Runtime, scheduler: Scheduler, port: int) -> None:
+    async def _run_discovery(
+        self, runtime: Runtime, scheduler: Scheduler, port: int | None
+    ) -> None:
         self.faults.check("discovery")
         interfaces = self.config.discovery.interfaces
         addresses = await asyncio.to_thread(interface_addresses, interfaces)
@@ -295,7 +300,8 @@ class FieldDaemon:
             )
             await discovery.start()
             self.discovery = discovery
-            log.info("discovery: announcing and browsing on %s", ", ".join(addresses))
+            doing = "announcing and browsing" if port is not None else "browsing (no announcement)"
+            log.info("discovery: %s on %s", doing, ", ".join(addresses))
             changed = asyncio.ensure_future(runtime.keys_changed.wait())
             ended = asyncio.ensure_future(discovery.wait())
             try:

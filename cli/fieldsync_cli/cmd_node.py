@@ -179,7 +179,8 @@ def status(ctx: click.Context, control_socket: Path | None, as_json: bool) -> No
         lines.append("daemon      not running (no answer on the control socket)")
     else:
         lines.append(
-            f"daemon      running; listening on {', '.join(live.get('listening', [])) or 'nothing'}"
+            f"daemon      running; listening on"
+            f" {', '.join(live.get('listening', [])) or 'nothing (dials out only)'}"
         )
         lines.extend(_component_lines(live))
         lines.extend(_web_lines(live.get("web")))

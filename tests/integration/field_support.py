@@ -336,7 +336,7 @@ class Daemon:
     host: Host | PeerHost
     home: Path
     config: Path
-    listen: str
+    listen: str  # "": no --listen, [listen] addresses = "auto" (the node's role decides)
     log: Path
     hub: bool = False
     clock: str | None = None  # a libfaketime offset such as "+365d"
@@ -352,8 +352,7 @@ class Daemon:
             "run",
             "--config",
             str(self.config),
-            "--listen",
-            self.listen,
+            *(("--listen", self.listen) if self.listen else ()),  # "": the role's default
             "--json",
         ]
         if self.hub:
