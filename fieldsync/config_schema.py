@@ -458,6 +458,34 @@ class LogConfig:
     )
 
 
+#: ``[privacy] offer_delay_jitter`` values (the one copy is ``fieldsync.offer_hold.JITTERS``,
+#: which this module may not import: it would load the store for every command).
+OFFER_JITTERS = ("exponential", "uniform")
+
+
+def _check_jitter(value: str) -> str:
+    jitter = value.strip().lower()
+    if jitter not in OFFER_JITTERS:
+        raise ValueError(f"unknown jitter {value!r}")
+    return jitter
+
+
+@dataclass(frozen=True, slots=True)
+class PrivacyConfig:
+    """Timing privacy (SPEC.md §14.10, docs/timing-privacy.md)."""
+
+    #: Mean delay, in minutes, before a report item (own or relayed) is first offered to
+    #: peers, so the first node of a sync wave is not reliably the author. 0: offer at once
+    #: (the old behaviour, which marks the author to anyone watching the LAN).
+    offer_delay_minutes: float = field(default=5.0, metadata=_meta(_minutes(0, 24 * 60)))
+    #: ``"exponential"`` (the default; memoryless, cut at 6 means) or ``"uniform"`` (0 to
+    #: twice the mean).
+    offer_delay_jitter: str = field(
+        default="exponential",
+        metadata=_meta(_text(_check_jitter, f"expected one of {', '.join(OFFER_JITTERS)}")),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class SecurityConfig:
     #: Wipe every key on the node (``fieldsync wipe``) after this many wrong author
@@ -489,6 +517,7 @@ class Config:
     web: WebConfig = field(default_factory=WebConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
     #: The TOML file that was read, if any (for logs and ``doctor``; not part of equality).
@@ -567,6 +596,7 @@ SECTIONS: Final[Mapping[str, type]] = MappingProxyType(
         "web": WebConfig,
         "control": ControlConfig,
         "log": LogConfig,
+        "privacy": PrivacyConfig,
         "security": SecurityConfig,
         "debug": DebugConfig,
     }

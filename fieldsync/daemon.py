@@ -28,6 +28,7 @@ from fieldsync.faults import Faults
 from fieldsync.homelock import HomeLock
 from fieldsync.hq_hub import ingest_from_hub as ingest_from_hub
 from fieldsync.janitor import Janitor
+from fieldsync.offer_hold import OfferDelay
 from fieldsync.peer import PeerLimits, SyncOutcome
 from fieldsync.runtime import WEBSOCKET_PATH, Runtime, Server
 from fieldsync.scheduler import Scheduler, SchedulerPolicy, SyncResult
@@ -96,6 +97,13 @@ class FieldDaemon:
         self._lock: HomeLock | None = None
         #: Our discovery names outlive one Discovery instance (it restarts on failure).
         self._own_names = OwnNames()
+        privacy = config.privacy
+        #: Report items wait this long before they are offered (SPEC.md §14.10). While it is
+        #: on, new items never trigger a sync by themselves: the watcher passes items on
+        #: when they become offerable, so a sync wave does not start at the author. Never on
+        #: the hub: it is on no LAN, and HQ should not wait for what reached it.
+        minutes = 0.0 if config.hub.enabled else privacy.offer_delay_minutes
+        self.offer_delay = OfferDelay(minutes * 60.0, privacy.offer_delay_jitter)
 
     async def start(self) -> None:
         config = self.config
@@ -106,7 +114,9 @@ class FieldDaemon:
             HomeLock.acquire, config.node.home, config.control_socket
         )
         try:
-            self.runtime = runtime = await Runtime.open(config.node.home, limits=limits)
+            self.runtime = runtime = await Runtime.open(
+                config.node.home, limits=limits, offer_delay=self.offer_delay
+            )
             await self._start_serving(runtime)
         except BaseException:
             await self.stop()
@@ -129,7 +139,8 @@ class FieldDaemon:
         except TransportError as exc:
             raise FieldsyncError(str(exc)) from exc
         self.scheduler = scheduler = Scheduler(self._sync_target, self._policy(), rng=self.rng)
-        scheduler.on_new_items = lambda target: scheduler.poke(except_target=target)
+        if not self.offer_delay.active:
+            scheduler.on_new_items = lambda target: scheduler.poke(except_target=target)
         for peer in config.peers.static:
             scheduler.add(str(peer), "static")
         if config.upstream.url is not None:
@@ -143,6 +154,7 @@ class FieldDaemon:
             disk_budget_bytes=config.storage.disk_budget_mb * 1024 * 1024,
             checkpoint_every=config.storage.checkpoint_minutes * 60.0,
         )
+        runtime.context.source.unrecorded_seconds = self.janitor.unrecorded_seconds
         try:
             self.control = await self._open_control()
         except OSError as exc:
@@ -321,13 +333,18 @@ class FieldDaemon:
     async def _watch_local_changes(self, runtime: Runtime, scheduler: Scheduler) -> None:
         """Items written by another process (``report add``, ``bundle import``): pass them on."""
         last = await runtime.worker.call(lambda store: store.data_version())
+        holding = self.offer_delay.active
         while True:
             await asyncio.sleep(self.LOCAL_POLL_SECONDS)
             self.faults.check("watcher")
             version = await runtime.worker.call(lambda store: store.data_version())
-            if version != last:
-                last = version
+            # With an offer delay, new report items are held: pass on only what became
+            # offerable (receipts at once, reports when their hold ends), whoever wrote it.
+            offerable = await runtime.refresh_offers() if holding else False
+            changed, last = version != last, version
+            if changed:
                 await runtime.refresh_revocations()  # a bundle may have brought a new list
+            if offerable or (changed and not holding):
                 scheduler.poke()
             await runtime.refresh_keys()  # a rotation's grace may be over (SPEC.md §17.5)
 
@@ -378,8 +395,8 @@ class FieldDaemon:
     def _on_incoming(self, outcome: SyncOutcome) -> None:
         if outcome.items_new and self.janitor is not None:
             self.janitor.nudge()  # over budget? evict now (SPEC.md §14.2)
-        if outcome.items_new and self.scheduler is not None:
-            self.scheduler.poke()
+        if outcome.items_new and self.scheduler is not None and not self.offer_delay.active:
+            self.scheduler.poke()  # with an offer delay, the watcher pokes on release
 
     # --- the control API --------------------------------------------------------------------
 

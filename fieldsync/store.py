@@ -143,6 +143,17 @@ _MIGRATIONS: tuple[str, ...] = (
     ) WITHOUT ROWID;
     CREATE INDEX own_chunks_report ON own_chunks(report_id, ordinal);
     """,
+    # 7: timing privacy (SPEC.md §14.10, fieldsync/offer_hold.py): report items not offered
+    # before a random delay after their arrival. Everything stored so far counts as assessed.
+    """
+    CREATE TABLE offer_holds (
+        seq INTEGER PRIMARY KEY,                -- items.seq of an item not offered yet
+        until INTEGER NOT NULL                  -- running clock (§14.1) it is offered from
+    );
+    CREATE INDEX offer_holds_until ON offer_holds(until);
+    INSERT INTO store_meta (key, value) VALUES ('offer_assessed',
+        COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'items'), 0));
+    """,
 )
 
 #: What an HQ receipt makes of the author's own report, and which states it may replace:

@@ -33,6 +33,7 @@ async def default_config(home: Path, **settings: object) -> Config:
         "node.home": str(home),
         "discovery.enabled": False,
         "web.listen": "",
+        "privacy.offer_delay_minutes": 0,  # offer at once (timing privacy has its own tests)
         "sync.interval_seconds": 1,
         "sync.backoff_initial": 0.2,
         "sync.backoff_max": 1,

@@ -35,6 +35,7 @@ from typing import Any
 from fieldsync import synthetic
 from fieldsync.node import STORE
 from fieldsync_protocol.crypto import content_id
+from tests.cli.cli_support import NO_OFFER_DELAY
 
 #: Reports sealed into each of the two stores of the shared pair.
 ITEMS_PER_NODE = 10_000
@@ -52,7 +53,8 @@ def fieldsync_command() -> list[str]:
 
 def clean_env() -> dict[str, str]:
     """The test's environment without any FIELDSYNC_* setting (no stray config)."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("FIELDSYNC_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FIELDSYNC_")}
+    return {**env, **NO_OFFER_DELAY}
 
 
 # --- a pair of filled nodes -----------------------------------------------------------------
