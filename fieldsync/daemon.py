@@ -18,7 +18,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fieldsync import sdnotify
+from fieldsync import offer_hold, sdnotify
 from fieldsync.config import Config
 from fieldsync.control import ControlServer
 from fieldsync.discovery import Discovery, OwnNames, PeerAddress
@@ -426,7 +426,14 @@ class FieldDaemon:
         """The store's counts, or why there are none: status must answer even then."""
         try:
             async with asyncio.timeout(self.STORE_ANSWER_SECONDS):
-                return await runtime.worker.call(lambda store: store.status())
+                return await runtime.worker.call(
+                    lambda store: {
+                        **store.status(),
+                        # Report items not offered yet (timing privacy, SPEC.md §14.10).
+                        "offer_held": offer_hold.held_count(store),
+                        "offer_delay_minutes": self.offer_delay.mean_seconds / 60,
+                    }
+                )
         except TimeoutError:
             return {"store_error": "the store thread does not answer"}
         except Exception as exc:

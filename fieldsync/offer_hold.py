@@ -189,6 +189,14 @@ def held_among(store: Store, ids: Sequence[bytes]) -> set[bytes]:
     return held
 
 
+def held_count(store: Store) -> int:
+    """How many items wait for their offer time (``fieldsync status``)."""
+    row = store.db.execute(
+        "SELECT COUNT(*) FROM offer_holds h JOIN items i ON i.seq = h.seq"
+    ).fetchone()
+    return int(row[0])
+
+
 def next_release(store: Store) -> int | None:
     """Running-clock time at which the next hold ends, or None when nothing is held."""
     row = store.db.execute("SELECT MIN(until) FROM offer_holds").fetchone()

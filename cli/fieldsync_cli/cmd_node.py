@@ -182,6 +182,13 @@ def status(ctx: click.Context, control_socket: Path | None, as_json: bool) -> No
             f"daemon      running; listening on"
             f" {', '.join(live.get('listening', [])) or 'nothing (dials out only)'}"
         )
+        held = live.get("offer_held")
+        if held:
+            lines.append(
+                f"held        {held} report items wait a random delay before they are offered"
+                f" (timing privacy, [privacy] offer_delay_minutes ="
+                f" {live.get('offer_delay_minutes', 0):g})"
+            )
         lines.extend(_component_lines(live))
         lines.extend(_web_lines(live.get("web")))
         upstream = live.get("last_upstream_contact")

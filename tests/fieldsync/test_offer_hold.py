@@ -313,6 +313,8 @@ async def test_the_daemon_keeps_a_new_report_back_and_passes_it_on_when_its_hold
         [target] = scheduler.targets.values()
         assert target.next_due > scheduler.clock() + 60  # the write poked nobody
         assert await relay_envelopes() == 0
+        status = await author.status()
+        assert status["offer_held"] == 1 and status["offer_delay_minutes"] == DELAY / 60
 
         await asyncio.to_thread(add_running_time, a, OfferDelay(DELAY, "uniform").longest)
 
@@ -321,6 +323,7 @@ async def test_the_daemon_keeps_a_new_report_back_and_passes_it_on_when_its_hold
 
         await wait_until(delivered)  # the release poked the scheduler: one sync, at once
         assert await syncs() == 2
+        assert (await author.status())["offer_held"] == 0
     finally:
         for daemon in reversed(daemons):
             await daemon.stop()
