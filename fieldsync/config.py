@@ -8,7 +8,7 @@ Later layers win, key by key::
   named by ``FIELDSYNC_CONFIG``, else none (defaults only). Read with stdlib ``tomllib``.
   Relative paths in the file are relative to the file's directory.
 - **Environment**: ``FIELDSYNC_<SECTION>_<KEY>`` for every key, e.g.
-  ``FIELDSYNC_SYNC_MAX_CONCURRENT=2`` or ``FIELDSYNC_LISTEN_ADDRESSES=127.0.0.1:7341,[::1]:7341``
+  ``FIELDSYNC_SYNC_MAX_CONCURRENT=2`` or ``FIELDSYNC_LISTEN_ADDRESSES=127.0.0.1:23817,[::1]:23817``
   (lists are comma-separated; booleans are 1/0, true/false, yes/no, on/off; an empty value
   clears ``[upstream] url`` and ``[control] socket``). A variable naming a known section but an
   unknown key is an error, so typos never pass silently; other ``FIELDSYNC_*`` variables

@@ -151,6 +151,9 @@ def status(ctx: click.Context, control_socket: Path | None, as_json: bool) -> No
                     "certificate_expires",
                     "network_key_id",
                     "network_key_rotating",
+                    # Report items waiting for their offer time (timing privacy, §14.10).
+                    "offer_held",
+                    "offer_delay_minutes",
                 )
                 if k in live
             }

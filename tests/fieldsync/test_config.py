@@ -367,6 +367,14 @@ def test_relative_override_paths_start_at_the_working_directory(
         ("[node]\nhome = 5\n", ["[node] home = 5", "expected a path"]),
         ('[node]\nhome = ""\n', ['[node] home = ""', "expected a path"]),
         ("[log]\nlevel = 10\n", ["[log] level = 10", "DEBUG"]),
+        (
+            "[privacy]\noffer_delay_minutes = -1\n",
+            ["[privacy] offer_delay_minutes = -1", "minutes in 0–1440"],
+        ),
+        (
+            '[privacy]\noffer_delay_jitter = "gaussian"\n',
+            ["offer_delay_jitter", "gaussian", "exponential, uniform"],
+        ),
         ("[sync]\ninterval_seconds = true\n", ["interval_seconds = true", "seconds"]),
         ("[sync]\ninterval_seconds = 1979-05-27\n", ["interval_seconds", "seconds"]),
         # negative, zero, out of range
