@@ -327,3 +327,22 @@ async def test_the_daemon_keeps_a_new_report_back_and_passes_it_on_when_its_hold
     finally:
         for daemon in reversed(daemons):
             await daemon.stop()
+
+
+async def test_a_hold_ends_with_its_item_when_the_item_is_evicted(
+    network: synthetic.SyntheticNetwork,
+) -> None:
+    b = await asyncio.to_thread(network.add_node, "b")
+    reports = await asyncio.to_thread(synthetic.sealed_reports, network.manifest, 3)
+    await asyncio.to_thread(synthetic.fill_store, b, network.manifest, reports)
+    async with opened(b, delay()) as relay:
+        _, horizon, high = await advertised(relay)
+        assert horizon < high
+        assert await relay.worker.call(offer_hold.held_count) == 3
+        # The disk budget evicts what others sent (the janitor's path): holds go with it.
+        evicted = await relay.worker.call(lambda store: store.enforce_budget(1).items)
+        assert evicted == 3
+        assert await relay.worker.call(offer_hold.held_count) == 0
+        _, horizon, high = await advertised(relay)  # refresh ends the orphaned holds
+        assert horizon == high
+        assert await relay.worker.call(offer_hold.next_release) is None
