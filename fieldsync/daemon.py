@@ -147,6 +147,13 @@ class FieldDaemon:
             scheduler.add(str(config.upstream.url), "upstream")
         for line in config.notices(is_author=runtime.is_author):
             log.warning("%s", line)
+        if self.offer_delay.active:
+            log.info(
+                "timing privacy: report items are offered a random delay after they arrive"
+                " (%g minutes on average, %s; [privacy] offer_delay_minutes)",
+                self.offer_delay.mean_seconds / 60,
+                self.offer_delay.jitter,
+            )
         await self._start_web(runtime)
         self.janitor = Janitor(
             runtime.worker,
