@@ -35,7 +35,6 @@ from typing import Any
 from fieldsync import synthetic
 from fieldsync.node import STORE
 from fieldsync_protocol.crypto import content_id
-from tests.cli.cli_support import NO_OFFER_DELAY
 
 #: Reports sealed into each of the two stores of the shared pair.
 ITEMS_PER_NODE = 10_000
@@ -54,7 +53,9 @@ def fieldsync_command() -> list[str]:
 def clean_env() -> dict[str, str]:
     """The test's environment without any FIELDSYNC_* setting (no stray config)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FIELDSYNC_")}
-    return {**env, **NO_OFFER_DELAY}
+    # Offer at once (timing privacy has its own tests). Spelt out, not imported from
+    # tests.cli: this file also runs as a script, where the tests package is not importable.
+    return {**env, "FIELDSYNC_PRIVACY_OFFER_DELAY_MINUTES": "0"}
 
 
 # --- a pair of filled nodes -----------------------------------------------------------------
