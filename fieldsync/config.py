@@ -8,7 +8,7 @@ Later layers win, key by key::
   named by ``FIELDSYNC_CONFIG``, else none (defaults only). Read with stdlib ``tomllib``.
   Relative paths in the file are relative to the file's directory.
 - **Environment**: ``FIELDSYNC_<SECTION>_<KEY>`` for every key, e.g.
-  ``FIELDSYNC_SYNC_MAX_CONCURRENT=2`` or ``FIELDSYNC_LISTEN_ADDRESSES=127.0.0.1:7341,[::1]:7341``
+  ``FIELDSYNC_SYNC_MAX_CONCURRENT=2`` or ``FIELDSYNC_LISTEN_ADDRESSES=127.0.0.1:23817,[::1]:23817``
   (lists are comma-separated; booleans are 1/0, true/false, yes/no, on/off; an empty value
   clears ``[upstream] url`` and ``[control] socket``). A variable naming a known section but an
   unknown key is an error, so typos never pass silently; other ``FIELDSYNC_*`` variables
@@ -47,12 +47,12 @@ from fieldsync.config_addresses import (
 )
 from fieldsync.config_schema import (
     DEFAULT_HOME,
-    DEFAULT_PORT,
     DEFAULT_ROTATE_MINUTES,
     DEFAULT_SERVICE_TYPE,
     EXIT_CONFIG,
     LOG_LEVELS,
     MAX_UNIX_SOCKET_PATH,
+    RELAY_DEFAULT_LISTEN,
     SECTIONS,
     Config,
     ConfigError,
@@ -67,6 +67,7 @@ from fieldsync.config_schema import (
     LogConfig,
     NodeConfig,
     PeersConfig,
+    PrivacyConfig,
     SecurityConfig,
     StorageConfig,
     SyncConfig,
@@ -79,13 +80,13 @@ from fieldsync.config_schema import (
 __all__ = [
     "CONFIG_ENV",
     "DEFAULT_HOME",
-    "DEFAULT_PORT",
     "DEFAULT_ROTATE_MINUTES",
     "DEFAULT_SERVICE_TYPE",
     "ENV_PREFIX",
     "EXIT_CONFIG",
     "LOG_LEVELS",
     "MAX_UNIX_SOCKET_PATH",
+    "RELAY_DEFAULT_LISTEN",
     "Config",
     "ConfigError",
     "ControlConfig",
@@ -99,6 +100,7 @@ __all__ = [
     "NodeConfig",
     "Peer",
     "PeersConfig",
+    "PrivacyConfig",
     "SecurityConfig",
     "StorageConfig",
     "SyncConfig",

@@ -44,7 +44,7 @@ _HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 _SERVICE_TYPE = re.compile(r"_[a-z0-9](?:[a-z0-9-]{0,13}[a-z0-9])?\._(?:tcp|udp)")
 _INTERFACE_NAME = re.compile(r"[^\s/:%]{1,15}")
 _ALL_INTERFACES = frozenset({"all", "any", "*", "0.0.0.0", "::"})  # noqa: S104 - to refuse
-HOST_PORT_EXAMPLE = "HOST:PORT such as 192.168.1.20:7341 or [fe80::1%wlan0]:7341"
+HOST_PORT_EXAMPLE = "HOST:PORT such as 192.168.1.20:23817 or [fe80::1%wlan0]:23817"
 
 
 def check_host(host: str) -> str:
@@ -79,7 +79,7 @@ def parse_host_port(text: str, *, allow_port_zero: bool = False) -> HostPort:
         if not sep or not host:
             raise ValueError(f"expected {HOST_PORT_EXAMPLE}")
         if ":" in host:
-            raise ValueError("put an IPv6 address in brackets: [::1]:7341")
+            raise ValueError("put an IPv6 address in brackets: [::1]:23817")
     if not port_text.isdigit() or not port_text.isascii():
         raise ValueError(f"port {port_text!r} is not a number")
     port = int(port_text)

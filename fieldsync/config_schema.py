@@ -34,7 +34,11 @@ from fieldsync.config_addresses import (
 from fieldsync.errors import FieldsyncError
 from fieldsync.faults import parse_fault
 
-DEFAULT_PORT: Final = 7341
+#: Where a relay listens when ``[listen] addresses`` is not set: every interface, on a port the
+#: kernel picks at each start. There is no project port: a fixed one (7341 until 2026-12)
+#: marked every fieldsync node to a watcher. Discovery announces the port it got; a node that
+#: others dial by ``[peers] static`` (or the hub, behind its proxy) sets a fixed address.
+RELAY_DEFAULT_LISTEN: Final = (HostPort("0.0.0.0", 0),)  # noqa: S104 - a relay serves the LAN
 #: The monitor's web app (fieldsync.web), on loopback unless ``[web] listen`` says otherwise.
 DEFAULT_WEB_PORT: Final = 7343
 # Discovery's defaults live here, the one place of every default (fieldsync.discovery imports
@@ -257,6 +261,31 @@ def _list(parse: Callable[[str], _T], expected_item: str) -> Kind:
     return Kind(from_value, from_env)
 
 
+#: ``[listen] addresses = "auto"`` (the default): the node's role decides
+#: (``ListenConfig.for_role``).
+LISTEN_AUTO: Final = "auto"
+
+
+def _listen_addresses() -> Kind:
+    """A list of HOST:PORT (port 0: the kernel picks), or ``"auto"`` (``None``)."""
+    addresses = _list(lambda text: parse_host_port(text, allow_port_zero=True), HOST_PORT_EXAMPLE)
+
+    def from_value(value: object, base: Path) -> tuple[HostPort, ...] | None:
+        if value == LISTEN_AUTO:
+            return None
+        try:
+            parsed: tuple[HostPort, ...] = addresses.from_value(value, base)
+        except Invalid as exc:
+            role_default = f'or "{LISTEN_AUTO}" for the default of the node\'s role'
+            raise Invalid(f"{exc}; {role_default}") from None
+        return parsed
+
+    def from_env(text: str) -> object:
+        return LISTEN_AUTO if text.strip() == LISTEN_AUTO else addresses.from_env(text)
+
+    return Kind(from_value, from_env)
+
+
 _KIND = "fieldsync.config.kind"
 
 
@@ -278,12 +307,28 @@ class NodeConfig:
 @dataclass(frozen=True, slots=True)
 class ListenConfig:
     #: Where peers connect (raw TCP; the hub serves WebSocket here). Empty: dial out only.
-    addresses: tuple[HostPort, ...] = field(
-        default=(HostPort("0.0.0.0", DEFAULT_PORT),),  # noqa: S104 - a LAN node listens on the LAN
-        metadata=_meta(
-            _list(lambda text: parse_host_port(text, allow_port_zero=True), HOST_PORT_EXAMPLE)
-        ),
+    #: ``None`` (``"auto"`` in the file, the default): the node's role decides, see
+    #: ``for_role``.
+    addresses: tuple[HostPort, ...] | None = field(
+        default=None, metadata=_meta(_listen_addresses())
     )
+
+    def for_role(self, *, is_author: bool, hub: bool) -> tuple[HostPort, ...]:
+        """The addresses to listen on: the configured ones, else the role's default.
+
+        An author's node dials out and listens nowhere (a listener, and its announcement,
+        would show a watcher holding the network key where a monitor's device is); a relay
+        listens on a fresh port each start (``RELAY_DEFAULT_LISTEN``). The hub has no
+        default: every node's ``[upstream] url`` names its port, so it must be set.
+        """
+        if self.addresses is not None:
+            return self.addresses
+        if hub:
+            raise ConfigError(
+                "the hub needs [listen] addresses: set the address its TLS proxy forwards to, "
+                'e.g. addresses = ["127.0.0.1:7342"] (or run --hub --listen HOST:PORT)'
+            )
+        return () if is_author else RELAY_DEFAULT_LISTEN
 
 
 @dataclass(frozen=True, slots=True)
@@ -417,6 +462,34 @@ class LogConfig:
     )
 
 
+#: ``[privacy] offer_delay_jitter`` values (the one copy is ``fieldsync.offer_hold.JITTERS``,
+#: which this module may not import: it would load the store for every command).
+OFFER_JITTERS = ("exponential", "uniform")
+
+
+def _check_jitter(value: str) -> str:
+    jitter = value.strip().lower()
+    if jitter not in OFFER_JITTERS:
+        raise ValueError(f"unknown jitter {value!r}")
+    return jitter
+
+
+@dataclass(frozen=True, slots=True)
+class PrivacyConfig:
+    """Timing privacy (SPEC.md §14.10, docs/timing-privacy.md)."""
+
+    #: Mean delay, in minutes, before a report item (own or relayed) is first offered to
+    #: peers, so the first node of a sync wave is not reliably the author. 0: offer at once
+    #: (the old behaviour, which marks the author to anyone watching the LAN).
+    offer_delay_minutes: float = field(default=5.0, metadata=_meta(_minutes(0, 24 * 60)))
+    #: ``"exponential"`` (the default; memoryless, cut at 6 means) or ``"uniform"`` (0 to
+    #: twice the mean).
+    offer_delay_jitter: str = field(
+        default="exponential",
+        metadata=_meta(_text(_check_jitter, f"expected one of {', '.join(OFFER_JITTERS)}")),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class SecurityConfig:
     #: Wipe every key on the node (``fieldsync wipe``) after this many wrong author
@@ -448,6 +521,7 @@ class Config:
     web: WebConfig = field(default_factory=WebConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
     #: The TOML file that was read, if any (for logs and ``doctor``; not part of equality).
@@ -458,7 +532,7 @@ class Config:
         """Where the control API listens and ``fieldsync status`` connects."""
         return self.control.socket or self.node.home / "control.sock"
 
-    def notices(self) -> tuple[str, ...]:
+    def notices(self, *, is_author: bool = False) -> tuple[str, ...]:
         """Lines the daemon logs at start-up about settings that switch things off."""
         lines = []
         if self.discovery.enabled and not self.discovery.interfaces:
@@ -466,8 +540,20 @@ class Config:
                 "discovery is off: [discovery] interfaces is empty, so nothing is announced or "
                 'browsed; name the interfaces to use (e.g. interfaces = ["wlan0"]) to turn it on'
             )
-        if not self.listen.addresses:
+        if self.listen.addresses == ():
             lines.append("not listening: [listen] addresses is empty; this node only dials out")
+        elif self.listen.addresses is None and is_author and not self.hub.enabled:
+            lines.append(
+                "not listening: this node holds an author key, so by default it only dials out "
+                "and announces nothing (discovery still finds peers to dial); set [listen] "
+                "addresses to accept connections"
+            )
+        elif self.listen.addresses is None and not self.hub.enabled and not self.discovery.active:
+            lines.append(
+                "listening on a port chosen afresh at each start, and discovery is off, so no "
+                "peer can find it; set a fixed [listen] addresses for peers that dial this "
+                "node by [peers] static"
+            )
         if (
             not self.discovery.active
             and not self.peers.static
@@ -486,6 +572,8 @@ class Config:
         for name, section in SECTIONS.items():
             values = getattr(self, name)
             out[name] = {key: _plain(getattr(values, key)) for key in keys_of(section)}
+        if self.listen.addresses is None:
+            out["listen"]["addresses"] = LISTEN_AUTO  # as the file says it
         return out
 
 
@@ -512,6 +600,7 @@ SECTIONS: Final[Mapping[str, type]] = MappingProxyType(
         "web": WebConfig,
         "control": ControlConfig,
         "log": LogConfig,
+        "privacy": PrivacyConfig,
         "security": SecurityConfig,
         "debug": DebugConfig,
     }

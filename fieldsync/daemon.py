@@ -20,7 +20,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fieldsync import sdnotify
+from fieldsync import offer_hold, sdnotify
 from fieldsync.config import Config
 from fieldsync.control import ControlServer
 from fieldsync.discovery import Discovery, OwnNames, PeerAddress
@@ -30,6 +30,7 @@ from fieldsync.faults import Faults
 from fieldsync.homelock import HomeLock
 from fieldsync.janitor import Janitor
 from fieldsync.lognames import address_name
+from fieldsync.offer_hold import OfferDelay
 from fieldsync.peer import PeerLimits, SyncOutcome
 from fieldsync.runtime import WEBSOCKET_PATH, Runtime, Server
 from fieldsync.scheduler import Scheduler, SchedulerPolicy, SyncResult
@@ -98,6 +99,13 @@ class FieldDaemon:
         self._lock: HomeLock | None = None
         #: Our discovery names outlive one Discovery instance (it restarts on failure).
         self._own_names = OwnNames()
+        privacy = config.privacy
+        #: Report items wait this long before they are offered (SPEC.md §14.10). While it is
+        #: on, new items never trigger a sync by themselves: the watcher passes items on
+        #: when they become offerable, so a sync wave does not start at the author. Never on
+        #: the hub: it is on no LAN, and HQ should not wait for what reached it.
+        minutes = 0.0 if config.hub.enabled else privacy.offer_delay_minutes
+        self.offer_delay = OfferDelay(minutes * 60.0, privacy.offer_delay_jitter)
 
     async def start(self) -> None:
         config = self.config
@@ -108,7 +116,9 @@ class FieldDaemon:
             HomeLock.acquire, config.node.home, config.control_socket
         )
         try:
-            self.runtime = runtime = await Runtime.open(config.node.home, limits=limits)
+            self.runtime = runtime = await Runtime.open(
+                config.node.home, limits=limits, offer_delay=self.offer_delay
+            )
             await self._start_serving(runtime)
         except BaseException:
             await self.stop()
@@ -119,8 +129,9 @@ class FieldDaemon:
         config = self.config
         runtime.on_outcome = self._on_incoming
         self.server = server = Server(runtime)
+        listen = config.listen.for_role(is_author=runtime.is_author, hub=config.hub.enabled)
         try:
-            for address in config.listen.addresses:
+            for address in listen:
                 if config.hub.enabled:
                     bound = await server.listen_websocket(address.host, address.port)
                     log.info("hub: serving WebSocket sync on %s:%d%s", *bound, WEBSOCKET_PATH)
@@ -130,13 +141,21 @@ class FieldDaemon:
         except TransportError as exc:
             raise FieldsyncError(str(exc)) from exc
         self.scheduler = scheduler = Scheduler(self._sync_target, self._policy(), rng=self.rng)
-        scheduler.on_new_items = lambda target: scheduler.poke(except_target=target)
+        if not self.offer_delay.active:
+            scheduler.on_new_items = lambda target: scheduler.poke(except_target=target)
         for peer in config.peers.static:
             scheduler.add(str(peer), "static")
         if config.upstream.url is not None:
             scheduler.add(str(config.upstream.url), "upstream")
-        for line in config.notices():
+        for line in config.notices(is_author=runtime.is_author):
             log.warning("%s", line)
+        if self.offer_delay.active:
+            log.info(
+                "timing privacy: report items are offered a random delay after they arrive"
+                " (%g minutes on average, %s; [privacy] offer_delay_minutes)",
+                self.offer_delay.mean_seconds / 60,
+                self.offer_delay.jitter,
+            )
         await self._start_web(runtime)
         self.janitor = Janitor(
             runtime.worker,
@@ -145,6 +164,7 @@ class FieldDaemon:
             checkpoint_every=config.storage.checkpoint_minutes * 60.0,
             forget_peers_after=config.sync.forget_peers_days * 86400,
         )
+        runtime.context.source.unrecorded_seconds = self.janitor.unrecorded_seconds
         try:
             self.control = await self._open_control()
         except OSError as exc:
@@ -162,8 +182,10 @@ class FieldDaemon:
         supervise("janitor", lambda: self._run_janitor(janitor), self.policy)
         supervise("watcher", lambda: self._watch_local_changes(runtime, scheduler), self.policy)
         supervise("control", self._run_control, self._keep_trying())
-        if config.discovery.active and server.addresses and not config.hub.enabled:
-            port = server.addresses[0][1]
+        if config.discovery.active and not config.hub.enabled:
+            # Without a listener (an author's default) discovery browses and announces nothing:
+            # the node dials the members it hears, and a watcher hears nothing from it.
+            port = server.addresses[0][1] if server.addresses else None
             supervise(
                 "discovery",
                 lambda: self._run_discovery(runtime, scheduler, port),
@@ -266,7 +288,9 @@ class FieldDaemon:
             answer.result()
             await asyncio.sleep(self.HEALTH_SECONDS)
 
-    async def _run_discovery(self, runtime: Runtime, scheduler: Scheduler, port: int) -> None:
+    async def _run_discovery(
+        self, runtime: Runtime, scheduler: Scheduler, port: int | None
+    ) -> None:
         self.faults.check("discovery")
         interfaces = self.config.discovery.interfaces
         addresses = await asyncio.to_thread(interface_addresses, interfaces)
@@ -299,7 +323,8 @@ class FieldDaemon:
             )
             await discovery.start()
             self.discovery = discovery
-            log.info("discovery: announcing and browsing on %s", ", ".join(addresses))
+            doing = "announcing and browsing" if port is not None else "browsing (no announcement)"
+            log.info("discovery: %s on %s", doing, ", ".join(addresses))
             changed = asyncio.ensure_future(runtime.keys_changed.wait())
             ended = asyncio.ensure_future(discovery.wait())
             try:
@@ -319,13 +344,18 @@ class FieldDaemon:
     async def _watch_local_changes(self, runtime: Runtime, scheduler: Scheduler) -> None:
         """Items written by another process (``report add``, ``bundle import``): pass them on."""
         last = await runtime.worker.call(lambda store: store.data_version())
+        holding = self.offer_delay.active
         while True:
             await asyncio.sleep(self.LOCAL_POLL_SECONDS)
             self.faults.check("watcher")
             version = await runtime.worker.call(lambda store: store.data_version())
-            if version != last:
-                last = version
+            # With an offer delay, new report items are held: pass on only what became
+            # offerable (receipts at once, reports when their hold ends), whoever wrote it.
+            offerable = await runtime.refresh_offers() if holding else False
+            changed, last = version != last, version
+            if changed:
                 await runtime.refresh_revocations()  # a bundle may have brought a new list
+            if offerable or (changed and not holding):
                 scheduler.poke()
             await runtime.refresh_keys()  # a rotation's grace may be over (SPEC.md §17.5)
 
@@ -376,8 +406,8 @@ class FieldDaemon:
     def _on_incoming(self, outcome: SyncOutcome) -> None:
         if outcome.items_new and self.janitor is not None:
             self.janitor.nudge()  # over budget? evict now (SPEC.md §14.2)
-        if outcome.items_new and self.scheduler is not None:
-            self.scheduler.poke()
+        if outcome.items_new and self.scheduler is not None and not self.offer_delay.active:
+            self.scheduler.poke()  # with an offer delay, the watcher pokes on release
 
     # --- the control API --------------------------------------------------------------------
 
@@ -407,7 +437,14 @@ class FieldDaemon:
         """The store's counts, or why there are none: status must answer even then."""
         try:
             async with asyncio.timeout(self.STORE_ANSWER_SECONDS):
-                return await runtime.worker.call(lambda store: store.status())
+                return await runtime.worker.call(
+                    lambda store: {
+                        **store.status(),
+                        # Report items not offered yet (timing privacy, SPEC.md §14.10).
+                        "offer_held": offer_hold.held_count(store),
+                        "offer_delay_minutes": self.offer_delay.mean_seconds / 60,
+                    }
+                )
         except TimeoutError:
             return {"store_error": "the store thread does not answer"}
         except Exception as exc:

@@ -7,7 +7,12 @@ What goes on the wire, per rotation of one node (RFC 8882; security_anchors T21)
   ``tag = BLAKE2b_k("instance" || nonce)`` and ``k`` is a subkey of the network key;
 - a host name ``<16 base32 chars>.local.`` with ``label = BLAKE2b_k("host" || nonce)``;
 - the node's port and interface addresses (needed to connect, and visible in the IP header
-  anyway), and an empty TXT record (the single zero byte RFC 6763 §6.1 asks for).
+  anyway), and an empty TXT record (the single zero byte RFC 6763 §6.1 asks for). By default
+  the port is whatever the kernel gave the listener at this start (config_schema
+  ``RELAY_DEFAULT_LISTEN``), so it marks neither the software nor, across restarts, the node.
+
+Only listening nodes announce. An author's node listens nowhere by default and so only
+browses: it dials the members it hears and sends no record of its own (issue 11).
 
 No node id, key, hostname, app name or version appears. To anyone without the network key
 every label is random bytes; a member recomputes the tag from the nonce and so recognises a
@@ -274,7 +279,8 @@ class Discovery:
     more (a goodbye, or TTL expiry at most ~2 minutes after a peer vanished silently).
     ``on_announce`` gets each of our own full instance names as it is announced (logging and
     tests; the names are pseudonyms, but keep them out of anything kept long). ``own_names``
-    carries our own names across a restart of discovery (see ``OwnNames``).
+    carries our own names across a restart of discovery (see ``OwnNames``). ``port=None``
+    browses only: nothing is announced (a node that does not listen, an author's default).
 
     Callbacks run in the event loop and must not block; an exception in one is logged and
     does not stop discovery.
@@ -284,7 +290,7 @@ class Discovery:
         self,
         *,
         network_key: bytes,
-        port: int,
+        port: int | None,
         interfaces: Sequence[str],
         on_peer: Callable[[PeerAddress], None],
         on_peer_gone: Callable[[PeerAddress], None] | None = None,
@@ -303,7 +309,7 @@ class Discovery:
                 f"service type {service_type!r} must look like '_name._tcp.local.' "
                 "(lowercase, at most 15 characters in the name)"
             )
-        if not 0 < port < 65536:
+        if port is not None and not 0 < port < 65536:
             raise ValueError(f"port {port} is out of range")
         if not rotate_seconds >= 1.0:
             raise ValueError("rotate_seconds must be at least 1 second")
@@ -429,23 +435,23 @@ class Discovery:
         old one's goodbye, which then changes nothing because the address is still live.
         """
         aiozc = self._aiozc
-        if aiozc is None:
+        if aiozc is None or self._port is None:
             return
-        info = await self._register_fresh(aiozc)
+        info = await self._register_fresh(aiozc, self._port)
         previous, self._announced = self._announced, info
         self._notify(self._on_announce, info.name)
         if previous is not None:
             self._own_labels.withdraw(instance_label_of(previous.name, self._service_type) or "")
             await aiozc.async_unregister_service(previous)
 
-    async def _register_fresh(self, aiozc: AsyncZeroconf) -> AsyncServiceInfo:
+    async def _register_fresh(self, aiozc: AsyncZeroconf, port: int) -> AsyncServiceInfo:
         attempt = 1
         while True:
             pseudonym = self._pseudonyms.fresh(self._random_bytes)
             info = AsyncServiceInfo(
                 self._service_type,
                 pseudonym.instance_name(self._service_type),
-                port=self._port,
+                port=port,
                 # Set explicitly: zeroconf would otherwise reuse the instance name, and
                 # nothing here may fall back to the machine's hostname.
                 server=pseudonym.server,

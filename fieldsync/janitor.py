@@ -81,6 +81,11 @@ class Janitor:
 
         return await self._worker.call(work)
 
+    def unrecorded_seconds(self) -> int:
+        """Running time the store's clock does not show yet: the next tick adds it (offer
+        holds end to the second, not at the next tick, SPEC.md §14.10)."""
+        return max(0, int(time.monotonic() - self._last_tick))
+
     async def tick(self) -> JanitorReport:
         """One pass: advance the running clock by monotonic time, expire, evict, checkpoint."""
         now = time.monotonic()

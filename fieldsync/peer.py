@@ -27,10 +27,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from fieldsync import limits
+from fieldsync import limits, offer_hold
 from fieldsync.admission import Admission, ByteBudget, Slot
 from fieldsync.diskerrors import storage_problem
 from fieldsync.lograte import QuietLog
+from fieldsync.offer_hold import OfferDelay
 from fieldsync.priority import send_later
 from fieldsync.reoffer import ReofferPolicy
 from fieldsync.store import Quota, QuotaExceeded, Store, now_seconds
@@ -153,19 +154,41 @@ def _store_errors(store: Store, doing: str) -> Iterator[None]:
 
 class SyncSource:
     """The session's view of the store (an ``ItemSource``); used only on the store thread.
-    Store failures leave it as ``ItemSourceError``."""
+    Store failures leave it as ``ItemSourceError``. Report items stay out of sight until
+    their offer delay has passed (``offer_hold``, SPEC.md §14.10)."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, offer_delay: OfferDelay | None = None) -> None:
         self._store = store
         self._index: SortedListIndex | None = None
         self._data_version = store.data_version()
+        self.offer_delay = offer_delay or OfferDelay()
+        #: Running time the store's clock does not show yet (the daemon's janitor says).
+        self.unrecorded_seconds: Callable[[], int] = lambda: 0
 
-    def refresh(self) -> None:
-        """Drop the cached index if another process (the CLI) changed the store."""
+    def _now(self) -> int:
+        """The running clock (SPEC.md §14.1) to the second, for the offer holds."""
+        return self._store.local_clock() + self.unrecorded_seconds()
+
+    def refresh(self) -> bool:
+        """Drop the cached index if another process (the CLI) changed the store; assess new
+        items and end due holds. True when items became offerable since the last call."""
         version = self._store.data_version()
         if version != self._data_version:
             self._data_version = version
             self._index = None
+        with _store_errors(self._store, "updating the offer holds"):
+            now = self._now()
+            free = offer_hold.assess(self._store, self.offer_delay, now)
+            released = offer_hold.release(self._store, now)
+        if self._index is not None:
+            for item_id in (*free, *released):
+                self._index.add(item_id)
+        return bool(free or released)
+
+    def horizon(self) -> int:
+        """Our store number as peers may see it (HELLO ``h``): nothing held up to it."""
+        with _store_errors(self._store, "reading the offer horizon"):
+            return offer_hold.horizon(self._store)
 
     def invalidate(self) -> None:
         """Our own connection deleted items outside a sync (janitor): rebuild on next use."""
@@ -175,7 +198,9 @@ class SyncSource:
     def index(self) -> ItemIndex:
         if self._index is None:
             with _store_errors(self._store, "reading the item ids"):
-                self._index = SortedListIndex.from_sorted(self._store.sorted_ids())
+                offer_hold.assess(self._store, self.offer_delay, self._now())
+                ids = offer_hold.offerable_sorted_ids(self._store)
+                self._index = SortedListIndex.from_sorted(ids)
         return self._index
 
     def items_after(
@@ -197,7 +222,13 @@ class SyncSource:
             return send_later(self._store, list(ids))
 
     def note_changes(self, added: Sequence[bytes], removed: Sequence[bytes]) -> None:
-        """Keep the cached index equal to the store after a commit."""
+        """Keep the cached index equal to the store's offerable items after a commit."""
+        if added and self.offer_delay.active:
+            # Not assessed here (that is a write: it waits for ``refresh``, within the
+            # transaction budget of a flight): until then every new item counts as held.
+            with _store_errors(self._store, "reading the offer holds"):
+                held = offer_hold.held_among(self._store, added)
+            added = [item_id for item_id in added if item_id not in held]
         if self._index is None:
             return
         for item_id in added:
@@ -579,7 +610,8 @@ class _Connection:
             return SyncSession(
                 source.for_peer(node_key, offset),
                 initiator=initiator,
-                local=Cursor(store.epoch_for(node_key), store.high_water() + offset),
+                # Held items unseen (offer delay); numbers shifted per peer (seq offset).
+                local=Cursor(store.epoch_for(node_key), source.horizon() + offset),
                 peer_cursor=None if known is None else Cursor(*known),
                 config=config,
             )

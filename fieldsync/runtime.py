@@ -22,6 +22,7 @@ from fieldsync.diskerrors import storage_problem
 from fieldsync.errors import InputRefused
 from fieldsync.lognames import address_name
 from fieldsync.node import STORE, Membership, Node, current_revocations
+from fieldsync.offer_hold import OfferDelay
 from fieldsync.peer import REVOKED, PeerContext, PeerLimits, SyncOutcome, SyncSource, run_peer
 from fieldsync.store import Store
 from fieldsync.store_worker import StoreWorker
@@ -77,7 +78,10 @@ class Runtime:
         home: Path,
         limits: PeerLimits | None = None,
         session_config: SessionConfig | None = None,
+        offer_delay: OfferDelay | None = None,
     ) -> Runtime:
+        """``offer_delay``: how long report items wait before they are offered (SPEC.md
+        §14.10); None offers them at once (a one-off ``fieldsync sync`` sends what it has)."""
         node = Node(home)
         # Key files are read on a thread: nothing blocks the event loop, not even at start.
         member, static_secret, is_author = await asyncio.to_thread(
@@ -85,7 +89,7 @@ class Runtime:
         )
         worker = StoreWorker(home / STORE)
         await worker.open()
-        source = await worker.call(SyncSource)
+        source = await worker.call(lambda store: SyncSource(store, offer_delay))
         context = PeerContext(
             network_key=member.network_key,
             static_secret=static_secret,
@@ -165,6 +169,12 @@ class Runtime:
                 )
 
         await self.worker.call(switch)
+
+    async def refresh_offers(self) -> bool:
+        """Assess new items and end due offer holds (SPEC.md §14.10); True when items
+        became offerable that peers should hear about."""
+        source = self.context.source
+        return await self.worker.call(lambda _store: source.refresh())
 
     async def refresh_revocations(self) -> None:
         """Follow the newest revocation list in the store (one may have come from a bundle

@@ -171,6 +171,17 @@ _MIGRATIONS: tuple[str, ...] = (
     DROP TABLE origins;
     ALTER TABLE origins_v7 RENAME TO origins;
     """,
+    # 8: timing privacy (SPEC.md §14.10, fieldsync/offer_hold.py): report items not offered
+    # before a random delay after their arrival. Everything stored so far counts as assessed.
+    """
+    CREATE TABLE offer_holds (
+        seq INTEGER PRIMARY KEY,                -- items.seq of an item not offered yet
+        until INTEGER NOT NULL                  -- running clock (§14.1) it is offered from
+    );
+    CREATE INDEX offer_holds_until ON offer_holds(until);
+    INSERT INTO store_meta (key, value) VALUES ('offer_assessed',
+        COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'items'), 0));
+    """,
 )
 #: ``peers.last_sync`` is kept to this many seconds: enough for "last synced" on a page.
 LAST_SYNC_GRAIN = 3600

@@ -151,6 +151,9 @@ def status(ctx: click.Context, control_socket: Path | None, as_json: bool) -> No
                     "certificate_expires",
                     "network_key_id",
                     "network_key_rotating",
+                    # Report items waiting for their offer time (timing privacy, §14.10).
+                    "offer_held",
+                    "offer_delay_minutes",
                 )
                 if k in live
             }
@@ -179,8 +182,16 @@ def status(ctx: click.Context, control_socket: Path | None, as_json: bool) -> No
         lines.append("daemon      not running (no answer on the control socket)")
     else:
         lines.append(
-            f"daemon      running; listening on {', '.join(live.get('listening', [])) or 'nothing'}"
+            f"daemon      running; listening on"
+            f" {', '.join(live.get('listening', [])) or 'nothing (dials out only)'}"
         )
+        held = live.get("offer_held")
+        if held:
+            lines.append(
+                f"held        {held} report items wait a random delay before they are offered"
+                f" (timing privacy, [privacy] offer_delay_minutes ="
+                f" {live.get('offer_delay_minutes', 0):g})"
+            )
         lines.extend(_component_lines(live))
         lines.extend(_web_lines(live.get("web")))
         upstream = live.get("last_upstream_contact")

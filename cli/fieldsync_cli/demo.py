@@ -215,6 +215,9 @@ class NetworkDemo(Demo):
             "FIELDSYNC_UPSTREAM_INTERVAL_SECONDS": "1",
             "FIELDSYNC_SYNC_BACKOFF_INITIAL": "0.5",
             "FIELDSYNC_SYNC_BACKOFF_MAX": "2",
+            # The demo shows reports crossing in seconds; the field default holds each
+            # report for minutes before offering it (timing privacy, README).
+            "FIELDSYNC_PRIVACY_OFFER_DELAY_MINUTES": "0",
             # The web app on a free port: the machine may run a real node on the default one.
             "FIELDSYNC_WEB_LISTEN": "127.0.0.1:0",
             **settings,

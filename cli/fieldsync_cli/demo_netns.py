@@ -172,6 +172,8 @@ class NetnsNetworkDemo(NetworkDemo):
             "FIELDSYNC_UPSTREAM_INTERVAL_SECONDS": "1",
             "FIELDSYNC_SYNC_BACKOFF_INITIAL": "0.5",
             "FIELDSYNC_SYNC_BACKOFF_MAX": "2",
+            # Reports cross in seconds here; the field default holds each for minutes.
+            "FIELDSYNC_PRIVACY_OFFER_DELAY_MINUTES": "0",
             **settings,
         }
         argv = [

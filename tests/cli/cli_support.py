@@ -17,8 +17,14 @@ def fieldsync_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "fieldsync_cli"]
 
 
+#: Daemons offer reports at once in tests that are about something else: the field default
+#: holds them for minutes (timing privacy, SPEC.md §14.10; its own tests set it).
+NO_OFFER_DELAY = {"FIELDSYNC_PRIVACY_OFFER_DELAY_MINUTES": "0"}
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     """The test process's environment without any FIELDSYNC_* setting, plus ``extra``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FIELDSYNC_")}
+    env.update(NO_OFFER_DELAY)
     env.update(extra)
     return env

@@ -9,6 +9,7 @@ import re
 import signal
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -216,3 +217,34 @@ def test_addresses_on_the_command_line_follow_the_configs_strict_rule(
     assert result.returncode == code, result.stderr
     assert words in result.stderr
     assert json.loads(result.stdout.splitlines()[-1])["exit_code"] == code
+
+
+def test_status_says_how_many_reports_wait_for_timing_privacy(
+    network: synthetic.SyntheticNetwork, run: Run
+) -> None:
+    """With an offer delay (SPEC.md §14.10), a new report waits; ``status`` says so."""
+    home = network.add_node("author", author=True)
+    env = clean_env(
+        FIELDSYNC_DISCOVERY_ENABLED="0",
+        FIELDSYNC_PRIVACY_OFFER_DELAY_MINUTES="30",
+        FIELDSYNC_PASSPHRASE=synthetic.PASSPHRASE,
+        FIELDSYNC_WEB_LISTEN="",
+    )
+    with daemon("--home", home, env=env) as (process, _):
+        added = run(
+            "--home", home, "report", "add", "--narrative", "held", "--category",
+            "threats-harassment", "--occurred", "2025-03-01", "--json", env=env,
+        )  # fmt: skip
+        assert added.returncode == 0, added.stderr
+        deadline = time.monotonic() + 60
+        while True:  # the daemon's watcher assesses it within a few seconds
+            status = json.loads(run("--home", home, "status", "--json", env=env).stdout)
+            if status.get("offer_held") == 1:
+                break
+            assert time.monotonic() < deadline, status
+            time.sleep(0.2)  # polling interval, not synchronisation
+        assert status["offer_delay_minutes"] == 30
+        text = run("--home", home, "status", env=env).stdout
+        assert "held        1 report items wait a random delay" in text
+        assert "offer_delay_minutes = 30" in text
+        stop(process)

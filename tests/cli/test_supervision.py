@@ -47,6 +47,7 @@ async def config_for(home: Path, faults: list[str], **settings: object) -> Confi
         "node.home": str(home),
         "listen.addresses": ["127.0.0.1:0"],
         "discovery.enabled": False,
+        "privacy.offer_delay_minutes": 0,  # offer at once (timing privacy has its own tests)
         "debug.inject_faults": faults,
         **settings,
     }

@@ -14,9 +14,9 @@ import pytest
 from fieldsync import discovery, limits
 from fieldsync.config import (
     CONFIG_ENV,
-    DEFAULT_PORT,
     DEFAULT_SERVICE_TYPE,
     EXIT_CONFIG,
+    RELAY_DEFAULT_LISTEN,
     Config,
     ConfigError,
     HostPort,
@@ -55,7 +55,7 @@ def test_defaults_without_file_env_or_overrides() -> None:
     assert config == Config()
     assert config.source is None
     assert config.node.home == Path("~/.local/share/fieldsync").expanduser()
-    assert config.listen.addresses == (HostPort(ANY_V4, DEFAULT_PORT),)
+    assert config.listen.addresses is None  # "auto": the node's role decides
     assert config.discovery.enabled is True
     assert config.discovery.service_type == DEFAULT_SERVICE_TYPE
     assert config.discovery.interfaces == ()
@@ -107,6 +107,44 @@ def test_notices_for_a_node_that_cannot_meet_anyone() -> None:
     assert "no way to meet peers" in text
     linked = load_config(None, {}, {"peers.static": ["192.168.4.2:7341"]})
     assert not any("no way to meet" in line for line in linked.notices())
+
+
+def test_listen_default_depends_on_the_role_and_has_no_project_port() -> None:
+    auto = load_config(None, {}, {}).listen
+    assert auto.for_role(is_author=True, hub=False) == ()  # an author dials out only
+    assert auto.for_role(is_author=False, hub=False) == RELAY_DEFAULT_LISTEN
+    assert (HostPort(ANY_V4, 0),) == RELAY_DEFAULT_LISTEN  # the kernel picks, every start
+    with pytest.raises(ConfigError, match=r"hub needs \[listen\] addresses"):
+        auto.for_role(is_author=False, hub=True)
+    fixed = load_config(None, {}, {"listen.addresses": ["0.0.0.0:23817"]}).listen
+    for is_author in (True, False):
+        assert fixed.for_role(is_author=is_author, hub=False) == (HostPort(ANY_V4, 23817),)
+    assert fixed.for_role(is_author=False, hub=True) == (HostPort(ANY_V4, 23817),)
+    none = load_config(None, {}, {"listen.addresses": []}).listen
+    assert none.for_role(is_author=False, hub=False) == ()
+
+
+def test_listen_auto_is_spelled_the_same_in_file_env_and_dict(tmp_path: Path) -> None:
+    path = write(tmp_path, '[listen]\naddresses = "auto"\n')
+    assert load_config(path, {}, {}).listen.addresses is None
+    env = {"FIELDSYNC_LISTEN_ADDRESSES": "auto"}
+    assert load_config(path, env, {}).listen.addresses is None
+    env = {"FIELDSYNC_LISTEN_ADDRESSES": "127.0.0.1:0"}
+    assert load_config(path, env, {}).listen.addresses == (HostPort("127.0.0.1", 0),)
+    assert Config().to_dict()["listen"]["addresses"] == "auto"
+    with pytest.raises(ConfigError, match='"auto" for the default'):
+        load_config(write(tmp_path, '[listen]\naddresses = "automatic"\n'), {}, {})
+
+
+def test_notices_say_why_an_author_or_a_hidden_relay_does_not_listen() -> None:
+    config = load_config(None, {}, {"discovery.interfaces": ["wlan0"]})
+    author = "\n".join(config.notices(is_author=True))
+    assert "not listening" in author and "author key" in author
+    assert not any("listening" in line for line in config.notices(is_author=False))
+    hidden = "\n".join(load_config(None, {}, {}).notices(is_author=False))
+    assert "chosen afresh at each start" in hidden and "[peers] static" in hidden
+    hub = load_config(None, {}, {"hub.enabled": True, "listen.addresses": ["127.0.0.1:7342"]})
+    assert not any("listening" in line for line in hub.notices(is_author=False))
 
 
 def test_to_dict_is_json_ready_in_file_shape() -> None:
@@ -330,6 +368,14 @@ def test_relative_override_paths_start_at_the_working_directory(
         ("[node]\nhome = 5\n", ["[node] home = 5", "expected a path"]),
         ('[node]\nhome = ""\n', ['[node] home = ""', "expected a path"]),
         ("[log]\nlevel = 10\n", ["[log] level = 10", "DEBUG"]),
+        (
+            "[privacy]\noffer_delay_minutes = -1\n",
+            ["[privacy] offer_delay_minutes = -1", "minutes in 0–1440"],
+        ),
+        (
+            '[privacy]\noffer_delay_jitter = "gaussian"\n',
+            ["offer_delay_jitter", "gaussian", "exponential, uniform"],
+        ),
         ("[sync]\ninterval_seconds = true\n", ["interval_seconds = true", "seconds"]),
         ("[sync]\ninterval_seconds = 1979-05-27\n", ["interval_seconds", "seconds"]),
         # negative, zero, out of range

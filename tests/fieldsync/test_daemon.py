@@ -28,6 +28,7 @@ async def config_for(home: Path, **settings: object) -> Config:
         "node.home": str(home),
         "listen.addresses": ["127.0.0.1:0"],
         "discovery.enabled": False,
+        "privacy.offer_delay_minutes": 0,  # offer at once (timing privacy has its own tests)
         "sync.interval_seconds": 1,
         "sync.backoff_initial": 0.2,
         "sync.backoff_max": 1,

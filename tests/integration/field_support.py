@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.cli.cli_support import NO_OFFER_DELAY
 from tests.environment import libfaketime_path
 from tests.integration.netns import Host, Network
 
@@ -60,6 +61,7 @@ def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FIELDSYNC_", "FAKETIME"))}
     env.pop("LD_PRELOAD", None)
     env["FIELDSYNC_PASSPHRASE"] = PASSPHRASE
+    env.update(NO_OFFER_DELAY)  # tests about other things; test_timing_netns.py sets its own
     env.update(extra)
     return env
 
@@ -336,7 +338,7 @@ class Daemon:
     host: Host | PeerHost
     home: Path
     config: Path
-    listen: str
+    listen: str  # "": no --listen, [listen] addresses = "auto" (the node's role decides)
     log: Path
     hub: bool = False
     clock: str | None = None  # a libfaketime offset such as "+365d"
@@ -352,8 +354,7 @@ class Daemon:
             "run",
             "--config",
             str(self.config),
-            "--listen",
-            self.listen,
+            *(("--listen", self.listen) if self.listen else ()),  # "": the role's default
             "--json",
         ]
         if self.hub:

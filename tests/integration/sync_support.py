@@ -52,7 +52,10 @@ def fieldsync_command() -> list[str]:
 
 def clean_env() -> dict[str, str]:
     """The test's environment without any FIELDSYNC_* setting (no stray config)."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("FIELDSYNC_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FIELDSYNC_")}
+    # Offer at once (timing privacy has its own tests). Spelt out, not imported from
+    # tests.cli: this file also runs as a script, where the tests package is not importable.
+    return {**env, "FIELDSYNC_PRIVACY_OFFER_DELAY_MINUTES": "0"}
 
 
 # --- a pair of filled nodes -----------------------------------------------------------------

@@ -102,8 +102,9 @@ class FloodSource(SyncSource):
         self._items = {content_id(item): item for item in items}
         self._flood_index = SortedListIndex.from_sorted(sorted(self._items))
 
-    def refresh(self) -> None:
-        """The flood does not come from the store."""
+    def refresh(self) -> bool:
+        """The flood does not come from the store (and is never held)."""
+        return False
 
     @property
     def index(self) -> ItemIndex:
