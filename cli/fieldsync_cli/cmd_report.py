@@ -191,6 +191,12 @@ def report() -> None:
     help="A photo, recording, video or document to send with the report (sealed, chunked;"
     " repeat for more; up to 16 files, about 1.5 GiB in all).",
 )
+@click.option(
+    "--author",
+    "author_name",
+    help="Your author name on a node with several monitors (a check: your passphrase alone"
+    " already says which author you are).",
+)
 @passphrase_option
 @json_option
 @click.pass_context
@@ -207,6 +213,7 @@ def add(ctx: click.Context, /, **options: Any) -> None:
     json_file = options.pop("json_file")
     editor = options.pop("editor")
     attach = list(options.pop("attach"))
+    author_name = options.pop("author_name")
     # 0 is a coordinate: only "not given" (None, no repeats, an unset flag) is dropped.
     given = {k: v for k, v in options.items() if v is not None and v != () and v is not False}
     node = author_node(ctx)
@@ -228,7 +235,9 @@ def add(ctx: click.Context, /, **options: Any) -> None:
                 " or run on a terminal"
             )
         node.check_report(fields)  # every field, before anyone types a passphrase
-        report_id = _add_with_passphrase(node, fields, attach, passphrase_file, as_json)
+        report_id = _add_with_passphrase(
+            node, fields, attach, passphrase_file, as_json, author_name
+        )
         attachments = node.attachment_status(report_id)
     finally:
         node.close()
@@ -248,13 +257,16 @@ def _add_with_passphrase(
     attach: list[Path],
     passphrase_file: Path | None,
     as_json: bool,
+    author_name: str | None,
 ) -> str:
     """Ask for the passphrase (again, up to 3 times, when a person typed it wrong)."""
     typed = passphrase_file is None and not os.environ.get("FIELDSYNC_PASSPHRASE")
     for attempt in range(1, PASSPHRASE_TRIES + 1):
         passphrase = get_passphrase(passphrase_file, "your author key")
         try:
-            return node.add_report(fields, passphrase, attach, _progress(as_json))
+            return node.add_report(
+                fields, passphrase, attach, _progress(as_json), author_name=author_name
+            )
         except WrongPassphrase:
             if not typed or attempt == PASSPHRASE_TRIES:
                 raise
