@@ -20,6 +20,7 @@ import dataclasses
 import logging
 import os
 import secrets
+import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -28,7 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from fieldsync import homefiles, keystore, media, wipe
+from fieldsync import homefiles, keystore, media, outbox, wipe
 from fieldsync.errors import (
     FieldsyncError,
     InputRefused,
@@ -36,8 +37,9 @@ from fieldsync.errors import (
     NotInitialised,
     WrongPassphrase,
 )
+from fieldsync.outbox import OutboxKeys, outbox_keys
 from fieldsync.priority import iter_by_priority
-from fieldsync.store import ImportCounts, OutboxEntry, Store, now_seconds
+from fieldsync.store import ImportCounts, Store, now_seconds
 from fieldsync_protocol import crypto, envelope, membership
 from fieldsync_protocol.bundle import HEAD_SIZE, SEALED_CHUNK, BundleReader, BundleWriter, sealed_by
 from fieldsync_protocol.errors import LocalProtocolError, RemoteProtocolError
@@ -160,6 +162,20 @@ def _split_author(plaintext: bytes, path: Path) -> tuple[bytes, str | None]:
         return seed, rest.decode("utf-8") or None
     except UnicodeDecodeError:
         raise InputRefused(f"author key {path} is damaged (its name is not UTF-8)") from None
+
+
+@dataclass(frozen=True)
+class OwnReport:
+    """One report of the unlocked author, with what HQ's receipts say of it."""
+
+    report_id: str
+    sequence: int
+    created_at: int
+    #: sealed (no receipt yet), held or dropped at HQ, or delivered (SPEC.md §9).
+    status: str
+    #: When the node received HQ's "accepted" (None until delivered).
+    delivered_at: int | None
+    attachments: tuple[media.AttachmentStatus, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -462,6 +478,10 @@ class Node:
 
     def _author_files_or_refuse(self) -> list[Path]:
         files = self.author_files()
+        if not files and not (self.home / NODE_SECRET).exists():
+            raise NotInitialised(
+                f"{self.home} is not a fieldsync node; run `fieldsync --home {self.home} init`"
+            )
         if not files:
             raise FieldsyncError(
                 f"{self.home} is a relay-only node (no author key);"
@@ -590,12 +610,6 @@ class Node:
             validate_report(body)
         except RemoteProtocolError as exc:
             raise InputRefused(str(exc)) from exc
-        store = self.store()
-        if store.db.execute("SELECT 1 FROM outbox WHERE report_id = ?", [body["id"]]).fetchone():
-            raise InputRefused(
-                f"a report with id {body['id']} already exists on this node; to correct it,"
-                ' write a new report with "supersedes" set to that id'
-            )
         return body
 
     def seal_report(
@@ -610,13 +624,21 @@ class Node:
         member = self.membership()
         store = self.store()
         author = crypto.signing_public_key(author_seed)
+        keys = outbox_keys(author_seed)
         if prepared:
             body = {**body, "attachments": [p.entry.as_body() for p in prepared]}
             try:
                 validate_report(body)
             except RemoteProtocolError as exc:
                 raise InputRefused(str(exc)) from exc
-        sequence, previous = store.chain_state(author) or (0, envelope.GENESIS)
+        mine = outbox.open_all(store.sealed_outbox(), keys)
+        if any(e.report_id == body["id"] for e in mine):
+            # Checked here, not in draft_report: only the author's key opens the outbox.
+            raise InputRefused(
+                f"a report with id {body['id']} already exists on this node; to correct it,"
+                ' write a new report with "supersedes" set to that id'
+            )
+        sequence, previous = _chain_tip(mine)
         key_id = member.manifest.current_hq_key_id
         try:
             sealed = envelope.seal_report(
@@ -635,26 +657,49 @@ class Node:
         except LocalProtocolError as exc:
             raise InputRefused(str(exc)) from exc
         checked = check_item(sealed.item, member.manifest)
-        store.record_own_report(
-            author,
-            sequence + 1,
-            sealed.header_hash,
-            body["id"],
-            checked,
-            int(now),
-            also=lambda conn: media.claim_for_report(conn, body["id"], prepared, author),
-        )
+
+        def entry(conn: sqlite3.Connection) -> bytes:
+            attachments = media.claim_for_report(conn, prepared, author)
+            record = outbox.Entry(
+                str(body["id"]),
+                sequence + 1,
+                int(now),
+                checked.item.tag,
+                sealed.header_hash,
+                tuple(attachments),
+            )
+            return outbox.seal_entry(record, keys.public)
+
+        store.record_own_report(checked, int(now), entry)
         return str(body["id"])
 
-    def attachment_status(
-        self, report_id: str, passphrase: str | None = None
-    ) -> list[media.AttachmentStatus]:
-        """An own report's attachments; names only when the author's passphrase is given."""
-        seed = None if passphrase is None else self.unlock_author(passphrase)
-        return media.attachment_status(self.store(), report_id, seed)
+    def reports(self, passphrase: str, name: str | None = None) -> list[OwnReport]:
+        """The reports of the author whose passphrase this is, oldest first."""
+        return self.own_reports(outbox_keys(self.unlock_author(passphrase, name)))
 
-    def reports(self) -> list[OutboxEntry]:
-        return self.store().outbox()
+    def own_reports(self, keys: OutboxKeys) -> list[OwnReport]:
+        """The reports of the author whose outbox keys these are (the web app's unlocked
+        session keeps them, not the signing key), with what HQ's receipts say of each."""
+        store = self.store()
+        mine = outbox.open_all(store.sealed_outbox(), keys)
+        tags = [e.tag for e in mine if e.tag is not None]
+        receipted = store.receipted(tags)
+        found = []
+        for e in mine:
+            if e.report_id is None or e.tag is None:
+                continue  # a chain position alone (migrated): nothing to list
+            status, when = receipted.get(e.tag, ("sealed", None))
+            found.append(
+                OwnReport(
+                    e.report_id,
+                    e.sequence,
+                    e.created_at,
+                    status,
+                    when if status == "delivered" else None,
+                    tuple(media.attachment_status(store, e.attachments, keys)),
+                )
+            )
+        return found
 
     # --- bundles -----------------------------------------------------------------------
 
@@ -787,6 +832,18 @@ def current_revocations(store: Store, manifest: membership.Manifest) -> Revocati
         if supersedes(candidate, current):
             current = candidate
     return current
+
+
+def _chain_tip(entries: Sequence[outbox.Entry]) -> tuple[int, bytes]:
+    """The author's last sequence number and header hash (the next report's ``previous``)."""
+    if not entries:
+        return 0, envelope.GENESIS
+    last = max(entries, key=lambda e: e.sequence)
+    if last.header_hash is None:
+        raise FieldsyncError(  # pragma: no cover - every writer and the migration keep it
+            "this author's outbox lost its last report's hash; restore the node from a backup"
+        )
+    return last.sequence, last.header_hash
 
 
 def bundle_key(path: Path, network_keys: Sequence[bytes]) -> bytes:

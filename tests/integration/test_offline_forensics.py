@@ -212,7 +212,7 @@ def test_nothing_recoverable_after_delivery_and_nothing_readable_before(net: Net
 
     node = Node(net.a)
     try:
-        assert {e.status for e in node.reports()} == {"delivered"}
+        assert {e.status for e in node.reports(PASSPHRASE)} == {"delivered"}
         assert stored(node.store(), "envelope") == 0
     finally:
         node.close()

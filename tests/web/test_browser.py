@@ -54,7 +54,7 @@ def _wait_text(driver: WebDriver, text: str) -> None:
 def _outbox_states(home: Path) -> list[str]:
     node = Node(home)
     try:
-        return [entry.status for entry in node.reports()]
+        return [entry.status for entry in node.reports(PASSPHRASE)]
     finally:
         node.close()
 
