@@ -217,6 +217,11 @@ class Quota:
 
 #: Rounds of eviction in one ``enforce_budget`` call (each takes at least one item).
 MAX_EVICTION_ROUNDS = 64
+#: ``items.own`` is the one plaintext mark of authorship kept (issue 11 item 3): without it a
+#: full disk would evict an author's undelivered report for relay traffic, and expiry would
+#: drop it. It lives only as long as the item: a receipt deletes the item (and the mark),
+#: leaving a tombstone like any relayed item's, so after delivery nothing says "written here".
+#: It says "written on this node", never by which of its authors.
 #: Items this node relays for others, evicted by fair share (SPEC.md §14.2) in two pools:
 #: media (attachment chunks and kinds this version does not know) all go before any relayed
 #: report envelope. The author's own items, receipts (their own turn) and manifests (never)
