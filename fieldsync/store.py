@@ -149,9 +149,11 @@ _MIGRATIONS: tuple[str, ...] = (
     # verdict stays with its tombstone, for every receipted item alike, so an unlocked
     # outbox tells held, dropped and delivered apart. The plaintext tables (outbox,
     # author_chain, own_attachments, own_chunks) are sealed and dropped right after, by
-    # ``Store._seal_plaintext_outbox`` (sealing needs Python).
+    # ``Store._seal_plaintext_outbox`` (sealing needs Python). ``items_own`` answers "any own
+    # report still waiting?" (each sync session asks) without a scan of relayed envelopes.
     """
     CREATE TABLE sealed_outbox (entry BLOB NOT NULL);
+    CREATE INDEX items_own ON items(kind) WHERE own = 1;
     ALTER TABLE tombstones ADD COLUMN status TEXT;
     ALTER TABLE tombstones ADD COLUMN status_at INTEGER;
     UPDATE tombstones SET
