@@ -389,8 +389,9 @@ async def test_a_store_failure_is_a_local_error_not_the_peers(
         mine, theirs = await over_memory(a.context, b.context)
         assert not mine.complete and not theirs.complete
         assert theirs.error is not None
-        assert theirs.error.startswith("the local store failed while reading the item ids")
-        assert "access to items.id is prohibited" in theirs.error
+        # The first read of items: whether own reports wait for a receipt (items.own).
+        assert theirs.error.startswith("the local store failed while looking for own reports")
+        assert "access to items.own is prohibited" in theirs.error
         assert "peer violated" not in theirs.error
         assert mine.error is not None and "peer violated" not in mine.error
         assert "not the peer's fault" in caplog.text
