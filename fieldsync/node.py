@@ -236,8 +236,11 @@ class Node:
     def _write_author_key(self, seed: bytes, name: str, passphrase: str, profile: str) -> Path:
         """Seal a new author key; further keys share the first one's salt and costs, so one
         key derivation finds whichever author a passphrase belongs to."""
-        if not name.strip():
-            raise InputRefused("give the author a name or code (HQ shows it next to reports)")
+        if not name.strip() or len(name) > membership.MAX_NAME:
+            raise InputRefused(
+                f"give the author a name or code of 1 to {membership.MAX_NAME} characters"
+                " (HQ shows it next to reports)"
+            )
         plaintext = author_plaintext(seed, name)
         existing = self.author_files()
         like = existing[0].read_bytes() if existing else None

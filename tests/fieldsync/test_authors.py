@@ -73,8 +73,10 @@ def test_a_new_author_is_refused_while_a_request_waits_or_with_a_taken_passphras
     try:
         with pytest.raises(InputRefused, match="choose another"):
             node.add_author(SECOND, PASSPHRASE, KDF)
-        with pytest.raises(InputRefused, match="name"):
-            node.add_author("   ", SECOND_PASSPHRASE, KDF)
+        for name in ("   ", "x" * 65):
+            with pytest.raises(InputRefused, match="name or code of 1 to 64 characters"):
+                node.add_author(name, SECOND_PASSPHRASE, KDF)
+        assert len(node.author_files()) == 1  # nothing written for a refused name
         node.add_author(SECOND, SECOND_PASSPHRASE, KDF)
         with pytest.raises(InputRefused, match="still waiting"):
             node.add_author("third", "another quite unusual phrase here", KDF)
