@@ -247,7 +247,7 @@ def run(mode: Mode, workdir: Path, *, with_peers: bool = False) -> dict[str, Any
     scenarios: dict[str, Any] = {}
     # First, before any phase can leave work behind (a store checkpointing, a process
     # exiting) on the cores the short commands run on.
-    with phase("startup", "CLI start-up: --help, status (daemon off and on), report list"):
+    with phase("startup", "CLI start-up: --help, status (daemon off and on), author list"):
         scenarios["startup"] = startup.startup_result(
             startup.run_startup(net, workdir, mode.startup_reps)
         )

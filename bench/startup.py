@@ -36,7 +36,9 @@ def run_startup(net: SyntheticNetwork, workdir: Path, reps: int) -> dict[str, An
     commands = {
         "--help": [*fieldsync_command(), "--help"],
         "status": [*cli, "status"],
-        "report list": [*cli, "report", "list"],
+        # `report list` asks for the author's passphrase now (the outbox is sealed to the
+        # author's key): its time is Argon2id's, by design; `author list` starts as it did.
+        "author list": [*cli, "author", "list"],
     }
     bare = _median_ms([sys.executable, "-c", "pass"], reps)
     times = {name: _median_ms(argv, reps) for name, argv in commands.items()}

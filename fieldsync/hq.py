@@ -237,7 +237,17 @@ class HQ:
         db = self.database()
         role = role or ("author" if request.author_key else "relay")
         node_text = key_to_text(KeyKind.NODE, request.node_key)
-        serial = int(db.execute("SELECT coalesce(max(serial), 0) + 1 FROM nodes").fetchone()[0])
+        # A node already enrolled asks again for each further monitor (`author add`): it
+        # keeps its serial, and the request's author is registered next to the others.
+        known = db.execute(
+            "SELECT serial, role FROM nodes WHERE node_key = ? ORDER BY serial LIMIT 1",
+            [node_text],
+        ).fetchone()
+        serial = (
+            int(known[0])
+            if known is not None
+            else int(db.execute("SELECT coalesce(max(serial), 0) + 1 FROM nodes").fetchone()[0])
+        )
         # Only the network, the key and an expiry: a peer learns no role or serial (§5).
         cert = membership.sign_certificate(
             membership.NodeCertificate(
@@ -252,16 +262,19 @@ class HQ:
             "serial": serial,
         }
         with immediate_transaction(db.conn):
-            insert(
-                db,
-                "nodes",
-                {
-                    "node_key": node_text,
-                    "role": role,
-                    "serial": serial,
-                    "enrolled_at": utc_text(now_seconds()),
-                },
-            )
+            if known is None:
+                insert(
+                    db,
+                    "nodes",
+                    {
+                        "node_key": node_text,
+                        "role": role,
+                        "serial": serial,
+                        "enrolled_at": utc_text(now_seconds()),
+                    },
+                )
+            elif role == "author" and known[1] != "author":
+                db.conn.execute("UPDATE nodes SET role = 'author' WHERE node_key = ?", [node_text])
             if request.author_key is not None:
                 author_text = key_to_text(KeyKind.AUTHOR, request.author_key)
                 insert(

@@ -136,17 +136,24 @@ def seal_with_passphrase(
     with_alt: bool = False,
     user_inputs: Sequence[str] = (),
     check_strength: bool = True,
+    like: bytes | None = None,
 ) -> bytes:
     """Seal ``plaintext`` under a new passphrase (checked for strength first).
 
     ``with_alt``: add an ``alt`` box of random bytes (author keys), which ``set_duress``
     can later replace by a decoy sealed under a duress passphrase. ``check_strength``
     False only re-seals under a passphrase that was checked when it was set.
+    ``like``: another sealed file whose salt and costs to reuse (``profile`` is then
+    ignored), so that one key derivation tries every author key of a node (``open_first``).
     """
-    ops, mem = _profile_costs(profile)
+    if like is None:
+        ops, mem = _profile_costs(profile)
+        salt = secrets.token_bytes(nacl.pwhash.argon2id.SALTBYTES)
+    else:
+        model = _parse_sealed(like, "author key")
+        ops, mem, salt = model.ops, model.mem, model.salt
     if check_strength:
         check_passphrase_strength(passphrase, user_inputs)
-    salt = secrets.token_bytes(nacl.pwhash.argon2id.SALTBYTES)
     secret = _passphrase_bytes(passphrase)
     key = nacl.pwhash.argon2id.kdf(32, secret, salt, opslimit=ops, memlimit=mem)
     nonce = secrets.token_bytes(_NONCE)
@@ -213,6 +220,11 @@ def _derive(parsed: _Sealed, passphrase: str) -> nacl.secret.SecretBox:
     return nacl.secret.SecretBox(key)
 
 
+def box_size(sealed: bytes, what: str) -> int:
+    """Bytes of the main box's plaintext (a decoy written in its place keeps the size)."""
+    return len(_parse_sealed(sealed, what).box) - nacl.secret.SecretBox.MACBYTES
+
+
 def profile_of(sealed: bytes, what: str) -> str:
     """The KDF profile a sealed file was written with (the default if it matches none)."""
     parsed = _parse_sealed(sealed, what)
@@ -241,18 +253,34 @@ class Opened:
 
 def open_either(sealed: bytes, passphrase: str, what: str) -> Opened:
     """Open the main box or, failing that, the ``alt`` box, with one key derivation."""
-    parsed = _parse_sealed(sealed, what)
-    box = _derive(parsed, passphrase)
-    try:
-        return Opened(box.decrypt(parsed.box, parsed.nonce), duress=False)
-    except nacl.exceptions.CryptoError:
-        pass
-    if parsed.alt is not None:
+    return open_first([sealed], passphrase, what)[1]
+
+
+def open_first(sealed_files: Sequence[bytes], passphrase: str, what: str) -> tuple[int, Opened]:
+    """The first of ``sealed_files`` whose main or ``alt`` box ``passphrase`` opens, and its
+    index. Files that share salt and costs (``seal_with_passphrase(like=...)``) cost one key
+    derivation in all, so unlocking one author of many costs as much as unlocking one."""
+    derived: dict[tuple[int, int, bytes], nacl.secret.SecretBox] = {}
+    parsed = [_parse_sealed(sealed, what) for sealed in sealed_files]
+    for index, one in enumerate(parsed):
+        costs = (one.ops, one.mem, one.salt)
+        if costs not in derived:
+            derived[costs] = _derive(one, passphrase)
+        box = derived[costs]
         try:
-            return Opened(box.decrypt(parsed.alt[_NONCE:], parsed.alt[:_NONCE]), duress=True)
+            return index, Opened(box.decrypt(one.box, one.nonce), duress=False)
         except nacl.exceptions.CryptoError:
             pass
-    raise WrongPassphrase(f"wrong passphrase for {what}") from None
+    for index, one in enumerate(parsed):  # every main box before any duress box
+        if one.alt is None:
+            continue
+        try:
+            box = derived[(one.ops, one.mem, one.salt)]
+            plain = box.decrypt(one.alt[_NONCE:], one.alt[:_NONCE])
+        except nacl.exceptions.CryptoError:
+            continue
+        return index, Opened(plain, duress=True)
+    raise WrongPassphrase(f"wrong passphrase for {what}")
 
 
 def set_duress(sealed: bytes, duress_passphrase: str, decoy_seed: bytes, what: str) -> bytes:

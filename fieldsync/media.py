@@ -10,10 +10,10 @@ records the report naming them. A crash or a refused report leaves only cipherte
 report names, which expires like any relayed item; a chunk evicted before the report
 commits makes the report fail, never a report with an attachment that cannot arrive.
 
-The node keeps, per own attachment (tables ``own_attachments`` and ``own_chunks``, store
-migration 6), its size, chunk count and chunk delivery tags (for "chunks receipted /
-total") and its original name *sealed to the author's own key*: a seized device shows no
-file names without the author's passphrase.
+The node keeps, per own attachment, in the report's entry of the author's sealed outbox
+(fieldsync.outbox), its size and chunk delivery tags (for "chunks receipted / total") and
+its original name, itself sealed to the author's own key: a seized device shows nothing of
+them without the author's passphrase.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import nacl.bindings as sodium
 import nacl.exceptions
 
 from fieldsync.errors import InputRefused, NotFound
+from fieldsync.outbox import OutboxKeys, OwnAttachment
 from fieldsync.store import ImportCounts, Store
 from fieldsync_protocol.attachment import (
     MAX_ATTACHMENT_SIZE,
@@ -54,7 +55,7 @@ class AttachmentStatus:
     size: int
     chunks: int
     receipted: int
-    name: str | None  # None unless the author's key opened it
+    name: str
 
 
 @dataclass(frozen=True)
@@ -146,25 +147,22 @@ def seal_name(name: str, author_public: bytes) -> bytes:
     return sodium.crypto_box_seal(name.encode(), box_public)
 
 
-def open_name(sealed: bytes, author_seed: bytes) -> str:
-    public, secret = sodium.crypto_sign_seed_keypair(author_seed)
-    box_secret = sodium.crypto_sign_ed25519_sk_to_curve25519(secret)
-    box_public = sodium.crypto_sign_ed25519_pk_to_curve25519(public)
+def open_name(sealed: bytes, keys: OutboxKeys) -> str:
     try:
-        return sodium.crypto_box_seal_open(sealed, box_public, box_secret).decode()
+        return sodium.crypto_box_seal_open(sealed, keys.public, keys.secret).decode()
     except (nacl.exceptions.CryptoError, UnicodeDecodeError):
         return "(sealed to another author key)"
 
 
 def claim_for_report(
     conn: sqlite3.Connection,
-    report_id: str,
     prepared: Sequence[PreparedAttachment],
     author_public: bytes,
-) -> None:
+) -> list[OwnAttachment]:
     """Inside the report's transaction, after its envelope is stored: make its chunks the
-    author's own, number them after the envelope, and record them."""
-    for ordinal, attachment in enumerate(prepared):
+    author's own, number them after the envelope; return what the outbox entry keeps."""
+    claimed = []
+    for attachment in prepared:
         rows = [(chunk_id,) for chunk_id in attachment.chunk_ids]
         marked = conn.executemany("UPDATE items SET own = 1 WHERE id = ?", rows).rowcount
         if marked != len(rows):
@@ -174,22 +172,15 @@ def claim_for_report(
                 " recorded, raise storage.disk_budget_mb or free space and add the report again"
             )
         _renumber_after_envelope(conn, attachment.chunk_ids)
-        conn.execute(
-            "INSERT INTO own_attachments (report_id, ordinal, size, chunks, name_sealed)"
-            " VALUES (?, ?, ?, ?, ?)",
-            (
-                report_id,
-                ordinal,
-                attachment.entry.size,
-                len(rows),
-                seal_name(attachment.entry.name, author_public),
-            ),
+        tags = tuple(
+            conn.execute("SELECT tag FROM items WHERE id = ?", row).fetchone()[0] for row in rows
         )
-        conn.executemany(
-            "INSERT INTO own_chunks (tag, report_id, ordinal)"
-            " SELECT tag, ?, ? FROM items WHERE id = ?",
-            [(report_id, ordinal, chunk_id) for (chunk_id,) in rows],
+        claimed.append(
+            OwnAttachment(
+                attachment.entry.size, seal_name(attachment.entry.name, author_public), tags
+            )
         )
+    return claimed
 
 
 def _renumber_after_envelope(conn: sqlite3.Connection, chunk_ids: Sequence[bytes]) -> None:
@@ -210,25 +201,19 @@ def _renumber_after_envelope(conn: sqlite3.Connection, chunk_ids: Sequence[bytes
 
 
 def attachment_status(
-    store: Store, report_id: str, author_seed: bytes | None = None
+    store: Store, attachments: Sequence[OwnAttachment], keys: OutboxKeys
 ) -> list[AttachmentStatus]:
-    """Each attachment of one own report: size, chunks receipted of total, and its name."""
-    rows = store.db.execute(
-        "SELECT a.ordinal, a.size, a.chunks, a.name_sealed,"
-        " (SELECT count(*) FROM own_chunks c JOIN tombstones t ON t.tag = c.tag"
-        "  WHERE c.report_id = a.report_id AND c.ordinal = a.ordinal)"
-        " FROM own_attachments a WHERE a.report_id = ? ORDER BY a.ordinal",
-        [report_id],
-    ).fetchall()
+    """Each attachment of one own report (from its opened outbox entry): size, chunks
+    receipted of total, and its name."""
     return [
         AttachmentStatus(
             ordinal=ordinal,
-            size=size,
-            chunks=chunks,
-            receipted=receipted,
-            name=None if author_seed is None else open_name(sealed, author_seed),
+            size=attachment.size,
+            chunks=len(attachment.chunk_tags),
+            receipted=len(store.receipted(list(attachment.chunk_tags))),
+            name=open_name(attachment.name_sealed, keys),
         )
-        for ordinal, size, chunks, sealed, receipted in rows
+        for ordinal, attachment in enumerate(attachments)
     ]
 
 

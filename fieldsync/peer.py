@@ -604,7 +604,9 @@ class _Connection:
         def open_session(store: Store) -> SyncSession:
             source.refresh()
             # No cursor: this session reconciles in full (re-offers what the peer lost).
-            full = reoffer.full_reconcile(node_key, undelivered=store.has_undelivered_own())
+            with _store_errors(store, "looking for own reports without a receipt"):
+                undelivered = store.has_undelivered_own()  # reads items (own = 1)
+            full = reoffer.full_reconcile(node_key, undelivered=undelivered)
             known = None if full else store.peer_cursor(node_key)
             offset = store.seq_offset_for(node_key)
             return SyncSession(

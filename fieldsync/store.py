@@ -1,8 +1,9 @@
 """The node's item store: SQLite in WAL mode, numbered migrations, durable custody commits.
 
 What it holds (SPEC.md §9, §10): sealed items (envelopes, receipts, manifests) numbered in
-arrival order, tombstones (delivery tags of receipted items), the author's outbox (report
-id, delivery tag, status) and the author's chain state. It never holds plaintext or keys.
+arrival order, tombstones (delivery tags of receipted items and the receipt's verdict) and
+the authors' outbox entries, each sealed to its author's own key (fieldsync.outbox). It
+never holds plaintext or keys.
 
 Rules that matter for people's safety:
 
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fieldsync import eviction
+from fieldsync import eviction, outbox
 from fieldsync.errors import FieldsyncError
 from fieldsync.sqlite_tx import immediate_transaction
 from fieldsync_protocol.envelope import TTL_CLASSES
@@ -182,6 +183,23 @@ _MIGRATIONS: tuple[str, ...] = (
     INSERT INTO store_meta (key, value) VALUES ('offer_assessed',
         COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'items'), 0));
     """,
+    # 9: the author's outbox sealed to the author's own key (fieldsync.outbox): its rows
+    # carry no plaintext report id, time, tag or author (issue 11 item 3). A receipt's
+    # verdict stays with its tombstone, for every receipted item alike, so an unlocked
+    # outbox tells held, dropped and delivered apart. The plaintext tables (outbox,
+    # author_chain, own_attachments, own_chunks) are sealed and dropped right after, by
+    # ``Store._seal_plaintext_outbox`` (sealing needs Python). ``items_own`` answers "any own
+    # report still waiting?" (each sync session asks) without a scan of relayed envelopes.
+    """
+    CREATE TABLE sealed_outbox (entry BLOB NOT NULL);
+    CREATE INDEX items_own ON items(kind) WHERE own = 1;
+    ALTER TABLE tombstones ADD COLUMN status TEXT;
+    ALTER TABLE tombstones ADD COLUMN status_at INTEGER;
+    UPDATE tombstones SET
+        status = (SELECT o.status FROM outbox o WHERE o.tag = tombstones.tag),
+        status_at = (SELECT o.delivered_at FROM outbox o WHERE o.tag = tombstones.tag)
+        WHERE tag IN (SELECT tag FROM outbox WHERE status != 'sealed');
+    """,
 )
 #: ``peers.last_sync`` is kept to this many seconds: enough for "last synced" on a page.
 LAST_SYNC_GRAIN = 3600
@@ -189,13 +207,18 @@ _PEER_PERSON = b"fs-peer-record"
 _EPOCH_PERSON = b"fs-peer-epoch"
 _OFFSET_PERSON = b"fs-peer-offset"
 
-#: What an HQ receipt makes of the author's own report, and which states it may replace:
-#: a later "accepted" upgrades "held" (HQ re-ingested it); nothing downgrades "delivered".
+#: What an HQ receipt makes of a receipted item (the tombstone's status, which an unlocked
+#: outbox shows for the author's own reports), and which states it may replace: the first
+#: receipt sets it, a later "accepted" upgrades "held" or "dropped" (HQ re-ingested it);
+#: nothing downgrades "delivered". A tombstone from before migration 7 has no status: it
+#: was "delivered" unless the outbox said otherwise.
 _OUTBOX_BY_RECEIPT = {
-    ReceiptStatus.ACCEPTED: ("delivered", ("sealed", "held", "dropped")),
-    ReceiptStatus.HELD: ("held", ("sealed",)),
-    ReceiptStatus.DROPPED: ("dropped", ("sealed",)),
+    ReceiptStatus.ACCEPTED: ("delivered", ("held", "dropped")),
+    ReceiptStatus.HELD: ("held", ()),
+    ReceiptStatus.DROPPED: ("dropped", ()),
 }
+#: Tables of plaintext outboxes (before migration 7), sealed and dropped on first open.
+_PLAINTEXT_OUTBOX_TABLES = ("outbox", "author_chain", "own_attachments", "own_chunks")
 
 
 @dataclass
@@ -240,6 +263,11 @@ class Quota:
 
 #: Rounds of eviction in one ``enforce_budget`` call (each takes at least one item).
 MAX_EVICTION_ROUNDS = 64
+#: ``items.own`` is the one plaintext mark of authorship kept (issue 11 item 3): without it a
+#: full disk would evict an author's undelivered report for relay traffic, and expiry would
+#: drop it. It lives only as long as the item: a receipt deletes the item (and the mark),
+#: leaving a tombstone like any relayed item's, so after delivery nothing says "written here".
+#: It says "written on this node", never by which of its authors.
 #: Items this node relays for others, evicted by fair share (SPEC.md §14.2) in two pools:
 #: media (attachment chunks and kinds this version does not know) all go before any relayed
 #: report envelope. The author's own items, receipts (their own turn) and manifests (never)
@@ -276,15 +304,6 @@ class QuotaExceeded(Exception):
     """A peer delivered more than its quota allows; the batch was not stored."""
 
 
-@dataclass(frozen=True)
-class OutboxEntry:
-    report_id: str
-    sequence: int
-    created_at: int
-    status: str
-    delivered_at: int | None
-
-
 class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -317,6 +336,54 @@ class Store:
                     if statement.strip():
                         self._conn.execute(statement)
                 self._conn.execute(f"PRAGMA user_version = {number}")
+        tables = {row[0] for row in self._conn.execute("SELECT name FROM sqlite_master")}
+        if "outbox" in tables and "sealed_outbox" in tables:
+            with self.transaction():
+                self._seal_plaintext_outbox()
+            self.checkpoint()  # the plaintext rows' pages are zeroed; leave no WAL copy
+
+    def _seal_plaintext_outbox(self) -> None:
+        """Seal the rows of a plaintext outbox (before migration 7) to its author's key and
+        drop the plaintext tables. Their single author's public key is in ``author_chain``:
+        the passphrase is not needed. Rows with no author known (a store scrubbed by a
+        duress passphrase keeps none) are dropped: nobody could open them."""
+        conn = self._conn
+        authors = conn.execute("SELECT author, sequence, previous FROM author_chain").fetchall()
+        if len(authors) == 1:
+            author, chain_sequence, previous = authors[0]
+            public = outbox.outbox_public(author)
+            entries = []
+            for report_id, tag, sequence, created_at in conn.execute(
+                "SELECT report_id, tag, sequence, created_at FROM outbox ORDER BY sequence"
+            ).fetchall():
+                attachments = tuple(
+                    outbox.OwnAttachment(
+                        size,
+                        name_sealed,
+                        tuple(
+                            row[0]
+                            for row in conn.execute(
+                                "SELECT tag FROM own_chunks WHERE report_id = ? AND ordinal = ?",
+                                (report_id, ordinal),
+                            )
+                        ),
+                    )
+                    for ordinal, size, name_sealed in conn.execute(
+                        "SELECT ordinal, size, name_sealed FROM own_attachments"
+                        " WHERE report_id = ? ORDER BY ordinal",
+                        (report_id,),
+                    ).fetchall()
+                )
+                tip = previous if sequence == chain_sequence else None
+                entries.append(outbox.Entry(report_id, sequence, created_at, tag, tip, attachments))
+            if not any(e.sequence == chain_sequence for e in entries):
+                entries.append(outbox.Entry(None, chain_sequence, 0, None, previous))
+            conn.executemany(
+                "INSERT INTO sealed_outbox (entry) VALUES (?)",
+                [(outbox.seal_entry(e, public),) for e in entries],
+            )
+        for table in _PLAINTEXT_OUTBOX_TABLES:
+            conn.execute(f"DROP TABLE IF EXISTS {table}")
 
     @functools.cached_property
     def db(self) -> sqlite_utils.Database:
@@ -389,15 +456,20 @@ class Store:
 
     def _apply_receipt(self, receipt: Receipt, counts: ImportCounts, now: int) -> None:
         """Delete and tombstone what a receipt names, whatever its status (SPEC.md §9); the
-        status decides only what the author's outbox shows."""
+        status goes with the tombstone, for the author's outbox to show (fieldsync.outbox).
+
+        ``delivered_own``/``held_own`` count this node's own reports the receipt purged (a
+        later "accepted" for a report already held is not counted: without the author's
+        key the store cannot tell which tombstones are the author's)."""
         counts.receipts_applied += 1
         outbox_status, replaces = _OUTBOX_BY_RECEIPT[receipt.status]
-        marks = ", ".join("?" for _ in replaces)
+        marks = ", ".join("?" for _ in replaces) or "NULL"
         for tag in receipt.tags:
             # Envelopes, attachment chunks and opaque items are receipted (SPEC.md §9, §16.5);
             # receipts, manifests, revocation lists and forms never are.
             purged = self._conn.execute(
-                "DELETE FROM items WHERE tag = ? AND kind NOT IN (?, ?, ?, ?) RETURNING id",
+                "DELETE FROM items WHERE tag = ? AND kind NOT IN (?, ?, ?, ?) RETURNING id, own,"
+                " kind",
                 (
                     tag,
                     ItemKind.RECEIPT.value,
@@ -409,17 +481,18 @@ class Store:
             counts.purged += len(purged)
             counts.purged_ids.extend(row[0] for row in purged)
             self._conn.execute(
-                "INSERT OR IGNORE INTO tombstones (tag, deleted_at) VALUES (?, ?)", (tag, now)
+                "INSERT INTO tombstones (tag, deleted_at, status, status_at)"  # noqa: S608 - marks
+                " VALUES (?, ?, ?, ?) ON CONFLICT (tag) DO UPDATE SET status = excluded.status,"
+                f" status_at = excluded.status_at WHERE tombstones.status IN ({marks})",
+                (tag, now, outbox_status, now, *replaces),
             )
-            changed = self._conn.execute(
-                "UPDATE outbox SET status = ?, delivered_at = ?"  # noqa: S608 - marks only
-                f" WHERE tag = ? AND status IN ({marks})",
-                (outbox_status, now if outbox_status == "delivered" else None, tag, *replaces),
-            ).rowcount
+            own_reports = sum(
+                1 for _, own, kind in purged if own and kind == ItemKind.ENVELOPE.value
+            )
             if outbox_status == "delivered":
-                counts.delivered_own += changed
+                counts.delivered_own += own_reports
             else:
-                counts.held_own += changed
+                counts.held_own += own_reports
 
     def iter_items(self, batch: int = 500) -> Iterator[bytes]:
         """All stored items in arrival order, read in batches (bounded memory)."""
@@ -874,56 +947,49 @@ class Store:
             time.sleep(0.05 * (attempt + 1))
         return False
 
-    # --- author outbox and chain -----------------------------------------------------------
-
-    def chain_state(self, author: bytes) -> tuple[int, bytes] | None:
-        row = self._conn.execute(
-            "SELECT sequence, previous FROM author_chain WHERE author = ?", (author,)
-        ).fetchone()
-        return None if row is None else (row[0], row[1])
+    # --- the author's sealed outbox (fieldsync.outbox) ----------------------------------
 
     def record_own_report(
         self,
-        author: bytes,
-        sequence: int,
-        header_hash: bytes,
-        report_id: str,
         checked: Checked,
         now: int,
-        also: Callable[[sqlite3.Connection], None] | None = None,
+        entry: Callable[[sqlite3.Connection], bytes],
     ) -> None:
-        """Store the author's new envelope, its outbox entry and chain state atomically.
+        """Store the author's new envelope and its sealed outbox entry atomically.
 
-        ``also`` runs after the envelope is stored, in the same transaction (attachments:
-        fieldsync.media).
+        ``entry`` runs after the envelope is stored, in the same transaction, and returns
+        the sealed entry (it claims the report's attachment chunks first: fieldsync.media).
         """
         with self.transaction():
             self.add_checked(checked, ImportCounts(), now, own=True)
-            if also is not None:
-                also(self._conn)
-            self._conn.execute(
-                "INSERT INTO outbox (report_id, tag, sequence, created_at, status)"
-                " VALUES (?, ?, ?, ?, 'sealed')",
-                (report_id, checked.item.tag, sequence, now),
-            )
-            self._conn.execute(
-                "INSERT INTO author_chain (author, sequence, previous) VALUES (?, ?, ?)"
-                " ON CONFLICT(author) DO UPDATE SET sequence = excluded.sequence,"
-                " previous = excluded.previous",
-                (author, sequence, header_hash),
-            )
+            self._conn.execute("INSERT INTO sealed_outbox (entry) VALUES (?)", (entry(self._conn),))
+
+    def sealed_outbox(self) -> list[bytes]:
+        """Every author's outbox entries, sealed (whose is whose needs their key)."""
+        return [row[0] for row in self._conn.execute("SELECT entry FROM sealed_outbox")]
+
+    def receipted(self, tags: list[bytes]) -> dict[bytes, tuple[str, int]]:
+        """Tag -> (status, when) for the ``tags`` a receipt has named (a tombstone from
+        before migration 7 has no status: "delivered" when it was deleted)."""
+        found: dict[bytes, tuple[str, int]] = {}
+        for start in range(0, len(tags), 500):
+            chunk = tags[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for tag, status, status_at, deleted_at in self._conn.execute(
+                "SELECT tag, status, status_at, deleted_at FROM tombstones"  # noqa: S608
+                f" WHERE tag IN ({marks})",
+                chunk,
+            ):
+                found[tag] = (status or "delivered", status_at or deleted_at)
+        return found
 
     def has_undelivered_own(self) -> bool:
-        """Whether the author still waits for a receipt for any of its reports."""
-        row = self._conn.execute("SELECT 1 FROM outbox WHERE status = 'sealed' LIMIT 1")
+        """Whether the author still waits for a receipt for any of its reports (own
+        envelopes leave the store with their receipt)."""
+        row = self._conn.execute(
+            "SELECT 1 FROM items WHERE own = 1 AND kind = ? LIMIT 1", (ItemKind.ENVELOPE.value,)
+        )
         return row.fetchone() is not None
-
-    def outbox(self) -> list[OutboxEntry]:
-        rows = self._conn.execute(
-            "SELECT report_id, sequence, created_at, status, delivered_at FROM outbox"
-            " ORDER BY sequence"
-        ).fetchall()
-        return [OutboxEntry(*row) for row in rows]
 
     # --- status ----------------------------------------------------------------------------
 
@@ -932,9 +998,9 @@ class Store:
             ItemKind(kind).name.lower(): count
             for kind, count in self._conn.execute("SELECT kind, count(*) FROM items GROUP BY kind")
         }
-        outbox = dict(
-            self._conn.execute("SELECT status, count(*) FROM outbox GROUP BY status").fetchall()
-        )
+        waiting = self._conn.execute(
+            "SELECT count(*) FROM items WHERE own = 1 AND kind = ?", (ItemKind.ENVELOPE.value,)
+        ).fetchone()[0]
         tombstones = self._conn.execute("SELECT count(*) FROM tombstones").fetchone()[0]
         disk = sum(
             p.stat().st_size for p in self.path.parent.glob(self.path.name + "*") if p.is_file()
@@ -942,9 +1008,9 @@ class Store:
         return {
             "items": {k.name.lower(): kinds.get(k.name.lower(), 0) for k in ItemKind},
             "items_total": sum(kinds.values()),
-            "outbox": {
-                state: outbox.get(state, 0) for state in ("sealed", "held", "dropped", "delivered")
-            },
+            # Own reports not yet receipted; what HQ made of the others is in the sealed
+            # outbox, shown to each author with their passphrase (`report list`).
+            "outbox": {"sealed": waiting},
             "tombstones": tombstones,
             "disk_bytes": disk,
         }

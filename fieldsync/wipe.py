@@ -163,7 +163,8 @@ def _kill_daemon(home: Path, result: WipeResult) -> int | None:
 #: What links the node's owner to reports and peers; the items themselves stay (sealed).
 _SCRUB: Final = (
     "UPDATE items SET own = 0, origin = NULL WHERE own = 1 OR origin IS NOT NULL",
-    "DELETE FROM outbox",
+    "DELETE FROM sealed_outbox",
+    "DELETE FROM outbox",  # the plaintext tables of a store from before migration 7
     "DELETE FROM author_chain",
     "DELETE FROM own_attachments",
     "DELETE FROM own_chunks",

@@ -173,8 +173,8 @@ def status(ctx: click.Context, control_socket: Path | None, as_json: bool) -> No
         f" {items['receipt']} receipts, {items['manifest']} manifests"
     )
     lines.append(
-        f"outbox      {info['outbox']['sealed']} sealed, {info['outbox']['held']} held at HQ,"
-        f" {info['outbox']['delivered']} delivered"
+        f"outbox      {info['outbox']['sealed']} own reports not yet at HQ"
+        " (yours, held or delivered: `fieldsync report list`)"
     )
     lines.append(f"tombstones  {info['tombstones']}")
     lines.append(f"disk        {info['disk_bytes'] / 1024:.0f} KiB")

@@ -12,7 +12,7 @@ import click
 
 from fieldsync.errors import InputRefused, NotFound, WrongPassphrase
 from fieldsync.forms import node_form, refuse_problems
-from fieldsync.node import Node, utc_text
+from fieldsync.node import Node, OwnReport, utc_text
 from fieldsync_cli.common import (
     emit,
     get_passphrase,
@@ -21,7 +21,8 @@ from fieldsync_cli.common import (
     passphrase_option,
     say,
 )
-from fieldsync_cli.main import author_node, home_of
+from fieldsync_cli.main import author_node
+from fieldsync_protocol.attachment import chunk_count
 from fieldsync_protocol.form import Form, FormField
 from fieldsync_protocol.report import SENSITIVITIES
 
@@ -191,6 +192,12 @@ def report() -> None:
     help="A photo, recording, video or document to send with the report (sealed, chunked;"
     " repeat for more; up to 16 files, about 1.5 GiB in all).",
 )
+@click.option(
+    "--author",
+    "author_name",
+    help="Your author name on a node with several monitors (a check: your passphrase alone"
+    " already says which author you are).",
+)
 @passphrase_option
 @json_option
 @click.pass_context
@@ -207,6 +214,7 @@ def add(ctx: click.Context, /, **options: Any) -> None:
     json_file = options.pop("json_file")
     editor = options.pop("editor")
     attach = list(options.pop("attach"))
+    author_name = options.pop("author_name")
     # 0 is a coordinate: only "not given" (None, no repeats, an unset flag) is dropped.
     given = {k: v for k, v in options.items() if v is not None and v != () and v is not False}
     node = author_node(ctx)
@@ -228,17 +236,18 @@ def add(ctx: click.Context, /, **options: Any) -> None:
                 " or run on a terminal"
             )
         node.check_report(fields)  # every field, before anyone types a passphrase
-        report_id = _add_with_passphrase(node, fields, attach, passphrase_file, as_json)
-        attachments = node.attachment_status(report_id)
+        report_id = _add_with_passphrase(
+            node, fields, attach, passphrase_file, as_json, author_name
+        )
     finally:
         node.close()
     say("report signed and sealed to HQ; it travels with the next sync or bundle")
-    if attachments:
+    if attach:
+        chunks = sum(chunk_count(path.stat().st_size) for path in attach)
         say(
-            f"{len(attachments)} attachment(s) encrypted into"
-            f" {sum(a.chunks for a in attachments)} chunks; report texts travel first"
+            f"{len(attach)} attachment(s) encrypted into {chunks} chunks; report texts travel first"
         )
-    data = {"id": report_id, "status": "sealed", "attachments": len(attachments)}
+    data = {"id": report_id, "status": "sealed", "attachments": len(attach)}
     emit(as_json, data, report_id)
 
 
@@ -248,13 +257,16 @@ def _add_with_passphrase(
     attach: list[Path],
     passphrase_file: Path | None,
     as_json: bool,
+    author_name: str | None,
 ) -> str:
     """Ask for the passphrase (again, up to 3 times, when a person typed it wrong)."""
     typed = passphrase_file is None and not os.environ.get("FIELDSYNC_PASSPHRASE")
     for attempt in range(1, PASSPHRASE_TRIES + 1):
         passphrase = get_passphrase(passphrase_file, "your author key")
         try:
-            return node.add_report(fields, passphrase, attach, _progress(as_json))
+            return node.add_report(
+                fields, passphrase, attach, _progress(as_json), author_name=author_name
+            )
         except WrongPassphrase:
             if not typed or attempt == PASSPHRASE_TRIES:
                 raise
@@ -357,72 +369,65 @@ STATUS_TEXT = {
 
 
 @report.command("list")
+@passphrase_option
 @json_option
 @click.pass_context
 @handle_errors
-def list_(ctx: click.Context, as_json: bool) -> None:
-    """Your reports: id, created, status (sealed / held at HQ / delivered)."""
-    node = Node(home_of(ctx))
+def list_(ctx: click.Context, passphrase_file: Path | None, as_json: bool) -> None:
+    """Your reports: id, created, status (sealed / held at HQ / delivered).
+
+    Asks for your passphrase: the outbox is sealed to each author's own key, so a seized
+    node lists nothing, and on a node with several monitors each sees only their own.
+    """
+    node = author_node(ctx)
     try:
-        entries = node.reports()
+        entries = node.reports(get_passphrase(passphrase_file, "your author key"))
     finally:
         node.close()
-    rows = [
-        {
-            "id": e.report_id,
-            "sequence": e.sequence,
-            "created": utc_text(e.created_at),
-            "status": e.status,
-            "delivered": utc_text(e.delivered_at) if e.delivered_at else None,
-        }
-        for e in entries
-    ]
+    rows = [_summary(e) for e in entries]
     if as_json:
         emit(True, rows)
         return
     if not rows:
-        say("no reports written on this node")
+        say("you have written no reports on this node")
     for row in rows:
         status = str(row["status"])
         click.echo(f"{row['id']}  {row['created']}  {STATUS_TEXT.get(status, status)}")
 
 
-@report.command()
-@click.argument("report_id")
-@click.option(
-    "--names",
-    is_flag=True,
-    help="Also show attachment file names (sealed on this node: asks for your passphrase).",
-)
-@passphrase_option
-@json_option
-@click.pass_context
-@handle_errors
-def show(
-    ctx: click.Context, report_id: str, names: bool, passphrase_file: Path | None, as_json: bool
-) -> None:
-    """Delivery state of one report and of each attachment (chunks receipted / total).
-
-    The report's content is sealed: only HQ can read it. Attachment names are sealed to your
-    own author key on this node, so a seized device does not show them; --names opens them.
-    """
-    node = author_node(ctx)
-    try:
-        entries = [e for e in node.reports() if e.report_id.startswith(report_id)]
-        if len(entries) != 1:
-            raise NotFound(f"no single report matches {report_id!r} ({len(entries)} match)")
-        entry = entries[0]
-        passphrase = get_passphrase(passphrase_file, "your author key") if names else None
-        attachments = node.attachment_status(entry.report_id, passphrase)
-    finally:
-        node.close()
-    data: dict[str, Any] = {
+def _summary(entry: OwnReport) -> dict[str, Any]:
+    return {
         "id": entry.report_id,
         "sequence": entry.sequence,
         "created": utc_text(entry.created_at),
         "status": entry.status,
         "delivered": utc_text(entry.delivered_at) if entry.delivered_at else None,
     }
+
+
+@report.command()
+@click.argument("report_id")
+@passphrase_option
+@json_option
+@click.pass_context
+@handle_errors
+def show(ctx: click.Context, report_id: str, passphrase_file: Path | None, as_json: bool) -> None:
+    """Delivery state of one of your reports and of each attachment (chunks receipted /
+    total), with the attachments' names.
+
+    The report's content is sealed: only HQ can read it. What this node knows of it (id,
+    dates, attachment names) is sealed to your own author key, so it asks for your passphrase.
+    """
+    node = author_node(ctx)
+    try:
+        passphrase = get_passphrase(passphrase_file, "your author key")
+        entries = [e for e in node.reports(passphrase) if e.report_id.startswith(report_id)]
+    finally:
+        node.close()
+    if len(entries) != 1:
+        raise NotFound(f"no single report of yours matches {report_id!r} ({len(entries)} match)")
+    entry = entries[0]
+    data = _summary(entry)
     human = {**data, "status": STATUS_TEXT.get(entry.status, entry.status)}
     lines = [f"{k:10} {v}" for k, v in human.items()]
     data["attachments"] = [
@@ -433,11 +438,10 @@ def show(
             "receipted": a.receipted,
             "delivered": a.receipted == a.chunks,
         }
-        for a in attachments
+        for a in entry.attachments
     ]
-    for a in attachments:
-        name = a.name if a.name is not None else f"attachment {a.ordinal + 1} (name sealed)"
+    for a in entry.attachments:
         lines.append(
-            f"{'attached':10} {name}  {a.size:,} bytes  {a.receipted}/{a.chunks} chunks receipted"
+            f"{'attached':10} {a.name}  {a.size:,} bytes  {a.receipted}/{a.chunks} chunks receipted"
         )
     emit(as_json, data, "\n".join(lines))

@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "network": ("fieldsync_cli.cmd_hq", "network"),
     "hq": ("fieldsync_cli.cmd_hq", "hq"),
     "init": ("fieldsync_cli.cmd_node", "init"),
+    "author": ("fieldsync_cli.cmd_author", "author"),
     "join": ("fieldsync_cli.cmd_node", "join"),
     "status": ("fieldsync_cli.cmd_node", "status"),
     "peers": ("fieldsync_cli.cmd_node", "peers"),
@@ -42,6 +43,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 # importing a single command module (each pulls in the store, crypto, the daemon...).
 # tests/cli/test_startup.py checks every line against the command's own docstring.
 SHORT_HELP: dict[str, str] = {
+    "author": "Monitors of this node: add another author key, see your own (names are sealed).",
     "bundle": "Carry sealed items between nodes and HQ on removable media.",
     "duress-set": "Set a duress passphrase: typed instead of yours, it opens an empty-looking"
     " author and silently destroys your real key and your list of reports.",

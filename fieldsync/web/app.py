@@ -31,6 +31,7 @@ from fieldsync import media
 from fieldsync.errors import FieldsyncError, WrongPassphrase
 from fieldsync.forms import node_form
 from fieldsync.node import Node
+from fieldsync.outbox import outbox_keys
 from fieldsync.store import Store
 from fieldsync.store_worker import StoreWorker
 from fieldsync.web import form_view
@@ -177,6 +178,7 @@ class WebApp:
         app.router.add_get("/write", self.write_page)
         app.router.add_post("/write", self.submit)
         app.router.add_get("/reports", self.reports_page)
+        app.router.add_post("/reports", self.unlock_reports)
         app.router.add_get("/status", self.status_page)
         app.router.add_get("/exit", self.quick_exit)
         app.router.add_get("/bye", self.neutral_page)
@@ -454,6 +456,10 @@ class WebApp:
                     request, form, {"passphrase": N_("Wrong passphrase.")}, status=422
                 )
         self.limiter.succeeded(client)
+        # "My reports" next shows this author's reports (and only theirs) without asking
+        # again; the session keeps the outbox keys, never the signing key.
+        session.outbox = outbox_keys(seed)
+        self.sessions.remember(session)
         prepared = [k.prepared for k in session.kept]
         try:
             report_id = await self._on_store(
@@ -560,8 +566,12 @@ class WebApp:
         )
 
     async def reports_page(self, request: web.Request) -> web.Response:
+        keys = self._state(request).session.outbox
+        if keys is None:
+            return self._reports_locked(request)
+
         def overview(node: Node, store: Store) -> tuple[list[Any], int | None]:
-            rows = [(e, node.attachment_status(e.report_id)) for e in reversed(node.reports())]
+            rows = list(reversed(node.own_reports(keys)))
             syncs = [p["last_sync"] for p in store.peers() if isinstance(p["last_sync"], int)]
             return rows, max(syncs, default=None)
 
@@ -570,12 +580,66 @@ class WebApp:
             request,
             "reports.html",
             {
+                "locked": False,
                 "rows": rows,
                 "last_sync": last_sync,
                 "sealed": request.query.get("sealed"),
                 "title": N_("My reports"),
             },
         )
+
+    def _reports_locked(
+        self,
+        request: web.Request,
+        problem: str | None = None,
+        wait_minutes: int | None = None,
+        status: int = 200,
+    ) -> web.Response:
+        """The passphrase form that opens "My reports": the outbox is sealed to each
+        author's key, so nothing of it shows before, and no list of authors either."""
+        return self.render(
+            request,
+            "reports.html",
+            {
+                "locked": True,
+                "errors": {"passphrase": problem} if problem else {},
+                "details": {"passphrase": str(wait_minutes)} if wait_minutes else {},
+                "title": N_("My reports"),
+            },
+            status=status,
+        )
+
+    async def unlock_reports(self, request: web.Request) -> web.Response:
+        """POST /reports: the author's passphrase opens their reports for this session."""
+        client = _client(request)
+        session = self._state(request).session
+        form = await request.post()
+        token, passphrase = form.get("csrf"), form.get("passphrase")
+        if not isinstance(token, str) or not csrf_matches(session, token):
+            state = self._state(request)
+            state.session = self.sessions.new()
+            state.new_session = True
+            return self._reports_locked(
+                request, N_("This page had expired. Check the report and send it again."), None, 403
+            )
+        if not isinstance(passphrase, str) or not passphrase:
+            return self._reports_locked(request, N_("Enter your passphrase."), None, 422)
+        wait = self.limiter.allowed(client)
+        if wait:
+            minutes = max(1, round(wait / 60))
+            return self._reports_locked(
+                request, N_("Too many wrong passphrases. Wait and try again."), minutes, 429
+            )
+        async with self._unlocking:
+            try:
+                seed = await asyncio.to_thread(self._unlock, passphrase)
+            except WrongPassphrase:
+                self.limiter.failed(client)
+                return self._reports_locked(request, N_("Wrong passphrase."), None, 422)
+        self.limiter.succeeded(client)
+        session.outbox = outbox_keys(seed)
+        self.sessions.remember(session)
+        raise web.HTTPSeeOther("/reports")
 
     async def status_page(self, request: web.Request) -> web.Response:
         node_status = await self._on_store(lambda node, _store: node.status())

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fieldsync.media import PreparedAttachment
+from fieldsync.outbox import OutboxKeys
 
 Clock = Callable[[], float]
 
@@ -46,6 +47,9 @@ class Session:
     csrf: str
     last_seen: float
     kept: list[KeptAttachment] = field(default_factory=list)
+    #: The unlocked author's outbox keys (not their signing key): "My reports" shows that
+    #: author's reports, and only theirs, until the session ends or idles out.
+    outbox: OutboxKeys | None = field(default=None, repr=False)
 
 
 class Sessions:
@@ -116,6 +120,7 @@ class Sessions:
             self._drop(session)
 
     def _drop(self, session: Session) -> None:
+        session.outbox = None
         kept, session.kept = session.kept, []
         if kept:
             self._on_drop(kept)

@@ -86,7 +86,7 @@ def test_smoke_run_reports_every_scenario(tmp_path: Path) -> None:
         "--help",
         "status",
         "status (daemon running)",
-        "report list",
+        "author list",
     }
     assert scenarios["RSS.relay"]["idle_mb"] > 0 and scenarios["RSS.relay"]["after_mb"] > 0
     web_memory = scenarios["RSS.web"]

@@ -189,20 +189,23 @@ def test_report_add_validation_errors_name_the_field(cli: CliRunner, net: Net) -
 def test_report_show_and_list_in_process(cli: CliRunner, net: Net) -> None:
     (report_id,) = add_reports(net.a, ["one"])
     home = ["--home", str(net.a)]
-    shown = cli.invoke(main, [*home, "report", "show", report_id[:13], "--json"])
+    secret = {"FIELDSYNC_PASSPHRASE": PASSPHRASE}
+    shown = cli.invoke(main, [*home, "report", "show", report_id[:13], "--json"], env=secret)
     assert shown.exit_code == OK
     assert json.loads(shown.stdout)["id"] == report_id
     assert json.loads(shown.stdout)["status"] == "sealed"
-    human = cli.invoke(main, [*home, "report", "show", report_id])
+    human = cli.invoke(main, [*home, "report", "show", report_id], env=secret)
     assert human.exit_code == OK and report_id in human.stdout
-    absent = cli.invoke(main, [*home, "report", "show", "ffff", "--json"])
+    absent = cli.invoke(main, [*home, "report", "show", "ffff", "--json"], env=secret)
     assert absent.exit_code == NOT_FOUND and json.loads(absent.stdout)["kind"] == "NotFound"
-    listed = cli.invoke(main, [*home, "report", "list"])
+    listed = cli.invoke(main, [*home, "report", "list"], env=secret)
     assert (
         listed.exit_code == OK and listed.stdout.startswith(report_id) and "sealed" in listed.stdout
     )
-    empty = cli.invoke(main, ["--home", str(net.b), "report", "list"])
-    assert empty.exit_code == OK and empty.stdout == "" and "no reports" in empty.stderr
+    wrong = cli.invoke(main, [*home, "report", "list"], env={"FIELDSYNC_PASSPHRASE": "nope" * 4})
+    assert wrong.exit_code != OK and report_id not in wrong.output
+    relay = cli.invoke(main, ["--home", str(net.b), "report", "list"], env=secret)
+    assert relay.exit_code == ERROR and "relay-only" in relay.stderr
 
 
 def test_status_human_and_json(cli: CliRunner, net: Net, tmp_path: Path) -> None:
@@ -592,7 +595,7 @@ def test_the_offline_loop_as_written_in_the_issue(tmp_path: Path, run: Run) -> N
     assert {r["status"] for r in delivered} == {"delivered"}
     assert all(r["delivered"] for r in delivered)
     status_a = _json(_ok(run("--home", a, "status", "--json")))
-    assert status_a["outbox"] == {"sealed": 0, "held": 0, "dropped": 0, "delivered": 2}
+    assert status_a["outbox"] == {"sealed": 0}  # the rest is the author's: report list
     status_b = _json(_ok(run("--home", b, "status", "--json")))
     assert status_b["items"]["envelope"] == 0 and status_b["tombstones"] == 2
     assert status_b["role"] == "relay" and status_b["network"] == "field-net"
@@ -793,28 +796,26 @@ def test_attach_and_show_delivery_progress(cli: CliRunner, net: Net, tmp_path: P
     assert added.exit_code == OK, added.output
     report_id = json.loads(added.stdout)["id"]
     assert json.loads(added.stdout)["attachments"] == 2
-    shown = cli.invoke(main, [*home, "report", "show", report_id, "--json"])
+    locked = cli.invoke(main, [*home, "report", "show", report_id, "--json"])
+    assert locked.exit_code != OK  # sealed to the author's key: no passphrase, nothing shown
+    assert "burned-house.jpg" not in locked.output and report_id not in locked.output
+    secret = {"FIELDSYNC_PASSPHRASE": PASSPHRASE}
+    shown = cli.invoke(main, [*home, "report", "show", report_id[:8], "--json"], env=secret)
     attachments = json.loads(shown.stdout)["attachments"]
     assert [(a["name"], a["size"], a["receipted"], a["chunks"]) for a in attachments] == [
-        (None, photo.stat().st_size, 0, 2),
-        (None, 700_004, 0, 3),
+        ("burned-house.jpg", photo.stat().st_size, 0, 2),
+        ("witness.ogg", 700_004, 0, 3),
     ]
-    human = cli.invoke(main, [*home, "report", "show", report_id])
-    assert "attachment 2 (name sealed)" in human.stdout and "0/3 chunks receipted" in human.stdout
-    assert "witness.ogg" not in human.stdout
-    named = cli.invoke(
-        main,
-        [*home, "report", "show", report_id, "--names"],
-        env={"FIELDSYNC_PASSPHRASE": PASSPHRASE},
-    )
-    assert "burned-house.jpg" in named.stdout and "witness.ogg" in named.stdout
+    human = cli.invoke(main, [*home, "report", "show", report_id], env=secret)
+    assert "witness.ogg" in human.stdout and "0/3 chunks receipted" in human.stdout
     missing = cli.invoke(
         main, [*home, "report", "add", "--narrative", "x", "--category", "property-destruction",
                "--occurred", "2025", "--attach", str(tmp_path / "nope.jpg")],
         env={"FIELDSYNC_PASSPHRASE": PASSPHRASE},
     )  # fmt: skip
     assert missing.exit_code == NOT_FOUND and "nope.jpg does not exist" in missing.output
-    assert len(json.loads(cli.invoke(main, [*home, "report", "list", "--json"]).stdout)) == 1
+    listed = cli.invoke(main, [*home, "report", "list", "--json"], env=secret)
+    assert len(json.loads(listed.stdout)) == 1
 
 
 def test_bundle_export_max_size(cli: CliRunner, net: Net, tmp_path: Path) -> None:

@@ -155,8 +155,11 @@ def test_node_home_from_the_config_counts_for_every_command(
     assert json.loads(status.stdout)["home"] == str(home)
     # --home still wins over the config.
     other = network.add_node("relay")
-    relay = run("--home", other, "report", "list", "--json", env=env)
-    assert json.loads(relay.stdout) == []
+    relay = run("--home", other, "status", "--json", env=env)
+    assert json.loads(relay.stdout)["home"] == str(other)
+    # A relay has no author, hence no reports to list (and says so).
+    listed = run("--home", other, "report", "list", "--json", env=env)
+    assert listed.returncode == 1 and "relay-only" in json.loads(listed.stdout)["error"]
 
 
 def test_log_lines_carry_timestamps_outside_journald_and_sigterm_is_quiet(

@@ -90,7 +90,9 @@ def test_a_report_of_a_removed_author_is_held_then_delivered_after_reingest(
     assert _json(run("hq", "quarantine", "list", "--hq", net.hq, "--json", passphrase=None)) == []
     _json(run("hq", "receipts", "--hq", net.hq, "--out", net.usb / "r2.bundle", "--json"))
     imported = _json(run("--home", net.a, "bundle", "import", net.usb / "r2.bundle", "--json"))
-    assert (imported["delivered_own"], imported["held_own"]) == (1, 0)
+    # Purged when held, so not counted here (the store cannot tell a receipted tag was
+    # its author's); the author's outbox, opened with the passphrase, says delivered.
+    assert (imported["delivered_own"], imported["held_own"]) == (0, 0)
     assert _statuses(run, net.a) == ["delivered"]
     exported = run(
         "hq", "export", "--hq", net.hq, "--format", "jsonl", "--device-ids", passphrase=None

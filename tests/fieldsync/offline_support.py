@@ -334,9 +334,8 @@ def snapshot(home: Path) -> dict[str, Any]:
         return {
             "status": status,
             "items": sorted(conn.execute("SELECT id, tag, kind, data, own FROM items").fetchall()),
-            "tombstones": sorted(conn.execute("SELECT tag FROM tombstones").fetchall()),
-            "outbox": conn.execute("SELECT * FROM outbox ORDER BY sequence").fetchall(),
-            "chain": conn.execute("SELECT * FROM author_chain").fetchall(),
+            "tombstones": sorted(conn.execute("SELECT * FROM tombstones").fetchall()),
+            "outbox": sorted(conn.execute("SELECT entry FROM sealed_outbox").fetchall()),
             "integrity": store.integrity_check(),
         }
     finally:

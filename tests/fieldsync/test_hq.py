@@ -114,7 +114,8 @@ def test_enrolment_refusals(net: Net, tmp_path: Path) -> None:
         with pytest.raises(InputRefused, match="enrolment request refused"):
             headquarters.enroll("fieldsync-enrolment-request:AAAA", PASSPHRASE)
         with pytest.raises(WrongPassphrase):
-            headquarters.enroll((net.a / "request.txt").read_text(), "wrong passphrase")
+            request = Node(tmp_path / "new").init(None, None, KDF)  # join removed A's
+            headquarters.enroll(request.read_text(), "wrong passphrase")
 
 
 # --- ingest -------------------------------------------------------------------------------

@@ -250,7 +250,9 @@ def test_a_removed_author_is_held_then_accepted_and_the_device_follows(net: Net)
     assert (alert["kind"], alert["state"]) == ("quarantined", "resolved")
     receipts(net, net.usb / "accepted.bundle")
     counts = import_(net.a, net.usb / "accepted.bundle")
-    assert (counts.delivered_own, counts.held_own) == (1, 0)
+    # Already purged when held: the store cannot count it as the author's without the
+    # author's key (nothing on the node marks a receipted tag as its own); the outbox can.
+    assert (counts.delivered_own, counts.held_own) == (0, 0)
     assert _outbox(net.a) == ["delivered"]
     # A replayed held receipt never downgrades it.
     import_(net.a, net.usb / "held.bundle")
@@ -260,6 +262,6 @@ def test_a_removed_author_is_held_then_accepted_and_the_device_follows(net: Net)
 def _outbox(home: Path) -> list[str]:
     node = Node(home)
     try:
-        return [entry.status for entry in node.reports()]
+        return [entry.status for entry in node.reports(PASSPHRASE)]
     finally:
         node.close()

@@ -33,7 +33,8 @@ def test_wipe_destroys_every_key_and_keeps_only_sealed_items(net: Net) -> None:
     (net.a / ".author.secret.tmp").write_bytes(b"left by an interrupted write")
     items_before = _count(net.a, "SELECT count(*) FROM items")
     keys = {p.name: p.read_bytes() for p in key_files(net.a)}
-    assert {AUTHOR_SECRET, NODE_SECRET, MEMBERSHIP, REQUEST} <= set(keys)
+    assert {AUTHOR_SECRET, NODE_SECRET, MEMBERSHIP} <= set(keys)
+    assert REQUEST not in keys  # removed by join: it names the author and their key
 
     result = wipe_node(net.a)
 
@@ -46,7 +47,7 @@ def test_wipe_destroys_every_key_and_keeps_only_sealed_items(net: Net) -> None:
     assert _count(net.a, "SELECT count(*) FROM items") == items_before
     # ... but nothing says which were this node's own, which reports it wrote, whom it met.
     assert _count(net.a, "SELECT count(*) FROM items WHERE own = 1") == 0
-    for table in ("outbox", "author_chain", "own_attachments", "own_chunks", "peers", "origins"):
+    for table in ("sealed_outbox", "peers", "origins"):
         assert _count(net.a, f"SELECT count(*) FROM {table}") == 0, table  # noqa: S608
     node = Node(net.a)
     with pytest.raises(NotInitialised):
@@ -101,13 +102,15 @@ def test_duress_passphrase_opens_an_empty_author_and_destroys_the_real_key(net: 
         sealed = (net.a / AUTHOR_SECRET).read_bytes()
         assert len(sealed) == size_before and set(codec.decode(sealed)) >= {"alt", "box"}
         assert node.unlock_author(PASSPHRASE) == real_seed  # the real one still works
-        assert [e.report_id for e in node.reports()] == ids
+        assert [e.report_id for e in node.reports(PASSPHRASE)] == ids
         items = _count(net.a, "SELECT count(*) FROM items")
 
         decoy = node.unlock_author(DURESS)
 
         assert decoy != real_seed and len(decoy) == 32
-        assert node.reports() == []  # an author with no reports
+        # The decoy key file is the size the real one was: the swap does not show.
+        assert (net.a / AUTHOR_SECRET).stat().st_size == size_before
+        assert node.reports(DURESS) == []  # an author with no reports
         assert node.unlock_author(DURESS) == decoy  # and it stays that way
         with pytest.raises(WrongPassphrase):
             node.unlock_author(PASSPHRASE)  # the real key is gone
@@ -116,7 +119,7 @@ def test_duress_passphrase_opens_an_empty_author_and_destroys_the_real_key(net: 
         assert _count(net.a, "SELECT count(*) FROM items WHERE own = 1") == 0
         # The decoy author writes reports like any author.
         new_id = node.add_report(fields("under duress"), DURESS)
-        assert [e.report_id for e in node.reports()] == [new_id]
+        assert [e.report_id for e in node.reports(DURESS)] == [new_id]
     finally:
         node.close()
 

@@ -151,7 +151,8 @@ def test_twenty_megabytes_by_bundle_then_purge(net: Net, tmp_path: Path) -> None
     assert item_kinds(net.a)["chunk"] == 0
     node = Node(net.a)
     try:
-        [status] = node.attachment_status(report_id, PASSPHRASE)
+        [entry] = [e for e in node.reports(PASSPHRASE) if e.report_id == report_id]
+        [status] = entry.attachments
     finally:
         node.close()
     assert (status.name, status.size, status.receipted, status.chunks) == (

@@ -12,7 +12,17 @@ from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 
 from fieldsync.node import Node
-from tests.fieldsync.offline_support import PASSPHRASE, Net, export, import_, ingest, receipts
+from tests.fieldsync.offline_support import (
+    KDF,
+    PASSPHRASE,
+    Net,
+    enroll,
+    export,
+    fields,
+    import_,
+    ingest,
+    receipts,
+)
 from tests.web.browser import (
     axe_violations,
     ensure_axe,
@@ -54,7 +64,7 @@ def _wait_text(driver: WebDriver, text: str) -> None:
 def _outbox_states(home: Path) -> list[str]:
     node = Node(home)
     try:
-        return [entry.status for entry in node.reports()]
+        return [entry.status for entry in node.reports(PASSPHRASE)]
     finally:
         node.close()
 
@@ -197,3 +207,69 @@ def test_english_pages_pass_axe_and_quick_exit_ends_the_session(net: Net) -> Non
         assert driver.get_cookies() == []
         driver.back()  # no history entry of the form to come back to
         assert not driver.current_url.endswith("/write") or "half-written" not in driver.page_source
+
+
+SECOND_NAME = "monitor-42"
+SECOND_PASSPHRASE = "lantern orchard quietly folding maps"
+
+
+def test_two_monitors_on_one_node_each_see_only_their_own_reports(net: Net) -> None:
+    """My reports shows nothing before a passphrase, no list of authors, and after it the
+    reports of that author only (issue 10 item 1, issue 11 item 3)."""
+    node = Node(net.a)
+    try:
+        node.join(enroll(net, node.add_author(SECOND_NAME, SECOND_PASSPHRASE, KDF)))
+        first = node.add_report(fields("written by the first monitor"), PASSPHRASE)
+    finally:
+        node.close()
+    axe = ensure_axe()
+    with DaemonThread(net.a) as served, phone_browser("en") as driver:
+        driver.get(served.url + "/reports")
+        body = driver.find_element(By.TAG_NAME, "body").text
+        assert SECOND_NAME not in body and "monitor-17" not in body and _references(driver) == []
+        assert driver.find_element(By.ID, "passphrase").get_attribute("type") == "password"
+        assert axe_violations(driver, axe) == []
+        screenshot(driver, "reports-en-locked")
+
+        _type(driver, "passphrase", "not the passphrase of anyone")
+        _click(driver, By.ID, "show-reports")
+        _wait_text(driver, "Wrong passphrase.")
+        assert _references(driver) == []
+
+        _type(driver, "passphrase", SECOND_PASSPHRASE)
+        _click(driver, By.ID, "show-reports")
+        _wait_text(driver, "No reports written on this node yet.")
+        assert _references(driver) == []
+
+        # The second monitor writes one in the same session: it shows, the first's does not.
+        driver.get(served.url + "/write")
+        _type(driver, "narrative", "written by the second monitor")
+        _click(driver, By.ID, "categories-arbitrary-detention")
+        _type(driver, "occurred_date", "2025-03-01")
+        _type(driver, "passphrase", SECOND_PASSPHRASE)
+        _click(driver, By.ID, "send")
+        _wait_text(driver, "Your report is sealed.")
+        second = driver.current_url.split("sealed=")[1]
+        assert _references(driver) == [second[:8]]
+
+        # Quick exit ends the session: My reports is sealed again; the first monitor's
+        # passphrase then shows their report and not the second's.
+        _click(driver, By.ID, "quick-exit")
+        WebDriverWait(driver, 30).until(lambda d: d.current_url.endswith("/bye"))
+        driver.get(served.url + "/reports")
+        assert driver.find_elements(By.CSS_SELECTOR, "li.report") == []
+        _type(driver, "passphrase", PASSPHRASE)
+        _click(driver, By.ID, "show-reports")
+        _wait_text(driver, "Reference")
+        assert _references(driver) == [first[:8]]
+    node = Node(net.a)
+    try:
+        assert [e.report_id for e in node.reports(SECOND_PASSPHRASE)] == [second]
+        assert [e.report_id for e in node.reports(PASSPHRASE)] == [first]
+    finally:
+        node.close()
+
+
+def _references(driver: WebDriver) -> list[str]:
+    """The report references My reports shows (one per report listed)."""
+    return [e.text for e in driver.find_elements(By.CSS_SELECTOR, "li.report .id code")]

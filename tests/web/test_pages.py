@@ -21,7 +21,7 @@ async def _outbox(net: Net) -> list[object]:
     def read() -> list[object]:
         node = Node(net.a)
         try:
-            return list(node.reports())
+            return list(node.reports(PASSPHRASE))
         finally:
             node.close()
 
@@ -119,8 +119,8 @@ async def test_attachments_of_a_refused_submission_are_kept_for_the_next_try(net
     def attachments() -> list[int]:
         node = Node(net.a)
         try:
-            (entry,) = node.reports()
-            return [a.size for a in node.attachment_status(entry.report_id)]
+            (entry,) = node.reports(PASSPHRASE)
+            return [a.size for a in entry.attachments]
         finally:
             node.close()
 

@@ -15,7 +15,7 @@ import aiohttp
 from fieldsync.web.guard import PassphraseLimiter
 from fieldsync.web.tls import fingerprint_of_der
 from tests.cli.cli_support import clean_env, fieldsync_command
-from tests.fieldsync.offline_support import PASSPHRASE, Net, snapshot
+from tests.fieldsync.offline_support import PASSPHRASE, Net, add_reports, snapshot
 from tests.web.support import MULTIPART, csrf_of, raw_multipart, report_form, served, url_of
 
 
@@ -264,3 +264,48 @@ async def test_https_fingerprint_in_status_is_the_served_certificate(net: Net) -
                     assert response.status == 400
             except aiohttp.ClientError:
                 pass  # the TLS server closed the connection: no page either
+
+
+async def test_my_reports_open_only_with_a_passphrase_a_token_and_our_origin(net: Net) -> None:
+    """My reports is sealed: without the session's token, from another origin, or with a
+    wrong passphrase (rate-limited like the form's) it shows no report; the right
+    passphrase shows them."""
+    (report_id,) = await asyncio.to_thread(add_reports, net.a, ["kept sealed"])
+    async with served(net.a) as daemon, _client() as http:
+        base = url_of(daemon)
+        async with http.get(base + "/reports") as response:
+            page = await response.text()
+            assert response.status == 200 and report_id[:8] not in page
+            csrf = csrf_of(page)
+        refused = [
+            ({"passphrase": PASSPHRASE}, {"Origin": base}, 403),  # no token
+            ({"csrf": "0" * 64, "passphrase": PASSPHRASE}, {"Origin": base}, 403),
+            ({"csrf": csrf, "passphrase": PASSPHRASE}, {"Origin": "http://evil.example"}, 403),
+        ]
+        for data, headers, status in refused:
+            async with http.post(base + "/reports", data=data, headers=headers) as response:
+                assert response.status == status
+                assert report_id[:8] not in await response.text()
+        async with http.get(base + "/reports") as response:
+            page = await response.text()
+            assert report_id[:8] not in page  # none of those unlocked the session
+            csrf = csrf_of(page)
+        statuses = []
+        for attempt in range(20):
+            data = {"csrf": csrf, "passphrase": f"wrong guess {attempt}"}
+            async with http.post(
+                base + "/reports", data=data, headers={"Origin": base}
+            ) as response:
+                statuses.append(response.status)
+                page = await response.text()
+                assert "wrong guess" not in page and report_id[:8] not in page
+        free = PassphraseLimiter.FREE_TRIES
+        assert statuses[:free] == [422] * free and set(statuses[free:]) == {429}
+    async with served(net.a) as daemon, _client() as http:
+        base = url_of(daemon)
+        async with http.get(base + "/reports") as response:
+            csrf = csrf_of(await response.text())
+        data = {"csrf": csrf, "passphrase": PASSPHRASE}
+        async with http.post(base + "/reports", data=data, headers={"Origin": base}) as response:
+            assert response.status == 200 and str(response.url).endswith("/reports")
+            assert report_id[:8] in await response.text()
