@@ -95,7 +95,7 @@ class OfferDelay:
 
 
 def _assessed(store: Store) -> int:
-    row = store.db.execute("SELECT value FROM store_meta WHERE key = 'offer_assessed'").fetchone()
+    row = store.conn.execute("SELECT value FROM store_meta WHERE key = 'offer_assessed'").fetchone()
     return 0 if row is None else int(row[0])
 
 
@@ -107,7 +107,7 @@ def assess(store: Store, delay: OfferDelay, now: int) -> list[bytes]:
         return []
     with store.transaction():
         after = _assessed(store)
-        rows = store.db.execute(
+        rows = store.conn.execute(
             "SELECT seq, id, kind FROM items WHERE seq > ? ORDER BY seq", (after,)
         ).fetchall()
         if not rows:
@@ -120,8 +120,8 @@ def assess(store: Store, delay: OfferDelay, now: int) -> list[bytes]:
                 holds.append((seq, now + wait))
             else:
                 free.append(bytes(item_id))
-        store.db.conn.executemany("INSERT INTO offer_holds (seq, until) VALUES (?, ?)", holds)
-        store.db.execute(
+        store.conn.executemany("INSERT INTO offer_holds (seq, until) VALUES (?, ?)", holds)
+        store.conn.execute(
             "UPDATE store_meta SET value = ? WHERE key = 'offer_assessed'", (rows[-1][0],)
         )
     return free
@@ -130,7 +130,7 @@ def assess(store: Store, delay: OfferDelay, now: int) -> list[bytes]:
 def release(store: Store, now: int) -> list[bytes]:
     """End the holds whose time has come (and those of items gone since); return the ids
     that are offerable now."""
-    due = store.db.execute(
+    due = store.conn.execute(
         "SELECT 1 FROM offer_holds WHERE until <= ? OR seq NOT IN (SELECT seq FROM items) LIMIT 1",
         (now,),
     ).fetchone()
@@ -139,13 +139,13 @@ def release(store: Store, now: int) -> list[bytes]:
     with store.transaction():
         ids = [
             bytes(row[0])
-            for row in store.db.execute(
+            for row in store.conn.execute(
                 "SELECT i.id FROM offer_holds h JOIN items i ON i.seq = h.seq WHERE h.until <= ?",
                 (now,),
             )
         ]
-        store.db.execute("DELETE FROM offer_holds WHERE until <= ?", (now,))
-        store.db.execute("DELETE FROM offer_holds WHERE seq NOT IN (SELECT seq FROM items)")
+        store.conn.execute("DELETE FROM offer_holds WHERE until <= ?", (now,))
+        store.conn.execute("DELETE FROM offer_holds WHERE seq NOT IN (SELECT seq FROM items)")
     return ids
 
 
@@ -155,7 +155,7 @@ def horizon(store: Store) -> int:
     Just before the first held item, and never past what was assessed. It never goes back:
     holds are only ever given to items after the last one assessed."""
     assessed = _assessed(store)
-    row = store.db.execute("SELECT MIN(seq) FROM offer_holds").fetchone()
+    row = store.conn.execute("SELECT MIN(seq) FROM offer_holds").fetchone()
     first_held = None if row is None or row[0] is None else int(row[0])
     return assessed if first_held is None else min(assessed, first_held - 1)
 
@@ -163,7 +163,7 @@ def horizon(store: Store) -> int:
 def offerable_sorted_ids(store: Store) -> Iterator[bytes]:
     """Ids of the items a peer may see, in byte order (the reconciliation index): all but
     the held and the not yet assessed."""
-    cursor = store.db.execute(
+    cursor = store.conn.execute(
         "SELECT id FROM items WHERE seq <= ? AND seq NOT IN (SELECT seq FROM offer_holds)"
         " ORDER BY id",
         (_assessed(store),),
@@ -180,7 +180,7 @@ def held_among(store: Store, ids: Sequence[bytes]) -> set[bytes]:
     for start in range(0, len(ids), 500):
         chunk = list(ids[start : start + 500])
         marks = ",".join("?" * len(chunk))
-        rows = store.db.execute(
+        rows = store.conn.execute(
             "SELECT id FROM items WHERE id IN (" + marks + ") AND (seq > ?"  # noqa: S608
             " OR seq IN (SELECT seq FROM offer_holds))",
             [*chunk, assessed],
@@ -191,7 +191,7 @@ def held_among(store: Store, ids: Sequence[bytes]) -> set[bytes]:
 
 def held_count(store: Store) -> int:
     """How many items wait for their offer time (``fieldsync status``)."""
-    row = store.db.execute(
+    row = store.conn.execute(
         "SELECT COUNT(*) FROM offer_holds h JOIN items i ON i.seq = h.seq"
     ).fetchone()
     return int(row[0])
@@ -199,5 +199,5 @@ def held_count(store: Store) -> int:
 
 def next_release(store: Store) -> int | None:
     """Running-clock time at which the next hold ends, or None when nothing is held."""
-    row = store.db.execute("SELECT MIN(until) FROM offer_holds").fetchone()
+    row = store.conn.execute("SELECT MIN(until) FROM offer_holds").fetchone()
     return None if row is None or row[0] is None else int(row[0])

@@ -385,6 +385,12 @@ class Store:
         for table in _PLAINTEXT_OUTBOX_TABLES:
             conn.execute(f"DROP TABLE IF EXISTS {table}")
 
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """The plain connection, for store-thread code on the daemon's path (offer holds):
+        ``db`` would import sqlite_utils (and numpy where installed) into every relay."""
+        return self._conn
+
     @functools.cached_property
     def db(self) -> sqlite_utils.Database:
         """sqlite_utils over the same connection, imported on first use: it costs more to
