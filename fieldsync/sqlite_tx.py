@@ -17,6 +17,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from fieldsync.cipher_db import DB_ERRORS
+
 #: How often a writer retries for the write lock while another connection holds it.
 LOCK_POLL_SECONDS = 0.0005
 
@@ -35,8 +37,11 @@ def begin_polling(conn: sqlite3.Connection, timeout: float) -> None:
         while True:
             try:
                 conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+            except DB_ERRORS as exc:
+                if (
+                    getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_BUSY
+                    or time.monotonic() >= deadline
+                ):
                     raise
                 time.sleep(LOCK_POLL_SECONDS)
             else:

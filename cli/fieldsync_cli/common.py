@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import sqlite3
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import click
 
+from fieldsync.cipher_db import DB_ERRORS
 from fieldsync.diskerrors import storage_problem
 from fieldsync.errors import FieldsyncError
 
@@ -91,7 +91,7 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
             )
         except BrokenPipeError:
             raise  # stdout closed by the reader (`| head`): click ends quietly
-        except (OSError, sqlite3.Error) as exc:
+        except (OSError, *DB_ERRORS) as exc:
             problem = storage_problem(exc, _home_or_none())
             if problem is not None:
                 _fail(as_json, str(problem), type(problem).__name__, problem.exit_code)

@@ -28,7 +28,7 @@ import nacl.bindings as sodium
 
 from fieldsync.hq import HQ, IngestSummary, create_network
 from fieldsync.node import STORE, Node
-from fieldsync.store import Store
+from fieldsync.store import Store, connect_store
 from fieldsync_protocol import codec, crypto, envelope, report
 from fieldsync_protocol.bundle import CHUNK_SIZE, BundleWriter
 from fieldsync_protocol.membership import Manifest
@@ -345,7 +345,7 @@ def snapshot(home: Path) -> dict[str, Any]:
 
 def raw_connect(home: Path) -> sqlite3.Connection:
     """A plain read/write SQLite connection to a node's store (outside the Store class)."""
-    return sqlite3.connect(store_path(home), isolation_level=None)
+    return connect_store(store_path(home))
 
 
 def files_under(*roots: Path) -> list[Path]:

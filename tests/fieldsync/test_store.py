@@ -16,7 +16,7 @@ import pytest
 from fieldsync.errors import FieldsyncError, InputRefused
 from fieldsync.hq import HQ
 from fieldsync.node import Node
-from fieldsync.store import _MIGRATIONS, ImportCounts, Store
+from fieldsync.store import _MIGRATIONS, ImportCounts, Store, connect_store
 from fieldsync_protocol import codec
 from fieldsync_protocol.crypto import content_id, delivery_tag
 from fieldsync_protocol.envelope import TTL_CLASSES
@@ -110,7 +110,7 @@ def test_an_outbox_of_schema_3_keeps_its_rows_and_learns_held(tmp_path: Path) ->
 def test_a_store_from_a_newer_fieldsync_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "store.db"
     Store(path).close()
-    conn = sqlite3.connect(path)
+    conn = connect_store(path)
     conn.execute(f"PRAGMA user_version = {len(_MIGRATIONS) + 1}")
     conn.close()
     with pytest.raises(FieldsyncError, match="newer fieldsync"):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -10,30 +9,35 @@ from pathlib import Path
 import pytest
 
 from fieldsync import keystore
+from fieldsync.cipher_db import WrongDatabaseKey, connect
 from fieldsync.errors import FieldsyncError, InputRefused, NotInitialised, WrongPassphrase
 from fieldsync.homelock import LOCK_FILE
 from fieldsync.node import AUTHOR_SECRET, MEMBERSHIP, NODE_SECRET, REQUEST, STORE, Node
+from fieldsync.store import connect_store
 from fieldsync.wipe import key_files, scrub_statements, wipe_node
 from fieldsync_protocol import codec
-from tests.fieldsync.offline_support import PASSPHRASE, Net, add_reports, fields
+from tests.fieldsync.offline_support import PASSPHRASE, Net, add_reports, fields, files_under
 
 DURESS = "lantern orchard quietly sideways"
 
 
 def _count(home: Path, sql: str) -> int:
-    conn = sqlite3.connect(home / STORE)
+    conn = connect_store(home / STORE)
     try:
         return int(conn.execute(sql).fetchone()[0])
     finally:
         conn.close()
 
 
-def test_wipe_destroys_every_key_and_keeps_only_sealed_items(net: Net) -> None:
+def test_wipe_destroys_every_key_and_leaves_the_store_as_noise(net: Net) -> None:
     add_reports(net.a, ["wipe me"])
     (net.a / ".author.secret.tmp").write_bytes(b"left by an interrupted write")
-    items_before = _count(net.a, "SELECT count(*) FROM items")
+    conn = connect_store(net.a / STORE)
+    ids = [bytes(row[0]) for row in conn.execute("SELECT id FROM items")]
+    conn.close()
     keys = {p.name: p.read_bytes() for p in key_files(net.a)}
-    assert {AUTHOR_SECRET, NODE_SECRET, MEMBERSHIP, REQUEST} <= set(keys)
+    assert {AUTHOR_SECRET, NODE_SECRET, MEMBERSHIP, REQUEST, "store.key"} <= set(keys)
+    assert ids
 
     result = wipe_node(net.a)
 
@@ -42,15 +46,20 @@ def test_wipe_destroys_every_key_and_keeps_only_sealed_items(net: Net) -> None:
     assert key_files(net.a) == []
     for name in keys:
         assert not (net.a / name).exists()
-    # The sealed items stay (HQ can still get them if the device is enrolled again) ...
-    assert _count(net.a, "SELECT count(*) FROM items") == items_before
-    # ... but nothing says which were this node's own, which reports it wrote, whom it met.
-    assert _count(net.a, "SELECT count(*) FROM items WHERE own = 1") == 0
-    for table in ("outbox", "author_chain", "own_attachments", "own_chunks", "peers", "origins"):
-        assert _count(net.a, f"SELECT count(*) FROM {table}") == 0, table  # noqa: S608
+    # The store, WAL included, is ciphertext whose key is gone: no id, no SQLite header.
+    for path in files_under(net.a):
+        data = path.read_bytes()
+        assert b"SQLite format 3" not in data, path
+        assert not [i for i in ids if i in data], path
+    with pytest.raises(WrongDatabaseKey, match=r"store\.key is missing \(destroyed by a wipe"):
+        connect_store(net.a / STORE)
+    # Positive control: the destroyed key (kept aside here) still opens the same file.
+    kept = connect(net.a / STORE, keys["store.key"])
+    try:
+        assert {bytes(r[0]) for r in kept.execute("SELECT id FROM items")} == set(ids)
+    finally:
+        kept.close()
     node = Node(net.a)
-    with pytest.raises(NotInitialised):
-        node.store()
     with pytest.raises(NotInitialised):
         node.membership()
 

@@ -15,6 +15,7 @@ from fieldsync import synthetic
 from fieldsync.node import Node
 from fieldsync.peer import SyncOutcome
 from fieldsync.runtime import Runtime, Server
+from fieldsync.store import connect_store
 from fieldsync_protocol import codec
 from fieldsync_protocol.envelope import SIZE_CLASSES
 from fieldsync_protocol.membership import Manifest
@@ -120,6 +121,6 @@ def envelope_ids_in(home: Path, *, own: bool = False) -> set[bytes]:
     """Envelopes a node's store holds (only its author's, with ``own``), read beside a
     daemon that may be running."""
     where = "kind = 'e'" + (" AND own = 1" if own else "")
-    with contextlib.closing(sqlite3.connect(home / "store.db")) as db:
+    with contextlib.closing(connect_store(home / "store.db")) as db:
         rows = db.execute(f"SELECT id FROM items WHERE {where}").fetchall()  # noqa: S608
     return {bytes(row[0]) for row in rows}
