@@ -184,6 +184,7 @@ def encrypt_plaintext(path: Path, key: bytes) -> None:
     tmp = path.with_name(f".{path.name}.encrypting")
     with contextlib.suppress(FileNotFoundError):
         tmp.unlink()  # left by an interrupted migration: the plaintext is still whole
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))  # owner-only, as before
     plain = sqlcipher3.connect(str(path), isolation_level=None)
     try:
         plain.execute("PRAGMA wal_checkpoint(TRUNCATE)")

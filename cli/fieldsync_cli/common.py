@@ -14,7 +14,7 @@ import click
 
 from fieldsync.cipher_db import DB_ERRORS
 from fieldsync.diskerrors import storage_problem
-from fieldsync.errors import FieldsyncError
+from fieldsync.errors import FieldsyncError, NotFound
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -54,6 +54,16 @@ def get_passphrase(passphrase_file: Path | None, what: str, confirm: bool = Fals
             f"{what} needs a passphrase: use --passphrase-file FILE or set FIELDSYNC_PASSPHRASE"
         )
     return str(click.prompt(f"Passphrase for {what}", hide_input=True, confirmation_prompt=confirm))
+
+
+def hq_passphrase(hq_dir: Path, passphrase_file: Path | None) -> str:
+    """The HQ passphrase for a command that reads or writes ``hq.db`` (encrypted under it);
+    a directory that is not an HQ is refused before anyone types a passphrase."""
+    from fieldsync.hq import HQ_SECRET
+
+    if not (hq_dir / HQ_SECRET).exists():
+        raise NotFound(f"{hq_dir} is not an HQ directory (no {HQ_SECRET})")
+    return get_passphrase(passphrase_file, "the HQ database")
 
 
 def say(message: str) -> None:
