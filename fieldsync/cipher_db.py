@@ -26,13 +26,11 @@ from typing import Final, cast
 import sqlcipher3
 
 from fieldsync.errors import FieldsyncError
-from fieldsync.keystore import write_private
+from fieldsync.sqlite_tx import DB_ERRORS as DB_ERRORS
 
 KEY_SIZE: Final = 32
 #: The first 16 bytes of every plaintext SQLite database; an encrypted one starts with salt.
 PLAINTEXT_HEADER: Final = b"SQLite format 3\x00"
-#: Exceptions of either SQLite binding (the stdlib's, sqlcipher3's).
-DB_ERRORS = (sqlite3.Error, sqlcipher3.Error)
 SQLITE_NOTADB: Final = 26
 #: Suffix of the key being rotated to, written before ``PRAGMA rekey`` so that a crash
 #: mid-rotation leaves a key that opens the database (``open_keyed`` finishes the switch).
@@ -147,6 +145,32 @@ def replace_destroying(new: Path, target: Path) -> None:
             os.close(old_fd)
 
 
+def _write_key_file(path: Path, key: bytes, *, replace: bool) -> bool:
+    """Write ``key`` to a new 0600 file, fsynced, and move it to ``path``: replacing what is
+    there (``replace``), or only if nothing is (returns False then, leaving it).
+
+    (Not ``keystore.write_private``: this module sits below keystore in the layers, and the
+    create-only case needs ``link`` rather than ``rename``.)"""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, key)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        if replace:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+    _sync_directory(path.parent)
+    return True
+
+
 def read_key(path: Path) -> bytes:
     key = path.read_bytes()
     if len(key) != KEY_SIZE:
@@ -161,15 +185,8 @@ def create_key(path: Path) -> bytes:
     """A new random key in ``path`` (0600, fsynced); the one already there if another
     process created it first (link() fails rather than replace it)."""
     key = secrets.token_bytes(KEY_SIZE)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write_private(tmp, key)
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
+    if not _write_key_file(path, key, replace=False):
         return read_key(path)
-    finally:
-        tmp.unlink()
-    _sync_directory(path.parent)
     return key
 
 
@@ -258,7 +275,7 @@ def rotate(conn: sqlite3.Connection, key_file: Path) -> bool:
         return False
     key = secrets.token_bytes(KEY_SIZE)
     next_file = key_file.with_name(key_file.name + NEXT_KEY_SUFFIX)
-    write_private(next_file, key)
+    _write_key_file(next_file, key, replace=True)
     conn.execute(key_pragma("rekey", key))
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     replace_destroying(next_file, key_file)

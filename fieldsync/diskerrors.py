@@ -13,8 +13,8 @@ import os
 from pathlib import Path
 from typing import Final
 
-from fieldsync.cipher_db import DB_ERRORS
 from fieldsync.errors import FieldsyncError
+from fieldsync.sqlite_tx import DB_ERRORS
 
 #: sysexits.h EX_IOERR: the disk is full, read-only or failing (README "Exit codes").
 EXIT_STORAGE: Final = 74

@@ -17,7 +17,11 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from fieldsync.cipher_db import DB_ERRORS
+import sqlcipher3
+
+#: Exceptions of either SQLite binding: the stdlib's, and sqlcipher3's (the encrypted store
+#: and hq.db, ``fieldsync.cipher_db``), whose classes are its own.
+DB_ERRORS = (sqlite3.Error, sqlcipher3.Error)
 
 #: How often a writer retries for the write lock while another connection holds it.
 LOCK_POLL_SECONDS = 0.0005
