@@ -247,15 +247,8 @@ class Store:
         path.parent.mkdir(parents=True, exist_ok=True)
         #: Encrypted at rest under ``store.key`` (a plaintext store is encrypted on first open).
         self.key_file = store_key_file(path)
-        self._conn = cipher_db.open_keyed(path, self.key_file, timeout=LOCK_TIMEOUT_SECONDS)
-        for pragma in (
-            "journal_mode=WAL",
-            "synchronous=FULL",
-            "secure_delete=ON",
-            "foreign_keys=ON",
-            f"busy_timeout={int(LOCK_TIMEOUT_SECONDS * 1000)}",
-        ):
-            self._conn.execute(f"PRAGMA {pragma}")
+        self._key_stamp: tuple[int, int] | None = None
+        self._conn = self._connect()
         self._clock_cache: int | None = None
         #: Write transactions committed through this Store (tests count them).
         self.commits = 0
@@ -263,6 +256,28 @@ class Store:
         #: WAL's and the file system's free blocks until then: ``rotate_key``).
         self.purged_since_rotation = False
         self._migrate()
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = cipher_db.open_keyed(self.path, self.key_file, timeout=LOCK_TIMEOUT_SECONDS)
+        for pragma in (
+            "journal_mode=WAL",
+            "synchronous=FULL",
+            "secure_delete=ON",
+            "foreign_keys=ON",
+            f"busy_timeout={int(LOCK_TIMEOUT_SECONDS * 1000)}",
+        ):
+            conn.execute(f"PRAGMA {pragma}")
+        self._key_stamp = _file_stamp(self.key_file)
+        return conn
+
+    def _follow_key_rotation(self) -> None:
+        """Reopen under the new key if another process (the daemon's janitor) rotated it
+        since this connection was opened: the old key no longer decrypts any page."""
+        if self._conn.in_transaction or _file_stamp(self.key_file) == self._key_stamp:
+            return
+        self._conn.close()
+        self._conn = self._connect()
+        self.__dict__.pop("db", None)  # the cached sqlite_utils wrapper held the old one
 
     def _migrate(self) -> None:
         version = self._conn.execute("PRAGMA user_version").fetchone()[0]
@@ -299,6 +314,7 @@ class Store:
         rotated = cipher_db.rotate(self._conn, self.key_file)
         if rotated:
             self.purged_since_rotation = False
+            self._key_stamp = _file_stamp(self.key_file)
         return rotated
 
     def transaction(self) -> AbstractContextManager[None]:
@@ -306,6 +322,7 @@ class Store:
 
     @contextlib.contextmanager
     def _counted_transaction(self) -> Iterator[None]:
+        self._follow_key_rotation()
         with immediate_transaction(self._conn, lock_timeout=LOCK_TIMEOUT_SECONDS):
             yield
         self.commits += 1
@@ -876,6 +893,15 @@ class Store:
 
     def integrity_check(self) -> str:
         return str(self._conn.execute("PRAGMA integrity_check").fetchone()[0])
+
+
+def _file_stamp(path: Path) -> tuple[int, int] | None:
+    """Inode and change time of ``path`` (None if missing): a rotation replaces the file."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return None
+    return info.st_ino, info.st_mtime_ns
 
 
 def store_key_file(path: Path) -> Path:

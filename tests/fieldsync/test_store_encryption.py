@@ -222,3 +222,19 @@ async def test_the_janitor_rotates_the_key_after_a_purge_and_on_schedule(
     assert (await scheduled.tick()).key_rotated
     assert await asyncio.to_thread(key_file.read_bytes) not in (first, second)
     await worker.close()
+
+
+def test_a_store_opened_elsewhere_follows_a_rotation_at_its_next_transaction(
+    network: synthetic.SyntheticNetwork, tmp_path: Path
+) -> None:
+    """The CLI's store, opened while the daemon's janitor rotates the key, writes on."""
+    path = tmp_path / "store.db"
+    daemon, cli = Store(path), Store(path)
+    try:
+        add(daemon, network.manifest, relayed(network.manifest, 3))
+        assert daemon.rotate_key()
+        add(cli, network.manifest, relayed(network.manifest, 2))  # reopened under the new key
+        assert cli.item_count() == daemon.item_count() == 5
+    finally:
+        cli.close()
+        daemon.close()
