@@ -9,7 +9,9 @@ Layout of a node home (SPEC.md §15)::
                        [security] wipe_after_wrong_passphrases)
     membership.bin     manifest item, network key and this node's certificate (after join;
                        homefiles.py)
-    store.db           the item store (sealed items only; see store.py)
+    store.db           the item store (sealed items only; see store.py), encrypted at rest
+    store.key          its SQLCipher key, rotated by the janitor (0600; cipher_db.py);
+                       store.key.next only while a rotation runs
     daemon.lock        held by the running daemon; its pid and control socket (homelock.py)
 """
 

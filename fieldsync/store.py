@@ -1,5 +1,9 @@
 """The node's item store: SQLite in WAL mode, numbered migrations, durable custody commits.
 
+The database is encrypted at rest (SQLCipher) under ``store.key`` (``fieldsync.cipher_db``),
+and ``rotate_key`` re-encrypts it under a new key, so page images of deleted rows that the
+WAL or the file system left behind become noise.
+
 What it holds (SPEC.md §9, §10): sealed items (envelopes, receipts, manifests) numbered in
 arrival order, tombstones (delivery tags of receipted items), the author's outbox (report
 id, delivery tag, status) and the author's chain state. It never holds plaintext or keys.
