@@ -10,7 +10,8 @@ first:
    there is one, and leftovers of interrupted atomic writes;
 2. a daemon running on the home is killed (``SIGKILL``: it holds keys in memory);
 3. the store is encrypted under ``store.key`` (``fieldsync.cipher_db``), destroyed in step
-   1: the database, its WAL and every old copy of its pages are noise from then on. A store
+   1: the database, its WAL and every old copy of its pages are noise from then on, and its
+   files are unlinked (the home can be set up again with ``init``). A store
    still in plaintext (written before encryption and not opened since) keeps its sealed
    items but loses what linked this node's owner to them: own-report marks, the sealed
    outbox, attachment records, peers met; then the WAL is truncated.
@@ -167,10 +168,18 @@ _SCRUB: Final = (
 def scrub_store(path: Path, problems: list[str]) -> bool:
     """Remove authorship and peer records from the store at ``path``; False if it could not.
 
-    An encrypted store whose key is gone (a wipe destroyed ``store.key``) needs nothing
-    more; one whose key is still there (a duress passphrase) is opened with it."""
+    An encrypted store whose key is gone (a wipe destroyed ``store.key``) is noise: its
+    files are unlinked (no overwrite needed), so the home can be set up again. One whose key
+    is still there (a duress passphrase) is opened with it."""
     key_file = path.with_suffix(".key")
-    if not path.exists() or not (is_plaintext(path) or key_file.exists()):
+    if not path.exists():
+        return True
+    if not (is_plaintext(path) or key_file.exists()):
+        for name in (path.name, f"{path.name}-wal", f"{path.name}-shm"):
+            try:
+                (path.parent / name).unlink(missing_ok=True)
+            except OSError as exc:
+                problems.append(f"{name}: {exc.strerror or exc}")
         return True
     try:
         if is_plaintext(path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ from fieldsync.node import AUTHOR_SECRET, MEMBERSHIP, NODE_SECRET, REQUEST, STOR
 from fieldsync.store import connect_store
 from fieldsync.wipe import key_files, scrub_statements, wipe_node
 from fieldsync_protocol import codec
-from tests.fieldsync.offline_support import PASSPHRASE, Net, add_reports, fields, files_under
+from tests.fieldsync.offline_support import PASSPHRASE, Net, add_reports, fields
 
 DURESS = "lantern orchard quietly sideways"
 
@@ -38,6 +39,10 @@ def test_wipe_destroys_every_key_and_leaves_the_store_as_noise(net: Net) -> None
     keys = {p.name: p.read_bytes() for p in key_files(net.a)}
     assert {AUTHOR_SECRET, NODE_SECRET, MEMBERSHIP, REQUEST, "store.key"} <= set(keys)
     assert ids
+    # What a copy of the disk would keep of the store (its blocks once freed): the files.
+    kept_dir = net.root / "disk-copy"
+    kept_dir.mkdir()
+    shutil.copy(net.a / STORE, kept_dir / STORE)
 
     result = wipe_node(net.a)
 
@@ -46,15 +51,14 @@ def test_wipe_destroys_every_key_and_leaves_the_store_as_noise(net: Net) -> None
     assert key_files(net.a) == []
     for name in keys:
         assert not (net.a / name).exists()
-    # The store, WAL included, is ciphertext whose key is gone: no id, no SQLite header.
-    for path in files_under(net.a):
-        data = path.read_bytes()
-        assert b"SQLite format 3" not in data, path
-        assert not [i for i in ids if i in data], path
+    # The store files are gone; what a disk keeps of them is ciphertext whose key is gone.
+    assert not [p for p in net.a.iterdir() if p.name.startswith(STORE)]
+    data = (kept_dir / STORE).read_bytes()
+    assert b"SQLite format 3" not in data and not [i for i in ids if i in data]
     with pytest.raises(WrongDatabaseKey, match=r"store\.key is missing \(destroyed by a wipe"):
-        connect_store(net.a / STORE)
-    # Positive control: the destroyed key (kept aside here) still opens the same file.
-    kept = connect(net.a / STORE, keys["store.key"])
+        connect_store(kept_dir / STORE)
+    # Positive control: the destroyed key (kept aside here) opens that copy.
+    kept = connect(kept_dir / STORE, keys["store.key"])
     try:
         assert {bytes(r[0]) for r in kept.execute("SELECT id FROM items")} == set(ids)
     finally:
@@ -62,6 +66,14 @@ def test_wipe_destroys_every_key_and_leaves_the_store_as_noise(net: Net) -> None
     node = Node(net.a)
     with pytest.raises(NotInitialised):
         node.membership()
+    node.close()
+    # The home can be set up again (a new node, an empty store).
+    again = Node(net.a)
+    try:
+        again.init(None, None, "interactive")
+        assert again.store().item_count() == 0
+    finally:
+        again.close()
 
 
 def test_wipe_kills_the_daemon_holding_the_home(net: Net) -> None:
