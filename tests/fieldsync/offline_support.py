@@ -349,13 +349,13 @@ def raw_connect(home: Path) -> sqlite3.Connection:
     return connect_store(store_path(home))
 
 
-def hq_db_connect(hq_dir: Path) -> sqlite3.Connection:
+def hq_db_connect(hq_dir: Path, passphrase: str = PASSPHRASE) -> sqlite3.Connection:
     """``hq.db`` opened below the HQ API: under its key (the HQ passphrase opens it), or as
     it is while it is still a plaintext database of an older HQ."""
     path = hq_dir / DATABASE
     if cipher_db.is_plaintext(path):
         return sqlite3.connect(path, isolation_level=None)
-    headquarters = HQ(hq_dir, passphrase=PASSPHRASE)
+    headquarters = HQ(hq_dir, passphrase=passphrase)
     return cipher_db.connect(path, headquarters.database_key())
 
 
