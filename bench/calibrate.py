@@ -10,6 +10,11 @@ storage primitive in it is ``sqlite_insert``, a plain ``sqlite3`` executemany of
 rows into a minimal WAL table with the store's durability pragmas, in one transaction
 (issue 13). fieldsync's own ``Store.add_batch`` (``insert``) and ``check_item`` are
 reported beside it as figures: a slow store must lower the ratio, never the bound.
+
+The store is encrypted at rest (SQLCipher, issue 11), so the storage primitive of the bound
+is ``sqlcipher_insert``: the same executemany into a SQLCipher database under a raw key,
+same pragmas, through ``sqlcipher3`` directly (no fieldsync code). ``sqlite_insert`` (plain
+SQLite) stays beside it as a figure: the two together show what encryption costs.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+import sqlcipher3
+
 from fieldsync.store import Store
 from fieldsync_protocol import codec
 from fieldsync_protocol.crypto import content_id, delivery_tag
@@ -36,13 +43,13 @@ from fieldsync_protocol.noise import CipherState
 from fieldsync_protocol.session_messages import BATCH_BYTES, BATCH_ITEMS, MAX_MESSAGE
 
 #: The primitives whose slowest one bounds S1 (the relay's per-item work, perf_anchors §1).
-BOUND = ("hash", "decode", "frame_encrypt", "frame_decrypt", "sqlite_insert", "tcp")
+BOUND = ("hash", "decode", "frame_encrypt", "frame_decrypt", "sqlcipher_insert", "tcp")
 #: fieldsync's own code on the same path: reported, never part of the bound.
 OWN_FIGURES = ("check_item", "insert")
 #: The stages one receiving process must run in series for every item (for R_serial), all
 #: independent primitives: decrypt the frames, decode the DATA message, decode and hash each
 #: item, store it.
-RECEIVER_SERIAL = ("frame_decrypt", "data_decode", "decode", "hash", "sqlite_insert")
+RECEIVER_SERIAL = ("frame_decrypt", "data_decode", "decode", "hash", "sqlcipher_insert")
 
 DESCRIPTIONS = {
     "hash": "BLAKE2b-256 content id + delivery tag of an item",
@@ -57,7 +64,10 @@ DESCRIPTIONS = {
     "data_decode": "decode one DATA message per batch (codec.decode, 1 MiB cap)",
     "store_read": "Store.get_items by id, 64 at a time (the sender's read path)",
     "sqlite_insert": "plain sqlite3 executemany of the same rows (id, tag, data) into a WAL"
-    " table, synchronous=FULL, secure_delete=ON, one transaction (no hashing)",
+    " table, synchronous=FULL, secure_delete=ON, one transaction (no hashing; a figure: the"
+    " store is encrypted)",
+    "sqlcipher_insert": "the same executemany into a SQLCipher database (sqlcipher3, raw"
+    " 256-bit key, same pragmas): the storage primitive of the encrypted store",
     "commit": "one-row durable commits (WAL, synchronous=FULL): fsyncs/s, not items/s",
 }
 
@@ -221,15 +231,24 @@ SQLITE_INSERT_SCHEMA = (
 SQLITE_INSERT_PRAGMAS = ("journal_mode=WAL", "synchronous=FULL", "secure_delete=ON")
 
 
-def _sqlite_insert(items: Sequence[bytes], workdir: Path, per_rep: int) -> Rep:
-    """Plain sqlite3, no fieldsync code: one executemany of ``per_rep`` rows, one commit."""
+def _sqlite_insert(
+    items: Sequence[bytes], workdir: Path, per_rep: int, *, encrypted: bool = False
+) -> Rep:
+    """Plain sqlite3 (``encrypted``: sqlcipher3 under a random raw key), no fieldsync code:
+    one executemany of ``per_rep`` rows, one commit."""
     rows = [(content_id(x), delivery_tag(x), x) for x in items[:per_rep]]
     state = {"rep": 0}
+    name = "sqlcipher" if encrypted else "sqlite"
 
     def run_once() -> tuple[int, float]:
         state["rep"] += 1
-        path = workdir / f"calib-sqlite-{state['rep']}.db"
-        conn = sqlite3.connect(path, isolation_level=None)
+        path = workdir / f"calib-{name}-{state['rep']}.db"
+        conn: sqlite3.Connection | sqlcipher3.Connection
+        if encrypted:
+            conn = sqlcipher3.connect(str(path), isolation_level=None)
+            conn.execute(f"PRAGMA key = \"x'{secrets.token_hex(32)}'\"")
+        else:
+            conn = sqlite3.connect(path, isolation_level=None)
         try:
             for pragma in SQLITE_INSERT_PRAGMAS:
                 conn.execute(f"PRAGMA {pragma}")
@@ -420,6 +439,11 @@ def calibrate(
     record(
         "sqlite_insert",
         *_median_rate(_sqlite_insert(items, workdir, per_rep), reps),
+        items_per_rep=per_rep,
+    )
+    record(
+        "sqlcipher_insert",
+        *_median_rate(_sqlite_insert(items, workdir, per_rep, encrypted=True), reps),
         items_per_rep=per_rep,
     )
     record("store_read", *_median_rate(_store_read(items, manifest, workdir, per_rep), reps))

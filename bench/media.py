@@ -31,6 +31,7 @@ import nacl.bindings as sodium
 
 from bench.env import fingerprint, status_kib
 from fieldsync import synthetic
+from fieldsync.store import connect_store
 from fieldsync_protocol.attachment import PIECE
 
 MB = 1024 * 1024
@@ -85,7 +86,7 @@ def run_cli(args: list[str], env: dict[str, str]) -> tuple[str, dict[str, int], 
 
 
 def chunk_items(home: Path) -> list[bytes]:
-    conn = sqlite3.connect(home / "store.db")
+    conn = connect_store(home / "store.db")  # encrypted: under its store.key
     try:
         return [r[0] for r in conn.execute("SELECT data FROM items WHERE kind = 'a' ORDER BY seq")]
     finally:

@@ -418,6 +418,9 @@ class StorageConfig:
     disk_budget_mb: int = field(default=1024, metadata=_meta(_integer(1)))
     #: Period of the truncating WAL checkpoint.
     checkpoint_minutes: int = field(default=5, metadata=_meta(_integer(1, 24 * 60)))
+    #: Period of the store-key rotation (every page re-encrypted, the old key destroyed:
+    #: issue 11 item 4). After a purge the key is also rotated at the next checkpoint.
+    key_rotation_hours: int = field(default=24, metadata=_meta(_integer(1, 24 * 366)))
 
 
 @dataclass(frozen=True, slots=True)

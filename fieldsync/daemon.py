@@ -14,13 +14,13 @@ import dataclasses
 import importlib
 import logging
 import random
-import sqlite3
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fieldsync import offer_hold, sdnotify
+from fieldsync.cipher_db import DB_ERRORS
 from fieldsync.config import Config
 from fieldsync.control import ControlServer
 from fieldsync.discovery import Discovery, OwnNames, PeerAddress
@@ -163,6 +163,7 @@ class FieldDaemon:
             disk_budget_bytes=config.storage.disk_budget_mb * 1024 * 1024,
             checkpoint_every=config.storage.checkpoint_minutes * 60.0,
             forget_peers_after=config.sync.forget_peers_days * 86400,
+            rotate_key_every=config.storage.key_rotation_hours * 3600.0,
         )
         runtime.context.source.unrecorded_seconds = self.janitor.unrecorded_seconds
         try:
@@ -384,7 +385,7 @@ class FieldDaemon:
             outcome = await runtime.sync_with(target)
         except (TransportError, FieldsyncError) as exc:
             return SyncResult(ok=False, error=str(exc))
-        except (OSError, sqlite3.Error) as exc:
+        except (OSError, *DB_ERRORS) as exc:
             problem = storage_problem(exc, self.config.node.home)
             if problem is None:
                 raise

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import errno
 import os
-import sqlite3
 from pathlib import Path
 from typing import Final
 
 from fieldsync.errors import FieldsyncError
+from fieldsync.sqlite_tx import DB_ERRORS
 
 #: sysexits.h EX_IOERR: the disk is full, read-only or failing (README "Exit codes").
 EXIT_STORAGE: Final = 74
@@ -38,7 +38,7 @@ def storage_problem(exc: BaseException, where: Path | None = None) -> StorageUna
     """
     if isinstance(exc, StorageUnavailable):
         return exc
-    if isinstance(exc, sqlite3.Error):
+    if isinstance(exc, DB_ERRORS):
         code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
         if code not in (_SQLITE_READONLY, _SQLITE_IOERR, _SQLITE_FULL, _SQLITE_CANTOPEN):
             return None

@@ -5,7 +5,9 @@ Layout of an HQ directory (0700; every file in it 0600)::
     hq.secret      root, certificate, receipt and HQ encryption keys and the network key,
                    sealed with the HQ passphrase (move the root key offline: SPEC.md §4)
     manifest.item  the current root-signed network manifest
-    hq.db          the analyst database (open it with ``fieldsync hq serve``: Datasette)
+    hq.db          the analyst database (open it with ``fieldsync hq serve``: Datasette),
+                   encrypted (SQLCipher) under the key in ``hq.dbkey``
+    hq.dbkey       that random key, sealed with the HQ passphrase (``HQ.database_key``)
     media/         verified attachments, media/ENVELOPE/NN-name (``fieldsync.hq_media``)
     node/          HQ's own relay node, to sync with the hub (``fieldsync.hq_hub``)
 
@@ -40,7 +42,15 @@ from typing import Any
 
 import sqlite_utils
 
-from fieldsync import hq_alerts, hq_ingest, hq_receipts, hq_reports, hq_revocation, keystore
+from fieldsync import (
+    cipher_db,
+    hq_alerts,
+    hq_ingest,
+    hq_receipts,
+    hq_reports,
+    hq_revocation,
+    keystore,
+)
 from fieldsync.errors import FieldsyncError, InputRefused, NotFound
 from fieldsync.forms import hq_form_item
 from fieldsync.hq_ingest import (
@@ -92,6 +102,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 HQ_SECRET = "hq.secret"  # noqa: S105 - a file name, not a secret
+#: The key of ``hq.db``, sealed under the HQ passphrase (``HQ.database_key``).
+DATABASE_KEY = "hq.dbkey"
 MANIFEST = "manifest.item"
 HUB_NODE = "node"
 FIRST_HQ_KEY_ID = 1
@@ -155,9 +167,9 @@ def create_network(out: Path, name: str, passphrase: str, kdf_profile: str) -> m
         out / HQ_SECRET, keystore.seal_with_passphrase(keys.encode(), passphrase, kdf_profile)
     )
     keystore.write_private(out / MANIFEST, membership.sign_manifest(manifest, keys.root_seed))
-    headquarters = HQ(out)
+    headquarters = HQ(out, passphrase=passphrase)
     try:
-        headquarters.database()  # create the analyst database now
+        headquarters.database()  # create the analyst database (and its key) now
     finally:
         headquarters.close()  # a leaked connection would keep later writes in the WAL
     return manifest
@@ -168,12 +180,16 @@ class HQ:
         self,
         directory: Path,
         *,
+        passphrase: str | None = None,
         quarantine_max_items: int = QUARANTINE_MAX_ITEMS,
         quarantine_max_bytes: int = QUARANTINE_MAX_BYTES,
     ) -> None:
+        """``passphrase``: the HQ passphrase, which ``hq.db`` needs (``unlock`` sets it too)."""
         self.directory = directory
         self.quarantine_max_items = quarantine_max_items
         self.quarantine_max_bytes = quarantine_max_bytes
+        self._passphrase = passphrase
+        self._db_key: bytes | None = None
         self._db: sqlite_utils.Database | None = None
 
     def manifest_item(self) -> bytes:
@@ -203,14 +219,48 @@ class HQ:
             "HQ secrets",
             "create the network with `fieldsync network create`",
         )
-        return HqSecrets.decode(keystore.open_with_passphrase(sealed, passphrase, "HQ secrets"))
+        keys = HqSecrets.decode(keystore.open_with_passphrase(sealed, passphrase, "HQ secrets"))
+        self._passphrase = passphrase
+        return keys
+
+    def database_key(self) -> bytes:
+        """The random key ``hq.db`` is encrypted under, from ``hq.dbkey`` (sealed under the
+        HQ passphrase like ``hq.secret``, with its KDF costs). An HQ made before encryption
+        gets one here, once the passphrase has opened ``hq.secret``.
+
+        A separate file rather than a field of ``hq.secret``: the HQ secrets keep their
+        format, and the analyst database can be opened without decoding the signing keys.
+        """
+        if self._db_key is not None:
+            return self._db_key
+        if not (self.directory / HQ_SECRET).exists():
+            raise NotFound(f"{self.directory} is not an HQ directory (no {HQ_SECRET})")
+        passphrase = self._passphrase
+        if passphrase is None:
+            raise FieldsyncError(
+                f"{self.directory / DATABASE} is encrypted under the HQ passphrase: give it"
+                " (--passphrase-file FILE, FIELDSYNC_PASSPHRASE or the prompt)"
+            )
+        path = self.directory / DATABASE_KEY
+        if path.exists():
+            self._db_key = keystore.open_with_passphrase(
+                path.read_bytes(), passphrase, "HQ database key"
+            )
+        else:
+            self.unlock(passphrase)  # a wrong passphrase is refused before anything is made
+            profile = keystore.profile_of((self.directory / HQ_SECRET).read_bytes(), HQ_SECRET)
+            key = secrets.token_bytes(cipher_db.KEY_SIZE)
+            keystore.write_private(
+                path, keystore.seal_with_passphrase(key, passphrase, profile, check_strength=False)
+            )
+            self._db_key = key
+        return self._db_key
 
     def database(self) -> sqlite_utils.Database:
-        """The analyst database, opened once (0600, migrated to this release's schema)."""
+        """The analyst database, opened once (0600, encrypted, migrated to this release's
+        schema); needs the HQ passphrase (``database_key``)."""
         if self._db is None:
-            if not (self.directory / HQ_SECRET).exists():
-                raise NotFound(f"{self.directory} is not an HQ directory (no {HQ_SECRET})")
-            self._db = open_database(self.directory)
+            self._db = open_database(self.directory, self.database_key())
         return self._db
 
     def close(self) -> None:

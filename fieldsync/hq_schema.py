@@ -29,6 +29,7 @@ from typing import Any
 
 import sqlite_utils
 
+from fieldsync import cipher_db
 from fieldsync.errors import FieldsyncError
 from fieldsync.sqlite_tx import immediate_transaction
 
@@ -389,8 +390,12 @@ def make_private_file(path: Path) -> None:
         os.close(fd)
 
 
-def open_database(directory: Path) -> sqlite_utils.Database:
+def open_database(directory: Path, key: bytes) -> sqlite_utils.Database:
     """Open (creating 0600) and migrate ``directory/hq.db``; the directory is kept 0700.
+
+    The database is encrypted (SQLCipher) under ``key``, the random database key sealed
+    under the HQ passphrase (``HQ.database_key``); a plaintext ``hq.db`` of an older HQ is
+    encrypted first (``cipher_db.encrypt_plaintext``). A wrong key: ``WrongDatabaseKey``.
 
     Autocommit mode: our own ``BEGIN IMMEDIATE … COMMIT`` make each ingest atomic. Any one
     thread at a time may use the connection: the hub path runs it off the event loop.
@@ -402,8 +407,11 @@ def open_database(directory: Path) -> sqlite_utils.Database:
         side = directory / f"{DATABASE}{suffix}"
         if side.exists():
             make_private_file(side)
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    if cipher_db.is_plaintext(path):
+        cipher_db.encrypt_plaintext(path, key)
+    conn = cipher_db.connect(path, key, what="HQ database")
     try:
+        conn.execute("PRAGMA secure_delete=ON")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         migrate(conn, path)

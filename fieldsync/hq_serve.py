@@ -12,8 +12,13 @@ datasette-cluster-map). What it shows and hides:
   through the JSON API and blob downloads); arbitrary SQL and downloading the database are
   off, so nothing hidden can be read another way.
 
-It listens on 127.0.0.1 only (reach it from elsewhere through an SSH tunnel): the database
-holds every report in clear. The map draws no tiles unless ``--tiles`` names a tile server,
+It listens on 127.0.0.1 only (reach it from elsewhere through an SSH tunnel): what it serves
+holds every report in clear. ``hq.db`` is encrypted (SQLCipher) and Datasette's SQLite cannot
+read it, so ``serve`` copies it, decrypted, into a named in-memory database of this process
+(``snapshot_in_memory``) and Datasette serves that: no plaintext reaches the disk. The view is
+the database as it was when ``serve`` started (restart it to see later ingests); the blobs
+of ``media_chunks`` (attachment pieces, which no view shows) are not copied, to spare memory.
+The map draws no tiles unless ``--tiles`` names a tile server,
 because fetching tiles tells that server which places the analyst is looking at.
 """
 
@@ -21,7 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import secrets
 import socket
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -168,24 +175,53 @@ def listen(port: int) -> socket.socket:
     return sock
 
 
+#: Tables whose rows are not copied into the served snapshot (none of the views reads them).
+_NOT_COPIED = ("media_chunks",)
+
+
+def snapshot_in_memory(source: sqlite3.Connection, memory_name: str) -> sqlite3.Connection:
+    """Copy the database of ``source`` (decrypted, any binding) into the shared in-memory
+    database ``memory_name`` of the stdlib's SQLite, which Datasette opens by that name; the
+    copy lives as long as the returned connection stays open."""
+    target = sqlite3.connect(
+        f"file:{memory_name}?mode=memory&cache=shared",
+        uri=True,
+        isolation_level=None,
+        check_same_thread=False,
+    )
+    schema = source.execute(
+        "SELECT type, name, sql FROM sqlite_master WHERE sql IS NOT NULL"
+        " AND name NOT LIKE 'sqlite_%' ORDER BY type = 'view', type = 'index', rowid"
+    ).fetchall()
+    target.execute("BEGIN")
+    for kind, name, sql in schema:
+        target.execute(sql)
+        if kind == "table" and name not in _NOT_COPIED:
+            rows = source.execute(f"SELECT * FROM [{name}]")  # noqa: S608 - names from the schema
+            marks = ", ".join("?" for _ in rows.description)
+            target.executemany(f"INSERT INTO [{name}] VALUES ({marks})", rows)  # noqa: S608
+    target.execute("COMMIT")
+    return target
+
+
 def serve(
-    directory: Path,
+    source: sqlite3.Connection,
     network_name: str,
     sock: socket.socket,
     tiles: str | None,
     ready: Callable[[str], None],
 ) -> None:
-    """Serve ``directory/hq.db`` on ``sock`` until interrupted; ``ready(url)`` once
-    listening. The caller has opened (and so migrated) the database."""
+    """Serve a decrypted in-memory copy of the opened (and so migrated) ``hq.db``
+    connection ``source`` on ``sock`` until interrupted; ``ready(url)`` once listening."""
     check_installed()
     from datasette.app import Datasette
+    from datasette.database import Database
     from uvicorn import Config, Server
 
-    app = Datasette(
-        [str(directory / DATABASE)],
-        metadata=metadata(network_name, tiles),
-        settings=SETTINGS,
-    )
+    memory_name = f"fieldsync-hq-{secrets.token_hex(8)}"
+    snapshot = snapshot_in_memory(source, memory_name)
+    app = Datasette(metadata=metadata(network_name, tiles), settings=SETTINGS)
+    app.add_database(Database(app, memory_name=memory_name, is_mutable=False), name=DATABASE_NAME)
 
     async def main() -> None:
         await app.invoke_startup()
@@ -194,4 +230,7 @@ def serve(
         ready(f"http://{host}:{port}/")
         await server.serve(sockets=[sock])
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        snapshot.close()

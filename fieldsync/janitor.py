@@ -1,5 +1,6 @@
-"""Housekeeping on the store thread: the node's running clock, TTL expiry, the disk budget
-and the truncating WAL checkpoint (so deleted rows leave no copy in the WAL file).
+"""Housekeeping on the store thread: the node's running clock, TTL expiry, the disk budget,
+the truncating WAL checkpoint (so deleted rows leave no copy in the WAL file) and the
+store-key rotation (so copies in freed disk blocks become noise: ``fieldsync.cipher_db``).
 
 Receipt-driven purges happen as receipts arrive (``Store.add_checked``); the janitor only
 handles what time and space decide.
@@ -32,6 +33,8 @@ class JanitorReport:
     #: Peer records deleted: not seen for ``forget_peers_after`` (issue #11).
     peers_forgotten: int = 0
     used_bytes: int = 0
+    #: The store was re-encrypted under a new key and the old key destroyed.
+    key_rotated: bool = False
 
 
 class Janitor:
@@ -44,6 +47,8 @@ class Janitor:
         interval: float = 60.0,
         checkpoint_every: float = 300.0,
         forget_peers_after: int = 30 * 86400,
+        rotate_key_every: float = 86400.0,
+        rotate_after_purge_gap: float = 3600.0,
     ) -> None:
         self._worker = worker
         self._source = source
@@ -53,6 +58,11 @@ class Janitor:
         self._forget_peers_after = forget_peers_after
         self._last_tick = time.monotonic()
         self._last_checkpoint = time.monotonic()
+        self._rotate_key_every = rotate_key_every
+        #: A rotation rewrites the whole store: after purges, at most this often (seconds),
+        #: so steady receipts do not wear an SD card out with a full rewrite per checkpoint.
+        self._rotate_after_purge_gap = rotate_after_purge_gap
+        self._last_rotation = time.monotonic()
         self._nudged = asyncio.Event()
         self.last = JanitorReport()
 
@@ -94,6 +104,9 @@ class Janitor:
         checkpoint = now - self._last_checkpoint >= self._checkpoint_every
         if checkpoint:
             self._last_checkpoint = now
+        since_rotation = now - self._last_rotation
+        rotation_due = since_rotation >= self._rotate_key_every
+        after_purge = checkpoint and since_rotation >= self._rotate_after_purge_gap
         budget = self._budget
         source = self._source
         forget_after = self._forget_peers_after
@@ -109,11 +122,17 @@ class Janitor:
             if report.expired or report.evicted:
                 source.invalidate()
             elif checkpoint:
-                store.checkpoint()
+                store.checkpoint(purged=False)
+            # Between transactions, on the store thread: nothing else runs on it meanwhile.
+            if rotation_due or (after_purge and store.purged_since_rotation):
+                report.key_rotated = store.rotate_key()
             report.used_bytes = store.used_bytes()
             return report
 
         self.last = await self._worker.call(work)
+        if self.last.key_rotated:
+            self._last_rotation = time.monotonic()
+            log.info("janitor: store key rotated, the old key destroyed")
         if self.last.expired or self.last.evicted:
             log.info(
                 "janitor: %d expired, %d evicted for the disk budget (%d bytes, from %d peers,"

@@ -10,7 +10,9 @@ Layout of a node home (SPEC.md §15)::
                        [security] wipe_after_wrong_passphrases)
     membership.bin     manifest item, network key and this node's certificate (after join;
                        homefiles.py)
-    store.db           the item store (sealed items only; see store.py)
+    store.db           the item store (sealed items only; see store.py), encrypted at rest
+    store.key          its SQLCipher key, rotated by the janitor (0600; cipher_db.py);
+                       store.key.next only while a rotation runs
     daemon.lock        held by the running daemon; its pid and control socket (homelock.py)
 """
 
@@ -28,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from fieldsync import homefiles, keystore, media, outbox, wipe
+from fieldsync import cipher_db, homefiles, keystore, media, outbox, wipe
 from fieldsync.errors import (
     FieldsyncError,
     InputRefused,
@@ -313,7 +315,7 @@ class Node:
         """Overwrite, then unlink, the enrolment request (as ``wipe`` destroys key files)."""
         path = self.home / REQUEST
         try:
-            wipe.destroy_file(path)
+            cipher_db.destroy_file(path)
         except FileNotFoundError:
             pass
         except OSError as exc:

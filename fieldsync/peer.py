@@ -21,7 +21,6 @@ import contextlib
 import functools
 import logging
 import secrets
-import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -29,6 +28,7 @@ from typing import Any
 
 from fieldsync import limits, offer_hold
 from fieldsync.admission import Admission, ByteBudget, Slot
+from fieldsync.cipher_db import DB_ERRORS
 from fieldsync.diskerrors import storage_problem
 from fieldsync.lograte import QuietLog
 from fieldsync.offer_hold import OfferDelay
@@ -147,7 +147,7 @@ def _store_errors(store: Store, doing: str) -> Iterator[None]:
     """The store's own failures, as the ``ItemSourceError`` the session passes through."""
     try:
         yield
-    except (sqlite3.Error, OSError) as exc:
+    except (*DB_ERRORS, OSError) as exc:
         cause = storage_problem(exc, store.path) or exc
         raise ItemSourceError(f"the local store failed while {doing}: {cause}") from exc
 

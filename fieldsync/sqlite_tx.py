@@ -17,6 +17,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import sqlcipher3
+
+#: Exceptions of either SQLite binding: the stdlib's, and sqlcipher3's (the encrypted store
+#: and hq.db, ``fieldsync.cipher_db``), whose classes are its own.
+DB_ERRORS = (sqlite3.Error, sqlcipher3.Error)
+
 #: How often a writer retries for the write lock while another connection holds it.
 LOCK_POLL_SECONDS = 0.0005
 
@@ -35,8 +41,11 @@ def begin_polling(conn: sqlite3.Connection, timeout: float) -> None:
         while True:
             try:
                 conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+            except DB_ERRORS as exc:
+                if (
+                    getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_BUSY
+                    or time.monotonic() >= deadline
+                ):
                     raise
                 time.sleep(LOCK_POLL_SECONDS)
             else:

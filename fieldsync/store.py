@@ -1,5 +1,9 @@
 """The node's item store: SQLite in WAL mode, numbered migrations, durable custody commits.
 
+The database is encrypted at rest (SQLCipher) under ``store.key`` (``fieldsync.cipher_db``),
+and ``rotate_key`` re-encrypts it under a new key, so page images of deleted rows that the
+WAL or the file system left behind become noise.
+
 What it holds (SPEC.md §9, §10): sealed items (envelopes, receipts, manifests) numbered in
 arrival order, tombstones (delivery tags of receipted items and the receipt's verdict) and
 the authors' outbox entries, each sealed to its author's own key (fieldsync.outbox). It
@@ -28,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fieldsync import eviction, outbox
+from fieldsync import cipher_db, eviction, outbox
 from fieldsync.errors import FieldsyncError
 from fieldsync.sqlite_tx import immediate_transaction
 from fieldsync_protocol.envelope import TTL_CLASSES
@@ -308,7 +312,20 @@ class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        #: Encrypted at rest under ``store.key`` (a plaintext store is encrypted on first open).
+        self.key_file = store_key_file(path)
+        self._key_stamp: tuple[int, int] | None = None
+        self._conn = self._connect()
+        self._clock_cache: int | None = None
+        #: Write transactions committed through this Store (tests count them).
+        self.commits = 0
+        #: Rows were deleted since the store key was last rotated (their pages are in the
+        #: WAL's and the file system's free blocks until then: ``rotate_key``).
+        self.purged_since_rotation = False
+        self._migrate()
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = cipher_db.open_keyed(self.path, self.key_file, timeout=LOCK_TIMEOUT_SECONDS)
         for pragma in (
             "journal_mode=WAL",
             "synchronous=FULL",
@@ -316,11 +333,18 @@ class Store:
             "foreign_keys=ON",
             f"busy_timeout={int(LOCK_TIMEOUT_SECONDS * 1000)}",
         ):
-            self._conn.execute(f"PRAGMA {pragma}")
-        self._clock_cache: int | None = None
-        #: Write transactions committed through this Store (tests count them).
-        self.commits = 0
-        self._migrate()
+            conn.execute(f"PRAGMA {pragma}")
+        self._key_stamp = _file_stamp(self.key_file)
+        return conn
+
+    def _follow_key_rotation(self) -> None:
+        """Reopen under the new key if another process (the daemon's janitor) rotated it
+        since this connection was opened: the old key no longer decrypts any page."""
+        if self._conn.in_transaction or _file_stamp(self.key_file) == self._key_stamp:
+            return
+        self._conn.close()
+        self._conn = self._connect()
+        self.__dict__.pop("db", None)  # the cached sqlite_utils wrapper held the old one
 
     def _migrate(self) -> None:
         version = self._conn.execute("PRAGMA user_version").fetchone()[0]
@@ -402,11 +426,24 @@ class Store:
     def close(self) -> None:
         self._conn.close()
 
+    def rotate_key(self) -> bool:
+        """Re-encrypt the whole store under a new ``store.key`` and destroy the old key, so
+        every page image of deleted rows left in free blocks becomes noise (``cipher_db``).
+
+        Runs between transactions (on the store thread, one call at a time). Returns False
+        if another process holds the WAL; the janitor retries at its next pass."""
+        rotated = cipher_db.rotate(self._conn, self.key_file)
+        if rotated:
+            self.purged_since_rotation = False
+            self._key_stamp = _file_stamp(self.key_file)
+        return rotated
+
     def transaction(self) -> AbstractContextManager[None]:
         return self._counted_transaction()
 
     @contextlib.contextmanager
     def _counted_transaction(self) -> Iterator[None]:
+        self._follow_key_rotation()
         with immediate_transaction(self._conn, lock_timeout=LOCK_TIMEOUT_SECONDS):
             yield
         self.commits += 1
@@ -830,7 +867,8 @@ class Store:
         return int(gone)
 
     def used_bytes(self) -> int:
-        page_size = self._conn.execute("PRAGMA page_size").fetchone()[0]
+        # int(): SQLCipher answers PRAGMA page_size as text ('4096').
+        page_size = int(self._conn.execute("PRAGMA page_size").fetchone()[0])
         pages = self._conn.execute("PRAGMA page_count").fetchone()[0]
         free = self._conn.execute("PRAGMA freelist_count").fetchone()[0]
         return int((pages - free) * page_size)
@@ -939,13 +977,16 @@ class Store:
                 peers,
             )
 
-    def checkpoint(self, attempts: int = 20) -> bool:
+    def checkpoint(self, attempts: int = 20, *, purged: bool = True) -> bool:
         """Fold the WAL into the database and truncate it, so deleted rows leave no copy.
 
         A reader in another process (the CLI while the daemon runs) can hold the WAL; then
         SQLite reports "busy" and truncates nothing, so retry briefly. Returns success; the
-        janitor's next periodic checkpoint retries a failure.
+        janitor's next periodic checkpoint retries a failure. ``purged``: rows were deleted
+        (the default: purges call this), so the janitor rotates the store key soon.
         """
+        if purged:
+            self.purged_since_rotation = True
         for attempt in range(attempts):
             busy = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
             if not busy:
@@ -1027,6 +1068,26 @@ class Store:
 
     def integrity_check(self) -> str:
         return str(self._conn.execute("PRAGMA integrity_check").fetchone()[0])
+
+
+def _file_stamp(path: Path) -> tuple[int, int] | None:
+    """Inode and change time of ``path`` (None if missing): a rotation replaces the file."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return None
+    return info.st_ino, info.st_mtime_ns
+
+
+def store_key_file(path: Path) -> Path:
+    """The store key's file: ``store.key`` next to ``store.db`` (SPEC.md §15)."""
+    return path.with_suffix(".key")
+
+
+def connect_store(path: Path, timeout: float = LOCK_TIMEOUT_SECONDS) -> sqlite3.Connection:
+    """A bare connection to the store at ``path``, under its key, without migrations (tools
+    and tests that read or damage the store below the ``Store`` API)."""
+    return cipher_db.open_keyed(path, store_key_file(path), timeout=timeout)
 
 
 def now_seconds() -> int:

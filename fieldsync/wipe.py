@@ -9,8 +9,11 @@ first:
    file (network key and certificate), the enrolment request, the outbox key, a store key if
    there is one, and leftovers of interrupted atomic writes;
 2. a daemon running on the home is killed (``SIGKILL``: it holds keys in memory);
-3. the store keeps its sealed items (HQ can still receive them if the device is enrolled
-   again) but loses what linked this node's owner to them: own-report marks, the sealed
+3. the store is encrypted under ``store.key`` (``fieldsync.cipher_db``), destroyed in step
+   1: the database, its WAL and every old copy of its pages are noise from then on, and its
+   files are unlinked (the home can be set up again with ``init``). A store
+   still in plaintext (written before encryption and not opened since) keeps its sealed
+   items but loses what linked this node's owner to them: own-report marks, the sealed
    outbox, attachment records, peers met; then the WAL is truncated.
 
 Overwriting a file does not reach copies that flash wear levelling or a journaling file
@@ -24,13 +27,15 @@ import contextlib
 import fcntl
 import json
 import os
-import secrets
 import signal
 import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
+
+from fieldsync.cipher_db import DB_ERRORS, connect, destroy_file, is_plaintext, read_key, rotate
+from fieldsync.errors import FieldsyncError
 
 #: Key files of a node home (SPEC.md §15), by name. ``*.secret`` adds any others.
 KEY_FILES: Final = (
@@ -40,6 +45,7 @@ KEY_FILES: Final = (
     "request.txt",
     "outbox.key",
     "store.key",
+    "store.key.next",  # a store-key rotation in progress (cipher_db.rotate)
     "unlock.failures",
 )
 STORE_FILE: Final = "store.db"
@@ -79,19 +85,6 @@ def key_files(home: Path) -> list[Path]:
     if authors.is_dir():
         found.update(p for p in authors.rglob("*") if p.is_file())
     return sorted(p for p in found if p.is_file() or p.is_symlink())
-
-
-def destroy_file(path: Path) -> None:
-    """Overwrite ``path`` in place with random bytes, flush, unlink (a symlink: unlink only)."""
-    if not path.is_symlink():
-        size = path.stat().st_size
-        fd = os.open(path, os.O_WRONLY)
-        try:
-            os.pwrite(fd, secrets.token_bytes(size), 0)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    path.unlink()
 
 
 def wipe_node(home: Path) -> WipeResult:
@@ -174,12 +167,27 @@ _SCRUB: Final = (
 
 
 def scrub_store(path: Path, problems: list[str]) -> bool:
-    """Remove authorship and peer records from the store at ``path``; False if it could not."""
+    """Remove authorship and peer records from the store at ``path``; False if it could not.
+
+    An encrypted store whose key is gone (a wipe destroyed ``store.key``) is noise: its
+    files are unlinked (no overwrite needed), so the home can be set up again. One whose key
+    is still there (a duress passphrase) is opened with it."""
+    key_file = path.with_suffix(".key")
     if not path.exists():
         return True
+    if not (is_plaintext(path) or key_file.exists()):
+        for name in (path.name, f"{path.name}-wal", f"{path.name}-shm"):
+            try:
+                (path.parent / name).unlink(missing_ok=True)
+            except OSError as exc:
+                problems.append(f"{name}: {exc.strerror or exc}")
+        return True
     try:
-        conn = sqlite3.connect(path, isolation_level=None, timeout=_STORE_TIMEOUT_MS / 1000)
-    except sqlite3.Error as exc:
+        if is_plaintext(path):
+            conn = sqlite3.connect(path, isolation_level=None, timeout=_STORE_TIMEOUT_MS / 1000)
+        else:
+            conn = connect(path, read_key(key_file), timeout=_STORE_TIMEOUT_MS / 1000)
+    except (*DB_ERRORS, FieldsyncError) as exc:
         problems.append(f"{STORE_FILE}: {exc}")
         return False
     try:
@@ -190,8 +198,11 @@ def scrub_store(path: Path, problems: list[str]) -> bool:
             conn.execute(statement)
         conn.execute("COMMIT")
         busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
-    except sqlite3.Error as exc:
-        with contextlib.suppress(sqlite3.Error):
+        if not busy and key_file.exists():
+            # Duress: the deleted rows' old page images become noise under a new key.
+            busy = not rotate(conn, key_file)
+    except DB_ERRORS as exc:
+        with contextlib.suppress(*DB_ERRORS):
             conn.execute("ROLLBACK")
         problems.append(f"{STORE_FILE}: {exc}")
         return False

@@ -27,6 +27,7 @@ from fieldsync_cli.common import (
     emit,
     get_passphrase,
     handle_errors,
+    hq_passphrase,
     json_option,
     passphrase_option,
     progress_printer,
@@ -330,6 +331,7 @@ def _ranges(ranges: list[dict[str, int]]) -> str:
 @click.option(
     "--delimiter", type=click.Choice(DELIMITERS), default=",", help="CSV and Uwazi separator."
 )
+@passphrase_option
 @json_option
 @handle_errors
 def export_(
@@ -338,10 +340,11 @@ def export_(
     out: Path | None,
     excel: bool,
     delimiter: str,
+    passphrase_file: Path | None,
     as_json: bool,
     **filters: Any,
 ) -> None:
-    """Export ingested reports (no passphrase: reads the analyst database).
+    """Export ingested reports (the HQ passphrase opens the analyst database).
 
     Confidential reports are left out unless --include-confidential; coordinates are rounded
     by sensitivity unless --exact-coordinates; reports are named by an HQ-side publication id.
@@ -356,7 +359,7 @@ def export_(
         raise click.UsageError("--excel is for --format csv (Uwazi reads its files without a BOM)")
     if out is None and fmt not in TEXT_FORMATS:
         raise click.UsageError(f"--format {fmt} is written to a file: give --out FILE")
-    headquarters = HQ(hq_dir)
+    headquarters = HQ(hq_dir, passphrase=hq_passphrase(hq_dir, passphrase_file))
     try:
         db = headquarters.database()
         if out is None:
@@ -415,11 +418,12 @@ def quarantine() -> None:
 
 @quarantine.command("list")
 @hq_dir_option
+@passphrase_option
 @json_option
 @handle_errors
-def quarantine_list(hq_dir: Path, as_json: bool) -> None:
+def quarantine_list(hq_dir: Path, passphrase_file: Path | None, as_json: bool) -> None:
     """Held envelopes: id, when, author (if known), sequence and why."""
-    headquarters = HQ(hq_dir)
+    headquarters = HQ(hq_dir, passphrase=hq_passphrase(hq_dir, passphrase_file))
     try:
         rows = list(headquarters.quarantine_list())
     finally:
@@ -439,11 +443,14 @@ def quarantine_list(hq_dir: Path, as_json: bool) -> None:
 @quarantine.command("show")
 @click.argument("entry_id", type=int)
 @hq_dir_option
+@passphrase_option
 @json_option
 @handle_errors
-def quarantine_show(entry_id: int, hq_dir: Path, as_json: bool) -> None:
+def quarantine_show(
+    entry_id: int, hq_dir: Path, passphrase_file: Path | None, as_json: bool
+) -> None:
     """One held envelope (exit 4 when ENTRY_ID is not in the quarantine)."""
-    headquarters = HQ(hq_dir)
+    headquarters = HQ(hq_dir, passphrase=hq_passphrase(hq_dir, passphrase_file))
     try:
         row = headquarters.quarantine_entry(entry_id)
     finally:
@@ -499,14 +506,21 @@ def quarantine_reingest(
     type=click.Path(file_okay=False, path_type=Path),
     help="Copy the report's verified files into this directory.",
 )
+@passphrase_option
 @json_option
 @handle_errors
-def media(hq_dir: Path, report_id: str | None, out: Path | None, as_json: bool) -> None:
+def media(
+    hq_dir: Path,
+    report_id: str | None,
+    out: Path | None,
+    passphrase_file: Path | None,
+    as_json: bool,
+) -> None:
     """Attachments HQ knows of (verified, pending k/n, failed); with REPORT_ID --out DIR,
     extract that report's files (refused while any of them is not verified)."""
     from fieldsync import hq_media
 
-    headquarters = HQ(hq_dir)
+    headquarters = HQ(hq_dir, passphrase=hq_passphrase(hq_dir, passphrase_file))
     try:
         db = headquarters.database()
         if out is not None:
@@ -540,12 +554,19 @@ def media(hq_dir: Path, report_id: str | None, out: Path | None, as_json: bool) 
     metavar="ID",
     help="Acknowledge alert ID (repeatable); it opens again if its event happens again.",
 )
+@passphrase_option
 @json_option
 @handle_errors
-def alerts(hq_dir: Path, everything: bool, ack_ids: tuple[int, ...], as_json: bool) -> None:
+def alerts(
+    hq_dir: Path,
+    everything: bool,
+    ack_ids: tuple[int, ...],
+    passphrase_file: Path | None,
+    as_json: bool,
+) -> None:
     """Forks, gaps, held and junk envelopes, failed or incomplete attachments, reports of
     revoked authors: open ones, most recently seen first (exit 4: --ack of an unknown ID)."""
-    headquarters = HQ(hq_dir)
+    headquarters = HQ(hq_dir, passphrase=hq_passphrase(hq_dir, passphrase_file))
     try:
         if ack_ids:
             done = headquarters.acknowledge(ack_ids)
@@ -572,7 +593,7 @@ def _alert_lines(rows: list[dict[str, Any]]) -> str:
 
 @hq.group()
 def report() -> None:
-    """Reports as HQ holds them (no passphrase: reads the analyst database)."""
+    """Reports as HQ holds them (the HQ passphrase opens the analyst database)."""
 
 
 @report.command("show")
@@ -583,12 +604,15 @@ def report() -> None:
     is_flag=True,
     help="Every version of a corrected report (supersedes), oldest first.",
 )
+@passphrase_option
 @json_option
 @handle_errors
-def report_show(report_id: str, hq_dir: Path, all_versions: bool, as_json: bool) -> None:
+def report_show(
+    report_id: str, hq_dir: Path, all_versions: bool, passphrase_file: Path | None, as_json: bool
+) -> None:
     """One report (REPORT_ID or a prefix, or its envelope id) with the other report of a
     fork and the ids of its corrections (exit 4: no such report)."""
-    headquarters = HQ(hq_dir)
+    headquarters = HQ(hq_dir, passphrase=hq_passphrase(hq_dir, passphrase_file))
     try:
         shown = headquarters.report(report_id, all_versions)
     finally:
@@ -667,9 +691,12 @@ def _report_text(shown: dict[str, Any]) -> str:
     help="Map tile server, e.g. https://tile.example.org/{z}/{x}/{y}.png. Default: none,"
     " because fetching tiles tells that server which places the analyst looks at.",
 )
+@passphrase_option
 @json_option
 @handle_errors
-def serve(hq_dir: Path, port: int, tiles: str | None, as_json: bool) -> None:
+def serve(
+    hq_dir: Path, port: int, tiles: str | None, passphrase_file: Path | None, as_json: bool
+) -> None:
     """Browse the analyst database in Datasette on 127.0.0.1: alerts first, reports with
     facets and a map; blobs and raw bodies hidden. Needs `pip install 'fieldsync[hq]'`.
     Prints the URL (with --json: {"url": ...}) once listening; Ctrl-C stops it."""
@@ -678,13 +705,14 @@ def serve(hq_dir: Path, port: int, tiles: str | None, as_json: bool) -> None:
     hq_serve.check_installed()
     if tiles is not None and not tiles.startswith(("https://", "http://")):
         raise click.BadParameter("give an http(s) URL template", param_hint="--tiles")
-    headquarters = HQ(hq_dir)
+    headquarters = HQ(hq_dir, passphrase=hq_passphrase(hq_dir, passphrase_file))
     try:
-        headquarters.database()  # migrated (and its views made) before Datasette reads it
+        db = headquarters.database()  # migrated (and its views made) before Datasette reads it
         network_name = headquarters.manifest().name
-    finally:
+        sock = hq_serve.listen(port)
+    except BaseException:
         headquarters.close()
-    sock = hq_serve.listen(port)
+        raise
 
     def ready(url: str) -> None:
         say(f"serving {hq_dir / 'hq.db'} at {url} (127.0.0.1 only); Ctrl-C stops")
@@ -692,9 +720,10 @@ def serve(hq_dir: Path, port: int, tiles: str | None, as_json: bool) -> None:
         sys.stdout.flush()
 
     try:
-        hq_serve.serve(hq_dir, network_name, sock, tiles, ready)
+        hq_serve.serve(db.conn, network_name, sock, tiles, ready)
     finally:
         sock.close()
+        headquarters.close()
 
 
 # --- membership: revoke (fieldsync_cli.cmd_hq_keys) -----------------------------------------

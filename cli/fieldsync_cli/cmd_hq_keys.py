@@ -15,6 +15,7 @@ from fieldsync_cli.common import (
     emit,
     get_passphrase,
     handle_errors,
+    hq_passphrase,
     json_option,
     passphrase_option,
     say,
@@ -66,11 +67,12 @@ def register_key_commands(group: click.Group, hq_dir_option: Decorator) -> None:
 
     @group.command()
     @hq_dir_option
+    @passphrase_option
     @json_option
     @handle_errors
-    def revoked(hq_dir: Path, as_json: bool) -> None:
+    def revoked(hq_dir: Path, passphrase_file: Path | None, as_json: bool) -> None:
         """Every revoked node and author key, with cut-off, reason and list serial."""
-        headquarters = HQ(hq_dir)
+        headquarters = HQ(hq_dir, passphrase=hq_passphrase(hq_dir, passphrase_file))
         try:
             rows = hq_revocation.revoked_rows(headquarters.database())
         finally:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import sqlite3
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -13,8 +12,9 @@ from typing import Any, ParamSpec, TypeVar
 
 import click
 
+from fieldsync.cipher_db import DB_ERRORS
 from fieldsync.diskerrors import storage_problem
-from fieldsync.errors import FieldsyncError
+from fieldsync.errors import FieldsyncError, NotFound
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -56,6 +56,16 @@ def get_passphrase(passphrase_file: Path | None, what: str, confirm: bool = Fals
     return str(click.prompt(f"Passphrase for {what}", hide_input=True, confirmation_prompt=confirm))
 
 
+def hq_passphrase(hq_dir: Path, passphrase_file: Path | None) -> str:
+    """The HQ passphrase for a command that reads or writes ``hq.db`` (encrypted under it);
+    a directory that is not an HQ is refused before anyone types a passphrase."""
+    from fieldsync.hq import HQ_SECRET
+
+    if not (hq_dir / HQ_SECRET).exists():
+        raise NotFound(f"{hq_dir} is not an HQ directory (no {HQ_SECRET})")
+    return get_passphrase(passphrase_file, "the HQ database")
+
+
 def say(message: str) -> None:
     """A line for humans, on stderr."""
     click.echo(message, err=True)
@@ -91,7 +101,7 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
             )
         except BrokenPipeError:
             raise  # stdout closed by the reader (`| head`): click ends quietly
-        except (OSError, sqlite3.Error) as exc:
+        except (OSError, *DB_ERRORS) as exc:
             problem = storage_problem(exc, _home_or_none())
             if problem is not None:
                 _fail(as_json, str(problem), type(problem).__name__, problem.exit_code)

@@ -77,6 +77,7 @@ def test_smoke_run_reports_every_scenario(tmp_path: Path) -> None:
     # which are reported beside it (issue 13).
     assert calibration["bound"]["primitive"] not in ("insert", "check_item")
     assert "sqlite_insert" in calibration["rates"] and "insert" in calibration["rates"]
+    assert "sqlcipher_insert" in calibration["rates"]  # the encrypted store's primitive
     assert scenarios["S1"]["bound_primitive"] == calibration["bound"]["primitive"]
     assert scenarios["S10"]["n"] == result["sizes"]["s10_items"]
     assert scenarios["S10"]["c_sessions"] >= 1

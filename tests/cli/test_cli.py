@@ -538,7 +538,7 @@ def test_the_offline_loop_as_written_in_the_issue(tmp_path: Path, run: Run) -> N
     everything = ("--include-confidential", "--exact-coordinates", "--device-ids")
     for fmt in ("jsonl", "csv", "geojson", "uwazi-csv"):
         args = ("hq", "export", "--hq", hq, "--format", fmt)
-        to_stdout = _ok(run(*args, *everything, passphrase=None))
+        to_stdout = _ok(run(*args, *everything))
         out = tmp_path / f"reports.{fmt}"
         meta = _json(_ok(run(*args, *everything, "--out", out, "--json")))
         assert (meta["format"], meta["reports"], meta["out"]) == (fmt, 2, str(out))

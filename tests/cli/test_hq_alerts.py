@@ -113,7 +113,7 @@ def test_every_kind_of_alert_is_a_row_naming_the_author_and_ingest_says_attentio
             )
         )
 
-    listed = _json(run("hq", "alerts", "--hq", net.hq, "--json", passphrase=None))
+    listed = _json(run("hq", "alerts", "--hq", net.hq, "--json"))
     by_kind = {a["kind"]: a for a in listed}
     assert set(by_kind) == {
         "fork",
@@ -128,7 +128,7 @@ def test_every_kind_of_alert_is_a_row_naming_the_author_and_ingest_says_attentio
     for kind in ("fork", "gap", "attachment incomplete", "revoked author"):
         assert by_kind[kind]["author"] == "monitor-17", kind
     assert by_kind["quarantined"]["author"] is None  # nobody HQ knows signed it
-    human = run("hq", "alerts", "--hq", net.hq, passphrase=None)
+    human = run("hq", "alerts", "--hq", net.hq)
     assert human.returncode == 0 and "monitor-17" in human.stdout
     assert author_key not in human.stdout
 

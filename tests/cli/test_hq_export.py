@@ -70,8 +70,7 @@ def test_confidential_reports_are_left_out_and_counted(
     hq_net: Net, tmp_path: Path, run: Run
 ) -> None:
     out = tmp_path / "r.csv"
-    done = run("hq", "export", "--hq", hq_net.hq, "--format", "csv", "--out", out, "--json",
-               passphrase=None)  # fmt: skip
+    done = run("hq", "export", "--hq", hq_net.hq, "--format", "csv", "--out", out, "--json")
     assert done.returncode == OK, done.stderr
     assert json.loads(done.stdout) == {
         "format": "csv",
@@ -101,7 +100,7 @@ def test_confidential_reports_are_left_out_and_counted(
     assert (public["lat"], public["lon"]) == ("12.36571", "-1.53395")
 
     everything = run("hq", "export", "--hq", hq_net.hq, "--format", "csv", "--include-confidential",
-                     "--exact-coordinates", passphrase=None)  # fmt: skip
+                     "--exact-coordinates")  # fmt: skip
     assert everything.returncode == OK and "left out" not in everything.stderr
     rows = _rows(everything.stdout)
     assert len(rows) == 6 and {r["lat"] for r in rows} >= {"12.365712"}
@@ -109,7 +108,7 @@ def test_confidential_reports_are_left_out_and_counted(
 
 def test_filters_and_their_count(hq_net: Net, run: Run) -> None:
     def export_(*args: str) -> subprocess.CompletedProcess[str]:
-        return run("hq", "export", "--hq", hq_net.hq, "--format", "jsonl", *args, passphrase=None)
+        return run("hq", "export", "--hq", hq_net.hq, "--format", "jsonl", *args)
 
     threats = export_("--category", "threats", "--status", "current")
     assert threats.returncode == OK
@@ -127,15 +126,14 @@ def test_filters_and_their_count(hq_net: Net, run: Run) -> None:
 def test_excel_semicolon_csv_and_uwazi_zip(hq_net: Net, tmp_path: Path, run: Run) -> None:
     excel = tmp_path / "excel.csv"
     done = run("hq", "export", "--hq", hq_net.hq, "--format", "csv", "--excel", "--delimiter",
-               ";", "--out", excel, passphrase=None)  # fmt: skip
+               ";", "--out", excel)  # fmt: skip
     assert done.returncode == OK, done.stderr
     raw = excel.read_bytes()
     assert raw.startswith(b"\xef\xbb\xbfpublication_id;") and b"\r\n" in raw
     assert len(_rows(raw.decode("utf-8-sig"), ";")) == 4
     (tmp_path / "uwazi").mkdir()
     archive_path = tmp_path / "uwazi" / "u.zip"
-    done = run("hq", "export", "--hq", hq_net.hq, "--format", "uwazi-zip", "--out", archive_path,
-               passphrase=None)  # fmt: skip
+    done = run("hq", "export", "--hq", hq_net.hq, "--format", "uwazi-zip", "--out", archive_path)
     assert done.returncode == OK, done.stderr
     assert stat.S_IMODE(archive_path.stat().st_mode) == 0o600
     archive = zipfile.ZipFile(archive_path)
@@ -164,6 +162,6 @@ def test_excel_semicolon_csv_and_uwazi_zip(hq_net: Net, tmp_path: Path, run: Run
 def test_refusals_name_the_option(
     hq_net: Net, run: Run, args: list[str], code: int, phrase: str
 ) -> None:
-    done = run("hq", "export", "--hq", hq_net.hq, *args, passphrase=None)
+    done = run("hq", "export", "--hq", hq_net.hq, *args)
     assert done.returncode == code and phrase in done.stderr, done.stderr
     assert done.stdout == ""

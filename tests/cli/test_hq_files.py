@@ -85,7 +85,7 @@ def _write_everything(net: Net, run: Run, tmp_path: Path) -> None:
 def test_an_older_hq_left_readable_is_tightened_on_first_use(net: Net, run: Run) -> None:
     net.hq.chmod(0o755)
     (net.hq / DATABASE).chmod(0o644)
-    _ok(run("hq", "alerts", "--hq", net.hq, "--json", passphrase=None))
+    _ok(run("hq", "alerts", "--hq", net.hq, "--json"))
     assert stat.S_IMODE(net.hq.stat().st_mode) == 0o700
     for name in (DATABASE, f"{DATABASE}-wal", f"{DATABASE}-shm"):
         path = net.hq / name

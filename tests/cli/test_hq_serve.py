@@ -23,6 +23,7 @@ from fieldsync import hq_alerts
 from tests.browser_support import chromium, screenshot, wait
 from tests.cli.cli_support import Run, clean_env, fieldsync_command
 from tests.fieldsync.offline_support import (
+    PASSPHRASE,
     Net,
     author_seed,
     hq_manifest,
@@ -77,7 +78,7 @@ def served(net: Net) -> Iterator[str]:
     _seed(net)
     proc = subprocess.Popen(
         [*fieldsync_command(), "hq", "serve", "--hq", str(net.hq), "--port", "0", "--json"],
-        env=clean_env(),
+        env=clean_env(FIELDSYNC_PASSPHRASE=PASSPHRASE),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -190,7 +191,7 @@ def test_serve_refuses_a_taken_port_and_a_tile_url_that_is_not_http(net: Net, ru
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
         port = str(taken.getsockname()[1])
-        busy = run("hq", "serve", "--hq", net.hq, "--port", port, "--json", passphrase=None)
+        busy = run("hq", "serve", "--hq", net.hq, "--port", port, "--json")
     assert busy.returncode == 1, busy.stderr
     assert f"cannot listen on 127.0.0.1:{port}" in json.loads(busy.stdout)["error"]
     missing = run("hq", "serve", "--hq", net.hq / "nowhere", passphrase=None)

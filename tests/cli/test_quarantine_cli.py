@@ -6,14 +6,12 @@ files: the operator removes the author the only way there is today (deleting its
 from __future__ import annotations
 
 import json
-import sqlite3
 import subprocess
 from pathlib import Path
 from typing import Any
 
-from fieldsync.hq import DATABASE
 from tests.cli.cli_support import Run
-from tests.fieldsync.offline_support import Net, add_reports
+from tests.fieldsync.offline_support import Net, add_reports, hq_db_connect
 
 NOT_FOUND = 4
 ATTENTION = 8
@@ -27,7 +25,7 @@ def _json(done: subprocess.CompletedProcess[str]) -> Any:
 
 
 def _hq_sql(net: Net, statement: str, *args: object) -> list[tuple[Any, ...]]:
-    conn = sqlite3.connect(net.hq / DATABASE, isolation_level=None)
+    conn = hq_db_connect(net.hq)
     try:
         return conn.execute(statement, args).fetchall()
     finally:
@@ -53,13 +51,13 @@ def test_a_report_of_a_removed_author_is_held_then_delivered_after_reingest(
     (alert,) = ingested["alerts"]
     assert alert["kind"] == "quarantined" and "never enrolled" in alert["detail"]
 
-    (entry,) = _json(run("hq", "quarantine", "list", "--hq", net.hq, "--json", passphrase=None))
+    (entry,) = _json(run("hq", "quarantine", "list", "--hq", net.hq, "--json"))
     assert entry["id"] == 1 and "never enrolled" in entry["reason"]
-    shown = _json(run("hq", "quarantine", "show", "1", "--hq", net.hq, "--json", passphrase=None))
+    shown = _json(run("hq", "quarantine", "show", "1", "--hq", net.hq, "--json"))
     assert shown == entry
-    human = run("hq", "quarantine", "list", "--hq", net.hq, passphrase=None)
+    human = run("hq", "quarantine", "list", "--hq", net.hq)
     assert human.returncode == 0 and "never enrolled" in human.stdout
-    missing = run("hq", "quarantine", "show", "99", "--hq", net.hq, "--json", passphrase=None)
+    missing = run("hq", "quarantine", "show", "99", "--hq", net.hq, "--json")
     assert missing.returncode == NOT_FOUND
     assert "no envelope 99 in the quarantine" in json.loads(missing.stdout)["error"]
 
@@ -87,14 +85,12 @@ def test_a_report_of_a_removed_author_is_held_then_delivered_after_reingest(
     _hq_sql(net, f"INSERT INTO authors VALUES ({marks})", *author_row)  # noqa: S608
     done = _json(run("hq", "quarantine", "reingest", "1", "--hq", net.hq, "--json"))
     assert (done["accepted"], done["still_held"], done["receipts_new"]) == (1, 0, 1)
-    assert _json(run("hq", "quarantine", "list", "--hq", net.hq, "--json", passphrase=None)) == []
+    assert _json(run("hq", "quarantine", "list", "--hq", net.hq, "--json")) == []
     _json(run("hq", "receipts", "--hq", net.hq, "--out", net.usb / "r2.bundle", "--json"))
     imported = _json(run("--home", net.a, "bundle", "import", net.usb / "r2.bundle", "--json"))
     # Purged when held, so not counted here (the store cannot tell a receipted tag was
     # its author's); the author's outbox, opened with the passphrase, says delivered.
     assert (imported["delivered_own"], imported["held_own"]) == (0, 0)
     assert _statuses(run, net.a) == ["delivered"]
-    exported = run(
-        "hq", "export", "--hq", net.hq, "--format", "jsonl", "--device-ids", passphrase=None
-    )
+    exported = run("hq", "export", "--hq", net.hq, "--format", "jsonl", "--device-ids")
     assert [json.loads(line)["id"] for line in exported.stdout.splitlines()] == [report_id]

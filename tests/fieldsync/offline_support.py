@@ -26,9 +26,10 @@ from typing import Any
 
 import nacl.bindings as sodium
 
-from fieldsync.hq import HQ, IngestSummary, create_network
+from fieldsync import cipher_db
+from fieldsync.hq import DATABASE, HQ, IngestSummary, create_network
 from fieldsync.node import STORE, Node
-from fieldsync.store import Store
+from fieldsync.store import Store, connect_store
 from fieldsync_protocol import codec, crypto, envelope, report
 from fieldsync_protocol.bundle import CHUNK_SIZE, BundleWriter
 from fieldsync_protocol.membership import Manifest
@@ -71,7 +72,7 @@ def build_network(root: Path) -> Net:
         node = Node(home)
         try:
             request = node.init(author, PASSPHRASE if author else None, KDF)
-            headquarters = HQ(net.hq)
+            headquarters = HQ(net.hq, passphrase=PASSPHRASE)
             try:
                 enrolment, _ = headquarters.enroll(request.read_text(), PASSPHRASE)
             finally:
@@ -234,7 +235,7 @@ def import_(home: Path, path: Path) -> Any:
 
 @contextmanager
 def open_hq(net: Net) -> Iterator[HQ]:
-    headquarters = HQ(net.hq)
+    headquarters = HQ(net.hq, passphrase=PASSPHRASE)
     try:
         yield headquarters
     finally:
@@ -247,7 +248,7 @@ def enroll(net: Net, request: Path, role: str | None = None) -> str:
 
 
 def ingest(net: Net, *paths: Path) -> IngestSummary:
-    headquarters = HQ(net.hq)
+    headquarters = HQ(net.hq, passphrase=PASSPHRASE)
     try:
         return headquarters.ingest_files(list(paths), PASSPHRASE)
     finally:
@@ -255,7 +256,7 @@ def ingest(net: Net, *paths: Path) -> IngestSummary:
 
 
 def receipts(net: Net, path: Path) -> dict[str, int]:
-    headquarters = HQ(net.hq)
+    headquarters = HQ(net.hq, passphrase=PASSPHRASE)
     try:
         return headquarters.write_receipts_bundle(path, PASSPHRASE)
     finally:
@@ -344,7 +345,17 @@ def snapshot(home: Path) -> dict[str, Any]:
 
 def raw_connect(home: Path) -> sqlite3.Connection:
     """A plain read/write SQLite connection to a node's store (outside the Store class)."""
-    return sqlite3.connect(store_path(home), isolation_level=None)
+    return connect_store(store_path(home))
+
+
+def hq_db_connect(hq_dir: Path, passphrase: str = PASSPHRASE) -> sqlite3.Connection:
+    """``hq.db`` opened below the HQ API: under its key (the HQ passphrase opens it), or as
+    it is while it is still a plaintext database of an older HQ."""
+    path = hq_dir / DATABASE
+    if cipher_db.is_plaintext(path):
+        return sqlite3.connect(path, isolation_level=None)
+    headquarters = HQ(hq_dir, passphrase=passphrase)
+    return cipher_db.connect(path, headquarters.database_key())
 
 
 def files_under(*roots: Path) -> list[Path]:

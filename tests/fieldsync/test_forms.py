@@ -22,7 +22,7 @@ EXAMPLE = json.loads(
 
 
 def _root_seed(net: Net) -> bytes:
-    headquarters = HQ(net.hq)
+    headquarters = HQ(net.hq, passphrase=PASSPHRASE)
     try:
         return headquarters.unlock(PASSPHRASE).root_seed
     finally:

@@ -62,7 +62,7 @@ def test_network_directory_is_private(net: Net) -> None:
     assert (net.hq / MANIFEST).exists() and (net.hq / DATABASE).exists()
     manifest = hq_manifest(net)
     assert manifest.name == "test-net" and manifest.epoch == 1
-    keys = HQ(net.hq).unlock(PASSPHRASE)
+    keys = HQ(net.hq, passphrase=PASSPHRASE).unlock(PASSPHRASE)
     assert manifest.hq_keys[manifest.current_hq_key_id] == crypto.box_public_key(
         keys.hq_secrets[manifest.current_hq_key_id]
     )
@@ -88,7 +88,7 @@ def test_create_network_refusals(net: Net, tmp_path: Path) -> None:
 
 def test_wrong_hq_passphrase_and_missing_hq(net: Net, tmp_path: Path) -> None:
     with pytest.raises(WrongPassphrase, match="HQ secrets"):
-        HQ(net.hq).unlock("not the passphrase")
+        HQ(net.hq, passphrase=PASSPHRASE).unlock("not the passphrase")
     with pytest.raises(NotFound, match="network create"):
         HQ(tmp_path / "nowhere").unlock(PASSPHRASE)
     with pytest.raises(NotFound, match="not an HQ directory"):

@@ -7,7 +7,6 @@ provoked with real SQLite triggers that make one insert fail, as a full disk or 
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from tests.fieldsync.offline_support import (
     author_seed,
     body,
     export,
+    hq_db_connect,
     hq_manifest,
     import_,
     ingest,
@@ -44,7 +44,7 @@ def _rows(net: Net, sql: str) -> list[dict[str, Any]]:
 
 def _hq_sql(net: Net, *statements: str) -> None:
     """What an operator (or a failing disk) does to hq.db outside fieldsync."""
-    conn = sqlite3.connect(net.hq / DATABASE, isolation_level=None)
+    conn = hq_db_connect(net.hq)
     try:
         for statement in statements:
             conn.execute(statement)
@@ -202,7 +202,7 @@ def test_past_its_bound_the_quarantine_keeps_and_receipts_nothing_and_alerts(net
     manifest = hq_manifest(net)
     strangers = [seal(manifest, bytes([i]) * 32, 1, f"stranger {i}").item for i in range(3)]
     write_bundle(net, net.usb / "s.bundle", strangers)
-    headquarters = HQ(net.hq, quarantine_max_items=2)
+    headquarters = HQ(net.hq, passphrase=PASSPHRASE, quarantine_max_items=2)
     try:
         summary = headquarters.ingest_files([net.usb / "s.bundle"], PASSPHRASE)
         assert (sum(summary.quarantined.values()), summary.quarantine_full) == (2, 1)
@@ -220,7 +220,7 @@ def test_past_its_bound_the_quarantine_keeps_and_receipts_nothing_and_alerts(net
         assert count == 2
     finally:
         headquarters.close()
-    roomy = HQ(net.hq, quarantine_max_bytes=10**9)
+    roomy = HQ(net.hq, passphrase=PASSPHRASE, quarantine_max_bytes=10**9)
     try:
         last = roomy.ingest_files([net.usb / "s.bundle"], PASSPHRASE)
         assert (last.duplicate, sum(last.quarantined.values()), last.quarantine_full) == (2, 1, 0)

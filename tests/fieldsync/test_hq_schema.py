@@ -13,13 +13,16 @@ from typing import Any
 import pytest
 
 from fieldsync import hq_schema
+from fieldsync.cipher_db import DB_ERRORS
 from fieldsync.hq import DATABASE, HQ, NewerDatabase
 from fieldsync.hq_schema import SCHEMA_VERSION, open_database
 from fieldsync_protocol import crypto
 from fieldsync_protocol.keytext import KeyKind, key_to_text
 from tests.fieldsync.offline_support import (
+    PASSPHRASE,
     Net,
     author_seed,
+    hq_db_connect,
     hq_manifest,
     ingest,
     open_hq,
@@ -240,7 +243,7 @@ def _write_old_database(path: Path, rows: dict[str, list[dict[str, Any]]]) -> No
     """A 0.1.0 database, 0644 as 0.1.0 left it, keeping the enrolled authors and nodes."""
     keep: dict[str, list[tuple[Any, ...]]] = {}
     if path.exists():
-        with sqlite3.connect(path) as new:
+        with hq_db_connect(path.parent) as new:
             keep = {t: new.execute(f"SELECT * FROM {t}").fetchall() for t in ("authors", "nodes")}  # noqa: S608
         path.unlink()
     conn = sqlite3.connect(path)
@@ -264,7 +267,7 @@ def _write_old_database(path: Path, rows: dict[str, list[dict[str, Any]]]) -> No
 
 def _dump(path: Path, tables: list[str]) -> dict[str, list[tuple[Any, ...]]]:
     """Every row of ``tables``, by the columns 0.1.0 had, in rowid order."""
-    conn = sqlite3.connect(path)
+    conn = hq_db_connect(path.parent)
     try:
         out = {}
         for table in tables:
@@ -301,7 +304,7 @@ def test_a_database_of_the_previous_release_upgrades_keeping_every_row(net: Net)
     rows = _old_rows(_author(net))
     _write_old_database(path, rows)
     before = _dump(path, list(_OLD_WIDTH))
-    with sqlite3.connect(path) as conn:
+    with hq_db_connect(path.parent) as conn:
         old_alerts = conn.execute("SELECT rowid, * FROM alerts ORDER BY rowid").fetchall()
 
     with open_hq(net) as headquarters:
@@ -348,7 +351,7 @@ def test_a_database_of_the_previous_release_upgrades_keeping_every_row(net: Net)
 
 
 def test_opening_again_runs_no_migration_and_a_fresh_database_is_current(tmp_path: Path) -> None:
-    db = open_database(tmp_path / "hq")
+    db = open_database(tmp_path / "hq", bytes(32))
     try:
         assert hq_schema.schema_version(db.conn) == SCHEMA_VERSION
         assert hq_schema.migrate(db.conn) == 0
@@ -360,10 +363,10 @@ def test_opening_again_runs_no_migration_and_a_fresh_database_is_current(tmp_pat
 
 def test_a_database_of_a_newer_release_is_refused_unchanged(net: Net) -> None:
     path = net.hq / DATABASE
-    with sqlite3.connect(path) as conn:
+    with hq_db_connect(path.parent) as conn:
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     before = path.read_bytes()
-    headquarters = HQ(net.hq)
+    headquarters = HQ(net.hq, passphrase=PASSPHRASE)
     with pytest.raises(NewerDatabase, match="newer than this fieldsync knows") as refused:
         headquarters.database()
     assert f"schema version {SCHEMA_VERSION + 1}" in str(refused.value)
@@ -377,16 +380,16 @@ def test_a_migration_that_fails_leaves_the_previous_version_whole(net: Net) -> N
     SQLite's error and the database stays at version 1, every row kept."""
     path = net.hq / DATABASE
     _write_old_database(path, _old_rows(_author(net)))
-    with sqlite3.connect(path) as conn:
+    with hq_db_connect(path.parent) as conn:
         conn.execute("CREATE TABLE forked_reports (mine TEXT)")
     before = _dump(path, list(_OLD_WIDTH))
-    headquarters = HQ(net.hq)
+    headquarters = HQ(net.hq, passphrase=PASSPHRASE)
     try:
-        with pytest.raises(sqlite3.OperationalError, match="forked_reports already exists"):
+        with pytest.raises(DB_ERRORS, match="forked_reports already exists"):
             headquarters.database()
     finally:
         headquarters.close()
-    with sqlite3.connect(path) as conn:
+    with hq_db_connect(path.parent) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
         columns = [row[1] for row in conn.execute("PRAGMA table_info(alerts)")]
         assert (
@@ -394,7 +397,7 @@ def test_a_migration_that_fails_leaves_the_previous_version_whole(net: Net) -> N
             and conn.execute("SELECT count(*) FROM alerts").fetchone()[0] == 5
         )
     assert _dump(path, list(_OLD_WIDTH)) == before
-    with sqlite3.connect(path) as conn:
+    with hq_db_connect(path.parent) as conn:
         conn.execute("DROP TABLE forked_reports")
     with open_hq(net) as upgraded:
         assert hq_schema.schema_version(upgraded.database().conn) == SCHEMA_VERSION

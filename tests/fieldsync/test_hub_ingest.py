@@ -96,7 +96,7 @@ async def test_hq_pulls_a_flood_past_any_daily_quota_and_ingests_everything(
     net: Net, hub: Hub
 ) -> None:
     assert HQ_PULL_LIMITS.quota_bytes_per_day >= 2**62  # not a field peer's 1 GiB
-    headquarters = HQ(net.hq)
+    headquarters = HQ(net.hq, passphrase=PASSPHRASE)
     try:
         summary, pulled = await ingest_from_hub(headquarters, hub.url, PASSPHRASE)
     finally:
@@ -112,7 +112,7 @@ async def test_hq_pulls_a_flood_past_any_daily_quota_and_ingests_everything(
 
 def _committed_earlier(net: Net) -> None:
     """What an earlier, interrupted pull left in HQDIR/node: A's reports, not yet ingested."""
-    headquarters = HQ(net.hq)
+    headquarters = HQ(net.hq, passphrase=PASSPHRASE)
     try:
         home = headquarters.hub_node(headquarters.unlock(PASSPHRASE))
     finally:
@@ -128,7 +128,7 @@ def _committed_earlier(net: Net) -> None:
 
 async def test_an_incomplete_pull_still_ingests_what_was_committed(net: Net) -> None:
     await asyncio.to_thread(_committed_earlier, net)
-    headquarters = HQ(net.hq)
+    headquarters = HQ(net.hq, passphrase=PASSPHRASE)
     try:
         # Nothing listens on port 9 of loopback: the session cannot even start.
         summary, pulled = await ingest_from_hub(headquarters, "ws://127.0.0.1:9/sync", PASSPHRASE)

@@ -28,7 +28,7 @@ def _bundle(path: Path, network_key: bytes, network_id: bytes, items: list[bytes
 def joined(tmp_path: Path) -> tuple[hq_module.HQ, Node, hq_module.HqSecrets]:
     manifest = hq_module.create_network(tmp_path / "hq", "rotation", PASSPHRASE, "interactive")
     assert manifest.epoch == 1
-    headquarters = hq_module.HQ(tmp_path / "hq")
+    headquarters = hq_module.HQ(tmp_path / "hq", passphrase=PASSPHRASE)
     node = Node(tmp_path / "a")
     request = node.init("ana", PASSPHRASE, "interactive")
     node.join(headquarters.enroll(request.read_text(), PASSPHRASE)[0])

@@ -105,7 +105,7 @@ def add_reports(home: Path, count: int) -> list[str]:
 
 
 def revoke(net: Net, target: str, reason: str = "device seized") -> hq_revocation.Revocation:
-    headquarters = HQ(net.hq)
+    headquarters = HQ(net.hq, passphrase=PASSPHRASE)
     try:
         keys = headquarters.unlock(PASSPHRASE)
         return hq_revocation.revoke(
@@ -116,7 +116,7 @@ def revoke(net: Net, target: str, reason: str = "device seized") -> hq_revocatio
 
 
 def receipts_bundle(net: Net, path: Path) -> dict[str, int]:
-    headquarters = HQ(net.hq)
+    headquarters = HQ(net.hq, passphrase=PASSPHRASE)
     try:
         return headquarters.write_receipts_bundle(path, PASSPHRASE)
     finally:
@@ -218,7 +218,7 @@ async def test_revoked_node_gets_nothing_and_cannot_push(net: Net, tmp_path: Pat
 
 
 async def test_a_running_session_with_the_revoked_peer_is_cut(net: Net, tmp_path: Path) -> None:
-    headquarters = HQ(net.hq)
+    headquarters = HQ(net.hq, passphrase=PASSPHRASE)
     try:
         keys = await asyncio.to_thread(headquarters.unlock, PASSPHRASE)
         manifest = await asyncio.to_thread(headquarters.manifest)
@@ -266,7 +266,7 @@ async def test_a_running_session_with_the_revoked_peer_is_cut(net: Net, tmp_path
 async def test_hq_flags_reports_written_after_the_cutoff(net: Net, tmp_path: Path) -> None:
     first = tmp_path / "first.bundle"
     await asyncio.to_thread(export_bundle, net.home("carol"), first)
-    headquarters = HQ(net.hq)
+    headquarters = HQ(net.hq, passphrase=PASSPHRASE)
     try:
         summary = await asyncio.to_thread(headquarters.ingest_files, [first], PASSPHRASE)
         assert summary.new == 2 and not summary.alerts  # carol's reports 1 and 2
@@ -277,7 +277,7 @@ async def test_hq_flags_reports_written_after_the_cutoff(net: Net, tmp_path: Pat
     await asyncio.to_thread(add_reports, net.home("carol"), 1)  # sequence 3: after the cut-off
     later = tmp_path / "later.bundle"
     await asyncio.to_thread(export_bundle, net.home("carol"), later)
-    headquarters = HQ(net.hq)
+    headquarters = HQ(net.hq, passphrase=PASSPHRASE)
     try:
         summary = await asyncio.to_thread(headquarters.ingest_files, [later], PASSPHRASE)
         alerts = await asyncio.to_thread(
@@ -322,7 +322,7 @@ async def test_replayed_older_list_is_not_followed(net: Net, tmp_path: Path) -> 
 async def test_forged_list_in_a_bundle_is_refused_whole(
     net: Net, tmp_path: Path, forgery: str
 ) -> None:
-    headquarters = HQ(net.hq)
+    headquarters = HQ(net.hq, passphrase=PASSPHRASE)
     try:
         keys = await asyncio.to_thread(headquarters.unlock, PASSPHRASE)
         manifest = await asyncio.to_thread(headquarters.manifest)
@@ -373,7 +373,7 @@ def test_cli_revoke_and_list(net: Net, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "revoked node node:" in done.stderr and "signed revocation list 1" in done.stderr
     listed = subprocess.run(
-        [*run, "revoked", *common],
+        [*run, "revoked", *common, "--passphrase-file", str(passphrase)],
         capture_output=True,
         text=True,
         env=clean_env(),
@@ -399,7 +399,7 @@ def test_cli_revoke_and_list(net: Net, tmp_path: Path) -> None:
 
 
 def hq_keys(net: Net) -> tuple[Any, Manifest]:
-    headquarters = HQ(net.hq)
+    headquarters = HQ(net.hq, passphrase=PASSPHRASE)
     try:
         return headquarters.unlock(PASSPHRASE), headquarters.manifest()
     finally:
@@ -407,7 +407,7 @@ def hq_keys(net: Net) -> tuple[Any, Manifest]:
 
 
 def renew(net: Net, days: int = hq_revocation.CERTIFICATE_DAYS) -> hq_revocation.Renewal:
-    headquarters = HQ(net.hq)
+    headquarters = HQ(net.hq, passphrase=PASSPHRASE)
     try:
         keys = headquarters.unlock(PASSPHRASE)
         return hq_revocation.renew(
@@ -418,7 +418,7 @@ def renew(net: Net, days: int = hq_revocation.CERTIFICATE_DAYS) -> hq_revocation
 
 
 def rotate(net: Net, grace_days: int) -> hq_revocation.Renewal:
-    headquarters = HQ(net.hq)
+    headquarters = HQ(net.hq, passphrase=PASSPHRASE)
     try:
         keys = headquarters.unlock(PASSPHRASE)
         return hq_revocation.rotate_network_key(
@@ -623,7 +623,7 @@ def enrol_hub(net: Net) -> Path:
     node = Node(home)
     try:
         request = node.init(None, None, synthetic.KDF_PROFILE)
-        headquarters = HQ(net.hq)
+        headquarters = HQ(net.hq, passphrase=PASSPHRASE)
         try:
             enrolment, _ = headquarters.enroll(request.read_text(), PASSPHRASE, "hub")
         finally:
@@ -655,7 +655,7 @@ async def test_the_list_and_deliveries_travel_through_the_hub(net: Net) -> None:
         host, port = await server.listen_websocket("127.0.0.1", 0)
         url = f"ws://{host}:{port}/sync"
         try:
-            headquarters = HQ(net.hq)
+            headquarters = HQ(net.hq, passphrase=PASSPHRASE)
             try:
                 _, pulled = await ingest_from_hub(headquarters, url, PASSPHRASE)
             finally:

@@ -17,7 +17,7 @@ from fieldsync.errors import FieldsyncError, InputRefused
 from fieldsync.hq import HQ
 from fieldsync.node import Node
 from fieldsync.outbox import open_all, outbox_keys
-from fieldsync.store import _MIGRATIONS, ImportCounts, Store
+from fieldsync.store import _MIGRATIONS, ImportCounts, Store, connect_store
 from fieldsync_protocol import codec
 from fieldsync_protocol.crypto import content_id, delivery_tag
 from fieldsync_protocol.envelope import TTL_CLASSES
@@ -89,7 +89,7 @@ def test_a_database_at_version_zero_is_migrated(tmp_path: Path) -> None:
 def test_a_store_from_a_newer_fieldsync_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "store.db"
     Store(path).close()
-    conn = sqlite3.connect(path)
+    conn = connect_store(path)
     conn.execute(f"PRAGMA user_version = {len(_MIGRATIONS) + 1}")
     conn.close()
     with pytest.raises(FieldsyncError, match="newer fieldsync"):
@@ -198,7 +198,7 @@ def test_outbox_and_chain_state_follow_each_report(net: Net) -> None:
     export(net.a, net.usb / "a.bundle")
     summary = ingest(net, net.usb / "a.bundle")
     assert summary.new == 3 and summary.gaps == {}
-    db = HQ(net.hq).database()
+    db = HQ(net.hq, passphrase=PASSPHRASE).database()
     chain = db.execute(
         "SELECT sequence, header_hash, previous FROM chain ORDER BY sequence"
     ).fetchall()
@@ -254,7 +254,7 @@ def test_the_receipt_status_decides_what_the_author_sees(net: Net) -> None:
     finally:
         node.close()
     manifest = hq_manifest(net)
-    seed = HQ(net.hq).unlock(PASSPHRASE).receipt_seed
+    seed = HQ(net.hq, passphrase=PASSPHRASE).unlock(PASSPHRASE).receipt_seed
 
     def apply(serial: int, status: ReceiptStatus, *chosen: bytes) -> Any:
         item = sign_receipt(Receipt(manifest.network_id, serial, 1, chosen, status), seed)
@@ -322,7 +322,7 @@ def test_forged_receipt_refuses_the_whole_bundle_and_deletes_nothing(net: Net) -
     tags = tuple(row[0] for row in tags)
     manifest = hq_manifest(net)
     forged = sign_receipt(Receipt(manifest.network_id, 1, 1, tags), secrets.token_bytes(32))
-    keys = HQ(net.hq).unlock(PASSPHRASE)
+    keys = HQ(net.hq, passphrase=PASSPHRASE).unlock(PASSPHRASE)
     foreign = sign_receipt(Receipt(bytes(16), 1, 1, tags), keys.receipt_seed)
     genuine = sign_receipt(Receipt(manifest.network_id, 1, 1, tags), keys.receipt_seed)
     before = snapshot(net.b)
@@ -347,7 +347,7 @@ def test_forged_receipt_refuses_the_whole_bundle_and_deletes_nothing(net: Net) -
 
 
 def test_a_receipt_with_a_flipped_byte_is_refused(net: Net) -> None:
-    keys = HQ(net.hq).unlock(PASSPHRASE)
+    keys = HQ(net.hq, passphrase=PASSPHRASE).unlock(PASSPHRASE)
     manifest = hq_manifest(net)
     genuine = sign_receipt(Receipt(manifest.network_id, 1, 1, (b"t" * 32,)), keys.receipt_seed)
     before = snapshot(net.b)
@@ -380,8 +380,8 @@ def test_a_receipt_with_a_flipped_byte_is_refused(net: Net) -> None:
 
 def test_receipts_only_delete_envelopes(net: Net) -> None:
     """A receipt naming the tag of a manifest or receipt item never deletes it."""
-    manifest_item = HQ(net.hq).manifest_item()
-    keys = HQ(net.hq).unlock(PASSPHRASE)
+    manifest_item = HQ(net.hq, passphrase=PASSPHRASE).manifest_item()
+    keys = HQ(net.hq, passphrase=PASSPHRASE).unlock(PASSPHRASE)
     manifest = hq_manifest(net)
     receipt_item = sign_receipt(
         Receipt(manifest.network_id, 7, 1, (delivery_tag(manifest_item),)), keys.receipt_seed

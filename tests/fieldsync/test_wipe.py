@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import sqlite3
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 
 from fieldsync import keystore
+from fieldsync.cipher_db import WrongDatabaseKey, connect
 from fieldsync.errors import FieldsyncError, InputRefused, NotInitialised, WrongPassphrase
 from fieldsync.homelock import LOCK_FILE
 from fieldsync.node import AUTHOR_SECRET, MEMBERSHIP, NODE_SECRET, REQUEST, STORE, Node
+from fieldsync.store import connect_store
 from fieldsync.wipe import key_files, scrub_statements, wipe_node
 from fieldsync_protocol import codec
 from tests.fieldsync.offline_support import PASSPHRASE, Net, add_reports, fields
@@ -21,20 +23,27 @@ DURESS = "lantern orchard quietly sideways"
 
 
 def _count(home: Path, sql: str) -> int:
-    conn = sqlite3.connect(home / STORE)
+    conn = connect_store(home / STORE)
     try:
         return int(conn.execute(sql).fetchone()[0])
     finally:
         conn.close()
 
 
-def test_wipe_destroys_every_key_and_keeps_only_sealed_items(net: Net) -> None:
+def test_wipe_destroys_every_key_and_leaves_the_store_as_noise(net: Net) -> None:
     add_reports(net.a, ["wipe me"])
     (net.a / ".author.secret.tmp").write_bytes(b"left by an interrupted write")
-    items_before = _count(net.a, "SELECT count(*) FROM items")
+    conn = connect_store(net.a / STORE)
+    ids = [bytes(row[0]) for row in conn.execute("SELECT id FROM items")]
+    conn.close()
     keys = {p.name: p.read_bytes() for p in key_files(net.a)}
-    assert {AUTHOR_SECRET, NODE_SECRET, MEMBERSHIP} <= set(keys)
-    assert REQUEST not in keys  # removed by join: it names the author and their key
+    assert {AUTHOR_SECRET, NODE_SECRET, MEMBERSHIP, "store.key"}
+    assert REQUEST not in keys  # removed by join: it names the author and their key <= set(keys)
+    assert ids
+    # What a copy of the disk would keep of the store (its blocks once freed): the files.
+    kept_dir = net.root / "disk-copy"
+    kept_dir.mkdir()
+    shutil.copy(net.a / STORE, kept_dir / STORE)
 
     result = wipe_node(net.a)
 
@@ -43,17 +52,29 @@ def test_wipe_destroys_every_key_and_keeps_only_sealed_items(net: Net) -> None:
     assert key_files(net.a) == []
     for name in keys:
         assert not (net.a / name).exists()
-    # The sealed items stay (HQ can still get them if the device is enrolled again) ...
-    assert _count(net.a, "SELECT count(*) FROM items") == items_before
-    # ... but nothing says which were this node's own, which reports it wrote, whom it met.
-    assert _count(net.a, "SELECT count(*) FROM items WHERE own = 1") == 0
-    for table in ("sealed_outbox", "peers", "origins"):
-        assert _count(net.a, f"SELECT count(*) FROM {table}") == 0, table  # noqa: S608
+    # The store files are gone; what a disk keeps of them is ciphertext whose key is gone.
+    assert not [p for p in net.a.iterdir() if p.name.startswith(STORE)]
+    data = (kept_dir / STORE).read_bytes()
+    assert b"SQLite format 3" not in data and not [i for i in ids if i in data]
+    with pytest.raises(WrongDatabaseKey, match=r"store\.key is missing \(destroyed by a wipe"):
+        connect_store(kept_dir / STORE)
+    # Positive control: the destroyed key (kept aside here) opens that copy.
+    kept = connect(kept_dir / STORE, keys["store.key"])
+    try:
+        assert {bytes(r[0]) for r in kept.execute("SELECT id FROM items")} == set(ids)
+    finally:
+        kept.close()
     node = Node(net.a)
     with pytest.raises(NotInitialised):
-        node.store()
-    with pytest.raises(NotInitialised):
         node.membership()
+    node.close()
+    # The home can be set up again (a new node, an empty store).
+    again = Node(net.a)
+    try:
+        again.init(None, None, "interactive")
+        assert again.store().item_count() == 0
+    finally:
+        again.close()
 
 
 def test_wipe_kills_the_daemon_holding_the_home(net: Net) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import sqlite3
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,9 +14,11 @@ from fieldsync import synthetic
 from fieldsync.node import Node
 from fieldsync.peer import SyncOutcome
 from fieldsync.runtime import Runtime, Server
+from fieldsync.store import connect_store
 from fieldsync_protocol import codec
 from fieldsync_protocol.envelope import SIZE_CLASSES
 from fieldsync_protocol.membership import Manifest
+from tests.fieldsync.offline_support import hq_db_connect
 from tests.integration.sync_support import COMMAND_TIMEOUT, clean_env, fieldsync_command
 
 PASSPHRASE = synthetic.PASSPHRASE
@@ -106,13 +107,13 @@ def hq_ingest(hq: Path, bundle: Path) -> dict[str, object]:
 
 def reports_at_hq(hq: Path) -> dict[str, int]:
     """Accepted reports in ``hq.db`` by author name."""
-    with contextlib.closing(sqlite3.connect(hq / "hq.db")) as db:
+    with contextlib.closing(hq_db_connect(hq, PASSPHRASE)) as db:
         rows = db.execute("SELECT author_name, count(*) FROM reports GROUP BY author_name")
         return {str(name): int(count) for name, count in rows}
 
 
 def report_ids_at_hq(hq: Path) -> set[str]:
-    with contextlib.closing(sqlite3.connect(hq / "hq.db")) as db:
+    with contextlib.closing(hq_db_connect(hq, PASSPHRASE)) as db:
         return {str(row[0]) for row in db.execute("SELECT id FROM reports")}
 
 
@@ -120,6 +121,6 @@ def envelope_ids_in(home: Path, *, own: bool = False) -> set[bytes]:
     """Envelopes a node's store holds (only its author's, with ``own``), read beside a
     daemon that may be running."""
     where = "kind = 'e'" + (" AND own = 1" if own else "")
-    with contextlib.closing(sqlite3.connect(home / "store.db")) as db:
+    with contextlib.closing(connect_store(home / "store.db")) as db:
         rows = db.execute(f"SELECT id FROM items WHERE {where}").fetchall()  # noqa: S608
     return {bytes(row[0]) for row in rows}

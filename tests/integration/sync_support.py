@@ -23,7 +23,6 @@ import os
 import select
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -34,6 +33,7 @@ from typing import Any
 
 from fieldsync import synthetic
 from fieldsync.node import STORE
+from fieldsync.store import connect_store
 from fieldsync_protocol.crypto import content_id
 
 #: Reports sealed into each of the two stores of the shared pair.
@@ -121,7 +121,7 @@ def store_file(home: Path) -> Path:
 
 
 def item_ids(home: Path) -> set[bytes]:
-    conn = sqlite3.connect(store_file(home))
+    conn = connect_store(store_file(home))
     try:
         return {row[0] for row in conn.execute("SELECT id FROM items")}
     finally:
@@ -129,7 +129,7 @@ def item_ids(home: Path) -> set[bytes]:
 
 
 def item_count(home: Path) -> int:
-    conn = sqlite3.connect(store_file(home))
+    conn = connect_store(store_file(home))
     try:
         return int(conn.execute("SELECT count(*) FROM items").fetchone()[0])
     finally:
@@ -138,7 +138,7 @@ def item_count(home: Path) -> int:
 
 def check_store(home: Path) -> set[bytes]:
     """Assert integrity, no duplicate and every item hashing to its id; return the ids."""
-    conn = sqlite3.connect(store_file(home))
+    conn = connect_store(store_file(home))
     try:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         total, distinct = conn.execute("SELECT count(*), count(DISTINCT id) FROM items").fetchone()

@@ -32,6 +32,7 @@ from fieldsync.hq import HQ
 from fieldsync.node import Node
 from tests.integration.field_support import (
     HUB_PORT,
+    PASSPHRASE,
     PORT,
     Daemon,
     Deployment,
@@ -299,7 +300,7 @@ def test_the_bridge_capture_shows_no_identity_key_or_content(field_run: FieldRun
         forbidden[member.network_key] = f"{name}'s network key"
         forbidden[member.manifest.network_id] = f"{name}'s network id"
     for deployment in (run.deployment, run.outsider):
-        hq = HQ(deployment.hq)
+        hq = HQ(deployment.hq, passphrase=PASSPHRASE)
         try:
             for key, author in hq.enrolled_authors().items():
                 forbidden[key] = f"author key of {author}"

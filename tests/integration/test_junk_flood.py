@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sqlite3
 import time
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from fieldsync.config import load_config
 from fieldsync.janitor import Janitor
 from fieldsync.node import STORE
 from fieldsync.runtime import Runtime
-from fieldsync.store import Store
+from fieldsync.store import Store, connect_store
 from fieldsync_protocol.membership import Manifest
 from tests.integration.evict_support import (
     envelope_ids_in,
@@ -131,9 +130,9 @@ async def test_junk_flood_ten_times_the_budget_loses_no_honest_report(tmp_path: 
 
 def used_bytes(home: Path) -> int:
     """Pages in use × page size of a node's store, read beside its running daemon."""
-    with contextlib.closing(sqlite3.connect(home / STORE)) as db:
+    with contextlib.closing(connect_store(home / STORE)) as db:
         pages, free, size = (
-            db.execute(f"PRAGMA {name}").fetchone()[0]
+            int(db.execute(f"PRAGMA {name}").fetchone()[0])  # SQLCipher: page_size as text
             for name in ("page_count", "freelist_count", "page_size")
         )
     return int((pages - free) * size)

@@ -18,7 +18,6 @@ import random
 import select
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -29,6 +28,8 @@ from pathlib import Path
 
 import pytest
 
+from fieldsync.cipher_db import DB_ERRORS
+from fieldsync.store import connect_store
 from fieldsync_protocol.crypto import content_id
 from tests.fieldsync.offline_support import (
     Net,
@@ -100,10 +101,10 @@ def _freeze_and_count(proc: subprocess.Popen[bytes], home: Path) -> int | None:
             assert time.monotonic() < deadline
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=0.001)
-    reader = sqlite3.connect(home / "store.db", timeout=1)
+    reader = connect_store(home / "store.db", timeout=1)
     try:
         return int(reader.execute("SELECT count(*) FROM items WHERE kind = 'e'").fetchone()[0])
-    except sqlite3.OperationalError:
+    except DB_ERRORS:
         return None
     finally:
         reader.close()

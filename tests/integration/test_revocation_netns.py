@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import signal
-import sqlite3
 import struct
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -29,6 +28,7 @@ from zeroconf._protocol.incoming import DNSIncoming
 
 from fieldsync.discovery import INSTANCE_LABEL_LENGTH, Pseudonyms
 from fieldsync.node import STORE, Node
+from fieldsync.store import connect_store
 from tests.integration.field_support import (
     PORT,
     Daemon,
@@ -65,7 +65,7 @@ def network_key(home: Path) -> bytes:
 
 def let_a_day_pass(home: Path) -> None:
     """Add a day to the store's running clock, as a day of running would (SPEC.md §14.1)."""
-    conn = sqlite3.connect(home / STORE, timeout=30, isolation_level=None)
+    conn = connect_store(home / STORE, timeout=30)
     try:
         conn.execute("UPDATE store_meta SET value = value + ? WHERE key = 'clock'", (DAY,))
     finally:

@@ -23,7 +23,7 @@ from fieldsync import media, outbox
 from fieldsync.errors import WrongPassphrase
 from fieldsync.node import REQUEST, STORE, Node
 from fieldsync.outbox import outbox_keys
-from fieldsync.store import _MIGRATIONS, Store
+from fieldsync.store import _MIGRATIONS, Store, connect_store
 from fieldsync_protocol import crypto
 from tests.fieldsync.offline_support import (
     AUTHOR_NAME,
@@ -35,6 +35,7 @@ from tests.fieldsync.offline_support import (
     export,
     fields,
     files_under,
+    hq_db_connect,
     import_,
     ingest,
     receipts,
@@ -110,12 +111,19 @@ def test_a_seized_node_shows_no_report_and_no_author_each_author_sees_their_own(
     every_file = files_under(net.a)
     assert not (net.a / REQUEST).exists()
     assert find(forbidden, every_file) == []
-    # Positive control: HQ's database names both authors and every report id.
-    hq_hits = find(forbidden, files_under(net.hq))
+    # Positive control: HQ's database (encrypted at rest; read with the HQ passphrase) names
+    # both authors and every report id.
+    hq_conn = hq_db_connect(net.hq)
+    try:
+        hq_dump = net.root / "hq-dump.sql"
+        hq_dump.write_text("\n".join(hq_conn.iterdump()), encoding="utf-8")
+    finally:
+        hq_conn.close()
+    hq_hits = find(forbidden, [hq_dump])
     for needle in (AUTHOR_NAME, SECOND_NAME, *first_ids, *second_ids):
         assert any(needle in hit for hit in hq_hits), needle
 
-    conn = sqlite3.connect(net.a / STORE)
+    conn = connect_store(net.a / STORE)
     try:
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
         rows = [row[0] for row in conn.execute("SELECT entry FROM sealed_outbox")]
