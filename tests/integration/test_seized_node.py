@@ -141,7 +141,7 @@ def _sync_once(seized_root: Path, home: Path, relay: Path, log: Path, until: str
             "B holds A's reports": lambda: status(relay)["items"]["envelope"] == REPORTS,
             "A purged its delivered reports": lambda: (
                 status(home)["items"]["envelope"] == 0
-                and status(home)["outbox"]["delivered"] == REPORTS
+                and status(home)["outbox"]["sealed"] == 0  # nothing of its own waits for HQ
             ),
         }
         wait_for(conditions[until], SYNC_TIMEOUT, until, explain=lambda: log.read_text())
@@ -269,10 +269,9 @@ def test_no_report_text_anywhere_on_the_disk(seized: Seized) -> None:
     assert seized.scan_disk(content) == []
 
 
-# --- what needs the other branches of issue #11 ---------------------------------------------
+# --- the sealed outbox and the encrypted store (issue #11 items 3 and 4) --------------------
 
 
-@pytest.mark.xfail(strict=True, reason="needs branch authors (sealed outbox, no request.txt)")
 def test_no_report_id_or_author_name_on_the_seized_disk(seized: Seized) -> None:
     # Positive control: the ids are the ones HQ received (its export with --device-ids).
     exported = cli(
@@ -283,12 +282,10 @@ def test_no_report_id_or_author_name_on_the_seized_disk(seized: Seized) -> None:
     assert seized.scan_disk(seized.authorship) == []
 
 
-@pytest.mark.xfail(strict=True, reason="needs branch cryptoerase (store encrypted at rest)")
 def test_no_purged_item_in_the_free_blocks(seized: Seized) -> None:
     assert seized.scan_disk(seized.purged) == []
 
 
-@pytest.mark.xfail(strict=True, reason="needs branches authors and cryptoerase")
 def test_after_wipe_only_ciphertext_and_nothing_left_decrypts(seized: Seized) -> None:
     seized.remount()
     env = {**clean_env(), "FIELDSYNC_PASSPHRASE": PASSPHRASE}
