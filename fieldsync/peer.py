@@ -77,6 +77,12 @@ STEP_SECONDS = 0.004
 STEP_MAX_BYTES = 128 * 1024
 STEP_MIN_ITEMS = 8
 STEP_FIRST_ITEMS = 32
+#: Slices are committed without an fsync (``Store.add_batch(durable=False)``); a durable
+#: commit, whose fsync covers every slice before it, comes once this many received batches
+#: are stored but not yet acknowledged, or when nothing received is left to store. The
+#: ACK for them goes out at once, while the rest of the flight is still being stored: the
+#: sender refills its window (16 batches) without waiting for the whole flight.
+ACK_EVERY_BATCHES = 4
 
 
 @dataclass(frozen=True)
@@ -554,6 +560,7 @@ class _Connection:
         self._held_event: object | None = None  # read from the session, not yet acted on
         self._completed = False
         self._step_items = STEP_FIRST_ITEMS
+        self._ack_owed = False  # a durable slice acknowledged batches; the ACK is not sent
 
     async def run(self) -> None:
         if self.peer is None:
@@ -727,7 +734,8 @@ class _Connection:
         def act(store: Store) -> bool | None:
             while True:
                 if self._unstored:
-                    self._store_step(store, node_key)
+                    if self._store_step(store, node_key):
+                        self._ack_owed = True
                     return None  # one transaction per call: let others in
                 event = self._held_event or session.next_event()
                 self._held_event = None
@@ -751,12 +759,17 @@ class _Connection:
                     outcome.stats.mode = event.mode.value
 
         while (done := await self.ctx.worker.call(act)) is None:
-            pass
+            if self._ack_owed and self._unstored:
+                # Acknowledge now, while the rest of the flight is stored (pipelining).
+                self._ack_owed = False
+                await self._send_pending(session)
+        self._ack_owed = False
         return done
 
-    def _store_step(self, store: Store, node_key: bytes) -> None:
+    def _store_step(self, store: Store, node_key: bytes) -> bool:
         """Verify and commit one bounded slice of the unstored batches (store thread);
-        acknowledge each batch whose last item is now committed, in order."""
+        after a durable commit, acknowledge each batch whose last item is now committed, in
+        order (True when some batch was)."""
         session = self.session
         if session is None:
             raise PeerViolation("no session")
@@ -764,6 +777,8 @@ class _Connection:
         slice_items: list[tuple[_Unstored, list[bytes]]] = []
         count = size = 0
         for unstored in self._unstored:
+            if unstored.complete():
+                continue  # stored, waiting for a durable commit to be acknowledged
             room = self._step_items - count
             if room <= 0 or size >= STEP_MAX_BYTES:
                 break
@@ -777,6 +792,14 @@ class _Connection:
                 break
             slice_items.append((unstored, taken))
             count += len(taken)
+        # Durable when this slice leaves nothing to store, or completes the ACK_EVERY_BATCHES-th
+        # stored batch not yet acknowledged (slices never skip a batch: these are in order).
+        left = sum(len(u.event.items) - u.stored for u in self._unstored) - count
+        completing = sum(
+            1 for u, taken in slice_items if u.stored + len(taken) >= len(u.event.items)
+        )
+        finished = sum(1 for u in self._unstored if u.complete()) + completing
+        durable = left == 0 or finished >= ACK_EVERY_BATCHES
         store_slice = functools.partial(
             _store_batch,
             store,
@@ -789,24 +812,28 @@ class _Connection:
             on_deliveries=self.ctx.on_deliveries,
         )
         try:
-            self.outcome.items_new += store_slice(slice_items)
+            self.outcome.items_new += store_slice(slice_items, durable=durable)
             done = slice_items
         except QuotaViolation:
             if len(slice_items) == 1:
                 raise
             # The slice does not fit: keep what does, batch by batch, and end the
-            # connection at the first batch over the quota.
+            # connection at the first batch over the quota (nothing more is acknowledged).
             for part in slice_items:
-                self.outcome.items_new += store_slice([part])
+                self.outcome.items_new += store_slice([part], durable=durable)
                 part[0].stored += len(part[1])
             raise
         for unstored, taken in done:
             unstored.stored += len(taken)
-        while self._unstored and self._unstored[0].complete():
-            session.commit_done(self._unstored.popleft().event.batch_no)
+        acknowledged = False
+        if durable:
+            while self._unstored and self._unstored[0].complete():
+                session.commit_done(self._unstored.popleft().event.batch_no)
+                acknowledged = True
         elapsed = time.perf_counter() - started
         per_item = elapsed / max(count, 1)
         self._step_items = max(STEP_MIN_ITEMS, min(BATCH_ITEMS, int(STEP_SECONDS / per_item)))
+        return acknowledged
 
 
 @dataclass
@@ -839,6 +866,8 @@ def _store_batch(
     on_manifest: Callable[[Checked], None] | None = None,
     on_revocation: Callable[[RevocationList], None] | None = None,
     on_deliveries: Callable[[Store, list[Checked]], None] | None = None,
+    *,
+    durable: bool = True,
 ) -> int:
     """Verify, charge quota, commit durably (the items of ``slices`` in one transaction);
     return how many items were new.
@@ -869,6 +898,7 @@ def _store_batch(
             origin=node_key,
             quota=quota if charge_items else None,  # None: every batch here is charged
             charge=(charge_items, charge_bytes),
+            durable=durable,
         )
     except QuotaExceeded as exc:
         raise QuotaViolation(str(exc)) from exc
