@@ -83,6 +83,8 @@ STEP_FIRST_ITEMS = 32
 #: ACK for them goes out at once, while the rest of the flight is still being stored: the
 #: sender refills its window (16 batches) without waiting for the whole flight.
 ACK_EVERY_BATCHES = 4
+#: DATA batches the sender reads and encodes per store-thread call (``_send_pending``).
+SEND_BATCHES_PER_CALL = 1
 
 
 @dataclass(frozen=True)
@@ -698,19 +700,25 @@ class _Connection:
         self.outcome.complete = True
 
     async def _send_pending(self, session: SyncSession) -> None:
-        messages = await self.ctx.worker.call(lambda _store: session.messages_to_send())
-        # One window of batches can be megabytes: encrypt and hand the transport bounded
-        # pieces as we go (a WebSocket message is capped at MAX_WS_MESSAGE on receipt), so a
-        # flight is never held twice over (plaintext and frames) while a slow peer reads.
-        messages.reverse()
-        pending = bytearray()
-        while messages:
-            pending += self.sender.send(messages.pop())
-            while len(pending) >= SEND_CHUNK:
-                await self._send(bytes(pending[:SEND_CHUNK]))
-                del pending[:SEND_CHUNK]
-        if pending:
-            await self._send(bytes(pending))
+        # A window of DATA batches is read from the store SEND_BATCHES_PER_CALL at a time, one
+        # store-thread call each: a status or a local write waits for one batch, not a
+        # whole window (perf S11), and the first batch is on the wire while the next is read.
+        def collect(_store: Store) -> list[bytes]:
+            return session.messages_to_send(SEND_BATCHES_PER_CALL)
+
+        while messages := await self.ctx.worker.call(collect):
+            # A batch is up to 256 KiB: encrypt and hand the transport bounded pieces as we
+            # go (a WebSocket message is capped at MAX_WS_MESSAGE on receipt), so nothing is
+            # held twice over (plaintext and frames) while a slow peer reads.
+            messages.reverse()
+            pending = bytearray()
+            while messages:
+                pending += self.sender.send(messages.pop())
+                while len(pending) >= SEND_CHUNK:
+                    await self._send(bytes(pending[:SEND_CHUNK]))
+                    del pending[:SEND_CHUNK]
+            if pending:
+                await self._send(bytes(pending))
 
     async def _send(self, data: bytes) -> None:
         # A peer that stops reading must not hold its session, its buffers and its share
