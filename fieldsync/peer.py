@@ -78,6 +78,14 @@ STEP_SECONDS = 0.004
 STEP_MAX_BYTES = 128 * 1024
 STEP_MIN_ITEMS = 8
 STEP_FIRST_ITEMS = 32
+#: Slices are committed without an fsync (``Store.add_batch(durable=False)``); a durable
+#: commit, whose fsync covers every slice before it, comes once this many received batches
+#: are stored but not yet acknowledged, or when nothing received is left to store. The
+#: ACK for them goes out at once, while the rest of the flight is still being stored: the
+#: sender refills its window (16 batches) without waiting for the whole flight.
+ACK_EVERY_BATCHES = 4
+#: DATA batches the sender reads and encodes per store-thread call (``_send_pending``).
+SEND_BATCHES_PER_CALL = 1
 
 
 @dataclass(frozen=True)
@@ -590,6 +598,7 @@ class _Connection:
         self._held_event: object | None = None  # read from the session, not yet acted on
         self._completed = False
         self._step_items = STEP_FIRST_ITEMS
+        self._ack_owed = False  # a durable slice acknowledged batches; the ACK is not sent
 
     async def run(self) -> None:
         if self.peer is None:
@@ -731,19 +740,25 @@ class _Connection:
         self.outcome.complete = True
 
     async def _send_pending(self, session: SyncSession) -> None:
-        messages = await self.ctx.worker.call(lambda _store: session.messages_to_send())
-        # One window of batches can be megabytes: encrypt and hand the transport bounded
-        # pieces as we go (a WebSocket message is capped at MAX_WS_MESSAGE on receipt), so a
-        # flight is never held twice over (plaintext and frames) while a slow peer reads.
-        messages.reverse()
-        pending = bytearray()
-        while messages:
-            pending += self.sender.send(messages.pop())
-            while len(pending) >= SEND_CHUNK:
-                await self._send(bytes(pending[:SEND_CHUNK]))
-                del pending[:SEND_CHUNK]
-        if pending:
-            await self._send(bytes(pending))
+        # A window of DATA batches is read from the store SEND_BATCHES_PER_CALL at a time, one
+        # store-thread call each: a status or a local write waits for one batch, not a
+        # whole window (perf S11), and the first batch is on the wire while the next is read.
+        def collect(_store: Store) -> list[bytes]:
+            return session.messages_to_send(SEND_BATCHES_PER_CALL)
+
+        while messages := await self.ctx.worker.call(collect):
+            # A batch is up to 256 KiB: encrypt and hand the transport bounded pieces as we
+            # go (a WebSocket message is capped at MAX_WS_MESSAGE on receipt), so nothing is
+            # held twice over (plaintext and frames) while a slow peer reads.
+            messages.reverse()
+            pending = bytearray()
+            while messages:
+                pending += self.sender.send(messages.pop())
+                while len(pending) >= SEND_CHUNK:
+                    await self._send(bytes(pending[:SEND_CHUNK]))
+                    del pending[:SEND_CHUNK]
+            if pending:
+                await self._send(bytes(pending))
 
     async def _send(self, data: bytes) -> None:
         # A peer that stops reading must not hold its session, its buffers and its share
@@ -767,7 +782,8 @@ class _Connection:
         def act(store: Store) -> bool | None:
             while True:
                 if self._unstored:
-                    self._store_step(store, node_key)
+                    if self._store_step(store, node_key):
+                        self._ack_owed = True
                     return None  # one transaction per call: let others in
                 event = self._held_event or session.next_event()
                 self._held_event = None
@@ -791,12 +807,17 @@ class _Connection:
                     outcome.stats.mode = event.mode.value
 
         while (done := await self.ctx.worker.call(act)) is None:
-            pass
+            if self._ack_owed and self._unstored:
+                # Acknowledge now, while the rest of the flight is stored (pipelining).
+                self._ack_owed = False
+                await self._send_pending(session)
+        self._ack_owed = False
         return done
 
-    def _store_step(self, store: Store, node_key: bytes) -> None:
+    def _store_step(self, store: Store, node_key: bytes) -> bool:
         """Verify and commit one bounded slice of the unstored batches (store thread);
-        acknowledge each batch whose last item is now committed, in order."""
+        after a durable commit, acknowledge each batch whose last item is now committed, in
+        order (True when some batch was)."""
         session = self.session
         if session is None:
             raise PeerViolation("no session")
@@ -804,6 +825,8 @@ class _Connection:
         slice_items: list[tuple[_Unstored, list[bytes]]] = []
         count = size = 0
         for unstored in self._unstored:
+            if unstored.complete():
+                continue  # stored, waiting for a durable commit to be acknowledged
             room = self._step_items - count
             if room <= 0 or size >= STEP_MAX_BYTES:
                 break
@@ -817,6 +840,14 @@ class _Connection:
                 break
             slice_items.append((unstored, taken))
             count += len(taken)
+        # Durable when this slice leaves nothing to store, or completes the ACK_EVERY_BATCHES-th
+        # stored batch not yet acknowledged (slices never skip a batch: these are in order).
+        left = sum(len(u.event.items) - u.stored for u in self._unstored) - count
+        completing = sum(
+            1 for u, taken in slice_items if u.stored + len(taken) >= len(u.event.items)
+        )
+        finished = sum(1 for u in self._unstored if u.complete()) + completing
+        durable = left == 0 or finished >= ACK_EVERY_BATCHES
         store_slice = functools.partial(
             _store_batch,
             store,
@@ -829,24 +860,28 @@ class _Connection:
             on_deliveries=self.ctx.on_deliveries,
         )
         try:
-            self.outcome.items_new += store_slice(slice_items)
+            self.outcome.items_new += store_slice(slice_items, durable=durable)
             done = slice_items
         except QuotaViolation:
             if len(slice_items) == 1:
                 raise
             # The slice does not fit: keep what does, batch by batch, and end the
-            # connection at the first batch over the quota.
+            # connection at the first batch over the quota (nothing more is acknowledged).
             for part in slice_items:
-                self.outcome.items_new += store_slice([part])
+                self.outcome.items_new += store_slice([part], durable=durable)
                 part[0].stored += len(part[1])
             raise
         for unstored, taken in done:
             unstored.stored += len(taken)
-        while self._unstored and self._unstored[0].complete():
-            session.commit_done(self._unstored.popleft().event.batch_no)
+        acknowledged = False
+        if durable:
+            while self._unstored and self._unstored[0].complete():
+                session.commit_done(self._unstored.popleft().event.batch_no)
+                acknowledged = True
         elapsed = time.perf_counter() - started
         per_item = elapsed / max(count, 1)
         self._step_items = max(STEP_MIN_ITEMS, min(BATCH_ITEMS, int(STEP_SECONDS / per_item)))
+        return acknowledged
 
 
 @dataclass
@@ -879,6 +914,8 @@ def _store_batch(
     on_manifest: Callable[[Checked], None] | None = None,
     on_revocation: Callable[[RevocationList], None] | None = None,
     on_deliveries: Callable[[Store, list[Checked]], None] | None = None,
+    *,
+    durable: bool = True,
 ) -> int:
     """Verify, charge quota, commit durably (the items of ``slices`` in one transaction);
     return how many items were new.
@@ -909,6 +946,7 @@ def _store_batch(
             origin=node_key,
             quota=quota if charge_items else None,  # None: every batch here is charged
             charge=(charge_items, charge_bytes),
+            durable=durable,
         )
     except QuotaExceeded as exc:
         raise QuotaViolation(str(exc)) from exc

@@ -9,8 +9,9 @@ Canonical means one value has exactly one byte string (SPEC.md §2):
 
 Decoding is size-capped *before* any allocation (no declared length may exceed the bytes
 actually present) and then checked by re-encoding: the decoded value must encode back to
-exactly the input. That one comparison refuses duplicate keys (the dict kept one),
-unsorted keys, non-minimal integers and float32.
+exactly the input. One walk refuses what re-encoding alone cannot see (non-``str`` or
+unsorted map keys, non-finite floats, deep nesting); the comparison then refuses duplicate
+keys (the dict kept one), non-minimal integers and float32.
 """
 
 from __future__ import annotations
@@ -80,20 +81,42 @@ def _refuse_ext(code: int, data: bytes) -> Value:
     raise _ExtType(code)
 
 
-def _depth_ok(value: Value) -> bool:
-    """Iteratively check nesting depth (never recursion on untrusted input)."""
+_LEAVES = (bytes, str, int, bool, type(None))
+
+
+def _decoded_problem(value: Value) -> str | None:
+    """Why a freshly decoded ``value`` cannot be canonical, or None: nesting deeper than
+    ``MAX_DEPTH``, a map key that is not a ``str``, map keys out of order, a float that is
+    not finite. One iterative walk (never recursion on untrusted input).
+
+    With these ruled out, re-encoding the value as it is (maps in wire order) gives the
+    canonical encoding, so ``decode`` compares the input with a plain ``msgpack.packb`` and
+    needs no sorted copy. Decoded text is valid UTF-8, so code point order is UTF-8 byte
+    order and keys compare as ``str``.
+    """
     stack: list[tuple[Value, int]] = [(value, 0)]
     while stack:
         item, depth = stack.pop()
-        if isinstance(item, dict):
+        kind = type(item)
+        if kind is dict:
             if depth >= MAX_DEPTH:
-                return False
-            stack.extend((v, depth + 1) for v in item.values())
-        elif isinstance(item, list):
+                return "depth"
+            previous = None
+            for key, child in item.items():
+                if type(key) is not str:
+                    return f"map key {key!r:.40} is not a str"
+                if previous is not None and key <= previous:
+                    return "order"
+                previous = key
+                if type(child) not in _LEAVES:
+                    stack.append((child, depth + 1))
+        elif kind is list:
             if depth >= MAX_DEPTH:
-                return False
-            stack.extend((v, depth + 1) for v in item)
-    return True
+                return "depth"
+            stack.extend((child, depth + 1) for child in item if type(child) not in _LEAVES)
+        elif kind is float and not math.isfinite(item):
+            return f"float {item!r} is not finite"
+    return None
 
 
 def decode(data: bytes, *, max_size: int = MAX_ENCODED, what: str = "value") -> Value:
@@ -125,13 +148,14 @@ def decode(data: bytes, *, max_size: int = MAX_ENCODED, what: str = "value") -> 
     except (ValueError, msgpack.UnpackException, RecursionError) as exc:
         # ValueError covers FormatError, StackError, ExtraData, bad UTF-8 and the caps.
         raise RemoteProtocolError(f"{what} is not valid msgpack: {type(exc).__name__}") from exc
-    if not _depth_ok(value):
+    problem = _decoded_problem(value)
+    if problem == "depth":
         raise RemoteProtocolError(f"{what} nests deeper than {MAX_DEPTH} levels")
-    try:
-        again = encode(value)
-    except LocalProtocolError as exc:
-        raise RemoteProtocolError(f"{what} is not canonical: {exc}") from exc
-    if again != data:
+    if problem == "order":
+        raise RemoteProtocolError(f"{what} is not canonical msgpack (unsorted map keys)")
+    if problem is not None:
+        raise RemoteProtocolError(f"{what} is not canonical: {problem}")
+    if msgpack.packb(value, use_bin_type=True) != data:
         raise RemoteProtocolError(
             f"{what} is not canonical msgpack (duplicate or unsorted keys, or a long form)"
         )

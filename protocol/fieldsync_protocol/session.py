@@ -393,12 +393,18 @@ class SyncSession:
         self._maybe_end_cursor()
         self._check_complete()
 
-    def messages_to_send(self) -> list[bytes]:
-        """Messages to send now, in order (drain ``next_event`` afterwards)."""
+    def messages_to_send(self, max_batches: int | None = None) -> list[bytes]:
+        """Messages to send now, in order (drain ``next_event`` afterwards).
+
+        ``max_batches``: make at most this many new DATA batches in this call (reading them
+        from the store is the costly part); call again for the rest of the window.
+        """
         if self._state is State.FAILED:
             return []
+        if max_batches is not None and max_batches < 1:
+            raise LocalProtocolError("max_batches must be at least 1")
         try:
-            out = self._collect_messages()
+            out = self._collect_messages(max_batches)
         except ItemSourceError:
             self._state = State.FAILED
             raise
@@ -413,13 +419,14 @@ class SyncSession:
         self._check_complete()
         return out
 
-    def _collect_messages(self) -> list[bytes]:
+    def _collect_messages(self, max_batches: int | None) -> list[bytes]:
         if self._committed > self._acks_sent:
             self._acks_sent = self._committed
             self._outbox.append(messages.encode_ack(self._committed - 1))
         if self._mode is not None and not self._end_sent:
             window = self._peer.window if self._peer is not None else 0
-            while self.stats.batches_sent < self._acked_by_peer + window:
+            limit = self.stats.batches_sent + (window if max_batches is None else max_batches)
+            while self.stats.batches_sent < min(self._acked_by_peer + window, limit):
                 batch = self._next_batch()
                 if batch is None:
                     break

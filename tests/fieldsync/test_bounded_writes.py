@@ -17,6 +17,7 @@ import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from blockbuster import BlockBuster, blockbuster_ctx
@@ -25,8 +26,10 @@ from fieldsync import synthetic
 from fieldsync.peer import STEP_MAX_BYTES, PeerLimits, run_peer
 from fieldsync.runtime import Runtime
 from fieldsync.sqlite_tx import begin_polling, immediate_transaction
-from fieldsync.store import Store
+from fieldsync.store import Quota, QuotaExceeded, Store
 from fieldsync.transport import memory_pair
+from fieldsync_protocol.items import Checked, check_item
+from fieldsync_protocol.session import SyncSession
 
 REPORTS = 1_200  # ~1.2 MB: one flight of the session window, many slices
 FAST = PeerLimits(silent_close=(0.0, 0.01))
@@ -195,3 +198,103 @@ async def test_the_quota_still_counts_whole_batches_across_slices(pair: Pair) ->
     assert held == theirs.items_new + 1  # and the manifest
     # Exactly the first batch: whole (more than half the quota), nothing of the second.
     assert quota // 2 < theirs.items_new <= quota
+
+
+# --- relaxed slices, durable acknowledgements ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def checked_reports(tmp_path_factory: pytest.TempPathFactory) -> list[Checked]:
+    network = synthetic.create_network(tmp_path_factory.mktemp("relaxed") / "net")
+    reports = synthetic.sealed_reports(network.manifest, 20)
+    return [check_item(data, network.manifest) for data in reports]
+
+
+def synchronous(store: Store) -> int:
+    return int(store.db.conn.execute("PRAGMA synchronous").fetchone()[0])
+
+
+def sync_points(store: Store) -> int:
+    row = store.db.conn.execute("SELECT value FROM store_meta WHERE key = 'sync_points'").fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def test_a_durable_commit_after_relaxed_ones_always_writes(
+    checked_reports: list[Checked], tmp_path: Path
+) -> None:
+    """A relaxed slice is not fsynced; the durable commit that follows must write something
+    (else SQLite skips the fsync that makes the slices durable), even when every item in it
+    is a duplicate."""
+    store = Store(tmp_path / "store.db")
+    try:
+        first = store.add_batch(checked_reports[:10], 0, durable=False)
+        assert first.new == 10
+        assert synchronous(store) == 2  # FULL again after the relaxed commit
+        assert sync_points(store) == 0
+        again = store.add_batch(checked_reports[:10], 0, durable=True)  # duplicates only
+        assert again.new == 0 and again.duplicate == 10
+        assert sync_points(store) == 1
+        # Nothing relaxed since: a durable commit needs no marker.
+        store.add_batch(checked_reports[10:], 0)
+        assert sync_points(store) == 1
+        assert store.item_count() == 20
+    finally:
+        store.close()
+
+
+def test_a_refused_relaxed_slice_restores_full_synchronous(
+    checked_reports: list[Checked], tmp_path: Path
+) -> None:
+    store = Store(tmp_path / "store.db")
+    try:
+        quota = Quota(b"P" * 32, 1, max_items=5, max_bytes=10**9)
+        with pytest.raises(QuotaExceeded):
+            store.add_batch(checked_reports, 0, origin=b"P" * 32, quota=quota, durable=False)
+        assert synchronous(store) == 2
+        assert store.item_count() == 0
+        # The refused slice left nothing to make durable: no marker either.
+        store.add_batch(checked_reports[:1], 0)
+        assert sync_points(store) == 0
+    finally:
+        store.close()
+
+
+async def test_every_acknowledged_batch_was_made_durable_first(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The receiver stores a flight in relaxed slices and acknowledges a batch only right
+    after a durable commit (whose fsync covers the slices before it), never after a
+    relaxed one; there are fewer durable commits than slices."""
+    events: list[tuple[str, bool]] = []
+    real_add_batch = Store.add_batch
+    real_commit_done = SyncSession.commit_done
+
+    def add_batch(self: Store, *args: Any, durable: bool = True, **kwargs: Any) -> Any:
+        result = real_add_batch(self, *args, durable=durable, **kwargs)
+        events.append(("commit", durable))
+        return result
+
+    def commit_done(self: SyncSession, batch_no: int) -> None:
+        events.append(("ack", True))
+        real_commit_done(self, batch_no)
+
+    async with opened(pair.sender) as sender, opened(pair.receiver) as receiver:
+        monkeypatch.setattr(Store, "add_batch", add_batch)
+        monkeypatch.setattr(SyncSession, "commit_done", commit_done)
+        end_s, end_r = memory_pair()
+        mine, theirs = await asyncio.gather(
+            run_peer(end_s, sender.context, initiator=True),
+            run_peer(end_r, receiver.context, initiator=False),
+        )
+    assert mine.complete and theirs.complete, (mine.error, theirs.error)
+    assert theirs.items_new == REPORTS
+    batches = theirs.stats.batches_received
+    acks = [i for i, (kind, _) in enumerate(events) if kind == "ack"]
+    assert len(acks) == batches
+    for index in acks:
+        last_commit = next(e for e in reversed(events[:index]) if e[0] == "commit")
+        assert last_commit == ("commit", True)
+    commits = [durable for kind, durable in events if kind == "commit"]
+    assert commits.count(False) > 0  # slices went without an fsync each...
+    assert commits.count(True) <= batches  # ...and at most one fsync per batch
+    assert commits.count(True) < len(commits)

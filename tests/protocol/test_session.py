@@ -331,6 +331,51 @@ def test_bulk_into_an_empty_store_streams_under_the_window() -> None:
     assert max(sum(1 for m in msgs if codec.decode(m)["t"] == "data") for _, msgs in r.flights) <= 2
 
 
+def _stepped_run(a: MemStore, b: MemStore, config: SessionConfig, step: int) -> Run:
+    """``run``, but each side collects its flight ``step`` DATA batches per call."""
+    sa, sb = pair(a, b, a_config=config, b_config=config)
+    result = Run(sa, sb, [])
+    sender, receiver, names = sa, sb, {id(sa): "A", id(sb): "B"}
+
+    def flight(side: Side) -> list[bytes]:
+        out: list[bytes] = []
+        while part := side.session.messages_to_send(step):
+            assert sum(1 for m in part if codec.decode(m)["t"] == "data") <= step
+            out += part
+        side.drain()
+        return out
+
+    out = flight(sender)
+    while out:
+        result.flights.append((names[id(sender)], out))
+        for message in out:
+            receiver.session.receive_message(message)
+            receiver.drain()
+        sender, receiver = receiver, sender
+        out = flight(sender)
+    return result
+
+
+@pytest.mark.parametrize("step", [1, 3])
+def test_a_flight_collected_a_few_batches_per_call_is_the_same_flight(step: int) -> None:
+    """``messages_to_send(max_batches)`` only splits the work of making a flight: the
+    messages, their order and the round trips are those of one call per flight."""
+    config = SessionConfig(window=4, batch_items=100)
+    whole = run(
+        MemStore(make_items(0, 1500)), MemStore(epoch=b"epoch-B"), a_config=config, b_config=config
+    )
+    stepped = _stepped_run(MemStore(make_items(0, 1500)), MemStore(epoch=b"epoch-B"), config, step)
+    assert stepped.flights == whole.flights
+    assert stepped.a.session.complete and stepped.b.session.complete
+    assert stepped.a.completed.round_trips == whole.a.completed.round_trips
+
+
+def test_max_batches_must_be_positive() -> None:
+    s = responder(0)
+    with pytest.raises(LocalProtocolError, match="max_batches"):
+        s.messages_to_send(0)
+
+
 def test_both_empty() -> None:
     r = run(MemStore(), MemStore(epoch=b"epoch-B"))
     assert r.round_trips == 1
