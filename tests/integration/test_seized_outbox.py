@@ -116,11 +116,13 @@ def test_a_seized_node_shows_no_report_and_no_author_each_author_sees_their_own(
     hq_conn = hq_db_connect(net.hq)
     try:
         hq_dump = net.root / "hq-dump.sql"
-        tables = [
-            r[0] for r in hq_conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+        hq_tables = "SELECT name FROM sqlite_master WHERE type = 'table'"
+        hq_rows = [
+            repr(row)
+            for (table,) in hq_conn.execute(hq_tables).fetchall()
+            for row in hq_conn.execute(f'SELECT * FROM "{table}"')  # noqa: S608
         ]
-        rows = [repr(row) for t in tables for row in hq_conn.execute(f'SELECT * FROM "{t}"')]  # noqa: S608
-        hq_dump.write_text("\n".join(rows), encoding="utf-8")
+        hq_dump.write_text("\n".join(hq_rows), encoding="utf-8")
     finally:
         hq_conn.close()
     hq_hits = find(forbidden, [hq_dump])
