@@ -217,9 +217,11 @@ def test_kill_9_during_bundle_import_leaves_all_or_nothing(setup: Setup, tmp_pat
         stored = _check_store(home, setup.ids)
         outcomes[f"{how}, {'all' if stored else 'none'} stored"] += 1
         if committed is not None:
-            # Exactly what was committed when the process died survives: nothing more
-            # (uncommitted pages in the WAL are not data), nothing less (durable commits).
-            assert stored == committed, (label, committed, stored)
+            # What a reader saw committed when the process died survives (durable commits).
+            # It may find more: a writer frozen after its WAL commit frame but before it
+            # updated the shared wal-index has committed (recovery reads the WAL), though no
+            # reader saw it yet. Uncommitted pages are still never data: all or nothing above.
+            assert stored >= committed, (label, committed, stored)
             checked_against_reader += 1
         if label.startswith("after commit"):
             assert stored == ITEMS, "a reported import is durable"
