@@ -21,7 +21,9 @@ bytes of each id, taken after the leading bytes every id of the range shares. Th
 pushes its ids whose window is not listed, and answers ``PREFIXWANT``: the windows it lacks
 plus the fingerprint of its ids whose window is listed. The lister checks that fingerprint
 against its listed ids minus the wanted ones: equal, it pushes the wanted ids and the range
-is done; different (two ids of the two sides share a window), it lists the range in full.
+is done; different (two ids of the two sides share a window), it lists the ids it listed
+in full, and the peer pushes only its ids with a listed window that list lacks (it pushed
+the others already).
 
 The index and its fingerprints are in ``reconcile_index``, the message format in
 ``reconcile_wire``; this module is the reconciler that decides each answer.
@@ -81,18 +83,22 @@ class Windows:
 @dataclass(frozen=True, slots=True)
 class PushRange:
     """Our ids the peer lacks: every id we hold in ``[lower, upper)`` not in ``exclude``
-    and, if ``windows`` is set, whose window is not among the peer's listed windows."""
+    and, if ``windows`` is set, whose window is not among the peer's listed windows (or,
+    with ``listed_only``, whose window is among them: the others were pushed already)."""
 
     lower: bytes
     upper: bytes
     exclude: frozenset[bytes]
     windows: Windows | None = None
+    listed_only: bool = False
 
     def keeps(self, item_id: bytes) -> bool:
         """Whether ``item_id`` (held, in the range) is to be pushed."""
         if item_id in self.exclude:
             return False
-        return self.windows is None or not self.windows.holds(item_id)
+        if self.windows is None:
+            return True
+        return self.windows.holds(item_id) is self.listed_only
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,12 +226,18 @@ class Reconciler:
         self._offered_lo: list[bytes] = []
         self._offered_hi: list[bytes] = []
         self._listed: dict[bytes, _Listed] = {}
+        # Ranges our last message answered by PREFIXWANT, by upper bound: (lower, the
+        # peer's windows). We pushed our ids whose window it did not list; if the peer's
+        # check fails it lists the range in full, and we push only the rest.
+        self._asked: dict[bytes, tuple[bytes, Windows]] = {}
         p = self._params
         split = (max(p.fanout, p.first_answer_fanout) + 1) * (RANGE_OVERHEAD + FINGERPRINT_SIZE)
         idlist = 2 * RANGE_OVERHEAD + p.idlist_threshold * ID_SIZE
         # Room kept free before answering one more range: its worst answer, plus a SKIP
         # and the closing fingerprint of the rest.
         self._reserve = max(split, idlist) + 2 * (RANGE_OVERHEAD + FINGERPRINT_SIZE)
+        # Room for the fingerprint that closes a message cut by the frame limit.
+        self._closing = 2 * range_size(INFINITY, FINGERPRINT_SIZE)
 
     @property
     def done(self) -> bool:
@@ -265,15 +277,16 @@ class Reconciler:
         if self._rounds > MAX_ROUNDS:
             raise RemoteProtocolError(f"reconciliation did not finish in {MAX_ROUNDS} rounds")
         ranges = parse_message(value)
-        # Only the message right after ours can answer the PREFIXLISTs it held.
+        # Only the message right after ours can answer the PREFIXLISTs and PREFIXWANTs it held.
         listed, self._listed = self._listed, {}
+        asked, self._asked = self._asked, {}
         if not ranges:
             self._done = True
             return Step(None, [], [], True)
         have: list[bytes] = []
         need: list[PushRange] = []
         push: list[bytes] = []
-        asked = 0
+        asked_count = 0
         out = _Builder()
         p = self._params
         first_answer = not self._initiator and self._rounds == 1
@@ -284,9 +297,13 @@ class Reconciler:
         # echoed; if even echoes no longer fit, one fingerprint covers the rest. The first
         # differing range is always answered, so every message makes progress. A
         # PREFIXLIST's answer is never longer than the list, so it counts as its own echo.
-        echo_left = sum(_echo_size(r) for r in ranges)
+        # A PREFIXWANT whose check fails is answered by an IDLIST of the ids we listed: its
+        # size counts in ``echo_left`` so that room is kept for it (an echo instead would
+        # make the peer reconcile ids it already pushed a second time).
+        checked = self._check_all_windows(ranges, listed)
+        echo_left = sum(_echo_size(r, checked, listed) for r in ranges)
         open_left = sum(r.mode not in (RangeMode.SKIP, RangeMode.IDLIST) for r in ranges)
-        limit = p.max_message - 2 * range_size(INFINITY, FINGERPRINT_SIZE)
+        limit = p.max_message - self._closing
         answered = False
         lower = ZERO
         for r in ranges:
@@ -295,29 +312,50 @@ class Reconciler:
                 lower = r.upper
                 continue
             if r.mode is RangeMode.IDLIST:
-                self._learn(lower, r.upper, r.payload, have, need)
+                pushed = asked.get(r.upper)
+                windows = pushed[1] if pushed is not None and pushed[0] == lower else None
+                self._learn(lower, r.upper, r.payload, have, need, windows)
                 out.skip(r.upper)
                 lower = r.upper
                 continue
-            if r.mode is not RangeMode.PREFIXLIST and (
-                out.size > limit or len(out.ranges) + 3 > p.max_ranges
-            ):
+            # A PREFIXLIST's answer, or a PREFIXWANT's SKIP, is never longer than the range
+            # itself: those are always answered (their size is in ``echo_left``).
+            exempt = r.mode is RangeMode.PREFIXLIST or (
+                r.mode is RangeMode.PREFIXWANT and checked[r.upper] is not None
+            )
+            if not exempt and (out.size > limit or len(out.ranges) + 3 > p.max_ranges):
                 out.add(INFINITY, RangeMode.FINGERPRINT, self._index.fingerprint(lower, INFINITY))
                 break
-            echo_left -= _echo_size(r)
+            echo_left -= _echo_size(r, checked, listed)
             open_left -= 1
             if r.mode is RangeMode.PREFIXLIST:
                 answer = self._learn_windows(lower, r.upper, r.payload, need)
                 if answer is not None and answer[0]:
                     out.add(r.upper, RangeMode.PREFIXWANT, answer[1])
-                    asked += answer[0]
+                    asked_count += answer[0]
                     lower = r.upper
                     continue
                 same = answer is not None
             elif r.mode is RangeMode.PREFIXWANT:
-                wanted = self._check_windows(lower, r.upper, r.payload, listed)
-                same = wanted is not None
-                push += wanted or []
+                wanted = checked[r.upper]
+                if wanted is not None:
+                    push += wanted
+                    out.skip(r.upper)
+                elif answered and (
+                    out.size + _echo_size(r, checked, listed) + echo_left + self._closing
+                    > p.max_message
+                ):
+                    fingerprint = self._index.fingerprint(lower, r.upper)
+                    out.add(r.upper, RangeMode.FINGERPRINT, fingerprint)
+                else:
+                    # A window collision: list in full the ids we listed by window (the
+                    # peer pushed its ids whose window we did not list, and pushes the rest).
+                    ids = listed[r.upper].ids
+                    out.add(r.upper, RangeMode.IDLIST, b"".join(ids))
+                    self._offer(lower, r.upper, len(ids))
+                    answered = True
+                lower = r.upper
+                continue
             else:
                 same = self._index.fingerprint(lower, r.upper) == r.payload
             if same:
@@ -328,15 +366,15 @@ class Reconciler:
             ):
                 out.add(r.upper, RangeMode.FINGERPRINT, self._index.fingerprint(lower, r.upper))
             else:
-                # A window collision (PREFIXLIST, PREFIXWANT) is resolved by full ids.
-                full = r.mode is not RangeMode.FINGERPRINT
+                # A window collision the peer's PREFIXLIST shows is resolved by full ids.
+                full = r.mode is RangeMode.PREFIXLIST
                 self._answer(lower, r.upper, out, fanout, full=full)
                 answered = True
             lower = r.upper
         reply = out.finish()
         if not reply:
             self._done = True
-        return Step(encode_message(reply), have, need, self._done, push, asked)
+        return Step(encode_message(reply), have, need, self._done, push, asked_count)
 
     def _answer(
         self, lower: bytes, upper: bytes, out: _Builder, fanout: int, *, full: bool = False
@@ -402,7 +440,22 @@ class Reconciler:
             return None
         if len(matched) < n:
             need.append(PushRange(lower, upper, frozenset(), windows))
+        if lacked:
+            self._asked[upper] = (lower, windows)
         return len(lacked), check + b"".join(lacked)
+
+    def _check_all_windows(
+        self, ranges: list[Range], listed: dict[bytes, _Listed]
+    ) -> dict[bytes, list[bytes] | None]:
+        """Check every PREFIXWANT of a received message (by upper bound): the ids the peer
+        wants, or None for a window collision."""
+        checked: dict[bytes, list[bytes] | None] = {}
+        lower = ZERO
+        for r in ranges:
+            if r.mode is RangeMode.PREFIXWANT:
+                checked[r.upper] = self._check_windows(lower, r.upper, r.payload, listed)
+            lower = r.upper
+        return checked
 
     def _check_windows(
         self, lower: bytes, upper: bytes, payload: bytes, listed: dict[bytes, _Listed]
@@ -430,22 +483,30 @@ class Reconciler:
         return wanted
 
     def _learn(
-        self, lower: bytes, upper: bytes, payload: bytes, have: list[bytes], need: list[PushRange]
+        self,
+        lower: bytes,
+        upper: bytes,
+        payload: bytes,
+        have: list[bytes],
+        need: list[PushRange],
+        pushed: Windows | None = None,
     ) -> None:
-        """The peer listed all its ids in ``[lower, upper)``: derive both differences."""
+        """The peer listed all its ids in ``[lower, upper)``: derive both differences.
+        ``pushed``: the windows the peer listed before, if we already pushed our ids whose
+        window it did not list (we answered its PREFIXLIST by PREFIXWANT)."""
         theirs = [payload[i : i + ID_SIZE] for i in range(0, len(payload), ID_SIZE)]
-        exclude = frozenset(theirs)
+        push = PushRange(lower, upper, frozenset(theirs), pushed, listed_only=True)
         n = self._index.count(lower, upper)
         if n <= 4 * len(theirs) + 64:
             ours = self._index.ids(lower, upper, n)
             held = set(ours)
             have.extend(x for x in theirs if x not in held)
-            if any(x not in exclude for x in ours):
-                need.append(PushRange(lower, upper, exclude))
+            if any(push.keeps(x) for x in ours):
+                need.append(push)
         else:
             # Far more ids here than the peer has: look its few ids up one by one.
             have.extend(x for x in theirs if not self._index.count(x, successor(x)))
-            need.append(PushRange(lower, upper, exclude))
+            need.append(push)
 
     def _offer(self, lower: bytes, upper: bytes, count: int) -> None:
         """Remember that we listed our ids of ``[lower, upper)`` (merged, disjoint ranges)."""
@@ -474,10 +535,18 @@ def _prefix_end(prefix: bytes) -> bytes:
     return value.to_bytes(len(prefix), "big").rstrip(b"\x00")
 
 
-def _echo_size(r: Range) -> int:
-    """Most bytes our answer to ``r`` takes when echoed (0 for ranges answered by SKIP)."""
+def _echo_size(
+    r: Range, checked: dict[bytes, list[bytes] | None], listed: dict[bytes, _Listed]
+) -> int:
+    """Most bytes our answer to ``r`` takes when echoed (0 for ranges answered by SKIP
+    whatever the room). A PREFIXWANT is answered by SKIP if its check passes, else by an
+    IDLIST of the ids we listed: that is kept room for rather than echoed."""
     if r.mode is RangeMode.PREFIXLIST:
         return range_size(r.upper, len(r.payload))
-    if r.mode in (RangeMode.FINGERPRINT, RangeMode.PREFIXWANT):
+    if r.mode is RangeMode.FINGERPRINT:
         return range_size(r.upper, FINGERPRINT_SIZE)
+    if r.mode is RangeMode.PREFIXWANT:
+        if checked[r.upper] is not None:
+            return range_size(r.upper, 0)
+        return range_size(r.upper, ID_SIZE * len(listed[r.upper].ids))
     return 0

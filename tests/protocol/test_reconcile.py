@@ -271,17 +271,22 @@ def test_params_checked(kw: dict[str, int]) -> None:
 # --- reconciliation --------------------------------------------------------------------------
 
 
+def expand_list(index: SortedListIndex, need: list[PushRange]) -> list[bytes]:
+    """Every id the push ranges name, as often as they name it."""
+    return [i for p in need for i in index.ids(p.lower, p.upper, 10**9) if p.keeps(i)]
+
+
 def expand(index: SortedListIndex, need: list[PushRange]) -> set[bytes]:
-    out: set[bytes] = set()
-    for p in need:
-        out.update(i for i in index.ids(p.lower, p.upper, 10**9) if p.keeps(i))
-    return out
+    return set(expand_list(index, need))
 
 
 def reconcile(
     a_ids: set[bytes], b_ids: set[bytes], params: ReconcileParams | None = None
 ) -> tuple[list[int], dict[str, set[bytes]]]:
+    """Run a reconciliation between two fixed sets; what each side learnt. Also checks that
+    no side names an id to push twice (a duplicate item on the wire)."""
     a, b = SortedListIndex(a_ids), SortedListIndex(b_ids)
+    pushed: dict[str, list[bytes]] = {"a": [], "b": []}
     ra = Reconciler(a, initiator=True, params=params)
     rb = Reconciler(b, initiator=False, params=params)
     learnt: dict[str, set[bytes]] = {
@@ -296,11 +301,14 @@ def reconcile(
         step = side.receive(message)
         learnt[name + "_have"].update(step.have)
         learnt[name + "_need"].update(expand(index, step.need), step.push)
+        pushed[name] += [*expand_list(index, step.need), *step.push]
         message = step.reply
         turn += 1
         if message is not None:
             sizes.append(len(message))
     assert ra.done and rb.done
+    for ids in pushed.values():
+        assert len(ids) == len(set(ids)), "an id was pushed twice"
     return sizes, learnt
 
 
@@ -541,6 +549,35 @@ def test_twin_on_a_receiver_that_lacks_a_window_is_caught_by_the_lister() -> Non
     assert [r.mode for r in ranges] == [RangeMode.IDLIST]
     last = theirs.receive(back.reply)
     assert set(last.have) == {y[1], y[2]}
+    # the receiver had pushed its ids whose window was not listed (none): now it pushes
+    # only its id with a listed window that the full list lacks, the twin
+    assert expand(SortedListIndex([y[0], twin(y[1])]), last.need) == {twin(y[1])}
+
+
+def test_window_collision_answers_keep_to_the_frame_limit() -> None:
+    """Failed PREFIXWANT checks are answered by IDLISTs of the listed ids while they fit;
+    past that the range is echoed as a fingerprint, and the message stays under the limit."""
+    ids = sorted(h(i) for i in range(300))
+    low = [i for i in ids if i < b"\x80"]
+    high = [i for i in ids if i >= b"\x80"]
+    # room to list both ranges by window, but for one IDLIST of ~150 ids only
+    params = ReconcileParams(idlist_threshold=200, max_message=8400)
+    r = Reconciler(SortedListIndex(ids), initiator=False, params=params)
+    both = [Range(b"\x80", RangeMode.FINGERPRINT, FP), Range(INFINITY, RangeMode.FINGERPRINT, FP)]
+    step = r.receive(encode_message(both))
+    assert step.reply is not None
+    assert [x.mode for x in parse_message(codec.decode(step.reply))] == [RangeMode.PREFIXLIST] * 2
+    # the peer lacks the first window of each range and claims a fingerprint that fails
+    wants = [
+        Range(b"\x80", RangeMode.PREFIXWANT, FP + low[0][:3]),
+        Range(INFINITY, RangeMode.PREFIXWANT, FP + high[0][:3]),
+    ]
+    step = r.receive(encode_message(wants))
+    assert step.reply is not None and not step.push and len(step.reply) <= 8400
+    ranges = parse_message(codec.decode(step.reply))
+    assert [x.mode for x in ranges] == [RangeMode.IDLIST, RangeMode.FINGERPRINT]
+    assert ranges[0].payload == b"".join(low)
+    assert ranges[1].payload == fingerprint_of(id_sum(high), len(high))
 
 
 def test_receiver_with_many_ids_looks_windows_up() -> None:
