@@ -28,6 +28,7 @@ of an older HQ the first time the passphrase opens it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -438,11 +439,14 @@ def _hashed_blocks(path: Path, digest: Any) -> Iterator[bytes]:
 def seal_plaintext_files(directory: Path, db: sqlite_utils.Database) -> int:
     """Seal every verified attachment still in plaintext (an HQ from before sealing).
 
-    Order, so that a crash loses nothing: the sealed copy is written and fsynced under a new
-    name, hq.db records its key and path (one transaction), and only then is the plaintext
-    overwritten and unlinked (``cipher_db.destroy_file``). A plaintext file whose SHA-256 no
-    longer matches the signed one is sealed all the same (no plaintext stays on disk) and
-    its attachment marked failed, with an alert. Returns how many files were sealed.
+    Order, so that a crash loses nothing: the sealed copy is written and fsynced under a
+    name of this process's own, then, under hq.db's write lock, moved into place with its
+    key and path recorded (unless another process sealed it first: ours is dropped), and
+    only then is the plaintext overwritten and unlinked (``cipher_db.destroy_file``); a
+    plaintext copy a crash left after that is destroyed by the next open
+    (``_destroy_sealed_leftovers``). A plaintext file whose SHA-256 no longer matches the
+    signed one is sealed all the same (no plaintext stays on disk) and its attachment
+    marked failed, with an alert. Returns how many files were sealed.
     """
     ensure_schema(db)
     rows = db.conn.execute(
@@ -453,20 +457,25 @@ def seal_plaintext_files(directory: Path, db: sqlite_utils.Database) -> int:
     for envelope_id, ordinal, report_id, name, sha256, path in rows:
         plain = directory / path
         if not plain.is_file():
-            continue  # moved away by hand: nothing on disk to seal
+            continue  # moved away by hand, or sealed by another process meanwhile
         final = plain.with_name(f"{ordinal + 1:02d}{hq_media_seal.SUFFIX}")
-        partial = plain.with_name(f"{_PARTIAL}-{ordinal}")
+        partial = plain.with_name(f"{_PARTIAL}-{ordinal}-{os.getpid()}")
         file_key = hq_media_seal.new_key()
         digest = hashlib.sha256()
         hq_media_seal.write_sealed(partial, file_key, _hashed_blocks(plain, digest))
-        partial.replace(final)
         with immediate_transaction(db.conn):
-            db.conn.execute(
+            ours = db.conn.execute(
                 "UPDATE media_attachments SET path = ?, file_key = ?"
-                " WHERE envelope_id = ? AND ordinal = ?",
+                " WHERE envelope_id = ? AND ordinal = ? AND file_key IS NULL",
                 (str(final.relative_to(directory)), file_key, envelope_id, ordinal),
-            )
-        cipher_db.destroy_file(plain)
+            ).rowcount
+            if ours:
+                partial.replace(final)
+        if not ours:
+            partial.unlink()  # ciphertext under a key nobody keeps
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            cipher_db.destroy_file(plain)
         sealed += 1
         if digest.hexdigest() != sha256:
             _fail(
@@ -477,6 +486,32 @@ def seal_plaintext_files(directory: Path, db: sqlite_utils.Database) -> int:
                 name,
                 "the SHA-256 of HQ's plaintext copy differs from the signed one (sealed as found)",
             )
+    _destroy_sealed_leftovers(directory, db)
     if sealed:
         log.info("media: sealed %d plaintext attachment file(s) at rest", sealed)
     return sealed
+
+
+def _destroy_sealed_leftovers(directory: Path, db: sqlite_utils.Database) -> None:
+    """Destroy the plaintext ``NN-NAME`` file of an attachment already sealed (a crash
+    between recording the sealed copy and destroying the plaintext left it)."""
+    root = directory / MEDIA_DIR
+    if not root.is_dir():
+        return
+    sealed = {
+        str(path)
+        for (path,) in db.conn.execute(
+            "SELECT path FROM media_attachments WHERE file_key IS NOT NULL"
+        )
+    }
+    for report_dir in root.iterdir():
+        if not report_dir.is_dir() or report_dir.is_symlink():
+            continue
+        for leftover in report_dir.iterdir():
+            number = leftover.name.partition("-")[0]
+            if not (len(number) >= 2 and number.isdigit() and leftover.is_file()):
+                continue
+            counterpart = report_dir / f"{number}{hq_media_seal.SUFFIX}"
+            if str(counterpart.relative_to(directory)) in sealed:
+                log.warning("media: destroying a plaintext leftover of a sealed file")
+                cipher_db.destroy_file(leftover)

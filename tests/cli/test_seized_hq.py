@@ -280,6 +280,13 @@ def test_a_plaintext_photo_of_an_older_hq_is_sealed_once_the_passphrase_opens_hq
     extracted = run("hq", "media", report_id, "--out", out, "--hq", net.hq)
     assert extracted.returncode == OK, extracted.stderr
     assert (out / f"01-{PHOTO_NAME}").read_bytes() == photo
+    # A crash after the sealed copy was recorded, before the plaintext was destroyed:
+    # the next open destroys the leftover (and keeps the sealed copy).
+    plain.write_bytes(photo)
+    again = run("hq", "media", "--hq", net.hq, "--json")
+    assert again.returncode == OK, again.stderr
+    assert not plain.exists() and _photo_leaks(net.hq, photo) == []
+    assert len(_sealed_files(net)) == 1
 
 
 def test_a_plaintext_photo_that_no_longer_matches_its_hash_is_sealed_and_alerted(
