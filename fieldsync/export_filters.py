@@ -144,6 +144,8 @@ class Attachment:
     name: str
     media_type: str
     sha256: str
+    #: The key HQ's copy is sealed under (``fieldsync.hq_media_seal``); None: plaintext.
+    file_key: bytes | None = field(default=None, repr=False)
 
 
 def publication_key(hq_dir: Path) -> bytes:
@@ -338,8 +340,8 @@ class Selection:
 
     def _attachments(self, r: ExportRow) -> list[Attachment]:
         found = []
-        for ordinal, name, media_type, sha256, path in self.db.execute(
-            "SELECT ordinal, name, media_type, sha256, path FROM media_attachments"
+        for ordinal, name, media_type, sha256, path, file_key in self.db.execute(
+            "SELECT ordinal, name, media_type, sha256, path, file_key FROM media_attachments"
             " WHERE envelope_id = ? AND status = 'verified' ORDER BY ordinal",
             [r.row["envelope_id"]],
         ).fetchall():
@@ -349,6 +351,7 @@ class Selection:
                     name=f"media/{r.publication_id}/{ordinal + 1:02d}{_extension(name)}",
                     media_type=media_type,
                     sha256=sha256,
+                    file_key=file_key,
                 )
             )
         return found

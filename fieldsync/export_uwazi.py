@@ -35,6 +35,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TextIO
 
+from fieldsync import hq_media_seal
 from fieldsync.export_filters import ExportRow, person_text
 
 UWAZI_VERSION = "1.190 (huridocs/uwazi app/api/csv, October 2024)"
@@ -209,7 +210,8 @@ def write_uwazi_zip(
         archive.writestr("import.csv", text.getvalue().encode("utf-8"))
         for r in buffered:
             for a in r.attachments:
-                archive.write(hq_dir / a.source, a.name)
+                with archive.open(a.name, "w") as member:
+                    hq_media_seal.copy_out(hq_dir / a.source, a.file_key, member)
     return count
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -217,8 +216,7 @@ def copy_attachments(hq_dir: Path, rows: Iterable[ExportRow], destination: Path)
             target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.chmod(target.parent, 0o700)
             os.chmod(target.parent.parent, 0o700)
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with open(fd, "wb") as sink, open(hq_dir / a.source, "rb") as source:
-                shutil.copyfileobj(source, sink)
+            # Decrypted only here, into the export directory the user chose.
+            hq_media.decrypt_to(hq_dir, a.source, a.file_key, target)
             copied += 1
     return copied

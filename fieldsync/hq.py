@@ -8,7 +8,8 @@ Layout of an HQ directory (0700; every file in it 0600)::
     hq.db          the analyst database (open it with ``fieldsync hq serve``: Datasette),
                    encrypted (SQLCipher) under the key in ``hq.dbkey``
     hq.dbkey       that random key, sealed with the HQ passphrase (``HQ.database_key``)
-    media/         verified attachments, media/ENVELOPE/NN-name (``fieldsync.hq_media``)
+    media/         verified attachments, media/ENVELOPE/NN.sealed, each encrypted under its
+                   own key kept in hq.db (``fieldsync.hq_media``, ``hq_media_seal``)
     node/          HQ's own relay node, to sync with the hub (``fieldsync.hq_hub``)
 
 The analyst database has one row per report in ``reports`` (with ``lat``/``lon``
@@ -46,6 +47,7 @@ from fieldsync import (
     cipher_db,
     hq_alerts,
     hq_ingest,
+    hq_media,
     hq_receipts,
     hq_reports,
     hq_revocation,
@@ -260,7 +262,14 @@ class HQ:
         """The analyst database, opened once (0600, encrypted, migrated to this release's
         schema); needs the HQ passphrase (``database_key``)."""
         if self._db is None:
-            self._db = open_database(self.directory, self.database_key())
+            db = open_database(self.directory, self.database_key())
+            try:
+                # An older HQ's plaintext attachment files: sealed now that the key is here.
+                hq_media.seal_plaintext_files(self.directory, db)
+            except BaseException:
+                db.close()
+                raise
+            self._db = db
         return self._db
 
     def close(self) -> None:

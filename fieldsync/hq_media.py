@@ -18,21 +18,28 @@ streaming, chunk by chunk, into a private temporary file (0600 in a 0700 directo
 chunk checked against the signed id list and its AEAD and the whole file against the
 signed size and SHA-256. Only a file that verifies is renamed into place; anything else is
 deleted and raises an alert naming the report. HQ never keeps a byte it could not verify.
+
+Files are sealed at rest (``fieldsync.hq_media_seal``): written encrypted as they are
+reassembled, under a random key kept in the attachment's row of the encrypted hq.db, so no
+plaintext of an attachment ever reaches HQ's disk; ``extract`` and the exports decrypt on
+the fly into the user's chosen output. ``seal_plaintext_files`` seals the plaintext files
+of an older HQ the first time the passphrase opens it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import os
-import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import sqlite_utils
 
-from fieldsync import hq_alerts
+from fieldsync import cipher_db, hq_alerts, hq_media_seal
 from fieldsync.errors import InputRefused, NotFound
 from fieldsync.hq_schema import MEDIA_SCHEMA
 from fieldsync.node import utc_text
@@ -64,6 +71,7 @@ class MediaStatus:
     status: str
     path: str | None
     detail: str | None
+    file_key: bytes | None = field(default=None, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -165,7 +173,7 @@ def statuses(db: sqlite_utils.Database, report_prefix: str | None = None) -> lis
     ensure_schema(db)
     rows = db.conn.execute(
         "SELECT report_id, envelope_id, ordinal, name, media_type, size, sha256, entry, chunks,"
-        " status, path, detail FROM media_attachments WHERE report_id LIKE ? || '%'"
+        " status, path, detail, file_key FROM media_attachments WHERE report_id LIKE ? || '%'"
         " ORDER BY report_id, ordinal",
         (report_prefix or "",),
     ).fetchall()
@@ -187,6 +195,7 @@ def statuses(db: sqlite_utils.Database, report_prefix: str | None = None) -> lis
                 status,
                 row[10],
                 row[11],
+                row[12],
             )
         )
     return out
@@ -303,29 +312,26 @@ def _assemble(
 ) -> tuple[bool, dict[str, Any] | None]:
     report_dir = _media_root(directory) / envelope_id
     report_dir.mkdir(mode=0o700, exist_ok=True)
-    final = report_dir / f"{ordinal + 1:02d}-{entry.name}"
+    # No author file name on HQ's disk either: the name is in hq.db.
+    final = report_dir / f"{ordinal + 1:02d}{hq_media_seal.SUFFIX}"
     partial = report_dir / f"{_PARTIAL}-{ordinal}"
     reader = AttachmentReader(entry)
+    file_key = hq_media_seal.new_key()
+
+    def verified_pieces() -> Iterator[bytes]:
+        yield from _pieces(db, reader)
+        reader.finish()  # size and SHA-256, before the final record is sealed
+
     try:
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            for piece in _pieces(db, reader):
-                out.write(piece)
-            reader.finish()
-            out.flush()
-            os.fsync(out.fileno())
+        hq_media_seal.write_sealed(partial, file_key, verified_pieces())
     except RemoteProtocolError as exc:
-        partial.unlink(missing_ok=True)
         return False, _fail(db, envelope_id, ordinal, report_id, entry.name, str(exc))
-    except OSError:
-        partial.unlink(missing_ok=True)  # never leave a partial file behind
-        raise
     partial.replace(final)
     with immediate_transaction(db.conn):
         db.conn.execute(
-            "UPDATE media_attachments SET status = 'verified', path = ?, detail = NULL"
-            " WHERE envelope_id = ? AND ordinal = ?",
-            (str(final.relative_to(directory)), envelope_id, ordinal),
+            "UPDATE media_attachments SET status = 'verified', path = ?, file_key = ?,"
+            " detail = NULL WHERE envelope_id = ? AND ordinal = ?",
+            (str(final.relative_to(directory)), file_key, envelope_id, ordinal),
         )
         # The verified file is the record now; the ciphertext is no longer needed.
         db.conn.executemany(
@@ -404,6 +410,108 @@ def extract(
     written = []
     for s in found:
         target = out / f"{s.ordinal + 1:02d}-{s.name}"
-        shutil.copyfile(directory / str(s.path), target)
+        decrypt_to(directory, str(s.path), s.file_key, target)
         written.append(target)
     return written
+
+
+def decrypt_to(directory: Path, path: str, file_key: bytes | None, target: Path) -> None:
+    """Write the plaintext of HQ's file ``path`` (relative to ``directory``) to ``target``,
+    created 0600; on ``MediaDamaged`` nothing is left at ``target``.
+
+    ``file_key`` None: a plaintext file of an older HQ (not yet sealed), copied as is."""
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as sink:
+            hq_media_seal.copy_out(directory / path, file_key, sink)
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
+
+
+def _hashed_blocks(path: Path, digest: Any) -> Iterator[bytes]:
+    with open(path, "rb") as handle:
+        while block := handle.read(hq_media_seal.BLOCK):
+            digest.update(block)
+            yield block
+
+
+def seal_plaintext_files(directory: Path, db: sqlite_utils.Database) -> int:
+    """Seal every verified attachment still in plaintext (an HQ from before sealing).
+
+    Order, so that a crash loses nothing: the sealed copy is written and fsynced under a
+    name of this process's own, then, under hq.db's write lock, moved into place with its
+    key and path recorded (unless another process sealed it first: ours is dropped), and
+    only then is the plaintext overwritten and unlinked (``cipher_db.destroy_file``); a
+    plaintext copy a crash left after that is destroyed by the next open
+    (``_destroy_sealed_leftovers``). A plaintext file whose SHA-256 no longer matches the
+    signed one is sealed all the same (no plaintext stays on disk) and its attachment
+    marked failed, with an alert. Returns how many files were sealed.
+    """
+    ensure_schema(db)
+    rows = db.conn.execute(
+        "SELECT envelope_id, ordinal, report_id, name, sha256, path FROM media_attachments"
+        " WHERE status = 'verified' AND file_key IS NULL AND path IS NOT NULL"
+    ).fetchall()
+    sealed = 0
+    for envelope_id, ordinal, report_id, name, sha256, path in rows:
+        plain = directory / path
+        if not plain.is_file():
+            continue  # moved away by hand, or sealed by another process meanwhile
+        final = plain.with_name(f"{ordinal + 1:02d}{hq_media_seal.SUFFIX}")
+        partial = plain.with_name(f"{_PARTIAL}-{ordinal}-{os.getpid()}")
+        file_key = hq_media_seal.new_key()
+        digest = hashlib.sha256()
+        hq_media_seal.write_sealed(partial, file_key, _hashed_blocks(plain, digest))
+        with immediate_transaction(db.conn):
+            ours = db.conn.execute(
+                "UPDATE media_attachments SET path = ?, file_key = ?"
+                " WHERE envelope_id = ? AND ordinal = ? AND file_key IS NULL",
+                (str(final.relative_to(directory)), file_key, envelope_id, ordinal),
+            ).rowcount
+            if ours:
+                partial.replace(final)
+        if not ours:
+            partial.unlink()  # ciphertext under a key nobody keeps
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            cipher_db.destroy_file(plain)
+        sealed += 1
+        if digest.hexdigest() != sha256:
+            _fail(
+                db,
+                envelope_id,
+                ordinal,
+                report_id,
+                name,
+                "the SHA-256 of HQ's plaintext copy differs from the signed one (sealed as found)",
+            )
+    _destroy_sealed_leftovers(directory, db)
+    if sealed:
+        log.info("media: sealed %d plaintext attachment file(s) at rest", sealed)
+    return sealed
+
+
+def _destroy_sealed_leftovers(directory: Path, db: sqlite_utils.Database) -> None:
+    """Destroy the plaintext ``NN-NAME`` file of an attachment already sealed (a crash
+    between recording the sealed copy and destroying the plaintext left it)."""
+    root = directory / MEDIA_DIR
+    if not root.is_dir():
+        return
+    sealed = {
+        str(path)
+        for (path,) in db.conn.execute(
+            "SELECT path FROM media_attachments WHERE file_key IS NOT NULL"
+        )
+    }
+    for report_dir in root.iterdir():
+        if not report_dir.is_dir() or report_dir.is_symlink():
+            continue
+        for leftover in report_dir.iterdir():
+            number = leftover.name.partition("-")[0]
+            if not (len(number) >= 2 and number.isdigit() and leftover.is_file()):
+                continue
+            counterpart = report_dir / f"{number}{hq_media_seal.SUFFIX}"
+            if str(counterpart.relative_to(directory)) in sealed:
+                log.warning("media: destroying a plaintext leftover of a sealed file")
+                cipher_db.destroy_file(leftover)

@@ -232,12 +232,20 @@ def _revocation(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX key_deliveries_node_key ON key_deliveries (node_key)")
 
 
+def _media_file_keys(conn: sqlite3.Connection) -> None:
+    """Version 5: each verified attachment file is sealed at rest under its own random key
+    (``fieldsync.hq_media_seal``), kept here; NULL for a plaintext file of an older HQ until
+    ``hq_media.seal_plaintext_files`` seals it."""
+    _add_columns(conn, "media_attachments", {"file_key": "BLOB"})
+
+
 #: Migration N is MIGRATIONS[N - 1]. Append only; never edit a released one.
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _baseline,
     _alert_states,
     _analyst_views,
     _revocation,
+    _media_file_keys,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
