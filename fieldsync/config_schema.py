@@ -477,6 +477,13 @@ def _check_jitter(value: str) -> str:
     return jitter
 
 
+def _check_trigger_glob(value: str) -> str:
+    pattern = value.strip()
+    if pattern and not pattern.startswith("/"):
+        raise ValueError(f"{value!r} is not absolute")
+    return pattern
+
+
 @dataclass(frozen=True, slots=True)
 class PrivacyConfig:
     """Timing privacy (SPEC.md §14.10, docs/timing-privacy.md)."""
@@ -490,6 +497,16 @@ class PrivacyConfig:
     offer_delay_jitter: str = field(
         default="exponential",
         metadata=_meta(_text(_check_jitter, f"expected one of {', '.join(OFFER_JITTERS)}")),
+    )
+    #: The web app's quick exit (``/exit``) also wipes the node (``fieldsync wipe``) before
+    #: it leaves for the neutral page. Off by default: anyone who can reach the app's page
+    #: can then wipe the node (README "Panic wipe").
+    quick_exit_wipes: bool = field(default=False, metadata=_meta(_boolean()))
+    #: A path glob the daemon checks every second (e.g. ``"/media/*/*/fieldsync-wipe-*"``):
+    #: a file matching it that holds this node's trigger token (``fieldsync wipe-trigger
+    #: create``) wipes the node and stops the daemon. Empty (the default): off.
+    wipe_trigger: str = field(
+        default="", metadata=_meta(_text(_check_trigger_glob, "expected an absolute path glob"))
     )
 
 

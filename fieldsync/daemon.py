@@ -37,6 +37,8 @@ from fieldsync.scheduler import Scheduler, SchedulerPolicy, SyncResult
 from fieldsync.store import Store
 from fieldsync.supervisor import Policy, Supervisor
 from fieldsync.transport import TransportError
+from fieldsync.wipe import wipe_node
+from fieldsync.wipe_trigger import TriggerWatcher
 
 if TYPE_CHECKING:
     from fieldsync.web.server import WebServer
@@ -99,6 +101,9 @@ class FieldDaemon:
         self._lock: HomeLock | None = None
         #: Our discovery names outlive one Discovery instance (it restarts on failure).
         self._own_names = OwnNames()
+        #: Set once the node was wiped (quick exit, wipe trigger): ``wait`` returns, and the
+        #: daemon stops, since it holds keys in memory.
+        self.wiped = asyncio.Event()
         privacy = config.privacy
         #: Report items wait this long before they are offered (SPEC.md §14.10). While it is
         #: on, new items never trigger a sync by themselves: the watcher passes items on
@@ -192,6 +197,10 @@ class FieldDaemon:
                 lambda: self._run_discovery(runtime, scheduler, port),
                 self._keep_trying(),
             )
+        if config.privacy.wipe_trigger:
+            watcher = TriggerWatcher(config.node.home, config.privacy.wipe_trigger, self.panic_wipe)
+            log.info("wipe trigger: watching %s ([privacy] wipe_trigger)", watcher.pattern)
+            supervise("wipe trigger", watcher.run, self._keep_trying())
         interval = sdnotify.watchdog_interval()
         if interval:
             supervise("watchdog", lambda: self._watchdog(interval), self.policy)
@@ -212,6 +221,7 @@ class FieldDaemon:
             self.status,
             self.config.web.max_upload_mb * 1024 * 1024,
             tls_mode=self.config.web.tls,
+            on_quick_exit=self.panic_wipe if self.config.privacy.quick_exit_wipes else None,
         )
         try:
             await web.start()
@@ -457,17 +467,35 @@ class FieldDaemon:
         targets = [] if scheduler is None else [s.as_dict() for s in scheduler.targets.values()]
         return {"peers": targets}
 
+    async def panic_wipe(self, reason: str) -> None:
+        """Destroy every key of the node now (``fieldsync.wipe``), then have the daemon stop."""
+        if self.wiped.is_set():
+            return
+        result = await asyncio.to_thread(wipe_node, self.config.node.home, kill_daemon=False)
+        self.wiped.set()
+        log.critical(
+            "%s: every key on this node was destroyed in %.0f ms (%s); stopping%s",
+            reason,
+            result.seconds * 1000,
+            ", ".join(result.destroyed) or "nothing was left",
+            f"; problems: {'; '.join(result.problems)}" if result.problems else "",
+        )
+
     # --- running and stopping ---------------------------------------------------------------
 
     async def wait(self, stop: asyncio.Event) -> None:
         """Until ``stop`` is set; raises ``DaemonFailed`` if a component gave up first."""
         stopped = asyncio.ensure_future(stop.wait())
         failed = asyncio.ensure_future(self.supervisor.fatal.wait())
+        wiped = asyncio.ensure_future(self.wiped.wait())
         try:
-            await asyncio.wait({stopped, failed}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({stopped, failed, wiped}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopped.cancel()
             failed.cancel()
+            wiped.cancel()
+        if self.wiped.is_set():
+            return
         if self.supervisor.fatal.is_set():
             raise DaemonFailed(
                 f"{self.supervisor.fatal_reason}; stopped so that the service manager can"

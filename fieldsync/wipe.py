@@ -47,6 +47,7 @@ KEY_FILES: Final = (
     "store.key",
     "store.key.next",  # a store-key rotation in progress (cipher_db.rotate)
     "unlock.failures",
+    "wipe-trigger.hashes",  # not a key, but it would tie a trigger stick to this node
 )
 STORE_FILE: Final = "store.db"
 LOCK_FILE: Final = "daemon.lock"
@@ -87,8 +88,11 @@ def key_files(home: Path) -> list[Path]:
     return sorted(p for p in found if p.is_file() or p.is_symlink())
 
 
-def wipe_node(home: Path) -> WipeResult:
-    """Destroy every key of the node in ``home``; see the module's docstring."""
+def wipe_node(home: Path, *, kill_daemon: bool = True) -> WipeResult:
+    """Destroy every key of the node in ``home``; see the module's docstring.
+
+    ``kill_daemon=False``: the caller is the daemon itself (quick exit, USB-stick trigger),
+    which stops on its own once the wipe returns."""
     started = time.monotonic()
     result = WipeResult(home)
     for path in key_files(home):
@@ -99,7 +103,8 @@ def wipe_node(home: Path) -> WipeResult:
         else:
             result.destroyed.append(str(path.relative_to(home)))
     _sync_directory(home, result)
-    result.daemon_killed = _kill_daemon(home, result)
+    if kill_daemon:
+        result.daemon_killed = _kill_daemon(home, result)
     result.store_scrubbed = scrub_store(home / STORE_FILE, result.problems)
     result.seconds = time.monotonic() - started
     return result

@@ -1,4 +1,5 @@
-"""Panic and duress: ``wipe`` and ``duress-set`` (README "Panic wipe", "Duress passphrase")."""
+"""Panic and duress: ``wipe``, ``wipe-trigger`` and ``duress-set`` (README "Panic wipe",
+"Duress passphrase")."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import click
 from fieldsync.errors import FieldsyncError, NotInitialised
 from fieldsync.node import NODE_SECRET, Node
 from fieldsync.wipe import key_files, wipe_node
+from fieldsync.wipe_trigger import create_trigger
 from fieldsync_cli.common import (
     emit,
     get_passphrase,
@@ -55,6 +57,34 @@ def wipe(ctx: click.Context, yes: bool, as_json: bool) -> None:
     for problem in result.problems:
         say(f"warning: {problem}")
     emit(as_json, result.as_dict())
+
+
+@click.group("wipe-trigger")
+def wipe_trigger() -> None:
+    """USB-stick wipe trigger: a file that wipes this node when the daemon sees it."""
+
+
+@wipe_trigger.command("create")
+@click.argument("path", type=click.Path(path_type=Path))
+@json_option
+@click.pass_context
+@handle_errors
+def wipe_trigger_create(ctx: click.Context, path: Path, as_json: bool) -> None:
+    """Write a trigger file at PATH (or in the directory PATH) holding a new random token.
+
+    Only the token's hash stays in the node's home, so a stick made for another node, or
+    any other file, wipes nothing. The daemon acts on it when [privacy] wipe_trigger is a
+    glob matching where the file shows up (e.g. "/media/*/*/fieldsync-wipe-*").
+    """
+    home = home_of(ctx)
+    if not key_files(home):
+        raise NotInitialised(f"{home} holds no fieldsync keys; run fieldsync init first")
+    written = create_trigger(home, path)
+    say(
+        f"wrote wipe trigger {written}: when a file matching [privacy] wipe_trigger holds it,"
+        " the daemon wipes every key on this node; earlier triggers keep working"
+    )
+    emit(as_json, {"trigger": str(written), "home": str(home)})
 
 
 def _duress_passphrase(path: Path | None) -> str:

@@ -35,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bundle": ("fieldsync_cli.cmd_bundle", "bundle"),
     "wipe": ("fieldsync_cli.cmd_wipe", "wipe"),
     "duress-set": ("fieldsync_cli.cmd_wipe", "duress_set"),
+    "wipe-trigger": ("fieldsync_cli.cmd_wipe", "wipe_trigger"),
     "run": ("fieldsync_cli.cmd_net", "run"),
     "sync": ("fieldsync_cli.cmd_net", "sync"),
 }
@@ -59,6 +60,7 @@ SHORT_HELP: dict[str, str] = {
     " runs.",
     "sync": "One sync session with TARGET (HOST:PORT) or --ws URL; print what moved.",
     "wipe": "Destroy every key on this node at once: author, node and network keys.",
+    "wipe-trigger": "USB-stick wipe trigger: a file that wipes this node when the daemon sees it.",
     "web-qr": "The web app's address as a QR code for a phone, and its certificate fingerprint.",
 }
 

@@ -1,7 +1,8 @@
 """The web app's pages and the rules every request passes (aiohttp + aiohttp-jinja2).
 
 Pages: ``/write`` (the report form), ``/reports`` (my reports), ``/status`` (the node),
-``/exit`` (quick exit: ends the session, leaves for a neutral page). Reports are checked,
+``/exit`` (quick exit: ends the session, leaves for a neutral page; with ``[privacy]
+quick_exit_wipes`` it first wipes the node). Reports are checked,
 signed, sealed and stored by the node API (``Node.draft_report``, ``Node.seal_report``) on
 the daemon's store thread; attachments stream from the request into encrypted chunk items
 (``media.AttachmentStream``), a block at a time: no plaintext file is ever written.
@@ -125,8 +126,11 @@ class WebApp:
         status: StatusProvider,
         settings: WebSettings,
         clock: Callable[[], float] = time.monotonic,
+        on_quick_exit: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self.home = home
+        #: ``[privacy] quick_exit_wipes``: what the quick exit runs first (the daemon's wipe).
+        self.on_quick_exit = on_quick_exit
         self.worker = worker
         self.status_provider = status
         self.settings = settings
@@ -266,6 +270,16 @@ class WebApp:
         if referer is not None:
             return referer.lower().startswith(ours + "/")
         return True  # neither header (an old browser): the CSRF token still decides
+
+    def _from_our_page(self, request: web.Request) -> bool:
+        """A GET that a page of ours (or the monitor, typing the address) started: what a
+        quick exit that wipes needs, so that another site's link or image cannot wipe."""
+        fetch_site = request.headers.get("Sec-Fetch-Site")
+        if fetch_site is not None:
+            return fetch_site in ("same-origin", "none")
+        ours = f"{'https' if self.settings.https else 'http'}://{request.host}".lower()
+        referer = request.headers.get("Referer", "")
+        return referer.lower().startswith(ours + "/")
 
     def _cookie_name(self) -> str:
         return "__Host-fieldsync" if self.settings.https else "fieldsync"
@@ -656,6 +670,12 @@ class WebApp:
         )
 
     async def quick_exit(self, request: web.Request) -> web.StreamResponse:
+        if self.on_quick_exit is not None and self._from_our_page(request):
+            # Before the redirect: the keys are gone when the neutral page shows (tens of ms:
+            # key files are overwritten and unlinked; the daemon stops after this response).
+            await self.on_quick_exit("quick exit from the web app")
+        elif self.on_quick_exit is not None:
+            log.warning("quick exit from another site's page (%s): not wiping", _client(request))
         session = self._state(request).session
         self.sessions.end(session.sid)
         self._state(request).ended = True

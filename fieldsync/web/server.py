@@ -13,6 +13,7 @@ import asyncio
 import ipaddress
 import logging
 import ssl
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,7 @@ class WebServer:
         status: StatusProvider,
         max_upload_bytes: int,
         tls_mode: str = "auto",
+        on_quick_exit: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self.listen = listen
         self.home = home
@@ -53,7 +55,7 @@ class WebServer:
         self.settings = WebSettings(
             https=self.https, allowed_hosts=frozenset(), max_upload_bytes=max_upload_bytes
         )
-        self.app = WebApp(home, worker, status, self.settings)
+        self.app = WebApp(home, worker, status, self.settings, on_quick_exit=on_quick_exit)
         self._runner: web.AppRunner | None = None
         self.port = 0
 
