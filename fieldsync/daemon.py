@@ -104,6 +104,7 @@ class FieldDaemon:
         #: Set once the node was wiped (quick exit, wipe trigger): ``wait`` returns, and the
         #: daemon stops, since it holds keys in memory.
         self.wiped = asyncio.Event()
+        self.wipe_trigger: TriggerWatcher | None = None
         privacy = config.privacy
         #: Report items wait this long before they are offered (SPEC.md §14.10). While it is
         #: on, new items never trigger a sync by themselves: the watcher passes items on
@@ -199,6 +200,7 @@ class FieldDaemon:
             )
         if config.privacy.wipe_trigger:
             watcher = TriggerWatcher(config.node.home, config.privacy.wipe_trigger, self.panic_wipe)
+            self.wipe_trigger = watcher
             log.info("wipe trigger: watching %s ([privacy] wipe_trigger)", watcher.pattern)
             supervise("wipe trigger", watcher.run, self._keep_trying())
         interval = sdnotify.watchdog_interval()

@@ -88,6 +88,8 @@ class TriggerWatcher:
         self.wipe = wipe
         #: Files that matched the glob but hold no token of this node (logged once each).
         self.rejected: set[Path] = set()
+        #: Set after each look that found no trigger (tests wait on it, not on the clock).
+        self.looked = asyncio.Event()
 
     def check(self) -> Path | None:
         """The first file matching the glob that holds a known token (blocking: a thread)."""
@@ -115,5 +117,6 @@ class TriggerWatcher:
             if found is not None:
                 await self.wipe(f"wipe trigger {found}")
                 await asyncio.Future()  # nothing left to watch; the daemon is stopping
+            self.looked.set()
 
             await asyncio.sleep(POLL_SECONDS)
