@@ -38,7 +38,7 @@ from fieldsync.store import Store
 from fieldsync.supervisor import Policy, Supervisor
 from fieldsync.transport import TransportError
 from fieldsync.wipe import wipe_node
-from fieldsync.wipe_trigger import TriggerWatcher
+from fieldsync.wipe_trigger import TriggerWatcher, known_hashes
 
 if TYPE_CHECKING:
     from fieldsync.web.server import WebServer
@@ -202,6 +202,11 @@ class FieldDaemon:
             watcher = TriggerWatcher(config.node.home, config.privacy.wipe_trigger, self.panic_wipe)
             self.wipe_trigger = watcher
             log.info("wipe trigger: watching %s ([privacy] wipe_trigger)", watcher.pattern)
+            if not await asyncio.to_thread(known_hashes, config.node.home):
+                log.warning(
+                    "wipe trigger: no trigger was made for this node yet, so no stick can wipe"
+                    " it; run fieldsync wipe-trigger create PATH"
+                )
             supervise("wipe trigger", watcher.run, self._keep_trying())
         interval = sdnotify.watchdog_interval()
         if interval:

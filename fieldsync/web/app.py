@@ -673,7 +673,11 @@ class WebApp:
         if self.on_quick_exit is not None and self._from_our_page(request):
             # Before the redirect: the keys are gone when the neutral page shows (tens of ms:
             # key files are overwritten and unlinked; the daemon stops after this response).
-            await self.on_quick_exit("quick exit from the web app")
+            try:
+                await self.on_quick_exit("quick exit from the web app")
+            except Exception:
+                # The monitor must still leave the page at once, whatever the wipe hit.
+                log.exception("quick exit: the wipe failed; leaving for the neutral page")
         elif self.on_quick_exit is not None:
             log.warning("quick exit from another site's page (%s): not wiping", _client(request))
         session = self._state(request).session

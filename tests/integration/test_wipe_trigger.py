@@ -127,6 +127,7 @@ async def test_a_node_without_a_trigger_of_its_own_says_so(
         await _rejected(d, other)
         assert not d.wiped.is_set()
     assert "no trigger was created: fieldsync wipe-trigger create" in caplog.text
+    assert "no trigger was made for this node yet" in caplog.text
     assert await asyncio.to_thread(_unlock, net.a)
 
 
