@@ -1,7 +1,8 @@
 """``[privacy] quick_exit_wipes``: the web app's quick exit wipes the node (issue #11 item 5).
 
 A real daemon serves the app on loopback; a plain HTTP client presses the quick exit as the
-browser does (a GET the app's own page started: ``Sec-Fetch-Site: same-origin``).
+browser does (a GET the app's own page started: ``Sec-Fetch-Site: same-origin``), and one
+test taps the button in a real browser.
 """
 
 from __future__ import annotations
@@ -10,12 +11,15 @@ import asyncio
 
 import aiohttp
 import pytest
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
 
 from fieldsync.errors import FieldsyncError
 from fieldsync.node import Node
 from fieldsync.wipe import key_files
 from tests.fieldsync.offline_support import PASSPHRASE, Net
-from tests.web.support import served, url_of
+from tests.web.browser import phone_browser
+from tests.web.support import DaemonThread, served, url_of
 
 FROM_OUR_PAGE = {"Sec-Fetch-Site": "same-origin"}
 
@@ -80,3 +84,18 @@ async def test_quick_exit_from_an_old_browser_on_our_page_wipes(net: Net) -> Non
         await _quick_exit(base, {"Referer": base + "/write"})
         assert daemon.wiped.is_set()
     assert await asyncio.to_thread(key_files, net.a) == []
+
+
+@pytest.mark.browser
+def test_the_quick_exit_button_in_a_browser_wipes(net: Net) -> None:
+    """What the browser really sends when the monitor taps the button is enough to wipe."""
+    with (
+        DaemonThread(net.a, **{"privacy.quick_exit_wipes": True}) as served_app,
+        phone_browser("en") as driver,
+    ):
+        driver.get(served_app.url + "/write")
+        driver.find_element(By.ID, "quick-exit").click()
+        WebDriverWait(driver, 30).until(lambda d: d.current_url.endswith("/bye"))
+        assert "It works!" in driver.page_source
+        assert served_app.daemon is not None and served_app.daemon.wiped.is_set()
+        assert key_files(net.a) == []
