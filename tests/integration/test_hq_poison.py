@@ -126,7 +126,7 @@ def _check_poison_held(first: dict[str, Any], rss_kib: int) -> None:
 def _analyst_rows(net: Net) -> list[str]:
     done = subprocess.run(
         [*fieldsync_command(), "hq", "export", "--hq", str(net.hq), "--format", "jsonl"],
-        env=clean_env(),
+        env=clean_env() | {"FIELDSYNC_PASSPHRASE": PASSPHRASE},  # hq.db is encrypted under it
         capture_output=True,
         text=True,
         timeout=COMMAND_TIMEOUT,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import secrets
+import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ import nacl.bindings as sodium
 import pytest
 
 from fieldsync.node import NODE_SECRET, Node
+from fieldsync.store import connect_store
 from fieldsync_protocol import crypto
 from fieldsync_protocol.errors import RemoteProtocolError
 from fieldsync_protocol.items import ItemKind, parse_item
@@ -32,6 +34,7 @@ from tests.fieldsync.offline_support import (
     export,
     fields,
     files_under,
+    hq_db_connect,
     import_,
     ingest,
     receipts,
@@ -67,6 +70,22 @@ class Needles:
         raw = text.encode("utf-8")
         for start in range(len(raw) - WINDOW + 1):
             self.add(f"{name}[{start}:{start + WINDOW}]", raw[start : start + WINDOW])
+
+
+def decrypted_contents(conn: sqlite3.Connection, out: Path) -> Path:
+    """Every value of every table as stored (bytes raw, text UTF-8), in one file at ``out``:
+    what an encrypted database gives to whoever holds its key (positive controls)."""
+    try:
+        tables = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+        with out.open("wb") as dump:
+            for (table,) in tables:
+                for row in conn.execute(f'SELECT * FROM "{table}"'):  # noqa: S608
+                    for value in row:
+                        dump.write(value if isinstance(value, bytes) else str(value).encode())
+                        dump.write(b"\n")
+    finally:
+        conn.close()
+    return out
 
 
 def find(needles: Needles, files: Iterable[Path]) -> list[str]:
@@ -184,9 +203,13 @@ def test_nothing_recoverable_after_delivery_and_nothing_readable_before(net: Net
         middle = len(item) // 2
         forbidden_after.add(f"deleted item {index} bytes", item[middle : middle + 32])
 
-    # Positive controls: the needles are findable where they do exist.
-    assert find(forbidden_after, [net.b / "store.db"]), "B's store holds the items before purge"
-    assert any("marker" in hit for hit in find(forbidden_before, files_under(net.hq))), (
+    # Positive controls: the needles are findable where they do exist - given the keys, as
+    # both databases are encrypted at rest (and the raw store file shows none of them).
+    b_plain = decrypted_contents(connect_store(net.b / "store.db"), net.root / "b-plain")
+    assert find(forbidden_after, [b_plain]), "B's store holds the items before purge"
+    assert find(forbidden_after, [net.b / "store.db"]) == []
+    hq_plain = decrypted_contents(hq_db_connect(net.hq), net.root / "hq-plain")
+    assert any("marker" in hit for hit in find(forbidden_before, [hq_plain])), (
         "HQ's analyst database has the plaintext: the marker needle works"
     )
 
@@ -241,7 +264,11 @@ def test_items_received_and_purged_in_one_open_session_leave_no_trace(net: Net) 
     try:
         assert node_b.import_bundle(net.usb / "a.bundle").counts.new == 1
         wal = net.b / "store.db-wal"
-        assert find(forbidden, [wal]), "positive control: the item is in the WAL now"
+        # Positive control: the item is in the store now (in its WAL, encrypted: read back
+        # through the store key).
+        assert wal.stat().st_size > 0
+        b_plain = decrypted_contents(connect_store(net.b / "store.db"), net.root / "b-plain")
+        assert find(forbidden, [b_plain]), "positive control: the item is in the store now"
         node_b.export_bundle(net.usb / "b.bundle")
         assert node_b.import_bundle(net.usb / "receipts.bundle").counts.purged == 1
         assert find(forbidden, files_under(net.b)) == []
