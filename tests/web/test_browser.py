@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from selenium.common.exceptions import TimeoutException
+from selenium.common.exceptions import TimeoutException, WebDriverException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support import expected_conditions
@@ -53,7 +53,9 @@ def _click(driver: WebDriver, by: str, what: str) -> None:
 
 def _wait_text(driver: WebDriver, text: str) -> None:
     try:
-        WebDriverWait(driver, 60).until(
+        # The page may be replaced while it is read (a redirect after a POST): Chromium then
+        # reports the old body as stale or "not in the document"; read again until the time.
+        WebDriverWait(driver, 60, ignored_exceptions=(WebDriverException,)).until(
             expected_conditions.text_to_be_present_in_element((By.TAG_NAME, "body"), text)
         )
     except TimeoutException:
