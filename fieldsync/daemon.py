@@ -167,6 +167,7 @@ class FieldDaemon:
             runtime.worker,
             runtime.context.source,
             disk_budget_bytes=config.storage.disk_budget_mb * 1024 * 1024,
+            interval=self.JANITOR_SECONDS,
             checkpoint_every=config.storage.checkpoint_minutes * 60.0,
             forget_peers_after=config.sync.forget_peers_days * 86400,
             rotate_key_every=config.storage.key_rotation_hours * 3600.0,
@@ -278,10 +279,10 @@ class FieldDaemon:
         await scheduler.run()
 
     async def _run_janitor(self, janitor: Janitor) -> None:
-        while True:
-            self.faults.check("janitor")
-            await janitor.tick()
-            await asyncio.sleep(self.JANITOR_SECONDS)
+        self.faults.check("janitor")
+        # Janitor.run, not a sleep loop: a nudge after a session that brought items must
+        # wake it (SPEC.md §14.2), or a flood stays over budget until the next pass.
+        await janitor.run(pass_first=True)
 
     async def _probe_store(self, runtime: Runtime) -> None:
         """Ask the store thread a cheap question now and then; mark it unhealthy if silent."""

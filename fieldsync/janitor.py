@@ -65,6 +65,10 @@ class Janitor:
         self._last_rotation = time.monotonic()
         self._nudged = asyncio.Event()
         self.last = JanitorReport()
+        #: Full passes (``tick``) and budget checks a nudge caused (``fit_budget``) so far.
+        self.passes = 0
+        self.fits = 0
+        self._counted = asyncio.Condition()
 
     def nudge(self) -> None:
         """New items came in: check the disk budget now rather than at the next pass, so a
@@ -89,7 +93,20 @@ class Janitor:
                 )
             return evicted.items
 
-        return await self._worker.call(work)
+        evicted = await self._worker.call(work)
+        await self._count("fits")
+        return evicted
+
+    async def _count(self, what: str) -> None:
+        async with self._counted:
+            setattr(self, what, getattr(self, what) + 1)
+            self._counted.notify_all()
+
+    async def counted(self, *, fits: int = 0, passes: int = 0) -> None:
+        """Until at least ``fits`` budget checks and ``passes`` full passes have run (so a
+        caller waits for the janitor's work, never for a time)."""
+        async with self._counted:
+            await self._counted.wait_for(lambda: self.fits >= fits and self.passes >= passes)
 
     def unrecorded_seconds(self) -> int:
         """Running time the store's clock does not show yet: the next tick adds it (offer
@@ -130,6 +147,7 @@ class Janitor:
             return report
 
         self.last = await self._worker.call(work)
+        await self._count("passes")
         if self.last.key_rotated:
             self._last_rotation = time.monotonic()
             log.info("janitor: store key rotated, the old key destroyed")
@@ -146,7 +164,11 @@ class Janitor:
             log.info("janitor: forgot %d peers not seen for a while", self.last.peers_forgotten)
         return self.last
 
-    async def run(self) -> None:
+    async def run(self, *, pass_first: bool = False) -> None:
+        """Run until cancelled: a full pass every ``interval`` (the first at once with
+        ``pass_first``), and a budget check whenever ``nudge`` was called meanwhile."""
+        if pass_first:
+            await self.tick()
         next_tick = time.monotonic() + self._interval
         while True:
             # asyncio.timeout: wait_for (3.11) can swallow a cancellation (scheduler.run).

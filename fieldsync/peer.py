@@ -944,7 +944,9 @@ def _store_batch(
             checked,
             now_seconds(),
             origin=node_key,
-            quota=quota if charge_items else None,  # None: every batch here is charged
+            quota=quota,
+            # (0, 0) when every batch here was charged with an earlier slice: evicted items
+            # coming back are then credited back to this peer (Store.add_batch).
             charge=(charge_items, charge_bytes),
             durable=durable,
         )

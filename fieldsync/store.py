@@ -28,7 +28,7 @@ import functools
 import hashlib
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -206,7 +206,26 @@ _MIGRATIONS: tuple[str, ...] = (
         status_at = (SELECT o.delivered_at FROM outbox o WHERE o.tag = tombstones.tag)
         WHERE tag IN (SELECT tag FROM outbox WHERE status != 'sealed');
     """,
+    # 10: who contributed the items the disk budget evicted (SPEC.md §14.2, §14.5), by the
+    # first bytes of their delivery tags: when a peer pushes such an item again (it got it
+    # from us before the eviction), it is the original contributor's, not the re-pusher's.
+    # Bounded (``evicted_origins_limit``): the oldest evictions are forgotten first.
+    """
+    CREATE TABLE evicted_origins (
+        n INTEGER PRIMARY KEY,                  -- order of eviction (oldest forgotten first)
+        prefix BLOB NOT NULL UNIQUE,            -- the first EVICTED_TAG_PREFIX bytes of the tag
+        origin INTEGER                          -- origins.ref of the contributor, NULL: imported
+    );
+    """,
 )
+#: Bytes of an evicted item's delivery tag kept to recognise it when it comes back (§14.2):
+#: enough that two items of one store never share them by chance, too few to name an item.
+EVICTED_TAG_PREFIX = 8
+#: Evicted items whose contributor the store remembers: one per this many bytes of the disk
+#: budget (a row costs about 30 bytes, so the memory takes about 3 % of the budget) ...
+EVICTED_ORIGINS_PER_BYTES = 1024
+#: ... and never fewer than this many.
+EVICTED_ORIGINS_MIN = 256
 #: ``peers.last_sync`` is kept to this many seconds: enough for "last synced" on a page.
 LAST_SYNC_GRAIN = 3600
 _PEER_PERSON = b"fs-peer-record"
@@ -589,7 +608,11 @@ class Store:
         ``quota``: charge the batch to that peer first, in the same transaction (one fsync
         per batch); over quota raises ``QuotaExceeded`` and stores nothing. ``charge``:
         (items, bytes) to charge instead of the batch's own (a session batch stored in
-        several slices is charged whole with its first one).
+        several slices is charged whole with its first one, and (0, 0) with the others).
+
+        Items the disk budget evicted that come back (SPEC.md §14.2) stay their original
+        contributor's: stored under its origin and charged to its quota, not to the peer
+        that pushed them again (credited back to it when an earlier slice charged them).
 
         ``durable=False``: commit under ``synchronous=NORMAL`` - atomic and visible, but not
         fsynced, so the write lock is held for the work only and one fsync serves many
@@ -605,14 +628,19 @@ class Store:
                     "INSERT INTO store_meta (key, value) VALUES ('sync_points', 1)"
                     " ON CONFLICT(key) DO UPDATE SET value = value + 1"
                 )
+            returning = {} if origin is None else self._returning(checked)
             if quota is not None:
                 if charge is None:
                     charge = (len(checked), sum(len(c.item.data) for c in checked))
-                exhausted = self._charge(quota, *charge)
-                if exhausted is not None:
-                    raise QuotaExceeded(f"peer is over its quota for today ({exhausted})")
+                back_items = len(returning)
+                back_bytes = sum(size for _ref, size in returning.values())
+                if charge != (back_items, back_bytes):
+                    exhausted = self._charge(quota, charge[0] - back_items, charge[1] - back_bytes)
+                    if exhausted is not None:
+                        raise QuotaExceeded(f"peer is over its quota for today ({exhausted})")
+                self._charge_contributors(quota.window, returning.values())
             ref = None if origin is None else self._origin_ref(origin, create=True)
-            self._add_many(checked, counts, now, ref)
+            self._add_many(checked, counts, now, ref, {k: r for k, (r, _s) in returning.items()})
         self._unsynced = not durable
         if counts.purged:
             self.checkpoint()
@@ -630,12 +658,58 @@ class Store:
         finally:
             self._conn.execute("PRAGMA synchronous=FULL")
 
+    def _returning(self, checked: list[Checked]) -> dict[bytes, tuple[int | None, int]]:
+        """Evicted items coming back (SPEC.md §14.2): item id -> (the origin they had when
+        evicted, their size), by the remembered prefixes of their delivery tags."""
+        by_prefix = {c.item.tag[:EVICTED_TAG_PREFIX]: c.item for c in checked}
+        prefixes = list(by_prefix)
+        found = {}
+        for start in range(0, len(prefixes), 500):
+            chunk = prefixes[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self._conn.execute(
+                f"SELECT prefix, origin FROM evicted_origins WHERE prefix IN ({marks})",  # noqa: S608
+                chunk,
+            )
+            for prefix, ref in rows:
+                item = by_prefix[bytes(prefix)]
+                found[item.id] = (ref, len(item.data))
+        return found
+
+    def _charge_contributors(
+        self, window: int, returning: Iterable[tuple[int | None, int]]
+    ) -> None:
+        """Charge evicted items that came back to the quota of the peer that first gave
+        them (none for imported items or a forgotten peer): counted, never refused, since
+        the peer that pushed them again is not the one that sent them first."""
+        totals: dict[int, tuple[int, int]] = {}
+        for ref, size in returning:
+            if ref is not None:
+                items, total = totals.get(ref, (0, 0))
+                totals[ref] = (items + 1, total + size)
+        for ref, (items, size) in totals.items():
+            self._conn.execute(
+                "UPDATE peers SET"
+                " quota_items = CASE WHEN quota_window = ?1 THEN quota_items ELSE 0 END + ?2,"
+                " quota_bytes = CASE WHEN quota_window = ?1 THEN quota_bytes ELSE 0 END + ?3,"
+                " quota_window = ?1"
+                " WHERE peer = (SELECT peer FROM origins WHERE ref = ?4)",
+                (window, items, size, ref),
+            )
+
     def _add_many(
-        self, checked: list[Checked], counts: ImportCounts, now: int, origin: int | None
+        self,
+        checked: list[Checked],
+        counts: ImportCounts,
+        now: int,
+        origin: int | None,
+        returning: dict[bytes, int | None] | None = None,
     ) -> None:
         """``add_checked`` for a whole batch: two lookups and one ``executemany`` instead of
         three statements per item (the receiver's hot path, perf S1). Receipts are applied
-        after the batch's items are in, so the end state equals one-by-one insertion."""
+        after the batch's items are in, so the end state equals one-by-one insertion.
+        ``returning``: evicted items coming back, by id, stored under their first origin."""
+        returning = returning or {}
         tombstoned = self._present("tombstones", "tag", [c.item.tag for c in checked])
         held = self._present("items", "id", [c.item.id for c in checked])
         clock = self._clock_now()
@@ -653,7 +727,8 @@ class Store:
                 continue
             held.add(item.id)
             ttl = RECEIPT_TTL if entry.envelope is None else TTL_CLASSES[entry.envelope.ttl_class]
-            rows.append((item.id, item.tag, item.kind.value, item.data, now, clock + ttl, origin))
+            first = returning.get(item.id, origin)
+            rows.append((item.id, item.tag, item.kind.value, item.data, now, clock + ttl, first))
             counts.new += 1
             counts.new_ids.append(item.id)
             if entry.receipt is not None:
@@ -663,6 +738,17 @@ class Store:
             " VALUES (?, ?, ?, ?, ?, ?, 0, ?)",
             rows,
         )
+        if returning:
+            back = [
+                bytes(c.item.tag[:EVICTED_TAG_PREFIX]) for c in checked if c.item.id in returning
+            ]
+            for start in range(0, len(back), 500):
+                chunk = back[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                self._conn.execute(
+                    f"DELETE FROM evicted_origins WHERE prefix IN ({marks})",  # noqa: S608
+                    chunk,
+                )
         for receipt in receipts:
             self._apply_receipt(receipt, counts, now)
 
@@ -833,9 +919,9 @@ class Store:
             "INSERT INTO peers (peer) VALUES (?) ON CONFLICT(peer) DO NOTHING", (peer,)
         )
         self._conn.execute(
-            "UPDATE peers SET"
-            " quota_items = CASE WHEN quota_window = ?1 THEN quota_items ELSE 0 END + ?2,"
-            " quota_bytes = CASE WHEN quota_window = ?1 THEN quota_bytes ELSE 0 END + ?3,"
+            "UPDATE peers SET"  # a negative charge credits back what an earlier slice charged
+            " quota_items = max(0, CASE WHEN quota_window = ?1 THEN quota_items ELSE 0 END + ?2),"
+            " quota_bytes = max(0, CASE WHEN quota_window = ?1 THEN quota_bytes ELSE 0 END + ?3),"
             " quota_window = ?1, seen = ?5 WHERE peer = ?4",
             (quota.window, items, size, peer, self._clock_now()),
         )
@@ -932,7 +1018,7 @@ class Store:
                         reports=eviction.Contributors(self._contributor_totals(_RELAYED_REPORTS)),
                     )
                 plan = self._plan_eviction(excess, budget_bytes, pools)
-                self._evict(plan)
+                self._evict(plan, evicted_origins_limit(budget_bytes))
             if not plan.seqs:
                 break
             total.add(plan)
@@ -992,13 +1078,26 @@ class Store:
             plan.take(int(row[0]), int(row[1]))
         cursor.close()
 
-    def _evict(self, plan: eviction.Plan) -> None:
+    def _evict(self, plan: eviction.Plan, remember: int) -> None:
         """Delete the planned items (no tombstone) and forget the cursors on the peers that
-        gave them, so those peers' next sessions reconcile and can bring them back."""
+        gave them, so those peers' next sessions reconcile and can bring them back. Who
+        contributed each relayed item is remembered (the newest ``remember`` evictions), so
+        an item pushed again by another peer stays its first contributor's (§14.2)."""
         for start in range(0, len(plan.seqs), 500):
             chunk = plan.seqs[start : start + 500]
             marks = ",".join("?" * len(chunk))
+            self._conn.execute(
+                "INSERT OR REPLACE INTO evicted_origins (prefix, origin)"  # noqa: S608
+                f" SELECT substr(tag, 1, {EVICTED_TAG_PREFIX}), origin FROM items"
+                f" WHERE seq IN ({marks}) AND own = 0 ORDER BY seq",
+                chunk,
+            )
             self._conn.execute(f"DELETE FROM items WHERE seq IN ({marks})", chunk)  # noqa: S608
+        self._conn.execute(
+            "DELETE FROM evicted_origins WHERE n IN"
+            " (SELECT n FROM evicted_origins ORDER BY n DESC LIMIT -1 OFFSET ?)",
+            (remember,),
+        )
         peers = [key for key in plan.by_contributor if key != eviction.IMPORTED]
         if peers:
             marks = ",".join("?" * len(peers))
@@ -1107,6 +1206,11 @@ class Store:
 
     def integrity_check(self) -> str:
         return str(self._conn.execute("PRAGMA integrity_check").fetchone()[0])
+
+
+def evicted_origins_limit(budget_bytes: int) -> int:
+    """How many evicted items' contributors a store with this disk budget remembers."""
+    return max(EVICTED_ORIGINS_MIN, budget_bytes // EVICTED_ORIGINS_PER_BYTES)
 
 
 def _file_stamp(path: Path) -> tuple[int, int] | None:

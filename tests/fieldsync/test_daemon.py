@@ -16,6 +16,8 @@ from fieldsync.control import query
 from fieldsync.daemon import FieldDaemon
 from fieldsync.lognames import address_name
 from fieldsync.node import Node
+from fieldsync.runtime import Runtime
+from tests.integration.evict_support import junk
 
 
 @pytest.fixture
@@ -212,3 +214,36 @@ async def test_the_hub_keeps_no_access_log_of_field_addresses(
         await daemon.stop()
     assert not [r for r in caplog.records if r.name == "aiohttp.access"]
     assert not [r for r in caplog.records if "Python/" in r.getMessage()]  # no User-Agent
+
+
+async def test_a_session_that_brings_items_wakes_the_janitor_loop(
+    network: synthetic.SyntheticNetwork, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The running daemon's janitor loop wakes on the nudge after a session that brought new
+    items and fits the disk budget then (SPEC.md §14.2), not at its next pass: with passes a
+    year apart, only the nudge can have evicted."""
+    monkeypatch.setattr(FieldDaemon, "JANITOR_SECONDS", 365 * 86_400.0)
+    relay = await asyncio.to_thread(network.add_node, "relay")
+    flooder = await asyncio.to_thread(network.add_node, "flooder")
+    await asyncio.to_thread(
+        synthetic.fill_store, flooder, network.manifest, junk(network.manifest, 40, size_class=7)
+    )
+    daemon = FieldDaemon(await config_for(relay, **{"storage.disk_budget_mb": 1}))
+    await daemon.start()
+    try:
+        janitor, runtime = daemon.janitor, daemon.runtime
+        assert janitor is not None and runtime is not None and daemon.server is not None
+        await janitor.counted(passes=1)  # the pass at start, before anything came in
+        host, port = daemon.server.addresses[0]
+        dialler = await Runtime.open(flooder)
+        try:
+            outcome = await dialler.sync_with(f"{host}:{port}")
+        finally:
+            await dialler.close()
+        assert outcome.complete and outcome.stats.items_sent == 40
+        async with asyncio.timeout(60):  # a hang guard: without the wake-up, a year
+            await janitor.counted(fits=1)
+        assert janitor.passes == 1
+        assert await runtime.worker.call(lambda store: store.used_bytes()) <= 1024 * 1024
+    finally:
+        await daemon.stop()

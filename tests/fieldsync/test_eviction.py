@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from fieldsync import eviction, limits, synthetic
 from fieldsync.config import SyncConfig
 from fieldsync.peer import PeerLimits
-from fieldsync.store import ImportCounts, Quota, QuotaExceeded, Store
+from fieldsync.store import ImportCounts, Quota, QuotaExceeded, Store, evicted_origins_limit
 from fieldsync_protocol import codec
 from fieldsync_protocol.envelope import SIZE_CLASSES
 from fieldsync_protocol.items import Checked, check_item
@@ -352,3 +352,75 @@ def test_later_passes_of_one_plan_never_take_an_item_twice(
     assert sorted(plan.seqs) == list(range(1, next_seq))  # each item exactly once
     assert plan.freed == everything
     assert set(contributors.held.values()) <= {0}
+
+
+RELAY = b"R" * 32
+
+
+def test_evicted_items_pushed_again_by_another_peer_stay_their_contributors(
+    manifest: Manifest, store: Store
+) -> None:
+    """A relay that got the flood from us before we evicted it pushes it back (SPEC.md §14.2):
+    those items are the flooder's again, for fair share, no echo and the quota, not the
+    relay's, so the relay's own reports are not what the next eviction takes."""
+    flood = envelopes(manifest, 30)
+    store.add_batch(envelopes(manifest, 5), 0, origin=HONEST)
+    store.add_batch(flood, 0, origin=FLOODER, quota=Quota(FLOODER, 1, 30, 10**9))
+    budget = store.used_bytes() - 20 * BIG
+    evicted = store.enforce_budget(budget)
+    assert evicted.items >= 20
+    back = [c for c in flood if c.item.id not in set(store.sorted_ids())]
+    assert len(back) == evicted.items
+
+    # The relay's quota is exactly what is not coming back: charged to it, the batch fails.
+    stays = len(flood) - len(back)
+    again = store.add_batch(flood, 0, origin=RELAY, quota=Quota(RELAY, 1, stays, 10**9))
+    assert again.new == len(back) and again.duplicate == stays
+    # ... and the flooder, who had used its 30 items, is charged for what came back.
+    with pytest.raises(
+        QuotaExceeded, match=rf"30 items a day; this delivery would make {31 + len(back)}"
+    ):
+        store.add_batch(
+            envelopes(manifest, 1), 0, origin=FLOODER, quota=Quota(FLOODER, 1, 30, 10**9)
+        )
+    # No echo: a delta to the flooder leaves out its flood, whoever brought it back.
+    assert not ids_of(flood) & {
+        check_item(data, manifest).item.id for _seq, data in store.items_after(0, 1000, FLOODER)
+    }
+
+    # The relay's own reports come after the flood it pushed back, so they are the newest:
+    # were the flood counted as the relay's, the relay would be the largest contributor.
+    relays_own = envelopes(manifest, 5)
+    store.add_batch(relays_own, 0, origin=RELAY)
+    store.enforce_budget(budget)
+    assert ids_of(relays_own) <= set(store.sorted_ids())
+
+
+def test_the_memory_of_evicted_contributors_is_bounded_oldest_forgotten_first(
+    manifest: Manifest, store: Store
+) -> None:
+    flood = envelopes(manifest, 600, size=512)
+    store.add_batch(flood, 0, origin=FLOODER)
+    store.enforce_budget(store.used_bytes() - 100 * 1024)
+    first = [c for c in flood if c.item.id not in set(store.sorted_ids())]
+    budget = store.used_bytes() - 150 * 1024
+    store.enforce_budget(budget)
+    held = set(store.sorted_ids())
+    later = [c for c in flood if c.item.id not in held and c not in first]
+    limit = evicted_origins_limit(budget)
+    assert len(first) + len(later) > limit >= len(later)
+    (remembered,) = store.db.execute("SELECT count(*) FROM evicted_origins").fetchone()
+    assert remembered == limit  # bounded
+
+    # The newest evictions are remembered: all of ``later`` is the flooder's again ...
+    store.add_batch(later, 0, origin=RELAY)
+    assert not ids_of(later) & {
+        check_item(data, manifest).item.id for _seq, data in store.items_after(0, 10**6, FLOODER)
+    }
+    # ... of the first round only the most recent ``limit - len(later)``; the rest, forgotten,
+    # counts as the relay's (no echo to the relay then leaves them out).
+    store.add_batch(first, 0, origin=RELAY)
+    to_relay = {
+        check_item(data, manifest).item.id for _seq, data in store.items_after(0, 10**6, RELAY)
+    }
+    assert len(ids_of(first) & to_relay) == limit - len(later)
