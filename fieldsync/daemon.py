@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import importlib
 import logging
 import random
@@ -147,6 +148,7 @@ class FieldDaemon:
         except TransportError as exc:
             raise FieldsyncError(str(exc)) from exc
         self.scheduler = scheduler = Scheduler(self._sync_target, self._policy(), rng=self.rng)
+        runtime.on_key_switch = functools.partial(self._forget_discovered, scheduler)
         if not self.offer_delay.active:
             scheduler.on_new_items = lambda target: scheduler.poke(except_target=target)
         for peer in config.peers.static:
@@ -320,6 +322,8 @@ class FieldDaemon:
         def appeared(peer: PeerAddress) -> None:
             if peer.host in addresses and peer.port == port:
                 return  # ourselves, by address: never list or dial our own server
+            if runtime.context.network_key != browsing_key:
+                return  # found under a key switched away from (§17.5): not a lead any more
             scheduler.add(f"{peer.host}:{peer.port}", "discovered")
 
         def gone(peer: PeerAddress) -> None:
@@ -329,6 +333,7 @@ class FieldDaemon:
             # Pseudonyms derive from the network key: after a rotation (SPEC.md §17.5)
             # discovery starts again under the new key, and the old key recognises nothing.
             runtime.keys_changed.clear()
+            browsing_key = runtime.context.network_key  # what ``appeared`` compares with
             discovery = Discovery(
                 network_key=runtime.context.network_key,
                 port=port,
@@ -359,6 +364,14 @@ class FieldDaemon:
                 return
             for peer in found:  # found under the old key: found again under the new, or not
                 scheduler.remove(f"{peer.host}:{peer.port}", even_in_flight=True)
+
+    def _forget_discovered(self, scheduler: Scheduler) -> None:
+        """The network key switched (SPEC.md §17.5): what discovery found under the previous
+        key may be an ex-member, so forget it and end the syncs running with it now; the
+        restarted discovery finds again, under the new key, whoever still holds it."""
+        forgotten = scheduler.forget_discovered()
+        if forgotten:
+            log.info("discovery: forgot %d peers found under the previous network key", forgotten)
 
     async def _watch_local_changes(self, runtime: Runtime, scheduler: Scheduler) -> None:
         """Items written by another process (``report add``, ``bundle import``): pass them on."""

@@ -71,6 +71,10 @@ class Runtime:
     own_expiry: int = 0
     #: Id of the network key in use (0: the enrolment's).
     network_key_id: int = 0
+    #: Called on the loop when the network key switches (SPEC.md §17.5), before the new key
+    #: is used: the daemon forgets the peers discovery found under the previous key and ends
+    #: the syncs with them, so nothing dials them under the new one.
+    on_key_switch: Callable[[], None] | None = None
 
     @classmethod
     async def open(
@@ -110,8 +114,16 @@ class Runtime:
         return runtime
 
     def _follow(self, member: Membership) -> None:
-        """Use the keys and certificate of ``member`` for every later handshake."""
+        """Use the keys and certificate of ``member`` for every later handshake. A switch of
+        the current key happens on the loop, in one step with ``on_key_switch``: no dial can
+        fall between the two."""
         context = self.context
+        switched = member.network_key != context.network_key
+        if switched and self.loop is not None and not self._on_loop():
+            self.loop.call_soon_threadsafe(self._follow, member)
+            return
+        if switched and self.on_key_switch is not None:
+            self.on_key_switch()
         changed = (member.network_key, member.network_keys) != (
             context.network_key,
             (context.network_key, *context.also_accept),
@@ -123,6 +135,12 @@ class Runtime:
         self.network_key_id = member.network_key_id
         if changed and self.loop is not None:
             self.loop.call_soon_threadsafe(self.keys_changed.set)
+
+    def _on_loop(self) -> bool:
+        try:
+            return asyncio.get_running_loop() is self.loop
+        except RuntimeError:  # a thread without a loop: the store thread
+            return False
 
     def membership_status(self) -> dict[str, object]:
         """What ``status`` shows of revocation, expiry and network keys (SPEC.md §17)."""
@@ -158,17 +176,17 @@ class Runtime:
         """Switch to the next network key once its grace period is over (SPEC.md §17.5),
         and follow a membership another process changed (a bundle import)."""
 
-        def switch(store: Store) -> None:
+        def switch(store: Store) -> tuple[bool, Membership]:
             switched = self.node.switch_network_key(store.local_clock())
-            member = self.node.membership()
-            self._follow(member)
-            if switched:
-                log.info(
-                    "switched to network key %d: the previous one opens nothing now",
-                    member.network_key_id,
-                )
+            return switched, self.node.membership()
 
-        await self.worker.call(switch)
+        switched, member = await self.worker.call(switch)
+        self._follow(member)  # on the loop: a switch forgets discovered peers first
+        if switched:
+            log.info(
+                "switched to network key %d: the previous one opens nothing now",
+                member.network_key_id,
+            )
 
     async def refresh_offers(self) -> bool:
         """Assess new items and end due offer holds (SPEC.md §14.10); True when items
@@ -244,7 +262,9 @@ class Runtime:
             await self._connect(target), self.context, initiator=True, network_key=first
         )
         for key in others:
-            if outcome.peer is not None:
+            if outcome.peer is not None or outcome.wire_bytes_received:
+                # A peer that answered holds the key we dialled with: its failure is no key
+                # mismatch, and it is never dialled again under another key (SPEC.md §17.5).
                 break
             outcome = await run_peer(
                 await self._connect(target), self.context, initiator=True, network_key=key

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import time
@@ -83,6 +84,8 @@ class Scheduler:
     def __post_init__(self) -> None:
         self._wake = asyncio.Event()
         self._running: set[asyncio.Task[None]] = set()
+        #: The attempt running for each target in flight.
+        self._attempts: dict[str, asyncio.Task[None]] = {}
 
     # --- inputs --------------------------------------------------------------------------
 
@@ -109,6 +112,18 @@ class Scheduler:
             and (even_in_flight or not state.in_flight)
         ):
             del self.targets[target]
+
+    def forget_discovered(self) -> int:
+        """Forget every discovered target and cancel the syncs running with them (the
+        network key switched, SPEC.md §17.5: what discovery found under the previous key is
+        no lead any more); return how many were forgotten. Nothing of them is recorded."""
+        gone = [t for t, state in self.targets.items() if state.origin == "discovered"]
+        for target in gone:
+            del self.targets[target]
+            attempt = self._attempts.pop(target, None)
+            if attempt is not None:
+                attempt.cancel()
+        return len(gone)
 
     def poke(self, except_target: str | None = None) -> None:
         """New items arrived (locally or from a peer): pass them on soon to everyone else."""
@@ -139,7 +154,9 @@ class Scheduler:
                     state.in_flight = True
                     task = asyncio.create_task(self._attempt(state))
                     self._running.add(task)
+                    self._attempts[state.target] = task
                     task.add_done_callback(self._running.discard)
+                    task.add_done_callback(functools.partial(self._attempt_done, state.target))
                 self._wake.clear()
                 delay = self.seconds_until_next()
                 # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a
@@ -154,6 +171,10 @@ class Scheduler:
             # A cancelled attempt records nothing: free its target for the next run().
             for state in self.targets.values():
                 state.in_flight = False
+
+    def _attempt_done(self, target: str, task: asyncio.Task[None]) -> None:
+        if self._attempts.get(target) is task:
+            del self._attempts[target]
 
     async def _attempt(self, state: TargetState) -> None:
         state.last_attempt = time.time()

@@ -26,13 +26,14 @@ import pytest
 from blockbuster import BlockBuster, blockbuster_ctx
 
 from fieldsync import hq_revocation, synthetic
+from fieldsync.daemon import FieldDaemon
 from fieldsync.discovery import Pseudonyms
 from fieldsync.errors import InputRefused
 from fieldsync.forms import set_hq_form
 from fieldsync.hq import HQ
 from fieldsync.node import Node
 from fieldsync.peer import PeerLimits, run_peer
-from fieldsync.runtime import Runtime
+from fieldsync.runtime import Runtime, Server
 from fieldsync.transport import memory_pair
 from fieldsync_protocol import codec, crypto
 from fieldsync_protocol.bundle import BundleWriter
@@ -42,6 +43,7 @@ from fieldsync_protocol.keydelivery import KeyDelivery, seal_delivery
 from fieldsync_protocol.membership import Manifest
 from fieldsync_protocol.revocation import RevocationList, sign_revocation
 from tests.cli.cli_support import clean_env, fieldsync_command
+from tests.fieldsync.test_daemon import config_for
 from tests.fieldsync.test_peer import over_memory, over_tcp
 
 PASSPHRASE = synthetic.PASSPHRASE
@@ -562,6 +564,78 @@ async def test_rotation_leaves_the_old_key_with_nothing(net: Net, tmp_path: Path
     with pytest.raises(InputRefused, match="not a bundle of this network"):
         await asyncio.to_thread(import_bundle, net.home("carol"), exported)
     await asyncio.to_thread(import_bundle, net.home("b"), exported)
+
+
+async def test_a_peer_that_answered_under_the_old_key_is_not_dialled_under_the_new(
+    net: Net, tmp_path: Path
+) -> None:
+    """During the grace B dials carol (revoked, old key only): she answers under the old key
+    and B refuses her certificate. She holds the old key, so the failure is no key mismatch:
+    B must not dial her again under the new key (SPEC.md §17.5)."""
+    await asyncio.to_thread(revoke, net, "carol")
+    await asyncio.to_thread(rotate, net, 1)
+    receipts = tmp_path / "receipts.bundle"
+    await asyncio.to_thread(receipts_bundle, net, receipts)
+    await asyncio.to_thread(import_bundle, net.home("b"), receipts)
+    async with opened(net.home("b")) as b, opened(net.home("carol")) as c:
+        assert b.context.also_accept  # in the grace: a next key to dial with
+        server = Server(c)
+        host, port = await server.listen_tcp("127.0.0.1", 0)
+        try:
+            mine = await b.sync_with(f"{host}:{port}")
+        finally:
+            await server.close()
+    # The outcome is the first dial's (carol answered), not a second one's under the new key
+    # (which she, holding only the old key, would have met with silence).
+    assert mine.peer is None and not mine.complete
+    assert mine.wire_bytes_received > 0
+
+
+async def test_the_switch_forgets_discovered_peers_and_ends_their_syncs(
+    net: Net, tmp_path: Path
+) -> None:
+    """B's daemon is dialling a peer it found by discovery under the old key when its grace
+    ends: the switch forgets that peer and cancels the dial at once (SPEC.md §17.5), so B
+    never goes on, or starts again, under the new key with a peer known only from the old
+    key's announcements. The peer here takes the connection and stays silent, so the dial is
+    in flight at the switch whatever the timing."""
+    done = await asyncio.to_thread(rotate, net, 1)
+    receipts = tmp_path / "receipts.bundle"
+    await asyncio.to_thread(receipts_bundle, net, receipts)
+    await asyncio.to_thread(import_bundle, net.home("b"), receipts)
+    connected, closed = asyncio.Event(), asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connected.set()
+        while await reader.read(65536):
+            pass
+        closed.set()
+        writer.close()
+
+    listener = await asyncio.start_server(silent, "127.0.0.1", 0)
+    target = f"127.0.0.1:{listener.sockets[0].getsockname()[1]}"
+    daemon = FieldDaemon(await config_for(net.home("b")))
+    await daemon.start()
+    try:
+        scheduler, runtime = daemon.scheduler, daemon.runtime
+        assert scheduler is not None and runtime is not None
+        old_key = runtime.context.network_key
+        scheduler.add(target, "discovered")  # as discovery reports a member it heard
+        scheduler.add("127.0.0.1:9", "static")
+        async with asyncio.timeout(60):  # hang guards only: each wait is for an event
+            await connected.wait()
+            assert scheduler.targets[target].in_flight
+            await runtime.worker.call(lambda store: store.advance_clock(done.grace_seconds))
+            await runtime.refresh_keys()
+            assert runtime.context.network_key != old_key
+            assert target not in scheduler.targets  # forgotten in the switch step itself
+            assert "127.0.0.1:9" in scheduler.targets  # configured peers stay
+            await closed.wait()  # the dial under the old key was ended, not left to run
+        assert target not in scheduler.targets
+    finally:
+        await daemon.stop()
+        listener.close()
+        await listener.wait_closed()
 
 
 def test_discovery_names_under_the_new_key_mean_nothing_to_the_old_one() -> None:

@@ -130,6 +130,45 @@ async def test_discovered_targets_are_forgotten_when_gone_static_ones_are_kept()
     assert set(scheduler.targets) == {"s:1"}
 
 
+async def test_forgetting_discovered_targets_cancels_their_syncs_in_flight() -> None:
+    """The network-key switch (SPEC.md §17.5): every discovered target goes, its running sync
+    is cancelled and records nothing; configured targets and their syncs go on."""
+    started: dict[str, asyncio.Event] = {t: asyncio.Event() for t in ("d:1", "d:2", "s:1")}
+    cancelled: list[str] = []
+    release, returned = asyncio.Event(), asyncio.Event()
+
+    async def sync(target: str) -> SyncResult:
+        started[target].set()
+        try:
+            await release.wait()
+        except asyncio.CancelledError:
+            cancelled.append(target)
+            raise
+        returned.set()  # the scheduler records the result in the same step
+        return SyncResult(ok=True)
+
+    scheduler = Scheduler(sync, SchedulerPolicy(), rng=random.Random(1))
+    for target in started:
+        scheduler.add(target, "static" if target.startswith("s") else "discovered")
+        scheduler.targets[target].next_due = 0.0
+    task = asyncio.create_task(scheduler.run())
+    try:
+        for event in started.values():
+            await event.wait()
+        static = scheduler.targets["s:1"]
+        assert scheduler.forget_discovered() == 2
+        assert set(scheduler.targets) == {"s:1"}
+        release.set()
+        await returned.wait()  # the static sync finishes; the cancelled ones never do
+        assert static.syncs == 1
+        assert sorted(cancelled) == ["d:1", "d:2"]
+        assert static.failures == 0 and static.in_flight is False
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
 async def test_cancel_while_being_woken_stops_the_loop() -> None:
     """A stop that coincides with a wake-up ends run(): the daemon's SIGTERM must not hang.
 
