@@ -16,6 +16,7 @@ from fieldsync.control import query
 from fieldsync.daemon import FieldDaemon
 from fieldsync.lognames import address_name
 from fieldsync.node import Node
+from fieldsync.peer import SyncOutcome
 from fieldsync.runtime import Runtime
 from tests.integration.evict_support import junk
 
@@ -38,6 +39,15 @@ async def config_for(home: Path, **settings: object) -> Config:
     }
     # Reading the config stats files (cwd, paths): off the event loop, as the CLI does.
     return await asyncio.to_thread(load_config, None, {}, overrides)
+
+
+async def sync_once(home: Path, target: str) -> SyncOutcome:
+    """One session from the node at ``home`` with ``target``, as ``fieldsync sync`` runs it."""
+    runtime = await Runtime.open(home)
+    try:
+        return await runtime.sync_with(target)
+    finally:
+        await runtime.close()
 
 
 async def wait_until(predicate, seconds: float = 30.0) -> None:  # type: ignore[no-untyped-def]
@@ -202,13 +212,7 @@ async def test_the_hub_keeps_no_access_log_of_field_addresses(
     try:
         assert daemon.server is not None and daemon.runtime is not None
         host, port = daemon.server.addresses[0]
-        from fieldsync.runtime import Runtime
-
-        runtime = await Runtime.open(a)
-        try:
-            outcome = await runtime.sync_with(f"ws://{host}:{port}/sync")
-        finally:
-            await runtime.close()
+        outcome = await sync_once(a, f"ws://{host}:{port}/sync")
         assert outcome.complete
     finally:
         await daemon.stop()
@@ -235,11 +239,7 @@ async def test_a_session_that_brings_items_wakes_the_janitor_loop(
         assert janitor is not None and runtime is not None and daemon.server is not None
         await janitor.counted(passes=1)  # the pass at start, before anything came in
         host, port = daemon.server.addresses[0]
-        dialler = await Runtime.open(flooder)
-        try:
-            outcome = await dialler.sync_with(f"{host}:{port}")
-        finally:
-            await dialler.close()
+        outcome = await sync_once(flooder, f"{host}:{port}")
         assert outcome.complete and outcome.stats.items_sent == 40
         async with asyncio.timeout(60):  # a hang guard: without the wake-up, a year
             await janitor.counted(fits=1)
