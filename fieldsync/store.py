@@ -628,18 +628,20 @@ class Store:
                     "INSERT INTO store_meta (key, value) VALUES ('sync_points', 1)"
                     " ON CONFLICT(key) DO UPDATE SET value = value + 1"
                 )
+            ref = None if origin is None else self._origin_ref(origin, create=True)
             returning = {} if origin is None else self._returning(checked)
             if quota is not None:
                 if charge is None:
                     charge = (len(checked), sum(len(c.item.data) for c in checked))
-                back_items = len(returning)
-                back_bytes = sum(size for _ref, size in returning.values())
-                if charge != (back_items, back_bytes):
-                    exhausted = self._charge(quota, charge[0] - back_items, charge[1] - back_bytes)
+                # What another contributor gave first is charged to it (the sender's own
+                # items coming back stay the sender's, checked against its quota).
+                others = [(first, size) for first, size in returning.values() if first != ref]
+                back_bytes = sum(size for _first, size in others)
+                if charge != (len(others), back_bytes):
+                    exhausted = self._charge(quota, charge[0] - len(others), charge[1] - back_bytes)
                     if exhausted is not None:
                         raise QuotaExceeded(f"peer is over its quota for today ({exhausted})")
-                self._charge_contributors(quota.window, returning.values())
-            ref = None if origin is None else self._origin_ref(origin, create=True)
+                self._charge_contributors(quota.window, others)
             self._add_many(checked, counts, now, ref, {k: r for k, (r, _s) in returning.items()})
         self._unsynced = not durable
         if counts.purged:

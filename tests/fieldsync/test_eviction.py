@@ -424,3 +424,14 @@ def test_the_memory_of_evicted_contributors_is_bounded_oldest_forgotten_first(
         check_item(data, manifest).item.id for _seq, data in store.items_after(0, 10**6, RELAY)
     }
     assert len(ids_of(first) & to_relay) == limit - len(later)
+
+
+def test_a_contributor_pushing_its_own_evicted_items_back_pays_for_them(
+    manifest: Manifest, store: Store
+) -> None:
+    flood = envelopes(manifest, 30)
+    store.add_batch(flood, 0, origin=FLOODER, quota=Quota(FLOODER, 1, 30, 10**9))
+    evicted = store.enforce_budget(store.used_bytes() - 10 * BIG)
+    assert evicted.items >= 10
+    with pytest.raises(QuotaExceeded, match=rf"would make {30 + len(flood)}"):
+        store.add_batch(flood, 0, origin=FLOODER, quota=Quota(FLOODER, 1, 30, 10**9))
