@@ -14,7 +14,7 @@ import click
 
 from fieldsync.cipher_db import DB_ERRORS
 from fieldsync.diskerrors import storage_problem
-from fieldsync.errors import FieldsyncError, NotFound
+from fieldsync.errors import FieldsyncError, InputRefused, NotFound
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -54,6 +54,39 @@ def get_passphrase(passphrase_file: Path | None, what: str, confirm: bool = Fals
             f"{what} needs a passphrase: use --passphrase-file FILE or set FIELDSYNC_PASSPHRASE"
         )
     return str(click.prompt(f"Passphrase for {what}", hide_input=True, confirmation_prompt=confirm))
+
+
+def new_passphrase_option(func: Callable[P, R]) -> Callable[P, R]:
+    return click.option(
+        "--new-passphrase-file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="Read the new passphrase from this file (else FIELDSYNC_NEW_PASSPHRASE, else a"
+        " hidden prompt, asked twice).",
+    )(func)
+
+
+def get_new_passphrase(new_passphrase_file: Path | None, what: str) -> str:
+    """The new passphrase of a change: --new-passphrase-file, then FIELDSYNC_NEW_PASSPHRASE,
+    then a hidden prompt asked twice; two different entries are refused (no second try:
+    the command is run again, so nothing half-typed is ever kept)."""
+    if new_passphrase_file is not None:
+        return get_passphrase(new_passphrase_file, what)
+    from_env = os.environ.get("FIELDSYNC_NEW_PASSPHRASE")
+    if from_env:
+        return from_env
+    if not sys.stdin.isatty():
+        raise FieldsyncError(
+            f"{what} needs a new passphrase: use --new-passphrase-file FILE or set"
+            " FIELDSYNC_NEW_PASSPHRASE"
+        )
+    first = str(click.prompt(f"New passphrase for {what}", hide_input=True, err=True))
+    second = str(click.prompt("The new passphrase again", hide_input=True, err=True))
+    if first != second:
+        raise InputRefused(
+            "the two entries of the new passphrase differ, so the passphrase was not changed:"
+            " run the command again and type the same new passphrase twice"
+        )
+    return first
 
 
 def hq_passphrase(hq_dir: Path, passphrase_file: Path | None) -> str:
