@@ -5,16 +5,25 @@ runs, then work). The fault is raised where a real one would surface: in the com
 loop on the event loop, and for ``store`` on the store thread itself. Nothing else in the
 daemon changes, so the tests see exactly what an operator would: the log, ``status`` and the
 exit code. Never set this on a node in the field.
+
+``crash_point(name)`` marks a step of a crash-safe file change (a passphrase change, an HQ
+database rekey): when the environment variable ``FIELDSYNC_CRASH_AT`` names that point, the
+process sends itself SIGKILL there, so the tests see what a power cut or ``kill -9`` at that
+exact step leaves on disk. Unset, it does nothing.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 from collections.abc import Iterable
 from typing import Final
 
 #: Components of the daemon a fault can be injected into (``fieldsync.daemon.FieldDaemon``).
 COMPONENTS: Final = ("control", "discovery", "janitor", "scheduler", "store", "watcher")
+#: Environment variable naming the ``crash_point`` at which the process kills itself (tests).
+CRASH_AT_VARIABLE: Final = "FIELDSYNC_CRASH_AT"
 
 
 class InjectedFault(RuntimeError):
@@ -56,3 +65,12 @@ class Faults:
             if left is not None:
                 self._left[component] = left - 1
         raise InjectedFault(f"injected fault in {component} ([debug] inject_faults)")
+
+
+def crash_point(name: str) -> None:
+    """SIGKILL this process here if ``FIELDSYNC_CRASH_AT`` is ``name`` (tests only).
+
+    SIGKILL rather than an exception: no ``finally`` block, buffered write or atexit handler
+    may run, exactly as with ``kill -9`` or a power cut."""
+    if os.environ.get(CRASH_AT_VARIABLE) == name:
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -8,6 +8,9 @@ Layout of an HQ directory (0700; every file in it 0600)::
     hq.db          the analyst database (open it with ``fieldsync hq serve``: Datasette),
                    encrypted (SQLCipher) under the key in ``hq.dbkey``
     hq.dbkey       that random key, sealed with the HQ passphrase (``HQ.database_key``)
+    hq.secret.new, hq.dbkey.new   only while ``hq passphrase`` runs (or a crash cut it short)
+    hq.dbkey.next  only while ``hq rekey`` runs (or a crash cut it short)
+    keys.lock      held by whichever command changes the passphrase or the database key
     media/         verified attachments, media/ENVELOPE/NN.sealed, each encrypted under its
                    own key kept in hq.db (``fieldsync.hq_media``, ``hq_media_seal``)
     node/          HQ's own relay node, to sync with the hub (``fieldsync.hq_hub``)
@@ -20,6 +23,12 @@ and ``reingest``), ``alerts`` (``fieldsync.hq_alerts``), attachment chunks and a
 (``media_chunks``, ``media_attachments``, SPEC.md §16.4), enrolled ``authors`` and
 ``nodes``, and the signed ``receipts`` HQ has issued, each with the status it gives its
 envelopes (SPEC.md §9).
+
+Changing the HQ passphrase (``change_passphrase``) and re-encrypting ``hq.db`` under a new
+key (``rekey_database``) survive ``kill -9`` at any point: every new file is written whole
+beside the old one before anything is renamed, and the next command that opens the HQ
+finishes or drops what a crash left (``_finish_passphrase_change``, ``database``), so the
+old passphrase or key works, or the new one, never neither.
 
 The work is split by concern; this module keeps the public names of all of them:
 
@@ -34,9 +43,12 @@ The work is split by concern; this module keeps the public names of all of them:
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
+import os
 import secrets
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +66,7 @@ from fieldsync import (
     keystore,
 )
 from fieldsync.errors import FieldsyncError, InputRefused, NotFound
+from fieldsync.faults import crash_point
 from fieldsync.forms import hq_form_item
 from fieldsync.hq_ingest import (
     MAX_LISTED,
@@ -107,6 +120,13 @@ HQ_SECRET = "hq.secret"  # noqa: S105 - a file name, not a secret
 #: The key of ``hq.db``, sealed under the HQ passphrase (``HQ.database_key``).
 DATABASE_KEY = "hq.dbkey"
 MANIFEST = "manifest.item"
+#: Suffix of ``hq.secret`` and ``hq.dbkey`` sealed under a new passphrase, before the switch.
+CHANGE_SUFFIX = ".new"
+#: The next database key, sealed, written before ``PRAGMA rekey`` (as ``cipher_db.rotate``).
+NEXT_DATABASE_KEY = DATABASE_KEY + cipher_db.NEXT_KEY_SUFFIX
+#: flock(2)ed while the passphrase or the database key changes: one change at a time, and
+#: no other command tidies up files a running change is still writing.
+KEYS_LOCK = "keys.lock"
 HUB_NODE = "node"
 FIRST_HQ_KEY_ID = 1
 
@@ -193,6 +213,7 @@ class HQ:
         self._passphrase = passphrase
         self._db_key: bytes | None = None
         self._db: sqlite_utils.Database | None = None
+        self._key_lock_fd: int | None = None
 
     def manifest_item(self) -> bytes:
         return keystore.read_file(
@@ -216,6 +237,7 @@ class HQ:
             raise InputRefused(f"{self.directory / MANIFEST} is damaged: {exc}") from exc
 
     def unlock(self, passphrase: str) -> HqSecrets:
+        self._finish_passphrase_change()
         sealed = keystore.read_file(
             self.directory / HQ_SECRET,
             "HQ secrets",
@@ -237,6 +259,7 @@ class HQ:
             return self._db_key
         if not (self.directory / HQ_SECRET).exists():
             raise NotFound(f"{self.directory} is not an HQ directory (no {HQ_SECRET})")
+        self._finish_passphrase_change()
         passphrase = self._passphrase
         if passphrase is None:
             raise FieldsyncError(
@@ -262,7 +285,15 @@ class HQ:
         """The analyst database, opened once (0600, encrypted, migrated to this release's
         schema); needs the HQ passphrase (``database_key``)."""
         if self._db is None:
-            db = open_database(self.directory, self.database_key())
+            try:
+                db = open_database(self.directory, self.database_key())
+            except cipher_db.WrongDatabaseKey:
+                if not (self.directory / NEXT_DATABASE_KEY).exists():
+                    raise
+                db = self._finish_rekey()
+            else:
+                if (self.directory / NEXT_DATABASE_KEY).exists():
+                    self._drop_unused_next_key(db)
             try:
                 # An older HQ's plaintext attachment files: sealed now that the key is here.
                 hq_media.seal_plaintext_files(self.directory, db)
@@ -276,6 +307,170 @@ class HQ:
         if self._db is not None:
             self._db.close()
             self._db = None
+
+    # --- changing the HQ passphrase, re-encrypting hq.db ----------------------------------
+
+    @contextlib.contextmanager
+    def _key_lock(self) -> Iterator[None]:
+        """Hold ``keys.lock`` (re-entrant within this object); refuse at once if another
+        process holds it rather than wait for a change that may need a person's answers."""
+        if self._key_lock_fd is not None:
+            yield
+            return
+        fd = os.open(self.directory / KEYS_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise FieldsyncError(
+                    f"another fieldsync command is changing the HQ passphrase or database key"
+                    f" in {self.directory}; run this one again when it has finished"
+                ) from None
+            self._key_lock_fd = fd
+            yield
+        finally:
+            self._key_lock_fd = None
+            os.close(fd)
+
+    def _finish_passphrase_change(self) -> None:
+        """Finish or drop a passphrase change a crash interrupted (no passphrase needed).
+
+        ``change_passphrase`` writes ``hq.secret.new`` then ``hq.dbkey.new``, and its commit
+        is the rename of ``hq.secret.new``: while that file exists the old passphrase is
+        the one, and both new files are destroyed; once it is gone, a remaining
+        ``hq.dbkey.new`` is the new passphrase's and takes the place of ``hq.dbkey``."""
+        secret_new = self.directory / (HQ_SECRET + CHANGE_SUFFIX)
+        dbkey_new = self.directory / (DATABASE_KEY + CHANGE_SUFFIX)
+        partial = [p.with_name(f".{p.name}.tmp") for p in (secret_new, dbkey_new)]
+        if not any(p.exists() for p in (secret_new, dbkey_new, *partial)):
+            return
+        with self._key_lock():
+            if secret_new.exists() or not dbkey_new.exists():
+                for path in (secret_new, dbkey_new, *partial):
+                    if path.exists():
+                        cipher_db.destroy_file(path)
+                log.info("dropped an HQ passphrase change that a crash interrupted")
+            else:
+                for path in partial:
+                    if path.exists():
+                        cipher_db.destroy_file(path)
+                cipher_db.replace_destroying(dbkey_new, self.directory / DATABASE_KEY)
+                log.info("finished an HQ passphrase change that a crash interrupted")
+
+    def _finish_rekey(self) -> sqlite_utils.Database:
+        """``hq.db`` no longer opens under ``hq.dbkey`` but a rekey left ``hq.dbkey.next``:
+        a crash came after ``PRAGMA rekey``; the next key becomes the key."""
+        with self._key_lock():
+            next_path = self.directory / NEXT_DATABASE_KEY
+            passphrase = self._passphrase
+            if passphrase is None:  # database_key() has just needed it
+                raise FieldsyncError("the HQ passphrase is needed to finish a rekey")
+            key = keystore.open_with_passphrase(
+                next_path.read_bytes(), passphrase, "HQ database key (next)"
+            )
+            db = open_database(self.directory, key)
+            cipher_db.replace_destroying(next_path, self.directory / DATABASE_KEY)
+            self._db_key = key
+            log.info("finished an HQ database rekey that a crash interrupted")
+            return db
+
+    def _drop_unused_next_key(self, db: sqlite_utils.Database) -> None:
+        """``hq.db`` opened under ``hq.dbkey``, so ``hq.dbkey.next`` is from a rekey that
+        never reached ``PRAGMA rekey``: destroy it (unless that rekey is still running)."""
+        try:
+            with self._key_lock():
+                cipher_db.destroy_file(self.directory / NEXT_DATABASE_KEY)
+        except BaseException:
+            db.close()
+            raise
+
+    def change_passphrase(self, passphrase: str, ask_new: Callable[[], str]) -> None:
+        """Seal ``hq.secret`` and ``hq.dbkey`` under the new passphrase ``ask_new`` gives
+        (asked once ``passphrase`` has opened both); the old passphrase stops working.
+
+        Crash points: ``hq-passphrase:secret-written``, ``:both-written`` (the old
+        passphrase still works), ``:secret-replaced`` (the commit: the new one works, and
+        the next command moves ``hq.dbkey.new`` into place), ``:replaced``."""
+        with self._key_lock():
+            self.unlock(passphrase)  # refuses a wrong passphrase before anything is asked
+            # An interrupted rekey is finished now, while its key is sealed under the
+            # passphrase in use; an HQ older than database encryption gets hq.dbkey here.
+            self.database()
+            self.close()
+            new_passphrase = ask_new()
+            if new_passphrase == passphrase:
+                raise InputRefused(
+                    "the new HQ passphrase is the one you have now: choose another (the"
+                    " passphrase was not changed)"
+                )
+            keystore.check_passphrase_strength(new_passphrase)
+            secret_path = self.directory / HQ_SECRET
+            dbkey_path = self.directory / DATABASE_KEY
+            sealed_secret = secret_path.read_bytes()
+            hq_keys = keystore.open_with_passphrase(sealed_secret, passphrase, "HQ secrets")
+            profile = keystore.profile_of(sealed_secret, HQ_SECRET)
+            resealed = [
+                (secret_path, hq_keys),
+                (dbkey_path, self.database_key()),
+            ]
+            for path, plaintext in resealed:
+                keystore.write_private(
+                    path.with_name(path.name + CHANGE_SUFFIX),
+                    keystore.seal_with_passphrase(
+                        plaintext, new_passphrase, profile, check_strength=False
+                    ),
+                )
+                crash_point(
+                    "hq-passphrase:secret-written"
+                    if path == secret_path
+                    else "hq-passphrase:both-written"
+                )
+            for path, _ in resealed:
+                cipher_db.replace_destroying(path.with_name(path.name + CHANGE_SUFFIX), path)
+                crash_point(
+                    "hq-passphrase:secret-replaced"
+                    if path == secret_path
+                    else "hq-passphrase:replaced"
+                )
+            self._passphrase = new_passphrase
+
+    def rekey_database(self) -> None:
+        """Re-encrypt ``hq.db`` under a new random key and destroy the old one (after a
+        suspected leak of it): the old key no longer opens the database, the WAL or any page
+        left in the file.
+
+        As ``cipher_db.rotate``: the next key is sealed to ``hq.dbkey.next`` before
+        ``PRAGMA rekey`` rewrites every page in one transaction, then a truncating
+        checkpoint writes them over the old ones and the next key replaces ``hq.dbkey``.
+        Crash points: ``hq-rekey:next-written`` (the old key still opens the database;
+        the next command drops the next one), ``:rekeyed`` and ``:checkpointed`` (the next
+        command makes the next key the key), ``:replaced``."""
+        with self._key_lock():
+            passphrase = self._passphrase
+            if passphrase is None:
+                raise FieldsyncError("rekeying hq.db needs the HQ passphrase")
+            conn = self.database().conn
+            if conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]:
+                raise FieldsyncError(
+                    f"{self.directory / DATABASE} is in use by another fieldsync command"
+                    " (hq serve, hq ingest --hub?): stop it, then run hq rekey again"
+                )
+            dbkey_path = self.directory / DATABASE_KEY
+            next_path = self.directory / NEXT_DATABASE_KEY
+            profile = keystore.profile_of(dbkey_path.read_bytes(), DATABASE_KEY)
+            key = secrets.token_bytes(cipher_db.KEY_SIZE)
+            keystore.write_private(
+                next_path,
+                keystore.seal_with_passphrase(key, passphrase, profile, check_strength=False),
+            )
+            crash_point("hq-rekey:next-written")
+            conn.execute(cipher_db.key_pragma("rekey", key))
+            crash_point("hq-rekey:rekeyed")
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            crash_point("hq-rekey:checkpointed")
+            cipher_db.replace_destroying(next_path, dbkey_path)
+            self._db_key = key
+            crash_point("hq-rekey:replaced")
 
     # --- enrolment ---------------------------------------------------------------------
 

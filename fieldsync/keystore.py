@@ -3,7 +3,8 @@
 A sealed file is canonical msgpack ``{"box", "kdf": "argon2id13", "mem", "nonce", "ops",
 "salt", "v": 2}`` (SPEC.md §15.3): the KDF cost travels with the file, so a key made on a
 laptop still opens on a Pi. Files from before ``v`` existed (format 0, no ``v``) still open.
-Files are written atomically (temp file, fsync, rename) with mode 0600.
+Files are written atomically (temp file, fsync, rename) with mode 0600; ``replace_private``
+also overwrites the replaced file's bytes (a passphrase change: the old passphrase was seen).
 
 An author key file also holds a second box, ``alt`` (format 2): random bytes, or the decoy
 seed sealed under a *duress* passphrase with the same salt and costs, so one Argon2id run
@@ -27,7 +28,9 @@ import nacl.exceptions
 import nacl.pwhash
 import nacl.secret
 
+from fieldsync import cipher_db
 from fieldsync.errors import FieldsyncError, InputRefused, NotFound, WrongPassphrase
+from fieldsync.faults import crash_point
 from fieldsync_protocol import codec
 from fieldsync_protocol.errors import RemoteProtocolError
 
@@ -55,8 +58,9 @@ _NONCE = nacl.secret.SecretBox.NONCE_SIZE
 ALT_BOX_SIZE = _NONCE + 32 + nacl.secret.SecretBox.MACBYTES
 
 
-def write_private(path: Path, data: bytes) -> None:
-    """Atomically replace ``path`` with ``data``, readable only by the owner."""
+def _write_beside(path: Path, data: bytes) -> Path:
+    """``data`` in a new 0600 file next to ``path`` (``.NAME.tmp``, which a wipe destroys
+    too), fsynced; returns its path."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -65,12 +69,30 @@ def write_private(path: Path, data: bytes) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(tmp, path)
+    return tmp
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Atomically replace ``path`` with ``data``, readable only by the owner."""
+    os.replace(_write_beside(path, data), path)
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def replace_private(path: Path, data: bytes, crash_label: str) -> None:
+    """Replace ``path`` with ``data`` as ``write_private`` does, then overwrite the old
+    file's bytes: a key sealed under a passphrase someone saw must not stay readable in
+    the file system's free blocks (``cipher_db.replace_destroying``).
+
+    Crash points (``fieldsync.faults.crash_point``): ``LABEL:written`` with the new file
+    complete beside the old one, ``LABEL:replaced`` once it is in place."""
+    tmp = _write_beside(path, data)
+    crash_point(f"{crash_label}:written")
+    cipher_db.replace_destroying(tmp, path)
+    crash_point(f"{crash_label}:replaced")
 
 
 def check_output(path: Path, what: str) -> None:
@@ -281,6 +303,22 @@ def open_first(sealed_files: Sequence[bytes], passphrase: str, what: str) -> tup
             continue
         return index, Opened(plain, duress=True)
     raise WrongPassphrase(f"wrong passphrase for {what}")
+
+
+def reseal(sealed: bytes, passphrase: str, new_passphrase: str, what: str) -> bytes:
+    """``sealed`` with its main box opened by ``passphrase`` and sealed again under
+    ``new_passphrase`` (checked for strength by the caller), with a new nonce.
+
+    Salt, costs and the ``alt`` box stay as they are: the ``alt`` box is sealed under a key
+    derived from the duress passphrase *with this salt*, so a duress passphrase keeps
+    opening its decoy, and the authors of one node keep sharing one key derivation
+    (``open_first``). Raises ``WrongPassphrase`` if ``passphrase`` does not open the main box.
+    """
+    parsed = _parse_sealed(sealed, what)
+    plaintext = open_with_passphrase(sealed, passphrase, what)
+    nonce = secrets.token_bytes(_NONCE)
+    box = _derive(parsed, new_passphrase).encrypt(plaintext, nonce).ciphertext
+    return codec.encode({**parsed.fields, "box": box, "nonce": nonce, "v": SEALED_FORMAT_VERSION})
 
 
 def set_duress(sealed: bytes, duress_passphrase: str, decoy_seed: bytes, what: str) -> bytes:

@@ -501,6 +501,61 @@ class Node:
         )
         keystore.write_private(files[index], updated)
 
+    def change_passphrase(self, passphrase: str, ask_new: Callable[[], str]) -> Author:
+        """Seal the key of the author whose passphrase ``passphrase`` is under the new
+        passphrase ``ask_new`` gives (asked only once ``passphrase`` opened a key); the old
+        one stops opening it.
+
+        ``passphrase`` is checked as ``unlock`` checks it: a wrong one is counted towards
+        ``wipe_after_wrong_passphrases``, and a duress passphrase destroys the real key
+        there and then, so what gets the new passphrase is the decoy. The change then goes
+        on exactly as for a real key (same checks, same messages, same files written):
+        whoever watches, or forces, the change cannot tell which passphrase was typed, and
+        the real key is gone either way. The duress box of a real key is kept, so its
+        duress passphrase still opens the decoy.
+
+        The new passphrase is checked for strength without the author's name as a word to
+        avoid: the decoy has no name, and a refusal that only a real key gives would tell
+        an observer that the other one was a duress passphrase.
+        """
+        for leftover in self._interrupted_key_writes():
+            # A change a crash interrupted before its rename: that key, under a passphrase
+            # the monitor never confirmed working, must not outlive it on disk.
+            cipher_db.destroy_file(leftover)
+        author = self.unlock(passphrase)
+        new_passphrase = ask_new()
+        keystore.check_passphrase_strength(new_passphrase)
+        files = self.author_files()
+        sealed_files = [p.read_bytes() for p in files]
+        try:
+            index, opened = keystore.open_first(sealed_files, new_passphrase, "author key")
+        except WrongPassphrase:
+            pass
+        else:
+            if files[index] == author.path and not opened.duress:
+                raise InputRefused(
+                    "the new passphrase is the one you have now: choose another (the"
+                    " passphrase was not changed)"
+                )
+            # Another author's passphrase, or a duress one: as for `author add`, said
+            # without naming whose it is.
+            raise InputRefused(
+                "this passphrase cannot be used here: choose another (the passphrase was not"
+                " changed)"
+            )
+        own = files.index(author.path)
+        updated = keystore.reseal(sealed_files[own], passphrase, new_passphrase, "author key")
+        keystore.replace_private(author.path, updated, "author-passphrase")
+        return author
+
+    def _interrupted_key_writes(self) -> list[Path]:
+        """Temporary files ``keystore`` writes author keys to before renaming them."""
+        return [
+            tmp
+            for path in self.author_files()
+            if (tmp := path.with_name(f".{path.name}.tmp")).exists()
+        ]
+
     def _duress_wipe(
         self, decoy_seed: bytes, duress_passphrase: str, path: Path, *, alone: bool
     ) -> None:

@@ -1,4 +1,5 @@
-"""``author add|list``: several monitors on one node, each with their own key and passphrase.
+"""``author add|list|passphrase``: several monitors on one node, each with their own key
+and passphrase.
 
 Author names are sealed inside each author's key file, so a seized node shows how many
 author keys it holds but not whose they are: ``list`` names only the author whose
@@ -12,14 +13,23 @@ from pathlib import Path
 import click
 
 from fieldsync.keystore import DEFAULT_KDF_PROFILE, KDF_PROFILES
-from fieldsync_cli.common import emit, get_passphrase, handle_errors, json_option, say
+from fieldsync_cli.common import (
+    emit,
+    get_new_passphrase,
+    get_passphrase,
+    handle_errors,
+    json_option,
+    new_passphrase_option,
+    passphrase_option,
+    say,
+)
 from fieldsync_cli.main import author_node
 from fieldsync_protocol.keytext import KeyKind, fingerprint
 
 
 @click.group()
 def author() -> None:
-    """Monitors of this node: add another author key, see your own (names are sealed)."""
+    """Monitors of this node: add an author key, see yours, change your passphrase."""
 
 
 @author.command()
@@ -104,3 +114,34 @@ def list_(ctx: click.Context, unlock: bool, passphrase_file: Path | None, as_jso
     if mine is not None:
         lines.append(f"yours: {mine['name'] or '(no name kept)'}  {mine['fingerprint']}")
     emit(as_json, {"authors": count, "you": mine}, "\n".join(lines))
+
+
+@author.command()
+@passphrase_option
+@new_passphrase_option
+@json_option
+@click.pass_context
+@handle_errors
+def passphrase(
+    ctx: click.Context,
+    passphrase_file: Path | None,
+    new_passphrase_file: Path | None,
+    as_json: bool,
+) -> None:
+    """Change your passphrase: asks the current one (it says which author you are), then the
+    new one twice. The old passphrase stops working; a duress passphrase keeps working.
+
+    A wrong current passphrase counts towards [security] wipe_after_wrong_passphrases.
+    """
+    node = author_node(ctx)
+    try:
+        current = get_passphrase(passphrase_file, "your author key (the current passphrase)")
+        node.change_passphrase(
+            current, lambda: get_new_passphrase(new_passphrase_file, "your author key")
+        )
+    finally:
+        node.close()
+    # No name or fingerprint: after a duress passphrase the key is the decoy, and whoever
+    # forced the change and knows the real fingerprint must not be able to tell.
+    say("passphrase changed: use the new one from now on; the old one no longer opens your key")
+    emit(as_json, {"changed": True})

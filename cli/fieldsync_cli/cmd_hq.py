@@ -732,6 +732,12 @@ from fieldsync_cli.cmd_hq_keys import register_key_commands  # noqa: E402 - need
 
 register_key_commands(hq, hq_dir_option)
 
+# --- passphrase, rekey (fieldsync_cli.cmd_hq_passphrase) -------------------------------------
+
+from fieldsync_cli.cmd_hq_passphrase import register_passphrase_commands  # noqa: E402
+
+register_passphrase_commands(hq, hq_dir_option)
+
 # `hq form set|show` lives in its own module, which needs hq_dir_option above: imported
 # by name here, last, so that the two modules do not import each other at the top.
 hq.add_command(importlib.import_module("fieldsync_cli.cmd_form_hq").hq_form_group)

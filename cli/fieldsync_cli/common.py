@@ -14,7 +14,7 @@ import click
 
 from fieldsync.cipher_db import DB_ERRORS
 from fieldsync.diskerrors import storage_problem
-from fieldsync.errors import FieldsyncError, NotFound
+from fieldsync.errors import FieldsyncError, InputRefused, NotFound
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -28,32 +28,73 @@ def json_option(func: Callable[P, R]) -> Callable[P, R]:
     )(func)
 
 
+def _passphrase_file_option(
+    flag: str, help_text: str
+) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    return click.option(flag, type=click.Path(dir_okay=False, path_type=Path), help=help_text)
+
+
 def passphrase_option(func: Callable[P, R]) -> Callable[P, R]:
-    return click.option(
+    return _passphrase_file_option(
         "--passphrase-file",
-        type=click.Path(dir_okay=False, path_type=Path),
-        help="Read the passphrase from this file"
-        " (else FIELDSYNC_PASSPHRASE, else a hidden prompt).",
+        "Read the passphrase from this file (else FIELDSYNC_PASSPHRASE, else a hidden prompt).",
     )(func)
+
+
+def _given_passphrase(path: Path | None, variable: str, flag: str, needs: str) -> str | None:
+    """The passphrase from the file ``path``, else the environment ``variable``; None when a
+    person must type it (refused, saying how to give it, when there is no terminal)."""
+    if path is not None:
+        try:
+            return path.read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as exc:
+            raise FieldsyncError(f"cannot read passphrase file {path}: {exc.strerror}") from exc
+    from_env = os.environ.get(variable)
+    if from_env:
+        return from_env
+    if not sys.stdin.isatty():
+        raise FieldsyncError(f"{needs}: use {flag} FILE or set {variable}")
+    return None
 
 
 def get_passphrase(passphrase_file: Path | None, what: str, confirm: bool = False) -> str:
     """From --passphrase-file, then FIELDSYNC_PASSPHRASE, then a hidden prompt on a terminal."""
-    if passphrase_file is not None:
-        try:
-            return passphrase_file.read_text(encoding="utf-8").rstrip("\r\n")
-        except OSError as exc:
-            raise FieldsyncError(
-                f"cannot read passphrase file {passphrase_file}: {exc.strerror}"
-            ) from exc
-    from_env = os.environ.get("FIELDSYNC_PASSPHRASE")
-    if from_env:
-        return from_env
-    if not sys.stdin.isatty():
-        raise FieldsyncError(
-            f"{what} needs a passphrase: use --passphrase-file FILE or set FIELDSYNC_PASSPHRASE"
-        )
+    given = _given_passphrase(
+        passphrase_file, "FIELDSYNC_PASSPHRASE", "--passphrase-file", f"{what} needs a passphrase"
+    )
+    if given is not None:
+        return given
     return str(click.prompt(f"Passphrase for {what}", hide_input=True, confirmation_prompt=confirm))
+
+
+def new_passphrase_option(func: Callable[P, R]) -> Callable[P, R]:
+    return _passphrase_file_option(
+        "--new-passphrase-file",
+        "Read the new passphrase from this file (else FIELDSYNC_NEW_PASSPHRASE, else a"
+        " hidden prompt, asked twice).",
+    )(func)
+
+
+def get_new_passphrase(new_passphrase_file: Path | None, what: str) -> str:
+    """The new passphrase of a change: --new-passphrase-file, then FIELDSYNC_NEW_PASSPHRASE,
+    then a hidden prompt asked twice; two different entries are refused (no second try:
+    the command is run again, so nothing half-typed is ever kept)."""
+    given = _given_passphrase(
+        new_passphrase_file,
+        "FIELDSYNC_NEW_PASSPHRASE",
+        "--new-passphrase-file",
+        f"{what} needs a new passphrase",
+    )
+    if given is not None:
+        return given
+    first = str(click.prompt(f"New passphrase for {what}", hide_input=True, err=True))
+    second = str(click.prompt("The new passphrase again", hide_input=True, err=True))
+    if first != second:
+        raise InputRefused(
+            "the two entries of the new passphrase differ, so the passphrase was not changed:"
+            " run the command again and type the same new passphrase twice"
+        )
+    return first
 
 
 def hq_passphrase(hq_dir: Path, passphrase_file: Path | None) -> str:

@@ -44,7 +44,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 # importing a single command module (each pulls in the store, crypto, the daemon...).
 # tests/cli/test_startup.py checks every line against the command's own docstring.
 SHORT_HELP: dict[str, str] = {
-    "author": "Monitors of this node: add another author key, see your own (names are sealed).",
+    "author": "Monitors of this node: add an author key, see yours, change your passphrase.",
     "bundle": "Carry sealed items between nodes and HQ on removable media.",
     "duress-set": "Set a duress passphrase: typed instead of yours, it opens an empty-looking"
     " author and silently destroys your real key and your list of reports.",

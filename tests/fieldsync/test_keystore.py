@@ -156,3 +156,41 @@ def test_a_sealed_file_from_a_newer_fieldsync_is_refused_by_version(sealed: byte
             keystore.open_with_passphrase(
                 codec.encode({**fields, "v": bad}), PASSPHRASE, "test key"
             )
+
+
+def test_reseal_changes_the_passphrase_and_keeps_salt_costs_and_the_duress_box() -> None:
+    duress, new = "lantern orchard quietly sideways", "violet tundra mango rickshaw"
+    decoy = bytes(32)
+    original = keystore.set_duress(
+        keystore.seal_with_passphrase(SECRET, PASSPHRASE, "interactive", with_alt=True),
+        duress,
+        decoy,
+        "author key",
+    )
+
+    changed = keystore.reseal(original, PASSPHRASE, new, "author key")
+
+    assert keystore.open_either(changed, new, "author key") == keystore.Opened(SECRET, False)
+    assert keystore.open_either(changed, duress, "author key") == keystore.Opened(decoy, True)
+    with pytest.raises(WrongPassphrase):
+        keystore.open_either(changed, PASSPHRASE, "author key")
+    before, after = codec.decode(original), codec.decode(changed)
+    for kept in ("alt", "salt", "ops", "mem", "kdf", "v"):
+        assert after[kept] == before[kept], kept
+    assert after["nonce"] != before["nonce"]
+    with pytest.raises(WrongPassphrase):  # only the main box's passphrase re-seals it
+        keystore.reseal(original, duress, new, "author key")
+
+
+def test_replace_private_overwrites_the_bytes_of_the_file_it_replaces(tmp_path: Path) -> None:
+    path = tmp_path / "key.secret"
+    keystore.write_private(path, b"old")
+    keeper = tmp_path / "hard-link"
+    keeper.hardlink_to(path)  # sees the old file's blocks after the rename
+
+    keystore.replace_private(path, b"new", "test")
+
+    assert path.read_bytes() == b"new"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert keeper.read_bytes() != b"old"  # the replaced bytes were overwritten in place
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
