@@ -23,7 +23,6 @@ from fieldsync import offer_hold, sdnotify
 from fieldsync.cipher_db import DB_ERRORS
 from fieldsync.config import Config
 from fieldsync.control import ControlServer
-from fieldsync.discovery import Discovery, OwnNames, PeerAddress
 from fieldsync.diskerrors import storage_problem
 from fieldsync.errors import EXIT_DAEMON_FAILED, FieldsyncError
 from fieldsync.faults import Faults
@@ -41,6 +40,7 @@ from fieldsync.wipe import wipe_node
 from fieldsync.wipe_trigger import TriggerWatcher, known_hashes
 
 if TYPE_CHECKING:
+    from fieldsync.discovery import Discovery, OwnNames, PeerAddress
     from fieldsync.web.server import WebServer
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,8 @@ class FieldDaemon:
         self.last_upstream_contact: float | None = None
         self._lock: HomeLock | None = None
         #: Our discovery names outlive one Discovery instance (it restarts on failure).
-        self._own_names = OwnNames()
+        #: Made when discovery first starts: a node without discovery never imports zeroconf.
+        self._own_names: OwnNames | None = None
         #: Set once the node was wiped (quick exit, wipe trigger): ``wait`` returns, and the
         #: daemon stops, since it holds keys in memory.
         self.wiped = asyncio.Event()
@@ -315,6 +316,13 @@ class FieldDaemon:
         if not addresses:
             # The interface may come up later (a hotspot switched on): retry with back-off.
             raise DiscoveryUnavailable(f"no IPv4 address on {', '.join(interfaces)}")
+        # Imported here, not at the top: zeroconf costs a few MB that a node with discovery
+        # off (the default: no interfaces named) never needs.
+        from fieldsync.discovery import Discovery, OwnNames
+
+        if self._own_names is None:
+            self._own_names = OwnNames()
+        own_names = self._own_names
 
         def appeared(peer: PeerAddress) -> None:
             if peer.host in addresses and peer.port == port:
@@ -336,7 +344,7 @@ class FieldDaemon:
                 on_peer_gone=gone,
                 service_type=self.config.discovery.service_type,
                 rotate_seconds=self.config.discovery.rotate_minutes * 60.0,
-                own_names=self._own_names,
+                own_names=own_names,
                 also_recognise=runtime.context.also_accept,
             )
             await discovery.start()
