@@ -247,7 +247,7 @@ def run(mode: Mode, workdir: Path, *, with_peers: bool = False) -> dict[str, Any
     scenarios: dict[str, Any] = {}
     # First, before any phase can leave work behind (a store checkpointing, a process
     # exiting) on the cores the short commands run on.
-    with phase("startup", "CLI start-up: --help, status (daemon off and on), author list"):
+    with phase("startup", "CLI start-up: --help, status (daemon off and on), report list"):
         scenarios["startup"] = startup.startup_result(
             startup.run_startup(net, workdir, mode.startup_reps)
         )
@@ -406,6 +406,7 @@ def table(result: dict[str, Any]) -> str:
         if key == "S1" and sc["stretch_pass"]:
             verdict += " (stretch)"
         lines.append(f"{key:<9} {measured:<46} {sc['target']:<44} {verdict}")
+        lines.extend(f"  {note}" for note in sc.get("notes", ()))
     for line in result.get("peers", {}).get("lines", []):
         lines.append(line)
     run_info = result["run"]

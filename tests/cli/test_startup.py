@@ -92,6 +92,16 @@ def test_status_without_a_daemon_stays_light(net: Net, tmp_path: Path) -> None:
     assert not heavy_in(modules)
 
 
+def test_status_without_a_daemon_loads_no_socket_toml_or_suggestions(
+    net: Net, tmp_path: Path
+) -> None:
+    """No control socket: no socket module; no config file: no TOML parser; no error: no
+    "did you mean" matcher."""
+    modules, out = imported_by(tmp_path, "--home", net.b, "status", "--json")
+    assert json.loads(out)["daemon"] is False
+    assert not modules & {"socket", "tomllib", "difflib"}
+
+
 def test_status_asks_a_running_daemon_without_aiohttp(net: Net, tmp_path: Path) -> None:
     server = start_server(net.b)
     try:
