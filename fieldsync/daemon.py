@@ -19,7 +19,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fieldsync import offer_hold, sdnotify
+from fieldsync import heap, offer_hold, sdnotify
 from fieldsync.cipher_db import DB_ERRORS
 from fieldsync.config import Config
 from fieldsync.control import ControlServer
@@ -130,6 +130,9 @@ class FieldDaemon:
         except BaseException:
             await self.stop()
             raise
+        # Starting (imports, the store's index, the web app's catalogues) leaves freed heap
+        # behind that glibc would keep for good: give it back before settling down.
+        await asyncio.to_thread(heap.release_free_memory)
         sdnotify.ready(f"serving on {len(self.server.addresses) if self.server else 0} address(es)")
 
     async def _start_serving(self, runtime: Runtime) -> None:
