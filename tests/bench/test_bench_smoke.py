@@ -98,6 +98,16 @@ def test_smoke_run_reports_every_scenario(tmp_path: Path) -> None:
     assert web_memory["off_mb"] > 0
     for key in ("added_idle_mb", "added_one_language_mb", "added_every_language_mb"):
         assert _number(web_memory[key]), key
+    assert _number(web_memory["author_with_app_idle_mb"])
+    assert [label.split()[0] for label in web_memory["breakdown_mb"]] == [
+        "aiohttp",
+        "aiohttp.web",
+        "jinja2",
+        "babel",
+        "fieldsync.web",
+        "languages",
+    ]
+    assert all(_number(mb) for mb in web_memory["breakdown_mb"].values())
     render = scenarios["render.web"]
     assert render["n"] == result["sizes"]["web_items"]
     assert render["idle"]["n"] >= 1 and render["under_sync"]["n"] >= 1
