@@ -1,4 +1,4 @@
-"""``python -m bench [--smoke|--quick|--full] [--cores N] [--peers] [--json FILE]``.
+"""``python -m bench [--smoke|--quick|--full] [--only GROUP] [--cores N] [--peers] [--json FILE]``.
 
 Order (perf_anchors §6.4, calibrate / scenario / calibrate): calibration, S1 + S7, S10
 (relay chain, with the relay daemon's memory), S11 (local writes under sync), the web app
@@ -247,7 +247,7 @@ def run(mode: Mode, workdir: Path, *, with_peers: bool = False) -> dict[str, Any
     scenarios: dict[str, Any] = {}
     # First, before any phase can leave work behind (a store checkpointing, a process
     # exiting) on the cores the short commands run on.
-    with phase("startup", "CLI start-up: --help, status (daemon off and on), author list"):
+    with phase("startup", "CLI start-up: --help, status (daemon off and on), report list"):
         scenarios["startup"] = startup.startup_result(
             startup.run_startup(net, workdir, mode.startup_reps)
         )
@@ -406,6 +406,7 @@ def table(result: dict[str, Any]) -> str:
         if key == "S1" and sc["stretch_pass"]:
             verdict += " (stretch)"
         lines.append(f"{key:<9} {measured:<46} {sc['target']:<44} {verdict}")
+        lines.extend(f"  {note}" for note in sc.get("notes", ()))
     for line in result.get("peers", {}).get("lines", []):
         lines.append(line)
     run_info = result["run"]
@@ -416,6 +417,62 @@ def table(result: dict[str, Any]) -> str:
         f"{run_info['loadavg_end'][0]}; bound drift {cal['bound_drift_pct']}%"
         + ("  NOISY RUN: the S1 ratio is unreliable" if run_info["noisy"] else "")
     )
+    return "\n".join(line.rstrip() for line in lines)
+
+
+#: ``--only NAME``: one group of scenarios on its own, without calibration (its ratios
+#: need the bound, so S1/S10 are not among them): quick to re-measure memory and start-up.
+ONLY = {
+    "startup": ("startup",),
+    "relay": ("RSS.relay",),
+    "web": ("RSS.web",),
+}
+
+
+def run_only(mode: Mode, workdir: Path, only: str) -> dict[str, Any]:
+    """Just the scenarios of ``ONLY[only]`` (``--only``), with the run's environment."""
+    started = time.time()
+    result: dict[str, Any] = {"mode": mode.name, "only": only}
+    result["environment"] = fingerprint(workdir)
+    phase = Phases()
+    net = synthetic.create_network(workdir / "net")
+    scenarios: dict[str, Any] = {}
+    if only == "startup":
+        with phase("startup", "CLI start-up: --help, status (daemon off and on), report list"):
+            scenarios["startup"] = startup.startup_result(
+                startup.run_startup(net, workdir, mode.startup_reps)
+            )
+    elif only == "relay":
+        with phase("setup", f"item pool: {mode.s10_items} items"):
+            pool = make_pool(net.manifest, mode.s10_items, mode.real_sealed)
+        with phase("S10", f"relay daemon memory: {mode.s10_items} items A -> relay B -> C"):
+            scenarios["RSS.relay"] = relay.memory_result(
+                relay.run_s10(net, pool, mode.s10_items, workdir)
+            )
+    else:
+        with phase("web", "web: the app's memory in an author node's daemon"):
+            scenarios["RSS.web"] = web.memory_result(
+                web.run_memory(net, mode.web_memory_reps, workdir)
+            )
+    result["scenarios"] = scenarios
+    result["run"] = {"elapsed_s": round(time.time() - started, 1), "phases_s": phase.seconds}
+    return result
+
+
+def only_table(result: dict[str, Any]) -> str:
+    env = result["environment"]
+    lines = [
+        f"fieldsync bench ({result['mode']}, only {result['only']}): {env['cpu']},"
+        f" {env['cpu_count']} cores, Python {env['python']}",
+        "",
+        f"{'scenario':<9} {'measured':<46} {'goal':<44} result",
+    ]
+    for key, sc in result["scenarios"].items():
+        verdict = "PASS" if sc["pass"] else "FAIL"
+        lines.append(f"{key:<9} {sc['measured']:<46} {sc['target']:<44} {verdict}")
+        lines.extend(f"  {note}" for note in sc.get("notes", ()))
+    lines.append("")
+    lines.append(f"elapsed {result['run']['elapsed_s']} s")
     return "\n".join(line.rstrip() for line in lines)
 
 
@@ -449,6 +506,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also run Syncthing on the same workloads, if installed (Debian: syncthing)",
     )
+    parser.add_argument(
+        "--only",
+        choices=sorted(ONLY),
+        help="run one group on its own, without calibration: startup (CLI start-up),"
+        " relay (RSS.relay), web (RSS.web)",
+    )
     args = parser.parse_args(argv)
     mode = MODES[args.mode or "quick"]
     if args.cores is not None:
@@ -461,13 +524,16 @@ def main(argv: list[str] | None = None) -> int:
         args.workdir.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="fieldsync-bench-", dir=args.workdir))
     try:
-        result = run(mode, workdir, with_peers=args.peers)
+        if args.only:
+            result = run_only(mode, workdir, args.only)
+        else:
+            result = run(mode, workdir, with_peers=args.peers)
     finally:
         if args.keep:
             log(f"kept {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
-    print(table(result), flush=True)
+    print(only_table(result) if args.only else table(result), flush=True)
     text = json.dumps(result, indent=2)
     if args.json:
         args.json.write_text(text + "\n")

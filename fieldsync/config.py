@@ -29,8 +29,6 @@ parsers in ``config_addresses``. Their public names are importable from here.
 
 from __future__ import annotations
 
-import difflib
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -168,6 +166,8 @@ def _cross_checks(config: Config, origins: Mapping[tuple[str, str], str]) -> Non
 
 
 def _from_file(path: Path, where: str) -> _Layer:
+    import tomllib  # only with a config file: most commands never read one
+
     try:
         with path.open("rb") as handle:
             document = tomllib.load(handle)
@@ -277,6 +277,8 @@ def _convert(kind: Kind, value: object, base: Path, where: str) -> Any:
 
 
 def _did_you_mean(word: str, choices: Mapping[str, object]) -> str:
+    import difflib  # only on a configuration error
+
     close = difflib.get_close_matches(word, list(choices), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 

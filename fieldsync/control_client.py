@@ -9,7 +9,6 @@ aiohttp app, which answers ``Connection: close`` requests with a ``Content-Lengt
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,11 @@ MAX_ANSWER = 8 * 1024 * 1024
 
 def request(path: Path, what: str, timeout: float = 5.0) -> dict[str, Any] | None:
     """GET ``/what`` from a running daemon; None if no daemon answers on ``path``."""
+    try:
+        if not path.exists():
+            return None  # no daemon: no need to load the socket module to find that out
+    except OSError:  # a directory on the way we may not search: nobody answers us there
+        return None
     try:
         raw = _get(path, what, timeout)
         head, _, body = raw.partition(b"\r\n\r\n")
@@ -41,6 +45,8 @@ def request(path: Path, what: str, timeout: float = 5.0) -> dict[str, Any] | Non
 
 
 def _get(path: Path, what: str, timeout: float) -> bytes:
+    import socket  # here: ``status`` without a daemon never needs it
+
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         sock.connect(str(path))

@@ -20,11 +20,10 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fieldsync import offer_hold, sdnotify
+from fieldsync import heap, offer_hold, sdnotify
 from fieldsync.cipher_db import DB_ERRORS
 from fieldsync.config import Config
 from fieldsync.control import ControlServer
-from fieldsync.discovery import Discovery, OwnNames, PeerAddress
 from fieldsync.diskerrors import storage_problem
 from fieldsync.errors import EXIT_DAEMON_FAILED, FieldsyncError
 from fieldsync.faults import Faults
@@ -42,6 +41,7 @@ from fieldsync.wipe import wipe_node
 from fieldsync.wipe_trigger import TriggerWatcher, known_hashes
 
 if TYPE_CHECKING:
+    from fieldsync.discovery import Discovery, OwnNames, PeerAddress
     from fieldsync.web.server import WebServer
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,8 @@ class FieldDaemon:
         self.last_upstream_contact: float | None = None
         self._lock: HomeLock | None = None
         #: Our discovery names outlive one Discovery instance (it restarts on failure).
-        self._own_names = OwnNames()
+        #: Made when discovery first starts: a node without discovery never imports zeroconf.
+        self._own_names: OwnNames | None = None
         #: Set once the node was wiped (quick exit, wipe trigger): ``wait`` returns, and the
         #: daemon stops, since it holds keys in memory.
         self.wiped = asyncio.Event()
@@ -130,6 +131,9 @@ class FieldDaemon:
         except BaseException:
             await self.stop()
             raise
+        # Starting (imports, the store's index, the web app's catalogues) leaves freed heap
+        # behind that glibc would keep for good: give it back before settling down.
+        await asyncio.to_thread(heap.release_free_memory)
         sdnotify.ready(f"serving on {len(self.server.addresses) if self.server else 0} address(es)")
 
     async def _start_serving(self, runtime: Runtime) -> None:
@@ -318,6 +322,13 @@ class FieldDaemon:
         if not addresses:
             # The interface may come up later (a hotspot switched on): retry with back-off.
             raise DiscoveryUnavailable(f"no IPv4 address on {', '.join(interfaces)}")
+        # Imported here, not at the top: zeroconf costs a few MB that a node with discovery
+        # off (the default: no interfaces named) never needs.
+        from fieldsync.discovery import Discovery, OwnNames
+
+        if self._own_names is None:
+            self._own_names = OwnNames()
+        own_names = self._own_names
 
         def appeared(peer: PeerAddress) -> None:
             if peer.host in addresses and peer.port == port:
@@ -342,7 +353,7 @@ class FieldDaemon:
                 on_peer_gone=gone,
                 service_type=self.config.discovery.service_type,
                 rotate_seconds=self.config.discovery.rotate_minutes * 60.0,
-                own_names=self._own_names,
+                own_names=own_names,
                 also_recognise=runtime.context.also_accept,
             )
             await discovery.start()

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fieldsync import heap
 from fieldsync.config import HostPort, parse_host_port
 from fieldsync.diskerrors import storage_problem
 from fieldsync.errors import InputRefused
@@ -24,7 +25,7 @@ from fieldsync.lognames import address_name
 from fieldsync.node import STORE, Membership, Node, current_revocations
 from fieldsync.offer_hold import OfferDelay
 from fieldsync.peer import REVOKED, PeerContext, PeerLimits, SyncOutcome, SyncSource, run_peer
-from fieldsync.store import Store
+from fieldsync.store import RELAY_CACHE_KIB, Store
 from fieldsync.store_worker import StoreWorker
 from fieldsync.synclog import log_session
 from fieldsync.transport import (
@@ -46,6 +47,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 WEBSOCKET_PATH = "/sync"
+#: A session that moved at least this many items (in and out) is a bulk one: after it the
+#: freed heap is given back to the system (``heap``), or a relay keeps its peak for good.
+BULK_SESSION_ITEMS = 1000
 
 
 @dataclass
@@ -75,6 +79,10 @@ class Runtime:
     #: is used: the daemon forgets the peers discovery found under the previous key and ends
     #: the syncs with them, so nothing dials them under the new one.
     on_key_switch: Callable[[], None] | None = None
+    #: Items a session must move to count as bulk (``BULK_SESSION_ITEMS``).
+    bulk_session_items: int = BULK_SESSION_ITEMS
+    #: Releases of freed memory to the system begun after bulk sessions (tests read it).
+    heap_releases: int = 0
 
     @classmethod
     async def open(
@@ -91,7 +99,8 @@ class Runtime:
         member, static_secret, is_author = await asyncio.to_thread(
             lambda: (node.membership(), node.node_secret(), node.is_author())
         )
-        worker = StoreWorker(home / STORE)
+        # A relay's page cache is capped (Store); an author's serves its web app's pages.
+        worker = StoreWorker(home / STORE, cache_kib=None if is_author else RELAY_CACHE_KIB)
         await worker.open()
         source = await worker.call(lambda store: SyncSource(store, offer_delay))
         context = PeerContext(
@@ -240,6 +249,15 @@ class Runtime:
     async def close(self) -> None:
         await self.worker.close()
 
+    async def release_after(self, outcome: SyncOutcome) -> None:
+        """After a bulk session, return the freed heap to the system (off the loop: the
+        trim walks every arena)."""
+        moved = outcome.stats.items_received + outcome.stats.items_sent
+        if moved < self.bulk_session_items or not heap.available():
+            return
+        self.heap_releases += 1  # counted as it starts: a test sees it the moment it is due
+        await asyncio.to_thread(heap.release_free_memory)
+
     async def _connect(self, target: str) -> Transport:
         try:
             if target.startswith(("ws://", "wss://", "http://", "https://")):
@@ -270,6 +288,7 @@ class Runtime:
                 await self._connect(target), self.context, initiator=True, network_key=key
             )
         self.outcomes.append(outcome)
+        await self.release_after(outcome)
         log_session(
             self.context.static_secret,
             address_name(target),
@@ -322,6 +341,7 @@ class Server:
         self.runtime.outcomes.append(outcome)
         if self.runtime.on_outcome is not None:
             self.runtime.on_outcome(outcome)
+        await self.runtime.release_after(outcome)
         if outcome.peer is not None:  # outsiders are logged by the handshake already
             log_session(
                 self.runtime.context.static_secret,

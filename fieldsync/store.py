@@ -329,9 +329,20 @@ class QuotaExceeded(Exception):
     """A peer delivered more than its quota allows; the batch was not stored."""
 
 
+#: SQLite page cache of a relay daemon's store, KiB. SQLCipher's default is 8 MB per
+#: connection, filled with decrypted pages after a bulk receive; a relay writes fresh items
+#: and reads them back once to forward them, so a small cache costs it little time.
+RELAY_CACHE_KIB = 2048
+
+
 class Store:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, cache_kib: int | None = None) -> None:
+        """``cache_kib``: cap on SQLite's page cache (``RELAY_CACHE_KIB`` for a relay
+        daemon); None keeps SQLCipher's default."""
+        if cache_kib is not None and cache_kib < 1:
+            raise ValueError(f"cache_kib must be a positive number of KiB, not {cache_kib}")
         self.path = path
+        self._cache_kib = cache_kib
         path.parent.mkdir(parents=True, exist_ok=True)
         #: Encrypted at rest under ``store.key`` (a plaintext store is encrypted on first open).
         self.key_file = store_key_file(path)
@@ -357,8 +368,18 @@ class Store:
             f"busy_timeout={int(LOCK_TIMEOUT_SECONDS * 1000)}",
         ):
             conn.execute(f"PRAGMA {pragma}")
+        if self._cache_kib is not None:
+            conn.execute(f"PRAGMA cache_size = -{int(self._cache_kib)}")  # negative: KiB
         self._key_stamp = _file_stamp(self.key_file)
         return conn
+
+    def page_cache_kib(self) -> int:
+        """The connection's page cache limit in KiB (SQLite's ``cache_size``)."""
+        size = int(self._conn.execute("PRAGMA cache_size").fetchone()[0])
+        if size < 0:
+            return -size
+        page = int(self._conn.execute("PRAGMA page_size").fetchone()[0])
+        return size * page // 1024
 
     def _follow_key_rotation(self) -> None:
         """Reopen under the new key if another process (the daemon's janitor) rotated it

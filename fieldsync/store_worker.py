@@ -7,6 +7,7 @@ writer and the event loop stays responsive while a batch is fsynced (perf S11).
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,14 +19,18 @@ T = TypeVar("T")
 
 
 class StoreWorker:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, cache_kib: int | None = None) -> None:
+        """``cache_kib``: the store's page cache cap (``Store``)."""
         self.path = path
+        self._cache_kib = cache_kib
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fieldsync-store")
         self._store: Store | None = None
 
     async def open(self) -> None:
         loop = asyncio.get_running_loop()
-        self._store = await loop.run_in_executor(self._executor, Store, self.path)
+        self._store = await loop.run_in_executor(
+            self._executor, functools.partial(Store, self.path, cache_kib=self._cache_kib)
+        )
 
     async def call(self, func: Callable[[Store], T]) -> T:
         """Run ``func(store)`` on the store thread and return its result."""

@@ -8,6 +8,7 @@ every language that has one. Catalogues are read once, when the app starts.
 
 from __future__ import annotations
 
+import dataclasses
 import gettext
 import logging
 import pickle
@@ -22,8 +23,6 @@ from typing import Any
 
 from babel import Locale, UnknownLocaleError, localedata
 from babel.dates import format_datetime
-from babel.messages.catalog import Catalog
-from babel.messages.pofile import read_po
 from babel.numbers import format_decimal
 
 log = logging.getLogger(__name__)
@@ -34,10 +33,44 @@ SOURCE_LANGUAGE = "en"
 RTL_LANGUAGES = frozenset({"ar", "fa", "he", "ur", "ps", "ckb"})
 
 
+#: A catalogue's translations: message id -> its text, or a plural message's forms. Plain
+#: strings and tuples, not Babel's ``Catalog``: one ``Message`` object per entry, with its
+#: locations, flags and comments, costs the daemon far more memory than the text does.
+Messages = dict[str, str | tuple[str, ...]]
+SOURCE_PLURAL = "(n != 1)"
+
+
+@dataclass(frozen=True)
+class Translations:
+    """One catalogue as plain data: usable translations only (no fuzzy or empty ones)."""
+
+    messages: Messages
+    plural_expr: str = SOURCE_PLURAL
+
+
+def read_translations(po: Path, code: str) -> Translations:
+    """The usable translations of the ``.po`` file ``po`` (blocking)."""
+    from babel.messages.pofile import read_po  # the daemon's child reads catalogues
+
+    with po.open("rb") as handle:
+        catalog = read_po(handle, locale=code)
+    messages: Messages = {}
+    for message in catalog:
+        if not message.id or message.fuzzy:
+            continue
+        key = message.id if isinstance(message.id, str) else message.id[0]
+        text = message.string
+        if isinstance(text, str) and text:
+            messages[key] = text
+        elif isinstance(text, tuple) and any(text):
+            messages[key] = tuple(text)
+    return Translations(messages, catalog.plural_expr)
+
+
 @dataclass(frozen=True)
 class Language:
     code: str
-    catalog: Catalog | None  # None: the source language
+    catalog: Translations | None  # None: the source language
     #: The language's own name for itself ("Français", "العربية"), for the switch on every
     #: page; read at start without keeping the locale's CLDR data (see ``native_name``).
     name: str
@@ -47,7 +80,7 @@ class Language:
 
     @cached_property
     def _plural(self) -> Callable[[int], int]:
-        expression = self.catalog.plural_expr if self.catalog is not None else "(n != 1)"
+        expression = self.catalog.plural_expr if self.catalog is not None else SOURCE_PLURAL
         return gettext.c2py(expression)
 
     @cached_property
@@ -74,19 +107,19 @@ class Language:
         ``%(name)s`` placeholders filled from ``variables`` (Jinja2's "newstyle")."""
         text = message
         if self.catalog is not None:
-            entry = self.catalog.get(message)
-            if entry is not None and isinstance(entry.string, str) and entry.string:
-                text = entry.string if not entry.fuzzy else message
+            translated = self.catalog.messages.get(message)
+            if isinstance(translated, str):
+                text = translated
         return text % variables if variables else text
 
     def ngettext(self, singular: str, plural: str, count: int, **variables: object) -> str:
         text = singular if count == 1 else plural
         if self.catalog is not None:
-            entry = self.catalog.get(singular)
-            if entry is not None and isinstance(entry.string, tuple) and not entry.fuzzy:
+            forms = self.catalog.messages.get(singular)
+            if isinstance(forms, tuple):
                 index = self._plural(count)
-                if index < len(entry.string) and entry.string[index]:
-                    text = entry.string[index]
+                if index < len(forms) and forms[index]:
+                    text = forms[index]
         return text % {"num": self.number(count), **variables}
 
     def datetime(self, seconds: float | None) -> str:
@@ -150,20 +183,26 @@ def _with_data(locale: Locale, data: dict[str | int | None, Any]) -> Locale:
     return locale
 
 
-LocaleData = dict[str, tuple[str, dict[str | int | None, Any]]]
+#: code -> (own name, LOCALE_KEYS data, (messages, plural expression) or None): builtin
+#: types only, since the child pickles them as its ``__main__``.
+LocaleData = dict[str, tuple[str, dict[str | int | None, Any], tuple[Messages, str] | None]]
 
 
-def locale_data_apart(codes: list[str], timeout: float = 60.0) -> LocaleData:
-    """Each code's own name and ``LOCALE_KEYS`` data, read in a short-lived child process
-    (``python -m fieldsync.web.i18n CODE...``; blocking).
+def locale_data_apart(
+    codes: list[str], directory: Path = LOCALES_DIR, timeout: float = 60.0
+) -> LocaleData:
+    """Each code's own name, ``LOCALE_KEYS`` data and translations (from ``directory``),
+    read in a short-lived child process (``python -m fieldsync.web.i18n DIR CODE...``;
+    blocking).
 
     Read in the daemon and dropped, whole locale files leave freed but not returned memory
-    behind (about 1.5 MiB, measured with bench/web.py); the child's answer is a few kB a
-    language. If the child fails, the daemon reads the files itself.
+    behind (about 1.5 MiB, measured with bench/web.py), and parsing the catalogues would
+    load Babel's message parser; the child's answer is plain data, a few kB a language. If
+    the child fails, the daemon reads the files itself.
     """
     try:
         result = subprocess.run(  # noqa: S603 - our own module, by the running interpreter
-            [sys.executable, "-m", "fieldsync.web.i18n", *codes],
+            [sys.executable, "-m", "fieldsync.web.i18n", str(directory), *codes],
             check=True,
             capture_output=True,
             timeout=timeout,
@@ -176,12 +215,21 @@ def locale_data_apart(codes: list[str], timeout: float = 60.0) -> LocaleData:
     return answer
 
 
-def _read_locale_data(codes: list[str]) -> LocaleData:
+def _catalogue(directory: Path, code: str) -> Path:
+    return directory / code / "LC_MESSAGES" / "messages.po"
+
+
+def _read_locale_data(directory: Path, codes: list[str]) -> LocaleData:
     """``locale_data_apart``'s child."""
     answer: LocaleData = {}
     for code in codes:
         full = localedata.load(str(Locale.parse(code)))
-        answer[code] = (native_name(code), {key: full[key] for key in LOCALE_KEYS if key in full})
+        po = _catalogue(directory, code)
+        answer[code] = (
+            native_name(code),
+            {key: full[key] for key in LOCALE_KEYS if key in full},
+            dataclasses.astuple(read_translations(po, code)) if po.is_file() else None,
+        )
     return answer
 
 
@@ -203,23 +251,26 @@ def native_name(code: str) -> str:
 
 def load_languages(directory: Path = LOCALES_DIR) -> dict[str, Language]:
     """The source language and every catalogue under ``directory`` (blocking: at start)."""
-    catalogs: dict[str, Catalog | None] = {SOURCE_LANGUAGE: None}
+    codes = [SOURCE_LANGUAGE]
     for po in sorted(directory.glob("*/LC_MESSAGES/messages.po")):
         code = po.parent.parent.name
         try:
             Locale.parse(code)
         except (UnknownLocaleError, ValueError):
             continue
-        with po.open("rb") as handle:
-            catalogs[code] = read_po(handle, locale=code)
-    apart = locale_data_apart(list(catalogs))
+        if code not in codes:
+            codes.append(code)
+    apart = locale_data_apart(codes, directory)
     languages = {}
-    for code, catalog in catalogs.items():
+    for code in codes:
         if code in apart:
-            name, data = apart[code]
-            languages[code] = Language(code, catalog, name, data)
+            name, data, plain = apart[code]
+            translations = Translations(*plain) if plain is not None else None
+            languages[code] = Language(code, translations, name, data)
         else:
-            languages[code] = Language(code, catalog, native_name(code))
+            po = _catalogue(directory, code)
+            translations = read_translations(po, code) if po.is_file() else None
+            languages[code] = Language(code, translations, native_name(code))
     languages[SOURCE_LANGUAGE].warm()
     return languages
 
@@ -247,5 +298,5 @@ def negotiate(accept_language: str, available: set[str]) -> str:
     return SOURCE_LANGUAGE
 
 
-if __name__ == "__main__":  # locale_data_apart's child: CODE...
-    sys.stdout.buffer.write(pickle.dumps(_read_locale_data(sys.argv[1:])))
+if __name__ == "__main__":  # locale_data_apart's child: DIRECTORY CODE...
+    sys.stdout.buffer.write(pickle.dumps(_read_locale_data(Path(sys.argv[1]), sys.argv[2:])))

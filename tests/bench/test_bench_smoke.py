@@ -87,13 +87,27 @@ def test_smoke_run_reports_every_scenario(tmp_path: Path) -> None:
         "--help",
         "status",
         "status (daemon running)",
+        "report list",
         "author list",
     }
+    startup = scenarios["startup"]
+    assert set(startup["commands_cpu_ms"]) == set(startup["commands_ms"])
+    assert startup["kdf_ms"] > 0 and "compiled first" in startup["bytecode"]
     assert scenarios["RSS.relay"]["idle_mb"] > 0 and scenarios["RSS.relay"]["after_mb"] > 0
     web_memory = scenarios["RSS.web"]
     assert web_memory["off_mb"] > 0
     for key in ("added_idle_mb", "added_one_language_mb", "added_every_language_mb"):
         assert _number(web_memory[key]), key
+    assert _number(web_memory["author_with_app_idle_mb"])
+    assert [label.split()[0] for label in web_memory["breakdown_mb"]] == [
+        "aiohttp",
+        "aiohttp.web",
+        "jinja2",
+        "babel",
+        "fieldsync.web",
+        "languages",
+    ]
+    assert all(_number(mb) for mb in web_memory["breakdown_mb"].values())
     render = scenarios["render.web"]
     assert render["n"] == result["sizes"]["web_items"]
     assert render["idle"]["n"] >= 1 and render["under_sync"]["n"] >= 1
@@ -153,3 +167,43 @@ def test_peers_without_syncthing_is_one_skipped_line(tmp_path: Path) -> None:
     assert out["skipped"] is True and len(out["lines"]) == 1
     assert out["lines"][0].startswith("peers: skipped: syncthing not installed")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_only_runs_one_group_and_says_how_start_up_was_measured(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    scratch = Path(tempfile.mkdtemp(prefix="fsb-"))
+    try:
+        command = [sys.executable, "-m", "bench", "--smoke", "--only", "startup"]
+        proc = subprocess.run(
+            [*command, "--json", str(out), "--workdir", str(scratch)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(out.read_text())
+    assert result["only"] == "startup" and list(result["scenarios"]) == ["startup"]
+    startup = result["scenarios"]["startup"]
+    # report list is judged without its Argon2id derivation, which is timed on its own
+    assert startup["judged_ms"]["report list"] == round(
+        startup["commands_ms"]["report list"] - startup["kdf_ms"], 1
+    )
+    assert "bytecode compiled first (compileall)" in proc.stdout
+    assert "Argon2id" in proc.stdout and "ms CPU" in proc.stdout
+
+
+def test_only_refuses_an_unknown_group() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--only", "everything"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "invalid choice: 'everything'" in proc.stderr

@@ -33,6 +33,10 @@ NOT_FOR_A_RELAY = (
     "babel",
     "cryptography",
     "zxcvbn",
+    # Discovery is off unless interfaces are named (the default here): zeroconf is loaded
+    # only when discovery starts.
+    "zeroconf",
+    "fieldsync.discovery",
 )
 
 _PROBE_SCRIPT = """\

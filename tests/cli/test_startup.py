@@ -71,6 +71,7 @@ def heavy_in(modules: set[str]) -> set[str]:
 
 def test_help_imports_no_command_module(tmp_path: Path) -> None:
     modules, out = imported_by(tmp_path, "--help")
+    assert not heavy_in(modules)  # the daemon, aiohttp, zeroconf...
     assert not {m for m in modules if m.startswith(("fieldsync.", "fieldsync_protocol", "nacl"))}
     assert not {m for m in modules if m.startswith("fieldsync_cli.cmd_")}
     for name in COMMANDS:
@@ -90,6 +91,16 @@ def test_status_without_a_daemon_stays_light(net: Net, tmp_path: Path) -> None:
     modules, out = imported_by(tmp_path, "--home", net.b, "status", "--json")
     assert json.loads(out)["daemon"] is False
     assert not heavy_in(modules)
+
+
+def test_status_without_a_daemon_loads_no_socket_toml_or_suggestions(
+    net: Net, tmp_path: Path
+) -> None:
+    """No control socket: no socket module; no config file: no TOML parser; no error: no
+    "did you mean" matcher."""
+    modules, out = imported_by(tmp_path, "--home", net.b, "status", "--json")
+    assert json.loads(out)["daemon"] is False
+    assert not modules & {"socket", "tomllib", "difflib"}
 
 
 def test_status_asks_a_running_daemon_without_aiohttp(net: Net, tmp_path: Path) -> None:

@@ -277,3 +277,42 @@ def test_languages_keep_only_the_locale_data_pages_use_and_format_as_babel_does(
                 moment, "medium", tzinfo=UTC, locale=whole
             ), code
             assert language.number(value) == format_decimal(value, locale=whole), code
+
+
+def test_catalogues_are_plain_data_read_apart_and_the_same_as_read_here() -> None:
+    """Translations reach the app as plain strings and tuples (no Babel ``Message``
+    objects), read in the child; the child's answer equals reading the files in-process."""
+    from fieldsync.web.i18n import LOCALES_DIR, load_languages, locale_data_apart, read_translations
+
+    languages = load_languages()
+    apart = locale_data_apart(sorted(languages))
+    for code, language in languages.items():
+        if language.catalog is None:
+            assert code == "en"
+            continue
+        messages = language.catalog.messages
+        assert messages and all(type(key) is str for key in messages), code
+        assert all(
+            type(text) is str or (type(text) is tuple and all(type(t) is str for t in text))
+            for text in messages.values()
+        ), code
+        here = read_translations(LOCALES_DIR / code / "LC_MESSAGES" / "messages.po", code)
+        assert apart[code][2] == (here.messages, here.plural_expr), code
+        assert language.catalog == here, code
+
+
+def test_the_app_process_never_loads_babels_message_parser() -> None:
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\n"
+        "from fieldsync.web.i18n import load_languages\n"
+        "languages = load_languages()\n"
+        "assert languages['fr'].gettext('Quick exit') != 'Quick exit'\n"
+        "print(sorted(m for m in sys.modules if m.startswith('babel.messages')))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert done.stdout.strip() == "[]"
