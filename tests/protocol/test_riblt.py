@@ -374,3 +374,47 @@ def test_an_offer_of_n_with_an_id_list_gets_a_range_answer() -> None:
     step = rb.receive(offer)
     assert step.reply is not None
     assert RangeMode.CODED not in {r.mode for r in parse_message(codec.decode(step.reply))}
+
+
+_SMALL = {h(i) for i in range(300)}
+_SMALL_CODED = CodedSymbols(_SMALL)
+_SMALL_LESS = CodedSymbols(_SMALL - {h(1)})
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([1, 5, 6]),
+            st.one_of(
+                st.binary(max_size=120),
+                st.binary(max_size=3 * SYMBOL_SIZE).map(lambda b: FP + b"\x00\x00" + b),
+            ),
+            st.none() | st.integers(-1, 2**64 - 1),
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+    st.booleans(),
+)
+def test_fuzz_coded_stage_raises_only_remote_protocol_errors(
+    sequence: list[tuple[int, bytes, int | None]], at_initiator: bool
+) -> None:
+    """Arbitrary CODED / MORE / fingerprint messages (with or without n) at an initiator
+    waiting for symbols, or a responder that sent some: refused or answered, never a crash."""
+    ra = Reconciler(SortedListIndex(_SMALL - {h(1)}), initiator=True, coded=_SMALL_LESS)
+    rb = Reconciler(SortedListIndex(_SMALL), initiator=False, coded=_SMALL_CODED)
+    offer = ra.initial()
+    if not at_initiator:
+        rb.receive(offer)
+    target = ra if at_initiator else rb
+    for mode, payload, n in sequence:
+        value: dict[str, Any] = {"t": "rec", "r": [None, mode, payload]}
+        if n is not None:
+            value["n"] = n
+        try:
+            target.receive(codec.encode(value))
+        except RemoteProtocolError:
+            break
+    # the shared symbols were only read
+    assert _SMALL_CODED.count == 300 and _SMALL_LESS.count == 299
