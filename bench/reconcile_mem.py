@@ -22,7 +22,7 @@ from typing import Any
 import msgpack
 
 from bench.env import status_kib
-from fieldsync_protocol.reconcile_index import SortedListIndex
+from fieldsync_protocol.reconcile_index import INFINITY, ZERO, SortedListIndex, successor
 from fieldsync_protocol.riblt import CodedSymbols
 from fieldsync_protocol.session import (
     Completed,
@@ -84,8 +84,13 @@ class MemSource:
 
     def __init__(self, ids: Iterator[bytes], base: int, epoch: bytes) -> None:
         self.index = SortedListIndex.from_sorted(ids)
-        # The coded-symbol prefix a node keeps ready for first contacts (SPEC.md §13.3.6).
-        self.coded = CodedSymbols(self.index.ids(b"", b"\xff" * 33, len(self.index)))
+        # The coded-symbol prefix a node keeps ready for first contacts (SPEC.md §13.3.6),
+        # read from the index a page at a time (a list of 1M ids would weigh on S12).
+        self.coded = CodedSymbols()
+        after = ZERO
+        while page := self.index.ids(after, INFINITY, 4096):
+            self.coded.extend(page)
+            after = successor(page[-1])
         self.base = base
         self.epoch = epoch
         self.tail: list[bytes] = []

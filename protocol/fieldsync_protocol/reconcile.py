@@ -74,21 +74,29 @@ from fieldsync_protocol.reconcile_wire import (
     range_size,
     window_offset,
 )
-from fieldsync_protocol.riblt import MAX_SYMBOLS, CodedSymbols, Difference, PeerSymbols, peel
+from fieldsync_protocol.riblt import (
+    MAX_SYMBOLS,
+    CodedSymbols,
+    Difference,
+    PeerSymbols,
+    estimate_difference,
+    peel,
+)
 
 #: Most RECONCILE messages one side receives in a session (a hostile peer cannot stall us).
 MAX_ROUNDS = 256
 #: Most MORE requests the initiator sends before it falls back to ranges (each costs a
-#: round trip); each asks for twice as many symbols as it holds, tripling them: from 24
-#: (equal counts) to 72, 216 and 648.
+#: round trip); each asks for as many symbols as the difference the last ones suggest
+#: needs, at least tripling them (from 24 with equal counts: 72, 216, 648 at the least).
 MAX_MORE = 3
-#: Coded symbols in the first CODED answer when the id counts differ by ``delta``: peeling
-#: needs about 1.5·d symbols for d differences (1.66 at most in 40 trials of d = 100), and
-#: ``delta`` is a lower bound for d; 24 more cover small differences in one go.
 
 
 def first_symbols(delta: int) -> int:
-    """Coded symbols to send first when the two id counts differ by ``delta``."""
+    """Coded symbols to send first when the two id counts differ by ``delta``.
+
+    Peeling needs about 1.5·d symbols for d differences (1.66 at most in 40 trials of
+    d = 100) and ``delta`` is a lower bound for d: 1.75·delta, and 24 more for small
+    differences, decode a one-sided difference in one answer nearly always."""
     return (7 * delta + 3) // 4 + 24
 
 
@@ -492,7 +500,11 @@ class Reconciler:
         if len(peer) < MAX_SYMBOLS and self._more_sent < MAX_MORE:
             self._more_sent += 1
             self._await_coded = True
-            more = min(MAX_SYMBOLS, 3 * len(peer)) - len(peer)
+            # Enough for the difference the symbols suggest, at least three times as many
+            # as held; eight times when every symbol differs (too many to tell how many).
+            estimate = estimate_difference(coded, peer)
+            total = 8 * len(peer) if estimate is None else first_symbols(estimate)
+            more = min(MAX_SYMBOLS, max(3 * len(peer), total)) - len(peer)
             reply = encode_message([Range(INFINITY, RangeMode.MORE, more.to_bytes(2, "little"))])
             return Step(reply, [], [], False)
         # Not decodable within the bound: the CODED range is a differing fingerprint of the

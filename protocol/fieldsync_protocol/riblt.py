@@ -134,6 +134,26 @@ class PeerSymbols:
             self.counts.append(int.from_bytes(blob[k + ID_SIZE + 8 : k + SYMBOL_SIZE], "little"))
 
 
+def estimate_difference(own: CodedSymbols, peer: PeerSymbols) -> int | None:
+    """How many ids the two sets differ by, judged from how many of the first ``len(peer)``
+    symbols differ (index ``i`` holds an id with probability about ``1/(1 + i/2)``); None
+    when every one differs (the difference is too big for these symbols to tell)."""
+    m = len(peer)
+    differing = sum(
+        (peer.xors[i], peer.sums[i], peer.counts[i] % _COUNT_MOD)
+        != (own.xors[i], own.sums[i], own.counts[i] % _COUNT_MOD)
+        for i in range(m)
+    )
+    if differing >= m:
+        return None
+    # Expected differing symbols grow with d: the smallest d (in steps of 1/8) expecting as
+    # many as seen; 4096 expects all but a fraction of one, so the loop ends well before.
+    d = 0
+    while d < 4 * MAX_SYMBOLS and sum(1 - (1 - 2 / (i + 2)) ** d for i in range(m)) < differing:
+        d += 1 + d // 8
+    return d
+
+
 @dataclass(frozen=True)
 class Difference:
     """A decoded symmetric difference: ids only the peer holds, ids only we hold."""

@@ -27,6 +27,7 @@ from fieldsync_protocol.riblt import (
     SYMBOL_SIZE,
     CodedSymbols,
     PeerSymbols,
+    estimate_difference,
     id_hash,
     indices,
     peel,
@@ -228,9 +229,24 @@ def test_too_many_differences_fall_back_to_ranges() -> None:
     base = {h(i) for i in range(5000)}
     picks = random.Random(5).sample(sorted(base), 1200)
     modes, a_now, b_now = run_coded(base - set(picks[:600]), base - set(picks[600:]))
-    assert modes[: 2 + 2 * MAX_MORE].count(RangeMode.MORE) == MAX_MORE
-    assert RangeMode.FINGERPRINT in modes[2 + 2 * MAX_MORE :]
+    # 24 symbols all differ: MORE to 192; those suggest > 1024 are needed: MORE to 1024;
+    # still not decoded: the initiator splits the whole space into fingerprints
+    last_coded = max(k for k, mode in enumerate(modes) if mode == RangeMode.CODED)
+    assert 1 <= modes[:last_coded].count(RangeMode.MORE) <= MAX_MORE
+    assert modes[last_coded + 1] == RangeMode.FINGERPRINT
     assert a_now == b_now == base
+
+
+def test_the_difference_is_estimated_from_the_symbols_that_differ() -> None:
+    diff = [h(i) for i in range(100)]
+    ours, theirs = CodedSymbols(diff[:50]), CodedSymbols(diff[50:])
+    estimate = estimate_difference(ours, received(theirs, 199))
+    assert estimate is not None and 60 <= estimate <= 160
+    assert estimate_difference(ours, received(theirs, 24)) is None  # all 24 differ
+    assert estimate_difference(ours, received(CodedSymbols(diff[:50]), 24)) == 0
+    assert estimate_difference(CodedSymbols(), received(CodedSymbols(diff[:5]), 199)) in range(
+        2, 12
+    )
 
 
 def test_a_big_count_difference_skips_the_coded_stage() -> None:
