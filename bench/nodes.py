@@ -61,9 +61,14 @@ class Synced:
         }
 
 
-async def _sync(home: Path, address: str, server_pid: int) -> Synced:
+async def _sync(home: Path, address: str, server_pid: int, coded: bool) -> Synced:
     runtime = await Runtime.open(home)
     try:
+        if coded:
+            # As a running daemon keeps them (SPEC.md §13.3.6): built before the clock starts.
+            source = runtime.context.source
+            while await runtime.worker.call(lambda _store: source.build_coded_step()):
+                pass
         cpu0, srv0 = _self_cpu(), process_cpu_seconds(server_pid)
         start = time.perf_counter()
         outcome = await runtime.sync_with(address)
@@ -76,6 +81,7 @@ async def _sync(home: Path, address: str, server_pid: int) -> Synced:
     return Synced(outcome, seconds, cpu1 - cpu0, srv1 - srv0)
 
 
-def sync_once(home: Path, address: str, server_pid: int) -> Synced:
-    """One session as initiator from ``home`` (opened fresh) with the server at ``address``."""
-    return asyncio.run(_sync(home, address, server_pid))
+def sync_once(home: Path, address: str, server_pid: int, *, coded: bool = False) -> Synced:
+    """One session as initiator from ``home`` (opened fresh) with the server at ``address``;
+    ``coded``: with coded symbols of its ids ready, as a node whose daemon ran keeps them."""
+    return asyncio.run(_sync(home, address, server_pid, coded))

@@ -22,7 +22,8 @@ from typing import Any
 import msgpack
 
 from bench.env import status_kib
-from fieldsync_protocol.reconcile_index import SortedListIndex
+from fieldsync_protocol.reconcile_index import INFINITY, ZERO, SortedListIndex, successor
+from fieldsync_protocol.riblt import CodedSymbols
 from fieldsync_protocol.session import (
     Completed,
     CursorAdvanced,
@@ -83,6 +84,13 @@ class MemSource:
 
     def __init__(self, ids: Iterator[bytes], base: int, epoch: bytes) -> None:
         self.index = SortedListIndex.from_sorted(ids)
+        # The coded-symbol prefix a node keeps ready for first contacts (SPEC.md §13.3.6),
+        # read from the index a page at a time (a list of 1M ids would weigh on S12).
+        self.coded = CodedSymbols()
+        after = ZERO
+        while page := self.index.ids(after, INFINITY, 4096):
+            self.coded.extend(page)
+            after = successor(page[-1])
         self.base = base
         self.epoch = epoch
         self.tail: list[bytes] = []
@@ -90,6 +98,7 @@ class MemSource:
 
     def add(self, item_id: bytes, origin: str = "") -> None:
         if self.index.add(item_id):
+            self.coded.add(item_id)
             self.tail.append(item_id)
             if origin:
                 self.origin[item_id] = origin
@@ -186,10 +195,18 @@ def session(
     """One session ``init`` -> ``resp``; returns both sides and the scenario's figures."""
     start = time.perf_counter()
     i_session = SyncSession(
-        init.view("R"), initiator=True, local=init.cursor(), peer_cursor=init_cursor
+        init.view("R"),
+        initiator=True,
+        local=init.cursor(),
+        peer_cursor=init_cursor,
+        coded=init.coded,
     )
     r_session = SyncSession(
-        resp.view("I"), initiator=False, local=resp.cursor(), peer_cursor=resp_cursor
+        resp.view("I"),
+        initiator=False,
+        local=resp.cursor(),
+        peer_cursor=resp_cursor,
+        coded=resp.coded,
     )
     i, r = Side(i_session, init, "R"), Side(r_session, resp, "I")
     flights = lockstep(i, r)
@@ -254,7 +271,12 @@ def _side_main(conn: Connection, report: Connection, role: str, n: int, d: int, 
     rss_index = status_kib("VmRSS")
     hwm_index = status_kib("VmHWM")
     side = Side(
-        SyncSession(source.view("peer"), initiator=role == "initiator", local=source.cursor()),
+        SyncSession(
+            source.view("peer"),
+            initiator=role == "initiator",
+            local=source.cursor(),
+            coded=source.coded,
+        ),
         source,
         "peer",
     )

@@ -1,14 +1,17 @@
 """S2/S3/S4 between real nodes: SQLite stores, Noise handshake, frames, loopback TCP.
 
 A holds N items and serves from a second process; B (identical) and C (N - d scattered)
-sync as initiators from this process. Order: S2 (B, first contact, identical), S4 (C,
-first contact), then d new items are added to A (server stopped meanwhile) and S3 (B
-again: repeat contact, cursors known, delta mode), then one more B sync with nothing new.
+sync as initiators from this process, with coded symbols of their ids ready (as running
+daemons keep them; A's daemon builds its own before the first session). Order: S2 (B,
+first contact, identical), S4 (C, first contact), then d new items are added to A (server
+stopped meanwhile) and S3 (B again: repeat contact, cursors known, delta mode), then one
+more B sync with nothing new.
 """
 
 from __future__ import annotations
 
 import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +19,23 @@ from bench.env import status_kib
 from bench.nodes import sync_once
 from bench.reconcile_mem import score_goals
 from bench.workload import ItemPool, ServerProcess, add_items
+from fieldsync.control_client import request
 from fieldsync.synthetic import SyntheticNetwork
+
+#: Seconds the server's daemon may take to build coded symbols of its ids.
+CODED_TIMEOUT = 600.0
+
+
+def wait_for_coded_symbols(home: Path) -> None:
+    """Until the server's daemon has coded symbols of its ids ready (SPEC.md §13.3.6): a
+    node that has run for a while has them; one just started answers by ranges."""
+    deadline = time.monotonic() + CODED_TIMEOUT
+    while time.monotonic() < deadline:
+        status = request(home / "control.sock", "status")
+        if status is not None and status.get("coded_symbols") == "ready":
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"the server for {home.name} did not build its coded symbols")
 
 
 def run(
@@ -36,9 +55,10 @@ def run(
     log = workdir / "servers.log"
     out: dict[str, Any] = {}
     with ServerProcess(a, log) as server:
+        wait_for_coded_symbols(a)
         rss_idle = status_kib("VmRSS", server.pid)
-        out["S2"] = sync_once(b, server.address, server.pid).record()
-        out["S4"] = sync_once(c, server.address, server.pid).record()
+        out["S2"] = sync_once(b, server.address, server.pid, coded=True).record()
+        out["S4"] = sync_once(c, server.address, server.pid, coded=True).record()
         server_memory = {
             "rss_idle_kib": rss_idle,
             "hwm_after_sessions_kib": status_kib("VmHWM", server.pid),

@@ -77,6 +77,8 @@ class FieldDaemon:
     HEALTH_SECONDS = 5.0
     #: A store thread silent this long is unresponsive: status says so, the watchdog stops.
     STORE_ANSWER_SECONDS = 10.0
+    #: How often ready coded symbols are checked again (rebuilt if the index was dropped).
+    CODED_RECHECK_SECONDS = 5.0
 
     def __init__(
         self,
@@ -194,6 +196,7 @@ class FieldDaemon:
         supervise("store", lambda: self._probe_store(runtime), self.policy)
         supervise("scheduler", lambda: self._run_scheduler(scheduler), self.policy)
         supervise("janitor", lambda: self._run_janitor(janitor), self.policy)
+        supervise("coded symbols", lambda: self._keep_coded_symbols(runtime), self.policy)
         supervise("watcher", lambda: self._watch_local_changes(runtime, scheduler), self.policy)
         supervise("control", self._run_control, self._keep_trying())
         if config.discovery.active and not config.hub.enabled:
@@ -283,6 +286,19 @@ class FieldDaemon:
     async def _run_scheduler(self, scheduler: Scheduler) -> None:
         self.faults.check("scheduler")
         await scheduler.run()
+
+    async def _keep_coded_symbols(self, runtime: Runtime) -> None:
+        """Keep coded symbols of the store's ids ready for first contacts (SPEC.md §13.3.6).
+
+        Built in steps of a few ms, each its own call on the store thread, so a local write
+        or ``status`` queued meanwhile waits one step at most; sessions keep ready symbols
+        current item by item. Once ready this only looks again now and then: the index (and
+        the symbols with it) is dropped when another process changes the store."""
+        source = runtime.context.source
+        while True:
+            more = await runtime.worker.call(lambda _store: source.build_coded_step())
+            if not more:
+                await asyncio.sleep(self.CODED_RECHECK_SECONDS)
 
     async def _run_janitor(self, janitor: Janitor) -> None:
         self.faults.check("janitor")
@@ -464,6 +480,8 @@ class FieldDaemon:
             "home": str(self.config.node.home),
             "role": "author" if runtime.is_author else "relay",
             **await self._store_status(runtime),
+            # Read on the loop, not the store thread: a build step never delays status.
+            **runtime.context.source.coded_state(),
             "listening": [f"{h}:{p}" for h, p in (self.server.addresses if self.server else [])],
             "hub": self.config.hub.enabled,
             "web": self.web.describe() if self.web else None,

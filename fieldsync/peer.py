@@ -42,8 +42,15 @@ from fieldsync_protocol.frames import Data, End, FrameReceiver, FrameSender
 from fieldsync_protocol.handshake import PeerHandshake, ReplayCache
 from fieldsync_protocol.items import Checked, ItemKind, check_item
 from fieldsync_protocol.membership import Manifest, NodeCertificate
-from fieldsync_protocol.reconcile_index import ItemIndex, SortedListIndex
+from fieldsync_protocol.reconcile_index import (
+    INFINITY,
+    ZERO,
+    ItemIndex,
+    SortedListIndex,
+    successor,
+)
 from fieldsync_protocol.revocation import RevocationList
+from fieldsync_protocol.riblt import CodedSymbols
 from fieldsync_protocol.session import (
     Completed,
     CursorAdvanced,
@@ -160,6 +167,19 @@ def _store_errors(store: Store, doing: str) -> Iterator[None]:
         raise ItemSourceError(f"the local store failed while {doing}: {cause}") from exc
 
 
+#: Ids hashed into coded symbols per build step (~14 indices each: a few ms on a laptop).
+CODED_STEP_IDS = 256
+
+
+@dataclass
+class _CodedBuild:
+    """Coded symbols being built over ``index``: every id below ``after`` is in them."""
+
+    symbols: CodedSymbols
+    after: bytes
+    index: SortedListIndex
+
+
 class SyncSource:
     """The session's view of the store (an ``ItemSource``); used only on the store thread.
     Store failures leave it as ``ItemSourceError``. Report items stay out of sight until
@@ -168,6 +188,11 @@ class SyncSource:
     def __init__(self, store: Store, offer_delay: OfferDelay | None = None) -> None:
         self._store = store
         self._index: SortedListIndex | None = None
+        # Coded symbols of exactly the index's ids (SPEC.md §13.3.6), for first contacts:
+        # ready ones (for the index object they follow), or one being built step by step.
+        self._coded: CodedSymbols | None = None
+        self._coded_for: SortedListIndex | None = None
+        self._building: _CodedBuild | None = None
         self._data_version = store.data_version()
         self.offer_delay = offer_delay or OfferDelay()
         #: Running time the store's clock does not show yet (the daemon's janitor says).
@@ -188,9 +213,8 @@ class SyncSource:
             now = self._now()
             free = offer_hold.assess(self._store, self.offer_delay, now)
             released = offer_hold.release(self._store, now)
-        if self._index is not None:
-            for item_id in (*free, *released):
-                self._index.add(item_id)
+        for item_id in (*free, *released):
+            self._add(item_id)
         return bool(free or released)
 
     def horizon(self) -> int:
@@ -237,12 +261,69 @@ class SyncSource:
             with _store_errors(self._store, "reading the offer holds"):
                 held = offer_hold.held_among(self._store, added)
             added = [item_id for item_id in added if item_id not in held]
-        if self._index is None:
-            return
         for item_id in added:
-            self._index.add(item_id)
+            self._add(item_id)
         for item_id in removed:
-            self._index.discard(item_id)
+            self._discard(item_id)
+
+    def _add(self, item_id: bytes) -> None:
+        """Add to the cached index, and to coded symbols that cover the id (incremental)."""
+        if self._index is None or not self._index.add(item_id):
+            return
+        for symbols in self._symbols_covering(item_id):
+            symbols.add(item_id)
+
+    def _discard(self, item_id: bytes) -> None:
+        if self._index is None or not self._index.discard(item_id):
+            return
+        for symbols in self._symbols_covering(item_id):
+            symbols.remove(item_id)
+
+    def _symbols_covering(self, item_id: bytes) -> list[CodedSymbols]:
+        """The ready symbols and a build that already went past ``item_id`` (a build yet to
+        reach it will read it, or not, from the index when it gets there)."""
+        out = []
+        if self._coded is not None and self._coded_for is self._index:
+            out.append(self._coded)
+        build = self._building
+        if build is not None and build.index is self._index and item_id < build.after:
+            out.append(build.symbols)
+        return out
+
+    # --- coded symbols for first contacts (SPEC.md §13.3.6) ---------------------------------
+
+    def coded_symbols(self) -> CodedSymbols | None:
+        """Coded symbols of the index's ids, if ready (else the session uses ranges only)."""
+        if self._coded is not None and self._index is not None and self._coded_for is self._index:
+            return self._coded
+        return None
+
+    def build_coded_step(self, limit: int = CODED_STEP_IDS) -> bool:
+        """Add the next ``limit`` ids of the index to the symbols being built (a few ms on the
+        store thread: writes and status wait one step at most). True while work remains."""
+        if self.coded_symbols() is not None:
+            return False
+        index = self.index
+        assert isinstance(index, SortedListIndex)  # noqa: S101 - built by ``index``
+        build = self._building
+        if build is None or build.index is not index:
+            build = self._building = _CodedBuild(CodedSymbols(), ZERO, index)
+        ids = index.ids(build.after, INFINITY, limit)
+        build.symbols.extend(ids)
+        if len(ids) < limit:
+            self._coded, self._coded_for, self._building = build.symbols, index, None
+            return False
+        build.after = successor(ids[-1])
+        return True
+
+    def coded_state(self) -> dict[str, object]:
+        """For ``status``: coded symbols ready, building (ids so far) or not started."""
+        if self.coded_symbols() is not None:
+            return {"coded_symbols": "ready"}
+        build = self._building
+        if build is not None and build.index is self._index:
+            return {"coded_symbols": "building", "coded_symbols_ids": build.symbols.count}
+        return {"coded_symbols": "not built"}
 
     def for_peer(self, node_key: bytes, seq_offset: int = 0) -> PeerSource:
         return PeerSource(self, node_key, seq_offset)
@@ -625,6 +706,7 @@ class _Connection:
                 local=Cursor(store.epoch_for(node_key), source.horizon() + offset),
                 peer_cursor=None if known is None else Cursor(*known),
                 config=config,
+                coded=source.coded_symbols(),
             )
 
         self.session = session = await self.ctx.worker.call(open_session)

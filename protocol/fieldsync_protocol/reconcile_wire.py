@@ -3,7 +3,10 @@
 Each range ``[previous upper, upper)`` carries a mode: ``SKIP`` (nothing more to do here),
 ``FINGERPRINT`` (of the sender's ids in the range), ``IDLIST`` (every id the sender holds in
 the range), ``PREFIXLIST`` (a short window of every id the sender holds in the range) or
-``PREFIXWANT`` (the answer to a PREFIXLIST). Bounds travel with trailing zero bytes stripped,
+``PREFIXWANT`` (the answer to a PREFIXLIST); or, alone over the whole space, ``CODED``
+(rateless IBLT coded symbols of the sender's ids, §13.3.6) or ``MORE`` (a request for more
+of them). The initiator's first message may carry ``n``, its id count, to offer the coded
+stage. Bounds travel with trailing zero bytes stripped,
 infinity as nil; the empty list is DONE. ``parse_message`` raises only
 ``RemoteProtocolError``.
 """
@@ -19,6 +22,7 @@ from typing import Any
 from fieldsync_protocol import codec
 from fieldsync_protocol.errors import RemoteProtocolError
 from fieldsync_protocol.reconcile_index import FINGERPRINT_SIZE, ID_SIZE, INFINITY, ZERO
+from fieldsync_protocol.riblt import SYMBOL_SIZE
 
 #: Largest encoded RECONCILE message a side sends or accepts.
 MAX_RECONCILE_MESSAGE = 1024 * 1024
@@ -49,6 +53,15 @@ class RangeMode(IntEnum):
     IDLIST = 2
     PREFIXLIST = 3
     PREFIXWANT = 4
+    CODED = 5
+    MORE = 6
+
+
+#: A CODED payload: the sender's whole-set fingerprint, LE16 index of its first symbol, then
+#: one or more symbols (``riblt.SYMBOL_SIZE`` bytes each).
+CODED_HEADER = FINGERPRINT_SIZE + 2
+#: Largest id count ``n`` a first message may announce.
+MAX_SET_SIZE = 2**63 - 1
 
 
 #: Window lengths a PREFIXLIST may use (bytes per id).
@@ -88,12 +101,22 @@ def _encode_bound(bound: bytes) -> bytes | None:
     return bound.rstrip(b"\x00")
 
 
-def encode_message(ranges: Sequence[Range]) -> bytes:
-    """The canonical RECONCILE message for ``ranges`` (an empty list is DONE)."""
+def encode_message(ranges: Sequence[Range], set_size: int | None = None) -> bytes:
+    """The canonical RECONCILE message for ``ranges`` (an empty list is DONE); ``set_size``:
+    the ``n`` field, the sender's id count (first message only, offering the coded stage)."""
     flat: list[Any] = []
     for r in ranges:
         flat += [_encode_bound(r.upper), int(r.mode), r.payload]
-    return codec.encode({"t": TYPE, "r": flat})
+    if set_size is None:
+        return codec.encode({"t": TYPE, "r": flat})
+    return codec.encode({"t": TYPE, "r": flat, "n": set_size})
+
+
+def parse_set_size(value: Any) -> int | None:
+    """The ``n`` field of a RECONCILE message ``parse_message`` accepted (None if absent)."""
+    if "n" not in value:
+        return None
+    return codec.get_int(value, "n", "RECONCILE message", 0, MAX_SET_SIZE)
 
 
 def _parse_bound(value: Any, what: str) -> bytes:
@@ -109,7 +132,8 @@ def _parse_bound(value: Any, what: str) -> bytes:
 def parse_message(value: Any, *, max_ranges: int = MAX_RANGES) -> list[Range]:
     """Check a decoded RECONCILE message; raises only ``RemoteProtocolError``."""
     what = "RECONCILE message"
-    fields = codec.as_map(value, what, {"t", "r"})
+    fields = codec.as_map(value, what, {"t", "r"}, {"n"})
+    parse_set_size(fields)
     flat = fields["r"]
     if not isinstance(flat, list) or len(flat) % 3:
         raise RemoteProtocolError(f"{what}: ranges must be a flat list of (bound, mode, payload)")
@@ -124,7 +148,7 @@ def parse_message(value: Any, *, max_ranges: int = MAX_RANGES) -> list[Range]:
         if upper <= lower:
             raise RemoteProtocolError(f"{what}: bounds are not strictly ascending")
         raw_mode, payload = flat[k + 1], flat[k + 2]
-        if not isinstance(raw_mode, int) or isinstance(raw_mode, bool) or not 0 <= raw_mode <= 4:
+        if not isinstance(raw_mode, int) or isinstance(raw_mode, bool) or not 0 <= raw_mode <= 6:
             raise RemoteProtocolError(f"{what}: unknown range mode {raw_mode!r:.20}")
         if not isinstance(payload, bytes):
             raise RemoteProtocolError(f"{what}: a range payload must be bytes")
@@ -141,6 +165,8 @@ def parse_message(value: Any, *, max_ranges: int = MAX_RANGES) -> list[Range]:
             _check_idlist(payload, lower, upper, what)
         elif mode is RangeMode.PREFIXLIST:
             _check_prefixlist(payload, lower, upper, what)
+        elif mode in (RangeMode.CODED, RangeMode.MORE):
+            _check_coded(mode, payload, upper, len(flat), what)
         elif len(payload) < FINGERPRINT_SIZE:
             raise RemoteProtocolError(
                 f"{what}: a PREFIXWANT starts with a {FINGERPRINT_SIZE}-byte fingerprint"
@@ -152,6 +178,20 @@ def parse_message(value: Any, *, max_ranges: int = MAX_RANGES) -> list[Range]:
     if len(ranges) == 1 and ranges[0].mode is RangeMode.SKIP:
         raise RemoteProtocolError(f"{what}: a message of only SKIP must be sent empty (DONE)")
     return ranges
+
+
+def _check_coded(mode: RangeMode, payload: bytes, upper: bytes, flat: int, what: str) -> None:
+    """CODED and MORE stand alone over the whole space; their payloads are checked for
+    shape here, for sequence (the first index, the count asked) by the reconciler."""
+    if flat != 3 or upper != INFINITY:
+        raise RemoteProtocolError(f"{what}: a CODED or MORE range is the only one, to infinity")
+    if mode is RangeMode.MORE:
+        if len(payload) != 2:
+            raise RemoteProtocolError(f"{what}: a MORE payload is a 2-byte count")
+    elif len(payload) <= CODED_HEADER or (len(payload) - CODED_HEADER) % SYMBOL_SIZE:
+        raise RemoteProtocolError(
+            f"{what}: a CODED payload is a fingerprint, a first index and whole symbols"
+        )
 
 
 def _check_idlist(payload: bytes, lower: bytes, upper: bytes, what: str) -> None:

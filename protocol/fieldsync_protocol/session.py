@@ -32,6 +32,7 @@ from fieldsync_protocol import session_messages as messages
 from fieldsync_protocol.errors import LocalProtocolError, RemoteProtocolError
 from fieldsync_protocol.reconcile import PushRange, ReconcileParams, Reconciler
 from fieldsync_protocol.reconcile_index import ItemIndex, successor
+from fieldsync_protocol.riblt import CodedSymbols
 from fieldsync_protocol.session_messages import (
     ACK,
     BATCH_BYTES,
@@ -288,6 +289,7 @@ class SyncSession:
         local: Cursor,
         peer_cursor: Cursor | None = None,
         config: SessionConfig | None = None,
+        coded: CodedSymbols | None = None,
     ) -> None:
         for cursor in (local, peer_cursor):
             if cursor is not None and (
@@ -299,6 +301,7 @@ class SyncSession:
         self._local = local
         self._peer_cursor = peer_cursor
         self._config = config or SessionConfig()
+        self._coded = coded
         self._state = State.AWAIT_HELLO
         self._mode: Mode | None = None
         self._reconciler: Reconciler | None = None
@@ -332,7 +335,7 @@ class SyncSession:
             start = peer_cursor is None
             if start:
                 self._reconciler = Reconciler(
-                    source.index, initiator=True, params=self._config.reconcile
+                    source.index, initiator=True, params=self._config.reconcile, coded=coded
                 )
             self._send_hello(reconcile=start, after=peer_cursor)
             if self._reconciler is not None:
@@ -490,7 +493,7 @@ class SyncSession:
         else:
             mode = Mode.RECONCILE
             self._reconciler = Reconciler(
-                self._source.index, initiator=True, params=self._config.reconcile
+                self._source.index, initiator=True, params=self._config.reconcile, coded=self._coded
             )
             self._send_hello(reconcile=True, after=None)
             self._queue_reconcile(self._reconciler.initial())
@@ -507,7 +510,9 @@ class SyncSession:
         return Outcome.DELTA if mode is Mode.DELTA else Outcome.RECONCILE
 
     def _responder(self) -> Reconciler:
-        return Reconciler(self._source.index, initiator=False, params=self._config.reconcile)
+        return Reconciler(
+            self._source.index, initiator=False, params=self._config.reconcile, coded=self._coded
+        )
 
     # --- reconciliation ---------------------------------------------------------------
 

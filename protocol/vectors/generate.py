@@ -57,7 +57,8 @@ from fieldsync_protocol.reconcile_index import (
     SortedListIndex,
     id_sum,
 )
-from fieldsync_protocol.reconcile_wire import parse_message
+from fieldsync_protocol.reconcile_wire import parse_message, parse_set_size
+from fieldsync_protocol.riblt import MAX_SYMBOLS, CodedSymbols, id_hash, indices
 from fieldsync_protocol.session import (
     Completed,
     CursorAdvanced,
@@ -1191,6 +1192,67 @@ def reconcile_vectors() -> dict[str, Any]:
         "initiator_pushes": [h(missing)],
         "empty_store_first_message": {"hex": h(empty_first), "ranges": ranges_entry(empty_first)},
         "windows": window_exchange(),
+        "coded": coded_exchange(),
+    }
+
+
+def coded_exchange() -> dict[str, Any]:
+    """The coded stage (SPEC.md §13.3.6) between the same two sets."""
+    ids = reconcile_ids()
+    missing = ids[7]
+    ours = ids
+    theirs = sorted([*(i for i in ids if i != missing), RECONCILE_EXTRA])
+    params = ReconcileParams(initial_fanout=4, fanout=8, idlist_threshold=8)
+    ours_coded, theirs_coded = CodedSymbols(ours), CodedSymbols(theirs)
+    initiator = Reconciler(SortedListIndex(ours), initiator=True, params=params, coded=ours_coded)
+    responder = Reconciler(
+        SortedListIndex(theirs), initiator=False, params=params, coded=theirs_coded
+    )
+    first = initiator.initial()
+    answer = responder.receive(first)
+    assert answer.reply is not None
+    last = initiator.receive(answer.reply)
+    assert last.done and last.have == [RECONCILE_EXTRA] and last.push == [missing]
+    assert last.reply is not None and responder.receive(last.reply).done
+    mapping = []
+    for item_id in ids[:4]:
+        checksum, seed = id_hash(item_id)
+        mapping.append(
+            {
+                "id": h(item_id),
+                "checksum": checksum,
+                "seed": seed,
+                "indices_below_1024": list(indices(seed, MAX_SYMBOLS)),
+            }
+        )
+    return {
+        "description": "Coded symbols (§13.3.6). 'mapping': for the first ids, the checksum "
+        "and seed (BLAKE2b-128(id; person 'fieldsync/riblt'): first 8 bytes LE, last 8 bytes "
+        "LE with the lowest bit set) and every coded-symbol index below 1024. "
+        "'symbols_of_ids': the first 8 coded symbols of the 40 ids (id XOR, LE64 checksum "
+        "XOR, LE16 count). 'messages': initial_fanout 4, fanout 8, idlist_threshold 8: the "
+        "initiator (the 40 ids) offers n = 40 with 4 fingerprints; the responder (the 40 "
+        "ids without 'missing', with 'extra') answers CODED with first_symbols(0) = 24 "
+        "symbols (after its whole-set fingerprint and first index 0); the initiator peels "
+        "'extra' (it wants it) and 'missing' (it pushes it) and sends DONE.",
+        "person": "fieldsync/riblt",
+        "mapping": mapping,
+        "symbols_of_ids": CodedSymbols(ids).encode(0, 8).hex(),
+        "messages": [
+            {
+                "from": side,
+                "hex": h(data),
+                "n": parse_set_size(codec.decode(data)),
+                "ranges": ranges_entry(data),
+            }
+            for side, data in (
+                ("initiator", first),
+                ("responder", answer.reply),
+                ("initiator", last.reply),
+            )
+        ],
+        "initiator_wants": [h(RECONCILE_EXTRA)],
+        "initiator_pushes": [h(missing)],
     }
 
 

@@ -116,6 +116,13 @@ async def test_daemons_relay_new_reports_and_receipts_through_static_peers(
             return bool(status["items"]["envelope"] == 1)
 
         await wait_until(b_has_it)  # noticed as a local change by A's daemon, then synced
+
+        async def coded_ready() -> bool:
+            # B's daemon keeps coded symbols of its ids ready for first contacts (§13.3.6)
+            status = await daemon_b.status()
+            return bool(status["coded_symbols"] == "ready")
+
+        await wait_until(coded_ready)
     finally:
         await daemon_a.stop()
         await daemon_b.stop()

@@ -33,6 +33,7 @@ from fieldsync_protocol.crypto import box_public_key
 from fieldsync_protocol.handshake import PeerHandshake
 from fieldsync_protocol.items import ItemKind
 from fieldsync_protocol.membership import Manifest
+from fieldsync_protocol.riblt import CodedSymbols
 
 PASSPHRASE = synthetic.PASSPHRASE
 A_REPORTS = 300
@@ -208,6 +209,63 @@ async def test_sync_moves_everything_both_ways(homes: Homes, link: str) -> None:
         after_a, after_b = await ids_of(a), await ids_of(b)
         assert after_a == after_b == before_a | before_b
         assert len(after_a) == A_REPORTS + B_REPORTS + 1  # and the shared manifest
+
+
+async def build_coded_symbols(runtime: Runtime) -> list[object]:
+    """Step the coded-symbol build to the end as the daemon does; the states seen."""
+    source = runtime.context.source
+    states = [source.coded_state()["coded_symbols"]]
+    while await runtime.worker.call(lambda _store: source.build_coded_step(64)):
+        states.append(source.coded_state()["coded_symbols"])
+    states.append(source.coded_state()["coded_symbols"])
+    return states
+
+
+async def rebuilt_symbols_match(runtime: Runtime) -> bool:
+    source = runtime.context.source
+
+    def check(_store: Store) -> bool:
+        ready = source.coded_symbols()
+        ids = source.index.ids(b"", b"\xff" * 33, 10**6)
+        fresh = CodedSymbols(ids)
+        return ready is not None and (ready.xors, ready.counts) == (fresh.xors, fresh.counts)
+
+    return await runtime.worker.call(check)
+
+
+@pytest.mark.parametrize("link", ["memory", "tcp"])
+async def test_first_contact_with_coded_symbols_ready(homes: Homes, link: str) -> None:
+    async with opened(homes.a) as a, opened(homes.b) as b:
+        states = await build_coded_symbols(a)
+        # 301 ids in steps of 64: not built, building (ids so far), ready
+        assert states[0] == "not built" and states[-1] == "ready"
+        assert states.count("building") == 4
+        assert (await build_coded_symbols(b))[-1] == "ready"
+        before = await ids_of(a) | await ids_of(b)
+        if link == "memory":
+            mine, theirs = await over_memory(a.context, b.context)
+        else:
+            mine, theirs = await over_tcp(a, b)
+        assert mine.complete and theirs.complete, (mine.error, theirs.error)
+        assert (mine.stats.items_sent, mine.stats.items_received) == (A_REPORTS, B_REPORTS)
+        # B answered A's offer with coded symbols: 199 of them for a count difference of 100
+        assert mine.stats.reconcile_bytes_received >= 199 * 42
+        assert await ids_of(a) == await ids_of(b) == before
+        # the symbols followed the 500 items that arrived, one by one
+        assert await rebuilt_symbols_match(a) and await rebuilt_symbols_match(b)
+
+
+async def test_items_arriving_during_a_coded_build_are_counted_once(homes: Homes) -> None:
+    async with opened(homes.a) as a, opened(homes.b) as b:
+        source = a.context.source
+        # one step of the build, then a session brings 200 items in on either side of it
+        assert await a.worker.call(lambda _store: source.build_coded_step(64))
+        assert source.coded_state()["coded_symbols"] == "building"
+        assert source.coded_symbols() is None
+        mine, _ = await over_memory(a.context, b.context)
+        assert mine.complete and mine.items_new == B_REPORTS
+        assert (await build_coded_symbols(a))[-1] == "ready"
+        assert await rebuilt_symbols_match(a)
 
 
 async def test_repeat_contact_runs_in_delta_mode(homes: Homes) -> None:

@@ -187,7 +187,7 @@ FP = b"\x01" * 16
         (rec(b"\x05\x00", 1, FP, None, 0, b""), "zero byte"),
         (rec(b"\x05", 1, FP, b"\x05", 1, FP, None, 0, b""), "strictly ascending"),
         (rec(b"\x05", 1, FP, b"\x04", 1, FP, None, 0, b""), "strictly ascending"),
-        (rec(None, 5, b""), "unknown range mode"),
+        (rec(None, 7, b""), "unknown range mode"),
         (rec(None, 3, b""), "window length, 2..16"),
         (rec(None, 3, b"\x01" + FP + b"a"), "window length, 2..16"),
         (rec(None, 3, b"\x11" + FP + b"a" * 17), "window length, 2..16"),

@@ -25,6 +25,7 @@ from fieldsync_protocol.errors import LocalProtocolError, RemoteProtocolError
 from fieldsync_protocol.reconcile import ReconcileParams
 from fieldsync_protocol.reconcile_index import INFINITY, ZERO, SortedListIndex
 from fieldsync_protocol.reconcile_wire import Range, RangeMode, encode_message
+from fieldsync_protocol.riblt import CodedSymbols
 from fieldsync_protocol.session import (
     TRANSITIONS,
     Completed,
@@ -53,7 +54,9 @@ def make_items(start: int, count: int, size: int = 48) -> list[bytes]:
 class MemStore:
     """A fake store: items by id, arrival numbers, origins, tombstones, a SortedListIndex."""
 
-    def __init__(self, items: Iterable[bytes] = (), *, epoch: bytes = b"epoch-A") -> None:
+    def __init__(
+        self, items: Iterable[bytes] = (), *, epoch: bytes = b"epoch-A", coded: bool = False
+    ) -> None:
         self.epoch = epoch
         self.data: dict[bytes, bytes] = {}
         self.origin: dict[bytes, str] = {}
@@ -65,6 +68,8 @@ class MemStore:
         for data in items:
             self._store(data, "")
         self.index = SortedListIndex(self.data)
+        # The coded-symbol prefix a node keeps for first contacts (SPEC.md §13.3.6).
+        self.coded = CodedSymbols(self.data) if coded else None
 
     def _store(self, data: bytes, origin: str) -> bytes | None:
         key = item_id(data)
@@ -82,6 +87,8 @@ class MemStore:
         if key is None:
             return False
         self.index.add(key)
+        if self.coded is not None:
+            self.coded.add(key)
         return True
 
     def delete(self, key: bytes) -> None:
@@ -90,6 +97,8 @@ class MemStore:
         if key in self.data:
             del self.data[key]
             self.index.discard(key)
+            if self.coded is not None:
+                self.coded.remove(key)
 
     def cursor(self) -> Cursor:
         return Cursor(self.epoch, self.seq)
@@ -197,10 +206,20 @@ def pair(
     b_config: SessionConfig | None = None,
 ) -> tuple[Side, Side]:
     sa = SyncSession(
-        a.view("B"), initiator=True, local=a.cursor(), peer_cursor=a_cursor, config=a_config
+        a.view("B"),
+        initiator=True,
+        local=a.cursor(),
+        peer_cursor=a_cursor,
+        config=a_config,
+        coded=a.coded,
     )
     sb = SyncSession(
-        b.view("A"), initiator=False, local=b.cursor(), peer_cursor=b_cursor, config=b_config
+        b.view("A"),
+        initiator=False,
+        local=b.cursor(),
+        peer_cursor=b_cursor,
+        config=b_config,
+        coded=b.coded,
     )
     return Side(sa, a, "B"), Side(sb, b, "A")
 
@@ -307,6 +326,44 @@ def test_first_contact_100k_100_scattered(base_100k: list[bytes], layout: str) -
         f"{len(r.flights)} flights, reconcile {rec} B, overhead {r.overhead} B"
     )
     assert rec <= 130_000
+
+
+@pytest.mark.parametrize("layout", ["A-extra", "B-extra", "symmetric", "identical"])
+def test_first_contact_100k_coded_stage(base_100k: list[bytes], layout: str) -> None:
+    """S4 with the coded stage (§13.3.6): 100 scattered differences decode from one CODED
+    answer when the counts show them (2 round trips, under 16 KB); equal counts with
+    different sets take MOREs; identical sets stay at 4 fingerprints and DONE."""
+    rng = random.Random(7)
+    picks = rng.sample(range(len(base_100k)), 100)
+    a_drop = set(picks[:50] if layout == "symmetric" else picks if layout == "B-extra" else [])
+    b_drop = set(picks[50:] if layout == "symmetric" else picks if layout == "A-extra" else [])
+    a = MemStore([x for k, x in enumerate(base_100k) if k not in a_drop], coded=True)
+    b = MemStore(
+        [x for k, x in enumerate(base_100k) if k not in b_drop], epoch=b"epoch-B", coded=True
+    )
+    r = run(a, b)
+    assert equal(a, b) and len(a.data) == 100_000
+    print(f"\n100k coded first contact ({layout}): {r.round_trips} RT, {r.overhead} B overhead")
+    if layout == "identical":
+        assert r.round_trips == 1 and r.total_bytes <= 400
+    elif layout == "symmetric":
+        # counts equal: 24 symbols, then MORE to 72 and 216 (d = 100 needs ~150)
+        assert r.round_trips <= 4 and r.overhead <= 16 * 1024
+    else:
+        assert r.round_trips == 2 and r.overhead <= 16 * 1024
+    # the coded prefixes followed every item that arrived
+    assert a.coded is not None and a.coded.count == len(a.data)
+    assert a.coded.counts == CodedSymbols(a.data).counts
+
+
+def test_coded_stage_on_one_side_only_reconciles_by_ranges() -> None:
+    items = make_items(0, 3000)
+    a = MemStore(items[:2990], coded=True)
+    b = MemStore(items[5:], epoch=b"epoch-B")
+    r = run(a, b)
+    assert equal(a, b)
+    assert b"\xa1n" in r.flights[0][1][1]  # A offered n; B, without symbols, answers by ranges
+    assert all(b"\x05\xc5" not in m for _, ms in r.flights for m in ms)
 
 
 def test_both_directions_unique_items() -> None:

@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import importlib.util
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
@@ -46,6 +47,7 @@ from fieldsync_protocol.reconcile import ReconcileParams, Reconciler
 from fieldsync_protocol.reconcile_index import EMPTY_FINGERPRINT, INFINITY, SortedListIndex
 from fieldsync_protocol.reconcile_wire import RangeMode, parse_message
 from fieldsync_protocol.report import report_id
+from fieldsync_protocol.riblt import CodedSymbols
 from fieldsync_protocol.session import (
     Completed,
     CursorAdvanced,
@@ -1083,4 +1085,72 @@ def test_reconcile_window_exchange_vector() -> None:
     assert vector["responder_pushes"] == [extra.hex()]
     step = initiator.receive(answer)
     assert step.reply == done and step.done and step.push == [missing]
+    assert vector["initiator_pushes"] == [missing.hex()]
+
+
+def riblt_by_hand(item_id: bytes, limit: int) -> tuple[int, list[int]]:
+    """SPEC.md §13.3.6 written out again: (checksum, coded-symbol indices below limit)."""
+    digest = hashlib.blake2b(item_id, digest_size=16, person=b"fieldsync/riblt").digest()
+    checksum = int.from_bytes(digest[:8], "little")
+    state = int.from_bytes(digest[8:], "little") | 1
+    index, out = 0, []
+    while index < limit:
+        out.append(index)
+        state = state * 0xDA942042E4DD58B5 % 2**64
+        s = math.isqrt(state) + 1
+        index += max(1, -(-(2 * index + 3) * (2**32 - s) // (2 * s)))
+    return checksum, out
+
+
+def symbols_by_hand(ids: list[bytes], count: int) -> bytes:
+    xors, sums, counts = [0] * count, [0] * count, [0] * count
+    for item_id in ids:
+        checksum, where = riblt_by_hand(item_id, count)
+        for i in where:
+            xors[i] ^= int.from_bytes(item_id, "big")
+            sums[i] ^= checksum
+            counts[i] += 1
+    return b"".join(
+        xors[i].to_bytes(32, "big")
+        + sums[i].to_bytes(8, "little")
+        + counts[i].to_bytes(2, "little")
+        for i in range(count)
+    )
+
+
+def test_reconcile_coded_exchange_vector() -> None:
+    ours = [b(i) for i in RECONCILE["ids"]]
+    missing, extra = b(RECONCILE["missing"]), b(RECONCILE["extra"])
+    theirs = sorted([*(i for i in ours if i != missing), extra])
+    vector = RECONCILE["coded"]
+    for entry in vector["mapping"]:
+        checksum, where = riblt_by_hand(b(entry["id"]), 1024)
+        assert (entry["checksum"], entry["indices_below_1024"]) == (checksum, where)
+    assert b(vector["symbols_of_ids"]) == symbols_by_hand(ours, 8)
+    first, answer, done = (b(m["hex"]) for m in vector["messages"])
+    offer = codec.decode(first)
+    assert offer["n"] == len(ours) == vector["messages"][0]["n"]
+    assert [r.mode for r in parse_message(offer)] == [RangeMode.FINGERPRINT] * 4
+    ranges = parse_message(codec.decode(answer))
+    assert [(r.upper, r.mode) for r in ranges] == [(INFINITY, RangeMode.CODED)]
+    # first_symbols(|40 - 40|) = 24 symbols after the whole-set fingerprint and index 0
+    assert ranges[0].payload == fingerprint_by_hand(theirs) + b"\x00\x00" + symbols_by_hand(
+        theirs, 24
+    )
+    assert codec.decode(done) == {"r": [], "t": "rec"}
+    # The reference reconciler sends exactly these messages and learns both differences.
+    params = ReconcileParams(initial_fanout=4, fanout=8, idlist_threshold=8)
+    initiator = Reconciler(
+        SortedListIndex(ours), initiator=True, params=params, coded=CodedSymbols(ours)
+    )
+    responder = Reconciler(
+        SortedListIndex(theirs), initiator=False, params=params, coded=CodedSymbols(theirs)
+    )
+    assert initiator.initial() == first
+    step = responder.receive(first)
+    assert step.reply == answer
+    step = initiator.receive(answer)
+    assert step.reply == done and step.done
+    assert step.have == [extra] and step.push == [missing]
+    assert vector["initiator_wants"] == [extra.hex()]
     assert vector["initiator_pushes"] == [missing.hex()]
