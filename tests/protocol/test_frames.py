@@ -11,7 +11,6 @@ import copy
 import hashlib
 import random
 import re
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 
@@ -559,9 +558,7 @@ def fuzz(iterations: int, seed: int) -> tuple[Counter[str], int]:
 
 
 def test_fuzz_frames_100k() -> None:
-    started = time.perf_counter()
     errors, accepted = fuzz(100_000, seed=20250301)
-    elapsed = time.perf_counter() - started
     # Sanity gates: valid inputs pass, and inputs are refused at several different stages.
     assert accepted >= 5_000, (accepted, errors)
     assert len(errors) >= 3, errors
@@ -575,7 +572,6 @@ def test_fuzz_frames_100k() -> None:
         "handshake message N: message failed authentication",
     ):
         assert any(stage in message for message in errors), (stage, errors)
-    assert elapsed < 60, elapsed
 
 
 def test_events_are_plain_values() -> None:
