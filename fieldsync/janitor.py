@@ -89,7 +89,7 @@ class Janitor:
                 )
             return evicted.items
 
-        return await self._worker.call(work)
+        return await self._worker.call(work, bulk=True)
 
     def unrecorded_seconds(self) -> int:
         """Running time the store's clock does not show yet: the next tick adds it (offer
@@ -129,7 +129,7 @@ class Janitor:
             report.used_bytes = store.used_bytes()
             return report
 
-        self.last = await self._worker.call(work)
+        self.last = await self._worker.call(work, bulk=True)
         if self.last.key_rotated:
             self._last_rotation = time.monotonic()
             log.info("janitor: store key rotated, the old key destroyed")

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fieldsync import cipher_db, eviction, outbox
+from fieldsync import cipher_db, eviction, outbox, write_intent
 from fieldsync.errors import FieldsyncError, InputRefused
 from fieldsync.sqlite_tx import immediate_transaction
 from fieldsync_protocol.envelope import TTL_CLASSES
@@ -1067,7 +1067,8 @@ class Store:
         chunks first: fieldsync.media). A report id the author already used is refused.
         """
         mac = outbox.report_id_mac(keys, report_id)
-        with self.transaction():
+        # Announced: a daemon storing a sync flight lets this write in before its next slice.
+        with write_intent.announced(self.path), self.transaction():
             tip = self._outbox_tip(keys)
             if self._conn.execute("SELECT 1 FROM outbox_ids WHERE mac = ?", (mac,)).fetchone():
                 raise InputRefused(
