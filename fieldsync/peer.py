@@ -723,9 +723,11 @@ class _Connection:
                 finally:
                     del error
             payloads = [m for m in batch if isinstance(m, bytes)]
-            if payloads:
+            # One message (a batch of up to 256 KiB) per store-thread call: decoding a whole
+            # flight at once would hold the thread for tens of ms (perf S11).
+            for payload in payloads:
                 await self.ctx.worker.call(
-                    functools.partial(_deliver, session, payloads), bulk=True
+                    functools.partial(_deliver, session, [payload]), bulk=True
                 )
             # Counted until the session has taken them: what the reader may add meanwhile
             # and what is being processed share one budget (the window bounds both).
