@@ -1068,7 +1068,11 @@ class Store:
         """
         mac = outbox.report_id_mac(keys, report_id)
         # Announced: a daemon storing a sync flight lets this write in before its next slice.
-        with write_intent.announced(self.path), self.transaction():
+        with (
+            write_intent.announced(self.path),
+            self._without_autocheckpoint(),
+            self.transaction(),
+        ):
             tip = self._outbox_tip(keys)
             if self._conn.execute("SELECT 1 FROM outbox_ids WHERE mac = ?", (mac,)).fetchone():
                 raise InputRefused(
@@ -1084,6 +1088,19 @@ class Store:
                 " ON CONFLICT (locator) DO UPDATE SET tip = excluded.tip",
                 (outbox.tip_locator(keys), outbox.seal_tip(record.tip, keys)),
             )
+
+    @contextlib.contextmanager
+    def _without_autocheckpoint(self) -> Iterator[None]:
+        """No automatic checkpoint at this commit: SQLite runs it in whichever connection
+        commits once the WAL is long, so a report written while the daemon stores a flight
+        would copy megabytes of the daemon's WAL into the database before it returns (perf
+        S11). The daemon's own commits, or the last connection's close, checkpoint instead."""
+        pages = int(self._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
+        self._conn.execute("PRAGMA wal_autocheckpoint = 0")
+        try:
+            yield
+        finally:
+            self._conn.execute(f"PRAGMA wal_autocheckpoint = {pages}")
 
     def _outbox_tip(self, keys: outbox.OutboxKeys) -> outbox.Tip:
         """The author's tip; the first time they write after migration 10 (or at all), it

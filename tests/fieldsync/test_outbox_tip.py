@@ -218,3 +218,24 @@ def test_the_tip_agrees_with_the_outbox_after_kill_9(home: Path) -> None:
         node.close()
     assert mine[-1].sequence == len(mine)
     assert stored_tip(home, seed) == chain_tip(mine)
+
+
+def test_a_report_leaves_a_long_wal_to_the_daemon(home: Path, node: Node) -> None:
+    """A report written while another connection (a daemon storing a flight) has left a
+    long WAL does not checkpoint it: the database file does not grow by its pages."""
+    seed = node.unlock_author(PASSPHRASE)
+    write(node, seed, "before the flight")
+    daemon = connect_store(home / "store.db")
+    try:
+        daemon.execute("PRAGMA wal_autocheckpoint = 0")
+        daemon.execute("BEGIN IMMEDIATE")
+        daemon.execute("CREATE TABLE flight (data BLOB)")
+        # About 1,500 pages: more than SQLite's automatic checkpoint threshold (1,000).
+        daemon.executemany("INSERT INTO flight VALUES (?)", [(os.urandom(4000),)] * 1500)
+        daemon.execute("COMMIT")
+        size = (home / "store.db").stat().st_size
+        write(node, seed, "during the flight")
+        assert (home / "store.db").stat().st_size == size
+        assert node.store().conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
+    finally:
+        daemon.close()
