@@ -365,6 +365,11 @@ class Store:
         self._key_stamp = _file_stamp(self.key_file)
         return conn
 
+    def follow_key_rotation(self) -> None:
+        """Reopen under the current key if another connection rotated it (between
+        transactions; a reader calls this before each read)."""
+        self._follow_key_rotation()
+
     def _follow_key_rotation(self) -> None:
         """Reopen under the new key if another process (the daemon's janitor) rotated it
         since this connection was opened: the old key no longer decrypts any page."""

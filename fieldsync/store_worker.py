@@ -7,6 +7,10 @@ reading a flight, the janitor). The thread always serves the interactive lane fi
 ``status`` or a report queued during a bulk flight runs after the bulk call in progress -
 one bounded slice - never after the rest of the flight. Within a lane, calls run in
 submission order.
+
+Reads that must not wait even for that slice (``status`` over the control API) go to a second
+connection on a thread of its own (``read``): in WAL mode a reader sees the last committed
+state while the store thread writes or fsyncs. That connection is ``query_only``.
 """
 
 from __future__ import annotations
@@ -37,11 +41,32 @@ class StoreWorker:
         self._bulk: deque[_Job] = deque()
         self._stopping = False
         self._thread = threading.Thread(target=self._serve, name="fieldsync-store", daemon=True)
+        self._reader = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="fieldsync-store-reader"
+        )
+        self._read_store: Store | None = None
 
     async def open(self) -> None:
         self._thread.start()
         self._store = await self._submit(lambda: Store(self.path), bulk=False)
         self._intent = await self._submit(lambda: IntentProbe(self.path), bulk=False)
+        # Opened after the store thread's Store: the schema is migrated, so it writes nothing.
+        loop = asyncio.get_running_loop()
+        self._read_store = await loop.run_in_executor(self._reader, Store, self.path)
+
+    async def read(self, func: Callable[[Store], T]) -> T:
+        """Run the read-only ``func(store)`` on the reader connection and thread: it never
+        waits for the store thread, and sees what was committed when it starts."""
+        store = self._read_store
+        if store is None:
+            raise RuntimeError("StoreWorker.open() was not awaited")
+
+        def run() -> T:
+            store.follow_key_rotation()  # the janitor may have re-keyed the store since
+            store.conn.execute("PRAGMA query_only = ON")
+            return func(store)
+
+        return await asyncio.get_running_loop().run_in_executor(self._reader, run)
 
     def local_writer_waiting(self) -> bool:
         """Whether another process has announced a write to the store (``write_intent``):
@@ -93,6 +118,10 @@ class StoreWorker:
         intent, self._intent = self._intent, None
         if intent is not None:
             intent.close()
+        read_store, self._read_store = self._read_store, None
+        if read_store is not None:
+            await asyncio.get_running_loop().run_in_executor(self._reader, read_store.close)
+        await asyncio.to_thread(self._reader.shutdown, True)
         if store is not None:
             await self._submit(store.close, bulk=False)
         with self._wakeup:

@@ -27,7 +27,7 @@ from blockbuster import BlockBuster, blockbuster_ctx
 from fieldsync import synthetic
 from fieldsync.peer import STEP_MAX_BYTES, PeerLimits, run_peer
 from fieldsync.runtime import Runtime
-from fieldsync.sqlite_tx import begin_polling, immediate_transaction
+from fieldsync.sqlite_tx import DB_ERRORS, begin_polling, immediate_transaction
 from fieldsync.store import Quota, QuotaExceeded, Store
 from fieldsync.store_worker import StoreWorker
 from fieldsync.transport import memory_pair
@@ -170,6 +170,35 @@ async def test_interactive_calls_go_before_queued_bulk_calls(tmp_path: Path) -> 
         release.set()
         await worker.close()
     assert order == ["bulk slice 1", "status", "local write", "bulk slice 2"]
+
+
+async def test_a_read_is_answered_while_the_store_thread_is_busy(tmp_path: Path) -> None:
+    """``status`` reads through the reader connection: it is answered while a bulk call
+    still holds the store thread, sees what that call has committed, and cannot write."""
+    worker = StoreWorker(tmp_path / "store.db")
+    await worker.open()
+    started, release = threading.Event(), threading.Event()
+
+    def slice_in_progress(store: Store) -> None:
+        store.advance_clock(7)  # committed (autocommit) before the slice stalls
+        started.set()
+        release.wait(10)
+
+    try:
+        stalled = asyncio.ensure_future(worker.call(slice_in_progress, bulk=True))
+        await asyncio.to_thread(started.wait, 10)
+        status = await worker.read(lambda store: store.status())
+        clock = await worker.read(lambda store: store.local_clock())
+        answered_before_the_slice_ended = not stalled.done()
+        with pytest.raises(DB_ERRORS, match="readonly"):
+            await worker.read(lambda store: store.conn.execute("CREATE TABLE t (v)"))
+        release.set()
+        await stalled
+    finally:
+        release.set()
+        await worker.close()
+    assert answered_before_the_slice_ended
+    assert status["items_total"] == 0 and clock == 7
 
 
 _HOLDER = """
