@@ -50,18 +50,21 @@ class StoreWorker:
         self._thread.start()
         self._store = await self._submit(lambda: Store(self.path), bulk=False)
         self._intent = await self._submit(lambda: IntentProbe(self.path), bulk=False)
-        # Opened after the store thread's Store: the schema is migrated, so it writes nothing.
-        loop = asyncio.get_running_loop()
-        self._read_store = await loop.run_in_executor(self._reader, Store, self.path)
 
     async def read(self, func: Callable[[Store], T]) -> T:
         """Run the read-only ``func(store)`` on the reader connection and thread: it never
         waits for the store thread, and sees what was committed when it starts."""
-        store = self._read_store
-        if store is None:
+        if self._store is None:
             raise RuntimeError("StoreWorker.open() was not awaited")
 
         def run() -> T:
+            store = self._read_store
+            if store is None:
+                # Opened on first use (a relay nobody asks for its status never pays for
+                # it), after the store thread's Store: the schema is migrated, nothing to write.
+                # SQLite's default page cache: counting 100k items through a smaller one
+                # decrypts the index pages again on every status.
+                store = self._read_store = Store(self.path)
             store.follow_key_rotation()  # the janitor may have re-keyed the store since
             store.conn.execute("PRAGMA query_only = ON")
             return func(store)
@@ -118,9 +121,13 @@ class StoreWorker:
         intent, self._intent = self._intent, None
         if intent is not None:
             intent.close()
-        read_store, self._read_store = self._read_store, None
-        if read_store is not None:
-            await asyncio.get_running_loop().run_in_executor(self._reader, read_store.close)
+
+        def close_reader() -> None:
+            read_store, self._read_store = self._read_store, None
+            if read_store is not None:
+                read_store.close()
+
+        await asyncio.get_running_loop().run_in_executor(self._reader, close_reader)
         await asyncio.to_thread(self._reader.shutdown, True)
         if store is not None:
             await self._submit(store.close, bulk=False)
