@@ -1108,9 +1108,9 @@ class Store:
             self._conn.execute(f"PRAGMA wal_autocheckpoint = {pages}")
 
     def _outbox_tip(self, keys: outbox.OutboxKeys) -> outbox.Tip:
-        """The author's tip; the first time they write after migration 10 (or at all), it
-        is found by opening every outbox row once, and their report ids are hashed into
-        ``outbox_ids`` (inside the caller's transaction, written with the report)."""
+        """The author's tip. The first time they write after the outbox tip migration (or at
+        all), it is found by opening every outbox row once, and their report ids are hashed
+        into ``outbox_ids`` (inside the caller's transaction, written with the report)."""
         row = self._conn.execute(
             "SELECT tip FROM outbox_tips WHERE locator = ?", (outbox.tip_locator(keys),)
         ).fetchone()

@@ -141,7 +141,7 @@ def test_a_seized_node_shows_no_report_and_no_author_each_author_sees_their_own(
     assert not tables & {"outbox", "author_chain", "own_attachments", "own_chunks"}
     assert columns == ["entry"]  # no author, no time, no id: ciphertext only
     assert len(rows) == 3
-    # The outbox tips (migration 10): one keyed locator and secret box per author who wrote
+    # The outbox tips (a later migration): one keyed locator and secret box per author who wrote
     # here, one keyed hash per report id. What they add for a seizer is the count of
     # authors; the tags and ids are nowhere in them.
     assert [len(row) for row in tips] == [2, 2] and [len(row) for row in id_macs] == [1] * 3
