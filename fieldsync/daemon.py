@@ -498,7 +498,8 @@ class FieldDaemon:
         """The store's counts, or why there are none: status must answer even then."""
         try:
             async with asyncio.timeout(self.STORE_ANSWER_SECONDS):
-                return await runtime.worker.call(
+                # The reader connection: a status never queues behind a sync's slices.
+                return await runtime.worker.read(
                     lambda store: {
                         **store.status(),
                         # Report items not offered yet (timing privacy, SPEC.md §14.10).

@@ -80,7 +80,7 @@ async def _ingest_node_store(
     """Ingest every item in HQDIR/node a page at a time (never the whole store in memory)."""
     after = 0
     while True:
-        page = await runtime.worker.call(functools.partial(_store_page, after=after))
+        page = await runtime.worker.call(functools.partial(_store_page, after=after), bulk=True)
         if not page:
             return
         after = page[-1][0]
@@ -115,4 +115,4 @@ async def _store_receipts(runtime: Runtime, headquarters: HQ) -> None:
             runtime.context.source.note_changes(counts.new_ids, counts.purged_ids)
             runtime.adopt_deliveries(store, checked)  # HQ's own node is a member too
 
-        await runtime.worker.call(store_receipts)
+        await runtime.worker.call(store_receipts, bulk=True)

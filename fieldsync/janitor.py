@@ -93,7 +93,7 @@ class Janitor:
                 )
             return evicted.items
 
-        evicted = await self._worker.call(work)
+        evicted = await self._worker.call(work, bulk=True)
         await self._count("fits")
         return evicted
 
@@ -146,7 +146,7 @@ class Janitor:
             report.used_bytes = store.used_bytes()
             return report
 
-        self.last = await self._worker.call(work)
+        self.last = await self._worker.call(work, bulk=True)
         await self._count("passes")
         if self.last.key_rotated:
             self._last_rotation = time.monotonic()

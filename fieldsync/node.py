@@ -40,7 +40,7 @@ from fieldsync.errors import (
 )
 from fieldsync.outbox import OutboxKeys, outbox_keys
 from fieldsync.priority import iter_by_priority
-from fieldsync.store import ImportCounts, Store, now_seconds
+from fieldsync.store import ImportCounts, OwnRecord, Store, now_seconds
 from fieldsync_protocol import crypto, envelope, membership
 from fieldsync_protocol.bundle import HEAD_SIZE, SEALED_CHUNK, BundleReader, BundleWriter, sealed_by
 from fieldsync_protocol.errors import LocalProtocolError, RemoteProtocolError
@@ -676,46 +676,42 @@ class Node:
                 validate_report(body)
             except RemoteProtocolError as exc:
                 raise InputRefused(str(exc)) from exc
-        mine = outbox.open_all(store.sealed_outbox(), keys)
-        if any(e.report_id == body["id"] for e in mine):
-            # Checked here, not in draft_report: only the author's key opens the outbox.
-            raise InputRefused(
-                f"a report with id {body['id']} already exists on this node; to correct it,"
-                ' write a new report with "supersedes" set to that id'
-            )
-        sequence, previous = _chain_tip(mine)
         key_id = member.manifest.current_hq_key_id
-        try:
-            sealed = envelope.seal_report(
-                envelope.SealInput(
-                    network_id=member.manifest.network_id,
-                    hq_key_id=key_id,
-                    hq_public_key=member.manifest.hq_keys[key_id],
-                    author_seed=author_seed,
-                    sequence=sequence + 1,
-                    previous=previous,
-                    claimed_time=int(now),
-                    body=body,
-                ),
-                secrets.token_bytes(32),
-            )
-        except LocalProtocolError as exc:
-            raise InputRefused(str(exc)) from exc
-        checked = check_item(sealed.item, member.manifest)
 
-        def entry(conn: sqlite3.Connection) -> bytes:
+        def seal(conn: sqlite3.Connection, tip: outbox.Tip) -> OwnRecord:
+            try:
+                sealed = envelope.seal_report(
+                    envelope.SealInput(
+                        network_id=member.manifest.network_id,
+                        hq_key_id=key_id,
+                        hq_public_key=member.manifest.hq_keys[key_id],
+                        author_seed=author_seed,
+                        sequence=tip.sequence + 1,
+                        previous=tip.header_hash,
+                        claimed_time=int(now),
+                        body=body,
+                    ),
+                    secrets.token_bytes(32),
+                )
+            except LocalProtocolError as exc:
+                raise InputRefused(str(exc)) from exc
+            checked = check_item(sealed.item, member.manifest)
             attachments = media.claim_for_report(conn, prepared, author)
             record = outbox.Entry(
                 str(body["id"]),
-                sequence + 1,
+                tip.sequence + 1,
                 int(now),
                 checked.item.tag,
                 sealed.header_hash,
                 tuple(attachments),
             )
-            return outbox.seal_entry(record, keys.public)
+            return OwnRecord(
+                checked,
+                outbox.seal_entry(record, keys.public),
+                outbox.Tip(tip.sequence + 1, sealed.header_hash),
+            )
 
-        store.record_own_report(checked, int(now), entry)
+        store.record_own_report(keys, str(body["id"]), int(now), seal)
         return str(body["id"])
 
     def reports(self, passphrase: str, name: str | None = None) -> list[OwnReport]:
@@ -877,18 +873,6 @@ def current_revocations(store: Store, manifest: membership.Manifest) -> Revocati
         if supersedes(candidate, current):
             current = candidate
     return current
-
-
-def _chain_tip(entries: Sequence[outbox.Entry]) -> tuple[int, bytes]:
-    """The author's last sequence number and header hash (the next report's ``previous``)."""
-    if not entries:
-        return 0, envelope.GENESIS
-    last = max(entries, key=lambda e: e.sequence)
-    if last.header_hash is None:
-        raise FieldsyncError(  # pragma: no cover - every writer and the migration keep it
-            "this author's outbox lost its last report's hash; restore the node from a backup"
-        )
-    return last.sequence, last.header_hash
 
 
 def bundle_key(path: Path, network_keys: Sequence[bytes]) -> bytes:

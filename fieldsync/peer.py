@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from fieldsync import limits, offer_hold
+from fieldsync import limits, offer_hold, write_intent
 from fieldsync.admission import Admission, ByteBudget, Slot
 from fieldsync.cipher_db import DB_ERRORS
 from fieldsync.diskerrors import storage_problem
@@ -142,6 +142,8 @@ class SyncOutcome:
     items_new: int = 0
     wire_bytes_sent: int = 0
     wire_bytes_received: int = 0
+    #: Times storing a flight waited before a slice for another process's announced write.
+    yielded_to_local_writers: int = 0
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -709,7 +711,7 @@ class _Connection:
                 coded=source.coded_symbols(),
             )
 
-        self.session = session = await self.ctx.worker.call(open_session)
+        self.session = session = await self.ctx.worker.call(open_session, bulk=True)
         reader = asyncio.create_task(self._read_frames())
         try:
             await self._pump()
@@ -803,8 +805,12 @@ class _Connection:
                 finally:
                     del error
             payloads = [m for m in batch if isinstance(m, bytes)]
-            if payloads:
-                await self.ctx.worker.call(functools.partial(_deliver, session, payloads))
+            # One message (a batch of up to 256 KiB) per store-thread call: decoding a whole
+            # flight at once would hold the thread for tens of ms (perf S11).
+            for payload in payloads:
+                await self.ctx.worker.call(
+                    functools.partial(_deliver, session, [payload]), bulk=True
+                )
             # Counted until the session has taken them: what the reader may add meanwhile
             # and what is being processed share one budget (the window bounds both).
             self._dequeued(sum(map(len, payloads)))
@@ -828,7 +834,7 @@ class _Connection:
         def collect(_store: Store) -> list[bytes]:
             return session.messages_to_send(SEND_BATCHES_PER_CALL)
 
-        while messages := await self.ctx.worker.call(collect):
+        while messages := await self.ctx.worker.call(collect, bulk=True):
             # A batch is up to 256 KiB: encrypt and hand the transport bounded pieces as we
             # go (a WebSocket message is capped at MAX_WS_MESSAGE on receipt), so nothing is
             # held twice over (plaintext and frames) while a slow peer reads.
@@ -888,13 +894,30 @@ class _Connection:
                 elif isinstance(event, Started):
                     outcome.stats.mode = event.mode.value
 
-        while (done := await self.ctx.worker.call(act)) is None:
+        while (done := await self.ctx.worker.call(act, bulk=True)) is None:
             if self._ack_owed and self._unstored:
                 # Acknowledge now, while the rest of the flight is stored (pipelining).
                 self._ack_owed = False
                 await self._send_pending(session)
+            await self._let_local_writers_in()
         self._ack_owed = False
         return done
+
+    async def _let_local_writers_in(self) -> None:
+        """Before the next bulk slice: while another process (``report add``) announces a
+        write, wait - up to ``write_intent.MAX_WAIT_SECONDS`` - so it takes SQLite's write
+        lock first instead of racing this session's next transaction for it."""
+        worker = self.ctx.worker
+        if not worker.local_writer_waiting():
+            return
+        self.outcome.yielded_to_local_writers += 1
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + write_intent.MAX_WAIT_SECONDS
+        # Polled: the writer is another process, with nothing to await on but its lock.
+        for _ in range(write_intent.MAX_POLLS):
+            await asyncio.sleep(write_intent.POLL_SECONDS)
+            if loop.time() >= deadline or not worker.local_writer_waiting():
+                return
 
     def _store_step(self, store: Store, node_key: bytes) -> bool:
         """Verify and commit one bounded slice of the unstored batches (store thread);

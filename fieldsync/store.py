@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fieldsync import cipher_db, eviction, outbox
-from fieldsync.errors import FieldsyncError
+from fieldsync import cipher_db, eviction, outbox, write_intent
+from fieldsync.errors import FieldsyncError, InputRefused
 from fieldsync.sqlite_tx import immediate_transaction
 from fieldsync_protocol.envelope import TTL_CLASSES
 from fieldsync_protocol.items import Checked, ItemKind
@@ -217,6 +217,19 @@ _MIGRATIONS: tuple[str, ...] = (
         origin INTEGER                          -- origins.ref of the contributor, NULL: imported
     );
     """,
+    # 11: recording an own report touches O(1) rows (perf S11, issue 13 item 3): per author a
+    # tip (chain position in a secret box, under a locator only their key derives) and a
+    # keyed hash per own report id for the duplicate check (fieldsync.outbox). Filled the
+    # first time each author writes after this migration (that needs their key).
+    """
+    CREATE TABLE outbox_tips (
+        locator BLOB PRIMARY KEY,               -- outbox.tip_locator: only the author finds it
+        tip BLOB NOT NULL                       -- outbox.seal_tip
+    ) WITHOUT ROWID;
+    CREATE TABLE outbox_ids (
+        mac BLOB PRIMARY KEY                    -- outbox.report_id_mac
+    ) WITHOUT ROWID;
+    """,
 )
 #: Bytes of an evicted item's delivery tag kept to recognise it when it comes back (§14.2):
 #: enough that two items of one store never share them by chance, too few to name an item.
@@ -325,6 +338,17 @@ class Eviction:
             self.by_contributor[key] = self.by_contributor.get(key, 0) + count
 
 
+@dataclass(frozen=True)
+class OwnRecord:
+    """An own report sealed as the successor of the author's tip (``record_own_report``)."""
+
+    checked: Checked
+    #: Its outbox entry, sealed to the author's key (``outbox.seal_entry``).
+    entry: bytes
+    #: The author's chain position with this report.
+    tip: outbox.Tip
+
+
 class QuotaExceeded(Exception):
     """A peer delivered more than its quota allows; the batch was not stored."""
 
@@ -380,6 +404,11 @@ class Store:
             return -size
         page = int(self._conn.execute("PRAGMA page_size").fetchone()[0])
         return size * page // 1024
+
+    def follow_key_rotation(self) -> None:
+        """Reopen under the current key if another connection rotated it (between
+        transactions; a reader calls this before each read)."""
+        self._follow_key_rotation()
 
     def _follow_key_rotation(self) -> None:
         """Reopen under the new key if another process (the daemon's janitor) rotated it
@@ -1151,18 +1180,70 @@ class Store:
 
     def record_own_report(
         self,
-        checked: Checked,
+        keys: outbox.OutboxKeys,
+        report_id: str,
         now: int,
-        entry: Callable[[sqlite3.Connection], bytes],
+        seal: Callable[[sqlite3.Connection, outbox.Tip], OwnRecord],
     ) -> None:
-        """Store the author's new envelope and its sealed outbox entry atomically.
+        """Store the author's new envelope, its sealed outbox entry and the author's new
+        tip atomically.
 
-        ``entry`` runs after the envelope is stored, in the same transaction, and returns
-        the sealed entry (it claims the report's attachment chunks first: fieldsync.media).
+        ``seal`` runs inside the transaction with the author's current tip: it signs and
+        seals the report as the tip's successor (so two writers never take the same
+        sequence) and returns it with its sealed entry (it claims the report's attachment
+        chunks first: fieldsync.media). A report id the author already used is refused.
         """
-        with self.transaction():
-            self.add_checked(checked, ImportCounts(), now, own=True)
-            self._conn.execute("INSERT INTO sealed_outbox (entry) VALUES (?)", (entry(self._conn),))
+        mac = outbox.report_id_mac(keys, report_id)
+        # Announced: a daemon storing a sync flight lets this write in before its next slice.
+        with (
+            write_intent.announced(self.path),
+            self._without_autocheckpoint(),
+            self.transaction(),
+        ):
+            tip = self._outbox_tip(keys)
+            if self._conn.execute("SELECT 1 FROM outbox_ids WHERE mac = ?", (mac,)).fetchone():
+                raise InputRefused(
+                    f"a report with id {report_id} already exists on this node; to correct it,"
+                    ' write a new report with "supersedes" set to that id'
+                )
+            record = seal(self._conn, tip)
+            self.add_checked(record.checked, ImportCounts(), now, own=True)
+            self._conn.execute("INSERT INTO sealed_outbox (entry) VALUES (?)", (record.entry,))
+            self._conn.execute("INSERT INTO outbox_ids (mac) VALUES (?)", (mac,))
+            self._conn.execute(
+                "INSERT INTO outbox_tips (locator, tip) VALUES (?, ?)"
+                " ON CONFLICT (locator) DO UPDATE SET tip = excluded.tip",
+                (outbox.tip_locator(keys), outbox.seal_tip(record.tip, keys)),
+            )
+
+    @contextlib.contextmanager
+    def _without_autocheckpoint(self) -> Iterator[None]:
+        """No automatic checkpoint at this commit: SQLite runs it in whichever connection
+        commits once the WAL is long, so a report written while the daemon stores a flight
+        would copy megabytes of the daemon's WAL into the database before it returns (perf
+        S11). The daemon's own commits, or the last connection's close, checkpoint instead."""
+        pages = int(self._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
+        self._conn.execute("PRAGMA wal_autocheckpoint = 0")
+        try:
+            yield
+        finally:
+            self._conn.execute(f"PRAGMA wal_autocheckpoint = {pages}")
+
+    def _outbox_tip(self, keys: outbox.OutboxKeys) -> outbox.Tip:
+        """The author's tip. The first time they write after the outbox tip migration (or at
+        all), it is found by opening every outbox row once, and their report ids are hashed
+        into ``outbox_ids`` (inside the caller's transaction, written with the report)."""
+        row = self._conn.execute(
+            "SELECT tip FROM outbox_tips WHERE locator = ?", (outbox.tip_locator(keys),)
+        ).fetchone()
+        if row is not None:
+            return outbox.open_tip(bytes(row[0]), keys)
+        mine = outbox.open_all(self.sealed_outbox(), keys)
+        self._conn.executemany(
+            "INSERT OR IGNORE INTO outbox_ids (mac) VALUES (?)",
+            [(outbox.report_id_mac(keys, e.report_id),) for e in mine if e.report_id is not None],
+        )
+        return outbox.chain_tip(mine)
 
     def sealed_outbox(self) -> list[bytes]:
         """Every author's outbox entries, sealed (whose is whose needs their key)."""

@@ -1,21 +1,34 @@
 """The store's one owned thread: asyncio code never touches SQLite on the event loop.
 
-Every call runs on a single dedicated thread, in submission order, so SQLite sees one
-writer and the event loop stays responsive while a batch is fsynced (perf S11).
+Every call runs on a single dedicated thread, so SQLite sees one writer and the event loop
+stays responsive while a batch is fsynced (perf S11). Calls wait in two lanes: interactive
+(the default: local writes, the control API, the web app) and bulk (sync sessions storing or
+reading a flight, the janitor). The thread always serves the interactive lane first, so a
+``status`` or a report queued during a bulk flight runs after the bulk call in progress -
+one bounded slice - never after the rest of the flight. Within a lane, calls run in
+submission order.
+
+Reads that must not wait even for that slice (``status`` over the control API) go to a second
+connection on a thread of its own (``read``): in WAL mode a reader sees the last committed
+state while the store thread writes or fsyncs. That connection is ``query_only``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
+import concurrent.futures
+import threading
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from fieldsync.store import Store
+from fieldsync.write_intent import IntentProbe
 
 T = TypeVar("T")
+
+_Job = tuple["concurrent.futures.Future[Any]", Callable[[], Any]]
 
 
 class StoreWorker:
@@ -23,27 +36,108 @@ class StoreWorker:
         """``cache_kib``: the store's page cache cap (``Store``)."""
         self.path = path
         self._cache_kib = cache_kib
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fieldsync-store")
         self._store: Store | None = None
+        self._intent: IntentProbe | None = None
+        self._wakeup = threading.Condition()
+        self._interactive: deque[_Job] = deque()
+        self._bulk: deque[_Job] = deque()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._serve, name="fieldsync-store", daemon=True)
+        self._reader = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="fieldsync-store-reader"
+        )
+        self._read_store: Store | None = None
 
     async def open(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._store = await loop.run_in_executor(
-            self._executor, functools.partial(Store, self.path, cache_kib=self._cache_kib)
+        self._thread.start()
+        self._store = await self._submit(
+            lambda: Store(self.path, cache_kib=self._cache_kib), bulk=False
         )
+        self._intent = await self._submit(lambda: IntentProbe(self.path), bulk=False)
 
-    async def call(self, func: Callable[[Store], T]) -> T:
-        """Run ``func(store)`` on the store thread and return its result."""
+    async def read(self, func: Callable[[Store], T]) -> T:
+        """Run the read-only ``func(store)`` on the reader connection and thread: it never
+        waits for the store thread, and sees what was committed when it starts."""
+        if self._store is None:
+            raise RuntimeError("StoreWorker.open() was not awaited")
+
+        def run() -> T:
+            store = self._read_store
+            if store is None:
+                # Opened on first use (a relay nobody asks for its status never pays for
+                # it), after the store thread's Store: the schema is migrated, nothing to write.
+                # SQLite's default page cache: counting 100k items through a smaller one
+                # decrypts the index pages again on every status.
+                store = self._read_store = Store(self.path, cache_kib=self._cache_kib)
+            store.follow_key_rotation()  # the janitor may have re-keyed the store since
+            store.conn.execute("PRAGMA query_only = ON")
+            return func(store)
+
+        return await asyncio.get_running_loop().run_in_executor(self._reader, run)
+
+    def local_writer_waiting(self) -> bool:
+        """Whether another process has announced a write to the store (``write_intent``):
+        bulk work should let it in first. Non-blocking, for the event loop."""
+        return self._intent is not None and self._intent.writer_waiting()
+
+    async def call(self, func: Callable[[Store], T], *, bulk: bool = False) -> T:
+        """Run ``func(store)`` on the store thread and return its result; ``bulk`` calls
+        wait while any interactive call is queued."""
         store = self._store
         if store is None:
             raise RuntimeError("StoreWorker.open() was not awaited")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, func, store)
+        return await self._submit(lambda: func(store), bulk=bulk)
+
+    def _submit(self, job: Callable[[], T], *, bulk: bool) -> asyncio.Future[T]:
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        with self._wakeup:
+            if self._stopping:
+                raise RuntimeError("the store worker is closed")
+            (self._bulk if bulk else self._interactive).append((future, job))
+            self._wakeup.notify()
+        # wrap_future: a cancelled await cancels a call that has not started (as
+        # run_in_executor does), and the result crosses back to the loop thread safely.
+        return asyncio.wrap_future(future)
+
+    def _serve(self) -> None:
+        while True:
+            with self._wakeup:
+                while not (self._interactive or self._bulk or self._stopping):
+                    self._wakeup.wait()
+                if self._interactive:
+                    future, job = self._interactive.popleft()
+                elif self._bulk:
+                    future, job = self._bulk.popleft()
+                else:
+                    return  # stopping, and every queued call has run
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = job()
+            except BaseException as exc:  # handed to the awaiting caller, whatever it is
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+            del future, job  # a result or traceback must not outlive its caller's interest
 
     async def close(self) -> None:
         store, self._store = self._store, None
+        intent, self._intent = self._intent, None
+        if intent is not None:
+            intent.close()
+
+        def close_reader() -> None:
+            read_store, self._read_store = self._read_store, None
+            if read_store is not None:
+                read_store.close()
+
+        await asyncio.get_running_loop().run_in_executor(self._reader, close_reader)
+        await asyncio.to_thread(self._reader.shutdown, True)
         if store is not None:
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self._executor, store.close)
-        # Joining the (now idle) thread blocks: do it off the event loop.
-        await asyncio.to_thread(self._executor.shutdown, True)
+            await self._submit(store.close, bulk=False)
+        with self._wakeup:
+            self._stopping = True
+            self._wakeup.notify()
+        if self._thread.is_alive():
+            # Joining the (now idle) thread blocks: do it off the event loop.
+            await asyncio.to_thread(self._thread.join)

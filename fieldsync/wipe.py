@@ -162,6 +162,8 @@ def _kill_daemon(home: Path, result: WipeResult) -> int | None:
 _SCRUB: Final = (
     "UPDATE items SET own = 0, origin = NULL WHERE own = 1 OR origin IS NOT NULL",
     "DELETE FROM sealed_outbox",
+    "DELETE FROM outbox_tips",  # the outbox tip migration: chain positions, own report ids
+    "DELETE FROM outbox_ids",
     "DELETE FROM outbox",  # the plaintext tables of a store from before migration 7
     "DELETE FROM author_chain",
     "DELETE FROM own_attachments",

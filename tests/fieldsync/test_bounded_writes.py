@@ -13,6 +13,8 @@ import itertools
 import math
 import shutil
 import sqlite3
+import subprocess
+import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -25,9 +27,11 @@ from blockbuster import BlockBuster, blockbuster_ctx
 from fieldsync import synthetic
 from fieldsync.peer import STEP_MAX_BYTES, PeerLimits, run_peer
 from fieldsync.runtime import Runtime
-from fieldsync.sqlite_tx import begin_polling, immediate_transaction
+from fieldsync.sqlite_tx import DB_ERRORS, begin_polling, immediate_transaction
 from fieldsync.store import Quota, QuotaExceeded, Store
+from fieldsync.store_worker import StoreWorker
 from fieldsync.transport import memory_pair
+from fieldsync.write_intent import IntentProbe, announced
 from fieldsync_protocol.items import Checked, check_item
 from fieldsync_protocol.session import SyncSession
 
@@ -92,6 +96,7 @@ async def test_a_bulk_flight_is_committed_in_bounded_transactions(pair: Pair) ->
         )
         assert mine.complete and theirs.complete, (mine.error, theirs.error)
         assert theirs.items_new == REPORTS
+        assert theirs.yielded_to_local_writers == 0  # nobody announced a write
         transactions = await commits(receiver) - before
         held = await receiver.worker.call(lambda store: store.item_count())
     assert held == REPORTS + 1  # and the manifest
@@ -132,7 +137,137 @@ async def test_local_writes_interleave_with_a_bulk_flight(pair: Pair) -> None:
     bulk_between = [later - earlier - 1 for earlier, later in itertools.pairwise(seen)]
     slices = math.ceil(pair.report_bytes / STEP_MAX_BYTES)
     assert sum(bulk_between) >= slices  # the flight was stored while the writer ran...
-    assert max(bulk_between) <= 2  # ...and never more than a slice (+ a cursor) in a row
+    # ...and never more than the one slice in progress when the write was queued: the
+    # interactive lane goes first.
+    assert max(bulk_between) <= 1
+
+
+async def test_interactive_calls_go_before_queued_bulk_calls(tmp_path: Path) -> None:
+    """While a bulk call (one slice) runs, a bulk call and two interactive calls queue:
+    the interactive ones run next, in their order, and the bulk one after them."""
+    worker = StoreWorker(tmp_path / "store.db")
+    await worker.open()
+    order: list[str] = []
+    started, release = threading.Event(), threading.Event()
+
+    def slice_in_progress(_store: Store) -> None:
+        started.set()
+        release.wait(10)
+        order.append("bulk slice 1")
+
+    try:
+        first = asyncio.ensure_future(worker.call(slice_in_progress, bulk=True))
+        await asyncio.to_thread(started.wait, 10)
+        queued = [
+            asyncio.ensure_future(worker.call(lambda _s: order.append("bulk slice 2"), bulk=True)),
+            asyncio.ensure_future(worker.call(lambda _s: order.append("status"))),
+            asyncio.ensure_future(worker.call(lambda _s: order.append("local write"))),
+        ]
+        await asyncio.sleep(0)  # each task submits its call in its first step
+        release.set()
+        await asyncio.gather(first, *queued)
+    finally:
+        release.set()
+        await worker.close()
+    assert order == ["bulk slice 1", "status", "local write", "bulk slice 2"]
+
+
+async def test_a_read_is_answered_while_the_store_thread_is_busy(tmp_path: Path) -> None:
+    """``status`` reads through the reader connection: it is answered while a bulk call
+    still holds the store thread, sees what that call has committed, and cannot write."""
+    worker = StoreWorker(tmp_path / "store.db")
+    await worker.open()
+    started, release = threading.Event(), threading.Event()
+
+    def slice_in_progress(store: Store) -> None:
+        store.advance_clock(7)  # committed (autocommit) before the slice stalls
+        started.set()
+        release.wait(10)
+
+    try:
+        stalled = asyncio.ensure_future(worker.call(slice_in_progress, bulk=True))
+        await asyncio.to_thread(started.wait, 10)
+        status = await worker.read(lambda store: store.status())
+        clock = await worker.read(lambda store: store.local_clock())
+        answered_before_the_slice_ended = not stalled.done()
+        with pytest.raises(DB_ERRORS, match="readonly"):
+            await worker.read(lambda store: store.conn.execute("CREATE TABLE t (v)"))
+        release.set()
+        await stalled
+    finally:
+        release.set()
+        await worker.close()
+    assert answered_before_the_slice_ended
+    assert status["items_total"] == 0 and clock == 7
+
+
+_HOLDER = """
+import sys
+from pathlib import Path
+from fieldsync.write_intent import announced
+
+with announced(Path(sys.argv[1])):
+    print("announced", flush=True)
+    sys.stdin.read()
+"""
+
+
+@contextlib.contextmanager
+def write_announced(store_path: Path) -> Iterator[None]:
+    """Another process announces a write to ``store_path`` (as ``report add`` does while it
+    waits for the write lock and writes) until the block ends."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(store_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdin is not None and holder.stdout is not None
+    try:
+        assert holder.stdout.readline().strip() == "announced"
+        yield
+    finally:
+        holder.stdin.close()
+        holder.wait(30)
+        holder.stdout.close()
+
+
+def test_the_intent_probe_sees_another_process_announce(tmp_path: Path) -> None:
+    probe = IntentProbe(tmp_path / "store.db")
+    try:
+        assert not probe.writer_waiting()
+        with write_announced(tmp_path / "store.db"):
+            assert probe.writer_waiting()
+            with announced(tmp_path / "store.db"):  # a second writer shares it
+                assert probe.writer_waiting()
+        assert not probe.writer_waiting()
+    finally:
+        probe.close()
+
+
+@pytest.fixture
+def receiver_write_announced(pair: Pair) -> Iterator[None]:
+    with write_announced(pair.receiver / "store.db"):
+        yield
+
+
+@pytest.mark.usefixtures("receiver_write_announced")
+async def test_an_announced_write_makes_the_receiver_wait_before_each_slice(pair: Pair) -> None:
+    """While another process announces a write for the whole flight, the receiver defers
+    every slice after the first (bounded: the flight still completes)."""
+    async with opened(pair.sender) as sender, opened(pair.receiver) as receiver:
+        before = await commits(receiver)
+        end_s, end_r = memory_pair()
+        mine, theirs = await asyncio.gather(
+            run_peer(end_s, sender.context, initiator=True),
+            run_peer(end_r, receiver.context, initiator=False),
+        )
+        transactions = await commits(receiver) - before
+    assert mine.complete and theirs.complete, (mine.error, theirs.error)
+    assert theirs.items_new == REPORTS
+    slices = math.ceil(pair.report_bytes / STEP_MAX_BYTES)
+    assert theirs.yielded_to_local_writers >= slices
+    assert theirs.yielded_to_local_writers >= transactions - 2  # (the first; a cursor)
 
 
 def test_begin_polling_waits_for_another_writer_and_restores_busy_timeout(

@@ -346,3 +346,16 @@ async def test_a_hold_ends_with_its_item_when_the_item_is_evicted(
         _, horizon, high = await advertised(relay)  # refresh ends the orphaned holds
         assert horizon == high
         assert await relay.worker.call(offer_hold.next_release) is None
+
+
+def test_counting_held_items_walks_the_holds_not_the_items(tmp_path: Path) -> None:
+    """``status`` counts held items on the store thread a sync shares: the query must loop
+    over the (few) holds and look items up, never scan every stored item (perf S11)."""
+    store = Store(tmp_path / "store.db")
+    try:
+        plan = store.conn.execute("EXPLAIN QUERY PLAN " + offer_hold.HELD_COUNT_SQL).fetchall()
+    finally:
+        store.close()
+    steps = [str(row[3]) for row in plan]
+    assert steps[0].startswith("SCAN h"), steps
+    assert any(step.startswith("SEARCH i USING INTEGER PRIMARY KEY") for step in steps), steps
