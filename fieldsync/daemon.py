@@ -290,13 +290,13 @@ class FieldDaemon:
     async def _keep_coded_symbols(self, runtime: Runtime) -> None:
         """Keep coded symbols of the store's ids ready for first contacts (SPEC.md §13.3.6).
 
-        Built in steps of a few ms, each its own call on the store thread, so a local write
-        or ``status`` queued meanwhile waits one step at most; sessions keep ready symbols
+        Built in steps of a few ms, each its own call in the store thread's bulk lane, so a
+        local write queued meanwhile goes before the next step; sessions keep ready symbols
         current item by item. Once ready this only looks again now and then: the index (and
         the symbols with it) is dropped when another process changes the store."""
         source = runtime.context.source
         while True:
-            more = await runtime.worker.call(lambda _store: source.build_coded_step())
+            more = await runtime.worker.call(lambda _store: source.build_coded_step(), bulk=True)
             if not more:
                 await asyncio.sleep(self.CODED_RECHECK_SECONDS)
 
