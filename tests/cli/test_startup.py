@@ -53,7 +53,7 @@ def imported_by(tmp_path: Path, *args: str | Path) -> tuple[set[str], str]:
     out = tmp_path / "modules.json"
     done = subprocess.run(
         [sys.executable, "-c", _PROBE, str(out), *map(str, args)],
-        env=clean_env(FIELDSYNC_PASSPHRASE=PASSPHRASE),
+        env=without_coverage(clean_env(FIELDSYNC_PASSPHRASE=PASSPHRASE)),
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
@@ -63,6 +63,13 @@ def imported_by(tmp_path: Path, *args: str | Path) -> tuple[set[str], str]:
     result = json.loads(out.read_text())
     assert result["code"] in (0, None), done.stderr
     return set(result["modules"]), done.stdout
+
+
+def without_coverage(env: dict[str, str]) -> dict[str, str]:
+    """``env`` without what starts coverage in a child (``make test`` measures every process):
+    coverage itself loads ``tomllib``, ``socket`` and more, which would hide what the command
+    imports."""
+    return {k: v for k, v in env.items() if not k.startswith(("COVERAGE_", "COV_CORE_"))}
 
 
 def heavy_in(modules: set[str]) -> set[str]:
