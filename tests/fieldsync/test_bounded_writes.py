@@ -25,7 +25,7 @@ import pytest
 from blockbuster import BlockBuster, blockbuster_ctx
 
 from fieldsync import synthetic
-from fieldsync.peer import STEP_MAX_BYTES, PeerLimits, run_peer
+from fieldsync.peer import STEP_MAX_BYTES, PeerLimits, SyncOutcome, run_peer
 from fieldsync.runtime import Runtime
 from fieldsync.sqlite_tx import DB_ERRORS, begin_polling, immediate_transaction
 from fieldsync.store import Quota, QuotaExceeded, Store
@@ -86,18 +86,24 @@ async def commits(runtime: Runtime) -> int:
     return await runtime.worker.call(lambda store: store.commits)
 
 
+async def flight(sender: Runtime, receiver: Runtime) -> tuple[SyncOutcome, SyncOutcome, int]:
+    """One sync session from ``sender`` to ``receiver`` over memory: both outcomes and how
+    many transactions the receiver's store committed meanwhile."""
+    before = await commits(receiver)
+    end_s, end_r = memory_pair()
+    mine, theirs = await asyncio.gather(
+        run_peer(end_s, sender.context, initiator=True),
+        run_peer(end_r, receiver.context, initiator=False),
+    )
+    return mine, theirs, await commits(receiver) - before
+
+
 async def test_a_bulk_flight_is_committed_in_bounded_transactions(pair: Pair) -> None:
     async with opened(pair.sender) as sender, opened(pair.receiver) as receiver:
-        before = await commits(receiver)
-        end_s, end_r = memory_pair()
-        mine, theirs = await asyncio.gather(
-            run_peer(end_s, sender.context, initiator=True),
-            run_peer(end_r, receiver.context, initiator=False),
-        )
+        mine, theirs, transactions = await flight(sender, receiver)
         assert mine.complete and theirs.complete, (mine.error, theirs.error)
         assert theirs.items_new == REPORTS
         assert theirs.yielded_to_local_writers == 0  # nobody announced a write
-        transactions = await commits(receiver) - before
         held = await receiver.worker.call(lambda store: store.item_count())
     assert held == REPORTS + 1  # and the manifest
     # No transaction holds more than STEP_MAX_BYTES of items: the whole flight (one window,
@@ -256,13 +262,7 @@ async def test_an_announced_write_makes_the_receiver_wait_before_each_slice(pair
     """While another process announces a write for the whole flight, the receiver defers
     every slice after the first (bounded: the flight still completes)."""
     async with opened(pair.sender) as sender, opened(pair.receiver) as receiver:
-        before = await commits(receiver)
-        end_s, end_r = memory_pair()
-        mine, theirs = await asyncio.gather(
-            run_peer(end_s, sender.context, initiator=True),
-            run_peer(end_r, receiver.context, initiator=False),
-        )
-        transactions = await commits(receiver) - before
+        mine, theirs, transactions = await flight(sender, receiver)
     assert mine.complete and theirs.complete, (mine.error, theirs.error)
     assert theirs.items_new == REPORTS
     slices = math.ceil(pair.report_bytes / STEP_MAX_BYTES)

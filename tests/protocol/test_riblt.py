@@ -190,9 +190,25 @@ def run_coded(a_ids: set[bytes], b_ids: set[bytes]) -> tuple[list[int], set[byte
     hold in the end)."""
     ra, rb = sides(a_ids, b_ids)
     a_now, b_now = set(a_ids), set(b_ids)
-    message: bytes | None = ra.initial()
+    modes = exchange(ra, rb, ra.initial(), a_now, b_now, to_responder=True)
+    assert ra.done and rb.done
+    return modes, a_now, b_now
+
+
+def exchange(
+    ra: Reconciler,
+    rb: Reconciler,
+    message: bytes | None,
+    a_now: set[bytes],
+    b_now: set[bytes],
+    *,
+    to_responder: bool,
+) -> list[int]:
+    """Deliver ``message`` (to B when ``to_responder``, else to A) and every reply after it,
+    applying what each side learns to ``a_now``/``b_now``; the mode of each message's first
+    range (-1: no ranges)."""
     modes: list[int] = []
-    turn = 0
+    turn = 0 if to_responder else 1
     while message is not None:
         ranges = parse_message(codec.decode(message))
         modes.append(int(ranges[0].mode) if ranges else -1)
@@ -204,8 +220,7 @@ def run_coded(a_ids: set[bytes], b_ids: set[bytes]) -> tuple[list[int], set[byte
             other.update(x for x in mine if p.lower <= x < p.upper and p.keeps(x))
         message = step.reply
         turn += 1
-    assert ra.done and rb.done
-    return modes, a_now, b_now
+    return modes
 
 
 def test_coded_stage_decodes_one_sided_differences_in_one_answer() -> None:
@@ -304,18 +319,8 @@ def test_a_lying_n_costs_round_trips_not_correctness() -> None:
     first["n"] = len(base)  # claims equal counts: B sends only 24 symbols
     step = rb.receive(codec.encode(first))
     assert step.reply is not None and len(step.reply) < 24 * SYMBOL_SIZE + 60
-    message: bytes | None = step.reply
     a_now, b_now = set(a_ids), set(base)
-    turn = 1
-    while message is not None:
-        side, mine, other = (ra, a_now, b_now) if turn % 2 else (rb, b_now, a_now)
-        s = side.receive(message)
-        mine.update(s.have)
-        other.update(s.push)
-        for p in s.need:
-            other.update(x for x in mine if p.lower <= x < p.upper and p.keeps(x))
-        message = s.reply
-        turn += 1
+    exchange(ra, rb, step.reply, a_now, b_now, to_responder=False)
     assert a_now == b_now == base
 
 
