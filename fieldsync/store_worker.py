@@ -66,8 +66,9 @@ class StoreWorker:
             if store is None:
                 # Opened on first use (a relay nobody asks for its status never pays for
                 # it), after the store thread's Store: the schema is migrated, nothing to write.
-                # SQLite's default page cache: counting 100k items through a smaller one
-                # decrypts the index pages again on every status.
+                # The store thread's page cache: SQLite's default on an author node (counting
+                # 100k items through a much smaller one decrypts the index pages again on
+                # every status); a relay's cap, memory first, where status is rarely asked.
                 store = self._read_store = Store(self.path, cache_kib=self._cache_kib)
             store.follow_key_rotation()  # the janitor may have re-keyed the store since
             store.conn.execute("PRAGMA query_only = ON")
