@@ -101,7 +101,12 @@ def _freeze_and_count(proc: subprocess.Popen[bytes], home: Path) -> int | None:
             assert time.monotonic() < deadline
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=0.001)
-    reader = connect_store(home / "store.db", timeout=1)
+    # Opening reads the schema already: a writer frozen while it sets up the WAL index makes
+    # the open itself fail ("locking protocol"), as much as the count below.
+    try:
+        reader = connect_store(home / "store.db", timeout=1)
+    except DB_ERRORS:
+        return None
     try:
         return int(reader.execute("SELECT count(*) FROM items WHERE kind = 'e'").fetchone()[0])
     except DB_ERRORS:
