@@ -17,6 +17,7 @@ import pytest
 from fieldsync import heap, synthetic
 from fieldsync.runtime import Runtime, Server
 from fieldsync.store import RELAY_CACHE_KIB, Store
+from tests.environment import missing
 
 
 @pytest.fixture
@@ -76,7 +77,7 @@ async def test_the_heap_is_released_after_a_bulk_session_only(
     network: synthetic.SyntheticNetwork,
 ) -> None:
     if not heap.available():
-        pytest.skip("no malloc_trim in this C library (not glibc)")
+        missing("no malloc_trim in this C library (not glibc)")
     sender = await asyncio.to_thread(network.add_node, "sender")
     relay = await asyncio.to_thread(network.add_node, "relay")
     items = synthetic.sealed_reports(network.manifest, 6)
@@ -127,7 +128,7 @@ print(json.dumps({"released": released, "before": before, "after": rss_kib()}))
 
 def test_release_free_memory_lowers_the_rss_of_a_fragmented_heap() -> None:
     if not heap.available():
-        pytest.skip("no malloc_trim in this C library (not glibc)")
+        missing("no malloc_trim in this C library (not glibc)")
     done = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(_FRAGMENTED_HEAP)],
         capture_output=True,
