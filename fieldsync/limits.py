@@ -23,3 +23,6 @@ SMALLEST_ITEM_BYTES: Final = 512
 #: Items per day: derived from the byte quota so that, with the defaults, bytes always run
 #: out first (the item count is an extra knob for operators, not a second rule).
 QUOTA_ITEMS_PER_DAY: Final = QUOTA_BYTES_PER_DAY // SMALLEST_ITEM_BYTES
+
+#: The quota's day: counters restart at each multiple of this many wall-clock seconds.
+QUOTA_WINDOW_SECONDS: Final = 86_400

@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from fieldsync import cipher_db, homefiles, keystore, media, outbox, wipe
+from fieldsync import cipher_db, homefiles, keystore, limits, media, outbox, wipe
 from fieldsync.errors import (
     FieldsyncError,
     InputRefused,
@@ -807,6 +807,7 @@ class Node:
         store = self.store()
         counts = ImportCounts()
         now = now_seconds()
+        window = now // limits.QUOTA_WINDOW_SECONDS
         key = bundle_key(path, member.network_keys)
         reader = BundleReader(key, member.manifest.network_id)
         newer: list[Checked] = []
@@ -814,7 +815,9 @@ class Node:
             with store.transaction():
                 for data in _read_bundle(path, reader, progress):
                     checked = check_item(data, member.manifest)
-                    store.add_checked(checked, counts, now)
+                    # As a sync push: an evicted item that comes back is still its first
+                    # contributor's, and charged to it (SPEC.md §14.2).
+                    store.add_imported(checked, counts, now, window)
                     if checked.manifest is not None or checked.item.kind is ItemKind.KEY_DELIVERY:
                         newer.append(checked)
         except RemoteProtocolError as exc:

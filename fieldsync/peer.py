@@ -30,6 +30,7 @@ from fieldsync import limits, offer_hold, write_intent
 from fieldsync.admission import Admission, ByteBudget, Slot
 from fieldsync.cipher_db import DB_ERRORS
 from fieldsync.diskerrors import storage_problem
+from fieldsync.limits import QUOTA_WINDOW_SECONDS
 from fieldsync.lograte import QuietLog
 from fieldsync.offer_hold import OfferDelay
 from fieldsync.priority import send_later
@@ -65,7 +66,6 @@ from fieldsync_protocol.session_messages import BATCH_ITEMS, Cursor
 
 log = logging.getLogger(__name__)
 
-QUOTA_WINDOW_SECONDS = 86_400
 #: In the handshake's refusal of a member whose certificate HQ must renew (SPEC.md §17.4).
 CERTIFICATE_TROUBLE = "peer certificate expired"
 #: Why a running session ends when HQ's revocation list names its peer.

@@ -573,6 +573,29 @@ class Store:
         if checked.receipt is not None:
             self._apply_receipt(checked.receipt, counts, now)
 
+    def add_imported(self, checked: Checked, counts: ImportCounts, now: int, window: int) -> None:
+        """Store one verified item from a bundle inside the caller's transaction.
+
+        Bundles are one contributor of their own (``eviction.IMPORTED``) and are charged to no
+        quota. An item the disk budget evicted that comes back in a bundle is handled as when
+        a peer pushes it again (SPEC.md §14.2, §14.4): it stays its first contributor's
+        (fair share and no echo), is charged to that contributor's quota for ``window``
+        (counted, never a reason to refuse the bundle) and its memory entry is dropped.
+        Without this the courier's bundle became the flood's contributor: the next eviction
+        took the newest imported items, honest reports carried by USB among them.
+        """
+        prefix = bytes(checked.item.tag[:EVICTED_TAG_PREFIX])
+        row = self._conn.execute(
+            "SELECT origin FROM evicted_origins WHERE prefix = ?", (prefix,)
+        ).fetchone()
+        if row is None:
+            self.add_checked(checked, counts, now)
+            return
+        first: int | None = row[0]
+        self.add_checked(checked, counts, now, origin=first)
+        self._conn.execute("DELETE FROM evicted_origins WHERE prefix = ?", (prefix,))
+        self._charge_contributors(window, [(first, len(checked.item.data))])
+
     def _apply_receipt(self, receipt: Receipt, counts: ImportCounts, now: int) -> None:
         """Delete and tombstone what a receipt names, whatever its status (SPEC.md §9); the
         status goes with the tombstone, for the author's outbox to show (fieldsync.outbox).
