@@ -515,6 +515,10 @@ class SecurityConfig:
     #: Wipe every key on the node (``fieldsync wipe``) after this many wrong author
     #: passphrases in a row. 0 (the default): never. README "Panic wipe" says what it costs.
     wipe_after_wrong_passphrases: int = field(default=0, metadata=_meta(_integer(0, 1000)))
+    #: The same for the HQ passphrase (``fieldsync hq ...`` on an HQ directory): after this
+    #: many wrong ones in a row every HQ key is destroyed (``fieldsync.wipe.wipe_hq``).
+    #: 0 (the default): never.
+    hq_wipe_after_wrong_passphrases: int = field(default=0, metadata=_meta(_integer(0, 1000)))
 
 
 @dataclass(frozen=True, slots=True)

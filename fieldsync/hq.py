@@ -10,6 +10,8 @@ Layout of an HQ directory (0700; every file in it 0600)::
     hq.dbkey       that random key, sealed with the HQ passphrase (``HQ.database_key``)
     hq.secret.new, hq.dbkey.new   only while ``hq passphrase`` runs (or a crash cut it short)
     hq.dbkey.next  only while ``hq rekey`` runs (or a crash cut it short)
+    unlock.failures  HQ passphrases tried since the last right one (only with
+                   [security] hq_wipe_after_wrong_passphrases; ``fieldsync.wrong_passphrases``)
     keys.lock      held by whichever command changes the passphrase or the database key
     media/         verified attachments, media/ENVELOPE/NN.sealed, each encrypted under its
                    own key kept in hq.db (``fieldsync.hq_media``, ``hq_media_seal``)
@@ -64,6 +66,7 @@ from fieldsync import (
     hq_reports,
     hq_revocation,
     keystore,
+    wipe,
 )
 from fieldsync.errors import FieldsyncError, InputRefused, NotFound
 from fieldsync.faults import crash_point
@@ -89,6 +92,7 @@ from fieldsync.hq_schema import (
 from fieldsync.node import Node, Progress, utc_text
 from fieldsync.sqlite_tx import immediate_transaction
 from fieldsync.store import now_seconds
+from fieldsync.wrong_passphrases import WrongPassphraseLimit
 from fieldsync_protocol import codec, crypto, membership
 from fieldsync_protocol.errors import RemoteProtocolError
 from fieldsync_protocol.keytext import KeyKind, fingerprint, key_to_text
@@ -205,9 +209,14 @@ class HQ:
         passphrase: str | None = None,
         quarantine_max_items: int = QUARANTINE_MAX_ITEMS,
         quarantine_max_bytes: int = QUARANTINE_MAX_BYTES,
+        wipe_after_wrong_passphrases: int = 0,
     ) -> None:
-        """``passphrase``: the HQ passphrase, which ``hq.db`` needs (``unlock`` sets it too)."""
+        """``passphrase``: the HQ passphrase, which ``hq.db`` needs (``unlock`` sets it too).
+        ``wipe_after_wrong_passphrases``: destroy the HQ keys (``fieldsync.wipe.wipe_hq``)
+        after that many wrong HQ passphrases in a row, counted across processes; 0 never
+        does (``[security] hq_wipe_after_wrong_passphrases``)."""
         self.directory = directory
+        self.wipe_after_wrong_passphrases = wipe_after_wrong_passphrases
         self.quarantine_max_items = quarantine_max_items
         self.quarantine_max_bytes = quarantine_max_bytes
         self._passphrase = passphrase
@@ -243,9 +252,33 @@ class HQ:
             "HQ secrets",
             "create the network with `fieldsync network create`",
         )
-        keys = HqSecrets.decode(keystore.open_with_passphrase(sealed, passphrase, "HQ secrets"))
+        keys = HqSecrets.decode(self._open_sealed(sealed, passphrase, "HQ secrets"))
         self._passphrase = passphrase
         return keys
+
+    def _open_sealed(self, sealed: bytes, passphrase: str, what: str) -> bytes:
+        """Open a file sealed under the HQ passphrase; every try is counted towards
+        ``wipe_after_wrong_passphrases`` (``fieldsync.wrong_passphrases``)."""
+        with self._wrong_passphrases().attempt():
+            return keystore.open_with_passphrase(sealed, passphrase, what)
+
+    def _wrong_passphrases(self) -> WrongPassphraseLimit:
+        return WrongPassphraseLimit(
+            self.directory,
+            self.wipe_after_wrong_passphrases,
+            "[security] hq_wipe_after_wrong_passphrases",
+            self._wipe,
+            f"every HQ key in {self.directory}",
+            "this HQ can no longer sign, enrol or read reports: restore the HQ directory from"
+            " an offline backup (it opens with the HQ passphrase) or create a new network and"
+            " enrol every member again",
+        )
+
+    def _wipe(self) -> list[str]:
+        self.close()  # the database's files are unlinked: no connection of ours stays open
+        self._db_key = None
+        self._passphrase = None
+        return wipe.wipe_hq(self.directory).destroyed
 
     def database_key(self) -> bytes:
         """The random key ``hq.db`` is encrypted under, from ``hq.dbkey`` (sealed under the
@@ -268,9 +301,7 @@ class HQ:
             )
         path = self.directory / DATABASE_KEY
         if path.exists():
-            self._db_key = keystore.open_with_passphrase(
-                path.read_bytes(), passphrase, "HQ database key"
-            )
+            self._db_key = self._open_sealed(path.read_bytes(), passphrase, "HQ database key")
         else:
             self.unlock(passphrase)  # a wrong passphrase is refused before anything is made
             profile = keystore.profile_of((self.directory / HQ_SECRET).read_bytes(), HQ_SECRET)
@@ -365,9 +396,7 @@ class HQ:
             passphrase = self._passphrase
             if passphrase is None:  # database_key() has just needed it
                 raise FieldsyncError("the HQ passphrase is needed to finish a rekey")
-            key = keystore.open_with_passphrase(
-                next_path.read_bytes(), passphrase, "HQ database key (next)"
-            )
+            key = self._open_sealed(next_path.read_bytes(), passphrase, "HQ database key (next)")
             db = open_database(self.directory, key)
             cipher_db.replace_destroying(next_path, self.directory / DATABASE_KEY)
             self._db_key = key

@@ -6,8 +6,8 @@ Layout of a node home (SPEC.md §15)::
     author.secret      the first monitor's ed25519 seed and name, sealed with their passphrase
     authors/*.secret   every further monitor's (``author add``), same salt and costs
     request.txt        the enrolment request to hand to HQ in person (removed by ``join``)
-    unlock.failures    wrong author passphrases in a row (only with
-                       [security] wipe_after_wrong_passphrases)
+    unlock.failures    author passphrases tried since the last right one (only with
+                       [security] wipe_after_wrong_passphrases; fieldsync.wrong_passphrases)
     membership.bin     manifest item, network key and this node's certificate (after join;
                        homefiles.py)
     store.db           the item store (sealed items only; see store.py), encrypted at rest
@@ -41,6 +41,8 @@ from fieldsync.errors import (
 from fieldsync.outbox import OutboxKeys, outbox_keys
 from fieldsync.priority import iter_by_priority
 from fieldsync.store import ImportCounts, OwnRecord, Store, now_seconds
+from fieldsync.wrong_passphrases import UNLOCK_FAILURES as UNLOCK_FAILURES  # re-exported
+from fieldsync.wrong_passphrases import WrongPassphraseLimit
 from fieldsync_protocol import crypto, envelope, membership
 from fieldsync_protocol.bundle import HEAD_SIZE, SEALED_CHUNK, BundleReader, BundleWriter, sealed_by
 from fieldsync_protocol.errors import LocalProtocolError, RemoteProtocolError
@@ -62,7 +64,6 @@ AUTHOR_NAME_ROOM = 4 * membership.MAX_NAME
 REQUEST = "request.txt"
 MEMBERSHIP = "membership.bin"
 STORE = "store.db"
-UNLOCK_FAILURES = "unlock.failures"
 
 #: Receives (bytes done, bytes total) during long operations.
 Progress = Callable[[int, int], None]
@@ -443,12 +444,8 @@ class Node:
         authors when ``wipe_after_wrong_passphrases`` is set, and the last one wipes every
         key of the node."""
         files = self._author_files_or_refuse()
-        try:
+        with self._wrong_passphrases().attempt():
             path, seed, stored_name = self._open_author(files, passphrase, name)
-        except WrongPassphrase as exc:
-            self._count_wrong_passphrase(exc)
-            raise
-        (self.home / UNLOCK_FAILURES).unlink(missing_ok=True)
         return Author(seed, stored_name, path)
 
     def _open_author(
@@ -577,25 +574,21 @@ class Node:
         problems: list[str] = []
         wipe.scrub_store(self.home / STORE, problems)
 
-    def _count_wrong_passphrase(self, exc: WrongPassphrase) -> None:
-        limit = self.wipe_after_wrong_passphrases
-        if limit <= 0:
-            return
-        counter = self.home / UNLOCK_FAILURES
-        try:
-            failures = int(counter.read_text(encoding="ascii").strip() or 0) + 1
-        except (FileNotFoundError, ValueError):
-            failures = 1
-        if failures < limit:
-            keystore.write_private(counter, f"{failures}\n".encode())
-            return
-        self.close()
-        result = wipe.wipe_node(self.home)
-        raise WrongPassphrase(
-            f"{exc}; that was wrong passphrase {failures} of {limit} in a row"
-            f" ([security] wipe_after_wrong_passphrases), so every key on this node was"
-            f" destroyed ({', '.join(result.destroyed) or 'nothing was left'})"
-        ) from exc
+    def _wrong_passphrases(self) -> WrongPassphraseLimit:
+        """Author passphrases are counted across all authors; the last one allowed wipes
+        every key of the node (``fieldsync.wrong_passphrases``)."""
+        return WrongPassphraseLimit(
+            self.home,
+            self.wipe_after_wrong_passphrases,
+            "[security] wipe_after_wrong_passphrases",
+            self._wipe,
+            "every key on this node",
+            "set it up again with `fieldsync init` and enrol it at HQ in person",
+        )
+
+    def _wipe(self) -> list[str]:
+        self.close()  # the wipe scrubs the store with its own connection
+        return wipe.wipe_node(self.home).destroyed
 
     def add_report(
         self,

@@ -110,6 +110,66 @@ def wipe_node(home: Path, *, kill_daemon: bool = True) -> WipeResult:
     return result
 
 
+#: Key files of an HQ directory (``fieldsync.hq``), by name; ``*.secret`` adds any others
+#: (``network-keys.secret``). Names only: wipe.py imports nothing of HQ's.
+HQ_KEY_FILES: Final = (
+    "hq.secret",  # root, certificate, receipt and HQ encryption keys, the network key
+    "hq.dbkey",  # the key of hq.db: without it the database and every attachment are noise
+    "hq.secret.new",  # an HQ passphrase change in progress (or cut short)
+    "hq.dbkey.new",
+    "hq.dbkey.next",  # an hq.db rekey in progress (or cut short)
+    "unlock.failures",
+)
+#: The analyst database's files, unlinked once its key is gone (noise without it).
+HQ_DATABASE_FILES: Final = ("hq.db", "hq.db-wal", "hq.db-shm")
+#: HQ's own relay node (``HQ.hub_node``), wiped as any node.
+HQ_NODE: Final = "node"
+
+
+def wipe_hq(directory: Path) -> WipeResult:
+    """Destroy every key of the HQ directory ``directory``, as ``wipe_node`` does a node's.
+
+    1. the key files (``HQ_KEY_FILES``, any ``*.secret``, interrupted writes) are
+       overwritten and unlinked: the HQ secrets and the network key, and ``hq.dbkey``, under
+       which ``hq.db`` is encrypted; each attachment file under ``media/`` is encrypted under
+       its own key kept in ``hq.db``, so all of them become noise at once;
+    2. HQ's own node (``node/``, with the network key and its store) is wiped as a node;
+    3. ``hq.db`` and its WAL are unlinked (noise already).
+
+    What stays: ``manifest.item`` (public: every member holds it), forms, and the noise of
+    ``media/``. Not reached: exports and extracted attachments written elsewhere, an
+    ``hq.db`` still in plaintext (an older release's never opened since: only unlinked),
+    and the memory of a running ``hq serve``, which holds the database key until it stops.
+    """
+    started = time.monotonic()
+    result = WipeResult(directory)
+    found = {directory / name for name in HQ_KEY_FILES}
+    found.update(directory.glob("*.secret"))
+    found.update(directory.glob(".*.tmp"))
+    for path in sorted(p for p in found if p.is_file() or p.is_symlink()):
+        try:
+            destroy_file(path)
+        except OSError as exc:
+            result.problems.append(f"{path.name}: {exc.strerror or exc}")
+        else:
+            result.destroyed.append(path.name)
+    _sync_directory(directory, result)
+    node = directory / HQ_NODE
+    if node.is_dir():
+        inner = wipe_node(node)
+        result.destroyed.extend(f"{HQ_NODE}/{name}" for name in inner.destroyed)
+        result.problems.extend(f"{HQ_NODE}/{problem}" for problem in inner.problems)
+        result.daemon_killed = inner.daemon_killed
+    for name in HQ_DATABASE_FILES:
+        try:
+            (directory / name).unlink(missing_ok=True)
+        except OSError as exc:
+            result.problems.append(f"{name}: {exc.strerror or exc}")
+    result.store_scrubbed = not (directory / HQ_DATABASE_FILES[0]).exists()
+    result.seconds = time.monotonic() - started
+    return result
+
+
 def _sync_directory(home: Path, result: WipeResult) -> None:
     try:
         fd = os.open(home, os.O_RDONLY)

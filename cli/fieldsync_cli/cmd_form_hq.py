@@ -40,10 +40,10 @@ def hq_form_set(form_file: Path, hq_dir: Path, passphrase_file: Path | None, as_
     It goes out with the next `hq receipts` bundle; nodes adopt it when its version is
     higher than theirs.
     """
-    from fieldsync.hq import HQ
+    from fieldsync_cli.main import open_hq
 
     new = read_form_file(form_file)  # checked before anyone types a passphrase
-    headquarters = HQ(hq_dir)
+    headquarters = open_hq(hq_dir)
     try:
         manifest = headquarters.manifest()
         keys = headquarters.unlock(get_passphrase(passphrase_file, "HQ's keys"))
@@ -61,9 +61,9 @@ def hq_form_set(form_file: Path, hq_dir: Path, passphrase_file: Path | None, as_
 @handle_errors
 def hq_form_show(hq_dir: Path, language: str | None, as_json: bool) -> None:
     """Print the network's current form (the built-in one until HQ sets its own)."""
-    from fieldsync.hq import HQ
+    from fieldsync_cli.main import open_hq
 
-    headquarters = HQ(hq_dir)
+    headquarters = open_hq(hq_dir)
     try:
         current = hq_form(hq_dir, headquarters.manifest())
     finally:

@@ -21,7 +21,7 @@ from fieldsync.exports import (
     export_file,
     export_stream,
 )
-from fieldsync.hq import HQ, IngestSummary, create_network
+from fieldsync.hq import IngestSummary, create_network
 from fieldsync.keystore import DEFAULT_KDF_PROFILE, KDF_PROFILES, check_output, write_private
 from fieldsync_cli.common import (
     emit,
@@ -33,6 +33,7 @@ from fieldsync_cli.common import (
     progress_printer,
     say,
 )
+from fieldsync_cli.main import open_hq
 from fieldsync_protocol.keytext import KeyKind, fingerprint, key_to_text
 
 hq_dir_option = click.option(
@@ -135,7 +136,7 @@ def enroll(
         text = request.read_text(encoding="ascii", errors="replace")
     except FileNotFoundError:
         raise NotFound(f"enrolment request {request} does not exist") from None
-    headquarters = HQ(hq_dir)
+    headquarters = open_hq(hq_dir)
     try:
         passphrase = get_passphrase(passphrase_file, "the HQ keys")
         enrolment, summary = headquarters.enroll(text, passphrase, role)
@@ -178,7 +179,7 @@ def ingest(
     held or junk envelopes, failed attachments): see `fieldsync hq alerts`."""
     if not files and hub_url is None:
         raise FieldsyncError("give bundle FILES to ingest, or --hub URL")
-    headquarters = HQ(hq_dir)
+    headquarters = open_hq(hq_dir)
     hub_data: dict[str, object] = {}
     try:
         passphrase = get_passphrase(passphrase_file, "the HQ keys")
@@ -359,7 +360,7 @@ def export_(
         raise click.UsageError("--excel is for --format csv (Uwazi reads its files without a BOM)")
     if out is None and fmt not in TEXT_FORMATS:
         raise click.UsageError(f"--format {fmt} is written to a file: give --out FILE")
-    headquarters = HQ(hq_dir, passphrase=hq_passphrase(hq_dir, passphrase_file))
+    headquarters = open_hq(hq_dir, hq_passphrase(hq_dir, passphrase_file))
     try:
         db = headquarters.database()
         if out is None:
@@ -398,7 +399,7 @@ def export_(
 @handle_errors
 def receipts(hq_dir: Path, out: Path, passphrase_file: Path | None, as_json: bool) -> None:
     """Sign receipts for everything ingested and write them (with the manifest) to OUT."""
-    headquarters = HQ(hq_dir)
+    headquarters = open_hq(hq_dir)
     try:
         passphrase = get_passphrase(passphrase_file, "the HQ keys")
         counts = headquarters.write_receipts_bundle(out, passphrase)
@@ -423,7 +424,7 @@ def quarantine() -> None:
 @handle_errors
 def quarantine_list(hq_dir: Path, passphrase_file: Path | None, as_json: bool) -> None:
     """Held envelopes: id, when, author (if known), sequence and why."""
-    headquarters = HQ(hq_dir, passphrase=hq_passphrase(hq_dir, passphrase_file))
+    headquarters = open_hq(hq_dir, hq_passphrase(hq_dir, passphrase_file))
     try:
         rows = list(headquarters.quarantine_list())
     finally:
@@ -450,7 +451,7 @@ def quarantine_show(
     entry_id: int, hq_dir: Path, passphrase_file: Path | None, as_json: bool
 ) -> None:
     """One held envelope (exit 4 when ENTRY_ID is not in the quarantine)."""
-    headquarters = HQ(hq_dir, passphrase=hq_passphrase(hq_dir, passphrase_file))
+    headquarters = open_hq(hq_dir, hq_passphrase(hq_dir, passphrase_file))
     try:
         row = headquarters.quarantine_entry(entry_id)
     finally:
@@ -479,7 +480,7 @@ def quarantine_reingest(
     """
     if bool(entry_ids) == everything:
         raise click.UsageError("give quarantine IDs or --all (not both)")
-    headquarters = HQ(hq_dir)
+    headquarters = open_hq(hq_dir)
     try:
         passphrase = get_passphrase(passphrase_file, "the HQ keys")
         summary = headquarters.reingest(None if everything else entry_ids, passphrase)
@@ -520,7 +521,7 @@ def media(
     extract that report's files (refused while any of them is not verified)."""
     from fieldsync import hq_media
 
-    headquarters = HQ(hq_dir, passphrase=hq_passphrase(hq_dir, passphrase_file))
+    headquarters = open_hq(hq_dir, hq_passphrase(hq_dir, passphrase_file))
     try:
         db = headquarters.database()
         if out is not None:
@@ -566,7 +567,7 @@ def alerts(
 ) -> None:
     """Forks, gaps, held and junk envelopes, failed or incomplete attachments, reports of
     revoked authors: open ones, most recently seen first (exit 4: --ack of an unknown ID)."""
-    headquarters = HQ(hq_dir, passphrase=hq_passphrase(hq_dir, passphrase_file))
+    headquarters = open_hq(hq_dir, hq_passphrase(hq_dir, passphrase_file))
     try:
         if ack_ids:
             done = headquarters.acknowledge(ack_ids)
@@ -612,7 +613,7 @@ def report_show(
 ) -> None:
     """One report (REPORT_ID or a prefix, or its envelope id) with the other report of a
     fork and the ids of its corrections (exit 4: no such report)."""
-    headquarters = HQ(hq_dir, passphrase=hq_passphrase(hq_dir, passphrase_file))
+    headquarters = open_hq(hq_dir, hq_passphrase(hq_dir, passphrase_file))
     try:
         shown = headquarters.report(report_id, all_versions)
     finally:
@@ -705,7 +706,7 @@ def serve(
     hq_serve.check_installed()
     if tiles is not None and not tiles.startswith(("https://", "http://")):
         raise click.BadParameter("give an http(s) URL template", param_hint="--tiles")
-    headquarters = HQ(hq_dir, passphrase=hq_passphrase(hq_dir, passphrase_file))
+    headquarters = open_hq(hq_dir, hq_passphrase(hq_dir, passphrase_file))
     try:
         db = headquarters.database()  # migrated (and its views made) before Datasette reads it
         network_name = headquarters.manifest().name

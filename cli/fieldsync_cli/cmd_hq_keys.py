@@ -10,7 +10,6 @@ from pathlib import Path
 import click
 
 from fieldsync import hq_revocation
-from fieldsync.hq import HQ
 from fieldsync_cli.common import (
     emit,
     get_passphrase,
@@ -20,6 +19,7 @@ from fieldsync_cli.common import (
     passphrase_option,
     say,
 )
+from fieldsync_cli.main import open_hq
 
 #: The ``--hq HQDIR`` option of ``fieldsync_cli.cmd_hq`` (passed in: no import cycle).
 Decorator = Callable[[Callable[..., None]], Callable[..., None]]
@@ -46,7 +46,7 @@ def register_key_commands(group: click.Group, hq_dir_option: Decorator) -> None:
         node in the handshake and ends its running sessions; reports the author writes after
         the cut-off (the highest sequence HQ has from it now) raise a "revoked author" alert.
         """
-        headquarters = HQ(hq_dir)
+        headquarters = open_hq(hq_dir)
         try:
             passphrase = get_passphrase(passphrase_file, "the HQ keys")
             keys = headquarters.unlock(passphrase)
@@ -72,7 +72,7 @@ def register_key_commands(group: click.Group, hq_dir_option: Decorator) -> None:
     @handle_errors
     def revoked(hq_dir: Path, passphrase_file: Path | None, as_json: bool) -> None:
         """Every revoked node and author key, with cut-off, reason and list serial."""
-        headquarters = HQ(hq_dir, passphrase=hq_passphrase(hq_dir, passphrase_file))
+        headquarters = open_hq(hq_dir, hq_passphrase(hq_dir, passphrase_file))
         try:
             rows = hq_revocation.revoked_rows(headquarters.database())
         finally:
@@ -103,7 +103,7 @@ def register_key_commands(group: click.Group, hq_dir_option: Decorator) -> None:
         Also signs a fresh revocation list: its time is the clock members judge certificate
         expiry by, so run this at least every half of --days. Deliver with `hq receipts` or
         `hq ingest --hub`, like revocations."""
-        headquarters = HQ(hq_dir)
+        headquarters = open_hq(hq_dir)
         try:
             passphrase = get_passphrase(passphrase_file, "the HQ keys")
             keys = headquarters.unlock(passphrase)
@@ -140,7 +140,7 @@ def register_key_commands(group: click.Group, hq_dir_option: Decorator) -> None:
         to its own node key (with a renewed certificate); after --grace days they use it
         alone, and a revoked device or an ex-member holding the old key gets nothing and
         recognises no announcement. Revoke first, then rotate."""
-        headquarters = HQ(hq_dir)
+        headquarters = open_hq(hq_dir)
         try:
             passphrase = get_passphrase(passphrase_file, "the HQ keys")
             keys = headquarters.unlock(passphrase)

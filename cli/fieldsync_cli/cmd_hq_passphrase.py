@@ -8,7 +8,6 @@ from pathlib import Path
 
 import click
 
-from fieldsync.hq import HQ
 from fieldsync_cli.cmd_hq_keys import Decorator
 from fieldsync_cli.common import (
     emit,
@@ -20,6 +19,7 @@ from fieldsync_cli.common import (
     passphrase_option,
     say,
 )
+from fieldsync_cli.main import open_hq
 
 
 def register_passphrase_commands(group: click.Group, hq_dir_option: Decorator) -> None:
@@ -42,7 +42,7 @@ def register_passphrase_commands(group: click.Group, hq_dir_option: Decorator) -
 
         Safe to interrupt: the old passphrase or the new one works, never neither. If the
         analyst database key itself may have leaked, run `hq rekey` too."""
-        headquarters = HQ(hq_dir)
+        headquarters = open_hq(hq_dir)
         try:
             current = hq_passphrase(hq_dir, passphrase_file)
             headquarters.change_passphrase(
@@ -67,7 +67,7 @@ def register_passphrase_commands(group: click.Group, hq_dir_option: Decorator) -
 
         Rewrites the whole database; stop `hq serve` and `hq ingest --hub` first. Safe to
         interrupt: the old key or the new one opens the database, never neither."""
-        headquarters = HQ(hq_dir, passphrase=hq_passphrase(hq_dir, passphrase_file))
+        headquarters = open_hq(hq_dir, hq_passphrase(hq_dir, passphrase_file))
         try:
             headquarters.rekey_database()
         finally:

@@ -18,6 +18,7 @@ import click
 
 if TYPE_CHECKING:
     from fieldsync.config import Config
+    from fieldsync.hq import HQ
     from fieldsync.node import Node
 
 # command name -> (module, attribute); modules are imported lazily.
@@ -162,6 +163,19 @@ def config_of(
 def home_of(ctx: click.Context) -> Path:
     """The node home: ``--home``, else ``[node] home`` of the config, else the default."""
     return config_of(ctx).node.home
+
+
+def open_hq(hq_dir: Path, passphrase: str | None = None) -> HQ:
+    """The HQ directory ``hq_dir``, counting wrong HQ passphrases as ``[security]`` says
+    (the configuration of the command running now: ``--config`` or the environment)."""
+    from fieldsync.hq import HQ
+
+    config = config_of(click.get_current_context())
+    return HQ(
+        hq_dir,
+        passphrase=passphrase,
+        wipe_after_wrong_passphrases=config.security.hq_wipe_after_wrong_passphrases,
+    )
 
 
 def author_node(ctx: click.Context) -> Node:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 from pathlib import Path
 
-from fieldsync.node import AUTHOR_SECRET, MEMBERSHIP, NODE_SECRET, REQUEST
+from fieldsync.node import AUTHOR_SECRET, MEMBERSHIP, NODE_SECRET, REQUEST, UNLOCK_FAILURES
 from tests.cli.cli_support import Run, clean_env
 from tests.fieldsync.offline_support import PASSPHRASE, Net
 
@@ -71,6 +72,26 @@ def test_wrong_passphrases_wipe_when_the_config_says_so(net: Net, run: Run) -> N
     assert second.returncode == 12
     assert "every key on this node was destroyed" in json.loads(second.stdout)["error"]
     assert not (net.a / AUTHOR_SECRET).exists() and not (net.a / NODE_SECRET).exists()
+
+
+def test_an_author_unlock_killed_before_its_answer_stays_counted(net: Net, run: Run) -> None:
+    """The count is written before the key derivation (``fieldsync.wrong_passphrases``, the
+    mechanism HQ shares): killing the process during it gets no guess for free."""
+    counting = {"FIELDSYNC_SECURITY_WIPE_AFTER_WRONG_PASSPHRASES": "2"}
+    args = ("--home", net.a, "author", "list", "--unlock", "--json")
+    killed = run(
+        *args,
+        env=clean_env(
+            FIELDSYNC_PASSPHRASE="not the passphrase at all",
+            FIELDSYNC_CRASH_AT="wrong-passphrase:counted",
+            **counting,
+        ),
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert (net.a / UNLOCK_FAILURES).read_text().strip() == "1"
+    right = run(*args, env=clean_env(FIELDSYNC_PASSPHRASE=PASSPHRASE, **counting))
+    assert right.returncode == 0, right.stderr
+    assert not (net.a / UNLOCK_FAILURES).exists()  # a right one resets it
 
 
 def test_init_refuses_a_weak_passphrase_with_advice(tmp_path: Path, run: Run) -> None:
