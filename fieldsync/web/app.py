@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp_jinja2
-import jinja2
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
@@ -35,7 +34,7 @@ from fieldsync.node import Node
 from fieldsync.outbox import outbox_keys
 from fieldsync.store import Store
 from fieldsync.store_worker import StoreWorker
-from fieldsync.web import form_view
+from fieldsync.web import form_view, template_code
 from fieldsync.web.form_view import N_, FormValues
 from fieldsync.web.guard import (
     KeptAttachment,
@@ -53,6 +52,7 @@ from fieldsync_protocol.form import Form, default_form
 log = logging.getLogger(__name__)
 
 HERE = Path(__file__).parent
+TEMPLATES = HERE / "templates"
 StatusProvider = Callable[[], Awaitable[dict[str, Any]]]
 
 CSP = (
@@ -158,26 +158,26 @@ class WebApp:
 
     async def application(self) -> web.Application:
         # Catalogues, locale data, templates and the static directory are read from disk:
-        # all of it now, on a thread, so that no page ever reads a file on the event loop.
-        self.languages = await asyncio.to_thread(load_languages)
-        return await asyncio.to_thread(self._build)
+        # all of it now, on threads, so that no page ever reads a file on the event loop.
+        # Each is read or compiled in its own child process, the two side by side.
+        self.languages, compiled = await asyncio.gather(
+            asyncio.to_thread(load_languages),
+            asyncio.to_thread(template_code.compiled_apart, TEMPLATES),
+        )
+        return await asyncio.to_thread(self._build, compiled)
 
-    def _build(self) -> web.Application:
+    def _build(self, compiled: dict[str, bytes]) -> web.Application:
         app = web.Application(
             middlewares=[self._guard],
             client_max_size=64 * 1024,  # forms other than /write are tiny
         )
         env = aiohttp_jinja2.setup(
             app,
-            loader=jinja2.FileSystemLoader(HERE / "templates"),
-            autoescape=True,
-            auto_reload=False,
-            extensions=["jinja2.ext.i18n", "jinja2.ext.do"],
-            undefined=jinja2.StrictUndefined,
+            **template_code.environment_options(TEMPLATES),
+            bytecode_cache=template_code.ChildBytecode(compiled),
         )
-        env.install_null_translations(newstyle=True)  # type: ignore[attr-defined]
-        for template in env.list_templates(extensions=["html"]):
-            env.get_template(template)  # compiled and cached now
+        template_code.prepare(env)
+        template_code.load_all(env)  # from the child's code, cached now
         app.router.add_get("/", self._home)
         app.router.add_get("/write", self.write_page)
         app.router.add_post("/write", self.submit)
