@@ -174,7 +174,8 @@ async def connect_websocket(url: str, connect_timeout: float = 10.0) -> WebSocke
 
     # Our own context with the system's CA certificates, not aiohttp's default: the daemon
     # imports aiohttp without them (fieldsync.aiohttp_import). Read once, off the loop.
-    tls = await asyncio.to_thread(client_context) if url.lower().startswith("wss:") else True
+    secure = url.lower().startswith(("wss:", "https:"))
+    tls = await asyncio.to_thread(client_context) if secure else True
     session = aiohttp.ClientSession(
         timeout=aiohttp.ClientTimeout(total=None, connect=connect_timeout)
     )
