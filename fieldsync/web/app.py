@@ -27,7 +27,7 @@ import aiohttp_jinja2
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from fieldsync import media
+from fieldsync import heap, media
 from fieldsync.errors import FieldsyncError, WrongPassphrase
 from fieldsync.forms import node_form
 from fieldsync.node import Node
@@ -288,7 +288,7 @@ class WebApp:
         session = self.sessions.get(request.cookies.get(self._cookie_name()))
         language = self._language(request)
         if language.code not in self._warm:
-            await asyncio.to_thread(language.warm)
+            await asyncio.to_thread(_warm, language)
             self._warm.add(language.code)
         self._states[id(request)] = _RequestState(
             session or self.sessions.new(), session is None, language
@@ -698,6 +698,13 @@ class WebApp:
             "<p>This is the default web page for this server.</p></body></html>",
             content_type="text/html",
         )
+
+
+def _warm(language: Language) -> None:
+    """Read a language on its first use (blocking): its catalogue and locale data come from
+    a child process; the freed memory of reading them is given back, as at start."""
+    language.warm()
+    heap.release_free_memory()
 
 
 def _client(request: web.Request) -> str:
