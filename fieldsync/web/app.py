@@ -157,9 +157,11 @@ class WebApp:
     # --- set-up -----------------------------------------------------------------------
 
     async def application(self) -> web.Application:
-        # Catalogues, locale data, templates and the static directory are read from disk:
-        # all of it now, on threads, so that no page ever reads a file on the event loop.
-        # Each is read or compiled in its own child process, the two side by side.
+        # Catalogues, locale data, templates and the static directory are read from disk,
+        # on threads, so that no page ever reads a file on the event loop: now, except the
+        # catalogue and locale data of a language other than the source, read when a page
+        # first asks for it (``_attach_session``). Languages and templates are read or
+        # compiled in short-lived child processes, the two side by side.
         self.languages, compiled = await asyncio.gather(
             asyncio.to_thread(load_languages),
             asyncio.to_thread(template_code.compiled_apart, TEMPLATES),
