@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fieldsync import heap, offer_hold, sdnotify
+from fieldsync.aiohttp_import import import_aiohttp
 from fieldsync.cipher_db import DB_ERRORS
 from fieldsync.config import Config
+from fieldsync.config_addresses import WebSocketURL
 from fieldsync.control import ControlServer
 from fieldsync.diskerrors import storage_problem
 from fieldsync.errors import EXIT_DAEMON_FAILED, FieldsyncError
@@ -30,6 +32,7 @@ from fieldsync.faults import Faults
 from fieldsync.homelock import HomeLock
 from fieldsync.janitor import Janitor
 from fieldsync.lognames import address_name
+from fieldsync.node import Node
 from fieldsync.offer_hold import OfferDelay
 from fieldsync.peer import PeerLimits, SyncOutcome
 from fieldsync.runtime import WEBSOCKET_PATH, Runtime, Server
@@ -126,6 +129,8 @@ class FieldDaemon:
             HomeLock.acquire, config.node.home, config.control_socket
         )
         try:
+            # Now, before the store thread starts: see ``_import_aiohttp``.
+            await asyncio.to_thread(self._import_aiohttp)
             self.runtime = runtime = await Runtime.open(
                 config.node.home, limits=limits, offer_delay=self.offer_delay
             )
@@ -137,6 +142,24 @@ class FieldDaemon:
         # behind that glibc would keep for good: give it back before settling down.
         await asyncio.to_thread(heap.release_free_memory)
         sdnotify.ready(f"serving on {len(self.server.addresses) if self.server else 0} address(es)")
+
+    def _import_aiohttp(self) -> None:
+        """Import aiohttp now if this node will use it (the web app, a WebSocket listener or
+        dial), without the CA bundles its import loads (``aiohttp_import``: it sets an
+        environment variable, so before any other thread of ours runs). Blocking."""
+        config = self.config
+        web_app = (
+            config.web.listen is not None
+            and not config.hub.enabled
+            and Node(config.node.home).is_author()
+        )
+        websocket = (
+            config.hub.enabled
+            or config.upstream.url is not None
+            or any(isinstance(peer, WebSocketURL) for peer in config.peers.static)
+        )
+        if web_app or websocket:
+            import_aiohttp()
 
     async def _start_serving(self, runtime: Runtime) -> None:
         config = self.config

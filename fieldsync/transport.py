@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     import aiohttp
     from aiohttp import web
 
+from fieldsync.aiohttp_import import client_context
 from fieldsync.lognames import address_name
 
 #: Largest single read handed to the protocol machines.
@@ -171,6 +172,10 @@ class WebSocketTransport:
 async def connect_websocket(url: str, connect_timeout: float = 10.0) -> WebSocketTransport:
     import aiohttp
 
+    # Our own context with the system's CA certificates, not aiohttp's default: the daemon
+    # imports aiohttp without them (fieldsync.aiohttp_import). Read once, off the loop.
+    secure = url.lower().startswith(("wss:", "https:"))
+    tls = await asyncio.to_thread(client_context) if secure else True
     session = aiohttp.ClientSession(
         timeout=aiohttp.ClientTimeout(total=None, connect=connect_timeout)
     )
@@ -180,6 +185,7 @@ async def connect_websocket(url: str, connect_timeout: float = 10.0) -> WebSocke
             max_msg_size=MAX_WS_MESSAGE,
             heartbeat=30,
             timeout=aiohttp.ClientWSTimeout(ws_close=CLOSE_TIMEOUT),
+            ssl=tls,
         )
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         await session.close()

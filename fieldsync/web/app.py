@@ -24,18 +24,17 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp_jinja2
-import jinja2
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from fieldsync import media
+from fieldsync import heap, media
 from fieldsync.errors import FieldsyncError, WrongPassphrase
 from fieldsync.forms import node_form
 from fieldsync.node import Node
 from fieldsync.outbox import outbox_keys
 from fieldsync.store import Store
 from fieldsync.store_worker import StoreWorker
-from fieldsync.web import form_view
+from fieldsync.web import form_view, template_code
 from fieldsync.web.form_view import N_, FormValues
 from fieldsync.web.guard import (
     KeptAttachment,
@@ -53,6 +52,7 @@ from fieldsync_protocol.form import Form, default_form
 log = logging.getLogger(__name__)
 
 HERE = Path(__file__).parent
+TEMPLATES = HERE / "templates"
 StatusProvider = Callable[[], Awaitable[dict[str, Any]]]
 
 CSP = (
@@ -157,27 +157,29 @@ class WebApp:
     # --- set-up -----------------------------------------------------------------------
 
     async def application(self) -> web.Application:
-        # Catalogues, locale data, templates and the static directory are read from disk:
-        # all of it now, on a thread, so that no page ever reads a file on the event loop.
-        self.languages = await asyncio.to_thread(load_languages)
-        return await asyncio.to_thread(self._build)
+        # Catalogues, locale data, templates and the static directory are read from disk,
+        # on threads, so that no page ever reads a file on the event loop: now, except the
+        # catalogue and locale data of a language other than the source, read when a page
+        # first asks for it (``_attach_session``). Languages and templates are read or
+        # compiled in short-lived child processes, the two side by side.
+        self.languages, compiled = await asyncio.gather(
+            asyncio.to_thread(load_languages),
+            asyncio.to_thread(template_code.compiled_apart, TEMPLATES),
+        )
+        return await asyncio.to_thread(self._build, compiled)
 
-    def _build(self) -> web.Application:
+    def _build(self, compiled: dict[str, bytes]) -> web.Application:
         app = web.Application(
             middlewares=[self._guard],
             client_max_size=64 * 1024,  # forms other than /write are tiny
         )
         env = aiohttp_jinja2.setup(
             app,
-            loader=jinja2.FileSystemLoader(HERE / "templates"),
-            autoescape=True,
-            auto_reload=False,
-            extensions=["jinja2.ext.i18n", "jinja2.ext.do"],
-            undefined=jinja2.StrictUndefined,
+            **template_code.environment_options(TEMPLATES),
+            bytecode_cache=template_code.ChildBytecode(compiled),
         )
-        env.install_null_translations(newstyle=True)  # type: ignore[attr-defined]
-        for template in env.list_templates(extensions=["html"]):
-            env.get_template(template)  # compiled and cached now
+        template_code.prepare(env)
+        template_code.load_all(env)  # from the child's code, cached now
         app.router.add_get("/", self._home)
         app.router.add_get("/write", self.write_page)
         app.router.add_post("/write", self.submit)
@@ -288,7 +290,7 @@ class WebApp:
         session = self.sessions.get(request.cookies.get(self._cookie_name()))
         language = self._language(request)
         if language.code not in self._warm:
-            await asyncio.to_thread(language.warm)
+            await asyncio.to_thread(_warm, language)
             self._warm.add(language.code)
         self._states[id(request)] = _RequestState(
             session or self.sessions.new(), session is None, language
@@ -698,6 +700,13 @@ class WebApp:
             "<p>This is the default web page for this server.</p></body></html>",
             content_type="text/html",
         )
+
+
+def _warm(language: Language) -> None:
+    """Read a language on its first use (blocking): its catalogue and locale data come from
+    a child process; the freed memory of reading them is given back, as at start."""
+    language.warm()
+    heap.release_free_memory()
 
 
 def _client(request: web.Request) -> str:

@@ -3,7 +3,10 @@ with Babel, the language chosen from a cookie or ``Accept-Language``, and dates 
 formatted for it.
 
 Adding a language is adding a catalogue (README "Translating the web app"): the app offers
-every language that has one. Catalogues are read once, when the app starts.
+every language that has one. At start the app reads every language's own name (for the
+switch on every page) and the source language's data; another language's catalogue and
+locale data are read the first time a page asks for that language (``Language.warm``, on a
+thread), so a node keeps only the languages its monitors read.
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ import logging
 import pickle
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
@@ -68,36 +72,70 @@ def read_translations(po: Path, code: str) -> Translations:
 
 
 @dataclass(frozen=True)
+class _Content:
+    """What is read of a language on first use."""
+
+    catalog: Translations | None  # None: the source language (or no catalogue)
+    #: ``LOCALE_KEYS`` of the locale's CLDR data, read apart (``locale_data_apart``); None:
+    #: read in this process on first use (``slim_locale``).
+    data: dict[str | int | None, Any] | None = None
+
+
+@dataclass(eq=False)
 class Language:
     code: str
-    catalog: Translations | None  # None: the source language
     #: The language's own name for itself ("Français", "العربية"), for the switch on every
     #: page; read at start without keeping the locale's CLDR data (see ``native_name``).
     name: str
-    #: ``LOCALE_KEYS`` of the locale's CLDR data, read apart (``locale_data_apart``); None:
-    #: read here on first use (``slim_locale``).
-    data: dict[str | int | None, Any] | None = None
+    #: Where its catalogue is (``LOCALES_DIR/CODE/LC_MESSAGES/messages.po``).
+    directory: Path = LOCALES_DIR
+    _content: _Content | None = field(default=None, repr=False)
+    _reading: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def _loaded(self) -> _Content:
+        """The catalogue and locale data, read on first use (blocking: a child process)."""
+        content = self._content
+        if content is None:
+            with self._reading:
+                if self._content is None:
+                    self._content = _read_content(self.directory, self.code)
+                content = self._content
+        return content
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the catalogue and locale data were read yet."""
+        return self._content is not None
+
+    @property
+    def catalog(self) -> Translations | None:
+        return self._loaded().catalog
+
+    @property
+    def data(self) -> dict[str | int | None, Any] | None:
+        return self._loaded().data
 
     @cached_property
     def _plural(self) -> Callable[[int], int]:
-        expression = self.catalog.plural_expr if self.catalog is not None else SOURCE_PLURAL
-        return gettext.c2py(expression)
+        catalog = self.catalog
+        return gettext.c2py(catalog.plural_expr if catalog is not None else SOURCE_PLURAL)
 
     @cached_property
     def locale(self) -> Locale:
         """The locale with only the CLDR data the pages use (blocking the first time)."""
-        if self.data is None:
+        data = self.data
+        if data is None:
             return slim_locale(self.code)
-        return _with_data(Locale.parse(self.code), self.data)
+        return _with_data(Locale.parse(self.code), data)
 
     @property
     def direction(self) -> str:
         return "rtl" if self.code in RTL_LANGUAGES else "ltr"
 
     def warm(self) -> None:
-        """Make this language ready now (blocking): without data read apart, Babel reads the
-        locale files on first use, which must not happen on the event loop. The app warms a
-        language on a thread the first time a page asks for it."""
+        """Make this language ready now (blocking): its catalogue and locale data are read
+        on first use, which must not happen on the event loop. The app warms a language on
+        a thread the first time a page asks for it."""
         self.datetime(0)
         self.size(1234567)
         _ = self._plural
@@ -106,16 +144,18 @@ class Language:
         """``message`` in this language (the source text if untranslated), with
         ``%(name)s`` placeholders filled from ``variables`` (Jinja2's "newstyle")."""
         text = message
-        if self.catalog is not None:
-            translated = self.catalog.messages.get(message)
+        catalog = self.catalog
+        if catalog is not None:
+            translated = catalog.messages.get(message)
             if isinstance(translated, str):
                 text = translated
         return text % variables if variables else text
 
     def ngettext(self, singular: str, plural: str, count: int, **variables: object) -> str:
         text = singular if count == 1 else plural
-        if self.catalog is not None:
-            forms = self.catalog.messages.get(singular)
+        catalog = self.catalog
+        if catalog is not None:
+            forms = catalog.messages.get(singular)
             if isinstance(forms, tuple):
                 index = self._plural(count)
                 if index < len(forms) and forms[index]:
@@ -183,17 +223,23 @@ def _with_data(locale: Locale, data: dict[str | int | None, Any]) -> Locale:
     return locale
 
 
-#: code -> (own name, LOCALE_KEYS data, (messages, plural expression) or None): builtin
-#: types only, since the child pickles them as its ``__main__``.
-LocaleData = dict[str, tuple[str, dict[str | int | None, Any], tuple[Messages, str] | None]]
+#: code -> (own name, LOCALE_KEYS data, (messages, plural expression) or None); data and
+#: translations are None for a code asked for its name only. Builtin types only, since the
+#: child pickles them as its ``__main__``.
+LocaleData = dict[str, tuple[str, dict[str | int | None, Any] | None, tuple[Messages, str] | None]]
+#: In the child's arguments: the codes after it are asked for their names only.
+NAMES_ONLY = "--names"
 
 
 def locale_data_apart(
-    codes: list[str], directory: Path = LOCALES_DIR, timeout: float = 60.0
+    codes: list[str],
+    directory: Path = LOCALES_DIR,
+    timeout: float = 60.0,
+    names_only: list[str] | None = None,
 ) -> LocaleData:
     """Each code's own name, ``LOCALE_KEYS`` data and translations (from ``directory``),
-    read in a short-lived child process (``python -m fieldsync.web.i18n DIR CODE...``;
-    blocking).
+    and the names of ``names_only``, read in a short-lived child process (``python -m
+    fieldsync.web.i18n DIR CODE... [--names CODE...]``; blocking).
 
     Read in the daemon and dropped, whole locale files leave freed but not returned memory
     behind (about 1.5 MiB, measured with bench/web.py), and parsing the catalogues would
@@ -202,7 +248,15 @@ def locale_data_apart(
     """
     try:
         result = subprocess.run(  # noqa: S603 - our own module, by the running interpreter
-            [sys.executable, "-m", "fieldsync.web.i18n", str(directory), *codes],
+            [
+                sys.executable,
+                "-m",
+                "fieldsync.web.i18n",
+                str(directory),
+                *codes,
+                NAMES_ONLY,
+                *(names_only or []),
+            ],
             check=True,
             capture_output=True,
             timeout=timeout,
@@ -219,10 +273,13 @@ def _catalogue(directory: Path, code: str) -> Path:
     return directory / code / "LC_MESSAGES" / "messages.po"
 
 
-def _read_locale_data(directory: Path, codes: list[str]) -> LocaleData:
-    """``locale_data_apart``'s child."""
+def _read_locale_data(directory: Path, arguments: list[str]) -> LocaleData:
+    """``locale_data_apart``'s child: ``CODE... [--names CODE...]``."""
     answer: LocaleData = {}
-    for code in codes:
+    split = arguments.index(NAMES_ONLY) if NAMES_ONLY in arguments else len(arguments)
+    for code in arguments[split + 1 :]:
+        answer[code] = (native_name(code), None, None)
+    for code in arguments[:split]:
         full = localedata.load(str(Locale.parse(code)))
         po = _catalogue(directory, code)
         answer[code] = (
@@ -249,8 +306,19 @@ def native_name(code: str) -> str:
     return str(name).capitalize()
 
 
+def _read_content(directory: Path, code: str) -> _Content:
+    """``code``'s catalogue and locale data (blocking): read apart, else here."""
+    apart = locale_data_apart([code], directory)
+    if code in apart:
+        _name, data, plain = apart[code]
+        return _Content(Translations(*plain) if plain is not None else None, data)
+    po = _catalogue(directory, code)
+    return _Content(read_translations(po, code) if po.is_file() else None)
+
+
 def load_languages(directory: Path = LOCALES_DIR) -> dict[str, Language]:
-    """The source language and every catalogue under ``directory`` (blocking: at start)."""
+    """The source language (ready) and every catalogue under ``directory``, by name only
+    until first used (blocking: at start)."""
     codes = [SOURCE_LANGUAGE]
     for po in sorted(directory.glob("*/LC_MESSAGES/messages.po")):
         code = po.parent.parent.name
@@ -260,17 +328,19 @@ def load_languages(directory: Path = LOCALES_DIR) -> dict[str, Language]:
             continue
         if code not in codes:
             codes.append(code)
-    apart = locale_data_apart(codes, directory)
+    others = codes[1:]
+    apart = locale_data_apart([SOURCE_LANGUAGE], directory, names_only=others)
     languages = {}
     for code in codes:
         if code in apart:
             name, data, plain = apart[code]
-            translations = Translations(*plain) if plain is not None else None
-            languages[code] = Language(code, translations, name, data)
+            content = None
+            if code == SOURCE_LANGUAGE:
+                translations = Translations(*plain) if plain is not None else None
+                content = _Content(translations, data)
+            languages[code] = Language(code, name, directory, content)
         else:
-            po = _catalogue(directory, code)
-            translations = read_translations(po, code) if po.is_file() else None
-            languages[code] = Language(code, translations, native_name(code))
+            languages[code] = Language(code, native_name(code), directory)
     languages[SOURCE_LANGUAGE].warm()
     return languages
 

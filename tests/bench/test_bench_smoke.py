@@ -105,7 +105,10 @@ def test_smoke_run_reports_every_scenario(tmp_path: Path) -> None:
         "jinja2",
         "babel",
         "fieldsync.web",
+        "templates",
         "languages",
+        "every",
+        "(not",
     ]
     assert all(_number(mb) for mb in web_memory["breakdown_mb"].values())
     render = scenarios["render.web"]

@@ -316,3 +316,79 @@ def test_the_app_process_never_loads_babels_message_parser() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
     )
     assert done.stdout.strip() == "[]"
+
+
+def test_at_start_only_the_source_language_is_read_and_another_on_first_use() -> None:
+    """A node keeps the catalogues and locale data of the languages its monitors read:
+    the others are named (for the switch on every page) but read when first asked for."""
+    from fieldsync.web.i18n import SOURCE_LANGUAGE, load_languages
+
+    def loaded() -> list[str]:
+        return [code for code, language in languages.items() if language.loaded]
+
+    languages = load_languages()
+    assert loaded() == [SOURCE_LANGUAGE]
+    french = languages["fr"]
+    assert french.name == "Français" and french.direction == "ltr"  # no reading for these
+    assert loaded() == [SOURCE_LANGUAGE]
+    french.warm()
+    assert loaded() == [SOURCE_LANGUAGE, "fr"]
+    assert french.gettext("Quick exit") != "Quick exit"
+    assert french.data is not None  # read apart, in the child
+
+
+def test_templates_compiled_apart_are_the_ones_jinja2_compiles_here() -> None:
+    """The child's bytecode covers every template, is what the app loads (nothing is
+    compiled in the app), and renders as a template compiled in-process does."""
+    import jinja2
+
+    from fieldsync.web import template_code
+
+    directory = template_code.TEMPLATES_DIR
+    compiled = template_code.compiled_apart(directory)
+    assert compiled == template_code.compile_all(directory)  # the child's, the same bytes
+    names = jinja2.FileSystemLoader(directory).list_templates()
+    assert len(compiled) == len([n for n in names if n.endswith(".html")])
+
+    def environment(cache: jinja2.BytecodeCache | None) -> jinja2.Environment:
+        env = jinja2.Environment(  # noqa: S701 - autoescape is among the options
+            **template_code.environment_options(directory), bytecode_cache=cache
+        )
+        template_code.prepare(env)
+        return env
+
+    cache = template_code.ChildBytecode(dict(compiled))
+    apart = environment(cache)
+    template_code.load_all(apart)
+    assert cache.compiled == {}  # every template came from the child's code
+    here = environment(None)
+    context = {
+        "title": "Too large",
+        "message": "<b>larger</b> than this node accepts",
+        "limit": "1 MB",
+        "lang": type("Lang", (), {"code": "en", "direction": "ltr", "name": "English"})(),
+        "languages": [],
+        "gettext": lambda text, **variables: text % variables if variables else text,
+        "ngettext": lambda one, many, n, **variables: (one if n == 1 else many) % variables,
+        "csrf": "token",
+        "path": "/write",
+    }
+    page = apart.get_template("message.html").render(context)
+    assert page == here.get_template("message.html").render(context)
+    assert "&lt;b&gt;larger" in page  # autoescaped, as the app's environment does
+
+
+def test_the_app_compiles_its_templates_itself_if_the_child_fails() -> None:
+    import jinja2
+
+    from fieldsync.web import template_code
+
+    directory = template_code.TEMPLATES_DIR
+    assert template_code.compiled_apart(directory, timeout=0.001) == {}  # killed: too slow
+    env = jinja2.Environment(  # noqa: S701 - autoescape is among the options
+        **template_code.environment_options(directory),
+        bytecode_cache=template_code.ChildBytecode({}),
+    )
+    template_code.prepare(env)
+    template_code.load_all(env)
+    assert env.get_template("message.html") is env.get_template("message.html")  # cached
