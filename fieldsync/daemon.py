@@ -108,8 +108,9 @@ class FieldDaemon:
         #: Our discovery names outlive one Discovery instance (it restarts on failure).
         #: Made when discovery first starts: a node without discovery never imports zeroconf.
         self._own_names: OwnNames | None = None
-        #: Set once the node was wiped (quick exit, wipe trigger): ``wait`` returns, and the
-        #: daemon stops, since it holds keys in memory.
+        #: Set once the node was wiped (quick exit, wipe trigger, the last wrong passphrase
+        #: allowed in the web app): ``wait`` returns, and the daemon stops, since it holds
+        #: keys in memory.
         self.wiped = asyncio.Event()
         self.wipe_trigger: TriggerWatcher | None = None
         privacy = config.privacy
@@ -262,6 +263,10 @@ class FieldDaemon:
             self.config.web.max_upload_mb * 1024 * 1024,
             tls_mode=self.config.web.tls,
             on_quick_exit=self.panic_wipe if self.config.privacy.quick_exit_wipes else None,
+            # Passphrases typed in the app count as on the command line; the last wrong one
+            # allowed wipes the node in the unlock itself, and the daemon then stops.
+            wipe_after_wrong_passphrases=self.config.security.wipe_after_wrong_passphrases,
+            on_wiped=self.wiped_by_wrong_passphrases,
         )
         try:
             await web.start()
@@ -554,6 +559,14 @@ class FieldDaemon:
             ", ".join(result.destroyed) or "nothing was left",
             f"; problems: {'; '.join(result.problems)}" if result.problems else "",
         )
+
+    async def wiped_by_wrong_passphrases(self, message: str) -> None:
+        """The last wrong author passphrase ``[security] wipe_after_wrong_passphrases``
+        allows (typed in the web app) wiped the node: stop, as after ``panic_wipe``."""
+        if self.wiped.is_set():
+            return
+        self.wiped.set()
+        log.critical("%s; stopping", message)
 
     # --- running and stopping ---------------------------------------------------------------
 

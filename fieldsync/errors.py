@@ -37,3 +37,9 @@ class WrongPassphrase(FieldsyncError):
     """A passphrase did not unlock a key."""
 
     exit_code = 12
+
+
+class KeysDestroyed(WrongPassphrase):
+    """The last wrong passphrase a limit allows (``fieldsync.wrong_passphrases``): the keys
+    were destroyed. Still a ``WrongPassphrase`` (the same exit code); a caller that must do
+    more tells it apart: asking again is pointless, and a daemon holding keys must stop."""

@@ -176,14 +176,22 @@ class Node:
     """Operations on one node home. Open stores are closed by ``close``."""
 
     def __init__(
-        self, home: Path, store: Store | None = None, wipe_after_wrong_passphrases: int = 0
+        self,
+        home: Path,
+        store: Store | None = None,
+        wipe_after_wrong_passphrases: int = 0,
+        *,
+        in_daemon: bool = False,
     ) -> None:
         """``store``: an open store to use (the daemon's, on its store thread); ``close``
         leaves it open. Without it the node opens its own on first use.
         ``wipe_after_wrong_passphrases``: wipe the node (``fieldsync.wipe``) after that many
-        wrong author passphrases in a row; 0 never does ([security] of the config)."""
+        wrong author passphrases in a row; 0 never does ([security] of the config).
+        ``in_daemon``: the caller is the daemon on this home (its web app): such a wipe does
+        not kill it (``KeysDestroyed`` tells it to stop on its own)."""
         self.home = home
         self.wipe_after_wrong_passphrases = wipe_after_wrong_passphrases
+        self.in_daemon = in_daemon
         self._store: Store | None = store
         self._owns_store = store is None
 
@@ -588,7 +596,7 @@ class Node:
 
     def _wipe(self) -> list[str]:
         self.close()  # the wipe scrubs the store with its own connection
-        return wipe.wipe_node(self.home).destroyed
+        return wipe.wipe_node(self.home, kill_daemon=not self.in_daemon).destroyed
 
     def add_report(
         self,

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Final
 
 from fieldsync import keystore
-from fieldsync.errors import FieldsyncError, WrongPassphrase
+from fieldsync.errors import FieldsyncError, KeysDestroyed, WrongPassphrase
 from fieldsync.faults import crash_point
 
 #: The count's file, in the node home or the HQ directory (only while a limit is set).
@@ -114,9 +114,9 @@ class WrongPassphraseLimit:
         finally:
             os.close(fd)  # releases the lock
 
-    def _destroyed(self, what_happened: str, exc: WrongPassphrase | None) -> WrongPassphrase:
+    def _destroyed(self, what_happened: str, exc: WrongPassphrase | None) -> KeysDestroyed:
         destroyed = self.destroy()
-        return WrongPassphrase(
+        return KeysDestroyed(
             f"{what_happened}, so {self.what} was destroyed"
             f" ({', '.join(destroyed) or 'nothing was left'}); {self.then}"
         )

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from fieldsync.errors import InputRefused, NotFound, WrongPassphrase
+from fieldsync.errors import InputRefused, KeysDestroyed, NotFound, WrongPassphrase
 from fieldsync.forms import node_form, refuse_problems
 from fieldsync.node import Node, OwnReport, utc_text
 from fieldsync_cli.common import (
@@ -267,9 +267,9 @@ def _add_with_passphrase(
             return node.add_report(
                 fields, passphrase, attach, _progress(as_json), author_name=author_name
             )
-        except WrongPassphrase:
-            if not typed or attempt == PASSPHRASE_TRIES:
-                raise
+        except WrongPassphrase as exc:
+            if not typed or attempt == PASSPHRASE_TRIES or isinstance(exc, KeysDestroyed):
+                raise  # wiped: nothing left to ask for
             say(f"wrong passphrase; your answers are kept ({PASSPHRASE_TRIES - attempt} more)")
     raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 

@@ -2,7 +2,10 @@
 
 Pages: ``/write`` (the report form), ``/reports`` (my reports), ``/status`` (the node),
 ``/exit`` (quick exit: ends the session, leaves for a neutral page; with ``[privacy]
-quick_exit_wipes`` it first wipes the node). Reports are checked,
+quick_exit_wipes`` it first wipes the node). Author passphrases typed here are counted as on
+the command line (``[security] wipe_after_wrong_passphrases``, ``fieldsync.wrong_passphrases``):
+the last wrong one allowed wipes the node, the page says so, and the daemon stops (it holds
+keys in memory). Reports are checked,
 signed, sealed and stored by the node API (``Node.draft_report``, ``Node.seal_report``) on
 the daemon's store thread; attachments stream from the request into encrypted chunk items
 (``media.AttachmentStream``), a block at a time: no plaintext file is ever written.
@@ -28,7 +31,7 @@ from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from fieldsync import heap, media
-from fieldsync.errors import FieldsyncError, WrongPassphrase
+from fieldsync.errors import FieldsyncError, KeysDestroyed, WrongPassphrase
 from fieldsync.forms import node_form
 from fieldsync.node import Node
 from fieldsync.outbox import outbox_keys
@@ -90,6 +93,9 @@ class WebSettings:
     any_ip_port: int | None = None
     requests_per_minute: int = 240
     submissions_per_minute: int = 60
+    #: ``[security] wipe_after_wrong_passphrases``: wrong author passphrases typed in the
+    #: app count towards it, with those typed on the command line; 0: nothing is counted.
+    wipe_after_wrong_passphrases: int = 0
 
 
 @dataclass
@@ -127,10 +133,16 @@ class WebApp:
         settings: WebSettings,
         clock: Callable[[], float] = time.monotonic,
         on_quick_exit: Callable[[str], Awaitable[None]] | None = None,
+        on_wiped: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self.home = home
         #: ``[privacy] quick_exit_wipes``: what the quick exit runs first (the daemon's wipe).
         self.on_quick_exit = on_quick_exit
+        #: Told (with the message) once the last wrong passphrase allowed wiped the node: the
+        #: daemon stops, as after a quick exit that wipes.
+        self.on_wiped = on_wiped
+        #: The node was wiped by wrong passphrases typed here: every page says so from then on.
+        self.wiped = False
         self.worker = worker
         self.status_provider = status
         self.settings = settings
@@ -232,7 +244,11 @@ class WebApp:
         else:
             await self._attach_session(request)
             try:
-                response = await handler(request)
+                if self.wiped and request.path in _PAGES:
+                    # Until the daemon has stopped: nothing left to write with or to show.
+                    response = self._wiped_page(request)
+                else:
+                    response = await handler(request)
             except web.HTTPException as exc:
                 self._finish(request, exc)
                 raise
@@ -464,8 +480,12 @@ class WebApp:
                 status=429,
             )
         async with self._unlocking:
+            if self.wiped:  # wiped while this submission waited for its turn
+                return self._wiped_page(request)
             try:
                 seed = await asyncio.to_thread(self._unlock, passphrase)
+            except KeysDestroyed as exc:
+                return await self._keys_destroyed(request, exc)
             except WrongPassphrase:
                 self.limiter.failed(client)
                 return self._form(
@@ -491,7 +511,42 @@ class WebApp:
         raise web.HTTPSeeOther(f"/reports?sealed={report_id}")
 
     def _unlock(self, passphrase: str) -> bytes:
-        return Node(self.home).unlock_author(passphrase)  # reads a key file: no store
+        """The author seed ``passphrase`` opens (reads a key file: no store), counted as on
+        the command line; raises ``KeysDestroyed`` once that count wiped the node."""
+        node = Node(
+            self.home,
+            wipe_after_wrong_passphrases=self.settings.wipe_after_wrong_passphrases,
+            in_daemon=True,
+        )
+        return node.unlock_author(passphrase)
+
+    async def _keys_destroyed(self, request: web.Request, exc: KeysDestroyed) -> web.Response:
+        """The last wrong passphrase allowed wiped the node: say so, and stop the daemon."""
+        self.wiped = True
+        if self.on_wiped is not None:
+            await self.on_wiped(f"web app: {exc}")  # no address: no log of monitors
+        else:
+            log.critical("web app: %s", exc)
+        return self._wiped_page(request)
+
+    def _wiped_page(self, request: web.Request) -> web.Response:
+        return self.render(
+            request,
+            "message.html",
+            {
+                "title": N_("Every key on this node was destroyed"),
+                "message": N_(
+                    "Too many wrong passphrases were typed in a row, so this node destroyed"
+                    " every key it held, as its settings require. Reports that had not yet"
+                    " left this node are lost, and this app has stopped."
+                ),
+                "advice": N_(
+                    "To use this node again, it must be set up again and enrolled at"
+                    " headquarters in person."
+                ),
+            },
+            status=410,
+        )
 
     async def _read_upload(
         self, request: web.Request, session: Session, keep_files: bool = True
@@ -647,8 +702,12 @@ class WebApp:
                 request, N_("Too many wrong passphrases. Wait and try again."), minutes, 429
             )
         async with self._unlocking:
+            if self.wiped:  # wiped while this request waited for its turn
+                return self._wiped_page(request)
             try:
                 seed = await asyncio.to_thread(self._unlock, passphrase)
+            except KeysDestroyed as exc:
+                return await self._keys_destroyed(request, exc)
             except WrongPassphrase:
                 self.limiter.failed(client)
                 return self._reports_locked(request, N_("Wrong passphrase."), None, 422)
@@ -707,6 +766,10 @@ def _warm(language: Language) -> None:
     a child process; the freed memory of reading them is given back, as at start."""
     language.warm()
     heap.release_free_memory()
+
+
+#: The pages that show the wiped message once the node was wiped (quick exit still leaves).
+_PAGES = frozenset({"/", "/write", "/reports", "/status"})
 
 
 def _client(request: web.Request) -> str:

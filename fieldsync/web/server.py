@@ -48,14 +48,21 @@ class WebServer:
         max_upload_bytes: int,
         tls_mode: str = "auto",
         on_quick_exit: Callable[[str], Awaitable[None]] | None = None,
+        wipe_after_wrong_passphrases: int = 0,
+        on_wiped: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self.listen = listen
         self.home = home
         self.https = serves_https(listen.host, tls_mode)
         self.settings = WebSettings(
-            https=self.https, allowed_hosts=frozenset(), max_upload_bytes=max_upload_bytes
+            https=self.https,
+            allowed_hosts=frozenset(),
+            max_upload_bytes=max_upload_bytes,
+            wipe_after_wrong_passphrases=wipe_after_wrong_passphrases,
         )
-        self.app = WebApp(home, worker, status, self.settings, on_quick_exit=on_quick_exit)
+        self.app = WebApp(
+            home, worker, status, self.settings, on_quick_exit=on_quick_exit, on_wiped=on_wiped
+        )
         self._runner: web.AppRunner | None = None
         self.port = 0
 

@@ -106,6 +106,25 @@ def test_three_wrong_passphrases_write_nothing(net: Net) -> None:
     assert snapshot(net.a)["outbox"] == []
 
 
+def test_a_typed_passphrase_that_wipes_is_not_asked_again(net: Net) -> None:
+    """The last wrong passphrase ``[security] wipe_after_wrong_passphrases`` allows ends the
+    command with what was destroyed: there is no key left to ask a passphrase for."""
+    term = Terminal(
+        [*fieldsync_command(), "--home", str(net.a), "report", "add", "--narrative", "x",
+         "--category", "torture", "--occurred", "2025"],
+        clean_env(FIELDSYNC_SECURITY_WIPE_AFTER_WRONG_PASSPHRASES="2"),
+    )  # fmt: skip
+    for _ in range(2):
+        term.expect("Passphrase for your author key: ")
+        term.send("wrong wrong\n")
+    code, transcript = term.finish()
+    assert code == WRONG_PASSPHRASE, transcript
+    assert transcript.count(b"your answers are kept") == 1
+    assert b"every key on this node was destroyed" in transcript
+    assert b"not a fieldsync node" not in transcript
+    assert transcript.count(b"Passphrase for your author key: ") == 2
+
+
 def test_narrative_in_the_editor(net: Net, run: Run, tmp_path: Path) -> None:
     editor = tmp_path / "editor.py"
     editor.write_text(

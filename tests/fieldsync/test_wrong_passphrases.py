@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fieldsync.errors import InputRefused, WrongPassphrase
+from fieldsync.errors import InputRefused, KeysDestroyed, WrongPassphrase
 from fieldsync.wrong_passphrases import UNLOCK_FAILURES, WrongPassphraseLimit
 
 
@@ -51,6 +51,9 @@ def test_the_last_wrong_try_destroys_and_says_what_and_what_next(tmp_path: Path)
         " ([test] limit), so every test key was destroyed (key.secret); start again"
     )
     assert keys.destroyed == 1
+    # What a front end tells apart (the daemon's web app stops): any try once used up.
+    with pytest.raises(KeysDestroyed, match="was not tried"), guard.attempt():
+        raise WrongPassphrase("wrong passphrase for test key")
 
 
 def test_off_counts_nothing(tmp_path: Path) -> None:
