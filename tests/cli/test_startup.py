@@ -3,7 +3,8 @@
 Each command runs in a fresh interpreter (``fieldsync_cli.main.main`` in-process there) that
 then writes its ``sys.modules``: ``--help`` imports no command module at all; ``status``
 (with and without a running daemon) and ``report list`` never import the daemon, aiohttp,
-zeroconf or sqlite-utils; no command that writes a report starts a process for it.
+zeroconf or sqlite-utils; ``status`` parses no item and loads nothing that writes, lists or
+wipes reports; no command that writes a report starts a process for it.
 """
 
 from __future__ import annotations
@@ -33,6 +34,23 @@ HEAVY = (
     "fieldsync.hq",
     "fieldsync.control",  # the server side; the client is fieldsync.control_client
     "asyncio",
+)
+
+#: What parses items, writes, lists or carries reports, and wipes: ``status`` only counts
+#: what the store holds and reads the membership file (fieldsync.node imports these where
+#: they are used).
+REPORT_MACHINERY = (
+    "fieldsync.media",
+    "fieldsync.outbox",
+    "fieldsync.wipe",
+    "fieldsync.forms",
+    "fieldsync_protocol.items",
+    "fieldsync_protocol.envelope",
+    "fieldsync_protocol.report",
+    "fieldsync_protocol.attachment",
+    "fieldsync_protocol.form",
+    "fieldsync_protocol.keydelivery",
+    "fieldsync_protocol.revocation",
 )
 
 _PROBE = """\
@@ -72,8 +90,8 @@ def without_coverage(env: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in env.items() if not k.startswith(("COVERAGE_", "COV_CORE_"))}
 
 
-def heavy_in(modules: set[str]) -> set[str]:
-    return {m for m in modules if any(m == h or m.startswith(h + ".") for h in HEAVY)}
+def heavy_in(modules: set[str], heavy: tuple[str, ...] = HEAVY) -> set[str]:
+    return {m for m in modules if any(m == h or m.startswith(h + ".") for h in heavy)}
 
 
 def test_help_imports_no_command_module(tmp_path: Path) -> None:
@@ -98,6 +116,7 @@ def test_status_without_a_daemon_stays_light(net: Net, tmp_path: Path) -> None:
     modules, out = imported_by(tmp_path, "--home", net.b, "status", "--json")
     assert json.loads(out)["daemon"] is False
     assert not heavy_in(modules)
+    assert not heavy_in(modules, REPORT_MACHINERY)
 
 
 def test_status_without_a_daemon_loads_no_socket_toml_or_suggestions(
@@ -119,6 +138,7 @@ def test_status_asks_a_running_daemon_without_aiohttp(net: Net, tmp_path: Path) 
     info = json.loads(out)
     assert info["daemon"] is True and info["listening"] == server.addresses
     assert not heavy_in(modules)
+    assert not heavy_in(modules, REPORT_MACHINERY)
 
 
 def test_report_list_stays_light(net: Net, tmp_path: Path) -> None:
