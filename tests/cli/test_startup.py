@@ -4,7 +4,8 @@ Each command runs in a fresh interpreter (``fieldsync_cli.main.main`` in-process
 then writes its ``sys.modules``: ``--help`` imports no command module at all; ``status``
 (with and without a running daemon) and ``report list`` never import the daemon, aiohttp,
 zeroconf or sqlite-utils; ``status`` parses no item and loads nothing that writes, lists or
-wipes reports; no command that writes a report starts a process for it.
+wipes reports, nor does ``author list``; ``report list`` parses no item and loads no form; no
+command that writes a report starts a process for it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import click
 
 from fieldsync_cli.main import COMMANDS, SHORT_HELP
 from tests.cli.cli_support import clean_env
-from tests.fieldsync.offline_support import PASSPHRASE, Net
+from tests.fieldsync.offline_support import PASSPHRASE, Net, add_reports
 from tests.integration.sync_support import start_server
 
 #: Never needed to show help, status or the outbox.
@@ -49,6 +50,16 @@ REPORT_MACHINERY = (
     "fieldsync_protocol.report",
     "fieldsync_protocol.attachment",
     "fieldsync_protocol.form",
+    "fieldsync_protocol.keydelivery",
+    "fieldsync_protocol.revocation",
+)
+
+#: What writing a report needs and listing reports does not: the network's form (parser,
+#: signature check) and the item parsers (``report list`` opens sealed outbox entries only).
+REPORT_ADD_ONLY = (
+    "fieldsync.forms",
+    "fieldsync_protocol.form",
+    "fieldsync_protocol.items",
     "fieldsync_protocol.keydelivery",
     "fieldsync_protocol.revocation",
 )
@@ -142,9 +153,19 @@ def test_status_asks_a_running_daemon_without_aiohttp(net: Net, tmp_path: Path) 
 
 
 def test_report_list_stays_light(net: Net, tmp_path: Path) -> None:
+    (report_id,) = add_reports(net.a, ["listed"])  # so an outbox entry is opened
     modules, out = imported_by(tmp_path, "--home", net.a, "report", "list", "--json")
-    assert isinstance(json.loads(out), list | dict)
+    assert [row["id"] for row in json.loads(out)] == [report_id]
     assert not heavy_in(modules)
+    assert not heavy_in(modules, REPORT_ADD_ONLY)
+
+
+def test_author_list_stays_light(net: Net, tmp_path: Path) -> None:
+    """Counting author keys reads file names: nothing that parses items or writes reports."""
+    modules, out = imported_by(tmp_path, "--home", net.a, "author", "list", "--json")
+    assert json.loads(out)
+    assert not heavy_in(modules)
+    assert not heavy_in(modules, REPORT_MACHINERY)
 
 
 def test_report_add_starts_no_process(net: Net, tmp_path: Path) -> None:
