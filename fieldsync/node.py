@@ -19,7 +19,6 @@ Layout of a node home (SPEC.md §15)::
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import secrets
 import sqlite3
@@ -58,8 +57,6 @@ if TYPE_CHECKING:
     from fieldsync_protocol.items import Checked
     from fieldsync_protocol.keydelivery import KeyDelivery
     from fieldsync_protocol.revocation import RevocationList
-
-log = logging.getLogger(__name__)
 
 NODE_SECRET = "node.secret"  # noqa: S105 - a file name
 AUTHOR_SECRET = "author.secret"  # noqa: S105 - a file name
@@ -100,6 +97,14 @@ def clock_status() -> dict[str, Any]:
     if 0 <= state < _TIME_ERROR:
         return {"source": "ntp", "synced": True}
     return {"source": "unknown", "synced": False}
+
+
+def _warn(message: str, *args: object) -> None:
+    """Log a warning as ``fieldsync.node``. ``logging`` is imported here, not at the top:
+    every command imports this module and almost none logs (issue 13 item 6)."""
+    import logging
+
+    logging.getLogger(__name__).warning(message, *args)
 
 
 def utc_text(seconds: float) -> str:
@@ -329,7 +334,7 @@ class Node:
         except FileNotFoundError:
             pass
         except OSError as exc:
-            log.warning("could not remove %s: %s", path, exc.strerror or exc)
+            _warn("could not remove %s: %s", path, exc.strerror or exc)
 
     def membership(self) -> Membership:
         path = self.home / MEMBERSHIP
@@ -382,7 +387,7 @@ class Node:
                 delivery = open_delivery(checked.item.fields, member.manifest, secret)
             except RemoteProtocolError as exc:
                 # Anyone who knows our node key can seal to it: not HQ's, so ignored.
-                log.warning("ignoring a key delivery sealed to this node: %s", exc)
+                _warn("ignoring a key delivery sealed to this node: %s", exc)
                 continue
             if delivery is not None:
                 opened.append(delivery)

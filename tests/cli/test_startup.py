@@ -128,6 +128,7 @@ def test_status_without_a_daemon_stays_light(net: Net, tmp_path: Path) -> None:
     assert json.loads(out)["daemon"] is False
     assert not heavy_in(modules)
     assert not heavy_in(modules, REPORT_MACHINERY)
+    assert "logging" not in modules  # nothing logs here (fieldsync.node imports it to warn)
 
 
 def test_status_without_a_daemon_loads_no_socket_toml_or_suggestions(
