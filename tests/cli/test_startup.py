@@ -55,9 +55,11 @@ REPORT_MACHINERY = (
 )
 
 #: What writing a report needs and listing reports does not: the network's form (parser,
-#: signature check) and the item parsers (``report list`` opens sealed outbox entries only).
+#: signature check), envelopes and the item parsers (``report list`` opens sealed outbox
+#: entries only).
 REPORT_ADD_ONLY = (
     "fieldsync.forms",
+    "fieldsync_protocol.envelope",
     "fieldsync_protocol.form",
     "fieldsync_protocol.items",
     "fieldsync_protocol.keydelivery",
