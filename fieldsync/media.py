@@ -39,7 +39,6 @@ from fieldsync_protocol.attachment import (
 )
 from fieldsync_protocol.crypto import content_id
 from fieldsync_protocol.errors import LocalProtocolError
-from fieldsync_protocol.items import Checked, parse_item
 
 #: Bytes read from the file at a time (a few chunks: bounded memory, few transactions).
 READ_BLOCK = 1024 * 1024
@@ -133,6 +132,10 @@ def encrypt_file(
 
 
 def _store_chunks(store: Store, items: Sequence[bytes], now: int) -> None:
+    # Here, not at the top: ``report list`` imports this module for ``attachment_status``
+    # and parses no item (issue 13 item 6).
+    from fieldsync_protocol.items import Checked, parse_item
+
     if not items:
         return
     counts = ImportCounts()

@@ -19,7 +19,6 @@ Layout of a node home (SPEC.md §15)::
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import secrets
 import sqlite3
@@ -28,9 +27,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fieldsync import cipher_db, homefiles, keystore, limits, media, outbox, wipe
+from fieldsync import cipher_db, homefiles, keystore, limits
 from fieldsync.errors import (
     FieldsyncError,
     InputRefused,
@@ -38,21 +37,26 @@ from fieldsync.errors import (
     NotInitialised,
     WrongPassphrase,
 )
-from fieldsync.outbox import OutboxKeys, outbox_keys
 from fieldsync.priority import iter_by_priority
 from fieldsync.store import ImportCounts, OwnRecord, Store, now_seconds
 from fieldsync.wrong_passphrases import UNLOCK_FAILURES as UNLOCK_FAILURES  # re-exported
 from fieldsync.wrong_passphrases import WrongPassphraseLimit
-from fieldsync_protocol import crypto, envelope, membership
+from fieldsync_protocol import crypto, membership
 from fieldsync_protocol.bundle import HEAD_SIZE, SEALED_CHUNK, BundleReader, BundleWriter, sealed_by
 from fieldsync_protocol.errors import LocalProtocolError, RemoteProtocolError
-from fieldsync_protocol.items import MAX_ITEM, Checked, ItemKind, check_item, parse_item
-from fieldsync_protocol.keydelivery import KeyDelivery, open_delivery
 from fieldsync_protocol.keytext import KeyKind, fingerprint, key_to_text
-from fieldsync_protocol.report import REPORT_ID_RANDOM, report_id, validate_report
-from fieldsync_protocol.revocation import RevocationList, open_revocation, supersedes
+from fieldsync_protocol.kinds import ItemKind
+from fieldsync_protocol.padding import MAX_ITEM
 
-log = logging.getLogger(__name__)
+# What parses items, writes or lists reports (the sealed outbox, media, envelopes) and wipes
+# is imported in the methods that use it: ``fieldsync status`` needs none of it, and every
+# command imports this module (issue 13 item 6; tests/cli/test_startup.py).
+if TYPE_CHECKING:
+    from fieldsync import media, outbox
+    from fieldsync.outbox import OutboxKeys
+    from fieldsync_protocol.items import Checked
+    from fieldsync_protocol.keydelivery import KeyDelivery
+    from fieldsync_protocol.revocation import RevocationList
 
 NODE_SECRET = "node.secret"  # noqa: S105 - a file name
 AUTHOR_SECRET = "author.secret"  # noqa: S105 - a file name
@@ -93,6 +97,14 @@ def clock_status() -> dict[str, Any]:
     if 0 <= state < _TIME_ERROR:
         return {"source": "ntp", "synced": True}
     return {"source": "unknown", "synced": False}
+
+
+def _warn(message: str, *args: object) -> None:
+    """Log a warning as ``fieldsync.node``. ``logging`` is imported here, not at the top:
+    every command imports this module and almost none logs (issue 13 item 6)."""
+    import logging
+
+    logging.getLogger(__name__).warning(message, *args)
 
 
 def utc_text(seconds: float) -> str:
@@ -290,6 +302,8 @@ class Node:
         key, which a seized node must not show). A node that has already joined keeps its
         membership: HQ's answer to a further author's request (``add_author``) only
         confirms that HQ registered that author."""
+        from fieldsync_protocol.items import check_item
+
         node_secret = self.node_secret()
         try:
             enrolment, manifest, cert = membership.decode_enrolment(enrolment_text, node_secret)
@@ -328,7 +342,7 @@ class Node:
         except FileNotFoundError:
             pass
         except OSError as exc:
-            log.warning("could not remove %s: %s", path, exc.strerror or exc)
+            _warn("could not remove %s: %s", path, exc.strerror or exc)
 
     def membership(self) -> Membership:
         path = self.home / MEMBERSHIP
@@ -371,6 +385,8 @@ class Node:
         deliveries = [c for c in items if c.item.kind is ItemKind.KEY_DELIVERY]
         if not deliveries:
             return []
+        from fieldsync_protocol.keydelivery import open_delivery
+
         member = self.membership()
         secret = self.node_secret()
         opened: list[KeyDelivery] = []
@@ -379,7 +395,7 @@ class Node:
                 delivery = open_delivery(checked.item.fields, member.manifest, secret)
             except RemoteProtocolError as exc:
                 # Anyone who knows our node key can seal to it: not HQ's, so ignored.
-                log.warning("ignoring a key delivery sealed to this node: %s", exc)
+                _warn("ignoring a key delivery sealed to this node: %s", exc)
                 continue
             if delivery is not None:
                 opened.append(delivery)
@@ -579,6 +595,8 @@ class Node:
         if not alone:
             return
         self.close()  # the scrub takes its own connection; ours may hold a read snapshot
+        from fieldsync import wipe
+
         problems: list[str] = []
         wipe.scrub_store(self.home / STORE, problems)
 
@@ -595,6 +613,8 @@ class Node:
         )
 
     def _wipe(self) -> list[str]:
+        from fieldsync import wipe
+
         self.close()  # the wipe scrubs the store with its own connection
         return wipe.wipe_node(self.home, kill_daemon=not self.in_daemon).destroyed
 
@@ -613,6 +633,8 @@ class Node:
         Each file in ``attach`` is streamed into chunk items (fieldsync.media) after the
         report's own fields validate and before the report is sealed, which names them.
         """
+        from fieldsync import media
+
         self.membership()  # an unjoined node fails here, before any work
         author_seed = self.unlock_author(passphrase, author_name)
         now = time.time()
@@ -638,6 +660,8 @@ class Node:
 
         Needs no key, so a form can be checked before the passphrase is asked for.
         """
+        from fieldsync_protocol.report import REPORT_ID_RANDOM, report_id, validate_report
+
         if "attachments" in fields:
             raise InputRefused("attachments are added with --attach FILE, not as report fields")
         self.membership()  # an unjoined node fails here, before any work
@@ -667,10 +691,15 @@ class Node:
     ) -> str:
         """Sign ``body`` (from ``draft_report``) naming the ``prepared`` attachments, seal it
         to HQ and record it with its chunks in one transaction; return the report id."""
+        from fieldsync import media, outbox
+        from fieldsync_protocol import envelope
+        from fieldsync_protocol.items import check_item
+        from fieldsync_protocol.report import validate_report
+
         member = self.membership()
         store = self.store()
         author = crypto.signing_public_key(author_seed)
-        keys = outbox_keys(author_seed)
+        keys = outbox.outbox_keys(author_seed)
         if prepared:
             body = {**body, "attachments": [p.entry.as_body() for p in prepared]}
             try:
@@ -717,11 +746,15 @@ class Node:
 
     def reports(self, passphrase: str, name: str | None = None) -> list[OwnReport]:
         """The reports of the author whose passphrase this is, oldest first."""
+        from fieldsync.outbox import outbox_keys
+
         return self.own_reports(outbox_keys(self.unlock_author(passphrase, name)))
 
     def own_reports(self, keys: OutboxKeys) -> list[OwnReport]:
         """The reports of the author whose outbox keys these are (the web app's unlocked
         session keeps them, not the signing key), with what HQ's receipts say of each."""
+        from fieldsync import media, outbox
+
         store = self.store()
         mine = outbox.open_all(store.sealed_outbox(), keys)
         tags = [e.tag for e in mine if e.tag is not None]
@@ -804,6 +837,8 @@ class Node:
 
     def import_bundle(self, path: Path, progress: Progress | None = None) -> BundleImport:
         """Import a bundle all-or-nothing: a damaged or forged file leaves the store unchanged."""
+        from fieldsync_protocol.items import check_item
+
         member = self.membership()
         store = self.store()
         counts = ImportCounts()
@@ -868,6 +903,9 @@ def current_revocations(store: Store, manifest: membership.Manifest) -> Revocati
     """The revocation list this node follows: the valid one with the highest serial among
     those it holds (SPEC.md §17.2). Every list is complete, so older ones change nothing;
     one that no longer verifies (after a root change) is skipped, never trusted."""
+    from fieldsync_protocol.items import parse_item
+    from fieldsync_protocol.revocation import open_revocation, supersedes
+
     current: RevocationList | None = None
     for data in store.items_of_kind(ItemKind.REVOCATION):
         try:

@@ -37,7 +37,6 @@ import nacl.exceptions
 
 from fieldsync.errors import FieldsyncError
 from fieldsync_protocol import codec
-from fieldsync_protocol.envelope import GENESIS
 from fieldsync_protocol.errors import RemoteProtocolError
 
 #: Entries are padded to a multiple of this many bytes before sealing.
@@ -173,8 +172,6 @@ class Tip:
     header_hash: bytes
 
 
-#: The tip of an author who has written nothing yet.
-NO_REPORTS = Tip(0, GENESIS)
 _TIP_LOCATOR_PERSON = b"fs-tip-locator"
 _TIP_KEY_PERSON = b"fs-tip-key"
 _ID_KEY_PERSON = b"fs-outbox-id-key"
@@ -224,7 +221,11 @@ def open_tip(sealed: bytes, keys: OutboxKeys) -> Tip:
 def chain_tip(entries: Sequence[Entry]) -> Tip:
     """The tip of an author whose entries (all of them) these are."""
     if not entries:
-        return NO_REPORTS
+        # An author who has written nothing yet. Imported here: listing the outbox
+        # (``report list``) needs no envelope code (issue 13 item 6); writing loads it anyway.
+        from fieldsync_protocol.envelope import GENESIS
+
+        return Tip(0, GENESIS)
     last = max(entries, key=lambda e: e.sequence)
     if last.header_hash is None:
         raise FieldsyncError(  # pragma: no cover - every writer and the migration keep it

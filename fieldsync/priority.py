@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from fieldsync.store import Store
-from fieldsync_protocol.items import ItemKind
+from fieldsync_protocol.kinds import ItemKind
 
 #: Kinds in the order they travel; each class is sent in arrival order (chunks in order).
 TRANSFER_CLASSES: tuple[tuple[ItemKind, ...], ...] = (

@@ -34,15 +34,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fieldsync import cipher_db, eviction, outbox, write_intent
+from fieldsync import cipher_db, eviction, write_intent
 from fieldsync.errors import FieldsyncError, InputRefused
 from fieldsync.sqlite_tx import immediate_transaction
-from fieldsync_protocol.envelope import TTL_CLASSES
-from fieldsync_protocol.items import Checked, ItemKind
+from fieldsync_protocol.kinds import ItemKind
 from fieldsync_protocol.receipt import Receipt, ReceiptStatus
 
+# Items and the sealed outbox are imported where they are used: ``fieldsync status`` opens
+# the store to count items and must not load every item parser to do so (issue 13 item 6).
+# Whoever hands the store a ``Checked`` item has loaded them already.
 if TYPE_CHECKING:
     import sqlite_utils
+
+    from fieldsync import outbox
+    from fieldsync_protocol.items import Checked
 
 #: How long a writer waits for another process's write transaction (the daemon's bounded
 #: slices, a CLI's report) before it gives up with "database is locked".
@@ -447,6 +452,8 @@ class Store:
         drop the plaintext tables. Their single author's public key is in ``author_chain``:
         the passphrase is not needed. Rows with no author known (a store scrubbed by a
         duress passphrase keeps none) are dropped: nobody could open them."""
+        from fieldsync import outbox
+
         conn = self._conn
         authors = conn.execute("SELECT author, sequence, previous FROM author_chain").fetchall()
         if len(authors) == 1:
@@ -539,6 +546,8 @@ class Store:
         origin: int | None = None,
     ) -> None:
         """Store one verified item inside the caller's transaction; apply receipts at once."""
+        from fieldsync_protocol.envelope import TTL_CLASSES  # loaded with ``checked``
+
         item = checked.item
         kind_name = item.kind.name.lower()
         counts.kinds[kind_name] = counts.kinds.get(kind_name, 0) + 1
@@ -787,6 +796,8 @@ class Store:
         three statements per item (the receiver's hot path, perf S1). Receipts are applied
         after the batch's items are in, so the end state equals one-by-one insertion.
         ``returning``: evicted items coming back, by id, stored under their first origin."""
+        from fieldsync_protocol.envelope import TTL_CLASSES  # loaded with ``checked``
+
         returning = returning or {}
         tombstoned = self._present("tombstones", "tag", [c.item.tag for c in checked])
         held = self._present("items", "id", [c.item.id for c in checked])
@@ -1219,6 +1230,8 @@ class Store:
         sequence) and returns it with its sealed entry (it claims the report's attachment
         chunks first: fieldsync.media). A report id the author already used is refused.
         """
+        from fieldsync import outbox  # loaded with ``keys``
+
         mac = outbox.report_id_mac(keys, report_id)
         # Announced: a daemon storing a sync flight lets this write in before its next slice.
         with (
@@ -1259,6 +1272,8 @@ class Store:
         """The author's tip. The first time they write after the outbox tip migration (or at
         all), it is found by opening every outbox row once, and their report ids are hashed
         into ``outbox_ids`` (inside the caller's transaction, written with the report)."""
+        from fieldsync import outbox  # loaded with ``keys``
+
         row = self._conn.execute(
             "SELECT tip FROM outbox_tips WHERE locator = ?", (outbox.tip_locator(keys),)
         ).fetchone()

@@ -6,12 +6,11 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from fieldsync.errors import InputRefused, KeysDestroyed, NotFound, WrongPassphrase
-from fieldsync.forms import node_form, refuse_problems
 from fieldsync.node import Node, OwnReport, utc_text
 from fieldsync_cli.common import (
     emit,
@@ -22,9 +21,12 @@ from fieldsync_cli.common import (
     say,
 )
 from fieldsync_cli.main import author_node
-from fieldsync_protocol.attachment import chunk_count
-from fieldsync_protocol.form import Form, FormField
 from fieldsync_protocol.report import SENSITIVITIES
+
+# The form (and its parser and signature check) is imported by ``report add``, which asks
+# it: ``report list`` and ``show`` never load it (issue 13 item 6).
+if TYPE_CHECKING:
+    from fieldsync_protocol.form import Form, FormField
 
 #: Where the prompt puts the files to attach (not a report field: popped before sealing).
 ATTACH_KEY = "\0attach"
@@ -209,6 +211,9 @@ def add(ctx: click.Context, /, **options: Any) -> None:
     Every answer is checked before the passphrase is asked; a wrong passphrase at the prompt
     is asked again, keeping the answers.
     """
+    from fieldsync.forms import node_form
+    from fieldsync_protocol.attachment import chunk_count
+
     as_json = options.pop("as_json")
     passphrase_file = options.pop("passphrase_file")
     json_file = options.pop("json_file")
@@ -285,6 +290,8 @@ def _ask_attachments() -> list[Path]:
 
 def _checked(form: Form, answers: dict[str, Any], keys: set[str]) -> dict[str, Any]:
     """The report fields of ``answers``; refused with every problem named, if any."""
+    from fieldsync.forms import refuse_problems
+
     fields, problems = form.validate(answers)
     refuse_problems(dict(problems), OPTION_OF)
     return fields
@@ -311,6 +318,8 @@ def _answers_from_options(given: dict[str, Any]) -> dict[str, Any]:
 
 def _fields_from_json(json_file: Path, given: dict[str, Any], form: Form) -> dict[str, Any]:
     """Report fields from --json-file (an advanced path), options overriding."""
+    from fieldsync.forms import refuse_problems
+
     try:
         loaded = json.loads(json_file.read_text(encoding="utf-8"))
     except FileNotFoundError:

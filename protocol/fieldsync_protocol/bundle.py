@@ -26,8 +26,8 @@ import nacl.exceptions
 from fieldsync_protocol import codec
 from fieldsync_protocol.crypto import derive_key
 from fieldsync_protocol.errors import LocalProtocolError, RemoteProtocolError
-from fieldsync_protocol.items import MAX_ITEM
 from fieldsync_protocol.membership import NETWORK_ID_SIZE, VERSION
+from fieldsync_protocol.padding import MAX_ITEM
 
 CHUNK_SIZE = 64 * 1024
 SEALED_CHUNK = CHUNK_SIZE + 16

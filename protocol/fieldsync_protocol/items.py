@@ -11,7 +11,6 @@ size cap (field devices upgrade at different times), while HQ refuses what it ca
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
 from functools import cached_property
 from typing import Any
 
@@ -22,6 +21,9 @@ from fieldsync_protocol.envelope import OuterEnvelope, parse_outer
 from fieldsync_protocol.errors import RemoteProtocolError
 from fieldsync_protocol.form import Form, open_form
 from fieldsync_protocol.keydelivery import parse_delivery
+
+# ItemKind is re-exported: it lives apart so the store can name kinds without the parsers.
+from fieldsync_protocol.kinds import ItemKind as ItemKind
 from fieldsync_protocol.membership import VERSION, Manifest, is_version, open_manifest
 
 # MAX_ITEM is re-exported: callers import it from here.
@@ -31,18 +33,6 @@ from fieldsync_protocol.revocation import MAX_REVOCATION_ITEM, RevocationList, o
 
 #: Longest kind string of an item this version does not know.
 MAX_KIND = 16
-
-
-class ItemKind(Enum):
-    ENVELOPE = "e"
-    RECEIPT = "r"
-    MANIFEST = "m"
-    CHUNK = "a"
-    REVOCATION = "l"
-    KEY_DELIVERY = "k"
-    FORM = "f"
-    #: Any kind this version does not know. Never on the wire: ``"t"`` there is the item's own.
-    OPAQUE = "?"
 
 
 _KNOWN = {kind.value: kind for kind in ItemKind if kind is not ItemKind.OPAQUE}

@@ -3,7 +3,9 @@
 Each command runs in a fresh interpreter (``fieldsync_cli.main.main`` in-process there) that
 then writes its ``sys.modules``: ``--help`` imports no command module at all; ``status``
 (with and without a running daemon) and ``report list`` never import the daemon, aiohttp,
-zeroconf or sqlite-utils; no command that writes a report starts a process for it.
+zeroconf or sqlite-utils; ``status`` parses no item and loads nothing that writes, lists or
+wipes reports, nor does ``author list``; ``report list`` parses no item and loads no form; no
+command that writes a report starts a process for it.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import click
 
 from fieldsync_cli.main import COMMANDS, SHORT_HELP
 from tests.cli.cli_support import clean_env
-from tests.fieldsync.offline_support import PASSPHRASE, Net
+from tests.fieldsync.offline_support import PASSPHRASE, Net, add_reports
 from tests.integration.sync_support import start_server
 
 #: Never needed to show help, status or the outbox.
@@ -33,6 +35,35 @@ HEAVY = (
     "fieldsync.hq",
     "fieldsync.control",  # the server side; the client is fieldsync.control_client
     "asyncio",
+)
+
+#: What parses items, writes, lists or carries reports, and wipes: ``status`` only counts
+#: what the store holds and reads the membership file (fieldsync.node imports these where
+#: they are used).
+REPORT_MACHINERY = (
+    "fieldsync.media",
+    "fieldsync.outbox",
+    "fieldsync.wipe",
+    "fieldsync.forms",
+    "fieldsync_protocol.items",
+    "fieldsync_protocol.envelope",
+    "fieldsync_protocol.report",
+    "fieldsync_protocol.attachment",
+    "fieldsync_protocol.form",
+    "fieldsync_protocol.keydelivery",
+    "fieldsync_protocol.revocation",
+)
+
+#: What writing a report needs and listing reports does not: the network's form (parser,
+#: signature check), envelopes and the item parsers (``report list`` opens sealed outbox
+#: entries only).
+REPORT_ADD_ONLY = (
+    "fieldsync.forms",
+    "fieldsync_protocol.envelope",
+    "fieldsync_protocol.form",
+    "fieldsync_protocol.items",
+    "fieldsync_protocol.keydelivery",
+    "fieldsync_protocol.revocation",
 )
 
 _PROBE = """\
@@ -72,8 +103,8 @@ def without_coverage(env: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in env.items() if not k.startswith(("COVERAGE_", "COV_CORE_"))}
 
 
-def heavy_in(modules: set[str]) -> set[str]:
-    return {m for m in modules if any(m == h or m.startswith(h + ".") for h in HEAVY)}
+def heavy_in(modules: set[str], heavy: tuple[str, ...] = HEAVY) -> set[str]:
+    return {m for m in modules if any(m == h or m.startswith(h + ".") for h in heavy)}
 
 
 def test_help_imports_no_command_module(tmp_path: Path) -> None:
@@ -98,6 +129,8 @@ def test_status_without_a_daemon_stays_light(net: Net, tmp_path: Path) -> None:
     modules, out = imported_by(tmp_path, "--home", net.b, "status", "--json")
     assert json.loads(out)["daemon"] is False
     assert not heavy_in(modules)
+    assert not heavy_in(modules, REPORT_MACHINERY)
+    assert "logging" not in modules  # nothing logs here (fieldsync.node imports it to warn)
 
 
 def test_status_without_a_daemon_loads_no_socket_toml_or_suggestions(
@@ -119,12 +152,23 @@ def test_status_asks_a_running_daemon_without_aiohttp(net: Net, tmp_path: Path) 
     info = json.loads(out)
     assert info["daemon"] is True and info["listening"] == server.addresses
     assert not heavy_in(modules)
+    assert not heavy_in(modules, REPORT_MACHINERY)
 
 
 def test_report_list_stays_light(net: Net, tmp_path: Path) -> None:
+    (report_id,) = add_reports(net.a, ["listed"])  # so an outbox entry is opened
     modules, out = imported_by(tmp_path, "--home", net.a, "report", "list", "--json")
-    assert isinstance(json.loads(out), list | dict)
+    assert [row["id"] for row in json.loads(out)] == [report_id]
     assert not heavy_in(modules)
+    assert not heavy_in(modules, REPORT_ADD_ONLY)
+
+
+def test_author_list_stays_light(net: Net, tmp_path: Path) -> None:
+    """Counting author keys reads file names: nothing that parses items or writes reports."""
+    modules, out = imported_by(tmp_path, "--home", net.a, "author", "list", "--json")
+    assert json.loads(out)
+    assert not heavy_in(modules)
+    assert not heavy_in(modules, REPORT_MACHINERY)
 
 
 def test_report_add_starts_no_process(net: Net, tmp_path: Path) -> None:
