@@ -9,8 +9,9 @@ one bounded slice - never after the rest of the flight. Within a lane, calls run
 submission order.
 
 Reads that must not wait even for that slice (``status`` over the control API) go to a second
-connection on a thread of its own (``read``): in WAL mode a reader sees the last committed
-state while the store thread writes or fsyncs. That connection is ``query_only``.
+connection on a thread of its own (``read``, or ``read_waiting`` from the control API's
+thread): in WAL mode a reader sees the last committed state while the store thread writes
+or fsyncs. That connection is ``query_only``.
 """
 
 from __future__ import annotations
@@ -58,6 +59,15 @@ class StoreWorker:
     async def read(self, func: Callable[[Store], T]) -> T:
         """Run the read-only ``func(store)`` on the reader connection and thread: it never
         waits for the store thread, and sees what was committed when it starts."""
+        return await asyncio.wrap_future(self._submit_read(func))
+
+    def read_waiting(self, func: Callable[[Store], T], timeout: float) -> T:
+        """``read`` for a thread without an event loop (the control API's): blocks that
+        thread until the reader answers, at most ``timeout`` seconds (then ``TimeoutError``).
+        Never call it on an event loop."""
+        return self._submit_read(func).result(timeout)
+
+    def _submit_read(self, func: Callable[[Store], T]) -> concurrent.futures.Future[T]:
         if self._store is None:
             raise RuntimeError("StoreWorker.open() was not awaited")
 
@@ -74,7 +84,7 @@ class StoreWorker:
             store.conn.execute("PRAGMA query_only = ON")
             return func(store)
 
-        return await asyncio.get_running_loop().run_in_executor(self._reader, run)
+        return self._reader.submit(run)
 
     def local_writer_waiting(self) -> bool:
         """Whether another process has announced a write to the store (``write_intent``):
