@@ -154,7 +154,8 @@ def test_the_item_count_follows_every_insert_and_delete(store: Store) -> None:
         store.conn.execute("DELETE FROM items WHERE id = ?", (rows[0][0],))
     status = store.status()
     assert store.item_count() == counted() == status["items_total"] == 6
-    assert status["items"]["envelope"] == 4 and status["items"]["manifest"] == 2
+    items = status["items"]
+    assert isinstance(items, dict) and items["envelope"] == 4 and items["manifest"] == 2
     with pytest.raises(RuntimeError), store.transaction():
         store.conn.execute("DELETE FROM items WHERE kind = 'e'")
         raise RuntimeError("rolled back, with the count")
