@@ -565,9 +565,6 @@ class FieldDaemon:
         explained = _storage_message(exc, self.config.node.home)
         return {"store_error": explained or f"{type(exc).__name__}: {exc}"}
 
-    async def peers(self) -> dict[str, Any]:
-        return {"peers": self._peer_list()}
-
     def _peer_list(self) -> list[dict[str, Any]]:
         scheduler = self.scheduler
         return [] if scheduler is None else [s.as_dict() for s in scheduler.targets.values()]
