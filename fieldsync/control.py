@@ -125,9 +125,18 @@ class _Client:
 
 
 class ControlServer:
-    def __init__(self, path: Path, status: StatusProvider, peers: StatusProvider) -> None:
+    def __init__(
+        self,
+        path: Path,
+        status: StatusProvider,
+        peers: StatusProvider,
+        closing: Callable[[], None] | None = None,
+    ) -> None:
+        """``closing``: called on the control thread as it ends, to close what the providers
+        opened there (an SQLite connection may only be closed by its own thread)."""
         self.path = path
         self._resources = {"/status": status, "/peers": peers}
+        self._closing = closing
         self._thread: threading.Thread | None = None
         self._listener: socket.socket | None = None
         # Written to by ``stop`` to wake the control thread out of its select().
@@ -202,6 +211,11 @@ class ControlServer:
             finally:
                 for client in list(clients.values()):
                     self._drop(selector, clients, client)
+                if self._closing is not None:
+                    try:
+                        self._closing()
+                    except Exception:
+                        log.exception("control API: closing its thread's resources failed")
 
     def _accept(
         self,

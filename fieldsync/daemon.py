@@ -35,6 +35,7 @@ from fieldsync.peer import PeerLimits, SyncOutcome
 from fieldsync.runtime import WEBSOCKET_PATH, Runtime, Server
 from fieldsync.scheduler import Scheduler, SchedulerPolicy, SyncResult
 from fieldsync.store import Store
+from fieldsync.store_worker import ThreadReader
 from fieldsync.supervisor import Policy, Supervisor
 from fieldsync.transport import TransportError
 from fieldsync.wipe import wipe_node
@@ -272,10 +273,12 @@ class FieldDaemon:
         # Served from its own thread; what the loop owns comes through a LoopView, built on
         # the loop, and the store's counts through the reader connection (no loop at all).
         loop_view = LoopView(asyncio.get_running_loop(), self._loop_state)
+        reader = self.runtime.worker.reader_for_this_thread() if self.runtime else None
         control = ControlServer(
             self.config.control_socket,
-            functools.partial(self._control_status, loop_view),
+            functools.partial(self._control_status, loop_view, reader),
             functools.partial(self._control_peers, loop_view),
+            closing=reader.close if reader else None,
         )
         try:
             await control.start()
@@ -489,14 +492,16 @@ class FieldDaemon:
             return {"running": False}
         return self._compose_status(await self._store_status(runtime), self._loop_state())
 
-    def _control_status(self, loop_view: LoopView) -> dict[str, Any]:
-        """``status`` on the control API's thread: the store's counts from the reader
-        connection while the loop builds its part; never waits for a busy loop."""
-        runtime = self.runtime
-        if runtime is None:
+    def _control_status(self, loop_view: LoopView, reader: ThreadReader | None) -> dict[str, Any]:
+        """``status`` on the control API's thread: the store's counts from that thread's own
+        reader connection while the loop builds its part; never waits for a busy loop."""
+        if self.runtime is None or reader is None:
             return {"running": False}
         asked = loop_view.ask()
-        store = self._store_status_waiting(runtime)
+        try:
+            store = reader.read(self._store_part)
+        except Exception as exc:
+            store = self._store_error(exc)
         return self._compose_status(store, loop_view.view(asked, self.LOOP_GRACE_SECONDS))
 
     def _control_peers(self, loop_view: LoopView) -> dict[str, Any]:
@@ -547,15 +552,6 @@ class FieldDaemon:
             async with asyncio.timeout(self.STORE_ANSWER_SECONDS):
                 # The reader connection: a status never queues behind a sync's slices.
                 return await runtime.worker.read(self._store_part)
-        except TimeoutError:
-            return {"store_error": "the store thread does not answer"}
-        except Exception as exc:
-            return self._store_error(exc)
-
-    def _store_status_waiting(self, runtime: Runtime) -> dict[str, Any]:
-        """``_store_status`` for the control API's thread (blocking it, not a loop)."""
-        try:
-            return runtime.worker.read_waiting(self._store_part, self.STORE_ANSWER_SECONDS)
         except TimeoutError:
             return {"store_error": "the store thread does not answer"}
         except Exception as exc:
