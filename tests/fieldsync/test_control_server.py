@@ -9,13 +9,14 @@ import json
 import stat
 import tempfile
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from fieldsync.control import MAX_REQUEST_HEAD, ControlServer
+from fieldsync.control import MAX_REQUEST_HEAD, ControlServer, LoopView
 from fieldsync.control_client import request
 
 
@@ -148,3 +149,44 @@ async def test_a_slow_client_holds_up_nobody_else_and_stop_leaves_no_thread(
         await server.stop()
     assert not [t for t in threading.enumerate() if t.name == "fieldsync-control"]
     assert not await asyncio.to_thread(server.path.exists)
+
+
+async def test_a_loop_view_answers_from_the_last_build_while_the_loop_is_busy() -> None:
+    loop = asyncio.get_running_loop()
+    builds: list[int] = []
+
+    def build() -> dict[str, Any]:
+        builds.append(len(builds) + 1)
+        return {"build": builds[-1]}
+
+    view = LoopView(loop, build)
+    assert await asyncio.to_thread(lambda: view.view(view.ask(), 30.0)) == {"build": 1}
+    seen: list[object] = []
+    done = threading.Event()
+
+    def from_another_thread() -> None:
+        asked = view.ask()
+        seen.append(view.ask() is asked)  # one build pending serves every ask meanwhile
+        seen.append(view.view(asked, 0.0))  # the loop is busy: the last build
+        done.set()
+
+    asker = threading.Thread(target=from_another_thread)
+
+    def busy() -> None:
+        asker.start()
+        deadline = time.monotonic() + 60  # only so that a bug cannot hang the test
+        while not done.is_set() and time.monotonic() < deadline:
+            pass
+
+    loop.call_soon(busy)
+    await asyncio.sleep(0)  # busy runs, and returns, before this resumes
+    await asyncio.to_thread(asker.join, 60)
+    assert seen == [True, {"build": 1}]
+    later = await asyncio.to_thread(lambda: view.view(view.ask(), 30.0))
+    assert later["build"] >= 2 and len(builds) <= 3  # fresh again; the busy asks built once
+
+
+async def test_a_loop_view_whose_build_fails_raises_in_the_asker() -> None:
+    view = LoopView(asyncio.get_running_loop(), _broken)
+    with pytest.raises(RuntimeError, match="store went away"):
+        await asyncio.to_thread(lambda: view.view(view.ask(), 30.0))
