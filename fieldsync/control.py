@@ -88,8 +88,10 @@ class LoopView:
         with self._lock:
             pending = self._pending
             if pending is None or pending.done():
-                pending = self._pending = concurrent.futures.Future()
+                pending = concurrent.futures.Future()
+                # Raises once the loop is closed: then no ask may wait on a build never run.
                 self._loop.call_soon_threadsafe(self._build_on_loop, pending)
+                self._pending = pending
             return pending
 
     def _build_on_loop(self, pending: concurrent.futures.Future[dict[str, Any]]) -> None:

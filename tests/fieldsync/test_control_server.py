@@ -190,3 +190,12 @@ async def test_a_loop_view_whose_build_fails_raises_in_the_asker() -> None:
     view = LoopView(asyncio.get_running_loop(), _broken)
     with pytest.raises(RuntimeError, match="store went away"):
         await asyncio.to_thread(lambda: view.view(view.ask(), 30.0))
+
+
+def test_a_loop_view_of_a_closed_loop_fails_every_ask_at_once() -> None:
+    loop = asyncio.new_event_loop()
+    view = LoopView(loop, _status)
+    loop.close()
+    for _ in range(2):  # the second ask does not wait on a build the first never scheduled
+        with pytest.raises(RuntimeError, match="closed"):
+            view.ask()
