@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import sqlite3
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -144,6 +145,7 @@ class ThreadReader:
         self.path = path
         self._cache_kib = cache_kib
         self._store: Store | None = None
+        self._query_only: sqlite3.Connection | None = None  # the connection made read-only
 
     def read(self, func: Callable[[Store], T]) -> T:
         """``func(store)``, seeing what was committed when it starts; it cannot write."""
@@ -154,10 +156,13 @@ class ThreadReader:
             # cap, memory first, where status is rarely asked.
             store = self._store = Store(self.path, cache_kib=self._cache_kib)
         store.follow_key_rotation()  # the janitor may have re-keyed the store since
-        store.conn.execute("PRAGMA query_only = ON")
+        if store.conn is not self._query_only:  # new, or reopened under a new key
+            store.conn.execute("PRAGMA query_only = ON")
+            self._query_only = store.conn
         return func(store)
 
     def close(self) -> None:
         store, self._store = self._store, None
+        self._query_only = None
         if store is not None:
             store.close()
