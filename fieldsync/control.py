@@ -197,19 +197,8 @@ class ControlServer:
                             self._accept(listener, selector, clients)
                             continue
                         client = clients.get(key.fileobj)  # type: ignore[call-overload]
-                        if client is None:
-                            continue
-                        try:
-                            if events & selectors.EVENT_READ:
-                                self._read(selector, clients, client)
-                            elif events & selectors.EVENT_WRITE:
-                                self._write(selector, clients, client)
-                        except OSError:
-                            self._drop(selector, clients, client)  # the client went away
-                        except Exception:
-                            # A bug with one client must not end the API for every later one.
-                            log.exception("control API: serving a request failed")
-                            self._drop(selector, clients, client)
+                        if client is not None:
+                            self._handle(selector, clients, client, events)
             finally:
                 for client in list(clients.values()):
                     self._drop(selector, clients, client)
@@ -219,23 +208,45 @@ class ControlServer:
                     except Exception:
                         log.exception("control API: closing its thread's resources failed")
 
+    def _handle(
+        self,
+        selector: selectors.BaseSelector,
+        clients: dict[socket.socket, _Client],
+        client: _Client,
+        events: int,
+    ) -> None:
+        try:
+            if events & selectors.EVENT_READ:
+                self._read(selector, clients, client)
+            elif events & selectors.EVENT_WRITE:
+                self._write(selector, clients, client)
+        except OSError:
+            self._drop(selector, clients, client)  # the client went away
+        except Exception:
+            # A bug with one client must not end the API for every later one.
+            log.exception("control API: serving a request failed")
+            self._drop(selector, clients, client)
+
     def _accept(
         self,
         listener: socket.socket,
         selector: selectors.BaseSelector,
         clients: dict[socket.socket, _Client],
     ) -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:  # e.g. out of file descriptors: try again on the next one
-                log.warning("control API: cannot accept a connection: %s", exc)
-                return
-            conn.setblocking(False)
-            clients[conn] = _Client(conn, time.monotonic() + REQUEST_TIMEOUT)
-            selector.register(conn, selectors.EVENT_READ)
+        # One connection per wake-up (select wakes again for the next) and its request read
+        # at once, mostly there already: while a sync runs each system call hands the GIL
+        # back and waits for it again, so the fewer the sooner the answer (perf S11).
+        try:
+            conn, _ = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:  # e.g. out of file descriptors: try again on the next one
+            log.warning("control API: cannot accept a connection: %s", exc)
+            return
+        conn.setblocking(False)
+        client = clients[conn] = _Client(conn, time.monotonic() + REQUEST_TIMEOUT)
+        selector.register(conn, selectors.EVENT_READ)
+        self._handle(selector, clients, client, selectors.EVENT_READ)
 
     def _read(
         self,
@@ -245,7 +256,10 @@ class ControlServer:
     ) -> None:
         # Whatever is there, as asyncio's streams read: closing with a too-long head still
         # unread would reset the client's side of the socket instead of ending it.
-        data = client.conn.recv(READ_CHUNK)
+        try:
+            data = client.conn.recv(READ_CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return  # not sent yet: select says when
         if not data:
             self._drop(selector, clients, client)  # cut short: no answer
             return
