@@ -421,17 +421,20 @@ def table(result: dict[str, Any]) -> str:
 
 
 #: ``--only NAME``: one group of scenarios on its own, without calibration (its ratios
-#: need the bound, so S1/S10 are not among them): quick to re-measure memory and start-up.
+#: need the bound, so S1/S10 are not among them): quick to re-measure memory, start-up and
+#: the latencies of S11 (milliseconds, no bound needed).
 ONLY = {
     "startup": ("startup",),
     "relay": ("RSS.relay",),
     "web": ("RSS.web",),
+    "s11": ("S11",),
 }
 
 
 def run_only(mode: Mode, workdir: Path, only: str) -> dict[str, Any]:
     """Just the scenarios of ``ONLY[only]`` (``--only``), with the run's environment."""
     started = time.time()
+    load0 = os.getloadavg()  # latencies on a shared machine mean little without it
     result: dict[str, Any] = {"mode": mode.name, "only": only}
     result["environment"] = fingerprint(workdir)
     phase = Phases()
@@ -449,13 +452,28 @@ def run_only(mode: Mode, workdir: Path, only: str) -> dict[str, Any]:
             scenarios["RSS.relay"] = relay.memory_result(
                 relay.run_s10(net, pool, mode.s10_items, workdir)
             )
+    elif only == "s11":
+        with phase("setup", f"item pool: {mode.s10_items} items"):
+            pool = make_pool(net.manifest, mode.s10_items, mode.real_sealed)
+        with phase(
+            "S11",
+            f"S11: local report commits and status on B while {mode.s10_items} items arrive",
+        ):
+            scenarios["S11"] = responsive.s11_result(
+                responsive.run_s11(net, pool, mode.s10_items, workdir)
+            )
     else:
         with phase("web", "web: the app's memory in an author node's daemon"):
             scenarios["RSS.web"] = web.memory_result(
                 web.run_memory(net, mode.web_memory_reps, workdir)
             )
     result["scenarios"] = scenarios
-    result["run"] = {"elapsed_s": round(time.time() - started, 1), "phases_s": phase.seconds}
+    result["run"] = {
+        "elapsed_s": round(time.time() - started, 1),
+        "phases_s": phase.seconds,
+        "loadavg_start": [round(x, 2) for x in load0],
+        "loadavg_end": [round(x, 2) for x in os.getloadavg()],
+    }
     return result
 
 
@@ -472,7 +490,11 @@ def only_table(result: dict[str, Any]) -> str:
         lines.append(f"{key:<9} {sc['measured']:<46} {sc['target']:<44} {verdict}")
         lines.extend(f"  {note}" for note in sc.get("notes", ()))
     lines.append("")
-    lines.append(f"elapsed {result['run']['elapsed_s']} s")
+    run_info = result["run"]
+    lines.append(
+        f"elapsed {run_info['elapsed_s']} s; load {run_info['loadavg_start'][0]} ->"
+        f" {run_info['loadavg_end'][0]}"
+    )
     return "\n".join(line.rstrip() for line in lines)
 
 
@@ -510,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
         "--only",
         choices=sorted(ONLY),
         help="run one group on its own, without calibration: startup (CLI start-up),"
-        " relay (RSS.relay), web (RSS.web)",
+        " relay (RSS.relay), web (RSS.web), s11 (local commit and status under sync)",
     )
     args = parser.parse_args(argv)
     mode = MODES[args.mode or "quick"]

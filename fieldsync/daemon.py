@@ -25,7 +25,7 @@ from fieldsync.aiohttp_import import import_aiohttp
 from fieldsync.cipher_db import DB_ERRORS
 from fieldsync.config import Config
 from fieldsync.config_addresses import WebSocketURL
-from fieldsync.control import ControlServer
+from fieldsync.control import ControlServer, LoopView
 from fieldsync.diskerrors import storage_problem
 from fieldsync.errors import EXIT_DAEMON_FAILED, FieldsyncError
 from fieldsync.faults import Faults
@@ -38,6 +38,7 @@ from fieldsync.peer import PeerLimits, SyncOutcome
 from fieldsync.runtime import WEBSOCKET_PATH, Runtime, Server
 from fieldsync.scheduler import Scheduler, SchedulerPolicy, SyncResult
 from fieldsync.store import Store
+from fieldsync.store_worker import ThreadReader
 from fieldsync.supervisor import Policy, Supervisor
 from fieldsync.transport import TransportError
 from fieldsync.wipe import wipe_node
@@ -82,6 +83,11 @@ class FieldDaemon:
     STORE_ANSWER_SECONDS = 10.0
     #: How often ready coded symbols are checked again (rebuilt if the index was dropped).
     CODED_RECHECK_SECONDS = 5.0
+    #: How long a control-API answer waits for the event loop's fresh view of its state
+    #: (scheduler, components, ...) once its store read is done; after that it shows the
+    #: view from the loop's last free moment: status must not wait behind a sync's long
+    #: callbacks (perf S11, p99 <= 10 ms).
+    LOOP_GRACE_SECONDS = 0.002
 
     def __init__(
         self,
@@ -292,7 +298,16 @@ class FieldDaemon:
     # --- components (each runs until cancelled; raising means "restart me") ---------------
 
     async def _open_control(self) -> ControlServer:
-        control = ControlServer(self.config.control_socket, self.status, self.peers)
+        # Served from its own thread; what the loop owns comes through a LoopView, built on
+        # the loop, and the store's counts through the reader connection (no loop at all).
+        loop_view = LoopView(asyncio.get_running_loop(), self._loop_state)
+        reader = self.runtime.worker.reader_for_this_thread() if self.runtime else None
+        control = ControlServer(
+            self.config.control_socket,
+            functools.partial(self._control_status, loop_view, reader),
+            functools.partial(self._control_peers, loop_view),
+            closing=reader.close if reader else None,
+        )
         try:
             await control.start()
         except BaseException:
@@ -499,15 +514,44 @@ class FieldDaemon:
     # --- the control API --------------------------------------------------------------------
 
     async def status(self) -> dict[str, Any]:
+        """The daemon's status, on the event loop (the web app's status page)."""
         runtime = self.runtime
         if runtime is None:
             return {"running": False}
+        return self._compose_status(await self._store_status(runtime), self._loop_state())
+
+    def _control_status(self, loop_view: LoopView, reader: ThreadReader | None) -> dict[str, Any]:
+        """``status`` on the control API's thread: the store's counts from that thread's own
+        reader connection while the loop builds its part; never waits for a busy loop."""
+        if self.runtime is None or reader is None:
+            return {"running": False}
+        asked = loop_view.ask()
+        try:
+            store = reader.read(self._store_part)
+        except Exception as exc:
+            store = self._store_error(exc)
+        return self._compose_status(store, loop_view.view(asked, self.LOOP_GRACE_SECONDS))
+
+    def _control_peers(self, loop_view: LoopView) -> dict[str, Any]:
+        return {"peers": loop_view.view(loop_view.ask(), self.LOOP_GRACE_SECONDS)["peers"]}
+
+    @staticmethod
+    def _compose_status(store: dict[str, Any], loop_state: dict[str, Any]) -> dict[str, Any]:
+        if not loop_state["running"]:
+            return {"running": False}  # stopped while the store was read
+        first = {key: loop_state[key] for key in ("running", "home", "role")}
+        return {**first, **store, **loop_state}
+
+    def _loop_state(self) -> dict[str, Any]:
+        """What ``status`` shows of the state the event loop owns (built on the loop)."""
+        runtime = self.runtime
+        if runtime is None:
+            return {"running": False, "peers": self._peer_list()}
         supervisor = self.supervisor
         return {
             "running": True,
             "home": str(self.config.node.home),
             "role": "author" if runtime.is_author else "relay",
-            **await self._store_status(runtime),
             # Read on the loop, not the store thread: a build step never delays status.
             **runtime.context.source.coded_state(),
             "listening": [f"{h}:{p}" for h, p in (self.server.addresses if self.server else [])],
@@ -515,11 +559,19 @@ class FieldDaemon:
             "web": self.web.describe() if self.web else None,
             "discovery": self.discovery is not None,
             **runtime.membership_status(),
-            "peers": (await self.peers())["peers"],
+            "peers": self._peer_list(),
             "last_upstream_contact": self.last_upstream_contact,
             "clock": self.janitor.last.clock if self.janitor else None,
             "components": supervisor.report(),
             "degraded": supervisor.degraded,
+        }
+
+    def _store_part(self, store: Store) -> dict[str, Any]:
+        return {
+            **store.status(),
+            # Report items not offered yet (timing privacy, SPEC.md §14.10).
+            "offer_held": offer_hold.held_count(store),
+            "offer_delay_minutes": self.offer_delay.mean_seconds / 60,
         }
 
     async def _store_status(self, runtime: Runtime) -> dict[str, Any]:
@@ -527,24 +579,19 @@ class FieldDaemon:
         try:
             async with asyncio.timeout(self.STORE_ANSWER_SECONDS):
                 # The reader connection: a status never queues behind a sync's slices.
-                return await runtime.worker.read(
-                    lambda store: {
-                        **store.status(),
-                        # Report items not offered yet (timing privacy, SPEC.md §14.10).
-                        "offer_held": offer_hold.held_count(store),
-                        "offer_delay_minutes": self.offer_delay.mean_seconds / 60,
-                    }
-                )
+                return await runtime.worker.read(self._store_part)
         except TimeoutError:
             return {"store_error": "the store thread does not answer"}
         except Exception as exc:
-            explained = _storage_message(exc, self.config.node.home)
-            return {"store_error": explained or f"{type(exc).__name__}: {exc}"}
+            return self._store_error(exc)
 
-    async def peers(self) -> dict[str, Any]:
+    def _store_error(self, exc: Exception) -> dict[str, Any]:
+        explained = _storage_message(exc, self.config.node.home)
+        return {"store_error": explained or f"{type(exc).__name__}: {exc}"}
+
+    def _peer_list(self) -> list[dict[str, Any]]:
         scheduler = self.scheduler
-        targets = [] if scheduler is None else [s.as_dict() for s in scheduler.targets.values()]
-        return {"peers": targets}
+        return [] if scheduler is None else [s.as_dict() for s in scheduler.targets.values()]
 
     async def panic_wipe(self, reason: str) -> None:
         """Destroy every key of the node now (``fieldsync.wipe``), then have the daemon stop."""

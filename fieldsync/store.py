@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -235,7 +236,38 @@ _MIGRATIONS: tuple[str, ...] = (
         mac BLOB PRIMARY KEY                    -- outbox.report_id_mac
     ) WITHOUT ROWID;
     """,
+    # 12: the number of items, kept by triggers in the writer's own transactions: ``status``
+    # reads one row instead of count(*), which walks a whole index (~300 pages at 100k
+    # items), and a reader decrypts those pages again after every write: during a sync,
+    # every status did (perf S11, issue 13 item 3). A rebuild of ``items`` must recreate the
+    # triggers.
+    """
+    CREATE TABLE item_count (
+        only INTEGER PRIMARY KEY CHECK (only = 1),
+        n INTEGER NOT NULL
+    );
+    INSERT INTO item_count (only, n) SELECT 1, count(*) FROM items;
+    CREATE TRIGGER items_counted_in AFTER INSERT ON items
+        BEGIN UPDATE item_count SET n = n + 1; END;
+    CREATE TRIGGER items_counted_out AFTER DELETE ON items
+        BEGIN UPDATE item_count SET n = n - 1; END;
+    """,
 )
+
+
+def _statements(script: str) -> Iterator[str]:
+    """The SQL statements of a migration script (a trigger's body holds semicolons too)."""
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                yield pending
+            pending = ""
+    if pending.strip(" \n;"):
+        raise ValueError(f"an incomplete statement in a migration: {pending!r}")
+
+
 #: Bytes of an evicted item's delivery tag kept to recognise it when it comes back (§14.2):
 #: enough that two items of one store never share them by chance, too few to name an item.
 EVICTED_TAG_PREFIX = 8
@@ -437,9 +469,8 @@ class Store:
             )
         for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
             with self.transaction():
-                for statement in script.split(";"):
-                    if statement.strip():
-                        self._conn.execute(statement)
+                for statement in _statements(script):
+                    self._conn.execute(statement)
                 self._conn.execute(f"PRAGMA user_version = {number}")
         tables = {row[0] for row in self._conn.execute("SELECT name FROM sqlite_master")}
         if "outbox" in tables and "sealed_outbox" in tables:
@@ -659,7 +690,7 @@ class Store:
                 yield data
 
     def item_count(self) -> int:
-        return int(self._conn.execute("SELECT count(*) FROM items").fetchone()[0])
+        return int(self._conn.execute("SELECT n FROM item_count").fetchone()[0])
 
     def items_of_kind(self, kind: ItemKind) -> list[bytes]:
         """Every held item of ``kind``, oldest first (for the few kinds that are small)."""
@@ -1317,24 +1348,27 @@ class Store:
 
     def status(self) -> dict[str, object]:
         # Not GROUP BY kind: that walks every index entry (~10 ms at 100k items here, more on
-        # a Pi) on the store thread that a bulk sync shares (perf S11). count(*) of the table
-        # is a b-tree page count; the rare kinds are index ranges; envelopes are the rest.
-        total = self._conn.execute("SELECT count(*) FROM items").fetchone()[0]
-        kinds = {
-            kind.name.lower(): self._conn.execute(
-                "SELECT count(*) FROM items WHERE kind = ?", (kind.value,)
-            ).fetchone()[0]
-            for kind in ItemKind
-            if kind is not ItemKind.ENVELOPE
-        }
+        # a Pi) on the store thread that a bulk sync shares (perf S11). The total is kept by
+        # triggers (migration 12); the rare kinds are index ranges; envelopes are the rest.
+        # One statement: one snapshot, and one release of the GIL (at each step) instead of
+        # one per count, each of which costs a wait for the GIL while a sync runs (perf S11).
+        rare = [kind for kind in ItemKind if kind is not ItemKind.ENVELOPE]
+        per_kind = "(SELECT count(*) FROM items WHERE kind = ?), " * len(rare)
+        counts = self._conn.execute(
+            f"SELECT (SELECT n FROM item_count), {per_kind}"  # noqa: S608 - placeholders only
+            "(SELECT count(*) FROM items WHERE own = 1 AND kind = ?),"
+            " (SELECT count(*) FROM tombstones)",
+            (*(kind.value for kind in rare), ItemKind.ENVELOPE.value),
+        ).fetchone()
+        total, *rare_counts, waiting, tombstones = counts
+        kinds = {kind.name.lower(): n for kind, n in zip(rare, rare_counts, strict=True)}
         kinds[ItemKind.ENVELOPE.name.lower()] = total - sum(kinds.values())
-        waiting = self._conn.execute(
-            "SELECT count(*) FROM items WHERE own = 1 AND kind = ?", (ItemKind.ENVELOPE.value,)
-        ).fetchone()[0]
-        tombstones = self._conn.execute("SELECT count(*) FROM tombstones").fetchone()[0]
-        disk = sum(
-            p.stat().st_size for p in self.path.parent.glob(self.path.name + "*") if p.is_file()
-        )
+        with os.scandir(self.path.parent) as entries:  # one stat per file (-wal, -shm)
+            disk = sum(
+                entry.stat().st_size
+                for entry in entries
+                if entry.name.startswith(self.path.name) and entry.is_file()
+            )
         return {
             "items": {k.name.lower(): kinds.get(k.name.lower(), 0) for k in ItemKind},
             "items_total": sum(kinds.values()),

@@ -8,15 +8,17 @@ reading a flight, the janitor). The thread always serves the interactive lane fi
 one bounded slice - never after the rest of the flight. Within a lane, calls run in
 submission order.
 
-Reads that must not wait even for that slice (``status`` over the control API) go to a second
-connection on a thread of its own (``read``): in WAL mode a reader sees the last committed
-state while the store thread writes or fsyncs. That connection is ``query_only``.
+Reads that must not wait even for that slice (``status``) go to a second connection on a
+thread of its own (``read``; the control API's thread has one of its own,
+``reader_for_this_thread``): in WAL mode a reader sees the last committed state while the
+store thread writes or fsyncs. Those connections are ``query_only``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import sqlite3
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -46,7 +48,7 @@ class StoreWorker:
         self._reader = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="fieldsync-store-reader"
         )
-        self._read_store: Store | None = None
+        self._read_on_executor = ThreadReader(path, cache_kib)
 
     async def open(self) -> None:
         self._thread.start()
@@ -60,21 +62,17 @@ class StoreWorker:
         waits for the store thread, and sees what was committed when it starts."""
         if self._store is None:
             raise RuntimeError("StoreWorker.open() was not awaited")
+        reader = self._read_on_executor
+        return await asyncio.get_running_loop().run_in_executor(self._reader, reader.read, func)
 
-        def run() -> T:
-            store = self._read_store
-            if store is None:
-                # Opened on first use (a relay nobody asks for its status never pays for
-                # it), after the store thread's Store: the schema is migrated, nothing to write.
-                # The store thread's page cache: SQLite's default on an author node (counting
-                # 100k items through a much smaller one decrypts the index pages again on
-                # every status); a relay's cap, memory first, where status is rarely asked.
-                store = self._read_store = Store(self.path, cache_kib=self._cache_kib)
-            store.follow_key_rotation()  # the janitor may have re-keyed the store since
-            store.conn.execute("PRAGMA query_only = ON")
-            return func(store)
-
-        return await asyncio.get_running_loop().run_in_executor(self._reader, run)
+    def reader_for_this_thread(self) -> ThreadReader:
+        """A reader connection of its own for a thread without an event loop (the control
+        API's): its reads wait for no other thread, not even to be handed over (under load,
+        waking another thread and being woken again cost more than the read). Only that
+        thread may use and close it."""
+        if self._store is None:
+            raise RuntimeError("StoreWorker.open() was not awaited")
+        return ThreadReader(self.path, self._cache_kib)
 
     def local_writer_waiting(self) -> bool:
         """Whether another process has announced a write to the store (``write_intent``):
@@ -127,12 +125,7 @@ class StoreWorker:
         if intent is not None:
             intent.close()
 
-        def close_reader() -> None:
-            read_store, self._read_store = self._read_store, None
-            if read_store is not None:
-                read_store.close()
-
-        await asyncio.get_running_loop().run_in_executor(self._reader, close_reader)
+        await asyncio.get_running_loop().run_in_executor(self._reader, self._read_on_executor.close)
         await asyncio.to_thread(self._reader.shutdown, True)
         if store is not None:
             await self._submit(store.close, bulk=False)
@@ -142,3 +135,34 @@ class StoreWorker:
         if self._thread.is_alive():
             # Joining the (now idle) thread blocks: do it off the event loop.
             await asyncio.to_thread(self._thread.join)
+
+
+class ThreadReader:
+    """A ``query_only`` connection to the store for one thread: opened there on first use
+    (a relay nobody asks for its status never pays for it) and closed by it (``close``)."""
+
+    def __init__(self, path: Path, cache_kib: int | None) -> None:
+        self.path = path
+        self._cache_kib = cache_kib
+        self._store: Store | None = None
+        self._query_only: sqlite3.Connection | None = None  # the connection made read-only
+
+    def read(self, func: Callable[[Store], T]) -> T:
+        """``func(store)``, seeing what was committed when it starts; it cannot write."""
+        store = self._store
+        if store is None:
+            # After the store thread's Store: the schema is migrated, nothing to write.
+            # The store thread's page cache: SQLite's default on an author node; a relay's
+            # cap, memory first, where status is rarely asked.
+            store = self._store = Store(self.path, cache_kib=self._cache_kib)
+        store.follow_key_rotation()  # the janitor may have re-keyed the store since
+        if store.conn is not self._query_only:  # new, or reopened under a new key
+            store.conn.execute("PRAGMA query_only = ON")
+            self._query_only = store.conn
+        return func(store)
+
+    def close(self) -> None:
+        store, self._store = self._store, None
+        self._query_only = None
+        if store is not None:
+            store.close()

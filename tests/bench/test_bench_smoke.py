@@ -199,6 +199,31 @@ def test_only_runs_one_group_and_says_how_start_up_was_measured(tmp_path: Path) 
     assert "Argon2id" in proc.stdout and "ms CPU" in proc.stdout
 
 
+def test_only_s11_measures_commit_and_status_latencies_alone(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    # Node homes hold the daemon's control socket: keep their paths short (AF_UNIX limit).
+    scratch = Path(tempfile.mkdtemp(prefix="fsb-"))
+    try:
+        command = [sys.executable, "-m", "bench", "--smoke", "--only", "s11"]
+        proc = subprocess.run(
+            [*command, "--json", str(out), "--workdir", str(scratch)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(out.read_text())
+    assert result["only"] == "s11" and list(result["scenarios"]) == ["S11"]
+    s11 = result["scenarios"]["S11"]
+    for series in ("commit_idle", "commit_under_sync", "status_idle", "status_under_sync"):
+        assert s11[series]["n"] > 0 and _number(s11[series]["p99_ms"])
+    assert len(result["run"]["loadavg_start"]) == 3 and "load" in proc.stdout
+
+
 def test_only_refuses_an_unknown_group() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "bench", "--only", "everything"],

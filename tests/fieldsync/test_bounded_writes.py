@@ -29,7 +29,7 @@ from fieldsync.peer import STEP_MAX_BYTES, PeerLimits, SyncOutcome, run_peer
 from fieldsync.runtime import Runtime
 from fieldsync.sqlite_tx import DB_ERRORS, begin_polling, immediate_transaction
 from fieldsync.store import Quota, QuotaExceeded, Store
-from fieldsync.store_worker import StoreWorker
+from fieldsync.store_worker import StoreWorker, ThreadReader
 from fieldsync.transport import memory_pair
 from fieldsync.write_intent import IntentProbe, announced
 from fieldsync_protocol.items import Checked, check_item
@@ -433,3 +433,23 @@ async def test_every_acknowledged_batch_was_made_durable_first(
     assert commits.count(False) > 0  # slices went without an fsync each...
     assert commits.count(True) <= batches  # ...and at most one fsync per batch
     assert commits.count(True) < len(commits)
+
+
+def test_a_thread_reader_follows_a_key_rotation_and_stays_read_only(tmp_path: Path) -> None:
+    """The control API's own reader: re-opened under the janitor's new key, still
+    ``query_only`` after it."""
+    path = tmp_path / "store.db"
+    writer = Store(path)
+    reader = ThreadReader(path, None)
+    try:
+        writer.advance_clock(3)
+        assert reader.read(lambda store: store.local_clock()) == 3
+        reader.read(lambda store: store.conn.execute("SELECT 1"))  # opened, rotation next
+        assert writer.rotate_key()
+        writer.advance_clock(5)
+        assert reader.read(lambda store: store.local_clock()) == 8
+        with pytest.raises(DB_ERRORS, match="readonly"):
+            reader.read(lambda store: store.conn.execute("CREATE TABLE t (v)"))
+    finally:
+        reader.close()
+        writer.close()

@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from fieldsync import synthetic
 from fieldsync.config import Config, load_config
-from fieldsync.control import query
+from fieldsync.control import query, request
 from fieldsync.daemon import FieldDaemon
 from fieldsync.lognames import address_name
 from fieldsync.node import Node
@@ -84,6 +86,50 @@ async def test_control_api_reports_status_and_peers(network: synthetic.Synthetic
         await daemon.stop()
     assert not await asyncio.to_thread((home / "control.sock").exists)
     assert await query(home / "control.sock", "status") is None
+
+
+async def test_status_answers_while_the_event_loop_is_busy(
+    network: synthetic.SyntheticNetwork,
+) -> None:
+    """The control API has its own thread: a long callback on the daemon's loop (a sync
+    session's, say) does not hold ``status``, which still shows the store's counts and the
+    loop's state as the loop last saw it."""
+    home = await asyncio.to_thread(network.add_node, "a")
+    daemon = FieldDaemon(await config_for(home))
+    await daemon.start()
+    socket = home / "control.sock"
+    answered = threading.Event()
+    answers: list[dict[str, Any] | None] = []
+    answered_while_busy: list[bool] = []
+
+    def ask() -> None:
+        answers.append(request(socket, "status", 60.0))
+        answered.set()
+
+    asker = threading.Thread(target=ask)
+
+    def long_callback() -> None:
+        asker.start()
+        # Busy, as a callback decrypting a flight is: nothing else runs on this loop until
+        # it returns. The deadline only keeps a broken build from hanging the test.
+        deadline = time.monotonic() + 60
+        while not answered.is_set() and time.monotonic() < deadline:
+            pass
+        answered_while_busy.append(answered.is_set())
+
+    try:
+        assert await query(socket, "status") is not None  # the loop's state seen once
+        asyncio.get_running_loop().call_soon(long_callback)
+        await asyncio.sleep(0)  # the callback runs (and returns) before this resumes
+        await asyncio.to_thread(asker.join, 60)
+    finally:
+        await daemon.stop()
+    assert answered_while_busy == [True]
+    (status,) = answers
+    assert status is not None and status["running"] is True
+    assert status["items"]["manifest"] == 1  # from the store
+    assert status["listening"] and "components" in status  # the loop's last view
+    assert not [t for t in threading.enumerate() if t.name == "fieldsync-control"]
 
 
 async def test_daemons_relay_new_reports_and_receipts_through_static_peers(

@@ -5,6 +5,7 @@ Deletion happens only from a verified HQ receipt; tombstones refuse what was del
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import sqlite3
 from collections.abc import Iterator
@@ -126,6 +127,58 @@ def test_integrity_and_status_of_an_empty_store(store: Store) -> None:
     assert status["outbox"] == {"sealed": 0}
     assert status["tombstones"] == 0
     assert isinstance(status["disk_bytes"], int) and status["disk_bytes"] > 0
+
+
+def _raw_items(count: int, kind: str = "e") -> list[tuple[bytes, bytes, str, bytes, int, int]]:
+    return [
+        (secrets.token_bytes(32), secrets.token_bytes(32), kind, b"data", 1, 2)
+        for _ in range(count)
+    ]
+
+
+INSERT_RAW = "INSERT OR IGNORE INTO items (id, tag, kind, data, received_at, expires_at)"
+
+
+def test_the_item_count_follows_every_insert_and_delete(store: Store) -> None:
+    """``status`` reads the total from the row the triggers keep, not count(*) (perf S11)."""
+
+    def counted() -> int:
+        return int(store.conn.execute("SELECT count(*) FROM items").fetchone()[0])
+
+    rows = _raw_items(5) + _raw_items(2, kind="m")
+    with store.transaction():
+        store.conn.executemany(f"{INSERT_RAW} VALUES (?, ?, ?, ?, ?, ?)", rows)
+        store.conn.execute(f"{INSERT_RAW} VALUES (?, ?, ?, ?, ?, ?)", rows[0])  # ignored
+    assert store.item_count() == counted() == 7
+    with store.transaction():
+        store.conn.execute("DELETE FROM items WHERE id = ?", (rows[0][0],))
+    status = store.status()
+    assert store.item_count() == counted() == status["items_total"] == 6
+    items = status["items"]
+    assert isinstance(items, dict) and items["envelope"] == 4 and items["manifest"] == 2
+    with pytest.raises(RuntimeError), store.transaction():
+        store.conn.execute("DELETE FROM items WHERE kind = 'e'")
+        raise RuntimeError("rolled back, with the count")
+    assert store.item_count() == counted() == 6
+    with store.transaction():
+        store.conn.execute("DELETE FROM items")  # every row: no truncation that skips triggers
+    assert store.item_count() == counted() == 0
+
+
+def test_a_store_from_before_the_item_count_is_counted_once_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    with contextlib.closing(Store(path)) as store, store.transaction():
+        store.conn.executemany(f"{INSERT_RAW} VALUES (?, ?, ?, ?, ?, ?)", _raw_items(9))
+        # Back to schema 11, as an older fieldsync left it.
+        store.conn.execute("DROP TRIGGER items_counted_in")
+        store.conn.execute("DROP TRIGGER items_counted_out")
+        store.conn.execute("DROP TABLE item_count")
+        store.conn.execute("PRAGMA user_version = 11")
+    with contextlib.closing(Store(path)) as migrated:
+        assert migrated.item_count() == migrated.status()["items_total"] == 9
+        with migrated.transaction():
+            migrated.conn.executemany(f"{INSERT_RAW} VALUES (?, ?, ?, ?, ?, ?)", _raw_items(1))
+        assert migrated.item_count() == 10
 
 
 def test_transaction_rolls_back_on_error(store: Store) -> None:
