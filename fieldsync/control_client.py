@@ -2,8 +2,9 @@
 
 ``fieldsync status`` and ``fieldsync peers`` import this and nothing of the server side
 (aiohttp, asyncio), nor ``http.client`` (which loads ssl and the email parser): the
-command must start within its budget on a Pi (issue 13 item 6). The server is our own
-aiohttp app, which answers ``Connection: close`` requests with a ``Content-Length`` body.
+command must start within its budget on a Pi (issue 13 item 6). The server is the daemon's
+``fieldsync.control`` (its own thread, no HTTP framework), which answers with a
+``Content-Length`` body and ``Connection: close``.
 """
 
 from __future__ import annotations
