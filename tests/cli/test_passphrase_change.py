@@ -109,7 +109,8 @@ def test_a_wrong_current_passphrase_is_refused_and_counted(net: Net, run: Run) -
     # The count goes on across commands: a third wrong one at another prompt wipes.
     env = clean_env(FIELDSYNC_PASSPHRASE="nope nope", **counting)
     third = run("--home", net.a, "author", "list", "--unlock", "--json", env=env)
-    assert "every key on this node was destroyed" in _error(third, "WrongPassphrase", WRONG)
+    # KeysDestroyed: the WrongPassphrase that wiped (same exit code).
+    assert "every key on this node was destroyed" in _error(third, "KeysDestroyed", WRONG)
     assert not (net.a / AUTHOR_SECRET).exists()
 
 
