@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import math
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -47,6 +49,8 @@ class StoreWorker:
             max_workers=1, thread_name_prefix="fieldsync-store-reader"
         )
         self._read_store: Store | None = None
+        #: When another process was last seen announcing a write (``time.monotonic``).
+        self._writer_seen_at = -math.inf
 
     async def open(self) -> None:
         self._thread.start()
@@ -79,7 +83,23 @@ class StoreWorker:
     def local_writer_waiting(self) -> bool:
         """Whether another process has announced a write to the store (``write_intent``):
         bulk work should let it in first. Non-blocking, for the event loop."""
-        return self._intent is not None and self._intent.writer_waiting()
+        if self._intent is None or not self._intent.writer_waiting():
+            return False
+        self._writer_seen_at = time.monotonic()
+        return True
+
+    def writer_seen_within(self, seconds: float) -> bool:
+        """Whether another process announced a write in the last ``seconds`` (as far as
+        ``local_writer_waiting`` saw): it may well write again soon."""
+        return time.monotonic() - self._writer_seen_at < seconds
+
+    def others_waiting(self) -> bool:
+        """Whether anything should run before more bulk work (store thread, between two
+        bounded transactions of one call): a queued call in either lane, or another
+        process's announced write."""
+        # A deque's truth value is read atomically; a call queued right after is served
+        # after the next transaction, as it would be had it come during it.
+        return bool(self._interactive or self._bulk) or self.local_writer_waiting()
 
     async def call(self, func: Callable[[Store], T], *, bulk: bool = False) -> T:
         """Run ``func(store)`` on the store thread and return its result; ``bulk`` calls
