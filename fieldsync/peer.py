@@ -893,7 +893,13 @@ class _Connection:
                     # The next slice follows in this call unless someone waits: a hop
                     # through the event loop between slices leaves the store thread idle
                     # for a scheduling delay each time (ms on a busy machine, perf S1).
-                    if worker.others_waiting() or time.perf_counter() - started >= CALL_SECONDS:
+                    # While local writes come (perf S11), one slice per call as before: the
+                    # hop lets the event loop (control API) in between.
+                    if (
+                        worker.others_waiting()
+                        or worker.writer_seen_within(WRITER_RECENT_SECONDS)
+                        or time.perf_counter() - started >= CALL_SECONDS
+                    ):
                         return None  # let others in between two transactions
                     continue
                 event = self._held_event or session.next_event()
@@ -950,6 +956,7 @@ class _Connection:
         if session is None:
             raise PeerViolation("no session")
         started = time.perf_counter()
+        self.ctx.worker.watch_other_writers(store)
         if self.ctx.worker.writer_seen_within(WRITER_RECENT_SECONDS):
             step_seconds, max_bytes, max_items = STEP_SECONDS, STEP_MAX_BYTES, BATCH_ITEMS
         else:

@@ -49,8 +49,10 @@ class StoreWorker:
             max_workers=1, thread_name_prefix="fieldsync-store-reader"
         )
         self._read_store: Store | None = None
-        #: When another process was last seen announcing a write (``time.monotonic``).
+        #: When another process was last seen announcing or committing a write
+        #: (``time.monotonic``), and the store's ``data_version`` then.
         self._writer_seen_at = -math.inf
+        self._data_version = 0
 
     async def open(self) -> None:
         self._thread.start()
@@ -58,6 +60,8 @@ class StoreWorker:
             lambda: Store(self.path, cache_kib=self._cache_kib), bulk=False
         )
         self._intent = await self._submit(lambda: IntentProbe(self.path), bulk=False)
+        store = self._store
+        self._data_version = await self._submit(store.data_version, bulk=False)
 
     async def read(self, func: Callable[[Store], T]) -> T:
         """Run the read-only ``func(store)`` on the reader connection and thread: it never
@@ -88,9 +92,18 @@ class StoreWorker:
         self._writer_seen_at = time.monotonic()
         return True
 
+    def watch_other_writers(self, store: Store) -> None:
+        """Store thread, before bulk work: note whether another process committed since the
+        last look (``data_version``), which the intent probe only sees while it writes."""
+        version = store.data_version()
+        if version != self._data_version:
+            self._data_version = version
+            self._writer_seen_at = time.monotonic()
+
     def writer_seen_within(self, seconds: float) -> bool:
-        """Whether another process announced a write in the last ``seconds`` (as far as
-        ``local_writer_waiting`` saw): it may well write again soon."""
+        """Whether another process announced or committed a write in the last ``seconds``
+        (as far as ``local_writer_waiting`` and ``watch_other_writers`` saw): it may well
+        write again soon."""
         return time.monotonic() - self._writer_seen_at < seconds
 
     def others_waiting(self) -> bool:

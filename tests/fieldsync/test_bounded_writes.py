@@ -204,6 +204,40 @@ async def test_local_writes_interleave_with_a_bulk_flight(pair: Pair) -> None:
     assert max(waited) <= 1
 
 
+async def test_the_worker_notes_a_commit_by_another_process(tmp_path: Path) -> None:
+    """A commit by another connection since the last look counts as a local writer seen
+    (short slices for a while, perf S11); its own commits do not."""
+    worker = StoreWorker(tmp_path / "store.db")
+    await worker.open()
+    try:
+        await worker.call(worker.watch_other_writers)
+        assert not worker.writer_seen_within(60)
+
+        def own_write(store: Store) -> None:
+            with store.transaction():
+                store.conn.execute("INSERT INTO store_meta (key, value) VALUES ('own', 1)")
+
+        await worker.call(own_write)
+        await worker.call(worker.watch_other_writers)
+        assert not worker.writer_seen_within(60)
+
+        def other_process_writes() -> None:  # another connection, as ``report add`` opens
+            other = Store(tmp_path / "store.db")
+            try:
+                with other.transaction():
+                    other.conn.execute("INSERT INTO store_meta (key, value) VALUES ('other', 1)")
+            finally:
+                other.close()
+
+        await asyncio.to_thread(other_process_writes)
+        assert not worker.writer_seen_within(60)  # not looked yet
+        await worker.call(worker.watch_other_writers)
+        assert worker.writer_seen_within(60)
+        assert not worker.writer_seen_within(0)
+    finally:
+        await worker.close()
+
+
 async def test_interactive_calls_go_before_queued_bulk_calls(tmp_path: Path) -> None:
     """While a bulk call (one slice) runs, a bulk call and two interactive calls queue:
     the interactive ones run next, in their order, and the bulk one after them."""
