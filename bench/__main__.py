@@ -356,6 +356,22 @@ def _fmt_rate(x: float) -> str:
     return f"{x / 1000:,.1f}k/s" if x < 1e6 else f"{x / 1e6:,.2f}M/s"
 
 
+def _measured(key: str, sc: dict[str, Any]) -> str:
+    if key == "S1":
+        return (
+            f"{sc['value']:.3f} ({_fmt_rate(sc['items_per_s'])}, {_size(sc['n'])}"
+            f" in {sc['seconds']:.2f} s)"
+        )
+    if key == "S10":
+        return (
+            f"{sc['value']:.3f} of hop, {sc['of_bound']:.3f} of bound"
+            f" ({_fmt_rate(sc['items_per_s'])})"
+        )
+    if key == "S7":
+        return f"+{sc['value']:.1f} B/item ({sc['wire_bytes_per_item']:.1f} B on wire)"
+    return str(sc["measured"])
+
+
 def table(result: dict[str, Any]) -> str:
     lines: list[str] = []
     cal = result["calibration"]
@@ -388,20 +404,7 @@ def table(result: dict[str, Any]) -> str:
     lines.append("")
     lines.append(f"{'scenario':<9} {'measured':<46} {'goal':<44} result")
     for key, sc in result["scenarios"].items():
-        if key == "S1":
-            measured = (
-                f"{sc['value']:.3f} ({_fmt_rate(sc['items_per_s'])}, {_size(sc['n'])}"
-                f" in {sc['seconds']:.2f} s)"
-            )
-        elif key == "S10":
-            measured = (
-                f"{sc['value']:.3f} of hop, {sc['of_bound']:.3f} of bound"
-                f" ({_fmt_rate(sc['items_per_s'])})"
-            )
-        elif key == "S7":
-            measured = f"+{sc['value']:.1f} B/item ({sc['wire_bytes_per_item']:.1f} B on wire)"
-        else:
-            measured = sc["measured"]
+        measured = _measured(key, sc)
         verdict = "PASS" if sc["pass"] else "FAIL"
         if key == "S1" and sc["stretch_pass"]:
             verdict += " (stretch)"
@@ -420,14 +423,16 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-#: ``--only NAME``: one group of scenarios on its own, without calibration (its ratios
-#: need the bound, so S1/S10 are not among them): quick to re-measure memory, start-up and
-#: the latencies of S11 (milliseconds, no bound needed).
+#: ``--only NAME``: one group of scenarios on its own: quick to re-measure memory, start-up
+#: and the latencies of S11 (milliseconds, no bound needed) without calibration; ``bulk``
+#: (S1, S7, S10, S11) brackets its scenarios with the two calibrations, as the whole run
+#: does, because the S1 ratio needs the same-run bound.
 ONLY = {
     "startup": ("startup",),
     "relay": ("RSS.relay",),
     "web": ("RSS.web",),
     "s11": ("S11",),
+    "bulk": ("S1", "S7", "S10", "S11"),
 }
 
 
@@ -445,6 +450,8 @@ def run_only(mode: Mode, workdir: Path, only: str) -> dict[str, Any]:
             scenarios["startup"] = startup.startup_result(
                 startup.run_startup(net, workdir, mode.startup_reps)
             )
+    elif only == "bulk":
+        result["calibration"] = _run_bulk(mode, workdir, net, phase, scenarios)
     elif only == "relay":
         with phase("setup", f"item pool: {mode.s10_items} items"):
             pool = make_pool(net.manifest, mode.s10_items, mode.real_sealed)
@@ -477,6 +484,43 @@ def run_only(mode: Mode, workdir: Path, only: str) -> dict[str, Any]:
     return result
 
 
+def _run_bulk(
+    mode: Mode,
+    workdir: Path,
+    net: synthetic.SyntheticNetwork,
+    phase: Phases,
+    scenarios: dict[str, Any],
+) -> dict[str, Any]:
+    """``--only bulk``: calibration, S1 + S7, S10, S11, calibration (the order of ``run``)."""
+    pool_size = max(mode.s1_items, mode.s10_items)
+    with phase("setup", f"item pool: {pool_size} items"):
+        pool = make_pool(net.manifest, pool_size, mode.real_sealed)
+    calib_items = pool.items[: max(mode.calibration.insert_items, 2_000)]
+    runs = []
+    with phase("calibration1", "calibration 1/2"):
+        runs.append(
+            calibrate.calibrate(calib_items, net.manifest, workdir / "calib1", mode.calibration)
+        )
+    with phase("S1", f"S1: {mode.s1_items} items A -> B, {mode.s1_reps} time(s)"):
+        s1_raw = s1_bulk.run_s1(net, pool, mode.s1_items, mode.s1_reps, workdir)
+    with phase("S10", f"S10: {mode.s10_items} items A -> relay B -> C"):
+        s10_raw = relay.run_s10(net, pool, mode.s10_items, workdir)
+    with phase("S11", f"S11: local commits and status on B while {mode.s10_items} arrive"):
+        s11_raw = responsive.run_s11(net, pool, mode.s10_items, workdir)
+    with phase("calibration2", "calibration 2/2"):
+        runs.append(
+            calibrate.calibrate(calib_items, net.manifest, workdir / "calib2", mode.calibration)
+        )
+    combined = calibrate.combine(runs)
+    scenarios["S1"] = s1_bulk.s1_result(
+        s1_raw, combined["bound"], combined["serial_bound_receiver"]
+    )
+    scenarios["S7"] = s1_bulk.s7_result(s1_raw)
+    scenarios["S10"] = relay.s10_result(s10_raw, scenarios["S1"]["items_per_s"], combined["bound"])
+    scenarios["S11"] = responsive.s11_result(s11_raw)
+    return {"bound": combined["bound"], "bound_drift_pct": combined["bound_drift_pct"]}
+
+
 def only_table(result: dict[str, Any]) -> str:
     env = result["environment"]
     lines = [
@@ -487,13 +531,18 @@ def only_table(result: dict[str, Any]) -> str:
     ]
     for key, sc in result["scenarios"].items():
         verdict = "PASS" if sc["pass"] else "FAIL"
-        lines.append(f"{key:<9} {sc['measured']:<46} {sc['target']:<44} {verdict}")
+        lines.append(f"{key:<9} {_measured(key, sc):<46} {sc['target']:<44} {verdict}")
         lines.extend(f"  {note}" for note in sc.get("notes", ()))
     lines.append("")
-    run_info = result["run"]
+    if "calibration" in result:
+        cal = result["calibration"]
+        lines.append(
+            f"bound: {cal['bound']['primitive']} at {_fmt_rate(cal['bound']['items_per_s'])};"
+            f" drift {cal['bound_drift_pct']}%"
+        )
     lines.append(
-        f"elapsed {run_info['elapsed_s']} s; load {run_info['loadavg_start'][0]} ->"
-        f" {run_info['loadavg_end'][0]}"
+        f"elapsed {result['run']['elapsed_s']} s; load {result['run']['loadavg_start'][0]}"
+        f" -> {result['run']['loadavg_end'][0]}"
     )
     return "\n".join(line.rstrip() for line in lines)
 
@@ -531,8 +580,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         choices=sorted(ONLY),
-        help="run one group on its own, without calibration: startup (CLI start-up),"
-        " relay (RSS.relay), web (RSS.web), s11 (local commit and status under sync)",
+        help="run one group on its own: startup (CLI start-up), relay (RSS.relay), web"
+        " (RSS.web), s11 (local commit and status under sync), without calibration; bulk"
+        " (S1, S7, S10, S11) between two calibrations",
     )
     args = parser.parse_args(argv)
     mode = MODES[args.mode or "quick"]

@@ -83,6 +83,17 @@ SEND_CHUNK = 256 * 1024
 #: bounds. Custody is unchanged: a batch is acknowledged once its last slice is committed.
 STEP_SECONDS = 0.004
 STEP_MAX_BYTES = 128 * 1024
+#: While no other process has announced a write for WRITER_RECENT_SECONDS, slices are this
+#: long instead: a commit's cost is mostly per transaction (pages of the two random 32-byte
+#: indexes, encrypted and written whole), so Store.add_batch costs ~60 us of store-thread
+#: CPU per item in 67-item slices, ~40 in 256-item ones and ~33 in 512-item ones (perf S1,
+#: 20k items, reference VM). The first local write after a quiet spell waits for one such
+#: slice; later ones, while writes keep coming, for STEP_SECONDS slices (perf S11). Calls
+#: queued on the store thread wait for one slice.
+QUIET_STEP_SECONDS = 0.016
+QUIET_STEP_MAX_BYTES = 512 * 1024
+QUIET_STEP_MAX_ITEMS = 2 * BATCH_ITEMS
+WRITER_RECENT_SECONDS = 2.0
 STEP_MIN_ITEMS = 8
 STEP_FIRST_ITEMS = 32
 #: Slices are committed without an fsync (``Store.add_batch(durable=False)``); a durable
@@ -91,6 +102,9 @@ STEP_FIRST_ITEMS = 32
 #: ACK for them goes out at once, while the rest of the flight is still being stored: the
 #: sender refills its window (16 batches) without waiting for the whole flight.
 ACK_EVERY_BATCHES = 4
+#: One store-thread call stores slice after slice (each its own transaction) while nobody
+#: else waits for the store (``StoreWorker.others_waiting``), for at most this long.
+CALL_SECONDS = 0.05
 #: DATA batches the sender reads and encodes per store-thread call (``_send_pending``).
 SEND_BATCHES_PER_CALL = 1
 
@@ -680,7 +694,7 @@ class _Connection:
         self._unstored: collections.deque[_Unstored] = collections.deque()
         self._held_event: object | None = None  # read from the session, not yet acted on
         self._completed = False
-        self._step_items = STEP_FIRST_ITEMS
+        self._item_seconds: float | None = None  # the last slice's time per item
         self._ack_owed = False  # a durable slice acknowledged batches; the ACK is not sent
 
     async def run(self) -> None:
@@ -857,22 +871,37 @@ class _Connection:
     async def _handle_events(self) -> bool:
         """Act on session events; True once the session is complete.
 
-        Each store-thread call commits at most one bounded slice of the received batches
-        (``_store_step``) and then returns, so whatever else waits for the store thread runs
-        between two slices.
+        Each store-thread call commits bounded slices of the received batches
+        (``_store_step``), each its own transaction, and returns as soon as anything else
+        waits for the store (a queued call, another process's announced write), so that
+        runs between two slices; or once a slice acknowledged batches (the ACK is sent).
         """
         session = self.session
         if session is None:
             raise PeerViolation("no session")
         node_key = self.peer.node_key if self.peer else b""
         outcome = self.outcome
+        worker = self.ctx.worker
 
         def act(store: Store) -> bool | None:
+            started = time.perf_counter()
             while True:
                 if self._unstored:
                     if self._store_step(store, node_key):
                         self._ack_owed = True
-                    return None  # one transaction per call: let others in
+                        return None  # the ACK goes out now, from the event loop
+                    # The next slice follows in this call unless someone waits: a hop
+                    # through the event loop between slices leaves the store thread idle
+                    # for a scheduling delay each time (ms on a busy machine, perf S1).
+                    # While local writes come (perf S11), one slice per call as before: the
+                    # hop lets the event loop (control API) in between.
+                    if (
+                        worker.others_waiting()
+                        or worker.writer_seen_within(WRITER_RECENT_SECONDS)
+                        or time.perf_counter() - started >= CALL_SECONDS
+                    ):
+                        return None  # let others in between two transactions
+                    continue
                 event = self._held_event or session.next_event()
                 self._held_event = None
                 if event is None:
@@ -927,17 +956,27 @@ class _Connection:
         if session is None:
             raise PeerViolation("no session")
         started = time.perf_counter()
+        self.ctx.worker.watch_other_writers(store)
+        if self.ctx.worker.writer_seen_within(WRITER_RECENT_SECONDS):
+            step_seconds, max_bytes, max_items = STEP_SECONDS, STEP_MAX_BYTES, BATCH_ITEMS
+        else:
+            step_seconds, max_bytes = QUIET_STEP_SECONDS, QUIET_STEP_MAX_BYTES
+            max_items = QUIET_STEP_MAX_ITEMS
+        if self._item_seconds is None:
+            step_items = STEP_FIRST_ITEMS
+        else:
+            step_items = max(STEP_MIN_ITEMS, min(max_items, int(step_seconds / self._item_seconds)))
         slice_items: list[tuple[_Unstored, list[bytes]]] = []
         count = size = 0
         for unstored in self._unstored:
             if unstored.complete():
                 continue  # stored, waiting for a durable commit to be acknowledged
-            room = self._step_items - count
-            if room <= 0 or size >= STEP_MAX_BYTES:
+            room = step_items - count
+            if room <= 0 or size >= max_bytes:
                 break
             taken: list[bytes] = []
             for data in unstored.rest()[:room]:
-                if taken and size + len(data) > STEP_MAX_BYTES:
+                if taken and size + len(data) > max_bytes:
                     break
                 taken.append(data)
                 size += len(data)
@@ -984,8 +1023,9 @@ class _Connection:
                 session.commit_done(self._unstored.popleft().event.batch_no)
                 acknowledged = True
         elapsed = time.perf_counter() - started
-        per_item = elapsed / max(count, 1)
-        self._step_items = max(STEP_MIN_ITEMS, min(BATCH_ITEMS, int(STEP_SECONDS / per_item)))
+        # The per-item cost falls as slices grow: a short slice's estimate undersizes the
+        # next quiet one a little, never oversizes it.
+        self._item_seconds = elapsed / max(count, 1)
         return acknowledged
 
 

@@ -19,7 +19,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import sqlite3
+import math
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -49,6 +51,10 @@ class StoreWorker:
             max_workers=1, thread_name_prefix="fieldsync-store-reader"
         )
         self._read_on_executor = ThreadReader(path, cache_kib)
+        #: When another process was last seen announcing or committing a write
+        #: (``time.monotonic``), and the store's ``data_version`` then.
+        self._writer_seen_at = -math.inf
+        self._data_version = 0
 
     async def open(self) -> None:
         self._thread.start()
@@ -56,6 +62,8 @@ class StoreWorker:
             lambda: Store(self.path, cache_kib=self._cache_kib), bulk=False
         )
         self._intent = await self._submit(lambda: IntentProbe(self.path), bulk=False)
+        store = self._store
+        self._data_version = await self._submit(store.data_version, bulk=False)
 
     async def read(self, func: Callable[[Store], T]) -> T:
         """Run the read-only ``func(store)`` on the reader connection and thread: it never
@@ -77,7 +85,32 @@ class StoreWorker:
     def local_writer_waiting(self) -> bool:
         """Whether another process has announced a write to the store (``write_intent``):
         bulk work should let it in first. Non-blocking, for the event loop."""
-        return self._intent is not None and self._intent.writer_waiting()
+        if self._intent is None or not self._intent.writer_waiting():
+            return False
+        self._writer_seen_at = time.monotonic()
+        return True
+
+    def watch_other_writers(self, store: Store) -> None:
+        """Store thread, before bulk work: note whether another process committed since the
+        last look (``data_version``), which the intent probe only sees while it writes."""
+        version = store.data_version()
+        if version != self._data_version:
+            self._data_version = version
+            self._writer_seen_at = time.monotonic()
+
+    def writer_seen_within(self, seconds: float) -> bool:
+        """Whether another process announced or committed a write in the last ``seconds``
+        (as far as ``local_writer_waiting`` and ``watch_other_writers`` saw): it may well
+        write again soon."""
+        return time.monotonic() - self._writer_seen_at < seconds
+
+    def others_waiting(self) -> bool:
+        """Whether anything should run before more bulk work (store thread, between two
+        bounded transactions of one call): a queued call in either lane, or another
+        process's announced write."""
+        # A deque's truth value is read atomically; a call queued right after is served
+        # after the next transaction, as it would be had it come during it.
+        return bool(self._interactive or self._bulk) or self.local_writer_waiting()
 
     async def call(self, func: Callable[[Store], T], *, bulk: bool = False) -> T:
         """Run ``func(store)`` on the store thread and return its result; ``bulk`` calls

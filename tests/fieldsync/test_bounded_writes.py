@@ -24,8 +24,14 @@ from typing import Any
 import pytest
 from blockbuster import BlockBuster, blockbuster_ctx
 
-from fieldsync import synthetic
-from fieldsync.peer import STEP_MAX_BYTES, PeerLimits, SyncOutcome, run_peer
+from fieldsync import peer, synthetic
+from fieldsync.peer import (
+    QUIET_STEP_MAX_BYTES,
+    STEP_MAX_BYTES,
+    PeerLimits,
+    SyncOutcome,
+    run_peer,
+)
 from fieldsync.runtime import Runtime
 from fieldsync.sqlite_tx import DB_ERRORS, begin_polling, immediate_transaction
 from fieldsync.store import Quota, QuotaExceeded, Store
@@ -106,16 +112,61 @@ async def test_a_bulk_flight_is_committed_in_bounded_transactions(pair: Pair) ->
         assert theirs.yielded_to_local_writers == 0  # nobody announced a write
         held = await receiver.worker.call(lambda store: store.item_count())
     assert held == REPORTS + 1  # and the manifest
-    # No transaction holds more than STEP_MAX_BYTES of items: the whole flight (one window,
-    # one transaction before) takes at least this many.
-    assert transactions >= math.ceil(pair.report_bytes / STEP_MAX_BYTES)
+    # No transaction holds more than QUIET_STEP_MAX_BYTES of items (no other process
+    # announced a write): the whole flight (one window, one transaction before) takes at
+    # least this many.
+    assert transactions >= math.ceil(pair.report_bytes / QUIET_STEP_MAX_BYTES)
+
+
+async def test_slices_follow_each_other_in_one_store_call_while_nobody_waits(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With nothing else queued, the receiver stores several slices in one store-thread
+    call (no hop through the event loop between two transactions), still each in its own
+    transaction."""
+    monkeypatch.setattr(peer, "CALL_SECONDS", 60.0)  # a slow machine's slices: no cap here
+    slices = 0
+    store_step = peer._Connection._store_step
+
+    def counted_step(self: Any, store: Store, node_key: bytes) -> bool:
+        nonlocal slices
+        slices += 1
+        return store_step(self, store, node_key)
+
+    monkeypatch.setattr(peer._Connection, "_store_step", counted_step)
+    async with opened(pair.sender) as sender, opened(pair.receiver) as receiver:
+        per_call: list[int] = []  # slices stored by each call acting on session events
+        call = receiver.worker.call
+
+        async def counted(func: Any, *, bulk: bool = False) -> Any:
+            if getattr(func, "__name__", "") != "act":
+                return await call(func, bulk=bulk)
+
+            def act(store: Store) -> Any:
+                before = slices
+                try:
+                    return func(store)
+                finally:
+                    per_call.append(slices - before)
+
+            return await call(act, bulk=bulk)
+
+        monkeypatch.setattr(receiver.worker, "call", counted)
+        mine, theirs, transactions = await flight(sender, receiver)
+    assert mine.complete and theirs.complete, (mine.error, theirs.error)
+    assert sum(per_call) == slices <= transactions  # a slice is one transaction
+    assert max(per_call) >= 2
 
 
 async def test_local_writes_interleave_with_a_bulk_flight(pair: Pair) -> None:
     """A write queued on the receiver's store thread while a flight is stored runs after at
-    most one slice of it (plus a cursor update), not after the whole flight."""
+    most one slice of it (plus a cursor update), not after the whole flight; while nothing
+    is queued, one store call stores slice after slice."""
     async with opened(pair.sender) as sender, opened(pair.receiver) as receiver:
-        seen: list[int] = []  # the store's commit count as each local write starts
+        # The receiver's Store, to read its commit count from here (an int, read whole).
+        store_of_receiver = await receiver.worker.call(lambda store: store)
+        queued: list[int] = []  # the store's commit count once each local write is queued
+        seen: list[int] = []  # ... and as it starts
         syncing = asyncio.Event()
         syncing.set()
 
@@ -126,7 +177,11 @@ async def test_local_writes_interleave_with_a_bulk_flight(pair: Pair) -> None:
 
         async def writer() -> None:
             while syncing.is_set():
-                await receiver.worker.call(local_write)
+                call = asyncio.ensure_future(receiver.worker.call(local_write))
+                await asyncio.sleep(0)  # the call's task ran up to its await: it is queued
+                queued.append(store_of_receiver.commits)
+                await call
+                await asyncio.sleep(0.001)  # a gap in which nothing waits for the store
 
         task = asyncio.create_task(writer())
         end_s, end_r = memory_pair()
@@ -140,12 +195,47 @@ async def test_local_writes_interleave_with_a_bulk_flight(pair: Pair) -> None:
             await task
         assert mine.complete and theirs.complete, (mine.error, theirs.error)
         assert theirs.items_new == REPORTS
+    waited = [start - at_queue for at_queue, start in zip(queued, seen, strict=True)]
     bulk_between = [later - earlier - 1 for earlier, later in itertools.pairwise(seen)]
-    slices = math.ceil(pair.report_bytes / STEP_MAX_BYTES)
+    slices = math.ceil(pair.report_bytes / QUIET_STEP_MAX_BYTES)  # (no write announced)
     assert sum(bulk_between) >= slices  # the flight was stored while the writer ran...
-    # ...and never more than the one slice in progress when the write was queued: the
-    # interactive lane goes first.
-    assert max(bulk_between) <= 1
+    # ...and a queued write never waited for more than the one slice in progress when it
+    # was queued: the interactive lane goes first, and a bulk call stops between slices.
+    assert max(waited) <= 1
+
+
+async def test_the_worker_notes_a_commit_by_another_process(tmp_path: Path) -> None:
+    """A commit by another connection since the last look counts as a local writer seen
+    (short slices for a while, perf S11); its own commits do not."""
+    worker = StoreWorker(tmp_path / "store.db")
+    await worker.open()
+    try:
+        await worker.call(worker.watch_other_writers)
+        assert not worker.writer_seen_within(60)
+
+        def own_write(store: Store) -> None:
+            with store.transaction():
+                store.conn.execute("INSERT INTO store_meta (key, value) VALUES ('own', 1)")
+
+        await worker.call(own_write)
+        await worker.call(worker.watch_other_writers)
+        assert not worker.writer_seen_within(60)
+
+        def other_process_writes() -> None:  # another connection, as ``report add`` opens
+            other = Store(tmp_path / "store.db")
+            try:
+                with other.transaction():
+                    other.conn.execute("INSERT INTO store_meta (key, value) VALUES ('other', 1)")
+            finally:
+                other.close()
+
+        await asyncio.to_thread(other_process_writes)
+        assert not worker.writer_seen_within(60)  # not looked yet
+        await worker.call(worker.watch_other_writers)
+        assert worker.writer_seen_within(60)
+        assert not worker.writer_seen_within(0)
+    finally:
+        await worker.close()
 
 
 async def test_interactive_calls_go_before_queued_bulk_calls(tmp_path: Path) -> None:
@@ -260,7 +350,8 @@ def receiver_write_announced(pair: Pair) -> Iterator[None]:
 @pytest.mark.usefixtures("receiver_write_announced")
 async def test_an_announced_write_makes_the_receiver_wait_before_each_slice(pair: Pair) -> None:
     """While another process announces a write for the whole flight, the receiver defers
-    every slice after the first (bounded: the flight still completes)."""
+    every slice after the first (bounded: the flight still completes), and its slices are
+    the short ones (at most STEP_MAX_BYTES each)."""
     async with opened(pair.sender) as sender, opened(pair.receiver) as receiver:
         mine, theirs, transactions = await flight(sender, receiver)
     assert mine.complete and theirs.complete, (mine.error, theirs.error)

@@ -228,6 +228,30 @@ def test_items_are_stored_once_in_arrival_order_with_relative_expiry(net: Net) -
         store.close()
 
 
+def test_a_batch_stores_blobs_that_read_back_as_the_items_bytes(net: Net) -> None:
+    """add_batch binds ids, tags and items as bytearrays (Store._blobs): what is stored is
+    the same BLOB, found again by bytes (duplicates, has_item, get_items, a receipt's tag)."""
+    manifest = hq_manifest(net)
+    seed = author_seed(net)
+    sealed = [seal(manifest, seed, n, f"report {n}").item for n in range(1, 4)]
+    store = Store(store_path(net.b))
+    try:
+        first = store.add_batch([check_item(item, manifest) for item in sealed], now=1000)
+        again = store.add_batch([check_item(item, manifest) for item in sealed], now=1001)
+        assert (first.new, again.new, again.duplicate) == (3, 0, 3)
+        ids = [content_id(item) for item in sealed]
+        assert all(store.has_item(item_id) for item_id in ids)
+        assert sorted(store.get_items(ids)) == sorted(sealed)
+        assert store.missing([*ids, bytes(32)]) == [bytes(32)]
+        rows = store.db.execute(
+            "SELECT id, tag, data FROM items WHERE kind = 'e' ORDER BY seq"
+        ).fetchall()
+        assert rows == [(content_id(x), delivery_tag(x), x) for x in sealed]
+        assert all(type(value) is bytes for row in rows for value in row)
+    finally:
+        store.close()
+
+
 # --- the author's outbox and chain --------------------------------------------------------
 
 
