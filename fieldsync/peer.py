@@ -87,9 +87,11 @@ STEP_MAX_BYTES = 128 * 1024
 #: long instead: a commit's cost is mostly per transaction (pages of the two random 32-byte
 #: indexes, encrypted and written whole), so Store.add_batch costs ~60 us of store-thread
 #: CPU per item in 67-item slices, ~40 in 256-item ones and ~33 in 512-item ones (perf S1,
-#: 20k items, reference VM). The first local write after a quiet spell waits for one such
-#: slice; later ones, while writes keep coming, for STEP_SECONDS slices (perf S11). Calls
-#: queued on the store thread wait for one slice.
+#: 20k items, reference VM). Only on a node without an author (a relay, the hub): there a
+#: local write (a bundle import, a CLI command) is rare and may wait for one such slice; on
+#: an author node a report is written at any moment and must never wait more than a
+#: STEP_SECONDS slice (perf S11), so its slices stay short (``StoreWorker.local_writes``).
+#: Calls queued on the store thread wait for one slice.
 QUIET_STEP_SECONDS = 0.016
 QUIET_STEP_MAX_BYTES = 512 * 1024
 QUIET_STEP_MAX_ITEMS = 2 * BATCH_ITEMS
@@ -956,8 +958,9 @@ class _Connection:
         if session is None:
             raise PeerViolation("no session")
         started = time.perf_counter()
-        self.ctx.worker.watch_other_writers(store)
-        if self.ctx.worker.writer_seen_within(WRITER_RECENT_SECONDS):
+        worker = self.ctx.worker
+        worker.watch_other_writers(store)
+        if worker.local_writes or worker.writer_seen_within(WRITER_RECENT_SECONDS):
             step_seconds, max_bytes, max_items = STEP_SECONDS, STEP_MAX_BYTES, BATCH_ITEMS
         else:
             step_seconds, max_bytes = QUIET_STEP_SECONDS, QUIET_STEP_MAX_BYTES

@@ -100,7 +100,12 @@ class Runtime:
             lambda: (node.membership(), node.node_secret(), node.is_author())
         )
         # A relay's page cache is capped (Store); an author's serves its web app's pages.
-        worker = StoreWorker(home / STORE, cache_kib=None if is_author else RELAY_CACHE_KIB)
+        # An author's reports must never wait behind a long sync slice (perf S11).
+        worker = StoreWorker(
+            home / STORE,
+            cache_kib=None if is_author else RELAY_CACHE_KIB,
+            local_writes=is_author,
+        )
         await worker.open()
         source = await worker.call(lambda store: SyncSource(store, offer_delay))
         context = PeerContext(

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import sqlite3
 import math
+import sqlite3
 import threading
 import time
 from collections import deque
@@ -36,9 +36,14 @@ _Job = tuple["concurrent.futures.Future[Any]", Callable[[], Any]]
 
 
 class StoreWorker:
-    def __init__(self, path: Path, *, cache_kib: int | None = None) -> None:
-        """``cache_kib``: the store's page cache cap (``Store``)."""
+    def __init__(
+        self, path: Path, *, cache_kib: int | None = None, local_writes: bool = False
+    ) -> None:
+        """``cache_kib``: the store's page cache cap (``Store``). ``local_writes``: the node
+        has an author, so a report may be written (``report add``, the web app) at any
+        moment, announced or not: its sync slices stay short (``peer.QUIET_STEP_SECONDS``)."""
         self.path = path
+        self.local_writes = local_writes
         self._cache_kib = cache_kib
         self._store: Store | None = None
         self._intent: IntentProbe | None = None

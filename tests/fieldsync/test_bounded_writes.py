@@ -118,6 +118,42 @@ async def test_a_bulk_flight_is_committed_in_bounded_transactions(pair: Pair) ->
     assert transactions >= math.ceil(pair.report_bytes / QUIET_STEP_MAX_BYTES)
 
 
+async def test_an_author_node_keeps_its_slices_short_with_no_writer_seen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relay that has seen no local writer stores a flight in longer slices; an author
+    node never does: a report may be written there at any moment (perf S11). Time bounds
+    are lifted so that only the byte bound decides a slice's size."""
+    monkeypatch.setattr(peer, "STEP_SECONDS", 60.0)
+    monkeypatch.setattr(peer, "QUIET_STEP_SECONDS", 60.0)
+
+    def set_up() -> tuple[Path, Path, list[bytes]]:
+        network = synthetic.create_network(tmp_path / "net")
+        sender_home = network.add_node("sender")
+        author_home = network.add_node("author", author=True)
+        reports = synthetic.sealed_reports(network.manifest, REPORTS)
+        synthetic.fill_store(sender_home, network.manifest, reports)
+        return sender_home, author_home, reports
+
+    sender_home, author_home, reports = await asyncio.to_thread(set_up)
+    slice_bytes: list[int] = []
+    add_batch = Store.add_batch
+
+    def measured(self: Store, checked: list[Checked], *args: Any, **kwargs: Any) -> Any:
+        slice_bytes.append(sum(len(one.item.data) for one in checked))
+        return add_batch(self, checked, *args, **kwargs)
+
+    monkeypatch.setattr(Store, "add_batch", measured)
+    async with opened(sender_home) as sender, opened(author_home) as author:
+        assert author.worker.local_writes and not sender.worker.local_writes
+        mine, theirs, _ = await flight(sender, author)
+    assert mine.complete and theirs.complete, (mine.error, theirs.error)
+    assert theirs.items_new == REPORTS
+    assert sum(slice_bytes) == sum(map(len, reports))
+    # No slice holds more than STEP_MAX_BYTES and the one item that crosses it.
+    assert max(slice_bytes) <= STEP_MAX_BYTES + max(map(len, reports))
+
+
 async def test_slices_follow_each_other_in_one_store_call_while_nobody_waits(
     pair: Pair, monkeypatch: pytest.MonkeyPatch
 ) -> None:
