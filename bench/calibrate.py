@@ -236,7 +236,12 @@ def _sqlite_insert(
 ) -> Rep:
     """Plain sqlite3 (``encrypted``: sqlcipher3 under a random raw key), no fieldsync code:
     one executemany of ``per_rep`` rows, one commit."""
-    rows = [(content_id(x), delivery_tag(x), x) for x in items[:per_rep]]
+    # Bound as bytearrays, as the store binds them (Store._blobs): sqlcipher3 looks up an
+    # adapter for every ``bytes`` value, which would slow the bound, not just the store.
+    rows = [
+        (bytearray(content_id(x)), bytearray(delivery_tag(x)), bytearray(x))
+        for x in items[:per_rep]
+    ]
     state = {"rep": 0}
     name = "sqlcipher" if encrypted else "sqlite"
 
