@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = (
@@ -172,11 +173,13 @@ def test_peers_without_syncthing_is_one_skipped_line(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_only_runs_one_group_and_says_how_start_up_was_measured(tmp_path: Path) -> None:
+def _run_only(group: str, tmp_path: Path) -> tuple[subprocess.CompletedProcess[str], Any]:
+    """``python -m bench --smoke --only group``: the process and its JSON result."""
     out = tmp_path / "bench.json"
+    # Node homes hold the daemon's control socket: keep their paths short (AF_UNIX limit).
     scratch = Path(tempfile.mkdtemp(prefix="fsb-"))
     try:
-        command = [sys.executable, "-m", "bench", "--smoke", "--only", "startup"]
+        command = [sys.executable, "-m", "bench", "--smoke", "--only", group]
         proc = subprocess.run(
             [*command, "--json", str(out), "--workdir", str(scratch)],
             cwd=ROOT,
@@ -188,7 +191,11 @@ def test_only_runs_one_group_and_says_how_start_up_was_measured(tmp_path: Path) 
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    result = json.loads(out.read_text())
+    return proc, json.loads(out.read_text())
+
+
+def test_only_runs_one_group_and_says_how_start_up_was_measured(tmp_path: Path) -> None:
+    proc, result = _run_only("startup", tmp_path)
     assert result["only"] == "startup" and list(result["scenarios"]) == ["startup"]
     startup = result["scenarios"]["startup"]
     # report list is judged without its Argon2id derivation, which is timed on its own
@@ -200,23 +207,7 @@ def test_only_runs_one_group_and_says_how_start_up_was_measured(tmp_path: Path) 
 
 
 def test_only_s11_measures_commit_and_status_latencies_alone(tmp_path: Path) -> None:
-    out = tmp_path / "bench.json"
-    # Node homes hold the daemon's control socket: keep their paths short (AF_UNIX limit).
-    scratch = Path(tempfile.mkdtemp(prefix="fsb-"))
-    try:
-        command = [sys.executable, "-m", "bench", "--smoke", "--only", "s11"]
-        proc = subprocess.run(
-            [*command, "--json", str(out), "--workdir", str(scratch)],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    result = json.loads(out.read_text())
+    proc, result = _run_only("s11", tmp_path)
     assert result["only"] == "s11" and list(result["scenarios"]) == ["S11"]
     s11 = result["scenarios"]["S11"]
     for series in ("commit_idle", "commit_under_sync", "status_idle", "status_under_sync"):
