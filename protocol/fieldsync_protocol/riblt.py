@@ -68,47 +68,76 @@ class CodedSymbols:
     one it does not hold, corrupts it: the caller adds only new ids and removes only held
     ones (a reconciliation against a corrupt prefix fails its checks and falls back)."""
 
-    __slots__ = ("count", "counts", "id_total", "sums", "xors")
+    __slots__ = ("cells", "count", "counts", "id_total")
 
     def __init__(self, ids: Iterable[bytes] = ()) -> None:
-        self.xors = [0] * MAX_SYMBOLS
-        self.sums = [0] * MAX_SYMBOLS
+        #: Per symbol ``id XOR << 64 | checksum XOR``: one XOR and one int per index an id
+        #: updates, not two (the per-item update is the daemon's hot path).
+        self.cells = [0] * MAX_SYMBOLS
         self.counts = [0] * MAX_SYMBOLS
         self.count = 0
         self.id_total = 0
         self.extend(ids)
 
+    @property
+    def xors(self) -> list[int]:
+        """Per symbol, the XOR of its ids (read as big-endian integers); a new list."""
+        return [cell >> 64 for cell in self.cells]
+
+    @property
+    def sums(self) -> list[int]:
+        """Per symbol, the XOR of its ids' checksums; a new list."""
+        return [cell & _MASK64 for cell in self.cells]
+
     def extend(self, ids: Iterable[bytes]) -> None:
-        for item_id in ids:
-            self._apply(item_id, 1)
+        self._apply(ids, 1)
 
     def add(self, item_id: bytes) -> None:
-        self._apply(item_id, 1)
+        self._apply((item_id,), 1)
 
     def remove(self, item_id: bytes) -> None:
-        self._apply(item_id, -1)
+        self._apply((item_id,), -1)
 
-    def _apply(self, item_id: bytes, sign: int) -> None:
-        if len(item_id) != ID_SIZE:
-            raise LocalProtocolError("coded symbols hold 32-byte ids")
-        value = int.from_bytes(item_id, "big")
-        checksum, seed = id_hash(item_id)
-        xors, sums, counts = self.xors, self.sums, self.counts
-        for i in indices(seed, MAX_SYMBOLS):
-            xors[i] ^= value
-            sums[i] ^= checksum
-            counts[i] += sign
-        self.count += sign
-        self.id_total = (self.id_total + sign * int.from_bytes(item_id, "little")) & _MASK256
+    def _apply(self, ids: Iterable[bytes], sign: int) -> None:
+        # The hot path of every new item in the daemon (about 14 indices per id): ``id_hash``
+        # and ``indices`` written out inline, with every name a local, since a generator
+        # resume and global lookups per index cost as much as the arithmetic itself.
+        cells, counts = self.cells, self.counts
+        isqrt, multiplier, limit = math.isqrt, _MULTIPLIER, MAX_SYMBOLS
+        count, total = self.count, self.id_total
+        try:
+            for item_id in ids:
+                if len(item_id) != ID_SIZE:
+                    raise LocalProtocolError("coded symbols hold 32-byte ids")
+                digest = hashlib.blake2b(item_id, digest_size=16, person=_PERSON).digest()
+                state = int.from_bytes(digest[8:], "little") | 1
+                # id ‖ the checksum bytes reversed, big-endian: id << 64 | LE64(digest[:8]).
+                cell = int.from_bytes(item_id + digest[7::-1], "big")
+                index = 0
+                while index < limit:
+                    cells[index] ^= cell
+                    counts[index] += sign
+                    # ``indices`` with r = s - 1: the gap ⌈(2i + 3)(2^32 - 1 - r) / 2(r + 1)⌉
+                    # as a negated floor division, 0 only when r = 2^32 - 1 (hence ``or 1``).
+                    # The masks are literals: Python folds them, no lookup per index.
+                    state = state * multiplier & (1 << 64) - 1
+                    root = isqrt(state)
+                    index += -(((2 * index + 3) * (root - ((1 << 32) - 1))) // (2 * root + 2)) or 1
+                total += sign * int.from_bytes(item_id, "little")
+                count += sign
+        finally:
+            # Ids applied before one of the wrong size stay applied and counted, as one by one.
+            self.count, self.id_total = count, total & _MASK256
 
     def encode(self, start: int, stop: int) -> bytes:
         """Symbols ``start..stop-1``, each ``id XOR ‖ LE64 checksum XOR ‖ LE16 count``."""
         if not 0 <= start < stop <= MAX_SYMBOLS:
             raise LocalProtocolError("coded symbols out of range")
+        cells, counts = self.cells, self.counts
         return b"".join(
-            self.xors[i].to_bytes(ID_SIZE, "big")
-            + self.sums[i].to_bytes(CHECKSUM_SIZE, "little")
-            + (self.counts[i] % _COUNT_MOD).to_bytes(2, "little")
+            (cells[i] >> 64).to_bytes(ID_SIZE, "big")
+            + (cells[i] & _MASK64).to_bytes(CHECKSUM_SIZE, "little")
+            + (counts[i] % _COUNT_MOD).to_bytes(2, "little")
             for i in range(start, stop)
         )
 
@@ -139,9 +168,10 @@ def estimate_difference(own: CodedSymbols, peer: PeerSymbols) -> int | None:
     symbols differ (index ``i`` holds an id with probability about ``1/(1 + i/2)``); None
     when every one differs (the difference is too big for these symbols to tell)."""
     m = len(peer)
+    own_xors, own_sums = own.xors, own.sums  # built once: each is a new list
     differing = sum(
         (peer.xors[i], peer.sums[i], peer.counts[i] % _COUNT_MOD)
-        != (own.xors[i], own.sums[i], own.counts[i] % _COUNT_MOD)
+        != (own_xors[i], own_sums[i], own.counts[i] % _COUNT_MOD)
         for i in range(m)
     )
     if differing >= m:
@@ -167,8 +197,9 @@ def peel(own: CodedSymbols, peer: PeerSymbols) -> Difference | None:
     None if those symbols do not decode (too few, or inconsistent). At most ``len(peer)``
     ids are peeled, so this ends after O(len(peer) · log len(peer)) steps on any input."""
     m = len(peer)
-    xors = [peer.xors[i] ^ own.xors[i] for i in range(m)]
-    sums = [peer.sums[i] ^ own.sums[i] for i in range(m)]
+    own_xors, own_sums = own.xors, own.sums  # built once: each is a new list
+    xors = [peer.xors[i] ^ own_xors[i] for i in range(m)]
+    sums = [peer.sums[i] ^ own_sums[i] for i in range(m)]
     # The peer sends counts mod 2**16: the difference is small, read it as a signed value.
     counts = []
     for i in range(m):
