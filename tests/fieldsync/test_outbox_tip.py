@@ -135,12 +135,22 @@ def test_migration_from_the_previous_schema_keeps_the_outbox_and_continues_the_c
     ids = [write(node, seed, f"before the migration {index}") for index in range(3)]
     before = open_all(node.store().sealed_outbox(), outbox_keys(seed))
     node.close()
-    # The store as the schema before the outbox tip's migration (the newest) left it.
-    previous = len(_MIGRATIONS) - 1
-    assert "outbox_tips" in _MIGRATIONS[previous]
+    # The store as the schema before the outbox tip's migration left it: its tables and
+    # those of the migrations after it (the item total) dropped, the version set back.
+    (previous,) = [n for n, sql in enumerate(_MIGRATIONS) if "CREATE TABLE outbox_tips" in sql]
+    later = _MIGRATIONS[previous + 1 :]
+    assert len(later) == 1 and "CREATE TABLE item_count" in later[0], (
+        "a newer migration: undo what it creates here too"
+    )
     conn = connect_store(home / "store.db")
-    conn.execute("DROP TABLE outbox_tips")
-    conn.execute("DROP TABLE outbox_ids")
+    for statement in (
+        "DROP TABLE outbox_tips",
+        "DROP TABLE outbox_ids",
+        "DROP TRIGGER items_counted_in",
+        "DROP TRIGGER items_counted_out",
+        "DROP TABLE item_count",
+    ):
+        conn.execute(statement)
     conn.execute(f"PRAGMA user_version = {previous}")
     conn.close()
 
