@@ -21,11 +21,15 @@ import pytest
 
 from fieldsync.daemon import FieldDaemon
 from fieldsync.errors import FieldsyncError
-from fieldsync.node import Node
 from fieldsync.wipe import key_files
 from fieldsync.wipe_trigger import MAGIC, MAX_TRIGGER_BYTES, TriggerWatcher
 from tests.cli.cli_support import clean_env, fieldsync_command
-from tests.fieldsync.offline_support import PASSPHRASE, Net, build_network, copy_network
+from tests.fieldsync.offline_support import (
+    Net,
+    author_seed,
+    build_network,
+    copy_network,
+)
 from tests.integration.sync_support import start_server
 from tests.web.support import served
 
@@ -54,14 +58,6 @@ def _create(home: Path, path: Path) -> Path:
     )
     assert done.returncode == 0, done.stderr
     return Path(json.loads(done.stdout)["trigger"])
-
-
-def _unlock(home: Path) -> bytes:
-    node = Node(home)
-    try:
-        return node.unlock_author(PASSPHRASE)
-    finally:
-        node.close()
 
 
 def _watcher(daemon: FieldDaemon) -> TriggerWatcher:
@@ -113,7 +109,7 @@ async def test_only_this_nodes_token_wipes(
         )
     assert await asyncio.to_thread(key_files, net.a) == []
     with pytest.raises(FieldsyncError):
-        await asyncio.to_thread(_unlock, net.a)
+        await asyncio.to_thread(author_seed, net)
     # B's trigger is still B's: its home still knows the token, A's wipe took nothing of B.
     assert await asyncio.to_thread(key_files, net.b)
 
@@ -128,7 +124,7 @@ async def test_a_node_without_a_trigger_of_its_own_says_so(
         assert not d.wiped.is_set()
     assert "no trigger was created: fieldsync wipe-trigger create" in caplog.text
     assert "no trigger was made for this node yet" in caplog.text
-    assert await asyncio.to_thread(_unlock, net.a)
+    assert await asyncio.to_thread(author_seed, net)
 
 
 def test_create_refuses_an_existing_file_and_an_empty_home(net: Net, tmp_path: Path) -> None:
@@ -202,7 +198,7 @@ async def test_a_stick_plugged_in_wipes_the_node(
             await asyncio.wait_for(daemon.wiped.wait(), PATIENCE)
         assert await asyncio.to_thread(key_files, net.a) == []
         with pytest.raises(FieldsyncError):
-            await asyncio.to_thread(_unlock, net.a)
+            await asyncio.to_thread(author_seed, net)
     finally:
         await asyncio.to_thread(_unmount, staging)
         await asyncio.to_thread(_unmount, plugged)

@@ -15,21 +15,12 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from fieldsync.errors import FieldsyncError
-from fieldsync.node import Node
 from fieldsync.wipe import key_files
-from tests.fieldsync.offline_support import PASSPHRASE, Net
+from tests.fieldsync.offline_support import Net, author_seed
 from tests.web.browser import phone_browser
 from tests.web.support import DaemonThread, served, url_of
 
 FROM_OUR_PAGE = {"Sec-Fetch-Site": "same-origin"}
-
-
-def _unlock(net: Net) -> bytes:
-    node = Node(net.a)
-    try:
-        return node.unlock_author(PASSPHRASE)
-    finally:
-        node.close()
 
 
 async def _quick_exit(base: str, headers: dict[str, str]) -> None:
@@ -50,7 +41,7 @@ async def test_quick_exit_wipes_every_key_and_stops_the_daemon(net: Net) -> None
         await daemon.wait(asyncio.Event())  # returns: the daemon stops itself
     assert not await asyncio.to_thread((net.a / "store.db").exists)
     with pytest.raises(FieldsyncError):
-        await asyncio.to_thread(_unlock, net)
+        await asyncio.to_thread(author_seed, net)
 
 
 async def test_quick_exit_from_another_site_does_not_wipe(net: Net) -> None:
@@ -63,7 +54,7 @@ async def test_quick_exit_from_another_site_does_not_wipe(net: Net) -> None:
         await _quick_exit(base, {})  # no header saying where it came from
         assert not daemon.wiped.is_set()
     assert await asyncio.to_thread(key_files, net.a) == before
-    assert await asyncio.to_thread(_unlock, net)
+    assert await asyncio.to_thread(author_seed, net)
 
 
 async def test_quick_exit_wipes_nothing_by_default(net: Net) -> None:
@@ -74,7 +65,7 @@ async def test_quick_exit_wipes_nothing_by_default(net: Net) -> None:
         await _quick_exit(base, {"Referer": base + "/write"})
         assert not daemon.wiped.is_set()
     assert await asyncio.to_thread(key_files, net.a) == before
-    assert await asyncio.to_thread(_unlock, net)
+    assert await asyncio.to_thread(author_seed, net)
 
 
 async def test_quick_exit_from_an_old_browser_on_our_page_wipes(net: Net) -> None:

@@ -27,11 +27,10 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
 from fieldsync.errors import NotInitialised
-from fieldsync.node import Node
 from fieldsync.wipe import key_files
 from fieldsync.wrong_passphrases import UNLOCK_FAILURES
 from tests.cli.cli_support import clean_env, fieldsync_command
-from tests.fieldsync.offline_support import PASSPHRASE, Net
+from tests.fieldsync.offline_support import PASSPHRASE, Net, author_seed
 from tests.web.browser import axe_violations, ensure_axe, phone_browser, screenshot
 from tests.web.messages import catalogue
 from tests.web.support import DaemonThread, csrf_of, report_form
@@ -143,14 +142,6 @@ async def _count(home: Path) -> int | None:
     return int(await asyncio.to_thread(path.read_text))
 
 
-def _unlock(home: Path) -> bytes:
-    node = Node(home)
-    try:
-        return node.unlock_author(PASSPHRASE)
-    finally:
-        node.close()
-
-
 async def test_wrong_passphrases_in_the_app_count_and_the_last_one_wipes_and_stops(
     net: Net, tmp_path: Path
 ) -> None:
@@ -186,7 +177,7 @@ async def test_wrong_passphrases_in_the_app_count_and_the_last_one_wipes_and_sto
         assert "Traceback" not in logged
     assert not await asyncio.to_thread((net.a / "store.db").exists)
     with pytest.raises(NotInitialised, match="not a fieldsync node"):
-        await asyncio.to_thread(_unlock, net.a)
+        await asyncio.to_thread(author_seed, net)
 
 
 async def test_a_right_passphrase_in_the_app_resets_the_count(net: Net, tmp_path: Path) -> None:
@@ -205,7 +196,7 @@ async def test_a_right_passphrase_in_the_app_resets_the_count(net: Net, tmp_path
                 assert await _count(net.a) is None  # reset: no file left
         assert served.process.poll() is None  # still serving
     assert await asyncio.to_thread(key_files, net.a) == before
-    assert await asyncio.to_thread(_unlock, net.a)
+    assert await asyncio.to_thread(author_seed, net)
 
 
 async def test_the_default_counts_nothing_in_the_app(net: Net, tmp_path: Path) -> None:
@@ -217,7 +208,7 @@ async def test_the_default_counts_nothing_in_the_app(net: Net, tmp_path: Path) -
         assert await _count(net.a) is None
         assert served.process.poll() is None
     assert await asyncio.to_thread(key_files, net.a) == before
-    assert await asyncio.to_thread(_unlock, net.a)
+    assert await asyncio.to_thread(author_seed, net)
 
 
 def _wait_heading(driver: WebDriver, text: str) -> None:
