@@ -291,7 +291,7 @@ def run(mode: Mode, workdir: Path, *, with_peers: bool = False) -> dict[str, Any
         s1_raw, combined["bound"], combined["serial_bound_receiver"]
     )
     scenarios["S7"] = s1_bulk.s7_result(s1_raw)
-    scenarios["S10"] = relay.s10_result(s10_raw, scenarios["S1"]["items_per_s"], combined["bound"])
+    scenarios["S10"] = relay.s10_result(s10_raw, scenarios["S1"], combined["bound"])
     scenarios["RSS.relay"] = relay.memory_result(s10_raw)
     scenarios["S11"] = responsive.s11_result(s11_raw)
     scenarios["RSS.web"] = web.memory_result(web_memory)
@@ -516,7 +516,7 @@ def _run_bulk(
         s1_raw, combined["bound"], combined["serial_bound_receiver"]
     )
     scenarios["S7"] = s1_bulk.s7_result(s1_raw)
-    scenarios["S10"] = relay.s10_result(s10_raw, scenarios["S1"]["items_per_s"], combined["bound"])
+    scenarios["S10"] = relay.s10_result(s10_raw, scenarios["S1"], combined["bound"])
     scenarios["S11"] = responsive.s11_result(s11_raw)
     return {"bound": combined["bound"], "bound_drift_pct": combined["bound_drift_pct"]}
 

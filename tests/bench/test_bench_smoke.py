@@ -82,6 +82,11 @@ def test_smoke_run_reports_every_scenario(tmp_path: Path) -> None:
     assert scenarios["S1"]["bound_primitive"] == calibration["bound"]["primitive"]
     assert scenarios["S10"]["n"] == result["sizes"]["s10_items"]
     assert scenarios["S10"]["c_sessions"] >= 1
+    # Each node's CPU is measured (the one-core-per-node estimate is built from them).
+    assert set(scenarios["S10"]["cpu_s"]) == {"A", "B", "C"}
+    assert all(seconds > 0 for seconds in scenarios["S10"]["cpu_s"].values())
+    assert scenarios["S10"]["of_hop_core_each_estimate"] > 0
+    assert scenarios["S10"]["machine_busy"] > 0
     for probe in ("commit_idle", "commit_under_sync", "status_idle", "status_under_sync"):
         assert scenarios["S11"][probe]["n"] >= 1, probe
     assert set(scenarios["startup"]["commands_ms"]) == {
