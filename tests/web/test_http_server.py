@@ -4,7 +4,8 @@ Each test starts the real server on a loopback port the kernel picks, with short
 where a limit is under test, and writes bytes a browser never would: oversized or trickled
 heads, smuggling shapes (Content-Length with Transfer-Encoding, bad chunk sizes, more body
 than declared), bodies over a cap, too many connections, a page that raises. What is checked
-is the answer and that the connection is closed, never how long anything took.
+is the answer and that the connection is closed, never how long anything took. The last
+tests send the same shapes to a real daemon serving the app (static files, uploads).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from fieldsync.web.http import (
     Router,
     load_static,
 )
+from tests.fieldsync.offline_support import Net
+from tests.web.support import BOUNDARY, raw_multipart, served, url_of
 
 #: The longest a test waits for an answer: far above every short limit used here.
 PATIENCE = 20.0
@@ -242,3 +245,82 @@ async def test_a_query_of_too_many_fields_is_refused() -> None:
         answer = await exchange(port, f"GET /page?{query} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
     assert statuses(answer) == [400]
     assert b"X-Content-Type-Options: nosniff\r\n" in answer
+
+
+# --- the same shapes against a daemon serving the app ----------------------------------------
+
+
+def _request(target: str, port: int, extra: bytes = b"") -> bytes:
+    return (
+        f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n".encode()
+        + extra
+        + b"\r\n"
+    )
+
+
+async def test_static_paths_outside_the_directory_are_404(net: Net) -> None:
+    async with served(net.a) as daemon:
+        assert daemon.web is not None
+        port = daemon.web.port
+        css = await exchange(port, _request("/static/app.css", port))
+        assert statuses(css) == [200] and b"Content-Type: text/css\r\n" in css
+        assert b"Cache-Control: no-store\r\n" in css
+        js = await exchange(port, _request("/static/app.js", port))
+        assert b"Content-Type: application/javascript\r\n" in js
+        for target in (
+            "/static/../app.py",
+            "/static/%2e%2e/app.py",
+            "/static/..%2fapp.py",
+            "/static/%2E%2E%2Fapp.py",
+            "/static//etc/passwd",
+            "/static/%2Fetc%2Fpasswd",
+            "/static/app.css/",
+            "/static/./app.css",
+            "/static/",
+            "/static/templates/base.html",
+        ):
+            answer = await exchange(port, _request(target, port))
+            assert statuses(answer) == [404], target
+            assert b"Content-Security-Policy:" in answer  # the app's headers on errors too
+
+
+async def test_chunked_upload_over_the_limit_gets_the_too_large_page(net: Net) -> None:
+    async with served(net.a, **{"web.max_upload_mb": 1}) as daemon:
+        assert daemon.web is not None
+        port = daemon.web.port
+        body = raw_multipart([("attachment_files", "big.mp4", b"\0" * (2 * 1024 * 1024))])
+        step = 256 * 1024
+        chunks = b"".join(
+            b"%x\r\n%s\r\n" % (len(body[i : i + step]), body[i : i + step])
+            for i in range(0, len(body), step)
+        )
+        head = (
+            f"POST /write HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nOrigin: {url_of(daemon)}\r\n"
+            f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n"
+        ).encode()
+        answer = await exchange(port, head + chunks + b"0\r\n\r\n")
+        assert statuses(answer) == [413]
+        assert b"Too large" in answer
+
+
+async def test_malformed_multipart_is_400_and_the_app_goes_on(net: Net) -> None:
+    async with served(net.a) as daemon:
+        assert daemon.web is not None
+        port = daemon.web.port
+        for content_type, body in (
+            (f"multipart/form-data; boundary={BOUNDARY}", b"no boundary anywhere"),
+            ("multipart/form-data", b"--x\r\n\r\n"),  # no boundary parameter
+            (  # a part that is not a form field
+                f"multipart/form-data; boundary={BOUNDARY}",
+                f"--{BOUNDARY}\r\nContent-Disposition: attachment\r\n\r\nx\r\n"
+                f"--{BOUNDARY}--\r\n".encode(),
+            ),
+        ):
+            head = (
+                f"POST /write HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n"
+                f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
+            ).encode()
+            answer = await exchange(port, head + body)
+            assert statuses(answer) == [400], body
+        assert statuses(await exchange(port, _request("/write", port))) == [200]
