@@ -27,7 +27,6 @@ import traceback
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from email.utils import formatdate
 from pathlib import Path
 from typing import overload
 from urllib.parse import parse_qsl, unquote
@@ -444,8 +443,22 @@ class Response:
         fields = [("Content-Type", self.content_type), *self.headers.items()]
         fields += [("Set-Cookie", cookie) for cookie in self.cookies]
         fields.append(("Content-Length", str(len(self.body))))
-        fields.append(("Date", formatdate(usegmt=True)))
+        fields.append(("Date", http_date(time.time())))
         return fields
+
+
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def http_date(seconds: float) -> str:
+    """An HTTP date (RFC 9110 §5.6.7), always in English. Not email.utils.formatdate: its
+    import brings the email package (about 0.5 MB) for this one line."""
+    t = time.gmtime(seconds)
+    return (
+        f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year}"
+        f" {t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT"
+    )
 
 
 def _check_cookie_text(name: str, value: str) -> None:
@@ -498,7 +511,7 @@ def load_static(directory: Path) -> dict[str, StaticFile]:
         files[entry.name] = StaticFile(
             entry.read_bytes(),
             content_type,
-            formatdate(info.st_mtime, usegmt=True),
+            http_date(info.st_mtime),
             f'"{info.st_mtime_ns:x}-{info.st_size:x}"',
         )
     return files

@@ -15,6 +15,7 @@ import logging
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from email.utils import formatdate
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,7 @@ from fieldsync.web.http import (
     Request,
     Response,
     Router,
+    http_date,
     load_static,
 )
 from tests.fieldsync.offline_support import Net
@@ -245,6 +247,11 @@ async def test_a_query_of_too_many_fields_is_refused() -> None:
         answer = await exchange(port, f"GET /page?{query} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
     assert statuses(answer) == [400]
     assert b"X-Content-Type-Options: nosniff\r\n" in answer
+
+
+def test_http_dates_are_the_standard_library_s() -> None:
+    for seconds in (0.0, 951782400.0, 1733529600.5, 1765000000.9):
+        assert http_date(seconds) == formatdate(seconds, usegmt=True)
 
 
 # --- the same shapes against a daemon serving the app ----------------------------------------
