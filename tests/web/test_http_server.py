@@ -249,6 +249,62 @@ async def test_a_query_of_too_many_fields_is_refused() -> None:
     assert b"X-Content-Type-Options: nosniff\r\n" in answer
 
 
+async def test_a_trickled_body_is_cut_off_though_each_read_brings_a_byte() -> None:
+    limits = {"body_read_timeout": 0.5, "min_body_bytes_per_second": 100.0}
+    async with serving(**limits, linger_seconds=SHORT) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(b"POST /page HTTP/1.1\r\nHost: x\r\nContent-Length: 900\r\n\r\n")
+            answer = b""
+            async with asyncio.timeout(PATIENCE):
+                while True:  # a byte, then a pause of 0.1 s: under 10 B/s
+                    if not answer:
+                        writer.write(b"x")
+                    try:
+                        async with asyncio.timeout(0.1):
+                            piece = await reader.read(65536)
+                    except TimeoutError:
+                        continue
+                    if not piece:  # EOF: the server gave up on this body
+                        break
+                    answer += piece
+        finally:
+            writer.close()
+    assert statuses(answer) == [408]
+
+
+async def test_multipart_files_arrive_in_pieces_never_whole() -> None:
+    """The reader hands a part out a socket read at a time: a 2 MiB file never in one piece."""
+    pieces: list[int] = []
+
+    async def upload(request: Request) -> Response:
+        reader = request.multipart(10 * 1024 * 1024)
+        while (part := await reader.next()) is not None:
+            while chunk := await part.read_chunk():
+                if part.filename:
+                    pieces.append(len(chunk))
+        return Response.text("ok")
+
+    router = Router()
+    router.add("POST", "/upload", upload)
+    server = HTTPServer(router.handle, Limits())
+    await server.start("127.0.0.1", 0)
+    content = bytes(range(256)) * (8 * 1024)  # 2 MiB
+    body = raw_multipart([("note", None, b"hello"), ("file", "a.bin", content)])
+    head = (
+        "POST /upload HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    try:
+        answer = await exchange(server.port, head + body)
+    finally:
+        await server.stop()
+    assert statuses(answer) == [200]
+    assert sum(pieces) == len(content)
+    assert max(pieces) <= 64 * 1024 and len(pieces) >= 32
+
+
 def test_http_dates_are_the_standard_library_s() -> None:
     for seconds in (0.0, 951782400.0, 1733529600.5, 1765000000.9):
         assert http_date(seconds) == formatdate(seconds, usegmt=True)
