@@ -9,9 +9,9 @@ each start is repeated and the median kept. Goal: the app adds at most 10 MB wit
 of one language loaded (a node serves the languages its monitors read; the all-languages
 figure is printed beside it), and the author node with the app stays within 60 MB idle. The
 table also says where the app's memory goes: each library the app loads, measured step by
-step in a fresh interpreter that already holds the daemon (aiohttp's client half comes with
-any import of aiohttp, the web server included; its TLS contexts' CA bundles do not, in the
-daemon: ``fieldsync.aiohttp_import``).
+step in a fresh interpreter that already holds the daemon. The app's HTTP server is
+``fieldsync.web.http`` (h11 and python-multipart): an author's daemon serving it never
+imports aiohttp, which only the hub's and HQ's WebSocket transport use.
 
 render.web: the same daemon with the app on; a probe process loads the pages one after
 the other (the Arabic ones, every ``PROBE_EVERY_S``), first with the daemon idle, then while
@@ -43,23 +43,19 @@ APP_MB = 10.0
 #: Issue 13: an author node with the app, idle, within this (its daemon's VmRSS).
 AUTHOR_WITH_APP_MB = 60.0
 #: Where the app's memory goes: what each step adds to a fresh interpreter that already
-#: holds the daemon (``breakdown``), in the order the daemon loads them. The last step is
-#: not in the daemon: what a plain ``import aiohttp`` would add on top (its two default
-#: client TLS contexts loading the system's CA bundle), which ``fieldsync.aiohttp_import``
-#: avoids.
+#: holds the daemon (``breakdown``), in the order the daemon loads them.
 BREAKDOWN_STEPS = (
-    ("aiohttp (package: client, connector, helpers; without CA bundles)", "@aiohttp"),
-    ("aiohttp.web (server)", "aiohttp.web"),
-    ("jinja2 + aiohttp_jinja2", "aiohttp_jinja2"),
+    ("h11 (HTTP/1.1 parser)", "h11"),
+    ("python-multipart (streaming form parser)", "python_multipart.multipart"),
+    ("jinja2", "jinja2"),
     ("babel (dates, numbers)", "babel.dates babel.numbers"),
-    ("fieldsync.web (app, server, forms, TLS)", "fieldsync.web.server"),
+    ("fieldsync.web (app, HTTP server, forms, TLS)", "fieldsync.web.server"),
     ("templates (compiled apart, loaded)", "@templates"),
     ("languages at start (names; the source language, read apart)", "@languages"),
     ("every other language, on first use (read apart)", "@warm"),
-    ("(not in the daemon) the CA bundles of a plain `import aiohttp`", "@ca-bundles"),
 )
 _BREAKDOWN_PROBE = """\
-import gc, importlib, json, ssl, sys
+import gc, importlib, json, sys
 from fieldsync import heap
 def rss():
     with open("/proc/self/status") as status:
@@ -73,10 +69,7 @@ last = rss()
 added = []
 kept = []
 for label, what in steps:
-    if what == "@aiohttp":
-        from fieldsync.aiohttp_import import import_aiohttp
-        import_aiohttp()
-    elif what == "@templates":
+    if what == "@templates":
         import jinja2
         from fieldsync.web import template_code
         directory = template_code.TEMPLATES_DIR
@@ -94,15 +87,6 @@ for label, what in steps:
     elif what == "@warm":
         for language in languages.values():
             language.warm()
-    elif what == "@ca-bundles":
-        # What aiohttp.connector builds at import: a verifying context and one that does
-        # not verify, both loading the default CA paths.
-        verified = ssl.create_default_context()
-        unverified = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        unverified.check_hostname = False
-        unverified.verify_mode = ssl.CERT_NONE
-        unverified.set_default_verify_paths()
-        kept += [verified, unverified]
     else:
         for name in what.split():
             importlib.import_module(name)

@@ -1,10 +1,11 @@
 """Importing aiohttp without the two copies of the system's CA bundle that its import loads,
 and the TLS context our ``wss://`` dial verifies servers with instead.
 
-Any import of aiohttp (the web app's server included) imports ``aiohttp.connector``, which
+Any import of aiohttp (its WebSocket server included) imports ``aiohttp.connector``, which
 builds aiohttp's default client TLS contexts at once, each loading the system CA bundle:
-about 2 MB of OpenSSL heap (bench/web.py), kept for good, in an author's daemon that never
-makes an HTTPS request. ``import_aiohttp`` imports aiohttp with ``SSL_CERT_FILE`` (OpenSSL's
+about 2 MB of OpenSSL heap, kept for good, in a daemon whose one HTTPS request may be the
+hub's ``wss://`` dial, or none (a hub). The web app does not use aiohttp at all
+(``fieldsync.web.http``). ``import_aiohttp`` imports aiohttp with ``SSL_CERT_FILE`` (OpenSSL's
 documented variable; aiohttp's maintainers point to it, set before the import) naming an
 empty file, so those contexts hold no CA certificate. Our one client, the ``wss://`` dial
 (``fieldsync.transport``), never relies on them: it passes ``client_context()``, which loads

@@ -32,7 +32,6 @@ from fieldsync.faults import Faults
 from fieldsync.homelock import HomeLock
 from fieldsync.janitor import Janitor
 from fieldsync.lognames import address_name
-from fieldsync.node import Node
 from fieldsync.offer_hold import OfferDelay
 from fieldsync.peer import PeerLimits, SyncOutcome
 from fieldsync.runtime import WEBSOCKET_PATH, Runtime, Server
@@ -151,21 +150,17 @@ class FieldDaemon:
         sdnotify.ready(f"serving on {len(self.server.addresses) if self.server else 0} address(es)")
 
     def _import_aiohttp(self) -> None:
-        """Import aiohttp now if this node will use it (the web app, a WebSocket listener or
-        dial), without the CA bundles its import loads (``aiohttp_import``: it sets an
-        environment variable, so before any other thread of ours runs). Blocking."""
+        """Import aiohttp now if this node will use it (a WebSocket listener or dial),
+        without the CA bundles its import loads (``aiohttp_import``: it sets an environment
+        variable, so before any other thread of ours runs). Blocking. The web app does not
+        use aiohttp (``fieldsync.web.http``): an author node serving it never imports it."""
         config = self.config
-        web_app = (
-            config.web.listen is not None
-            and not config.hub.enabled
-            and Node(config.node.home).is_author()
-        )
         websocket = (
             config.hub.enabled
             or config.upstream.url is not None
             or any(isinstance(peer, WebSocketURL) for peer in config.peers.static)
         )
-        if web_app or websocket:
+        if websocket:
             import_aiohttp()
 
     async def _start_serving(self, runtime: Runtime) -> None:

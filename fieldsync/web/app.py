@@ -1,4 +1,4 @@
-"""The web app's pages and the rules every request passes (aiohttp + aiohttp-jinja2).
+"""The web app's pages and the rules every request passes (``fieldsync.web.http`` + Jinja2).
 
 Pages: ``/write`` (the report form), ``/reports`` (my reports), ``/status`` (the node),
 ``/exit`` (quick exit: ends the session, leaves for a neutral page; with ``[privacy]
@@ -26,9 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp_jinja2
-from aiohttp import BodyPartReader, web
-from aiohttp.http_exceptions import HttpProcessingError
+import jinja2
 
 from fieldsync import heap, media
 from fieldsync.errors import FieldsyncError, KeysDestroyed, WrongPassphrase
@@ -37,7 +35,7 @@ from fieldsync.node import Node
 from fieldsync.outbox import outbox_keys
 from fieldsync.store import Store
 from fieldsync.store_worker import StoreWorker
-from fieldsync.web import form_view, template_code
+from fieldsync.web import form_view, http, template_code
 from fieldsync.web.form_view import N_, FormValues
 from fieldsync.web.guard import (
     KeptAttachment,
@@ -46,6 +44,17 @@ from fieldsync.web.guard import (
     Session,
     Sessions,
     csrf_matches,
+)
+from fieldsync.web.http import (
+    BadRequest,
+    BodyTooLarge,
+    Handler,
+    HTTPError,
+    Part,
+    Request,
+    Response,
+    Router,
+    redirect,
 )
 from fieldsync.web.i18n import SOURCE_LANGUAGE, Language, load_languages, negotiate
 from fieldsync_protocol.attachment import check_media_type, check_name
@@ -119,11 +128,12 @@ class _RequestState:
 
 
 class TooLarge(Exception):
-    """The submission passed ``max_upload_bytes``."""
+    """A form field passed ``MAX_TEXT_FIELD``: answered as a submission too large."""
 
 
 class WebApp:
-    """The app for one node. ``application()`` builds the aiohttp app (pages and rules)."""
+    """The app for one node. ``application()`` reads what the pages need and answers with
+    the handler of every request (the rules, then the page)."""
 
     def __init__(
         self,
@@ -158,17 +168,19 @@ class WebApp:
         #: The network's form (SPEC.md §18) as last read from the store: each write page and
         #: each submission reads it again, so a form HQ publishes shows on the next page.
         self.network_form: Form = default_form()
-        #: Per request, while it is handled (keyed by id: aiohttp requests are unhashable).
+        #: Per request, while it is handled.
         self._states: dict[int, _RequestState] = {}
+        self._templates: jinja2.Environment | None = None
+        self._router = Router()
         #: Languages whose locale data is loaded (see ``Language.warm``).
         self._warm = {SOURCE_LANGUAGE}
 
-    def _state(self, request: web.Request) -> _RequestState:
+    def _state(self, request: Request) -> _RequestState:
         return self._states[id(request)]
 
     # --- set-up -----------------------------------------------------------------------
 
-    async def application(self) -> web.Application:
+    async def application(self) -> Handler:
         # Catalogues, locale data, templates and the static directory are read from disk,
         # on threads, so that no page ever reads a file on the event loop: now, except the
         # catalogue and locale data of a language other than the source, read when a page
@@ -180,31 +192,28 @@ class WebApp:
         )
         return await asyncio.to_thread(self._build, compiled)
 
-    def _build(self, compiled: dict[str, bytes]) -> web.Application:
-        app = web.Application(
-            middlewares=[self._guard],
-            client_max_size=64 * 1024,  # forms other than /write are tiny
-        )
-        env = aiohttp_jinja2.setup(
-            app,
-            **template_code.environment_options(TEMPLATES),
-            bytecode_cache=template_code.ChildBytecode(compiled),
+    def _build(self, compiled: dict[str, bytes]) -> Handler:
+        options = template_code.environment_options(TEMPLATES)  # autoescape=True among them
+        env = jinja2.Environment(  # noqa: S701
+            **options, bytecode_cache=template_code.ChildBytecode(compiled)
         )
         template_code.prepare(env)
         template_code.load_all(env)  # from the child's code, cached now
-        app.router.add_get("/", self._home)
-        app.router.add_get("/write", self.write_page)
-        app.router.add_post("/write", self.submit)
-        app.router.add_get("/reports", self.reports_page)
-        app.router.add_post("/reports", self.unlock_reports)
-        app.router.add_get("/status", self.status_page)
-        app.router.add_get("/exit", self.quick_exit)
-        app.router.add_get("/bye", self.neutral_page)
-        app.router.add_static("/static", HERE / "static", follow_symlinks=False)
-        app.on_shutdown.append(self._shutdown)
-        return app
+        self._templates = env
+        router = self._router
+        router.add("GET", "/", self._home)
+        router.add("GET", "/write", self.write_page)
+        router.add("POST", "/write", self.submit)
+        router.add("GET", "/reports", self.reports_page)
+        router.add("POST", "/reports", self.unlock_reports)
+        router.add("GET", "/status", self.status_page)
+        router.add("GET", "/exit", self.quick_exit)
+        router.add("GET", "/bye", self.neutral_page)
+        router.add_static("/static", http.load_static(HERE / "static"))
+        return self._guard
 
-    async def _shutdown(self, _app: web.Application) -> None:
+    async def shutdown(self) -> None:
+        """After the server stopped: end every session (their kept attachments go)."""
         self.sessions.end_all()
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
@@ -230,17 +239,14 @@ class WebApp:
 
     # --- the rules every request passes -----------------------------------------------
 
-    @web.middleware
-    async def _guard(
-        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
+    async def _guard(self, request: Request) -> Response:
         if not self._host_allowed(request.host.lower()):
             # A name that resolves here but is not ours: DNS rebinding, or a wrong address.
-            response: web.StreamResponse = web.Response(status=421, text="unknown host\n")
+            response = Response.text("unknown host\n", 421)
         elif not self.requests.allow(_client(request)):
-            response = web.Response(status=429, text="too many requests; wait a minute\n")
+            response = Response.text("too many requests; wait a minute\n", 429)
         elif request.method not in ("GET", "HEAD") and not self._same_origin(request):
-            response = web.Response(status=403, text="refused: request from another site\n")
+            response = Response.text("refused: request from another site\n", 403)
         else:
             await self._attach_session(request)
             try:
@@ -248,17 +254,16 @@ class WebApp:
                     # Until the daemon has stopped: nothing left to write with or to show.
                     response = self._wiped_page(request)
                 else:
-                    response = await handler(request)
-            except web.HTTPException as exc:
-                self._finish(request, exc)
-                raise
+                    response = await self._router.handle(request)
+            except HTTPError as exc:  # a body too large or malformed for the page reading it
+                response = Response.text(f"{exc.text}\n", exc.status)
             except BaseException:
                 self._states.pop(id(request), None)
                 raise
         self._finish(request, response)
         return response
 
-    def _finish(self, request: web.Request, response: web.StreamResponse) -> None:
+    def _finish(self, request: Request, response: Response) -> None:
         self._set_cookies(request, response)
         for name, value in SECURITY_HEADERS.items():
             response.headers.setdefault(name, value)
@@ -276,7 +281,7 @@ class WebApp:
             return False
         return port_text == str(port)
 
-    def _same_origin(self, request: web.Request) -> bool:
+    def _same_origin(self, request: Request) -> bool:
         """A POST must come from our own pages: the browser's Origin (or Referer) says so."""
         if request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
             return False
@@ -289,7 +294,7 @@ class WebApp:
             return referer.lower().startswith(ours + "/")
         return True  # neither header (an old browser): the CSRF token still decides
 
-    def _from_our_page(self, request: web.Request) -> bool:
+    def _from_our_page(self, request: Request) -> bool:
         """A GET that a page of ours (or the monitor, typing the address) started: what a
         quick exit that wipes needs, so that another site's link or image cannot wipe."""
         fetch_site = request.headers.get("Sec-Fetch-Site")
@@ -302,7 +307,7 @@ class WebApp:
     def _cookie_name(self) -> str:
         return "__Host-fieldsync" if self.settings.https else "fieldsync"
 
-    async def _attach_session(self, request: web.Request) -> None:
+    async def _attach_session(self, request: Request) -> None:
         session = self.sessions.get(request.cookies.get(self._cookie_name()))
         language = self._language(request)
         if language.code not in self._warm:
@@ -312,30 +317,17 @@ class WebApp:
             session or self.sessions.new(), session is None, language
         )
 
-    def _set_cookies(self, request: web.Request, response: web.StreamResponse) -> None:
+    def _set_cookies(self, request: Request, response: Response) -> None:
         state = self._states.pop(id(request), None)
         if state is not None and state.new_session and not state.ended:
-            response.set_cookie(
-                self._cookie_name(),
-                state.session.sid,
-                path="/",
-                httponly=True,
-                secure=self.settings.https,
-                samesite="Strict",
-            )
+            response.set_cookie(self._cookie_name(), state.session.sid, secure=self.settings.https)
         chosen = request.query.get("lang")
         if chosen in self.languages:
             response.set_cookie(
-                LANGUAGE_COOKIE,
-                chosen,
-                path="/",
-                max_age=365 * 24 * 3600,
-                httponly=True,
-                secure=self.settings.https,
-                samesite="Strict",
+                LANGUAGE_COOKIE, chosen, secure=self.settings.https, max_age=365 * 24 * 3600
             )
 
-    def _language(self, request: web.Request) -> Language:
+    def _language(self, request: Request) -> Language:
         for choice in (request.query.get("lang"), request.cookies.get(LANGUAGE_COOKIE)):
             if choice in self.languages:
                 return self.languages[choice]
@@ -345,8 +337,8 @@ class WebApp:
     # --- rendering --------------------------------------------------------------------
 
     def render(
-        self, request: web.Request, template: str, context: dict[str, Any], status: int = 200
-    ) -> web.Response:
+        self, request: Request, template: str, context: dict[str, Any], status: int = 200
+    ) -> Response:
         language = self._state(request).language
         session = self._state(request).session
         page = {
@@ -358,26 +350,28 @@ class WebApp:
             "path": request.path,
             **context,
         }
-        return aiohttp_jinja2.render_template(template, request, page, status=status)
+        if self._templates is None:
+            raise RuntimeError("a page rendered before application() read the templates")
+        return Response.html(self._templates.get_template(template).render(page), status)
 
     # --- pages ------------------------------------------------------------------------
 
-    async def _home(self, request: web.Request) -> web.StreamResponse:
-        raise web.HTTPSeeOther("/write")
+    async def _home(self, request: Request) -> Response:
+        return redirect("/write")
 
-    async def write_page(self, request: web.Request) -> web.Response:
+    async def write_page(self, request: Request) -> Response:
         self.network_form = await self._on_store(lambda node, _store: node_form(node))
         return self._form(request, FormValues(), {})
 
     def _form(
         self,
-        request: web.Request,
+        request: Request,
         form: FormValues,
         errors: dict[str, str],
         details: dict[str, str] | None = None,
         status: int = 200,
         notice: str | None = None,
-    ) -> web.Response:
+    ) -> Response:
         language = self._state(request).language
         session = self._state(request).session
         if "language" not in form.values:
@@ -397,22 +391,21 @@ class WebApp:
             status,
         )
 
-    async def submit(self, request: web.Request) -> web.Response:
+    async def submit(self, request: Request) -> Response:
         client = _client(request)
         length = request.content_length
         if length is not None and length > self.settings.max_upload_bytes:
             return self._too_large(request)
-        if not request.content_type.startswith("multipart/form-data"):
-            return web.Response(status=400, text="expected a multipart form\n")
+        if request.content_type != "multipart/form-data":
+            return Response.text("expected a multipart form\n", 400)
         session = self._state(request).session
         allowed = self.submissions.allow(client)
         try:
             upload = await self._read_upload(request, session, keep_files=allowed)
-        except TooLarge:
+        except (TooLarge, BodyTooLarge):
             return self._too_large(request)
-        except (ValueError, AssertionError, KeyError, HttpProcessingError) as exc:
-            # aiohttp's multipart reader says "malformed" with these.
-            return web.Response(status=400, text=f"malformed form: {exc}\n")
+        except BadRequest as exc:
+            return Response.text(f"malformed form: {exc.text}\n", 400)
         form = upload.form
         if not upload.csrf_ok:
             # A forged or expired session: nothing is stored; what was typed comes back.
@@ -448,8 +441,8 @@ class WebApp:
         return await self._seal(request, session, form, client)
 
     async def _seal(
-        self, request: web.Request, session: Session, form: FormValues, client: str
-    ) -> web.Response:
+        self, request: Request, session: Session, form: FormValues, client: str
+    ) -> Response:
         self.network_form = await self._on_store(lambda node, _store: node_form(node))
         fields, errors = form_view.read_form(form, self.network_form.category_keys())
         if errors:
@@ -508,7 +501,7 @@ class WebApp:
             )
         session.kept = []
         log.info("web: report %s sealed", report_id)
-        raise web.HTTPSeeOther(f"/reports?sealed={report_id}")
+        return redirect(f"/reports?sealed={report_id}")
 
     def _unlock(self, passphrase: str) -> bytes:
         """The author seed ``passphrase`` opens (reads a key file: no store), counted as on
@@ -520,7 +513,7 @@ class WebApp:
         )
         return node.unlock_author(passphrase)
 
-    async def _keys_destroyed(self, request: web.Request, exc: KeysDestroyed) -> web.Response:
+    async def _keys_destroyed(self, request: Request, exc: KeysDestroyed) -> Response:
         """The last wrong passphrase allowed wiped the node: say so, and stop the daemon."""
         self.wiped = True
         if self.on_wiped is not None:
@@ -529,7 +522,7 @@ class WebApp:
             log.critical("web app: %s", exc)
         return self._wiped_page(request)
 
-    def _wiped_page(self, request: web.Request) -> web.Response:
+    def _wiped_page(self, request: Request) -> Response:
         return self.render(
             request,
             "message.html",
@@ -549,14 +542,14 @@ class WebApp:
         )
 
     async def _read_upload(
-        self, request: web.Request, session: Session, keep_files: bool = True
+        self, request: Request, session: Session, keep_files: bool = True
     ) -> _Upload:
         upload = _Upload()
-        reader = await request.multipart()
+        reader = request.multipart(self.settings.max_upload_bytes)
         first = True
         texts = 0
         try:
-            while (part := _flat(await reader.next())) is not None:
+            while (part := await reader.next()) is not None:
                 if first:
                     first = False
                     token = await _read_text(part) if part.name == "csrf" else ""
@@ -593,7 +586,7 @@ class WebApp:
             raise
         return upload
 
-    async def _receive(self, part: BodyPartReader, name: str, upload: _Upload) -> KeptAttachment:
+    async def _receive(self, part: Part, name: str, upload: _Upload) -> KeptAttachment:
         """Stream one file part into encrypted chunk items, a block at a time."""
         now = int(time.time())
         stream: media.AttachmentStream = await self.worker.call(
@@ -603,7 +596,7 @@ class WebApp:
         pending = bytearray()
         try:
             while True:
-                chunk = await part.read_chunk(256 * 1024)
+                chunk = await part.read_chunk()
                 if chunk:
                     _count(upload, len(chunk), self.settings.max_upload_bytes)
                     pending += chunk
@@ -624,7 +617,7 @@ class WebApp:
             prepared = [k.prepared for k in kept]
             await self.worker.call(lambda store: media.discard_chunks(store, prepared))
 
-    def _too_large(self, request: web.Request) -> web.Response:
+    def _too_large(self, request: Request) -> Response:
         return self.render(
             request,
             "message.html",
@@ -636,7 +629,7 @@ class WebApp:
             status=413,
         )
 
-    async def reports_page(self, request: web.Request) -> web.Response:
+    async def reports_page(self, request: Request) -> Response:
         keys = self._state(request).session.outbox
         if keys is None:
             return self._reports_locked(request)
@@ -661,11 +654,11 @@ class WebApp:
 
     def _reports_locked(
         self,
-        request: web.Request,
+        request: Request,
         problem: str | None = None,
         wait_minutes: int | None = None,
         status: int = 200,
-    ) -> web.Response:
+    ) -> Response:
         """The passphrase form that opens "My reports": the outbox is sealed to each
         author's key, so nothing of it shows before, and no list of authors either."""
         return self.render(
@@ -680,7 +673,7 @@ class WebApp:
             status=status,
         )
 
-    async def unlock_reports(self, request: web.Request) -> web.Response:
+    async def unlock_reports(self, request: Request) -> Response:
         """POST /reports: the author's passphrase opens their reports for this session."""
         client = _client(request)
         session = self._state(request).session
@@ -714,9 +707,9 @@ class WebApp:
         self.limiter.succeeded(client)
         session.outbox = outbox_keys(seed)
         self.sessions.remember(session)
-        raise web.HTTPSeeOther("/reports")
+        return redirect("/reports")
 
-    async def status_page(self, request: web.Request) -> web.Response:
+    async def status_page(self, request: Request) -> Response:
         node_status = await self._on_store(lambda node, _store: node.status())
         live = await self.status_provider()
         return self.render(
@@ -730,7 +723,7 @@ class WebApp:
             },
         )
 
-    async def quick_exit(self, request: web.Request) -> web.StreamResponse:
+    async def quick_exit(self, request: Request) -> Response:
         if self.on_quick_exit is not None and self._from_our_page(request):
             # Before the redirect: the keys are gone when the neutral page shows (tens of ms:
             # key files are overwritten and unlinked; the daemon stops after this response).
@@ -744,20 +737,19 @@ class WebApp:
         session = self._state(request).session
         self.sessions.end(session.sid)
         self._state(request).ended = True
-        leave = web.HTTPSeeOther("/bye")
-        leave.del_cookie(self._cookie_name(), path="/")
-        leave.del_cookie(LANGUAGE_COOKIE, path="/")
+        leave = redirect("/bye")
+        leave.del_cookie(self._cookie_name(), secure=self.settings.https)
+        leave.del_cookie(LANGUAGE_COOKIE, secure=self.settings.https)
         leave.headers["Clear-Site-Data"] = '"cache", "cookies", "storage"'
-        raise leave
+        return leave
 
-    async def neutral_page(self, request: web.Request) -> web.Response:
+    async def neutral_page(self, request: Request) -> Response:
         self._state(request).ended = True
-        return web.Response(
-            text="<!doctype html><html lang=en><head><meta charset=utf-8>"
+        return Response.html(
+            "<!doctype html><html lang=en><head><meta charset=utf-8>"
             '<meta name="viewport" content="width=device-width, initial-scale=1">'
             "<title>Welcome</title></head><body><h1>It works!</h1>"
-            "<p>This is the default web page for this server.</p></body></html>",
-            content_type="text/html",
+            "<p>This is the default web page for this server.</p></body></html>"
         )
 
 
@@ -772,14 +764,8 @@ def _warm(language: Language) -> None:
 _PAGES = frozenset({"/", "/write", "/reports", "/status"})
 
 
-def _client(request: web.Request) -> str:
+def _client(request: Request) -> str:
     return request.remote or "unknown"
-
-
-def _flat(part: Any) -> BodyPartReader | None:
-    if part is not None and not isinstance(part, BodyPartReader):
-        raise ValueError("nested multipart is not accepted")
-    return part
 
 
 def _count(upload: _Upload, size: int, limit: int) -> None:
@@ -788,26 +774,27 @@ def _count(upload: _Upload, size: int, limit: int) -> None:
         raise TooLarge
 
 
-async def _read_text(part: BodyPartReader, position: int = 1) -> str:
+async def _read_text(part: Part, position: int = 1) -> str:
     if position > MAX_TEXT_FIELDS:
-        raise ValueError("too many fields")
+        raise BadRequest("too many fields")
     data = bytearray()
-    while chunk := await part.read_chunk(64 * 1024):
+    while chunk := await part.read_chunk():
         data += chunk
         if len(data) > MAX_TEXT_FIELD:
             raise TooLarge
     return data.decode("utf-8", errors="replace")
 
 
-async def _drain(part: BodyPartReader, upload: _Upload, limit: int) -> None:
+async def _drain(part: Part, upload: _Upload, limit: int) -> None:
     """Read a part we will not keep (counted against the limit, stored nowhere)."""
-    while chunk := await part.read_chunk(256 * 1024):
+    while chunk := await part.read_chunk():
         _count(upload, len(chunk), limit)
 
 
 def _media_type(headers: Mapping[str, str], name: str) -> str:
+    # ``headers``: a part's, names in lower case.
     """The type the browser sent if the protocol accepts it, else one guessed from the name."""
-    sent = headers.get("Content-Type", "").split(";")[0].strip().lower()
+    sent = headers.get("content-type", "").split(";")[0].strip().lower()
     if sent and sent != media.FALLBACK_MEDIA_TYPE:
         try:
             return check_media_type(sent)

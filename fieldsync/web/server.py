@@ -17,13 +17,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
-
 from fieldsync.config_addresses import HostPort
 from fieldsync.errors import FieldsyncError
 from fieldsync.store_worker import StoreWorker
 from fieldsync.web import tls
 from fieldsync.web.app import StatusProvider, WebApp, WebSettings
+from fieldsync.web.http import HTTPServer, Limits
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +49,7 @@ class WebServer:
         on_quick_exit: Callable[[str], Awaitable[None]] | None = None,
         wipe_after_wrong_passphrases: int = 0,
         on_wiped: Callable[[str], Awaitable[None]] | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.listen = listen
         self.home = home
@@ -63,7 +63,8 @@ class WebServer:
         self.app = WebApp(
             home, worker, status, self.settings, on_quick_exit=on_quick_exit, on_wiped=on_wiped
         )
-        self._runner: web.AppRunner | None = None
+        self.limits = limits or Limits()
+        self._server: HTTPServer | None = None
         self.port = 0
 
     async def start(self) -> None:
@@ -74,22 +75,19 @@ class WebServer:
             )
             context = await asyncio.to_thread(tls.server_context, cert, key)
             self.settings.fingerprint = await asyncio.to_thread(tls.fingerprint, self.home)
-        application = await self.app.application()
-        # No access log: it would write monitors' addresses and pages to the node's disk.
-        self._runner = web.AppRunner(application, handle_signals=False, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.listen.host, self.listen.port, ssl_context=context)
+        handler = await self.app.application()
+        # No access log (``fieldsync.web.http`` keeps none): it would write monitors'
+        # addresses and pages to the node's disk.
+        self._server = HTTPServer(handler, self.limits)
         try:
-            await site.start()
+            await self._server.start(self.listen.host, self.listen.port, context)
         except OSError as exc:
             await self.stop()
             raise FieldsyncError(
                 f"web app: cannot listen on {self.listen}: {exc.strerror or exc};"
                 ' set [web] listen to a free address, or "" to turn the app off'
             ) from exc
-        server = site._server  # aiohttp exposes no public accessor for the bound port
-        sockets = getattr(server, "sockets", None) or []
-        self.port = int(sockets[0].getsockname()[1]) if sockets else self.listen.port
+        self.port = self._server.port
         self.settings.allowed_hosts = self._allowed_hosts()
         self.settings.url = self.url
         log.info("web app: serving on %s", self.url)
@@ -119,7 +117,13 @@ class WebServer:
         """For ``fieldsync status``: where the app is and the certificate to compare."""
         return {"url": self.url, "https": self.https, "fingerprint": self.settings.fingerprint}
 
+    @property
+    def addresses(self) -> set[str]:
+        """The addresses the app's listener is bound to (empty before ``start``)."""
+        return self._server.addresses if self._server is not None else set()
+
     async def stop(self) -> None:
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
+        server, self._server = self._server, None
+        if server is not None:
+            await server.stop()
+            await self.app.shutdown()
