@@ -379,6 +379,17 @@ async def test_malformed_multipart_is_400_and_the_app_goes_on(net: Net) -> None:
                 f"--{BOUNDARY}\r\nContent-Disposition: attachment\r\n\r\nx\r\n"
                 f"--{BOUNDARY}--\r\n".encode(),
             ),
+            (  # a part header line far longer than any browser writes (held in memory)
+                f"multipart/form-data; boundary={BOUNDARY}",
+                f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{"n" * 64_000}"'
+                f"\r\n\r\nx\r\n--{BOUNDARY}--\r\n".encode(),
+            ),
+            (  # a part with more headers than any browser writes
+                f"multipart/form-data; boundary={BOUNDARY}",
+                f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="x"\r\n'.encode()
+                + b"".join(b"X-Filler-%d: y\r\n" % k for k in range(64))
+                + f"\r\nx\r\n--{BOUNDARY}--\r\n".encode(),
+            ),
         ):
             head = (
                 f"POST /write HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n"
