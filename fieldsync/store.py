@@ -252,6 +252,16 @@ _MIGRATIONS: tuple[str, ...] = (
     CREATE TRIGGER items_counted_out AFTER DELETE ON items
         BEGIN UPDATE item_count SET n = n - 1; END;
     """,
+    # 13: inserts count themselves (``Store._count_inserted``, one UPDATE per statement or
+    # batch) instead of a per-row trigger. An AFTER INSERT trigger made every inserted row
+    # run a sub-program and copy each page it touched into a statement journal: ~35k of the
+    # ~270k instructions ``add_batch`` spent per item (callgrind, 10k items, perf S1). Every
+    # insert into ``items`` goes through ``Store.add_checked`` or ``Store._add_many``, which
+    # add what they inserted in the same transaction. Deletes keep their trigger (rare, and
+    # they come from many statements).
+    """
+    DROP TRIGGER items_counted_in;
+    """,
 )
 
 
@@ -608,6 +618,7 @@ class Store:
         if cursor.rowcount == 0:
             counts.duplicate += 1
             return
+        self._count_inserted(1)
         counts.new += 1
         counts.new_ids.append(item.id)
         if checked.receipt is not None:
@@ -855,11 +866,12 @@ class Store:
             counts.new_ids.append(item.id)
             if entry.receipt is not None:
                 receipts.append(entry.receipt)
-        self._conn.executemany(
+        inserted = self._conn.executemany(
             "INSERT INTO items (id, tag, data, kind, received_at, expires_at, own, origin)"
             " VALUES (?, ?, ?, ?, ?, ?, 0, ?)",
             rows,
-        )
+        ).rowcount
+        self._count_inserted(inserted)
         if returning:
             back = [
                 bytes(c.item.tag[:EVICTED_TAG_PREFIX]) for c in checked if c.item.id in returning
@@ -873,6 +885,12 @@ class Store:
                 )
         for receipt in receipts:
             self._apply_receipt(receipt, counts, now)
+
+    def _count_inserted(self, inserted: int) -> None:
+        """Add rows just inserted into ``items`` to ``item_count``, in the inserting
+        transaction (migration 13: inserts have no trigger; deletes still count by one)."""
+        if inserted:
+            self._conn.execute("UPDATE item_count SET n = n + ?", (inserted,))
 
     def _present(self, table: str, column: str, values: list[bytes]) -> set[bytes]:
         select = f"SELECT {column} FROM {table}"  # noqa: S608 - table and column are ours
