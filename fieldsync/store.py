@@ -357,6 +357,10 @@ MAX_EVICTION_ROUNDS = 64
 #: media (attachment chunks and kinds this version does not know) all go before any relayed
 #: report envelope. The author's own items, receipts (their own turn) and manifests (never)
 #: are in neither. Kind values are our constants.
+#: ``ImportCounts.kinds``'s name and the stored ``kind`` of each kind, looked up once per
+#: item on the receive path: an enum's ``name`` and ``value`` are properties; reading them
+#: (and ``lower()``) per item was ~0.2 us, ~12 % of ``_add_many``'s own Python (perf S1).
+_KIND_NAME_AND_VALUE = {kind: (kind.name.lower(), kind.value) for kind in ItemKind}
 _RELAYED_MEDIA = f"own = 0 AND kind IN ('{ItemKind.CHUNK.value}', '{ItemKind.OPAQUE.value}')"
 _RELAYED_REPORTS = f"own = 0 AND kind = '{ItemKind.ENVELOPE.value}'"
 
@@ -846,10 +850,11 @@ class Store:
         clock = self._clock_now()
         rows = []
         receipts = []
+        kinds = counts.kinds
         for entry in checked:
             item = entry.item
-            kind_name = item.kind.name.lower()
-            counts.kinds[kind_name] = counts.kinds.get(kind_name, 0) + 1
+            kind_name, kind_value = _KIND_NAME_AND_VALUE[item.kind]
+            kinds[kind_name] = kinds.get(kind_name, 0) + 1
             if item.tag in tombstoned:
                 counts.already_delivered += 1
                 continue
@@ -861,7 +866,7 @@ class Store:
             first = returning.get(item.id, origin)
             # bytearray, not bytes: bound without an adapter lookup (``_blobs``).
             blobs = bytearray(item.id), bytearray(item.tag), bytearray(item.data)
-            rows.append((*blobs, item.kind.value, now, clock + ttl, first))
+            rows.append((*blobs, kind_value, now, clock + ttl, first))
             counts.new += 1
             counts.new_ids.append(item.id)
             if entry.receipt is not None:
