@@ -871,12 +871,13 @@ class Store:
             counts.new_ids.append(item.id)
             if entry.receipt is not None:
                 receipts.append(entry.receipt)
-        inserted = self._conn.executemany(
-            "INSERT INTO items (id, tag, data, kind, received_at, expires_at, own, origin)"
-            " VALUES (?, ?, ?, ?, ?, ?, 0, ?)",
-            rows,
-        ).rowcount
-        self._count_inserted(inserted)
+        if rows:  # (DB-API lets an executemany of nothing report rowcount -1)
+            inserted = self._conn.executemany(
+                "INSERT INTO items (id, tag, data, kind, received_at, expires_at, own, origin)"
+                " VALUES (?, ?, ?, ?, ?, ?, 0, ?)",
+                rows,
+            ).rowcount
+            self._count_inserted(inserted)
         if returning:
             back = [
                 bytes(c.item.tag[:EVICTED_TAG_PREFIX]) for c in checked if c.item.id in returning

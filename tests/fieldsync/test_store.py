@@ -169,6 +169,10 @@ def test_the_item_count_follows_every_insert_and_delete(manifest: Manifest, stor
     second = store.add_batch(items[2:6], 1, origin=peer, durable=False)
     assert (second.new, second.duplicate) == (2, 2)
     assert store.item_count() == _counted(store) == 6
+    # Nothing new, or nothing at all: nothing counted.
+    assert store.add_batch(items[:3], 1, origin=peer).duplicate == 3
+    assert store.add_batch([], 1).new == 0
+    assert store.item_count() == _counted(store) == 6
     # A tombstoned item is not stored, nor counted.
     with store.transaction():
         store.conn.execute(
