@@ -14,15 +14,17 @@ from typing import Any
 
 import pytest
 
+from fieldsync import synthetic
 from fieldsync.errors import FieldsyncError, InputRefused
 from fieldsync.hq import HQ
 from fieldsync.node import Node
 from fieldsync.outbox import open_all, outbox_keys
-from fieldsync.store import _MIGRATIONS, ImportCounts, Store, connect_store
+from fieldsync.store import _MIGRATIONS, ImportCounts, Quota, QuotaExceeded, Store, connect_store
 from fieldsync_protocol import codec
 from fieldsync_protocol.crypto import content_id, delivery_tag
-from fieldsync_protocol.envelope import TTL_CLASSES
-from fieldsync_protocol.items import check_item
+from fieldsync_protocol.envelope import SIZE_CLASSES, TTL_CLASSES
+from fieldsync_protocol.items import Checked, check_item
+from fieldsync_protocol.membership import Manifest
 from fieldsync_protocol.receipt import Receipt, ReceiptStatus, sign_receipt
 from tests.fieldsync.offline_support import (
     Net,
@@ -129,56 +131,146 @@ def test_integrity_and_status_of_an_empty_store(store: Store) -> None:
     assert isinstance(status["disk_bytes"], int) and status["disk_bytes"] > 0
 
 
-def _raw_items(count: int, kind: str = "e") -> list[tuple[bytes, bytes, str, bytes, int, int]]:
+INSERT_RAW = "INSERT OR IGNORE INTO items (id, tag, kind, data, received_at, expires_at)"
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory: pytest.TempPathFactory) -> Manifest:
+    return synthetic.create_network(tmp_path_factory.mktemp("count")).manifest
+
+
+def _envelopes(manifest: Manifest, count: int) -> list[Checked]:
+    key_id = manifest.current_hq_key_id
     return [
-        (secrets.token_bytes(32), secrets.token_bytes(32), kind, b"data", 1, 2)
+        check_item(
+            codec.encode(
+                {"c": secrets.token_bytes(SIZE_CLASSES[0]), "k": key_id, "l": 3, "t": "e", "v": 1}
+            ),
+            manifest,
+        )
         for _ in range(count)
     ]
 
 
-INSERT_RAW = "INSERT OR IGNORE INTO items (id, tag, kind, data, received_at, expires_at)"
+def _counted(store: Store) -> int:
+    return int(store.conn.execute("SELECT count(*) FROM items").fetchone()[0])
 
 
-def test_the_item_count_follows_every_insert_and_delete(store: Store) -> None:
-    """``status`` reads the total from the row the triggers keep, not count(*) (perf S11)."""
-
-    def counted() -> int:
-        return int(store.conn.execute("SELECT count(*) FROM items").fetchone()[0])
-
-    rows = _raw_items(5) + _raw_items(2, kind="m")
+def test_the_item_count_follows_every_insert_and_delete(manifest: Manifest, store: Store) -> None:
+    """``status`` reads the total from ``item_count`` (perf S11): inserts add what they
+    inserted per statement (no trigger since migration 13), deletes count by trigger. The
+    count stays exact through duplicates, tombstoned items, refusals and rollbacks."""
+    items = _envelopes(manifest, 12)
+    peer = b"P" * 32
+    # A batch with a duplicate inside it, then one with stored items and new ones.
+    first = store.add_batch([*items[:4], items[0]], 1, origin=peer)
+    assert (first.new, first.duplicate) == (4, 1)
+    assert store.item_count() == _counted(store) == 4
+    second = store.add_batch(items[2:6], 1, origin=peer, durable=False)
+    assert (second.new, second.duplicate) == (2, 2)
+    assert store.item_count() == _counted(store) == 6
+    # Nothing new, or nothing at all: nothing counted.
+    assert store.add_batch(items[:3], 1, origin=peer).duplicate == 3
+    assert store.add_batch([], 1).new == 0
+    assert store.item_count() == _counted(store) == 6
+    # A tombstoned item is not stored, nor counted.
     with store.transaction():
-        store.conn.executemany(f"{INSERT_RAW} VALUES (?, ?, ?, ?, ?, ?)", rows)
-        store.conn.execute(f"{INSERT_RAW} VALUES (?, ?, ?, ?, ?, ?)", rows[0])  # ignored
-    assert store.item_count() == counted() == 7
+        store.conn.execute(
+            "INSERT INTO tombstones (tag, deleted_at) VALUES (?, 1)", (items[6].item.tag,)
+        )
+    third = store.add_batch(items[6:8], 1)
+    assert (third.new, third.already_delivered) == (1, 1)
+    assert store.item_count() == _counted(store) == 7
+    # Refused over quota: nothing stored, nothing counted.
+    with pytest.raises(QuotaExceeded):
+        store.add_batch(items[8:11], 1, origin=peer, quota=Quota(peer, 1, 2, 10**9))
+    assert store.item_count() == _counted(store) == 7
+    # One by one (a local write, a bundle), and a duplicate of a stored item.
     with store.transaction():
-        store.conn.execute("DELETE FROM items WHERE id = ?", (rows[0][0],))
-    status = store.status()
-    assert store.item_count() == counted() == status["items_total"] == 6
-    items = status["items"]
-    assert isinstance(items, dict) and items["envelope"] == 4 and items["manifest"] == 2
+        counts = ImportCounts()
+        store.add_checked(items[8], counts, 1)
+        store.add_checked(items[0], counts, 1)
+        store.add_imported(items[9], counts, 1, window=1)
+        assert (counts.new, counts.duplicate) == (2, 1)
+    assert store.item_count() == _counted(store) == 9
+    # Rolled back with the transaction: the count with it.
     with pytest.raises(RuntimeError), store.transaction():
-        store.conn.execute("DELETE FROM items WHERE kind = 'e'")
+        store.add_checked(items[10], ImportCounts(), 1)
+        store.conn.execute("DELETE FROM items WHERE id = ?", (items[1].item.id,))
         raise RuntimeError("rolled back, with the count")
-    assert store.item_count() == counted() == 6
+    assert store.item_count() == _counted(store) == 9
+    with store.transaction():
+        store.conn.execute("DELETE FROM items WHERE id = ?", (items[1].item.id,))
+    status = store.status()
+    assert store.item_count() == _counted(store) == status["items_total"] == 8
+    kinds = status["items"]
+    assert isinstance(kinds, dict) and kinds["envelope"] == 8
     with store.transaction():
         store.conn.execute("DELETE FROM items")  # every row: no truncation that skips triggers
-    assert store.item_count() == counted() == 0
+    assert store.item_count() == _counted(store) == 0
+    again = store.add_batch(items, 1, origin=peer)  # deleted ones come back (no tombstone)
+    assert again.new == 11 and store.item_count() == _counted(store) == 11
 
 
-def test_a_store_from_before_the_item_count_is_counted_once_migrated(tmp_path: Path) -> None:
+def _insert_count_migration() -> int:
+    """The number of the migration that moved insert counting out of the trigger."""
+    (number,) = [
+        n for n, sql in enumerate(_MIGRATIONS, start=1) if "DROP TRIGGER items_counted_in" in sql
+    ]
+    return number
+
+
+def test_a_store_from_before_the_item_count_is_counted_once_migrated(
+    manifest: Manifest, tmp_path: Path
+) -> None:
     path = tmp_path / "store.db"
-    with contextlib.closing(Store(path)) as store, store.transaction():
-        store.conn.executemany(f"{INSERT_RAW} VALUES (?, ?, ?, ?, ?, ?)", _raw_items(9))
-        # Back to schema 11, as an older fieldsync left it.
-        store.conn.execute("DROP TRIGGER items_counted_in")
-        store.conn.execute("DROP TRIGGER items_counted_out")
-        store.conn.execute("DROP TABLE item_count")
-        store.conn.execute("PRAGMA user_version = 11")
+    with contextlib.closing(Store(path)) as store:
+        store.add_batch(_envelopes(manifest, 9), 1)
+        # Back to schema 11, as an older fieldsync left it (what 12 and later created gone;
+        # the insert count's migration creates nothing).
+        assert _insert_count_migration() == len(_MIGRATIONS), "undo the newer migrations too"
+        with store.transaction():
+            store.conn.execute("DROP TRIGGER items_counted_out")
+            store.conn.execute("DROP TABLE item_count")
+            store.conn.execute("PRAGMA user_version = 11")
     with contextlib.closing(Store(path)) as migrated:
         assert migrated.item_count() == migrated.status()["items_total"] == 9
-        with migrated.transaction():
-            migrated.conn.executemany(f"{INSERT_RAW} VALUES (?, ?, ?, ?, ?, ?)", _raw_items(1))
-        assert migrated.item_count() == 10
+        migrated.add_batch(_envelopes(manifest, 1), 1)
+        assert migrated.item_count() == _counted(migrated) == 10
+
+
+def test_a_store_counted_by_the_insert_trigger_is_counted_without_it_once_migrated(
+    manifest: Manifest, tmp_path: Path
+) -> None:
+    """A store the previous schema wrote (an insert trigger keeping ``item_count``): the
+    migration drops the trigger and keeps the count; inserts after it count once, not twice."""
+    path = tmp_path / "store.db"
+    number = _insert_count_migration()
+    items = _envelopes(manifest, 7)
+    with contextlib.closing(Store(path)) as store:
+        # The previous schema: the trigger back, the version before the migration.
+        assert number == len(_MIGRATIONS), "undo the newer migrations too"
+        with store.transaction():
+            store.conn.execute(
+                "CREATE TRIGGER items_counted_in AFTER INSERT ON items"
+                " BEGIN UPDATE item_count SET n = n + 1; END"
+            )
+            store.conn.execute(f"PRAGMA user_version = {number - 1}")
+        # Written as the previous fieldsync did: only its trigger counts these rows.
+        with store.transaction():
+            store.conn.executemany(
+                f"{INSERT_RAW} VALUES (?, ?, ?, ?, ?, ?)",
+                [(c.item.id, c.item.tag, "e", c.item.data, 1, 2) for c in items[:5]],
+            )
+        assert store.item_count() == _counted(store) == 5
+    with contextlib.closing(Store(path)) as migrated:
+        triggers = migrated.conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'trigger'"
+        ).fetchall()
+        assert triggers == [("items_counted_out",)]
+        assert migrated.item_count() == _counted(migrated) == 5
+        migrated.add_batch(items, 1)  # five duplicates, two new
+        assert migrated.item_count() == _counted(migrated) == 7
 
 
 def test_transaction_rolls_back_on_error(store: Store) -> None:
