@@ -4,8 +4,12 @@ B is a relay-only node (no author key, no web app) running as a daemon in its ow
 (``fieldsync run``); it starts empty. A (N items) pushes to B as initiator from this
 process while C, empty, pulls from B as initiator from a third process, session after
 session, until it holds all N: B verifies, stores and forwards while it receives, as a
-relay in the field does. The time runs from A's connect until C holds the N-th item; the
-ratio is taken against the one-hop rate of S1 and against the same-run bound.
+relay in the field does. The time runs from A's connect until C holds the N-th item.
+
+"One hop" is the same N items over one hop, measured first in the same run: A pushes them
+into D, a relay daemon like B, with nobody pulling. A store's per-item cost grows with its
+size (its random-key indexes span more pages), so a hop of S1's smaller N would be the
+wrong yardstick; the ratio to S1's rate is still shown, as a figure.
 
 B's resident memory is read from /proc before the first session (idle) and after C holds
 everything (after N items received and forwarded).
@@ -82,7 +86,12 @@ def run_s10(net: SyntheticNetwork, pool: ItemPool, n: int, workdir: Path) -> dic
     a = net.add_node("s10-A")
     b = net.add_node("s10-B")
     c = net.add_node("s10-C")
+    d = net.add_node("s10-D")
     add_items(a, pool.manifest, pool.items[:n])
+    with ServerProcess(d, workdir / "servers.log") as lone_relay:
+        hop = sync_once(a, lone_relay.address, lone_relay.pid)
+    if hop.outcome.stats.items_sent != n:
+        raise RuntimeError(f"S10's one hop moved {hop.outcome.stats.items_sent}, not {n}")
     ctx = multiprocessing.get_context("spawn")
     with ServerProcess(b, workdir / "servers.log") as relay:
         time.sleep(0.5)  # let the daemon settle before reading its idle memory
@@ -116,6 +125,10 @@ def run_s10(net: SyntheticNetwork, pool: ItemPool, n: int, workdir: Path) -> dic
         raise RuntimeError(f"S10 moved {pushed} to B and {got} to C, not {n}")
     return {
         "n": n,
+        "hop": {
+            "seconds": round(hop.seconds, 4),
+            "cpu_s": {"A": round(hop.cpu_self, 3), "D": round(hop.cpu_server, 3)},
+        },
         "seconds": round(finished - start, 4),
         "a_to_b_seconds": round(one_hop_done - start, 4),
         "c_sessions": sessions,
@@ -127,26 +140,29 @@ def run_s10(net: SyntheticNetwork, pool: ItemPool, n: int, workdir: Path) -> dic
     }
 
 
-def s10_result(
-    raw: dict[str, Any], one_hop: dict[str, Any], bound: dict[str, Any]
-) -> dict[str, Any]:
-    """``one_hop``: the S1 scenario of the same run (its rate and its two nodes' CPU)."""
-    rate = raw["n"] / raw["seconds"]
-    of_hop = rate / one_hop["items_per_s"]
+def s10_result(raw: dict[str, Any], s1: dict[str, Any], bound: dict[str, Any]) -> dict[str, Any]:
+    """``s1``: the S1 scenario of the same run (its rate, a figure beside the ratio)."""
+    n = raw["n"]
+    rate = n / raw["seconds"]
+    hop_rate = n / raw["hop"]["seconds"]
+    of_hop = rate / hop_rate
     cpu = raw["cpu_s"]
     busy = sum(cpu.values()) / (raw["seconds"] * raw["cores"])
     # CPU seconds per item of the busiest node: with a core of its own, each node could go
     # at most that fast; the hop's and the chain's figures compare like for like.
-    hop_busiest = max(one_hop["cpu_initiator_s"], one_hop["cpu_server_s"]) / one_hop["n"]
-    chain_busiest = max(cpu.values()) / raw["n"]
+    hop_busiest = max(raw["hop"]["cpu_s"].values()) / n
+    chain_busiest = max(cpu.values()) / n
     of_hop_core_each = hop_busiest / chain_busiest
-    relay_us = 1e6 * cpu["B"] / raw["n"]
+    relay_us = 1e6 * cpu["B"] / n
     return {
-        "metric": "end-to-end items/s A -> B -> C / one-hop items/s (S1, same run)",
+        "metric": "end-to-end items/s A -> B -> C / items/s of the same N over one hop"
+        " (A -> D, same run)",
         "value": round(of_hop, 3),
         "target": f">= {S10_TARGET} of one hop",
         "pass": of_hop >= S10_TARGET,
         "items_per_s": round(rate, 1),
+        "hop_items_per_s": round(hop_rate, 1),
+        "of_s1": round(rate / s1["items_per_s"], 3),
         "of_bound": round(rate / bound["items_per_s"], 3),
         "bound_primitive": bound["primitive"],
         **raw,
@@ -154,6 +170,8 @@ def s10_result(
         "of_hop_core_each_estimate": round(of_hop_core_each, 3),
         "relay_cpu_us_per_item": round(relay_us, 1),
         "notes": [
+            f"one hop of the same {n:,} items: {hop_rate / 1000:,.1f}k/s;"
+            f" {rate / s1['items_per_s']:.3f} of S1's hop ({s1['n']:,} items)",
             f"CPU s: A {cpu['A']:.2f}, relay B {cpu['B']:.2f} ({relay_us:.0f} us/item),"
             f" C {cpu['C']:.2f}; the {raw['cores']} cores {100 * busy:.0f} % busy",
             f"with one core per node (estimate from CPU per item): {of_hop_core_each:.2f} of hop",

@@ -86,6 +86,9 @@ def test_smoke_run_reports_every_scenario(tmp_path: Path) -> None:
     assert set(scenarios["S10"]["cpu_s"]) == {"A", "B", "C"}
     assert all(seconds > 0 for seconds in scenarios["S10"]["cpu_s"].values())
     assert scenarios["S10"]["of_hop_core_each_estimate"] > 0
+    # "One hop" is the same N over one hop, measured in the same run (not S1's smaller N).
+    assert scenarios["S10"]["hop_items_per_s"] > 0
+    assert set(scenarios["S10"]["hop"]["cpu_s"]) == {"A", "D"}
     assert scenarios["S10"]["machine_busy"] > 0
     for probe in ("commit_idle", "commit_under_sync", "status_idle", "status_under_sync"):
         assert scenarios["S11"][probe]["n"] >= 1, probe
