@@ -24,7 +24,8 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
-def _self_cpu() -> float:
+def own_cpu_seconds() -> float:
+    """User + system CPU time of this process (all its threads)."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
 
@@ -69,11 +70,11 @@ async def _sync(home: Path, address: str, server_pid: int, coded: bool) -> Synce
             source = runtime.context.source
             while await runtime.worker.call(lambda _store: source.build_coded_step()):
                 pass
-        cpu0, srv0 = _self_cpu(), process_cpu_seconds(server_pid)
+        cpu0, srv0 = own_cpu_seconds(), process_cpu_seconds(server_pid)
         start = time.perf_counter()
         outcome = await runtime.sync_with(address)
         seconds = time.perf_counter() - start
-        cpu1, srv1 = _self_cpu(), process_cpu_seconds(server_pid)
+        cpu1, srv1 = own_cpu_seconds(), process_cpu_seconds(server_pid)
     finally:
         await runtime.close()
     if not outcome.complete:

@@ -29,14 +29,13 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
-import resource
 import time
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 from bench.env import status_kib
-from bench.nodes import process_cpu_seconds, sync_once
+from bench.nodes import own_cpu_seconds, process_cpu_seconds, sync_once
 from bench.workload import ItemPool, ServerProcess, add_items
 from fieldsync.runtime import Runtime
 from fieldsync.synthetic import SyntheticNetwork
@@ -48,17 +47,12 @@ RELAY_AFTER_MB = 60.0
 IDLE_PAUSE_S = 0.02
 
 
-def _own_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 async def _drain(home: Path, address: str, n: int, conn: Connection) -> None:
     runtime = await Runtime.open(home)
     try:
         conn.send("ready")
         conn.recv()  # go
-        cpu_at_go = _own_cpu_seconds()
+        cpu_at_go = own_cpu_seconds()
         # A pull that finds nothing new is a short session; the loop ends when C holds n.
         sessions = 0
         got = 0
@@ -70,7 +64,7 @@ async def _drain(home: Path, address: str, n: int, conn: Connection) -> None:
             got += outcome.items_new
             if not outcome.items_new:
                 await asyncio.sleep(IDLE_PAUSE_S)
-        conn.send((time.monotonic(), sessions, got, _own_cpu_seconds() - cpu_at_go))
+        conn.send((time.monotonic(), sessions, got, own_cpu_seconds() - cpu_at_go))
     finally:
         await runtime.close()
 
