@@ -13,13 +13,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlcipher3
 
 from fieldsync import synthetic
 from fieldsync.errors import FieldsyncError, InputRefused
 from fieldsync.hq import HQ
 from fieldsync.node import Node
 from fieldsync.outbox import open_all, outbox_keys
-from fieldsync.store import _MIGRATIONS, ImportCounts, Quota, QuotaExceeded, Store, connect_store
+from fieldsync.store import (
+    _MIGRATIONS,
+    PURGE_BY_TAG_SQL,
+    ImportCounts,
+    Quota,
+    QuotaExceeded,
+    Store,
+    _statements,
+    connect_store,
+)
 from fieldsync_protocol import codec
 from fieldsync_protocol.crypto import content_id, delivery_tag
 from fieldsync_protocol.envelope import SIZE_CLASSES, TTL_CLASSES
@@ -135,8 +145,20 @@ INSERT_RAW = "INSERT OR IGNORE INTO items (id, tag, kind, data, received_at, exp
 
 
 @pytest.fixture(scope="module")
-def manifest(tmp_path_factory: pytest.TempPathFactory) -> Manifest:
-    return synthetic.create_network(tmp_path_factory.mktemp("count")).manifest
+def network(tmp_path_factory: pytest.TempPathFactory) -> synthetic.SyntheticNetwork:
+    return synthetic.create_network(tmp_path_factory.mktemp("count"))
+
+
+@pytest.fixture(scope="module")
+def manifest(network: synthetic.SyntheticNetwork) -> Manifest:
+    return network.manifest
+
+
+def _receipt(network: synthetic.SyntheticNetwork, tags: list[bytes]) -> Checked:
+    """A genuine HQ receipt (accepted) for ``tags``, checked."""
+    seed = HQ(network.hq, passphrase=synthetic.PASSPHRASE).unlock(synthetic.PASSPHRASE)
+    item = sign_receipt(Receipt(network.manifest.network_id, 1, 1, tuple(tags)), seed.receipt_seed)
+    return check_item(item, network.manifest)
 
 
 def _envelopes(manifest: Manifest, count: int) -> list[Checked]:
@@ -212,27 +234,41 @@ def test_the_item_count_follows_every_insert_and_delete(manifest: Manifest, stor
     assert again.new == 11 and store.item_count() == _counted(store) == 11
 
 
-def _insert_count_migration() -> int:
-    """The number of the migration that moved insert counting out of the trigger."""
-    (number,) = [
-        n for n, sql in enumerate(_MIGRATIONS, start=1) if "DROP TRIGGER items_counted_in" in sql
-    ]
+def _migration_that(does: str) -> int:
+    """The number of the one migration whose script contains ``does``."""
+    (number,) = [n for n, sql in enumerate(_MIGRATIONS, start=1) if does in sql]
     return number
+
+
+def _store_at_schema(path: Path, version: int, rows: list[Checked]) -> None:
+    """A plaintext store as a fieldsync of schema ``version`` left it, holding ``rows`` (as
+    that schema's writer stored them: its own triggers, if any, counted them). Opening it
+    with ``Store`` encrypts it and runs the later migrations."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        for number, script in enumerate(_MIGRATIONS[:version], start=1):
+            conn.execute("BEGIN")
+            for statement in _statements(script):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {number}")
+            conn.execute("COMMIT")
+        conn.executemany(
+            f"{INSERT_RAW} VALUES (?, ?, ?, ?, ?, ?)",
+            [(c.item.id, c.item.tag, "e", c.item.data, 1, 2) for c in rows],
+        )
+        if version >= _migration_that("DROP TRIGGER items_counted_in"):
+            # That schema's writer counted its inserts itself (no trigger did).
+            conn.execute("UPDATE item_count SET n = (SELECT count(*) FROM items)")
+    finally:
+        conn.close()
 
 
 def test_a_store_from_before_the_item_count_is_counted_once_migrated(
     manifest: Manifest, tmp_path: Path
 ) -> None:
     path = tmp_path / "store.db"
-    with contextlib.closing(Store(path)) as store:
-        store.add_batch(_envelopes(manifest, 9), 1)
-        # Back to schema 11, as an older fieldsync left it (what 12 and later created gone;
-        # the insert count's migration creates nothing).
-        assert _insert_count_migration() == len(_MIGRATIONS), "undo the newer migrations too"
-        with store.transaction():
-            store.conn.execute("DROP TRIGGER items_counted_out")
-            store.conn.execute("DROP TABLE item_count")
-            store.conn.execute("PRAGMA user_version = 11")
+    count_table = _migration_that("CREATE TABLE item_count")
+    _store_at_schema(path, count_table - 1, _envelopes(manifest, 9))
     with contextlib.closing(Store(path)) as migrated:
         assert migrated.item_count() == migrated.status()["items_total"] == 9
         migrated.add_batch(_envelopes(manifest, 1), 1)
@@ -245,24 +281,9 @@ def test_a_store_counted_by_the_insert_trigger_is_counted_without_it_once_migrat
     """A store the previous schema wrote (an insert trigger keeping ``item_count``): the
     migration drops the trigger and keeps the count; inserts after it count once, not twice."""
     path = tmp_path / "store.db"
-    number = _insert_count_migration()
     items = _envelopes(manifest, 7)
-    with contextlib.closing(Store(path)) as store:
-        # The previous schema: the trigger back, the version before the migration.
-        assert number == len(_MIGRATIONS), "undo the newer migrations too"
-        with store.transaction():
-            store.conn.execute(
-                "CREATE TRIGGER items_counted_in AFTER INSERT ON items"
-                " BEGIN UPDATE item_count SET n = n + 1; END"
-            )
-            store.conn.execute(f"PRAGMA user_version = {number - 1}")
-        # Written as the previous fieldsync did: only its trigger counts these rows.
-        with store.transaction():
-            store.conn.executemany(
-                f"{INSERT_RAW} VALUES (?, ?, ?, ?, ?, ?)",
-                [(c.item.id, c.item.tag, "e", c.item.data, 1, 2) for c in items[:5]],
-            )
-        assert store.item_count() == _counted(store) == 5
+    # Written as the previous fieldsync did: only its trigger counts these rows.
+    _store_at_schema(path, _migration_that("DROP TRIGGER items_counted_in") - 1, items[:5])
     with contextlib.closing(Store(path)) as migrated:
         triggers = migrated.conn.execute(
             "SELECT name FROM sqlite_master WHERE type = 'trigger'"
@@ -271,6 +292,52 @@ def test_a_store_counted_by_the_insert_trigger_is_counted_without_it_once_migrat
         assert migrated.item_count() == _counted(migrated) == 5
         migrated.add_batch(items, 1)  # five duplicates, two new
         assert migrated.item_count() == _counted(migrated) == 7
+
+
+def _plan(store: Store, sql: str, params: tuple[object, ...]) -> str:
+    return " ".join(row[-1] for row in store.conn.execute(f"EXPLAIN QUERY PLAN {sql}", params))
+
+
+def test_a_store_with_whole_unique_tags_keeps_its_items_and_seq_numbers_once_migrated(
+    network: synthetic.SyntheticNetwork, tmp_path: Path
+) -> None:
+    """Migration 14 rebuilds ``items`` to index tags by prefix: every row keeps its seq
+    (peers' cursors count on them), the AUTOINCREMENT high-water mark stays past items
+    deleted at the end, ids stay unique, counting still works, and a receipt purges by tag
+    through the new index."""
+    path = tmp_path / "store.db"
+    items = _envelopes(network.manifest, 8)
+    rebuild = _migration_that("CREATE INDEX items_tag_prefix")
+    _store_at_schema(path, rebuild - 1, items[:6])
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("DELETE FROM items WHERE seq IN (2, 6)")  # a gap, and the last one gone
+    before = conn.execute("SELECT seq, id, tag, data FROM items ORDER BY seq").fetchall()
+    conn.close()
+    assert [row[0] for row in before] == [1, 3, 4, 5]
+    with contextlib.closing(Store(path)) as migrated:
+        assert migrated.conn.execute("PRAGMA user_version").fetchone()[0] == len(_MIGRATIONS)
+        after = migrated.conn.execute("SELECT seq, id, tag, data FROM items ORDER BY seq")
+        assert after.fetchall() == before
+        assert migrated.item_count() == _counted(migrated) == 4
+        assert migrated.integrity_check() == "ok"
+        # New items come after the highest seq ever given, not after the highest left.
+        assert migrated.add_batch(items[6:], 1).new == 2
+        seqs = migrated.conn.execute("SELECT seq FROM items WHERE seq > 5").fetchall()
+        assert seqs == [(7,), (8,)]
+        with pytest.raises(sqlcipher3.IntegrityError, match=r"items\.id"), migrated.transaction():
+            migrated.conn.execute(
+                f"{INSERT_RAW.replace(' OR IGNORE', '')} VALUES (?, x'00', 'e', x'00', 1, 2)",
+                (items[0].item.id,),
+            )
+        # The receipt's purge finds its row through the prefix index, not a scan.
+        tag = items[0].item.tag
+        kinds = ("r", "m", "v", "f")
+        assert "USING INDEX items_tag_prefix" in _plan(migrated, PURGE_BY_TAG_SQL, (tag, *kinds))
+        receipt = _receipt(network, [tag, items[7].item.tag])
+        counts = migrated.add_batch([receipt], 1)
+        assert counts.purged == 2
+        assert migrated.item_count() == _counted(migrated) == 5  # 4 + 2 - 2 + the receipt
+        assert not migrated.has_item(items[0].item.id)
 
 
 def test_transaction_rolls_back_on_error(store: Store) -> None:
