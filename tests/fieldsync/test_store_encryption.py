@@ -184,6 +184,7 @@ def test_a_plaintext_store_is_encrypted_on_first_open_and_keeps_every_item(
 
     store = Store(path)
     assert set(store.sorted_ids()) == ids
+    assert page_size(store) == cipher_db.PAGE_SIZE
     store.close()
     assert not cipher_db.is_plaintext(path)
     assert found(tmp_path, markers(network, items)) == {}
@@ -238,3 +239,67 @@ def test_a_store_opened_elsewhere_follows_a_rotation_at_its_next_transaction(
     finally:
         cli.close()
         daemon.close()
+
+
+def page_size(store: Store) -> int:
+    return int(store.conn.execute("PRAGMA page_size").fetchone()[0])
+
+
+def test_a_new_store_has_the_larger_pages(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store.db")
+    try:
+        assert page_size(store) == cipher_db.PAGE_SIZE == 8192
+        assert cipher_db.LEGACY_PAGE_SIZE == 4096  # SQLCipher 4's default (SPEC.md §15)
+    finally:
+        store.close()
+
+
+def test_a_store_with_sqlciphers_default_pages_is_opened_as_it_is(
+    network: synthetic.SyntheticNetwork, tmp_path: Path
+) -> None:
+    """A store an older release wrote (SQLCipher's 4 KiB pages) keeps its pages: it is read,
+    written and rotated under them, and a wrong key still fails clearly."""
+    path = tmp_path / "store.db"
+    store = Store(path)
+    items = relayed(network.manifest, 25)
+    add(store, network.manifest, items[:20])
+    ids = set(store.sorted_ids())
+    store.close()
+    # The same store exported under the same key with 4 KiB pages, as that release left it.
+    key = store_key_file(path).read_bytes()
+    legacy = tmp_path / "legacy.db"
+    conn = connect_store(path)
+    conn.execute(f"ATTACH DATABASE ? AS legacy KEY \"x'{key.hex()}'\"", (str(legacy),))
+    conn.execute("PRAGMA legacy.cipher_page_size = 4096")
+    conn.execute("SELECT sqlcipher_export('legacy')")
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    conn.execute(f"PRAGMA legacy.user_version = {version}")
+    conn.execute("DETACH DATABASE legacy")
+    conn.close()
+    for side in ("-wal", "-shm"):
+        path.with_name(path.name + side).unlink(missing_ok=True)
+    legacy.rename(path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+
+    store_key_file(path).write_bytes(bytes(32))
+    with pytest.raises(WrongDatabaseKey, match=rf"{path}: the key does not open this store"):
+        Store(path)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == digest  # tried twice, wrote nothing
+    store_key_file(path).write_bytes(key)
+
+    store = Store(path)
+    try:
+        assert page_size(store) == cipher_db.LEGACY_PAGE_SIZE
+        assert set(store.sorted_ids()) == ids
+        add(store, network.manifest, items[20:])
+        assert store.rotate_key()
+    finally:
+        store.close()
+    assert store_key_file(path).read_bytes() != key
+    again = Store(path)
+    try:
+        assert page_size(again) == cipher_db.LEGACY_PAGE_SIZE
+        assert len(set(again.sorted_ids())) == 25
+        assert again.integrity_check() == "ok"
+    finally:
+        again.close()
