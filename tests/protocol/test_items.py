@@ -11,9 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fieldsync_protocol import codec, membership
+from fieldsync_protocol import items as items_module
 from fieldsync_protocol.envelope import MAX_CIPHERTEXT
 from fieldsync_protocol.errors import RemoteProtocolError
 from fieldsync_protocol.items import MAX_ITEM, ItemKind, check_item, parse_item
+from fieldsync_protocol.padding import SIZE_CLASSES
 from tests.protocol.protocol_support import DETERMINISTIC, Net, ephemeral, make_net
 
 NET = make_net("items", key_ids=(0, 1))
@@ -126,3 +128,112 @@ def test_largest_envelope_item_fits() -> None:
     data = codec.encode({"c": ciphertext, "k": 2**32 - 1, "l": 3, "t": "e", "v": 1})
     assert len(data) <= MAX_ITEM
     assert parse_item(data).kind is ItemKind.ENVELOPE
+
+
+# --- the envelope fast path: the same answers as the general path --------------------------
+
+
+def outcome(parse: Any, data: bytes) -> Any:
+    """What ``parse`` makes of ``data``: the item, or the refusal's message."""
+    try:
+        return parse(data)
+    except RemoteProtocolError as exc:
+        return f"refused: {exc}"
+
+
+def same_as_general(data: bytes) -> Any:
+    """``parse_item`` and the general decoder agree on ``data``; their common answer."""
+    answer = outcome(parse_item, data)
+    assert answer == outcome(items_module._parse_decoded, data)
+    return answer
+
+
+def test_the_usual_envelopes_take_the_fast_path() -> None:
+    """Sealed envelopes of every size class, bin16 and bin32 alike, parse without the
+    general decoder (else the fast path would be dead code the tests never notice)."""
+    for size in SIZE_CLASSES:
+        data = codec.encode({"c": bytes(size), "k": 1, "l": 3, "t": "e", "v": 1})
+        fast = items_module._canonical_envelope(data)
+        assert fast is not None and fast == same_as_general(data)
+    sealed = NET.seal().item
+    assert items_module._canonical_envelope(sealed) == parse_item(sealed)
+
+
+FIELD_VALUES = st.one_of(
+    st.integers(-2, 300),
+    st.sampled_from([2**16, 2**32 - 1, 2**32, True, 1.0, "e", b"", None]),
+)
+
+
+@settings(DETERMINISTIC, max_examples=300)
+@given(
+    size=st.sampled_from([0, 100, 255, 256, 511, 512, 1000, 1024, 65535, 65536]),
+    fields=st.fixed_dictionaries(
+        {"k": FIELD_VALUES, "l": FIELD_VALUES, "t": st.sampled_from(["e", "a", "r", "ee"])},
+        optional={"v": FIELD_VALUES, "x": st.integers(0, 1)},
+    ),
+)
+def test_envelope_like_items_get_the_general_paths_answer(
+    size: int, fields: dict[str, Any]
+) -> None:
+    same_as_general(codec.encode({"c": bytes(size), **fields}))
+
+
+@settings(DETERMINISTIC, max_examples=400)
+@given(
+    at=st.integers(0, 1100),
+    change=st.one_of(
+        st.tuples(st.just("set"), st.integers(0, 255)),
+        st.tuples(st.just("insert"), st.integers(0, 255)),
+        st.tuples(st.just("delete"), st.just(0)),
+    ),
+)
+def test_damaged_envelopes_get_the_general_paths_answer(at: int, change: tuple[str, int]) -> None:
+    data = bytearray(codec.encode({"c": bytes(1024), "k": 1, "l": 3, "t": "e", "v": 1}))
+    at = min(at, len(data) - 1)
+    how, byte = change
+    if how == "set":
+        data[at] = byte
+    elif how == "insert":
+        data.insert(at, byte)
+    else:
+        del data[at]
+    same_as_general(bytes(data))
+
+
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [
+        (b"\x85\xa1c\xc4\x05" + bytes(5) + b"\xa1k\x01\xa1l\x03\xa1t\xa1e\xa1v\x01", "bin8"),
+        (
+            b"\x85\xa1c\xc5\x00\x05" + bytes(5) + b"\xa1k\x01\xa1l\x03\xa1t\xa1e\xa1v\x01",
+            "long bin16",
+        ),
+        (
+            b"\x85\xa1c\xc6\x00\x00\x02\x00"
+            + bytes(512)
+            + b"\xa1k\x01\xa1l\x03\xa1t\xa1e\xa1v\x01",
+            "long bin32",
+        ),
+        (
+            b"\x85\xa1c\xc5\x02\x00" + bytes(512) + b"\xa1k\xcc\x01\xa1l\x03\xa1t\xa1e\xa1v\x01",
+            "long int",
+        ),
+        (b"\x85\xa1c\xc5\x02\x00" + bytes(512) + b"\xa1k\x01\xa1l\x03\xa1t\xa1e\xa1v\x90", "array"),
+        (
+            b"\x85\xa1c\xc5\x02\x00" + bytes(512) + b"\xa1k\x01\xa1l\x03\xa1t\xa1e\xa1v\x02",
+            "version 2",
+        ),
+        (b"\x85\xa1c\xc5\x02\x00" + bytes(512) + b"\xa1k\x01\xa1l\x09\xa1t\xa1e\xa1v\x01", "TTL 9"),
+        (
+            b"\x85\xa1c\xc5\x01\x00" + bytes(256) + b"\xa1k\x01\xa1l\x03\xa1t\xa1e\xa1v\x01",
+            "no class",
+        ),
+        (b"\x85\xa1c\xc5\x02\x00" + bytes(512) + b"\xa1k\x01\xa1m\x03\xa1t\xa1e\xa1v\x01", "key m"),
+    ],
+)
+def test_near_envelopes_are_refused_or_parsed_as_the_general_path_does(
+    data: bytes, why: str
+) -> None:
+    answer = same_as_general(data)
+    assert isinstance(answer, str) and answer.startswith("refused"), why
