@@ -1228,18 +1228,31 @@ class Store:
         }
 
     def _plan_eviction(self, need: int, budget: int, pools: _Pools) -> eviction.Plan:
-        """Choose items freeing ``need`` bytes; ``pools`` follow what is chosen."""
+        """Choose items freeing ``need`` bytes from the first step of SPEC.md §14.2's order
+        that holds any; ``pools`` follow what is chosen.
+
+        A plan never reaches past the step it starts in: the next round measures the pages
+        again first. What a row frees is estimated (its length + ITEM_OVERHEAD), and rows
+        that do not pack into pages (one 4 KiB envelope per 8 KiB page) free up to twice
+        that: planned across steps, the estimate alone would take the author's own reports
+        while relayed ones were still enough."""
         plan = eviction.Plan()
         media = functools.partial(self._newest_relayed, _RELAYED_MEDIA)
-        eviction.fair_share(pools.media, need, 0, media, plan)
-        # The passes below read envelopes, not media: each contributor's from its newest.
-        plan.lowest.clear()
         reports = functools.partial(self._newest_relayed, _RELAYED_REPORTS)
         floor = eviction.protected_share(budget, len(pools.reports.held))
-        eviction.fair_share(pools.reports, need, floor, reports, plan)
-        self._take_in_order(plan, need, "kind = ?", (ItemKind.RECEIPT.value,))
-        eviction.fair_share(pools.reports, need, 0, reports, plan)
-        self._take_in_order(plan, need, "kind = ? AND own = 1", (ItemKind.ENVELOPE.value,))
+        steps: tuple[Callable[[], None], ...] = (
+            lambda: eviction.fair_share(pools.media, need, 0, media, plan),
+            lambda: eviction.fair_share(pools.reports, need, floor, reports, plan),
+            lambda: self._take_in_order(plan, need, "kind = ?", (ItemKind.RECEIPT.value,)),
+            lambda: eviction.fair_share(pools.reports, need, 0, reports, plan),
+            lambda: self._take_in_order(
+                plan, need, "kind = ? AND own = 1", (ItemKind.ENVELOPE.value,)
+            ),
+        )
+        for step in steps:
+            step()
+            if plan.seqs:
+                break
         return plan
 
     def _newest_relayed(

@@ -209,9 +209,11 @@ def test_evicted_items_leave_no_tombstone_and_come_back(manifest: Manifest, stor
     store.set_peer_cursor(FLOODER, b"e" * 16, 30, 0)
     store.set_peer_cursor(HONEST, b"h" * 16, 5, 0)
 
-    evicted = store.enforce_budget(store.used_bytes() - 10 * BIG)
+    budget = store.used_bytes() - 10 * BIG
+    evicted = store.enforce_budget(budget)
 
-    assert evicted.items >= 10
+    # About ten: a row of BIG bytes fills more than BIG of pages (its overflow page whole).
+    assert evicted.items >= 5 and store.used_bytes() <= budget
     assert store.status()["tombstones"] == 0
     # The cursor on the peer that gave the evicted items is gone (next session reconciles);
     # the other peer's cursor is untouched.
@@ -370,7 +372,7 @@ def test_evicted_items_pushed_again_by_another_peer_stay_their_contributors(
     store.add_batch(flood, 0, origin=FLOODER, quota=Quota(FLOODER, 1, 30, 10**9))
     budget = store.used_bytes() - 20 * BIG
     evicted = store.enforce_budget(budget)
-    assert evicted.items >= 20
+    assert evicted.items >= 15 and store.used_bytes() <= budget  # about 20 (rows fill pages)
     back = [c for c in flood if c.item.id not in set(store.sorted_ids())]
     assert len(back) == evicted.items
 
@@ -435,7 +437,8 @@ def test_a_contributor_pushing_its_own_evicted_items_back_pays_for_them(
 ) -> None:
     flood = envelopes(manifest, 30)
     store.add_batch(flood, 0, origin=FLOODER, quota=Quota(FLOODER, 1, 30, 10**9))
-    evicted = store.enforce_budget(store.used_bytes() - 10 * BIG)
-    assert evicted.items >= 10
+    budget = store.used_bytes() - 10 * BIG
+    evicted = store.enforce_budget(budget)
+    assert evicted.items >= 5 and store.used_bytes() <= budget  # about ten (rows fill pages)
     with pytest.raises(QuotaExceeded, match=rf"would make {30 + len(flood)}"):
         store.add_batch(flood, 0, origin=FLOODER, quota=Quota(FLOODER, 1, 30, 10**9))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fieldsync import synthetic
+from fieldsync import eviction, synthetic
 from fieldsync.janitor import Janitor
 from fieldsync.peer import SyncSource
 from fieldsync.store import ImportCounts, Store
@@ -73,6 +73,30 @@ def test_own_unreceipted_reports_never_expire(
     store.advance_clock(10 * TTL_CLASSES[3])
     assert store.expire() == 3
     assert stored(store, "envelope") == 3  # the author's own, kept until receipted
+    store.close()
+
+
+def test_own_reports_stay_while_relayed_rows_that_fill_whole_pages_are_enough(
+    network: synthetic.SyntheticNetwork, tmp_path: Path
+) -> None:
+    """Rows of just over half a page take a page each: twice what eviction estimates per
+    item (its length + 160 bytes). Planned on that estimate alone, the relayed rows would
+    seem too few for the excess and the author's own reports would go with them; measured
+    again after each step of the order (SPEC.md §14.2), the relayed ones are enough."""
+    store = Store(tmp_path / "store.db")
+    manifest = network.manifest
+    page = int(store.conn.execute("PRAGMA page_size").fetchone()[0])
+    own = relayed(manifest, 10, ttl_class=3, size=page // 2)
+    add(store, manifest, own, own=True)
+    add(store, manifest, relayed(manifest, 40, ttl_class=3, size=page // 2))
+    budget = store.used_bytes() - 30 * page
+    estimated = 40 * (len(own[0]) + eviction.ITEM_OVERHEAD)
+    assert estimated < 30 * page  # by the estimate, the relayed rows could not cover it
+    evicted = store.enforce_budget(budget)
+    assert store.used_bytes() <= budget
+    assert 30 <= evicted.items <= 40
+    own_ids = {check_item(d, manifest).item.id for d in own}
+    assert own_ids <= set(store.sorted_ids())
     store.close()
 
 
