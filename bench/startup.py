@@ -40,10 +40,19 @@ STARTUP_TARGET_MS = 150.0
 #: fieldsync's own import roots, compiled before anything is timed.
 PACKAGES = ("fieldsync", "fieldsync_cli", "fieldsync_protocol")
 REPORT_LIST = "report list"
+REPOSITORY = Path(__file__).resolve().parent.parent
+
+
+def _shown(folder: str) -> str:
+    """``folder`` relative to the repository when inside it: a table pasted into the README
+    must not carry the paths of the machine it ran on."""
+    path = Path(folder).resolve()
+    return str(path.relative_to(REPOSITORY)) if path.is_relative_to(REPOSITORY) else folder
 
 
 def compile_bytecode() -> list[str]:
-    """Compile fieldsync's packages to bytecode where they are installed; their folders."""
+    """Compile fieldsync's packages to bytecode where they are installed; their folders
+    (repository-relative where they are in it)."""
     folders = []
     for name in PACKAGES:
         spec = importlib.util.find_spec(name)
@@ -52,7 +61,7 @@ def compile_bytecode() -> list[str]:
         for folder in spec.submodule_search_locations:
             if not compileall.compile_dir(folder, quiet=1):
                 raise RuntimeError(f"compileall failed in {folder}")
-            folders.append(folder)
+            folders.append(_shown(folder))
     return folders
 
 

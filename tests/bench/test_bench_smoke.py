@@ -210,6 +210,9 @@ def test_only_runs_one_group_and_says_how_start_up_was_measured(tmp_path: Path) 
         startup["commands_ms"]["report list"] - startup["kdf_ms"], 1
     )
     assert "bytecode compiled first (compileall)" in proc.stdout
+    # the table goes into the README: it names the packages by repository path only
+    assert "protocol/fieldsync_protocol" in proc.stdout
+    assert str(Path(__file__).resolve().parents[2]) not in proc.stdout
     assert "Argon2id" in proc.stdout and "ms CPU" in proc.stdout
 
 
