@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import sqlcipher3
 
+from fieldsync import store as store_module
 from fieldsync import synthetic
 from fieldsync.errors import FieldsyncError, InputRefused
 from fieldsync.hq import HQ
@@ -286,9 +287,9 @@ def test_a_store_counted_by_the_insert_trigger_is_counted_without_it_once_migrat
     _store_at_schema(path, _migration_that("DROP TRIGGER items_counted_in") - 1, items[:5])
     with contextlib.closing(Store(path)) as migrated:
         triggers = migrated.conn.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'trigger'"
+            "SELECT name FROM sqlite_master WHERE type = 'trigger' ORDER BY name"
         ).fetchall()
-        assert triggers == [("items_counted_out",)]
+        assert triggers == [("items_counted_out",), ("items_untagged",)]
         assert migrated.item_count() == _counted(migrated) == 5
         migrated.add_batch(items, 1)  # five duplicates, two new
         assert migrated.item_count() == _counted(migrated) == 7
@@ -329,15 +330,88 @@ def test_a_store_with_whole_unique_tags_keeps_its_items_and_seq_numbers_once_mig
                 f"{INSERT_RAW.replace(' OR IGNORE', '')} VALUES (?, x'00', 'e', x'00', 1, 2)",
                 (items[0].item.id,),
             )
-        # The receipt's purge finds its row through the prefix index, not a scan.
-        tag = items[0].item.tag
-        kinds = ("r", "m", "v", "f")
-        assert "USING INDEX items_tag_prefix" in _plan(migrated, PURGE_BY_TAG_SQL, (tag, *kinds))
-        receipt = _receipt(network, [tag, items[7].item.tag])
+        receipt = _receipt(network, [items[0].item.tag, items[7].item.tag])
         counts = migrated.add_batch([receipt], 1)
         assert counts.purged == 2
         assert migrated.item_count() == _counted(migrated) == 5  # 4 + 2 - 2 + the receipt
         assert not migrated.has_item(items[0].item.id)
+
+
+def _tag_index(store: Store, table: str) -> set[tuple[bytes, int]]:
+    rows = store.conn.execute(f"SELECT prefix, seq FROM {table}")  # noqa: S608 - ours
+    return {(bytes(prefix), seq) for prefix, seq in rows}
+
+
+def _assert_tags_indexed(store: Store) -> None:
+    """Every row of ``items`` is in exactly one part of the tag index, and nothing else is."""
+    merged, pending = _tag_index(store, "item_tags"), _tag_index(store, "item_tags_pending")
+    rows = store.conn.execute("SELECT substr(tag, 1, 8), seq FROM items")
+    assert merged | pending == {(bytes(prefix), seq) for prefix, seq in rows}
+    assert not merged & pending
+
+
+def test_a_store_with_the_tag_prefix_index_moves_its_tags_to_the_two_part_index(
+    network: synthetic.SyntheticNetwork, tmp_path: Path
+) -> None:
+    """Migration 15: the tags of the rows already stored go to ``item_tags``, the index on
+    ``items`` goes, new rows go to the pending part, and a receipt's purge finds rows in
+    either part through their primary keys (no scan of ``items``)."""
+    path = tmp_path / "store.db"
+    items = _envelopes(network.manifest, 6)
+    _store_at_schema(path, _migration_that("CREATE TABLE item_tags_pending") - 1, items[:4])
+    with contextlib.closing(Store(path)) as migrated:
+        assert migrated.conn.execute("PRAGMA user_version").fetchone()[0] == len(_MIGRATIONS)
+        indexes = migrated.conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'items'"
+        ).fetchall()
+        assert ("items_tag_prefix",) not in indexes
+        assert len(_tag_index(migrated, "item_tags")) == 4
+        assert migrated.add_batch(items[4:], 1).new == 2
+        assert len(_tag_index(migrated, "item_tags_pending")) == 2
+        _assert_tags_indexed(migrated)
+        plan = _plan(migrated, PURGE_BY_TAG_SQL, (items[0].item.tag, "r", "m", "v", "f"))
+        assert "item_tags USING PRIMARY KEY" in plan
+        assert "item_tags_pending USING PRIMARY KEY" in plan
+        assert "SCAN items" not in plan
+        # One tag from each part; the purge takes their rows and their index entries.
+        counts = migrated.add_batch([_receipt(network, [items[1].item.tag, items[5].item.tag])], 1)
+        assert counts.purged == 2
+        assert not migrated.has_item(items[1].item.id)
+        assert not migrated.has_item(items[5].item.id)
+        _assert_tags_indexed(migrated)
+        assert migrated.integrity_check() == "ok"
+
+
+def test_pending_tags_move_to_the_large_index_a_key_range_at_a_time(
+    network: synthetic.SyntheticNetwork, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once the pending part holds ``TAG_MERGE_AT`` rows, an inserting transaction moves
+    pending rows one key range at a time until it moved as many as it inserted, so the
+    pending part stays near that size; one row inserted moves one range, not all. The two
+    parts hold every row once through batches, single inserts, purges and deletes."""
+    monkeypatch.setattr(store_module, "TAG_MERGE_AT", 64)
+    items = _envelopes(network.manifest, 400)
+    peer = b"\x07" * 32
+    store.add_batch(items[:63], 1, origin=peer)
+    assert len(_tag_index(store, "item_tags_pending")) == 63  # below the mark: none moved
+    assert not _tag_index(store, "item_tags")
+    with store.transaction():  # one row, as a local report or a bundle item is stored
+        store.add_checked(items[63], ImportCounts(), 1)
+    moved = len(_tag_index(store, "item_tags"))
+    assert 0 < moved < 64, "one key range moves, not the whole pending part"
+    _assert_tags_indexed(store)
+    for start in range(64, 400, 48):
+        store.add_batch(items[start : start + 48], 1, origin=peer)
+        _assert_tags_indexed(store)
+        # Each batch moves at least as many as it brought: the pending part stays bounded.
+        assert len(_tag_index(store, "item_tags_pending")) < 64 + 48
+    assert len(_tag_index(store, "item_tags")) > 300
+    receipted = [items[5].item.tag, items[399].item.tag, items[200].item.tag]
+    assert store.add_batch([_receipt(network, receipted)], 1).purged == 3
+    with store.transaction():
+        store.conn.execute("DELETE FROM items WHERE seq % 7 = 0")
+    _assert_tags_indexed(store)
+    assert store.integrity_check() == "ok"
 
 
 def test_transaction_rolls_back_on_error(store: Store) -> None:
