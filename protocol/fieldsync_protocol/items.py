@@ -17,7 +17,7 @@ from typing import Any
 from fieldsync_protocol import codec
 from fieldsync_protocol.attachment import parse_chunk
 from fieldsync_protocol.crypto import content_id, delivery_tag
-from fieldsync_protocol.envelope import OuterEnvelope, parse_outer
+from fieldsync_protocol.envelope import TTL_CLASSES, OuterEnvelope, parse_outer
 from fieldsync_protocol.errors import RemoteProtocolError
 from fieldsync_protocol.form import Form, open_form
 from fieldsync_protocol.keydelivery import parse_delivery
@@ -28,6 +28,7 @@ from fieldsync_protocol.membership import VERSION, Manifest, is_version, open_ma
 
 # MAX_ITEM is re-exported: callers import it from here.
 from fieldsync_protocol.padding import MAX_ITEM as MAX_ITEM
+from fieldsync_protocol.padding import SIZE_CLASSES
 from fieldsync_protocol.receipt import Receipt, open_receipt
 from fieldsync_protocol.revocation import MAX_REVOCATION_ITEM, RevocationList, open_revocation
 
@@ -62,6 +63,7 @@ _ENVELOPE_HEAD = b"\x85\xa1c"
 _ENVELOPE_TAIL_SIZE = 13  # a1 6b K  a1 6c L  a1 74 a1 65 a1 76 V, each number a fixint
 _BIN16, _BIN32 = 0xC5, 0xC6
 _FIXINT_MAX = 0x7F
+_SIZE_CLASSES = frozenset(SIZE_CLASSES)
 
 
 def _canonical_envelope(data: bytes) -> Item | None:
@@ -97,8 +99,14 @@ def _canonical_envelope(data: bytes) -> Item | None:
     key_id, ttl_class, version = tail[2], tail[5], tail[12]
     if max(key_id, ttl_class, version) > _FIXINT_MAX or not is_version(version):
         return None
-    fields = {"c": data[start:end], "k": key_id, "l": ttl_class, "t": "e", "v": version}
-    return Item(ItemKind.ENVELOPE, data, fields, parse_outer(fields))
+    ciphertext = data[start:end]
+    fields = {"c": ciphertext, "k": key_id, "l": ttl_class, "t": "e", "v": version}
+    if size in _SIZE_CLASSES and ttl_class in TTL_CLASSES:
+        # All ``parse_outer`` checks, the key id's included (a fixint is within its range).
+        outer = OuterEnvelope(key_id, ttl_class, ciphertext)
+    else:
+        outer = parse_outer(fields)  # raises what the general path raises
+    return Item(ItemKind.ENVELOPE, data, fields, outer)
 
 
 def parse_item(data: bytes) -> Item:
