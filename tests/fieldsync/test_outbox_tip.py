@@ -139,15 +139,17 @@ def test_migration_from_the_previous_schema_keeps_the_outbox_and_continues_the_c
     # those of the migrations after it (the item total) dropped, the version set back.
     # (The later removal of the insert trigger creates nothing: nothing to undo; the
     # rebuild of ``items`` with a tag prefix index rebuilds the rebuilt table the same way,
-    # and the two-part tag index after it is made again from the rows.)
+    # and the two-part tag index after it is made again from the rows; the rebuild drops
+    # the expiry index, which its migration then makes again.)
     (previous,) = [n for n, sql in enumerate(_MIGRATIONS) if "CREATE TABLE outbox_tips" in sql]
     later = _MIGRATIONS[previous + 1 :]
-    assert len(later) == 4 and "CREATE TABLE item_count" in later[0], (
+    assert len(later) == 5 and "CREATE TABLE item_count" in later[0], (
         "a newer migration: undo what it creates here too"
     )
     assert later[1].split() == ["DROP", "TRIGGER", "items_counted_in;"]
     assert "ALTER TABLE items_v14 RENAME TO items" in later[2]
     assert "CREATE TABLE item_tags_pending" in later[3]
+    assert later[4].split() == ["CREATE", "INDEX", "items_expiry", "ON", "items(expires_at);"]
     conn = connect_store(home / "store.db")
     for statement in (
         # (the rebuild of ``items`` drops the trigger on it, and recreates the index)

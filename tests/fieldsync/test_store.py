@@ -365,6 +365,7 @@ def test_a_store_with_the_tag_prefix_index_moves_its_tags_to_the_two_part_index(
             "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'items'"
         ).fetchall()
         assert ("items_tag_prefix",) not in indexes
+        assert ("items_expiry",) in indexes  # migration 16, after it
         assert len(_tag_index(migrated, "item_tags")) == 4
         assert migrated.add_batch(items[4:], 1).new == 2
         assert len(_tag_index(migrated, "item_tags_pending")) == 2
