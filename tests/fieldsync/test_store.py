@@ -415,6 +415,31 @@ def test_pending_tags_move_to_the_large_index_a_key_range_at_a_time(
     assert store.integrity_check() == "ok"
 
 
+def test_kinds_of_finds_the_same_rows_by_kind_or_by_id(manifest: Manifest, store: Store) -> None:
+    """A sender asks which ids of each batch are media (sent last): by the kind index when
+    the store holds fewer such items than the batch has ids, else by id; same answer."""
+    envelopes = _envelopes(manifest, 10)
+    store.add_batch(envelopes, 1)
+    assert store.kinds_of([e.item.id for e in envelopes], ["c", "o"]) == []  # none held
+    media = [secrets.token_bytes(32) for _ in range(3)]
+    kinds = dict(zip(media, "coc", strict=True))
+    with store.transaction():
+        store.conn.executemany(
+            f"{INSERT_RAW} VALUES (?, ?, ?, x'00', 1, 2)",
+            [(item_id, secrets.token_bytes(32), kind) for item_id, kind in kinds.items()],
+        )
+    seqs = dict(store.conn.execute("SELECT id, seq FROM items").fetchall())
+
+    def expected(ids: list[bytes]) -> list[tuple[str, int, bytes]]:
+        return sorted((kinds[i], seqs[i], i) for i in ids if i in kinds)
+
+    by_kind = [e.item.id for e in envelopes[:6]] + media[1:] + [secrets.token_bytes(32)]
+    assert sorted(store.kinds_of(by_kind, ["c", "o"])) == expected(by_kind)  # 3 < 9 ids
+    by_id = [media[0], envelopes[0].item.id]
+    assert sorted(store.kinds_of(by_id, ["c", "o"])) == expected(by_id)  # 3 >= 2 ids
+    assert store.kinds_of(media, ["o"]) == [("o", seqs[media[1]], media[1])]
+
+
 def test_transaction_rolls_back_on_error(store: Store) -> None:
     with pytest.raises(RuntimeError), store.transaction():
         store.db.execute("INSERT INTO tombstones (tag, deleted_at) VALUES (?, 1)", [b"x" * 32])
