@@ -302,13 +302,15 @@ _MIGRATIONS: tuple[str, ...] = (
     # 15: delivery tags are indexed in two steps, as a log-structured index (perf S1, S10,
     # issue 13). Tags are uniformly random, so an index on ``items`` took each insert on a
     # random page, and every slice of a bulk receive rewrote (re-encrypted, wrote to the WAL)
-    # nearly all of its pages: ~13 of the ~40 us ``add_batch`` spent per item at 100k items
-    # in 1,024-item transactions, and 10x that per item at 1M. New rows' tag prefixes go to
+    # nearly all of its pages, more of them the larger the store: at 100k items in 1,024-item
+    # transactions, ``add_batch`` without that index took ~30 instead of ~43 us per item
+    # (SQLCipher's default cache; ``TAG_MERGE_AT`` has the relay's). New rows' tag prefixes go to
     # ``item_tags_pending``, a small index whose few pages stay in the cache; once it holds
     # ``TAG_MERGE_AT`` rows, each inserting transaction moves one key range of it
     # (``TAG_MERGE_PIECES``) into ``item_tags``, so a page of the large index is rewritten
     # once per ~``TAG_MERGE_AT`` inserts instead of once per transaction. A receipt's purge
-    # looks in both (``PURGE_BY_TAG_SQL``). The trigger keeps both to the rows of ``items``.
+    # looks in both (``PURGE_BY_TAG_SQL``). Triggers keep both to the rows of ``items``: an
+    # author's chunks are renumbered after their report's envelope (``media.claim_for_report``).
     """
     CREATE TABLE item_tags (
         prefix BLOB NOT NULL,                   -- the first 8 bytes of the delivery tag
@@ -325,6 +327,12 @@ _MIGRATIONS: tuple[str, ...] = (
     CREATE TRIGGER items_untagged AFTER DELETE ON items BEGIN
         DELETE FROM item_tags WHERE prefix = substr(old.tag, 1, 8) AND seq = old.seq;
         DELETE FROM item_tags_pending WHERE prefix = substr(old.tag, 1, 8) AND seq = old.seq;
+    END;
+    CREATE TRIGGER items_renumbered AFTER UPDATE OF seq ON items BEGIN
+        UPDATE item_tags SET seq = new.seq
+            WHERE prefix = substr(old.tag, 1, 8) AND seq = old.seq;
+        UPDATE item_tags_pending SET seq = new.seq
+            WHERE prefix = substr(old.tag, 1, 8) AND seq = old.seq;
     END;
     """,
     # 16: expiry by index (perf S11, issue 13). The janitor's pass deleted expired items by

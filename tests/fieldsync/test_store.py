@@ -389,7 +389,8 @@ def test_pending_tags_move_to_the_large_index_a_key_range_at_a_time(
     """Once the pending part holds ``TAG_MERGE_AT`` rows, an inserting transaction moves
     pending rows one key range at a time until it moved as many as it inserted, so the
     pending part stays near that size; one row inserted moves one range, not all. The two
-    parts hold every row once through batches, single inserts, purges and deletes."""
+    parts hold every row once through batches, single inserts, renumbering, purges and
+    deletes."""
     monkeypatch.setattr(store_module, "TAG_MERGE_AT", 64)
     items = _envelopes(network.manifest, 400)
     peer = b"\x07" * 32
@@ -407,6 +408,16 @@ def test_pending_tags_move_to_the_large_index_a_key_range_at_a_time(
         # Each batch moves at least as many as it brought: the pending part stays bounded.
         assert len(_tag_index(store, "item_tags_pending")) < 64 + 48
     assert len(_tag_index(store, "item_tags")) > 300
+    # An author's chunks get new numbers after their report (media.claim_for_report): the
+    # index follows, in whichever part each row is.
+    renumbered = [items[5], items[399]]
+    with store.transaction():
+        (high,) = store.conn.execute("SELECT max(seq) FROM items").fetchone()
+        store.conn.executemany(
+            "UPDATE items SET seq = ? WHERE id = ?",
+            [(high + n, c.item.id) for n, c in enumerate(renumbered, start=1)],
+        )
+    _assert_tags_indexed(store)
     receipted = [items[5].item.tag, items[399].item.tag, items[200].item.tag]
     assert store.add_batch([_receipt(network, receipted)], 1).purged == 3
     with store.transaction():
