@@ -514,9 +514,10 @@ EXPIRE_SQL = "DELETE FROM items WHERE expires_at <= ?1 AND own = 0 AND kind NOT 
 #: arrival order; 2,048 to 16,384 all within 4 % of each other.
 TAG_MERGE_AT = 8192
 #: A merge moves the pending rows of one of this many equal ranges of the first prefix byte,
-#: the next range each time: it rewrites ~1/16 of the large index's pages, so no single
-#: transaction (one a local write may wait for, perf S11) does the whole merge.
-TAG_MERGE_PIECES = 16
+#: the next range each time: ~128 rows into ~1/64 of the large index's pages, so no
+#: transaction (one a local write may wait for, perf S11) does much more than its own
+#: inserts, however small: an author node's sync slices are a few ms.
+TAG_MERGE_PIECES = 64
 
 
 class Store:

@@ -289,7 +289,7 @@ def test_a_store_counted_by_the_insert_trigger_is_counted_without_it_once_migrat
         triggers = migrated.conn.execute(
             "SELECT name FROM sqlite_master WHERE type = 'trigger' ORDER BY name"
         ).fetchall()
-        assert triggers == [("items_counted_out",), ("items_untagged",)]
+        assert triggers == [("items_counted_out",), ("items_renumbered",), ("items_untagged",)]
         assert migrated.item_count() == _counted(migrated) == 5
         migrated.add_batch(items, 1)  # five duplicates, two new
         assert migrated.item_count() == _counted(migrated) == 7
