@@ -306,7 +306,7 @@ _MIGRATIONS: tuple[str, ...] = (
     # transactions, ``add_batch`` without that index took ~30 instead of ~43 us per item
     # (SQLCipher's default cache; ``TAG_MERGE_AT`` has the relay's). New rows' tag prefixes go to
     # ``item_tags_pending``, a small index whose few pages stay in the cache; once it holds
-    # ``TAG_MERGE_AT`` rows, each inserting transaction moves one key range of it
+    # ``TAG_MERGE_AT`` rows, inserting transactions move key ranges of it
     # (``TAG_MERGE_PIECES``) into ``item_tags``, so a page of the large index is rewritten
     # once per ~``TAG_MERGE_AT`` inserts instead of once per transaction. A receipt's purge
     # looks in both (``PURGE_BY_TAG_SQL``). Triggers keep both to the rows of ``items``: an
@@ -513,6 +513,9 @@ EXPIRE_SQL = "DELETE FROM items WHERE expires_at <= ?1 AND own = 0 AND kind NOT 
 #: id order (a first contact; 2.2 KB is the item itself, written twice), 7.1 -> 6.0 KB in
 #: arrival order; 2,048 to 16,384 all within 4 % of each other.
 TAG_MERGE_AT = 8192
+#: A Store counts the pending part (and from then on merges) once one of its statements
+#: inserts this many rows: the daemon's bulk slices, not a single report or chunk.
+TAG_MERGE_COUNT_FROM = 8
 #: A merge moves the pending rows of one of this many equal ranges of the first prefix byte,
 #: the next range each time: ~128 rows into ~1/64 of the large index's pages, so no
 #: transaction (one a local write may wait for, perf S11) does much more than its own
@@ -1022,14 +1025,19 @@ class Store:
             (last - inserted,),
         )
         self._conn.execute("UPDATE item_count SET n = n + ?", (inserted,))
-        if self._pending_tags is None:
-            (self._pending_tags,) = self._conn.execute(
-                "SELECT count(*) FROM item_tags_pending"
-            ).fetchone()
-        else:
+        if self._pending_tags is not None:
             self._pending_tags += inserted
-        if self._pending_tags >= TAG_MERGE_AT:
-            self._merge_tags(inserted)
+        elif inserted >= TAG_MERGE_COUNT_FROM:
+            # Counted once per Store, by its first bulk write: a process that writes one
+            # report (``report add``, perf S11) pays for no count and no merge.
+            self._pending_tags = self._count_pending_tags()
+        if self._pending_tags is not None and self._pending_tags >= TAG_MERGE_AT:
+            # Twice what came in: a pending part grown by writers that never merge (the CLI)
+            # shrinks back under the mark.
+            self._merge_tags(2 * inserted)
+
+    def _count_pending_tags(self) -> int:
+        return int(self._conn.execute("SELECT count(*) FROM item_tags_pending").fetchone()[0])
 
     def _merge_tags(self, at_least: int) -> None:
         """Move pending tag rows into ``item_tags``, one key range at a time, until
@@ -1052,9 +1060,7 @@ class Store:
             if moved >= at_least:
                 break
         # Recounted: other processes insert, and deletes (their trigger) take rows too.
-        (self._pending_tags,) = self._conn.execute(
-            "SELECT count(*) FROM item_tags_pending"
-        ).fetchone()
+        self._pending_tags = self._count_pending_tags()
 
     def _present(self, table: str, column: str, values: list[bytes]) -> set[bytes]:
         select = f"SELECT {column} FROM {table}"  # noqa: S608 - table and column are ours

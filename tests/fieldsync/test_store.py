@@ -387,12 +387,13 @@ def test_pending_tags_move_to_the_large_index_a_key_range_at_a_time(
     network: synthetic.SyntheticNetwork, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Once the pending part holds ``TAG_MERGE_AT`` rows, an inserting transaction moves
-    pending rows one key range at a time until it moved as many as it inserted, so the
-    pending part stays near that size; one row inserted moves one range, not all. The two
-    parts hold every row once through batches, single inserts, renumbering, purges and
-    deletes."""
+    pending rows one key range at a time until it moved twice what it inserted, so the
+    pending part stays near that size; one row inserted moves a range or two, not all. A
+    process that only writes single rows (``report add``) neither counts nor merges; what
+    it leaves is drained by the next bulk writer. The two parts hold every row once through
+    batches, single inserts, renumbering, purges and deletes."""
     monkeypatch.setattr(store_module, "TAG_MERGE_AT", 64)
-    items = _envelopes(network.manifest, 400)
+    items = _envelopes(network.manifest, 480)
     peer = b"\x07" * 32
     store.add_batch(items[:63], 1, origin=peer)
     assert len(_tag_index(store, "item_tags_pending")) == 63  # below the mark: none moved
@@ -408,6 +409,19 @@ def test_pending_tags_move_to_the_large_index_a_key_range_at_a_time(
         # Each batch moves at least as many as it brought: the pending part stays bounded.
         assert len(_tag_index(store, "item_tags_pending")) < 64 + 48
     assert len(_tag_index(store, "item_tags")) > 300
+    merged = _tag_index(store, "item_tags")
+    before = len(_tag_index(store, "item_tags_pending"))
+    with contextlib.closing(Store(store.path)) as writer:  # another process, one row at a time
+        for checked in items[400:470]:
+            with writer.transaction():
+                writer.add_checked(checked, ImportCounts(), 1)
+    assert _tag_index(store, "item_tags") == merged  # no merge, however far over the mark
+    grown = len(_tag_index(store, "item_tags_pending"))
+    assert grown == before + 70 >= 64
+    with contextlib.closing(Store(store.path)) as daemon:  # the next bulk writer counts
+        daemon.add_batch(items[470:480], 1, origin=peer)
+    assert len(_tag_index(store, "item_tags_pending")) <= grown + 10 - 2 * 10
+    _assert_tags_indexed(store)
     # An author's chunks get new numbers after their report (media.claim_for_report): the
     # index follows, in whichever part each row is.
     renumbered = [items[5], items[399]]
