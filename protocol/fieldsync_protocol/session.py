@@ -645,6 +645,11 @@ class SyncSession:
                 if work.pos >= len(work.ids):
                     self._queue.popleft()
             else:
+                # By id, ascending, even where the sender's store order would read faster
+                # (measured at 100k items on a store filled in random order: 26 vs 4.5 us per
+                # item read): a receiver then inserts ids in ascending order, which costs it
+                # 33 instead of 48 us per item and half the bytes written, and the receiver
+                # is the bottleneck of a transfer (perf S1).
                 ids = self._source.index.ids(work.lower, work.upper, _FETCH)
                 if len(ids) < _FETCH:
                     self._queue.popleft()

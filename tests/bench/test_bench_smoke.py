@@ -223,6 +223,8 @@ def test_only_s11_measures_commit_and_status_latencies_alone(tmp_path: Path) -> 
     for series in ("commit_idle", "commit_under_sync", "status_idle", "status_under_sync"):
         assert s11[series]["n"] > 0 and _number(s11[series]["p99_ms"])
     assert len(result["run"]["loadavg_start"]) == 3 and "load" in proc.stdout
+    # The idle probes are printed beside the goal: what the machine gives with no sync.
+    assert f"commit p50 {s11['commit_idle']['p50_ms']:.1f} / p99" in proc.stdout
 
 
 def test_only_refuses_an_unknown_group() -> None:
