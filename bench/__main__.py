@@ -327,6 +327,7 @@ def run(mode: Mode, workdir: Path, *, with_peers: bool = False) -> dict[str, Any
                 pool.items,
                 mode.s1_items,
                 mode.rec_items,
+                DIFFS,  # S3.real's new items: pool.items[rec_items : rec_items + DIFFS]
                 {
                     "bulk_items_per_s": scenarios["S1"]["items_per_s"],
                     "repeat_wire_bytes": scenarios["S3.real"]["wire_bytes"],

@@ -7,9 +7,10 @@ same bytes (the closest Syncthing analogue of a sealed report).
 
 - bulk: A holds N files (already scanned), B starts empty; time from B's REST API
   answering until B holds all N. Compared with S1 (N items, one session).
-- repeat contact: A and B hold the same base set and are in sync; B stops, A gains 100 new
-  files (rescanned), B starts again; bytes on B's connection until it holds them all.
-  Compared with S3.real (fieldsync's repeat contact with 100 new of the same base).
+- repeat contact: A and B hold the same base set and are in sync; B stops, A gains the
+  same new files as S3.real's new items (rescanned), B starts again; bytes on B's
+  connection until it holds them all. Compared with S3.real (fieldsync's repeat contact
+  with those new items of the same base).
 
 Syncthing absent: one "skipped" line, nothing else. Never part of ``make test``.
 """
@@ -30,7 +31,6 @@ from pathlib import Path
 from typing import IO, Any
 
 FOLDER = "bench"
-NEW_ITEMS = 100
 TIMEOUT_S = 1800.0
 SKIPPED = "peers: skipped: syncthing not installed (Debian: apt-get install syncthing)"
 
@@ -252,11 +252,13 @@ def run(
     items: Sequence[bytes],
     bulk_n: int,
     base_n: int,
+    new_n: int,
     fieldsync: dict[str, Any],
     root: Path,
     log: Callable[[str], None],
 ) -> dict[str, Any]:
-    """Both workloads; ``fieldsync``: {"bulk_items_per_s", "repeat_wire_bytes"} of this run."""
+    """Both workloads; ``fieldsync``: {"bulk_items_per_s", "repeat_wire_bytes"} of this run,
+    whose repeat contact brought ``items[base_n : base_n + new_n]``."""
     binary = shutil.which("syncthing")
     if binary is None:
         return {"skipped": True, "lines": [SKIPPED]}
@@ -265,38 +267,54 @@ def run(
     ).stdout.split()[:2]
     log(f"peers: {' '.join(version)}: {bulk_n} files A -> B")
     got_bulk = bulk(binary, root / "bulk", items[:bulk_n])
-    log(f"peers: repeat contact, {NEW_ITEMS} new of {base_n} files")
-    got_repeat = repeat(binary, root / "repeat", items[:base_n], items[base_n : base_n + NEW_ITEMS])
-    syncthing_rate = bulk_n / max(got_bulk["seconds"], 1e-9)
-    speed = fieldsync["bulk_items_per_s"] / syncthing_rate
-    fewer = got_repeat["wire_bytes"] / max(fieldsync["repeat_wire_bytes"], 1)
-    # Both carry the same 100 items (random ciphertext: nothing to compress); what each
-    # spends beyond them is its own: reconciliation, index exchange, framing, handshake.
-    payload = sum(map(len, items[base_n : base_n + NEW_ITEMS]))
-    beyond = {
-        "syncthing": got_repeat["wire_bytes"] - payload,
-        "fieldsync": fieldsync["repeat_wire_bytes"] - payload,
-    }
-    lines = [
-        f"peers ({' '.join(version)}, loopback, no discovery/relay/NAT):",
-        f"  bulk {bulk_n} items: Syncthing {syncthing_rate:,.0f}/s, fieldsync"
-        f" {fieldsync['bulk_items_per_s']:,.0f}/s: fieldsync {speed:.1f}x faster",
-        f"  repeat contact, {NEW_ITEMS} new of {base_n}: Syncthing"
-        f" {got_repeat['wire_bytes']:,} B, fieldsync {fieldsync['repeat_wire_bytes']:,} B:"
-        f" fieldsync {fewer:.1f}x fewer bytes",
-        f"    beyond the items themselves ({payload:,} B): Syncthing {beyond['syncthing']:,} B,"
-        f" fieldsync {beyond['fieldsync']:,} B: fieldsync"
-        f" {beyond['syncthing'] / max(beyond['fieldsync'], 1):.1f}x fewer",
-    ]
+    log(f"peers: repeat contact, {new_n} new of {base_n} files")
+    new = items[base_n : base_n + new_n]
+    got_repeat = repeat(binary, root / "repeat", items[:base_n], new)
     return {
         "skipped": False,
         "syncthing": " ".join(version),
         "bulk": got_bulk,
         "repeat": got_repeat,
+        **compare(" ".join(version), got_bulk, got_repeat, new, fieldsync),
+    }
+
+
+def compare(
+    version: str,
+    got_bulk: dict[str, Any],
+    got_repeat: dict[str, Any],
+    new: Sequence[bytes],
+    fieldsync: dict[str, Any],
+) -> dict[str, Any]:
+    """The ratios and the printed lines, from Syncthing's results (``bulk``, ``repeat``),
+    the ``new`` items both repeat contacts carried, and fieldsync's figures."""
+    syncthing_rate = got_bulk["n"] / max(got_bulk["seconds"], 1e-9)
+    speed = fieldsync["bulk_items_per_s"] / syncthing_rate
+    fewer = got_repeat["wire_bytes"] / max(fieldsync["repeat_wire_bytes"], 1)
+    # Both carry the same new items (random ciphertext: nothing to compress); what each
+    # spends beyond them is its own: reconciliation, index exchange, framing, handshake.
+    payload = sum(map(len, new))
+    beyond = {
+        "syncthing": got_repeat["wire_bytes"] - payload,
+        "fieldsync": fieldsync["repeat_wire_bytes"] - payload,
+    }
+    beyond_fewer = beyond["syncthing"] / max(beyond["fieldsync"], 1)
+    lines = [
+        f"peers ({version}, loopback, no discovery/relay/NAT):",
+        f"  bulk {got_bulk['n']} items: Syncthing {syncthing_rate:,.0f}/s, fieldsync"
+        f" {fieldsync['bulk_items_per_s']:,.0f}/s: fieldsync {speed:.1f}x faster",
+        f"  repeat contact, {len(new)} new of {got_repeat['base']}: Syncthing"
+        f" {got_repeat['wire_bytes']:,} B, fieldsync {fieldsync['repeat_wire_bytes']:,} B:"
+        f" fieldsync {fewer:.1f}x fewer bytes",
+        f"    beyond the items themselves ({payload:,} B): Syncthing {beyond['syncthing']:,} B,"
+        f" fieldsync {beyond['fieldsync']:,} B: fieldsync {beyond_fewer:.1f}x fewer",
+    ]
+    return {
         "fieldsync": fieldsync,
         "bulk_speedup": round(speed, 2),
         "repeat_bytes_ratio": round(fewer, 2),
         "repeat_payload_bytes": payload,
         "repeat_beyond_payload_bytes": beyond,
+        "repeat_beyond_ratio": round(beyond_fewer, 2),
         "lines": lines,
     }

@@ -11,6 +11,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from bench import peers
+
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = (
     "S1",
@@ -167,7 +169,7 @@ def test_peers_without_syncthing_is_one_skipped_line(tmp_path: Path) -> None:
         "import json, sys\n"
         "from pathlib import Path\n"
         "from bench import peers\n"
-        "out = peers.run([], 10, 10, {}, Path(sys.argv[1]), print)\n"
+        "out = peers.run([], 10, 10, 1, {}, Path(sys.argv[1]), print)\n"
         "print(json.dumps(out))\n"
     )
     proc = subprocess.run(
@@ -178,6 +180,25 @@ def test_peers_without_syncthing_is_one_skipped_line(tmp_path: Path) -> None:
     assert out["skipped"] is True and len(out["lines"]) == 1
     assert out["lines"][0].startswith("peers: skipped: syncthing not installed")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_peers_compares_what_each_side_spends_beyond_the_same_new_items() -> None:
+    """The comparison with Syncthing, without Syncthing: the same new items count once for
+    each side, and what is left is each side's own overhead."""
+    new = [b"x" * 1000, b"y" * 1043]
+    got = peers.compare(
+        "syncthing v1",
+        {"n": 20_000, "seconds": 100.0},
+        {"base": 100_000, "new": 2, "wire_bytes": 2_043 + 9_000},
+        new,
+        {"bulk_items_per_s": 10_000.0, "repeat_wire_bytes": 2_043 + 1_000},
+    )
+    assert got["bulk_speedup"] == 50.0
+    assert got["repeat_payload_bytes"] == 2_043
+    assert got["repeat_beyond_payload_bytes"] == {"syncthing": 9_000, "fieldsync": 1_000}
+    assert got["repeat_beyond_ratio"] == 9.0
+    assert "repeat contact, 2 new of 100000" in got["lines"][2]
+    assert got["lines"][3].endswith("Syncthing 9,000 B, fieldsync 1,000 B: fieldsync 9.0x fewer")
 
 
 def _run_only(group: str, tmp_path: Path) -> tuple[subprocess.CompletedProcess[str], Any]:
