@@ -82,6 +82,9 @@ class FieldDaemon:
     STORE_ANSWER_SECONDS = 10.0
     #: How often ready coded symbols are checked again (rebuilt if the index was dropped).
     CODED_RECHECK_SECONDS = 5.0
+    #: Pause between two steps of the coded symbols while sessions store items (a step of
+    #: ~3 ms per 0.1 s: a few per cent of the store thread during a bulk receive).
+    CODED_SETTLE_PAUSE_SECONDS = 0.1
     #: How long a control-API answer waits for the event loop's fresh view of its state
     #: (scheduler, components, ...) once its store read is done; after that it shows the
     #: view from the loop's last free moment: status must not wait behind a sync's long
@@ -329,14 +332,19 @@ class FieldDaemon:
         """Keep coded symbols of the store's ids ready for first contacts (SPEC.md §13.3.6).
 
         Built in steps of a few ms, each its own call in the store thread's bulk lane, so a
-        local write queued meanwhile goes before the next step; sessions keep ready symbols
-        current item by item. Once ready this only looks again now and then: the index (and
-        the symbols with it) is dropped when another process changes the store."""
+        local write queued meanwhile goes before the next step. Items that sessions store or
+        purge are owed to the symbols and settled by the same steps: during a bulk receive
+        one step goes between two of its flights, the rest once the contact ends. Once ready
+        this only looks again now and then: the index (and the symbols with it) is dropped
+        when another process changes the store."""
         source = runtime.context.source
         while True:
             more = await runtime.worker.call(lambda _store: source.build_coded_step(), bulk=True)
             if not more:
                 await asyncio.sleep(self.CODED_RECHECK_SECONDS)
+            elif source.changed_within(self.CODED_SETTLE_PAUSE_SECONDS):
+                # A receive is under way: a step now and then, the rest once it ends.
+                await asyncio.sleep(self.CODED_SETTLE_PAUSE_SECONDS)
 
     async def _run_janitor(self, janitor: Janitor) -> None:
         self.faults.check("janitor")

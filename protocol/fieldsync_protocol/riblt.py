@@ -98,6 +98,9 @@ class CodedSymbols:
     def remove(self, item_id: bytes) -> None:
         self._apply((item_id,), -1)
 
+    def remove_all(self, ids: Iterable[bytes]) -> None:
+        self._apply(ids, -1)
+
     def _apply(self, ids: Iterable[bytes], sign: int) -> None:
         # The hot path of every new item in the daemon (about 14 indices per id): ``id_hash``
         # and ``indices`` written out inline, with every name a local, since a generator

@@ -251,8 +251,14 @@ async def test_first_contact_with_coded_symbols_ready(homes: Homes, link: str) -
         # B answered A's offer with coded symbols: 199 of them for a count difference of 100
         assert mine.stats.reconcile_bytes_received >= 199 * 42
         assert await ids_of(a) == await ids_of(b) == before
-        # the symbols followed the 500 items that arrived, one by one
-        assert await rebuilt_symbols_match(a) and await rebuilt_symbols_match(b)
+        # A's 200 new items are within one step of its symbols: settled when next asked for.
+        # B's 300 are more: its symbols wait for the steps, and no session offers them before.
+        assert await rebuilt_symbols_match(a)
+        state = b.context.source.coded_state()
+        assert state == {"coded_symbols": "catching up", "coded_symbols_behind": A_REPORTS}
+        assert b.context.source.coded_symbols() is None
+        assert (await build_coded_symbols(b))[-1] == "ready"
+        assert await rebuilt_symbols_match(b)
 
 
 async def test_items_arriving_during_a_coded_build_are_counted_once(homes: Homes) -> None:
@@ -266,6 +272,51 @@ async def test_items_arriving_during_a_coded_build_are_counted_once(homes: Homes
         assert mine.complete and mine.items_new == B_REPORTS
         assert (await build_coded_symbols(a))[-1] == "ready"
         assert await rebuilt_symbols_match(a)
+
+
+async def test_coded_symbols_take_a_bulk_of_changes_in_steps(homes: Homes) -> None:
+    """A bulk receive does not wait for the coded symbols (perf S10): the ids it added and
+    the ones a receipt purged are owed to the symbols, settled a step at a time."""
+    async with opened(homes.a) as a:
+        source = a.context.source
+        assert (await build_coded_symbols(a))[-1] == "ready"
+        held = source.index.ids(b"", b"\xff" * 33, 10**6)
+        new = sorted(secrets.token_bytes(32) for _ in range(700))
+
+        def changes(_store: Store) -> None:
+            source.note_changes(new, held[:50])
+
+        assert not source.changed_within(60.0)  # nothing stored since the runtime opened
+        await a.worker.call(changes)
+        assert source.changed_within(60.0)  # the daemon paces its steps while this holds
+        assert source.coded_state() == {"coded_symbols": "catching up", "coded_symbols_behind": 750}
+        assert source.coded_symbols() is None  # three steps away: ranges only meanwhile
+        steps = 0
+        while await a.worker.call(lambda _store: source.build_coded_step(256)):
+            steps += 1
+        assert steps == 3  # 750 changes, 256 at a time
+        assert source.coded_state() == {"coded_symbols": "ready"}
+        assert await rebuilt_symbols_match(a)
+        # A few changes are settled when a session asks for the symbols, without a step.
+        await a.worker.call(lambda _store: source.note_changes([], new[:10]))
+        assert source.coded_state()["coded_symbols"] == "catching up"
+        assert await rebuilt_symbols_match(a)
+        assert source.coded_state() == {"coded_symbols": "ready"}
+
+
+async def test_changes_owed_to_dropped_symbols_are_dropped_with_them(homes: Homes) -> None:
+    async with opened(homes.a) as a:
+        source = a.context.source
+        assert (await build_coded_symbols(a))[-1] == "ready"
+        new = [secrets.token_bytes(32) for _ in range(300)]
+        await a.worker.call(lambda _store: source.note_changes(new, []))
+        assert source.coded_state()["coded_symbols"] == "catching up"
+        # another process changed the store: the index and its symbols are rebuilt from it
+        await a.worker.call(lambda _store: source.invalidate())
+        assert source.coded_state() == {"coded_symbols": "not built"}
+        assert (await build_coded_symbols(a))[-1] == "ready"
+        assert await rebuilt_symbols_match(a)
+        assert not set(new) & set(source.index.ids(b"", b"\xff" * 33, 10**6))
 
 
 async def test_repeat_contact_runs_in_delta_mode(homes: Homes) -> None:

@@ -76,6 +76,12 @@ def test_incremental_updates_equal_a_rebuild() -> None:
     fresh = CodedSymbols(ids[50:])
     assert (coded.xors, coded.sums, coded.counts) == (fresh.xors, fresh.sums, fresh.counts)
     assert coded.count == 250 and coded.encode(0, MAX_SYMBOLS) == fresh.encode(0, MAX_SYMBOLS)
+    # the same changes in bulk, removals first (as a relay settles what it owes the symbols)
+    in_bulk = CodedSymbols(ids[:200])
+    in_bulk.remove_all(ids[:50])
+    in_bulk.extend(ids[200:])
+    assert (in_bulk.xors, in_bulk.sums, in_bulk.counts) == (fresh.xors, fresh.sums, fresh.counts)
+    assert in_bulk.count == 250 and in_bulk.id_total == fresh.id_total
     with pytest.raises(LocalProtocolError):
         coded.add(b"short")
     for start, stop in ((0, 0), (-1, 3), (5, MAX_SYMBOLS + 1)):
