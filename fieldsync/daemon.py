@@ -85,6 +85,9 @@ class FieldDaemon:
     #: Pause between two steps of the coded symbols while sessions store items (a step of
     #: ~3 ms per 0.1 s: a few per cent of the store thread during a bulk receive).
     CODED_SETTLE_PAUSE_SECONDS = 0.1
+    #: How long after the last item stored a receive counts as under way (flights of one
+    #: session come tens of ms apart; a slow link's further apart).
+    CODED_SETTLE_QUIET_SECONDS = 1.0
     #: How long a control-API answer waits for the event loop's fresh view of its state
     #: (scheduler, components, ...) once its store read is done; after that it shows the
     #: view from the loop's last free moment: status must not wait behind a sync's long
@@ -342,7 +345,7 @@ class FieldDaemon:
             more = await runtime.worker.call(lambda _store: source.build_coded_step(), bulk=True)
             if not more:
                 await asyncio.sleep(self.CODED_RECHECK_SECONDS)
-            elif source.changed_within(self.CODED_SETTLE_PAUSE_SECONDS):
+            elif source.changed_within(self.CODED_SETTLE_QUIET_SECONDS):
                 # A receive is under way: a step now and then, the rest once it ends.
                 await asyncio.sleep(self.CODED_SETTLE_PAUSE_SECONDS)
 
