@@ -33,7 +33,7 @@ from fieldsync.homelock import HomeLock
 from fieldsync.janitor import Janitor
 from fieldsync.lognames import address_name
 from fieldsync.offer_hold import OfferDelay
-from fieldsync.peer import PeerLimits, SyncOutcome
+from fieldsync.peer import CODED_STEP_IDS, PeerLimits, SyncOutcome, SyncSource
 from fieldsync.runtime import WEBSOCKET_PATH, Runtime, Server
 from fieldsync.scheduler import Scheduler, SchedulerPolicy, SyncResult
 from fieldsync.store import Store
@@ -62,6 +62,11 @@ def peer_limits(config: Config) -> PeerLimits:
     )
 
 
+def _coded_step(source: SyncSource, limit: int, _store: Store) -> bool:
+    """One step of the coded symbols (``SyncSource.build_coded_step``), on the store thread."""
+    return source.build_coded_step(limit)
+
+
 class FieldDaemon:
     """``fieldsync run``: server, scheduler, discovery, janitor and control API together.
 
@@ -83,7 +88,7 @@ class FieldDaemon:
     #: How often ready coded symbols are checked again (rebuilt if the index was dropped).
     CODED_RECHECK_SECONDS = 5.0
     #: Pause between two steps of the coded symbols while sessions store items (a step of
-    #: ~3 ms per 0.1 s: a few per cent of the store thread during a bulk receive).
+    #: ~1 ms per 0.1 s: about 1 % of the store thread during a bulk receive).
     CODED_SETTLE_PAUSE_SECONDS = 0.1
     #: How long after the last item stored a receive counts as under way (flights of one
     #: session come tens of ms apart; a slow link's further apart).
@@ -337,16 +342,21 @@ class FieldDaemon:
         Built in steps of a few ms, each its own call in the store thread's bulk lane, so a
         local write queued meanwhile goes before the next step. Items that sessions store or
         purge are owed to the symbols and settled by the same steps: during a bulk receive
-        one step goes between two of its flights, the rest once the contact ends. Once ready
-        this only looks again now and then: the index (and the symbols with it) is dropped
-        when another process changes the store."""
+        a short step goes between two of its flights now and then, the rest once the contact
+        ends. Once ready this only looks again now and then: the index (and the symbols with
+        it) is dropped when another process changes the store."""
         source = runtime.context.source
         while True:
-            more = await runtime.worker.call(lambda _store: source.build_coded_step(), bulk=True)
+            receiving = source.changed_within(self.CODED_SETTLE_QUIET_SECONDS)
+            # Short steps while a receive is under way: a local write or ``status`` waits
+            # for the step in progress (the GIL, the store thread), about 1 ms then.
+            step = CODED_STEP_IDS // 4 if receiving else CODED_STEP_IDS
+            more = await runtime.worker.call(
+                functools.partial(_coded_step, source, step), bulk=True
+            )
             if not more:
                 await asyncio.sleep(self.CODED_RECHECK_SECONDS)
-            elif source.changed_within(self.CODED_SETTLE_QUIET_SECONDS):
-                # A receive is under way: a step now and then, the rest once it ends.
+            elif receiving:
                 await asyncio.sleep(self.CODED_SETTLE_PAUSE_SECONDS)
 
     async def _run_janitor(self, janitor: Janitor) -> None:
