@@ -272,8 +272,7 @@ class SyncSource:
             now = self._now()
             free = offer_hold.assess(self._store, self.offer_delay, now)
             released = offer_hold.release(self._store, now)
-        for item_id in (*free, *released):
-            self._add(item_id)
+        self._add_all([*free, *released])
         return bool(free or released)
 
     def horizon(self) -> int:
@@ -322,33 +321,39 @@ class SyncSource:
             with _store_errors(self._store, "reading the offer holds"):
                 held = offer_hold.held_among(self._store, added)
             added = [item_id for item_id in added if item_id not in held]
-        for item_id in added:
-            self._add(item_id)
+        self._add_all(added)
         for item_id in removed:
             self._discard(item_id)
 
-    def _add(self, item_id: bytes) -> None:
-        """Add to the cached index; coded symbols that cover the id take it later."""
-        if self._index is None or not self._index.add(item_id):
+    def _add_all(self, ids: Sequence[bytes]) -> None:
+        """Add to the cached index (a batch at once); coded symbols that cover the new ids
+        take them later."""
+        if self._index is None or not ids:
             return
-        for behind in self._symbols_covering(item_id):
-            behind.added.append(item_id)
+        fresh = self._index.add_many(ids)
+        for behind, covered in self._symbols_covering(fresh):
+            behind.added += covered
 
     def _discard(self, item_id: bytes) -> None:
         if self._index is None or not self._index.discard(item_id):
             return
-        for behind in self._symbols_covering(item_id):
-            behind.removed.append(item_id)
+        for behind, covered in self._symbols_covering([item_id]):
+            behind.removed += covered
 
-    def _symbols_covering(self, item_id: bytes) -> list[_Behind]:
-        """What the ready symbols and a build that already went past ``item_id`` lack (a
-        build yet to reach it will read it, or not, from the index when it gets there)."""
-        out = []
+    def _symbols_covering(self, ids: list[bytes]) -> list[tuple[_Behind, list[bytes]]]:
+        """What the ready symbols and a build lack of ``ids``: the build only those below
+        where it has got to (it reads the others, or not, from the index when it gets
+        there)."""
+        out: list[tuple[_Behind, list[bytes]]] = []
+        if not ids:
+            return out
         if self._coded is not None and self._coded_for is self._index:
-            out.append(self._behind_of(self._coded))
+            out.append((self._behind_of(self._coded), ids))
         build = self._building
-        if build is not None and build.index is self._index and item_id < build.after:
-            out.append(self._behind_of(build.symbols))
+        if build is not None and build.index is self._index:
+            below = [item_id for item_id in ids if item_id < build.after]
+            if below:
+                out.append((self._behind_of(build.symbols), below))
         return out
 
     def _behind_of(self, symbols: CodedSymbols) -> _Behind:

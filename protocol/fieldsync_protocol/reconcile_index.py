@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import itertools
 import sys
 from collections.abc import Iterable
 from typing import Protocol
@@ -109,6 +110,18 @@ def _lane_sum_le(chunk: bytes, start: int, end: int) -> int:
 _lane_sum = _lane_sum_le if sys.byteorder == "little" else _lane_sum_portable
 
 
+def _offset_in(chunk: bytes, bound: bytes, lo: int) -> int:
+    """Offset in ``chunk`` (packed ascending ids) of the first id >= ``bound``, from ``lo``."""
+    hi = len(chunk) // ID_SIZE
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if chunk[mid * ID_SIZE : (mid + 1) * ID_SIZE] < bound:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
 class SortedListIndex:
     """An ``ItemIndex`` in memory: ids packed 32 bytes apiece in chunks of ``load..2*load``.
 
@@ -179,15 +192,7 @@ class SortedListIndex:
         ci = bisect.bisect_left(self._maxes, bound)
         if ci == len(self._chunks):
             return ci, 0
-        chunk = self._chunks[ci]
-        lo, hi = 0, len(chunk) // ID_SIZE
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if chunk[mid * ID_SIZE : (mid + 1) * ID_SIZE] < bound:
-                lo = mid + 1
-            else:
-                hi = mid
-        return ci, lo
+        return ci, _offset_in(self._chunks[ci], bound, 0)
 
     def _refresh(self) -> None:
         if not self._stale:
@@ -291,6 +296,54 @@ class SortedListIndex:
         self._len += 1
         self._stale = True
         return True
+
+    def add_many(self, ids: Iterable[bytes]) -> list[bytes]:
+        """Insert ``ids`` (any order, repeats allowed); those that were absent, ascending.
+
+        Each chunk the ids fall into is rewritten once, not once per id: a session stores
+        its items a batch at a time, mostly in id order, so a batch lands in a few chunks
+        (perf S1: ~3 us per id one by one, a tenth of that so)."""
+        fresh = sorted(set(ids))
+        for item_id in fresh:
+            if len(item_id) != ID_SIZE:
+                raise LocalProtocolError(f"an item id is {ID_SIZE} bytes, not {len(item_id)}")
+        if not self._chunks:
+            self._extend_sorted(fresh)
+            return fresh
+        added: list[bytes] = []
+        start = 0
+        while start < len(fresh):
+            ci = min(bisect.bisect_left(self._maxes, fresh[start]), len(self._chunks) - 1)
+            # The ids up to this chunk's last one go into it (all the rest into the last).
+            last = ci == len(self._chunks) - 1
+            end = len(fresh) if last else bisect.bisect_right(fresh, self._maxes[ci], start)
+            chunk = self._chunks[ci]
+            pieces: list[bytes] = []
+            done = 0  # ids of ``chunk`` already copied into ``pieces``
+            for item_id in fresh[start:end]:
+                off = _offset_in(chunk, item_id, done)
+                if chunk[off * ID_SIZE : (off + 1) * ID_SIZE] == item_id:
+                    continue
+                pieces += (chunk[done * ID_SIZE : off * ID_SIZE], item_id)
+                done = off
+                added.append(item_id)
+            if pieces:
+                self._replace_chunk(ci, b"".join((*pieces, chunk[done * ID_SIZE :])))
+            start = end
+        if added:
+            self._len += len(added)
+            self._stale = True
+        return added
+
+    def _replace_chunk(self, ci: int, chunk: bytes) -> None:
+        """Put ``chunk`` in place of chunk ``ci``, split evenly if over ``2 * load`` ids."""
+        size = len(chunk) // ID_SIZE
+        parts = -(-size // (2 * self._load))
+        bounds = [size * k // parts * ID_SIZE for k in range(parts + 1)]
+        pieces = [chunk[a:b] for a, b in itertools.pairwise(bounds)]
+        self._chunks[ci : ci + 1] = pieces
+        self._maxes[ci : ci + 1] = [piece[-ID_SIZE:] for piece in pieces]
+        self._sums[ci : ci + 1] = [None] * parts
 
     def discard(self, item_id: bytes) -> bool:
         """Remove ``item_id``; False if it was absent."""

@@ -119,6 +119,47 @@ def test_index_add_discard(ops: list[tuple[bool, bytes]], load: int) -> None:
     assert len(index) == 0 and index.fingerprint(ZERO, INFINITY) == EMPTY_FINGERPRINT
 
 
+@settings(max_examples=150, deadline=None)
+@given(
+    st.sets(ids_st, max_size=60),
+    st.lists(st.lists(ids_st, max_size=40), max_size=4),
+    st.integers(2, 4),
+)
+def test_index_add_many_equals_adding_one_by_one(
+    ids: set[bytes], batches: list[list[bytes]], load: int
+) -> None:
+    many = SortedListIndex(ids, load=load)
+    one = SortedListIndex(ids, load=load)
+    truth = set(ids)
+    for batch in batches:
+        # a batch may repeat itself and what is held; in id order or not
+        added = many.add_many([*batch, *batch[:3], *sorted(truth)[:2]])
+        assert added == sorted(set(batch) - truth)
+        assert [x for x in sorted(set(batch)) if one.add(x)] == added
+        truth |= set(batch)
+    assert len(many) == len(truth)
+    assert many.ids(ZERO, INFINITY, 10**6) == sorted(truth)
+    assert all(0 < len(c) <= 2 * load * 32 for c in many._chunks)
+    assert many._maxes == [c[-32:] for c in many._chunks]
+    for lower, upper in itertools.pairwise([ZERO, *sorted(truth)[::3], INFINITY]):
+        assert many.fingerprint(lower, upper) == one.fingerprint(lower, upper)
+        assert many.count(lower, upper) == one.count(lower, upper)
+
+
+def test_index_add_many_splits_and_refuses() -> None:
+    ids = sorted(h(i) for i in range(12))
+    index = SortedListIndex(load=2)
+    assert index.add_many(reversed(ids[:3])) == ids[:3]  # into an empty index: chunks of 2
+    # nine more past the last id, at once: the last chunk (1 + 9) split evenly in three
+    assert index.add_many(ids[3:]) == ids[3:] and len(index) == 12
+    assert [len(c) // 32 for c in index._chunks] == [2, 3, 3, 4]
+    assert index._maxes == [c[-32:] for c in index._chunks]
+    assert index.add_many([]) == [] and index.add_many([ids[5]]) == []
+    with pytest.raises(LocalProtocolError):
+        index.add_many([h(20), b"short"])
+    assert len(index) == 12  # nothing added by the refused batch
+
+
 def test_index_argument_checks() -> None:
     with pytest.raises(LocalProtocolError):
         SortedListIndex(load=1)
