@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from blockbuster import BlockBuster, blockbuster_ctx
 
+from fieldsync import peer as peer_module
 from fieldsync import synthetic
 from fieldsync.hq import HQ, IngestSummary
 from fieldsync.node import Node
@@ -302,6 +303,33 @@ async def test_coded_symbols_take_a_bulk_of_changes_in_steps(homes: Homes) -> No
         assert source.coded_state()["coded_symbols"] == "catching up"
         assert await rebuilt_symbols_match(a)
         assert source.coded_state() == {"coded_symbols": "ready"}
+
+
+async def test_symbols_far_behind_are_dropped_and_built_again(
+    homes: Homes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Owed ids are held until settled: past ``MAX_OWED_IDS`` the symbols are dropped and
+    built again from the index, so a relay's memory does not grow with a long receive."""
+    monkeypatch.setattr(peer_module, "MAX_OWED_IDS", 100)
+    async with opened(homes.a) as a:
+        source = a.context.source
+        assert (await build_coded_symbols(a))[-1] == "ready"
+        new = [secrets.token_bytes(32) for _ in range(150)]
+        await a.worker.call(lambda _store: source.note_changes(new[:100], []))
+        assert source.coded_state() == {"coded_symbols": "catching up", "coded_symbols_behind": 100}
+        await a.worker.call(lambda _store: source.note_changes(new[100:], []))
+        assert source.coded_state() == {"coded_symbols": "not built"}
+        assert source.coded_symbols() is None
+        # a build under way drops too, once it is owed as much (ids below where it got to)
+        assert await a.worker.call(lambda _store: source.build_coded_step(64))
+        low = [b"\0\0" + secrets.token_bytes(30) for _ in range(101)]
+        await a.worker.call(lambda _store: source.note_changes(low[:100], []))
+        assert source.coded_state()["coded_symbols"] == "building"
+        await a.worker.call(lambda _store: source.note_changes(low[100:], []))
+        assert source.coded_state() == {"coded_symbols": "not built"}
+        assert (await build_coded_symbols(a))[-1] == "ready"
+        assert await rebuilt_symbols_match(a)
+        assert {*new, *low} <= set(source.index.ids(b"", b"\xff" * 33, 10**6))
 
 
 async def test_changes_owed_to_dropped_symbols_are_dropped_with_them(homes: Homes) -> None:
