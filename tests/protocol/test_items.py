@@ -47,6 +47,16 @@ def test_every_kind_parses_and_checks(choices: list[tuple[str, int]]) -> None:
         assert (checked.manifest is not None) == (kind == "m")
 
 
+def test_id_and_tag_are_computed_once() -> None:
+    data = NET.seal().item
+    item = parse_item(data)
+    assert "id" not in vars(item) and "tag" not in vars(item)
+    first = item.id
+    assert vars(item)["id"] is first and item.id is first  # then read from the instance
+    assert item.tag == hashlib.blake2b(data, digest_size=32, person=b"fs-delivered").digest()
+    assert isinstance(items_module.Item.id, items_module._ComputedOnce)  # on the class itself
+
+
 def test_checked_values() -> None:
     envelope_item = NET.seal().item
     checked = check_item(envelope_item, NET.manifest)
