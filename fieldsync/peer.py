@@ -414,9 +414,12 @@ class SyncSource:
         the session uses ranges only)."""
         if self._coded is None or self._index is None or self._coded_for is not self._index:
             return None
-        if sum(map(len, self._current_behind())) > CODED_STEP_IDS:
+        owed = [behind for behind in self._current_behind() if behind.symbols is self._coded]
+        if sum(map(len, owed)) > CODED_STEP_IDS:
             return None
-        self._settle(CODED_STEP_IDS)
+        for behind in owed:
+            behind.settle(len(behind))
+        self._current_behind()
         return self._coded
 
     def build_coded_step(self, limit: int = CODED_STEP_IDS) -> bool:
