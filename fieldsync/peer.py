@@ -212,7 +212,7 @@ class _CodedBuild:
 MAX_OWED_IDS = 16_384
 
 
-@dataclass
+@dataclass(eq=False)  # one per symbols object, found by identity
 class _Behind:
     """Ids the index gained or lost that ``symbols`` do not show yet, packed.
 
