@@ -87,11 +87,11 @@ class FieldDaemon:
     STORE_ANSWER_SECONDS = 10.0
     #: How often ready coded symbols are checked again (rebuilt if the index was dropped).
     CODED_RECHECK_SECONDS = 5.0
-    #: Pause between two steps of the coded symbols while sessions store items (a step of
-    #: ~1 ms per 0.1 s: about 1 % of the store thread during a bulk receive).
+    #: Pause between two steps of the coded symbols while sessions move items (a step of
+    #: ~1 ms per 0.1 s: about 1 % of the store thread during a bulk transfer).
     CODED_SETTLE_PAUSE_SECONDS = 0.1
-    #: How long after the last item stored a receive counts as under way (flights of one
-    #: session come tens of ms apart; a slow link's further apart).
+    #: How long after the last item stored or read to send a contact counts as under way
+    #: (flights of one session come tens of ms apart; a slow link's further apart).
     CODED_SETTLE_QUIET_SECONDS = 1.0
     #: How long a control-API answer waits for the event loop's fresh view of its state
     #: (scheduler, components, ...) once its store read is done; after that it shows the
@@ -341,22 +341,22 @@ class FieldDaemon:
 
         Built in steps of a few ms, each its own call in the store thread's bulk lane, so a
         local write queued meanwhile goes before the next step. Items that sessions store or
-        purge are owed to the symbols and settled by the same steps: during a bulk receive
-        a short step goes between two of its flights now and then, the rest once the contact
-        ends. Once ready this only looks again now and then: the index (and the symbols with
-        it) is dropped when another process changes the store."""
+        purge are owed to the symbols and settled by the same steps: while sessions move
+        items (receive or send) a short step goes between their flights now and then, the
+        rest once the contacts end. Once ready this only looks again now and then: the
+        index (and the symbols with it) is dropped when another process changes the store."""
         source = runtime.context.source
         while True:
-            receiving = source.changed_within(self.CODED_SETTLE_QUIET_SECONDS)
-            # Short steps while a receive is under way: a local write or ``status`` waits
-            # for the step in progress (the GIL, the store thread), about 1 ms then.
-            step = CODED_STEP_IDS // 4 if receiving else CODED_STEP_IDS
+            busy = source.busy_within(self.CODED_SETTLE_QUIET_SECONDS)
+            # Short steps while sessions move items: a local write or ``status`` waits for
+            # the step in progress (the GIL, the store thread), about 1 ms then.
+            step = CODED_STEP_IDS // 4 if busy else CODED_STEP_IDS
             more = await runtime.worker.call(
                 functools.partial(_coded_step, source, step), bulk=True
             )
             if not more:
                 await asyncio.sleep(self.CODED_RECHECK_SECONDS)
-            elif receiving:
+            elif busy:
                 await asyncio.sleep(self.CODED_SETTLE_PAUSE_SECONDS)
 
     async def _run_janitor(self, janitor: Janitor) -> None:

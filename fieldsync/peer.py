@@ -220,8 +220,8 @@ class _Behind:
     per id in Python, a fifth of a relay's store thread during a bulk receive (perf S10),
     while nothing reads the symbols until the next first contact. They are brought up to
     date in steps instead (``SyncSource.build_coded_step``), each its own call in the store
-    thread's bulk lane, which the daemon paces while a receive is under way: contact time
-    is what a relay lacks, not idle CPU.
+    thread's bulk lane, which the daemon paces while sessions move items: contact time is
+    what a relay lacks, not idle CPU.
     """
 
     symbols: CodedSymbols
@@ -258,8 +258,8 @@ class SyncSource:
         self._building: _CodedBuild | None = None
         #: Changes the ready symbols or the build have not taken yet (``_Behind``).
         self._behind: list[_Behind] = []
-        #: When a session last stored or purged items (``time.monotonic``).
-        self._changed_at = -math.inf
+        #: When a session last stored, purged or read items to send (``time.monotonic``).
+        self._busy_at = -math.inf
         self._data_version = store.data_version()
         self.offer_delay = offer_delay or OfferDelay()
         #: Running time the store's clock does not show yet (the daemon's janitor says).
@@ -304,10 +304,12 @@ class SyncSource:
     def items_after(
         self, seq: int, limit: int, skip_origin: bytes | None = None
     ) -> list[tuple[int, bytes]]:
+        self._busy_at = time.monotonic()
         with _store_errors(self._store, "reading items to send"):
             return self._store.items_after(seq, limit, skip_origin)
 
     def get(self, ids: Sequence[bytes]) -> list[bytes]:
+        self._busy_at = time.monotonic()
         with _store_errors(self._store, "reading items to send"):
             return self._store.get_items(list(ids))
 
@@ -322,7 +324,7 @@ class SyncSource:
     def note_changes(self, added: Sequence[bytes], removed: Sequence[bytes]) -> None:
         """Keep the cached index equal to the store's offerable items after a commit."""
         if added or removed:
-            self._changed_at = time.monotonic()
+            self._busy_at = time.monotonic()
         if added and self.offer_delay.active:
             # Not assessed here (that is a write: it waits for ``refresh``, within the
             # transaction budget of a flight): until then every new item counts as held.
@@ -443,10 +445,10 @@ class SyncSource:
         build.after = successor(ids[-1])
         return True
 
-    def changed_within(self, seconds: float) -> bool:
-        """Whether sessions stored or purged items in the last ``seconds`` (a receive may be
-        under way: settling the symbols can wait)."""
-        return time.monotonic() - self._changed_at < seconds
+    def busy_within(self, seconds: float) -> bool:
+        """Whether sessions stored, purged or read items to send in the last ``seconds`` (a
+        contact may be under way: settling the symbols can wait)."""
+        return time.monotonic() - self._busy_at < seconds
 
     def coded_state(self) -> dict[str, object]:
         """For ``status``: coded symbols ready, building (ids so far) or not started."""

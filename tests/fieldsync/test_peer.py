@@ -16,7 +16,7 @@ import secrets
 import shutil
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -26,7 +26,7 @@ from fieldsync import peer as peer_module
 from fieldsync import synthetic
 from fieldsync.hq import HQ, IngestSummary
 from fieldsync.node import Node
-from fieldsync.peer import PeerContext, PeerLimits, SyncOutcome, run_peer
+from fieldsync.peer import PeerContext, PeerLimits, SyncOutcome, SyncSource, run_peer
 from fieldsync.runtime import Runtime, Server
 from fieldsync.store import Store
 from fieldsync.transport import MemoryTransport, Transport, TransportError, memory_pair
@@ -212,7 +212,7 @@ async def test_sync_moves_everything_both_ways(homes: Homes, link: str) -> None:
         assert len(after_a) == A_REPORTS + B_REPORTS + 1  # and the shared manifest
 
 
-async def build_coded_symbols(runtime: Runtime) -> list[object]:
+async def build_coded_symbols(runtime: Runtime) -> Sequence[object]:
     """Step the coded-symbol build to the end as the daemon does; the states seen."""
     source = runtime.context.source
     states = [source.coded_state()["coded_symbols"]]
@@ -287,9 +287,9 @@ async def test_coded_symbols_take_a_bulk_of_changes_in_steps(homes: Homes) -> No
         def changes(_store: Store) -> None:
             source.note_changes(new, held[:50])
 
-        assert not source.changed_within(60.0)  # nothing stored since the runtime opened
+        assert not source.busy_within(60.0)  # nothing stored or sent since it opened
         await a.worker.call(changes)
-        assert source.changed_within(60.0)  # the daemon paces its steps while this holds
+        assert source.busy_within(60.0)  # the daemon paces its steps while this holds
         assert source.coded_state() == {"coded_symbols": "catching up", "coded_symbols_behind": 750}
         assert source.coded_symbols() is None  # three steps away: ranges only meanwhile
         steps = 0
@@ -330,6 +330,22 @@ async def test_symbols_far_behind_are_dropped_and_built_again(
         assert (await build_coded_symbols(a))[-1] == "ready"
         assert await rebuilt_symbols_match(a)
         assert {*new, *low} <= set(source.index.ids(b"", b"\xff" * 33, 10**6))
+
+
+async def test_reading_items_to_send_counts_as_busy(homes: Homes) -> None:
+    """A relay sending (a peer pulling from it) paces the symbols' steps too."""
+    for sending in ("by id", "after a number"):
+        async with opened(homes.a) as a:
+            source = a.context.source
+            assert not source.busy_within(60.0)
+
+            def read(_store: Store, how: str = sending, s: SyncSource = source) -> Sequence[object]:
+                if how == "by id":
+                    return s.get(s.index.ids(b"", b"\xff" * 33, 3))
+                return list(s.items_after(0, 3))
+
+            found = await a.worker.call(read)
+            assert len(found) == 3 and source.busy_within(60.0)
 
 
 async def test_changes_owed_to_dropped_symbols_are_dropped_with_them(homes: Homes) -> None:
