@@ -212,7 +212,7 @@ class _CodedBuild:
 MAX_OWED_IDS = 16_384
 
 
-@dataclass(eq=False)  # one per symbols object, found by identity
+@dataclass
 class _Behind:
     """Ids the index gained or lost that ``symbols`` do not show yet, packed.
 
@@ -237,9 +237,9 @@ class _Behind:
         for pending, apply in ((self.removed, symbols.remove_all), (self.added, symbols.extend)):
             take = min(limit, len(pending) // ID_SIZE)
             if take:
-                packed = pending[-take * ID_SIZE :]
+                packed = bytes(pending[-take * ID_SIZE :])
                 del pending[-take * ID_SIZE :]
-                apply(bytes(packed[i : i + ID_SIZE]) for i in range(0, len(packed), ID_SIZE))
+                apply(packed[i : i + ID_SIZE] for i in range(0, len(packed), ID_SIZE))
                 limit -= take
 
 
@@ -256,8 +256,9 @@ class SyncSource:
         self._coded: CodedSymbols | None = None
         self._coded_for: SortedListIndex | None = None
         self._building: _CodedBuild | None = None
-        #: Changes the ready symbols or the build have not taken yet (``_Behind``).
-        self._behind: list[_Behind] = []
+        #: Changes the symbols that follow the index (ready ones or a build: never both)
+        #: have not taken yet; those owed to symbols no longer followed are ignored.
+        self._owed: _Behind | None = None
         #: When a session last stored, purged or read items to send (``time.monotonic``).
         self._busy_at = -math.inf
         self._data_version = store.data_version()
@@ -340,74 +341,52 @@ class SyncSource:
         take them later."""
         if self._index is None or not ids:
             return
-        fresh = self._index.add_many(ids)
-        for behind, covered in self._symbols_covering(fresh):
-            behind.added += b"".join(covered)
-            self._drop_if_far_behind(behind)
+        self._owe(self._index.add_many(ids), removed=False)
 
     def _discard(self, item_id: bytes) -> None:
         if self._index is None or not self._index.discard(item_id):
             return
-        for behind, covered in self._symbols_covering([item_id]):
-            behind.removed += b"".join(covered)
-            self._drop_if_far_behind(behind)
+        self._owe([item_id], removed=True)
 
-    def _drop_if_far_behind(self, behind: _Behind) -> None:
-        """Past ``MAX_OWED_IDS`` owed, drop the symbols: the next steps build them anew
-        from the index, which holds every id already."""
-        if len(behind) <= MAX_OWED_IDS:
+    def _followed(self) -> tuple[CodedSymbols, bytes] | None:
+        """The symbols that follow the current index, and the id below which they cover it:
+        ready ones (every id), or a build (the ids before where it has got to; it reads the
+        others, or not, from the index when it gets there)."""
+        if self._coded is not None and self._coded_for is self._index:
+            return self._coded, INFINITY
+        build = self._building
+        if build is not None and build.index is self._index:
+            return build.symbols, build.after
+        return None
+
+    def _owed_now(self) -> _Behind | None:
+        """What the followed symbols are owed (None: nothing, or not followed any more).
+        Reads only: ``coded_state`` calls it from the event loop."""
+        followed, owed = self._followed(), self._owed
+        if followed is None or owed is None or owed.symbols is not followed[0]:
+            return None
+        return owed
+
+    def _owe(self, ids: list[bytes], *, removed: bool) -> None:
+        """Note ``ids`` as added to or removed from the index for the followed symbols;
+        past ``MAX_OWED_IDS`` owed, drop them: the next steps build them anew from the
+        index, which holds every id already."""
+        followed = self._followed()
+        if followed is None or not ids:
             return
-        if behind.symbols is self._coded:
-            self._coded = self._coded_for = None
-        if self._building is not None and behind.symbols is self._building.symbols:
-            self._building = None
-        self._behind.remove(behind)
-
-    def _symbols_covering(self, ids: list[bytes]) -> list[tuple[_Behind, list[bytes]]]:
-        """What the ready symbols and a build lack of ``ids``: the build only those below
-        where it has got to (it reads the others, or not, from the index when it gets
-        there)."""
-        out: list[tuple[_Behind, list[bytes]]] = []
-        if not ids:
-            return out
-        if self._coded is not None and self._coded_for is self._index:
-            out.append((self._behind_of(self._coded), ids))
-        build = self._building
-        if build is not None and build.index is self._index:
-            below = [item_id for item_id in ids if item_id < build.after]
-            if below:
-                out.append((self._behind_of(build.symbols), below))
-        return out
-
-    def _behind_of(self, symbols: CodedSymbols) -> _Behind:
-        for behind in self._behind:
-            if behind.symbols is symbols:
-                return behind
-        behind = _Behind(symbols)
-        self._behind.append(behind)
-        return behind
-
-    def _current_behind(self) -> list[_Behind]:
-        """The changes still owed to symbols of the current index (those of an index that
-        was dropped are never used again: their changes go with them)."""
-        live = []
-        if self._coded is not None and self._coded_for is self._index:
-            live.append(self._coded)
-        build = self._building
-        if build is not None and build.index is self._index:
-            live.append(build.symbols)
-        self._behind = [b for b in self._behind if len(b) and any(b.symbols is s for s in live)]
-        return self._behind
-
-    def _settle(self, limit: int) -> bool:
-        """Apply up to ``limit`` owed changes; True if any were owed."""
-        owed = self._current_behind()
-        for behind in owed:
-            taken = min(limit, len(behind))
-            behind.settle(taken)
-            limit -= taken
-        self._current_behind()
-        return bool(owed)
+        symbols, below = followed
+        covered = ids if below is INFINITY else [i for i in ids if i < below]
+        if not covered:
+            return
+        owed = self._owed_now() or _Behind(symbols)
+        self._owed = owed
+        (owed.removed if removed else owed.added).extend(b"".join(covered))
+        if len(owed) > MAX_OWED_IDS:
+            if symbols is self._coded:
+                self._coded = self._coded_for = None
+            else:
+                self._building = None
+            self._owed = None
 
     # --- coded symbols for first contacts (SPEC.md §13.3.6) ---------------------------------
 
@@ -416,19 +395,20 @@ class SyncSource:
         the session uses ranges only)."""
         if self._coded is None or self._index is None or self._coded_for is not self._index:
             return None
-        owed = [behind for behind in self._current_behind() if behind.symbols is self._coded]
-        if sum(map(len, owed)) > CODED_STEP_IDS:
-            return None
-        for behind in owed:
-            behind.settle(len(behind))
-        self._current_behind()
+        owed = self._owed_now()
+        if owed is not None:
+            if len(owed) > CODED_STEP_IDS:
+                return None
+            owed.settle(len(owed))
         return self._coded
 
     def build_coded_step(self, limit: int = CODED_STEP_IDS) -> bool:
         """Bring the symbols ``limit`` changes closer to the index, or add its next ``limit``
         ids to the symbols being built (a few ms on the store thread: writes and status
         wait one step at most). True while work remains."""
-        if self._settle(limit):
+        owed = self._owed_now()
+        if owed is not None and len(owed):
+            owed.settle(limit)
             return True
         if self.coded_symbols() is not None:
             return False
@@ -452,10 +432,10 @@ class SyncSource:
 
     def coded_state(self) -> dict[str, object]:
         """For ``status``: coded symbols ready, building (ids so far) or not started."""
-        owed = sum(map(len, self._current_behind()))
+        owed = self._owed_now()
         if self._coded is not None and self._index is not None and self._coded_for is self._index:
-            if owed:
-                return {"coded_symbols": "catching up", "coded_symbols_behind": owed}
+            if owed is not None and len(owed):
+                return {"coded_symbols": "catching up", "coded_symbols_behind": len(owed)}
             return {"coded_symbols": "ready"}
         build = self._building
         if build is not None and build.index is self._index:
