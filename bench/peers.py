@@ -265,17 +265,18 @@ def run(
     version = subprocess.run(
         [binary, "--version"], capture_output=True, text=True, check=False, timeout=30
     ).stdout.split()[:2]
-    log(f"peers: {' '.join(version)}: {bulk_n} files A -> B")
+    name = " ".join(version)
+    log(f"peers: {name}: {bulk_n} files A -> B")
     got_bulk = bulk(binary, root / "bulk", items[:bulk_n])
     log(f"peers: repeat contact, {new_n} new of {base_n} files")
     new = items[base_n : base_n + new_n]
     got_repeat = repeat(binary, root / "repeat", items[:base_n], new)
     return {
         "skipped": False,
-        "syncthing": " ".join(version),
+        "syncthing": name,
         "bulk": got_bulk,
         "repeat": got_repeat,
-        **compare(" ".join(version), got_bulk, got_repeat, new, fieldsync),
+        **compare(name, got_bulk, got_repeat, new, fieldsync),
     }
 
 
