@@ -1,3 +1,3 @@
-from fieldsync_cli.main import main
+from fieldsync_cli.entry import run
 
-main()
+run()

@@ -7,6 +7,7 @@ every command (errors too), exit codes from ``fieldsync.errors`` via ``handle_er
 
 from __future__ import annotations
 
+import gc
 import importlib
 import json
 import os
@@ -109,6 +110,17 @@ class LazyGroup(click.Group):
         ]
         with formatter.section("Commands"):
             formatter.write_dl(rows)
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        resolved = super().resolve_command(ctx, args)
+        if not gc.isenabled():
+            # The command's modules are loaded (fieldsync_cli.entry turned collection off
+            # for that): keep what they made out of every later collection, then collect.
+            gc.freeze()
+            gc.enable()
+        return resolved
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name not in COMMANDS:

@@ -10,15 +10,18 @@ command that writes a report starts a process for it.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import json
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import click
+from click.testing import CliRunner
 
-from fieldsync_cli.main import COMMANDS, SHORT_HELP
+from fieldsync_cli.main import COMMANDS, SHORT_HELP, main
 from tests.cli.cli_support import clean_env
 from tests.fieldsync.offline_support import PASSPHRASE, Net, add_reports
 from tests.integration.sync_support import start_server
@@ -186,3 +189,74 @@ def test_report_add_starts_no_process(net: Net, tmp_path: Path) -> None:
     modules, _out = imported_by(tmp_path, "--home", net.a, *args, "--json")
     assert "subprocess" not in modules
     assert not heavy_in(modules) - {m for m in modules if m.startswith("sqlite_utils")}
+
+
+_GC_PROBE_COMMAND = """\
+import gc, json, sys
+
+import click
+
+LOADED_WITH_THE_COMMAND = [object()]  # tracked by the collector, made while modules load
+
+
+@click.command()
+@click.argument("out")
+def probe(out):
+    tracked = {id(o) for o in gc.get_objects()}  # every generation but the frozen one
+    with open(out, "w") as f:
+        json.dump({
+            "enabled": gc.isenabled(),
+            "frozen": gc.get_freeze_count(),
+            "collectable": len(tracked),
+            "module_object_frozen": gc.is_tracked(LOADED_WITH_THE_COMMAND)
+            and id(LOADED_WITH_THE_COMMAND) not in tracked,
+        }, f)
+"""
+
+_GC_PROBE = """\
+import sys
+sys.path.insert(0, sys.argv[1])
+from fieldsync_cli import main
+main.COMMANDS["probe"] = ("gc_probe_command", "probe")
+from fieldsync_cli.entry import run
+sys.argv = ["fieldsync", "probe", sys.argv[2]]
+run()
+"""
+
+
+def test_the_program_runs_each_command_with_its_start_up_objects_frozen(
+    tmp_path: Path,
+) -> None:
+    """``fieldsync`` (``fieldsync_cli.entry``) loads a command with the collector off, then
+    freezes what loading made and turns collection back on before the command runs: a
+    daemon that ran with collection off would never free a reference cycle."""
+    (tmp_path / "gc_probe_command.py").write_text(_GC_PROBE_COMMAND)
+    out = tmp_path / "gc.json"
+    subprocess.run(
+        [sys.executable, "-c", _GC_PROBE, str(tmp_path), str(out)],
+        env=without_coverage(clean_env()),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    seen = json.loads(out.read_text())
+    assert seen["enabled"] is True
+    assert seen["module_object_frozen"] is True
+    # click, fieldsync_cli and the command module: thousands of objects, none walked again.
+    assert seen["frozen"] > 10 * seen["collectable"]
+
+
+def test_the_program_is_the_entry_that_keeps_start_up_out_of_the_collector() -> None:
+    """``fieldsync`` and ``python -m fieldsync_cli`` both start through ``entry.run``; the
+    command group called in-process (tests, embedding) leaves the collector alone."""
+    root = Path(__file__).resolve().parents[2]
+    scripts = tomllib.loads((root / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts == {"fieldsync": "fieldsync_cli.entry:run"}
+    assert (
+        "from fieldsync_cli.entry import run"
+        in (root / "cli" / "fieldsync_cli" / "__main__.py").read_text()
+    )
+    frozen = gc.get_freeze_count()
+    assert CliRunner().invoke(main, ["form", "--help"]).exit_code == 0
+    assert gc.isenabled() and gc.get_freeze_count() == frozen
