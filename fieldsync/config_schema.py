@@ -80,6 +80,8 @@ class Invalid(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Kind:
+    """How one key is read (its field's metadata)."""
+
     #: TOML / override value (and the directory relative paths start from) -> typed value.
     from_value: Callable[[object, Path], Any]
     #: Environment text -> a value ``from_value`` accepts.
@@ -298,6 +300,8 @@ def _meta(kind: Kind) -> dict[str, Kind]:
 
 @dataclass(frozen=True, slots=True)
 class NodeConfig:
+    """``[node]``: where this node lives."""
+
     #: The node's home directory (keys, database). ``fieldsync --home`` overrides it.
     home: Path = field(
         default_factory=lambda: DEFAULT_HOME.expanduser(), metadata=_meta(_path(optional=False))
@@ -306,6 +310,8 @@ class NodeConfig:
 
 @dataclass(frozen=True, slots=True)
 class ListenConfig:
+    """``[listen]``: where peers connect to this node."""
+
     #: Where peers connect (raw TCP; the hub serves WebSocket here). Empty: dial out only.
     #: ``None`` (``"auto"`` in the file, the default): the node's role decides, see
     #: ``for_role``.
@@ -333,6 +339,8 @@ class ListenConfig:
 
 @dataclass(frozen=True, slots=True)
 class DiscoveryConfig:
+    """``[discovery]``: finding peers on the LAN over DNS-SD (zeroconf)."""
+
     enabled: bool = field(default=True, metadata=_meta(_boolean()))
     #: DNS-SD service type, normalised to ``_name._tcp.local.``.
     service_type: str = field(
@@ -361,6 +369,8 @@ class DiscoveryConfig:
 
 @dataclass(frozen=True, slots=True)
 class PeersConfig:
+    """``[peers]``: peers dialled without discovery."""
+
     #: Peers dialled without discovery: ``HostPort`` (raw TCP) or ``WebSocketURL``.
     static: tuple[Peer, ...] = field(
         default=(), metadata=_meta(_list(parse_peer, "HOST:PORT or ws:// / wss:// URLs"))
@@ -369,6 +379,8 @@ class PeersConfig:
 
 @dataclass(frozen=True, slots=True)
 class UpstreamConfig:
+    """``[upstream]``: the HQ hub this node reaches when it can."""
+
     #: The HQ hub. ``None``: this node has no upstream.
     url: WebSocketURL | None = field(default=None, metadata=_meta(_optional_url()))
     #: How often to try the hub (when there is an upstream).
@@ -377,6 +389,8 @@ class UpstreamConfig:
 
 @dataclass(frozen=True, slots=True)
 class SyncConfig:
+    """``[sync]``: how often and how much this node syncs with each peer."""
+
     #: Periodic re-sync with known peers.
     interval_seconds: float = field(default=300.0, metadata=_meta(_seconds()))
     #: Sessions running at once (no storm when many peers appear).
@@ -414,6 +428,8 @@ class LimitsConfig:
 
 @dataclass(frozen=True, slots=True)
 class StorageConfig:
+    """``[storage]``: the store's disk budget and upkeep."""
+
     #: Disk the store may use before the janitor evicts (expired items first).
     disk_budget_mb: int = field(default=1024, metadata=_meta(_integer(1)))
     #: Period of the truncating WAL checkpoint.
@@ -425,6 +441,8 @@ class StorageConfig:
 
 @dataclass(frozen=True, slots=True)
 class HubConfig:
+    """``[hub]``: serving as HQ's hub."""
+
     #: Serve sync over WebSocket as the HQ hub (``fieldsync run --hub``).
     enabled: bool = field(default=False, metadata=_meta(_boolean()))
 
@@ -452,12 +470,16 @@ class WebConfig:
 
 @dataclass(frozen=True, slots=True)
 class ControlConfig:
+    """``[control]``: the control API the command line asks."""
+
     #: Unix socket of the control API. ``None``: ``<home>/control.sock``.
     socket: Path | None = field(default=None, metadata=_meta(_path(optional=True, socket=True)))
 
 
 @dataclass(frozen=True, slots=True)
 class LogConfig:
+    """``[log]``: how much the daemon logs."""
+
     #: DEBUG, INFO, WARNING, ERROR or CRITICAL (any case on input).
     level: str = field(
         default="INFO",
@@ -512,6 +534,8 @@ class PrivacyConfig:
 
 @dataclass(frozen=True, slots=True)
 class SecurityConfig:
+    """``[security]``: what wrong passphrases set off."""
+
     #: Wipe every key on the node (``fieldsync wipe``) after this many wrong author
     #: passphrases in a row. 0 (the default): never. README "Panic wipe" says what it costs.
     wipe_after_wrong_passphrases: int = field(default=0, metadata=_meta(_integer(0, 1000)))
@@ -523,6 +547,8 @@ class SecurityConfig:
 
 @dataclass(frozen=True, slots=True)
 class DebugConfig:
+    """``[debug]``: for tests only."""
+
     #: Fault injection for the supervision tests (``fieldsync.faults``): ``"janitor"`` fails
     #: the janitor every time it runs, ``"janitor:2"`` its first two runs. Empty (the
     #: default) injects nothing. Never set it on a node in the field.
@@ -533,6 +559,8 @@ class DebugConfig:
 
 @dataclass(frozen=True, slots=True)
 class Config:
+    """Every section of the configuration, each a frozen dataclass."""
+
     node: NodeConfig = field(default_factory=NodeConfig)
     listen: ListenConfig = field(default_factory=ListenConfig)
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)

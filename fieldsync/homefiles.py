@@ -40,6 +40,8 @@ class NextNetworkKey:
 
 @dataclass(frozen=True)
 class MembershipFile:
+    """``membership.secret`` as read from disk: what joining the network gave this node."""
+
     manifest_item: bytes
     network_key: bytes
     certificate: bytes

@@ -196,6 +196,9 @@ def seal_with_passphrase(
 
 @dataclass(frozen=True)
 class _Sealed:
+    """A sealed key file, parsed: Argon2id cost and salt, the box of the secret, and the
+    duress passphrase's box (``alt``) when there is one."""
+
     ops: int
     mem: int
     salt: bytes
@@ -267,6 +270,8 @@ def open_with_passphrase(sealed: bytes, passphrase: str, what: str) -> bytes:
 
 @dataclass(frozen=True)
 class Opened:
+    """What a passphrase opened in a sealed key file."""
+
     plaintext: bytes
     #: True: the passphrase opened the ``alt`` box (a duress passphrase) and ``plaintext``
     #: is the decoy seed.

@@ -113,6 +113,8 @@ def utc_text(seconds: float) -> str:
 
 @dataclass(frozen=True)
 class Membership:
+    """This node's place in the network: the manifest, its certificate and network keys."""
+
     manifest_item: bytes
     manifest: membership.Manifest
     network_key: bytes
@@ -180,6 +182,8 @@ class OwnReport:
 
 @dataclass(frozen=True)
 class BundleImport:
+    """What importing one bundle file did."""
+
     counts: ImportCounts
     items_in_file: int
 

@@ -37,6 +37,8 @@ class ReceiptStatus(Enum):
 
 @dataclass(frozen=True)
 class Receipt:
+    """HQ's signed word on the reports named by their delivery ``tags`` (SPEC.md §9)."""
+
     network_id: bytes
     serial: int
     time: int
