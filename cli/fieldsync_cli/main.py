@@ -116,8 +116,9 @@ class LazyGroup(click.Group):
     ) -> tuple[str | None, click.Command | None, list[str]]:
         resolved = super().resolve_command(ctx, args)
         if not gc.isenabled():
-            # The command's modules are loaded (fieldsync_cli.entry turned collection off
-            # for that): keep what they made out of every later collection, then collect.
+            # The command's modules are loaded, with collection off (fieldsync_cli.entry):
+            # keep what they made out of every later collection, then collect again. Run
+            # in-process with collection on (tests), the group leaves the collector alone.
             gc.freeze()
             gc.enable()
         return resolved
