@@ -13,6 +13,7 @@ from __future__ import annotations
 import gc
 import importlib
 import json
+import os
 import subprocess
 import sys
 import tomllib
@@ -215,11 +216,10 @@ def probe(out):
 
 _GC_PROBE = """\
 import sys
-sys.path.insert(0, sys.argv[1])
 from fieldsync_cli import main
 main.COMMANDS["probe"] = ("gc_probe_command", "probe")
 from fieldsync_cli.entry import run
-sys.argv = ["fieldsync", "probe", sys.argv[2]]
+sys.argv = ["fieldsync", "probe", sys.argv[1]]
 run()
 """
 
@@ -232,9 +232,11 @@ def test_the_program_runs_each_command_with_its_start_up_objects_frozen(
     daemon that ran with collection off would never free a reference cycle."""
     (tmp_path / "gc_probe_command.py").write_text(_GC_PROBE_COMMAND)
     out = tmp_path / "gc.json"
+    # The probe command's module is found through PYTHONPATH (the directory it is written to).
+    paths = [str(tmp_path), *filter(None, [os.environ.get("PYTHONPATH")])]
     subprocess.run(
-        [sys.executable, "-c", _GC_PROBE, str(tmp_path), str(out)],
-        env=without_coverage(clean_env()),
+        [sys.executable, "-c", _GC_PROBE, str(out)],
+        env=without_coverage(clean_env(PYTHONPATH=os.pathsep.join(paths))),
         stdin=subprocess.DEVNULL,
         capture_output=True,
         timeout=120,
