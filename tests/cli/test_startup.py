@@ -228,8 +228,9 @@ def test_the_program_runs_each_command_with_its_start_up_objects_frozen(
     tmp_path: Path,
 ) -> None:
     """``python -m fieldsync_cli`` (``fieldsync_cli.entry``, as the console script) loads a
-    command with the collector off, then freezes what loading made and turns collection back on before the command runs: a
-    daemon that ran with collection off would never free a reference cycle."""
+    command with the collector off, then freezes what loading made and turns collection back
+    on before the command runs: a daemon that ran with collection off would never free a
+    reference cycle."""
     (tmp_path / "gc_probe_command.py").write_text(_GC_PROBE_COMMAND)
     out = tmp_path / "gc.json"
     # The probe command's module is found through PYTHONPATH (the directory it is written to).
