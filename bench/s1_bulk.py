@@ -2,10 +2,17 @@
 
 A (N items) serves from a second process (``fieldsync run``); B, empty, syncs as initiator
 in this process. Only the session is timed (``Runtime.sync_with``), not process start-up.
+
+Sender and receiver share this machine's cores, while in the field each is its own device.
+The CPU time of both is measured, and S1 also shows the *CPU ceiling*: the rate at which
+the cores the bench may use would be fully busy with that much CPU per item (both
+processes together, each thread of either on any core). No scheduling gets a session above
+it; the goal is judged on the measured ratio.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 from pathlib import Path
 from typing import Any
@@ -54,8 +61,13 @@ def run_s1(
 
 def s1_result(raw: dict[str, Any], bound: dict[str, Any], serial: dict[str, Any]) -> dict[str, Any]:
     bulk = raw["bulk"]
-    rate = raw["n"] / bulk["seconds"]
+    n = raw["n"]
+    rate = n / bulk["seconds"]
     ratio = rate / bound["items_per_s"]
+    cores = len(os.sched_getaffinity(0))
+    cpu_receiver, cpu_sender = bulk["cpu_initiator_s"], bulk["cpu_server_s"]
+    ceiling = n * cores / max(cpu_receiver + cpu_sender, 1e-6)
+    busy = (cpu_receiver + cpu_sender) / (bulk["seconds"] * cores)
     return {
         "metric": "R_tput = achieved items/s / slowest calibrated primitive",
         "value": round(ratio, 3),
@@ -74,6 +86,15 @@ def s1_result(raw: dict[str, Any], bound: dict[str, Any], serial: dict[str, Any]
         "cpu_initiator_s": bulk["cpu_initiator_s"],
         "items_per_cpu_s_initiator": round(raw["n"] / max(bulk["cpu_initiator_s"], 1e-6), 1),
         "cpu_server_s": bulk["cpu_server_s"],
+        "cores": cores,
+        "cpu_ceiling_items_per_s": round(ceiling, 1),
+        "cpu_ceiling_ratio": round(ceiling / bound["items_per_s"], 3),
+        "notes": [
+            f"CPU per item: receiver B {1e6 * cpu_receiver / n:.1f} us, sender A"
+            f" {1e6 * cpu_sender / n:.1f} us; at that CPU the {cores} cores cap the rate at"
+            f" {ceiling / 1000:,.1f}k/s, {ceiling / bound['items_per_s']:.2f} of the bound"
+            f" (they were {100 * busy:.0f} % busy)",
+        ],
         "items": raw["items"],
         "topology": "server A in a subprocess (fieldsync run), initiator B in the bench"
         " process, loopback TCP",

@@ -11,6 +11,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from bench import peers
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,6 +84,15 @@ def test_smoke_run_reports_every_scenario(tmp_path: Path) -> None:
     assert "sqlite_insert" in calibration["rates"] and "insert" in calibration["rates"]
     assert "sqlcipher_insert" in calibration["rates"]  # the encrypted store's primitive
     assert scenarios["S1"]["bound_primitive"] == calibration["bound"]["primitive"]
+    # The CPU ceiling: both processes' CPU per item spread over the cores the bench may use.
+    s1 = scenarios["S1"]
+    assert s1["cores"] == len(result["environment"]["affinity"])
+    both = s1["cpu_initiator_s"] + s1["cpu_server_s"]
+    assert s1["cpu_ceiling_items_per_s"] == pytest.approx(s1["n"] * s1["cores"] / both, rel=1e-3)
+    assert s1["cpu_ceiling_ratio"] == pytest.approx(
+        s1["cpu_ceiling_items_per_s"] / s1["bound_items_per_s"], abs=1e-3
+    )
+    assert any("cap the rate" in note for note in s1["notes"])
     assert scenarios["S10"]["n"] == result["sizes"]["s10_items"]
     assert scenarios["S10"]["c_sessions"] >= 1
     # Each node's CPU is measured (the one-core-per-node estimate is built from them).
