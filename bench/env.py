@@ -45,6 +45,11 @@ def _fs_type(path: Path) -> str:
     return out.stdout.strip() or "unknown"
 
 
+def cores_phrase(cores: int) -> str:
+    """``1 core``, ``2 cores``: the cores a scenario ran on, for its notes."""
+    return f"{cores} core" if cores == 1 else f"{cores} cores"
+
+
 def fingerprint(workdir: Path) -> dict[str, Any]:
     """CPU, core count and affinity, versions, and the filesystem the stores live on."""
     return {

@@ -34,7 +34,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from bench.env import status_kib
+from bench.env import cores_phrase, status_kib
 from bench.nodes import own_cpu_seconds, process_cpu_seconds, sync_once
 from bench.workload import ItemPool, ServerProcess, add_items
 from fieldsync.runtime import Runtime
@@ -167,7 +167,7 @@ def s10_result(raw: dict[str, Any], s1: dict[str, Any], bound: dict[str, Any]) -
             f"one hop of the same {n:,} items: {hop_rate / 1000:,.1f}k/s;"
             f" {rate / s1['items_per_s']:.3f} of S1's hop ({s1['n']:,} items)",
             f"CPU s: A {cpu['A']:.2f}, relay B {cpu['B']:.2f} ({relay_us:.0f} us/item),"
-            f" C {cpu['C']:.2f}; the {raw['cores']} cores {100 * busy:.0f} % busy",
+            f" C {cpu['C']:.2f}; {cores_phrase(raw['cores'])} {100 * busy:.0f} % busy",
             f"with one core per node (estimate from CPU per item): {of_hop_core_each:.2f} of hop",
         ],
         "topology": "relay B (fieldsync run, relay-only) in a subprocess; A pushes from the"

@@ -17,6 +17,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from bench.env import cores_phrase
 from bench.nodes import sync_once
 from bench.workload import ItemPool, ServerProcess, add_items
 from fieldsync.synthetic import SyntheticNetwork
@@ -91,9 +92,9 @@ def s1_result(raw: dict[str, Any], bound: dict[str, Any], serial: dict[str, Any]
         "cpu_ceiling_ratio": round(ceiling / bound["items_per_s"], 3),
         "notes": [
             f"CPU per item: receiver B {1e6 * cpu_receiver / n:.1f} us, sender A"
-            f" {1e6 * cpu_sender / n:.1f} us; at that CPU the {cores} cores cap the rate at"
-            f" {ceiling / 1000:,.1f}k/s, {ceiling / bound['items_per_s']:.2f} of the bound"
-            f" (they were {100 * busy:.0f} % busy)",
+            f" {1e6 * cpu_sender / n:.1f} us; with {cores_phrase(cores)} fully busy that"
+            f" allows at most {ceiling / 1000:,.1f}k/s, {ceiling / bound['items_per_s']:.2f} of"
+            f" the bound (busy {100 * busy:.0f} % of the session)",
         ],
         "items": raw["items"],
         "topology": "server A in a subprocess (fieldsync run), initiator B in the bench"

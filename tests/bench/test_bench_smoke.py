@@ -92,7 +92,7 @@ def test_smoke_run_reports_every_scenario(tmp_path: Path) -> None:
     assert s1["cpu_ceiling_ratio"] == pytest.approx(
         s1["cpu_ceiling_items_per_s"] / s1["bound_items_per_s"], abs=1e-3
     )
-    assert any("cap the rate" in note for note in s1["notes"])
+    assert any("allows at most" in note for note in s1["notes"])
     assert scenarios["S10"]["n"] == result["sizes"]["s10_items"]
     assert scenarios["S10"]["c_sessions"] >= 1
     # Each node's CPU is measured (the one-core-per-node estimate is built from them).
