@@ -326,13 +326,11 @@ class SyncSource:
         """Keep the cached index equal to the store's offerable items after a commit."""
         if added or removed:
             self._busy_at = time.monotonic()
-        if added and self.offer_delay.active:
-            # Not assessed here (that is a write: it waits for ``refresh``, within the
-            # transaction budget of a flight): until then every new item counts as held.
-            with _store_errors(self._store, "reading the offer holds"):
-                held = offer_hold.held_among(self._store, added)
-            added = [item_id for item_id in added if item_id not in held]
-        self._add_all(added)
+        if not self.offer_delay.active:
+            self._add_all(added)
+        # Else not yet: the commit that stored them came after the last assessment (this
+        # thread assesses), so each counts as held until ``refresh`` assesses it, in a
+        # write of its own (it waits for the transaction budget of a flight).
         for item_id in removed:
             self._discard(item_id)
 

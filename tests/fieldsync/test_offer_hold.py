@@ -364,3 +364,97 @@ def test_counting_held_items_walks_the_holds_not_the_items(tmp_path: Path) -> No
     steps = [str(row[3]) for row in plan]
     assert steps[0].startswith("SCAN h"), steps
     assert any(step.startswith("SEARCH i USING INTEGER PRIMARY KEY") for step in steps), steps
+
+
+# --- assessing: which kinds wait, and what it reads --------------------------------------
+
+
+def _store_one_of_each_kind(store: Store) -> dict[bytes, ItemKind]:
+    """A row of every kind, written straight into ``items`` (assessing reads nothing else);
+    their ids by kind."""
+    stored = {}
+    with store.transaction():
+        for number, kind in enumerate(ItemKind):
+            item_id = bytes([number]) * 32
+            store.conn.execute(
+                "INSERT INTO items (id, tag, kind, data, received_at, expires_at)"
+                " VALUES (?, ?, ?, ?, 0, 1000)",
+                (item_id, bytes([number]) * 32, kind.value, b"x"),
+            )
+            stored[item_id] = kind
+    return stored
+
+
+@pytest.mark.parametrize("active", [True, False], ids=["holds on", "holds off"])
+def test_assessing_holds_every_report_kind_and_frees_the_rest_once(
+    tmp_path: Path, active: bool
+) -> None:
+    """With holds on, envelopes, chunks and kinds this version does not know wait, and
+    receipts, manifests, revocations, key deliveries and forms are offered at once; with
+    holds off everything is. Each item is assessed once, and the horizon covers it all."""
+    store = Store(tmp_path / "store.db")
+    try:
+        stored = _store_one_of_each_kind(store)
+        assert offer_hold.horizon(store) == 0  # nothing assessed: all counts as held
+        offer_delay = delay() if active else OfferDelay()
+        free = offer_hold.assess(store, offer_delay, now=100)
+        held_kinds = {ItemKind.ENVELOPE, ItemKind.CHUNK, ItemKind.OPAQUE}
+        expected = {i for i, k in stored.items() if not active or k not in held_kinds}
+        assert sorted(free) == sorted(expected)
+        assert offer_hold.held_count(store) == (len(held_kinds) if active else 0)
+        assert offer_hold.assess(store, offer_delay, now=100) == []  # assessed once
+        offerable = set(offer_hold.offerable_sorted_ids(store))
+        assert offerable == expected
+        if active:
+            assert offer_hold.horizon(store) == 0  # the first item, an envelope, is held
+            assert offer_hold.release(store, now=100 + offer_delay.longest) != []
+            assert set(offer_hold.offerable_sorted_ids(store)) == set(stored)
+        assert offer_hold.horizon(store) == store.high_water() == len(stored)
+    finally:
+        store.close()
+
+
+def test_assessing_with_holds_on_reads_the_kind_index_not_the_items(tmp_path: Path) -> None:
+    """A relay assesses what it received since the last look, no longer in its page cache:
+    the numbers and kinds come from the kind index alone, never from the item rows (~1 KB
+    each, read and decrypted for a kind), and the query covers every kind the store holds."""
+    store = Store(tmp_path / "store.db")
+    try:
+        plan = store.conn.execute(
+            "EXPLAIN QUERY PLAN " + offer_hold.NEW_KINDS_SQL,
+            (*offer_hold.STORED_KINDS, 0),
+        ).fetchall()
+    finally:
+        store.close()
+    steps = [str(row[3]) for row in plan]
+    assert steps == ["SEARCH items USING COVERING INDEX items_kind (kind=? AND rowid>?)"], steps
+    assert set(offer_hold.STORED_KINDS) == {kind.value for kind in ItemKind}
+
+
+async def test_new_items_wait_for_their_assessment_with_holds_on(
+    network: synthetic.SyntheticNetwork,
+) -> None:
+    """A session's commit tells the index about its new items at once when holds are off;
+    with holds on it adds none of them (the last assessment came before that commit): the
+    next ``refresh`` assesses them and adds what may be offered."""
+    b = await asyncio.to_thread(network.add_node, "b")
+    async with opened(b, delay()) as relay:
+        source = relay.context.source
+
+        def commit_and_tell(store: Store) -> tuple[set[bytes], set[bytes], set[bytes]]:
+            index = source.index
+            assert isinstance(index, SortedListIndex)
+            before = set(index.ids(ZERO, INFINITY, len(index) + 1))
+            stored = _store_one_of_each_kind(store)
+            source.note_changes(list(stored), [])
+            told = set(index.ids(ZERO, INFINITY, len(index) + 1)) - before
+            source.refresh()
+            index = source.index
+            assert isinstance(index, SortedListIndex)
+            assessed = set(index.ids(ZERO, INFINITY, len(index) + 1)) - before
+            unheld = {i for i, k in stored.items() if k.value in offer_hold.UNHELD_KINDS}
+            return told, assessed, unheld
+
+        told, assessed, unheld = await relay.worker.call(commit_and_tell)
+    assert told == set()
+    assert assessed == unheld and len(unheld) == len(offer_hold.UNHELD_KINDS)
