@@ -133,6 +133,29 @@ def test_parse_item_refusals(make: Any, message: str) -> None:
         parse_item(make())
 
 
+@pytest.mark.parametrize("kind", ["e", "r", "m"])
+def test_checked_items_equal_what_their_constructors_make(kind: str) -> None:
+    """``check_item`` and the envelope path build their frozen instances without the
+    generated ``__init__`` (``items._frozen``): each must equal, print and refuse changes as
+    one made by its constructor, and read every field left out as its default."""
+    checked = check_item(item_of_kind(NET, kind, 3), NET.manifest)
+    for instance in (checked, checked.item, checked.envelope):
+        if instance is None:
+            continue
+        cls = type(instance)
+        fields = dataclasses.fields(cls)
+        assert "__post_init__" not in vars(cls)
+        assert all(f.default_factory is dataclasses.MISSING for f in fields)
+        made = cls(**{f.name: getattr(instance, f.name) for f in fields})
+        assert instance == made and repr(instance) == repr(made)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            instance.item = None  # type: ignore[misc, union-attr]
+    if kind == "e":
+        assert checked.receipt is None and checked.manifest is None and checked.form is None
+        assert checked.envelope == checked.item.envelope is not None
+        assert "receipt" not in vars(checked)  # left out, read from the class
+
+
 def test_largest_envelope_item_fits() -> None:
     ciphertext = bytes(MAX_CIPHERTEXT)
     data = codec.encode({"c": ciphertext, "k": 2**32 - 1, "l": 3, "t": "e", "v": 1})
