@@ -318,15 +318,22 @@ class SortedListIndex:
             last = ci == len(self._chunks) - 1
             end = len(fresh) if last else bisect.bisect_right(fresh, self._maxes[ci], start)
             chunk = self._chunks[ci]
+            # Ids past the last chunk's last one are appended without a search each: a new
+            # node's first sync receives every id in ascending order (perf S1).
+            above = bisect.bisect_right(fresh, self._maxes[ci], start, end) if last else end
             pieces: list[bytes] = []
             done = 0  # ids of ``chunk`` already copied into ``pieces``
-            for item_id in fresh[start:end]:
+            for item_id in fresh[start:above]:
                 off = _offset_in(chunk, item_id, done)
                 if chunk[off * ID_SIZE : (off + 1) * ID_SIZE] == item_id:
                     continue
                 pieces += (chunk[done * ID_SIZE : off * ID_SIZE], item_id)
                 done = off
                 added.append(item_id)
+            if above < end:
+                pieces += (chunk[done * ID_SIZE :], *fresh[above:end])
+                done = len(chunk) // ID_SIZE
+                added += fresh[above:end]
             if pieces:
                 self._replace_chunk(ci, b"".join((*pieces, chunk[done * ID_SIZE :])))
             start = end
@@ -338,6 +345,11 @@ class SortedListIndex:
     def _replace_chunk(self, ci: int, chunk: bytes) -> None:
         """Put ``chunk`` in place of chunk ``ci``, split evenly if over ``2 * load`` ids."""
         size = len(chunk) // ID_SIZE
+        if size <= 2 * self._load:
+            # In place: most batches add an id or two to each chunk they touch, and three
+            # slice assignments would each move every later entry of their list.
+            self._chunks[ci], self._maxes[ci], self._sums[ci] = chunk, chunk[-ID_SIZE:], None
+            return
         parts = -(-size // (2 * self._load))
         bounds = [size * k // parts * ID_SIZE for k in range(parts + 1)]
         pieces = [chunk[a:b] for a, b in itertools.pairwise(bounds)]
