@@ -845,6 +845,7 @@ class Store:
         charge: tuple[int, int] | None = None,
         *,
         durable: bool = True,
+        before_commit: Callable[[], object] | None = None,
     ) -> ImportCounts:
         """Store a batch from a peer in one durable transaction (commit before ack).
 
@@ -864,6 +865,9 @@ class Store:
         ``durable=True`` call returns: that commit always writes (a marker row when it has
         nothing else to write), so SQLite fsyncs the WAL, which holds every earlier relaxed
         commit (or a checkpoint already synced them into the database file).
+
+        ``before_commit``: called once everything is written, just before the commit, which
+        runs inside SQLite without the GIL (``StoreWorker.ahead`` starts work there).
         """
         counts = ImportCounts()
         with self._synchronous(durable), self.transaction():
@@ -887,6 +891,8 @@ class Store:
                         raise QuotaExceeded(f"peer is over its quota for today ({exhausted})")
                 self._charge_contributors(quota.window, others)
             self._add_many(checked, counts, now, ref, {k: r for k, (r, _s) in returning.items()})
+            if before_commit is not None:
+                before_commit()
         self._unsynced = not durable
         if counts.purged:
             self.checkpoint()

@@ -56,6 +56,12 @@ class StoreWorker:
             max_workers=1, thread_name_prefix="fieldsync-store-reader"
         )
         self._read_on_executor = ThreadReader(path, cache_kib)
+        #: One thread for pure-Python work the store thread hands off while SQLite runs
+        #: without the GIL (``ahead``); started on first use.
+        self._helper = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="fieldsync-ahead"
+        )
+        self._ahead: concurrent.futures.Future[None] | None = None
         #: When another process was last seen announcing or committing a write
         #: (``time.monotonic``), and the store's ``data_version`` then.
         self._writer_seen_at = -math.inf
@@ -117,6 +123,24 @@ class StoreWorker:
         # after the next transaction, as it would be had it come during it.
         return bool(self._interactive or self._bulk) or self.local_writer_waiting()
 
+    def ahead(self, job: Callable[[], None]) -> None:
+        """Store thread: start ``job`` (pure Python, no store) on the helper thread, to run
+        while this thread is inside SQLite, which releases the GIL: a commit encrypts and
+        writes for milliseconds (perf S1: a receiving relay parses and hashes the next slice
+        while the last one commits). At most one job at a time: this waits for the one
+        before."""
+        self.settle_ahead()
+        self._ahead = self._helper.submit(job)
+
+    def settle_ahead(self) -> None:
+        """Store thread: wait for the job ``ahead`` started (raising what it raised). Called
+        before work that needs its result, and before bulk SQL: a Python thread running
+        beside many short SQLite calls takes the GIL from each one in turn and slows it by a
+        switch interval (the GIL convoy)."""
+        job, self._ahead = self._ahead, None
+        if job is not None:
+            job.result()
+
     async def call(self, func: Callable[[Store], T], *, bulk: bool = False) -> T:
         """Run ``func(store)`` on the store thread and return its result; ``bulk`` calls
         wait while any interactive call is queued."""
@@ -165,6 +189,7 @@ class StoreWorker:
 
         await asyncio.get_running_loop().run_in_executor(self._reader, self._read_on_executor.close)
         await asyncio.to_thread(self._reader.shutdown, True)
+        await asyncio.to_thread(self._helper.shutdown, True)
         if store is not None:
             await self._submit(store.close, bulk=False)
         with self._wakeup:

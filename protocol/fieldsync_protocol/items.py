@@ -205,7 +205,12 @@ class Checked:
 
 def check_item(data: bytes, manifest: Manifest) -> Checked:
     """Everything a member checks before storing an item: structure and HQ signatures."""
-    item = parse_item(data)
+    return check_parsed(parse_item(data), manifest)
+
+
+def check_parsed(item: Item, manifest: Manifest) -> Checked:
+    """``check_item`` of an item ``parse_item`` already made: the checks that need the
+    manifest (HQ's signatures), the rest having been done without it."""
     if item.kind is ItemKind.ENVELOPE:
         # An unknown HQ key id is not refused: it may come from a newer manifest that has
         # not reached this node yet, and relays must never block delivery.
@@ -219,8 +224,8 @@ def check_item(data: bytes, manifest: Manifest) -> Checked:
     if item.kind is ItemKind.REVOCATION:
         return Checked(item, revocation=open_revocation(item.fields, manifest))
     if item.kind is ItemKind.FORM:
-        return Checked(item, form=open_form(data, manifest))
-    update = open_manifest(data, trusted_root=manifest.root_key)
+        return Checked(item, form=open_form(item.data, manifest))
+    update = open_manifest(item.data, trusted_root=manifest.root_key)
     if update.network_id != manifest.network_id:
         raise RemoteProtocolError("manifest update belongs to another network")
     return Checked(item, manifest=update)

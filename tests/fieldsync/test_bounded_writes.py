@@ -38,8 +38,12 @@ from fieldsync.store import Quota, QuotaExceeded, Store
 from fieldsync.store_worker import StoreWorker, ThreadReader
 from fieldsync.transport import memory_pair
 from fieldsync.write_intent import IntentProbe, announced
-from fieldsync_protocol.items import Checked, check_item
-from fieldsync_protocol.session import SyncSession
+from fieldsync_protocol import codec
+from fieldsync_protocol import items as items_module
+from fieldsync_protocol.crypto import content_id
+from fieldsync_protocol.errors import RemoteProtocolError
+from fieldsync_protocol.items import Checked, Item, ItemKind, check_item, parse_item
+from fieldsync_protocol.session import ItemsReceived, SyncSession
 
 REPORTS = 1_200  # ~1.2 MB: one flight of the session window, many slices
 FAST = PeerLimits(silent_close=(0.0, 0.01))
@@ -510,12 +514,32 @@ def test_a_refused_relaxed_slice_restores_full_synchronous(
     store = Store(tmp_path / "store.db")
     try:
         quota = Quota(b"P" * 32, 1, max_items=5, max_bytes=10**9)
+        called: list[bool] = []
         with pytest.raises(QuotaExceeded):
-            store.add_batch(checked_reports, 0, origin=b"P" * 32, quota=quota, durable=False)
+            store.add_batch(
+                checked_reports,
+                0,
+                origin=b"P" * 32,
+                quota=quota,
+                durable=False,
+                before_commit=lambda: called.append(True),
+            )
+        assert not called  # nothing to commit
         assert synchronous(store) == 2
         assert store.item_count() == 0
         # The refused slice left nothing to make durable: no marker either.
-        store.add_batch(checked_reports[:1], 0)
+        seen: list[tuple[bool, int]] = []  # in the transaction, and what others see then
+
+        def before_commit() -> None:
+            seen.append((store.db.conn.in_transaction, reader.read(Store.item_count)))
+
+        reader = ThreadReader(tmp_path / "store.db", None)
+        try:
+            store.add_batch(checked_reports[:1], 0, before_commit=before_commit)
+            assert seen == [(True, 0)]  # written, not yet committed
+            assert reader.read(Store.item_count) == 1
+        finally:
+            reader.close()
         assert sync_points(store) == 0
     finally:
         store.close()
@@ -580,3 +604,164 @@ def test_a_thread_reader_follows_a_key_rotation_and_stays_read_only(tmp_path: Pa
     finally:
         reader.close()
         writer.close()
+
+
+# --- the next slice parsed ahead while one commits ------------------------------------------
+
+
+async def test_the_next_slice_is_parsed_on_the_helper_thread_during_a_commit(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a slice commits (SQLite, without the GIL), the batches the next slice takes
+    are parsed and hashed on the worker's helper thread, and that slice checks them without
+    parsing them again: every item is checked once, by one path or the other."""
+    started_in_transaction: list[bool] = []
+    helper_threads: set[str] = set()
+    checked = {"inline": 0, "ahead": 0}
+    real_ahead, real_parse_ahead = StoreWorker.ahead, peer._parse_ahead
+    real_check_item, real_check_parsed = items_module.check_item, items_module.check_parsed
+
+    def ahead(self: StoreWorker, job: Any) -> None:
+        store = self._store
+        assert store is not None
+        started_in_transaction.append(store.db.conn.in_transaction)
+        real_ahead(self, job)
+
+    def parse_ahead(batches: list[Any]) -> None:
+        helper_threads.add(threading.current_thread().name)
+        real_parse_ahead(batches)
+
+    def check_item(data: bytes, manifest: Any) -> Checked:
+        checked["inline"] += 1
+        return real_check_item(data, manifest)
+
+    def check_parsed(item: Any, manifest: Any) -> Checked:
+        checked["ahead"] += 1
+        return real_check_parsed(item, manifest)
+
+    monkeypatch.setattr(StoreWorker, "ahead", ahead)
+    monkeypatch.setattr(peer, "_parse_ahead", parse_ahead)
+    monkeypatch.setattr(peer, "check_item", check_item)
+    monkeypatch.setattr(peer, "check_parsed", check_parsed)
+    async with opened(pair.sender) as sender, opened(pair.receiver) as receiver:
+        mine, theirs, _ = await flight(sender, receiver)
+        held = await receiver.worker.call(lambda store: store.item_count())
+    assert mine.complete and theirs.complete, (mine.error, theirs.error)
+    assert theirs.items_new == REPORTS and held == REPORTS + 1
+    assert started_in_transaction and all(started_in_transaction)  # from inside add_batch
+    assert helper_threads and all(name.startswith("fieldsync-ahead") for name in helper_threads)
+    assert checked["ahead"] > 0
+    assert checked["inline"] + checked["ahead"] == REPORTS
+
+
+def late_malformed_envelope(after: bytes) -> bytes:
+    """An envelope whose ciphertext is no size class (refused by ``parse_item``), with an id
+    above ``after``: a first contact sends it in the last batch."""
+    for n in itertools.count():
+        data = codec.encode({"c": n.to_bytes(4, "big") * 75, "k": 1, "l": 3, "t": "e", "v": 1})
+        if content_id(data) > after:
+            return data
+    raise AssertionError("unreachable")
+
+
+def store_unchecked_last_item(home: Path) -> bytes:
+    """Put a malformed envelope in ``home``'s store behind the checks (a buggy sender):
+    it sorts after every item there; returns it."""
+    store = Store(home / "store.db")
+    try:
+        bad = late_malformed_envelope(max(store.sorted_ids()))
+        assert store.add_batch([Checked(Item(ItemKind.ENVELOPE, bad, {}))], 0).new == 1
+    finally:
+        store.close()
+    return bad
+
+
+async def test_a_bad_item_in_a_later_batch_ends_the_session_naming_it(pair: Pair) -> None:
+    """A malformed item in the last batch (put in the sender's store behind the checks)
+    ends the session naming its batch; the slices before it are kept, nothing of its own."""
+    bad = await asyncio.to_thread(store_unchecked_last_item, pair.sender)
+    with pytest.raises(RemoteProtocolError, match="size class"):
+        parse_item(bad)
+    async with opened(pair.sender) as sender, opened(pair.receiver) as receiver:
+        _mine, theirs, _ = await flight(sender, receiver)
+        held_bad = await receiver.worker.call(lambda store: store.has_item(content_id(bad)))
+        held = await receiver.worker.call(lambda store: store.item_count())
+    assert not theirs.complete
+    assert theirs.error is not None and "bad item in batch" in theirs.error
+    assert "size class" in theirs.error
+    assert not held_bad
+    assert held == theirs.items_new + 1 and 0 < theirs.items_new < REPORTS
+
+
+@pytest.mark.parametrize("parsed_ahead", [True, False])
+def test_a_slice_refuses_a_bad_item_alike_parsed_ahead_or_not(
+    checked_reports: list[Checked], tmp_path: Path, parsed_ahead: bool
+) -> None:
+    """The store thread stores a slice from items the helper parsed ahead, refusal
+    included, exactly as from the raw items: the same new items, the same refusal naming
+    the batch, and nothing of a refused slice stored."""
+    manifest = synthetic.create_network(tmp_path / "net").manifest
+    good = [c.item.data for c in checked_reports]
+    bad = late_malformed_envelope(b"")
+    first = peer._Unstored(ItemsReceived(0, good[:12]))
+    second = peer._Unstored(ItemsReceived(1, [*good[12:], bad]))
+    if parsed_ahead:
+        peer._parse_ahead([first, second])
+        assert first.parsed is not None and second.parsed is not None
+        assert isinstance(second.parsed[-1], RemoteProtocolError)
+    else:
+        assert first.parsed is None and second.parsed is None
+    store = Store(tmp_path / "store.db")
+    try:
+        source = peer.SyncSource(store, None)
+        limits = PeerLimits()
+        node_key = b"P" * 32
+        first.stored = 4  # a slice of the batch was stored before (from raw items)
+        slice_one = [(first, good[4:12]), (second, good[12:16])]
+        assert peer._store_batch(store, source, manifest, node_key, slice_one, limits) == 12
+        second.stored = 4
+        with pytest.raises(peer.PeerViolation, match=r"bad item in batch 1: .*size class"):
+            peer._store_batch(store, source, manifest, node_key, [(second, second.rest())], limits)
+        assert store.item_count() == 12
+        assert set(store.sorted_ids()) == {content_id(data) for data in good[4:16]}
+    finally:
+        store.close()
+
+
+async def test_work_ahead_runs_on_the_helper_thread_one_job_at_a_time(tmp_path: Path) -> None:
+    """``StoreWorker.ahead`` runs a job on the helper thread; starting the next one, or
+    settling, waits for it and raises what it raised; closing the worker stops the thread."""
+    worker = StoreWorker(tmp_path / "store.db")
+    await worker.open()
+    release = threading.Event()
+    done: list[tuple[str, str]] = []
+
+    def job(name: str) -> None:
+        release.wait(10)
+        done.append((name, threading.current_thread().name))
+
+    def failing() -> None:
+        raise ValueError("the helper's job failed")
+
+    def on_the_store_thread(_store: Store) -> list[tuple[str, str]]:
+        worker.ahead(lambda: job("first"))
+        assert done == []  # running beside this thread, held by ``release``
+        release.set()
+        worker.ahead(lambda: job("second"))
+        seen_when_second_started = list(done)
+        worker.settle_ahead()
+        worker.ahead(failing)
+        with pytest.raises(ValueError, match="failed"):
+            worker.settle_ahead()
+        worker.settle_ahead()  # nothing left to wait for
+        return seen_when_second_started
+
+    try:
+        seen = await worker.call(on_the_store_thread)
+    finally:
+        await worker.close()
+    assert [name for name, _ in seen] == ["first"]
+    assert [name for name, _ in done] == ["first", "second"]
+    assert all(thread.startswith("fieldsync-ahead") for _, thread in done)
+    with pytest.raises(RuntimeError):
+        worker._helper.submit(print)  # shut down with the worker

@@ -14,7 +14,7 @@ from fieldsync_protocol import codec, membership
 from fieldsync_protocol import items as items_module
 from fieldsync_protocol.envelope import MAX_CIPHERTEXT
 from fieldsync_protocol.errors import RemoteProtocolError
-from fieldsync_protocol.items import MAX_ITEM, ItemKind, check_item, parse_item
+from fieldsync_protocol.items import MAX_ITEM, ItemKind, check_item, check_parsed, parse_item
 from fieldsync_protocol.padding import SIZE_CLASSES
 from tests.protocol.protocol_support import DETERMINISTIC, Net, ephemeral, make_net
 
@@ -45,6 +45,8 @@ def test_every_kind_parses_and_checks(choices: list[tuple[str, int]]) -> None:
         assert (checked.envelope is not None) == (kind == "e")
         assert (checked.receipt is not None) == (kind == "r")
         assert (checked.manifest is not None) == (kind == "m")
+        # The same checks split in two (a relay parses ahead, then checks on its store thread).
+        assert check_parsed(parse_item(data), NET.manifest) == checked
 
 
 def test_id_and_tag_are_computed_once() -> None:
