@@ -1122,7 +1122,7 @@ class _Connection:
         durable = left == 0 or finished >= ACK_EVERY_BATCHES
         # The batches the next slice takes are parsed and hashed on the helper thread while
         # this one commits (perf S1: ~5 of a receiving relay's ~20 us per item).
-        next_batches = self._parse_next(slice_items, step_items)
+        next_batches = self._parse_next(slice_items, step_items) if worker.spare_core else []
         store_slice = functools.partial(
             _store_batch,
             store,

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import itertools
 import math
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -24,7 +25,7 @@ from typing import Any
 import pytest
 from blockbuster import BlockBuster, blockbuster_ctx
 
-from fieldsync import peer, synthetic
+from fieldsync import peer, store_worker, synthetic
 from fieldsync.peer import (
     QUIET_STEP_MAX_BYTES,
     STEP_MAX_BYTES,
@@ -644,6 +645,7 @@ async def test_the_next_slice_is_parsed_on_the_helper_thread_during_a_commit(
     monkeypatch.setattr(peer, "check_item", check_item)
     monkeypatch.setattr(peer, "check_parsed", check_parsed)
     async with opened(pair.sender) as sender, opened(pair.receiver) as receiver:
+        receiver.worker.spare_core = True  # as on any machine of two cores or more
         mine, theirs, _ = await flight(sender, receiver)
         held = await receiver.worker.call(lambda store: store.item_count())
     assert mine.complete and theirs.complete, (mine.error, theirs.error)
@@ -765,3 +767,33 @@ async def test_work_ahead_runs_on_the_helper_thread_one_job_at_a_time(tmp_path: 
     assert all(thread.startswith("fieldsync-ahead") for _, thread in done)
     with pytest.raises(RuntimeError):
         worker._helper.submit(print)  # shut down with the worker
+
+
+async def test_nothing_is_parsed_ahead_without_a_core_to_spare(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pinned to one core, the helper thread would only compete with the commit: the
+    worker says so, and a flight is stored whole with every item parsed on the store
+    thread."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0})
+    assert store_worker.usable_cores() == 1
+    started: list[object] = []
+    monkeypatch.setattr(StoreWorker, "ahead", lambda _self, job: started.append(job))
+    async with opened(pair.sender) as sender, opened(pair.receiver) as receiver:
+        assert not receiver.worker.spare_core
+        mine, theirs, _ = await flight(sender, receiver)
+    assert mine.complete and theirs.complete, (mine.error, theirs.error)
+    assert theirs.items_new == REPORTS
+    assert started == []
+
+
+def test_usable_cores_follows_the_affinity_or_counts_the_cores(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 3})
+    assert store_worker.usable_cores() == 2
+    monkeypatch.delattr(os, "sched_getaffinity")
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    assert store_worker.usable_cores() == 4
+    monkeypatch.setattr(os, "cpu_count", lambda: None)
+    assert store_worker.usable_cores() == 1
