@@ -6,7 +6,7 @@ import asyncio
 import os
 import resource
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,15 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
+def thread_cpu_seconds(idents: dict[str, int]) -> dict[str, float]:
+    """CPU time of each of this process's threads named in ``idents`` (``threading``
+    idents, e.g. ``StoreWorker.thread_idents``)."""
+    return {
+        name: time.clock_gettime(time.pthread_getcpuclockid(ident))
+        for name, ident in idents.items()
+    }
+
+
 def own_cpu_seconds() -> float:
     """User + system CPU time of this process (all its threads)."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -36,6 +45,8 @@ class Synced:
     seconds: float  # wall time of the session only (connect, handshake, sync, END)
     cpu_self: float  # this process (initiator, incl. its store thread)
     cpu_server: float
+    #: Of ``cpu_self``: the store thread's, and its helper's (next slices parsed ahead).
+    cpu_threads: dict[str, float] = field(default_factory=dict)
 
     def record(self) -> dict[str, Any]:
         s = self.outcome.stats
@@ -59,6 +70,8 @@ class Synced:
             "wire_bytes": self.outcome.wire_bytes_sent + self.outcome.wire_bytes_received,
             "cpu_initiator_s": round(self.cpu_self, 3),
             "cpu_server_s": round(self.cpu_server, 3),
+            "cpu_store_thread_s": round(self.cpu_threads.get("store", 0.0), 3),
+            "cpu_helper_thread_s": round(self.cpu_threads.get("helper", 0.0), 3),
         }
 
 
@@ -70,16 +83,20 @@ async def _sync(home: Path, address: str, server_pid: int, coded: bool) -> Synce
             source = runtime.context.source
             while await runtime.worker.call(lambda _store: source.build_coded_step()):
                 pass
+        threads0 = thread_cpu_seconds(runtime.worker.thread_idents())
         cpu0, srv0 = own_cpu_seconds(), process_cpu_seconds(server_pid)
         start = time.perf_counter()
         outcome = await runtime.sync_with(address)
         seconds = time.perf_counter() - start
         cpu1, srv1 = own_cpu_seconds(), process_cpu_seconds(server_pid)
+        threads1 = thread_cpu_seconds(runtime.worker.thread_idents())
     finally:
         await runtime.close()
+    # (A helper started during the session ran only for it.)
+    threads = {name: spent - threads0.get(name, 0.0) for name, spent in threads1.items()}
     if not outcome.complete:
         raise RuntimeError(f"sync {home.name} -> {address} did not complete: {outcome.error}")
-    return Synced(outcome, seconds, cpu1 - cpu0, srv1 - srv0)
+    return Synced(outcome, seconds, cpu1 - cpu0, srv1 - srv0, threads)
 
 
 def sync_once(home: Path, address: str, server_pid: int, *, coded: bool = False) -> Synced:

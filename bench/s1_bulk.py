@@ -69,6 +69,7 @@ def s1_result(raw: dict[str, Any], bound: dict[str, Any], serial: dict[str, Any]
     cpu_receiver, cpu_sender = bulk["cpu_initiator_s"], bulk["cpu_server_s"]
     ceiling = n * cores / max(cpu_receiver + cpu_sender, 1e-6)
     busy = (cpu_receiver + cpu_sender) / (bulk["seconds"] * cores)
+    store_thread, helper = bulk["cpu_store_thread_s"], bulk["cpu_helper_thread_s"]
     return {
         "metric": "R_tput = achieved items/s / slowest calibrated primitive",
         "value": round(ratio, 3),
@@ -87,6 +88,8 @@ def s1_result(raw: dict[str, Any], bound: dict[str, Any], serial: dict[str, Any]
         "cpu_initiator_s": cpu_receiver,
         "items_per_cpu_s_initiator": round(n / max(cpu_receiver, 1e-6), 1),
         "cpu_server_s": cpu_sender,
+        "cpu_store_thread_s": store_thread,
+        "cpu_helper_thread_s": helper,
         "cores": cores,
         "cpu_ceiling_items_per_s": round(ceiling, 1),
         "cpu_ceiling_ratio": round(ceiling / bound["items_per_s"], 3),
@@ -95,6 +98,9 @@ def s1_result(raw: dict[str, Any], bound: dict[str, Any], serial: dict[str, Any]
             f" {1e6 * cpu_sender / n:.1f} us; with {cores_phrase(cores)} fully busy that"
             f" allows at most {ceiling / 1000:,.1f}k/s, {ceiling / bound['items_per_s']:.2f} of"
             f" the bound (busy {100 * busy:.0f} % of the session)",
+            f"of the receiver's: its store thread {1e6 * store_thread / n:.1f} us, the helper"
+            f" parsing its next slices {1e6 * helper / n:.1f} us (while a slice commits), its"
+            f" event loop and the rest {1e6 * (cpu_receiver - store_thread - helper) / n:.1f} us",
         ],
         "items": raw["items"],
         "topology": "server A in a subprocess (fieldsync run), initiator B in the bench"

@@ -72,8 +72,9 @@ class StoreWorker:
         #: process waiting for the write lock (perf S11: ~0.5-1 ms more at the p99).
         self.spare_core = usable_cores() > 1
         self._helper = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="fieldsync-ahead"
+            max_workers=1, thread_name_prefix="fieldsync-ahead", initializer=self._note_helper
         )
+        self._helper_ident: int | None = None
         self._ahead: concurrent.futures.Future[None] | None = None
         #: When another process was last seen announcing or committing a write
         #: (``time.monotonic``), and the store's ``data_version`` then.
@@ -135,6 +136,17 @@ class StoreWorker:
         # A deque's truth value is read atomically; a call queued right after is served
         # after the next transaction, as it would be had it come during it.
         return bool(self._interactive or self._bulk) or self.local_writer_waiting()
+
+    def _note_helper(self) -> None:
+        self._helper_ident = threading.get_ident()
+
+    def thread_idents(self) -> dict[str, int]:
+        """The ``threading`` idents of the store thread and, once started, the helper (for
+        ``time.pthread_getcpuclockid``: the bench reports each one's CPU)."""
+        idents = {} if self._thread.ident is None else {"store": self._thread.ident}
+        if self._helper_ident is not None:
+            idents["helper"] = self._helper_ident
+        return idents
 
     def ahead(self, job: Callable[[], None]) -> None:
         """Store thread: start ``job`` (pure Python, no store) on the helper thread, to run

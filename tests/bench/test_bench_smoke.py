@@ -93,6 +93,11 @@ def test_smoke_run_reports_every_scenario(tmp_path: Path) -> None:
         s1["cpu_ceiling_items_per_s"] / s1["bound_items_per_s"], abs=1e-3
     )
     assert any("allows at most" in note for note in s1["notes"])
+    # The receiver's CPU by thread: the store thread's and its helper's are parts of it.
+    threads = s1["cpu_store_thread_s"] + s1["cpu_helper_thread_s"]
+    assert s1["cpu_store_thread_s"] > 0 and s1["cpu_helper_thread_s"] >= 0
+    assert threads <= s1["cpu_initiator_s"] + 0.02  # (rounding, and the process's tick)
+    assert any("its store thread" in note for note in s1["notes"])
     assert scenarios["S10"]["n"] == result["sizes"]["s10_items"]
     assert scenarios["S10"]["c_sessions"] >= 1
     # Each node's CPU is measured (the one-core-per-node estimate is built from them).

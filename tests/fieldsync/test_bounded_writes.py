@@ -737,10 +737,12 @@ async def test_work_ahead_runs_on_the_helper_thread_one_job_at_a_time(tmp_path: 
     await worker.open()
     release = threading.Event()
     done: list[tuple[str, str]] = []
+    idents: set[int] = set()
 
     def job(name: str) -> None:
         release.wait(10)
         done.append((name, threading.current_thread().name))
+        idents.add(threading.get_ident())
 
     def failing() -> None:
         raise ValueError("the helper's job failed")
@@ -765,6 +767,9 @@ async def test_work_ahead_runs_on_the_helper_thread_one_job_at_a_time(tmp_path: 
     assert [name for name, _ in seen] == ["first"]
     assert [name for name, _ in done] == ["first", "second"]
     assert all(thread.startswith("fieldsync-ahead") for _, thread in done)
+    # Named for the bench, which reports each thread's CPU.
+    assert set(worker.thread_idents()) == {"store", "helper"}
+    assert idents == {worker.thread_idents()["helper"]}
     with pytest.raises(RuntimeError):
         worker._helper.submit(print)  # shut down with the worker
 
