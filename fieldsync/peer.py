@@ -1041,21 +1041,22 @@ class _Connection:
 
     def _parse_next(
         self, slice_items: list[tuple[_Unstored, list[bytes]]], step_items: int
-    ) -> list[_Unstored]:
-        """The batches after ``slice_items`` that the next slice (about ``step_items``) will
-        take and that are not parsed yet: the ones to parse while this slice commits."""
+    ) -> list[tuple[_Unstored, int]]:
+        """What the next slice (about ``step_items``) will take and is not parsed yet: each
+        batch, with the position its next item has once this slice is stored."""
         taking = {id(unstored): len(taken) for unstored, taken in slice_items}
-        chosen: list[_Unstored] = []
+        chosen: list[tuple[_Unstored, int]] = []
         count = 0
         for unstored in self._unstored:
-            left = len(unstored.event.items) - unstored.stored - taking.get(id(unstored), 0)
+            start = unstored.stored + taking.get(id(unstored), 0)
+            left = len(unstored.event.items) - start
             if left <= 0:
                 continue
             if count >= step_items:
                 break
             count += left
             if unstored.parsed is None:
-                chosen.append(unstored)
+                chosen.append((unstored, start))
         return chosen
 
     async def _let_local_writers_in(self) -> None:
@@ -1172,9 +1173,10 @@ class _Unstored:
     event: ItemsReceived
     stored: int = 0
     charged: bool = False
-    #: Each of its items parsed and hashed ahead of its slice (``_parse_ahead``), or the
-    #: refusal ``parse_item`` raised for it; None while not done.
+    #: Its items from ``parsed_from`` on, parsed and hashed ahead of their slice
+    #: (``_parse_ahead``), or the refusal ``parse_item`` raised for each; None while not.
     parsed: list[Item | RemoteProtocolError] | None = None
+    parsed_from: int = 0
 
     def rest(self) -> list[bytes]:
         return self.event.items[self.stored :]
@@ -1183,12 +1185,13 @@ class _Unstored:
         return self.stored >= len(self.event.items)
 
 
-def _parse_ahead(batches: list[_Unstored]) -> None:
-    """Helper thread (``StoreWorker.ahead``): parse and hash every item of ``batches``, for
-    the store thread to check against the manifest and store next."""
-    for unstored in batches:
+def _parse_ahead(batches: list[tuple[_Unstored, int]]) -> None:
+    """Helper thread (``StoreWorker.ahead``): parse and hash the items of each batch from
+    the position given (the store thread stores the ones before it meanwhile), for the
+    store thread to check against the manifest and store next."""
+    for unstored, start in batches:
         parsed: list[Item | RemoteProtocolError] = []
-        for data in unstored.event.items:
+        for data in unstored.event.items[start:]:
             try:
                 item = parse_item(data)
             except RemoteProtocolError as exc:
@@ -1196,7 +1199,7 @@ def _parse_ahead(batches: list[_Unstored]) -> None:
                 continue
             _hashes = item.id, item.tag  # computed once, here: the store reads them
             parsed.append(item)
-        unstored.parsed = parsed
+        unstored.parsed_from, unstored.parsed = start, parsed
 
 
 def _deliver(session: SyncSession, messages: list[bytes], _store: Store) -> None:
@@ -1227,11 +1230,12 @@ def _store_batch(
     checked: list[Checked] = []
     charge_items = charge_bytes = 0
     for unstored, items in slices:
+        ahead = unstored.stored - unstored.parsed_from  # this slice's first, in ``parsed``
         try:
-            if unstored.parsed is None:
+            if unstored.parsed is None or ahead < 0:
                 checked.extend(check_item(data, manifest) for data in items)
             else:
-                for parsed in unstored.parsed[unstored.stored : unstored.stored + len(items)]:
+                for parsed in unstored.parsed[ahead : ahead + len(items)]:
                     if isinstance(parsed, RemoteProtocolError):
                         raise parsed
                     checked.append(check_parsed(parsed, manifest))

@@ -708,8 +708,10 @@ def test_a_slice_refuses_a_bad_item_alike_parsed_ahead_or_not(
     first = peer._Unstored(ItemsReceived(0, good[:12]))
     second = peer._Unstored(ItemsReceived(1, [*good[12:], bad]))
     if parsed_ahead:
-        peer._parse_ahead([first, second])
+        # From where the slice before this one (4 items of the first batch) will end.
+        peer._parse_ahead([(first, 4), (second, 0)])
         assert first.parsed is not None and second.parsed is not None
+        assert len(first.parsed) == 8 and first.parsed_from == 4
         assert isinstance(second.parsed[-1], RemoteProtocolError)
     else:
         assert first.parsed is None and second.parsed is None
