@@ -1149,7 +1149,9 @@ class _Connection:
             # The slice does not fit: keep what does, batch by batch, and end the
             # connection at the first batch over the quota (nothing more is acknowledged).
             for part in slice_items:
-                self.outcome.items_new += store_slice([part], durable=durable)
+                # Nothing parsed ahead here: a job started by one part could still be
+                # writing the parsed items of the next part's batch while it reads them.
+                self.outcome.items_new += store_slice([part], durable=durable, before_commit=None)
                 part[0].stored += len(part[1])
             raise
         for unstored, taken in done:

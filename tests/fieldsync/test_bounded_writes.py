@@ -444,11 +444,30 @@ def test_begin_polling_raises_other_errors_at_once(tmp_path: Path) -> None:
         conn.close()
 
 
-async def test_the_quota_still_counts_whole_batches_across_slices(pair: Pair) -> None:
+async def test_the_quota_still_counts_whole_batches_across_slices(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A batch is charged whole with its first slice: the receiver keeps the batches that
-    fit the quota, none of the first batch over it, and ends the connection naming it."""
+    fit the quota, none of the first batch over it, and ends the connection naming it.
+    Storing a refused slice batch by batch parses nothing ahead (a job one batch started
+    could be writing the next batch's parsed items while it is read)."""
     quota = 400  # more than one session batch (<= 256 items), less than two
     limits = PeerLimits(silent_close=(0.0, 0.01), quota_items_per_day=quota)
+    calls: list[tuple[int, bool, bool]] = []  # parts, parsing ahead, refused
+    real_store_batch = peer._store_batch
+
+    def store_batch(*args: Any, **kwargs: Any) -> int:
+        parts = len(args[4])
+        ahead = kwargs.get("before_commit") is not None
+        try:
+            result = real_store_batch(*args, **kwargs)
+        except peer.QuotaViolation:
+            calls.append((parts, ahead, True))
+            raise
+        calls.append((parts, ahead, False))
+        return result
+
+    monkeypatch.setattr(peer, "_store_batch", store_batch)
     async with opened(pair.sender) as sender:
         receiver = await Runtime.open(pair.receiver, limits=limits)
         try:
@@ -465,6 +484,9 @@ async def test_the_quota_still_counts_whole_batches_across_slices(pair: Pair) ->
     assert held == theirs.items_new + 1  # and the manifest
     # Exactly the first batch: whole (more than half the quota), nothing of the second.
     assert quota // 2 < theirs.items_new <= quota
+    refused = next(k for k, (_parts, _ahead, failed) in enumerate(calls) if failed)
+    if calls[refused][0] > 1:  # a slice of several batches, then stored batch by batch
+        assert calls[refused + 1 :] and not any(ahead for _p, ahead, _f in calls[refused + 1 :])
 
 
 # --- relaxed slices, durable acknowledgements ----------------------------------------------
